@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_HOME ?= $(CURDIR)/.demo-home
+
+.PHONY: demo test lint unit bench bench-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip==25.3
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+demo: $(BIN)/.installed
+	rm -rf $(DEMO_HOME)
+	$(BIN)/eventward --home $(DEMO_HOME) demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest
+
+test: lint unit
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run
+
+bench-quick: $(BIN)/.installed
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache build src/*.egg-info

@@ -1,0 +1,10 @@
+"""CLI commands for this area (registered by eventward.cli)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the root app."""
+    return None

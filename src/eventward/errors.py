@@ -1,0 +1,212 @@
+"""One typed error hierarchy for all of eventward.
+
+Every error names the problem (a path, a rule, a key id, a reason code) and never carries
+field values, key bytes or raw data-subject ids: messages end up in logs, HTTP problem
+details and audit records. Callers catch by category (``SecurityError``, ``KeyError_``...)
+and map ``code`` to HTTP statuses or reason codes without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class EventwardError(Exception):
+    """Root of every error eventward raises on purpose."""
+
+    code: str = "error"
+    http_status: int = 500
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        # Details are metadata only (paths, ids, counts); never values.
+        self.details = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+# --- input and configuration -------------------------------------------------------------
+
+
+class ConfigError(EventwardError):
+    code = "config"
+    http_status = 500
+
+
+class InputError(EventwardError):
+    """The caller sent something malformed."""
+
+    code = "bad_input"
+    http_status = 400
+
+
+class EnvelopeError(InputError):
+    code = "bad_envelope"
+
+
+class OversizeError(InputError):
+    code = "oversize"
+    http_status = 413
+
+
+class FieldSpecError(InputError):
+    code = "bad_field_spec"
+
+
+class ValidationError(InputError):
+    """An event does not satisfy its schema; ``path`` and ``rule`` name where and why."""
+
+    code = "validation"
+    http_status = 422
+
+    def __init__(self, message: str, path: str = "", rule: str = "", **details: object) -> None:
+        super().__init__(message, path=path, rule=rule, **details)
+        self.path = path
+        self.rule = rule
+
+
+class NotFoundError(EventwardError):
+    code = "not_found"
+    http_status = 404
+
+
+class ConflictError(EventwardError):
+    code = "conflict"
+    http_status = 409
+
+
+# --- security --------------------------------------------------------------------------------
+
+
+class SecurityError(EventwardError):
+    """Something that must be refused because trusting it would be unsafe."""
+
+    code = "security"
+    http_status = 403
+
+
+class AuthenticationError(SecurityError):
+    code = "unauthenticated"
+    http_status = 401
+
+
+class AccessDenied(SecurityError):
+    """Deny by default. ``explanation`` says which policy decided and what grant is missing."""
+
+    code = "forbidden"
+    http_status = 403
+
+    def __init__(self, message: str, explanation: object | None = None, **details: object) -> None:
+        super().__init__(message, **details)
+        self.explanation = explanation
+
+
+class TokenError(SecurityError):
+    """A field token is malformed, was tampered with, or was moved to another context."""
+
+    code = "bad_token"
+
+
+class SealError(SecurityError):
+    """A sealed batch or an event in it failed verification."""
+
+    code = "bad_seal"
+
+    def __init__(self, message: str, reason: str = "bad_seal", **details: object) -> None:
+        super().__init__(message, reason=reason, **details)
+        self.reason = reason
+
+
+class ReplayError(SecurityError):
+    """A duplicate, out-of-order or stale event."""
+
+    code = "replay"
+
+    def __init__(self, message: str, reason: str = "replay", **details: object) -> None:
+        super().__init__(message, reason=reason, **details)
+        self.reason = reason
+
+
+class SchemaSecurityError(SecurityError):
+    """A schema is unsafe to register (ReDoS, $ref cycle, too deep or too big)."""
+
+    code = "unsafe_schema"
+    http_status = 422
+
+
+class ApprovalRequired(SecurityError):
+    """A schema change weakens security and needs explicit security approval."""
+
+    code = "security_approval_required"
+    http_status = 409
+
+
+class AuditIntegrityError(SecurityError):
+    """The audit log or a proof does not verify; ``index`` names the first bad record."""
+
+    code = "audit_integrity"
+
+    def __init__(self, message: str, index: int | None = None, **details: object) -> None:
+        super().__init__(message, index=index, **details)
+        self.index = index
+
+
+class QuotaExceeded(SecurityError):
+    code = "quota"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0, **details: object) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+class KeyServiceError(EventwardError):
+    """The KMS or key store cannot answer. Fail closed: nothing is emitted in plaintext."""
+
+    code = "key_service"
+    http_status = 503
+
+
+class KMSUnavailable(KeyServiceError):
+    code = "kms_unavailable"
+
+
+class KeyStoreUnavailable(KeyServiceError):
+    code = "keystore_unavailable"
+
+
+class KeyNotFound(KeyServiceError):
+    code = "key_not_found"
+    http_status = 404
+
+
+class KeyDestroyed(KeyServiceError):
+    """The key was destroyed (rotation or crypto-shredding); the data is unrecoverable."""
+
+    code = "key_destroyed"
+    http_status = 410
+
+
+class LegalHoldError(ConflictError):
+    """A subject under legal hold cannot be forgotten."""
+
+    code = "legal_hold"
+
+
+class KeyFilePermissionError(ConfigError):
+    code = "key_file_permissions"
+
+
+# --- transport -------------------------------------------------------------------------------
+
+
+class TransportError(EventwardError):
+    code = "transport"
+    http_status = 503
+
+
+class TransportUnavailable(TransportError):
+    code = "transport_unavailable"
