@@ -1,0 +1,63 @@
+"""Measurement helpers shared by every benchmark scenario.
+
+A scenario measures eventward and its baselines in the same run and reports ratios:
+machines are noisy, ratios much less so. Results are plain dicts written to JSON.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def rate(fn: Callable[[], int], repeats: int = 3) -> dict[str, float]:
+    """Run ``fn`` (which returns how many events it processed) ``repeats`` times.
+
+    Returns events/s as median/min/max.
+    """
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        dt = time.perf_counter() - t0
+        rates.append(n / dt if dt > 0 else float("inf"))
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def scenario(
+    name: str,
+    measured: dict[str, float],
+    baselines: dict[str, dict[str, float]] | None = None,
+    unit: str = "events/s",
+    **extra: Any,
+) -> dict[str, Any]:
+    """One scenario's result with each baseline's ratio (eventward median / baseline median)."""
+    out: dict[str, Any] = {"name": name, "unit": unit, "rate": measured, "baselines": []}
+    for bname, b in (baselines or {}).items():
+        out["baselines"].append(
+            {"name": bname, "rate": b, "ratio": measured["median"] / b["median"] if b["median"] else None}
+        )
+    out.update(extra)
+    return out
+
+
+def print_scenario(res: dict[str, Any]) -> None:
+    r = res["rate"]
+    print(f"{res['name']:<40} {r['median']:>14,.0f} {res['unit']}  (min {r['min']:,.0f}, max {r['max']:,.0f})")
+    for b in res["baselines"]:
+        print(f"    vs {b['name']:<33} {b['rate']['median']:>14,.0f} {res['unit']}  ratio {b['ratio']:.2f}x")
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "system": platform.platform(),
+    }

@@ -1,0 +1,30 @@
+"""Seams of the key hierarchy: the KMS that holds KEKs and the store of wrapped DEKs.
+
+KEKs (one per sensitivity class, versioned) never leave the KMS. DEKs are per
+(data subject, class, version), random 256-bit, and only ever stored wrapped.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class DekSource(Protocol):
+    """What field encryption needs from the key service (implemented by keys.service.KeyService)."""
+
+    def subject_hash(self, subject: str) -> str:
+        """Keyed hash (HMAC) of a raw data-subject id: the only form that may be stored or logged."""
+        ...
+
+    def encryption_key(self, subject: str | None, cls: str, *, principal: str) -> tuple[str, bytes]:
+        """(key id, DEK) for new data: the subject's current DEK of ``cls`` (created on first use),
+        or, when ``subject`` is None, the class DEK (rotated after N events or T seconds)."""
+        ...
+
+    def decryption_key(self, kid: str, cls: str, *, principal: str) -> bytes:
+        """The DEK named by ``kid``, if ``principal`` is cleared to Decrypt ``cls``.
+
+        Raises AccessDenied (not cleared), KeyDestroyed (crypto-shredded or its KEK destroyed),
+        KeyNotFound (never existed: a forged key id), KeyServiceError (KMS/store unavailable).
+        """
+        ...
