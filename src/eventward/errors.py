@@ -75,6 +75,48 @@ class ConflictError(EventwardError):
     http_status = 409
 
 
+class SchemaError(InputError):
+    """A schema document is malformed or uses something the registry cannot reason about."""
+
+    code = "bad_schema"
+    http_status = 422
+
+
+class SchemaIncompatible(ConflictError):
+    """A schema change breaks the subject's compatibility mode; ``findings`` lists every break."""
+
+    code = "incompatible_schema"
+
+    def __init__(self, message: str, findings: tuple[object, ...] = (), **details: object) -> None:
+        super().__init__(message, **details)
+        self.findings = findings
+
+
+class PolicyError(InputError):
+    """A policy file or Cedar policy is invalid; ``path`` names the YAML key, file or policy id."""
+
+    code = "bad_policy"
+    http_status = 422
+
+    def __init__(self, message: str, path: str = "", **details: object) -> None:
+        super().__init__(message, path=path, **details)
+        self.path = path
+
+
+class RequestTimeout(InputError):
+    """A client sent its request too slowly (slowloris); the connection is cut."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+class UnsupportedMediaType(InputError):
+    """A request body in a content type or content coding the gateway does not accept."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 # --- security --------------------------------------------------------------------------------
 
 
@@ -190,6 +232,12 @@ class KeyDestroyed(KeyServiceError):
     http_status = 410
 
 
+class KeyIntegrityError(KeyServiceError):
+    """A wrapped key, the keyring or the erasure ledger failed authentication: tampered or moved."""
+
+    code = "key_integrity"
+
+
 class LegalHoldError(ConflictError):
     """A subject under legal hold cannot be forgotten."""
 
@@ -210,3 +258,13 @@ class TransportError(EventwardError):
 
 class TransportUnavailable(TransportError):
     code = "transport_unavailable"
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+class AuditUnavailable(EventwardError):
+    """The audit log cannot be written or read. Fail closed: audited work must not proceed silently."""
+
+    code = "audit_unavailable"
+    http_status = 503

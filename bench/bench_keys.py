@@ -1,0 +1,161 @@
+"""Key service: crypto-shredding latency at scale, and what the DEK cache buys on the hot paths.
+
+    python -m bench.bench_keys [--quick]
+
+forget: p50/p99 latency with 10k / 100k subjects (quick: 1k), each holding one real wrapped
+DEK per class (pii, payment, health), bulk-loaded. Baseline: a plain SQLite DELETE of the same
+rows (no secure_delete, no WAL truncation, no ledger), i.e. what secure erasure costs.
+decryption_key / encryption_key: the LRU cache against the same service with caching off
+(a store read and a KEK unwrap per call).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import print_scenario, rate, scenario
+from eventward.home import Home
+from eventward.keys.dek import DEK_BYTES, dek_aad, new_kid
+from eventward.keys.service import DEFAULT_CLASSES, KeyService, KeyServiceConfig
+from eventward.keys.store_base import DekRecord
+from eventward.policy.base import DECRYPT, FORGET, AllowList
+
+ADMIN = "admin"
+
+
+def _authz() -> AllowList:
+    return AllowList([(ADMIN, DECRYPT, ("Class", "*")), (ADMIN, FORGET, ("Subject", "*"))])
+
+
+def _populate(svc: KeyService, n: int) -> None:
+    """n subjects x one DEK per default class, really wrapped by the KMS, bulk-inserted."""
+    now = time.time()
+    batch: list[DekRecord] = []
+    for i in range(n):
+        h = svc.subject_hash(f"subject-{i}")
+        for cls in DEFAULT_CLASSES:
+            kid = new_kid()
+            kek, wrapped = svc.kms.wrap(cls, os.urandom(DEK_BYTES), dek_aad(kid, cls, h))
+            batch.append(DekRecord(kid, h, cls, 1, kek, wrapped, now))
+        if len(batch) >= 30_000:
+            svc.store.insert_many(batch)
+            batch.clear()
+    svc.store.insert_many(batch)
+    svc.store.purge()
+
+
+def _percentile(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+def _forget_scenario(root: Path, n: int, samples: int) -> dict[str, Any]:
+    home = Home(root / f"forget-{n}")
+    with KeyService.init(home, authorizer=_authz()) as svc:
+        _populate(svc, n)
+    plain = root / f"plain-{n}.db"
+    shutil.copy(home.keys_db, plain)
+    victims = random.Random(n).sample(range(n), samples)
+    per_round = max(1, samples // 3)
+
+    latencies: list[float] = []
+    with KeyService.open(home, authorizer=_authz()) as svc:
+        it = iter(victims)
+
+        def forget_some() -> int:
+            for _ in range(per_round):
+                subject = f"subject-{next(it)}"
+                t0 = time.perf_counter()
+                svc.forget(subject, principal=ADMIN)
+                latencies.append(time.perf_counter() - t0)
+            return per_round
+
+        measured = rate(forget_some, repeats=3)
+        hashes = [svc.subject_hash(f"subject-{v}") for v in victims]
+
+    db = sqlite3.connect(plain, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA secure_delete=OFF")
+    hit = iter(hashes)
+
+    def plain_delete() -> int:
+        for _ in range(per_round):
+            db.execute("DELETE FROM deks WHERE subject_hash = ?", (next(hit),))
+        return per_round
+
+    baseline = rate(plain_delete, repeats=3)
+    db.close()
+    return scenario(
+        f"keys forget ({n:,} subjects x 3 classes)", measured,
+        {"plain SQLite DELETE (no secure erase)": baseline}, unit="forgets/s",
+        subjects=n, deks=3 * n,
+        p50_ms=round(statistics.median(latencies) * 1000, 3),
+        p99_ms=round(_percentile(latencies, 99) * 1000, 3),
+    )
+
+
+def _cache_scenarios(root: Path, kids_n: int, lookups: int) -> list[dict[str, Any]]:
+    home = Home(root / "cache")
+    with KeyService.init(home, authorizer=_authz()) as svc:
+        kids = [svc.encryption_key(f"s{i}", "pii", principal="producer")[0] for i in range(kids_n)]
+    rng = random.Random(7)
+    seq = [rng.choice(kids) for _ in range(lookups)]
+    subjects = [f"s{rng.randrange(kids_n)}" for _ in range(lookups)]
+    out = []
+    with KeyService.open(home, authorizer=_authz()) as cached, KeyService.open(
+        home, authorizer=_authz(), config=KeyServiceConfig(cache_max=0)
+    ) as uncached:
+        def decrypt(svc: KeyService, ids: list[str]) -> int:
+            for kid in ids:
+                svc.decryption_key(kid, "pii", principal=ADMIN)
+            return len(ids)
+
+        def encrypt(svc: KeyService, subs: list[str]) -> int:
+            for s in subs:
+                svc.encryption_key(s, "pii", principal="producer")
+            return len(subs)
+
+        short = max(1, lookups // 10)  # uncached calls are slow: fewer of them
+        r_cached = rate(lambda: decrypt(cached, seq), repeats=3)
+        out.append(scenario(
+            "keys decryption_key (LRU cache)", r_cached,
+            {"decryption_key, cache off (store + unwrap)": rate(lambda: decrypt(uncached, seq[:short]))},
+            unit="calls/s", hit_rate=round(cached.cache.hit_rate(), 4), keys=kids_n,
+        ))
+        r_enc = rate(lambda: encrypt(cached, subjects), repeats=3)
+        out.append(scenario(
+            "keys encryption_key (LRU cache)", r_enc,
+            {"encryption_key, cache off (store + unwrap)": rate(lambda: encrypt(uncached, subjects[:short]))},
+            unit="calls/s", keys=kids_n,
+        ))
+    return out
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    sizes, samples = ([1_000], 30) if quick else ([10_000, 100_000], 300)
+    with tempfile.TemporaryDirectory(prefix="ew-bench-keys-") as tmp:
+        root = Path(tmp)
+        results = [_forget_scenario(root, n, samples) for n in sizes]
+        results += _cache_scenarios(root, 200 if quick else 5_000, 2_000 if quick else 100_000)
+    return results
+
+
+def main() -> None:
+    for res in run(quick="--quick" in sys.argv[1:]):
+        print_scenario(res)
+        extra = {k: res[k] for k in ("p50_ms", "p99_ms", "hit_rate") if k in res}
+        if extra:
+            print("    " + "  ".join(f"{k}={v}" for k, v in extra.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The KMS seam: holds one versioned key-encryption key (KEK) per sensitivity class.
+
+KEK bytes never cross this protocol: callers hand in a DEK and get it back wrapped, so an HSM
+(PKCS#11: CKM_AES_GCM wrap, CKM_SHA256_HMAC) can implement it as well as the local keyring.
+KEK ids are ``<class>.v<N>``; N is the class *epoch* that erasure receipts refer to.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+from eventward.errors import KeyNotFound
+
+_KEK_ID = re.compile(r"^([a-z][a-z0-9_\-]{0,31})\.v([1-9][0-9]{0,8})$")
+
+# Names of the keyed-MAC secrets a KMS holds (created at init, never exported).
+MAC_SUBJECT = "subject"
+MAC_LEDGER = "ledger"
+
+
+def kek_id(cls: str, version: int) -> str:
+    return f"{cls}.v{version}"
+
+
+def parse_kek_id(kid: str) -> tuple[str, int]:
+    """Split ``pii.v3`` into ``("pii", 3)``; a malformed id can only be forged, so it is not found."""
+    m = _KEK_ID.match(kid)
+    if not m:
+        raise KeyNotFound("malformed KEK id")
+    return m.group(1), int(m.group(2))
+
+
+class KMS(Protocol):
+    def wrap(self, cls: str, dek: bytes, aad: bytes) -> tuple[str, bytes]:
+        """Wrap ``dek`` under the current KEK of ``cls`` (created on first use): (kek id, wrapped)."""
+        ...
+
+    def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
+        """Raises KeyDestroyed (version destroyed), KeyNotFound, KeyIntegrityError (tampered/moved)."""
+        ...
+
+    def rotate(self, cls: str) -> str:
+        """Start a new KEK version for ``cls``; returns its id. Old versions still unwrap until destroyed."""
+        ...
+
+    def destroy(self, kek_id: str) -> None:
+        """Remove a non-current KEK version for good; unwrap with it raises KeyDestroyed afterwards."""
+        ...
+
+    def current(self, cls: str) -> str: ...
+
+    def versions(self, cls: str) -> list[str]:
+        """Live (not destroyed) KEK ids of ``cls``, oldest first."""
+        ...
+
+    def destroyed(self, cls: str) -> list[str]: ...
+
+    def epoch(self, cls: str) -> int:
+        """Current KEK version number of ``cls``."""
+        ...
+
+    def classes(self) -> list[str]: ...
+
+    def mac(self, name: str, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under the named deployment secret (MAC_SUBJECT, MAC_LEDGER)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,563 @@
+"""KeyService: per-subject data keys, authorized unwrap, crypto-shredding and rotation.
+
+It implements keys.base.DekSource for field encryption. Unwrap is authorized per sensitivity
+class (deny by default) and audited; DEKs are cached in a bounded LRU with a TTL, and the
+cache is dropped whenever the store's revocation epoch moves, so a ``forget`` in another
+process takes effect here within ``revocation_poll`` seconds. Only the keyed subject hash is
+ever stored, logged, audited or put in an error: the raw subject id stays with the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from eventward.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit
+from eventward.errors import (
+    AccessDenied,
+    InputError,
+    KeyDestroyed,
+    KeyIntegrityError,
+    KeyNotFound,
+    KeyServiceError,
+    LegalHoldError,
+)
+from eventward.home import Home
+from eventward.keys.cache import LruTtlCache
+from eventward.keys.dek import DEK_BYTES, dek_aad, is_kid, new_kid
+from eventward.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT
+from eventward.keys.kms.local import LocalKMS
+from eventward.keys.ledger import ErasureLedger
+from eventward.keys.sqlite_store import SQLiteKeyStore
+from eventward.keys.store_base import CLASS_SUBJECT, DekRecord, KeyStore
+from eventward.policy.base import DECRYPT, FORGET, HOLD, ROTATE_KEYS, Authorizer, Resource, check
+
+log = logging.getLogger("eventward.keys")
+
+DEFAULT_CLASSES = ("pii", "payment", "health")
+SUBJECT_HASH_CHARS = 32
+MAX_SUBJECT_CHARS = 1024
+MAX_REASON_CHARS = 1000
+_CLASS = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
+
+Progress = Callable[[int, int], None]
+
+
+def erasures_log_path(home: Home) -> Path:
+    return home.keys_db.with_name("erasures.log")
+
+
+def _check_class(cls: str) -> str:
+    # Class names arrive from token headers (attacker-controlled): refuse without echoing them.
+    if not isinstance(cls, str) or not _CLASS.match(cls):
+        raise InputError("invalid sensitivity class name (lowercase, 1..32 chars)")
+    return cls
+
+
+def _check_reason(reason: str, *, required: bool) -> str:
+    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or (required and not reason.strip()):
+        raise InputError(f"a reason of 1..{MAX_REASON_CHARS} characters is required" if required
+                         else f"the reason must be at most {MAX_REASON_CHARS} characters")
+    return reason
+
+
+@dataclass(frozen=True)
+class KeyServiceConfig:
+    cache_max: int = 100_000
+    cache_ttl: float = 300.0
+    class_dek_max_uses: int = 2**20
+    class_dek_max_age: float = 86_400.0
+    revocation_poll: float = 0.25
+    rewrap_chunk: int = 500
+    busy_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class ErasureReceipt:
+    """Proof of a crypto-shred. Names the subject only by its keyed hash."""
+
+    subject_hash: str
+    time: float
+    classes: tuple[str, ...]
+    destroyed: int  # DEK versions destroyed, all classes
+    kek_epochs: dict[str, int]  # class -> current KEK version when the DEKs were destroyed
+    purged: bool  # the WAL was truncated: wrapped bytes left every store file
+
+    def statement(self) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time))
+        if not self.destroyed:
+            return f"{when}: subject {self.subject_hash} had no keys; erasure recorded in the ledger."
+        epochs = ", ".join(f"{c}.v{v}" for c, v in sorted(self.kek_epochs.items()))
+        return (
+            f"{when}: destroyed {self.destroyed} key(s) of subject {self.subject_hash} in "
+            f"{', '.join(self.classes)}. Residual copies (backups, replicas) become unrecoverable once "
+            f"KEK versions {epochs} are destroyed by rotation."
+        )
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    cls: str
+    new_kek_id: str
+    destroyed_kek_ids: tuple[str, ...]
+    rewrapped: int
+    failed: int  # DEKs that failed to unwrap (tampered); their KEK version is kept, not destroyed
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ClassStatus:
+    cls: str
+    kek_id: str
+    epoch: int
+    live_keks: tuple[str, ...]
+    destroyed_keks: tuple[str, ...]
+    deks: int
+    subjects: int
+    erased_keys: int
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    classes: tuple[ClassStatus, ...]
+    holds: int
+    erasures: int
+    revocation_epoch: int
+
+
+@dataclass
+class _ClassDek:
+    rec: DekRecord
+    dek: bytes = field(repr=False)
+    pending: int = 0
+    exhausted: bool = False
+
+
+class KeyService:
+    """Implements keys.base.DekSource. Build with :meth:`init` (new home) or :meth:`open`."""
+
+    def __init__(
+        self,
+        kms: KMS,
+        store: KeyStore,
+        ledger: ErasureLedger,
+        *,
+        authorizer: Authorizer,
+        audit: AuditSink | None = None,
+        clock: Callable[[], float] = time.time,
+        config: KeyServiceConfig | None = None,
+    ) -> None:
+        self.kms = kms
+        self.store = store
+        self.ledger = ledger
+        self.config = config or KeyServiceConfig()
+        self._authz = authorizer
+        self._audit = audit or NullAudit()
+        self._clock = clock
+        self.cache: LruTtlCache[str, tuple[str, bytes | None]] = LruTtlCache(
+            self.config.cache_max, self.config.cache_ttl, clock
+        )  # kid -> (class, DEK or None when destroyed)
+        self._current: LruTtlCache[tuple[str, str], str] = LruTtlCache(
+            self.config.cache_max, self.config.cache_ttl, clock
+        )  # (subject hash, class) -> kid of the current version
+        self._class_deks: dict[str, _ClassDek] = {}
+        self._class_lock = threading.Lock()
+        self._flush_every = max(1, min(1024, self.config.class_dek_max_uses // 16))
+        self._reconcile_ledger()
+        self._epoch = store.epoch()
+        self._next_poll = time.monotonic() + self.config.revocation_poll
+
+    def __repr__(self) -> str:
+        return f"KeyService(store={self.store!r}, kms={self.kms!r})"
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        home: Home,
+        *,
+        authorizer: Authorizer,
+        audit: AuditSink | None = None,
+        passphrase: str | None = None,
+        clock: Callable[[], float] = time.time,
+        config: KeyServiceConfig | None = None,
+    ) -> KeyService:
+        home.require()
+        kms = LocalKMS.open(home.keyring, master_key_path=home.master_key, passphrase=passphrase)
+        return cls._assemble(home, kms, authorizer, audit, clock, config)
+
+    @classmethod
+    def init(
+        cls,
+        home: Home,
+        *,
+        authorizer: Authorizer,
+        audit: AuditSink | None = None,
+        passphrase: str | None = None,
+        classes: tuple[str, ...] = DEFAULT_CLASSES,
+        clock: Callable[[], float] = time.time,
+        config: KeyServiceConfig | None = None,
+    ) -> KeyService:
+        """Create the master key (or use the passphrase), the keyring and the key store."""
+        home.ensure()
+        kms = LocalKMS.create(
+            home.keyring,
+            master_key_path=None if passphrase is not None else home.master_key,
+            passphrase=passphrase,
+            classes=classes,
+        )
+        return cls._assemble(home, kms, authorizer, audit, clock, config)
+
+    @classmethod
+    def _assemble(
+        cls,
+        home: Home,
+        kms: LocalKMS,
+        authorizer: Authorizer,
+        audit: AuditSink | None,
+        clock: Callable[[], float],
+        config: KeyServiceConfig | None,
+    ) -> KeyService:
+        store: SQLiteKeyStore | None = None
+        try:
+            store = SQLiteKeyStore(home.keys_db, busy_timeout=(config or KeyServiceConfig()).busy_timeout)
+            ledger = ErasureLedger(erasures_log_path(home), lambda data: kms.mac(MAC_LEDGER, data))
+            return cls(kms, store, ledger, authorizer=authorizer, audit=audit, clock=clock, config=config)
+        except BaseException:
+            if store is not None:
+                store.close()
+            kms.close()
+            raise
+
+    def close(self) -> None:
+        """Flush class-DEK use counts, drop cached keys, close store and KMS (even if the flush fails)."""
+        try:
+            with self._class_lock:
+                pending = [(st.rec.kid, st.pending) for st in self._class_deks.values() if st.pending]
+                self._class_deks.clear()
+                for kid, n in pending:
+                    self.store.add_uses(kid, n)
+        finally:
+            self.cache.clear()
+            self._current.clear()
+            self.store.close()
+            self.kms.close()
+
+    def __enter__(self) -> KeyService:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _reconcile_ledger(self) -> None:
+        """Re-apply file ledger entries the store lacks (restored backup), and copy store entries
+        the file lacks (crash between commit and append). Runs on every open."""
+        entries = self.ledger.load()
+        deleted = 0
+        with self.store.transaction():
+            for e in entries:
+                deleted += self.store.apply_erasure(e)
+        seen = {(e.subject_hash, e.time) for e in entries}
+        self.ledger.append(*(e for e in self.store.erasures() if (e.subject_hash, e.time) not in seen))
+        if deleted:
+            self.store.purge()
+            log.warning("re-applied the erasure ledger: %d key(s) of forgotten subjects removed", deleted)
+
+    # --- DekSource --------------------------------------------------------------------------
+    def subject_hash(self, subject: str) -> str:
+        if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_CHARS:
+            raise InputError(f"a data-subject id must be a string of 1..{MAX_SUBJECT_CHARS} characters")
+        return self.kms.mac(MAC_SUBJECT, subject.encode()).hex()[:SUBJECT_HASH_CHARS]
+
+    def encryption_key(self, subject: str | None, cls: str, *, principal: str) -> tuple[str, bytes]:
+        _check_class(cls)
+        if subject is None:
+            return self._class_key(cls, principal)
+        h = self.subject_hash(subject)
+        self._poll()
+        kid = self._current.get((h, cls))
+        if kid is not None:
+            hit = self.cache.get(kid)
+            if hit is not None and hit[1] is not None:
+                return kid, hit[1]
+        rec = self.store.current_dek(h, cls)
+        if rec is None:
+            rec, dek = self._create(h, cls, 1, principal)
+        else:
+            dek = self._unwrap(rec)
+        self._remember(rec, dek)
+        return rec.kid, dek
+
+    def decryption_key(self, kid: str, cls: str, *, principal: str) -> bytes:
+        if not is_kid(kid):
+            raise KeyNotFound("malformed key id")
+        _check_class(cls)
+        resource = f"class:{cls}"
+        self._authorize(principal, DECRYPT, ("Class", cls), "key.unwrap", resource, kid=kid)
+        self._poll()
+        hit = self.cache.get(kid)
+        if hit is not None:
+            if hit[0] != cls:
+                raise KeyNotFound(f"no key {kid} in class {cls}")
+            if hit[1] is None:
+                raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
+            return hit[1]
+        rec = self.store.get_dek(kid)
+        if rec is None or rec.cls != cls:
+            tomb = self.store.tombstone(kid) if rec is None else None
+            if tomb is not None and tomb[0] == cls:
+                self.cache.put(kid, (cls, None))
+                self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
+                                   reason="destroyed", kid=kid)
+                raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
+            self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
+                               reason="not_found", kid=kid)
+            raise KeyNotFound(f"no key {kid} in class {cls}")
+        try:
+            dek = self._unwrap(rec)
+        except (KeyDestroyed, KeyNotFound, KeyIntegrityError) as e:
+            self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
+                               reason=e.code, kid=kid, kek=rec.kek_id)
+            raise
+        self.cache.put(kid, (cls, dek))
+        self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=OK,
+                           kid=kid, kek=rec.kek_id)
+        return dek
+
+    # --- keys -------------------------------------------------------------------------------
+    def _unwrap(self, rec: DekRecord) -> bytes:
+        return self.kms.unwrap(rec.kek_id, rec.wrapped, dek_aad(rec.kid, rec.cls, rec.subject_hash))
+
+    def _remember(self, rec: DekRecord, dek: bytes) -> None:
+        self.cache.put(rec.kid, (rec.cls, dek))
+        self._current.put((rec.subject_hash, rec.cls), rec.kid)
+
+    def _create(self, h: str, cls: str, version: int, principal: str) -> tuple[DekRecord, bytes]:
+        """New DEK version; converges on the winner if another process created it first."""
+        kid, dek = new_kid(), os.urandom(DEK_BYTES)
+        with self.store.transaction():
+            # Wrapped under the store's write lock: a concurrent KEK rotation destroys old versions
+            # under the same lock, so this never stores a DEK under a just-destroyed KEK.
+            kek, wrapped = self.kms.wrap(cls, dek, dek_aad(kid, cls, h))
+            rec = DekRecord(kid, h, cls, version, kek, wrapped, self._clock())
+            inserted = self.store.insert_dek(rec)
+        if not inserted:
+            winner = self.store.current_dek(h, cls)
+            if winner is None:  # erased in between: nothing to converge on
+                raise KeyDestroyed(f"the keys of subject {h} in {cls} were destroyed meanwhile")
+            return winner, self._unwrap(winner)
+        resource = f"class:{cls}" if h == CLASS_SUBJECT else f"subject:{h}"
+        self._audit.record("key.create", principal=principal, resource=resource, kid=kid, kek=kek,
+                           version=version)
+        log.debug("created key %s (%s v%d) for %s", kid, cls, version, resource)
+        return rec, dek
+
+    def _class_key(self, cls: str, principal: str) -> tuple[str, bytes]:
+        """Class DEK for data without a subject; a new version after N uses or T seconds."""
+        cfg = self.config
+        with self._class_lock:
+            st = self._class_deks.get(cls)
+            if st is None or st.exhausted or self._clock() - st.rec.created >= cfg.class_dek_max_age:
+                st = self._load_class_dek(cls, principal, st)
+                self._class_deks[cls] = st
+            st.pending += 1
+            if st.pending >= self._flush_every:
+                total = self.store.add_uses(st.rec.kid, st.pending)
+                st.pending = 0
+                st.exhausted = total >= cfg.class_dek_max_uses
+            return st.rec.kid, st.dek
+
+    def _load_class_dek(self, cls: str, principal: str, old: _ClassDek | None) -> _ClassDek:
+        cfg = self.config
+        if old is not None and old.pending:
+            self.store.add_uses(old.rec.kid, old.pending)
+        rec = self.store.current_dek(CLASS_SUBJECT, cls)
+        fresh = rec is not None and rec.uses < cfg.class_dek_max_uses and (
+            self._clock() - rec.created < cfg.class_dek_max_age
+        )
+        if rec is not None and fresh:
+            dek = self._unwrap(rec)
+        else:
+            rec, dek = self._create(CLASS_SUBJECT, cls, rec.version + 1 if rec else 1, principal)
+        self.cache.put(rec.kid, (cls, dek))
+        return _ClassDek(rec, dek)
+
+    def rotate_dek(self, subject: str, cls: str, *, principal: str) -> str:
+        """New DEK version for new events of the subject; old versions still decrypt old events.
+        Other processes switch to it when their cached current-version entry expires (cache TTL)."""
+        _check_class(cls)
+        h = self.subject_hash(subject)
+        self._authorize(principal, ROTATE_KEYS, ("Class", cls), "key.rotate_dek", f"subject:{h}")
+        cur = self.store.current_dek(h, cls)
+        rec, dek = self._create(h, cls, cur.version + 1 if cur else 1, principal)
+        self._remember(rec, dek)
+        return rec.kid
+
+    # --- crypto-shredding -------------------------------------------------------------------
+    def forget(self, subject: str, *, principal: str, reason: str = "") -> ErasureReceipt:
+        """Destroy every DEK of the subject in every class; refused while a legal hold stands."""
+        _check_reason(reason, required=False)
+        h = self.subject_hash(subject)
+        resource = f"subject:{h}"
+        self._authorize(principal, FORGET, ("Subject", h), "key.forget", resource)
+        try:
+            erasure = self.store.erase_subject(h, self._clock())
+        except (LegalHoldError, KeyServiceError) as e:
+            outcome = DENIED if isinstance(e, LegalHoldError) else ERROR
+            self._audit.record("key.forget", principal=principal, resource=resource, outcome=outcome,
+                               reason=e.code)
+            raise
+        self._epoch = self.store.epoch()
+        self._drop_caches()
+        self.ledger.append(erasure)
+        purged = self.store.purge()
+        kek_epochs = {c: self.kms.epoch(c) for c in erasure.classes}
+        receipt = ErasureReceipt(h, erasure.time, erasure.classes, erasure.destroyed, kek_epochs, purged)
+        self._audit.record(
+            "key.forget", principal=principal, resource=resource, outcome=OK, reason=reason,
+            classes=",".join(erasure.classes), destroyed=erasure.destroyed, purged=purged,
+            kek_epochs=",".join(f"{c}.v{v}" for c, v in sorted(kek_epochs.items())),
+        )
+        log.info("forgot subject %s: %d key(s) destroyed in %s", h, erasure.destroyed, list(erasure.classes))
+        return receipt
+
+    def hold(self, subject: str, *, principal: str, reason: str) -> None:
+        _check_reason(reason, required=True)
+        h = self.subject_hash(subject)
+        self._authorize(principal, HOLD, ("Subject", h), "key.hold", f"subject:{h}")
+        self.store.hold(h, reason, self._clock())
+        self._audit.record("key.hold", principal=principal, resource=f"subject:{h}", reason=reason)
+
+    def release(self, subject: str, *, principal: str) -> bool:
+        h = self.subject_hash(subject)
+        self._authorize(principal, HOLD, ("Subject", h), "key.release", f"subject:{h}")
+        released = self.store.release(h)
+        self._audit.record("key.release", principal=principal, resource=f"subject:{h}", released=released)
+        return released
+
+    def is_held(self, subject: str) -> bool:
+        return self.store.held(self.subject_hash(subject)) is not None
+
+    # --- KEK rotation -----------------------------------------------------------------------
+    def rotate_kek(self, cls: str, *, principal: str, progress: Progress | None = None) -> RotationReport:
+        """New KEK version, every DEK of the class re-wrapped under it, old versions destroyed.
+        No event is rewritten: DEKs keep their bytes, only their wrapping changes."""
+        _check_class(cls)
+        resource = f"class:{cls}"
+        self._authorize(principal, ROTATE_KEYS, ("Class", cls), "key.rotate_kek", resource)
+        if cls not in self.kms.classes():  # a typo must not mint a new class
+            raise KeyNotFound(f"no KEK for class {cls!r}: nothing to rotate")
+        t0 = time.monotonic()
+        new = self.kms.rotate(cls)
+        total = sum(n for k, n in self.store.kek_usage(cls).items() if k != new)
+        done = failed = 0
+        if progress:
+            progress(0, total)
+        after = ""
+        while True:
+            with self.store.transaction():
+                rows = self.store.deks_to_rewrap(cls, self.kms.current(cls), after, self.config.rewrap_chunk)
+                ok, bad = self._rewrap_rows(rows)
+            if not rows:
+                break
+            after = rows[-1].kid
+            done, failed = done + ok, failed + bad
+            if progress:
+                progress(min(done + failed, total), total)
+        destroyed, late = self._destroy_unused_keks(cls)
+        done += late
+        self.store.purge()
+        report = RotationReport(cls, new, destroyed, done, failed, time.monotonic() - t0)
+        self._audit.record(
+            "key.rotate_kek", principal=principal, resource=resource, kek=new,
+            destroyed=",".join(destroyed), rewrapped=done, failed=failed,
+        )
+        log.info("rotated %s to %s: %d re-wrapped, %d failed, destroyed %s", cls, new, done, failed,
+                 list(destroyed))
+        return report
+
+    def _rewrap_rows(self, rows: list[DekRecord]) -> tuple[int, int]:
+        ok = bad = 0
+        for r in rows:
+            aad = dek_aad(r.kid, r.cls, r.subject_hash)
+            try:
+                dek = self.kms.unwrap(r.kek_id, r.wrapped, aad)
+            except (KeyIntegrityError, KeyDestroyed, KeyNotFound):
+                bad += 1
+                log.error("key %s (%s) cannot be unwrapped under %s; left as is", r.kid, r.cls, r.kek_id)
+                continue
+            kek, wrapped = self.kms.wrap(r.cls, dek, aad)
+            ok += self.store.rewrap(r.kid, r.kek_id, kek, wrapped)
+        return ok, bad
+
+    def _destroy_unused_keks(self, cls: str) -> tuple[tuple[str, ...], int]:
+        """Under the store's write lock: sweep DEKs another process wrapped under an old version
+        meanwhile, then destroy every old version no DEK uses any more."""
+        destroyed = []
+        late = 0
+        with self.store.transaction():
+            current = self.kms.current(cls)
+            after = ""
+            while rows := self.store.deks_to_rewrap(cls, current, after, self.config.rewrap_chunk):
+                late += self._rewrap_rows(rows)[0]
+                after = rows[-1].kid
+            in_use = self.store.kek_usage(cls)
+            for k in self.kms.versions(cls):
+                if k != current and k not in in_use:
+                    self.kms.destroy(k)
+                    destroyed.append(k)
+        return tuple(destroyed), late
+
+    # --- status, authorization, cache ---------------------------------------------------------
+    def status(self) -> ServiceStatus:
+        counts = {c.cls: c for c in self.store.counts()}
+        out = []
+        for c in sorted(set(self.kms.classes()) | set(counts)):
+            n = counts.get(c)
+            known = c in self.kms.classes()
+            out.append(ClassStatus(
+                cls=c,
+                kek_id=self.kms.current(c) if known else "-",
+                epoch=self.kms.epoch(c) if known else 0,
+                live_keks=tuple(self.kms.versions(c)) if known else (),
+                destroyed_keks=tuple(self.kms.destroyed(c)) if known else (),
+                deks=n.deks if n else 0,
+                subjects=n.subjects if n else 0,
+                erased_keys=n.tombstones if n else 0,
+            ))
+        erasures = len(self.store.erasures())
+        return ServiceStatus(tuple(out), self.store.holds_count(), erasures, self.store.epoch())
+
+    def _authorize(self, principal: str, action: str, res: Resource, event: str, resource: str,
+                   **meta: str) -> None:
+        try:
+            check(self._authz, principal, action, res)
+        except AccessDenied:
+            self._audit.record(event, principal=principal, resource=resource, outcome=DENIED,
+                               reason="not_authorized", **meta)
+            raise
+
+    def _poll(self) -> None:
+        """Drop cached keys when the revocation epoch moved (a forget anywhere). A cheap read,
+        at most every ``revocation_poll`` seconds."""
+        now = time.monotonic()
+        if now < self._next_poll:
+            return
+        self._next_poll = now + self.config.revocation_poll
+        epoch = self.store.epoch()
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._drop_caches()
+
+    def _drop_caches(self) -> None:
+        self.cache.clear()
+        self._current.clear()

@@ -1,0 +1,325 @@
+"""SQLite key store: one WAL database file, ``secure_delete`` on, fully synchronous.
+
+Losing a committed DEK loses every event encrypted with it, so commits are ``synchronous=FULL``.
+Erasure zeroes freed pages (``secure_delete``) and then truncates the WAL so the wrapped bytes
+leave every file. Concurrent first use of a (subject, class) by two processes converges on one
+key through the UNIQUE constraint: the loser's INSERT is ignored and it re-reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import orjson
+
+from eventward.errors import InputError, KeyStoreUnavailable, LegalHoldError
+from eventward.keys.store_base import ClassCounts, DekRecord, Erasure
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deks (
+    kid TEXT PRIMARY KEY,
+    subject_hash TEXT NOT NULL,
+    class TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    kek_id TEXT NOT NULL,
+    wrapped BLOB NOT NULL,
+    created REAL NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (subject_hash, class, version)
+);
+CREATE INDEX IF NOT EXISTS deks_class_kek ON deks (class, kek_id);
+CREATE TABLE IF NOT EXISTS tombstones (
+    kid TEXT PRIMARY KEY,
+    class TEXT NOT NULL,
+    destroyed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS holds (
+    subject_hash TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erasures (
+    subject_hash TEXT NOT NULL,
+    time REAL NOT NULL,
+    classes TEXT NOT NULL,
+    destroyed INTEGER NOT NULL,
+    PRIMARY KEY (subject_hash, time)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', 0);
+"""
+
+_DEK_COLUMNS = "kid, subject_hash, class, version, kek_id, wrapped, created, uses"
+_INSERT_DEK = f"INSERT OR IGNORE INTO deks ({_DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT_DEK = f"SELECT {_DEK_COLUMNS} FROM deks"
+
+
+def _params(r: DekRecord) -> tuple:
+    return (r.kid, r.subject_hash, r.cls, r.version, r.kek_id, r.wrapped, r.created, r.uses)
+
+
+def _dek(row: tuple) -> DekRecord:
+    return DekRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], row[7])
+
+
+def _check_subject_hash(subject_hash: str) -> None:
+    # The class-DEK sentinel ("") and anything that is not a keyed hash can never be erased or held.
+    if len(subject_hash) != 32 or any(c not in "0123456789abcdef" for c in subject_hash):
+        raise InputError("not a subject hash (32 lowercase hex characters)")
+
+
+class SQLiteKeyStore:
+    """Implements keys.store_base.KeyStore on one SQLite file; safe across threads and processes."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._depth = 0
+        with self._errors("open"):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Create the file 0600 ourselves: SQLite gives the -wal/-shm files the same mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+            try:
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode != "wal":
+                    raise KeyStoreUnavailable(f"key store {path} cannot use WAL mode (got {mode})")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA secure_delete=ON")
+                with self.transaction():
+                    for stmt in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(stmt)
+                    self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                                     (SCHEMA_VERSION,))
+                    found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+                if found != SCHEMA_VERSION:
+                    raise KeyStoreUnavailable(
+                        f"key store {path} has schema {found}, expected {SCHEMA_VERSION}"
+                    )
+            except BaseException:
+                self._db.close()
+                raise
+
+    def __repr__(self) -> str:
+        return f"SQLiteKeyStore({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def _errors(self, op: str) -> Iterator[None]:
+        """Driver and OS failures become KeyStoreUnavailable naming the file and the operation."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise KeyStoreUnavailable(f"key store {self.path}: {op} failed: {e}") from None
+        except OSError as e:
+            raise KeyStoreUnavailable(f"key store {self.path}: {op} failed: {e.strerror}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with self._errors("begin"):
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+                with self._errors("commit"):
+                    self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+
+    def _all(self, op: str, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock, self._errors(op):
+            return self._db.execute(sql, params).fetchall()
+
+    def _one(self, op: str, sql: str, params: tuple = ()) -> tuple | None:
+        with self._lock, self._errors(op):
+            return self._db.execute(sql, params).fetchone()
+
+    # --- DEKs -------------------------------------------------------------------------------
+    def insert_dek(self, rec: DekRecord) -> bool:
+        with self.transaction(), self._errors("insert key"):
+            return self._db.execute(_INSERT_DEK, _params(rec)).rowcount == 1
+
+    def insert_many(self, recs: Iterable[DekRecord]) -> int:
+        """Bulk load (benchmarks, imports): one transaction, duplicates ignored."""
+        with self.transaction(), self._errors("bulk insert keys"):
+            return self._db.executemany(_INSERT_DEK, (_params(r) for r in recs)).rowcount
+
+    def get_dek(self, kid: str) -> DekRecord | None:
+        row = self._one("read key", f"{_SELECT_DEK} WHERE kid = ?", (kid,))
+        return _dek(row) if row else None
+
+    def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:
+        row = self._one(
+            "read current key",
+            f"{_SELECT_DEK} WHERE subject_hash = ? AND class = ? ORDER BY version DESC LIMIT 1",
+            (subject_hash, cls),
+        )
+        return _dek(row) if row else None
+
+    def tombstone(self, kid: str) -> tuple[str, float] | None:
+        row = self._one("read tombstone", "SELECT class, destroyed_at FROM tombstones WHERE kid = ?", (kid,))
+        return (row[0], row[1]) if row else None
+
+    def deks_to_rewrap(self, cls: str, keep_kek: str, after_kid: str, limit: int) -> list[DekRecord]:
+        rows = self._all(
+            "scan keys",
+            f"{_SELECT_DEK} WHERE class = ? AND kek_id != ? AND kid > ? ORDER BY kid LIMIT ?",
+            (cls, keep_kek, after_kid, limit),
+        )
+        return [_dek(r) for r in rows]
+
+    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes) -> bool:
+        with self.transaction(), self._errors("re-wrap key"):
+            cur = self._db.execute(
+                "UPDATE deks SET kek_id = ?, wrapped = ? WHERE kid = ? AND kek_id = ?",
+                (new_kek, wrapped, kid, old_kek),
+            )
+            return cur.rowcount == 1
+
+    def kek_usage(self, cls: str) -> dict[str, int]:
+        sql = "SELECT kek_id, count(*) FROM deks WHERE class = ? GROUP BY kek_id"
+        return dict(self._all("count keys", sql, (cls,)))
+
+    def add_uses(self, kid: str, n: int) -> int:
+        with self.transaction(), self._errors("count key uses"):
+            row = self._db.execute(
+                "UPDATE deks SET uses = uses + ? WHERE kid = ? RETURNING uses", (n, kid)
+            ).fetchone()
+            return row[0] if row else 0
+
+    # --- erasure ----------------------------------------------------------------------------
+    def _delete_keys(self, subject_hash: str, at: float, before: float | None) -> list[tuple[str, str]]:
+        """Tombstone then delete the subject's DEKs (created at or before ``before`` if given)."""
+        cond, params = "subject_hash = ?", (subject_hash,)
+        if before is not None:
+            cond, params = "subject_hash = ? AND created <= ?", (subject_hash, before)
+        rows = self._db.execute(f"SELECT kid, class FROM deks WHERE {cond}", params).fetchall()
+        if rows:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO tombstones (kid, class, destroyed_at) VALUES (?, ?, ?)",
+                ((kid, cls, at) for kid, cls in rows),
+            )
+            self._db.execute(f"DELETE FROM deks WHERE {cond}", params)
+        return rows
+
+    def _record(self, e: Erasure, replace: bool) -> bool:
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        cur = self._db.execute(
+            f"{verb} INTO erasures (subject_hash, time, classes, destroyed) VALUES (?, ?, ?, ?)",
+            (e.subject_hash, e.time, orjson.dumps(list(e.classes)).decode(), e.destroyed),
+        )
+        return cur.rowcount == 1
+
+    def erase_subject(self, subject_hash: str, at: float) -> Erasure:
+        _check_subject_hash(subject_hash)
+        with self.transaction(), self._errors("erase subject"):
+            hold = self._db.execute("SELECT since FROM holds WHERE subject_hash = ?", (subject_hash,))
+            row = hold.fetchone()
+            if row:
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[0]))
+                raise LegalHoldError(
+                    f"subject {subject_hash} is under legal hold since {since}; "
+                    "release the hold before forgetting",
+                    subject_hash=subject_hash,
+                )
+            rows = self._delete_keys(subject_hash, at, None)
+            e = Erasure(subject_hash, at, tuple(sorted({cls for _, cls in rows})), len(rows))
+            self._record(e, replace=True)
+            self._bump()
+            return e
+
+    def apply_erasure(self, erasure: Erasure) -> int:
+        _check_subject_hash(erasure.subject_hash)
+        with self.transaction(), self._errors("re-apply erasure"):
+            if not self._record(erasure, replace=False):
+                return 0
+            rows = self._delete_keys(erasure.subject_hash, erasure.time, erasure.time)
+            if rows:
+                self._bump()
+            return len(rows)
+
+    def erasures(self) -> list[Erasure]:
+        rows = self._all(
+            "read erasures", "SELECT subject_hash, time, classes, destroyed FROM erasures ORDER BY time"
+        )
+        return [Erasure(s, t, tuple(orjson.loads(c)), n) for s, t, c, n in rows]
+
+    # --- legal holds ------------------------------------------------------------------------
+    def hold(self, subject_hash: str, reason: str, since: float) -> None:
+        _check_subject_hash(subject_hash)
+        with self.transaction(), self._errors("place hold"):
+            self._db.execute(
+                "INSERT OR REPLACE INTO holds (subject_hash, reason, since) VALUES (?, ?, ?)",
+                (subject_hash, reason, since),
+            )
+
+    def release(self, subject_hash: str) -> bool:
+        with self.transaction(), self._errors("release hold"):
+            return self._db.execute("DELETE FROM holds WHERE subject_hash = ?", (subject_hash,)).rowcount == 1
+
+    def held(self, subject_hash: str) -> str | None:
+        row = self._one("read hold", "SELECT reason FROM holds WHERE subject_hash = ?", (subject_hash,))
+        return row[0] if row else None
+
+    def holds_count(self) -> int:
+        row = self._one("count holds", "SELECT count(*) FROM holds")
+        return row[0] if row else 0
+
+    # --- revocation epoch, stats, purge ----------------------------------------------------------
+    def epoch(self) -> int:
+        row = self._one("read epoch", "SELECT value FROM meta WHERE key = 'epoch'")
+        return row[0] if row else 0
+
+    def _bump(self) -> int:
+        sql = "UPDATE meta SET value = value + 1 WHERE key = 'epoch' RETURNING value"
+        return self._db.execute(sql).fetchone()[0]
+
+    def bump_epoch(self) -> int:
+        with self.transaction(), self._errors("bump epoch"):
+            return self._bump()
+
+    def counts(self) -> list[ClassCounts]:
+        deks = self._all(
+            "count keys", "SELECT class, count(*), count(DISTINCT subject_hash) FROM deks GROUP BY class"
+        )
+        tombs = dict(self._all("count tombstones", "SELECT class, count(*) FROM tombstones GROUP BY class"))
+        out = {c: ClassCounts(c, n, s, tombs.get(c, 0)) for c, n, s in deks}
+        for c, t in tombs.items():
+            out.setdefault(c, ClassCounts(c, 0, 0, t))
+        return [out[c] for c in sorted(out)]
+
+    def purge(self, attempts: int = 20) -> bool:
+        """Checkpoint and truncate the WAL; retried while another connection briefly reads."""
+        for i in range(attempts):
+            row = self._one("checkpoint", "PRAGMA wal_checkpoint(TRUNCATE)")
+            if row and row[0] == 0:
+                return True
+            time.sleep(0.005 * (i + 1))
+        return False
+
+    def close(self) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._db.close()

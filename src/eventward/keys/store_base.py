@@ -1,0 +1,115 @@
+"""The KeyStore seam: where wrapped DEKs, tombstones, legal holds and the erasure ledger live.
+
+A store only ever sees wrapped DEKs and keyed subject hashes, never key bytes or raw subject
+ids. Implementations raise KeyStoreUnavailable (never a driver error) and make every write
+atomic; ``transaction()`` lets the key service group a KMS call with the writes it guards.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+CLASS_SUBJECT = ""  # subject_hash of a class DEK (data with no data subject); never erasable
+
+
+@dataclass(frozen=True)
+class DekRecord:
+    kid: str
+    subject_hash: str
+    cls: str
+    version: int
+    kek_id: str
+    wrapped: bytes = field(repr=False)
+    created: float
+    uses: int = 0
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """One ledger entry: every DEK of ``subject_hash`` created at or before ``time`` is gone."""
+
+    subject_hash: str
+    time: float
+    classes: tuple[str, ...]
+    destroyed: int
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    cls: str
+    deks: int
+    subjects: int
+    tombstones: int
+
+
+class KeyStore(Protocol):
+    def transaction(self) -> AbstractContextManager[None]:
+        """One atomic write (re-entrant); holds the store's write lock until it ends."""
+        ...
+
+    def insert_dek(self, rec: DekRecord) -> bool:
+        """False when (subject, class, version) already exists: the caller re-reads and converges."""
+        ...
+
+    def get_dek(self, kid: str) -> DekRecord | None: ...
+
+    def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:
+        """Highest version of the subject's DEK in ``cls``."""
+        ...
+
+    def tombstone(self, kid: str) -> tuple[str, float] | None:
+        """(class, destroyed_at) of a destroyed kid, so readers can say "erased" rather than "forged"."""
+        ...
+
+    def deks_to_rewrap(self, cls: str, keep_kek: str, after_kid: str, limit: int) -> list[DekRecord]:
+        """DEKs of ``cls`` not wrapped under ``keep_kek``, in kid order after ``after_kid``."""
+        ...
+
+    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes) -> bool: ...
+
+    def kek_usage(self, cls: str) -> dict[str, int]:
+        """How many DEKs each KEK id of ``cls`` wraps."""
+        ...
+
+    def add_uses(self, kid: str, n: int) -> int:
+        """Add ``n`` to a DEK's use counter and return the new total (class-DEK rotation)."""
+        ...
+
+    def erase_subject(self, subject_hash: str, at: float) -> Erasure:
+        """Delete and tombstone every DEK of the subject, record the erasure, bump the epoch.
+
+        Raises LegalHoldError (nothing deleted) while the subject is held.
+        """
+        ...
+
+    def apply_erasure(self, erasure: Erasure) -> int:
+        """Re-apply a ledger entry this store does not know yet (restored backup); returns DEKs deleted."""
+        ...
+
+    def erasures(self) -> list[Erasure]: ...
+
+    def hold(self, subject_hash: str, reason: str, since: float) -> None: ...
+
+    def release(self, subject_hash: str) -> bool: ...
+
+    def held(self, subject_hash: str) -> str | None:
+        """The hold's reason, or None when the subject is not held."""
+        ...
+
+    def holds_count(self) -> int: ...
+
+    def epoch(self) -> int:
+        """Revocation epoch: changes whenever cached keys must be dropped. Must be a cheap read."""
+        ...
+
+    def bump_epoch(self) -> int: ...
+
+    def counts(self) -> list[ClassCounts]: ...
+
+    def purge(self) -> bool:
+        """Make deleted bytes leave every file (WAL checkpoint); False if a reader kept it from finishing."""
+        ...
+
+    def close(self) -> None: ...
