@@ -22,6 +22,7 @@ from types import TracebackType
 from eventward.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit
 from eventward.errors import (
     AccessDenied,
+    ConfigError,
     InputError,
     KeyDestroyed,
     KeyIntegrityError,
@@ -66,6 +67,17 @@ def _check_reason(reason: str, *, required: bool) -> str:
         raise InputError(f"a reason of 1..{MAX_REASON_CHARS} characters is required" if required
                          else f"the reason must be at most {MAX_REASON_CHARS} characters")
     return reason
+
+
+def _check_own_kms(kms: KMS, passphrase: str | None, prepare_home: Callable[[], object]) -> None:
+    """A caller-supplied KMS is closed if the service cannot be built around it."""
+    try:
+        if passphrase is not None:
+            raise ConfigError("a passphrase protects the local keyring; it cannot be used with another KMS")
+        prepare_home()
+    except BaseException:
+        kms.close()
+        raise
 
 
 @dataclass(frozen=True)
@@ -188,9 +200,14 @@ class KeyService:
         passphrase: str | None = None,
         clock: Callable[[], float] = time.time,
         config: KeyServiceConfig | None = None,
+        kms: KMS | None = None,
     ) -> KeyService:
-        home.require()
-        kms = LocalKMS.open(home.keyring, master_key_path=home.master_key, passphrase=passphrase)
+        """``kms`` replaces the home's keyring (e.g. a Pkcs11KMS.open); the service closes it."""
+        if kms is None:
+            home.require()
+            kms = LocalKMS.open(home.keyring, master_key_path=home.master_key, passphrase=passphrase)
+        else:
+            _check_own_kms(kms, passphrase, home.require)
         return cls._assemble(home, kms, authorizer, audit, clock, config)
 
     @classmethod
@@ -204,22 +221,27 @@ class KeyService:
         classes: tuple[str, ...] = DEFAULT_CLASSES,
         clock: Callable[[], float] = time.time,
         config: KeyServiceConfig | None = None,
+        kms: KMS | None = None,
     ) -> KeyService:
-        """Create the master key (or use the passphrase), the keyring and the key store."""
-        home.ensure()
-        kms = LocalKMS.create(
-            home.keyring,
-            master_key_path=None if passphrase is not None else home.master_key,
-            passphrase=passphrase,
-            classes=classes,
-        )
+        """Create the master key (or use the passphrase), the keyring and the key store. A given
+        ``kms`` (e.g. a Pkcs11KMS.create) is used instead of a keyring; the service closes it."""
+        if kms is None:
+            home.ensure()
+            kms = LocalKMS.create(
+                home.keyring,
+                master_key_path=None if passphrase is not None else home.master_key,
+                passphrase=passphrase,
+                classes=classes,
+            )
+        else:
+            _check_own_kms(kms, passphrase, home.ensure)
         return cls._assemble(home, kms, authorizer, audit, clock, config)
 
     @classmethod
     def _assemble(
         cls,
         home: Home,
-        kms: LocalKMS,
+        kms: KMS,
         authorizer: Authorizer,
         audit: AuditSink | None,
         clock: Callable[[], float],
