@@ -1,0 +1,567 @@
+"""The gateway's HTTP contract, in one place: the OpenAPI 3.1 document *and* the route table.
+
+The app registers exactly the operations listed here and validates every path, query and body
+against these schemas before a backend sees it, so the document cannot drift from the server.
+``docs/openapi.yaml`` is this document rendered (``python -m eventward.gateway > docs/openapi.yaml``);
+a test fails if the two differ. Every schema is closed (``additionalProperties: false``) and
+bounded (lengths, item counts, ranges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventward.policy.base import ACTIONS
+
+VERSION = "0.1.0"
+MAX_BATCH = 1000
+MAX_CONSUME = 1000
+MAX_WAIT_S = 30
+MAX_ATTR = 4096
+NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"  # topics (= stream names), groups, event types
+TOKEN_ID = "^[A-Za-z0-9._:-]{1,128}$"  # noqa: S105 (proposal and certificate ids, not a secret)
+KID = "^[!-~]{1,256}$"  # printable ASCII, no spaces
+CLASS = "^[a-z][a-z0-9_-]{0,31}$"
+HEX = "^[0-9a-f]{1,128}$"
+B64URL = "^[A-Za-z0-9_-]{0,1024}$"
+# RFC 3339 with real calendar dates (30-day months, February, leap years), so that what the
+# document calls valid the envelope parser accepts too.
+_DATE = (
+    "(?:[1-9][0-9]{3}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    "|02-(?:0[1-9]|1[0-9]|2[0-8]))|(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)"
+    "-02-29)"
+)
+_TIME = (
+    "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+RFC3339 = f"^{_DATE}T{_TIME}$"
+EXTENSION_NAME = "^([a-z0-9]{1,20}|data_base64)$"
+INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+
+
+def _s(max_len: int, pattern: str | None = None, min_len: int = 1, **kw: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"type": "string", "minLength": min_len, "maxLength": max_len, **kw}
+    if pattern:
+        d["pattern"] = pattern
+    return d
+
+
+def _int(minimum: int = 0, maximum: int = 2**63 - 1, **kw: Any) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum, **kw}
+
+
+def _obj(props: dict[str, Any], required: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        "required": list(required),
+        **kw,
+    }
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _arr(items: dict[str, Any], max_items: int, min_items: int = 0) -> dict[str, Any]:
+    return {"type": "array", "items": items, "minItems": min_items, "maxItems": max_items}
+
+
+_ATTR = _s(MAX_ATTR)
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "CloudEvent": {
+        "type": "object",
+        "description": "A CloudEvents 1.0 event in structured JSON mode; extension attributes are "
+        "lowercase alphanumeric names with string, integer or boolean values.",
+        "required": ["specversion", "id", "source", "type"],
+        "properties": {
+            "specversion": {"type": "string", "const": "1.0"},
+            "id": _ATTR,
+            "source": _ATTR,
+            "type": _ATTR,
+            "subject": _ATTR,
+            "dataschema": _ATTR,
+            "datacontenttype": _s(MAX_ATTR, "^[!-~]+$"),
+            "time": _s(64, RFC3339),
+            "data": {
+                "description": "Event payload (any JSON); sensitive fields are encrypted by the gateway."
+            },
+            "ewseq": _int(),
+        },
+        "propertyNames": {"pattern": EXTENSION_NAME},
+        "additionalProperties": {"anyOf": [_ATTR, INT32, {"type": "boolean"}]},
+        "maxProperties": 64,
+        "allOf": [
+            {"not": {"required": ["data", "data_base64"]}},
+            {
+                "if": {"required": ["data"]},
+                "then": {
+                    "properties": {"datacontenttype": {"pattern": "^(application/json|[!-~]*\\+json)$"}}
+                },
+            },
+        ],
+    },
+    "PublishRequest": _arr(ref("CloudEvent"), MAX_BATCH, 1),
+    "PublishResponse": _obj(
+        {
+            "accepted": _int(0, MAX_BATCH),
+            "ids": _arr(_ATTR, MAX_BATCH),
+            "first_offset": {"type": ["integer", "null"], "minimum": 0},
+        },
+        ("accepted", "ids"),
+    ),
+    "Delivery": _obj({"offset": _int(), "event": ref("CloudEvent")}, ("offset", "event")),
+    "ConsumeResponse": _obj({"events": _arr(ref("Delivery"), MAX_CONSUME), "lag": _int()}, ("events", "lag")),
+    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int()}, ("group", "offset")),
+    "AckResponse": _obj({"group": _s(200, NAME), "committed": _int()}, ("group", "committed")),
+    "SchemaFormat": {"type": "string", "enum": ["json", "avro"]},
+    "SchemaDocument": {
+        "type": "object",
+        "description": "A JSON Schema or an Avro schema (as JSON).",
+        "maxProperties": 256,
+    },
+    "SchemaRequest": _obj({"schema": ref("SchemaDocument"), "format": ref("SchemaFormat")}, ("schema",)),
+    "ApproveRequest": _obj(
+        {
+            "security": {
+                "type": "boolean",
+                "default": False,
+                "description": "Also approve security-weakening changes.",
+            }
+        }
+    ),
+    "SchemaVersion": _obj(
+        {
+            "type": _s(200, NAME),
+            "version": _int(1),
+            "format": ref("SchemaFormat"),
+            "schema": ref("SchemaDocument"),
+            "status": {"type": "string", "enum": ["pending", "approved"]},
+        },
+        ("type", "version", "format", "schema", "status"),
+    ),
+    "SchemaSummary": _obj(
+        {"type": _s(200, NAME), "latest_version": _int(0), "pending": _int(0)},
+        ("type", "latest_version", "pending"),
+    ),
+    "SchemaList": _obj({"schemas": _arr(ref("SchemaSummary"), 100_000)}, ("schemas",)),
+    "SchemaProposal": _obj(
+        {
+            "proposal": _s(128, TOKEN_ID),
+            "type": _s(200, NAME),
+            "version": _int(1),
+            "status": {"type": "string", "enum": ["pending", "approved"]},
+            "security_changes": _arr(_s(128), 256),
+        },
+        ("proposal", "type", "version", "status", "security_changes"),
+    ),
+    "SchemaCheck": _obj(
+        {
+            "compatible": {"type": "boolean"},
+            "problems": _arr(_s(1024), 256),
+            "security_changes": _arr(_s(128), 256),
+        },
+        ("compatible", "problems", "security_changes"),
+    ),
+    "UnwrapRequest": _obj({"kid": _s(256, KID), "class": _s(32, CLASS)}, ("kid", "class")),
+    "UnwrapResponse": _obj(
+        {
+            "kid": _s(256, KID),
+            "class": _s(32, CLASS),
+            "key": _s(64, B64URL, description="The data key, base64url without padding."),
+        },
+        ("kid", "class", "key"),
+    ),
+    "SubjectRequest": _obj(
+        {"subject": _s(256, description="Raw data-subject id (kept out of URLs).")}, ("subject",)
+    ),
+    "HoldRequest": _obj({"subject": _s(256), "reason": _s(256, min_len=0)}, ("subject",)),
+    "SubjectStatus": _obj({"status": {"type": "string", "enum": ["held", "released"]}}, ("status",)),
+    "ErasureCertificate": _obj(
+        {
+            "certificate": _s(128, TOKEN_ID),
+            "subject_hash": _s(128, HEX),
+            "keys_destroyed": _int(),
+            "issued_at": _s(64, RFC3339),
+            "complete_after": _s(64, RFC3339),
+            "audit_index": _int(),
+            "signature": _s(1024, B64URL),
+        },
+        (
+            "certificate",
+            "subject_hash",
+            "keys_destroyed",
+            "issued_at",
+            "complete_after",
+            "audit_index",
+            "signature",
+        ),
+    ),
+    "Checkpoint": _obj(
+        {
+            "tree_size": _int(),
+            "root_hash": _s(128, HEX),
+            "timestamp": _s(64, RFC3339),
+            "signature": _s(1024, B64URL),
+            "key_id": _s(256, KID),
+        },
+        ("tree_size", "root_hash", "timestamp", "signature", "key_id"),
+    ),
+    "InclusionProof": _obj(
+        {"index": _int(), "tree_size": _int(1), "leaf_hash": _s(128, HEX), "path": _arr(_s(128, HEX), 64)},
+        ("index", "tree_size", "leaf_hash", "path"),
+    ),
+    "Resource": _obj({"kind": _s(32, "^[A-Z][A-Za-z]{0,31}$"), "id": _s(256)}, ("kind", "id")),
+    "ExplainRequest": _obj(
+        {
+            "principal": _s(256, description="Whom to explain for (default: the caller)."),
+            "action": {"type": "string", "enum": list(ACTIONS)},
+            "resource": ref("Resource"),
+        },
+        ("action", "resource"),
+    ),
+    "Explanation": _obj(
+        {
+            "allowed": {"type": "boolean"},
+            "principal": _s(256),
+            "action": _s(64),
+            "resource": ref("Resource"),
+            "policies": _arr(_s(512), 256),
+            "missing": {"type": ["string", "null"], "maxLength": 1024},
+            "explanation": _s(16384),
+        },
+        ("allowed", "principal", "action", "resource", "policies", "missing", "explanation"),
+    ),
+    "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}, ("status",)),
+    "WhoAmI": _obj(
+        {"principal": _s(256), "method": {"type": "string", "enum": ["mtls", "jwt", "dev"]}},
+        ("principal", "method"),
+    ),
+    "Problem": _obj(
+        {
+            "type": _s(256),
+            "title": _s(256),
+            "status": _int(100, 599),
+            "detail": _s(4096, min_len=0),
+            "instance": _s(256),
+            "code": _s(64),
+            "reason": _s(64),
+            "path": _s(1024, min_len=0),
+            "rule": _s(256, min_len=0),
+            "index": _int(),
+            "limit": _int(),
+            "retry_after": _int(1),
+            "missing": _s(1024),
+        },
+        ("type", "title", "status", "detail", "code"),
+        description="RFC 9457 problem details; `code` is the stable eventward error code.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # "path" or "query"
+    schema: dict[str, Any]
+    required: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Operation:
+    op_id: str
+    method: str
+    path: str
+    summary: str
+    ok: str | None  # response schema name (None: not JSON)
+    status: int = 200
+    body: str | None = None  # request schema name
+    params: tuple[Param, ...] = ()
+    tag: str = "events"
+    ok_type: str = "application/json"
+    errors: tuple[int, ...] = field(default=(400, 401, 403, 404, 429, 503))
+
+
+TOPIC = Param("topic", "path", _s(200, NAME), True)
+ETYPE = Param("type", "path", _s(200, NAME), True, "Event type (CloudEvents `type`).")
+BODY_ERRORS = (400, 401, 403, 404, 408, 409, 413, 415, 422, 429, 503)
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "publish",
+        "POST",
+        "/v1/topics/{topic}/events",
+        "Publish a batch of CloudEvents",
+        "PublishResponse",
+        body="PublishRequest",
+        params=(TOPIC,),
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "consume",
+        "GET",
+        "/v1/topics/{topic}/events",
+        "Long-poll for events",
+        "ConsumeResponse",
+        params=(
+            TOPIC,
+            Param("group", "query", _s(200, NAME), True),
+            Param("max", "query", _int(1, MAX_CONSUME, default=100)),
+            Param(
+                "wait",
+                "query",
+                {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+                description="Seconds to wait for the first event.",
+            ),
+        ),
+    ),
+    Operation(
+        "ack",
+        "POST",
+        "/v1/topics/{topic}/ack",
+        "Commit a consumer group's position",
+        "AckResponse",
+        body="AckRequest",
+        params=(TOPIC,),
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "list_schemas", "GET", "/v1/schemas", "List registered event types", "SchemaList", tag="schemas"
+    ),
+    Operation(
+        "show_schema",
+        "GET",
+        "/v1/schemas/{type}",
+        "Show a schema version",
+        "SchemaVersion",
+        tag="schemas",
+        params=(ETYPE, Param("version", "query", _int(1, 2**31 - 1))),
+    ),
+    Operation(
+        "propose_schema",
+        "POST",
+        "/v1/schemas/{type}/proposals",
+        "Propose a schema version",
+        "SchemaProposal",
+        status=201,
+        body="SchemaRequest",
+        params=(ETYPE,),
+        tag="schemas",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "approve_schema",
+        "POST",
+        "/v1/schemas/{type}/proposals/{proposal}/approve",
+        "Approve a proposed schema version (a second principal)",
+        "SchemaVersion",
+        body="ApproveRequest",
+        params=(ETYPE, Param("proposal", "path", _s(128, TOKEN_ID), True)),
+        tag="schemas",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "check_schema",
+        "POST",
+        "/v1/schemas/{type}/check",
+        "Check compatibility and security regressions",
+        "SchemaCheck",
+        body="SchemaRequest",
+        params=(ETYPE,),
+        tag="schemas",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "unwrap",
+        "POST",
+        "/v1/keys/unwrap",
+        "Unwrap a data key for a cleared principal",
+        "UnwrapResponse",
+        body="UnwrapRequest",
+        tag="keys",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "forget",
+        "POST",
+        "/v1/subjects/forget",
+        "Crypto-shred a data subject",
+        "ErasureCertificate",
+        body="SubjectRequest",
+        tag="subjects",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "hold",
+        "POST",
+        "/v1/subjects/hold",
+        "Put a data subject under legal hold",
+        "SubjectStatus",
+        body="HoldRequest",
+        tag="subjects",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "release",
+        "POST",
+        "/v1/subjects/release",
+        "Release a legal hold",
+        "SubjectStatus",
+        body="SubjectRequest",
+        tag="subjects",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "audit_checkpoint",
+        "GET",
+        "/v1/audit/checkpoint",
+        "Latest signed tree head",
+        "Checkpoint",
+        tag="audit",
+    ),
+    Operation(
+        "audit_prove",
+        "GET",
+        "/v1/audit/proof",
+        "Inclusion proof for an audit record",
+        "InclusionProof",
+        params=(Param("index", "query", _int(), True), Param("tree_size", "query", _int(1))),
+        tag="audit",
+    ),
+    Operation(
+        "audit_certificate",
+        "GET",
+        "/v1/audit/certificates/{certificate}",
+        "An erasure certificate",
+        "ErasureCertificate",
+        params=(Param("certificate", "path", _s(128, TOKEN_ID), True),),
+        tag="audit",
+    ),
+    Operation(
+        "explain",
+        "POST",
+        "/v1/policy/explain",
+        "Explain an authorization decision",
+        "Explanation",
+        body="ExplainRequest",
+        tag="policy",
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "whoami", "GET", "/v1/whoami", "The authenticated principal", "WhoAmI", tag="ops", errors=(401, 429)
+    ),
+    Operation("healthz", "GET", "/healthz", "Liveness", "Health", tag="ops", errors=(401, 429)),
+    Operation(
+        "metrics",
+        "GET",
+        "/metrics",
+        "Prometheus metrics",
+        None,
+        tag="ops",
+        ok_type="text/plain; version=0.0.4",
+        errors=(401, 429),
+    ),
+    Operation("openapi", "GET", "/openapi.json", "This document", None, tag="ops", errors=(401, 429)),
+)
+
+_PROBLEM = {"application/problem+json": {"schema": ref("Problem")}}
+_RESPONSES: dict[str, dict[str, Any]] = {
+    "400": {"description": "Malformed request", "content": _PROBLEM},
+    "401": {
+        "description": "Not authenticated (JWT mode adds WWW-Authenticate: Bearer)",
+        "content": _PROBLEM,
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "403": {"description": "Denied by policy", "content": _PROBLEM},
+    "404": {"description": "No such resource", "content": _PROBLEM},
+    "408": {"description": "Request body too slow", "content": _PROBLEM},
+    "409": {"description": "Conflict (legal hold, approval required)", "content": _PROBLEM},
+    "413": {"description": "Body or batch too large", "content": _PROBLEM},
+    "415": {"description": "Unsupported content type or coding", "content": _PROBLEM},
+    "422": {"description": "Event or schema fails validation", "content": _PROBLEM},
+    "429": {
+        "description": "Over quota",
+        "content": _PROBLEM,
+        "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+    },
+    "503": {"description": "A dependency (KMS, key store, transport) is unavailable", "content": _PROBLEM},
+}
+
+
+def _operation(op: Operation) -> dict[str, Any]:
+    if op.ok is not None:
+        ok_content = {op.ok_type: {"schema": ref(op.ok)}}
+    elif op.op_id == "openapi":
+        ok_content = {"application/json": {"schema": {"type": "object"}}}
+    else:
+        ok_content = {op.ok_type: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {str(op.status): {"description": "Success", "content": ok_content}}
+    for code in sorted(op.errors):
+        responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
+    responses["default"] = {"description": "Other error", "content": _PROBLEM}
+    doc: dict[str, Any] = {
+        "operationId": op.op_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": responses,
+    }
+    if op.params:
+        doc["parameters"] = [
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.required,
+                "schema": p.schema,
+                **({"description": p.description} if p.description else {}),
+            }
+            for p in op.params
+        ]
+    if op.body:
+        doc["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref(op.body)}},
+        }
+    return doc
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "eventward gateway",
+            "version": VERSION,
+            "description": "Central enforcement point for non-Python clients: every connection is "
+            "authenticated (mTLS or OAuth2 JWT), every operation authorized, and events get the same "
+            "validation, encryption, sealing, replay protection and audit as the Python SDK.",
+        },
+        "servers": [{"url": "https://127.0.0.1:8443"}],
+        "security": [{"mutualTLS": []}, {"bearerAuth": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": {f"E{k}": v for k, v in _RESPONSES.items()},
+            "securitySchemes": {
+                "mutualTLS": {
+                    "type": "mutualTLS",
+                    "description": "Client certificate mapped to a principal.",
+                },
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
+    }
+
+
+def render_yaml() -> str:
+    import yaml
+
+    class _Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True  # shared sub-schemas are written out, not as YAML anchors
+
+    return yaml.dump(document(), Dumper=_Plain, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,48 @@
+"""The gateway's TLS server context: modern protocol and suites only, client certificates verified.
+
+TLS 1.2 is the floor (1.0/1.1 have no AEAD suites and are deprecated by RFC 8996); for 1.2
+only forward-secret AEAD suites are offered; TLS 1.3 suites are all AEAD already.
+Compression (CRIME) and renegotiation are off. In mTLS mode a client certificate is required
+and must chain to the configured client CA; in JWT mode one is optional (verified if sent,
+then usable for certificate-bound tokens).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from eventward.errors import ConfigError
+from eventward.home import read_secret
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def server_context(
+    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool
+) -> ssl.SSLContext:
+    if require_client_cert and client_ca is None:
+        raise ConfigError("mTLS needs a client CA certificate (gateway.tls.client_ca)")
+    for what, path in (("certificate", cert), ("client CA", client_ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"gateway TLS {what} {path} does not exist")
+    read_secret(key)  # refuses a missing or group/world-readable private key
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.options |= ssl.OP_SINGLE_ECDH_USE
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError):
+        raise ConfigError(f"gateway TLS certificate {cert} and key {key} cannot be loaded together") from None
+    if client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(client_ca))
+        except (ssl.SSLError, OSError):
+            raise ConfigError(f"gateway client CA {client_ca} is not a PEM certificate") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
