@@ -22,9 +22,9 @@ def _root(
 
 
 def _register() -> None:
-    from eventward.cli import audit, demo, keys, log, policy, schema
+    from eventward.cli import audit, demo, gateway, keys, log, nats, policy, schema
 
-    for mod in (keys, schema, policy, audit, log, demo):
+    for mod in (keys, schema, policy, audit, log, nats, gateway, demo):
         mod.register(app)
 
 

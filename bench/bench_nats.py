@@ -1,0 +1,152 @@
+"""NATS JetStream: eventward's transport against raw nats-py, on one nats-server started here.
+
+Scenarios (events of 600 bytes, batches of 500, a 16 KB seal per batch):
+
+* append: the transport appending sealed batches (one JetStream message per batch, offset
+  CAS, dedup id, PubAck awaited) vs raw ``publish_async`` of one message per event (no
+  atomicity, no seal) and vs one message per event in JetStream atomic batches (the
+  alternative design: atomic and per-event sequences, but a message per event).
+* read: the transport reading those batches (pipelined direct gets) vs a raw pull
+  consumer fetching one message per event.
+
+The append ratios are what chose one message per batch (see eventward/log/nats.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.js import api
+
+from bench.common import print_scenario, rate, scenario
+from eventward.log import natsserver
+from eventward.log.nats import NatsTransport
+
+EVENT_BYTES = 600
+BATCH = 500
+SEAL = os.urandom(16 * 1024)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Raw:
+    """Raw nats-py on its own event loop: the baselines."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.nc = self.loop.run_until_complete(nats.connect(url))
+        self.js = self.nc.jetstream()
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def stream(self, name: str, **cfg: Any) -> str:
+        subject = f"raw.{name}"
+        cfg = api.StreamConfig(name=name, subjects=[subject], storage=api.StorageType.FILE, **cfg)
+        self.run(self.js.add_stream(cfg))
+        return subject
+
+    async def publish_async(self, subject: str, events: list[bytes]) -> int:
+        futures = [await self.js.publish_async(subject, e) for e in events]
+        await asyncio.gather(*futures)
+        return len(events)
+
+    async def atomic_batches(self, subject: str, events: list[bytes]) -> int:
+        for start in range(0, len(events), BATCH):
+            bid = uuid.uuid4().hex
+            chunk = events[start : start + BATCH]
+            for i, e in enumerate(chunk):
+                headers = {"Nats-Batch-Id": bid, "Nats-Batch-Sequence": str(i + 1)}
+                await self.nc.publish(subject, e, headers=headers)
+            commit = {"Nats-Batch-Id": bid, "Nats-Batch-Sequence": str(len(chunk) + 1)}
+            commit["Nats-Batch-Commit"] = "1"  # the seal rides on the commit message
+            ack = json.loads((await self.nc.request(subject, SEAL, headers=commit, timeout=10)).data)
+            if "error" in ack:
+                raise RuntimeError(f"atomic batch refused: {ack['error']}")
+        return len(events)
+
+    async def pull_all(self, stream: str, subject: str, n: int) -> int:
+        sub = await self.js.pull_subscribe(
+            subject, durable=None, stream=stream,
+            config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL),
+        )
+        got = 0
+        while got < n:
+            got += len(await sub.fetch(batch=BATCH, timeout=10))
+        await sub.unsubscribe()
+        return got
+
+    def close(self) -> None:
+        self.run(self.nc.close())
+        self.loop.close()
+
+
+def run(quick: bool = False) -> list[dict]:
+    batches, repeats = (2, 1) if quick else (40, 3)
+    events = [os.urandom(EVENT_BYTES) for _ in range(BATCH * batches)]
+    root = Path(tempfile.mkdtemp(prefix="bench-nats-"))
+    nodes = natsserver.start_all(root, size=1, port=_free_port())
+    url = nodes[0].url(tls=False)
+    raw = _Raw(url)
+    t = NatsTransport(url)
+    try:
+        per_event = raw.stream("RAW_EVENTS")
+        atomic = raw.stream("RAW_ATOMIC", allow_atomic=True)
+        stream = f"bench.{uuid.uuid4().hex[:8]}"
+        t.create_stream(stream)
+
+        def append() -> int:
+            for start in range(0, len(events), BATCH):
+                t.append(stream, uuid.uuid4().hex, events[start : start + BATCH], SEAL)
+            return len(events)
+
+        def read() -> int:
+            n, pos, end = 0, 0, t.end_offset(stream)
+            fresh = NatsTransport(url)
+            try:
+                while pos < end:
+                    got = fresh.read(stream, pos, 2000)
+                    n, pos = n + len(got), got[-1].offset + 1
+            finally:
+                fresh.close()
+            return n
+
+        ew_append = rate(append, repeats)
+        raw_async = rate(lambda: raw.run(raw.publish_async(per_event, events)), repeats)
+        raw_atomic = rate(lambda: raw.run(raw.atomic_batches(atomic, events)), repeats)
+        total = len(events) * repeats
+        ew_read = rate(read, repeats)
+        raw_pull = rate(lambda: raw.run(raw.pull_all("RAW_EVENTS", per_event, total)), repeats)
+        setup = {"event_bytes": EVENT_BYTES, "batch": BATCH, "seal_bytes": len(SEAL), "events": len(events)}
+        return [
+            scenario(
+                "nats append: sealed batch per message",
+                ew_append,
+                {"raw publish_async, msg per event": raw_async, "atomic batch API, msg/event": raw_atomic},
+                **setup,
+            ),
+            scenario(
+                "nats read: batch per message", ew_read, {"raw pull consumer, msg/event": raw_pull}, **setup
+            ),
+        ]
+    finally:
+        t.close()
+        raw.close()
+        natsserver.stop_all(root)
+
+
+if __name__ == "__main__":
+    for res in run():
+        print_scenario(res)

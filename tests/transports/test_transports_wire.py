@@ -1,0 +1,124 @@
+"""The one-message-per-batch wire format and the bounded retry policy both transports use."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventward.errors import InputError, TransportError, TransportUnavailable
+from eventward.log import framing
+from eventward.log.retry import Backoff, Retry, retry_async, retry_sync
+
+batch_ids = st.text(min_size=1, max_size=framing.MAX_BATCH_ID)
+event_lists = st.lists(st.binary(max_size=300), min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch_ids, event_lists, st.binary(min_size=1, max_size=200))
+def test_round_trip_is_exact(batch_id: str, events: list[bytes], seal: bytes) -> None:
+    got = framing.decode(framing.encode(batch_id, events, seal), "test")
+    assert (got.batch_id, got.events, got.seal) == (batch_id, events, seal)
+
+
+@settings(max_examples=80, deadline=None)
+@given(batch_ids, event_lists, st.binary(min_size=1, max_size=50), st.data())
+def test_truncated_or_extended_messages_are_refused(batch_id, events, seal, data) -> None:
+    wire = framing.encode(batch_id, events, seal)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(TransportError):
+        framing.decode(wire[:cut], "test")
+    with pytest.raises(TransportError):
+        framing.decode(wire + data.draw(st.binary(min_size=1, max_size=10)), "test")
+
+
+def test_header_fields_are_checked() -> None:
+    wire = bytearray(framing.encode("b", [b"abc", b"de"], b"seal"))
+    for mutate in (
+        lambda w: w.__setitem__(slice(0, 4), b"EWB2"),  # magic
+        lambda w: w.__setitem__(slice(6, 10), struct.pack(">I", 0)),  # zero events
+        lambda w: w.__setitem__(slice(10, 14), struct.pack(">I", 0)),  # no seal
+        lambda w: w.__setitem__(slice(15, 19), struct.pack(">I", 4)),  # first event length lies
+        lambda w: w.__setitem__(slice(4, 6), struct.pack(">H", 0)),  # empty batch id
+    ):
+        bad = bytearray(wire)
+        mutate(bad)
+        with pytest.raises(TransportError):
+            framing.decode(bytes(bad), "stream s sequence 9")
+
+
+def test_error_names_the_place_never_the_content() -> None:
+    with pytest.raises(TransportError) as e:
+        framing.decode(b"EWB1" + b"customer-4711-ssn-123", "stream orders sequence 3")
+    assert "stream orders sequence 3" in e.value.message and "4711" not in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("batch_id", "events", "seal"),
+    [
+        ("", [b"a"], b"s"),
+        ("b", [], b"s"),
+        ("b", [b"a"], b""),
+        ("x" * 201, [b"a"], b"s"),
+        ("b", ["str"], b"s"),
+    ],
+)
+def test_malformed_batches_are_input_errors(batch_id, events, seal) -> None:
+    with pytest.raises(InputError):
+        framing.encode(batch_id, events, seal)
+
+
+def test_backoff_is_jittered_exponential_and_bounded() -> None:
+    b = Backoff(base_s=0.01, cap_s=0.08, budget_s=0.5)
+    t0 = time.monotonic()
+    delays = []
+    for d in b.delays():
+        delays.append(d)
+        time.sleep(d)
+    assert time.monotonic() - t0 <= 0.5 + 0.05
+    assert len(delays) >= 5 and all(0 <= d <= 0.08 for d in delays)
+    assert delays[0] <= 0.01 and len(set(delays)) > 1  # jitter
+
+
+def test_retry_rides_out_transient_failures_and_gives_up_after_the_budget() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise Retry("leader election")
+        return "ok"
+
+    assert retry_sync("op", flaky, Backoff(0.001, 0.01, 5)) == "ok" and len(calls) == 4
+
+    def down() -> None:
+        raise Retry("no responders")
+
+    t0 = time.monotonic()
+    with pytest.raises(TransportUnavailable) as e:
+        retry_sync("append to orders", down, Backoff(0.01, 0.05, 0.3))
+    assert time.monotonic() - t0 < 0.6
+    assert "append to orders" in e.value.message and "no responders" in e.value.message
+    assert e.value.details["attempts"] > 1
+
+    async def adown() -> None:
+        raise Retry("timeout")
+
+    with pytest.raises(TransportUnavailable):
+        asyncio.run(retry_async("read", adown, Backoff(0.01, 0.05, 0.2)))
+
+
+def test_non_transient_errors_are_not_retried() -> None:
+    calls = []
+
+    def refuse() -> None:
+        calls.append(1)
+        raise InputError("bad")
+
+    with pytest.raises(InputError):
+        retry_sync("op", refuse, Backoff(0.001, 0.01, 5))
+    assert calls == [1]
