@@ -1,10 +1,322 @@
-"""CLI commands for this area (registered by eventward.cli)."""
+"""``eventward schema ...`` (propose, approve, reject, list, show, check, mode) and ``eventward validate``.
+
+Changes go through the Registry (authorized, checked, audited in the home's audit log).
+Output shows paths, finding kinds, versions and fingerprints; ``validate`` prints the path
+and rule of each invalid line, never a value.
+"""
 
 from __future__ import annotations
 
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
 import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.syntax import Syntax
+from rich.table import Column, Table
+
+from eventward import envelope
+from eventward.audit import AuditLog
+from eventward.audit.base import AuditSink, NullAudit
+from eventward.cli import common
+from eventward.errors import EnvelopeError, InputError, NotFoundError, ValidationError
+from eventward.home import Home
+from eventward.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, READ_SCHEMA, AllowList
+from eventward.schema import CheckReport, Finding, Registry, SchemaVersion
+from eventward.schema.document import MAX_DOCUMENT_BYTES
+from eventward.schema.json_schema import HARD_MAX_EVENT_BYTES
+
+schema_app = typer.Typer(
+    help="Governed event schemas: propose, approve, check (changes need a second principal).",
+    no_args_is_help=True,
+)
+
+_AS = typer.Option(None, "--as", envvar="EVENTWARD_PRINCIPAL", help="Principal acting (default: OS user).")
+_FORMAT = typer.Option("json", "--format", "-f", help="Schema format: json (JSON Schema) or avro.")
+_MAX_LINE = HARD_MAX_EVENT_BYTES + 64 * 1024  # an envelope around the largest allowed data
+_PROGRESS_BYTES = 1024 * 1024  # show a progress bar for files larger than this
+
+
+def cli_authorizer(home: Home, principal: str) -> AllowList:
+    """Until the policy engine is wired in: the acting principal may do every schema action.
+
+    Self-approval is still refused by the registry, so a change needs two ``--as`` names.
+    """
+    actions = (PROPOSE_SCHEMA, APPROVE_SCHEMA, APPROVE_SECURITY, READ_SCHEMA)
+    return AllowList((principal, action, ("Schema", "*")) for action in actions)
+
+
+def _principal(name: str | None) -> str:
+    return name or os.environ.get("USER") or getpass.getuser()
+
+
+@contextmanager
+def _registry(principal: str | None = None, *, audited: bool = False) -> Iterator[Registry]:
+    """The home's registry; read-only commands (not audited) never create one."""
+    home = common.home()
+    if not audited and not home.registry_db.exists():
+        raise NotFoundError(f"no schema registry in {home.root} (propose a schema first)")
+    home.ensure()
+    p = _principal(principal)
+    audit: AuditSink = AuditLog.open(home) if audited else NullAudit()
+    try:
+        with Registry(home.registry_db, authorizer=cli_authorizer(home, p), audit=audit) as registry:
+            yield registry
+    finally:
+        if isinstance(audit, AuditLog):
+            audit.close()
+
+
+def _read(file: Path) -> bytes:
+    try:
+        size = file.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise InputError(f"{file} is {size} bytes, larger than a schema may be ({MAX_DOCUMENT_BYTES})")
+        return file.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {file}: {e.strerror}") from None
+
+
+def _findings_table(title: str, findings: tuple[Finding, ...]) -> Table:
+    table = Table(
+        Column("path", no_wrap=True),
+        Column("kind", no_wrap=True),
+        "against",
+        "message",
+        title=title,
+        title_justify="left",
+    )
+    for f in findings:
+        against = f"v{f.against} {f.direction}".strip() if f.against else f.direction
+        table.add_row(escape(f.path), f.kind, against, escape(f.message))
+    return table
+
+
+def _print_report(report: CheckReport) -> None:
+    console = common.console
+    compared = ", ".join(f"v{v}" for v in report.compared) or "nothing (first version or mode NONE)"
+    console.print(f"[bold]{report.type}[/] {report.fmt} {report.fingerprint[:23]}  mode {report.mode}")
+    console.print(f"compatibility checked against: {compared}")
+    if report.compatibility:
+        console.print(_findings_table("[red]incompatible[/]", report.compatibility))
+    else:
+        console.print("[green]compatible[/]")
+    if report.security:
+        console.print(
+            _findings_table("[yellow]security regressions: needs --security approval[/]", report.security)
+        )
+    elif report.baseline is not None:
+        console.print(f"[green]no security regression[/] against v{report.baseline}")
+
+
+def _print_version(v: SchemaVersion) -> None:
+    console = common.console
+    console.print(f"[bold]{v.type}[/] v{v.version} ({v.state}) {v.fmt} {v.fingerprint}")
+    console.print(
+        f"proposed by {v.proposer}; approvals: " + (", ".join(f"{k}={p}" for k, p in v.approvals) or "none")
+    )
+    console.print(f"max event size {v.max_event_bytes} bytes; data subject: {v.spec.subject_path or 'none'}")
+    if v.spec.rules:
+        table = Table(
+            Column("sensitive field", no_wrap=True),
+            "class",
+            "deterministic",
+            title="field spec",
+            title_justify="left",
+        )
+        for r in v.spec.rules:
+            table.add_row(escape(r.path), r.cls, "yes" if r.deterministic else "")
+        console.print(table)
+    if v.security_findings:
+        console.print(_findings_table("security findings", v.security_findings))
+
+
+@schema_app.command("propose")
+def propose_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE", help="CloudEvents type (the subject)."),
+    file: Path = typer.Argument(..., help="Schema document."),
+    fmt: str = _FORMAT,
+    principal: str = _AS,
+) -> None:
+    """Propose a new version; it needs approval by another principal to become active."""
+    with _registry(principal, audited=True) as reg:
+        p = reg.propose(_principal(principal), type_, _read(file), fmt)
+    common.console.print(f"proposed [bold]{p.type}[/] v{p.version} {p.fingerprint[:23]}")
+    _print_report(p.report)
+    need = "approval and a --security approval" if p.needs_security_approval else "approval"
+    common.console.print(f"awaiting {need} by a principal other than {p.proposer}")
+
+
+@schema_app.command("approve")
+def approve_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE"),
+    version: int = typer.Argument(...),
+    security: bool = typer.Option(False, "--security", help="Also give the security approval."),
+    principal: str = _AS,
+) -> None:
+    """Approve a proposed version (never your own); it activates once all approvals are in."""
+    with _registry(principal, audited=True) as reg:
+        v = reg.approve(_principal(principal), type_, version, security=security)
+    if v.state == "active":
+        common.console.print(f"[green]{v.type} v{v.version} is active[/]")
+    else:
+        common.console.print(f"[yellow]{v.type} v{v.version} still proposed:[/] needs a --security approval")
+
+
+@schema_app.command("reject")
+def reject_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE"), version: int = typer.Argument(...), principal: str = _AS
+) -> None:
+    """Reject a proposed version (or withdraw your own)."""
+    with _registry(principal, audited=True) as reg:
+        v = reg.reject(_principal(principal), type_, version)
+    common.console.print(f"{v.type} v{v.version} rejected")
+
+
+@schema_app.command("list")
+def list_cmd() -> None:
+    """Every subject with its mode, active and pending version."""
+    with _registry() as reg:
+        subjects = reg.list()
+    table = Table(
+        Column("type", no_wrap=True), "mode", "active", "pending", "versions", "format", "fingerprint"
+    )
+    for s in subjects:
+        table.add_row(
+            s.type,
+            str(s.mode),
+            f"v{s.active}" if s.active else "-",
+            f"v{s.pending}" if s.pending else "-",
+            str(s.versions),
+            s.fmt or "-",
+            (s.fingerprint or "-")[:23],
+        )
+    common.console.print(table)
+
+
+@schema_app.command("show")
+def show_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE"),
+    version: int = typer.Argument(None, help="Default: the active version, else the newest."),
+) -> None:
+    """One version: state, approvals, field spec, findings and the document."""
+    with _registry() as reg:
+        v = reg.get(type_, version)
+    _print_version(v)
+    text = orjson.dumps(v.document, option=orjson.OPT_INDENT_2).decode()
+    common.console.print(Syntax(text, "json", word_wrap=True))
+
+
+@schema_app.command("check")
+def check_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE"), file: Path = typer.Argument(...), fmt: str = _FORMAT
+) -> None:
+    """Dry run: compatibility and security report of a document against the subject."""
+    with _registry() as reg:
+        report = reg.check(type_, _read(file), fmt)
+    _print_report(report)
+    if not report.compatible:
+        sys.exit(1)  # common.run drops typer.Exit codes
+
+
+@schema_app.command("mode")
+def mode_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE"),
+    mode: str = typer.Argument(..., help="BACKWARD, FORWARD, FULL (each also _TRANSITIVE) or NONE."),
+    principal: str = _AS,
+) -> None:
+    """Set the subject's compatibility mode."""
+    with _registry(principal, audited=True) as reg:
+        m = reg.set_mode(_principal(principal), type_, mode)
+    common.console.print(f"{type_}: compatibility mode {m}")
+
+
+def validate_cmd(
+    type_: str = typer.Argument(..., metavar="TYPE"),
+    file: Path = typer.Argument(..., help="JSON lines: event data or CloudEvents envelopes."),
+) -> None:
+    """Validate each line against TYPE's active schema; exit 1 if any line is invalid."""
+    with _registry() as reg:
+        version = reg.active(type_)
+    try:
+        size = file.stat().st_size
+        fh = file.open("rb")
+    except OSError as e:
+        raise InputError(f"cannot read {file}: {e.strerror}") from None
+    bad = total = 0
+    progress = Progress(
+        TextColumn("validating"),
+        BarColumn(),
+        TaskProgressColumn(),
+        console=common.err_console,
+        transient=True,
+        disable=size < _PROGRESS_BYTES,
+    )
+    with fh, progress:
+        task = progress.add_task("validate", total=size)
+        for number, line in enumerate(_lines(fh), start=1):
+            progress.advance(task, len(line))
+            if not line.strip():
+                continue
+            total += 1
+            problem = _check_line(version, type_, line)
+            if problem is None:
+                common.console.print(f"line {number}: [green]OK[/]", highlight=False)
+            else:
+                bad += 1
+                common.console.print(f"line {number}: [red]{escape(problem)}[/]", highlight=False)
+    common.console.print(f"{total - bad} valid, {bad} invalid (schema {type_} v{version.version})")
+    if bad:
+        sys.exit(1)  # common.run drops typer.Exit codes
+
+
+def _lines(fh: BinaryIO) -> Iterator[bytes]:
+    """Lines, each cut at _MAX_LINE bytes (the rest of an oversize line is skipped, not parsed)."""
+    while True:
+        line = fh.readline(_MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > _MAX_LINE and not line.endswith(b"\n"):
+            while True:  # drain the rest of the oversize line
+                more = fh.readline(_MAX_LINE)
+                if not more or more.endswith(b"\n"):
+                    break
+        yield line
+
+
+def _check_line(version: SchemaVersion, type_: str, line: bytes) -> str | None:
+    """None if valid, else a one-line reason (path and rule, never a value)."""
+    if len(line) > _MAX_LINE:
+        return f"oversize line (limit {_MAX_LINE} bytes)"
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        return f"not JSON (at byte {e.pos})"
+    if isinstance(doc, dict) and "specversion" in doc:
+        try:
+            envelope.validate(doc)
+        except EnvelopeError as e:
+            return f"envelope: {e.message}"
+        if doc["type"] != type_:
+            return "envelope: type differs from the one validated against"
+        if "data" not in doc:
+            return "envelope: no data"
+        doc = doc["data"]
+    try:
+        version.validate(doc)
+    except ValidationError as e:
+        return e.message
+    return None
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
-    return None
+    """Add ``eventward schema ...`` and ``eventward validate`` to the root app."""
+    app.add_typer(schema_app, name="schema")
+    app.command("validate")(validate_cmd)
