@@ -1,0 +1,21 @@
+"""Fixtures for the audit tests: a fresh home, an open log, and raw-SQLite tampering helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eventward.audit.log import AuditLog
+from eventward.home import Home
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path / "home").ensure()
+
+
+@pytest.fixture
+def log(home: Home):
+    with AuditLog.open(home) as lg:
+        yield lg
