@@ -30,7 +30,7 @@ def home() -> Home:
 def run(app: typer.Typer) -> None:
     """Run the app; typed errors become one clear line and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
     except EventwardError as e:
         err_console.print(f"[bold red]error[/] ({e.code}): {e.message}", highlight=False)
         sys.exit(2)
@@ -45,3 +45,4 @@ def run(app: typer.Typer) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
