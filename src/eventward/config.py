@@ -63,6 +63,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
     gateway: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

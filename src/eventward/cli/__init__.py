@@ -19,6 +19,7 @@ def _root(
     home: str = typer.Option(None, "--home", envvar="EVENTWARD_HOME", help="Deployment directory."),
 ) -> None:
     common.STATE.home = home
+    common.setup_logging()
 
 
 def _register() -> None:

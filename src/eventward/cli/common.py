@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 
@@ -25,6 +26,23 @@ STATE = _State()
 
 def home() -> Home:
     return Home.resolve(STATE.home)
+
+
+def setup_logging(level: int = logging.WARNING) -> None:
+    """Warnings (denials, gaps) go to ``run/eventward.log`` in the home; only errors reach stderr,
+    so a command's own output stays readable. Log records never carry payloads."""
+    root = logging.getLogger("eventward")
+    root.setLevel(level)
+    root.propagate = False
+    stderr = logging.StreamHandler()
+    stderr.setLevel(logging.ERROR)
+    root.addHandler(stderr)
+    h = home()
+    if h.root.is_dir():
+        h.run_dir.mkdir(exist_ok=True, mode=0o700)
+        fh = logging.FileHandler(h.run_dir / "eventward.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(fh)
 
 
 def run(app: typer.Typer) -> None:

@@ -1,10 +1,108 @@
-"""CLI commands for this area (registered by eventward.cli)."""
+"""``eventward demo``: the whole security story on the embedded default, rendered for a person."""
 
 from __future__ import annotations
 
+import shutil
+from typing import Any
+
+import orjson
 import typer
+from rich.panel import Panel
+from rich.table import Table
+
+from eventward import demo as scenario
+from eventward.cli import common
+from eventward.errors import ConfigError
+
+
+def _section(title: str, text: str = "") -> None:
+    common.console.rule(f"[bold cyan]{title}")
+    if text:
+        common.console.print(text, highlight=False)
+
+
+def _customer_table(title: str, views: dict[str, scenario.View]) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("order")
+    for who in views:
+        table.add_column(f"{who} sees: name / email", overflow="fold")
+    rows: dict[str, list[str]] = {}
+    for view in views.values():
+        for ev in view.events:
+            c = ev.data["customer"]
+            rows.setdefault(ev.data["order_id"], []).append(f"{c['name']} / {c['email']}")
+    for order_id, cells in rows.items():
+        table.add_row(order_id, *cells)
+    return table
+
+
+def _render(name: str, data: Any) -> None:
+    r: scenario.DemoResult = data if isinstance(data, scenario.DemoResult) else scenario.DemoResult()
+    if name == "policy":
+        _section("1. Deny-by-default policy", f"Applied the demo policy as version {data} (Cedar, compiled from YAML).")
+    elif name == "trust":
+        common.console.print(f"Registered Ed25519 signing keys for: {', '.join(data)}")
+    elif name == "schema":
+        _section(
+            "2. Schema registry",
+            f"alice proposed OrderPlaced, bob approved it: version {data} is active. "
+            "Its x-eventward tags make customer.name, .email and .address PII, keyed by customer.id.",
+        )
+    elif name == "poison":
+        status = "[green]held: needs security approval[/]" if r.poison_held else "[red]ACTIVATED[/]"
+        common.console.print(
+            f"Poisoning attempt (email tag removed): findings {r.poison_findings} -> {status}; rejected."
+        )
+    elif name == "produce":
+        _section("3. Produce", f"orders-svc sent {len(r.produced)} OrderPlaced events, sealed in one batch.")
+        stored = orjson.loads(r.stored_sample)
+        common.console.print(Panel(orjson.dumps(stored["data"]["customer"], option=orjson.OPT_INDENT_2).decode(),
+                                   title="what the log stores (customer of the first event)"))
+    elif name == "views":
+        assert r.shipping and r.analytics
+        common.console.print(_customer_table("Two consumers, two clearances",
+                                             {"shipping-svc (pii)": r.shipping, "analytics-svc": r.analytics}))
+    elif name == "attacks":
+        _section("4. Attacks on the log")
+        table = Table()
+        table.add_column("attack")
+        table.add_column("refused because")
+        for attack, reason in r.attacks.items():
+            table.add_row(attack, f"[red]{reason}[/]")
+        common.console.print(table)
+        assert r.after_attacks
+        common.console.print(
+            f"shipping-svc still received the {r.after_attacks.stats.delivered} genuine new event(s); "
+            f"{r.after_attacks.stats.dead_lettered} refused event(s) went to the dead-letter stream, still encrypted."
+        )
+    elif name == "forget":
+        _section("5. Right to erasure (crypto-shredding)", f"forget({scenario.FORGOTTEN}): {r.receipt}")
+        common.console.print(f"Signed erasure certificate recorded in the audit log at index {r.certificate_index}.")
+        assert r.after_forget
+        common.console.print(_customer_table("shipping-svc re-reads the log", {"shipping-svc": r.after_forget}))
+    elif name == "audit":
+        _section("6. Tamper-evident audit log")
+        verdict = "[green]verifies[/]" if r.audit_ok else "[red]FAILED[/]"
+        common.console.print(f"{r.audit_size} metadata-only records; full Merkle verification {verdict}.")
+        common.console.print(Panel(r.checkpoint.strip(), title="signed checkpoint (publish it anywhere)"))
+
+
+def demo(
+    fresh: bool = typer.Option(False, "--fresh", help="Wipe the home first (only for a demo home!)."),
+) -> None:
+    """Encrypt, seal, authorize, attack, forget and audit OrderPlaced events, end to end."""
+    home = common.home()
+    if home.root.exists() and any(home.root.iterdir()):
+        if not fresh:
+            raise ConfigError(f"the demo needs an empty home; {home.root} is not empty (use --home DIR or --fresh)")
+        shutil.rmtree(home.root)
+    common.console.print(f"[bold]eventward demo[/] in {home.root} (embedded SQLite transport)")
+    result = scenario.run(home, _render)
+    ok = result.poison_held and len(result.attacks) == 3 and result.audit_ok
+    common.console.rule("[bold green]demo complete" if ok else "[bold red]demo found a problem")
+    if not ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
-    return None
+    app.command("demo")(demo)

@@ -1,0 +1,3 @@
+from eventward.cli import main
+
+main()

@@ -1,0 +1,300 @@
+"""A deployment: everything one home holds, opened once and wired through the seams.
+
+The CLI, the gateway and Python applications all build their producers and consumers
+here, so every path gets the same enforcement: the Cedar policy engine as the single
+Authorizer, the tamper-evident audit log as the single AuditSink, the key service, the
+schema registry, the trust registry, and the transport the configuration selects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Collection
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from eventward.audit.certificate import Certificate, issue_erasure_certificate
+from eventward.audit.log import AuditLog
+from eventward.client.consumer import Consumer
+from eventward.client.dlq import DeadLetters
+from eventward.client.producer import Producer
+from eventward.client.replay import ReplayGuard
+from eventward.client.trust import TrustRegistry
+from eventward.client.verify import SealVerifier
+from eventward.config import Config
+from eventward.crypto.fields import FieldEncryptor
+from eventward.errors import ConfigError
+from eventward.home import Home
+from eventward.keys.kms.base import KMS
+from eventward.keys.kms.local import MODE_PASSPHRASE, LocalKMS
+from eventward.keys.service import ErasureReceipt, KeyService
+from eventward.log.base import Transport
+from eventward.policy.engine import PolicyEngine
+from eventward.policy.store import PolicyStore
+from eventward.schema.registry import Registry
+
+# Reasons are codes ("gdpr-art17"), never free text: free text invites PII into the audit log.
+_REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+PASSPHRASE_ENV = "EVENTWARD_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+
+# A new deployment is deny-by-default except for the bootstrap administrator, who can
+# manage policy, keys and the audit log and nothing else until a real policy is applied.
+BOOTSTRAP_POLICY = """\
+principals:
+  {admin}: {{type: user, roles: [eventward-admin]}}
+roles:
+  eventward-admin:
+    - {{allow: manage_policy}}
+    - {{allow: [forget, hold]}}
+    - {{allow: rotate_keys, class: "*"}}
+    - {{allow: read_audit}}
+"""
+
+
+def open_transport(home: Home, config: Config) -> Transport:
+    """The transport the configuration names; nothing above this knows which one runs."""
+    if config.transport == "embedded":
+        from eventward.log.embedded import EmbeddedLog
+
+        return EmbeddedLog.open(home)
+    if config.transport == "nats":
+        from eventward.log.nats import NatsTransport
+
+        return NatsTransport.from_config(config.nats)
+    from eventward.log.kafka import KafkaTransport
+
+    return KafkaTransport.from_config(config.kafka)
+
+
+def open_kms(home: Home, config: Config) -> KMS | None:
+    """None selects the local keyring (the KeyService opens it); ``kms.backend: pkcs11`` a token."""
+    backend = config.kms.get("backend", "local")
+    if backend == "local":
+        return None
+    if backend == "pkcs11":
+        from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
+
+        return Pkcs11KMS.open(Pkcs11Config.from_mapping(config.kms.get("pkcs11", {}), where="kms.pkcs11"))
+    raise ConfigError("kms.backend must be 'local' or 'pkcs11'")
+
+
+def _passphrase(home: Home) -> str | None:
+    if home.keyring.exists() and LocalKMS.header_mode(home.keyring) == MODE_PASSPHRASE:
+        value = os.environ.get(PASSPHRASE_ENV)
+        if not value:
+            raise ConfigError(f"the keyring is passphrase-protected: set {PASSPHRASE_ENV}")
+        return value
+    return None
+
+
+@dataclass
+class Forgotten:
+    """What ``forget`` returns: the key service's receipt and the signed, logged certificate."""
+
+    receipt: ErasureReceipt
+    certificate: Certificate
+
+
+class Deployment:
+    """Open with ``Deployment.open(home)`` (or ``init`` for a new home); close when done."""
+
+    def __init__(
+        self,
+        home: Home,
+        config: Config,
+        audit: AuditLog,
+        policy: PolicyEngine,
+        keys: KeyService,
+        registry: Registry,
+        trust: TrustRegistry,
+        transport: Transport,
+    ) -> None:
+        self.home = home
+        self.config = config
+        self.audit = audit
+        self.policy = policy
+        self.keys = keys
+        self.registry = registry
+        self.trust = trust
+        self.transport = transport
+        self.encryptor = FieldEncryptor(keys)
+        self.verifier = SealVerifier(trust)
+        self._closers: list[Any] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        home: Home,
+        *,
+        admin: str = "admin",
+        policy_yaml: str | None = None,
+        passphrase: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Deployment:
+        """Create a new home: master key and keyring, key store, audit key, bootstrap policy."""
+        home.ensure()
+        config = Config.load(home.config)
+        if not home.config.exists():
+            home.config.write_text(config.dump())
+        audit = AuditLog.open(home)
+        try:
+            store = PolicyStore.open(home, audit=audit, clock=clock)
+            try:
+                if not store.active_version():
+                    store.init(policy_yaml or BOOTSTRAP_POLICY.format(admin=admin))
+            finally:
+                store.close()
+            if not home.keyring.exists():
+                policy = PolicyEngine.open(home, audit=audit, clock=clock)
+                try:
+                    KeyService.init(
+                        home, authorizer=policy, audit=audit, passphrase=passphrase, kms=_new_kms(home, config)
+                    ).close()
+                finally:
+                    policy.close()
+        finally:
+            audit.close()
+        return cls.open(home, passphrase=passphrase, clock=clock)
+
+    @classmethod
+    def open(
+        cls,
+        home: Home,
+        *,
+        passphrase: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Deployment:
+        home.require()
+        config = Config.load(home.config)
+        opened: list[Any] = []
+        try:
+            audit = AuditLog.open(home)
+            opened.append(audit)
+            policy = PolicyEngine.open(home, audit=audit, clock=clock)
+            opened.append(policy)
+            keys = KeyService.open(
+                home,
+                authorizer=policy,
+                audit=audit,
+                passphrase=passphrase if passphrase is not None else _passphrase(home),
+                kms=open_kms(home, config),
+            )
+            opened.append(keys)
+            registry = Registry.open(home, authorizer=policy, audit=audit)
+            opened.append(registry)
+            trust = TrustRegistry.open(home, policy, audit)
+            opened.append(trust)
+            transport = open_transport(home, config)
+            opened.append(transport)
+        except BaseException:
+            for part in reversed(opened):
+                with suppress(Exception):
+                    part.close()
+            raise
+        return cls(home, config, audit, policy, keys, registry, trust, transport)
+
+    def close(self) -> None:
+        for part in (*reversed(self._closers), self.transport, self.trust, self.registry, self.keys, self.policy):
+            with suppress(Exception):
+                part.close()
+        self._closers.clear()
+        self.audit.close()
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- data plane ------------------------------------------------------------------------
+    def producer(self, principal: str, topic: str, **kw: Any) -> Producer:
+        """A producer sealing with ``principal``'s registered signing key."""
+        cfg = self.config.producer
+        opts: dict[str, Any] = {"max_batch": cfg.batch_max, "max_delay_ms": cfg.linger_ms, **kw}
+        return Producer(
+            topic,
+            principal=principal,
+            transport=self.transport,
+            signer=self.trust.signer_for(principal),
+            schemas=self.registry,
+            encryptor=self.encryptor,
+            authorizer=self.policy,
+            audit=self.audit,
+            **opts,
+        )
+
+    def dead_letters(self, principal: str, topic: str) -> DeadLetters:
+        return DeadLetters(
+            topic,
+            transport=self.transport,
+            verifier=self.verifier,
+            authorizer=self.policy,
+            audit=self.audit,
+            signer=self.trust.signer_for(principal),
+        )
+
+    def consumer(
+        self,
+        principal: str,
+        topic: str,
+        *,
+        group: str | None = None,
+        from_beginning: bool = False,
+        uncleared: Literal["redact", "token"] | None = None,
+        types: Collection[str] | None = None,
+        guard: ReplayGuard | None = None,
+        **kw: Any,
+    ) -> Consumer:
+        """A consumer whose replay state persists per group in the home.
+
+        The consumer needs a signing key of its own: dead letters it writes are sealed by it.
+        """
+        cfg = self.config.consumer
+        if guard is None:
+            guard = ReplayGuard.open(
+                self.home,
+                group or principal,
+                freshness=cfg.freshness_s,
+                window_ids=cfg.dedup_window,
+                window_seconds=max(48 * 3600, 2 * cfg.freshness_s),
+            )
+            self._closers.append(guard)
+        return Consumer(
+            topic,
+            principal=principal,
+            transport=self.transport,
+            verifier=self.verifier,
+            schemas=self.registry,
+            encryptor=self.encryptor,
+            authorizer=self.policy,
+            guard=guard,
+            dlq=self.dead_letters(principal, topic),
+            audit=self.audit,
+            group=group,
+            types=types,
+            from_beginning=from_beginning,
+            uncleared=uncleared or cfg.uncleared,  # type: ignore[arg-type]
+            max_attempts=max(1, cfg.max_retries),
+            **kw,
+        )
+
+    # --- control plane ---------------------------------------------------------------------
+    def forget(self, subject: str, *, principal: str, reason: str = "") -> Forgotten:
+        """Crypto-shred a data subject and record a signed erasure certificate in the audit log."""
+        code = reason if _REASON_CODE.fullmatch(reason) else "erasure-request"
+        receipt = self.keys.forget(subject, principal=principal, reason=code)
+        cert = issue_erasure_certificate(self.audit, receipt, principal=principal, reason_code=code)
+        return Forgotten(receipt, cert)
+
+
+def _new_kms(home: Home, config: Config) -> KMS | None:
+    """At init a PKCS#11 token gets its KEKs generated; the local keyring is made by KeyService."""
+    if config.kms.get("backend", "local") != "pkcs11":
+        return None
+    from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
+
+    return Pkcs11KMS.create(Pkcs11Config.from_mapping(config.kms.get("pkcs11", {}), where="kms.pkcs11"))
