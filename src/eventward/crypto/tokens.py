@@ -1,0 +1,287 @@
+"""Field tokens: one AEAD ciphertext per sensitive value, bound to the place it belongs.
+
+A token is a compact URL-safe string ``ew1.<alg>.<kid>.<base64url(blob)>``:
+
+- ``g``: AES-256-GCM, ``blob = nonce(12) || ciphertext || tag(16)``, random 96-bit nonce.
+- ``s``: AES-SIV (deterministic), ``blob = synthetic IV(16) || ciphertext``, under a 512-bit
+  key derived from the DEK with HKDF-SHA256. Equal values give equal tokens only under the
+  same DEK, i.e. for one data subject (or one class key) and one key version: that is what
+  makes the field equality-searchable, and also the limit of the search.
+
+The plaintext is the orjson encoding of the value, so every JSON type round-trips with its
+type. The associated data binds the token to its context, each part length-prefixed:
+
+    version, alg, kid, class, data-subject hash ("" for class keys) | event id | field path
+
+A token copied to another event, field, subject or class, or re-labelled with another key
+id, fails to verify. SIV tokens bind an empty event id and the schema path (``items[].sku``,
+not ``items[2].sku``): otherwise equal values could not give equal tokens.
+
+Errors name what is wrong, never the token or the value: a "token" that fails to parse may
+be plaintext a producer forgot to encrypt.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import re
+import threading
+from typing import Any, NamedTuple
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from eventward.errors import InputError, KeyServiceError, TokenError
+
+VERSION = "ew1"
+GCM = "g"
+SIV = "s"
+ALGORITHMS = (GCM, SIV)
+DEK_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SIV_INFO = b"eventward/field-token/aes-siv-512/v1"
+_PREFIX = VERSION + "."
+_HEAD = re.compile(r"ew1\.([gs])\.([A-Za-z0-9_-]{1,64})\.")
+_TO_URL = bytes.maketrans(b"+/", b"-_")
+_FROM_URL = bytes.maketrans(b"-_", b"+/")
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_PAD = (b"", b"", b"==", b"=")
+# Allowed last characters by payload length mod 4: the unused low bits must be zero, or
+# flipping them would change the text but not the bytes (and go unnoticed).
+_LAST = (frozenset(_B64_ALPHABET), None, frozenset(_B64_ALPHABET[::16]), frozenset(_B64_ALPHABET[::4]))
+# Smallest blob: an orjson plaintext is at least one byte.
+_MIN_BLOB = {GCM: NONCE_BYTES + TAG_BYTES + 1, SIV: TAG_BYTES + 1}
+_MAX_CONTEXTS = 64
+
+
+class Token(NamedTuple):
+    """A parsed token. ``blob`` is ciphertext; it stays out of the repr all the same."""
+
+    alg: str
+    kid: str
+    blob: bytes
+
+    def __repr__(self) -> str:
+        return f"Token(alg={self.alg!r}, kid={self.kid!r}, {len(self.blob)} bytes)"
+
+
+def is_token(value: object) -> bool:
+    """Cheap shape test (no decoding); :func:`parse` is the real check."""
+    return isinstance(value, str) and value.startswith(_PREFIX)
+
+
+def split(token: object) -> tuple[str, str, bytes]:
+    """``(alg, kid, blob)``, refusing anything non-canonical, so one token has one spelling."""
+    m = _HEAD.match(token) if isinstance(token, str) else None
+    if m is None:
+        raise TokenError(_diagnose(token))
+    text = token[m.end() :]  # type: ignore[index]
+    rem = len(text) % 4
+    last = _LAST[rem]
+    # The strict decoder below checks the alphabet, except for the characters the URL-safe
+    # translation would smuggle in ('+', '/') and padding, which the format leaves out.
+    if last is None or text[-1:] not in last or "+" in text or "/" in text or "=" in text:
+        raise TokenError("token payload is not canonical base64url")
+    try:
+        blob = binascii.a2b_base64(text.encode("ascii").translate(_FROM_URL) + _PAD[rem], strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise TokenError("token payload is not base64url") from None
+    alg = m[1]
+    if len(blob) < _MIN_BLOB[alg]:
+        raise TokenError("token payload is too short")
+    return alg, m[2], blob
+
+
+def parse(token: object) -> Token:
+    return Token(*split(token))
+
+
+def encode_token(alg: str, kid: str, blob: bytes) -> str:
+    """The inverse of :func:`split` (KeyHandle.seal inlines the same encoding)."""
+    if alg not in ALGORITHMS:
+        raise TokenError("unknown token algorithm")
+    return f"{_PREFIX}{alg}.{check_kid(kid)}.{_b64(blob)}"
+
+
+def check_kid(kid: str) -> str:
+    if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
+        raise TokenError("key id must be 1..64 characters of [A-Za-z0-9_-]")
+    return kid
+
+
+def _b64(blob: bytes) -> str:
+    return binascii.b2a_base64(blob, newline=False).translate(_TO_URL).rstrip(b"=").decode("ascii")
+
+
+def _diagnose(token: object) -> str:
+    """Name the first thing wrong with a token that failed the fast match (never echo it)."""
+    if not isinstance(token, str):
+        return f"expected a token string, found {type(token).__name__}"
+    parts = token.split(".")
+    if parts[0] != VERSION:
+        return "not a field token (unknown format version, or plaintext)"
+    if len(parts) != 4:
+        return f"token must have 4 dot-separated parts, found {len(parts)}"
+    if parts[1] not in ALGORITHMS:
+        return "unknown token algorithm"
+    if not KID_PATTERN.fullmatch(parts[2]):
+        return "malformed key id in token"
+    return "token payload is not base64url"
+
+
+def _lp(part: str) -> bytes:
+    b = part.encode("utf-8")
+    return len(b).to_bytes(4, "big") + b
+
+
+def key_context(alg: str, kid: str, cls: str, subject_hash: str | None) -> bytes:
+    """The leading part of the associated data, fixed for one key, class and subject."""
+    return b"".join((_lp(VERSION), _lp(alg), _lp(kid), _lp(cls), _lp(subject_hash or "")))
+
+
+def event_context(event_id: str) -> bytes:
+    return _lp(event_id)
+
+
+def path_context(path: str) -> bytes:
+    return _lp(path)
+
+
+NO_EVENT = event_context("")  # what SIV tokens bind in place of the event id
+
+
+def associated_data(
+    alg: str, kid: str, cls: str, subject_hash: str | None, path: str, event_id: str = ""
+) -> bytes:
+    """The full associated data of one token (SIV ignores ``event_id``)."""
+    ev = NO_EVENT if alg == SIV else event_context(event_id)
+    return key_context(alg, kid, cls, subject_hash) + ev + path_context(path)
+
+
+class KeyHandle:
+    """One DEK ready to seal and open tokens: cipher objects built once, token prefixes and
+    associated-data heads precomputed. Get one from :meth:`TokenCipher.handle`."""
+
+    __slots__ = ("_contexts", "_dek", "_gcm", "_prefix_g", "_prefix_s", "_siv", "kid")
+
+    def __init__(self, kid: str, dek: bytes) -> None:
+        if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
+            raise KeyServiceError("the key source returned a key id that is not 1..64 of [A-Za-z0-9_-]")
+        if not isinstance(dek, bytes) or len(dek) != DEK_BYTES:
+            raise KeyServiceError(f"the key source returned a data key that is not {DEK_BYTES} bytes")
+        self.kid = kid
+        self._dek = dek
+        self._gcm = AESGCM(dek)
+        self._siv: AESSIV | None = None
+        self._prefix_g = f"{_PREFIX}{GCM}.{kid}."
+        self._prefix_s = f"{_PREFIX}{SIV}.{kid}."
+        self._contexts: dict[tuple[str, str, str | None], bytes] = {}
+
+    def __repr__(self) -> str:
+        return f"KeyHandle(kid={self.kid!r})"
+
+    def context(self, alg: str, cls: str, subject_hash: str | None) -> bytes:
+        """:func:`key_context` for this key, memoised (bounded: decrypt sees attacker-chosen pairs)."""
+        slot = (alg, cls, subject_hash)
+        ctx = self._contexts.get(slot)
+        if ctx is None:
+            if len(self._contexts) >= _MAX_CONTEXTS:
+                self._contexts.clear()
+            ctx = self._contexts[slot] = key_context(alg, self.kid, cls, subject_hash)
+        return ctx
+
+    def _siv_cipher(self) -> AESSIV:
+        if self._siv is None:
+            hkdf = HKDF(algorithm=hashes.SHA256(), length=64, salt=None, info=_SIV_INFO)
+            self._siv = AESSIV(hkdf.derive(self._dek))
+        return self._siv
+
+    def seal(self, value: Any, ad: bytes, nonce: bytes | None) -> str:
+        """A token for ``value``. ``nonce``: 12 fresh bytes from os.urandom, never reused,
+        for GCM; None selects deterministic AES-SIV."""
+        try:
+            pt = orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            # Name the type only: orjson's own message can quote the value.
+            kind = type(value).__name__
+            raise InputError(f"a sensitive value of type {kind} is not JSON-serializable") from None
+        if nonce is None:
+            blob, prefix = self._siv_cipher().encrypt(pt, [ad]), self._prefix_s
+        else:
+            blob, prefix = nonce + self._gcm.encrypt(nonce, pt, ad), self._prefix_g
+        return prefix + binascii.b2a_base64(blob, newline=False).translate(_TO_URL).rstrip(b"=").decode()
+
+    def open(self, alg: str, blob: bytes, ad: bytes) -> Any:
+        """The value, or TokenError when the blob or its context was altered."""
+        try:
+            if alg == GCM:
+                pt = self._gcm.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], ad)
+            else:
+                pt = self._siv_cipher().decrypt(blob, [ad])
+        except InvalidTag:
+            raise TokenError("token does not verify: tampered, or moved from another context") from None
+        try:
+            return orjson.loads(pt)
+        except orjson.JSONDecodeError:
+            raise TokenError("token plaintext is not JSON") from None
+
+
+class TokenCipher:
+    """Key handles cached by (kid, DEK) in a bounded dict (oldest evicted first).
+
+    Building an AESGCM costs as much as an encryption and the SIV key needs an HKDF, so this
+    pays for itself from the second field. The cache only saves work: callers still ask the
+    key source for every event, so a destroyed or revoked key stays unusable. ``clear()``
+    drops every cached key, e.g. on a revocation broadcast.
+    """
+
+    def __init__(self, max_keys: int = 4096) -> None:
+        if max_keys < 1:
+            raise InputError("max_keys must be at least 1")
+        self._max = max_keys
+        self._handles: dict[tuple[str, bytes], KeyHandle] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenCipher({len(self._handles)} cached keys, max {self._max})"
+
+    def clear(self) -> None:
+        self._handles.clear()
+
+    def handle(self, kid: str, dek: bytes) -> KeyHandle:
+        """The cached handle for this key; KeyServiceError if the key source gave a bad key."""
+        if type(kid) is not str or type(dek) is not bytes:
+            return KeyHandle(kid, dek)  # raises the KeyServiceError that names what is wrong
+        slot = (kid, dek)
+        h = self._handles.get(slot)
+        if h is None:
+            h = KeyHandle(kid, dek)
+            with self._lock:  # inserts and evictions only; lookups stay lock-free
+                if len(self._handles) >= self._max:
+                    self._handles.pop(next(iter(self._handles)), None)
+                self._handles[slot] = h
+        return h
+
+    def encrypt(
+        self, value: Any, kid: str, dek: bytes, *, cls: str, subject_hash: str | None, path: str,
+        event_id: str = "", deterministic: bool = False,
+    ) -> str:
+        """One token for ``value`` in its context (the field encryptor batches this per event)."""
+        alg = SIV if deterministic else GCM
+        ad = associated_data(alg, kid, cls, subject_hash, path, event_id)
+        return self.handle(kid, dek).seal(value, ad, None if deterministic else os.urandom(NONCE_BYTES))
+
+    def decrypt(
+        self, token: str, dek: bytes, *, cls: str, subject_hash: str | None, path: str, event_id: str = ""
+    ) -> Any:
+        """The value of ``token``; TokenError when malformed, tampered or out of its context.
+        The algorithm and key id come from the token itself, so re-labelling either fails."""
+        alg, kid, blob = split(token)
+        ad = associated_data(alg, kid, cls, subject_hash, path, event_id)
+        return self.handle(kid, dek).open(alg, blob, ad)
