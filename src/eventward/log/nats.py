@@ -407,14 +407,11 @@ class NatsTransport:
                 self._connect_failure.set_result(
                     AuthenticationError(f"TLS handshake with NATS failed ({type(e).__name__})")
                 )
-        if "permissions violation" in text.lower():
-            m = re.search(r'"([^"]+)"', text)
-            subject = m.group(1) if m else ""  # nats-py lowercases server errors: compare lowercased
-            for s, waiters in list(self._denials.items()):
-                if s.lower() == subject or "subscription" in text.lower():
-                    for w in waiters:
-                        if not w.done():
-                            w.set_result(subject)
+        for s, waiters in list(self._denials.items()):
+            if _violation_about(s, text):
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(s)
 
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> Msg:
         """One request, raced against a server permissions violation for its subject."""
@@ -847,6 +844,22 @@ def _classify(e: BaseException, what: str) -> BaseException:
     if isinstance(e, nats.errors.ConnectionClosedError):
         return TransportUnavailable(f"{what}: the NATS connection is closed")
     return TransportError(f"{what}: {type(e).__name__}")
+
+
+def _violation_about(subject: str, text: str) -> bool:
+    """Is an asynchronous server error a permissions violation refusing ``subject``?
+
+    nats-py lowercases the server's -ERR text but subjects are case-sensitive, so compare
+    case-insensitively (``$JS.API.STREAM.INFO.EW_Payments`` arrives as ``..ew_payments``). Two
+    pending subjects differing only in case both fail: closed, never retried for the budget.
+    A refused subscription (our reply inbox) fails every pending request."""
+    low = text.lower()
+    if "permissions violation" not in low:
+        return False
+    if "subscription" in low:
+        return True
+    m = re.search(r'"([^"]+)"', low)
+    return m is not None and m.group(1) == subject.lower()
 
 
 def _refused(what: str, err: dict[str, Any]) -> TransportError:

@@ -1,0 +1,518 @@
+"""The Consumer: read, verify the seal, guard against replay, decrypt per clearance, deliver.
+
+Every record is either delivered to the handler (verified, decrypted as far as this
+principal is cleared) or written to the dead-letter stream with a reason code: nothing is
+silently dropped and nothing unverified is delivered. Each delivered event is settled in
+the group's replay guard right after its handler returns, before offsets are committed, so
+a crash between the handler and the commit redelivers the record and the guard skips it:
+effectively-once for the handler. A key service that cannot answer stops the run (fail
+closed) without committing, so the event is tried again later rather than lost.
+
+Authorization is on what the consumer asks for: Subscribe on the topic (or, with
+``types=``, on each declared event type) before any record is touched; events of types it
+did not ask for are left in the log for the consumers that did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from eventward import envelope
+from eventward.audit.base import DENIED, ERROR, AuditSink, NullAudit
+from eventward.client import replay as rp
+from eventward.client.dlq import DeadLetter, DeadLetters
+from eventward.client.envelopes import parse_sealed
+from eventward.client.replay import ReplayGuard
+from eventward.client.types import Delivered, FieldCipher, RunStats, SchemaSource, SchemaVersionLike
+from eventward.client.verify import SealVerifier
+from eventward.crypto.seal import Seal
+from eventward.errors import (
+    AccessDenied,
+    EnvelopeError,
+    InputError,
+    NotFoundError,
+    ReplayError,
+    SealError,
+    TokenError,
+)
+from eventward.log.base import Record, Transport
+from eventward.log.names import check_stream_name
+from eventward.policy.base import REPLAY, SUBSCRIBE, Authorizer, check
+
+log = logging.getLogger("eventward.consumer")
+
+Handler = Callable[[Delivered], object]
+
+DELIVERED = "delivered"
+REDELIVERED = "redelivered"
+PROCESSED = "processed"
+SKIPPED = "skipped"
+DEAD_LETTERED = "dead_lettered"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    code: str  # error category
+    reason: str  # precise reason code
+    settle: bool  # the seal verified and the id is ours to remember
+    event_id: str | None = None
+    event_type: str | None = None
+    seal: Seal | None = None
+
+
+class Consumer:
+    def __init__(
+        self,
+        topic: str,
+        *,
+        principal: str,
+        transport: Transport,
+        verifier: SealVerifier,
+        schemas: SchemaSource,
+        encryptor: FieldCipher,
+        authorizer: Authorizer,
+        guard: ReplayGuard,
+        dlq: DeadLetters,
+        audit: AuditSink | None = None,
+        group: str | None = None,
+        types: Collection[str] | None = None,
+        from_beginning: bool = False,
+        uncleared: Literal["redact", "token"] = "redact",
+        max_attempts: int = 3,
+        backoff: float = 0.05,
+        read_batch: int = 500,
+        poll_interval: float = 0.05,
+        decision_ttl: float = 30.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise InputError("max_attempts must be at least 1")
+        self.topic = check_stream_name(topic)
+        self.principal = principal
+        self.group = group or principal
+        self.types = frozenset(types) if types is not None else None
+        self._transport = transport
+        self._verifier = verifier
+        self._schemas = schemas
+        self._encryptor = encryptor
+        self._authorizer = authorizer
+        self._guard = guard
+        self._dlq = dlq
+        self._audit = audit or NullAudit()
+        self._from_beginning = from_beginning
+        self._uncleared: Literal["redact", "token"] = uncleared
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._read_batch = read_batch
+        self._poll_interval = poll_interval
+        self._ttl = decision_ttl
+        self._authorized_until = 0.0
+        self._position: int | None = None
+        self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
+
+    def __repr__(self) -> str:
+        return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
+
+    # --- consuming -----------------------------------------------------------------------
+    def run(
+        self, handler: Handler, *, max_events: int | None = None, idle_timeout: float | None = 1.0
+    ) -> RunStats:
+        """Deliver events to ``handler`` until ``max_events`` were delivered or nothing new
+        arrived for ``idle_timeout`` seconds (None: run until interrupted)."""
+        stats = RunStats()
+        idle_since = time.monotonic()
+        while max_events is None or stats.delivered < max_events:
+            self._authorize_topic()
+            pos = self._start_position()
+            records = self._transport.read(self.topic, pos, self._read_batch)
+            if not records:
+                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                    break
+                time.sleep(self._poll_interval)
+                continue
+            idle_since = time.monotonic()
+            for rec in records:
+                if max_events is not None and stats.delivered >= max_events:
+                    break
+                if rec.offset != pos:
+                    self._report_offset_gap(pos, rec.offset, stats)
+                self.process(rec, handler, stats)
+                pos = rec.offset + 1
+            self._commit(pos)
+        return stats
+
+    def poll(self, max_events: int = 500) -> list[Delivered]:
+        """What is available now (up to ``max_events``), handed over and committed."""
+        out: list[Delivered] = []
+        self.run(out.append, max_events=max_events, idle_timeout=0.0)
+        return out
+
+    def replay(
+        self, handler: Handler, *, from_offset: int, to_offset: int | None = None, by: str | None = None
+    ) -> RunStats:
+        """An authorized, audited re-read of [from_offset, to_offset): seals are verified as
+        always, the freshness window and sequence order are waived, and the group's offsets
+        and replay state are untouched."""
+        who = by or self.principal
+        resource = f"Topic::{self.topic}"
+        try:
+            check(self._authorizer, who, REPLAY, ("Topic", self.topic))
+        except AccessDenied:
+            self._audit.record(
+                "Replay",
+                principal=who,
+                resource=resource,
+                outcome=DENIED,
+                reason="forbidden",
+                from_offset=from_offset,
+                to_offset=to_offset,
+            )
+            raise
+        self._authorize_topic(force=True)
+        end = self._transport.end_offset(self.topic) if to_offset is None else to_offset
+        self._audit.record(
+            "Replay",
+            principal=who,
+            resource=resource,
+            from_offset=from_offset,
+            to_offset=end,
+            group=self.group,
+        )
+        guard = ReplayGuard.ephemeral(freshness=self._guard.freshness, skew=self._guard.skew)
+        stats = RunStats()
+        pos = max(0, from_offset)
+        while pos < end:
+            records = [
+                r
+                for r in self._transport.read(self.topic, pos, min(self._read_batch, end - pos))
+                if r.offset < end
+            ]
+            if not records:
+                break
+            for rec in records:
+                self.process(rec, handler, stats, mode=rp.REPLAY, guard=guard)
+                pos = rec.offset + 1
+        self._audit.record(
+            "Replay.end",
+            principal=who,
+            resource=resource,
+            from_offset=from_offset,
+            to_offset=end,
+            delivered=stats.delivered,
+            refused=sum(stats.refused.values()),
+        )
+        return stats
+
+    def redeliver(self, entry: DeadLetter, handler: Handler, stats: RunStats) -> str:
+        """One dead letter through the normal path (DeadLetters.redrive authorizes and audits)."""
+        if entry.stream != self.topic:
+            raise InputError(f"dead letter belongs to stream {entry.stream!r}, not {self.topic!r}")
+        self._authorize_topic()
+        outcome = self.process(
+            entry.record(), handler, stats, mode=rp.REDRIVE, attempt=f"r{entry.dlq_offset}"
+        )
+        self._guard.checkpoint()
+        return outcome
+
+    def close(self) -> None:
+        self._guard.close()
+
+    # --- one record ----------------------------------------------------------------------
+    def process(
+        self,
+        rec: Record,
+        handler: Handler,
+        stats: RunStats,
+        *,
+        mode: str = rp.LIVE,
+        guard: ReplayGuard | None = None,
+        attempt: str = "0",
+    ) -> str:
+        """Verify, guard, decrypt and hand one record to ``handler``; returns the outcome."""
+        guard = guard or self._guard
+        checked = self._check(rec, guard, mode)
+        if isinstance(checked, _Refusal):
+            return self._refuse(rec, checked, stats, mode, guard, attempt)
+        if checked is None:
+            stats.skipped += 1
+            return SKIPPED
+        s, env, admission = checked
+        if admission.verdict == rp.REDELIVERY:
+            stats.redelivered += 1
+            return REDELIVERED
+        if admission.verdict == rp.PROCESSED:
+            return PROCESSED
+        if admission.gap is not None:
+            self._report_seq_gap(s, admission.gap, stats)
+        try:
+            event = self._decrypt(rec, s, env)
+        except (TokenError, EnvelopeError, NotFoundError, InputError) as e:
+            return self._refuse(
+                rec,
+                _Refusal(e.code, getattr(e, "reason", e.code), True, env["id"], env["type"], s),
+                stats,
+                mode,
+                guard,
+                attempt,
+            )
+        error = self._call(handler, event)
+        if error is not None:
+            if mode == rp.REDRIVE:  # the entry stays in the DLQ; no second entry
+                stats.refuse("handler_error")
+                return REFUSED
+            self._dlq.put(
+                rec,
+                code="handler_error",
+                reason="handler_error",
+                group=self.group,
+                attempt=attempt,
+                attempts=self._max_attempts,
+                error=type(error).__name__,
+                event_id=event.id,
+                event_type=event.type,
+            )
+            guard.settle(
+                stream=rec.stream,
+                offset=rec.offset,
+                event_id=event.id,
+                instance=s.instance,
+                seq=event.seq,
+                status=rp.DEAD,
+                mode=mode,
+            )
+            stats.dead_lettered += 1
+            return DEAD_LETTERED
+        guard.settle(
+            stream=rec.stream,
+            offset=rec.offset,
+            event_id=event.id,
+            instance=s.instance,
+            seq=event.seq,
+            status=rp.OK,
+            mode=mode,
+        )
+        stats.delivered += 1
+        return DELIVERED
+
+    def _check(
+        self, rec: Record, guard: ReplayGuard, mode: str
+    ) -> tuple[Seal, dict[str, Any], rp.Admission] | _Refusal | None:
+        try:
+            s = self._verifier.verify_record(rec, fresh=mode == rp.REDRIVE)
+        except SealError as e:
+            return _Refusal(e.code, e.reason, False)
+        try:
+            env = parse_sealed(rec.data)
+        except (EnvelopeError, InputError) as e:
+            return _Refusal(e.code, e.code, False, seal=s)
+        event_id, type_ = env["id"], env["type"]
+        if env.get(envelope.EXT_PRODUCER) != s.producer:
+            return _Refusal("bad_seal", "wrong_producer", False, event_id, type_, s)
+        seq = env.get(envelope.EXT_SEQ)
+        if type(seq) is not int or seq != s.seq_of(rec.index):
+            return _Refusal("bad_seal", "seq_mismatch", False, event_id, type_, s)
+        try:
+            admission = guard.admit(
+                stream=rec.stream,
+                offset=rec.offset,
+                event_id=event_id,
+                instance=s.instance,
+                seq=seq,
+                sealed_at=s.time,
+                mode=mode,
+            )
+        except ReplayError as e:
+            return _Refusal(e.code, e.reason, e.reason != "duplicate", event_id, type_, s)
+        if self.types is not None and type_ not in self.types:
+            if admission.verdict == rp.NEW:  # keeps the producer's sequence whole: no false gaps
+                guard.settle(
+                    stream=rec.stream,
+                    offset=rec.offset,
+                    event_id=event_id,
+                    instance=s.instance,
+                    seq=seq,
+                    status=rp.SKIP,
+                    mode=mode,
+                )
+            return None
+        return s, env, admission
+
+    def _decrypt(self, rec: Record, s: Seal, env: dict[str, Any]) -> Delivered:
+        version = env.get(envelope.EXT_SCHEMA)
+        if type(version) is not int:
+            raise EnvelopeError("event carries no schema version (ewschema)")
+        key = (env["type"], version)
+        schema = self._versions.get(key)
+        if schema is None:  # versions are immutable: cache them (bounded)
+            if len(self._versions) >= 1024:
+                self._versions.clear()
+            schema = self._versions[key] = self._schemas.get(*key)
+        data = env.get("data")
+        if not isinstance(data, dict):
+            raise EnvelopeError("event data must be a JSON object")
+        # A KeyServiceError propagates: fail closed, commit nothing, the event is tried again later.
+        clear, report = self._encryptor.decrypt(
+            env["id"],
+            data,
+            schema.spec,
+            env.get(envelope.EXT_SUBJECT),
+            principal=self.principal,
+            uncleared=self._uncleared,
+        )
+        attrs = {k: v for k, v in env.items() if k != "data"}
+        return Delivered(
+            env["id"],
+            env["type"],
+            env["source"],
+            env.get("time", ""),
+            attrs,
+            clear,
+            rec.stream,
+            rec.offset,
+            s.producer,
+            s.seq_of(rec.index),
+            rec.batch,
+            s.time,
+            True,
+            report,
+        )
+
+    def _call(self, handler: Handler, event: Delivered) -> Exception | None:
+        """Call the handler with retries and exponential backoff; the last error, or None."""
+        for attempt in range(self._max_attempts):
+            try:
+                handler(event)
+                return None
+            except Exception as e:
+                log.warning(
+                    "handler failed on %s@%d (attempt %d/%d): %s",
+                    event.stream,
+                    event.offset,
+                    attempt + 1,
+                    self._max_attempts,
+                    type(e).__name__,
+                )
+                if attempt + 1 == self._max_attempts:
+                    return e
+                time.sleep(self._backoff * (2**attempt))
+        return None
+
+    def _refuse(
+        self, rec: Record, r: _Refusal, stats: RunStats, mode: str, guard: ReplayGuard, attempt: str
+    ) -> str:
+        stats.refuse(r.reason)
+        self._audit.record(
+            "Subscribe",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            outcome=ERROR,
+            reason=r.reason,
+            code=r.code,
+            stream=rec.stream,
+            offset=rec.offset,
+            mode=mode,
+        )
+        if mode == rp.REDRIVE:
+            return REFUSED
+        self._dlq.put(
+            rec,
+            code=r.code,
+            reason=r.reason,
+            group=self.group,
+            attempt=attempt if mode == rp.LIVE else f"{mode}-{attempt}",
+            event_id=r.event_id,
+            event_type=r.event_type,
+        )
+        if r.settle and r.seal is not None and r.event_id is not None:
+            guard.settle(
+                stream=rec.stream,
+                offset=rec.offset,
+                event_id=r.event_id,
+                instance=r.seal.instance,
+                seq=r.seal.seq_of(rec.index),
+                status=rp.DEAD,
+                mode=mode,
+            )
+        stats.dead_lettered += 1
+        return DEAD_LETTERED
+
+    # --- position, authorization, reports ------------------------------------------------
+    def _start_position(self) -> int:
+        if self._position is None:
+            committed = self._transport.committed(self.group, self.topic)
+            if committed is not None:
+                self._position = committed
+            elif self._from_beginning:
+                self._position = 0
+            else:
+                self._position = self._transport.end_offset(self.topic)
+        return self._position
+
+    def _commit(self, pos: int) -> None:
+        self._guard.checkpoint()  # settled ids are durable before the offset moves past them
+        self._transport.commit(self.group, self.topic, pos)
+        self._position = pos
+
+    def _authorize_topic(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._authorized_until > now:
+            return
+        contexts: list[dict[str, Any]] = (
+            [{}] if self.types is None else [{"event_type": t} for t in sorted(self.types)]
+        )
+        for ctx in contexts:
+            try:
+                check(self._authorizer, self.principal, SUBSCRIBE, ("Topic", self.topic), ctx)
+            except AccessDenied:
+                self._audit.record(
+                    "Subscribe",
+                    principal=self.principal,
+                    resource=f"Topic::{self.topic}",
+                    outcome=DENIED,
+                    reason="forbidden",
+                    event_type=ctx.get("event_type"),
+                )
+                raise
+        self._authorized_until = now + self._ttl
+
+    def _report_offset_gap(self, expected: int, got: int, stats: RunStats) -> None:
+        """Offsets are dense: a hole means stored events were removed behind the log's back."""
+        stats.gaps += 1
+        log.warning("offsets %d..%d of %s are missing from the log", expected, got - 1, self.topic)
+        self._audit.record(
+            "Subscribe",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            outcome=ERROR,
+            reason="offset_gap",
+            stream=self.topic,
+            expected=expected,
+            got=got,
+        )
+
+    def _report_seq_gap(self, s: Seal, gap: tuple[int, int], stats: RunStats) -> None:
+        stats.gaps += 1
+        log.warning(
+            "producer %s instance %s skipped sequence %d..%d in %s",
+            s.producer,
+            s.instance[:12],
+            gap[0],
+            gap[1] - 1,
+            s.stream,
+        )
+        self._audit.record(
+            "Subscribe",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            outcome=ERROR,
+            reason="sequence_gap",
+            stream=s.stream,
+            producer=s.producer,
+            instance=s.instance,
+            expected=gap[0],
+            got=gap[1],
+        )

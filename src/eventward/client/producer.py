@@ -1,0 +1,268 @@
+"""The Producer: validate, authorize, encrypt, envelope, batch, seal, append, audit.
+
+Everything that can refuse an event (authorization, schema, encryption, size) runs inside
+``send``, before the event is buffered, so a refused event leaves nothing behind. A sealed
+batch is kept until the transport acknowledges it: a retry after a transport error re-sends
+the same batch id and the same bytes, so nothing is duplicated or re-encrypted. Sequence
+numbers are per producer instance and stream, dense, and bound into the seal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from eventward import envelope
+from eventward.audit.base import DENIED, AuditSink, NullAudit
+from eventward.client.envelopes import EnvelopeBuilder
+from eventward.client.types import FieldCipher, SchemaSource
+from eventward.crypto import seal as sealing
+from eventward.crypto.seal import Signer
+from eventward.errors import AccessDenied, ConfigError, EventwardError, InputError, TransportError
+from eventward.log.base import Transport
+from eventward.log.names import check_stream_name
+from eventward.policy.base import PUBLISH, Authorizer, check
+
+log = logging.getLogger("eventward.producer")
+
+
+@dataclass(frozen=True)
+class _Batch:
+    batch_id: str
+    first_seq: int
+    ids: tuple[str, ...]
+    events: tuple[bytes, ...]
+    seal: bytes
+
+
+class Producer:
+    def __init__(
+        self,
+        topic: str,
+        *,
+        principal: str,
+        transport: Transport,
+        signer: Signer,
+        schemas: SchemaSource,
+        encryptor: FieldCipher,
+        authorizer: Authorizer,
+        audit: AuditSink | None = None,
+        source: str | None = None,
+        max_batch: int = 500,
+        max_delay_ms: float = 50.0,
+        background: bool = False,
+        decision_ttl: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if signer.principal != principal:
+            raise ConfigError(f"signer belongs to {signer.principal}, not to producer {principal}")
+        if not 1 <= max_batch <= sealing.MAX_EVENTS:
+            raise ConfigError(f"max_batch must be 1..{sealing.MAX_EVENTS}")
+        self.topic = check_stream_name(topic)
+        self.principal = principal
+        self.instance = uuid.uuid4().hex
+        self.source = source or f"eventward:producer:{principal}"
+        self._transport = transport
+        self._signer = signer
+        self._schemas = schemas
+        self._encryptor = encryptor
+        self._authorizer = authorizer
+        self._audit = audit or NullAudit()
+        self._max_batch = max_batch
+        self._max_delay = max_delay_ms / 1000
+        self._ttl = decision_ttl
+        self._clock = clock
+        self._allowed: dict[str, float] = {}  # event type -> when the Publish decision expires
+        self._lock = threading.Lock()  # buffer and sequence numbers
+        self._flush_lock = threading.Lock()  # one flush at a time, in sequence order
+        self._buffer: list[tuple[str, bytes]] = []
+        self._buffer_since = 0.0
+        self._next_seq = 0
+        self._pending: _Batch | None = None  # sealed, not yet acknowledged
+        self._stream_ready = False
+        self._envelopes = EnvelopeBuilder(principal)
+        self.last_error: EventwardError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._flush_loop, name="eventward-producer", daemon=True)
+            self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Producer(topic={self.topic!r}, principal={self.principal!r}, instance={self.instance!r})"
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- sending -------------------------------------------------------------------------
+    def send(
+        self,
+        type_: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        source: str | None = None,
+        subject: str | None = None,
+    ) -> str:
+        """Buffer one event and return its id; raises (buffering nothing) if it is refused.
+
+        A full buffer is flushed here; if the log is down the sealed batch waits for the next
+        flush (``last_error`` says why) and, once another full batch is waiting, ``send``
+        raises the transport error instead of buffering more: memory stays bounded.
+        """
+        if self._pending is not None and len(self._buffer) >= self._max_batch:
+            self.flush()
+        self._authorize(type_)
+        schema = self._schemas.active(type_)
+        schema.validate(data)
+        event_id = id or self._envelopes.new_id()
+        enc, subject_hash = self._encryptor.encrypt(event_id, data, schema.spec, principal=self.principal)
+        full = False
+        with self._lock:
+            now = self._clock()
+            env = self._envelopes.build(
+                type_,
+                source or self.source,
+                enc,
+                id_=event_id,
+                seq=self._next_seq,
+                schema_version=schema.version,
+                subject_hash=subject_hash,
+                subject=subject,
+                now=now,
+            )
+            try:
+                raw = envelope.encode(env, max_bytes=schema.max_event_bytes)
+            except orjson.JSONEncodeError:
+                raise InputError(f"event data of type {type_} is not JSON-serializable") from None
+            if not self._buffer:
+                self._buffer_since = now
+            self._buffer.append((event_id, raw))
+            self._next_seq += 1
+            full = len(self._buffer) >= self._max_batch or now - self._buffer_since >= self._max_delay
+        if full:
+            try:
+                self.flush()
+            except TransportError as e:
+                self.last_error = e
+                log.warning("flush failed (%s); the sealed batch is kept and retried", e.code)
+        return event_id
+
+    def flush(self) -> list[str]:
+        """Seal and append what is buffered; returns the ids the transport acknowledged.
+
+        On a transport error the sealed batch is kept and re-sent unchanged by the next flush.
+        """
+        with self._flush_lock:
+            acked: list[str] = []
+            if self._pending is not None:
+                acked += self._append(self._pending)
+            with self._lock:
+                buf = list(self._buffer)
+                first_seq = self._next_seq - len(buf)
+            if buf:
+                self._pending = self._seal(buf, first_seq)
+                with self._lock:  # sends may have appended meanwhile; they stay buffered
+                    del self._buffer[: len(buf)]
+                acked += self._append(self._pending)
+            return acked
+
+    def discard(self) -> int:
+        """Drop buffered events that were not sealed yet (e.g. the rest of a rejected input
+        chunk); their sequence numbers are reused, so consumers see no gap."""
+        with self._flush_lock, self._lock:  # never while a flush is sealing the buffer
+            n = len(self._buffer)
+            self._buffer.clear()
+            self._next_seq -= n
+        return n
+
+    def pending(self) -> int:
+        """Events buffered or sealed but not yet acknowledged."""
+        with self._lock:
+            n = len(self._buffer)
+        return n + (len(self._pending.ids) if self._pending else 0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.flush()
+
+    # --- internals -----------------------------------------------------------------------
+    def _authorize(self, type_: str) -> None:
+        now = time.monotonic()
+        if self._allowed.get(type_, 0.0) > now:
+            return
+        try:
+            check(self._authorizer, self.principal, PUBLISH, ("Topic", self.topic), {"event_type": type_})
+        except AccessDenied:
+            self._audit.record(
+                "Publish",
+                principal=self.principal,
+                resource=f"Topic::{self.topic}",
+                outcome=DENIED,
+                reason="forbidden",
+                event_type=type_,
+            )
+            raise
+        self._allowed[type_] = now + self._ttl
+
+    def _seal(self, buf: list[tuple[str, bytes]], first_seq: int) -> _Batch:
+        events = tuple(raw for _, raw in buf)
+        batch_id = f"{self.instance}-{first_seq}"
+        blob = sealing.seal(
+            self._signer,
+            instance=self.instance,
+            stream=self.topic,
+            batch=batch_id,
+            first_seq=first_seq,
+            events=events,
+            time=self._clock(),
+        )
+        return _Batch(batch_id, first_seq, tuple(i for i, _ in buf), events, blob)
+
+    def _append(self, b: _Batch) -> list[str]:
+        if not self._stream_ready:
+            if self.topic not in self._transport.streams():
+                self._transport.create_stream(self.topic)
+            self._stream_ready = True
+        first_offset = self._transport.append(self.topic, b.batch_id, b.events, b.seal)
+        self._pending = None
+        self._audit.record(
+            "Publish",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            stream=self.topic,
+            batch=b.batch_id,
+            count=len(b.events),
+            bytes=sum(map(len, b.events)),
+            first_seq=b.first_seq,
+            last_seq=b.first_seq + len(b.events) - 1,
+            first_offset=first_offset,
+            kid=self._signer.kid,
+        )
+        return list(b.ids)
+
+    def _flush_loop(self) -> None:
+        """Background flusher: bounds how long an event waits in the buffer when sends stop."""
+        while not self._stop.wait(self._max_delay / 2 or 0.01):
+            with self._lock:
+                due = bool(self._buffer) and self._clock() - self._buffer_since >= self._max_delay
+            if due or self._pending is not None:
+                try:
+                    self.flush()
+                    self.last_error = None
+                except EventwardError as e:  # kept for the next flush/close to retry and raise
+                    self.last_error = e
+                    log.warning("background flush failed (%s); the batch is kept and retried", e.code)

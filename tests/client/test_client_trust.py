@@ -1,0 +1,74 @@
+"""Trust registry: authorized and audited key changes, rotation, revocation, key files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from eventward.client.trust import ACTIVE, RETIRED, REVOKED, TrustRegistry
+from eventward.errors import AccessDenied, ConflictError, KeyFilePermissionError, NotFoundError
+
+from .client_world import ADMIN, PRODUCER, StrictAudit, grants
+
+
+@pytest.fixture
+def trust(tmp_path):
+    from eventward.home import Home
+
+    t = TrustRegistry.open(Home(tmp_path), grants(), StrictAudit())
+    yield t
+    t.close()
+
+
+def test_register_rotate_revoke_lifecycle(trust):
+    s1 = trust.register(PRODUCER, by=ADMIN)
+    path1 = trust.home.producer_keys / f"{PRODUCER}.{s1.kid}.key"
+    assert path1.stat().st_mode & 0o777 == 0o600
+    assert trust.public_key(s1.kid)[0] == PRODUCER and trust.public_key(s1.kid)[2] == ACTIVE
+    with pytest.raises(ConflictError):
+        trust.register(PRODUCER, by=ADMIN)
+    s2 = trust.rotate(PRODUCER, by=ADMIN)
+    assert s2.kid != s1.kid and trust.signer_for(PRODUCER).kid == s2.kid
+    assert trust.public_key(s1.kid)[2] == RETIRED and not path1.exists()  # retired keys never sign again
+    trust.revoke(s2.kid, by=ADMIN)
+    assert trust.public_key(s2.kid)[2] == REVOKED
+    with pytest.raises(NotFoundError):
+        trust.signer_for(PRODUCER)
+    actions = [(e.action, e.outcome, e.meta.get("kid")) for e in trust._audit.events]
+    assert actions == [
+        ("trust.register", "ok", s1.kid),
+        ("trust.rotate", "ok", s2.kid),
+        ("trust.revoke", "ok", s2.kid),
+    ]
+
+
+def test_key_changes_need_rotate_keys(trust):
+    s = trust.register(PRODUCER, by=ADMIN)
+    for attempt in (
+        lambda: trust.register("other", by=PRODUCER),
+        lambda: trust.rotate(PRODUCER, by=PRODUCER),
+        lambda: trust.revoke(s.kid, by="intruder"),
+    ):
+        with pytest.raises(AccessDenied):
+            attempt()
+    assert trust.public_key(s.kid)[2] == ACTIVE and trust.list() == trust.list(PRODUCER)
+    denied = [e for e in trust._audit.events if e.outcome == "denied"]
+    assert [e.principal for e in denied] == [PRODUCER, PRODUCER, "intruder"]
+
+
+def test_unknown_kid_and_unsafe_key_file(trust):
+    with pytest.raises(NotFoundError):
+        trust.public_key("ed25519-000000000000000000000000")
+    s = trust.register(PRODUCER, by=ADMIN)
+    os.chmod(trust.home.producer_keys / f"{PRODUCER}.{s.kid}.key", 0o644)
+    with pytest.raises(KeyFilePermissionError):
+        trust.signer_for(PRODUCER)
+
+
+def test_principal_names_cannot_escape_the_key_directory(trust):
+    from eventward.errors import InputError
+
+    for bad in ("../evil", "a/b", "", ".hidden"):
+        with pytest.raises(InputError):
+            trust.register(bad, by=ADMIN)
