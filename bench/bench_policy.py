@@ -2,8 +2,8 @@
 
     python -m bench.bench_policy [--quick]
 
-authorize: 64 distinct allowed requests (topics, event types, classes, schemas, ABAC with a
-zone) cycled through PolicyEngine.decide with a warm cache. Baselines, same run, same
+authorize: 68 distinct allowed requests (topics, event types, classes, schemas, producers'
+signing keys, ABAC with a zone) cycled through PolicyEngine.decide with a warm cache. Baselines, same run, same
 requests: cedarpy.is_authorized with pre-parsed PolicySet and Entities handles (the cheapest
 uncached Cedar call), and eventward's own uncached evaluation (request building, DLQ mapping,
 explanations). Target: cached >= 1,000,000 decisions/s.
@@ -32,7 +32,7 @@ principals:
   orders-svc: {type: service, roles: [order-writer], attributes: {zone: internal}}
   shipping-svc: {type: service, roles: [shipping]}
   analytics-svc: {type: service, roles: [analytics]}
-  alice: {type: user, roles: [schema-admin, policy-admin]}
+  alice: {type: user, roles: [schema-admin, policy-admin, key-admin]}
 roles:
   order-writer:
     - {allow: publish, topic: orders, event_types: [OrderPlaced, OrderCancelled, OrderShipped, OrderRefunded]}
@@ -45,6 +45,7 @@ roles:
     - {deny: subscribe, topic: payments}
   schema-admin: [{allow: [propose_schema, approve_schema, read_schema], schema: "*"}]
   policy-admin: [{allow: manage_policy}]
+  key-admin: [{allow: rotate_keys, producer: "*"}]
 """
 
 ABAC = """
@@ -67,6 +68,8 @@ def requests() -> list[Request]:
         out.append(("analytics-svc", base.SUBSCRIBE, ("Topic", f"topic-{i}"), {"event_type": "Any"}))
     for i in range(12):
         out.append(("alice", base.READ_SCHEMA, ("Schema", f"Event{i}"), None))
+    for i in range(4):
+        out.append(("alice", base.ROTATE_KEYS, ("Producer", f"svc-{i}"), None))
     out += [("shipping-svc", base.DECRYPT, ("Class", "pii"), None)] * 2
     out += [("orders-svc", base.DECRYPT, ("Class", "payment"), {"zone": "internal"})] * 2
     return out

@@ -164,9 +164,9 @@ def test_kafka_patterns_operations_and_groups(reference):
     topics = {(a.get("topic"), a["resource-pattern-type"]) for a in ship if "topic" in a}
     assert topics == {("orders", "literal"), ("orders.dlq", "literal"), ("orders.", "prefixed")}
     assert all(a["ops"] == ["Read", "Describe"] for a in ship if "topic" in a)
-    assert {"group": "shipping-svc.", "resource-pattern-type": "prefixed", "ops": ["Read"]}.items() <= next(
-        a for a in ship if "group" in a
-    ).items()
+    # the SDK's default group is the bare principal name; named groups are "<principal>.<name>"
+    groups = [(a["group"], a["resource-pattern-type"], a["ops"]) for a in ship if "group" in a]
+    assert groups == [("shipping-svc", "literal", ["Read"]), ("shipping-svc.", "prefixed", ["Read"])]
     arch = [a for a in acls if a.get("allow-principal") == "User:archiver" and "topic" in a]
     assert [(a["topic"], a["resource-pattern-type"]) for a in arch] == [("orders", "prefixed")]
     wildcard = [a for a in acls if a.get("allow-principal") == "User:analytics-svc" and "topic" in a]
@@ -274,3 +274,126 @@ roles:
 def test_literal_dlq_grant_is_refused():
     with pytest.raises(PolicyError, match="DLQ of orders"):
         parse("principals: {}\nroles:\n  r: [{allow: subscribe, topic: orders.dlq}]\n")
+
+
+# --- NATS: what the transport and the dead-letter writer need, and nothing more ----------------
+
+
+def nats_match(pattern: str, subject: str) -> bool:
+    """nats-server subject matching: ``*`` is one token, ``>`` one or more trailing tokens."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s) or tok not in ("*", s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def permitted(perms: dict, subject: str) -> bool:
+    allowed = any(nats_match(a, subject) for a in perms.get("allow", []))
+    return allowed and not any(nats_match(d, subject) for d in perms.get("deny", []))
+
+
+WIDE = parse(
+    """
+principals:
+  all-reader: {type: service, roles: [all-reader]}
+  all-writer: {type: service, roles: [all-writer]}
+  one-reader: {type: service, roles: [one-reader]}
+  no-pay: {type: service, roles: [no-pay]}
+  no-pay-prefix: {type: service, roles: [no-pay-prefix]}
+roles:
+  all-reader: [{allow: subscribe, topic: "*"}]
+  all-writer: [{allow: publish, topic: "*"}]
+  one-reader: [{allow: subscribe, topic: orders.eu}]
+  no-pay:
+    - {allow: subscribe, topic: "*"}
+    - {deny: subscribe, topic: pay.eu}
+    - {deny: subscribe, topic: cards}
+  no-pay-prefix:
+    - {allow: subscribe, topic: "*"}
+    - {deny: subscribe, topic: "pay.", match: prefixed}
+"""
+)
+SAMPLE_TOPICS = ("orders", "orders.eu", "Payments_2025-x")
+
+
+@pytest.mark.parametrize("topic", SAMPLE_TOPICS)
+def test_nats_wildcard_grants_cover_everything_the_transport_uses(topic):
+    from eventward.log import nats as transport
+
+    users = nats_users(compile_nats(WIDE))
+    reader, writer = users["all-reader"]["publish"], users["all-writer"]["publish"]
+    for s in transport.consumer_permissions(topic, "all-reader") + transport.consumer_permissions(topic):
+        assert permitted(reader, s), s  # $JS.API.DIRECT.GET.* was missing: every read failed
+    for s in transport.producer_permissions(topic):
+        assert permitted(writer, s), s  # $JS.API.STREAM.NAMES was missing
+    assert not permitted(writer, "$JS.API.DIRECT.GET." + transport.stream_name(topic))  # writers do not read
+    assert not permitted(reader, transport.subject_for(topic))  # readers do not publish events
+
+
+@pytest.mark.parametrize("principal", ["one-reader", "all-reader"])
+def test_nats_subscribers_may_append_to_their_topics_dlq(principal):
+    from eventward.log import nats as transport
+
+    perms = nats_users(compile_nats(WIDE))[principal]["publish"]
+    dlq = "orders.eu.dlq"
+    needed = [s for s in transport.producer_permissions(dlq) if s != "$JS.API.STREAM.NAMES"]
+    assert all(permitted(perms, s) for s in needed), needed
+    assert not permitted(perms, "ew.orders.eu")  # the DLQ, never the topic itself
+    assert not permitted(perms, "$JS.API.STREAM.NAMES")
+    assert permitted(perms, "ew.shipments.dlq") is (principal == "all-reader")
+
+
+def test_nats_subscribe_denies_reach_the_dlq_on_the_publish_side():
+    text = compile_nats(WIDE)
+    perms = nats_users(text)["no-pay"]["publish"]
+    assert permitted(perms, "ew.orders.dlq") and permitted(perms, "ew.payments.dlq")
+    assert permitted(perms, "ew.pay.dlq") and permitted(perms, "ew.pay.eu.x.dlq")
+    for denied in ("ew.pay.eu.dlq", "ew.cards.dlq"):
+        assert not permitted(perms, denied), denied
+    # a prefix deny is inexpressible for JetStream streams: the "*" grant's stream access (and so
+    # its DLQ appends) is withheld altogether rather than granted past the deny
+    users = nats_users(text)
+    assert users["no-pay-prefix"]["publish"] == {"deny": [">"]}
+    assert users["no-pay-prefix"]["subscribe"]["deny"] == ["ew.pay.>"]
+    deep = "ew." + ".".join("abcdefgh") + ".dlq"
+    assert permitted(perms, deep) and not permitted(perms, "ew." + ".".join("abcdefghi") + ".dlq")
+    assert "dead letters are appendable at the broker for topics of up to 8" in "\n".join(notes(text))
+
+
+def test_nats_dlq_append_is_not_granted_without_jetstream_access(reference):
+    spec, _ = reference
+    users = nats_users(compile_nats(spec))
+    # shipping-svc: literal orders (DLQ append granted) and prefix "orders." (no JetStream access)
+    ship = users["shipping-svc"]["publish"]
+    assert permitted(ship, "ew.orders.dlq") and not permitted(ship, "ew.orders.eu.dlq")
+    assert users["archiver"]["publish"] == {"deny": [">"]}
+    assert users["analytics-svc"]["publish"]["deny"][-1] == "ew.payments.dlq"
+
+
+def test_kafka_prefix_never_reaches_another_principals_groups():
+    spec = parse(
+        """
+principals:
+  app: {type: service, roles: [r]}
+  app.billing: {type: service, roles: [r]}
+roles:
+  r: [{allow: subscribe, topic: orders}]
+"""
+    )
+    acls = kafka_acls(compile_kafka(spec))
+    groups = {
+        (a.get("allow-principal") or "deny " + a["deny-principal"], a["group"], a["resource-pattern-type"])
+        for a in acls
+        if "group" in a
+    }
+    assert groups == {
+        ("User:app", "app", "literal"),
+        ("User:app", "app.", "prefixed"),
+        ("deny User:app", "app.billing", "literal"),  # the default group of app.billing
+        ("deny User:app", "app.billing.", "prefixed"),
+        ("User:app.billing", "app.billing", "literal"),
+        ("User:app.billing", "app.billing.", "prefixed"),
+    }

@@ -1,7 +1,9 @@
 """The compiled NATS authorization, loaded by a real nats-server (127.0.0.1, free port,
 user/password per principal), enforces what the policy says: allowed publishes go through,
 denied ones are refused and never delivered, including via wildcard subscriptions, JetStream
-message gets and other principals' reply inboxes."""
+message gets and other principals' reply inboxes. Through eventward's own NATS transport:
+``*`` grants work end to end, and a consumer can append dead letters to its topic's DLQ
+while nobody else can."""
 
 from __future__ import annotations
 
@@ -13,13 +15,16 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nats
 import pytest
 
-from eventward.log.nats import admin_permissions, stream_name
-from eventward.policy.compile_nats import compile_nats, nats_inbox_prefix, nats_subject
+from eventward.errors import AccessDenied
+from eventward.log.nats import NatsTransport, admin_permissions, stream_name
+from eventward.log.retry import Backoff
+from eventward.policy.compile_nats import compile_nats, nats_inbox_prefix
 from eventward.policy.spec import parse
 
 POLICY = """
@@ -30,6 +35,9 @@ principals:
   analytics: {type: service, roles: [analytics]}
   typed: {type: service, roles: [typed]}
   eu-reader: {type: service, roles: [eu-reader]}
+  firehose: {type: service, roles: [firehose]}
+  dl-reader: {type: service, roles: [dl-reader]}
+  ship-eu: {type: service, roles: [ship-eu]}
   alice: {type: user, roles: [schema-admin]}
 roles:
   writer:
@@ -40,12 +48,19 @@ roles:
   analytics:
     - {allow: subscribe, topic: "*"}
     - {deny: subscribe, topic: payments}
+    - {deny: subscribe, topic: cards}
   typed: [{allow: publish, topic: orders, event_types: [OrderPlaced]}]
   eu-reader: [{allow: subscribe, topic: "orders.", match: prefixed}]
+  firehose: [{allow: publish, topic: "*"}]
+  dl-reader: [{allow: subscribe, topic: shipments}]
+  ship-eu: [{allow: subscribe, topic: "shipments.", match: prefixed}]
   schema-admin: [{allow: [propose_schema, approve_schema], schema: "*"}]
 """
 
 OPS = "ops"  # stream provisioning: an operator account, not a policy principal
+# orders/payments take raw (foreign) messages in the tests above; the transport tests use their own
+STREAMS = ("orders", "payments", "shipments", "shipments.dlq", "cards", "cards.dlq")
+FAST = Backoff(base_s=0.02, cap_s=0.3, budget_s=5.0)
 
 
 def _nats_server() -> str:
@@ -94,7 +109,9 @@ def server(tmp_path_factory):
                 assert time.monotonic() < deadline, "nats-server did not start"
                 time.sleep(0.05)
         url = f"nats://127.0.0.1:{port}"
-        asyncio.run(_provision(url, passwords[OPS]))
+        with NatsTransport(url, user=OPS, password=passwords[OPS], backoff=FAST, timeout_s=2.0) as ops:
+            for topic in STREAMS:  # as `eventward nats up` provisions: the offsets bucket too
+                ops.create_stream(topic)
         yield url, passwords
     finally:
         proc.terminate()
@@ -103,14 +120,6 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-async def _provision(url: str, password: str) -> None:
-    nc = await nats.connect(url, user=OPS, password=password, inbox_prefix=nats_inbox_prefix(OPS))
-    js = nc.jetstream()
-    for topic in ("orders", "payments"):
-        await js.add_stream(name=stream_name(topic), subjects=[nats_subject(topic)])
-    await nc.close()
 
 
 class Client:
@@ -289,3 +298,65 @@ def test_wrong_password_is_refused(server):
             )
 
     run(go())
+
+
+# --- through eventward's transport: "*" grants and dead letters ---------------------------------
+
+
+def transport(server, user: str) -> NatsTransport:
+    url, passwords = server
+    return NatsTransport(url, user=user, password=passwords[user], backoff=FAST, timeout_s=2.0)
+
+
+def refused_fast(fn) -> None:
+    """A broker refusal must surface as AccessDenied at once, never as a retried timeout."""
+    t0 = time.monotonic()
+    with pytest.raises(AccessDenied):
+        fn()
+    assert time.monotonic() - t0 < 1.5
+
+
+def batch() -> str:
+    return f"b-{uuid.uuid4().hex[:12]}"
+
+
+def test_wildcard_grants_work_through_the_transport(server):
+    with transport(server, "firehose") as firehose, transport(server, "analytics") as analytics:
+        assert set(STREAMS) <= set(firehose.streams())  # $JS.API.STREAM.NAMES
+        at = firehose.append("shipments", batch(), [b"s-1", b"s-2"], b"seal")
+        got = analytics.read("shipments", at, 10)  # $JS.API.DIRECT.GET.*
+        assert [r.data for r in got] == [b"s-1", b"s-2"]
+        analytics.commit("analytics", "shipments", at + 2)
+        assert analytics.committed("analytics", "shipments") == at + 2
+        firehose.append("cards", batch(), [b"card"], b"seal")
+        refused_fast(lambda: analytics.read("cards", 0, 10))  # the deny still holds
+        refused_fast(lambda: firehose.read("shipments", at, 10))  # publish does not mean read
+
+
+def test_subscriber_appends_dead_letters_to_its_topics_dlq(server):
+    with transport(server, OPS) as ops, transport(server, "dl-reader") as reader:
+        before, topic_end = ops.end_offset("shipments.dlq"), ops.end_offset("shipments")
+        at = reader.append("shipments.dlq", batch(), [b"dead-letter"], b"consumer-seal")
+        assert at == before
+        assert [r.data for r in reader.read("shipments.dlq", at, 10)] == [b"dead-letter"]
+        refused_fast(lambda: reader.append("shipments", batch(), [b"forged"], b"s"))  # never the topic itself
+        refused_fast(lambda: reader.append("cards.dlq", batch(), [b"x"], b"s"))  # nor another topic's DLQ
+        assert ops.end_offset("shipments") == topic_end and ops.end_offset("cards.dlq") == 0
+
+
+def test_wildcard_subscriber_appends_to_dlqs_but_not_to_a_denied_topics(server):
+    with transport(server, OPS) as ops, transport(server, "analytics") as analytics:
+        before = ops.end_offset("shipments.dlq")
+        assert analytics.append("shipments.dlq", batch(), [b"dl"], b"s") == before
+        refused_fast(lambda: analytics.append("cards.dlq", batch(), [b"poison"], b"s"))
+        assert ops.end_offset("cards.dlq") == 0 and ops.end_offset("shipments.dlq") == before + 1
+
+
+@pytest.mark.parametrize("user", ["ship-eu", "pay-writer", "producer", "alice"])
+def test_non_subscribers_cannot_append_to_the_dlq(server, user):
+    """A prefix that does not cover the topic, writers of other topics, a control-plane user:
+    none may write the shipments DLQ."""
+    with transport(server, OPS) as ops, transport(server, user) as t:
+        before = ops.end_offset("shipments.dlq")
+        refused_fast(lambda: t.append("shipments.dlq", batch(), [b"poison"], b"forged-seal"))
+        assert ops.end_offset("shipments.dlq") == before

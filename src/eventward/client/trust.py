@@ -28,7 +28,7 @@ ACTIVE = "active"
 RETIRED = "retired"  # rotated out: verifies what it sealed, signs nothing new
 REVOKED = "revoked"  # refused everywhere
 
-_PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
+_PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}\Z")  # \Z: "$" would accept a trailing newline
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys(
     kid TEXT PRIMARY KEY, principal TEXT NOT NULL, public BLOB NOT NULL, status TEXT NOT NULL,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from eventward.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit
+from eventward.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit, meta_list
 from eventward.errors import (
     AccessDenied,
     ConfigError,
@@ -446,8 +446,8 @@ class KeyService:
         receipt = ErasureReceipt(h, erasure.time, erasure.classes, erasure.destroyed, kek_epochs, purged)
         self._audit.record(
             "key.forget", principal=principal, resource=resource, outcome=OK, reason=reason,
-            classes=",".join(erasure.classes), destroyed=erasure.destroyed, purged=purged,
-            kek_epochs=",".join(f"{c}.v{v}" for c, v in sorted(kek_epochs.items())),
+            classes=meta_list(erasure.classes), class_count=len(erasure.classes), destroyed=erasure.destroyed,
+            purged=purged, kek_epochs=meta_list([f"{c}.v{v}" for c, v in sorted(kek_epochs.items())]),
         )
         log.info("forgot subject %s: %d key(s) destroyed in %s", h, erasure.destroyed, list(erasure.classes))
         return receipt
@@ -501,7 +501,7 @@ class KeyService:
         report = RotationReport(cls, new, destroyed, done, failed, time.monotonic() - t0)
         self._audit.record(
             "key.rotate_kek", principal=principal, resource=resource, kek=new,
-            destroyed=",".join(destroyed), rewrapped=done, failed=failed,
+            destroyed=meta_list(destroyed), destroyed_count=len(destroyed), rewrapped=done, failed=failed,
         )
         log.info("rotated %s to %s: %d re-wrapped, %d failed, destroyed %s", cls, new, done, failed,
                  list(destroyed))

@@ -856,7 +856,7 @@ def _violation_about(subject: str, text: str) -> bool:
     low = text.lower()
     if "permissions violation" not in low:
         return False
-    if "subscription" in low:
+    if "violation for subscription" in low:  # not just "subscription": a subject may contain it
         return True
     m = re.search(r'"([^"]+)"', low)
     return m is not None and m.group(1) == subject.lower()

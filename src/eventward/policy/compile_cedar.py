@@ -35,6 +35,7 @@ TIME_KEYS = ("hour", "minute", "weekday", "now")
 _TIME_RE = re.compile(r"\b(" + "|".join(TIME_KEYS) + r")\b")
 _POSITIONAL_RE = re.compile(r"\bpolicy(\d+)\b")
 _MAX_CEDAR_BYTES = 1 << 20
+_MAX_POLICY_ID = 128
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,10 @@ def compile_policy(spec: PolicySpec, cedar_files: Mapping[str, str] | None = Non
         text = (cedar_files or {})[name]
         for n, (annotated, effect) in enumerate(_file_policies(name, text)):
             pid = annotated if annotated else f"{name}#{n}"
+            if not (0 < len(pid) <= _MAX_POLICY_ID and pid.isprintable() and "," not in pid):
+                # ids name policies in logs, audit records and comma-joined lists
+                why = f"needs an @id of 1..{_MAX_POLICY_ID} printable characters, no commas"
+                raise PolicyError(f"{name}: policy #{n} {why}", path=name)
             if pid.startswith("role:"):
                 raise PolicyError(f"{name}: @id {pid!r} uses the reserved role: prefix", path=name)
             if pid in sources:

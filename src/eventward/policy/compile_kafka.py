@@ -2,7 +2,8 @@
 
 Kafka resource patterns are exactly policy.yaml's: LITERAL (``*`` is the wildcard) and
 PREFIXED. Publish is Write+Describe, subscribe is Read+Describe on the topic plus Read on the
-principal's consumer groups, which must be named ``<principal>.<anything>``. A literal topic
+principal's consumer groups: the literal group ``<principal>`` (the SDK's default group) and
+the PREFIXED groups ``<principal>.<anything>``; no other group is granted. A literal topic
 grant covers its ``<topic>.dlq`` too. Kafka ACLs are per topic, so grants limited to event
 types, and anything decided by attributes, time or classes, are listed in the trailing
 comment section rather than granted topic-wide. Kafka principals are ``User:<principal>``:
@@ -24,8 +25,22 @@ DENY_OPERATIONS = {PUBLISH: ("Write",), SUBSCRIBE: ("Read",)}
 
 
 def kafka_group_prefix(principal: str) -> str:
-    """Consumer group ids of ``principal`` must start with this (granted as a PREFIXED ACL)."""
+    """Consumer group ids of ``principal`` other than its default must start with this (PREFIXED)."""
     return f"{principal}."
+
+
+def kafka_groups(principal: str) -> list[tuple[str, str]]:
+    """(group, pattern type) a subscriber may use: the Consumer's default group id is the principal."""
+    return [(principal, LITERAL), (kafka_group_prefix(principal), PREFIXED)]
+
+
+def foreign_groups(spec: PolicySpec, principal: str) -> list[tuple[str, str]]:
+    """Groups of other principals that ``principal``'s prefix reaches (``a.`` covers ``a.b``'s).
+
+    Principal names may contain dots, so the prefix of ``a`` matches the groups of ``a.b``:
+    denied explicitly, or ``a`` could commit in (and move) ``a.b``'s positions."""
+    prefix = kafka_group_prefix(principal)
+    return [g for other in spec.principals if other.startswith(prefix) for g in kafka_groups(other)]
 
 
 def _expressible(g: Grant) -> str | None:
@@ -93,8 +108,14 @@ def compile_kafka(
                     )
                 )
             if action == SUBSCRIBE and p.allows:
-                group = kafka_group_prefix(name)
-                lines.append(_acl(bootstrap, "--allow-principal", name, ("Read",), "group", group, PREFIXED))
+                lines.extend(
+                    _acl(bootstrap, "--allow-principal", name, ("Read",), "group", group, pattern)
+                    for group, pattern in kafka_groups(name)
+                )
+                lines.extend(
+                    _acl(bootstrap, "--deny-principal", name, ("Read",), "group", group, pattern)
+                    for group, pattern in foreign_groups(spec, name)
+                )
         notes.extend(broker.non_broker_notes(spec, name))
     notes.extend(broker.hand_written_notes(compiled))
     return "\n".join([*lines, *broker.render_notes(notes, "#"), ""])

@@ -15,6 +15,12 @@ sealed batch of mixed types): both are left to eventward and listed, never over-
 JetStream access (stream info, message gets, offsets) is exactly what eventward.log.nats uses,
 taken from its ``producer_permissions``/``consumer_permissions``. Stream names are single
 tokens, so that access is granted for literal topics and ``*`` only, never for a prefix.
+
+Consumers write dead letters (client/dlq.py appends to ``<topic>.dlq`` under the consumer's own
+seal), and the DLQ shares its topic's policy, so a subscribe grant with JetStream access also
+grants publishing to the DLQ subjects of its topics. For ``*`` those are ``ew.*.dlq``,
+``ew.*.*.dlq``... up to DLQ_DEPTH tokens: ``ew.>`` would let a reader publish events on every
+topic. A subscribe deny denies the same DLQ subjects on the publish side.
 """
 
 from __future__ import annotations
@@ -28,11 +34,13 @@ from eventward.policy import broker
 from eventward.policy.base import PUBLISH, SUBSCRIBE
 from eventward.policy.broker import with_dlq
 from eventward.policy.compile_cedar import CompiledPolicy
-from eventward.policy.spec import PREFIXED, Grant, PolicySpec, check_name
+from eventward.policy.spec import DLQ_SUFFIX, PREFIXED, Grant, PolicySpec, check_name
 
 ROOT = "ew"
 _TOKEN_SAFE = re.compile(r"[A-Za-z0-9-]")
 ALL = ">"
+LIST_STREAMS = "$JS.API.STREAM.NAMES"  # producers list streams; appending to a DLQ does not need it
+DLQ_DEPTH = 8  # "*" subscribers may append dead letters of topics of up to this many dot-separated parts
 
 
 def token(text: str) -> str:
@@ -77,10 +85,11 @@ def _stream_expressible(g: Grant) -> str | None:
 
 
 def _wildcard_js(action: str) -> list[str]:
+    """``producer_permissions``/``consumer_permissions`` of every stream (stream names are one token)."""
+    tail = ["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*"]
     if action == PUBLISH:
-        return ["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*"]
-    bucket = transport.OFFSETS_BUCKET
-    return ["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*", f"$KV.{bucket}.*.*"]
+        return [*tail, LIST_STREAMS]
+    return [*tail, "$JS.API.DIRECT.GET.*", f"$KV.{transport.OFFSETS_BUCKET}.*.*"]
 
 
 def _js_allow(g: Grant, action: str) -> list[str]:
@@ -91,6 +100,25 @@ def _js_allow(g: Grant, action: str) -> list[str]:
         transport.producer_permissions if action == PUBLISH else transport.consumer_permissions
     )
     return [s for n in g.names for t in with_dlq(n) for s in perms(t)]
+
+
+def _dlq_subjects(g: Grant) -> list[str]:
+    """The subjects of the DLQs of a grant's topics (a token-boundary prefix or ``*``: by depth)."""
+    if g.is_wildcard:
+        return [f"{ROOT}.{'*.' * n}dlq" for n in range(1, DLQ_DEPTH + 1)]
+    if g.match == PREFIXED:
+        return [f"{ROOT}.{p}{'*.' * n}dlq" for p in g.names for n in range(1, DLQ_DEPTH + 1 - p.count("."))]
+    return [nats_subject(n + DLQ_SUFFIX) for n in g.names]
+
+
+def _dlq_append(g: Grant) -> list[str]:
+    """What DeadLetters.put needs to append to the DLQs of a subscribe grant (publish permissions).
+
+    Only for grants with JetStream access (literal or ``*``): an append starts by reading the tail."""
+    if g.is_wildcard:
+        return _dlq_subjects(g) + [s for s in _wildcard_js(PUBLISH) if s != LIST_STREAMS]
+    dlqs = [n + DLQ_SUFFIX for n in g.names]
+    return [s for d in dlqs for s in transport.producer_permissions(d) if s != LIST_STREAMS]
 
 
 def read_api(topic: str) -> list[str]:
@@ -111,6 +139,12 @@ def _read_deny(g: Grant) -> list[str]:
     if g.is_wildcard:
         return ["$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.>"]
     return [s for n in g.names for t in with_dlq(n) for s in read_api(t)]
+
+
+_DEPTH_NOTE = (
+    f"dead letters are appendable at the broker for topics of up to {DLQ_DEPTH} dot-separated parts "
+    "(NATS wildcards match a fixed number of tokens before .dlq)"
+)
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -137,6 +171,13 @@ def user_permissions(
         pub_allow += [s for g in js.allows for s in _js_allow(g, action) if not s.startswith(f"{ROOT}.")]
         if action == SUBSCRIBE:
             pub_deny += [s for g in js.denies for s in _read_deny(g)]
+            pub_allow += [s for g in js.allows for s in _dlq_append(g)]
+            pub_deny += [s for g in subj.denies for s in _dlq_subjects(g)]
+            notes.extend(
+                broker.Note(principal, g.policy_id, f"{g.to_yaml()}: {_DEPTH_NOTE}")
+                for g in js.allows
+                if g.is_wildcard
+            )
         if action == PUBLISH and js.allows:
             notes.append(
                 broker.Note(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eventward.audit.base import DENIED, AuditSink, NullAudit
+from eventward.audit.base import DENIED, AuditSink, NullAudit, meta_list, meta_text
 from eventward.errors import EventwardError
 from eventward.home import Home
 from eventward.policy.base import Decision, Resource
@@ -157,23 +157,22 @@ class PolicyEngine:
             self._reload_lock.release()
 
     def _report(self, d: Decision) -> None:
+        # The principal and resource id are the caller's (any length, any characters) and the
+        # deciding forbids can be many: bounded here, or the audit log would refuse the denial.
         kind, rid = d.resource
-        deciding = ",".join(d.policies) or "default-deny"
+        principal, resource = meta_text(d.principal), meta_text(f"{kind}::{rid}")
+        deciding = meta_list(d.policies) or "default-deny"
         log.warning(
-            "denied principal=%s action=%s resource=%s::%s policies=%s",
-            d.principal,
-            d.action,
-            kind,
-            rid,
-            deciding,
+            "denied principal=%s action=%s resource=%s policies=%s", principal, d.action, resource, deciding
         )
         self._audit.record(
             "authorize",
-            principal=d.principal,
-            resource=f"{kind}::{rid}",
+            principal=principal,
+            resource=resource,
             outcome=DENIED,
             reason="forbidden" if d.extra.get("forbidden") else "no_permit",
             requested=d.action,
             policies=deciding,
+            policy_count=len(d.policies),
             version=self._state.version,
         )

@@ -21,7 +21,7 @@ from eventward.errors import InputError
 from eventward.policy import explain
 from eventward.policy.base import Decision, Resource
 from eventward.policy.compile_cedar import CompiledPolicy, uid
-from eventward.policy.spec import ACTION_KIND, DLQ_SUFFIX, KINDS, PolicySpec
+from eventward.policy.spec import ACTION_KINDS, DLQ_SUFFIX, KINDS, PolicySpec
 
 # Context keys a caller may pass (all strings); anything else is ignored, time keys are ours.
 CALLER_CONTEXT_KEYS = ("event_type", "zone")
@@ -45,7 +45,7 @@ def time_context(ts: float) -> dict[str, int]:
 
 def check_request(action: str, resource: Any) -> None:
     """Programming errors get a typed error naming the bad part, never a Cedar traceback."""
-    if action not in ACTION_KIND:
+    if action not in ACTION_KINDS:
         raise InputError(f"unknown action {action!r}", field="action")
     if not (isinstance(resource, tuple) and len(resource) == 2):
         raise InputError("resource must be a (kind, id) tuple", field="resource")
@@ -91,7 +91,7 @@ class Evaluator:
         src_kind, src_id = source_resource(resource)
         extra = MappingProxyType({"version": self.version})
         p = self.spec.principals.get(principal)
-        if p is None or ACTION_KIND[action] != kind:
+        if p is None or kind not in ACTION_KINDS[action]:
             why = explain.missing_grant(self.spec, principal, action, kind, src_id, ctx.get("event_type"))
             return Decision(False, principal, action, resource, missing=why, extra=extra)
         entities = self._entities
@@ -106,7 +106,7 @@ class Evaluator:
         }
         result = cedarpy.is_authorized(request, self._policies, entities)
         ids = self.compiled.ids
-        reasons = tuple(ids.get(r, r) for r in result.diagnostics.reasons)
+        reasons = tuple(sorted(ids.get(r, r) for r in result.diagnostics.reasons))  # Cedar's order varies
         errors = tuple(_readable_error(e, ids) for e in result.diagnostics.errors)
         failed = {ids.get(m, m) for e in result.diagnostics.errors for m in _ERR_POLICY_RE.findall(str(e))}
         failed_forbids = sorted(f for f in failed if self.compiled.effects.get(f) == "forbid")

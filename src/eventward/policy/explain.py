@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from eventward.policy.spec import ACTION_KIND, ACTION_YAML, LITERAL, Grant, PolicySpec
+from eventward.policy.spec import ACTION_KINDS, ACTION_YAML, LITERAL, Grant, PolicySpec
 
 
 def forbidden(policies: Iterable[str], sources: Mapping[str, str]) -> str:
@@ -22,9 +22,9 @@ def missing_grant(
     """The grant that would allow a default-denied request, plus near misses that nearly did."""
     if principal not in spec.principals:
         return f"principal {principal} is not declared under principals: in policy.yaml"
-    expected = ACTION_KIND.get(action)
-    if expected != kind:
-        return f"{action} applies to {expected} resources, not {kind}"
+    expected = ACTION_KINDS.get(action, ())
+    if kind not in expected:
+        return f"{action} applies to {' or '.join(expected)} resources, not {kind}"
     wanted = Grant(
         role="?",
         index=0,

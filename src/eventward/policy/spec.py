@@ -4,6 +4,11 @@ This module only parses and checks; it knows nothing of Cedar or brokers. Every 
 the YAML key it is about (``roles.shipping[1].topic``) so a reviewer can fix the file
 without reading code. Names are restricted to characters that are safe in Cedar strings,
 NATS subjects and Kafka resource names, so no compiler ever needs to escape them.
+
+Every resource kind uses Kafka's pattern semantics: a literal name, ``match: prefixed``, or
+``"*"``. That includes producers, whose signing keys RotateKeys governs in the trust
+registry: ``{allow: rotate_keys, producers: [orders-svc]}`` lets a service manage only its
+own keys, ``{allow: rotate_keys, producer: "*"}`` is an administrator's grant.
 """
 
 from __future__ import annotations
@@ -37,24 +42,26 @@ YAML_ACTIONS: dict[str, str] = {
 }
 ACTION_YAML: dict[str, str] = {v: k for k, v in YAML_ACTIONS.items()}
 
-# The resource kind each action applies to (mirrors eventward.cedarschema).
-ACTION_KIND: dict[str, str] = {
-    base.PUBLISH: "Topic",
-    base.SUBSCRIBE: "Topic",
-    base.REPLAY: "Topic",
-    base.REDRIVE_DLQ: "Topic",
-    base.DECRYPT: "Class",
-    base.ROTATE_KEYS: "Class",
-    base.PROPOSE_SCHEMA: "Schema",
-    base.APPROVE_SCHEMA: "Schema",
-    base.APPROVE_SECURITY: "Schema",
-    base.READ_SCHEMA: "Schema",
-    base.FORGET: "Subject",
-    base.HOLD: "Subject",
-    base.READ_AUDIT: "Audit",
-    base.MANAGE_POLICY: "Policy",
+# The resource kinds each action applies to (mirrors eventward.cedarschema). RotateKeys covers
+# KEKs of a sensitivity class (Class) and signing keys of a producer principal in the trust
+# registry (Producer); a grant picks one by its resource key (class: / producer:).
+ACTION_KINDS: dict[str, tuple[str, ...]] = {
+    base.PUBLISH: ("Topic",),
+    base.SUBSCRIBE: ("Topic",),
+    base.REPLAY: ("Topic",),
+    base.REDRIVE_DLQ: ("Topic",),
+    base.DECRYPT: ("Class",),
+    base.ROTATE_KEYS: ("Class", "Producer"),
+    base.PROPOSE_SCHEMA: ("Schema",),
+    base.APPROVE_SCHEMA: ("Schema",),
+    base.APPROVE_SECURITY: ("Schema",),
+    base.READ_SCHEMA: ("Schema",),
+    base.FORGET: ("Subject",),
+    base.HOLD: ("Subject",),
+    base.READ_AUDIT: ("Audit",),
+    base.MANAGE_POLICY: ("Policy",),
 }
-KINDS = ("Topic", "Class", "Schema", "Subject", "Audit", "Policy")
+KINDS = ("Topic", "Class", "Schema", "Subject", "Audit", "Policy", "Producer")
 # YAML key naming the resources of a grant, per kind (singular and plural spellings).
 KIND_KEYS: dict[str, tuple[str, str]] = {
     "Topic": ("topic", "topics"),
@@ -63,6 +70,7 @@ KIND_KEYS: dict[str, tuple[str, str]] = {
     "Subject": ("subject", "subjects"),
     "Audit": ("audit", "audits"),
     "Policy": ("policy", "policies"),
+    "Producer": ("producer", "producers"),
 }
 # Kinds whose resource key may be omitted (meaning all): singletons and opaque subject hashes.
 IMPLICIT_ALL = ("Subject", "Audit", "Policy")
@@ -86,6 +94,7 @@ _NAME_RE = {
     "Subject": re.compile(r"[A-Za-z0-9_-]{1,128}"),
     "Audit": re.compile(r"[A-Za-z0-9._-]{1,64}"),
     "Policy": re.compile(r"[A-Za-z0-9._-]{1,64}"),
+    "Producer": _PRINCIPAL_RE,  # a producer is a principal (and names its key files)
 }
 _EVENT_TYPE_RE = _NAME_RE["Schema"]
 _RESERVED_ATTRS = ("name",)
@@ -173,9 +182,9 @@ def pattern_matches(match: str, pattern: str, name: str) -> bool:
 def parse_action(text: str) -> str:
     """Accept ``subscribe``, ``Subscribe``, ``SUBSCRIBE``, ``redrive_dlq`` or ``RedriveDLQ``."""
     t = text.strip()
-    if t in ACTION_KIND:
+    if t in ACTION_KINDS:
         return t
-    by_lower = {a.lower(): a for a in ACTION_KIND} | {k.replace("_", ""): v for k, v in YAML_ACTIONS.items()}
+    by_lower = {a.lower(): a for a in ACTION_KINDS} | {k.replace("_", ""): v for k, v in YAML_ACTIONS.items()}
     found = by_lower.get(t.lower().replace("_", "").replace("-", ""))
     if found is None:
         raise PolicyError(f"unknown action {t!r}; known: {', '.join(YAML_ACTIONS)}", path="action")
@@ -268,22 +277,11 @@ def _parse_grant(role: str, index: int, g: Any, path: str) -> Grant:
             f"unknown action {a!r}; known: {', '.join(YAML_ACTIONS)}",
         )
         actions.append(cedar)
-    kinds = {ACTION_KIND[a] for a in actions}
-    _expect(len(kinds) == 1, f"{path}.{effect}", "actions of one grant must apply to the same resource kind")
-    kind = kinds.pop()
+    kind = _grant_kind(g, actions, f"{path}.{effect}", path)
     single, plural = KIND_KEYS[kind]
-    for other, keys in KIND_KEYS.items():
-        for k in keys:
-            _expect(
-                other == kind or k not in g, f"{path}.{k}", f"{k}: does not apply to {', '.join(actions)}"
-            )
     _expect(not (single in g and plural in g), path, f"use {single}: or {plural}:, not both")
     key = single if single in g else plural
-    if key in g:
-        names = _str_list(g[key], f"{path}.{key}")
-    else:
-        _expect(kind in IMPLICIT_ALL, path, f"missing {single}: (which {kind.lower()} this grant is about)")
-        names = (WILDCARD,)
+    names = _str_list(g[key], f"{path}.{key}") if key in g else (WILDCARD,)  # omitted: an IMPLICIT_ALL kind
     match = g.get("match", LITERAL)
     _expect(match in (LITERAL, PREFIXED), f"{path}.match", "must be literal or prefixed")
     if WILDCARD in names:
@@ -307,6 +305,23 @@ def _parse_grant(role: str, index: int, g: Any, path: str) -> Grant:
                 bool(_EVENT_TYPE_RE.fullmatch(t)), f"{path}.event_types[{i}]", f"invalid event type {t!r}"
             )
     return Grant(role, index, effect, tuple(actions), kind, tuple(names), match, event_types)
+
+
+def _grant_kind(g: Mapping[str, Any], actions: list[str], actions_path: str, path: str) -> str:
+    """The one resource kind a grant is about: common to all its actions, chosen by its resource key."""
+    common = [k for k in KINDS if all(k in ACTION_KINDS[a] for a in actions)]
+    _expect(bool(common), actions_path, "actions of one grant must apply to the same resource kind")
+    named = [k for k in KINDS if any(key in g for key in KIND_KEYS[k])]
+    for other in named:
+        key = next(k for k in KIND_KEYS[other] if k in g)
+        _expect(other in common, f"{path}.{key}", f"{key}: does not apply to {', '.join(actions)}")
+    keys = " or ".join(f"{KIND_KEYS[k][0]}:" for k in common)
+    _expect(len(named) <= 1, path, f"a grant is about one resource kind: use {keys}, not several")
+    if not named:
+        what = " or ".join(k.lower() for k in common)
+        implicit = len(common) == 1 and common[0] in IMPLICIT_ALL
+        _expect(implicit, path, f"missing {keys} (which {what} this grant is about)")
+    return named[0] if named else common[0]
 
 
 def _parse_principals(doc: Any, roles: Mapping[str, Any]) -> dict[str, PrincipalSpec]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventward.audit.base import DENIED, ERROR, AuditSink, NullAudit
+from eventward.audit.base import DENIED, ERROR, AuditSink, NullAudit, meta_list, meta_text
 from eventward.errors import (
     AccessDenied,
     ConfigError,
@@ -203,14 +203,15 @@ class PolicyStore:
             spec, compiled = build(yaml_text, cedar_files)
             _refuse_lockout(Evaluator(-1, spec, compiled), spec, now)
         except PolicyError as e:
-            log.warning("policy change by %s refused: invalid at %s", principal, e.path or "policy")
+            where = meta_text(e.path)  # a YAML key from the refused file: any length, any characters
+            log.warning("policy change by %s refused: invalid at %s", principal, where or "policy")
             self._audit.record(
                 "policy.apply",
                 principal=principal,
                 resource=_AUDIT_RESOURCE,
                 outcome=ERROR,
                 reason=e.code,
-                path=e.path,
+                path=where,
             )
             raise
         sha = digest(yaml_text, cedar_files)
@@ -255,16 +256,16 @@ class PolicyStore:
             current = load(_version(row))
             d = current.evaluate(principal, MANAGE_POLICY, POLICY_RESOURCE, None, now)
             if not d.allowed:
-                log.warning(
-                    "policy change by %s denied (%s)", principal, ",".join(d.policies) or "default-deny"
-                )
+                deciding = meta_list(d.policies)  # hand-written forbids can be many: bounded, counted
+                log.warning("policy change by %s denied (%s)", principal, deciding or "default-deny")
                 self._audit.record(
                     "policy.apply",
                     principal=principal,
                     resource=_AUDIT_RESOURCE,
                     outcome=DENIED,
                     reason="forbidden",
-                    policies=",".join(d.policies),
+                    policies=deciding,
+                    policy_count=len(d.policies),
                     version=row[0],
                 )
                 raise AccessDenied(f"{principal} may not ManagePolicy Policy::active", explanation=d)
