@@ -138,8 +138,8 @@ def produce(dep: Deployment, result: DemoResult, step: Step, n: int = 6) -> None
 
 
 def read_views(dep: Deployment, result: DemoResult, step: Step) -> None:
-    result.shipping = _collect(dep, SHIPPING, "shipping")
-    result.analytics = _collect(dep, ANALYTICS, "analytics")
+    result.shipping = _collect(dep, SHIPPING, SHIPPING)
+    result.analytics = _collect(dep, ANALYTICS, ANALYTICS)
     step("views", result)
 
 
@@ -170,7 +170,7 @@ def attacks(dep: Deployment, result: DemoResult, step: Step) -> None:
     tampered_offset = dep.transport.end_offset(TOPIC) - 2
     _tamper(dep.home, tampered_offset)
 
-    view = _collect(dep, SHIPPING, "shipping")
+    view = _collect(dep, SHIPPING, SHIPPING)
     result.after_attacks = view
     dlq = dep.dead_letters(SHIPPING, TOPIC)
     for entry in dlq.list(principal=SHIPPING):
@@ -200,7 +200,7 @@ def forget(dep: Deployment, result: DemoResult, step: Step) -> None:
     done = dep.forget(FORGOTTEN, principal=ADMIN, reason="gdpr-art17")
     result.receipt = done.receipt.statement()
     result.certificate_index = done.certificate.index
-    result.after_forget = _collect(dep, SHIPPING, "shipping-reread")
+    result.after_forget = _collect(dep, SHIPPING, f"{SHIPPING}.reread")
     step("forget", result)
 
 

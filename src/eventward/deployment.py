@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,20 +50,41 @@ roles:
     - {{allow: manage_policy}}
     - {{allow: [forget, hold]}}
     - {{allow: rotate_keys, class: "*"}}
+    - {{allow: rotate_keys, producer: "*"}}
     - {{allow: read_audit}}
 """
 
 
-def open_transport(home: Home, config: Config) -> Transport:
-    """The transport the configuration names; nothing above this knows which one runs."""
+def is_reason_code(reason: str) -> bool:
+    """Whether ``reason`` is a code the audit log may carry as is (``forget`` maps others to a generic one)."""
+    return bool(_REASON_CODE.fullmatch(reason))
+
+
+def open_transport(home: Home, config: Config, principal: str | None = None) -> Transport:
+    """The transport the configuration names; nothing above this knows which one runs.
+
+    Broker credentials are per principal (NATS maps the client certificate to a user), so a
+    ``<principal>`` placeholder in ``nats.cert``/``nats.key`` is filled with the acting principal.
+    """
     if config.transport == "embedded":
         from eventward.log.embedded import EmbeddedLog
 
         return EmbeddedLog.open(home)
     if config.transport == "nats":
+        from dataclasses import replace
+
         from eventward.log.nats import NatsTransport
 
-        return NatsTransport.from_config(config.nats)
+        cfg = config.nats
+        if principal is not None:
+            cfg = replace(
+                cfg,
+                cert=cfg.cert.replace("<principal>", principal) if cfg.cert else None,
+                key=cfg.key.replace("<principal>", principal) if cfg.key else None,
+            )
+        elif "<principal>" in f"{cfg.cert}{cfg.key}":
+            raise ConfigError("nats.cert/key name <principal>: open the deployment as a principal")
+        return NatsTransport.from_config(cfg)
     from eventward.log.kafka import KafkaTransport
 
     return KafkaTransport.from_config(config.kafka)
@@ -134,8 +155,11 @@ class Deployment:
         policy_yaml: str | None = None,
         passphrase: str | None = None,
         clock: Callable[[], float] = time.time,
+        cedar_files: Mapping[str, str] | None = None,
     ) -> Deployment:
-        """Create a new home: master key and keyring, key store, audit key, bootstrap policy."""
+        """Create a new home: master key and keyring, key store, audit key, bootstrap policy.
+
+        ``cedar_files`` (name -> text) are hand-written Cedar policies applied with ``policy_yaml``."""
         home.ensure()
         config = Config.load(home.config)
         if not home.config.exists():
@@ -145,7 +169,7 @@ class Deployment:
             store = PolicyStore.open(home, audit=audit, clock=clock)
             try:
                 if not store.active_version():
-                    store.init(policy_yaml or BOOTSTRAP_POLICY.format(admin=admin))
+                    store.init(policy_yaml or BOOTSTRAP_POLICY.format(admin=admin), cedar_files)
             finally:
                 store.close()
             if not home.keyring.exists():
@@ -167,7 +191,9 @@ class Deployment:
         *,
         passphrase: str | None = None,
         clock: Callable[[], float] = time.time,
+        principal: str | None = None,
     ) -> Deployment:
+        """``principal`` selects per-principal broker credentials (see ``open_transport``)."""
         home.require()
         config = Config.load(home.config)
         opened: list[Any] = []
@@ -188,7 +214,7 @@ class Deployment:
             opened.append(registry)
             trust = TrustRegistry.open(home, policy, audit)
             opened.append(trust)
-            transport = open_transport(home, config)
+            transport = open_transport(home, config, principal)
             opened.append(transport)
         except BaseException:
             for part in reversed(opened):

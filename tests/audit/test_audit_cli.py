@@ -1,4 +1,5 @@
-"""``eventward audit``: documents round-trip through files, and failures exit non-zero naming the index."""
+"""``eventward audit`` on a deployment home: reads need read_audit under its Cedar policy, documents
+round-trip through files, checks of files need no grant, failures exit non-zero naming the index."""
 
 from __future__ import annotations
 
@@ -18,19 +19,41 @@ from eventward.audit.tree import InclusionProof
 from eventward.audit.verify import verify_inclusion_proof
 from eventward.cli import audit as audit_cli
 from eventward.cli import common
-from eventward.errors import AuditIntegrityError, NotFoundError
-from eventward.keys.service import KeyService
-from eventward.policy.base import AllowList
+from eventward.deployment import Deployment
+from eventward.errors import AccessDenied, AuditIntegrityError, NotFoundError
+from eventward.home import Home
 
 from .helpers import backup, fill, flip, restore, tamper
 
 SUBJECT = "alice.cli@example.com"
+POLICY = """\
+principals:
+  admin: {type: user, roles: [eventward-admin]}
+  auditor: {type: user, roles: [auditor]}
+  ops: {type: user, roles: [policy]}
+roles:
+  eventward-admin:
+    - {allow: manage_policy}
+    - {allow: [forget, hold]}
+    - {allow: read_audit}
+  auditor: [{allow: read_audit}]
+  policy: [{allow: manage_policy}]
+"""
+
+
+@pytest.fixture
+def home(tmp_path) -> Home:
+    """A deployment home (overrides the audit suite's bare home)."""
+    h = Home(tmp_path / "home")
+    Deployment.init(h, policy_yaml=POLICY).close()
+    return h
 
 
 @pytest.fixture
 def cli(home, monkeypatch):
     monkeypatch.setattr(common.STATE, "home", str(home.root))
     monkeypatch.setattr(common.console, "width", 250)
+    monkeypatch.delenv("EVENTWARD_PRINCIPAL", raising=False)
     app = typer.Typer()
 
     @app.callback()
@@ -43,28 +66,66 @@ def cli(home, monkeypatch):
 
 
 @pytest.fixture
-def filled(home):
+def filled(home) -> int:
+    """Twelve sample records after the deployment's own; returns the index of the first."""
     with AuditLog.open(home) as log:
+        base = log.size()
         fill(log, 12)
-    return home
+    return base
 
 
-def test_read_commands_and_documents(cli, filled, tmp_path):
+def size(home: Home) -> int:
+    with AuditLog.open(home) as log:
+        return log.size()
+
+
+def test_read_commands_and_documents(cli, home, filled, tmp_path):
     r = cli("tail", "-n", "3")
-    assert r.exit_code == 0 and "key.unwrap" in r.stdout and "11" in r.stdout
-    r = cli("show", "4")
+    assert r.exit_code == 0 and "key.unwrap" in r.stdout and str(filled + 11) in r.stdout
+    r = cli("show", str(filled + 4), "--as", "auditor")
     doc = orjson.loads(r.stdout)
-    assert doc["record"]["index"] == 4 and doc["record"]["meta"]["kid"] == "k4"
+    assert doc["record"]["index"] == filled + 4 and doc["record"]["meta"]["kid"] == "k4"
     vkey = cli("public-key").stdout.strip()
     out = tmp_path / "cp.txt"
     r = cli("checkpoint", "--out", str(out))
     assert r.exit_code == 0 and out.read_text() == r.stdout
     cp = verify_checkpoint(out.read_text(), vkey)
-    assert cp.size == 12
-    r = cli("prove", "5")
+    assert cp.size == filled + 12
+    r = cli("prove", str(filled + 5))
     doc = orjson.loads(r.stdout)
     verify_inclusion_proof(InclusionProof.from_dict(doc["proof"]), cp, record=doc["record"].encode())
     assert base64.b64decode(doc["root"]) == cp.root
+
+
+def test_every_read_of_the_home_log_needs_read_audit(cli, home, filled, tmp_path):
+    with AuditLog.open(home) as log:
+        checkpoints = len(log.checkpoints())
+    cert = tmp_path / "cert.json"
+    with AuditLog.open(home) as log:
+        cert.write_text(
+            issue_erasure_certificate(
+                log, subject_hash="ab" * 16, time=1.7e9, classes=["pii"], destroyed=1
+            ).to_json()
+        )
+    for who in ("ops", "nobody"):  # ops manages policy but may not read the audit log
+        for args in (
+            ("tail",),
+            ("show", "1"),
+            ("prove", "1"),
+            ("checkpoint",),
+            ("verify",),
+            ("certificate", "--hash", "ab" * 16),
+            ("verify-certificate", str(cert)),
+        ):
+            r = cli(*args, "--as", who)
+            assert isinstance(r.exception, AccessDenied), (who, args, r.output)
+            assert r.stdout == ""
+    r = cli("tail", "-n", "100", "--as", "auditor")
+    assert r.exit_code == 0
+    with AuditLog.open(home) as log:
+        assert len(log.checkpoints()) == checkpoints + 1  # only the certificate's own; none for denied reads
+        denied = [x for x in log.tail(200) if x.action == "audit.read" and x.outcome == "denied"]
+    assert {x.principal for x in denied} == {"ops", "nobody"} and len(denied) == 14  # every attempt recorded
 
 
 def test_tail_never_renders_record_text_as_markup(cli, home):
@@ -74,38 +135,50 @@ def test_tail_never_renders_record_text_as_markup(cli, home):
     assert "[bold red]admin[/]" in r.stdout
 
 
-def test_verify_ok_then_names_the_first_bad_index(cli, filled):
+def test_verify_ok_then_names_the_first_bad_index(cli, home, filled):
+    r = cli("verify", "--as", "auditor")
+    assert r.exit_code == 0 and "OK" in r.stdout and f"{filled + 12} records" in r.stdout
+    reader = AuditLog.open_readonly(home.audit_db)
+    original = reader.get(filled + 7).body
+    reader.close()
+    tamper(home.audit_db, "UPDATE records SET body = ? WHERE idx = ?", flip(original), filled + 7)
     r = cli("verify")
-    assert r.exit_code == 0 and "OK" in r.stdout and "12 records" in r.stdout
-    conn_body = AuditLog.open_readonly(filled.audit_db)
-    original = conn_body.get(7).body
-    conn_body.close()
-    tamper(filled.audit_db, "UPDATE records SET body = ? WHERE idx = 7", flip(original))
-    r = cli("verify")
-    assert r.exit_code == 1 and "first bad index: 7" in r.stderr
+    assert r.exit_code == 1 and f"first bad index: {filled + 7}" in r.stderr
 
 
-def test_verify_detects_rollback_against_a_saved_checkpoint(cli, filled, tmp_path):
+def test_verify_detects_rollback_against_a_saved_checkpoint(cli, home, filled, tmp_path):
     copy = tmp_path / "old.db"
-    backup(filled.audit_db, copy)
-    with AuditLog.open(filled) as log:
+    backup(home.audit_db, copy)
+    with AuditLog.open(home) as log:
         fill(log, 5, start=12)
     saved = tmp_path / "cp.txt"
     assert cli("checkpoint", "--out", str(saved)).exit_code == 0
-    restore(copy, filled.audit_db)
+    restore(copy, home.audit_db)
     r = cli("verify", "--checkpoint", str(saved))
-    assert r.exit_code == 1 and "rollback" in r.stderr and "first bad index: 12" in r.stderr
+    assert r.exit_code == 1 and "rollback" in r.stderr and f"first bad index: {filled + 12}" in r.stderr
 
 
-def test_verify_needs_only_the_db_file_and_the_public_key(cli, filled, tmp_path, monkeypatch):
+def test_checking_files_needs_only_the_files_and_the_public_key(cli, home, filled, tmp_path, monkeypatch):
     vkey_file = tmp_path / "audit.vkey"
     vkey_file.write_text(cli("public-key").stdout)
     saved = tmp_path / "cp.txt"
     cli("checkpoint", "--out", str(saved))
-    monkeypatch.setattr(common.STATE, "home", str(tmp_path / "nowhere"))
-    r = cli("verify", "--db", str(filled.audit_db), "--key", str(vkey_file), "--checkpoint", str(saved))
+    with AuditLog.open(home) as log:
+        cert = tmp_path / "cert.json"
+        cert.write_text(
+            issue_erasure_certificate(
+                log, subject_hash="cd" * 16, time=1.7e9, classes=["pii"], destroyed=1
+            ).to_json()
+        )
+    monkeypatch.setattr(common.STATE, "home", str(tmp_path / "nowhere"))  # no home, no policy, no grant
+    r = cli("verify", "--db", str(home.audit_db), "--key", str(vkey_file), "--checkpoint", str(saved))
     assert r.exit_code == 0, r.stderr
-    assert "2 signed checkpoints" in r.stdout
+    assert "3 signed checkpoints" in r.stdout  # stored: ours and the certificate's; and the given one
+    r = cli("verify-certificate", str(cert), "--key", str(vkey_file), "--as", "nobody")
+    assert r.exit_code == 0 and "offline" in r.stdout
+    monkeypatch.setattr(common.STATE, "home", str(home.root))
+    r = cli("verify-certificate", str(cert), "--offline", "--key", str(vkey_file), "--as", "nobody")
+    assert r.exit_code == 0 and "offline" in r.stdout
 
 
 def test_certificate_by_hash_and_verification_of_the_file(cli, home, tmp_path):
@@ -115,10 +188,10 @@ def test_certificate_by_hash_and_verification_of_the_file(cli, home, tmp_path):
             log, subject_hash="0123456789abcdef0123456789abcdef", time=1.7e9, classes=["pii"], destroyed=1
         )
     out = tmp_path / "cert.json"
-    r = cli("certificate", "--hash", "0123456789abcdef0123456789abcdef", "--out", str(out))
+    r = cli("certificate", "--hash", "0123456789abcdef0123456789abcdef", "--out", str(out), "--as", "auditor")
     assert r.exit_code == 0 and orjson.loads(out.read_text())["proof"]["index"] == cert.index
     r = cli("verify-certificate", str(out))
-    assert r.exit_code == 0 and "record 3 included" in r.stdout and "still extends" in r.stdout
+    assert r.exit_code == 0 and f"record {cert.index} included" in r.stdout and "still extends" in r.stdout
     r = cli("verify-certificate", str(out), "--offline", "--key", cli("public-key").stdout.strip())
     assert r.exit_code == 0 and "offline" in r.stdout
     doc = orjson.loads(out.read_text())
@@ -130,29 +203,25 @@ def test_certificate_by_hash_and_verification_of_the_file(cli, home, tmp_path):
     assert isinstance(r.exception, NotFoundError)
 
 
-def test_certificate_for_a_raw_subject_uses_the_key_services_hash(cli, home):
-    with KeyService.init(home, authorizer=AllowList()) as keys:
-        h = keys.subject_hash(SUBJECT)
-    with AuditLog.open(home) as log:
-        issue_erasure_certificate(log, subject_hash=h, time=1.7e9, classes=["pii"], destroyed=2)
+def test_certificate_for_a_raw_subject_after_a_real_forget(cli, home):
+    with Deployment.open(home) as dep:
+        dep.keys.encryption_key(SUBJECT, "pii", principal="orders-svc")
+        h = dep.forget(SUBJECT, principal="admin", reason="gdpr-art17").receipt.subject_hash
     for args, stdin in (((SUBJECT,), None), (("-",), SUBJECT + "\n")):
         r = cli("certificate", *args, input=stdin)
         assert r.exit_code == 0, r.exception
-        assert orjson.loads(r.stdout)["certificate"]["subject_hash"] == h
+        doc = orjson.loads(r.stdout)
+        assert doc["certificate"]["subject_hash"] == h and doc["certificate"]["reason_code"] == "gdpr-art17"
         assert SUBJECT not in r.stdout + r.stderr
+    assert SUBJECT.encode() not in home.audit_db.read_bytes()
 
 
-def test_the_real_command_prints_one_line_errors_and_exit_codes(filled):
-    run = [
-        sys.executable,
-        "-c",
-        "from eventward.cli import main; main()",
-        "--home",
-        str(filled.root),
-        "audit",
-    ]
+def test_the_real_command_prints_one_line_errors_and_exit_codes(home, filled):
+    run = [sys.executable, "-c", "from eventward.cli import main; main()", "--home", str(home.root), "audit"]
     r = subprocess.run([*run, "show", "999"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "not_found" in r.stderr and "Traceback" not in r.stderr
-    tamper(filled.audit_db, "DELETE FROM records WHERE idx = 3")
+    r = subprocess.run([*run, "tail", "--as", "nobody"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error (forbidden)") and r.stderr.count("\n") == 1
+    tamper(home.audit_db, "DELETE FROM records WHERE idx = ?", filled + 3)
     r = subprocess.run([*run, "verify"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "first bad index: 3" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and f"first bad index: {filled + 3}" in r.stderr and "Traceback" not in r.stderr

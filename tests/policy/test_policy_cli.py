@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from eventward.cli import app
-from eventward.errors import AccessDenied, InputError, PolicyError
+from eventward.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward.errors import AccessDenied, ConflictError, InputError, PolicyError
+from eventward.home import Home
 
 from .support import ABAC, POLICY
 
@@ -53,6 +55,31 @@ def test_init_writes_default_deny_policy(cli):
     assert "DENY admin Publish Topic::orders" in out
     second = cli("init", ok=False)
     assert second.exit_code != 0
+
+
+def test_policy_init_bootstraps_exactly_what_eventward_init_does(cli):
+    cli("init", "--admin", "root")
+    assert BOOTSTRAP_POLICY.format(admin="root") in (cli.home / "policy" / "policy.yaml").read_text()
+    for action, resource in (
+        ("forget", "Subject::ab12"),
+        ("rotate_keys", "Class::pii"),
+        ("read_audit", "Audit::log"),
+    ):
+        assert "ALLOW root" in cli("explain", "root", action, resource).output
+    assert "DENY" in cli("explain", "root", "decrypt", "Class::pii").output
+
+
+def test_a_deployment_home_takes_policy_changes_from_its_admin_only(cli):
+    Deployment.init(Home(cli.home)).close()
+    assert isinstance(cli("init", ok=False).exception, ConflictError)  # the home already has a policy
+    (cli.dir / "p.yaml").write_text(POLICY)
+    assert isinstance(
+        cli("apply", str(cli.dir / "p.yaml"), "--as", "alice", ok=False).exception, AccessDenied
+    )
+    assert "policy version 2 active" in cli("apply", str(cli.dir / "p.yaml"), "--as", "admin").output
+    assert isinstance(
+        cli("apply", str(cli.dir / "p.yaml"), "--as", "admin", ok=False).exception, AccessDenied
+    )
 
 
 def test_explain_names_deciding_policy_and_missing_grant(cli, applied):

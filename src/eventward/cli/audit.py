@@ -1,8 +1,11 @@
 """``eventward audit``: read the audit log, prove records, sign checkpoints, verify everything.
 
-The CLI reads the home's audit log directly: whoever can read the home's files can read
-the log, so no ReadAudit check is made here (the gateway makes it for remote readers).
-Verification commands also work without a home: ``--db`` and ``--key`` are all they need.
+Reading the home's log needs ``read_audit`` under the home's Cedar policy for ``--as``
+(default ``admin``); a denial is itself recorded. ``--as`` is asserted, not authenticated:
+the CLI runs with the home's key material, so it is an operator tool; authenticated access
+for services is the gateway (mTLS/JWT). Checking files needs no grant and no home:
+``verify --db FILE --key KEY`` and ``verify-certificate FILE --offline --key KEY`` work from
+the files alone, and ``public-key`` prints what is meant to be published anyway.
 Documents meant to be saved (checkpoints, proofs, certificates) go to stdout or ``--out``;
 status lines go to stderr.
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -22,8 +27,10 @@ from rich.text import Text
 from eventward.audit.certificate import find_certificate, verify_certificate
 from eventward.audit.log import AuditLog
 from eventward.audit.signing import AuditVerifier, load_signer
-from eventward.audit.verify import verify_log
+from eventward.audit.verify import VerifyReport, verify_log
 from eventward.cli import common
+from eventward.cli.context import as_admin, deployment
+from eventward.deployment import Deployment
 from eventward.errors import ConfigError, NotFoundError
 from eventward.home import Home
 
@@ -34,6 +41,7 @@ audit_app = typer.Typer(
 
 _KEY = typer.Option(None, "--key", help="Audit verifier key (or a file holding it); default: the home's key.")
 _OUT = typer.Option(None, "--out", help="Also write the document to this file.")
+_AS = as_admin()
 
 
 def register(app: typer.Typer) -> None:
@@ -41,8 +49,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
 
-def _open() -> AuditLog:
-    return AuditLog.open(common.home().require())
+@contextmanager
+def _reading(principal: str) -> Iterator[tuple[Deployment, AuditLog]]:
+    """The deployment and a handle on its audit log whose every read checks ReadAudit for ``principal``."""
+    with deployment(principal) as dep:
+        log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
+        try:
+            log.size()  # passes the ReadAudit gate up front: signing a checkpoint alone is not a gated read
+            yield dep, log
+        finally:
+            log.close()
 
 
 def _read_file(path: Path, what: str) -> str:
@@ -66,7 +82,7 @@ def _emit(text: str, out: Path | None) -> None:
     sys.stdout.flush()
     if out is not None:
         out.write_text(text)
-        common.err_console.print(f"written to {out}", highlight=False)
+        common.err_console.print(f"written to {out}", highlight=False, markup=False)
 
 
 def _b64(h: bytes) -> str:
@@ -74,9 +90,11 @@ def _b64(h: bytes) -> str:
 
 
 @audit_app.command()
-def tail(n: int = typer.Option(20, "-n", help="How many records, newest last.")) -> None:
+def tail(
+    n: int = typer.Option(20, "-n", help="How many records, newest last."), principal: str = _AS
+) -> None:
     """Show the newest records."""
-    with _open() as log:
+    with _reading(principal) as (_, log):
         records = log.tail(n)
     table = Table()
     for name in ("#", "time", "principal", "action", "resource", "outcome", "reason", "meta"):
@@ -89,9 +107,9 @@ def tail(n: int = typer.Option(20, "-n", help="How many records, newest last."))
 
 
 @audit_app.command()
-def show(index: int = typer.Argument(..., help="Record index.")) -> None:
+def show(index: int = typer.Argument(..., help="Record index."), principal: str = _AS) -> None:
     """Show one record: its exact stored bytes and leaf hash."""
-    with _open() as log:
+    with _reading(principal) as (_, log):
         record = log.get(index)
         leaf = log.prove(index).leaf_hash
     doc = {"record": orjson.loads(record.body), "leaf_hash": _b64(leaf)}
@@ -103,9 +121,10 @@ def prove(
     index: int = typer.Argument(..., help="Record index."),
     size: int = typer.Option(None, "--size", help="Tree size to prove against (default: now)."),
     out: Path = _OUT,
+    principal: str = _AS,
 ) -> None:
     """Inclusion proof of a record, with the record bytes and the root it proves against."""
-    with _open() as log:
+    with _reading(principal) as (_, log):
         proof = log.prove(index, size)
         doc = {
             "proof": proof.to_dict(),
@@ -116,51 +135,41 @@ def prove(
 
 
 @audit_app.command()
-def checkpoint(out: Path = _OUT) -> None:
+def checkpoint(out: Path = _OUT, principal: str = _AS) -> None:
     """Sign and print a checkpoint of the current tree (C2SP signed-note format); it is also kept."""
-    with _open() as log:
+    with _reading(principal) as (_, log):
         cp = log.checkpoint()
     _emit(cp.text, out)
 
 
 @audit_app.command("public-key")
 def public_key() -> None:
-    """Print the audit verifier key, for anyone who checks checkpoints and certificates."""
-    with _open() as log:
+    """Print the audit verifier key, for anyone who checks checkpoints and certificates (no grant needed)."""
+    with AuditLog.open(common.home().require()) as log:
         _emit(log.verifier.vkey() + "\n", None)
 
 
 @audit_app.command()
 def verify(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="A checkpoint published earlier."),
-    db: Path = typer.Option(None, "--db", help="Verify this database file instead of the home's."),
+    db: Path = typer.Option(None, "--db", help="Verify this database file instead of the home's (no grant)."),
     key: str = _KEY,
+    principal: str = _AS,
 ) -> None:
     """Recompute the whole tree and check every signed checkpoint; exit 1 naming the first bad index."""
-    home = None if db is not None else common.home().require()
-    verifier = _verifier(key, home)
     cp_text = _read_file(checkpoint, "checkpoint") if checkpoint is not None else None
-    if cp_text is not None and verifier is None:
-        raise ConfigError("--checkpoint needs the audit verifier key (--key)")
-    source = db if db is not None else home.audit_db  # type: ignore[union-attr]
-    with Progress(
-        TextColumn("verifying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=common.err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("verify", total=None)
-        report = verify_log(
-            source,
-            checkpoint=cp_text,
-            public_key=verifier,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    if db is not None:  # offline: the file and the public key are all it takes
+        verifier = _verifier(key, None)
+        report = _verify(db, cp_text, verifier)
+    else:
+        with _reading(principal) as (dep, log):
+            verifier = _verifier(key, dep.home)
+            report = _verify(log, cp_text, verifier)
     if report.error is not None:
         where = "" if report.error.index is None else f" (first bad index: {report.error.index})"
-        common.err_console.print(f"[bold red]FAILED[/]: {report.error.message}{where}", highlight=False, soft_wrap=True)
+        common.err_console.print(
+            f"[bold red]FAILED[/]: {report.error.message}{where}", highlight=False, soft_wrap=True
+        )
         raise SystemExit(1)  # not typer.Exit: common.run (standalone_mode=False) would drop its code
     common.console.print(
         f"[green]OK[/]: {report.size} records, {report.nodes_checked} tree nodes, "
@@ -171,51 +180,64 @@ def verify(
     )
 
 
+def _verify(source: AuditLog | Path, checkpoint: str | None, verifier: AuditVerifier | None) -> VerifyReport:
+    if checkpoint is not None and verifier is None:
+        raise ConfigError("--checkpoint needs the audit verifier key (--key)")
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=common.err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("verify", total=None)
+        return verify_log(
+            source,
+            checkpoint=checkpoint,
+            public_key=verifier,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+
 @audit_app.command()
 def certificate(
-    subject: str = typer.Argument(..., help="Data-subject id ('-' reads it from stdin), or its hash with --hash."),
+    subject: str = typer.Argument(..., help="Data-subject id (- reads stdin), or its hash with --hash."),
     is_hash: bool = typer.Option(False, "--hash", help="SUBJECT is already the subject hash."),
     out: Path = _OUT,
+    principal: str = _AS,
 ) -> None:
     """Print the newest erasure certificate of a subject (looked up by its keyed hash)."""
-    home = common.home().require()
-    subject_hash = subject if is_hash else _subject_hash(home, subject)
-    with AuditLog.open(home) as log:
+    raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" and not is_hash else subject
+    with _reading(principal) as (dep, log):
+        # a raw id is hashed with the deployment's key at once and never printed or stored
+        subject_hash = raw if is_hash else dep.keys.subject_hash(raw)
         cert = find_certificate(log, subject_hash)
         verify_certificate(cert, log.verifier, log=log)
     _emit(cert.to_json(), out)
     common.err_console.print(f"[green]verified[/]: record {cert.index}, signature, proof and checkpoint")
 
 
-def _subject_hash(home: Home, subject: str) -> str:
-    """Hash a raw subject id with the key service; the raw id is never printed or stored."""
-    from eventward.cli.keys import open_keys
-
-    raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" else subject
-    with open_keys(home) as keys:
-        return keys.subject_hash(raw)
-
-
 @audit_app.command("verify-certificate")
 def verify_certificate_cmd(
     file: Path = typer.Argument(..., help="Certificate file (JSON)."),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="A later checkpoint to check consistency with."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="A later checkpoint to check against."),
     key: str = _KEY,
-    offline: bool = typer.Option(False, "--offline", help="Do not consult the home's audit log."),
+    offline: bool = typer.Option(False, "--offline", help="Do not consult the home's audit log (no grant)."),
+    principal: str = _AS,
 ) -> None:
     """Check a certificate's signature, inclusion proof and checkpoint (and consistency with the log)."""
-    home = None if offline else common.home()
-    if home is not None and not home.audit_db.exists():
-        home = None
-    verifier = _verifier(key, home)
-    if verifier is None:
-        raise ConfigError("no audit verifier key: pass --key")
     text = _read_file(file, "certificate")
     later = _read_file(checkpoint, "checkpoint") if checkpoint is not None else None
-    if home is None:
+    home = None if offline else common.home()
+    if home is None or not home.audit_db.exists():
+        verifier = _verifier(key, None)
+        if verifier is None:
+            raise ConfigError("no audit verifier key: pass --key")
         check = verify_certificate(text, verifier, checkpoint=later)
     else:
-        with AuditLog.open(home) as log:
+        with _reading(principal) as (dep, log):
+            verifier = _verifier(key, dep.home) or log.verifier
             check = verify_certificate(text, verifier, log=log, checkpoint=later)
     lines = [
         f"[green]OK[/]: erasure certificate for subject hash {check.subject_hash}",

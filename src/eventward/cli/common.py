@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from eventward.errors import EventwardError
 from eventward.home import Home
@@ -50,7 +51,8 @@ def run(app: typer.Typer) -> None:
     try:
         rc = app(standalone_mode=False)  # returns typer.Exit codes instead of raising them
     except EventwardError as e:
-        err_console.print(f"[bold red]error[/] ({e.code}): {e.message}", highlight=False)
+        # escaped: messages name user input (a principal, a stream), which must not be read as markup
+        err_console.print(f"[bold red]error[/] ({e.code}): {escape(e.message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Abort:
         sys.exit(1)
@@ -59,7 +61,8 @@ def run(app: typer.Typer) -> None:
     except Exception as e:  # click usage errors
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        # typer >= 0.16 vendors click: its usage errors are typer._click exceptions, not click's
+        if isinstance(e, click.exceptions.ClickException | typer.TyperException) and hasattr(e, "show"):
             e.show()
             sys.exit(e.exit_code)
         raise

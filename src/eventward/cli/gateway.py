@@ -15,11 +15,33 @@ from typing import Any
 import typer
 from rich.logging import RichHandler
 
+from eventward import pki
 from eventward.cli import common
 from eventward.errors import ConfigError
 from eventward.home import Home
 
-DEFAULT_BACKEND = "eventward.deployment:gateway_backend"
+DEFAULT_BACKEND = "eventward.gateway.deployment_backend:gateway_backend"
+
+gateway_app = typer.Typer(help="The HTTP gateway's certificates (serve it with 'eventward serve').")
+
+
+@gateway_app.command("cert")
+def cert_cmd(
+    principal: str = typer.Argument(..., help="Principal the client certificate authenticates."),
+) -> None:
+    """Issue (once) a client certificate whose CN is PRINCIPAL, from the deployment CA."""
+    from eventward.gateway.config import GatewayConfig
+
+    home = common.home().require()
+    cert, key = pki.ensure_client_cert(home.certs, principal)
+    ca = pki.ca_paths(home.certs)[0]
+    port = GatewayConfig.load(home).port
+    common.console.print(
+        f"certificate {cert}\nkey         {key} (0600)\nCA          {ca}\n"
+        f"curl --cacert {ca} --cert {cert} --key {key} https://127.0.0.1:{port}/v1/whoami",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def load_backend(spec: str, home: Home) -> Any:
@@ -46,6 +68,8 @@ def _logging() -> None:
 
 
 def register(app: typer.Typer) -> None:
+    app.add_typer(gateway_app, name="gateway")
+
     @app.command("serve")
     def serve(
         host: str = typer.Option(None, "--host", help="Address to bind (default from config: 127.0.0.1)."),
@@ -64,8 +88,10 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Serve the HTTP gateway (mTLS or OAuth2 JWT; never unauthenticated unless told so)."""
-        from eventward.gateway.config import GatewayConfig
+        from eventward.gateway.config import SERVER_CERT, GatewayConfig
+        from eventward.gateway.deployment_backend import DeploymentBackend
         from eventward.gateway.server import create_server
+        from eventward.gateway.tls import ensure_home_material
 
         _logging()
         home = common.home()
@@ -76,16 +102,28 @@ def register(app: typer.Typer) -> None:
             cfg.port = port
         if auth is not None:
             cfg.auth = auth
-        server = create_server(
-            cfg,
-            home,
-            load_backend(backend, home),
-            dev_no_auth=insecure_dev_no_auth,
-            dev_principal=dev_principal,
-        )
+        be = load_backend(backend, home)
+        try:
+            deployed = isinstance(be, DeploymentBackend)
+            if deployed and not cfg.tls.cert and not insecure_dev_no_auth:
+                ensure_home_material(home, cfg.host, SERVER_CERT)  # the home's CA, its gateway certificate
+            server = create_server(
+                cfg,
+                home,
+                be,
+                dev_no_auth=insecure_dev_no_auth,
+                dev_principal=dev_principal,
+                audit=be.audit if deployed else None,
+            )
 
-        def ready(s: Any) -> None:
-            mode = "NO AUTH (dev)" if insecure_dev_no_auth else cfg.auth
-            common.console.print(f"eventward gateway listening on {s.url} (auth: {mode})", highlight=False)
+            def ready(s: Any) -> None:
+                mode = "NO AUTH (dev)" if insecure_dev_no_auth else cfg.auth
+                common.console.print(
+                    f"eventward gateway listening on {s.url} (auth: {mode})", highlight=False
+                )
 
-        asyncio.run(server.serve_forever(on_ready=ready))
+            asyncio.run(server.serve_forever(on_ready=ready))
+        finally:
+            close = getattr(be, "close", None)
+            if callable(close):
+                close()

@@ -1,4 +1,11 @@
-"""Key commands: ``init``, ``keys rotate|status``, ``forget``, ``hold``, ``release``.
+"""Deployment and key commands: ``init``, ``forget``, ``hold``, ``release``, ``keys rotate|status``.
+
+``init`` creates a complete home (Deployment.init); every other command opens it as one
+Deployment and acts ``--as`` a principal (default ``admin``) under the home's Cedar policy,
+with the audit log recording what it did. ``--as`` is asserted, not authenticated: the CLI
+runs with the home's key material, so it is an operator tool; authenticated access for
+services is the gateway (mTLS/JWT). A passphrase-protected keyring is opened with
+``EVENTWARD_PASSPHRASE``.
 
 The subject id given to ``forget``/``hold``/``release`` is hashed at once and never printed;
 pass ``-`` to read it from stdin and keep it out of shell history and process lists.
@@ -8,70 +15,27 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventward.audit.base import AuditSink, NullAudit
+from eventward.audit.log import AUDIT_RESOURCE
 from eventward.cli import common
-from eventward.errors import ConfigError, InputError
+from eventward.cli.context import ADMIN, as_admin, authorize, deployment
+from eventward.cli.policy import read_cedar_dir, read_policy_file, write_working_copy
+from eventward.deployment import Deployment, is_reason_code
+from eventward.errors import ConfigError, ConflictError, InputError
 from eventward.home import Home
-from eventward.keys.kms.local import MODE_PASSPHRASE, LocalKMS
-from eventward.keys.service import KeyService, erasures_log_path
-from eventward.policy.base import DECRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList, Authorizer
-
-ADMIN = "admin"
-ADMINS_ENV = "EVENTWARD_ADMINS"  # extra comma-separated admin principals
-PASSPHRASE_ENV = "EVENTWARD_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
+from eventward.keys.service import erasures_log_path
+from eventward.policy.base import MANAGE_POLICY, READ_AUDIT
+from eventward.policy.store import POLICY_RESOURCE, PolicyStore, build
 
 keys_app = typer.Typer(help="Key-encryption keys: rotation and status.", no_args_is_help=True)
 
-_AS = typer.Option(ADMIN, "--as", help="Principal the command acts as.")
-_PASS = typer.Option(
-    None, "--passphrase-env", help=f"Environment variable holding the keyring passphrase [{PASSPHRASE_ENV}]."
-)
-
-
-def cli_authorizer(home: Home) -> Authorizer:
-    """Until the policy engine is wired in: ``admin`` (plus $EVENTWARD_ADMINS) may do every key
-    operation on everything; anyone else is denied. The one place to swap for the policy engine."""
-    admins = {ADMIN} | {p.strip() for p in os.environ.get(ADMINS_ENV, "").split(",") if p.strip()}
-    grants = AllowList()
-    for p in admins:
-        grants.grant(p, DECRYPT, ("Class", "*"))
-        grants.grant(p, ROTATE_KEYS, ("Class", "*"))
-        grants.grant(p, FORGET, ("Subject", "*"))
-        grants.grant(p, HOLD, ("Subject", "*"))
-    return grants
-
-
-def cli_audit(home: Home) -> AuditSink:
-    """Where key events go from the CLI; the one place to swap for the deployment's audit log."""
-    return NullAudit()
-
-
-def _passphrase(var: str | None) -> str | None:
-    name = var or PASSPHRASE_ENV
-    value = os.environ.get(name)
-    if var and not value:
-        raise ConfigError(f"environment variable {name} is not set or empty")
-    return value or None
-
-
-def open_keys(home: Home, passphrase_env: str | None = None) -> KeyService:
-    """The deployment's KeyService as the CLI sees it (shared with other commands, e.g. demo)."""
-    home.require()
-    passphrase = None
-    if home.keyring.exists() and LocalKMS.header_mode(home.keyring) == MODE_PASSPHRASE:
-        passphrase = _passphrase(passphrase_env)
-        if passphrase is None:
-            raise ConfigError(
-                f"the keyring is passphrase-protected: set {PASSPHRASE_ENV} or --passphrase-env"
-            )
-    return KeyService.open(
-        home, authorizer=cli_authorizer(home), audit=cli_audit(home), passphrase=passphrase
-    )
+_AS = as_admin()
 
 
 def _subject(arg: str) -> str:
@@ -83,86 +47,165 @@ def _subject(arg: str) -> str:
     return value
 
 
-def init(passphrase_env: str | None = _PASS) -> None:
-    """Create the deployment home: master key (0600) or passphrase keyring, keyring, key store."""
+def _initialized(home: Home) -> bool:
+    if home.keyring.exists() or home.keys_db.exists():
+        return True
+    if not home.policy_dir.is_dir():
+        return False
+    store = PolicyStore.open(home)
+    try:
+        return store.active_version() > 0
+    finally:
+        store.close()
+
+
+def _passphrase(var: str | None) -> str | None:
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        raise ConfigError(f"environment variable {var} is not set or empty")
+    return value
+
+
+def init(
+    admin: str = typer.Option(ADMIN, "--admin", help="Bootstrap administrator (ignored with --policy)."),
+    passphrase_env: str = typer.Option(
+        None, "--passphrase-env", help="Protect the keyring with the passphrase in this environment variable."
+    ),
+    policy: Path = typer.Option(
+        None, "--policy", help="First policy YAML instead of the bootstrap (*.cedar files next to it too)."
+    ),
+) -> None:
+    """Create a deployment home: keyring, key store, audit log and key, first policy. Prints no secrets."""
     home = common.home()
-    passphrase = _passphrase(passphrase_env) if passphrase_env else None
-    with KeyService.init(
-        home, authorizer=cli_authorizer(home), audit=cli_audit(home), passphrase=passphrase
-    ) as svc:
-        st = svc.status()
-    out = common.console
-    out.print(f"[bold green]initialized[/] {home.root}")
-    if passphrase is None:
-        out.print(f"  master key   {home.master_key} (0600, 32 random bytes)")
+    if home.root.is_dir() and _initialized(home):
+        raise ConflictError(
+            f"{home.root} is already a deployment home; change its policy with 'eventward policy apply'"
+        )
+    passphrase = _passphrase(passphrase_env)
+    policy_yaml = read_policy_file(policy) if policy else None
+    cedar = read_cedar_dir(policy.parent) if policy else {}
+    if policy_yaml is not None:
+        build(policy_yaml, cedar)  # an invalid policy is refused before anything is written
+    with Deployment.init(
+        home, admin=admin, policy_yaml=policy_yaml, passphrase=passphrase, cedar_files=cedar
+    ) as dep:
+        applied = dep.policy.store.get()
+        working = write_working_copy(home, applied.yaml, applied.cedar)
+        admins = [
+            p for p in dep.policy.principals()
+            if dep.policy.explain(p, MANAGE_POLICY, POLICY_RESOURCE).allowed
+        ]
+        keks = ", ".join(c.kek_id for c in dep.keys.status().classes)
+        vkey = dep.audit.verifier.vkey()
+        backend = dep.config.kms.get("backend", "local")
+        transport = dep.config.transport
+    rows = [("config", f"{home.config} (transport {transport})")]
+    if backend != "local":
+        rows.append(("KEKs", f"in the PKCS#11 token ({keks})"))
     else:
-        out.print(f"  master key   derived from ${passphrase_env} with scrypt (salt in the keyring header)")
-    keks = ", ".join(c.kek_id for c in st.classes)
-    out.print(f"  keyring      {home.keyring} (AES-256-GCM; KEKs {keks})")
-    out.print(f"  key store    {home.keys_db} (SQLite WAL, secure_delete)")
-    out.print(f"  ledger       {erasures_log_path(home)} (erasure ledger copy)")
+        rows.append((
+            "master key",
+            f"{home.master_key} (0600, 32 random bytes)" if passphrase is None
+            else f"derived from ${passphrase_env} with scrypt (salt in the keyring header)",
+        ))
+        rows.append(("keyring", f"{home.keyring} (AES-256-GCM; KEKs {keks})"))
+    rows += [
+        ("key store", f"{home.keys_db} (SQLite WAL, secure_delete)"),
+        ("ledger", f"{erasures_log_path(home)} (erasure ledger copy)"),
+        ("audit log", f"{home.audit_db} (signing key {home.audit_key}, 0600)"),
+        ("policy", f"version {applied.version} active; working copy {working}"),
+        ("admin", ", ".join(admins)),
+    ]
+    out = common.console
+    out.print(f"[bold green]initialized[/] {escape(str(home.root))}", highlight=False)
+    for name, text in rows:
+        out.print(f"  {name:<11}{text}", highlight=False, markup=False, soft_wrap=True)
+    out.print("audit public key (publish it; verifiers need it):", highlight=False)
+    out.print(vkey, highlight=False, markup=False, soft_wrap=True)
+    if policy is None:
+        out.print(f"next: write a policy and run 'eventward policy apply FILE --as {admin}'", highlight=False)
 
 
 def forget(
     subject: str = typer.Argument(..., help="Data-subject id, or - to read it from stdin."),
-    reason: str = typer.Option("", "--reason", help="Why (recorded in the audit log)."),
+    reason: str = typer.Option(
+        "",
+        "--reason",
+        help="A short reason code such as gdpr-art17 (lowercase letters, digits, '_.-'). "
+        "Free text is never recorded: it is replaced by the generic code erasure-request.",
+    ),
     principal: str = _AS,
-    passphrase_env: str | None = _PASS,
 ) -> None:
-    """Crypto-shred a data subject: destroy every key of theirs, in every class."""
-    home = common.home()
-    with open_keys(home, passphrase_env) as svc:
-        r = svc.forget(_subject(subject), principal=principal, reason=reason)
+    """Crypto-shred a data subject (every key, every class) and log a signed erasure certificate."""
+    with deployment(principal) as dep:
+        done = dep.forget(_subject(subject), principal=principal, reason=reason)
+    r, cert = done.receipt, done.certificate
     t = Table(title="erasure receipt", show_header=False)
     t.add_row("subject (hash)", r.subject_hash)
     t.add_row("classes", ", ".join(r.classes) or "-")
     t.add_row("keys destroyed", str(r.destroyed))
     t.add_row("KEK epochs", ", ".join(f"{c}.v{v}" for c, v in sorted(r.kek_epochs.items())) or "-")
     t.add_row("store purged", "yes" if r.purged else "no (a reader held the WAL; retried at next forget)")
+    t.add_row("reason code", str(cert.claims["reason_code"]))
     common.console.print(t)
     common.console.print(r.statement(), highlight=False)
+    common.console.print(
+        f"erasure certificate: audit record {cert.index} "
+        f"(eventward audit certificate {r.subject_hash} --hash)",
+        highlight=False,
+    )
+    if reason and cert.claims["reason_code"] != reason:
+        common.err_console.print("[yellow]note[/]: --reason was not a code; recorded as erasure-request")
 
 
 def hold(
     subject: str = typer.Argument(..., help="Data-subject id, or - to read it from stdin."),
-    reason: str = typer.Option(..., "--reason", help="Why (case, order); required."),
+    reason: str = typer.Option(
+        ..., "--reason", help="A short reason code such as case-2024-117; required. Free text is refused."
+    ),
     principal: str = _AS,
-    passphrase_env: str | None = _PASS,
 ) -> None:
     """Place a legal hold: the subject cannot be forgotten until released."""
-    with open_keys(common.home(), passphrase_env) as svc:
+    if not is_reason_code(reason):
+        raise InputError("--reason must be a short code (lowercase letters, digits, '_.-'), not free text")
+    with deployment(principal) as dep:
         s = _subject(subject)
-        svc.hold(s, principal=principal, reason=reason)
-        common.console.print(f"legal hold placed on subject {svc.subject_hash(s)}")
+        dep.keys.hold(s, principal=principal, reason=reason)
+        common.console.print(f"legal hold placed on subject {dep.keys.subject_hash(s)}", highlight=False)
 
 
 def release(
     subject: str = typer.Argument(..., help="Data-subject id, or - to read it from stdin."),
     principal: str = _AS,
-    passphrase_env: str | None = _PASS,
 ) -> None:
     """Release a legal hold."""
-    with open_keys(common.home(), passphrase_env) as svc:
+    with deployment(principal) as dep:
         s = _subject(subject)
-        released = svc.release(s, principal=principal)
-        h = svc.subject_hash(s)
-    common.console.print(f"legal hold released on subject {h}" if released else f"subject {h} was not held")
+        released = dep.keys.release(s, principal=principal)
+        h = dep.keys.subject_hash(s)
+    common.console.print(
+        f"legal hold released on subject {h}" if released else f"subject {h} was not held", highlight=False
+    )
 
 
 @keys_app.command("rotate")
 def rotate(
     cls: str = typer.Option(..., "--class", help="Sensitivity class whose KEK to rotate."),
     principal: str = _AS,
-    passphrase_env: str | None = _PASS,
 ) -> None:
-    """New KEK version, every DEK of the class re-wrapped, the old version destroyed."""
-    with open_keys(common.home(), passphrase_env) as svc, Progress(
+    """New KEK version, every DEK of the class re-wrapped, the old version destroyed (audited)."""
+    with deployment(principal) as dep, Progress(
         TextColumn("re-wrapping {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=common.console,
+        console=common.err_console, transient=True,
     ) as bar:
         task = bar.add_task(cls, total=None)
-        report = svc.rotate_kek(cls, principal=principal,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = dep.keys.rotate_kek(cls, principal=principal, progress=progress)
     common.console.print(
         f"{cls}: now {report.new_kek_id}; re-wrapped {report.rewrapped} key(s) in {report.seconds:.2f}s; "
         f"destroyed {', '.join(report.destroyed_kek_ids) or 'nothing'}",
@@ -176,10 +219,11 @@ def rotate(
 
 
 @keys_app.command("status")
-def status(passphrase_env: str | None = _PASS) -> None:
-    """Classes, KEK versions, key counts, holds and erasures."""
-    with open_keys(common.home(), passphrase_env) as svc:
-        st = svc.status()
+def status(principal: str = _AS) -> None:
+    """Classes, KEK versions, key counts, holds and erasures (needs read_audit: it is audit metadata)."""
+    with deployment(principal) as dep:
+        authorize(dep, principal, READ_AUDIT, AUDIT_RESOURCE)
+        st = dep.keys.status()
     t = Table(title="keys")
     for col in ("class", "KEK", "live versions", "destroyed", "DEKs", "subjects", "erased keys"):
         t.add_column(col, justify="right" if col in ("DEKs", "subjects", "erased keys") else "left")
@@ -199,3 +243,4 @@ def register(app: typer.Typer) -> None:
     app.command("hold")(hold)
     app.command("release")(release)
     app.add_typer(keys_app, name="keys")
+

@@ -1,10 +1,385 @@
-"""CLI commands for this area (registered by eventward.cli)."""
+"""Log commands: ``produce``, ``consume``, ``replay``, ``dlq list|show|redrive``, ``trust ...``.
+
+Every command opens the home as one Deployment (the configured transport: embedded, NATS
+or Kafka) and acts ``--as PRINCIPAL`` under its Cedar policy: ``produce`` needs Publish,
+``consume`` Subscribe, and what a consumer sees decrypted is exactly the classes the policy
+lets it Decrypt (the rest is redacted, or shown as tokens with ``--tokens``). ``--as`` is
+required for data-plane commands and defaults to ``admin`` for ``trust``. It is asserted,
+not authenticated: the CLI runs with the home's key material, so it is an operator tool;
+authenticated access for services is the gateway (mTLS/JWT).
+
+Producers seal batches and consumers seal dead letters with their signing key, registered
+by an administrator with ``eventward trust register P``. Events go out as JSON lines on
+stdout; status, tables and summaries go to stderr, so output can be piped.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from eventward import envelope
+from eventward.cli import common
+from eventward.cli.context import as_admin, as_required, deployment, require_signing_key
+from eventward.client.consumer import Consumer
+from eventward.client.types import Delivered, RunStats
+from eventward.deployment import Deployment
+from eventward.errors import EventwardError, InputError, NotFoundError
+
+MAX_LINE = 2 * 1024 * 1024
+CHUNK = 500  # input lines per all-or-nothing chunk
+
+trust_app = typer.Typer(help="Producer signing keys: who may seal batches.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: refused or failing events, kept encrypted.", no_args_is_help=True)
+
+_AS = as_required()
+_ADMIN_AS = as_admin()
+_GROUP = typer.Option(None, "--group", "-g", help="Consumer group (default: the principal).")
+_TOKENS = typer.Option(False, "--tokens", help="Show fields the principal may not decrypt as tokens.")
+
+
+def _consumer(dep: Deployment, principal: str, topic: str, group: str | None, **kw: Any) -> Consumer:
+    require_signing_key(dep, principal)
+    return dep.consumer(principal, topic, group=group, **kw)
+
+
+def _uncleared(tokens: bool) -> Literal["token"] | None:
+    """None keeps the deployment's configured default (consumer.uncleared, normally redact)."""
+    return "token" if tokens else None
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+class _ReaderGone(BaseException):
+    """stdout was closed (``consume ... | head``). A BaseException on purpose: the consumer
+    must not count it as a handler failure (that would dead-letter the event); the event
+    stays unsettled and is delivered again next time."""
+
+
+def _emit(event: Delivered) -> None:
+    """One event as a JSON line on stdout (not through Rich: no markup, no wrapping)."""
+    try:
+        sys.stdout.write(orjson.dumps(event.to_json()).decode() + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _ReaderGone from None
+
+
+def _until_reader_gone(run: Callable[[], RunStats]) -> RunStats | None:
+    """Run a delivery loop; None if the reader of stdout went away (then stop quietly)."""
+    try:
+        return run()
+    except _ReaderGone:
+        with suppress(OSError, ValueError):  # no "Exception ignored" noise when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        common.err_console.print("stopped: output closed", highlight=False)
+        return None
+
+
+def _summary(what: str, stats: RunStats | None) -> None:
+    if stats is None:
+        return
+    parts = [f"{stats.delivered} delivered"]
+    if stats.redelivered:
+        parts.append(f"{stats.redelivered} already handled")
+    if stats.dead_lettered:
+        parts.append(f"{stats.dead_lettered} dead-lettered")
+    if stats.refused:
+        parts.append("refused: " + ", ".join(f"{r}={n}" for r, n in sorted(stats.refused.items())))
+    if stats.gaps:
+        parts.append(f"{stats.gaps} gap report(s)")
+    common.err_console.print(f"[bold]{what}[/]: " + "; ".join(parts), highlight=False)
+
+
+# --- produce ---------------------------------------------------------------------------------
+
+_PRODUCED_ATTRS = frozenset({"type", "data", "id", "source", "subject"})
+_IGNORED_CE = frozenset({"specversion", "time", "datacontenttype", "dataschema"})
+
+
+def _event_of(line: bytes, n: int) -> dict[str, Any]:
+    """``{"type", "data", [id, source, subject]}`` or a full CloudEvent; errors name the line."""
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise InputError(f"line {n}: not valid JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or "data" not in obj:
+        raise InputError(f"line {n}: expected an object with 'type' and 'data'")
+    extra = set(obj) - _PRODUCED_ATTRS - (_IGNORED_CE if "specversion" in obj else frozenset())
+    if extra:
+        raise InputError(f"line {n}: attribute(s) {', '.join(sorted(extra)[:5])} cannot be set by the caller")
+    for name in ("id", "source", "subject"):
+        if name in obj and (not isinstance(obj[name], str) or not obj[name]):
+            raise InputError(f"line {n}: attribute '{name}' must be a non-empty string")
+    return obj
+
+
+def _lines(stream: IO[bytes], progress: Progress, task: Any) -> Iterator[tuple[int, bytes]]:
+    for n, line in enumerate(stream, 1):
+        if len(line) > MAX_LINE:
+            raise InputError(f"line {n}: longer than {MAX_LINE} bytes")
+        progress.advance(task, len(line))
+        if line.strip():
+            yield n, line
+
+
+def produce(
+    topic: str = typer.Argument(..., help="Topic (stream) to publish to."),
+    file: str = typer.Argument("-", help="JSON lines file, or - for stdin."),
+    principal: str = _AS,
+) -> None:
+    """Publish JSON lines: {"type": ..., "data": ...} objects or full CloudEvents. Prints ids.
+
+    Input is sent in chunks of 500 lines; a bad line stops the run and nothing of its chunk
+    is sent (earlier chunks were acknowledged and their ids printed)."""
+    with deployment(principal) as dep, _open_input(file) as (stream, size):
+        require_signing_key(dep, principal)
+        # One batch per chunk, flushed only here: a rejected line leaves its chunk unsent.
+        producer = dep.producer(principal, topic, max_batch=CHUNK + 1, max_delay_ms=3_600_000)
+        sent = 0
+        with _progress(size) as progress:
+            task = progress.add_task("producing", total=size)
+            chunk = 0
+            try:
+                for n, line in _lines(stream, progress, task):
+                    ev = _event_of(line, n)
+                    try:
+                        producer.send(
+                            ev["type"],
+                            ev["data"],
+                            id=ev.get("id"),
+                            source=ev.get("source"),
+                            subject=ev.get("subject"),
+                        )
+                    except EventwardError as e:
+                        e.message = f"line {n}: {e.message}"
+                        raise
+                    chunk += 1
+                    if chunk == CHUNK:
+                        sent += _print_ids(producer.flush())
+                        chunk = 0
+                sent += _print_ids(producer.flush())
+            except BaseException:
+                producer.discard()
+                with suppress(EventwardError):  # a complete earlier chunk may still await its retry
+                    sent += _print_ids(producer.flush())
+                raise
+        common.err_console.print(f"[bold green]sent[/] {sent} event(s) to {topic}", highlight=False)
+
+
+def _print_ids(ids: list[str]) -> int:
+    if ids:
+        sys.stdout.write("".join(f"{i}\n" for i in ids))
+        sys.stdout.flush()
+    return len(ids)
+
+
+@contextmanager
+def _open_input(file: str) -> Iterator[tuple[IO[bytes], int | None]]:
+    if file == "-":
+        yield sys.stdin.buffer, None
+        return
+    path = Path(file)
+    try:
+        f = path.open("rb")
+    except OSError:
+        raise NotFoundError(f"cannot read input file {path}") from None
+    with f:
+        yield f, path.stat().st_size
+
+
+def _progress(total: int | None) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,} bytes"),
+        TimeElapsedColumn(),
+        console=common.err_console,
+        transient=True,
+        disable=total is None or total < 256 * 1024,
+    )
+
+
+# --- consume / replay --------------------------------------------------------------------------
+
+
+def consume(
+    topic: str = typer.Argument(..., help="Topic (stream) to read."),
+    principal: str = _AS,
+    group: str | None = _GROUP,
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="Start at offset 0 if the group is new."
+    ),
+    max_events: int | None = typer.Option(None, "--max", help="Stop after this many events."),
+    idle: float = typer.Option(1.0, "--idle", help="Stop after this many seconds without new events."),
+    tokens: bool = _TOKENS,
+) -> None:
+    """Print verified events as JSON lines, decrypted as far as the policy lets the principal Decrypt."""
+    with deployment(principal) as dep:
+        _require_stream(dep, topic)
+        consumer = _consumer(
+            dep, principal, topic, group, from_beginning=from_beginning, uncleared=_uncleared(tokens)
+        )
+        stats = _until_reader_gone(lambda: consumer.run(_emit, max_events=max_events, idle_timeout=idle))
+    _summary("consumed", stats)
+
+
+def replay(
+    topic: str = typer.Argument(..., help="Topic (stream) to replay."),
+    principal: str = _AS,
+    from_offset: int = typer.Option(..., "--from-offset", min=0, help="First offset to replay."),
+    to_offset: int | None = typer.Option(None, "--to-offset", min=0, help="Stop before this offset."),
+    tokens: bool = _TOKENS,
+) -> None:
+    """Re-read a range (needs replay on the topic; audited; stale events allowed; offsets untouched)."""
+    with deployment(principal) as dep:
+        _require_stream(dep, topic)
+        consumer = _consumer(dep, principal, topic, f"replay.{principal}", uncleared=_uncleared(tokens))
+        stats = _until_reader_gone(
+            lambda: consumer.replay(_emit, from_offset=from_offset, to_offset=to_offset)
+        )
+    _summary("replayed", stats)
+
+
+def _require_stream(dep: Deployment, topic: str) -> None:
+    if topic not in dep.transport.streams():
+        raise NotFoundError(f"no stream {topic!r} in this deployment")
+
+
+# --- dead letters ----------------------------------------------------------------------------
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: str = typer.Argument(..., help="Source topic."),
+    principal: str = _AS,
+    all_: bool = typer.Option(False, "--all", help="Include resolved (redriven) entries."),
+) -> None:
+    """Unresolved dead letters of a topic (metadata only)."""
+    with deployment(principal) as dep:
+        require_signing_key(dep, principal)
+        entries = dep.dead_letters(principal, topic).list(principal=principal, include_resolved=all_)
+    t = Table(title=f"{topic}.dlq (details: eventward dlq show {topic} OFFSET)")
+    for col in ("offset", "reason", "from", "event id", "type", "attempts"):
+        t.add_column(col, overflow="fold")
+    for e in entries:
+        t.add_row(
+            str(e.dlq_offset),
+            f"{e.code}/{e.reason}",
+            f"{e.stream}@{e.offset}",
+            e.event_id or "-",
+            e.event_type or "-",
+            str(e.attempts),
+        )
+    common.console.print(t)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    topic: str = typer.Argument(..., help="Source topic."),
+    dlq_offset: int = typer.Argument(..., help="Offset of the entry in <topic>.dlq."),
+    principal: str = _AS,
+) -> None:
+    """One entry as JSON: its metadata and the original event's attributes (data stays encrypted)."""
+    with deployment(principal) as dep:
+        require_signing_key(dep, principal)
+        e = dep.dead_letters(principal, topic).get(dlq_offset, principal=principal)
+    doc: dict[str, Any] = dict(e.summary())
+    try:
+        original = envelope.decode(e.original)
+        doc["original_attributes"] = {k: v for k, v in original.items() if k != "data"}
+    except EventwardError as err:
+        doc["original_attributes"] = None
+        doc["original_error"] = err.code
+    doc["original_bytes"] = len(e.original)
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    topic: str = typer.Argument(..., help="Source topic."),
+    ids: list[int] | None = typer.Argument(None, help="DLQ offsets to redrive (default: all unresolved)."),
+    principal: str = _AS,
+    group: str | None = _GROUP,
+    tokens: bool = _TOKENS,
+) -> None:
+    """Re-verify and re-deliver dead letters through the normal consumer path (printed as JSON lines)."""
+    with deployment(principal) as dep:
+        consumer = _consumer(dep, principal, topic, group, uncleared=_uncleared(tokens))
+        dlq = dep.dead_letters(principal, topic)
+        stats = _until_reader_gone(lambda: dlq.redrive(consumer, _emit, ids or None, principal=principal))
+    _summary("redriven", stats)
+
+
+# --- trust -----------------------------------------------------------------------------------
+
+
+@trust_app.command("list")
+def trust_list(
+    producer: str | None = typer.Option(None, "--principal", help="Only this producer."), by: str = _ADMIN_AS
+) -> None:
+    """Signing keys and their status (active, retired, revoked): public metadata, no grant needed."""
+    with deployment(by) as dep:
+        keys = dep.trust.list(producer)
+    t = Table(title="trust registry")
+    for col in ("kid", "principal", "status", "created", "changed", "by"):
+        t.add_column(col, overflow="fold")
+    for k in keys:
+        t.add_row(k.kid, k.principal, k.status, _when(k.created), _when(k.changed), k.changed_by)
+    common.console.print(t)
+
+
+@trust_app.command("register")
+def trust_register(
+    producers: list[str] = typer.Argument(..., help="Principal(s) that produce or consume."),
+    by: str = _ADMIN_AS,
+) -> None:
+    """Create the first signing key of each principal (private key 0600 in the home); needs rotate_keys on it.
+
+    Principals are registered in order; on an error the ones before it stay registered."""
+    with deployment(by) as dep:
+        for producer in producers:
+            s = dep.trust.register(producer, by=by)
+            common.console.print(f"[bold green]registered[/] {producer}: {s.kid}", highlight=False)
+
+
+@trust_app.command("rotate")
+def trust_rotate(
+    producer: str = typer.Argument(..., help="Producer principal."), by: str = _ADMIN_AS
+) -> None:
+    """A new signing key; the old one still verifies what it sealed (needs rotate_keys on the producer)."""
+    with deployment(by) as dep:
+        s = dep.trust.rotate(producer, by=by)
+    common.console.print(f"[bold green]rotated[/] {producer}: now {s.kid}", highlight=False)
+
+
+@trust_app.command("revoke")
+def trust_revoke(kid: str = typer.Argument(..., help="Key id to revoke."), by: str = _ADMIN_AS) -> None:
+    """Refuse every batch sealed with this key from now on (reason revoked_key; needs rotate_keys)."""
+    with deployment(by) as dep:
+        dep.trust.revoke(kid, by=by)
+    common.console.print(f"[bold red]revoked[/] {kid}", highlight=False)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    return None
+    app.command("produce")(produce)
+    app.command("consume")(consume)
+    app.command("replay")(replay)
+    app.add_typer(dlq_app, name="dlq")
+    app.add_typer(trust_app, name="trust")

@@ -1,13 +1,18 @@
 """``eventward policy``: init, apply, show, versions, explain, compile, rollback.
 
 Changes go through PolicyStore (validated, authorized, versioned, audited); explain and
-compile only read. Output never includes context values beyond the event type.
+compile only read. Output never includes context values beyond the event type. ``policy
+init`` applies the same bootstrap as ``eventward init`` (which also creates the keys), for
+a home that has no policy yet. ``--as`` is asserted, not authenticated: the CLI runs with
+the home's key material, so it is an operator tool; authenticated access for services is the
+gateway (mTLS/JWT).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -16,7 +21,10 @@ from rich.table import Table
 
 from eventward.audit import AuditLog
 from eventward.cli import common
+from eventward.cli.context import as_admin
+from eventward.deployment import BOOTSTRAP_POLICY
 from eventward.errors import InputError
+from eventward.home import Home
 from eventward.policy.engine import PolicyEngine
 from eventward.policy.spec import KINDS, parse_action
 from eventward.policy.store import PolicyStore, build
@@ -28,20 +36,24 @@ policy_app = typer.Typer(
     help="Deny-by-default Cedar authorization: apply, explain, compile.", no_args_is_help=True
 )
 
-_AS = typer.Option("admin", "--as", envvar="EVENTWARD_PRINCIPAL", help="Principal making the change.")
+_AS = as_admin()
 
 
 def default_policy(admin: str) -> str:
-    """Deny everything except policy management by one admin, who then writes the real policy."""
+    """The same bootstrap ``eventward init`` applies: deny everything except administration by one admin."""
     return (
         "# eventward policy: deny by default. Edit, then 'eventward policy apply policy.yaml'.\n"
-        "principals:\n"
-        f"  {admin}: {{type: user, roles: [policy-admin]}}\n"
-        "roles:\n"
-        "  policy-admin:\n"
-        "    - {allow: manage_policy}\n"
-        "    - {allow: read_audit}\n"
+        + BOOTSTRAP_POLICY.format(admin=admin)
     )
+
+
+def write_working_copy(home: Home, text: str, cedar_files: Mapping[str, str]) -> Path:
+    """Copy the applied policy into <home>/policy/ for editing (never over an edited copy)."""
+    target = home.policy_dir / POLICY_FILE
+    for path, content in [(target, text), *((home.policy_dir / n, t) for n, t in cedar_files.items())]:
+        if not path.exists():
+            path.write_text(content)
+    return target
 
 
 def read_cedar_dir(directory: Path | None) -> dict[str, str]:
@@ -62,7 +74,7 @@ def parse_resource(text: str) -> tuple[str, str]:
     return by_lower[kind.lower()], rid
 
 
-def _read(path: Path) -> str:
+def read_policy_file(path: Path) -> str:
     try:
         return path.read_text()
     except OSError as e:
@@ -77,7 +89,7 @@ def init_cmd(
 ) -> None:
     """Apply the first policy (no prior policy needed); copy it into <home>/policy/ for editing."""
     home = common.home().ensure()
-    text = _read(file) if file else default_policy(admin)
+    text = read_policy_file(file) if file else default_policy(admin)
     files = read_cedar_dir(cedar if cedar is not None else file.parent if file else None)
     with AuditLog.open(home) as audit:
         store = PolicyStore.open(home, audit=audit)
@@ -85,10 +97,7 @@ def init_cmd(
             version = store.init(text, files)
         finally:
             store.close()
-    target = home.policy_dir / POLICY_FILE
-    for path, content in [(target, text), *((home.policy_dir / n, t) for n, t in files.items())]:
-        if not path.exists():
-            path.write_text(content)
+    target = write_working_copy(home, text, files)
     common.console.print(f"policy version {version} active; edit {target} and apply it")
 
 
@@ -104,7 +113,7 @@ def apply_cmd(
     with AuditLog.open(home) as audit:
         store = PolicyStore.open(home, audit=audit)
         try:
-            version = store.apply(principal, _read(file), files)
+            version = store.apply(principal, read_policy_file(file), files)
         finally:
             store.close()
     common.console.print(f"policy version {version} active ({len(files)} Cedar file(s))")

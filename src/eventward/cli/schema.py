@@ -1,17 +1,20 @@
 """``eventward schema ...`` (propose, approve, reject, list, show, check, mode) and ``eventward validate``.
 
-Changes go through the Registry (authorized, checked, audited in the home's audit log).
+Every command opens the home as one Deployment and acts ``--as PRINCIPAL`` (required, or
+``EVENTWARD_PRINCIPAL``) under its Cedar policy: changes go through the Registry (authorized,
+checked, audited in the home's audit log; approval needs a second principal), reads need
+``read_schema`` on the type (``list`` shows only the readable ones). ``--as`` is asserted,
+not authenticated: the CLI runs with the home's key material, so it is an operator tool;
+authenticated access for services is the gateway (mTLS/JWT).
+
 Output shows paths, finding kinds, versions and fingerprints; ``validate`` prints the path
 and rule of each invalid line, never a value.
 """
 
 from __future__ import annotations
 
-import getpass
-import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,13 +26,11 @@ from rich.syntax import Syntax
 from rich.table import Column, Table
 
 from eventward import envelope
-from eventward.audit import AuditLog
-from eventward.audit.base import AuditSink, NullAudit
 from eventward.cli import common
-from eventward.errors import EnvelopeError, InputError, NotFoundError, ValidationError
-from eventward.home import Home
-from eventward.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, READ_SCHEMA, AllowList
-from eventward.schema import CheckReport, Finding, Registry, SchemaVersion
+from eventward.cli.context import as_required, authorize, deployment
+from eventward.errors import EnvelopeError, InputError, ValidationError
+from eventward.policy.base import READ_SCHEMA
+from eventward.schema import CheckReport, Finding, SchemaVersion
 from eventward.schema.document import MAX_DOCUMENT_BYTES
 from eventward.schema.json_schema import HARD_MAX_EVENT_BYTES
 
@@ -38,40 +39,10 @@ schema_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_AS = typer.Option(None, "--as", envvar="EVENTWARD_PRINCIPAL", help="Principal acting (default: OS user).")
+_AS = as_required()
 _FORMAT = typer.Option("json", "--format", "-f", help="Schema format: json (JSON Schema) or avro.")
 _MAX_LINE = HARD_MAX_EVENT_BYTES + 64 * 1024  # an envelope around the largest allowed data
 _PROGRESS_BYTES = 1024 * 1024  # show a progress bar for files larger than this
-
-
-def cli_authorizer(home: Home, principal: str) -> AllowList:
-    """Until the policy engine is wired in: the acting principal may do every schema action.
-
-    Self-approval is still refused by the registry, so a change needs two ``--as`` names.
-    """
-    actions = (PROPOSE_SCHEMA, APPROVE_SCHEMA, APPROVE_SECURITY, READ_SCHEMA)
-    return AllowList((principal, action, ("Schema", "*")) for action in actions)
-
-
-def _principal(name: str | None) -> str:
-    return name or os.environ.get("USER") or getpass.getuser()
-
-
-@contextmanager
-def _registry(principal: str | None = None, *, audited: bool = False) -> Iterator[Registry]:
-    """The home's registry; read-only commands (not audited) never create one."""
-    home = common.home()
-    if not audited and not home.registry_db.exists():
-        raise NotFoundError(f"no schema registry in {home.root} (propose a schema first)")
-    home.ensure()
-    p = _principal(principal)
-    audit: AuditSink = AuditLog.open(home) if audited else NullAudit()
-    try:
-        with Registry(home.registry_db, authorizer=cli_authorizer(home, p), audit=audit) as registry:
-            yield registry
-    finally:
-        if isinstance(audit, AuditLog):
-            audit.close()
 
 
 def _read(file: Path) -> bytes:
@@ -146,8 +117,9 @@ def propose_cmd(
     principal: str = _AS,
 ) -> None:
     """Propose a new version; it needs approval by another principal to become active."""
-    with _registry(principal, audited=True) as reg:
-        p = reg.propose(_principal(principal), type_, _read(file), fmt)
+    document = _read(file)
+    with deployment(principal) as dep:
+        p = dep.registry.propose(principal, type_, document, fmt)
     common.console.print(f"proposed [bold]{p.type}[/] v{p.version} {p.fingerprint[:23]}")
     _print_report(p.report)
     need = "approval and a --security approval" if p.needs_security_approval else "approval"
@@ -162,8 +134,8 @@ def approve_cmd(
     principal: str = _AS,
 ) -> None:
     """Approve a proposed version (never your own); it activates once all approvals are in."""
-    with _registry(principal, audited=True) as reg:
-        v = reg.approve(_principal(principal), type_, version, security=security)
+    with deployment(principal) as dep:
+        v = dep.registry.approve(principal, type_, version, security=security)
     if v.state == "active":
         common.console.print(f"[green]{v.type} v{v.version} is active[/]")
     else:
@@ -175,16 +147,20 @@ def reject_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"), version: int = typer.Argument(...), principal: str = _AS
 ) -> None:
     """Reject a proposed version (or withdraw your own)."""
-    with _registry(principal, audited=True) as reg:
-        v = reg.reject(_principal(principal), type_, version)
+    with deployment(principal) as dep:
+        v = dep.registry.reject(principal, type_, version)
     common.console.print(f"{v.type} v{v.version} rejected")
 
 
 @schema_app.command("list")
-def list_cmd() -> None:
-    """Every subject with its mode, active and pending version."""
-    with _registry() as reg:
-        subjects = reg.list()
+def list_cmd(principal: str = _AS) -> None:
+    """Every subject the principal may read, with its mode, active and pending version."""
+    with deployment(principal) as dep:
+        # explain(), not decide(): a listing filters, it does not attempt (nothing to audit as denied)
+        subjects = [
+            s for s in dep.registry.list()
+            if dep.policy.explain(principal, READ_SCHEMA, ("Schema", s.type)).allowed
+        ]
     table = Table(
         Column("type", no_wrap=True), "mode", "active", "pending", "versions", "format", "fingerprint"
     )
@@ -205,10 +181,12 @@ def list_cmd() -> None:
 def show_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     version: int = typer.Argument(None, help="Default: the active version, else the newest."),
+    principal: str = _AS,
 ) -> None:
     """One version: state, approvals, field spec, findings and the document."""
-    with _registry() as reg:
-        v = reg.get(type_, version)
+    with deployment(principal) as dep:
+        authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
+        v = dep.registry.get(type_, version)
     _print_version(v)
     text = orjson.dumps(v.document, option=orjson.OPT_INDENT_2).decode()
     common.console.print(Syntax(text, "json", word_wrap=True))
@@ -216,11 +194,16 @@ def show_cmd(
 
 @schema_app.command("check")
 def check_cmd(
-    type_: str = typer.Argument(..., metavar="TYPE"), file: Path = typer.Argument(...), fmt: str = _FORMAT
+    type_: str = typer.Argument(..., metavar="TYPE"),
+    file: Path = typer.Argument(...),
+    fmt: str = _FORMAT,
+    principal: str = _AS,
 ) -> None:
     """Dry run: compatibility and security report of a document against the subject."""
-    with _registry() as reg:
-        report = reg.check(type_, _read(file), fmt)
+    document = _read(file)
+    with deployment(principal) as dep:
+        authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
+        report = dep.registry.check(type_, document, fmt)
     _print_report(report)
     if not report.compatible:
         sys.exit(1)  # common.run drops typer.Exit codes
@@ -233,18 +216,20 @@ def mode_cmd(
     principal: str = _AS,
 ) -> None:
     """Set the subject's compatibility mode."""
-    with _registry(principal, audited=True) as reg:
-        m = reg.set_mode(_principal(principal), type_, mode)
+    with deployment(principal) as dep:
+        m = dep.registry.set_mode(principal, type_, mode)
     common.console.print(f"{type_}: compatibility mode {m}")
 
 
 def validate_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     file: Path = typer.Argument(..., help="JSON lines: event data or CloudEvents envelopes."),
+    principal: str = _AS,
 ) -> None:
     """Validate each line against TYPE's active schema; exit 1 if any line is invalid."""
-    with _registry() as reg:
-        version = reg.active(type_)
+    with deployment(principal) as dep:
+        authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
+        version = dep.registry.active(type_)
     try:
         size = file.stat().st_size
         fh = file.open("rb")
