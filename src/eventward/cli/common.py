@@ -35,6 +35,9 @@ def setup_logging(level: int = logging.WARNING) -> None:
     root = logging.getLogger("eventward")
     root.setLevel(level)
     root.propagate = False
+    for old in list(root.handlers):  # idempotent: in-process runs (tests, benches) call it repeatedly
+        root.removeHandler(old)
+        old.close()
     stderr = logging.StreamHandler()
     stderr.setLevel(logging.ERROR)
     root.addHandler(stderr)
