@@ -235,11 +235,18 @@ class MemoryBackend:
             raise NotFoundError(f"no erasure certificate {certificate_id!r}")
         return cert
 
-    async def explain(self, principal: str, about: str, action: str, resource: Resource) -> Decision:
+    async def explain(
+        self,
+        principal: str,
+        about: str,
+        action: str,
+        resource: Resource,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
         self.calls.append(("explain", principal))
         if about != principal:
             check(self.authz, principal, MANAGE_POLICY, ("Policy", "*"))
-        return self.authz.decide(about, action, resource)
+        return self.authz.decide(about, action, resource, context)
 
 
 def gateway_config(p: Pki, **overrides: Any) -> GatewayConfig:
@@ -317,3 +324,13 @@ def jwt_gateway(
 def memory_backend(home: Home) -> MemoryBackend:
     """``--backend gateway.conftest:memory_backend`` for CLI tests (home unused)."""
     return MemoryBackend()
+
+
+@pytest.fixture(scope="module")
+def dep_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real Deployment home behind an mTLS gateway running DeploymentBackend (phase 2)."""
+    from .gw_deployment import World
+
+    world = World(tmp_path_factory.mktemp("gw-deployment"))
+    yield world
+    world.close()

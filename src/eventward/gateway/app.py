@@ -372,6 +372,11 @@ class _Gateway:
         }
 
     async def op_unwrap(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
+        if p.method not in ("mtls", "jwt"):  # a data key never leaves over an unauthenticated connection
+            raise AuthenticationError(
+                "data keys are released only to mTLS- or JWT-authenticated principals",
+                reason="unauthenticated",
+            )
         dek = await self.backend.unwrap(p.name, body["kid"], body["class"])
         key = base64.urlsafe_b64encode(dek).rstrip(b"=").decode()
         return {"kid": body["kid"], "class": body["class"], "key": key}
@@ -398,8 +403,9 @@ class _Gateway:
 
     async def op_explain(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
         res = body["resource"]
+        context = {"event_type": body["event_type"]} if "event_type" in body else None
         d = await self.backend.explain(
-            p.name, body.get("principal", p.name), body["action"], (res["kind"], res["id"])
+            p.name, body.get("principal", p.name), body["action"], (res["kind"], res["id"]), context
         )
         kind, rid = d.resource
         return {
@@ -436,7 +442,9 @@ def _schema_version(v: SchemaVersion) -> dict[str, Any]:
 
 
 def _certificate(c: ErasureCertificate) -> dict[str, Any]:
+    doc = {"document": c.document} if c.document else {}
     return {
+        **doc,
         "certificate": c.certificate_id,
         "subject_hash": c.subject_hash,
         "keys_destroyed": c.keys_destroyed,

@@ -95,6 +95,7 @@ class ErasureCertificate:
     complete_after: str  # RFC 3339: when KEK rotation makes erasure cryptographically complete
     audit_index: int
     signature: str  # base64url
+    document: str = ""  # the full signed certificate (claims, proof, checkpoint) for offline checks
 
 
 class GatewayBackend(Protocol):
@@ -144,7 +145,15 @@ class GatewayBackend(Protocol):
 
     async def audit_certificate(self, principal: str, certificate_id: str) -> ErasureCertificate: ...
 
-    async def explain(self, principal: str, about: str, action: str, resource: Resource) -> Decision:
+    async def explain(
+        self,
+        principal: str,
+        about: str,
+        action: str,
+        resource: Resource,
+        context: Mapping[str, Any] | None = None,
+    ) -> Decision:
         """Why ``about`` may or may not do ``action`` on ``resource`` (explaining for someone else
-        is itself an authorized operation)."""
+        is itself an authorized operation). ``context`` holds request attributes such as
+        ``event_type``, which Publish grants may be restricted to."""
         ...

@@ -15,8 +15,10 @@ from eventward.errors import ConfigError
 from eventward.gateway.jwks import check_algorithms
 from eventward.gateway.mapping import DEFAULT_RULES
 from eventward.home import Home
+from eventward.pki import ca_paths
 
 AUTH_MODES = ("mtls", "jwt")
+SERVER_CERT = "gateway"  # <home>/certs/gateway.crt|.key, issued by the deployment CA
 HARD_MAX_BATCH = 1000  # the OpenAPI document's maxItems; config may only lower it
 HARD_MAX_CONSUME = 1000
 
@@ -25,7 +27,7 @@ HARD_MAX_CONSUME = 1000
 class TlsConfig:
     cert: str | None = None  # default: <home>/certs/gateway.crt
     key: str | None = None  # default: <home>/certs/gateway.key (must be mode 0600)
-    client_ca: str | None = None  # default: <home>/certs/clients-ca.crt
+    client_ca: str | None = None  # default: <home>/certs/ca.crt (the deployment CA)
     handshake_timeout_s: float = 10.0
 
 
@@ -146,9 +148,9 @@ class TlsFiles:
 def tls_files(cfg: GatewayConfig, home: Home) -> TlsFiles:
     """Concrete certificate paths: configured ones, else the home's ``certs/`` defaults."""
     d = home.certs
-    cert = Path(cfg.tls.cert) if cfg.tls.cert else d / "gateway.crt"
-    key = Path(cfg.tls.key) if cfg.tls.key else d / "gateway.key"
-    ca = Path(cfg.tls.client_ca) if cfg.tls.client_ca else d / "clients-ca.crt"
+    cert = Path(cfg.tls.cert) if cfg.tls.cert else d / f"{SERVER_CERT}.crt"
+    key = Path(cfg.tls.key) if cfg.tls.key else d / f"{SERVER_CERT}.key"
+    ca = Path(cfg.tls.client_ca) if cfg.tls.client_ca else ca_paths(d)[0]
     if cfg.auth == "jwt" and not cfg.tls.client_ca and not ca.exists():
         return TlsFiles(cert, key, None)  # JWT mode without client certificates
     return TlsFiles(cert, key, ca)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventward.policy.base import ACTIONS
+from eventward.policy.spec import KINDS
 
 VERSION = "0.1.0"
 MAX_BATCH = 1000
@@ -23,6 +24,7 @@ NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"  # topics (= stream names), groups, 
 TOKEN_ID = "^[A-Za-z0-9._:-]{1,128}$"  # noqa: S105 (proposal and certificate ids, not a secret)
 KID = "^[!-~]{1,256}$"  # printable ASCII, no spaces
 CLASS = "^[a-z][a-z0-9_-]{0,31}$"
+REASON_CODE = "^([a-z0-9][a-z0-9_.-]{0,63})?$"  # reason codes, never free text (they are audited)
 HEX = "^[0-9a-f]{1,128}$"
 B64URL = "^[A-Za-z0-9_-]{0,1024}$"
 # RFC 3339 with real calendar dates (30-day months, February, leap years), so that what the
@@ -177,7 +179,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "SubjectRequest": _obj(
         {"subject": _s(256, description="Raw data-subject id (kept out of URLs).")}, ("subject",)
     ),
-    "HoldRequest": _obj({"subject": _s(256), "reason": _s(256, min_len=0)}, ("subject",)),
+    "HoldRequest": _obj(
+        {
+            "subject": _s(256),
+            "reason": _s(
+                64,
+                REASON_CODE,
+                min_len=0,
+                description="A short code (e.g. litigation-2026-17), not free text: it is audited.",
+            ),
+        },
+        ("subject",),
+    ),
     "SubjectStatus": _obj({"status": {"type": "string", "enum": ["held", "released"]}}, ("status",)),
     "ErasureCertificate": _obj(
         {
@@ -188,6 +201,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "complete_after": _s(64, RFC3339),
             "audit_index": _int(),
             "signature": _s(1024, B64URL),
+            "document": _s(
+                65536,
+                description="The signed certificate with its audit inclusion proof and checkpoint "
+                "(verify offline with the audit verifier key).",
+            ),
         },
         (
             "certificate",
@@ -213,12 +231,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {"index": _int(), "tree_size": _int(1), "leaf_hash": _s(128, HEX), "path": _arr(_s(128, HEX), 64)},
         ("index", "tree_size", "leaf_hash", "path"),
     ),
-    "Resource": _obj({"kind": _s(32, "^[A-Z][A-Za-z]{0,31}$"), "id": _s(256)}, ("kind", "id")),
+    "Resource": _obj({"kind": {"type": "string", "enum": list(KINDS)}, "id": _s(256)}, ("kind", "id")),
     "ExplainRequest": _obj(
         {
             "principal": _s(256, description="Whom to explain for (default: the caller)."),
             "action": {"type": "string", "enum": list(ACTIONS)},
             "resource": ref("Resource"),
+            "event_type": _s(
+                200, NAME, description="Event type of the request (Publish grants may be limited to types)."
+            ),
         },
         ("action", "resource"),
     ),

@@ -9,11 +9,13 @@ then usable for certificate-bound tokens).
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from pathlib import Path
 
+from eventward import pki
 from eventward.errors import ConfigError
-from eventward.home import read_secret
+from eventward.home import Home, read_secret
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
@@ -46,3 +48,23 @@ def server_context(
     else:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def ensure_home_material(home: Home, host: str, server_name: str) -> None:
+    """Issue the gateway's server certificate from the deployment CA on first use (the CA too,
+    if the home has none yet), so ``eventward serve`` on a home needs no manual PKI step.
+
+    The certificate names ``localhost``, 127.0.0.1 and ``host`` when that is a specific address;
+    re-issue it (delete ``certs/<server_name>.*``) to serve under another name.
+    """
+    sans = ["localhost", "127.0.0.1"]
+    if host not in sans and not _wildcard(host):
+        sans.append(host)
+    pki.ensure_server_cert(home.ensure().certs, server_name, sans=sans)
+
+
+def _wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
