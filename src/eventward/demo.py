@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,6 +22,9 @@ from eventward.crypto import seal as sealing
 from eventward.deployment import Deployment
 from eventward.errors import ApprovalRequired
 from eventward.home import Home
+
+if TYPE_CHECKING:  # gateway_demo builds on this module's scenario, so import it lazily
+    from eventward.gateway_demo import GatewayDemoResult
 
 TOPIC = "orders"
 EVENT_TYPE = "OrderPlaced"
@@ -78,6 +81,7 @@ class DemoResult:
     receipt: str = ""
     certificate_index: int = -1
     after_forget: View | None = None
+    gateway: GatewayDemoResult | None = None
     audit_size: int = 0
     audit_ok: bool = False
     checkpoint: str = ""
@@ -204,6 +208,14 @@ def forget(dep: Deployment, result: DemoResult, step: Step) -> None:
     step("forget", result)
 
 
+def gateway(dep: Deployment, result: DemoResult, step: Step) -> None:
+    """The same enforcement for any language: mTLS clients publish, consume, and get denied with reasons."""
+    from eventward.gateway_demo import run_gateway_demo
+
+    result.gateway = run_gateway_demo(dep.home)
+    step("gateway", result)
+
+
 def audit(dep: Deployment, result: DemoResult, step: Step) -> None:
     dep.audit.flush()
     cp = dep.audit.checkpoint()
@@ -226,6 +238,7 @@ def run(home: Home, step: Step | None = None) -> DemoResult:
         read_views(dep, result, report)
         attacks(dep, result, report)
         forget(dep, result, report)
+        gateway(dep, result, report)
         audit(dep, result, report)
     finally:
         dep.close()

@@ -59,6 +59,17 @@ def test_forgotten_customer_reads_as_erased_others_still_read(result):
     assert r.certificate_index >= 0
 
 
+def test_gateway_part_publishes_consumes_and_explains_a_denial(result):
+    _, r = result
+    g = r.gateway
+    assert g.published.status == 200 and len(g.published_ids) == 4
+    assert len(g.consumed) == 4
+    assert {e["data"]["customer"]["name"] for e in g.consumed} <= {c[1] for c in demo.CUSTOMERS}
+    assert g.denied.status == 403
+    assert "analytics-svc" in g.explanation and "Publish" in g.explanation
+    assert any(cmd.startswith("curl") and "--cert" in cmd for cmd in g.commands)
+
+
 def test_audit_verifies_and_no_store_contains_plaintext_pii(result):
     home, r = result
     assert r.audit_ok and r.audit_size > 10
@@ -78,6 +89,7 @@ def test_demo_cli_runs_on_a_fresh_home(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "demo complete" in out.stdout
     assert "unknown_key" in out.stdout and "digest_mismatch" in out.stdout
+    assert "[erased]" in out.stdout and "[redacted]" in out.stdout  # markers survive Rich rendering
     # a second run refuses to reuse a non-empty home rather than wiping it
     again = subprocess.run(
         [sys.executable, "-m", "eventward.cli", "--home", str(tmp_path / "h"), "demo"],

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -30,7 +31,8 @@ def _customer_table(title: str, views: dict[str, scenario.View]) -> Table:
     for view in views.values():
         for ev in view.events:
             c = ev.data["customer"]
-            rows.setdefault(ev.data["order_id"], []).append(f"{c['name']} / {c['email']}")
+            # escape: "[erased]" and "[redacted]" would otherwise be read as Rich markup and vanish
+            rows.setdefault(ev.data["order_id"], []).append(escape(f"{c['name']} / {c['email']}"))
     for order_id, cells in rows.items():
         table.add_row(order_id, *cells)
     return table
@@ -80,8 +82,20 @@ def _render(name: str, data: Any) -> None:
         common.console.print(f"Signed erasure certificate recorded in the audit log at index {r.certificate_index}.")
         assert r.after_forget
         common.console.print(_customer_table("shipping-svc re-reads the log", {"shipping-svc": r.after_forget}))
+    elif name == "gateway":
+        g = r.gateway
+        assert g is not None and g.published and g.denied
+        _section("6. Any language: the HTTP gateway (mTLS)", f"eventward serve listening on {g.url}")
+        for cmd in g.commands:
+            common.console.print(f"  $ {cmd}", highlight=False, markup=False)
+        common.console.print(
+            f"orders-svc published {len(g.published_ids)} events (HTTP {g.published.status}); "
+            f"shipping-svc consumed {len(g.consumed)} decrypted and acked up to offset {g.committed}."
+        )
+        common.console.print(f"analytics-svc tried to publish: HTTP [red]{g.denied.status}[/]. Why?")
+        common.console.print(Panel(g.explanation.strip(), title="policy explain"), highlight=False)
     elif name == "audit":
-        _section("6. Tamper-evident audit log")
+        _section("7. Tamper-evident audit log")
         verdict = "[green]verifies[/]" if r.audit_ok else "[red]FAILED[/]"
         common.console.print(f"{r.audit_size} metadata-only records; full Merkle verification {verdict}.")
         common.console.print(Panel(r.checkpoint.strip(), title="signed checkpoint (publish it anywhere)"))
