@@ -6,7 +6,14 @@ per-subject DEKs), CloudEvents envelope, sealing, SQLite append (WAL, synchronou
 then seal verification, replay guard (persisted), decryption and a handler, with group
 offsets committed. The rate is events / (produce time + consume time) in one process.
 Baseline in the same run: the same events through the same SQLite schema as plain JSON
-(no validation, encryption, seals or checks), i.e. the price of security.
+(no validation, encryption, seals or checks), i.e. the price of security. Its wiring is the
+SDK's own (in-memory keys, an allow-list authorizer, no audit log).
+
+e2e_embedded_pipelined: producer and consumer as two processes on one home at the same
+time, as deployed services run, each wired by eventward.deployment (Cedar policy engine,
+audit log, KeyService with keys.db and the local KMS, registry, trust registry): everything
+above plus audited key unwraps. The rate is events / (last delivery - first send). Baselines:
+the same deployed wiring in one process (produce, then consume) and plain JSON in SQLite.
 
 seal_verify: the consumer's per-event authenticity check. eventward verifies one Ed25519
 signature per batch (500 events) plus one SHA-256 per event; the baseline verifies one
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +37,10 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bench.common import print_scenario, rate, scenario
-from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE, order_placed
+from bench import deployed, proc
+from bench.common import print_scenario, rate, scenario, summarize
+from bench.subjects import populate
+from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE, customer, order_placed
 from eventward import envelope
 from eventward.client.consumer import Consumer
 from eventward.client.dlq import DeadLetters
@@ -40,6 +50,7 @@ from eventward.client.trust import ACTIVE, TrustedKey, TrustRegistry
 from eventward.client.verify import SealVerifier
 from eventward.crypto import seal as sealing
 from eventward.crypto.fields import FieldEncryptor
+from eventward.deployment import Deployment
 from eventward.home import Home
 from eventward.keys.memory import MemoryKeys
 from eventward.log.base import Record
@@ -130,36 +141,83 @@ class _Stack:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _e2e(events: list[dict[str, Any]], parts: dict[str, list[float]]) -> Callable[[], int]:
-    def run_once() -> int:
-        stack = _Stack()
+def _e2e(events: list[dict[str, Any]]) -> tuple[float, float]:
+    """(produce seconds, consume seconds) of one run on a fresh stack; building it is not timed."""
+    stack = _Stack()
+    try:
+        seen = 0
+
+        def handler(event: Any) -> None:
+            nonlocal seen
+            seen += 1
+
+        t0 = time.perf_counter()
+        with stack.producer() as p:
+            for data in events:
+                p.send(EVENT_TYPE, data)
+        t1 = time.perf_counter()
+        stats = stack.consumer().run(handler, idle_timeout=0)
+        t2 = time.perf_counter()
+        if seen != len(events) or stats.delivered != len(events):
+            raise RuntimeError(f"delivered {stats.delivered} of {len(events)} events: {stats}")
+        return t1 - t0, t2 - t1
+    finally:
+        stack.close()
+
+
+def _deployed_home(root: Path, customers: int) -> Home:
+    """A deployed home whose customers' keys exist already (bulk-loaded): a service in its steady state."""
+    home = deployed.init_home(root / "home")
+    with Deployment.open(home) as d:
+        populate(d.keys, (customer(c)["id"] for c in range(customers)), ("pii",))
+        d.transport.create_stream(deployed.TOPIC)
+    return home
+
+
+def pipelined(n: int, customers: int = 1000) -> dict[str, float]:
+    """Producer and consumer as two processes on one deployed home, running at the same time.
+
+    The consumer starts first and waits; the rate is n / (last delivery - first send).
+    """
+    root = Path(tempfile.mkdtemp(prefix="ew-bench-pipelined-"))
+    try:
+        home = _deployed_home(root, customers)
+        consumer = proc.spawn("consume", home.root, "--events", str(n), "--group", "pipelined")
         try:
-            seen = 0
-
-            def handler(event: Any) -> None:
-                nonlocal seen
-                seen += 1
-
-            t0 = time.perf_counter()
-            with stack.producer() as p:
-                for data in events:
-                    p.send(EVENT_TYPE, data)
-            t1 = time.perf_counter()
-            stats = stack.consumer().run(handler, idle_timeout=0)
-            t2 = time.perf_counter()
-            if seen != len(events) or stats.delivered != len(events):
-                raise RuntimeError(f"delivered {stats.delivered} of {len(events)} events: {stats}")
-            parts["produce"].append(len(events) / (t1 - t0))
-            parts["consume"].append(len(events) / (t2 - t1))
-            return len(events)
+            proc.wait_ready(consumer, "consume")
+            produced = proc.run_role("produce", home.root, "--events", str(n), "--customers", str(customers))
+            consumed = proc.report(consumer, "consume")
         finally:
-            stack.close()
+            if consumer.poll() is None:
+                consumer.kill()
+                consumer.wait()
+        return {
+            "e2e": n / (consumed["last_delivered"] - produced["first_send"]),
+            "produce": n / (produced["flushed"] - produced["first_send"]),
+            "consumer_rss_mb": consumed["peak_rss_mb"],
+            "producer_rss_mb": produced["peak_rss_mb"],
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
-    return run_once
+
+def sequential(n: int, customers: int = 1000) -> float:
+    """The same deployed wiring in one process, producing then consuming: what pipelining adds to."""
+    root = Path(tempfile.mkdtemp(prefix="ew-bench-sequential-"))
+    try:
+        home = _deployed_home(root, customers)
+        events = [order_placed(i, customers) for i in range(n)]
+        with Deployment.open(home) as d:
+            _, produce_s = deployed.timed(lambda: deployed.produce(d, events))
+            _, consume_s = deployed.timed(lambda: deployed.consume(d, n))
+        return n / (produce_s + consume_s)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def _plain(events: list[dict[str, Any]]) -> Callable[[], int]:
-    """The insecure baseline: the same events as plain JSON through the same SQLite layout."""
+def plain_json_sqlite(events: list[dict[str, Any]], batch: int = BATCH) -> Callable[[], int]:
+    """The insecure baseline: the same events as plain JSON through the same SQLite layout,
+    one transaction per ``batch`` (as the log appends one sealed batch per transaction)."""
 
     def run_once() -> int:
         d = Path(tempfile.mkdtemp(prefix="ew-bench-plain-"))
@@ -168,8 +226,8 @@ def _plain(events: list[dict[str, Any]]) -> Callable[[], int]:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("CREATE TABLE events(stream TEXT, offset INTEGER, data BLOB, UNIQUE(stream, offset))")
-            for start in range(0, len(events), BATCH):
-                chunk = events[start : start + BATCH]
+            for start in range(0, len(events), batch):
+                chunk = events[start : start + batch]
                 raws = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in chunk]
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(
@@ -285,27 +343,40 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     n = 2_000 if quick else 100_000
     repeats = 1 if quick else 3
     events = [order_placed(i) for i in range(n)]
-    parts: dict[str, list[float]] = {"produce": [], "consume": []}
     steps = breakdown(events[:2_000])
-    measured = rate(_e2e(events, parts), repeats)
-    plain = rate(_plain(events), repeats)
-    med = (
-        sorted(parts["produce"])[len(parts["produce"]) // 2],
-        sorted(parts["consume"])[len(parts["consume"]) // 2],
-    )
+    runs = [_e2e(events) for _ in range(repeats)]
+    plain = rate(plain_json_sqlite(events), repeats)
     out = [
         scenario(
             "e2e_embedded",
-            measured,
+            summarize([n / (p + c) for p, c in runs]),
             {"plain_json_sqlite": plain},
             events=n,
             batch=BATCH,
-            produce_rate=med[0],
-            consume_rate=med[1],
+            produce_rate=statistics.median(n / p for p, _ in runs),
+            consume_rate=statistics.median(n / c for _, c in runs),
             target=50_000,
             us_per_event=steps,
         )
     ]
+    n_piped = 2_000 if quick else 50_000
+    piped = [pipelined(n_piped) for _ in range(repeats)]
+    one_process = summarize([sequential(n_piped) for _ in range(repeats)])
+    out.append(
+        scenario(
+            "e2e_embedded_pipelined",
+            summarize([r["e2e"] for r in piped]),
+            {"same deployed wiring, one process, produce then consume": one_process,
+             "plain_json_sqlite (one process)": plain},
+            events=n_piped,
+            batch=BATCH,
+            processes=2,
+            wiring="eventward.deployment (Cedar policy, audit log, KeyService + local KMS)",
+            produce_rate=statistics.median(r["produce"] for r in piped),
+            consumer_rss_mb=max(r["consumer_rss_mb"] for r in piped),
+            producer_rss_mb=max(r["producer_rss_mb"] for r in piped),
+        )
+    )
 
     m = 2_000 if quick else 100_000
     records, signed, signer = _sealed_records(m)

@@ -2,16 +2,16 @@
 
     python -m bench.bench_keys [--quick]
 
-forget: p50/p99 latency with 10k / 100k subjects (quick: 1k), each holding one real wrapped
-DEK per class (pii, payment, health), bulk-loaded. Baseline: a plain SQLite DELETE of the same
-rows (no secure_delete, no WAL truncation, no ledger), i.e. what secure erasure costs.
+forget: p50/p99 latency with 10k / 100k / 1M subjects (quick: 1k), each holding one real
+wrapped DEK per class (pii, payment, health), bulk-loaded in parallel (bench/subjects.py). Baseline: a
+plain SQLite DELETE of the same rows (no secure_delete, no WAL truncation, no ledger), i.e.
+what secure erasure costs.
 decryption_key / encryption_key: the LRU cache against the same service with caching off
 (a store read and a KEK unwrap per call).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import sqlite3
@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_scenario, rate, scenario
+from bench.subjects import populate_home
 from eventward.home import Home
-from eventward.keys.dek import DEK_BYTES, dek_aad, new_kid
-from eventward.keys.service import DEFAULT_CLASSES, KeyService, KeyServiceConfig
-from eventward.keys.store_base import DekRecord
+from eventward.keys.service import KeyService, KeyServiceConfig
 from eventward.policy.base import DECRYPT, FORGET, AllowList
 
 ADMIN = "admin"
@@ -36,23 +35,6 @@ def _authz() -> AllowList:
     return AllowList([(ADMIN, DECRYPT, ("Class", "*")), (ADMIN, FORGET, ("Subject", "*"))])
 
 
-def _populate(svc: KeyService, n: int) -> None:
-    """n subjects x one DEK per default class, really wrapped by the KMS, bulk-inserted."""
-    now = time.time()
-    batch: list[DekRecord] = []
-    for i in range(n):
-        h = svc.subject_hash(f"subject-{i}")
-        for cls in DEFAULT_CLASSES:
-            kid = new_kid()
-            kek, wrapped = svc.kms.wrap(cls, os.urandom(DEK_BYTES), dek_aad(kid, cls, h))
-            batch.append(DekRecord(kid, h, cls, 1, kek, wrapped, now))
-        if len(batch) >= 30_000:
-            svc.store.insert_many(batch)
-            batch.clear()
-    svc.store.insert_many(batch)
-    svc.store.purge()
-
-
 def _percentile(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
@@ -60,8 +42,8 @@ def _percentile(xs: list[float], p: float) -> float:
 
 def _forget_scenario(root: Path, n: int, samples: int) -> dict[str, Any]:
     home = Home(root / f"forget-{n}")
-    with KeyService.init(home, authorizer=_authz()) as svc:
-        _populate(svc, n)
+    KeyService.init(home, authorizer=_authz()).close()
+    populate_home(home, "subject-{}", n)
     plain = root / f"plain-{n}.db"
     shutil.copy(home.keys_db, plain)
     victims = random.Random(n).sample(range(n), samples)
@@ -141,7 +123,7 @@ def _cache_scenarios(root: Path, kids_n: int, lookups: int) -> list[dict[str, An
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    sizes, samples = ([1_000], 30) if quick else ([10_000, 100_000], 300)
+    sizes, samples = ([1_000], 30) if quick else ([10_000, 100_000, 1_000_000], 300)
     with tempfile.TemporaryDirectory(prefix="ew-bench-keys-") as tmp:
         root = Path(tmp)
         results = [_forget_scenario(root, n, samples) for n in sizes]

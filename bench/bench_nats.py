@@ -9,6 +9,12 @@ Scenarios (events of 600 bytes, batches of 500, a 16 KB seal per batch):
 * read: the transport reading those batches (pipelined direct gets) vs a raw pull
   consumer fetching one message per event.
 
+* full path: eventward's Producer and Consumer on the NATS transport as deployed
+  (eventward.deployment: Cedar policy, schema validation, field encryption, seals, audit log,
+  seal verification, replay guard, audited key unwraps, decryption, group offsets in the KV
+  bucket) against raw ``publish_async`` of the same OrderPlaced events as plain CloudEvents
+  JSON, one message each (and, end to end, plus a raw pull consumer). Target: >= 1.0x.
+
 The append ratios are what chose one message per batch (see eventward/log/nats.py).
 """
 
@@ -17,21 +23,32 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
+import statistics
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import nats
+import orjson
 from nats.js import api
 
-from bench.common import print_scenario, rate, scenario
+from bench import deployed
+from bench.common import print_scenario, rate, scenario, summarize
+from bench.subjects import populate
+from bench.workload import EVENT_TYPE, SOURCE, customer, order_placed
+from eventward import envelope
+from eventward.deployment import Deployment
+from eventward.home import Home
 from eventward.log import natsserver
 from eventward.log.nats import NatsTransport
 
 EVENT_BYTES = 600
 BATCH = 500
+CUSTOMERS = 1000
 SEAL = os.urandom(16 * 1024)
 
 
@@ -93,6 +110,57 @@ class _Raw:
         self.loop.close()
 
 
+def _eventward_once(home: Home, events: list[dict[str, Any]], topic: str) -> tuple[float, float]:
+    """(produce seconds, consume seconds) on a fresh topic; opening the deployment is not timed."""
+    with Deployment.open(home) as d:
+        _, produce_s = deployed.timed(lambda: deployed.produce(d, events, topic=topic))
+        _, consume_s = deployed.timed(lambda: deployed.consume(d, len(events), topic=topic, group=topic))
+    return produce_s, consume_s
+
+
+def _raw_once(raw: _Raw, plain: list[bytes], name: str) -> tuple[float, float]:
+    """(publish seconds, pull seconds) of the plain messages on a fresh JetStream stream."""
+    subject = raw.stream(name)
+    _, publish_s = deployed.timed(lambda: raw.run(raw.publish_async(subject, plain)))
+    _, pull_s = deployed.timed(lambda: raw.run(raw.pull_all(name, subject, len(plain))))
+    return publish_s, pull_s
+
+
+def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[dict[str, Any]]:
+    """eventward's Producer and Consumer on the NATS transport, everything on, against raw nats-py
+    publishing (and pulling) the same events as plain CloudEvents JSON, one message each."""
+    home = deployed.init_home(root / "home", config={"transport": "nats", "nats": {"servers": [url]}})
+    with Deployment.open(home) as d:
+        populate(d.keys, (customer(c)["id"] for c in range(CUSTOMERS)), ("pii",))
+    events = [order_placed(i, CUSTOMERS) for i in range(n)]
+    plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
+    ew = [_eventward_once(home, events, f"orders-{k}") for k in range(repeats)]
+    plain_runs = [_raw_once(raw, plain, f"RAW_FULL_{k}") for k in range(repeats)]
+    ew_produce, ew_e2e = [n / p for p, _ in ew], [n / (p + c) for p, c in ew]
+    raw_publish, raw_e2e = [n / p for p, _ in plain_runs], [n / (p + c) for p, c in plain_runs]
+    setup = {
+        "events": n,
+        "event_data_bytes": round(statistics.mean(len(orjson.dumps(e)) for e in events)),
+        "raw_message_bytes": round(statistics.mean(map(len, plain))),
+        "wiring": "eventward.deployment (Cedar policy, audit log, KeyService + local KMS) on NatsTransport",
+        "target_ratio": 1.0,
+    }
+    return [
+        scenario(
+            "nats produce: Producer, everything on",
+            summarize(ew_produce),
+            {"raw publish_async, msg per event (same events, plain)": summarize(raw_publish)},
+            **setup,
+        ),
+        scenario(
+            "nats e2e: Producer + Consumer, everything on",
+            summarize(ew_e2e),
+            {"raw publish_async + pull consumer (plain)": summarize(raw_e2e)},
+            **setup,
+        ),
+    ]
+
+
 def run(quick: bool = False) -> list[dict]:
     batches, repeats = (2, 1) if quick else (40, 3)
     events = [os.urandom(EVENT_BYTES) for _ in range(BATCH * batches)]
@@ -130,6 +198,7 @@ def run(quick: bool = False) -> list[dict]:
         ew_read = rate(read, repeats)
         raw_pull = rate(lambda: raw.run(raw.pull_all("RAW_EVENTS", per_event, total)), repeats)
         setup = {"event_bytes": EVENT_BYTES, "batch": BATCH, "seal_bytes": len(SEAL), "events": len(events)}
+        full = _full_path(url, raw, root, 1_000 if quick else 20_000, repeats)
         return [
             scenario(
                 "nats append: sealed batch per message",
@@ -140,13 +209,15 @@ def run(quick: bool = False) -> list[dict]:
             scenario(
                 "nats read: batch per message", ew_read, {"raw pull consumer, msg/event": raw_pull}, **setup
             ),
+            *full,
         ]
     finally:
         t.close()
         raw.close()
         natsserver.stop_all(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    for res in run():
+    for res in run(quick="--quick" in sys.argv[1:]):
         print_scenario(res)

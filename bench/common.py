@@ -6,10 +6,14 @@ machines are noisy, ratios much less so. Results are plain dicts written to JSON
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 
@@ -24,6 +28,11 @@ def rate(fn: Callable[[], int], repeats: int = 3) -> dict[str, float]:
         n = fn()
         dt = time.perf_counter() - t0
         rates.append(n / dt if dt > 0 else float("inf"))
+    return summarize(rates)
+
+
+def summarize(rates: list[float]) -> dict[str, float]:
+    """median/min/max of rates measured some other way (across processes, excluding setup)."""
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
@@ -51,9 +60,24 @@ def print_scenario(res: dict[str, Any]) -> None:
         print(f"    vs {b['name']:<33} {b['rate']['median']:>14,.0f} {res['unit']}  ratio {b['ratio']:.2f}x")
 
 
-def machine() -> dict[str, Any]:
-    import os
+def in_parallel(fn: Callable[[int, int], int], n: int, workers: int | None = None, min_share: int = 1000) -> int:
+    """``fn(start, stop)`` over ``[0, n)`` split across worker processes (one per CPU, at most 4,
+    each at least ``min_share`` items); returns the sum of what they return.
 
+    For setup work only (filling stores before a measurement). ``fn`` must be picklable (a
+    module-level function or a functools.partial of one). Workers are spawned, not forked, so
+    no SQLite handle or lock of this process is inherited.
+    """
+    workers = max(1, min(workers or os.cpu_count() or 1, 4, n // max(1, min_share)))
+    if workers == 1:
+        return fn(0, n)
+    bounds = [n * w // workers for w in range(workers + 1)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, a, b) for a, b in itertools.pairwise(bounds)]
+        return sum(f.result() for f in futures)
+
+
+def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,36 +11,88 @@ def _fmt(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
 
 
-def table(doc: dict[str, Any]) -> str:
+def _cell(text: str) -> str:
+    """Table cells may not contain a pipe or a newline."""
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def plot_name(scenario_name: str) -> str:
+    """A file name for a scenario's plot: lowercase, words joined by underscores."""
+    return re.sub(r"[^a-z0-9]+", "_", scenario_name.lower()).strip("_") + ".png"
+
+
+def table(doc: dict[str, Any], plot_dir: str | None = None) -> str:
+    """The Markdown results table; ``plot_dir`` (relative to the README) adds the plots below it."""
     m = doc["machine"]
+    load = doc.get("load_average", {}).get("before")
     lines = [
         f"Measured {doc['started']} on {m['cpus']} CPUs, {m['processor']}, Python {m['python']} "
-        f"({m['system']}); medians of repeated runs, ratios against baselines of the same run.",
+        f"({m['system']}){f', load average {load[0]:.2f} at the start' if load else ''}; "
+        "medians of repeated runs, ratios against baselines of the same run.",
+        "",
+        f"Reproduce: `make bench` (this run took {doc['seconds'] / 60:.0f} min; `make bench-quick` only checks "
+        "the harness); `python -m bench.bench_<area>` runs one area; `python -m bench.report` redraws this "
+        "table and the plots from `bench/results.json`.",
         "",
         "| scenario | eventward | unit | baseline | baseline rate | ratio |",
         "|---|---:|---|---|---:|---:|",
     ]
     for s in doc["scenarios"]:
         rate = _fmt(s["rate"]["median"])
+        name = _cell(s["name"])
         if not s["baselines"]:
-            lines.append(f"| {s['name']} | {rate} | {s['unit']} | | | |")
+            lines.append(f"| {name} | {rate} | {s['unit']} | | | |")
         for i, b in enumerate(s["baselines"]):
-            head = f"| {s['name']} | {rate} | {s['unit']}" if i == 0 else "| | |"
-            lines.append(f"{head} | {b['name']} | {_fmt(b['rate']['median'])} | {b['ratio']:.2f}x |")
-    extras = [s for s in doc["scenarios"] if s.get("summary")]
-    if extras:
+            head = f"| {name} | {rate} | {s['unit']}" if i == 0 else "| | |"
+            lines.append(f"{head} | {_cell(b['name'])} | {_fmt(b['rate']['median'])} | {b['ratio']:.2f}x |")
+    notes = [(s["name"], note) for s in doc["scenarios"] if (note := summary(s))]
+    if notes:
         lines.append("")
-        lines.extend(f"- {s['name']}: {s['summary']}" for s in extras)
+        lines.extend(f"- {name}: {note}" for name, note in notes)
+    curves = [s for s in doc["scenarios"] if s.get("curve")]
+    if plot_dir is not None and curves:
+        lines.append("")
+        lines.extend(f"![{s['name']}]({plot_dir}/{plot_name(s['name'])})" for s in curves)
     return "\n".join(lines)
 
 
-def update_readme(doc: dict[str, Any], readme: Path, begin: str, end: str) -> None:
+def summary(s: dict[str, Any]) -> str:
+    """The scenario's own summary, else its latency percentiles, else its curve's points."""
+    if s.get("summary"):
+        return str(s["summary"])
+    if "p50_ms" in s and "p99_ms" in s:
+        return f"latency p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms"
+    curve = s.get("curve")
+    if not curve:
+        return ""
+    series = list(curve["series"].items())
+    shared = [x for x, _ in series[0][1]]
+
+    def xs(pts: list[list[float]]) -> str:
+        return " / ".join(f"{x:,}" for x, _ in pts)
+
+    parts = []
+    for name, pts in series:
+        ys = " / ".join(_fmt(y) for _, y in pts)
+        parts.append(f"{name} {ys}" if [x for x, _ in pts] == shared else f"{name} {ys} (at {xs(pts)})")
+    return f"{curve.get('y_label', s['unit'])} at {curve['x_label']} {xs(series[0][1])}: " + "; ".join(parts)
+
+
+def update_readme(doc: dict[str, Any], readme: Path, begin: str, end: str, plots_in: Path | None = None) -> bool:
+    """Rewrite what is between the markers; False (file untouched) if a marker is missing."""
     text = readme.read_text()
     if begin not in text or end not in text:
-        return
+        return False
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{begin}\n{table(doc)}\n{end}{tail}")
+    plot_dir = None
+    if plots_in is not None:
+        try:
+            plot_dir = plots_in.resolve().relative_to(readme.resolve().parent).as_posix()
+        except ValueError:
+            plot_dir = None  # plots outside the README's tree: do not link them
+    readme.write_text(f"{head}{begin}\n{table(doc, plot_dir)}\n{end}{tail}")
+    return True
 
 
 def plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -62,12 +115,37 @@ def plots(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_xscale("log")
         ax.set_xlabel(curve["x_label"])
         ax.set_ylabel(curve.get("y_label", s["unit"]))
+        ax.set_ylim(bottom=0)
         ax.set_title(s["name"])
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = out_dir / f"{s['name']}.png"
+        path = out_dir / plot_name(s["name"])
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render plots and the README table from a saved results file, without measuring again."""
+    import argparse
+    import json
+
+    from bench import run
+
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    ap.add_argument("results", nargs="?", type=Path, default=run.BENCH_DIR / "results.json")
+    args = ap.parse_args(argv)
+    doc = json.loads(args.results.read_text())
+    for path in plots(doc, args.results.parent):
+        print(f"wrote {run.shown(path)}")
+    if doc.get("quick") or doc.get("partial") or doc.get("failed_areas"):
+        print("README table left as is (quick, partial or failed run)")
+    elif update_readme(doc, run.ROOT / "README.md", run.README_BEGIN, run.README_END, args.results.parent):
+        print("updated the README results table")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

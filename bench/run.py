@@ -2,10 +2,13 @@
 
     python -m bench.run            full run -> bench/results.json, bench/*.png, README table
     python -m bench.run --quick    small sizes; checks the harness produces well-formed JSON
-    python -m bench.run --only fields,audit
+    python -m bench.run --only fields,audit --out /tmp/partial.json
 
 Each ``bench/bench_<area>.py`` exposes ``run(quick: bool) -> list[dict]`` (see bench.common).
-Machines are noisy, so every scenario reports ratios against baselines measured in the same run.
+Machines are noisy, so every scenario reports ratios against baselines measured in the same
+run, and the JSON records the load average around the run. Plots go next to the JSON; the
+README table is rewritten only by a complete full run (every area, default output, no failure),
+so a partial or failed run never replaces published numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
+import os
 import sys
 import time
 import traceback
@@ -23,71 +28,140 @@ from bench.common import machine, print_scenario
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-AREAS = (
-    "fields", "keys", "keys_hsm", "schema", "policy", "audit", "e2e", "nats", "gateway", "memory", "scaling", "cli",
-)
+AREAS = ("fields", "keys", "keys_hsm", "schema", "policy", "audit", "e2e", "nats", "gateway", "memory", "scaling")
 README_BEGIN = "<!-- bench-table:begin -->"
 README_END = "<!-- bench-table:end -->"
 
 
 def discover(only: set[str] | None) -> list[str]:
+    """Areas whose module exists, in AREAS order; an unknown name in ``only`` is an error."""
+    unknown = sorted((only or set()) - set(AREAS))
+    if unknown:
+        raise SystemExit(f"unknown area(s): {', '.join(unknown)} (known: {', '.join(AREAS)})")
     present = [a for a in AREAS if (BENCH_DIR / f"bench_{a}.py").exists()]
     return [a for a in present if not only or a in only]
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def check_result(res: Any) -> None:
     """Every scenario must be well formed: CI checks the shape, not the numbers."""
-    if not isinstance(res, dict) or not isinstance(res.get("name"), str):
+    if not isinstance(res, dict) or not isinstance(res.get("name"), str) or not res["name"]:
         raise ValueError("scenario result must be a dict with a name")
+    name = res["name"]
+    if not isinstance(res.get("unit"), str):
+        raise ValueError(f"scenario {name}: unit must be a string")
     rate = res.get("rate")
-    if not isinstance(rate, dict) or not all(isinstance(rate.get(k), int | float) for k in ("median", "min", "max")):
-        raise ValueError(f"scenario {res.get('name')}: rate needs numeric median/min/max")
+    if not isinstance(rate, dict) or not all(_number(rate.get(k)) for k in ("median", "min", "max")):
+        raise ValueError(f"scenario {name}: rate needs finite numeric median/min/max")
     if not rate["min"] <= rate["median"] <= rate["max"]:
-        raise ValueError(f"scenario {res['name']}: min <= median <= max violated")
-    for b in res.get("baselines", []):
-        if not isinstance(b.get("name"), str) or not isinstance(b.get("ratio"), int | float):
-            raise ValueError(f"scenario {res['name']}: baseline needs a name and a numeric ratio")
+        raise ValueError(f"scenario {name}: min <= median <= max violated")
+    baselines = res.get("baselines")
+    if not isinstance(baselines, list):
+        raise ValueError(f"scenario {name}: baselines must be a list")
+    for b in baselines:
+        if not isinstance(b, dict) or not isinstance(b.get("name"), str) or not _number(b.get("ratio")):
+            raise ValueError(f"scenario {name}: baseline needs a name and a finite numeric ratio")
+        if not isinstance(b.get("rate"), dict) or not _number(b["rate"].get("median")):
+            raise ValueError(f"scenario {name}: baseline {b['name']} needs a numeric rate median")
+    if "curve" in res:
+        check_curve(name, res["curve"])
+    try:
+        json.dumps(res, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"scenario {name}: not JSON-serializable ({e})") from None
+
+
+def check_curve(name: str, curve: Any) -> None:
+    """A curve is {x_label, y_label?, log_x?, series: {name: [[x, y], ...]}} with numeric points."""
+    if not isinstance(curve, dict) or not isinstance(curve.get("x_label"), str):
+        raise ValueError(f"scenario {name}: curve needs an x_label")
+    series = curve.get("series")
+    if not isinstance(series, dict) or not series:
+        raise ValueError(f"scenario {name}: curve needs at least one series")
+    for sname, pts in series.items():
+        ok = isinstance(pts, list) and pts and all(
+            isinstance(p, list | tuple) and len(p) == 2 and _number(p[0]) and _number(p[1]) for p in pts
+        )
+        if not ok:
+            raise ValueError(f"scenario {name}: curve series {sname!r} needs [[x, y], ...] numeric points")
+        if curve.get("log_x") and any(p[0] <= 0 for p in pts):
+            raise ValueError(f"scenario {name}: curve series {sname!r} has x <= 0 on a log axis")
+
+
+def run_area(area: str, quick: bool) -> list[dict[str, Any]]:
+    """One area's checked scenarios; raises if the module fails or returns a malformed result."""
+    mod = importlib.import_module(f"bench.bench_{area}")
+    results = mod.run(quick=quick)
+    if not isinstance(results, list) or not results:
+        raise ValueError(f"bench_{area}.run() must return a non-empty list of scenarios")
+    for res in results:
+        check_result(res)
+        res["area"] = area
+    return results
+
+
+def shown(path: Path) -> str:
+    """The path relative to the repository when it is inside it, else as it is."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes for CI")
     ap.add_argument("--only", default="", help="comma-separated areas")
-    ap.add_argument("--out", default=None, help="JSON output path")
+    ap.add_argument("--out", default=None, help="JSON output path (plots are written next to it)")
     args = ap.parse_args(argv)
     only = {a.strip() for a in args.only.split(",") if a.strip()} or None
-    out_path = Path(args.out) if args.out else BENCH_DIR / ("results-quick.json" if args.quick else "results.json")
+    default_out = BENCH_DIR / ("results-quick.json" if args.quick else "results.json")
+    out_path = Path(args.out) if args.out else default_out
 
     results: list[dict[str, Any]] = []
     failures: list[str] = []
+    area_seconds: dict[str, float] = {}
+    load_before = os.getloadavg()
     t_start = time.time()
     for area in discover(only):
         print(f"== {area} ==", flush=True)
+        t0 = time.time()
         try:
-            mod = importlib.import_module(f"bench.bench_{area}")
-            for res in mod.run(quick=args.quick):
-                check_result(res)
-                res["area"] = area
+            for res in run_area(area, args.quick):
                 results.append(res)
                 print_scenario(res)
         except Exception:
             failures.append(area)
             traceback.print_exc()
+        area_seconds[area] = round(time.time() - t0, 1)
+        print(f"   ({area}: {area_seconds[area]} s)", flush=True)
     doc = {
         "quick": args.quick,
+        "partial": only is not None,
         "machine": machine(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "seconds": round(time.time() - t_start, 1),
+        "area_seconds": area_seconds,
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "scenarios": results,
         "failed_areas": failures,
     }
-    out_path.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {out_path.relative_to(ROOT)} ({len(results)} scenarios)")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    print(f"wrote {shown(out_path)} ({len(results)} scenarios in {doc['seconds']} s)")
     if not args.quick:
         from bench import report
 
-        report.plots(doc, BENCH_DIR)
-        report.update_readme(doc, ROOT / "README.md", README_BEGIN, README_END)
+        for png in report.plots(doc, out_path.parent):
+            print(f"wrote {shown(png)}")
+        if only is None and out_path == default_out and not failures:
+            report.update_readme(doc, ROOT / "README.md", README_BEGIN, README_END, BENCH_DIR)
+            print("updated the README results table")
+        else:
+            print("README table left as is (partial run, other output, or a failed area)")
     if failures:
         print(f"FAILED areas: {', '.join(failures)}", file=sys.stderr)
         return 1

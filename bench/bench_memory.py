@@ -1,0 +1,98 @@
+"""Consumer memory with a million data subjects: bounded, not proportional to the subjects.
+
+    python -m bench.bench_memory [--quick]
+
+consumer_memory_1m_subjects: 1,000,000 distinct data subjects (quick: 20,000), one OrderPlaced
+event each, so every event's PII is under a DEK of its own and the consumer's key cache never
+hits. Keys and events are written in bulk by worker processes (bench/bulk.py: random DEKs
+really wrapped by the local KMS, events sealed the way the Producer builds them). Then a consumer as
+deployed (eventward.deployment: Cedar policy, audit log, KeyService with its bounded DEK
+cache, seal verification, persisted replay guard, decryption) runs in a fresh process and
+reports its own peak RSS as it passes 1k, 10k, 100k, ... subjects: memory grows until the
+bounded caches (DEK LRU, dedup window) are full, then stays flat.
+
+Baseline in the same run: a plain reader process over the same log (read + JSON parse; no
+seal, replay guard, policy, keys or decryption), i.e. the floor of a Python process reading
+SQLite, for both events/s and RSS.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import bulk, deployed, proc
+from bench.common import print_scenario, scenario, summarize
+from eventward.config import Config
+from eventward.keys.service import KeyServiceConfig
+
+MARKS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000)
+
+
+def _measure(role: str, home: Path, n: int, marks: list[int]) -> dict[str, Any]:
+    res = proc.run_role(role, home, "--events", str(n), "--marks", ",".join(map(str, marks)))
+    res["rss_mb"] = {int(k): v for k, v in res["rss_mb"].items()}
+    res["rate"] = n / (res["last_delivered"] - res["started"])
+    return res
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n = 20_000 if quick else 1_000_000
+    marks = [m for m in MARKS if m < n] + [n]
+    root = Path(tempfile.mkdtemp(prefix="ew-bench-memory-"))
+    try:
+        home = deployed.init_home(root / "home")
+        t0 = time.perf_counter()
+        bulk.write(home, n)
+        setup_s = time.perf_counter() - t0
+        ew = _measure("consume", home.root, n, marks)
+        plain = _measure("read", home.root, n, marks)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rss, floor = ew["rss_mb"], plain["rss_mb"]
+    tenth, half = (max(m for m in rss if m <= n // k) for k in (10, 2))
+    cache_max, window = KeyServiceConfig().cache_max, Config().consumer.dedup_window
+    return [
+        scenario(
+            "consumer_memory_1m_subjects",
+            summarize([ew["rate"]]),
+            {"plain reader (read + parse, no checks)": summarize([plain["rate"]])},
+            subjects=n,
+            events=n,
+            rss_mb=rss,
+            plain_rss_mb=floor,
+            peak_rss_mb=ew["peak_rss_mb"],
+            dek_cache_max=cache_max,
+            dedup_window=window,
+            setup_seconds=round(setup_s, 1),
+            summary=(
+                f"consumer peak RSS {rss[tenth]:.0f} MB at {tenth:,} subjects, {rss[half]:.0f} MB at {half:,}, "
+                f"{rss[n]:.0f} MB at {n:,} ({rss[n] - rss[half]:+.1f} MB over the last {n - half:,}); "
+                f"plain reader {floor[n]:.0f} MB. Bounds: DEK cache {cache_max:,} keys, dedup window {window:,} ids."
+            ),
+            curve={
+                "x_label": "distinct data subjects consumed (one event each)",
+                "y_label": "peak RSS (MB)",
+                "log_x": True,
+                "series": {
+                    "eventward consumer": [[m, rss[m]] for m in sorted(rss)],
+                    "plain reader": [[m, floor[m]] for m in sorted(floor)],
+                },
+            },
+        )
+    ]
+
+
+def main() -> None:
+    for res in run(quick="--quick" in sys.argv[1:]):
+        print_scenario(res)
+        print(f"    {res['summary']}")
+        print(f"    rss_mb {res['rss_mb']}")
+
+
+if __name__ == "__main__":
+    main()
