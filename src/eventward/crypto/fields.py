@@ -10,6 +10,14 @@ Fail closed: encrypt either returns a fully encrypted copy or raises; decrypt ne
 back a value it could not verify as if it were clear. Inputs are never modified: outputs
 copy the containers on the way to each sensitive value and share the untouched subtrees
 (treat both as read-only, or copy before mutating).
+
+Hot path (every event of every producer and consumer): a FieldSpec is compiled once into a
+plan whose leaves carry their path's associated-data part; per event, the sensitive values
+are located as groups of leaves sharing one parent container (no per-field allocations for
+paths without arrays), the key source is asked once per class or key id, the key's part of
+the associated data comes from a bounded cache, and each field costs one AEAD call plus its
+token encoding. On decrypt, a token starting with the exact header of the previous token of
+its slot skips the header parse and the key lookup; its payload is checked in full anyway.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from eventward.crypto import tokens
-from eventward.crypto.tokens import GCM, NONCE_BYTES, SIV, KeyHandle, TokenCipher
+from eventward.crypto.tokens import GCM, NONCE_BYTES, SIV, TokenCipher
 from eventward.errors import AccessDenied, FieldSpecError, InputError, KeyDestroyed, KeyNotFound, TokenError
 from eventward.fieldspec import FieldRule, FieldSpec, parse_path
 from eventward.keys.base import DekSource
@@ -30,9 +38,17 @@ REDACTED = "[redacted]"  # what a reader not cleared for the field's class sees
 _MAX_PLANS = 256
 _DENIED = object()  # decryption-key outcomes, remembered for the rest of the event
 _DESTROYED = object()
+_NO_HEADER = (None, 0, None, b"")  # a slot's (header, payload offset, handle, head) before its first token
 
-# (concrete path, container in the output, key or index there, value, rule plan)
-_Found = tuple[str, Any, Any, Any, "_RulePlan"]
+# One sensitive value: (key or index in its container, concrete path, path part of the
+# associated data). Plain paths have theirs precomputed in the plan.
+_Leaf = tuple[Any, str, bytes]
+# Leaves of one slot (one class and algorithm): (slot, a rule plan of that slot, for its
+# class, algorithm and twin; the leaves).
+_Batch = tuple[int, "_RulePlan", tuple[_Leaf, ...]]
+# Values located in one event: (source container, output container, its sensitive leaves by
+# slot, every one of them present in the source).
+_Group = tuple[Any, Any, tuple[_Batch, ...]]
 
 
 @dataclass(frozen=True)
@@ -52,19 +68,22 @@ class _RulePlan:
     rule: FieldRule
     cls: str
     alg: str
-    slot: tuple[str, str]  # (cls, alg): one associated-data head per slot and event
-    fixed: bool  # the associated data ends in ``tail`` (SIV, or a path without arrays)
-    tail: bytes  # SIV: rule path; GCM: rule path if fixed
+    slot: int  # index of (cls, alg) in _Plan.slots: one key and associated-data head per slot and event
+    twin: int  # slot of the same class under the other algorithm (shares its key), or -1
+    fixed: bool  # the associated data ends in the rule path (SIV, or a path without arrays)
+    tail: bytes  # path_context(rule path)
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """A FieldSpec prepared once: plain paths grouped by parent object, overlaps refused."""
 
-    groups: tuple[tuple[tuple[str, ...], tuple[tuple[str, _RulePlan], ...]], ...]
+    # (parent names, names of its sensitive leaves, the leaves by slot)
+    groups: tuple[tuple[tuple[str, ...], frozenset[str], tuple[_Batch, ...]], ...]
     nested: tuple[_RulePlan, ...]  # rules with an array segment
     subject: tuple[str, ...] | None
     classes: frozenset[str]
+    slots: tuple[tuple[str, str], ...]  # distinct (cls, alg) pairs
     reports: dict[tuple[int, frozenset[str]], DecryptReport]
 
 
@@ -95,32 +114,34 @@ class FieldEncryptor:
         data-subject hash (None if the spec names no subject) for the envelope."""
         if type(event_id) is not str or not event_id:
             _check_event_id(event_id)
-        plan = self._plan(spec)
-        subject = _subject(spec, plan, data)
+        cached = self._plans.get(id(spec))  # self._plan(spec), its hit inlined
+        plan = cached[1] if cached is not None and cached[0] is spec else self._plan(spec)
+        subject = None if plan.subject is None else _subject(spec, plan, data)
         shash = None if subject is None else self._keys.subject_hash(subject)
-        out, found = _collect(spec, plan, data)
-        if not found:
+        out, located, count = _locate(spec, plan, data)
+        if not count:
             return out, shash
         ev = tokens.event_context(event_id)
-        nonces = os.urandom(NONCE_BYTES * len(found))  # one syscall per event; SIV fields skip theirs
+        nonces = os.urandom(NONCE_BYTES * count)  # one syscall per event; SIV fields skip theirs
         pos = 0
-        heads: dict[tuple[str, str], tuple[KeyHandle, bytes]] = {}  # (class, alg) -> (handle, head)
-        for path, container, k, value, rp in found:
-            entry = heads.get(rp.slot)
-            if entry is None:
-                entry = heads[rp.slot] = self._encryption_head(subject, rp, principal, shash, ev, heads)
-            h, head = entry
-            if rp.alg == GCM:
-                nonce = nonces[pos : pos + NONCE_BYTES]
-                pos += NONCE_BYTES
-            else:
-                nonce = None
-            ad = head + rp.tail if rp.fixed else head + tokens.path_context(path)
-            try:
-                # ``container`` belongs to ``out``, which nobody sees unless every field is sealed.
-                container[k] = h.seal(value, ad, nonce)
-            except InputError as e:
-                raise InputError(f"sensitive field {path}: {e.message}", path=path) from None
+        heads: list[Any] = [None] * len(plan.slots)  # per slot: (seal, associated-data head, (kid, dek))
+        for src, dst, batches in located:
+            for slot, rp, leaves in batches:
+                entry = heads[slot]
+                if entry is None:
+                    entry = heads[slot] = self._encryption_head(subject, rp, principal, shash, ev, heads)
+                seal, head, gcm = entry[0], entry[1], rp.alg == GCM
+                for k, path, tail in leaves:
+                    if gcm:
+                        nonce = nonces[pos : pos + NONCE_BYTES]
+                        pos += NONCE_BYTES
+                    else:
+                        nonce = None
+                    try:
+                        # ``dst`` belongs to ``out``, which nobody sees unless every field is sealed.
+                        dst[k] = seal(src[k], head + tail, nonce)
+                    except InputError as e:
+                        raise InputError(f"sensitive field {path}: {e.message}", path=path) from None
         return out, shash
 
     def decrypt(
@@ -139,80 +160,111 @@ class FieldEncryptor:
         TokenError for plaintext where a token belongs, a tampered or moved token, or a key id
         the key source never issued; KeyServiceError when the key source cannot answer.
         """
-        if uncleared not in ("redact", "token"):
+        if uncleared != "redact" and uncleared != "token":
             raise InputError("uncleared must be 'redact' or 'token'")
         if type(event_id) is not str or not event_id:
             _check_event_id(event_id)
-        plan = self._plan(spec)
-        if (plan.subject is None) != (subject_hash is None):
+        cached = self._plans.get(id(spec))
+        plan = cached[1] if cached is not None and cached[0] is spec else self._plan(spec)
+        if (subject_hash is None) != (plan.subject is None) or not (
+            subject_hash is None or type(subject_hash) is str
+        ):
             raise InputError(
-                "a subject hash is required exactly when the field spec names a data subject "
-                f"(spec subject: {spec.subject_path!r})"
+                "a subject hash (a string) is required exactly when the field spec names a data "
+                f"subject (spec subject: {spec.subject_path!r})"
             )
-        out, found = _collect(spec, plan, data)
+        out, located, count = _locate(spec, plan, data)
         ev = tokens.event_context(event_id)
-        heads: dict[tuple[str, str, str], tuple[Any, bytes]] = {}  # (kid, class, alg) -> (handle, head)
+        heads: dict[tuple[str, str, str], tuple[Any, bytes, Any]] = {}  # (kid, class, alg) -> entry
+        # Per slot: (header "ew1.<alg>.<kid>." of the last token seen there, payload offset,
+        # handle, associated-data head). A token starting with exactly that header has the same
+        # algorithm and key id, so it needs no header parse and no lookup (the usual case: one
+        # key per class and event); its payload is still decoded and checked in full.
+        recent: list[Any] = [None] * len(plan.slots)
         erased: list[str] = []
         redacted: list[str] = []
-        for path, container, k, value, rp in found:
-            try:
-                alg, kid, blob = tokens.split(value)
-                if alg != rp.alg:
-                    raise TokenError("token algorithm does not match the field's rule")
-                entry = heads.get((kid, rp.cls, alg))
-                if entry is None:
-                    entry = self._decryption_head(kid, rp, principal, subject_hash, ev, heads)
-                    heads[kid, rp.cls, alg] = entry
-                h, head = entry
-                if h is _DENIED:
-                    redacted.append(rp.cls)
-                    if uncleared == "redact":
-                        container[k] = REDACTED
-                elif h is _DESTROYED:
-                    erased.append(rp.cls)
-                    container[k] = ERASED
-                else:
-                    ad = head + rp.tail if rp.fixed else head + tokens.path_context(path)
-                    container[k] = h.open(alg, blob, ad)
-            except TokenError as e:
-                raise TokenError(f"sensitive field {path}: {e.message}", **{**e.details, "path": path}) from None
-        return out, _report(plan, found, erased, redacted)
+        for src, dst, batches in located:
+            for slot, rp, leaves in batches:
+                alg = rp.alg
+                header, start, h, head = recent[slot] or _NO_HEADER
+                for k, path, tail in leaves:
+                    value = src[k]
+                    try:
+                        if header is None or type(value) is not str or not value.startswith(header):
+                            header, start, h, head = recent[slot] = self._decryption_entry(
+                                value, rp, principal, subject_hash, ev, heads
+                            )
+                        if h is _DENIED or h is _DESTROYED:
+                            tokens.decode_payload(value, start, alg)  # refused all the same if malformed
+                            (redacted if h is _DENIED else erased).append(rp.cls)
+                            if h is _DESTROYED:
+                                dst[k] = ERASED
+                            elif uncleared == "redact":
+                                dst[k] = REDACTED
+                        else:
+                            dst[k] = h.open(alg, tokens.decode_payload(value, start, alg), head + tail)
+                    except TokenError as e:
+                        raise TokenError(
+                            f"sensitive field {path}: {e.message}", **{**e.details, "path": path}
+                        ) from None
+        return out, _report(plan, located, count, erased, redacted)
 
     def _encryption_head(
-        self, subject: str | None, rp: _RulePlan, principal: str, shash: str | None, ev: bytes,
-        heads: dict[tuple[str, str], tuple[KeyHandle, bytes]],
-    ) -> tuple[KeyHandle, bytes]:
-        """(handle, associated-data head) for a class new in this event: one key-source call per
-        class, shared by both algorithms."""
-        other = heads.get((rp.cls, GCM if rp.alg == SIV else SIV))
-        if other is not None:
-            h = other[0]
+        self,
+        subject: str | None,
+        rp: _RulePlan,
+        principal: str,
+        shash: str | None,
+        ev: bytes,
+        heads: list[Any],
+    ) -> tuple[Any, bytes, tuple[str, bytes]]:
+        """(handle.seal, associated-data head, (kid, dek)) for a slot new in this event: one
+        key-source call per class, shared by both algorithms."""
+        twin = heads[rp.twin] if rp.twin >= 0 else None
+        if twin is not None:
+            kid, dek = twin[2]
         else:
             kid, dek = self._keys.encryption_key(subject, rp.cls, principal=principal)
-            h = self._cipher.handle(kid, dek)
-        return h, _head(h, rp, shash, ev)
+        h, ctx = self._cipher.bound(kid, dek, rp.alg, rp.cls, shash)
+        return h.seal, ctx + (tokens.NO_EVENT if rp.alg == SIV else ev), (kid, dek)
 
-    def _decryption_head(
-        self, kid: str, rp: _RulePlan, principal: str, shash: str | None, ev: bytes, heads: dict[Any, Any]
-    ) -> tuple[Any, bytes]:
-        """(handle, associated-data head) for a key new in this event; (_DENIED or _DESTROYED, b"")."""
-        other = heads.get((kid, rp.cls, GCM if rp.alg == SIV else SIV))
-        h = other[0] if other is not None else self._decryption_handle(kid, rp.cls, principal)
-        if h is _DENIED or h is _DESTROYED:
-            return h, b""
-        return h, _head(h, rp, shash, ev)
+    def _decryption_entry(
+        self,
+        token: object,
+        rp: _RulePlan,
+        principal: str,
+        shash: str | None,
+        ev: bytes,
+        heads: dict[Any, Any],
+    ) -> tuple[str, int, Any, bytes]:
+        """(header, its length, handle, associated-data head) for a token whose header differs
+        from the last one in its slot; the handle is _DENIED or _DESTROYED (and the head b"")
+        when the key source refused the key. One key-source call per key id and event."""
+        alg, kid, start = tokens.parse_header(token)
+        if alg != rp.alg:
+            raise TokenError("token algorithm does not match the field's rule")
+        entry = heads.get((kid, rp.cls, alg))
+        if entry is None:
+            twin = heads.get((kid, rp.cls, GCM if alg == SIV else SIV)) if rp.twin >= 0 else None
+            dek = twin[2] if twin is not None else self._decryption_key(kid, rp.cls, principal)
+            if dek is _DENIED or dek is _DESTROYED:
+                entry = (dek, b"", dek)
+            else:
+                h, ctx = self._cipher.bound(kid, dek, alg, rp.cls, shash)
+                entry = (h, ctx + (tokens.NO_EVENT if alg == SIV else ev), dek)
+            heads[kid, rp.cls, alg] = entry
+        return token[:start], start, entry[0], entry[1]  # type: ignore[index]
 
-    def _decryption_handle(self, kid: str, cls: str, principal: str) -> Any:
-        """A handle, or _DENIED / _DESTROYED. Other KeyServiceErrors propagate: fail closed."""
+    def _decryption_key(self, kid: str, cls: str, principal: str) -> Any:
+        """The DEK, or _DENIED / _DESTROYED. Other KeyServiceErrors propagate: fail closed."""
         try:
-            dek = self._keys.decryption_key(kid, cls, principal=principal)
+            return self._keys.decryption_key(kid, cls, principal=principal)
         except AccessDenied:
             return _DENIED
         except KeyDestroyed:
             return _DESTROYED
         except KeyNotFound:
             raise TokenError(f"key id {kid} is unknown in class {cls!r} (forged or moved)", kid=kid) from None
-        return self._cipher.handle(kid, dek)
 
     def _plan(self, spec: FieldSpec) -> _Plan:
         entry = self._plans.get(id(spec))
@@ -237,48 +289,57 @@ def _compile(spec: FieldSpec) -> _Plan:
                 raise FieldSpecError(
                     f"field path {spec.rules[j].path!r} overlaps sensitive field {spec.rules[i].path!r}"
                 )
-    groups: dict[tuple[str, ...], list[tuple[str, _RulePlan]]] = {}
+    slots: dict[tuple[str, str], int] = {}
+    for r in spec.rules:
+        slots.setdefault((r.cls, SIV if r.deterministic else GCM), len(slots))
+    groups: dict[tuple[str, ...], dict[int, tuple[_RulePlan, list[_Leaf]]]] = {}
     nested = []
     for r, n in zip(spec.rules, names, strict=True):
         plain = not any(is_array for _, is_array in r.segments)
         alg = SIV if r.deterministic else GCM
-        rp = _RulePlan(r, r.cls, alg, (r.cls, alg), plain or r.deterministic, tokens.path_context(r.path))
+        twin = slots.get((r.cls, GCM if r.deterministic else SIV), -1)
+        fixed = plain or r.deterministic
+        rp = _RulePlan(r, r.cls, alg, slots[r.cls, alg], twin, fixed, tokens.path_context(r.path))
         if plain:
-            groups.setdefault(n[:-1], []).append((n[-1], rp))
+            batch = groups.setdefault(n[:-1], {}).setdefault(rp.slot, (rp, []))
+            batch[1].append((n[-1], r.path, rp.tail))
         else:
             nested.append(rp)
     subject = None if spec.subject_path is None else tuple(n for n, _ in parse_path(spec.subject_path))
-    groups_ = tuple((p, tuple(leaves)) for p, leaves in groups.items())
-    return _Plan(groups_, tuple(nested), subject, spec.classes, {})
+    groups_ = tuple(
+        (
+            parent,
+            frozenset(leaf[0] for _, leaves in batches.values() for leaf in leaves),
+            tuple((slot, rp, tuple(leaves)) for slot, (rp, leaves) in batches.items()),
+        )
+        for parent, batches in groups.items()
+    )
+    return _Plan(groups_, tuple(nested), subject, spec.classes, tuple(slots), {})
 
 
-def _report(plan: _Plan, found: list[_Found], erased: list[str], redacted: list[str]) -> DecryptReport:
-    classes = plan.classes if len(plan.classes) == 1 else frozenset(f[4].cls for f in found)
-    if found and not erased and not redacted:
+def _report(
+    plan: _Plan, located: list[_Group], count: int, erased: list[str], redacted: list[str]
+) -> DecryptReport:
+    if len(plan.classes) == 1:
+        classes = plan.classes
+    else:
+        classes = frozenset(rp.cls for _, _, batches in located for _, rp, _ in batches)
+    if count and not erased and not redacted:
         # The common outcome repeats event after event: share one immutable report.
-        report = plan.reports.get((len(found), classes))
+        report = plan.reports.get((count, classes))
         if report is None:
             if len(plan.reports) >= _MAX_PLANS:
                 plan.reports.clear()
-            report = plan.reports[len(found), classes] = DecryptReport(len(found), classes=classes)
+            report = plan.reports[count, classes] = DecryptReport(count, classes=classes)
         return report
     return DecryptReport(
-        decrypted=len(found) - len(erased) - len(redacted),
+        decrypted=count - len(erased) - len(redacted),
         erased=len(erased),
         redacted=len(redacted),
-        classes=classes if found else frozenset(),
+        classes=classes if count else frozenset(),
         erased_classes=frozenset(erased),
         redacted_classes=frozenset(redacted),
     )
-
-
-def _head(h: KeyHandle, rp: _RulePlan, shash: str | None, ev: bytes) -> bytes:
-    """The associated data of one field up to its path (layout in crypto/tokens.py). GCM binds
-    the event and the concrete path; SIV neither the event nor array indexes, so that equal
-    values stay equal."""
-    if rp.alg == SIV:
-        return h.context(SIV, rp.cls, shash) + tokens.NO_EVENT
-    return h.context(GCM, rp.cls, shash) + ev
 
 
 def _check_event_id(event_id: str) -> None:
@@ -287,15 +348,11 @@ def _check_event_id(event_id: str) -> None:
 
 
 def _subject(spec: FieldSpec, plan: _Plan, data: Any) -> str | None:
-    """spec.subject_of with the common case (a string or int in nested objects) inlined;
+    """spec.subject_of with the common case (a string or int in nested dicts) inlined;
     anything else goes to spec.subject_of, which decides or raises its own error."""
-    if plan.subject is None:
-        return None
     cur = data
-    for name in plan.subject:
-        if not isinstance(cur, dict) or name not in cur:
-            return spec.subject_of(data)
-        cur = cur[name]
+    for name in plan.subject:  # type: ignore[union-attr]
+        cur = cur.get(name) if type(cur) is dict else None
     if type(cur) is str and cur:
         return cur
     if type(cur) is int:
@@ -307,34 +364,47 @@ class _Mismatch(Exception):
     """A path ran into the wrong kind of container; spec.targets() words the error."""
 
 
-def _collect(spec: FieldSpec, plan: _Plan, data: Any) -> tuple[dict[str, Any], list[_Found]]:
-    """The output copy and every sensitive value in it, as ``spec.targets(data)`` finds them,
-    with copy-on-write containers so that writing a token never touches ``data``."""
-    if not isinstance(data, dict):
+def _locate(spec: FieldSpec, plan: _Plan, data: Any) -> tuple[dict[str, Any], list[_Group], int]:
+    """The output copy, the groups of sensitive values in it, and how many values: exactly
+    what ``spec.targets(data)`` finds, with copy-on-write containers so that writing a token
+    never touches ``data``."""
+    if type(data) is not dict and not isinstance(data, dict):
         list(spec.targets(data))  # raises FieldSpecError when any rule applies
         raise InputError(f"event data must be a JSON object, found {type(data).__name__}")
     out = data.copy()
-    found: list[_Found] = []
+    located: list[_Group] = []
+    count = 0
     try:
-        for parent, leaves in plan.groups:
+        for parent, names, batches in plan.groups:
             src, dst = data, out
             for name in parent:
                 child = src.get(name)  # missing or null: nothing below to protect
                 if child is None:
                     break
-                if not isinstance(child, dict):
+                if type(child) is not dict and not isinstance(child, dict):
                     raise _Mismatch
-                src, dst = child, _own(dst, name, child)
+                mine = dst[name]  # _own, inlined
+                if mine is child:
+                    mine = dst[name] = child.copy()
+                src, dst = child, mine
             else:
-                for leaf, rp in leaves:
-                    if leaf in src:
-                        found.append((rp.rule.path, dst, leaf, src[leaf], rp))
+                if src.keys() >= names:
+                    located.append((src, dst, batches))
+                    count += len(names)
+                else:  # some optional leaves are absent
+                    present = [(s, rp, tuple(f for f in fs if f[0] in src)) for s, rp, fs in batches]
+                    present = [b for b in present if b[2]]
+                    if present:
+                        located.append((src, dst, tuple(present)))
+                        count += sum(len(b[2]) for b in present)
         for rp in plan.nested:
-            _walk(data, out, rp.rule.segments, 0, "", rp, found)
+            before = len(located)
+            _walk(data, out, rp.rule.segments, 0, "", rp, located)
+            count += len(located) - before
     except _Mismatch:
         list(spec.targets(data))  # raises the FieldSpecError that names the path
         raise FieldSpecError("event data does not match the shape of the field spec") from None
-    return out, found
+    return out, located, count
 
 
 def _walk(
@@ -344,8 +414,9 @@ def _walk(
     i: int,
     prefix: str,
     rp: _RulePlan,
-    found: list[_Found],
+    located: list[_Group],
 ) -> None:
+    """Locate the values of one rule with an array segment, one group per value."""
     name, is_array = segs[i]
     if name not in src:
         return
@@ -354,11 +425,11 @@ def _walk(
     last = i == len(segs) - 1
     if not is_array:
         if last:
-            found.append((here, dst, name, child, rp))
+            located.append((src, dst, ((rp.slot, rp, ((name, here, _tail(rp, here)),)),)))
         elif child is not None:
             if not isinstance(child, dict):
                 raise _Mismatch
-            _walk(child, _own(dst, name, child), segs, i + 1, here, rp, found)
+            _walk(child, _own(dst, name, child), segs, i + 1, here, rp, located)
         return
     if child is None:
         return
@@ -368,11 +439,17 @@ def _walk(
     for idx, item in enumerate(child):
         p = f"{here}[{idx}]"
         if last:
-            found.append((p, items, idx, item, rp))
+            located.append((child, items, ((rp.slot, rp, ((idx, p, _tail(rp, p)),)),)))
         elif item is not None:
             if not isinstance(item, dict):
                 raise _Mismatch
-            _walk(item, _own(items, idx, item), segs, i + 1, p, rp, found)
+            _walk(item, _own(items, idx, item), segs, i + 1, p, rp, located)
+
+
+def _tail(rp: _RulePlan, path: str) -> bytes:
+    """The path part of the associated data: the concrete path (with array indexes) for GCM,
+    the rule path for SIV, so that equal values stay equal wherever they sit."""
+    return rp.tail if rp.fixed else tokens.path_context(path)
 
 
 def _own(dst: Any, key: Any, child: Any) -> Any:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import binascii
 import os
 import re
+import struct
 import threading
 from typing import Any, NamedTuple
 
@@ -49,15 +50,23 @@ _SIV_INFO = b"eventward/field-token/aes-siv-512/v1"
 _PREFIX = VERSION + "."
 _HEAD = re.compile(r"ew1\.([gs])\.([A-Za-z0-9_-]{1,64})\.")
 _TO_URL = bytes.maketrans(b"+/", b"-_")
-_FROM_URL = bytes.maketrans(b"-_", b"+/")
+# URL-safe to standard alphabet, and the characters the format leaves out ('+', '/' and the
+# padding '=') to '!', which the strict decoder refuses: one pass checks and translates.
+_FROM_URL = bytes.maketrans(b"-_+/=", b"+/!!!")
 _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _PAD = (b"", b"", b"==", b"=")
 # Allowed last characters by payload length mod 4: the unused low bits must be zero, or
 # flipping them would change the text but not the bytes (and go unnoticed).
-_LAST = (frozenset(_B64_ALPHABET), None, frozenset(_B64_ALPHABET[::16]), frozenset(_B64_ALPHABET[::4]))
+# Length 1 mod 4 is never valid base64: no character may end it.
+_LAST = (frozenset(_B64_ALPHABET), frozenset(), frozenset(_B64_ALPHABET[::16]), frozenset(_B64_ALPHABET[::4]))
 # Smallest blob: an orjson plaintext is at least one byte.
 _MIN_BLOB = {GCM: NONCE_BYTES + TAG_BYTES + 1, SIV: TAG_BYTES + 1}
 _MAX_CONTEXTS = 64
+_U32 = struct.Struct(">I").pack
+_a2b = binascii.a2b_base64
+_b2a = binascii.b2a_base64
+_dumps = orjson.dumps
+_loads = orjson.loads
 
 
 class Token(NamedTuple):
@@ -78,24 +87,33 @@ def is_token(value: object) -> bool:
 
 def split(token: object) -> tuple[str, str, bytes]:
     """``(alg, kid, blob)``, refusing anything non-canonical, so one token has one spelling."""
+    alg, kid, start = parse_header(token)
+    return alg, kid, decode_payload(token, start, alg)  # type: ignore[arg-type]
+
+
+def parse_header(token: object) -> tuple[str, str, int]:
+    """``(alg, kid, offset of the payload)`` of a token whose payload is not checked yet."""
     m = _HEAD.match(token) if isinstance(token, str) else None
     if m is None:
         raise TokenError(_diagnose(token))
-    text = token[m.end() :]  # type: ignore[index]
-    rem = len(text) % 4
-    last = _LAST[rem]
-    # The strict decoder below checks the alphabet, except for the characters the URL-safe
-    # translation would smuggle in ('+', '/') and padding, which the format leaves out.
-    if last is None or text[-1:] not in last or "+" in text or "/" in text or "=" in text:
+    return m[1], m[2], m.end()
+
+
+def decode_payload(token: str, start: int, alg: str) -> bytes:
+    """The blob of ``token[start:]``, a header already checked for ``alg``: canonical
+    base64url only (no padding, no '+' or '/', unused low bits zero) and long enough."""
+    rem = (len(token) - start) & 3
+    # Without this, flipping the unused low bits of the last character would change the text
+    # but not the bytes. An empty payload ends in the header's '.', which no set holds.
+    if token[-1] not in _LAST[rem]:
         raise TokenError("token payload is not canonical base64url")
     try:
-        blob = binascii.a2b_base64(text.encode("ascii").translate(_FROM_URL) + _PAD[rem], strict_mode=True)
+        blob = _a2b(token[start:].encode("ascii").translate(_FROM_URL) + _PAD[rem], strict_mode=True)
     except (UnicodeEncodeError, binascii.Error):
-        raise TokenError("token payload is not base64url") from None
-    alg = m[1]
+        raise TokenError("token payload is not canonical base64url") from None
     if len(blob) < _MIN_BLOB[alg]:
         raise TokenError("token payload is too short")
-    return alg, m[2], blob
+    return blob
 
 
 def parse(token: object) -> Token:
@@ -116,7 +134,7 @@ def check_kid(kid: str) -> str:
 
 
 def _b64(blob: bytes) -> str:
-    return binascii.b2a_base64(blob, newline=False).translate(_TO_URL).rstrip(b"=").decode("ascii")
+    return _b2a(blob, newline=False).translate(_TO_URL, b"=").decode()  # translated, padding deleted
 
 
 def _diagnose(token: object) -> str:
@@ -136,8 +154,8 @@ def _diagnose(token: object) -> str:
 
 
 def _lp(part: str) -> bytes:
-    b = part.encode("utf-8")
-    return len(b).to_bytes(4, "big") + b
+    b = part.encode()  # UTF-8
+    return _U32(len(b)) + b
 
 
 def key_context(alg: str, kid: str, cls: str, subject_hash: str | None) -> bytes:
@@ -145,12 +163,10 @@ def key_context(alg: str, kid: str, cls: str, subject_hash: str | None) -> bytes
     return b"".join((_lp(VERSION), _lp(alg), _lp(kid), _lp(cls), _lp(subject_hash or "")))
 
 
-def event_context(event_id: str) -> bytes:
-    return _lp(event_id)
-
-
-def path_context(path: str) -> bytes:
-    return _lp(path)
+# The associated data's event and path parts: the same length-prefixed encoding as every other
+# part (aliases rather than wrappers: the field encryptor calls them per event and field).
+event_context = _lp
+path_context = _lp
 
 
 NO_EVENT = event_context("")  # what SIV tokens bind in place of the event id
@@ -206,16 +222,17 @@ class KeyHandle:
         """A token for ``value``. ``nonce``: 12 fresh bytes from os.urandom, never reused,
         for GCM; None selects deterministic AES-SIV."""
         try:
-            pt = orjson.dumps(value)
+            pt = _dumps(value)
         except orjson.JSONEncodeError:
             # Name the type only: orjson's own message can quote the value.
             kind = type(value).__name__
             raise InputError(f"a sensitive value of type {kind} is not JSON-serializable") from None
         if nonce is None:
-            blob, prefix = self._siv_cipher().encrypt(pt, [ad]), self._prefix_s
-        else:
-            blob, prefix = nonce + self._gcm.encrypt(nonce, pt, ad), self._prefix_g
-        return prefix + binascii.b2a_base64(blob, newline=False).translate(_TO_URL).rstrip(b"=").decode()
+            return self._prefix_s + _b64(self._siv_cipher().encrypt(pt, [ad]))
+        # _b64 inlined: this line runs once per sensitive field.
+        return self._prefix_g + _b2a(nonce + self._gcm.encrypt(nonce, pt, ad), newline=False).translate(
+            _TO_URL, b"="
+        ).decode()
 
     def open(self, alg: str, blob: bytes, ad: bytes) -> Any:
         """The value, or TokenError when the blob or its context was altered."""
@@ -227,7 +244,7 @@ class KeyHandle:
         except InvalidTag:
             raise TokenError("token does not verify: tampered, or moved from another context") from None
         try:
-            return orjson.loads(pt)
+            return _loads(pt)
         except orjson.JSONDecodeError:
             raise TokenError("token plaintext is not JSON") from None
 
@@ -246,13 +263,33 @@ class TokenCipher:
             raise InputError("max_keys must be at least 1")
         self._max = max_keys
         self._handles: dict[tuple[str, bytes], KeyHandle] = {}
+        self._bound: dict[tuple[str, bytes, str, str, str | None], tuple[KeyHandle, bytes]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TokenCipher({len(self._handles)} cached keys, max {self._max})"
 
     def clear(self) -> None:
-        self._handles.clear()
+        with self._lock:
+            self._handles.clear()
+            self._bound.clear()
+
+    def bound(
+        self, kid: str, dek: bytes, alg: str, cls: str, subject_hash: str | None
+    ) -> tuple[KeyHandle, bytes]:
+        """``(handle, key_context(alg, kid, cls, subject_hash))``, cached together: the field
+        encryptor needs both for every key of every event, and one lookup beats two."""
+        if type(kid) is not str or type(dek) is not bytes:  # KeyHandle names what is wrong, if anything
+            return KeyHandle(kid, dek), key_context(alg, kid, cls, subject_hash)
+        slot = (kid, dek, alg, cls, subject_hash)
+        hit = self._bound.get(slot)
+        if hit is None:
+            hit = (self.handle(kid, dek), key_context(alg, kid, cls, subject_hash))
+            with self._lock:  # bounded: decrypt sees attacker-chosen key ids and subject hashes
+                if len(self._bound) >= self._max:
+                    self._bound.pop(next(iter(self._bound)), None)
+                self._bound[slot] = hit
+        return hit
 
     def handle(self, kid: str, dek: bytes) -> KeyHandle:
         """The cached handle for this key; KeyServiceError if the key source gave a bad key."""

@@ -29,6 +29,7 @@ from eventward.schema.json_validate import compile_json
 from eventward.schema.tags import avro_spec, json_spec
 
 _CACHE_SIZE = 64
+_dumps = orjson.dumps
 _cache: OrderedDict[str, CompiledSchema] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -43,9 +44,26 @@ class CompiledSchema:
     spec: FieldSpec
     max_event_bytes: int
     _check: Callable[[Any], ValidationError | None] = field(repr=False)
+    # Optional hot path: returns for valid data, raises a ValueError for invalid data.
+    _fast: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     def validate(self, data: Any) -> None:
         """Raise ValidationError (path and rule, never the value) unless ``data`` is valid."""
+        fast = self._fast
+        if fast is not None:
+            # problem() inlined for the common outcome: one size check and the generated
+            # validator, no wrapper in between. Any failure goes to problem() to be worded.
+            try:
+                small = len(_dumps(data)) <= self.max_event_bytes
+            except TypeError:  # orjson.JSONEncodeError: problem() says "json"
+                small = False
+            if small:
+                try:
+                    fast(data)
+                except ValueError:  # JsonSchemaValueException
+                    pass
+                else:
+                    return
         err = self.problem(data)
         if err is not None:
             raise err  # raised outside any except block: no chained exception can carry a value
@@ -53,7 +71,7 @@ class CompiledSchema:
     def problem(self, data: Any) -> ValidationError | None:
         """The ValidationError ``validate`` would raise, or None."""
         try:
-            size = len(orjson.dumps(data))
+            size = len(_dumps(data))
         except TypeError:  # orjson.JSONEncodeError: not JSON, or nested too deeply
             return ValidationError("$: json", path="$", rule="json")
         if size > self.max_event_bytes:
@@ -91,7 +109,7 @@ def compile_schema(
 def _replace_raw(hit: CompiledSchema, raw: bytes, parsed: dict[str, Any]) -> CompiledSchema:
     """Same schema, different formatting: share the compiled parts, keep the caller's bytes."""
     return CompiledSchema(
-        hit.fmt, hit.fingerprint, raw, parsed, hit.tree, hit.spec, hit.max_event_bytes, hit._check
+        hit.fmt, hit.fingerprint, raw, parsed, hit.tree, hit.spec, hit.max_event_bytes, hit._check, hit._fast
     )
 
 
@@ -100,7 +118,7 @@ def _compile(fmt: str, fp: str, raw: bytes, parsed: dict[str, Any]) -> CompiledS
         norm = json_schema.normalize(parsed)
         spec = json_spec(norm.tree)
         check = compile_json(norm)
-        return CompiledSchema(fmt, fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check)
+        return CompiledSchema(fmt, fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast)
     anorm = avro_schema.normalize(parsed)
     spec = avro_spec(anorm.tree)
     return CompiledSchema(
