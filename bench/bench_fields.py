@@ -20,9 +20,7 @@ a new dict with the three fields as URL-safe strings (and back), leaving its inp
 from __future__ import annotations
 
 import binascii
-import gc
 import os
-import statistics
 import sys
 import time
 import uuid
@@ -33,7 +31,7 @@ import orjson
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from bench.common import print_scenario, rate, scenario
+from bench.common import interleaved, print_scenario, scenario
 from bench.workload import ORDER_SPEC, order_placed
 from eventward.crypto import fields as _fields
 from eventward.crypto import tokens
@@ -103,26 +101,6 @@ class AesGcmFloor:
             blob = binascii.a2b_base64(text.encode().translate(_FROM_URL) + b"=" * (-len(text) % 4))
             nc[name] = orjson.loads(self._gcm.decrypt(blob[:12], blob[12:], None))
         return {**data, "customer": nc}
-
-
-def _interleaved(fns: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
-    """Like common.rate, but one run of each implementation per round, so that noise from
-    other work on the machine hits all of them alike. A warm-up run comes first (keys
-    created, plans compiled), and the objects alive by then (inputs, keys, caches) are moved
-    out of the garbage collector's sight: every measured run is steady state, and none pays
-    for traversing the test data the others also hold."""
-    for fn in fns.values():
-        fn()
-    gc.collect()
-    gc.freeze()
-    try:
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                samples[name].append(rate(fn, 1)["median"])
-    finally:
-        gc.unfreeze()
-    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in samples.items()}
 
 
 def _cpu_us(step: Callable[[str, dict[str, Any]], object], sample: list[tuple[str, dict[str, Any]]]) -> float:
@@ -257,8 +235,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     f_enc, f_dec = baseline(fernet)
     g_enc, g_dec = baseline(floor)
-    e = _interleaved({"eventward": ew_encrypt, "fernet_per_field": f_enc, "aesgcm_floor": g_enc}, rounds)
-    d = _interleaved(
+    e = interleaved({"eventward": ew_encrypt, "fernet_per_field": f_enc, "aesgcm_floor": g_enc}, rounds)
+    d = interleaved(
         {"eventward": ew_decrypt, "cleared": ew_decrypt_cleared, "fernet_per_field": f_dec,
          "aesgcm_floor": g_dec},
         rounds,

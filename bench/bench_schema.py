@@ -17,41 +17,20 @@ ORDER_JSON_SCHEMA: 7 patterns, 2 formats, 2 enums, nested objects and an items a
 from __future__ import annotations
 
 import copy
-import gc
-import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fastjsonschema
 
-from bench.common import print_scenario, rate, scenario
+from bench.common import interleaved, print_scenario, scenario
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, ORDER_SPEC, order_placed
 from eventward.crypto.fields import FieldEncryptor
 from eventward.keys.memory import MemoryKeys
 from eventward.policy.base import APPROVE_SCHEMA, PROPOSE_SCHEMA, AllowList
 from eventward.schema import Registry, SchemaVersion
-
-
-def _interleaved(fns: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
-    """One run of each implementation per round (after a warm-up), so machine noise hits all alike.
-    As in bench_fields, the objects alive after the warm-up (events, compiled schemas, keys) are
-    moved out of the garbage collector's sight, so no run pays for traversing the test data."""
-    for fn in fns.values():
-        fn()
-    gc.collect()
-    gc.freeze()
-    try:
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(rounds):
-            for name, fn in fns.items():
-                samples[name].append(rate(fn, 1)["median"])
-    finally:
-        gc.unfreeze()
-    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in samples.items()}
 
 
 def active_version(root: Path) -> SchemaVersion:
@@ -102,7 +81,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             enc.encrypt(eid, data, spec, principal="producer")
         return n
 
-    r = _interleaved(
+    r = interleaved(
         {
             "validate": ew_validate,
             "plain": plain_validate,

@@ -6,6 +6,7 @@ machines are noisy, ratios much less so. Results are plain dicts written to JSON
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -85,3 +86,23 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "system": platform.platform(),
     }
+
+
+def interleaved(fns: dict[str, Callable[[], int]], rounds: int) -> dict[str, dict[str, float]]:
+    """Like common.rate, but one run of each implementation per round, so that noise from
+    other work on the machine hits all of them alike. A warm-up run comes first (keys
+    created, plans compiled), and the objects alive by then (inputs, keys, caches) are moved
+    out of the garbage collector's sight: every measured run is steady state, and none pays
+    for traversing the test data the others also hold."""
+    for fn in fns.values():
+        fn()
+    gc.collect()
+    gc.freeze()
+    try:
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(rounds):
+            for name, fn in fns.items():
+                samples[name].append(rate(fn, 1)["median"])
+    finally:
+        gc.unfreeze()
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in samples.items()}
