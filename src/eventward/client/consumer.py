@@ -275,26 +275,19 @@ class Consumer:
                 event_id=event.id,
                 event_type=event.type,
             )
-            guard.settle(
-                stream=rec.stream,
-                offset=rec.offset,
-                event_id=event.id,
-                instance=s.instance,
-                seq=event.seq,
-                status=rp.DEAD,
-                mode=mode,
-            )
-            stats.dead_lettered += 1
-            return DEAD_LETTERED
+        status = rp.OK if error is None else rp.DEAD
         guard.settle(
             stream=rec.stream,
             offset=rec.offset,
             event_id=event.id,
             instance=s.instance,
             seq=event.seq,
-            status=rp.OK,
+            status=status,
             mode=mode,
         )
+        if error is not None:
+            stats.dead_lettered += 1
+            return DEAD_LETTERED
         stats.delivered += 1
         return DELIVERED
 
