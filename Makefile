@@ -6,6 +6,15 @@ DEMO_HOME ?= $(CURDIR)/.demo-home
 
 .PHONY: demo test lint unit bench bench-quick clean
 
+# `make test` needs a few Debian packages (listed in scripts/ensure-system-deps): installed there as
+# root, otherwise make stops here with the one line naming what to install.
+ifneq ($(filter test unit,$(MAKECMDGOALS)),)
+SYSTEM_DEPS_ERROR := $(shell scripts/ensure-system-deps 3>&1 1>&2 2>&3)
+ifneq ($(SYSTEM_DEPS_ERROR),)
+$(error $(SYSTEM_DEPS_ERROR))
+endif
+endif
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3

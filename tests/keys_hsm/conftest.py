@@ -20,6 +20,7 @@ import pytest
 from pkcs11 import Attribute, ObjectClass
 
 from eventward.audit.base import MemoryAudit
+from eventward.errors import KMSUnavailable
 from eventward.home import Home
 from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
 from eventward.keys.service import KeyService
@@ -43,8 +44,26 @@ class SoftHSM:
         return Pkcs11Config(module=self.module, token_label=token, **kw)
 
 
+MISSING_SOFTHSM = (
+    "SoftHSM2 is not installed: run 'sudo apt-get install -y softhsm2' "
+    "(make test installs it when run as root; see scripts/ensure-system-deps)"
+)
+
+
+def require_softhsm() -> str:
+    """The SoftHSM2 module path, or a test failure with one line naming the package (no traceback)."""
+    try:
+        module = softhsm_module()
+    except KMSUnavailable:
+        module = ""
+    if not module or shutil.which("softhsm2-util") is None:
+        pytest.fail(MISSING_SOFTHSM, pytrace=False)
+    return module
+
+
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory) -> Iterator[SoftHSM]:
+    module = require_softhsm()
     # SoftHSM fsyncs every token object it writes (~0.1 s each on disk): tmpfs keeps the suite fast.
     shm = Path("/dev/shm")
     root = Path(tempfile.mkdtemp(prefix="eventward-softhsm-", dir=shm)) if shm.is_dir() else (
@@ -61,7 +80,7 @@ def softhsm(tmp_path_factory) -> Iterator[SoftHSM]:
             ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", PIN, "--so-pin", SO_PIN],
             check=True, capture_output=True, env=os.environ,
         )
-    yield SoftHSM(softhsm_module(), conf)
+    yield SoftHSM(module, conf)
     shutil.rmtree(root, ignore_errors=True)
 
 
