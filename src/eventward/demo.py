@@ -20,7 +20,7 @@ from eventward.audit.verify import verify_log
 from eventward.client.types import Delivered, RunStats
 from eventward.crypto import seal as sealing
 from eventward.deployment import Deployment
-from eventward.errors import ApprovalRequired
+from eventward.errors import AccessDenied, ApprovalRequired
 from eventward.home import Home
 
 if TYPE_CHECKING:  # gateway_demo builds on this module's scenario, so import it lazily
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # gateway_demo builds on this module's scenario, so import it
 
 TOPIC = "orders"
 EVENT_TYPE = "OrderPlaced"
-ADMIN, AUTHOR, APPROVER = "admin", "alice", "bob"
+ADMIN, AUTHOR, APPROVER, SECURITY_ADMIN = "admin", "alice", "bob", "carol"
 PRODUCER, SHIPPING, ANALYTICS = "orders-svc", "shipping-svc", "analytics-svc"
 
 CUSTOMERS = (
@@ -72,6 +72,7 @@ class DemoResult:
     schema_version: int = 0
     poison_findings: list[str] = field(default_factory=list)
     poison_held: bool = False
+    poison_signoff_refused: bool = False  # bob (schema-admin) cannot also give the security sign-off
     produced: list[str] = field(default_factory=list)
     stored_sample: str = ""
     shipping: View | None = None
@@ -127,6 +128,10 @@ def schemas(dep: Deployment, result: DemoResult, step: Step) -> None:
         result.poison_held = True
     else:
         result.poison_held = dep.registry.active(EVENT_TYPE).version == result.schema_version
+    try:  # separation of duties: the sign-off must come from a security-admin other than bob
+        dep.registry.approve(APPROVER, EVENT_TYPE, prop.version, security=True)
+    except AccessDenied:
+        result.poison_signoff_refused = True
     dep.registry.reject(APPROVER, EVENT_TYPE, prop.version)
     step("poison", result)
 

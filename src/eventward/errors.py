@@ -143,6 +143,12 @@ class AccessDenied(SecurityError):
         self.explanation = explanation
 
 
+class SeparationOfDuties(AccessDenied):
+    """One principal tried to hold two roles of one change (e.g. schema and security approval)."""
+
+    code = "separation_of_duties"
+
+
 class TokenError(SecurityError):
     """A field token is malformed, was tampered with, or was moved to another context."""
 

@@ -20,7 +20,7 @@ def result(tmp_path_factory):
 def test_schema_poisoning_is_held_for_security_approval(result):
     _, r = result
     assert r.schema_version == 1
-    assert r.poison_held
+    assert r.poison_held and r.poison_signoff_refused  # bob cannot sign off his own approval
     assert any("email" in f and "tag_removed" in f for f in r.poison_findings)
 
 

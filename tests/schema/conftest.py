@@ -115,8 +115,10 @@ def mutate(doc: dict[str, Any], path: str, **changes: Any) -> dict[str, Any]:
 
 
 def activate(reg: Registry, doc: Any, fmt: str = "json", type_: str = TYPE) -> int:
-    """Propose as alice and approve as sec (with security), returning the active version."""
+    """Propose as alice, approve as bob and, if the change needs it, security-approve as sec."""
     p = reg.propose("alice", type_, doc, fmt)
-    v = reg.approve("sec", type_, p.version, security=True)
+    v = reg.approve("bob", type_, p.version)
+    if p.needs_security_approval:
+        v = reg.approve("sec", type_, p.version, security=True)
     assert v.state == "active"
     return v.version

@@ -25,14 +25,17 @@ def main() -> None:
         (p, a, ("Schema", "*"))
         for p in ("w1", "w2")
         for a in (PROPOSE_SCHEMA, APPROVE_SCHEMA, APPROVE_SECURITY)
-    ]
+    ] + [("w3", APPROVE_SECURITY, ("Schema", "*"))]
     with Registry(db, authorizer=AllowList(grants)) as reg:
         try:
             if op == "propose":
                 out = {"version": reg.propose("w1", type_, doc(arg)).version}
             elif op == "activate":
                 p = reg.propose("w1", type_, doc(arg))
-                out = {"version": reg.approve("w2", type_, p.version, security=True).version}
+                v = reg.approve("w2", type_, p.version)
+                if p.needs_security_approval:  # from a third principal (separation of duties)
+                    v = reg.approve("w3", type_, p.version, security=True)
+                out = {"version": v.version}
             else:
                 out = {"state": str(reg.approve("w2", type_, arg).state)}
         except EventwardError as e:

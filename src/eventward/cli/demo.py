@@ -52,6 +52,8 @@ def _render(name: str, data: Any) -> None:
         )
     elif name == "poison":
         status = "[green]held: needs security approval[/]" if r.poison_held else "[red]ACTIVATED[/]"
+        if r.poison_signoff_refused:
+            status += " (bob's own sign-off refused: a security-admin must give it)"
         common.console.print(
             f"Poisoning attempt (email tag removed): findings {r.poison_findings} -> {status}; rejected."
         )

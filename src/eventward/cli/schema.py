@@ -130,7 +130,7 @@ def propose_cmd(
 def approve_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     version: int = typer.Argument(...),
-    security: bool = typer.Option(False, "--security", help="Also give the security approval."),
+    security: bool = typer.Option(False, "--security", help="Give the security approval (ApproveSecurity; never the proposer or the schema approver)."),
     principal: str = _AS,
 ) -> None:
     """Approve a proposed version (never your own); it activates once all approvals are in."""

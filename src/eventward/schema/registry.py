@@ -4,9 +4,11 @@ A change is proposed (authorized ProposeSchema; refused outright if unsafe, malf
 incompatible under the subject's mode), then approved by a second principal (ApproveSchema;
 the proposer can never approve their own change, including the first version). A change
 with security findings (security.py) additionally needs an approval with ``security=True``
-by a principal allowed ApproveSecurity; it stays ``proposed`` until every needed approval is
-in. Only one proposal per subject is open at a time, so every proposal was checked against
-the version it would replace; activation re-checks compatibility under the current mode.
+by a principal allowed ApproveSecurity who is neither the proposer nor the schema approver
+(separation of duties: no one principal holds two of the three roles of one change); it
+stays ``proposed`` until every needed approval is in. Only one proposal per subject is open
+at a time, so every proposal was checked against the version it would replace; activation
+re-checks compatibility under the current mode.
 
 Reads (``get``, ``active``, ``list``, ``check``) are open to any caller of the library; the
 gateway authorizes them. Every change and every refusal is audited (metadata only: type,
@@ -38,6 +40,7 @@ from eventward.errors import (
     NotFoundError,
     SchemaIncompatible,
     SchemaSecurityError,
+    SeparationOfDuties,
 )
 from eventward.home import Home
 from eventward.policy import base as policy
@@ -60,6 +63,7 @@ from eventward.schema.store import Row, Store
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\-]{0,254}\Z")
 _PRINCIPAL = re.compile(r"[^\x00-\x1f\x7f]{1,256}\Z")
 _MAX_KINDS_CHARS = 240
+SCHEMA, SECURITY = "schema", "security"  # the two approval kinds, from two different principals
 Document = bytes | bytearray | str | Mapping[str, Any]
 
 
@@ -168,16 +172,17 @@ class Registry:
         return Proposal(type_, version, compiled.fingerprint, principal, report)
 
     def approve(self, principal: str, type_: str, version: int, *, security: bool = False) -> SchemaVersion:
-        """Approve a proposed version; it becomes active once every needed approval is in.
+        """Give one approval of a proposed version; it activates once every needed one is in.
 
-        ``security=True`` also gives the security approval a change with security findings
-        needs (requires ApproveSecurity on top of ApproveSchema). The proposer is refused.
+        ``security=False`` is the schema approval (ApproveSchema); ``security=True`` the security
+        approval a change with security findings also needs (ApproveSecurity). The proposer may
+        give neither, and no principal may give both for one version (SeparationOfDuties): a
+        PII-tag removal needs three distinct people, never one admin holding two roles.
         """
         _check_principal(principal)
         check_type(type_)
-        self._authorize(principal, APPROVE_SCHEMA, type_, "schema.approve")
-        if security:
-            self._authorize(principal, APPROVE_SECURITY, type_, "schema.approve")
+        kind = SECURITY if security else SCHEMA
+        self._authorize(principal, APPROVE_SECURITY if security else APPROVE_SCHEMA, type_, "schema.approve")
         with self._store.write() as db:
             row = self._proposed(db, type_, version)
             if principal == row.proposer:
@@ -187,14 +192,20 @@ class Registry:
                 raise AccessDenied(
                     f"{principal} proposed {type_} v{version}: a second principal must approve it"
                 )
-            Store.approve(db, type_, version, "schema", principal)
-            if security:
-                Store.approve(db, type_, version, "security", principal)
+            other = SCHEMA if security else SECURITY
+            if any(k == other and p == principal for k, p in Store.approvals(db, type_, version)):
+                self._record(
+                    "schema.approve", principal, type_, DENIED, reason="separation_of_duties", version=version
+                )
+                raise SeparationOfDuties(
+                    f"{principal} gave the {other} approval of {type_} v{version}: "
+                    f"the {kind} approval must come from another principal"
+                )
+            Store.approve(db, type_, version, kind, principal)
             # Recomputed, not read back: the mode may have changed since the proposal, and the
             # stored report is not covered by the fingerprint.
             fresh = self._report(Store.versions(db, type_), Store.mode(db, type_), type_, self._compiled(row))
-            kinds = {k for k, _ in Store.approvals(db, type_, version)}
-            ready = "schema" in kinds and ("security" in kinds or not fresh.security)
+            ready = approvals_complete(row.proposer, Store.approvals(db, type_, version), bool(fresh.security))
             if ready and not fresh.compatible:
                 meta = _report_meta(fresh, version)
                 self._record("schema.approve", principal, type_, DENIED, reason="incompatible", **meta)
@@ -432,6 +443,17 @@ class Registry:
         with self._cache_lock:
             self._active.clear()
             self._checked_at = float("-inf")
+
+
+def approvals_complete(proposer: str, approvals: list[tuple[str, str]], needs_security: bool) -> bool:
+    """A schema approver who is not the proposer and, if needed, a security approver who is
+    neither (checked again here, so rows written before the rule cannot activate a change)."""
+    schema = {p for k, p in approvals if k == SCHEMA and p != proposer}
+    if not schema:
+        return False
+    if not needs_security:
+        return True
+    return any(k == SECURITY and p != proposer and schema - {p} for k, p in approvals)
 
 
 def _report_meta(report: CheckReport, version: int) -> dict[str, MetaValue]:
