@@ -12,6 +12,7 @@ plaintext at a sensitive path).
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from eventward.schema.tags import avro_spec, json_spec
 
 _CACHE_SIZE = 64
 _dumps = orjson.dumps
+_NULL = b"null"  # how orjson writes NaN and ±Infinity: only data containing it can hold one
 _cache: OrderedDict[str, CompiledSchema] = OrderedDict()
 _cache_lock = threading.Lock()
 
@@ -54,7 +56,8 @@ class CompiledSchema:
             # problem() inlined for the common outcome: one size check and the generated
             # validator, no wrapper in between. Any failure goes to problem() to be worded.
             try:
-                small = len(_dumps(data)) <= self.max_event_bytes
+                raw = _dumps(data)
+                small = len(raw) <= self.max_event_bytes and _NULL not in raw
             except TypeError:  # orjson.JSONEncodeError: problem() says "json"
                 small = False
             if small:
@@ -71,9 +74,14 @@ class CompiledSchema:
     def problem(self, data: Any) -> ValidationError | None:
         """The ValidationError ``validate`` would raise, or None."""
         try:
-            size = len(_dumps(data))
+            raw = _dumps(data)
         except TypeError:  # orjson.JSONEncodeError: not JSON, or nested too deeply
             return ValidationError("$: json", path="$", rule="json")
+        size = len(raw)
+        if _NULL in raw:
+            bad = non_finite(data, declared_names(self.tree))
+            if bad is not None:
+                return bad
         if size > self.max_event_bytes:
             return ValidationError(
                 f"$: maxBytes (event data is {size} bytes, limit is {self.max_event_bytes})",
@@ -83,6 +91,47 @@ class CompiledSchema:
                 limit=self.max_event_bytes,
             )
         return self._check(data)
+
+
+def non_finite(data: Any, names: frozenset[str] = frozenset()) -> ValidationError | None:
+    """The ValidationError for the first NaN or ±Infinity in ``data``, else None.
+
+    JSON has no such numbers: orjson writes them as ``null``, so a number field would be
+    stored as null (or a value the schema never allowed). Object keys appear in the path only
+    if the schema declares them (``names``), as in every other validation error.
+    """
+    stack: list[tuple[Any, str]] = [(data, "$")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            items = list(value.items())
+            stack.extend((v, f"{path}.{k}" if k in names else f"{path}.*") for k, v in reversed(items))
+        elif isinstance(value, list | tuple):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+        elif isinstance(value, float) and not math.isfinite(value):
+            return ValidationError(
+                f"{path}: finite (NaN and Infinity are not JSON numbers)", path=path, rule="finite"
+            )
+    return None
+
+
+def declared_names(tree: Any) -> frozenset[str]:
+    """Object keys a normalized schema declares (JSON ``properties``, Avro record ``fields``)."""
+    out: set[str] = set()
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                out.update(k for k in props if isinstance(k, str))
+            fields_ = node.get("fields")
+            if isinstance(fields_, list):
+                out.update(f["name"] for f in fields_ if isinstance(f, dict) and isinstance(f.get("name"), str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(out)
 
 
 def compile_schema(
