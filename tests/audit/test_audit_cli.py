@@ -219,9 +219,9 @@ def test_certificate_for_a_raw_subject_after_a_real_forget(cli, home):
 def test_the_real_command_prints_one_line_errors_and_exit_codes(home, filled):
     run = [sys.executable, "-c", "from eventward.cli import main; main()", "--home", str(home.root), "audit"]
     r = subprocess.run([*run, "show", "999"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "not_found" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 4 and "not_found" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([*run, "tail", "--as", "nobody"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr.startswith("error (forbidden)") and r.stderr.count("\n") == 1
+    assert r.returncode == 3 and r.stderr.startswith("error (forbidden)") and r.stderr.count("\n") == 1
     tamper(home.audit_db, "DELETE FROM records WHERE idx = ?", filled + 3)
     r = subprocess.run([*run, "verify"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and f"first bad index: {filled + 3}" in r.stderr and "Traceback" not in r.stderr

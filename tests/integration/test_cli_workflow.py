@@ -47,7 +47,7 @@ def test_the_whole_workflow_through_the_cli(tmp_path):
         return done
 
     def denied(*args: str) -> None:
-        p = ew(*args, rc=2)
+        p = ew(*args, rc=3)  # forbidden (docs/cli.md)
         assert p.stderr.startswith("error (forbidden)") and p.stderr.count("\n") == 1, p.stderr
 
     def events(p: subprocess.CompletedProcess) -> list[dict]:

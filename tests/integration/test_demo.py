@@ -95,4 +95,4 @@ def test_demo_cli_runs_on_a_fresh_home(tmp_path):
         [sys.executable, "-m", "eventward.cli", "--home", str(tmp_path / "h"), "demo"],
         capture_output=True, text=True, timeout=60,
     )
-    assert again.returncode == 2 and "not empty" in again.stderr
+    assert again.returncode == 9 and "not empty" in again.stderr  # configuration error

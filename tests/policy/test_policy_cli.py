@@ -148,7 +148,7 @@ def test_errors_print_one_line_not_a_traceback(cli):
     r = subprocess.run(
         [*cmd, "explain", "admin", "publish", "Nope::x"], capture_output=True, text=True, timeout=60
     )
-    assert r.returncode == 2
+    assert r.returncode == 5  # invalid input (docs/cli.md)
     assert "Traceback" not in r.stderr and r.stderr.strip().startswith("error (bad_input)")
 
 

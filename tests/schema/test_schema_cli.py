@@ -188,6 +188,6 @@ def test_typed_error_is_one_line_without_traceback(home, tmp_path):
     out = subprocess.run(
         [*base, "approve", TYPE, "1", "--as", "alice"], capture_output=True, text=True, timeout=60
     )
-    assert out.returncode == 2
+    assert out.returncode == 3  # forbidden (docs/cli.md)
     assert out.stderr.startswith("error (forbidden)") and out.stderr.count("\n") == 1
     assert "Traceback" not in out.stderr

@@ -6,17 +6,50 @@ import typer
 
 from eventward.cli import common
 
+common.readable_help()
+
 app = typer.Typer(
     name="eventward",
-    help="Secure-by-default event streaming: encryption, crypto-shredding, seals, policy, audit.",
+    help=(
+        "Secure-by-default event streaming: encryption, crypto-shredding, seals, policy, audit.\n\n"
+        "Tables and reports take --json (stable fields). Exit codes: 0 ok, 1 a check found a problem, "
+        "2 usage error, 3 forbidden, 4 not found, 5 invalid input, 6 unavailable, 7 conflict, "
+        "8 refused as unsafe, 9 configuration, 10 other error (docs/cli.md)."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    epilog=common.examples(
+        "eventward init --admin admin",
+        "eventward policy apply policy.yaml --as admin",
+        "eventward consume orders --as shipping-svc --from-beginning",
+        "eventward schema list --as alice --json",
+    ),
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"eventward {version('eventward')}")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            typer.echo("eventward (version unknown: not installed)")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    home: str = typer.Option(None, "--home", envvar="EVENTWARD_HOME", help="Deployment directory."),
+    home: str = typer.Option(
+        None,
+        "--home",
+        envvar="EVENTWARD_HOME",
+        metavar="DIR",
+        help="Deployment directory (or env EVENTWARD_HOME) [default: ./.eventward].",
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     common.STATE.home = home
     common.setup_logging()

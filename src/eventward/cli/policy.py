@@ -1,4 +1,4 @@
-"""``eventward policy``: init, apply, show, versions, explain, compile, rollback.
+"""``eventward policy``: init, apply, show, versions, explain, compile, diff, rollback.
 
 Changes go through PolicyStore (validated, authorized, versioned, audited); explain and
 compile only read. Output never includes context values beyond the event type. ``policy
@@ -14,9 +14,9 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.syntax import Syntax
 from rich.table import Table
 
 from eventward.audit import AuditLog
@@ -27,7 +27,7 @@ from eventward.errors import InputError
 from eventward.home import Home
 from eventward.policy.engine import PolicyEngine
 from eventward.policy.spec import KINDS, parse_action
-from eventward.policy.store import PolicyStore, build
+from eventward.policy.store import PolicyStore, PolicyVersion, build
 
 POLICY_FILE = "policy.yaml"
 TARGETS = ("nats", "kafka")
@@ -37,6 +37,18 @@ policy_app = typer.Typer(
 )
 
 _AS = as_admin()
+_JSON = common.json_option()
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _version_json(v: PolicyVersion, active: bool | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"version": v.version, "applied": _when(v.created), "by": v.principal, "sha256": v.sha256}
+    if active is not None:
+        doc["active"] = active
+    return doc
 
 
 def default_policy(admin: str) -> str:
@@ -101,7 +113,13 @@ def init_cmd(
     common.console.print(f"policy version {version} active; edit {target} and apply it")
 
 
-@policy_app.command("apply")
+@policy_app.command(
+    "apply",
+    epilog=common.examples(
+        "eventward policy apply policy.yaml --as admin",
+        "eventward policy diff 1 2 --target kafka",
+    ),
+)
 def apply_cmd(
     file: Path = typer.Argument(..., help="Policy YAML."),
     cedar: Path = typer.Option(None, "--cedar", help="Directory of *.cedar files [default: next to FILE]."),
@@ -138,6 +156,7 @@ def rollback_cmd(
 def show_cmd(
     version: int = typer.Option(None, "--version", help="Version to show [default: active]."),
     compiled: bool = typer.Option(False, "--compiled", help="Show the compiled Cedar policy set."),
+    as_json: bool = _JSON,
 ) -> None:
     """Print a policy version: its YAML, hand-written Cedar files, or the compiled Cedar."""
     store = PolicyStore.open(common.home().require())
@@ -145,25 +164,35 @@ def show_cmd(
         v = store.get(version)
     finally:
         store.close()
-    common.console.print(f"[bold]version {v.version}[/] applied by {v.principal} sha256 {v.sha256[:16]}")
-    if compiled:
-        _, c = build(v.yaml, v.cedar)
-        common.console.print(Syntax(c.text, "rust", word_wrap=True))
+    compiled_text = build(v.yaml, v.cedar)[1].text if compiled else None
+    if as_json:
+        doc = _version_json(v)
+        doc.update(yaml=v.yaml, cedar=dict(v.cedar))
+        if compiled_text is not None:
+            doc["compiled"] = compiled_text
+        common.emit_json(doc)
         return
-    common.console.print(Syntax(v.yaml, "yaml"))
+    common.console.print(f"[bold]version {v.version}[/] applied by {v.principal} sha256 {v.sha256[:16]}")
+    if compiled_text is not None:
+        common.print_code(compiled_text, "rust")
+        return
+    common.print_code(v.yaml, "yaml")
     for name, text in v.cedar.items():
         common.console.print(f"[bold]{name}[/]")
-        common.console.print(Syntax(text, "rust", word_wrap=True))
+        common.print_code(text, "rust")
 
 
 @policy_app.command("versions")
-def versions_cmd() -> None:
+def versions_cmd(as_json: bool = _JSON) -> None:
     """List every stored version; the active one is marked."""
     store = PolicyStore.open(common.home().require())
     try:
         rows = store.versions()
     finally:
         store.close()
+    if as_json:
+        common.emit_json({"versions": [_version_json(v, active) for v, active in rows]})
+        return
     table = Table("version", "active", "applied", "by", "sha256")
     for v, active in rows:
         when = dt.datetime.fromtimestamp(v.created, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -171,13 +200,20 @@ def versions_cmd() -> None:
     common.console.print(table)
 
 
-@policy_app.command("explain")
+@policy_app.command(
+    "explain",
+    epilog=common.examples(
+        "eventward policy explain analytics-svc decrypt Class::pii",
+        "eventward policy explain shipping-svc subscribe Topic::orders --event-type OrderPlaced --json",
+    ),
+)
 def explain_cmd(
-    principal: str = typer.Argument(...),
+    principal: str = typer.Argument(..., metavar="PRINCIPAL"),
     action: str = typer.Argument(..., help="e.g. subscribe, Subscribe, approve_schema"),
     resource: str = typer.Argument(..., help="Kind::id, e.g. Topic::orders, Class::pii"),
     event_type: str = typer.Option(None, "--event-type", help="Event type (publish/subscribe)."),
-    context: str = typer.Option(None, "--context", help='Context JSON, e.g. {"zone": "internal"}.'),
+    context: str = typer.Option(None, "--context", metavar="JSON", help='Context, e.g. {"zone": "internal"}.'),
+    as_json: bool = _JSON,
 ) -> None:
     """Decide one request against the active policy and say which policies decided and what is missing."""
     ctx: dict[str, object] = {}
@@ -195,6 +231,19 @@ def explain_cmd(
         d = engine.explain(principal, parse_action(action), parse_resource(resource), ctx)
     finally:
         engine.close()
+    if as_json:
+        common.emit_json({
+            "allowed": d.allowed,
+            "principal": d.principal,
+            "action": d.action,
+            "resource": {"kind": d.resource[0], "id": d.resource[1]},
+            "policies": list(d.policies),
+            "missing": d.missing,
+            "errors": list(d.errors),
+            "explanation": d.explain(),
+            "policy_version": engine.version,
+        })
+        return
     style = "green" if d.allowed else "red"
     first, *rest = d.explain().splitlines()
     common.console.print(f"[bold {style}]{first}[/]", highlight=False)
@@ -203,33 +252,90 @@ def explain_cmd(
     common.console.print(f"policy version {engine.version}", style="dim")
 
 
-@policy_app.command("compile")
-def compile_cmd(
-    target: str = typer.Option(..., "--target", help="nats or kafka"),
-    out: Path = typer.Option(None, "--out", help="Write to this file instead of stdout."),
-) -> None:
-    """Compile the active policy to broker-native permissions (what the broker cannot express is listed)."""
-    if target not in TARGETS:
-        raise InputError(f"--target must be one of {', '.join(TARGETS)}", field="target")
-    store = PolicyStore.open(common.home().require())
-    try:
-        v = store.get()
-    finally:
-        store.close()
+def _compile(v: PolicyVersion, target: str) -> str:
+    """One version compiled for one broker, by the compilers ``policy compile`` uses."""
     spec, compiled = build(v.yaml, v.cedar)
     if target == "nats":
         from eventward.policy.compile_nats import compile_nats  # loads the NATS transport's names
 
-        text = compile_nats(spec, compiled)
-    else:
-        from eventward.policy.compile_kafka import compile_kafka
+        return compile_nats(spec, compiled)
+    from eventward.policy.compile_kafka import compile_kafka
 
-        text = compile_kafka(spec, compiled)
+    return compile_kafka(spec, compiled)
+
+
+def _stored(*versions: int | None) -> list[PolicyVersion]:
+    store = PolicyStore.open(common.home().require())
+    try:
+        return [store.get(v) for v in versions]
+    finally:
+        store.close()
+
+
+@policy_app.command(
+    "compile",
+    epilog=common.examples(
+        "eventward policy compile --target kafka > acls.sh",
+        "eventward policy compile --target nats --out auth.conf",
+    ),
+)
+def compile_cmd(
+    target: str = typer.Option(..., "--target", metavar="nats|kafka", help="Broker to compile for."),
+    out: Path = typer.Option(None, "--out", help="Write to this file instead of stdout."),
+    as_json: bool = _JSON,
+) -> None:
+    """Compile the active policy to broker-native permissions (what the broker cannot express is listed)."""
+    if target not in TARGETS:
+        raise InputError(f"--target must be one of {', '.join(TARGETS)}", field="target")
+    (v,) = _stored(None)
+    text = _compile(v, target)
+    if as_json:
+        common.emit_json({"target": target, "policy_version": v.version, "text": text})
+        if out is not None:
+            out.write_text(text)
+        return
     if out is None:
         common.console.print(text, markup=False, highlight=False, soft_wrap=True)
     else:
         out.write_text(text)
         common.console.print(f"wrote {out} ({target}, policy version {v.version})")
+
+
+@policy_app.command(
+    "diff",
+    epilog=common.examples(
+        "eventward policy diff 3 4 --target kafka > migrate-acls.sh",
+        "eventward policy diff 3 --json",
+    ),
+)
+def diff_cmd(
+    old: int = typer.Argument(..., metavar="V1", help="The version the brokers run now."),
+    new: int = typer.Argument(None, metavar="V2", help="The version to move to [default: active]."),
+    target: str = typer.Option("all", "--target", metavar="nats|kafka|all", help="Which broker delta."),
+    as_json: bool = _JSON,
+) -> None:
+    """Broker delta from V1 to V2: kafka-acls.sh --add/--remove lines and NATS permission changes."""
+    from eventward.policy import diff
+
+    if target not in (*TARGETS, "all"):
+        raise InputError("--target must be nats, kafka or all", field="target")
+    v1, v2 = _stored(old, new)
+    kafka = diff.kafka_delta(_compile(v1, "kafka"), _compile(v2, "kafka")) if target != "nats" else None
+    nats = diff.nats_delta(_compile(v1, "nats"), _compile(v2, "nats")) if target != "kafka" else None
+    if as_json:
+        common.emit_json({"from": v1.version, "to": v2.version, **diff.delta_json(kafka, nats)})
+        return
+    out = common.console
+    if kafka is not None:
+        script = kafka.script()
+        out.out(f"# Kafka ACL changes from policy version {v1.version} to {v2.version}"
+                f" ({len(kafka.add)} to add, {len(kafka.remove)} to remove)", highlight=False)
+        out.out("\n".join(script) if script else "# (none)", highlight=False)
+    if nats is not None:
+        lines = diff.nats_lines(nats)
+        out.out(f"# NATS permission changes from policy version {v1.version} to {v2.version}"
+                " (apply: eventward policy compile --target nats, then reload nats-server)", highlight=False)
+        out.out("\n".join(f"# {x}" for x in lines) if lines else "# (none)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

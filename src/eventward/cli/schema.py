@@ -16,13 +16,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-from rich.syntax import Syntax
 from rich.table import Column, Table
 
 from eventward import envelope
@@ -40,6 +39,7 @@ schema_app = typer.Typer(
 )
 
 _AS = as_required()
+_JSON = common.json_option()
 _FORMAT = typer.Option("json", "--format", "-f", help="Schema format: json (JSON Schema) or avro.")
 _MAX_LINE = HARD_MAX_EVENT_BYTES + 64 * 1024  # an envelope around the largest allowed data
 _PROGRESS_BYTES = 1024 * 1024  # show a progress bar for files larger than this
@@ -68,6 +68,43 @@ def _findings_table(title: str, findings: tuple[Finding, ...]) -> Table:
         against = f"v{f.against} {f.direction}".strip() if f.against else f.direction
         table.add_row(escape(f.path), f.kind, against, escape(f.message))
     return table
+
+
+def _finding_json(f: Finding) -> dict[str, Any]:
+    return {"path": f.path, "kind": f.kind, "against": f.against, "direction": f.direction, "message": f.message}
+
+
+def report_json(report: CheckReport) -> dict[str, Any]:
+    """The stable --json form of a compatibility and security report (docs/cli.md)."""
+    return {
+        "type": report.type,
+        "format": report.fmt,
+        "fingerprint": report.fingerprint,
+        "mode": str(report.mode),
+        "compared": list(report.compared),
+        "compatible": report.compatible,
+        "compatibility": [_finding_json(f) for f in report.compatibility],
+        "baseline": report.baseline,
+        "needs_security_approval": report.needs_security_approval,
+        "security": [_finding_json(f) for f in report.security],
+    }
+
+
+def _version_json(v: SchemaVersion) -> dict[str, Any]:
+    return {
+        "type": v.type,
+        "version": v.version,
+        "state": str(v.state),
+        "format": v.fmt,
+        "fingerprint": v.fingerprint,
+        "proposer": v.proposer,
+        "approvals": [{"kind": k, "principal": p} for k, p in v.approvals],
+        "max_event_bytes": v.max_event_bytes,
+        "subject_path": v.spec.subject_path or None,
+        "fields": [{"path": r.path, "class": r.cls, "deterministic": r.deterministic} for r in v.spec.rules],
+        "security_findings": [_finding_json(f) for f in v.security_findings],
+        "document": v.document,
+    }
 
 
 def _print_report(report: CheckReport) -> None:
@@ -109,7 +146,13 @@ def _print_version(v: SchemaVersion) -> None:
         console.print(_findings_table("security findings", v.security_findings))
 
 
-@schema_app.command("propose")
+@schema_app.command(
+    "propose",
+    epilog=common.examples(
+        "eventward schema propose OrderPlaced order_placed.schema.json --as alice",
+        "eventward schema approve OrderPlaced 1 --as bob",
+    ),
+)
 def propose_cmd(
     type_: str = typer.Argument(..., metavar="TYPE", help="CloudEvents type (the subject)."),
     file: Path = typer.Argument(..., help="Schema document."),
@@ -152,8 +195,8 @@ def reject_cmd(
     common.console.print(f"{v.type} v{v.version} rejected")
 
 
-@schema_app.command("list")
-def list_cmd(principal: str = _AS) -> None:
+@schema_app.command("list", epilog=common.examples("eventward schema list --as alice --json"))
+def list_cmd(principal: str = _AS, as_json: bool = _JSON) -> None:
     """Every subject the principal may read, with its mode, active and pending version."""
     with deployment(principal) as dep:
         # explain(), not decide(): a listing filters, it does not attempt (nothing to audit as denied)
@@ -161,6 +204,13 @@ def list_cmd(principal: str = _AS) -> None:
             s for s in dep.registry.list()
             if dep.policy.explain(principal, READ_SCHEMA, ("Schema", s.type)).allowed
         ]
+    if as_json:
+        common.emit_json({"schemas": [
+            {"type": s.type, "mode": str(s.mode), "active": s.active, "pending": s.pending,
+             "versions": s.versions, "format": s.fmt, "fingerprint": s.fingerprint}
+            for s in subjects
+        ]})
+        return
     table = Table(
         Column("type", no_wrap=True), "mode", "active", "pending", "versions", "format", "fingerprint"
     )
@@ -182,29 +232,38 @@ def show_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     version: int = typer.Argument(None, help="Default: the active version, else the newest."),
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """One version: state, approvals, field spec, findings and the document."""
     with deployment(principal) as dep:
         authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
         v = dep.registry.get(type_, version)
+    if as_json:
+        common.emit_json(_version_json(v))
+        return
     _print_version(v)
-    text = orjson.dumps(v.document, option=orjson.OPT_INDENT_2).decode()
-    common.console.print(Syntax(text, "json", word_wrap=True))
+    common.print_code(orjson.dumps(v.document, option=orjson.OPT_INDENT_2).decode(), "json")
 
 
-@schema_app.command("check")
+@schema_app.command(
+    "check", epilog=common.examples("eventward schema check OrderPlaced v2.schema.json --as alice --json")
+)
 def check_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     file: Path = typer.Argument(...),
     fmt: str = _FORMAT,
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
-    """Dry run: compatibility and security report of a document against the subject."""
+    """Dry run: compatibility and security report of a document against the subject (exit 1: incompatible)."""
     document = _read(file)
     with deployment(principal) as dep:
         authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
         report = dep.registry.check(type_, document, fmt)
-    _print_report(report)
+    if as_json:
+        common.emit_json(report_json(report))
+    else:
+        _print_report(report)
     if not report.compatible:
         sys.exit(1)  # common.run drops typer.Exit codes
 
