@@ -86,14 +86,17 @@ def test_nats_does_not_over_grant(reference):
     users = nats_users(text)
     # archiver: PREFIXED "orders" (no trailing dot) cannot be expressed with token wildcards
     assert users["archiver"]["subscribe"] == {"deny": [">"]}
-    # orders-svc: event-type limited publish is invisible to the broker
-    assert users["orders-svc"]["publish"] == {"deny": [">"]}
+    # orders-svc: an event-type limited publish gives its topic (eventward enforces the types)
+    writer = users["orders-svc"]["publish"]
+    assert permitted(writer, "ew.orders") and permitted(writer, "$JS.API.STREAM.INFO.EW_orders")
+    for other in ("ew.payments", "ew.orders.eu", "ew.>", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.CREATE.EW_orders"):
+        assert not permitted(writer, other), other
     # control-plane principals get nothing at the broker; an empty allow list would mean "everything"
     for p in ("alice", "auditor", "dpo", "batch-job"):
         assert users[p] == {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
     listed = "\n".join(notes(text))
     assert "archiver: role:archiver:0" in listed and "token boundary" in listed
-    assert "orders-svc: role:order-writer:0" in listed and "event types" in listed
+    assert "orders-svc: role:order-writer:0" in listed and "event types are enforced by eventward" in listed
     assert "shipping-svc: role:shipping:2" in listed and "eventward-level action" in listed
 
 
@@ -163,7 +166,10 @@ def test_kafka_patterns_operations_and_groups(reference):
     ship = [a for a in acls if a.get("allow-principal") == "User:shipping-svc"]
     topics = {(a.get("topic"), a["resource-pattern-type"]) for a in ship if "topic" in a}
     assert topics == {("orders", "literal"), ("orders.dlq", "literal"), ("orders.", "prefixed")}
-    assert all(a["ops"] == ["Read", "Describe"] for a in ship if "topic" in a)
+    ops = {a["topic"]: a["ops"] for a in ship if "topic" in a}
+    # the DLQ rule shared with NATS: subscribers read the DLQ and append their dead letters to it
+    assert ops == {"orders": ["Read", "Describe"], "orders.dlq": ["Read", "Describe", "Write"],
+                   "orders.": ["Read", "Describe"]}
     # the SDK's default group is the bare principal name; named groups are "<principal>.<name>"
     groups = [(a["group"], a["resource-pattern-type"], a["ops"]) for a in ship if "group" in a]
     assert groups == [("shipping-svc", "literal", ["Read"]), ("shipping-svc.", "prefixed", ["Read"])]
@@ -174,27 +180,28 @@ def test_kafka_patterns_operations_and_groups(reference):
     denies = [a for a in acls if "deny-principal" in a]
     assert {(a["deny-principal"], a["topic"], tuple(a["ops"])) for a in denies} == {
         ("User:analytics-svc", "payments", ("Read",)),
-        ("User:analytics-svc", "payments.dlq", ("Read",)),
+        ("User:analytics-svc", "payments.dlq", ("Read", "Write")),
         ("User:bi-svc", "payments", ("Read",)),
-        ("User:bi-svc", "payments.dlq", ("Read",)),
+        ("User:bi-svc", "payments.dlq", ("Read", "Write")),
     }
 
 
-def test_kafka_event_types_and_control_plane_are_listed_not_granted(reference):
+def test_kafka_event_types_give_the_topic_and_control_plane_is_listed(reference):
     spec, compiled = reference
     text = compile_kafka(spec, compiled)
     acls = kafka_acls(text)
-    assert not any(a.get("allow-principal") == "User:orders-svc" for a in acls)
+    writer = {(a["topic"], tuple(a["ops"])) for a in acls if a.get("allow-principal") == "User:orders-svc"}
+    assert writer == {("orders", ("Write", "Describe")), ("orders.dlq", ("Write", "Describe"))}
     assert not any(a.get("allow-principal") in ("User:alice", "User:dpo", "User:auditor") for a in acls)
     listed = "\n".join(notes(text))
-    assert "orders-svc: role:order-writer:0" in listed and "per topic" in listed
+    assert "orders-svc: role:order-writer:0" in listed and "event types are enforced by eventward" in listed
     assert "dpo: role:privacy:1" in listed
     # with hand-written forbids, "*" grants that no-external-hr may cut are withheld
     assert not any(a.get("allow-principal") == "User:analytics-svc" for a in acls)
     assert all(line.startswith(("#", "kafka-acls.sh", "set -e")) for line in text.splitlines() if line)
 
 
-def test_kafka_event_typed_deny_withholds_topic_allow():
+def test_kafka_event_typed_deny_is_left_to_eventward():
     spec = parse(
         """
 principals:
@@ -206,9 +213,12 @@ roles:
     - {deny: subscribe, topic: orders, event_types: [Refund]}
 """
     )
-    acls = kafka_acls(compile_kafka(spec))
-    topics = {a["topic"] for a in acls if "topic" in a}
-    assert topics == {"shipments", "shipments.dlq"}
+    text = compile_kafka(spec)
+    acls = kafka_acls(text)
+    topics = {a["topic"] for a in acls if "allow-principal" in a and "topic" in a}
+    assert topics == {"orders", "orders.dlq", "shipments", "shipments.dlq"}
+    assert not any("deny-principal" in a for a in acls)  # a topic deny would also stop the other types
+    assert "a: role:r:2 {deny: subscribe, topic: orders, event_types: [Refund]}" in "\n".join(notes(text))
 
 
 @pytest.mark.parametrize(
@@ -339,7 +349,7 @@ def test_nats_subscribers_may_append_to_their_topics_dlq(principal):
 
     perms = nats_users(compile_nats(WIDE))[principal]["publish"]
     dlq = "orders.eu.dlq"
-    needed = [s for s in transport.producer_permissions(dlq) if s != "$JS.API.STREAM.NAMES"]
+    needed = transport.producer_permissions(dlq)
     assert all(permitted(perms, s) for s in needed), needed
     assert not permitted(perms, "ew.orders.eu")  # the DLQ, never the topic itself
     assert not permitted(perms, "$JS.API.STREAM.NAMES")
@@ -370,7 +380,7 @@ def test_nats_dlq_append_is_not_granted_without_jetstream_access(reference):
     ship = users["shipping-svc"]["publish"]
     assert permitted(ship, "ew.orders.dlq") and not permitted(ship, "ew.orders.eu.dlq")
     assert users["archiver"]["publish"] == {"deny": [">"]}
-    assert users["analytics-svc"]["publish"]["deny"][-1] == "ew.payments.dlq"
+    assert not permitted(users["analytics-svc"]["publish"], "ew.payments.dlq")
 
 
 def test_kafka_prefix_never_reaches_another_principals_groups():

@@ -49,7 +49,7 @@ roles:
     - {allow: subscribe, topic: "*"}
     - {deny: subscribe, topic: payments}
     - {deny: subscribe, topic: cards}
-  typed: [{allow: publish, topic: orders, event_types: [OrderPlaced]}]
+  typed: [{allow: publish, topic: invoices, event_types: [InvoiceIssued]}]
   eu-reader: [{allow: subscribe, topic: "orders.", match: prefixed}]
   firehose: [{allow: publish, topic: "*"}]
   dl-reader: [{allow: subscribe, topic: shipments}]
@@ -59,7 +59,7 @@ roles:
 
 OPS = "ops"  # stream provisioning: an operator account, not a policy principal
 # orders/payments take raw (foreign) messages in the tests above; the transport tests use their own
-STREAMS = ("orders", "payments", "shipments", "shipments.dlq", "cards", "cards.dlq")
+STREAMS = ("orders", "payments", "shipments", "shipments.dlq", "cards", "cards.dlq", "invoices")
 FAST = Backoff(base_s=0.02, cap_s=0.3, budget_s=5.0)
 
 
@@ -224,13 +224,31 @@ def test_denied_subscription_is_refused(server):
     run(go())
 
 
-def test_event_type_limited_grant_is_not_over_granted(server):
+def test_attack_type_limited_grant_overgranted_on_broker(server):
+    """``typed`` may publish InvoiceIssued on invoices: the broker lets it append to invoices
+    (eventward enforces the type) and refuses every other subject, stream and read."""
+    with transport(server, OPS) as ops, transport(server, "typed") as typed:
+        before = ops.end_offset("invoices")
+        assert typed.has_stream("invoices")  # STREAM.INFO of its own stream, no listing
+        assert typed.append("invoices", batch(), [b"sealed-batch"], b"seal") == before
+        assert ops.end_offset("invoices") == before + 1
+        for stream in ("orders", "shipments", "shipments.dlq"):
+            refused_fast(lambda s=stream: typed.append(s, batch(), [b"x"], b"s"))
+        refused_fast(lambda: typed.read("invoices", before, 10))  # publish is not subscribe
+        refused_fast(typed.streams)  # $JS.API.STREAM.NAMES: operators only
+        refused_fast(lambda: typed.create_stream("invoices-archive"))
+
     async def go():
         typed, alice = await Client.open(server, "typed"), await Client.open(server, "alice")
+        await typed.pub("ew.invoices-archive", b"x")
+        await typed.pub("ew.invoices.eu", b"x")
         await typed.pub("ew.orders", b"x")
-        await alice.pub("ew.orders", b"x")
+        await typed.sub("ew.invoices")
+        await alice.pub("ew.invoices", b"x")
         await alice.sub("ew.>")
-        assert typed.violated("ew.orders") and alice.violated("ew.orders") and alice.violated("ew.>")
+        for subject in ("ew.invoices-archive", "ew.invoices.eu", "ew.orders", "ew.invoices"):
+            assert typed.violated(subject), subject
+        assert alice.violated("ew.invoices") and alice.violated("ew.>")
         for c in (typed, alice):
             await c.nc.close()
 
@@ -316,13 +334,21 @@ def refused_fast(fn) -> None:
     assert time.monotonic() - t0 < 1.5
 
 
+def ops_streams(server) -> list[str]:
+    with transport(server, OPS) as ops:
+        return ops.streams()
+
+
 def batch() -> str:
     return f"b-{uuid.uuid4().hex[:12]}"
 
 
 def test_wildcard_grants_work_through_the_transport(server):
     with transport(server, "firehose") as firehose, transport(server, "analytics") as analytics:
-        assert set(STREAMS) <= set(firehose.streams())  # $JS.API.STREAM.NAMES
+        assert all(firehose.has_stream(s) for s in STREAMS)  # STREAM.INFO per stream
+        assert not firehose.has_stream("nope")
+        refused_fast(firehose.streams)  # listing every stream is the operator's
+        assert set(STREAMS) <= set(ops_streams(server))
         at = firehose.append("shipments", batch(), [b"s-1", b"s-2"], b"seal")
         got = analytics.read("shipments", at, 10)  # $JS.API.DIRECT.GET.*
         assert [r.data for r in got] == [b"s-1", b"s-2"]

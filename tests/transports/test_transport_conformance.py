@@ -157,6 +157,7 @@ def test_streams_are_isolated(backend: Backend) -> None:
     assert all(r.data.startswith(b"two-") and r.stream == s2 for r in read_all(t, s2))
     assert (t.end_offset(s1), t.end_offset(s2)) == (5, 10)
     assert {s1, s2} <= set(t.streams())
+    assert t.has_stream(s1) and t.has_stream(s2) and not t.has_stream(s1 + "-absent")
     t.commit("g", s1, 3)
     assert t.committed("g", s2) is None
 

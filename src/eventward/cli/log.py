@@ -253,7 +253,7 @@ def replay(
 
 
 def _require_stream(dep: Deployment, topic: str) -> None:
-    if topic not in dep.transport.streams():
+    if not dep.transport.has_stream(topic):
         raise NotFoundError(f"no stream {topic!r} in this deployment")
 
 

@@ -227,7 +227,7 @@ class DeadLetters:
     def _append(self, type_: str, entry_id: str, data: dict[str, Any]) -> None:
         signer = self._writer()
         if not self._ready:
-            if self.stream not in self._transport.streams():
+            if not self._transport.has_stream(self.stream):
                 self._transport.create_stream(self.stream)
             self._ready = True
         seq = self._seq

@@ -234,7 +234,7 @@ class Producer:
 
     def _append(self, b: _Batch) -> list[str]:
         if not self._stream_ready:
-            if self.topic not in self._transport.streams():
+            if not self._transport.has_stream(self.topic):
                 self._transport.create_stream(self.topic)
             self._stream_ready = True
         first_offset = self._transport.append(self.topic, b.batch_id, b.events, b.seal)

@@ -28,6 +28,10 @@ class Transport(Protocol):
 
     def streams(self) -> list[str]: ...
 
+    def has_stream(self, stream: str) -> bool:
+        """Does ``stream`` exist? Needs access to that stream only (never the list of all)."""
+        ...
+
     def append(self, stream: str, batch_id: str, events: Sequence[bytes], seal: bytes) -> int:
         """Atomically append one sealed batch; returns the offset of its first event.
 

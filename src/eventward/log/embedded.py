@@ -70,6 +70,10 @@ class EmbeddedLog:
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT name FROM streams ORDER BY name")]
 
+    def has_stream(self, stream: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM streams WHERE name = ?", (stream,)).fetchone() is not None
+
     def end_offset(self, stream: str) -> int:
         with self._lock:
             row = self._db.execute("SELECT next_offset FROM streams WHERE name = ?", (stream,)).fetchone()

@@ -261,6 +261,10 @@ class KafkaTransport:
         n = len(self.topic_prefix)
         return sorted(t[n:] for t in md.topics if t.startswith(self.topic_prefix) and _is_stream(t[n:]))
 
+    def has_stream(self, stream: str) -> bool:
+        """Does ``stream``'s topic exist (metadata filtered by the broker to what we may Describe)?"""
+        return self._topic_if_exists(stream) is not None
+
     def _require_topic(self, stream: str) -> str:
         topic = self._topic_if_exists(stream)
         if topic is None:

@@ -144,13 +144,12 @@ def producer_permissions(stream: str) -> list[str]:
     """Subjects a producer of ``stream`` must be allowed to publish to (plus its reply inbox).
 
     STREAM.INFO and MSG.GET read the tail for the offset CAS (and resolve a deduplicated retry);
-    STREAM.NAMES lets the SDK producer check that its stream exists (it reveals stream names)."""
+    STREAM.INFO also answers ``has_stream``. No stream listing: it would reveal every topic."""
     js = stream_name(stream)
     return [
         subject_for(stream),
         f"$JS.API.STREAM.INFO.{js}",
         f"$JS.API.STREAM.MSG.GET.{js}",
-        "$JS.API.STREAM.NAMES",
     ]
 
 
@@ -214,6 +213,37 @@ class _LoopThread:
 
 
 # --- the transport -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One eventward stream as JetStream stores it: events are eventward offsets, batches messages."""
+
+    stream: str
+    jetstream: str
+    events: int
+    batches: int
+    bytes: int
+    first_seq: int
+    last_seq: int
+    replicas: int
+    leader: str | None
+    consumers: int  # native JetStream consumers (eventward groups live in EW_OFFSETS)
+
+
+@dataclass(frozen=True)
+class GroupOffset:
+    group: str
+    stream: str
+    committed: int  # the next event offset the group will read
+
+
+@dataclass(frozen=True)
+class JetStreamConsumer:
+    stream: str
+    name: str
+    pending: int  # messages (sealed batches) not yet delivered
+    ack_pending: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,7 +545,25 @@ class NatsTransport:
 
         await self._retry(what, attempt)
 
+    def has_stream(self, stream: str) -> bool:
+        """Does ``stream`` exist? One STREAM.INFO of that stream: producers and consumers are
+        granted exactly that, never the listing of every stream (STREAM.NAMES, operators only)."""
+        check_stream_name(stream)
+        what = f"stream info of {stream}"
+
+        async def attempt() -> bool:
+            info = await self._api(f"$JS.API.STREAM.INFO.{stream_name(stream)}", {}, what)
+            err = info.get("error")
+            if err is None:
+                return True
+            if err.get("err_code") == _STREAM_NOT_FOUND:
+                return False
+            raise _refused(what, err)
+
+        return self._run(self._retry(what, attempt), what)
+
     def streams(self) -> list[str]:
+        """Every eventward stream (STREAM.NAMES: an operator's call, reveals all stream names)."""
         return self._run(self._streams(), "list streams")
 
     async def _streams(self) -> list[str]:
@@ -797,6 +845,89 @@ class NatsTransport:
             return int(base64.b64decode(resp["message"]["data"]))
         except (KeyError, ValueError):
             raise TransportError(f"{what}: the stored offset is not an integer (corrupted bucket)") from None
+
+    # --- administration (eventward nats streams|consumers; operator credentials) -----------------
+    def stream_stats(self) -> list[StreamStats]:
+        """Every eventward stream with its size and end offset (STREAM.LIST: reveals every stream)."""
+        return self._run(self._stream_stats(), "list stream statistics")
+
+    async def _stream_stats(self) -> list[StreamStats]:
+        what = "list stream statistics"
+        infos: list[api.StreamInfo] = []
+        while True:
+            resp = await self._retry(
+                what, lambda o=len(infos): self._api("$JS.API.STREAM.LIST", {"offset": o}, what)
+            )
+            if resp.get("error"):
+                raise _refused(what, resp["error"])
+            page = resp.get("streams") or []
+            infos.extend(api.StreamInfo.from_response(s) for s in page)
+            if not page or len(infos) >= resp.get("total", 0):
+                break
+        out = []
+        for info in infos:
+            name = info.config.name or ""
+            if not name.startswith("EW_"):
+                continue
+            stream = _unescape(name[3:])
+            tail = await self._retry(what, lambda s=stream: self._tail_once(s))
+            out.append(StreamStats(
+                stream=stream,
+                jetstream=name,
+                events=tail.end,
+                batches=info.state.messages,
+                bytes=info.state.bytes,
+                first_seq=info.state.first_seq,
+                last_seq=info.state.last_seq,
+                replicas=info.config.num_replicas or 1,
+                leader=info.cluster.leader if info.cluster else None,
+                consumers=info.state.consumer_count,
+            ))
+        return sorted(out, key=lambda s: s.stream)
+
+    def group_offsets(self) -> list[GroupOffset]:
+        """Every consumer group's committed offset per stream (the ``EW_OFFSETS`` bucket)."""
+        return self._run(self._group_offsets(), "list consumer group offsets")
+
+    async def _group_offsets(self) -> list[GroupOffset]:
+        what = "list consumer group offsets"
+        prefix = f"$KV.{OFFSETS_BUCKET}."
+        resp = await self._retry(
+            what,
+            lambda: self._api(f"$JS.API.STREAM.INFO.{_OFFSETS_STREAM}", {"subjects_filter": prefix + ">"}, what),
+        )
+        err = resp.get("error")
+        if err:
+            if err.get("err_code") == _STREAM_NOT_FOUND:
+                return []
+            raise _refused(what, err)
+        out = []
+        for subject in sorted((resp.get("state") or {}).get("subjects") or {}):
+            group_token, sep, stream_token = subject[len(prefix):].partition(".")
+            if not sep or "." in stream_token:
+                continue
+            group, stream = _unescape(group_token), _unescape(stream_token)
+            committed = await self._committed(group, stream)
+            if committed is not None:
+                out.append(GroupOffset(group, stream, committed))
+        return out
+
+    def jetstream_consumers(self, stream: str) -> list[JetStreamConsumer]:
+        """Native JetStream consumers of ``stream`` (eventward itself makes none; other tools may)."""
+        check_stream_name(stream)
+        what = f"list JetStream consumers of {stream}"
+
+        async def attempt() -> list[JetStreamConsumer]:
+            resp = await self._api(f"$JS.API.CONSUMER.LIST.{stream_name(stream)}", {"offset": 0}, what)
+            if resp.get("error"):
+                raise _refused(what, resp["error"])
+            infos = [api.ConsumerInfo.from_response(c) for c in resp.get("consumers") or []]
+            return [
+                JetStreamConsumer(stream, c.name or "", c.num_pending or 0, c.num_ack_pending or 0)
+                for c in infos
+            ]
+
+        return self._run(self._retry(what, attempt), what)
 
     # --- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:

@@ -1,10 +1,18 @@
 """What both broker compilers share: which grants a broker can enforce, and which it must not.
 
 A broker sees topics (NATS: subjects), not event types, attributes, time or classes. The rule
-for every compiler: never over-grant. A grant the broker cannot express exactly is left to
-eventward and listed as a note. So is an allow that overlaps a deny the broker cannot
+for every compiler: never over-grant a topic. A grant the broker cannot express exactly is
+left to eventward and listed as a note. So is an allow that overlaps a deny the broker cannot
 express, or a hand-written Cedar forbid that may apply (its conditions are unknown to the
 broker): granting the allow would let the broker pass what the forbid stops.
+
+Event types are below the broker's unit (one message carries a sealed batch of mixed types),
+so a grant limited to event types is projected onto its topics: an allow grants the topic
+(the principal may use it) and a typed deny takes nothing away at the broker; eventward
+enforces the types on every publish and read, and the notes list each such grant.
+
+One DLQ rule for every target (``topic_access``): ``<topic>.dlq`` shares its topic's grants,
+and consumers append the dead letters they write to the DLQ of what they read.
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from eventward.policy.spec import DLQ_SUFFIX, PREFIXED, Grant, PolicySpec, Princ
 
 BROKER_ACTIONS = (PUBLISH, SUBSCRIBE)
 NOTES_HEADER = "enforced by eventward, not expressible in the broker"
+READ, APPEND = "read", "append"  # what a broker permission lets a principal do to one stream
+TYPES_GRANTED = "granted topic-wide at the broker; the event types are enforced by eventward"
+TYPES_DENIED = "not a broker deny (the topic stays usable); the event types are enforced by eventward"
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,20 @@ class Forbid:
 def with_dlq(topic: str) -> tuple[str, ...]:
     """A literal topic grant covers its DLQ stream too (same policy as the source topic)."""
     return (topic,) if topic.endswith(DLQ_SUFFIX) else (topic, topic + DLQ_SUFFIX)
+
+
+def topic_access(action: str, topic: str) -> list[tuple[str, str]]:
+    """The one DLQ rule of every broker target: (stream, READ|APPEND) that a literal grant of
+    ``action`` on ``topic`` gives, for allows and denies alike.
+
+    eventward decides ``<topic>.dlq`` as ``<topic>``, so publish appends to both; a consumer
+    appends the dead letters it writes (sealed with its own key) to the DLQ of the topic it
+    reads, so subscribe reads both and appends to the DLQ, never to the topic itself.
+    """
+    dlq = topic + DLQ_SUFFIX
+    if action == PUBLISH:
+        return [(topic, APPEND), (dlq, APPEND)]
+    return [(topic, READ), (dlq, READ), (dlq, APPEND)]
 
 
 def overlaps(a: Grant, b: Grant) -> bool:
@@ -119,7 +144,9 @@ def plan(
     bad_denies: list[Grant] = []
     for g in grants:
         why = expressible(g)
-        if why is not None:
+        if g.effect == "deny" and g.event_types is not None:
+            notes.append(Note(principal, g.policy_id, f"{label}{g.to_yaml()}: {TYPES_DENIED}"))
+        elif why is not None:
             notes.append(Note(principal, g.policy_id, f"{label}{g.to_yaml()}: {why}"))
             if g.effect == "deny":
                 bad_denies.append(g)
@@ -136,6 +163,8 @@ def plan(
             notes.append(Note(principal, g.policy_id, reason))
         else:
             out.allows.append(g)
+            if g.event_types is not None:
+                notes.append(Note(principal, g.policy_id, f"{label}{g.to_yaml()}: {TYPES_GRANTED}"))
     out.dlq_denies = dlq_leaks(out.allows, action)
     return out
 
@@ -156,7 +185,7 @@ def dlq_leaks(allows: list[Grant], action: str) -> list[str]:
                 base = p[:-cut]
                 if p[-cut:] != DLQ_SUFFIX[:cut] or not base:
                     continue
-                if not any(a.event_types is None and a.covers(action, "Topic", base) for a in allows):
+                if not any(a.covers(action, "Topic", base) for a in allows):
                     leaks.append(base + DLQ_SUFFIX)
     return list(dict.fromkeys(leaks))
 

@@ -3,10 +3,13 @@
 Kafka resource patterns are exactly policy.yaml's: LITERAL (``*`` is the wildcard) and
 PREFIXED. Publish is Write+Describe, subscribe is Read+Describe on the topic plus Read on the
 principal's consumer groups: the literal group ``<principal>`` (the SDK's default group) and
-the PREFIXED groups ``<principal>.<anything>``; no other group is granted. A literal topic
-grant covers its ``<topic>.dlq`` too. Kafka ACLs are per topic, so grants limited to event
-types, and anything decided by attributes, time or classes, are listed in the trailing
-comment section rather than granted topic-wide. Kafka principals are ``User:<principal>``:
+the PREFIXED groups ``<principal>.<anything>``; no other group is granted. A literal grant's
+``<topic>.dlq`` follows the DLQ rule shared with the NATS compiler (``broker.topic_access``):
+publishers write it, subscribers read it and append their dead letters to it. Kafka has no
+suffix patterns, so ``*`` and prefix subscribers get no DLQ Write (listed). Kafka ACLs are per
+topic: a grant limited to event types gives its topic and eventward enforces the types;
+anything decided by attributes, time or classes is listed in the trailing comment section
+rather than granted topic-wide. Kafka principals are ``User:<principal>``:
 configure ``ssl.principal.mapping.rules`` so a client certificate maps to that name.
 """
 
@@ -16,12 +19,14 @@ import shlex
 
 from eventward.policy import broker
 from eventward.policy.base import PUBLISH, SUBSCRIBE
-from eventward.policy.broker import with_dlq
 from eventward.policy.compile_cedar import CompiledPolicy
 from eventward.policy.spec import LITERAL, PREFIXED, Grant, PolicySpec
 
 OPERATIONS = {PUBLISH: ("Write", "Describe"), SUBSCRIBE: ("Read", "Describe")}
 DENY_OPERATIONS = {PUBLISH: ("Write",), SUBSCRIBE: ("Read",)}
+ACCESS_OPERATIONS = {broker.APPEND: ("Write", "Describe"), broker.READ: ("Read", "Describe")}
+ACCESS_DENY_OPERATIONS = {broker.APPEND: ("Write",), broker.READ: ("Read",)}
+_DLQ_NOTE = "dead letters need a literal subscribe grant on Kafka (no suffix ACL for <topic>.dlq)"
 
 
 def kafka_group_prefix(principal: str) -> str:
@@ -44,17 +49,21 @@ def foreign_groups(spec: PolicySpec, principal: str) -> list[tuple[str, str]]:
 
 
 def _expressible(g: Grant) -> str | None:
-    if g.event_types is not None:
-        return "Kafka ACLs are per topic; event-type limits are enforced by eventward"
+    """Every topic pattern of policy.yaml is a Kafka pattern (event types: see broker.plan)."""
     return None
 
 
-def _patterns(g: Grant) -> list[tuple[str, str]]:
-    if g.is_wildcard:
-        return [("*", LITERAL)]
-    if g.match == PREFIXED:
-        return [(n, PREFIXED) for n in g.names]
-    return [(t, LITERAL) for n in g.names for t in with_dlq(n)]
+def _acls(g: Grant, action: str, ops: dict[str, tuple[str, ...]]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(resource name, pattern type, operations) of a grant, merged per resource."""
+    if g.is_wildcard or g.match == PREFIXED:
+        access = broker.APPEND if action == PUBLISH else broker.READ
+        return [(n, PREFIXED if g.match == PREFIXED else LITERAL, ops[access]) for n in g.names]
+    merged: dict[str, list[str]] = {}
+    for n in g.names:
+        for t, access in broker.topic_access(action, n):
+            merged.setdefault(t, [])
+            merged[t] += [op for op in ops[access] if op not in merged[t]]
+    return [(t, LITERAL, tuple(o)) for t, o in merged.items()]
 
 
 def _acl(
@@ -82,25 +91,13 @@ def compile_kafka(
         for action in (PUBLISH, SUBSCRIBE):
             p = broker.plan(spec, name, action, _expressible, forbids, notes)
             for g in p.allows:
-                for topic, pattern in _patterns(g):
-                    lines.append(
-                        _acl(
-                            bootstrap, "--allow-principal", name, OPERATIONS[action], "topic", topic, pattern
-                        )
-                    )
+                for topic, pattern, ops in _acls(g, action, ACCESS_OPERATIONS):
+                    lines.append(_acl(bootstrap, "--allow-principal", name, ops, "topic", topic, pattern))
+                if action == SUBSCRIBE and (g.is_wildcard or g.match == PREFIXED):
+                    notes.append(broker.Note(name, g.policy_id, f"{g.to_yaml()}: {_DLQ_NOTE}"))
             for g in p.denies:
-                for topic, pattern in _patterns(g):
-                    lines.append(
-                        _acl(
-                            bootstrap,
-                            "--deny-principal",
-                            name,
-                            DENY_OPERATIONS[action],
-                            "topic",
-                            topic,
-                            pattern,
-                        )
-                    )
+                for topic, pattern, ops in _acls(g, action, ACCESS_DENY_OPERATIONS):
+                    lines.append(_acl(bootstrap, "--deny-principal", name, ops, "topic", topic, pattern))
             for topic in p.dlq_denies:
                 lines.append(
                     _acl(

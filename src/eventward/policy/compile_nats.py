@@ -8,9 +8,10 @@ Subject layout (the one definition NATS components import from here):
 
 Kafka patterns map onto whole NATS tokens: LITERAL ``orders`` is exactly ``ew.orders`` (never
 ``ew.orders-archive`` nor ``ew.orders.eu``), PREFIXED ``orders.`` is ``ew.orders.>``, ``*`` is
-``ew.>``. A prefix that does not end at a ``.`` cannot be expressed with token wildcards, and
-event types are invisible to the broker (the JetStream transport stores one message per
-sealed batch of mixed types): both are left to eventward and listed, never over-granted.
+``ew.>``. A prefix that does not end at a ``.`` cannot be expressed with token wildcards: left
+to eventward and listed, never over-granted. Event types are invisible to the broker (the
+JetStream transport stores one message per sealed batch of mixed types): a type-limited grant
+gives its topic's subjects and eventward enforces the types (broker.py; listed as such).
 
 JetStream access (stream info, message gets, offsets) is exactly what eventward.log.nats uses,
 taken from its ``producer_permissions``/``consumer_permissions``. Stream names are single
@@ -18,7 +19,9 @@ tokens, so that access is granted for literal topics and ``*`` only, never for a
 
 Consumers write dead letters (client/dlq.py appends to ``<topic>.dlq`` under the consumer's own
 seal), and the DLQ shares its topic's policy, so a subscribe grant with JetStream access also
-grants publishing to the DLQ subjects of its topics. For ``*`` those are ``ew.*.dlq``,
+grants publishing to the DLQ subjects of its topics (``broker.topic_access``, the rule the Kafka
+compiler uses too). Nobody but the operator may list streams (``STREAM.NAMES``): clients look
+their stream up by name (``STREAM.INFO.<stream>``). For ``*`` those are ``ew.*.dlq``,
 ``ew.*.*.dlq``... up to DLQ_DEPTH tokens: ``ew.>`` would let a reader publish events on every
 topic. A subscribe deny denies the same DLQ subjects on the publish side.
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from eventward.log import nats as transport
 from eventward.policy import broker
@@ -39,7 +42,6 @@ from eventward.policy.spec import DLQ_SUFFIX, PREFIXED, Grant, PolicySpec, check
 ROOT = "ew"
 _TOKEN_SAFE = re.compile(r"[A-Za-z0-9-]")
 ALL = ">"
-LIST_STREAMS = "$JS.API.STREAM.NAMES"  # producers list streams; appending to a DLQ does not need it
 DLQ_DEPTH = 8  # "*" subscribers may append dead letters of topics of up to this many dot-separated parts
 
 
@@ -70,8 +72,6 @@ def _subjects(g: Grant) -> list[str] | None:
 
 
 def _subject_expressible(g: Grant) -> str | None:
-    if g.event_types is not None:
-        return "event types are inside sealed batches, invisible to the broker"
     if _subjects(g) is None:
         return "prefix does not end at a '.' token boundary (NATS wildcards match whole tokens)"
     return None
@@ -88,18 +88,36 @@ def _wildcard_js(action: str) -> list[str]:
     """``producer_permissions``/``consumer_permissions`` of every stream (stream names are one token)."""
     tail = ["$JS.API.STREAM.INFO.*", "$JS.API.STREAM.MSG.GET.*"]
     if action == PUBLISH:
-        return [*tail, LIST_STREAMS]
+        return tail
     return [*tail, "$JS.API.DIRECT.GET.*", f"$KV.{transport.OFFSETS_BUCKET}.*.*"]
+
+
+def _literal(g: Grant) -> bool:
+    return not g.is_wildcard and g.match != PREFIXED
+
+
+def _access_subjects(g: Grant, action: str) -> tuple[list[str], list[str]]:
+    """(subscribe, publish) subjects of a literal grant's topics and DLQs (broker.topic_access)."""
+    sub: list[str] = []
+    pub: list[str] = []
+    for n in g.names:
+        for t, access in broker.topic_access(action, n):
+            (sub if access == broker.READ else pub).append(nats_subject(t))
+    return sub, pub
 
 
 def _js_allow(g: Grant, action: str) -> list[str]:
     """JetStream API subjects (all requests, hence publish permissions) the transport needs."""
     if g.is_wildcard:
-        return _wildcard_js(action)
-    perms: Callable[[str], list[str]] = (
-        transport.producer_permissions if action == PUBLISH else transport.consumer_permissions
-    )
-    return [s for n in g.names for t in with_dlq(n) for s in perms(t)]
+        if action == PUBLISH:
+            return _wildcard_js(PUBLISH)
+        return _wildcard_js(SUBSCRIBE) + _dlq_subjects(g) + _wildcard_js(PUBLISH)  # + dead letters
+    out = []
+    for n in g.names:
+        for t, access in broker.topic_access(action, n):
+            perms = transport.consumer_permissions(t) if access == broker.READ else transport.producer_permissions(t)
+            out += [s for s in perms if not s.startswith(f"{ROOT}.")]
+    return out
 
 
 def _dlq_subjects(g: Grant) -> list[str]:
@@ -109,16 +127,6 @@ def _dlq_subjects(g: Grant) -> list[str]:
     if g.match == PREFIXED:
         return [f"{ROOT}.{p}{'*.' * n}dlq" for p in g.names for n in range(1, DLQ_DEPTH + 1 - p.count("."))]
     return [nats_subject(n + DLQ_SUFFIX) for n in g.names]
-
-
-def _dlq_append(g: Grant) -> list[str]:
-    """What DeadLetters.put needs to append to the DLQs of a subscribe grant (publish permissions).
-
-    Only for grants with JetStream access (literal or ``*``): an append starts by reading the tail."""
-    if g.is_wildcard:
-        return _dlq_subjects(g) + [s for s in _wildcard_js(PUBLISH) if s != LIST_STREAMS]
-    dlqs = [n + DLQ_SUFFIX for n in g.names]
-    return [s for d in dlqs for s in transport.producer_permissions(d) if s != LIST_STREAMS]
 
 
 def read_api(topic: str) -> list[str]:
@@ -138,7 +146,8 @@ def read_api(topic: str) -> list[str]:
 def _read_deny(g: Grant) -> list[str]:
     if g.is_wildcard:
         return ["$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.>"]
-    return [s for n in g.names for t in with_dlq(n) for s in read_api(t)]
+    reads = [t for n in g.names for t, access in broker.topic_access(SUBSCRIBE, n) if access == broker.READ]
+    return [s for t in reads for s in read_api(t)]
 
 
 _DEPTH_NOTE = (
@@ -165,14 +174,26 @@ def user_permissions(
         noted = {n.policy_id for n in notes if n.principal == principal}
         notes.extend(n for n in js_notes if n.policy_id not in noted)
         allow, deny = (pub_allow, pub_deny) if action == PUBLISH else (sub_allow, sub_deny)
-        allow += [s for g in subj.allows for s in _subjects(g) or []]
-        deny += [s for g in subj.denies for s in _subjects(g) or []]
+        for g in subj.allows:
+            if _literal(g):
+                sub, pub = _access_subjects(g, action)
+                sub_allow.extend(sub)
+                pub_allow.extend(pub)
+            else:
+                allow += _subjects(g) or []
+        for g in subj.denies:
+            if _literal(g):
+                sub, pub = _access_subjects(g, action)
+                sub_deny.extend(sub)
+                pub_deny.extend(pub)
+            else:
+                deny += _subjects(g) or []
+                if action == SUBSCRIBE:
+                    pub_deny += _dlq_subjects(g)
         deny += [nats_subject(t) for t in subj.dlq_denies]
-        pub_allow += [s for g in js.allows for s in _js_allow(g, action) if not s.startswith(f"{ROOT}.")]
+        pub_allow += [s for g in js.allows for s in _js_allow(g, action)]
         if action == SUBSCRIBE:
             pub_deny += [s for g in js.denies for s in _read_deny(g)]
-            pub_allow += [s for g in js.allows for s in _dlq_append(g)]
-            pub_deny += [s for g in subj.denies for s in _dlq_subjects(g)]
             notes.extend(
                 broker.Note(principal, g.policy_id, f"{g.to_yaml()}: {_DEPTH_NOTE}")
                 for g in js.allows
