@@ -8,6 +8,7 @@ schema registry, the trust registry, and the transport the configuration selects
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from eventward.audit.certificate import Certificate, issue_erasure_certificate
 from eventward.audit.log import AuditLog
+from eventward.audit.reconcile import DEFAULT_GRACE_S, Reconciled, reconcile
 from eventward.client.consumer import Consumer
 from eventward.client.dlq import DeadLetters
 from eventward.client.producer import Producer
@@ -26,7 +28,7 @@ from eventward.client.trust import TrustRegistry
 from eventward.client.verify import SealVerifier
 from eventward.config import Config
 from eventward.crypto.fields import FieldEncryptor
-from eventward.errors import ConfigError
+from eventward.errors import ConfigError, EventwardError
 from eventward.home import Home
 from eventward.keys.kms.base import KMS
 from eventward.keys.kms.local import MODE_PASSPHRASE, LocalKMS
@@ -35,6 +37,8 @@ from eventward.log.base import Transport
 from eventward.policy.engine import PolicyEngine
 from eventward.policy.store import PolicyStore
 from eventward.schema.registry import Registry
+
+_log = logging.getLogger("eventward.deployment")
 
 # Reasons are codes ("gdpr-art17"), never free text: free text invites PII into the audit log.
 _REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
@@ -221,7 +225,13 @@ class Deployment:
                 with suppress(Exception):
                     part.close()
             raise
-        return cls(home, config, audit, policy, keys, registry, trust, transport)
+        dep = cls(home, config, audit, policy, keys, registry, trust, transport)
+        if config.transport == "embedded":  # the log is local: a crashed producer's records are restored here
+            try:
+                dep.reconcile_audit()
+            except EventwardError as e:  # the next open tries again; the data itself is intact
+                _log.warning("audit reconcile failed (%s); retried on the next open", e.code)
+        return dep
 
     def close(self) -> None:
         for part in (*reversed(self._closers), self.transport, self.trust, self.registry, self.keys, self.policy):
@@ -235,6 +245,18 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def reconcile_audit(self, *, grace_s: float = DEFAULT_GRACE_S) -> Reconciled:
+        """Add the Publish records a killed producer never wrote (see ``audit.reconcile``).
+
+        Runs on every open of an embedded home. On NATS or Kafka run it as a principal that may
+        read the topics. ``grace_s=0`` only when no producer is running.
+        """
+
+        def check(blob: bytes, stream: str, batch: str) -> Any:
+            return self.verifier.verify_seal(blob, stream, batch, fresh=True)
+
+        return reconcile(self.audit, self.transport, source=self.config.transport, verify=check, grace_s=grace_s)
 
     # --- data plane ------------------------------------------------------------------------
     def producer(self, principal: str, topic: str, **kw: Any) -> Producer:

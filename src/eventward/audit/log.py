@@ -15,7 +15,9 @@ Durability: a flushed batch survives a process crash (WAL, ``synchronous=NORMAL`
 survives power loss once the next checkpoint commits, which is synced (``FULL``) and so
 makes everything before it durable. Records still buffered (up to ``flush_ms``) are lost
 with the process either way, so syncing each batch would cost an fsync per batch for
-little; what gets published, a signed checkpoint, is never ahead of the disk.
+little; what gets published, a signed checkpoint, is never ahead of the disk. A producer
+killed with its Publish records still buffered leaves stored batches without one: the
+``published`` index and per-stream watermarks let ``audit.reconcile`` add them from the log.
 
 Reads can be gated: pass ``authorizer`` and ``principal`` and every read is checked for
 ``ReadAudit`` on ``Audit::log`` (a denial is itself recorded). Without them the caller
@@ -56,10 +58,11 @@ from eventward.errors import (
     InputError,
     NotFoundError,
 )
-from eventward.home import Home
+from eventward.home import Home, private_file
 from eventward.policy.base import READ_AUDIT, Authorizer, check
 
 AUDIT_RESOURCE = ("Audit", "log")
+PUBLISHED_ACTION = "Publish"
 _MAPPING_FIELDS = frozenset({"action", "principal", "resource", "outcome", "reason", "meta"})
 
 _SCHEMA = """
@@ -73,6 +76,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER NOT NULL, root BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS attachments (kind TEXT NOT NULL, key TEXT NOT NULL, idx INTEGER NOT NULL,
     doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS attachments_by_key ON attachments (kind, key);
+CREATE TABLE IF NOT EXISTS watermarks (source TEXT NOT NULL, stream TEXT NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (source, stream)) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS records_append_only_u BEFORE UPDATE ON records
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS records_append_only_d BEFORE DELETE ON records
@@ -82,6 +87,22 @@ CREATE TRIGGER IF NOT EXISTS nodes_append_only_u BEFORE UPDATE ON nodes
 CREATE TRIGGER IF NOT EXISTS nodes_append_only_d BEFORE DELETE ON nodes
     BEGIN SELECT RAISE(ABORT, 'audit nodes are append-only'); END;
 """
+
+
+# Which (stream, batch) has a Publish record: lets ``reconcile`` find stored batches whose record
+# died with its producer. Filled in the same transaction as the records; backfilled once.
+_PUBLISHED = """CREATE TABLE published (stream TEXT NOT NULL, batch TEXT NOT NULL, idx INTEGER NOT NULL,
+    PRIMARY KEY (stream, batch)) WITHOUT ROWID"""
+
+
+def _published_row(index: int, entry: Entry) -> tuple[str, str, int] | None:
+    """(stream, batch, index) of a Publish record that names its batch, else None."""
+    if entry.action != PUBLISHED_ACTION:
+        return None
+    stream, batch = entry.meta.get("stream"), entry.meta.get("batch")
+    if isinstance(stream, str) and isinstance(batch, str):
+        return stream, batch, index
+    return None
 
 
 def _unavailable(path: Path, e: sqlite3.Error) -> AuditUnavailable:
@@ -172,13 +193,13 @@ class AuditLog:
             )
             conn.execute("PRAGMA busy_timeout = 30000")
             return conn
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # WAL/shm inherit the mode
+        private_file(self.path)  # 0600 before SQLite opens it: WAL/shm inherit the mode
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        self._ensure_published(conn)
         if self._signer is not None:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('origin', ?)", (self._signer.name,))
             (origin,) = conn.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
@@ -186,6 +207,30 @@ class AuditLog:
                 conn.close()
                 raise ConfigError(f"audit key {self._signer.name} does not belong to audit log {origin}")
         return conn
+
+    @staticmethod
+    def _ensure_published(conn: sqlite3.Connection) -> None:
+        """Create the published-batch index; a log written before it existed is indexed once."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'published'").fetchone():
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'published'").fetchone():
+                conn.execute(_PUBLISHED)
+                rows = conn.execute(
+                    "SELECT idx, body FROM records WHERE instr(body, ?) > 0", (b'"action":"Publish"',)
+                )
+                index = []
+                for idx, body in rows:
+                    r = decode(bytes(body), int(idx))
+                    entry = Entry(r.time, r.principal, r.action, r.resource, r.outcome, r.reason, dict(r.meta))
+                    if (row := _published_row(int(idx), entry)) is not None:
+                        index.append(row)
+                conn.executemany("INSERT OR IGNORE INTO published (stream, batch, idx) VALUES (?, ?, ?)", index)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     @property
     def verifier(self) -> AuditVerifier:
@@ -283,19 +328,29 @@ class AuditLog:
 
     def _append(self, entries: list[Entry]) -> range:
         with self._write_txn():
-            start = n = self._size_now()
-            frontier = list(self._frontier) if self._frontier_size == n else load_frontier(self._node, n)
-            rec_rows, node_rows = [], []
-            for entry in entries:
-                body = encode(n, entry)
-                leaf = leaf_hash(body)
-                rec_rows.append((n, leaf, body))
-                node_rows.extend(push_leaf(frontier, n, leaf))
-                n += 1
-            self._conn.executemany("INSERT INTO records (idx, leaf, body) VALUES (?, ?, ?)", rec_rows)
-            self._conn.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", node_rows)
-        self._frontier, self._frontier_size = frontier, n
-        return range(start, n)
+            appended, frontier = self._append_in_txn(entries)
+        self._frontier, self._frontier_size = frontier, appended.stop  # cached only once committed
+        return appended
+
+    def _append_in_txn(self, entries: list[Entry]) -> tuple[range, Frontier]:
+        start = n = self._size_now()
+        frontier = list(self._frontier) if self._frontier_size == n else load_frontier(self._node, n)
+        rec_rows, node_rows, published = [], [], []
+        for entry in entries:
+            body = encode(n, entry)
+            leaf = leaf_hash(body)
+            rec_rows.append((n, leaf, body))
+            node_rows.extend(push_leaf(frontier, n, leaf))
+            if entry.action == PUBLISHED_ACTION and (row := _published_row(n, entry)) is not None:
+                published.append(row)
+            n += 1
+        self._conn.executemany("INSERT INTO records (idx, leaf, body) VALUES (?, ?, ?)", rec_rows)
+        self._conn.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", node_rows)
+        if published:  # a late producer record after a reconciled one keeps the first index
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO published (stream, batch, idx) VALUES (?, ?, ?)", published
+            )
+        return range(start, n), frontier
 
     @contextlib.contextmanager
     def _write_txn(self) -> Iterator[None]:
@@ -312,6 +367,61 @@ class AuditLog:
             if isinstance(e, sqlite3.Error):
                 raise _unavailable(self.path, e) from None
             raise
+
+    # --- reconciling with the event log (see audit.reconcile) -----------------------------
+    def unpublished(self, stream: str, batches: Iterable[str]) -> list[str]:
+        """Those of ``batches`` (ids stored in ``stream``) that have no Publish record yet."""
+        with self._lock:
+            self._writable()
+            self._flush_locked()  # this process's own buffered records count
+            wanted = list(dict.fromkeys(batches))
+            have: set[str] = set()
+            for lo in range(0, len(wanted), 500):
+                chunk = wanted[lo : lo + 500]
+                q = f"SELECT batch FROM published WHERE stream = ? AND batch IN ({','.join('?' * len(chunk))})"
+                have.update(str(b) for (b,) in self._q(q, (stream, *chunk)))
+            return [b for b in wanted if b not in have]
+
+    def watermark(self, source: str, stream: str) -> int:
+        """Offset of ``stream`` (in the log ``source``) below which every batch has its record."""
+        with self._lock:
+            self._writable()
+            rows = self._q("SELECT offset FROM watermarks WHERE source = ? AND stream = ?", (source, stream))
+        return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]
+
+    def reconcile(self, source: str, stream: str, upto: int, events: Iterable[AuditEvent]) -> int:
+        """Append the Publish records among ``events`` whose batch still has none, and move the
+        watermark of (``source``, ``stream``) to ``upto``, in one transaction; return how many
+        were appended. Concurrent reconcilers cannot both add a record for one batch."""
+        entries = [self._entry(e) for e in events]
+        with self._lock:
+            self._writable()
+            self._flush_locked()
+            appended: tuple[range, Frontier] | None = None
+            with self._write_txn():
+                fresh: list[Entry] = []
+                taken: set[tuple[str, str]] = set()
+                for entry in entries:
+                    row = _published_row(0, entry)
+                    if row is None:
+                        raise InputError("reconciled records are Publish records naming stream and batch")
+                    key = row[:2]
+                    seen = self._conn.execute(
+                        "SELECT 1 FROM published WHERE stream = ? AND batch = ?", key
+                    ).fetchone()
+                    if not seen and key not in taken:
+                        taken.add(key)
+                        fresh.append(entry)
+                if fresh:
+                    appended = self._append_in_txn(fresh)
+                self._conn.execute(
+                    "INSERT INTO watermarks (source, stream, offset) VALUES (?, ?, ?) ON CONFLICT (source, stream) "
+                    "DO UPDATE SET offset = max(offset, excluded.offset)",
+                    (source, stream, upto),
+                )
+            if appended is not None:
+                self._frontier, self._frontier_size = appended[1], appended[0].stop
+        return len(fresh)
 
     def checkpoint(self) -> Checkpoint:
         """Sign (size, root, time) of the current tree and keep it in the checkpoint table."""

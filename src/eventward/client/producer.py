@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,45 @@ from eventward.client.envelopes import EnvelopeBuilder
 from eventward.client.types import FieldCipher, SchemaSource
 from eventward.crypto import seal as sealing
 from eventward.crypto.seal import Signer
-from eventward.errors import AccessDenied, ConfigError, EventwardError, InputError, TransportError
+from eventward.errors import (
+    AccessDenied,
+    ConfigError,
+    EnvelopeError,
+    EventwardError,
+    InputError,
+    TransportError,
+)
 from eventward.log.base import Transport
 from eventward.log.names import check_stream_name
 from eventward.policy.base import PUBLISH, Authorizer, check
 
 log = logging.getLogger("eventward.producer")
+
+
+def _attributes(
+    time_: str | None, dataschema: str | None, ctype: str | None, extensions: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """The caller's optional attributes (nulls unset), refusing what eventward must set itself."""
+    given: dict[str, Any] = {k: v for k, v in (extensions or {}).items() if v is not None}
+    for name in given:
+        if name in _CORE_ATTRIBUTES:
+            raise EnvelopeError(f"attribute '{name}' is not an extension; pass it as its own argument")
+        if name.startswith(envelope.RESERVED_PREFIX):
+            raise EnvelopeError(f"extension attribute '{name[:40]}' is reserved (eventward sets its own)")
+    if ctype is not None and not envelope.is_json_type(ctype):
+        raise EnvelopeError(
+            "attribute 'datacontenttype' must be a JSON media type: event data is JSON the registered "
+            "schema validates"
+        )
+    for name, value in (("time", time_), ("dataschema", dataschema), ("datacontenttype", ctype)):
+        if value is not None:
+            given[name] = value
+    return given or None
+
+
+_CORE_ATTRIBUTES = frozenset(
+    {"specversion", "id", "source", "type", "subject", "time", "dataschema", "datacontenttype", "data", "data_base64"}
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +146,16 @@ class Producer:
         id: str | None = None,
         source: str | None = None,
         subject: str | None = None,
+        time: str | None = None,
+        dataschema: str | None = None,
+        datacontenttype: str | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> str:
         """Buffer one event and return its id; raises (buffering nothing) if it is refused.
+
+        CloudEvents attributes the caller sets (``time``, ``dataschema``, a JSON
+        ``datacontenttype``, extensions such as ``traceparent``) are kept as given; eventward's
+        own ``ew*`` extensions cannot be set, and its acceptance time goes in ``ewtime``.
 
         A full buffer is flushed here; if the log is down the sealed batch waits for the next
         flush (``last_error`` says why) and, once another full batch is waiting, ``send``
@@ -122,6 +163,7 @@ class Producer:
         """
         if self._pending is not None and len(self._buffer) >= self._max_batch:
             self.flush()
+        attributes = _attributes(time, dataschema, datacontenttype, extensions)
         self._authorize(type_)
         schema = self._schemas.active(type_)
         schema.validate(data)
@@ -142,6 +184,7 @@ class Producer:
                 now=now,
             )
             try:
+                attributes=attributes,
                 raw = envelope.encode(env, max_bytes=schema.max_event_bytes)
             except orjson.JSONEncodeError:
                 raise InputError(f"event data of type {type_} is not JSON-serializable") from None

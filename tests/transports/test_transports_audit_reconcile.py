@@ -1,0 +1,73 @@
+"""On NATS the batch lives in the broker and the Publish record in the home's audit log.
+
+A producer killed between the PubAck and its audit flush leaves batches in JetStream with no
+record; nothing reconciles them on open (the opening principal may not read every topic), so
+``reconcile`` is run explicitly, and the guarantee README states is: after it runs, every batch
+sealed more than the grace period ago has exactly one Publish record.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from eventward.audit.log import AuditLog
+from eventward.audit.reconcile import reconcile
+from eventward.client.trust import ACTIVE, TrustedKey
+from eventward.client.verify import SealVerifier
+from eventward.crypto import seal as sealing
+from eventward.home import Home
+from eventward.log import natsserver
+
+from .conftest import nats_client
+
+
+class _Keys:
+    def __init__(self, signer: sealing.Signer) -> None:
+        self.key = TrustedKey(signer.kid, signer.principal, signer.public_key(), ACTIVE, 0.0)
+
+    def resolve(self, kid: str) -> TrustedKey:
+        assert kid == self.key.kid
+        return self.key
+
+
+def test_attack_kill9_producer_loses_audit_on_nats(nats_node: natsserver.Node, tmp_path: Path) -> None:
+    t = nats_client(nats_node)
+    stream = f"orders.{uuid.uuid4().hex[:10]}"
+    t.create_stream(stream)
+    signer = sealing.Signer("orders-svc", Ed25519PrivateKey.generate())
+    now = time.time()
+    batches = []
+    for i in range(4):  # batches 0 and 1 got their record; 2 and 3 lost it with the process
+        events = [f'{{"n":{i},"k":{k}}}'.encode() for k in range(3)]
+        bid = f"inst-{i * 3}"
+        sealed_at = now if i == 3 else now - 600
+        blob = sealing.seal(
+            signer, instance="inst", stream=stream, batch=bid, first_seq=i * 3, events=events, time=sealed_at
+        )
+        t.append(stream, bid, events, blob)
+        batches.append(bid)
+    verifier = SealVerifier(_Keys(signer))
+    try:
+        with AuditLog.open(Home(tmp_path / "home")) as audit:
+            for bid in batches[:2]:
+                audit.record("Publish", principal="orders-svc", resource=f"Topic::{stream}", stream=stream, batch=bid)
+            assert audit.unpublished(stream, batches) == batches[2:]
+            first = reconcile(audit, t, source="nats", verify=verifier.verify_seal)  # default grace
+            assert (first.records_added, first.held_back) == (1, 1)  # the fresh batch may be a live producer's
+            assert audit.unpublished(stream, batches) == batches[3:]
+            assert reconcile(audit, t, source="nats", verify=verifier.verify_seal, grace_s=0).records_added == 1
+            assert audit.unpublished(stream, batches) == []
+            rec = [r for r in audit.tail(10) if r.meta.get("reconciled")]
+            assert [r.meta["batch"] for r in rec] == batches[2:]
+            assert all(r.principal == "orders-svc" and r.meta["seal"] == "verified" for r in rec)
+            assert [(r.meta["first_seq"], r.meta["last_seq"], r.meta["first_offset"]) for r in rec] == [
+                (6, 8, 6),
+                (9, 11, 9),
+            ]
+            assert reconcile(audit, t, source="nats", grace_s=0).records_added == 0
+    finally:
+        t.close()
