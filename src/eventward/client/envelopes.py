@@ -53,14 +53,36 @@ class EnvelopeBuilder:
         subject_hash: str | None,
         subject: str | None,
         now: float,
+        attributes: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """``attributes``: what the producer set beyond type/source/id/subject (``time``,
+        ``dataschema``, ``datacontenttype``, extensions), kept as given; ``ewtime`` is always
+        eventward's own acceptance time."""
+        received = self.time(now)
         ext: dict[str, Any] = {
             envelope.EXT_PRODUCER: self._principal,
             envelope.EXT_SEQ: seq,
             envelope.EXT_SCHEMA: schema_version,
+            envelope.EXT_RECEIVED: received,
         }
         if subject_hash is not None:
             ext[envelope.EXT_SUBJECT] = subject_hash
+        if attributes:
+            given = dict(attributes)
+            time_ = given.pop("time", None)
+            dataschema = given.pop("dataschema", None)
+            ctype = given.pop("datacontenttype", None)
+            return envelope.make(
+                type_,
+                source,
+                data,
+                id_=id_,
+                subject=subject,
+                time_=time_ or received,
+                extensions={**given, **ext},
+                dataschema=dataschema,
+                datacontenttype=ctype,
+            )
         key = (type_, source, schema_version)
         fast = (
             key in self._checked
@@ -70,9 +92,7 @@ class EnvelopeBuilder:
             and (subject_hash is None or (type(subject_hash) is str and 0 < len(subject_hash) <= _MAX_ID))
         )
         if not fast:  # the full rules; raises EnvelopeError naming the attribute
-            env = envelope.make(
-                type_, source, data, id_=id_, subject=subject, time_=self.time(now), extensions=ext
-            )
+            env = envelope.make(type_, source, data, id_=id_, subject=subject, time_=received, extensions=ext)
             self._checked.add(key)
             return env
         env = {
@@ -80,7 +100,7 @@ class EnvelopeBuilder:
             "id": id_,
             "source": source,
             "type": type_,
-            "time": self.time(now),
+            "time": received,
             "datacontenttype": "application/json",
         }
         env.update(ext)
