@@ -332,8 +332,9 @@ class Deployment:
 
     # --- control plane ---------------------------------------------------------------------
     def forget(self, subject: str, *, principal: str, reason: str = "") -> Forgotten:
-        """Crypto-shred a data subject and record a signed erasure certificate in the audit log."""
-        code = reason if _REASON_CODE.fullmatch(reason) else "erasure-request"
+        """Crypto-shred a data subject and record a signed erasure certificate in the audit log.
+        ``reason`` is a short code (InputError for free text, which could carry PII)."""
+        code = reason or "erasure-request"
         receipt = self.keys.forget(subject, principal=principal, reason=code)
         cert = issue_erasure_certificate(self.audit, receipt, principal=principal, reason_code=code)
         return Forgotten(receipt, cert)

@@ -30,7 +30,7 @@ def wrapped_blobs(home, kids):
 def test_forget_destroys_every_class_and_spares_others(svc, audit):
     alice, bob = keys_of(svc, "alice"), keys_of(svc, "bob")
     svc.rotate_dek("alice", "pii", principal="admin")  # a second version is destroyed too
-    receipt = svc.forget("alice", principal="admin", reason="gdpr art.17")
+    receipt = svc.forget("alice", principal="admin", reason="gdpr-art17")
     assert receipt.destroyed == 4 and receipt.classes == ("health", "payment", "pii")
     assert receipt.subject_hash == svc.subject_hash("alice") and receipt.purged
     assert receipt.kek_epochs == {"health": 1, "payment": 1, "pii": 1}
@@ -137,7 +137,7 @@ def test_forged_or_edited_ledger_line_stops_the_service(open_svc, home):
 
 def test_legal_hold_blocks_forget_until_released(svc, audit):
     alice = keys_of(svc, "alice")
-    svc.hold("alice", principal="admin", reason="litigation #42")
+    svc.hold("alice", principal="admin", reason="litigation-42")
     assert svc.is_held("alice") and not svc.is_held("bob")
     with pytest.raises(LegalHoldError, match="legal hold") as ei:
         svc.forget("alice", principal="admin")

@@ -34,7 +34,7 @@ def test_raw_subject_id_never_leaks(open_svc, home, audit, caplog):
     errors.append(ei.value)
     svc.release(SENTINEL, principal="admin")
     svc.rotate_kek("pii", principal="admin")
-    receipt = svc.forget(SENTINEL, principal="admin", reason="erasure request")
+    receipt = svc.forget(SENTINEL, principal="admin", reason="erasure-request")
     for cls, kid in kids.items():
         with pytest.raises(EventwardError) as ei:
             svc.decryption_key(kid, cls, principal="admin")

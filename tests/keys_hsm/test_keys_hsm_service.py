@@ -35,7 +35,7 @@ def test_data_keys_authorized_unwrap_and_forget(service):
     with pytest.raises(AccessDenied):
         svc.decryption_key(pay_kid, "payment", principal="reader")
 
-    receipt = svc.forget(ALICE, principal="admin", reason="erasure request")
+    receipt = svc.forget(ALICE, principal="admin", reason="erasure-request")
     assert receipt.destroyed == 2 and receipt.kek_epochs == {"payment": 1, "pii": 1}
     for k, c in ((kid, "pii"), (pay_kid, "payment")):
         with pytest.raises(KeyDestroyed):

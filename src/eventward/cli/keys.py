@@ -140,7 +140,8 @@ def forget(
 ) -> None:
     """Crypto-shred a data subject (every key, every class) and log a signed erasure certificate."""
     with deployment(principal) as dep:
-        done = dep.forget(_subject(subject), principal=principal, reason=reason)
+        code = reason if is_reason_code(reason) else "erasure-request"  # free text is never recorded
+        done = dep.forget(_subject(subject), principal=principal, reason=code)
     r, cert = done.receipt, done.certificate
     t = Table(title="erasure receipt", show_header=False)
     t.add_row("subject (hash)", r.subject_hash)

@@ -46,6 +46,7 @@ DEFAULT_CLASSES = ("pii", "payment", "health")
 SUBJECT_HASH_CHARS = 32
 MAX_SUBJECT_CHARS = 1024
 MAX_REASON_CHARS = 1000
+REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # what a forget/hold reason may be
 _CLASS = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 
 Progress = Callable[[int, int], None]
@@ -63,9 +64,18 @@ def _check_class(cls: str) -> str:
 
 
 def _check_reason(reason: str, *, required: bool) -> str:
-    if not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS or (required and not reason.strip()):
-        raise InputError(f"a reason of 1..{MAX_REASON_CHARS} characters is required" if required
-                         else f"the reason must be at most {MAX_REASON_CHARS} characters")
+    """Reasons are short codes (``gdpr-art17``, ``case-2024-117``), refused as free text at this
+    API so every client (SDK, CLI, gateway) gets the same rule: free text invites PII into the
+    audit log. Never echoes the reason."""
+    if not isinstance(reason, str) or (required and not reason.strip()):
+        raise InputError("a reason code is required", path="reason", rule="required")
+    if reason and not REASON_CODE.fullmatch(reason):
+        raise InputError(
+            "a reason must be a short code such as 'gdpr-art17' (1..64 lowercase letters, digits, "
+            "'.', '_', '-'), not free text",
+            path="reason",
+            rule="reason_code",
+        )
     return reason
 
 
