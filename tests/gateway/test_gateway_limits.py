@@ -12,7 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from eventward.errors import QuotaExceeded
+from eventward.gateway.app import gateway_of
 from eventward.gateway.limits import RateLimiter
+from support_wait import wait_until
 
 from .conftest import Running, gateway_config, start_gateway
 from .gw_support import Pki, call, event, read_until_closed, tls_socket
@@ -85,8 +87,13 @@ def test_principal_over_quota_gets_429_with_retry_after(quota_gw: Running, test_
         ).status
         == 200
     )
-    time.sleep(int(retry))
-    assert call(quota_gw.port, ctx, "POST", "/v1/topics/orders/events", [event(1)]).status == 200
+    t0 = time.monotonic()  # Retry-After is enough: the bucket refills within it
+
+    def accepted() -> bool:
+        return call(quota_gw.port, ctx, "POST", "/v1/topics/orders/events", [event(1)]).status == 200
+
+    wait_until(accepted, timeout=int(retry) + 5, interval=0.1, what="quota refilled")
+    assert time.monotonic() - t0 <= int(retry) + 0.5
 
 
 def test_rate_limiter_math_and_bounded_state() -> None:
@@ -241,11 +248,17 @@ def test_silent_tcp_client_is_cut_at_the_handshake_deadline(limited: Running) ->
     assert closed and data == b"" and elapsed < 2.5  # handshake_timeout_s = 1
 
 
+def _open_connections(run: Running) -> int:
+    """Connections the server holds now (aiohttp's own list, what the cap counts)."""
+    runner = run.gw.server._runner
+    return len(runner.server.connections) if runner is not None and runner.server is not None else 0
+
+
 def test_connection_cap(limited: Running, test_pki: Pki) -> None:
     ctx = test_pki.client_ctx("orders")
     held = [tls_socket(limited.port, ctx) for _ in range(8)]
     try:
-        time.sleep(0.1)
+        wait_until(lambda: _open_connections(limited) >= 8, what="held connections registered")
         s = tls_socket(limited.port, ctx)
         with s:
             try:
@@ -257,7 +270,7 @@ def test_connection_cap(limited: Running, test_pki: Pki) -> None:
     finally:
         for h in held:
             h.close()
-    time.sleep(0.2)
+    wait_until(lambda: _open_connections(limited) == 0, what="held connections released")
     assert call(limited.port, ctx, "GET", "/v1/whoami").status == 200  # capacity is back
 
 
@@ -290,7 +303,7 @@ def test_consume_is_bounded_by_bytes_and_waiters(limited: Running, test_pki: Pki
 
     t = threading.Thread(target=long_poll)
     t.start()
-    time.sleep(0.3)
+    wait_until(lambda: gateway_of(limited.gw.server.app).waiting == 1, what="first long poll waiting")
     t0 = time.monotonic()
     r = call(limited.port, ctx, "GET", "/v1/topics/quiet/events?group=g2&wait=1.5")
     second = time.monotonic() - t0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -21,6 +20,7 @@ from eventward.errors import (
     SchemaSecurityError,
 )
 from eventward.schema import Mode, Registry
+from support_wait import wait_until
 
 from .conftest import SENTINEL, TYPE, activate, make_authz, mutate, order_event, order_schema
 
@@ -237,14 +237,13 @@ def test_another_instance_notices_activation(tmp_path):
     path = tmp_path / "r.db"
     with (
         Registry(path, authorizer=make_authz(), refresh_interval=0.2) as writer,
-        Registry(path, authorizer=make_authz(), refresh_interval=0.2) as reader,
+        Registry(path, authorizer=make_authz(), refresh_interval=0.5) as reader,
     ):
         activate(writer, order_schema())
         assert reader.active(TYPE).version == 1
         activate(writer, mutate(order_schema(), "customer.phone", type="string"))
         assert reader.active(TYPE).version == 1  # cached within the refresh interval
-        time.sleep(0.3)
-        assert reader.active(TYPE).version == 2
+        wait_until(lambda: reader.active(TYPE).version == 2, what="reader sees version 2")
 
 
 @pytest.mark.timeout(60)
@@ -255,9 +254,8 @@ def test_process_notices_activation_by_another_process(tmp_path):
         v1 = reg.active(TYPE)
         assert v1.document["properties"]["a"]["maxLength"] == 10
         assert worker(path, "activate", TYPE, 20)["ok"]
-        time.sleep(0.15)
-        v2 = reg.active(TYPE)
-        assert v2.version == 2 and v2.document["properties"]["a"]["maxLength"] == 20
+        v2 = wait_until(lambda: (v := reg.active(TYPE)).version == 2 and v, what="activation noticed")
+        assert v2.document["properties"]["a"]["maxLength"] == 20
         assert reg.get(TYPE, 1).state == "superseded"
 
 
