@@ -185,8 +185,15 @@ def setup_logging(level: int = logging.WARNING) -> None:
     root.addHandler(stderr)
     h = home()
     if h.root.is_dir():
-        h.run_dir.mkdir(exist_ok=True, mode=0o700)
-        fh = logging.FileHandler(h.run_dir / "eventward.log")
+        try:
+            h.run_dir.mkdir(exist_ok=True, mode=0o700)
+            fh = logging.FileHandler(h.run_dir / "eventward.log")
+        except OSError as e:
+            # A read-only home (a mounted backup, an auditor's copy) must still serve read-only
+            # commands: warnings go to stderr instead, and the command goes on.
+            stderr.setLevel(level)
+            root.warning("cannot write %s (%s): logging to stderr", h.run_dir / "eventward.log", e.strerror)
+            return
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         root.addHandler(fh)
 
