@@ -26,6 +26,7 @@ from eventward.log.nats import NatsTransport, admin_permissions, stream_name
 from eventward.log.retry import Backoff
 from eventward.policy.compile_nats import compile_nats, nats_inbox_prefix
 from eventward.policy.spec import parse
+from support_wait import async_wait_until, wait_until
 
 POLICY = """
 principals:
@@ -99,15 +100,15 @@ def server(tmp_path_factory):
         [_nats_server(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
+        def listening() -> bool:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                return True
             except OSError:
                 assert proc.poll() is None, "nats-server exited: compiled config rejected?"
-                assert time.monotonic() < deadline, "nats-server did not start"
-                time.sleep(0.05)
+                return False
+
+        wait_until(listening, timeout=10, interval=0.05, what="nats-server listening")
         url = f"nats://127.0.0.1:{port}"
         with NatsTransport(url, user=OPS, password=passwords[OPS], backoff=FAST, timeout_s=2.0) as ops:
             for topic in STREAMS:  # as `eventward nats up` provisions: the offsets bucket too
@@ -158,11 +159,22 @@ class Client:
         await self.settle()
 
     async def settle(self):
+        """The server has processed everything sent so far (PING/PONG round trip)."""
         await self.nc.flush()
-        await asyncio.sleep(0.05)
 
     def violated(self, subject):
         return any("permissions violation" in e and f'"{subject.lower()}"' in e for e in self.errors)
+
+    async def wait_violated(self, subject) -> bool:
+        """The server's -ERR arrives asynchronously: wait for it with a deadline."""
+        return await async_wait_until(lambda: self.violated(subject), timeout=5, what=f"violation on {subject}")
+
+    async def wait_got(self, last) -> list:
+        """Wait until ``last`` was delivered. One publisher's messages arrive in order, and a
+        publisher that settled was routed before anything published after it, so whatever was
+        not delivered by then never will be."""
+        await async_wait_until(lambda: last in self.got, timeout=5, what=f"marker {last}")
+        return self.got
 
 
 def run(coro):
@@ -179,11 +191,12 @@ def test_allowed_publish_goes_through_and_denied_is_blocked(server):
         await producer.pub("ew.orders", b"ok-1")
         await producer.pub("ew.payments", b"forbidden")  # producer has no grant on payments
         await producer.pub("ew.orders-archive", b"literal-only")
-        await asyncio.sleep(0.2)
-        assert producer.violated("ew.payments") and producer.violated("ew.orders-archive")
-        assert not producer.violated("ew.orders")
-        assert reader.got == [("ew.orders", b"ok-1")]
-        assert analytics.got == [("ew.orders", b"ok-1")]
+        await producer.pub("ew.orders", b"marker")
+        assert await producer.wait_violated("ew.payments") and await producer.wait_violated("ew.orders-archive")
+        assert not producer.violated("ew.orders")  # its -ERR would have come before the later ones
+        marker = ("ew.orders", b"marker")
+        assert await reader.wait_got(marker) == [("ew.orders", b"ok-1"), marker]
+        assert await analytics.wait_got(marker) == [("ew.orders", b"ok-1"), marker]
         for c in (producer, reader, analytics):
             await c.nc.close()
 
@@ -193,15 +206,17 @@ def test_allowed_publish_goes_through_and_denied_is_blocked(server):
 def test_wildcard_subscriber_never_receives_denied_topic(server):
     async def go():
         payer, analytics = await Client.open(server, "pay-writer"), await Client.open(server, "analytics")
+        producer = await Client.open(server, "producer")
         await analytics.sub("ew.>")
         await payer.pub("ew.payments", b"card-data")
         await payer.pub("ew.payments.dlq", b"card-data-dlq")  # the DLQ shares its topic's grants
-        await asyncio.sleep(0.2)
+        await producer.pub("ew.orders", b"marker")  # published after the server routed payer's
+        marker = ("ew.orders", b"marker")
+        assert await analytics.wait_got(marker) == [marker]  # forbid overrides permit at the broker too
         assert not payer.violated("ew.payments") and not payer.violated("ew.payments.dlq")
-        assert analytics.got == []  # forbid overrides permit at the broker too
         await analytics.sub("ew.payments")  # and asking explicitly is a violation
-        assert analytics.violated("ew.payments")
-        for c in (payer, analytics):
+        assert await analytics.wait_violated("ew.payments")
+        for c in (payer, analytics, producer):
             await c.nc.close()
 
     run(go())
@@ -210,15 +225,17 @@ def test_wildcard_subscriber_never_receives_denied_topic(server):
 def test_denied_subscription_is_refused(server):
     async def go():
         payer, reader = await Client.open(server, "pay-writer"), await Client.open(server, "reader")
+        producer = await Client.open(server, "producer")
+        await reader.sub("ew.orders")
         await reader.sub("ew.payments")
         await reader.sub("ew.>")
         await payer.pub("ew.payments", b"x")
-        await asyncio.sleep(0.2)
-        assert reader.violated("ew.payments") and reader.violated("ew.>")
-        assert reader.got == []
+        await producer.pub("ew.orders", b"marker")
+        assert await reader.wait_violated("ew.payments") and await reader.wait_violated("ew.>")
+        assert await reader.wait_got(("ew.orders", b"marker")) == [("ew.orders", b"marker")]
         await reader.pub("ew.orders", b"readers do not write")
-        assert reader.violated("ew.orders")
-        for c in (payer, reader):
+        assert await reader.wait_violated("ew.orders")
+        for c in (payer, reader, producer):
             await c.nc.close()
 
     run(go())
@@ -247,8 +264,8 @@ def test_attack_type_limited_grant_overgranted_on_broker(server):
         await alice.pub("ew.invoices", b"x")
         await alice.sub("ew.>")
         for subject in ("ew.invoices-archive", "ew.invoices.eu", "ew.orders", "ew.invoices"):
-            assert typed.violated(subject), subject
-        assert alice.violated("ew.invoices") and alice.violated("ew.>")
+            assert await typed.wait_violated(subject), subject
+        assert await alice.wait_violated("ew.invoices") and await alice.wait_violated("ew.>")
         for c in (typed, alice):
             await c.nc.close()
 
@@ -262,9 +279,11 @@ def test_prefixed_grant_maps_to_token_wildcard(server):
         await eu.sub("ew.orders")  # "orders." does not match "orders"
         await eu.sub("ew.orders-archive")
         await producer.pub("ew.orders.eu", b"eu-1")
-        await asyncio.sleep(0.2)
-        assert eu.got == [("ew.orders.eu", b"eu-1")]
-        assert eu.violated("ew.orders") and eu.violated("ew.orders-archive")
+        await producer.pub("ew.orders", b"not-for-eu")
+        await producer.pub("ew.orders.eu", b"marker")
+        marker = ("ew.orders.eu", b"marker")
+        assert await eu.wait_got(marker) == [("ew.orders.eu", b"eu-1"), marker]
+        assert await eu.wait_violated("ew.orders") and await eu.wait_violated("ew.orders-archive")
         for c in (producer, eu):
             await c.nc.close()
 
@@ -287,8 +306,7 @@ def test_jetstream_reads_follow_the_policy(server):
         for c in (analytics, reader):
             with pytest.raises(Exception):
                 await c.nc.request(pay_get, b'{"seq": 1}', timeout=0.5)
-            await c.settle()
-            assert c.violated(pay_get)
+            assert await c.wait_violated(pay_get)
         for c in (producer, payer, reader, analytics):
             await c.nc.close()
 
@@ -300,7 +318,8 @@ def test_other_principals_inboxes_are_private(server):
         analytics = await Client.open(server, "analytics")
         await analytics.sub(nats_inbox_prefix("reader") + ".>")
         await analytics.sub("_INBOX.>")
-        assert analytics.violated(nats_inbox_prefix("reader") + ".>") and analytics.violated("_INBOX.>")
+        assert await analytics.wait_violated(nats_inbox_prefix("reader") + ".>")
+        assert await analytics.wait_violated("_INBOX.>")
         await analytics.nc.close()
 
     run(go())
