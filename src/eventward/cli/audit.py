@@ -42,6 +42,7 @@ audit_app = typer.Typer(
 _KEY = typer.Option(None, "--key", help="Audit verifier key (or a file holding it); default: the home's key.")
 _OUT = typer.Option(None, "--out", help="Also write the document to this file.")
 _AS = as_admin()
+_JSON = common.json_option()
 
 
 def register(app: typer.Typer) -> None:
@@ -89,13 +90,22 @@ def _b64(h: bytes) -> str:
     return base64.b64encode(h).decode()
 
 
-@audit_app.command()
+@audit_app.command(epilog=common.examples("eventward audit tail -n 50", "eventward audit tail --json"))
 def tail(
-    n: int = typer.Option(20, "-n", help="How many records, newest last."), principal: str = _AS
+    n: int = typer.Option(20, "-n", help="How many records, newest last."),
+    principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Show the newest records."""
     with _reading(principal) as (_, log):
         records = log.tail(n)
+    if as_json:
+        common.emit_json({"records": [
+            {"index": r.index, "time": r.time, "principal": r.principal, "action": r.action,
+             "resource": r.resource, "outcome": r.outcome, "reason": r.reason, "meta": dict(r.meta)}
+            for r in records
+        ]})
+        return
     table = Table()
     for name in ("#", "time", "principal", "action", "resource", "outcome", "reason", "meta"):
         table.add_column(name, overflow="fold")  # an audit view never hides part of a record
@@ -107,8 +117,12 @@ def tail(
 
 
 @audit_app.command()
-def show(index: int = typer.Argument(..., help="Record index."), principal: str = _AS) -> None:
-    """Show one record: its exact stored bytes and leaf hash."""
+def show(
+    index: int = typer.Argument(..., help="Record index."),
+    principal: str = _AS,
+    as_json: bool = typer.Option(False, "--json", help="Accepted for uniformity: the output is always JSON."),
+) -> None:
+    """Show one record as JSON: the record and its leaf hash."""
     with _reading(principal) as (_, log):
         record = log.get(index)
         leaf = log.prove(index).leaf_hash
@@ -135,10 +149,16 @@ def prove(
 
 
 @audit_app.command()
-def checkpoint(out: Path = _OUT, principal: str = _AS) -> None:
+def checkpoint(out: Path = _OUT, principal: str = _AS, as_json: bool = _JSON) -> None:
     """Sign and print a checkpoint of the current tree (C2SP signed-note format); it is also kept."""
     with _reading(principal) as (_, log):
         cp = log.checkpoint()
+    if as_json:
+        common.emit_json({"origin": cp.origin, "size": cp.size, "root": _b64(cp.root), "time": cp.time,
+                          "text": cp.text})
+        if out is not None:
+            out.write_text(cp.text)
+        return
     _emit(cp.text, out)
 
 
@@ -149,12 +169,18 @@ def public_key() -> None:
         _emit(log.verifier.vkey() + "\n", None)
 
 
-@audit_app.command()
+@audit_app.command(
+    epilog=common.examples(
+        "eventward audit verify",
+        "eventward audit verify --db audit.db --key audit.pub --checkpoint cp.txt --json",
+    )
+)
 def verify(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="A checkpoint published earlier."),
     db: Path = typer.Option(None, "--db", help="Verify this database file instead of the home's (no grant)."),
     key: str = _KEY,
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Recompute the whole tree and check every signed checkpoint; exit 1 naming the first bad index."""
     cp_text = _read_file(checkpoint, "checkpoint") if checkpoint is not None else None
@@ -165,6 +191,21 @@ def verify(
         with _reading(principal) as (dep, log):
             verifier = _verifier(key, dep.home)
             report = _verify(log, cp_text, verifier)
+    if as_json:
+        err = report.error
+        common.emit_json({
+            "ok": err is None,
+            "size": report.size,
+            "root": _b64(report.root),
+            "records_checked": report.records_checked,
+            "nodes_checked": report.nodes_checked,
+            "checkpoints_checked": report.checkpoints_checked,
+            "checkpoint_key": verifier is not None,
+            "error": None if err is None else {"message": err.message, "index": err.index},
+        })
+        if err is not None:
+            raise SystemExit(common.EXIT_PROBLEM)
+        return
     if report.error is not None:
         where = "" if report.error.index is None else f" (first bad index: {report.error.index})"
         common.err_console.print(

@@ -1,17 +1,22 @@
-"""``eventward nats up|down|status|cert``: a local NATS JetStream deployment for this home.
+"""``eventward nats up|down|status|cert|streams|consumers``: a local NATS JetStream deployment for this home.
 
 ``up`` starts 1, 3 or 5 nats-servers on 127.0.0.1 with mTLS from the deployment's own CA
 (client certificate = principal, ``verify_and_map``) and the authorization compiled from the
 active policy, plus one operator user (``eventward-operator``) that may create streams: the
 compiled users get exactly the subjects their grants need and none may create streams.
 ``down`` stops exactly the processes ``up`` started (PID files, verified against /proc).
+``streams`` and ``consumers`` read the JetStream management API of the servers the home's
+configuration names, as the operator (listing every stream is an operator's right).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +34,11 @@ SERVER_CERT = "nats-server"
 
 nats_app = typer.Typer(help="A local NATS JetStream deployment (mTLS, policy-compiled permissions).",
                        no_args_is_help=True)
+_JSON = common.json_option()
+_OPERATOR_AS = typer.Option(
+    OPERATOR, "--as", metavar="PRINCIPAL",
+    help="Whose NATS credentials to use when nats.cert names <principal> (listing needs the operator's).",
+)
 
 
 def run_root(home: Home) -> Path:
@@ -119,7 +129,10 @@ def _create_streams(
             progress.advance(task)
 
 
-@nats_app.command("up")
+@nats_app.command(
+    "up",
+    epilog=common.examples("eventward nats up --cluster 3", "eventward nats streams", "eventward nats consumers"),
+)
 def up_cmd(
     cluster: int = typer.Option(1, "--cluster", help="Number of servers: 1, 3 or 5."),
     port: int = typer.Option(4222, "--port", help="Client port of the first server (others follow)."),
@@ -166,6 +179,14 @@ def up_cmd(
     )
 
 
+def _nodes_json(nodes: list[Node]) -> dict[str, Any]:
+    return {"servers": [
+        {"name": n.name, "url": n.url(tls=True), "route_port": n.cluster_port, "pid": natsserver.running(n),
+         "store": str(n.store)}
+        for n in nodes
+    ]}
+
+
 def _print_nodes(nodes: list[Node]) -> None:
     table = Table("server", "client url", "route port", "pid", "store")
     for n in nodes:
@@ -186,9 +207,12 @@ def down_cmd() -> None:
 
 
 @nats_app.command("status")
-def status_cmd() -> None:
-    """Servers of this deployment and whether they run."""
+def status_cmd(as_json: bool = _JSON) -> None:
+    """Servers of this deployment and whether they run (pid null: stopped)."""
     nodes = natsserver.discover(run_root(common.home()))
+    if as_json:
+        common.emit_json(_nodes_json(nodes))
+        return
     if not nodes:
         common.console.print("no NATS deployment in this home; run 'eventward nats up'")
         return
@@ -200,6 +224,80 @@ def cert_cmd(principal: str = typer.Argument(..., help="Principal the certificat
     """Issue (once) a client certificate whose CN is PRINCIPAL, from the deployment CA."""
     cert, key = pki.ensure_client_cert(common.home().ensure().certs, principal)
     common.console.print(f"certificate {cert}\nkey         {key} (0600)", highlight=False)
+
+
+@contextmanager
+def _admin(principal: str) -> Iterator[Any]:
+    """The NATS transport of this home's configuration, with ``principal``'s credentials."""
+    from eventward.client.trust import check_principal
+    from eventward.config import Config
+    from eventward.deployment import open_transport
+
+    home = common.home().require()
+    config = Config.load(home.config)
+    if config.transport != "nats":
+        raise ConfigError(f"this home's transport is {config.transport!r}, not nats (see {home.config})")
+    transport = open_transport(home, config, check_principal(principal))
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+@nats_app.command("streams", epilog=common.examples("eventward nats streams", "eventward nats streams --json"))
+def streams_cmd(principal: str = _OPERATOR_AS, as_json: bool = _JSON) -> None:
+    """eventward's JetStream streams: events (offsets), sealed batches (messages), bytes, replicas, leader."""
+    with _admin(principal) as t:
+        stats = t.stream_stats()
+    if as_json:
+        common.emit_json({"streams": [
+            {"stream": s.stream, "jetstream_stream": s.jetstream, "events": s.events, "batches": s.batches,
+             "bytes": s.bytes, "first_seq": s.first_seq, "last_seq": s.last_seq, "replicas": s.replicas,
+             "leader": s.leader, "jetstream_consumers": s.consumers}
+            for s in stats
+        ]})
+        return
+    table = Table("stream", "events", "batches", "bytes", "replicas", "leader", "JetStream stream")
+    for s in stats:
+        table.add_row(s.stream, str(s.events), str(s.batches), str(s.bytes), str(s.replicas), s.leader or "-",
+                      s.jetstream)
+    common.console.print(table)
+
+
+@nats_app.command(
+    "consumers", epilog=common.examples("eventward nats consumers", "eventward nats consumers --json")
+)
+def consumers_cmd(principal: str = _OPERATOR_AS, as_json: bool = _JSON) -> None:
+    """Consumer groups per stream with their committed offset and lag (events not yet consumed)."""
+    with _admin(principal) as t:
+        stats = {s.stream: s for s in t.stream_stats()}
+        offsets = t.group_offsets()
+        native = [c for s in stats.values() if s.consumers for c in t.jetstream_consumers(s.stream)]
+    groups = [
+        {"group": o.group, "stream": o.stream, "committed": o.committed,
+         "end": stats[o.stream].events if o.stream in stats else None,
+         "lag": max(0, stats[o.stream].events - o.committed) if o.stream in stats else None}
+        for o in offsets
+    ]
+    if as_json:
+        common.emit_json({
+            "groups": groups,
+            "jetstream_consumers": [
+                {"stream": c.stream, "name": c.name, "pending_batches": c.pending, "ack_pending": c.ack_pending}
+                for c in native
+            ],
+        })
+        return
+    table = Table("group", "stream", "committed", "end", "lag (events)")
+    for g in groups:
+        table.add_row(g["group"], g["stream"], str(g["committed"]),
+                      "-" if g["end"] is None else str(g["end"]), "-" if g["lag"] is None else str(g["lag"]))
+    common.console.print(table)
+    if native:
+        jt = Table("stream", "JetStream consumer", "pending batches", "ack pending", title="native JetStream consumers")
+        for c in native:
+            jt.add_row(c.stream, c.name, str(c.pending), str(c.ack_pending))
+        common.console.print(jt)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,72 @@
+"""``eventward nats streams`` and ``eventward nats consumers`` against a real nats-server: the
+numbers an operator reads (events, sealed batches, committed offsets, lag) are the transport's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from eventward.log import natsserver
+
+from .conftest import nats_client
+
+
+def _home(tmp_path: Path, node: natsserver.Node) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "eventward.yaml").write_text(f"transport: nats\nnats:\n  servers: [{node.url(tls=False)}]\n")
+    return home
+
+
+def _ew(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eventward.cli", "--home", str(home), "nats", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+def test_streams_and_consumers_report_events_batches_and_lag(tmp_path: Path, nats_node: natsserver.Node) -> None:
+    topic = f"admin.{uuid.uuid4().hex[:10]}"
+    t = nats_client(nats_node)
+    try:
+        t.create_stream(topic)
+        t.append(topic, "b1", [b"e0", b"e1", b"e2"], b"seal")
+        t.append(topic, "b2", [b"e3", b"e4"], b"seal")
+        t.commit("billing", topic, 2)
+        t.commit("audit-team", topic, 5)
+    finally:
+        t.close()
+    home = _home(tmp_path, nats_node)
+
+    r = _ew(home, "streams", "--json")
+    assert r.returncode == 0, r.stderr
+    mine = [s for s in json.loads(r.stdout)["streams"] if s["stream"] == topic]
+    assert len(mine) == 1
+    s = mine[0]
+    assert (s["events"], s["batches"], s["replicas"]) == (5, 2, 1)
+    assert s["jetstream_stream"].startswith("EW_") and s["bytes"] > 0
+
+    r = _ew(home, "consumers", "--json")
+    assert r.returncode == 0, r.stderr
+    groups = {g["group"]: g for g in json.loads(r.stdout)["groups"] if g["stream"] == topic}
+    assert groups["billing"] == {"group": "billing", "stream": topic, "committed": 2, "end": 5, "lag": 3}
+    assert groups["audit-team"]["lag"] == 0
+
+    table = _ew(home, "consumers")
+    assert table.returncode == 0
+    row = next(line for line in table.stdout.splitlines() if "billing" in line and topic in line)
+    # piped, so never wrapped: the whole row (full stream name included) is one line
+    assert [c.strip() for c in row.split("│")[1:6]] == ["billing", topic, "2", "5", "3"]
+
+
+def test_a_home_without_nats_is_one_line_and_a_configuration_exit_code(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "eventward.yaml").write_text("transport: embedded\n")
+    r = _ew(home, "streams", "--json")
+    assert r.returncode == 9
+    assert r.stderr.count("\n") == 1 and "not nats" in r.stderr and "Traceback" not in r.stderr
+    assert r.stdout == ""
