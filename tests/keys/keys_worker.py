@@ -1,8 +1,10 @@
 """A second process for the key-service tests (run as a script: not collected by pytest).
 
-watch HOME KID CLS    cache the DEK, print "ready", then poll until KeyDestroyed; print the time seen
+watch HOME KID CLS    cache the DEK, serve it once from the cache, print "ready", then poll
+                      until KeyDestroyed; print the time seen
 race HOME AT N        at wall-clock AT + i*0.1 create the first pii DEK of subject-i; print the kids
-create HOME N PREFIX  create pii DEKs for PREFIX-0..N-1; print how many
+create HOME N PREFIX  create pii DEKs for PREFIX-0..N-1, printing "started" after the first;
+                      print how many
 rotate HOME N         rotate the pii KEK N times through the keyring alone
 """
 
@@ -35,6 +37,7 @@ def main(cmd: str, home_dir: str, *args: str) -> int:
         if cmd == "watch":
             kid, cls = args
             svc.decryption_key(kid, cls, principal="admin")
+            svc.decryption_key(kid, cls, principal="admin")  # now served from the cache
             print("ready", flush=True)
             deadline = time.time() + 15
             while time.time() < deadline:
@@ -58,6 +61,8 @@ def main(cmd: str, home_dir: str, *args: str) -> int:
             n, prefix = int(args[0]), args[1]
             for i in range(n):
                 svc.encryption_key(f"{prefix}-{i}", "pii", principal="producer")
+                if i == 0:
+                    print("started", flush=True)
             print(n)
             return 0
     return 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-import time
 
 import pytest
 
@@ -86,7 +85,7 @@ def test_rotation_while_another_process_creates_keys_loses_nothing(open_svc, hom
         svc.encryption_key(f"pre-{i}", "pii", principal="p")
     proc = spawn("create", str(home.root), "60", "during")
     try:
-        time.sleep(0.4)
+        assert proc.stdout.readline().strip() == "started", proc.stderr.read()  # rotate while it creates
         reports = [svc.rotate_kek("pii", principal="admin") for _ in range(3)]
         _, err = proc.communicate(timeout=60)
     finally:
