@@ -26,6 +26,7 @@ from eventward.errors import (
 )
 from eventward.log import framing, natsserver
 from eventward.log.nats import NatsTransport, inbox_prefix_for, stream_name, subject_for
+from support_wait import async_wait_until
 
 from .conftest import FAST, nats_client, port_block
 from .nats_world import OPERATOR_PASSWORD, Deployment, raw_publish, start_mtls, start_passwords
@@ -165,7 +166,10 @@ def test_replies_to_another_principal_cannot_be_sniffed(dep: Deployment, reader:
         await nc.subscribe(inbox_prefix_for("billing") + ".>", cb=on_msg)
         await nc.flush()
         await asyncio.to_thread(reader.read, TOPIC, 0, 10)
-        await asyncio.sleep(0.3)
+        # the replies billing got were routed before this PING reached the server, so anything
+        # routed to us would have arrived before the PONG: the PONG is the marker
+        await nc.flush()
+        await async_wait_until(lambda: errors, timeout=5, what="subscription refused")
         await nc.close()
         return errors, len(got)
 
