@@ -182,9 +182,9 @@ class Producer:
                 subject_hash=subject_hash,
                 subject=subject,
                 now=now,
+                attributes=attributes,
             )
             try:
-                attributes=attributes,
                 raw = envelope.encode(env, max_bytes=schema.max_event_bytes)
             except orjson.JSONEncodeError:
                 raise InputError(f"event data of type {type_} is not JSON-serializable") from None
