@@ -137,7 +137,11 @@ def _file_policies(name: str, text: str) -> list[tuple[str | None, str]]:
     """Parse one hand-written file: [(@id or None, effect)], refusing templates and bad syntax."""
     if not isinstance(text, str):
         raise PolicyError(f"{name}: Cedar file content must be text", path=name)
-    if len(text.encode()) > _MAX_CEDAR_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # lone surrogates: text no file could hold
+        raise PolicyError(f"{name}: Cedar file is not valid Unicode text", path=name) from None
+    if size > _MAX_CEDAR_BYTES:
         raise PolicyError(f"{name}: Cedar file larger than {_MAX_CEDAR_BYTES} bytes", path=name)
     try:
         ps = cedarpy.PolicySet.from_str(text)

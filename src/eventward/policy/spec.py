@@ -209,7 +209,11 @@ def parse(text: str, source: str = "policy.yaml") -> PolicySpec:
     """Parse and check a policy file; raise PolicyError naming the offending key."""
     if not isinstance(text, str):
         raise PolicyError(f"{source} must be text", path=source)
-    if len(text.encode()) > MAX_POLICY_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # lone surrogates: text no file could hold
+        raise PolicyError(f"{source} is not valid Unicode text", path=source) from None
+    if size > MAX_POLICY_BYTES:
         raise PolicyError(f"{source} is larger than {MAX_POLICY_BYTES} bytes", path=source)
     try:
         doc = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a SafeLoader (libyaml's when available)
@@ -333,7 +337,7 @@ def _parse_principals(doc: Any, roles: Mapping[str, Any]) -> dict[str, Principal
         _expect(isinstance(name, str) and bool(_PRINCIPAL_RE.fullmatch(name)), path, "invalid principal name")
         _expect(isinstance(p, dict), path, "must be a mapping like {type: service, roles: [...]}")
         _no_unknown(p, {"type", "roles", "attributes"}, path)
-        ptype = PRINCIPAL_TYPES.get(p.get("type", ""))
+        ptype = PRINCIPAL_TYPES.get(p["type"]) if isinstance(p.get("type"), str) else None
         _expect(ptype is not None, f"{path}.type", "must be service or user")
         proles = _str_list(p["roles"], f"{path}.roles") if p.get("roles") else ()
         for i, r in enumerate(proles):
