@@ -407,3 +407,31 @@ roles:
         ("User:app.billing", "app.billing", "literal"),
         ("User:app.billing", "app.billing.", "prefixed"),
     }
+
+
+def test_shipped_example_policy_gives_each_service_its_topic_on_both_brokers():
+    """The README's NATS/Kafka path: orders-svc's type-limited publish and shipping-svc's reads
+    (with dead-letter appends) are granted the same way by both compilers, and nothing else."""
+    from importlib import resources
+
+    from eventward.log import nats as transport
+
+    spec = parse(resources.files("eventward.examples").joinpath("policy.yaml").read_text())
+    users = nats_users(compile_nats(spec))
+    writer, reader = users["orders-svc"]["publish"], users["shipping-svc"]["publish"]
+    assert all(permitted(writer, s) for s in transport.producer_permissions("orders"))
+    assert all(permitted(reader, s) for s in transport.consumer_permissions("orders", "shipping-svc"))
+    assert all(permitted(reader, s) for s in transport.producer_permissions("orders.dlq"))
+    assert not permitted(reader, "ew.orders") and not permitted(writer, "$JS.API.DIRECT.GET.EW_orders")
+    assert not any(permitted(users[p]["publish"], "$JS.API.STREAM.NAMES") for p in users)
+    kafka = {
+        (a["allow-principal"], a["topic"], tuple(a["ops"]))
+        for a in kafka_acls(compile_kafka(spec))
+        if "allow-principal" in a and "topic" in a
+    }
+    assert {(p, t, ops) for p, t, ops in kafka if p in ("User:orders-svc", "User:shipping-svc")} == {
+        ("User:orders-svc", "orders", ("Write", "Describe")),
+        ("User:orders-svc", "orders.dlq", ("Write", "Describe")),
+        ("User:shipping-svc", "orders", ("Read", "Describe")),
+        ("User:shipping-svc", "orders.dlq", ("Read", "Describe", "Write")),
+    }
