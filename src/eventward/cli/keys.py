@@ -36,6 +36,7 @@ from eventward.policy.store import POLICY_RESOURCE, PolicyStore, build
 keys_app = typer.Typer(help="Key-encryption keys: rotation and status.", no_args_is_help=True)
 
 _AS = as_admin()
+_JSON = common.json_option()
 
 
 def _subject(arg: str) -> str:
@@ -129,7 +130,7 @@ def init(
 
 
 def forget(
-    subject: str = typer.Argument(..., help="Data-subject id, or - to read it from stdin."),
+    subject: str = typer.Argument(..., metavar="SUBJECT", help="Data-subject id, or - to read it from stdin."),
     reason: str = typer.Option(
         "",
         "--reason",
@@ -137,12 +138,25 @@ def forget(
         "Free text is never recorded: it is replaced by the generic code erasure-request.",
     ),
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Crypto-shred a data subject (every key, every class) and log a signed erasure certificate."""
     with deployment(principal) as dep:
         code = reason if is_reason_code(reason) else "erasure-request"  # free text is never recorded
         done = dep.forget(_subject(subject), principal=principal, reason=code)
     r, cert = done.receipt, done.certificate
+    if as_json:
+        common.emit_json({
+            "subject_hash": r.subject_hash,
+            "classes": list(r.classes),
+            "keys_destroyed": r.destroyed,
+            "kek_epochs": dict(sorted(r.kek_epochs.items())),
+            "store_purged": r.purged,
+            "reason_code": cert.claims["reason_code"],
+            "certificate_index": cert.index,
+            "statement": r.statement(),
+        })
+        return
     t = Table(title="erasure receipt", show_header=False)
     t.add_row("subject (hash)", r.subject_hash)
     t.add_row("classes", ", ".join(r.classes) or "-")
@@ -219,12 +233,25 @@ def rotate(
         )
 
 
-@keys_app.command("status")
-def status(principal: str = _AS) -> None:
+@keys_app.command("status", epilog=common.examples("eventward keys status", "eventward keys status --json"))
+def status(principal: str = _AS, as_json: bool = _JSON) -> None:
     """Classes, KEK versions, key counts, holds and erasures (needs read_audit: it is audit metadata)."""
     with deployment(principal) as dep:
         authorize(dep, principal, READ_AUDIT, AUDIT_RESOURCE)
         st = dep.keys.status()
+    if as_json:
+        common.emit_json({
+            "classes": [
+                {"class": c.cls, "kek": c.kek_id, "live_keks": list(c.live_keks),
+                 "destroyed_keks": list(c.destroyed_keks), "deks": c.deks, "subjects": c.subjects,
+                 "erased_keys": c.erased_keys}
+                for c in st.classes
+            ],
+            "legal_holds": st.holds,
+            "erasures": st.erasures,
+            "revocation_epoch": st.revocation_epoch,
+        })
+        return
     t = Table(title="keys")
     for col in ("class", "KEK", "live versions", "destroyed", "DEKs", "subjects", "erased keys"):
         t.add_column(col, justify="right" if col in ("DEKs", "subjects", "erased keys") else "left")
@@ -239,8 +266,20 @@ def status(principal: str = _AS) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("init")(init)
-    app.command("forget")(forget)
+    app.command(
+        "init",
+        epilog=common.examples(
+            "eventward --home ./prod init --admin admin",
+            "EVENTWARD_PASSPHRASE=... eventward init --passphrase-env EVENTWARD_PASSPHRASE",
+        ),
+    )(init)
+    app.command(
+        "forget",
+        epilog=common.examples(
+            "eventward forget c1 --reason gdpr-art17 --as admin",
+            "printf 'c1\\n' | eventward forget - --reason gdpr-art17 --json",
+        ),
+    )(forget)
     app.command("hold")(hold)
     app.command("release")(release)
     app.add_typer(keys_app, name="keys")

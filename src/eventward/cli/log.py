@@ -46,6 +46,7 @@ _AS = as_required()
 _ADMIN_AS = as_admin()
 _GROUP = typer.Option(None, "--group", "-g", help="Consumer group (default: the principal).")
 _TOKENS = typer.Option(False, "--tokens", help="Show fields the principal may not decrypt as tokens.")
+_JSON = common.json_option()
 
 
 def _consumer(dep: Deployment, principal: str, topic: str, group: str | None, **kw: Any) -> Consumer:
@@ -265,11 +266,15 @@ def dlq_list(
     topic: str = typer.Argument(..., help="Source topic."),
     principal: str = _AS,
     all_: bool = typer.Option(False, "--all", help="Include resolved (redriven) entries."),
+    as_json: bool = _JSON,
 ) -> None:
     """Unresolved dead letters of a topic (metadata only)."""
     with deployment(principal) as dep:
         require_signing_key(dep, principal)
         entries = dep.dead_letters(principal, topic).list(principal=principal, include_resolved=all_)
+    if as_json:
+        common.emit_json({"topic": topic, "entries": [dict(e.summary()) for e in entries]})
+        return
     t = Table(title=f"{topic}.dlq (details: eventward dlq show {topic} OFFSET)")
     for col in ("offset", "reason", "from", "event id", "type", "attempts"):
         t.add_column(col, overflow="fold")
@@ -288,8 +293,9 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(
     topic: str = typer.Argument(..., help="Source topic."),
-    dlq_offset: int = typer.Argument(..., help="Offset of the entry in <topic>.dlq."),
+    dlq_offset: int = typer.Argument(..., metavar="OFFSET", help="Offset of the entry in TOPIC.dlq."),
     principal: str = _AS,
+    as_json: bool = typer.Option(False, "--json", help="Accepted for uniformity: the output is always JSON."),
 ) -> None:
     """One entry as JSON: its metadata and the original event's attributes (data stays encrypted)."""
     with deployment(principal) as dep:
@@ -340,7 +346,9 @@ def trust_list(
     common.console.print(t)
 
 
-@trust_app.command("register")
+@trust_app.command(
+    "register", epilog=common.examples("eventward trust register orders-svc --as admin", "eventward trust list --json")
+)
 def trust_register(
     producers: list[str] = typer.Argument(..., help="Principal(s) that produce or consume."),
     by: str = _ADMIN_AS,
@@ -378,8 +386,20 @@ def _when(ts: float) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("produce")(produce)
-    app.command("consume")(consume)
+    app.command(
+        "produce",
+        epilog=common.examples(
+            "eventward produce orders --as orders-svc events.jsonl",
+            """echo '{"type": "OrderPlaced", "data": {...}}' | eventward produce orders --as orders-svc -""",
+        ),
+    )(produce)
+    app.command(
+        "consume",
+        epilog=common.examples(
+            "eventward consume orders --as shipping-svc --from-beginning",
+            "eventward consume orders --as analytics-svc --max 10 --idle 5 | jq .data",
+        ),
+    )(consume)
     app.command("replay")(replay)
     app.add_typer(dlq_app, name="dlq")
     app.add_typer(trust_app, name="trust")
