@@ -63,6 +63,13 @@ def short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+def _aliases(value: object, at: str) -> list[str]:
+    """fastavro does not check aliases; a non-list or a non-string alias is refused here."""
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise SchemaError(f"{at}: aliases must be a list of names")
+    return value
+
+
 class _Expander:
     def __init__(self, named: dict[str, Any]) -> None:
         self.named = named
@@ -76,7 +83,10 @@ class _Expander:
         if self.nodes > MAX_NODES:
             raise SchemaSecurityError(f"schema expands to more than {MAX_NODES} nodes (at {at})")
         if isinstance(s, list):
-            return {"type": "union", "branches": [self.node(b, at, depth) for b in s]}
+            branches = [self.node(b, at, depth) for b in s]
+            if any(b["type"] == "union" for b in branches):
+                raise SchemaError(f"{at}: a union may not contain a union directly (Avro specification)")
+            return {"type": "union", "branches": branches}
         if isinstance(s, str):
             if s in PRIMITIVES:
                 return {"type": s}
@@ -106,8 +116,10 @@ class _Expander:
         for part in name.split("."):
             if not _NAME.match(part):
                 raise SchemaError(f"{at}: Avro name {name[:80]!r} is not valid")
-        base = {"name": name, "aliases": [short(a) for a in s.get("aliases", [])]}
+        base = {"name": name, "aliases": [short(a) for a in _aliases(s.get("aliases", []), at)]}
         if t == "enum":
+            if not isinstance(s.get("symbols"), list):
+                raise SchemaError(f"{at}: enum symbols must be a list of names")
             out = {"type": "enum", **base, "symbols": list(s["symbols"])}
             for sym in out["symbols"]:
                 if not isinstance(sym, str) or not _NAME.match(sym):
@@ -138,7 +150,7 @@ class _Expander:
                     "type": self.node(f["type"], f"{at}.{name}", depth + 1),
                     "has_default": "default" in f,
                     "default": f.get("default"),
-                    "aliases": list(f.get("aliases", [])),
+                    "aliases": list(_aliases(f.get("aliases", []), f"{at}.{name}")),
                     "tag": f.get(TAG_KEY),
                 }
             )

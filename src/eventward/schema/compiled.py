@@ -155,6 +155,18 @@ def compile_schema(
     return compiled
 
 
+def compile_without_strict_defaults(document: Mapping[str, Any]) -> CompiledSchema:
+    """A JSON Schema compiled without eventward's strict defaults, for the JSON Schema test
+    suite only (docs/CONFORMANCE.md): same keyword checks and the same validator code and
+    fast path, never cached (so never served for a registry document)."""
+    raw, parsed = load(document)
+    norm = json_schema.normalize(parsed, strict_defaults=False)
+    check = compile_json(norm)
+    fp = "conformance:" + fingerprint("json", parsed)
+    spec = json_spec(norm.tree)
+    return CompiledSchema("json", fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast)
+
+
 def _replace_raw(hit: CompiledSchema, raw: bytes, parsed: dict[str, Any]) -> CompiledSchema:
     """Same schema, different formatting: share the compiled parts, keep the caller's bytes."""
     return CompiledSchema(

@@ -12,6 +12,10 @@ security diff), all of which work on the normalized tree, never on the raw docum
   normalized copy. ``true`` must be written explicitly (and loosening to it is a security
   finding).
 - Strings without ``maxLength`` get 4096, arrays without ``maxItems`` get 1000.
+- A schema with an ``enum`` or ``const`` gets no object or array defaults (closed objects,
+  required ``items``, ``maxItems``): the listed values bound it exactly, and a closed-object
+  default would make an object value unsatisfiable. Its strings keep a ``maxLength`` that
+  admits every listed string.
 - ``$ref`` is resolved here (local ``#/$defs/...`` and ``#/definitions/...`` only) and inlined;
   reference cycles are refused and the expansion is bounded in depth and node count.
   Validation keywords next to a ``$ref`` are refused (draft-07 ignores them, 2020-12 applies
@@ -112,14 +116,21 @@ class NormalizedJson:
     patterns: dict[str, Matcher]  # every pattern, compiled for linear-time matching
 
 
-def normalize(doc: dict[str, Any]) -> NormalizedJson:
-    """Check and normalize a parsed JSON Schema document (see the module docstring)."""
+def normalize(doc: dict[str, Any], *, strict_defaults: bool = True) -> NormalizedJson:
+    """Check and normalize a parsed JSON Schema document (see the module docstring).
+
+    ``strict_defaults=False`` is for running the JSON Schema test suite only (see
+    docs/CONFORMANCE.md): the same keyword checks, but none of the strict defaults (closed
+    objects, default bounds, a required ``type``, ``items`` and an object root), so a suite
+    schema means what the specification says. The registry never uses it.
+    """
     draft = doc.get("$schema", DRAFT_2020_12)
-    if draft not in _DRAFTS:
-        raise SchemaError(f"$schema {str(draft)[:80]!r} is not supported (use draft-07 or 2020-12)")
-    n = _Normalizer(doc)
+    if not isinstance(draft, str) or draft not in _DRAFTS:
+        shown = draft[:80] if isinstance(draft, str) else f"a {_json_type(draft)}"
+        raise SchemaError(f"$schema {shown!r} is not supported (use draft-07 or 2020-12)")
+    n = _Normalizer(doc, strict_defaults)
     tree = n.node(doc, "$", 0)
-    if types_of(tree) != {"object"}:
+    if strict_defaults and types_of(tree) != {"object"}:
         raise SchemaError('$: the root schema must have type "object" (event data is a JSON object)')
     for key in ("$defs", "definitions"):
         defs = doc.get(key, {})
@@ -184,8 +195,9 @@ def json_key(v: Any) -> bytes:
 
 
 class _Normalizer:
-    def __init__(self, root: dict[str, Any]) -> None:
+    def __init__(self, root: dict[str, Any], strict_defaults: bool = True) -> None:
         self.root = root
+        self.strict = strict_defaults
         self.nodes = 0
         self.refs: list[str] = []
         self.names: set[str] = set()
@@ -198,7 +210,7 @@ class _Normalizer:
         if self.nodes > MAX_NODES:
             raise SchemaSecurityError(f"schema expands to more than {MAX_NODES} nodes (at {at})")
         if not isinstance(s, dict):
-            raise SchemaError(f"{at}: a schema must be a JSON object")
+            raise SchemaError(f"{at}: a schema must be a JSON object (boolean schemas are not supported)")
         if "$ref" in s:
             return self.ref(s, at, depth)
         allowed = _KEYWORDS | _ANNOTATIONS | (_ROOT_ONLY if depth == 0 else frozenset())
@@ -213,6 +225,7 @@ class _Normalizer:
             out[TAG_KEY] = s[TAG_KEY]
         self.scalars(s, at, out)
         types = types_of(out)
+        defaults = self.strict and "enum" not in out  # enumerated values are their own bound
         if "properties" in s:
             out["properties"] = self.properties(s["properties"], at, depth)
         if "patternProperties" in s:
@@ -220,27 +233,30 @@ class _Normalizer:
         if "required" in s:
             out["required"] = self.required(s["required"], at)
         if "object" in types:
-            add = s.get("additionalProperties", False)
+            add = s.get("additionalProperties", False if defaults else None)
             if isinstance(add, dict):
                 add = self.node(add, f"{at}.*", depth + 1)
-            elif not isinstance(add, bool):
+            elif add is not None and not isinstance(add, bool):
                 raise SchemaError(f"{at}: additionalProperties must be a boolean or a schema")
-            out["additionalProperties"] = add
+            if add is not None:
+                out["additionalProperties"] = add
             if add is False:
                 self.check_required_possible(out, at)
         elif "additionalProperties" in s:
             raise SchemaError(f"{at}: additionalProperties on a schema that does not admit objects")
-        if "array" in types:
+        if "array" in types and ("items" in s or defaults):
             if "items" not in s:
                 raise SchemaError(f"{at}: an array schema must declare items")
-            if not isinstance(s["items"], dict):
+            if isinstance(s["items"], list):
                 raise SchemaError(f"{at}: items must be one schema (tuple arrays are not supported)")
             out["items"] = self.node(s["items"], f"{at}[]", depth + 1)
-            out.setdefault("maxItems", DEFAULT_MAX_ITEMS)
+            if defaults:
+                out.setdefault("maxItems", DEFAULT_MAX_ITEMS)
         elif "items" in s:
             raise SchemaError(f"{at}: items on a schema that does not admit arrays")
-        if "string" in types:
-            out.setdefault("maxLength", DEFAULT_MAX_LENGTH)
+        if "string" in types and self.strict:
+            listed = [len(v) for v in out.get("enum", ()) if isinstance(v, str)]
+            out.setdefault("maxLength", max([DEFAULT_MAX_LENGTH, *listed]))
         return out
 
     def ref(self, s: dict[str, Any], at: str, depth: int) -> dict[str, Any]:
@@ -311,7 +327,7 @@ class _Normalizer:
             if "enum" in out:
                 raise SchemaError(f"{at}: use either const or enum")
             out["enum"] = [s["const"]]  # one keyword to reason about (and fastjsonschema mishandles const)
-        if "type" not in out and "enum" not in out:
+        if "type" not in out and "enum" not in out and self.strict:
             raise SchemaError(f"{at}: every schema needs a type (or an enum/const)")
         for key in _COUNTS:
             if key in s:
@@ -339,10 +355,9 @@ class _Normalizer:
             out["pattern"] = s["pattern"]
         if "format" in s:
             f = s["format"]
-            if f not in FORMATS:
-                raise SchemaError(
-                    f"{at}: format {str(f)[:40]!r} is not supported (use one of {sorted(FORMATS)})"
-                )
+            if not isinstance(f, str) or f not in FORMATS:
+                shown = f[:40] if isinstance(f, str) else f"a {_json_type(f)}"
+                raise SchemaError(f"{at}: format {shown!r} is not supported (use one of {sorted(FORMATS)})")
             out["format"] = f
         if "uniqueItems" in s:
             if not isinstance(s["uniqueItems"], bool):

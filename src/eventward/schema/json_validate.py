@@ -79,7 +79,12 @@ def _compile(norm: NormalizedJson, *, detailed: bool) -> Callable[[Any], Any]:
             definition, formats=FORMATS, use_default=False, detailed_exceptions=detailed
         )
     except Exception as e:  # the generator runs on proposer input: any failure is a refusal
-        raise SchemaError(f"schema cannot be compiled ({type(e).__name__})") from None
+        if not detailed:
+            raise SchemaError(f"schema cannot be compiled ({type(e).__name__})") from None
+        # The detailed generator resolves every "$ref" key it finds, even inside enum/const
+        # values (data, not schema: refs are inlined before this). Such a schema gets the
+        # lean validator for its errors too: same verdicts, errors name "$: invalid".
+        return _compile(norm, detailed=False)
     _use_linear_matchers(fn, norm)
     return _bound_formats(fn)
 
