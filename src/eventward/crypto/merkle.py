@@ -88,11 +88,28 @@ def _subproof(hashes: Sequence[bytes], m: int, lo: int, hi: int, complete: bool)
     return [*_subproof(hashes, m - k, lo + k, hi, False), root_from_leaf_hashes(hashes[lo : lo + k])]
 
 
+def _is_size(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**64
+
+
+def _is_hash(h: object) -> bool:
+    return isinstance(h, bytes) and len(h) == HASH_SIZE
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> None:
-    """RFC 9162 2.1.3.2. ``leaf`` is the leaf *hash*. Raises AuditIntegrityError on any mismatch."""
-    if not 0 <= index < size:
+    """RFC 9162 2.1.3.2. ``leaf`` is the leaf *hash*. Raises AuditIntegrityError on any mismatch.
+
+    Every input is checked first: sizes are integers in 0..2^64-1, ``leaf``, ``root`` and each
+    proof entry exactly one SHA-256 output (a zero-length "leaf hash" equal to a zero-length
+    root would otherwise prove itself in a tree of one).
+    """
+    if not _is_size(index) or not _is_size(size):
+        raise AuditIntegrityError("inclusion proof: index and size must be integers in 0..2^64-1")
+    if index >= size:
         raise AuditIntegrityError(f"inclusion proof: index {index} outside tree of size {size}", index=index)
-    if any(len(p) != HASH_SIZE for p in proof):
+    if not _is_hash(leaf) or not _is_hash(root):
+        raise AuditIntegrityError("inclusion proof: leaf hash and root must be 32-byte hashes", index=index)
+    if not all(_is_hash(p) for p in proof):
         raise AuditIntegrityError("inclusion proof: malformed hash", index=index)
     fn, sn = index, size - 1
     r = leaf
@@ -118,10 +135,20 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
 def verify_consistency(
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
 ) -> None:
-    """RFC 9162 2.1.4.2: the tree of ``new_size`` extends the tree of ``old_size``."""
-    if old_size < 0 or new_size < old_size:
+    """RFC 9162 2.1.4.2: the tree of ``new_size`` extends the tree of ``old_size``.
+
+    The algorithm is defined for 0 < old_size < new_size and is followed step by step. The two
+    edges it leaves out are decided strictly: equal sizes need an empty proof and equal roots;
+    the empty tree (size 0) has exactly one root, MTH({}) = SHA-256(""), so a proof from size 0
+    needs an empty proof and that root (any other "old root" is a forgery, not a tree).
+    """
+    if not _is_size(old_size) or not _is_size(new_size):
+        raise AuditIntegrityError("consistency proof: sizes must be integers in 0..2^64-1")
+    if new_size < old_size:
         raise AuditIntegrityError(f"consistency: size went from {old_size} to {new_size} (rollback)")
-    if any(len(p) != HASH_SIZE for p in proof):
+    if not _is_hash(old_root) or not _is_hash(new_root):
+        raise AuditIntegrityError("consistency proof: roots must be 32-byte hashes")
+    if not all(_is_hash(p) for p in proof):
         raise AuditIntegrityError("consistency proof: malformed hash")
     if old_size == new_size:
         if proof:
@@ -132,8 +159,10 @@ def verify_consistency(
     if old_size == 0:
         if proof:
             raise AuditIntegrityError("consistency proof: expected no hashes from the empty tree")
+        if old_root != empty_root():
+            raise AuditIntegrityError("consistency: the old root is not the empty tree's root")
         return
-    if not proof:
+    if not proof:  # step 1
         raise AuditIntegrityError("consistency proof: empty")
     path = list(proof)
     if old_size & (old_size - 1) == 0:  # exact power of two: the old root is the first node
