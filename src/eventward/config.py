@@ -7,15 +7,19 @@ type-checked before anything starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from eventward.errors import ConfigError
 
 TRANSPORTS = ("embedded", "nats", "kafka")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_NONE = object()
 
 
 @dataclass
@@ -71,16 +75,31 @@ class Config:
         if not path.exists():
             return cls()
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path.name} is not UTF-8 text") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path.name}: {e.strerror}") from None
+        return cls.parse(text, path.name)
+
+    @classmethod
+    def parse(cls, text: str, name: str = "eventward.yaml") -> Config:
+        """Check a configuration document; ConfigError names the key at fault."""
+        try:
+            doc = yaml.load(text, Loader=_LOADER) or {}  # noqa: S506 - a SafeLoader (libyaml's when available)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
-            raise ConfigError(f"{path.name} is not valid YAML{where}") from None
-        cfg = _build(cls, doc, path.name)
+            raise ConfigError(f"{name} is not valid YAML{where}") from None
+        except RecursionError:  # the pure-Python loader on deeply nested input
+            raise ConfigError(f"{name} is nested too deeply") from None
+        except UnicodeEncodeError:  # lone surrogates: text no file could hold
+            raise ConfigError(f"{name} is not valid Unicode text") from None
+        cfg = _build(cls, doc, name)
         if cfg.transport not in TRANSPORTS:
-            raise ConfigError(f"{path.name}: transport must be one of {', '.join(TRANSPORTS)}")
+            raise ConfigError(f"{name}: transport must be one of {', '.join(TRANSPORTS)}")
         if cfg.consumer.uncleared not in ("redact", "token"):
-            raise ConfigError(f"{path.name}: consumer.uncleared must be 'redact' or 'token'")
+            raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
         return cfg
 
     def dump(self) -> str:
@@ -90,29 +109,66 @@ class Config:
 
 
 def _build(kind: type, doc: Any, where: str) -> Any:
+    """A ``kind`` dataclass from a mapping, every value checked against the field's annotation
+    (``int``, ``float``, ``str | None``, ``list[str]``, ``dict[str, Any]``, nested dataclasses).
+    A null value means the default."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping")
     known = {f.name: f for f in fields(kind)}
-    unknown = sorted(set(doc) - set(known))
+    unknown = sorted({str(k) for k in doc} - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    hints = get_type_hints(kind)
     kwargs: dict[str, Any] = {}
     for name, value in doc.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"{where}: unknown key(s) {name}")
         f = known[name]
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         path = f"{where}.{name}"
+        if value is None:
+            continue  # the default
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
         if hasattr(default, "__dataclass_fields__"):
             kwargs[name] = _build(type(default), value, path)
-        elif value is not None and default is not None and not _same_kind(default, value):
-            raise ConfigError(f"{path}: expected {type(default).__name__}, got {type(value).__name__}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _check_value(hints[name], value, path)
     return kind(**kwargs)
 
 
-def _same_kind(default: Any, value: Any) -> bool:
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
+def _check_value(hint: Any, value: Any, path: str) -> Any:
+    """``value`` if it fits ``hint``; ConfigError naming the key and the expected type otherwise."""
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) in (Union, UnionType):  # X | None (a None value never gets here)
+        return _check_value(args[0], value, path)
+    origin = get_origin(hint) or hint
+    if not _same_kind(origin, value):
+        raise ConfigError(f"{path}: expected {_type_name(hint)}, got {type(value).__name__}")
+    items = list(value) if origin in (list, dict) and args and args[0] is not Any else []
+    bad = next((v for v in items if not _same_kind(args[0], v)), _NONE)
+    if bad is not _NONE:
+        what = "an item" if origin is list else "a key"
+        raise ConfigError(f"{path}: expected {_type_name(hint)}, got {what} of type {type(bad).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: must be a finite number")
+    return value
+
+
+def _same_kind(expected: Any, value: Any) -> bool:
+    if expected is Any:
+        return True
+    if expected is bool or isinstance(value, bool):
+        return expected is bool and isinstance(value, bool)
+    if expected is float:
         return isinstance(value, int | float)
-    return isinstance(value, type(default))
+    return isinstance(value, expected)
+
+
+def _type_name(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in get_args(hint) if a is not type(None))
+    if origin is list:
+        return "a list of " + _type_name(get_args(hint)[0]) if get_args(hint) else "list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))

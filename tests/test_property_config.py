@@ -1,0 +1,155 @@
+"""Property tests for ``eventward.yaml`` (the deployment configuration every SDK, CLI and gateway
+process reads first): any document is a Config or a ConfigError naming the key, never a
+TypeError later at a use site. Values are checked against the field annotations (``str | None``
+took anything before; ``null`` made a limit None and a comparison crash), and NaN/Infinity are
+refused (``rate_events_per_s: .nan`` compared false with every bound and disabled the quota).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eventward.config import Config
+from eventward.errors import ConfigError, EventwardError
+from eventward.gateway.config import GatewayConfig
+
+EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "150"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+
+VALID: dict[str, Any] = {**asdict(Config()), "gateway": asdict(GatewayConfig())}
+KEYS = sorted(
+    {k for section in VALID.values() if isinstance(section, dict) for k in section}
+    | set(VALID)
+    | set(asdict(GatewayConfig().limits))
+)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.sampled_from(["embedded", "nats", "kafka", "redact", "token", "mtls", "jwt", "RS256", ""])
+    | st.text(max_size=10)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=10,
+)
+
+
+def loads_typed(text: str) -> Config | None:
+    """Config.parse and the gateway section's own checks: a config or a ConfigError only."""
+    try:
+        cfg = Config.parse(text)
+        GatewayConfig.from_mapping(cfg.gateway)
+    except ConfigError:
+        return None
+    except EventwardError as e:
+        raise AssertionError(f"config raised {type(e).__name__}, expected ConfigError") from e
+    typed = {**asdict(cfg), "kms": None, "gateway": asdict(GatewayConfig.from_mapping(cfg.gateway))}
+    typed["kafka"]["extra"] = None  # free-form sections, passed through to their backends
+    for number in _numbers(typed):
+        assert math.isfinite(number)
+    return cfg
+
+
+def _numbers(doc: Any) -> list[float]:
+    if isinstance(doc, dict):
+        return [n for v in doc.values() for n in _numbers(v)]
+    if isinstance(doc, list):
+        return [n for v in doc for n in _numbers(v)]
+    return [doc] if isinstance(doc, float) else []
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> dict[str, Any]:
+    """The full default configuration with a few values (at any section) replaced or removed."""
+    doc: dict[str, Any] = yaml.safe_load(yaml.safe_dump(VALID))
+    for _ in range(draw(st.integers(1, 3))):
+        node = doc
+        while True:
+            key = draw(st.sampled_from(sorted(node)))
+            if isinstance(node[key], dict) and node[key] and draw(st.booleans()):
+                node = node[key]
+                continue
+            break
+        if draw(st.booleans()):
+            node[key] = draw(values)
+        else:
+            del node[key]
+    return doc
+
+
+@SETTINGS
+@given(st.text(st.characters(exclude_categories=()), max_size=200))
+def test_property_config_random_text(text: str) -> None:
+    loads_typed(text)
+
+
+@SETTINGS
+@given(values)
+def test_property_config_random_documents(doc: Any) -> None:
+    loads_typed(yaml.safe_dump(doc))
+
+
+@SETTINGS
+@given(mutated())
+def test_property_config_mutations_of_a_valid_config(doc: dict[str, Any]) -> None:
+    loads_typed(yaml.safe_dump(doc))
+
+
+def test_property_config_defaults_round_trip() -> None:
+    assert loads_typed(yaml.safe_dump(VALID)) is not None
+    assert Config.parse(Config().dump()) == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("consumer: {freshness_s: .nan}", "consumer.freshness_s"),
+        ("nats: {timeout_s: .inf}", "nats.timeout_s"),
+        ("nats: {servers: [4222]}", "nats.servers"),
+        ("nats: {ca: 5}", "nats.ca"),
+        ("kafka: {extra: {1: x}}", "kafka.extra"),
+        ("{1: a, b: 2}", "unknown key"),
+        ("gateway: {limits: {rate_events_per_s: .nan}}", "gateway.limits.rate_events_per_s"),
+        ("gateway: {port: [1]}", "gateway.port"),
+        ("gateway: {jwt: {algorithms: [1]}}", "gateway.jwt.algorithms"),
+        ("gateway: {tls: {cert: {a: 1}}}", "gateway.tls.cert"),
+        ("[" * 3000, "not valid YAML"),
+    ],
+)
+def test_attack_config_bad_values_are_named(text: str, where: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        Config.parse(text)
+        GatewayConfig.from_mapping(Config.parse(text).gateway)
+    assert where in str(ei.value)
+
+
+def test_attack_config_null_means_default() -> None:
+    """``port:`` left empty used to make the port None (a TypeError in the range check)."""
+    cfg = Config.parse("max_event_bytes:\ngateway: {port: null, limits: {max_body_bytes: null}}\nkms:\n")
+    assert cfg.max_event_bytes == Config().max_event_bytes and cfg.kms == Config().kms
+    gw = GatewayConfig.from_mapping(cfg.gateway)
+    assert gw.port == GatewayConfig().port and gw.limits.max_body_bytes == GatewayConfig().limits.max_body_bytes
+
+
+def test_attack_config_unreadable_file_is_typed(tmp_path: Path) -> None:
+    bad = tmp_path / "eventward.yaml"
+    bad.write_bytes(b"transport: \xff\xfe embedded\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        Config.load(bad)
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="cannot read"):
+        Config.load(folder)
