@@ -92,10 +92,14 @@ def test_strings_and_arrays_bounded_by_default():
 
 
 def test_explicit_additional_properties_true_is_respected():
-    c = compile_schema(
+    open_ = compile_schema(
         {"type": "object", "additionalProperties": True, "properties": {"a": {"type": "string"}}}
     )
-    c.validate({"a": "x", "anything": {"b": 1}})
+    strict = compile_schema({"type": "object", "properties": {"a": {"type": "string"}}})
+    extra = {"a": "x", "anything": {"b": 1}}
+    open_.validate(extra)  # the explicit choice wins over the strict default...
+    assert invalid(strict, extra).rule == "additionalProperties"  # ...which refuses the same event
+    assert invalid(open_, {"a": 1, "anything": 1}).rule == "type"  # declared properties still checked
 
 
 def test_oversize_payload_refused_before_schema_checks(order):
@@ -214,8 +218,11 @@ def avro():
 
 
 def test_avro_valid_events(avro):
-    avro.validate(avro_event())
-    avro.validate({**avro_event(), "note": "hello", "big": 2**40, "hash": "1234", "price": 3})
+    for event in (avro_event(), {**avro_event(), "note": "hello", "big": 2**40, "hash": "1234", "price": 3}):
+        before = copy.deepcopy(event)
+        avro.validate(event)
+        assert event == before  # validation never coerces or fills defaults into the event
+    assert invalid(avro, {**avro_event(), "big": "2"}).rule == "type"  # and it does check: a string is no long
 
 
 @pytest.mark.parametrize(
