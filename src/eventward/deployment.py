@@ -276,13 +276,14 @@ class Deployment:
         )
 
     def dead_letters(self, principal: str, topic: str) -> DeadLetters:
+        """Dead letters of ``topic``, written under ``principal``'s dead-letter key (or its seal key)."""
         return DeadLetters(
             topic,
             transport=self.transport,
             verifier=self.verifier,
             authorizer=self.policy,
             audit=self.audit,
-            signer=self.trust.signer_for(principal),
+            signer=self.trust.dead_letter_signer(principal),
         )
 
     def consumer(

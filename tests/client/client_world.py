@@ -183,7 +183,7 @@ class World:
         return SealVerifier(self.trust, **kw)
 
     def dlq(self, principal: str = READER, topic: str = TOPIC, **kw: Any) -> DeadLetters:
-        signer = self.trust.signer_for(principal) if self.trust.list(principal) else None
+        signer = self.trust.dead_letter_signer(principal) if self.trust.list(principal) else None
         return DeadLetters(
             topic,
             transport=kw.pop("transport", self.log),

@@ -13,12 +13,17 @@ from .client_world import TYPE, customer
 NOW = 1_800_000_000.0
 
 
-def admit(g: ReplayGuard, eid: str, offset: int, seq: int, at: float = NOW, stream: str = "s"):
-    return g.admit(stream=stream, offset=offset, event_id=eid, instance="i", seq=seq, sealed_at=at, mode=LIVE)
+P = "signup-svc"
 
 
-def settle(g: ReplayGuard, eid: str, offset: int, seq: int, stream: str = "s") -> None:
-    g.settle(stream=stream, offset=offset, event_id=eid, instance="i", seq=seq, status=OK)
+def admit(g: ReplayGuard, eid: str, offset: int, seq: int, at: float = NOW, stream: str = "s", producer: str = P):
+    return g.admit(
+        producer=producer, stream=stream, offset=offset, event_id=eid, instance="i", seq=seq, sealed_at=at, mode=LIVE
+    )
+
+
+def settle(g: ReplayGuard, eid: str, offset: int, seq: int, stream: str = "s", producer: str = P) -> None:
+    g.settle(producer=producer, stream=stream, offset=offset, event_id=eid, instance="i", seq=seq, status=OK)
 
 
 def test_dedup_order_gaps_and_time_windows(tmp_path):
@@ -46,10 +51,10 @@ def test_window_is_bounded(tmp_path):
     g = ReplayGuard.open(Home(tmp_path), "g", window_ids=3)
     for i in range(5):
         settle(g, f"id{i}", i, i)
-    assert [g.status(f"id{i}") for i in range(5)] == [None, None, OK, OK, OK]
+    assert [g.status(f"id{i}", P) for i in range(5)] == [None, None, OK, OK, OK]
     g.close()
     g = ReplayGuard.open(Home(tmp_path), "g", window_ids=3)
-    assert [g.status(f"id{i}") for i in range(5)] == [None, None, OK, OK, OK]
+    assert [g.status(f"id{i}", P) for i in range(5)] == [None, None, OK, OK, OK]
     with pytest.raises(ReplayError):  # an evicted id is still caught by its sequence number
         admit(g, "id0", 99, 0)
     g.close()
@@ -68,7 +73,7 @@ def test_journal_survives_a_crash_and_a_torn_line(tmp_path):
     g._db.close()
     g._db = None
     g2 = ReplayGuard.open(Home(tmp_path), "g")
-    assert g2.status("x") == g2.status("y") == OK and g2.status("torn") is None
+    assert g2.status("x", P) == g2.status("y", P) == OK and g2.status("torn", P) is None
     assert journal.read_bytes() == b""  # folded into SQLite
     with pytest.raises(ReplayError):
         admit(g2, "z", 2, 1)  # sequence state came back too
@@ -112,3 +117,67 @@ def test_undeclared_types_are_left_alone_without_false_gaps(world):
     got, stats = world.consume(c)
     assert [e.id for e in got] == [more] and stats.gaps == 0  # skipped seqs counted
     assert ids
+
+
+def test_state_is_per_producer(tmp_path):
+    """Instances, sequences and ids are the sender's choice: one producer's never bind another's."""
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW)
+    settle(g, "x", 0, 10**15, producer="intruder")  # claims instance "i" far ahead, and the id "x"
+    assert admit(g, "x", 1, 0).verdict == NEW  # P's own "x" at seq 0 of instance "i"
+    settle(g, "x", 1, 0)
+    with pytest.raises(ReplayError) as e:
+        admit(g, "x", 2, 1)
+    assert e.value.reason == "duplicate"  # ...but P repeating its own id is still a replay
+    with pytest.raises(ReplayError) as e:
+        admit(g, "y", 2, 0)
+    assert e.value.reason == "out_of_order"
+    g.close()
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW)  # the keying survives a restart
+    assert g.status("x", P) == g.status("x", "intruder") == OK and g.status("x", "third") is None
+    assert admit(g, "z", 3, 1).gap is None
+    g.close()
+
+
+def test_v1_state_migrates_without_losing_anything(tmp_path):
+    """A guard written before the producer keying (SQLite schema v1, 7-field journal lines)."""
+    import hashlib
+    import sqlite3
+
+    import orjson
+
+    from eventward.client.replay import SCHEMA_VERSION, group_dir
+
+    base = group_dir(Home(tmp_path).ensure()) / hashlib.sha256(b"g").hexdigest()[:32]
+    base.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(base.with_suffix(".db"))
+    db.executescript(
+        "CREATE TABLE seen(id TEXT PRIMARY KEY, stream TEXT NOT NULL, offset INTEGER NOT NULL, "
+        "status TEXT NOT NULL, at REAL NOT NULL);"
+        "CREATE INDEX seen_at ON seen(at);"
+        "CREATE TABLE seqs(instance TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "PRIMARY KEY(instance, stream));"
+    )
+    db.execute("INSERT INTO seen VALUES ('old', 's', 5, 'ok', ?)", (NOW - 60,))
+    db.execute("INSERT INTO seqs VALUES ('i', 's', 7)")
+    db.commit()
+    db.close()
+    base.with_suffix(".journal").write_bytes(orjson.dumps(["crashed", "s", 6, "ok", NOW - 1, "i", 8]) + b"\n")
+
+    for _ in range(2):  # the migration, then a plain reopen of the migrated state
+        g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW)
+        assert admit(g, "old", 5, 7).verdict == REDELIVERY  # the same stored record: not handed over again
+        assert admit(g, "crashed", 6, 8).verdict == REDELIVERY
+        with pytest.raises(ReplayError) as e:
+            admit(g, "old", 9, 9)
+        assert e.value.reason == "duplicate"
+        with pytest.raises(ReplayError) as e:
+            admit(g, "new", 9, 8)
+        assert e.value.reason == "out_of_order"  # the sequence floor survived (from the journal)
+        assert admit(g, "new", 9, 10).gap == (9, 10)
+        g.close()
+    db = sqlite3.connect(base.with_suffix(".db"))
+    assert {r[1] for r in db.execute("PRAGMA table_info(seen)")} >= {"producer", "id"}
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("SELECT count(*) FROM seen WHERE producer = ''").fetchone()[0] == 2
+    db.close()
+    assert base.with_suffix(".journal").read_bytes() == b""

@@ -72,3 +72,41 @@ def test_principal_names_cannot_escape_the_key_directory(trust):
     for bad in ("../evil", "a/b", "", ".hidden"):
         with pytest.raises(InputError):
             trust.register(bad, by=ADMIN)
+
+
+def test_key_purposes_and_registries_from_before_them(tmp_path):
+    """Keys registered before purposes existed keep sealing; a principal holds one active key per purpose."""
+    import sqlite3
+
+    from eventward.client.trust import DEAD_LETTER, SEAL
+    from eventward.errors import InputError
+    from eventward.home import Home
+
+    home = Home(tmp_path)
+    t = TrustRegistry.open(home, grants(), StrictAudit())
+    old = t.register(PRODUCER, by=ADMIN)
+    t.close()
+    db = sqlite3.connect(home.trust_db)  # the table as it was: no purpose column
+    db.executescript(
+        "CREATE TABLE keys_v1(kid TEXT PRIMARY KEY, principal TEXT NOT NULL, public BLOB NOT NULL, "
+        "status TEXT NOT NULL, created REAL NOT NULL, changed REAL NOT NULL, changed_by TEXT NOT NULL);"
+        "INSERT INTO keys_v1 SELECT kid, principal, public, status, created, changed, changed_by FROM keys;"
+        "DROP TABLE keys; ALTER TABLE keys_v1 RENAME TO keys;"
+    )
+    db.close()
+    t = TrustRegistry.open(home, grants(), StrictAudit())
+    assert t.info(old.kid).purpose == t.resolve(old.kid).purpose == SEAL
+    assert t.signer_for(PRODUCER).kid == t.dead_letter_signer(PRODUCER).kid == old.kid  # no dead-letter key yet
+    dl = t.register(PRODUCER, by=ADMIN, purpose=DEAD_LETTER)  # a second purpose is no conflict
+    assert t.dead_letter_signer(PRODUCER).kid == dl.kid and t.signer_for(PRODUCER).kid == old.kid
+    rotated = t.rotate(PRODUCER, by=ADMIN, purpose=DEAD_LETTER)  # rotating one purpose leaves the other
+    assert t.info(dl.kid).status == RETIRED and t.info(old.kid).status == ACTIVE
+    assert [k.purpose for k in t.list(PRODUCER)] == [SEAL, DEAD_LETTER, DEAD_LETTER]
+    assert t.signer_for(PRODUCER, DEAD_LETTER).kid == rotated.kid
+    with pytest.raises(ConflictError):
+        t.register(PRODUCER, by=ADMIN, purpose=DEAD_LETTER)
+    with pytest.raises(InputError):
+        t.register("reader-svc", by=ADMIN, purpose="anything")
+    with pytest.raises(NotFoundError):
+        t.dead_letter_signer("reader-svc")
+    t.close()

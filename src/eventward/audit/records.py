@@ -38,6 +38,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLAIN_TEXT = re.compile(rf"[^\x00-\x1f\x7f]{{0,{MAX_TEXT}}}\Z")  # the fast path of _text
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\Z")
 _FIELDS = {"action", "index", "meta", "outcome", "principal", "reason", "resource", "time"}
+_TEXT_FIELDS = ("action", "outcome", "principal", "reason", "resource", "time")
+_META_TYPES = (str, int, float, bool)
 
 # Meta names that only ever carry payloads or raw identities.
 PAYLOAD_KEYS = frozenset(
@@ -288,7 +290,13 @@ def decode(body: bytes, index: int | None = None) -> AuditRecord:
             f"audit record stored at {index} claims another index (moved, inserted or removed)",
             index=index,
         )
-    if not isinstance(obj["index"], int) or not isinstance(obj["meta"], dict):
+    meta = obj["meta"]
+    if (
+        type(obj["index"]) is not int
+        or not all(type(obj[k]) is str for k in _TEXT_FIELDS)
+        or not isinstance(meta, dict)
+        or not all(v is None or type(v) in _META_TYPES for v in meta.values())
+    ):  # canonical JSON of the wrong shape: readers (``audit tail``) rely on these types
         raise AuditIntegrityError(f"audit record {index} has malformed fields", index=index)
     return AuditRecord(
         obj["index"],

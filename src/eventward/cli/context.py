@@ -60,12 +60,17 @@ def authorize(dep: Deployment, principal: str, action: str, resource: Resource) 
     check(dep.policy, principal, action, resource)
 
 
-def require_signing_key(dep: Deployment, principal: str) -> None:
-    """Producers seal batches and consumers seal dead letters: both need a registered key."""
+def require_signing_key(dep: Deployment, principal: str, *, dead_letters: bool = False) -> None:
+    """Producers seal batches (a seal key) and consumers seal dead letters (a dead-letter key,
+    or a seal key): both need a registered key."""
     try:
-        dep.trust.signer_for(principal)
+        if dead_letters:
+            dep.trust.dead_letter_signer(principal)
+        else:
+            dep.trust.signer_for(principal)
     except NotFoundError:
+        flag = " --purpose dead_letter" if dead_letters else ""
         raise NotFoundError(
             f"{principal} has no signing key: an administrator must run "
-            f"'eventward trust register {principal} --as admin' first"
+            f"'eventward trust register {principal}{flag} --as admin' first"
         ) from None

@@ -10,7 +10,11 @@ closed) without committing, so the event is tried again later rather than lost.
 
 Authorization is on what the consumer asks for: Subscribe on the topic (or, with
 ``types=``, on each declared event type) before any record is touched; events of types it
-did not ask for are left in the log for the consumers that did.
+did not ask for are left in the log for the consumers that did. It is also on who sealed
+each event: a valid seal only proves which principal sealed it, so the principal must also
+be allowed to Publish that type on this topic under the policy in force, or the event is
+dead-lettered as ``unauthorized_producer`` (one decision per producer and type per batch).
+Replay state is keyed by that sealing principal, so no producer can touch another's.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from eventward.errors import (
 )
 from eventward.log.base import Record, Transport
 from eventward.log.names import check_stream_name
-from eventward.policy.base import REPLAY, SUBSCRIBE, Authorizer, check
+from eventward.policy.base import PUBLISH, REPLAY, SUBSCRIBE, Authorizer, check
 
 log = logging.getLogger("eventward.consumer")
 
@@ -113,6 +117,8 @@ class Consumer:
         self._authorized_until = 0.0
         self._position: int | None = None
         self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
+        self._sealer_batch: tuple[str, str] | None = None  # (stream, batch) the decisions below are for
+        self._sealer_ok: dict[tuple[str, str], bool] = {}  # (producer, type) -> may publish
 
     def __repr__(self) -> str:
         return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
@@ -277,6 +283,7 @@ class Consumer:
             )
         status = rp.OK if error is None else rp.DEAD
         guard.settle(
+            producer=s.producer,
             stream=rec.stream,
             offset=rec.offset,
             event_id=event.id,
@@ -308,8 +315,11 @@ class Consumer:
         seq = env.get(envelope.EXT_SEQ)
         if type(seq) is not int or seq != s.seq_of(rec.index):
             return _Refusal("bad_seal", "seq_mismatch", False, event_id, type_, s)
+        if not self._sealer_may_publish(rec, s.producer, type_):  # before the guard: nothing settled
+            return _Refusal(AccessDenied.code, "unauthorized_producer", False, event_id, type_, s)
         try:
             admission = guard.admit(
+                producer=s.producer,
                 stream=rec.stream,
                 offset=rec.offset,
                 event_id=event_id,
@@ -323,6 +333,7 @@ class Consumer:
         if self.types is not None and type_ not in self.types:
             if admission.verdict == rp.NEW:  # keeps the producer's sequence whole: no false gaps
                 guard.settle(
+                    producer=s.producer,
                     stream=rec.stream,
                     offset=rec.offset,
                     event_id=event_id,
@@ -408,6 +419,7 @@ class Consumer:
             stream=rec.stream,
             offset=rec.offset,
             mode=mode,
+            producer=r.seal.producer if r.seal is not None else None,
         )
         if mode == rp.REDRIVE:
             return REFUSED
@@ -422,6 +434,7 @@ class Consumer:
         )
         if r.settle and r.seal is not None and r.event_id is not None:
             guard.settle(
+                producer=r.seal.producer,
                 stream=rec.stream,
                 offset=rec.offset,
                 event_id=r.event_id,
@@ -471,6 +484,26 @@ class Consumer:
                 )
                 raise
         self._authorized_until = now + self._ttl
+
+    def _sealer_may_publish(self, rec: Record, producer: str, type_: str) -> bool:
+        """Whether the sealing principal may Publish ``type_`` on this topic, asked of the
+        authorizer once per (producer, type) per batch (it caches, and drops its cache when
+        the policy changes); a denial is audited by the authorizer as that principal's."""
+        slot = (rec.stream, rec.batch)
+        if slot != self._sealer_batch:
+            self._sealer_batch = slot
+            self._sealer_ok.clear()
+        key = (producer, type_)
+        ok = self._sealer_ok.get(key)
+        if ok is None:
+            try:
+                allowed = self._authorizer.decide(
+                    producer, PUBLISH, ("Topic", self.topic), {"event_type": type_}
+                ).allowed
+            except InputError:  # a type no policy can name cannot have been granted
+                allowed = False
+            ok = self._sealer_ok[key] = allowed
+        return ok
 
     def _report_offset_gap(self, expected: int, got: int, stats: RunStats) -> None:
         """Offsets are dense: a hole means stored events were removed behind the log's back."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from eventward import envelope
 from eventward.audit.base import DENIED, AuditSink, NullAudit
 from eventward.client.types import RunStats
-from eventward.client.verify import SealVerifier
+from eventward.client.verify import DLQ_SUFFIX, SealVerifier
 from eventward.crypto import seal as sealing
 from eventward.crypto.seal import Signer
 from eventward.errors import AccessDenied, ConfigError, EnvelopeError, NotFoundError, SecurityError
@@ -41,7 +41,7 @@ _READ_CHUNK = 500
 
 
 def dlq_stream(topic: str) -> str:
-    return f"{topic}.dlq"
+    return f"{topic}{DLQ_SUFFIX}"
 
 
 @dataclass(frozen=True)

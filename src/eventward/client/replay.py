@@ -6,6 +6,15 @@ number settled per (producer instance, stream). Reading the *same* stored record
 redelivery (at-least-once after a crash) and is skipped quietly; the same id at another
 position is a replay and is refused.
 
+All of it is keyed by the producer principal of the verified seal first: instance ids,
+sequence numbers and event ids are chosen by the sender, so without the principal one
+producer could claim another's instance with a huge sequence number (its next genuine batch
+refused as ``out_of_order``) or pre-claim its event ids (refused as ``duplicate``).
+State written before this keying (schema v1, journal lines of 7 fields) is kept under the
+producer ``""`` and still applies to every producer (the old, global behaviour: its ids until
+they age out of the window, its sequence floors for as long as they are kept), so an upgrade
+neither forgets nor redelivers anything.
+
 Durability: each settled event is appended to a per-group journal with one ``write`` (it
 survives kill -9, which is what makes a handler effectively-once); ``checkpoint`` folds the
 journal into SQLite before the consumer commits its offset. Neither is fsynced per event:
@@ -47,12 +56,27 @@ NEW = "new"
 REDELIVERY = "redelivery"
 PROCESSED = "processed"  # redrive of an event that has since been processed: nothing to do
 
+LEGACY = ""  # the producer of state written before replay state was keyed by producer
+
+SCHEMA_VERSION = 2
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS seen(id TEXT PRIMARY KEY, stream TEXT NOT NULL, offset INTEGER NOT NULL, "
-    "status TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS seen(producer TEXT NOT NULL, id TEXT NOT NULL, stream TEXT NOT NULL, "
+    "offset INTEGER NOT NULL, status TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY(producer, id))",
     "CREATE INDEX IF NOT EXISTS seen_at ON seen(at)",
-    "CREATE TABLE IF NOT EXISTS seqs(instance TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, "
-    "PRIMARY KEY(instance, stream))",
+    "CREATE TABLE IF NOT EXISTS seqs(producer TEXT NOT NULL, instance TEXT NOT NULL, stream TEXT NOT NULL, "
+    "seq INTEGER NOT NULL, PRIMARY KEY(producer, instance, stream))",
+)
+# Schema v1 had neither producer column: its rows move over under LEGACY, in one transaction.
+_MIGRATE_V1 = (
+    "ALTER TABLE seen RENAME TO seen_v1",
+    "ALTER TABLE seqs RENAME TO seqs_v1",
+    "DROP INDEX IF EXISTS seen_at",
+    *_SCHEMA,
+    "INSERT INTO seen(producer, id, stream, offset, status, at) SELECT '', id, stream, offset, status, at "
+    "FROM seen_v1",
+    "INSERT INTO seqs(producer, instance, stream, seq) SELECT '', instance, stream, seq FROM seqs_v1",
+    "DROP TABLE seen_v1",
+    "DROP TABLE seqs_v1",
 )
 
 
@@ -82,8 +106,10 @@ class ReplayGuard:
         self.freshness, self.skew = freshness, skew
         self._window_ids, self._window_seconds = window_ids, window_seconds
         self._clock = clock
-        self._ids: OrderedDict[str, tuple[str, int, str, float]] = OrderedDict()
-        self._seqs: dict[tuple[str, str], int] = {}
+        # (producer, event id) -> (stream, offset, status, at); (producer, instance, stream) -> seq
+        self._ids: OrderedDict[tuple[str, str], tuple[str, int, str, float]] = OrderedDict()
+        self._seqs: dict[tuple[str, str, str], int] = {}
+        self._legacy = False  # state from before the producer keying is still held
         self._pending: list[list[Any]] = []
         self._fd: int | None = None
         self._db: sqlite3.Connection | None = None
@@ -106,6 +132,7 @@ class ReplayGuard:
     def admit(
         self,
         *,
+        producer: str,
         stream: str,
         offset: int,
         event_id: str,
@@ -114,8 +141,12 @@ class ReplayGuard:
         sealed_at: float,
         mode: str = LIVE,
     ) -> Admission:
-        """Decide whether a verified event may be processed; ReplayError (reason) if not."""
-        seen = self._ids.get(event_id)
+        """Decide whether a verified event may be processed; ReplayError (reason) if not.
+
+        ``producer`` is the principal of the verified seal: ids and sequences are its own."""
+        seen = self._ids.get((producer, event_id))
+        if seen is None and self._legacy:
+            seen = self._ids.get((LEGACY, event_id))
         if seen is not None:
             if seen[0] != stream or seen[1] != offset:
                 raise ReplayError(
@@ -145,7 +176,9 @@ class ReplayGuard:
                 stream=stream,
                 offset=offset,
             )
-        last = self._seqs.get((instance, stream))
+        last = self._seqs.get((producer, instance, stream))
+        if last is None and self._legacy:
+            last = self._seqs.get((LEGACY, instance, stream))
         if last is not None and seq <= last:
             raise ReplayError(
                 f"sequence {seq} of producer instance {instance[:40]} in {stream} is not after {last}",
@@ -160,6 +193,7 @@ class ReplayGuard:
     def settle(
         self,
         *,
+        producer: str,
         stream: str,
         offset: int,
         event_id: str,
@@ -170,13 +204,13 @@ class ReplayGuard:
     ) -> None:
         """Remember a handled event (delivered or dead-lettered); survives a crash of this process."""
         now = self._clock()
-        self._remember(event_id, stream, offset, status, now)
+        self._remember(producer, event_id, stream, offset, status, now)
         if mode == LIVE:
-            key = (instance, stream)
+            key = (producer, instance, stream)
             if seq > self._seqs.get(key, -1):
                 self._seqs[key] = seq
         if self._fd is not None:
-            entry = [event_id, stream, offset, status, now, instance if mode == LIVE else "", seq]
+            entry = [event_id, stream, offset, status, now, instance if mode == LIVE else "", seq, producer]
             os.write(self._fd, orjson.dumps(entry) + b"\n")
             self._pending.append(entry)
 
@@ -189,8 +223,10 @@ class ReplayGuard:
             os.ftruncate(self._fd, 0)
         self._pending.clear()
 
-    def status(self, event_id: str) -> str | None:
-        seen = self._ids.get(event_id)
+    def status(self, event_id: str, producer: str) -> str | None:
+        seen = self._ids.get((producer, event_id))
+        if seen is None and self._legacy:
+            seen = self._ids.get((LEGACY, event_id))
         return seen[2] if seen else None
 
     def close(self) -> None:
@@ -203,9 +239,10 @@ class ReplayGuard:
             self._db = None
 
     # --- internals ---------------------------------------------------------------------------
-    def _remember(self, event_id: str, stream: str, offset: int, status: str, at: float) -> None:
-        self._ids[event_id] = (stream, offset, status, at)
-        self._ids.move_to_end(event_id)
+    def _remember(self, producer: str, event_id: str, stream: str, offset: int, status: str, at: float) -> None:
+        key = (producer, event_id)
+        self._ids[key] = (stream, offset, status, at)
+        self._ids.move_to_end(key)
         while len(self._ids) > self._window_ids:
             self._ids.popitem(last=False)
 
@@ -221,16 +258,26 @@ class ReplayGuard:
         self._fd = fd
         self._db = connect(base.with_suffix(".db"), synchronous="NORMAL")
         with write_txn(self._db, "create replay guard schema") as db:
-            for stmt in _SCHEMA:
-                db.execute(stmt)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(seen)")}
+            if columns and "producer" not in columns:
+                for stmt in _MIGRATE_V1:
+                    db.execute(stmt)
+                log.info("replay guard state migrated to per-producer keys (earlier state kept as legacy)")
+            else:
+                for stmt in _SCHEMA:
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         horizon = self._clock() - self._window_seconds
         rows = self._db.execute(
-            "SELECT id, stream, offset, status, at FROM seen WHERE at >= ? ORDER BY at DESC LIMIT ?",
+            "SELECT producer, id, stream, offset, status, at FROM seen WHERE at >= ? ORDER BY at DESC LIMIT ?",
             (horizon, self._window_ids),
         ).fetchall()
-        for event_id, stream, offset, status, at in reversed(rows):
-            self._ids[event_id] = (stream, offset, status, at)
-        self._seqs = {(i, s): q for i, s, q in self._db.execute("SELECT instance, stream, seq FROM seqs")}
+        for producer, event_id, stream, offset, status, at in reversed(rows):
+            self._ids[(producer, event_id)] = (stream, offset, status, at)
+        self._seqs = {
+            (p, i, s): q for p, i, s, q in self._db.execute("SELECT producer, instance, stream, seq FROM seqs")
+        }
+        self._legacy = any(k[0] == LEGACY for k in self._ids) or any(k[0] == LEGACY for k in self._seqs)
         self._recover(journal)
 
     def _recover(self, journal: Path) -> None:
@@ -244,10 +291,14 @@ class ReplayGuard:
                 entries.append(orjson.loads(line))
             except orjson.JSONDecodeError:
                 continue
-        for event_id, stream, offset, status, at, instance, seq in entries:
-            self._remember(event_id, stream, offset, status, at)
-            if instance and seq > self._seqs.get((instance, stream), -1):
-                self._seqs[(instance, stream)] = seq
+        entries = [_current(e) for e in entries if isinstance(e, list) and len(e) in (7, 8)]
+        for event_id, stream, offset, status, at, instance, seq, producer in entries:
+            self._remember(producer, event_id, stream, offset, status, at)
+            if producer == LEGACY:
+                self._legacy = True
+            key = (producer, instance, stream)
+            if instance and seq > self._seqs.get(key, -1):
+                self._seqs[key] = seq
         log.info("replay guard recovered %d journalled entries", len(entries))
         self._store(entries)
         if self._fd is not None:
@@ -255,19 +306,20 @@ class ReplayGuard:
 
     def _store(self, entries: list[list[Any]]) -> None:
         assert self._db is not None
-        seqs: dict[tuple[str, str], int] = {}
-        for _, stream, _, _, _, instance, seq in entries:
-            if instance and seq > seqs.get((instance, stream), -1):
-                seqs[(instance, stream)] = seq
+        seqs: dict[tuple[str, str, str], int] = {}
+        for _, stream, _, _, _, instance, seq, producer in entries:
+            key = (producer, instance, stream)
+            if instance and seq > seqs.get(key, -1):
+                seqs[key] = seq
         with write_txn(self._db, "replay guard checkpoint") as db:
             db.executemany(
-                "INSERT OR REPLACE INTO seen(id, stream, offset, status, at) VALUES (?, ?, ?, ?, ?)",
-                [(e[0], e[1], e[2], e[3], e[4]) for e in entries],
+                "INSERT OR REPLACE INTO seen(producer, id, stream, offset, status, at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(e[7], e[0], e[1], e[2], e[3], e[4]) for e in entries],
             )
             db.executemany(
-                "INSERT INTO seqs(instance, stream, seq) VALUES (?, ?, ?) ON CONFLICT(instance, stream) "
-                "DO UPDATE SET seq = max(seq, excluded.seq)",
-                [(i, s, q) for (i, s), q in seqs.items()],
+                "INSERT INTO seqs(producer, instance, stream, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(producer, instance, stream) DO UPDATE SET seq = max(seq, excluded.seq)",
+                [(p, i, s, q) for (p, i, s), q in seqs.items()],
             )
             self._checkpoints += 1
             if self._checkpoints % 64 == 1:
@@ -280,3 +332,8 @@ class ReplayGuard:
             "DELETE FROM seen WHERE at < (SELECT at FROM seen ORDER BY at DESC LIMIT 1 OFFSET ?)",
             (self._window_ids,),
         )
+
+
+def _current(entry: list[Any]) -> list[Any]:
+    """A journal line of schema v1 (7 fields, no producer) as a current one, under LEGACY."""
+    return entry if len(entry) == 8 else [*entry, LEGACY]

@@ -4,6 +4,13 @@ Seals are only as good as this binding. Keys rotate (the new key signs, the reti
 still verifies the batches it sealed) and are revoked (every batch it sealed is refused,
 reason ``revoked_key``). Changing a binding is an authorized (RotateKeys on the producer)
 and audited operation. Private keys live in ``Home.producer_keys`` as 0600 files.
+
+Each key has a purpose. A ``seal`` key seals a producer's batches; a ``dead_letter`` key
+only seals the dead-letter entries a consumer writes (``<topic>.dlq``), and verifiers refuse
+it on any other stream (``dead_letter_key``), so a consumer's key cannot speak for a topic
+even where a policy lets its principal publish. A principal holds at most one active key
+per purpose. Keys registered before purposes existed are ``seal`` keys (the column's
+default), and a principal without a dead-letter key seals its dead letters with its seal key.
 """
 
 from __future__ import annotations
@@ -28,12 +35,20 @@ ACTIVE = "active"
 RETIRED = "retired"  # rotated out: verifies what it sealed, signs nothing new
 REVOKED = "revoked"  # refused everywhere
 
+SEAL = "seal"  # seals a producer's batches on its topics
+DEAD_LETTER = "dead_letter"  # seals dead-letter entries only (streams <topic>.dlq)
+PURPOSES = (SEAL, DEAD_LETTER)
+
 _PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}\Z")  # \Z: "$" would accept a trailing newline
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys(
     kid TEXT PRIMARY KEY, principal TEXT NOT NULL, public BLOB NOT NULL, status TEXT NOT NULL,
-    created REAL NOT NULL, changed REAL NOT NULL, changed_by TEXT NOT NULL)
+    created REAL NOT NULL, changed REAL NOT NULL, changed_by TEXT NOT NULL,
+    purpose TEXT NOT NULL DEFAULT 'seal')
 """
+# Registries made before key purposes: every existing key keeps sealing (purpose 'seal').
+_ADD_PURPOSE = "ALTER TABLE keys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'seal'"
+_INFO = "SELECT kid, principal, status, created, changed, changed_by, purpose FROM keys"
 
 
 def check_principal(principal: str) -> str:
@@ -41,6 +56,12 @@ def check_principal(principal: str) -> str:
     if not isinstance(principal, str) or not _PRINCIPAL.match(principal):
         raise InputError(f"invalid principal name {str(principal)[:60]!r} (letters, digits, '_.@-'; max 128)")
     return principal
+
+
+def check_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise InputError(f"key purpose must be one of {', '.join(PURPOSES)}")
+    return purpose
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,7 @@ class KeyInfo:
     created: float
     changed: float  # for a retired key: when it stopped signing
     changed_by: str
+    purpose: str = SEAL
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,7 @@ class TrustedKey:
     public_key: Ed25519PublicKey
     status: str
     changed: float
+    purpose: str = SEAL
 
 
 class TrustRegistry:
@@ -73,29 +96,35 @@ class TrustRegistry:
         self._db = connect(home.ensure().trust_db, synchronous="FULL")
         with self._lock, write_txn(self._db, "create trust schema") as db:
             db.execute(_SCHEMA)
+            if "purpose" not in {r[1] for r in db.execute("PRAGMA table_info(keys)")}:
+                db.execute(_ADD_PURPOSE)
 
     @classmethod
     def open(cls, home: Home, authorizer: Authorizer, audit: AuditSink | None = None) -> TrustRegistry:
         return cls(home, authorizer, audit)
 
     # --- changing bindings (authorized, audited) -------------------------------------------
-    def register(self, principal: str, *, by: str) -> Signer:
-        """First signing key of ``principal``; ConflictError if it already has one (rotate it)."""
+    def register(self, principal: str, *, by: str, purpose: str = SEAL) -> Signer:
+        """First key of ``principal`` for ``purpose``; ConflictError if it already has one (rotate it)."""
+        check_purpose(purpose)
         self._authorize(by, principal, "trust.register")
-        if self._active_kid(principal):
-            raise ConflictError(f"producer {principal} already has an active signing key; rotate it instead")
-        return self._new_key(principal, by, "trust.register")
+        if self._active_kid(principal, purpose):
+            raise ConflictError(
+                f"{principal} already has an active {purpose} key; rotate it instead"
+            )
+        return self._new_key(principal, by, "trust.register", purpose)
 
-    def rotate(self, principal: str, *, by: str) -> Signer:
-        """A new active key; the previous one is retired (still verifies what it sealed)."""
+    def rotate(self, principal: str, *, by: str, purpose: str = SEAL) -> Signer:
+        """A new active key; the previous one of that purpose is retired (still verifies what it sealed)."""
+        check_purpose(purpose)
         self._authorize(by, principal, "trust.rotate")
-        return self._new_key(principal, by, "trust.rotate")
+        return self._new_key(principal, by, "trust.rotate", purpose)
 
-    def ensure(self, principal: str, *, by: str) -> Signer:
-        """The active signer, registering a first key if there is none (still authorized)."""
-        if self._active_kid(check_principal(principal)):
-            return self.signer_for(principal)
-        return self.register(principal, by=by)
+    def ensure(self, principal: str, *, by: str, purpose: str = SEAL) -> Signer:
+        """The active signer for ``purpose``, registering a first key if there is none (still authorized)."""
+        if self._active_kid(check_principal(principal), check_purpose(purpose)):
+            return self.signer_for(principal, purpose)
+        return self.register(principal, by=by, purpose=purpose)
 
     def revoke(self, kid: str, *, by: str) -> None:
         info = self.info(kid)
@@ -118,34 +147,34 @@ class TrustRegistry:
     def resolve(self, kid: str) -> TrustedKey:
         with self._lock:
             row = self._db.execute(
-                "SELECT principal, public, status, changed FROM keys WHERE kid = ?", (kid,)
+                "SELECT principal, public, status, changed, purpose FROM keys WHERE kid = ?", (kid,)
             ).fetchone()
         if row is None:
             raise NotFoundError(f"signing key {kid[:80]!r} is not in the trust registry")
-        return TrustedKey(kid, row[0], Ed25519PublicKey.from_public_bytes(row[1]), row[2], row[3])
+        return TrustedKey(kid, row[0], Ed25519PublicKey.from_public_bytes(row[1]), row[2], row[3], row[4])
 
     def info(self, kid: str) -> KeyInfo:
         with self._lock:
-            row = self._db.execute(
-                "SELECT kid, principal, status, created, changed, changed_by FROM keys WHERE kid = ?", (kid,)
-            ).fetchone()
+            row = self._db.execute(_INFO + " WHERE kid = ?", (kid,)).fetchone()
         if row is None:
             raise NotFoundError(f"signing key {kid[:80]!r} is not in the trust registry")
         return KeyInfo(*row)
 
     def list(self, principal: str | None = None) -> list[KeyInfo]:
-        q = "SELECT kid, principal, status, created, changed, changed_by FROM keys"
+        q = _INFO
         args: tuple[str, ...] = ()
         if principal is not None:
             q, args = q + " WHERE principal = ?", (principal,)
         with self._lock:
             return [KeyInfo(*r) for r in self._db.execute(q + " ORDER BY principal, created", args)]
 
-    def signer_for(self, principal: str) -> Signer:
-        kid = self._active_kid(check_principal(principal))
+    def signer_for(self, principal: str, purpose: str = SEAL) -> Signer:
+        """The active key of ``principal`` for ``purpose`` (NotFoundError if it has none)."""
+        kid = self._active_kid(check_principal(principal), check_purpose(purpose))
         if kid is None:
+            flag = "" if purpose == SEAL else f" --purpose {purpose}"
             raise NotFoundError(
-                f"producer {principal} has no active signing key (eventward trust register {principal})"
+                f"{principal} has no active {purpose} key (eventward trust register {principal}{flag})"
             )
         raw = read_secret(self._key_file(principal, kid))
         try:
@@ -156,6 +185,18 @@ class TrustRegistry:
         if signer.kid != kid:
             raise ConfigError(f"signing key file for {principal} does not hold key {kid}")
         return signer
+
+    def dead_letter_signer(self, principal: str) -> Signer:
+        """The key a consumer seals its dead letters with: its dead-letter key, or for a
+        principal registered before key purposes (or one that also produces) its seal key."""
+        if self._active_kid(check_principal(principal), DEAD_LETTER):
+            return self.signer_for(principal, DEAD_LETTER)
+        if self._active_kid(principal, SEAL):
+            return self.signer_for(principal, SEAL)
+        raise NotFoundError(
+            f"{principal} has no signing key for dead letters "
+            f"(eventward trust register {principal} --purpose {DEAD_LETTER})"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -172,18 +213,19 @@ class TrustRegistry:
             )
             raise
 
-    def _active_kid(self, principal: str) -> str | None:
+    def _active_kid(self, principal: str, purpose: str = SEAL) -> str | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT kid FROM keys WHERE principal = ? AND status = ? ORDER BY created DESC LIMIT 1",
-                (principal, ACTIVE),
+                "SELECT kid FROM keys WHERE principal = ? AND status = ? AND purpose = ? "
+                "ORDER BY created DESC LIMIT 1",
+                (principal, ACTIVE, purpose),
             ).fetchone()
         return row[0] if row else None
 
     def _key_file(self, principal: str, kid: str) -> Path:
         return self.home.producer_keys / f"{principal}.{kid}.key"
 
-    def _new_key(self, principal: str, by: str, action: str) -> Signer:
+    def _new_key(self, principal: str, by: str, action: str, purpose: str) -> Signer:
         key = Ed25519PrivateKey.generate()
         pub = key.public_key()
         kid = kid_of(pub)
@@ -197,16 +239,19 @@ class TrustRegistry:
             old = [
                 r[0]
                 for r in db.execute(
-                    "SELECT kid FROM keys WHERE principal = ? AND status = ?", (principal, ACTIVE)
+                    "SELECT kid FROM keys WHERE principal = ? AND status = ? AND purpose = ?",
+                    (principal, ACTIVE, purpose),
                 )
             ]
             db.execute(
-                "UPDATE keys SET status = ?, changed = ?, changed_by = ? WHERE principal = ? AND status = ?",
-                (RETIRED, now, by, principal, ACTIVE),
+                "UPDATE keys SET status = ?, changed = ?, changed_by = ? "
+                "WHERE principal = ? AND status = ? AND purpose = ?",
+                (RETIRED, now, by, principal, ACTIVE, purpose),
             )
             db.execute(
-                "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kid, principal, pub.public_bytes(Encoding.Raw, PublicFormat.Raw), ACTIVE, now, now, by),
+                "INSERT INTO keys(kid, principal, public, status, created, changed, changed_by, purpose) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (kid, principal, pub.public_bytes(Encoding.Raw, PublicFormat.Raw), ACTIVE, now, now, by, purpose),
             )
         for retired in old:  # a retired key never signs again, so its private half goes
             self._key_file(principal, retired).unlink(missing_ok=True)
@@ -216,6 +261,7 @@ class TrustRegistry:
             resource=f"Producer::{principal}",
             outcome=OK,
             kid=kid,
+            purpose=purpose,
             retired=",".join(old) or None,
         )
         return Signer(principal, key)

@@ -3,6 +3,8 @@
 Verified seals are cached per (stream, batch) and compared byte for byte on every hit, so a
 swapped seal blob is never mistaken for the cached one. Key status is re-read from the trust
 registry at most every ``key_ttl`` seconds, so a revocation reaches running consumers fast.
+A dead-letter key verifies only on a dead-letter stream (``<topic>.dlq``): anywhere else its
+seal is refused as ``dead_letter_key``, whatever the policy grants its principal.
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-from eventward.client.trust import RETIRED, REVOKED, TrustedKey
+from eventward.client.trust import DEAD_LETTER, RETIRED, REVOKED, TrustedKey
 from eventward.crypto import seal as sealing
 from eventward.crypto.seal import Seal
 from eventward.errors import NotFoundError, SealError
 from eventward.log.base import Record
+
+DLQ_SUFFIX = ".dlq"  # <topic>.dlq holds the dead letters of <topic>
+
+
+def is_dead_letter_stream(stream: str) -> bool:
+    return stream.endswith(DLQ_SUFFIX) and len(stream) > len(DLQ_SUFFIX)
 
 
 class KeyResolver(Protocol):
@@ -80,6 +88,12 @@ class SealVerifier:
                 f"seal claims producer {s.producer[:64]!r} but key {s.kid} belongs to another principal",
                 reason="wrong_producer",
                 kid=s.kid,
+            )
+        if key.purpose == DEAD_LETTER and not is_dead_letter_stream(stream):
+            raise SealError(
+                f"seal on {stream!r} signed by dead-letter key {key.kid}, which seals dead letters only",
+                reason="dead_letter_key",
+                kid=key.kid,
             )
         self._check_key_status(s, key)
         sealing.verify(s, key.public_key)

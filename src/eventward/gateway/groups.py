@@ -72,11 +72,12 @@ class StagedGuard(ReplayGuard):
         )
         self.durable = durable
         self._staged: list[dict[str, Any]] = []
-        self._seen_instances: set[tuple[str, str]] = set()
+        self._seen_instances: set[tuple[str, str, str]] = set()  # (producer, instance, stream)
 
     def admit(
         self,
         *,
+        producer: str,
         stream: str,
         offset: int,
         event_id: str,
@@ -85,17 +86,25 @@ class StagedGuard(ReplayGuard):
         sealed_at: float,
         mode: str = rp.LIVE,
     ) -> Admission:
-        kw = {"stream": stream, "offset": offset, "event_id": event_id, "instance": instance, "seq": seq}
+        kw = {
+            "producer": producer,
+            "stream": stream,
+            "offset": offset,
+            "event_id": event_id,
+            "instance": instance,
+            "seq": seq,
+        }
         durable = self.durable.admit(**kw, sealed_at=sealed_at, mode=mode)
         if durable.verdict != rp.NEW:
             return durable  # settled durably at this very offset (acked or dead-lettered): skip quietly
         staged = super().admit(**kw, sealed_at=sealed_at, mode=mode)
-        gap = staged.gap if (instance, stream) in self._seen_instances else durable.gap
+        gap = staged.gap if (producer, instance, stream) in self._seen_instances else durable.gap
         return Admission(staged.verdict, gap)
 
     def settle(
         self,
         *,
+        producer: str,
         stream: str,
         offset: int,
         event_id: str,
@@ -105,6 +114,7 @@ class StagedGuard(ReplayGuard):
         mode: str = rp.LIVE,
     ) -> None:
         entry = {
+            "producer": producer,
             "stream": stream,
             "offset": offset,
             "event_id": event_id,
@@ -115,7 +125,7 @@ class StagedGuard(ReplayGuard):
         }
         super().settle(**entry)
         if mode == rp.LIVE:
-            self._seen_instances.add((instance, stream))
+            self._seen_instances.add((producer, instance, stream))
         self._staged.append(entry)
 
     def commit(self, upto: int) -> None:
