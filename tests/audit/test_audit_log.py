@@ -7,7 +7,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
@@ -20,6 +19,7 @@ from eventward.crypto import merkle
 from eventward.errors import AccessDenied, AuditUnavailable, ConfigError, InputError, NotFoundError
 from eventward.home import Home
 from eventward.policy.base import READ_AUDIT, AllowList
+from support_wait import wait_until
 
 from .helpers import events, fill
 
@@ -84,10 +84,7 @@ def test_buffer_is_flushed_after_flush_ms_without_further_calls(home):
     with AuditLog.open(home, flush_every=10_000, flush_ms=20) as log:
         log.record("a.b", principal="p", resource="r")
         peek = sqlite3.connect(home.audit_db)
-        deadline = time.monotonic() + 10
-        while peek.execute("SELECT count(*) FROM records").fetchone()[0] == 0:
-            assert time.monotonic() < deadline, "timer flush never happened"
-            time.sleep(0.01)
+        wait_until(lambda: peek.execute("SELECT count(*) FROM records").fetchone()[0] == 1, what="timer flush")
         peek.close()
 
 
@@ -266,10 +263,7 @@ def test_a_failed_timer_flush_is_retried_and_reported_on_the_next_call(home):
         flaky = _FlakyConnection(log._conn)
         log._conn = flaky
         log.record("a.b", principal="p", resource="r", n=0)
-        deadline = time.monotonic() + 10
-        while log._pending is None:
-            assert time.monotonic() < deadline, "timer flush never ran"
-            time.sleep(0.005)
+        wait_until(lambda: log._pending is not None, interval=0.005, what="timer flush ran and failed")
         with pytest.raises(AuditUnavailable):
             log.record("a.b", principal="p", resource="r", n=1)  # refused: the audit trail is failing
         flaky.failing = False

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from eventward.client.producer import Producer
@@ -16,6 +14,7 @@ from eventward.errors import (
     ValidationError,
 )
 from eventward.schema.compiled import compile_schema
+from support_wait import wait_until
 
 from .client_world import ADMIN, INTRUDER, SCHEMA, SENTINEL_EMAIL, TOPIC, TYPE, Version, customer
 
@@ -148,10 +147,8 @@ def test_one_metadata_only_audit_record_per_batch(world):
 def test_background_flusher_bounds_the_wait(world):
     p = world.producer(background=True, max_delay_ms=20)
     eid = p.send(TYPE, customer(1))
-    deadline = time.monotonic() + 5
-    while not stored(world) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert [eid.encode() in r.data for r in stored(world)] == [True]
+    recs = wait_until(lambda: stored(world), timeout=5, what="background flush")
+    assert [eid.encode() in r.data for r in recs] == [True]
     p.close()
 
 

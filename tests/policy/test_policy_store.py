@@ -18,6 +18,7 @@ from eventward.errors import AccessDenied, ConflictError, NotFoundError, PolicyE
 from eventward.policy import base
 from eventward.policy.engine import PolicyEngine
 from eventward.policy.store import PolicyStore
+from support_wait import wait_until
 
 from .support import ABAC, POLICY
 
@@ -334,10 +335,10 @@ def test_threads_deciding_during_a_change_see_old_or_new_never_garbage(store, en
     for t in threads:
         t.start()
     store.apply("alice", POLICY_V2, {"abac.cedar": ABAC})
-    deadline = time.monotonic() + 2
-    while (False, 2) not in seen and time.monotonic() < deadline:
-        time.sleep(0.01)
-    stop.set()
+    try:
+        wait_until(lambda: (False, 2) in seen, timeout=5, what="version 2 decided")
+    finally:
+        stop.set()
     for t in threads:
         t.join()
     assert not errors

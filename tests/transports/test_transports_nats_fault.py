@@ -19,6 +19,7 @@ from eventward.cli.nats import OPERATOR
 from eventward.errors import EventwardError, TransportUnavailable
 from eventward.log import natsserver
 from eventward.log.retry import Backoff
+from support_wait import wait_until
 
 from .conftest import nats_client
 from .nats_world import Deployment, start_mtls
@@ -36,11 +37,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 
 
 def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    wait_until(cond, timeout=timeout, interval=0.05, what=what)
 
 
 def test_killing_the_stream_leader_loses_and_duplicates_nothing(cluster: Deployment, tmp_path: Path) -> None:
