@@ -8,8 +8,9 @@ required for data-plane commands and defaults to ``admin`` for ``trust``. It is 
 not authenticated: the CLI runs with the home's key material, so it is an operator tool;
 authenticated access for services is the gateway (mTLS/JWT).
 
-Producers seal batches and consumers seal dead letters with their signing key, registered
-by an administrator with ``eventward trust register P``. Events go out as JSON lines on
+Producers seal batches with their seal key and consumers seal dead letters with their
+dead-letter key (or, without one, their seal key), registered by an administrator with
+``eventward trust register P [--purpose dead_letter]``. Events go out as JSON lines on
 stdout; status, tables and summaries go to stderr, so output can be piped.
 """
 
@@ -32,6 +33,7 @@ from eventward import envelope
 from eventward.cli import common
 from eventward.cli.context import as_admin, as_required, deployment, require_signing_key
 from eventward.client.consumer import Consumer
+from eventward.client.trust import DEAD_LETTER, SEAL
 from eventward.client.types import Delivered, RunStats
 from eventward.deployment import Deployment
 from eventward.errors import EventwardError, InputError, NotFoundError
@@ -46,11 +48,16 @@ _AS = as_required()
 _ADMIN_AS = as_admin()
 _GROUP = typer.Option(None, "--group", "-g", help="Consumer group (default: the principal).")
 _TOKENS = typer.Option(False, "--tokens", help="Show fields the principal may not decrypt as tokens.")
+_PURPOSE = typer.Option(
+    SEAL,
+    "--purpose",
+    help=f"{SEAL}: seals the principal's batches; {DEAD_LETTER}: seals only the dead letters it writes.",
+)
 _JSON = common.json_option()
 
 
 def _consumer(dep: Deployment, principal: str, topic: str, group: str | None, **kw: Any) -> Consumer:
-    require_signing_key(dep, principal)
+    require_signing_key(dep, principal, dead_letters=True)
     return dep.consumer(principal, topic, group=group, **kw)
 
 
@@ -270,7 +277,7 @@ def dlq_list(
 ) -> None:
     """Unresolved dead letters of a topic (metadata only)."""
     with deployment(principal) as dep:
-        require_signing_key(dep, principal)
+        require_signing_key(dep, principal, dead_letters=True)
         entries = dep.dead_letters(principal, topic).list(principal=principal, include_resolved=all_)
     if as_json:
         common.emit_json({"topic": topic, "entries": [dict(e.summary()) for e in entries]})
@@ -299,7 +306,7 @@ def dlq_show(
 ) -> None:
     """One entry as JSON: its metadata and the original event's attributes (data stays encrypted)."""
     with deployment(principal) as dep:
-        require_signing_key(dep, principal)
+        require_signing_key(dep, principal, dead_letters=True)
         e = dep.dead_letters(principal, topic).get(dlq_offset, principal=principal)
     doc: dict[str, Any] = dict(e.summary())
     try:
@@ -335,14 +342,14 @@ def dlq_redrive(
 def trust_list(
     producer: str | None = typer.Option(None, "--principal", help="Only this producer."), by: str = _ADMIN_AS
 ) -> None:
-    """Signing keys and their status (active, retired, revoked): public metadata, no grant needed."""
+    """Signing keys, their purpose and status (active, retired, revoked): public metadata, no grant needed."""
     with deployment(by) as dep:
         keys = dep.trust.list(producer)
     t = Table(title="trust registry")
-    for col in ("kid", "principal", "status", "created", "changed", "by"):
+    for col in ("kid", "principal", "purpose", "status", "created", "changed", "by"):
         t.add_column(col, overflow="fold")
     for k in keys:
-        t.add_row(k.kid, k.principal, k.status, _when(k.created), _when(k.changed), k.changed_by)
+        t.add_row(k.kid, k.principal, k.purpose, k.status, _when(k.created), _when(k.changed), k.changed_by)
     common.console.print(t)
 
 
@@ -352,23 +359,26 @@ def trust_list(
 def trust_register(
     producers: list[str] = typer.Argument(..., help="Principal(s) that produce or consume."),
     by: str = _ADMIN_AS,
+    purpose: str = _PURPOSE,
 ) -> None:
     """Create the first signing key of each principal (private key 0600 in the home); needs rotate_keys on it.
 
+    Producers get a seal key; consumers that only read need just a dead-letter key
+    (``--purpose dead_letter``), which cannot seal events on a topic.
     Principals are registered in order; on an error the ones before it stay registered."""
     with deployment(by) as dep:
         for producer in producers:
-            s = dep.trust.register(producer, by=by)
-            common.console.print(f"[bold green]registered[/] {producer}: {s.kid}", highlight=False)
+            s = dep.trust.register(producer, by=by, purpose=purpose)
+            common.console.print(f"[bold green]registered[/] {producer} ({purpose}): {s.kid}", highlight=False)
 
 
 @trust_app.command("rotate")
 def trust_rotate(
-    producer: str = typer.Argument(..., help="Producer principal."), by: str = _ADMIN_AS
+    producer: str = typer.Argument(..., help="Producer principal."), by: str = _ADMIN_AS, purpose: str = _PURPOSE
 ) -> None:
     """A new signing key; the old one still verifies what it sealed (needs rotate_keys on the producer)."""
     with deployment(by) as dep:
-        s = dep.trust.rotate(producer, by=by)
+        s = dep.trust.rotate(producer, by=by, purpose=purpose)
     common.console.print(f"[bold green]rotated[/] {producer}: now {s.kid}", highlight=False)
 
 
