@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventward.errors import InputError, TransportError, TransportUnavailable
-from eventward.log import framing
+from eventward.log import framing, retry
 from eventward.log.retry import Backoff, Retry, retry_async, retry_sync
 
 batch_ids = st.text(min_size=1, max_size=framing.MAX_BATCH_ID)
@@ -72,19 +71,33 @@ def test_malformed_batches_are_input_errors(batch_id, events, seal) -> None:
         framing.encode(batch_id, events, seal)
 
 
-def test_backoff_is_jittered_exponential_and_bounded() -> None:
+def test_backoff_is_jittered_exponential_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]  # an injected clock: sleeping advances it exactly, however loaded the machine is
+    monkeypatch.setattr(retry.time, "monotonic", lambda: now[0])
     b = Backoff(base_s=0.01, cap_s=0.08, budget_s=0.5)
-    t0 = time.monotonic()
     delays = []
     for d in b.delays():
         delays.append(d)
-        time.sleep(d)
-    assert time.monotonic() - t0 <= 0.5 + 0.05
+        now[0] += d
+    assert sum(delays) <= 0.5  # never sleeps past the budget
+    assert now[0] - 1000.0 > 0.5 - 0.08  # and stops only when the next delay could overrun it
     assert len(delays) >= 5 and all(0 <= d <= 0.08 for d in delays)
-    assert delays[0] <= 0.01 and len(set(delays)) > 1  # jitter
+    assert delays[0] <= 0.01 and delays[1] <= 0.02 and delays[2] <= 0.04  # doubling ceilings
+    assert len(set(delays)) > 1  # jitter
 
 
-def test_retry_rides_out_transient_failures_and_gives_up_after_the_budget() -> None:
+def test_retry_rides_out_transient_failures_and_gives_up_after_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]  # injected clock: sleeping advances it, so the budget check cannot race the machine
+
+    def sleep(d: float) -> None:
+        now[0] += d
+
+    async def asleep(d: float) -> None:
+        now[0] += d
+
+    monkeypatch.setattr(retry.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(retry.time, "sleep", sleep)
+    monkeypatch.setattr(retry.asyncio, "sleep", asleep)
     calls = []
 
     def flaky() -> str:
@@ -98,18 +111,20 @@ def test_retry_rides_out_transient_failures_and_gives_up_after_the_budget() -> N
     def down() -> None:
         raise Retry("no responders")
 
-    t0 = time.monotonic()
+    t0 = now[0]
     with pytest.raises(TransportUnavailable) as e:
         retry_sync("append to orders", down, Backoff(0.01, 0.05, 0.3))
-    assert time.monotonic() - t0 < 0.6
+    assert 0.3 - 0.05 < now[0] - t0 <= 0.3  # slept through the budget, never past it
     assert "append to orders" in e.value.message and "no responders" in e.value.message
     assert e.value.details["attempts"] > 1
 
     async def adown() -> None:
         raise Retry("timeout")
 
+    t0 = now[0]
     with pytest.raises(TransportUnavailable):
         asyncio.run(retry_async("read", adown, Backoff(0.01, 0.05, 0.2)))
+    assert 0.2 - 0.05 < now[0] - t0 <= 0.2
 
 
 def test_non_transient_errors_are_not_retried() -> None:
