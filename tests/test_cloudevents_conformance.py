@@ -24,7 +24,12 @@ from eventward import envelope
 from eventward.errors import EnvelopeError
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-BASE: dict[str, Any] = {"specversion": "1.0", "id": "A234-1234-1234", "source": "/mycontext", "type": "com.example.someevent"}
+BASE: dict[str, Any] = {
+    "specversion": "1.0",
+    "id": "A234-1234-1234",
+    "source": "/mycontext",
+    "type": "com.example.someevent",
+}
 
 # --- the spec's JSON-format examples (section 3.1 and 4), as data --------------------------------
 SPEC_TEXT = {

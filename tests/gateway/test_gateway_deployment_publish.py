@@ -108,9 +108,9 @@ def test_attributes_the_gateway_cannot_carry_are_refused_by_name(dep_world) -> N
     r = dep_world.publish(ORDERS, t, [cloudevent(order(0)), spoof])
     assert r.status == 400 and r.json["index"] == 1 and "'ewproducer' is reserved" in r.json["detail"]
     other = dep_world.publish(ORDERS, t, [cloudevent(order(0), traceparent="00-abc")])
-    assert other.status == 400 and "'traceparent' is not carried" in other.json["detail"]
+    assert other.status == 400 and "traceparent" in other.json["detail"]
     binary = {k: v for k, v in cloudevent(None).items() if k != "data"} | {"data_base64": "AAEC"}
-    assert dep_world.publish(ORDERS, t, [binary]).json["code"] == "bad_envelope"
+    assert dep_world.publish(ORDERS, t, [binary]).json["code"] == "bad_envelope"  # not JSON bytes
     same = cloudevent(order(1))
     twice = dep_world.publish(ORDERS, t, [same, dict(same)])
     assert twice.status == 400 and twice.json["path"] == "events[1].id"

@@ -71,6 +71,32 @@ def test_bad_client_certificates_fail_the_handshake(mtls_gateway: Running, test_
         assert r.status == 200
 
 
+def _alert(port: int, ctx: ssl.SSLContext) -> str:
+    """The TLS alert a client gets (as OpenSSL names it), sending a request first as curl does."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as s:
+            s.sendall(REQUEST)
+            data = s.recv(4096)
+    except ssl.SSLError as e:
+        return str(e.reason)
+    finally:
+        sock.close()
+    raise AssertionError(f"no TLS alert, got {data[:60]!r}")
+
+
+def test_attack_no_client_certificate(mtls_gateway: Running, test_pki: Pki) -> None:
+    """A client without a certificate is told why: TLS 1.3's certificate_required alert (TLS 1.2
+    has no such alert and gets handshake_failure), not an empty reply; nothing reaches a handler."""
+    before = list(mtls_gateway.backend.calls)
+    assert _alert(mtls_gateway.port, _ctx(test_pki, None, ssl.TLSVersion.TLSv1_3)) == (
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    )
+    assert _alert(mtls_gateway.port, _ctx(test_pki, None, ssl.TLSVersion.TLSv1_2)) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    assert _alert(mtls_gateway.port, _ctx(test_pki, "rogue", ssl.TLSVersion.TLSv1_3)) == "TLSV1_ALERT_UNKNOWN_CA"
+    assert mtls_gateway.backend.calls == before
+
+
 def test_mapped_certificate_reaches_backend_as_mapped_principal(mtls_gateway: Running, test_pki: Pki) -> None:
     # C=US,O=Acme,OU=services,CN=billing -> RULE 1 maps "CN=billing,OU=services,..." to "billing"
     r = call(

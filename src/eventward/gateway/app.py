@@ -34,7 +34,7 @@ from eventward.errors import (
     SecurityError,
     UnsupportedMediaType,
 )
-from eventward.gateway import openapi, problems
+from eventward.gateway import binding, openapi, problems
 from eventward.gateway.auth import Authenticator, Principal
 from eventward.gateway.backend import ErasureCertificate, GatewayBackend, SchemaVersion
 from eventward.gateway.config import LimitsConfig
@@ -44,8 +44,8 @@ from eventward.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("eventward.gateway")
 
-JSON = "application/json"
-BATCH = "application/cloudevents-batch+json"
+JSON = binding.JSON
+BATCH = binding.BATCH
 PRINCIPAL = web.RequestKey("principal", Principal)
 _PAYLOAD = web.RequestKey("payload", object)  # the parsed body: what a problem detail must not echo
 STATE = web.AppKey("eventward_gateway", object)
@@ -59,8 +59,8 @@ class _Validators:
     body: Callable[[Any], Any] | None
 
 
-def _compile(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
-    root = {**schema, "components": {"schemas": openapi.SCHEMAS}}
+def _compile(schema: Mapping[str, Any], schemas: Mapping[str, Any]) -> Callable[[Any], Any]:
+    root = {**schema, "components": {"schemas": schemas}}
     return fastjsonschema.compile(root)
 
 
@@ -73,13 +73,13 @@ def _params_schema(params: tuple[openapi.Param, ...]) -> dict[str, Any]:
     }
 
 
-def _validators(op: openapi.Operation) -> _Validators:
+def _validators(op: openapi.Operation, schemas: Mapping[str, Any]) -> _Validators:
     path = tuple(p for p in op.params if p.where == "path")
     query = tuple(p for p in op.params if p.where == "query")
     return _Validators(
-        _compile(_params_schema(path)) if path else None,
-        _compile(_params_schema(query)),
-        _compile(openapi.ref(op.body)) if op.body else None,
+        _compile(_params_schema(path), schemas) if path else None,
+        _compile(_params_schema(query), schemas),
+        _compile(openapi.ref(op.body), schemas) if op.body else None,
     )
 
 
@@ -163,8 +163,10 @@ class _Gateway:
         self.quota = RateLimiter(limits.rate_events_per_s, limits.burst_events, limits.max_principals)
         self.audit_gate = TokenBucket(50.0, 200.0, time.monotonic())  # auth-failure records: no audit flood
         self.waiting = 0
-        self.validators = {op.op_id: _validators(op) for op in openapi.OPERATIONS}
-        self.openapi_bytes = orjson.dumps(openapi.document())
+        # validated against, and serving, the document with this server's configured batch limit
+        schemas = openapi.schemas(limits.max_batch_events)
+        self.validators = {op.op_id: _validators(op, schemas) for op in openapi.OPERATIONS}
+        self.openapi_bytes = orjson.dumps(openapi.document(max_batch=limits.max_batch_events))
 
     # --- perimeter ----------------------------------------------------------------------------
     def _peer_der(self, request: web.Request) -> bytes | None:
@@ -226,10 +228,10 @@ class _Gateway:
 
     # --- request parsing --------------------------------------------------------------------
     async def _json_body(self, request: web.Request, op: openapi.Operation) -> Any:
-        ctype = request.content_type
-        allowed = (JSON, BATCH) if op.op_id == "publish" else (JSON,)
-        if ctype not in allowed:
-            raise UnsupportedMediaType(f"Content-Type must be {' or '.join(allowed)}")
+        if op.op_id == "publish":
+            return await self._events(request)
+        if request.content_type != JSON:
+            raise UnsupportedMediaType(f"Content-Type must be {JSON}")
         raw = await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
         try:
             doc = orjson.loads(raw)
@@ -237,6 +239,33 @@ class _Gateway:
             raise InputError(f"request body is not valid JSON (at byte {e.pos})", rule="json") from None
         request[_PAYLOAD] = doc
         return doc
+
+    async def _events(self, request: web.Request) -> Any:
+        """The publish body's events in any mode of the CloudEvents HTTP binding (see ``binding``):
+        a list for the document's PublishRequest schema, whatever the mode."""
+        ctype = request.content_type
+        if binding.is_binary(ctype, request.headers):
+            raw = await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
+            request[_PAYLOAD] = [request.headers.getall(h) for h in binding.ce_headers(request.headers)]
+            event = binding.binary_event(request.headers.get("Content-Type"), request.headers, raw)
+            request[_PAYLOAD] = event
+            binding.check_reserved([event])
+            return [event]
+        if ctype not in binding.BODY_TYPES:
+            raise UnsupportedMediaType(
+                f"Content-Type must be {' or '.join(binding.BODY_TYPES)}, or binary mode (ce-* headers "
+                "with JSON data)"
+            )
+        binding.check_structured(ctype, request.headers)
+        raw = await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise InputError(f"request body is not valid JSON (at byte {e.pos})", rule="json") from None
+        request[_PAYLOAD] = doc
+        events = [doc] if ctype == binding.STRUCTURED else doc
+        binding.check_reserved(events)
+        return events
 
     async def _parse(self, request: web.Request, op: openapi.Operation) -> tuple[dict[str, Any], Any]:
         v = self.validators[op.op_id]
@@ -272,10 +301,11 @@ class _Gateway:
     async def op_publish(
         self, p: Principal, params: dict[str, Any], events: list[dict[str, Any]], request: web.Request
     ) -> dict[str, Any]:
-        request[_PAYLOAD] = [[e.get("data"), e.get("data_base64")] for e in events]  # what must not be echoed
+        request[_PAYLOAD] = events  # what must not be echoed (every value, attributes included)
         per_event = self.limits.max_event_bytes
         check_sizes = (request.content_length or self.limits.max_body_bytes) > per_event
-        for i, ev in enumerate(events):
+        for i, given in enumerate(events):
+            ev = envelope.unset_nulls(given)  # JSON format: a null attribute is unset
             for k, v in ev.items():  # extension integers may arrive as 5.0, which JSON Schema allows
                 if isinstance(v, float) and k not in ("data", "data_base64"):
                     ev[k] = _integral(v)
@@ -283,6 +313,7 @@ class _Gateway:
                 envelope.validate(ev)
             except EnvelopeError as e:
                 raise EnvelopeError(f"events[{i}]: {e.message}", index=i) from None
+            ev = events[i] = binding.json_data(ev, i)
             if check_sizes and len(orjson.dumps(ev)) > per_event:
                 raise OversizeError(f"events[{i}] is larger than {per_event} bytes", index=i, limit=per_event)
         if len(events) > 1:

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from eventward import envelope
 from eventward.policy.base import ACTIONS
 from eventward.policy.spec import KINDS
 
 VERSION = "0.1.0"
-MAX_BATCH = 1000
+MAX_BATCH = 500  # the default limits.max_batch_events; the served document states the configured one
 MAX_CONSUME = 1000
 MAX_WAIT_S = 30
 MAX_ATTR = 4096
@@ -39,7 +40,16 @@ _TIME = (
 )
 RFC3339 = f"^{_DATE}T{_TIME}$"
 EXTENSION_NAME = "^([a-z0-9]{1,20}|data_base64)$"
+# What a client may name: the same, without eventward's reserved "ew" prefix.
+CLIENT_EXTENSION_NAME = "^([a-df-z0-9][a-z0-9]{0,19}|e|e[a-vx-z0-9][a-z0-9]{0,18}|data_base64)$"
 INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+MAX_DATA_BASE64 = 4 * 1024 * 1024 // 3 * 4  # a 4 MiB body's worth; the server's byte limits apply
+# Media types of the publish body (CloudEvents HTTP binding): today's batch, batched mode, structured.
+JSON = "application/json"
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+NULL = {"type": "null"}
 
 
 def _s(max_len: int, pattern: str | None = None, min_len: int = 1, **kw: Any) -> dict[str, Any]:
@@ -71,50 +81,76 @@ def _arr(items: dict[str, Any], max_items: int, min_items: int = 0) -> dict[str,
     return {"type": "array", "items": items, "minItems": min_items, "maxItems": max_items}
 
 
+def _opt(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional CloudEvents attribute: JSON null means unset (JSON format, section 3)."""
+    return {"anyOf": [schema, NULL]}
+
+
 _ATTR = _s(MAX_ATTR)
-SCHEMAS: dict[str, dict[str, Any]] = {
-    "CloudEvent": {
-        "type": "object",
-        "description": "A CloudEvents 1.0 event in structured JSON mode; extension attributes are "
-        "lowercase alphanumeric names with string, integer or boolean values.",
-        "required": ["specversion", "id", "source", "type"],
-        "properties": {
-            "specversion": {"type": "string", "const": "1.0"},
-            "id": _ATTR,
-            "source": _ATTR,
-            "type": _ATTR,
-            "subject": _ATTR,
-            "dataschema": _ATTR,
-            "datacontenttype": _s(MAX_ATTR, "^[!-~]+$"),
-            "time": _s(64, RFC3339),
-            "data": {
-                "description": "Event payload (any JSON); sensitive fields are encrypted by the gateway."
-            },
-            "ewseq": _int(),
-        },
-        "propertyNames": {"pattern": EXTENSION_NAME},
-        "additionalProperties": {"anyOf": [_ATTR, INT32, {"type": "boolean"}]},
-        "maxProperties": 64,
-        "allOf": [
-            {"not": {"required": ["data", "data_base64"]}},
-            {
-                "if": {"required": ["data"]},
-                "then": {
-                    "properties": {"datacontenttype": {"pattern": "^(application/json|[!-~]*\\+json)$"}}
-                },
-            },
-        ],
+_EXT = {"anyOf": [_s(MAX_ATTR, min_len=0), INT32, {"type": "boolean"}, NULL]}
+_CLOUDEVENT: dict[str, Any] = {
+    "type": "object",
+    "description": "A CloudEvents 1.0 event in the JSON format. Every attribute is kept as sent or the "
+    "event is refused by name: `time` stays the producer's (eventward adds its own acceptance time "
+    "as `ewtime`), `dataschema` is kept, `traceparent`/`tracestate` (W3C Trace Context) reach "
+    "consumers. Extension attributes are lowercase alphanumeric names (at most 20) with string, "
+    "integer or boolean values; `ew*` names are eventward's own and refused from clients. A null "
+    "attribute is unset. Data must be JSON (the registered schema validates it): `data`, or "
+    "`data_base64` holding JSON bytes with a JSON `datacontenttype`.",
+    "required": ["specversion", "id", "source", "type"],
+    "properties": {
+        "specversion": {"type": "string", "const": "1.0"},
+        "id": _ATTR,
+        "source": _s(MAX_ATTR, envelope.URI_REFERENCE),
+        "type": _ATTR,
+        "subject": _opt(_ATTR),
+        "dataschema": _opt(_s(MAX_ATTR, envelope.ABSOLUTE_URI)),
+        "datacontenttype": _opt(_s(MAX_ATTR, envelope.JSON_MEDIA_TYPE)),
+        "time": _opt(_s(64, RFC3339)),
+        "data": {"description": "Event payload (JSON); sensitive fields are encrypted by the gateway."},
+        "data_base64": _opt(
+            _s(MAX_DATA_BASE64, BASE64, min_len=0, description="JSON data, base64-encoded (RFC 4648).")
+        ),
+        "traceparent": _opt(_s(512, envelope.TRACEPARENT_PATTERN, description="W3C Trace Context.")),
+        "tracestate": _opt(_s(MAX_ATTR, min_len=0, description="W3C Trace Context.")),
     },
-    "PublishRequest": _arr(ref("CloudEvent"), MAX_BATCH, 1),
-    "PublishResponse": _obj(
-        {
-            "accepted": _int(0, MAX_BATCH),
-            "ids": _arr(_ATTR, MAX_BATCH),
-            "first_offset": {"type": ["integer", "null"], "minimum": 0},
-        },
-        ("accepted", "ids"),
-    ),
-    "Delivery": _obj({"offset": _int(), "event": ref("CloudEvent")}, ("offset", "event")),
+    "propertyNames": {"pattern": CLIENT_EXTENSION_NAME},
+    "additionalProperties": _EXT,
+    "maxProperties": 64,
+    "allOf": [{"not": {"required": ["data", "data_base64"]}}],
+}
+_DELIVERED: dict[str, Any] = {
+    **_CLOUDEVENT,
+    "description": "A CloudEvent as delivered: the producer's attributes as sent, eventward's own "
+    "(`ewproducer`, `ewseq`, `ewschema`, `ewsubject`, `ewtime`) added, data decrypted as far as the "
+    "caller is cleared.",
+    "properties": {**_CLOUDEVENT["properties"], "ewseq": _int()},
+    "propertyNames": {"pattern": EXTENSION_NAME},
+}
+
+
+def schemas(max_batch: int = MAX_BATCH) -> dict[str, dict[str, Any]]:
+    """The component schemas; ``max_batch`` is the server's configured batch limit."""
+    return {
+        **SCHEMAS,
+        "PublishRequest": _arr(ref("CloudEvent"), max_batch, 1),
+        "PublishResponse": _obj(
+            {
+                "accepted": _int(0, max_batch),
+                "ids": _arr(_ATTR, max_batch),
+                "first_offset": {"type": ["integer", "null"], "minimum": 0},
+            },
+            ("accepted", "ids"),
+        ),
+    }
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "CloudEvent": _CLOUDEVENT,
+    "DeliveredEvent": _DELIVERED,
+    "PublishRequest": {},  # set below by schemas()
+    "PublishResponse": {},
+    "Delivery": _obj({"offset": _int(), "event": ref("DeliveredEvent")}, ("offset", "event")),
     "ConsumeResponse": _obj({"events": _arr(ref("Delivery"), MAX_CONSUME), "lag": _int()}, ("events", "lag")),
     "AckRequest": _obj({"group": _s(200, NAME), "offset": _int()}, ("group", "offset")),
     "AckResponse": _obj({"group": _s(200, NAME), "committed": _int()}, ("group", "committed")),
@@ -280,6 +316,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         description="RFC 9457 problem details; `code` is the stable eventward error code.",
     ),
 }
+SCHEMAS.update(schemas())
 
 
 @dataclass(frozen=True)
@@ -303,6 +340,8 @@ class Operation:
     params: tuple[Param, ...] = ()
     tag: str = "events"
     ok_type: str = "application/json"
+    description: str = ""
+    body_types: tuple[tuple[str, str], ...] = ()  # (media type, schema name) beyond application/json
     errors: tuple[int, ...] = field(default=(400, 401, 403, 404, 429, 503))
 
 
@@ -315,11 +354,18 @@ OPERATIONS: tuple[Operation, ...] = (
         "publish",
         "POST",
         "/v1/topics/{topic}/events",
-        "Publish a batch of CloudEvents",
+        "Publish CloudEvents (all or nothing)",
         "PublishResponse",
         body="PublishRequest",
         params=(TOPIC,),
         errors=BODY_ERRORS,
+        body_types=((BATCH, "PublishRequest"), (STRUCTURED, "CloudEvent")),
+        description="Implements the CloudEvents HTTP protocol binding. Structured mode "
+        "(`application/cloudevents+json`): one event. Batched mode (`application/cloudevents-batch+json`) "
+        "or `application/json`: an array of events. Binary mode: the attributes in `ce-*` headers "
+        "(percent-encoded UTF-8), `Content-Type` is `datacontenttype`, the body is the event's JSON data "
+        "(other data: 415). `ce-*` headers on a structured or batched request, a repeated `ce-*` header "
+        "or a `ce-datacontenttype` header are refused (400) as ambiguous.",
     ),
     Operation(
         "consume",
@@ -540,15 +586,17 @@ def _operation(op: Operation) -> dict[str, Any]:
             }
             for p in op.params
         ]
+    if op.description:
+        doc["description"] = op.description
     if op.body:
-        doc["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": ref(op.body)}},
-        }
+        content = {"application/json": {"schema": ref(op.body)}}
+        content.update({media: {"schema": ref(name)} for media, name in op.body_types})
+        doc["requestBody"] = {"required": True, "content": content}
     return doc
 
 
-def document() -> dict[str, Any]:
+def document(*, max_batch: int = MAX_BATCH) -> dict[str, Any]:
+    """The OpenAPI document; ``max_batch`` is the serving gateway's ``limits.max_batch_events``."""
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op)
@@ -565,7 +613,7 @@ def document() -> dict[str, Any]:
         "security": [{"mutualTLS": []}, {"bearerAuth": []}],
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas(max_batch),
             "responses": {f"E{k}": v for k, v in _RESPONSES.items()},
             "securitySchemes": {
                 "mutualTLS": {

@@ -18,18 +18,18 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from eventward import envelope
 from eventward.client.producer import Producer
 from eventward.crypto import seal as sealing
 from eventward.errors import EnvelopeError, EventwardError, InputError, TransportError
 
-# What the gateway carries from a client's CloudEvent. The producer stamps time, content type
-# and eventward's own extensions; other extension attributes are refused, not silently dropped.
+# What the gateway takes from a client's CloudEvent: every attribute is carried as sent (``time``
+# included: eventward's acceptance time goes in ``ewtime``) or refused by name, never dropped.
 CARRIED = frozenset({"specversion", "id", "source", "type", "subject", "data"})
-STAMPED = frozenset({"time", "datacontenttype", "dataschema"})
-RESERVED_PREFIX = "ew"
+RESERVED_PREFIX = envelope.RESERVED_PREFIX
 NO_DELAY_FLUSH_MS = 1e9  # never flush on time: the request decides when
 
 
@@ -40,28 +40,25 @@ class Outgoing:
     id: str
     source: str
     subject: str | None
+    attributes: dict[str, Any] = field(default_factory=dict)  # time, dataschema, content type, extensions
 
 
 def outgoing(events: Sequence[Mapping[str, Any]]) -> list[Outgoing]:
-    """The request's events as the producer takes them; refuses what the gateway cannot carry."""
+    """The request's events as the producer takes them (nulls already unset, ``data_base64``
+    already turned into ``data``); refuses eventward's reserved attributes by name."""
     out: list[Outgoing] = []
     seen: dict[str, int] = {}
     for i, ev in enumerate(events):
-        extra = sorted(set(ev) - CARRIED - STAMPED)
+        extra = sorted(set(ev) - CARRIED)
         if "data_base64" in extra:
+            raise EnvelopeError(f"events[{i}]: data_base64 must be decoded before publishing", index=i)
+        reserved = [name for name in extra if name.startswith(RESERVED_PREFIX)]
+        if reserved:
             raise EnvelopeError(
-                f"events[{i}]: data_base64 is not accepted; event data must be JSON the registered schema "
-                "validates",
+                f"events[{i}]: extension attribute '{reserved[0]}' is reserved (the gateway sets "
+                "eventward's attributes)",
                 index=i,
             )
-        if extra:
-            name = extra[0]
-            why = (
-                "is reserved (the gateway sets eventward's attributes)"
-                if name.startswith(RESERVED_PREFIX)
-                else "is not carried by the gateway"
-            )
-            raise EnvelopeError(f"events[{i}]: extension attribute '{name}' {why}", index=i)
         event_id = str(ev["id"])
         if event_id in seen:
             raise InputError(
@@ -72,7 +69,8 @@ def outgoing(events: Sequence[Mapping[str, Any]]) -> list[Outgoing]:
             )
         seen[event_id] = i
         subject = ev.get("subject")
-        out.append(Outgoing(str(ev["type"]), ev.get("data"), event_id, str(ev["source"]), subject))
+        attributes = {name: ev[name] for name in extra}
+        out.append(Outgoing(str(ev["type"]), ev.get("data"), event_id, str(ev["source"]), subject, attributes))
     return out
 
 
@@ -99,7 +97,18 @@ class Publisher:
             p = slot.producer
             for i, ev in enumerate(events):
                 try:
-                    p.send(ev.type, ev.data, id=ev.id, source=ev.source, subject=ev.subject)
+                    attrs = dict(ev.attributes)
+                    p.send(
+                        ev.type,
+                        ev.data,
+                        id=ev.id,
+                        source=ev.source,
+                        subject=ev.subject,
+                        time=attrs.pop("time", None),
+                        dataschema=attrs.pop("dataschema", None),
+                        datacontenttype=attrs.pop("datacontenttype", None),
+                        extensions=attrs,
+                    )
                 except EventwardError as e:
                     p.discard()
                     e.details.setdefault("index", i)

@@ -18,6 +18,7 @@ import logging
 import signal
 import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +105,24 @@ class _Handler(RequestHandler):
         return resp
 
 
+class _AlertingTLS(sslproto.SSLProtocol):
+    """asyncio's TLS protocol, except that a failed handshake sends OpenSSL's alert before the
+    connection closes. asyncio aborts without flushing it, so a client without a certificate
+    saw an empty reply; now it gets ``certificate_required`` (TLS 1.3) or ``handshake_failure``
+    (TLS 1.2), and a bad certificate the alert naming why (unknown_ca, certificate_expired...)."""
+
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        if handshake_exc is not None:
+            with contextlib.suppress(Exception):  # best effort: the connection is closing anyway
+                alert = self._outgoing.read()
+                if alert and self._transport is not None:
+                    self._transport.write(alert)
+        super()._on_handshake_complete(handshake_exc)
+
+
+_CAN_ALERT = all(hasattr(sslproto.SSLProtocol, a) for a in ("_on_handshake_complete", "_process_outgoing"))
+
+
 class _Site(web.TCPSite):
     """A TCPSite whose connections use ``_Handler`` and whose TLS handshakes have a deadline."""
 
@@ -130,17 +149,23 @@ class _Site(web.TCPSite):
         if server is None:
             raise ConfigError("gateway runner was not set up")
 
-        def factory() -> _Handler:
-            return _Handler(server, loop=loop, max_connections=self._ew_max, **self._ew_kwargs)
+        ctx = self._ssl_context
+        wrap = ctx is not None and _CAN_ALERT
+
+        def factory() -> asyncio.BaseProtocol:
+            handler = _Handler(server, loop=loop, max_connections=self._ew_max, **self._ew_kwargs)
+            if not wrap:
+                return handler
+            return _AlertingTLS(loop, handler, ctx, None, server_side=True, ssl_handshake_timeout=self._ew_handshake)
 
         self._server = await loop.create_server(
             factory,
             self._host,
             self._port,
-            ssl=self._ssl_context,
+            ssl=None if wrap else ctx,
             backlog=self._backlog,
             reuse_address=True,
-            ssl_handshake_timeout=self._ew_handshake if self._ssl_context else None,
+            ssl_handshake_timeout=self._ew_handshake if ctx is not None and not wrap else None,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
