@@ -215,3 +215,52 @@ def _post_raw_headers(world: Any, t: str, body: bytes, headers: list[tuple[str, 
         return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         conn.close()
+
+
+# --- the Python SDK: the same attributes, kept by Producer.send and delivered by the Consumer ------
+
+
+def test_the_python_sdk_keeps_and_delivers_the_attributes(dep_world) -> None:
+    t = topic()
+    with dep_world.dep.producer(ORDERS, t) as p:
+        p.send(
+            TYPE,
+            order(10, customer="cust-ce-sdk"),
+            time="2020-01-02T03:04:05.123456Z",
+            dataschema=DATASCHEMA,
+            extensions={"traceparent": TRACEPARENT, "tracestate": TRACESTATE, "comexampletenant": "acme"},
+        )
+    c = dep_world.dep.consumer(SHIPPING, t, group=f"sdk-{uuid.uuid4().hex[:8]}", from_beginning=True)
+    got: list[Any] = []
+    c.run(got.append, idle_timeout=0)
+    c.close()
+    (e,) = got
+    assert e.time == "2020-01-02T03:04:05.123456Z"
+    assert e.attributes["traceparent"] == TRACEPARENT and e.attributes["tracestate"] == TRACESTATE
+    assert e.attributes["dataschema"] == DATASCHEMA and e.attributes["comexampletenant"] == "acme"
+    assert envelope.parse_time(e.attributes[envelope.EXT_RECEIVED]) > envelope.parse_time(e.time) + 3600
+    back = FMT.read(None, orjson.dumps(e.to_json()))  # what a handler forwards is a valid CloudEvent
+    assert back.get_extension("traceparent") == TRACEPARENT and back.get_data() == e.data
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"extensions": {"ewproducer": "shipping-svc"}}, "'ewproducer' is reserved"),
+        ({"extensions": {"ewtime": "2020-01-01T00:00:00Z"}}, "'ewtime' is reserved"),
+        ({"extensions": {"time": "2020-01-01T00:00:00Z"}}, "not an extension"),
+        ({"datacontenttype": "text/plain"}, "must be a JSON media type"),
+        ({"extensions": {"traceparent": "00-abc"}}, "traceparent"),
+        ({"dataschema": "relative/path"}, "dataschema"),
+    ],
+)
+def test_attack_sdk_producer_refuses_attributes_it_cannot_keep(dep_world, kwargs: dict[str, Any], why: str) -> None:
+    """Refused by name before anything is buffered: eventward's own attributes cannot be forged."""
+    from eventward.errors import EnvelopeError
+
+    t = topic()
+    with dep_world.dep.producer(ORDERS, t) as p:
+        with pytest.raises(EnvelopeError, match=why):
+            p.send(TYPE, order(11), **kwargs)
+        assert p.pending() == 0
+    assert dep_world.end(t) == 0
