@@ -9,7 +9,9 @@ of valid encodings (bit flips, truncations, splices, re-labelled headers).
 
 from __future__ import annotations
 
+import copy
 import os
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +19,12 @@ from hypothesis import strategies as st
 
 from eventward.crypto import seal as sealing
 from eventward.crypto import tokens
-from eventward.errors import EventwardError, SealError, TokenError, TransportError
+from eventward.crypto.fields import FieldEncryptor
+from eventward.errors import EventwardError, InputError, SealError, TokenError, TransportError
+from eventward.keys.memory import MemoryKeys
 from eventward.log import framing
+
+from .conftest import SPEC, order
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -163,3 +169,58 @@ def test_property_framing_mutations(at: int, mask: int, cut: int, splice: bytes)
 @given(st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=60))
 def test_property_framing_lying_header(id_len: int, n: int, seal_len: int, rest: bytes) -> None:
     check_frame(framing._HEAD.pack(framing.MAGIC, id_len, n, seal_len) + rest)
+
+
+# --- encrypted event data (tokens in place, as a consumer decrypts them) ------------------------
+
+KEYS = MemoryKeys()
+ENCRYPTOR = FieldEncryptor(KEYS)
+PLAIN = order("alice")
+ENCRYPTED, SUBJECT_HASH = ENCRYPTOR.encrypt("evt-1", PLAIN, SPEC, principal="p")
+scalars = (
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=12)
+    | st.sampled_from([GCM_TOKEN, SIV_TOKEN, "ew1.g.k1.", "ew1.s.nokey.AAAAAAAAAAAAAAAAAAAAAAAA"])
+)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix] if prefix else []
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for k, v in items:
+        out += _paths(v, (*prefix, k))
+    return out
+
+
+@SETTINGS
+@given(data=st.data())
+def test_property_token_fields_in_mutated_events(data: st.DataObject) -> None:
+    """An encrypted event with one place replaced (a token mutated, retyped, moved, a container
+    reshaped): decrypted exactly, or refused with a typed input/token error."""
+    doc = copy.deepcopy(ENCRYPTED)
+    path = data.draw(st.sampled_from(_paths(doc)))
+    parent = doc
+    for k in path[:-1]:
+        parent = parent[k]
+    old = parent[path[-1]]
+    if isinstance(old, str) and tokens.is_token(old) and data.draw(st.booleans()):
+        at = data.draw(st.integers(0, len(old)))
+        new: Any = old[:at] + data.draw(st.text(max_size=4)) + old[at + data.draw(st.integers(0, 4)):]
+    else:
+        new = data.draw(json_values)
+    parent[path[-1]] = new
+    shash = data.draw(st.sampled_from([SUBJECT_HASH, KEYS.subject_hash("bob")]))
+    try:
+        out, _ = ENCRYPTOR.decrypt("evt-1", doc, SPEC, shash, principal="p")
+    except (TokenError, InputError):
+        return
+    except EventwardError as e:
+        raise AssertionError(f"decrypt raised {type(e).__name__}") from e
+    # Accepted: every sensitive value is the original (nothing forged decrypts), or the field
+    # was not sensitive where the change happened.
+    for t in SPEC.targets(out):
+        original = [u.container[u.key] for u in SPEC.targets(PLAIN) if u.path == t.path]
+        assert original and t.container[t.key] == original[0], f"{t.path} decrypted to a forged value"
