@@ -13,6 +13,7 @@ import pytest
 
 JSON_SCHEMA_SUITE = Path("/usr/share/perl5/auto/share/dist/Test-JSON-Schema-Acceptance/tests/draft2020-12")
 SUMDB_NOTE_TEST = Path("/usr/share/gocode/src/golang.org/x/mod/sumdb/note/note_test.go")
+SUMDB_NOTE_EXAMPLE = SUMDB_NOTE_TEST.with_name("example_test.go")
 CT_MERKLE_VERIFIER_TEST = Path(
     "/usr/share/gocode/src/github.com/google/certificate-transparency/go/merkletree/merkle_verifier_test.go"
 )
@@ -38,6 +39,12 @@ def json_schema_suite() -> Path:
 def sumdb_note_test() -> str:
     """golang.org/x/mod sumdb/note's test file: signed notes, keys and signatures as Go literals."""
     return _need(SUMDB_NOTE_TEST, "golang-golang-x-mod-dev").read_text()
+
+
+@pytest.fixture(scope="session")
+def sumdb_note_example() -> str:
+    """golang.org/x/mod sumdb/note's examples (a second signer added to a signed note)."""
+    return _need(SUMDB_NOTE_EXAMPLE, "golang-golang-x-mod-dev").read_text()
 
 
 @pytest.fixture(scope="session")
