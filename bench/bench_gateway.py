@@ -58,6 +58,7 @@ roles:
     - {{allow: approve_schema, schema: "*"}}
   writer:
     - {{allow: publish, topic: orders, match: prefixed, event_types: [{EVENT_TYPE}]}}
+    - {{allow: encrypt, class: "*", event_types: [{EVENT_TYPE}]}}
 """
 
 

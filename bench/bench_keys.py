@@ -26,13 +26,14 @@ from bench.common import print_scenario, rate, scenario
 from bench.subjects import populate_home
 from eventward.home import Home
 from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, FORGET, AllowList
+from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, AllowList
 
 ADMIN = "admin"
 
 
 def _authz() -> AllowList:
-    return AllowList([(ADMIN, DECRYPT, ("Class", "*")), (ADMIN, FORGET, ("Subject", "*"))])
+    return AllowList([(ADMIN, DECRYPT, ("Class", "*")), (ADMIN, FORGET, ("Subject", "*")),
+                      ("producer", ENCRYPT, ("Class", "*"))])
 
 
 def _percentile(xs: list[float], p: float) -> float:

@@ -29,7 +29,7 @@ from eventward.keys.kms.base import MAC_SUBJECT
 from eventward.keys.kms.local import LocalKMS
 from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
 from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, AllowList
+from eventward.policy.base import DECRYPT, ENCRYPT, AllowList
 
 TOKEN = "eventward-bench"
 PIN_ENV = "EVENTWARD_BENCH_HSM_PIN"
@@ -61,7 +61,7 @@ def _token() -> Pkcs11Config:
 
 
 def _authz() -> AllowList:
-    return AllowList([("admin", DECRYPT, ("Class", "*"))])
+    return AllowList([("admin", DECRYPT, ("Class", "*")), ("p", ENCRYPT, ("Class", "*"))])
 
 
 def _kms_scenarios(

@@ -43,6 +43,7 @@ roles:
     - {{allow: [approve_schema, read_schema], schema: "*"}}
   order-writer:
     - {{allow: publish, topic: "*"}}
+    - {{allow: encrypt, class: "*"}}
   order-reader:
     - {{allow: subscribe, topic: "*"}}
     - {{allow: decrypt, class: pii}}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import in_parallel
 from eventward.home import Home
-from eventward.keys.dek import DEK_BYTES, dek_aad, new_kid
+from eventward.keys.dek import DEK_BYTES, new_kid
 from eventward.keys.service import DEFAULT_CLASSES, KeyService
 from eventward.keys.store_base import DekRecord
 from eventward.policy.base import AllowList
@@ -49,8 +49,7 @@ def load(
         h = svc.subject_hash(subject)
         for cls in classes:
             kid, dek = new_kid(), os.urandom(DEK_BYTES)
-            kek, wrapped = svc.kms.wrap(cls, dek, dek_aad(kid, cls, h))
-            records.append(DekRecord(kid, h, cls, 1, kek, wrapped, now))
+            records.append(svc.wrap_record(kid, h, cls, 1, dek, now))
             pending.append(Loaded(subject, h, cls, kid, dek))
         if len(records) >= chunk:
             yield _commit(svc, records, pending)

@@ -22,6 +22,7 @@ from eventward.cli import common
 from eventward.deployment import Deployment
 from eventward.errors import AccessDenied, AuditIntegrityError, NotFoundError
 from eventward.home import Home
+from eventward.policy.base import ENCRYPT, FORGET, AllowList
 
 from .helpers import backup, fill, flip, restore, tamper
 
@@ -205,7 +206,8 @@ def test_certificate_by_hash_and_verification_of_the_file(cli, home, tmp_path):
 
 def test_certificate_for_a_raw_subject_after_a_real_forget(cli, home):
     with Deployment.open(home) as dep:
-        dep.keys.encryption_key(SUBJECT, "pii", principal="orders-svc")
+        dep.keys._authz = AllowList([("orders-svc", ENCRYPT, ("Class", "pii")), ("admin", FORGET, ("Subject", "*"))])
+        dep.keys.encryption_key(SUBJECT, "pii", principal="orders-svc")  # as the producer would
         h = dep.forget(SUBJECT, principal="admin", reason="gdpr-art17").receipt.subject_hash
     for args, stdin in (((SUBJECT,), None), (("-",), SUBJECT + "\n")):
         r = cli("certificate", *args, input=stdin)

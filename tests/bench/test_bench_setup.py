@@ -22,12 +22,13 @@ from eventward.deployment import Deployment
 from eventward.errors import KeyDestroyed, KeyNotFound
 from eventward.home import Home
 from eventward.keys.service import KeyService
-from eventward.policy.base import DECRYPT, FORGET, AllowList
+from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, AllowList
 from eventward.schema.compiled import compile_schema
 
 
 def _svc(root: Path) -> KeyService:
-    auth = AllowList([("reader", DECRYPT, ("Class", "*")), ("admin", FORGET, ("Subject", "*"))])
+    auth = AllowList([("reader", DECRYPT, ("Class", "*")), ("admin", FORGET, ("Subject", "*")),
+                      ("writer", ENCRYPT, ("Class", "*"))])
     return KeyService.init(Home(root), authorizer=auth)
 
 

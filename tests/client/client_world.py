@@ -28,6 +28,7 @@ from eventward.keys.memory import MemoryKeys
 from eventward.log.embedded import EmbeddedLog
 from eventward.policy.base import (
     DECRYPT,
+    ENCRYPT,
     PUBLISH,
     REDRIVE_DLQ,
     REPLAY,
@@ -140,6 +141,7 @@ class StrictAudit(MemoryAudit):
 def grants() -> AllowList:
     a = AllowList()
     a.grant(PRODUCER, PUBLISH, ("Topic", TOPIC))
+    a.grant(PRODUCER, ENCRYPT, ("Class", "pii"))
     for p in (READER, ANALYST, OPS):
         a.grant(p, SUBSCRIBE, ("Topic", TOPIC))
     for p in (READER, OPS):

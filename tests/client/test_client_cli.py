@@ -36,7 +36,9 @@ roles:
     - {allow: read_audit}
   schema-author: [{allow: propose_schema, schema: "*"}]
   schema-admin: [{allow: approve_schema, schema: "*"}]
-  writer: [{allow: publish, topic: customers, event_types: [CustomerRegistered]}]
+  writer:
+    - {allow: publish, topic: customers, event_types: [CustomerRegistered]}
+    - {allow: encrypt, class: pii, on_topics: [customers], event_types: [CustomerRegistered]}
   reader: [{allow: subscribe, topic: customers}]
   pii-reader: [{allow: decrypt, class: pii}]
   operator: [{allow: [replay, redrive_dlq], topic: customers}]

@@ -66,6 +66,7 @@ roles:
     - {allow: approve_security, schema: "*"}
   order-writer:
     - {allow: publish, topic: orders, match: prefixed, event_types: [OrderPlaced]}
+    - {allow: encrypt, class: pii, event_types: [OrderPlaced]}
   order-reader:
     - {allow: subscribe, topic: orders, match: prefixed}
   pii-reader:

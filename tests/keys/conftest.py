@@ -13,11 +13,12 @@ import pytest
 from eventward.audit.base import MemoryAudit
 from eventward.home import Home
 from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
+from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
 
 SENTINEL = "SENTINEL-jane.doe@example.org-4f1c"
 WORKER = Path(__file__).with_name("keys_worker.py")
 CLASSES = ("pii", "payment", "health")
+WRITERS = ("admin", "p", "producer", "w", "writer")
 
 
 def make_authz() -> AllowList:
@@ -26,6 +27,8 @@ def make_authz() -> AllowList:
     for action, kind in ((DECRYPT, "Class"), (ROTATE_KEYS, "Class"), (FORGET, "Subject"), (HOLD, "Subject")):
         a.grant("admin", action, (kind, "*"))
     a.grant("reader", DECRYPT, ("Class", "pii"))
+    for writer in WRITERS:  # producers' principals in these tests: Encrypt on every class
+        a.grant(writer, ENCRYPT, ("Class", "*"))
     return a
 
 

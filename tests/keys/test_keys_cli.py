@@ -20,6 +20,7 @@ from eventward.cli import keys as keys_cli
 from eventward.deployment import Deployment
 from eventward.errors import AccessDenied, ConfigError, ConflictError, InputError, LegalHoldError, PolicyError
 from eventward.home import Home
+from eventward.policy.base import ENCRYPT, AllowList
 
 from .conftest import SENTINEL
 
@@ -70,7 +71,9 @@ def audit_bytes(home: Home) -> bytes:
 def subject_key(home: Home, subject: str) -> tuple[str, str]:
     """Give ``subject`` a pii key, as a producer would; returns (kid, subject hash)."""
     with Deployment.open(home) as dep:
-        kid, _ = dep.keys.encryption_key(subject, "pii", principal="orders-svc")
+        # The bootstrap policy grants no Encrypt: stand in for a producer's grant.
+        dep.keys._authz = AllowList([("orders-svc", ENCRYPT, ("Class", "pii"))])
+        kid, _ = dep.keys.encryption_key(subject, "pii", principal="orders-svc", topic="orders")
         return kid, dep.keys.subject_hash(subject)
 
 

@@ -193,7 +193,7 @@ def test_passphrase_keyring_refuses_a_downgraded_or_absurd_scrypt_cost(home):
     LocalKMS.create(home.keyring, passphrase="pw")
     data = bytearray(home.keyring.read_bytes())
     cost_at = 6 + 16
-    assert data[cost_at] == 15  # n = 2**15
+    assert data[cost_at] == 17  # n = 2**17
     for log2n in (10, 31):
         data[cost_at] = log2n
         write_secret(home.keyring, bytes(data))

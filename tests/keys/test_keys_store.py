@@ -20,7 +20,7 @@ def rec(kid: str, h: str = H1, cls: str = "pii", version: int = 1, created: floa
 
 @pytest.fixture
 def store(tmp_path):
-    s = SQLiteKeyStore(tmp_path / "keys.db", busy_timeout=0.2)
+    s = SQLiteKeyStore(tmp_path / "keys.db", busy_timeout=0.2, create=True)
     yield s
     s.close()
 

@@ -24,7 +24,7 @@ from eventward.errors import KMSUnavailable
 from eventward.home import Home
 from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
 from eventward.keys.service import KeyService
-from eventward.policy.base import DECRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
+from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
 
 PIN = "ew-pin-8c1f"
 SO_PIN = "ew-so-pin-77a0"
@@ -32,6 +32,7 @@ PIN_ENV = "EVENTWARD_TEST_HSM_PIN"
 TOKEN = "eventward-test"
 LOCKED_TOKEN = "eventward-pin"  # never logged in successfully: wrong-PIN tests get a clean login state
 WORKER = Path(__file__).with_name("hsm_worker.py")
+WRITERS = ("admin", "p", "producer", "w", "writer")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ def make_authz() -> AllowList:
     for action, kind in ((DECRYPT, "Class"), (ROTATE_KEYS, "Class"), (FORGET, "Subject"), (HOLD, "Subject")):
         a.grant("admin", action, (kind, "*"))
     a.grant("reader", DECRYPT, ("Class", "pii"))
+    for writer in WRITERS:  # producers' principals in these tests: Encrypt on every class
+        a.grant(writer, ENCRYPT, ("Class", "*"))
     return a
 
 

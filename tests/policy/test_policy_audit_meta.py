@@ -25,13 +25,15 @@ N_FORBIDS = 40
 KEYS_POLICY = """
 principals:
   admin: {type: user, roles: [admin]}
-  writer: {type: service, roles: []}
+  writer: {type: service, roles: [writer]}
   mallory: {type: user, roles: [blocked]}
 roles:
   admin:
     - {allow: manage_policy}
     - {allow: [forget, hold]}
     - {allow: [rotate_keys, decrypt], class: "*"}
+  writer:
+    - {allow: encrypt, class: "*"}
   blocked:
 """ + "".join("    - {deny: manage_policy}\n" for _ in range(N_FORBIDS))
 
@@ -83,7 +85,7 @@ def test_kek_rotation_destroying_many_versions_is_audited(deployment):
 def test_forgetting_a_subject_in_many_classes_is_audited(tmp_path):
     home = Home(tmp_path / "keys").ensure()
     classes = tuple(f"class-with-a-long-name-{i:02d}" for i in range(12))
-    authz = base.AllowList([("admin", base.FORGET, ("Subject", "*"))])
+    authz = base.AllowList([("admin", base.FORGET, ("Subject", "*")), ("writer", base.ENCRYPT, ("Class", "*"))])
     with AuditLog.open(home, flush_ms=10) as log:
         svc = KeyService.init(home, authorizer=authz, audit=log, classes=classes)
         try:
@@ -126,7 +128,7 @@ def test_policy_with_many_policies_applies_and_audits(deployment):
     )
     assert store.apply("admin", many) == 2
     ok = [r for r in records(log, "policy.apply") if r.outcome == "ok"]
-    assert [r.meta["policies"] for r in ok] == [N_FORBIDS + 3, N_FORBIDS + 3 + 300]
+    assert [r.meta["policies"] for r in ok] == [N_FORBIDS + 4, N_FORBIDS + 4 + 300]
     assert verify_log(log).ok
 
 

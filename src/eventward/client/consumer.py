@@ -366,6 +366,8 @@ class Consumer:
             env.get(envelope.EXT_SUBJECT),
             principal=self.principal,
             uncleared=self._uncleared,
+            topic=self.topic,
+            event_type=env["type"],
         )
         attrs = {k: v for k, v in env.items() if k != "data"}
         return Delivered(

@@ -168,7 +168,9 @@ class Producer:
         schema = self._schemas.active(type_)
         schema.validate(data)
         event_id = id or self._envelopes.new_id()
-        enc, subject_hash = self._encryptor.encrypt(event_id, data, schema.spec, principal=self.principal)
+        enc, subject_hash = self._encryptor.encrypt(
+            event_id, data, schema.spec, principal=self.principal, topic=self.topic, event_type=type_
+        )
         full = False
         with self._lock:
             now = self._clock()

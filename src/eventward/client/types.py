@@ -40,7 +40,14 @@ class FieldCipher(Protocol):
     """crypto.fields.FieldEncryptor."""
 
     def encrypt(
-        self, event_id: str, data: dict[str, Any], spec: FieldSpec, *, principal: str
+        self,
+        event_id: str,
+        data: dict[str, Any],
+        spec: FieldSpec,
+        *,
+        principal: str,
+        topic: str | None = None,
+        event_type: str | None = None,
     ) -> tuple[dict[str, Any], str | None]: ...
 
     def decrypt(
@@ -52,6 +59,8 @@ class FieldCipher(Protocol):
         *,
         principal: str,
         uncleared: Literal["redact", "token"] = "redact",
+        topic: str | None = None,
+        event_type: str | None = None,
     ) -> tuple[dict[str, Any], Any]: ...
 
 

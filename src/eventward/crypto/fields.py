@@ -96,6 +96,9 @@ class FieldEncryptor:
 
     def __init__(self, keys: DekSource, *, cipher: TokenCipher | None = None) -> None:
         self._keys = keys
+        # A key source that authorizes per topic/type and counts nonces (KeyService) is told
+        # both; a minimal DekSource (tests, adapters) is called with the base signature.
+        self._contextual = bool(getattr(keys, "takes_context", False))
         self._cipher = cipher or TokenCipher()
         self._plans: dict[int, tuple[FieldSpec, _Plan]] = {}
         self._lock = threading.Lock()
@@ -108,10 +111,18 @@ class FieldEncryptor:
         self._cipher.clear()
 
     def encrypt(
-        self, event_id: str, data: dict[str, Any], spec: FieldSpec, *, principal: str
+        self,
+        event_id: str,
+        data: dict[str, Any],
+        spec: FieldSpec,
+        *,
+        principal: str,
+        topic: str | None = None,
+        event_type: str | None = None,
     ) -> tuple[dict[str, Any], str | None]:
         """A copy of ``data`` with every sensitive value replaced by a token, and the
-        data-subject hash (None if the spec names no subject) for the envelope."""
+        data-subject hash (None if the spec names no subject) for the envelope. ``topic`` and
+        ``event_type`` go to the key source's Encrypt authorization."""
         if type(event_id) is not str or not event_id:
             _check_event_id(event_id)
         cached = self._plans.get(id(spec))  # self._plan(spec), its hit inlined
@@ -125,11 +136,12 @@ class FieldEncryptor:
         nonces = os.urandom(NONCE_BYTES * count)  # one syscall per event; SIV fields skip theirs
         pos = 0
         heads: list[Any] = [None] * len(plan.slots)  # per slot: (seal, associated-data head, (kid, dek))
+        where = (topic, event_type, count)
         for src, dst, batches in located:
             for slot, rp, leaves in batches:
                 entry = heads[slot]
                 if entry is None:
-                    entry = heads[slot] = self._encryption_head(subject, rp, principal, shash, ev, heads)
+                    entry = heads[slot] = self._encryption_head(subject, rp, principal, shash, ev, heads, where)
                 seal, head, gcm = entry[0], entry[1], rp.alg == GCM
                 for k, path, tail in leaves:
                     if gcm:
@@ -153,6 +165,8 @@ class FieldEncryptor:
         *,
         principal: str,
         uncleared: Literal["redact", "token"] = "redact",
+        topic: str | None = None,
+        event_type: str | None = None,
     ) -> tuple[dict[str, Any], DecryptReport]:
         """A copy of ``data`` with the fields ``principal`` is cleared for decrypted,
         crypto-shredded ones as ERASED and uncleared ones as REDACTED (or left as tokens).
@@ -176,6 +190,7 @@ class FieldEncryptor:
         out, located, count = _locate(spec, plan, data)
         ev = tokens.event_context(event_id)
         heads: dict[tuple[str, str, str], tuple[Any, bytes, Any]] = {}  # (kid, class, alg) -> entry
+        where = (topic, event_type, subject_hash)
         # Per slot: (header "ew1.<alg>.<kid>." of the last token seen there, payload offset,
         # handle, associated-data head). A token starting with exactly that header has the same
         # algorithm and key id, so it needs no header parse and no lookup (the usual case: one
@@ -192,7 +207,7 @@ class FieldEncryptor:
                     try:
                         if header is None or type(value) is not str or not value.startswith(header):
                             header, start, h, head = recent[slot] = self._decryption_entry(
-                                value, rp, principal, subject_hash, ev, heads
+                                value, rp, principal, subject_hash, ev, heads, where
                             )
                         if h is _DENIED or h is _DESTROYED:
                             tokens.decode_payload(value, start, alg)  # refused all the same if malformed
@@ -217,12 +232,18 @@ class FieldEncryptor:
         shash: str | None,
         ev: bytes,
         heads: list[Any],
+        where: tuple[str | None, str | None, int],
     ) -> tuple[Any, bytes, tuple[str, bytes]]:
         """(handle.seal, associated-data head, (kid, dek)) for a slot new in this event: one
-        key-source call per class, shared by both algorithms."""
+        key-source call per class, shared by both algorithms. The event's value count is the
+        nonce count charged to the key (an upper bound for the class: never an undercount)."""
         twin = heads[rp.twin] if rp.twin >= 0 else None
         if twin is not None:
             kid, dek = twin[2]
+        elif self._contextual:
+            kid, dek = self._keys.encryption_key(
+                subject, rp.cls, principal=principal, topic=where[0], event_type=where[1], nonces=where[2]
+            )
         else:
             kid, dek = self._keys.encryption_key(subject, rp.cls, principal=principal)
         h, ctx = self._cipher.bound(kid, dek, rp.alg, rp.cls, shash)
@@ -236,6 +257,7 @@ class FieldEncryptor:
         shash: str | None,
         ev: bytes,
         heads: dict[Any, Any],
+        where: tuple[str | None, str | None, str | None],
     ) -> tuple[str, int, Any, bytes]:
         """(header, its length, handle, associated-data head) for a token whose header differs
         from the last one in its slot; the handle is _DENIED or _DESTROYED (and the head b"")
@@ -246,7 +268,7 @@ class FieldEncryptor:
         entry = heads.get((kid, rp.cls, alg))
         if entry is None:
             twin = heads.get((kid, rp.cls, GCM if alg == SIV else SIV)) if rp.twin >= 0 else None
-            dek = twin[2] if twin is not None else self._decryption_key(kid, rp.cls, principal)
+            dek = twin[2] if twin is not None else self._decryption_key(kid, rp.cls, principal, where)
             if dek is _DENIED or dek is _DESTROYED:
                 entry = (dek, b"", dek)
             else:
@@ -255,9 +277,15 @@ class FieldEncryptor:
             heads[kid, rp.cls, alg] = entry
         return token[:start], start, entry[0], entry[1]  # type: ignore[index]
 
-    def _decryption_key(self, kid: str, cls: str, principal: str) -> Any:
+    def _decryption_key(
+        self, kid: str, cls: str, principal: str, where: tuple[str | None, str | None, str | None]
+    ) -> Any:
         """The DEK, or _DENIED / _DESTROYED. Other KeyServiceErrors propagate: fail closed."""
         try:
+            if self._contextual:
+                return self._keys.decryption_key(
+                    kid, cls, principal=principal, topic=where[0], event_type=where[1], subject_hash=where[2]
+                )
             return self._keys.decryption_key(kid, cls, principal=principal)
         except AccessDenied:
             return _DENIED

@@ -28,3 +28,14 @@ class DekSource(Protocol):
         KeyNotFound (never existed: a forged key id), KeyServiceError (KMS/store unavailable).
         """
         ...
+
+
+class ContextualDekSource(DekSource, Protocol):
+    """A DekSource that authorizes key releases per topic and event type and counts nonces
+    (``takes_context = True``; implemented by KeyService). FieldEncryptor calls it with:
+
+    ``encryption_key(subject, cls, *, principal, topic, event_type, nonces)`` and
+    ``decryption_key(kid, cls, *, principal, topic, event_type, subject_hash)``.
+    """
+
+    takes_context: bool

@@ -1,18 +1,26 @@
 """Data-key ids and the context a wrapped DEK is bound to.
 
 A kid is 128 random bits (base64url, 22 chars): it names a key without saying whose it is.
-The wrap's associated data binds kid, class and subject hash, so a wrapped DEK copied to
-another row of the store (another subject, another class) fails to unwrap.
+The wrap's associated data binds the DEK's row: kid, class, subject hash and, from format 2
+on, its version and creation time, so a wrapped DEK copied to another row (another subject,
+another class) fails to unwrap, and a database writer cannot renumber an old DEK to make it
+current again. Format 2 length-prefixes every part; format 1 (``\\x00``-joined, no version)
+is only read, for DEKs wrapped before it existed, and is upgraded on the next KEK rotation.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import struct
 
 DEK_BYTES = 32
 KID_RE = re.compile(r"^[A-Za-z0-9_\-]{22}$")
-_AAD = b"eventward-dek-v1\x00"
+AAD_V1 = 1
+AAD_V2 = 2
+AAD_CURRENT = AAD_V2
+_AAD_V1 = b"eventward-dek-v1\x00"
+_AAD_V2 = b"eventward-dek-v2"
 
 
 def new_kid() -> str:
@@ -23,5 +31,22 @@ def is_kid(kid: object) -> bool:
     return isinstance(kid, str) and KID_RE.match(kid) is not None
 
 
-def dek_aad(kid: str, cls: str, subject_hash: str) -> bytes:
-    return b"\x00".join((_AAD, kid.encode(), cls.encode(), subject_hash.encode()))
+def _lp(part: bytes) -> bytes:
+    return struct.pack(">I", len(part)) + part
+
+
+def dek_aad(
+    kid: str, cls: str, subject_hash: str, version: int = 0, created: float = 0.0, *, fmt: int = AAD_V1
+) -> bytes:
+    """The wrap's associated data for a DEK row, in the row's AAD format."""
+    if fmt == AAD_V1:
+        return b"\x00".join((_AAD_V1, kid.encode(), cls.encode(), subject_hash.encode()))
+    return _AAD_V2 + b"".join(
+        _lp(p) for p in (kid.encode(), cls.encode(), subject_hash.encode(),
+                         struct.pack(">Q", version), struct.pack(">d", created))
+    )
+
+
+def uses_tag_input(kid: str, uses: int) -> bytes:
+    """What the MAC over a DEK's use counter covers (kid and count, length-prefixed)."""
+    return b"eventward-dek-uses-v1" + _lp(kid.encode()) + struct.pack(">Q", uses)

@@ -9,13 +9,14 @@ ever stored, logged, audited or put in an error: the raw subject id stays with t
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -28,17 +29,18 @@ from eventward.errors import (
     KeyIntegrityError,
     KeyNotFound,
     KeyServiceError,
+    KeyStoreUnavailable,
     LegalHoldError,
 )
 from eventward.home import Home
 from eventward.keys.cache import LruTtlCache
-from eventward.keys.dek import DEK_BYTES, dek_aad, is_kid, new_kid
+from eventward.keys.dek import AAD_CURRENT, AAD_V1, DEK_BYTES, dek_aad, is_kid, new_kid, uses_tag_input
 from eventward.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT
 from eventward.keys.kms.local import LocalKMS
 from eventward.keys.ledger import ErasureLedger
 from eventward.keys.sqlite_store import SQLiteKeyStore
 from eventward.keys.store_base import CLASS_SUBJECT, DekRecord, KeyStore
-from eventward.policy.base import DECRYPT, FORGET, HOLD, ROTATE_KEYS, Authorizer, Resource, check
+from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, Authorizer, Resource, check
 
 log = logging.getLogger("eventward.keys")
 
@@ -90,15 +92,31 @@ def _check_own_kms(kms: KMS, passphrase: str | None, prepare_home: Callable[[], 
         raise
 
 
+# Random 96-bit GCM nonces under one key stay safe (collision chance below 2^-32) up to about
+# 2^32 encryptions (NIST SP 800-38D 8.3); a DEK is retired after 2^30, a quarter of that.
+DEK_MAX_NONCES = 2**30
+
+
 @dataclass(frozen=True)
 class KeyServiceConfig:
+    """``dek_max_nonces``: encryptions (every field and array item) after which a DEK gets a new
+    version, counted across processes; ``class_dek_max_uses`` is the same budget for class DEKs,
+    kept lower so they also rotate often. ``uses_flush``: counts kept in memory per DEK before
+    they are written (a crash forgets at most that many per DEK and process). Encrypt grants are
+    audited as counts per (principal, class, topic, type), written every ``audit_every_s``
+    seconds or ``audit_every`` key releases, and at close."""
+
     cache_max: int = 100_000
     cache_ttl: float = 300.0
     class_dek_max_uses: int = 2**20
     class_dek_max_age: float = 86_400.0
+    dek_max_nonces: int = DEK_MAX_NONCES
+    uses_flush: int = 4096
     revocation_poll: float = 0.25
     rewrap_chunk: int = 500
     busy_timeout: float = 5.0
+    audit_every: int = 100_000
+    audit_every_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -162,8 +180,29 @@ class _ClassDek:
     exhausted: bool = False
 
 
+@dataclass
+class _Uses:
+    """Encryptions under one subject DEK: ``base`` as last read or written, ``pending`` since."""
+
+    base: int
+    pending: int = 0
+
+
+def _context(topic: str | None, event_type: str | None) -> dict[str, str] | None:
+    if topic is None and event_type is None:
+        return None
+    ctx = {}
+    if topic is not None:
+        ctx["topic"] = topic
+    if event_type is not None:
+        ctx["event_type"] = event_type
+    return ctx
+
+
 class KeyService:
     """Implements keys.base.DekSource. Build with :meth:`init` (new home) or :meth:`open`."""
+
+    takes_context = True  # FieldEncryptor passes topic, event type, nonce count and subject hash
 
     def __init__(
         self,
@@ -192,6 +231,13 @@ class KeyService:
         self._class_deks: dict[str, _ClassDek] = {}
         self._class_lock = threading.Lock()
         self._flush_every = max(1, min(1024, self.config.class_dek_max_uses // 16))
+        self._uses: dict[str, _Uses] = {}  # subject kid -> encryptions counted
+        self._uses_lock = threading.Lock()
+        self._enc_counts: dict[tuple[str, str, str, str], int] = {}  # audited in batches
+        self._enc_total = 0
+        self._enc_lock = threading.Lock()
+        self._enc_next = time.monotonic() + self.config.audit_every_s
+        self._check_store_binding()
         self._reconcile_ledger()
         self._epoch = store.epoch()
         self._next_poll = time.monotonic() + self.config.revocation_poll
@@ -218,7 +264,7 @@ class KeyService:
             kms = LocalKMS.open(home.keyring, master_key_path=home.master_key, passphrase=passphrase)
         else:
             _check_own_kms(kms, passphrase, home.require)
-        return cls._assemble(home, kms, authorizer, audit, clock, config)
+        return cls._assemble(home, kms, authorizer, audit, clock, config, create=False)
 
     @classmethod
     def init(
@@ -245,7 +291,7 @@ class KeyService:
             )
         else:
             _check_own_kms(kms, passphrase, home.ensure)
-        return cls._assemble(home, kms, authorizer, audit, clock, config)
+        return cls._assemble(home, kms, authorizer, audit, clock, config, create=True)
 
     @classmethod
     def _assemble(
@@ -256,10 +302,16 @@ class KeyService:
         audit: AuditSink | None,
         clock: Callable[[], float],
         config: KeyServiceConfig | None,
+        *,
+        create: bool,
     ) -> KeyService:
+        """Only ``init`` (create=True) makes a key store: an existing home whose store is missing
+        refuses to open (KeyStoreUnavailable) instead of starting over with no keys."""
         store: SQLiteKeyStore | None = None
         try:
-            store = SQLiteKeyStore(home.keys_db, busy_timeout=(config or KeyServiceConfig()).busy_timeout)
+            store = SQLiteKeyStore(
+                home.keys_db, busy_timeout=(config or KeyServiceConfig()).busy_timeout, create=create
+            )
             ledger = ErasureLedger(erasures_log_path(home), lambda data: kms.mac(MAC_LEDGER, data))
             return cls(kms, store, ledger, authorizer=authorizer, audit=audit, clock=clock, config=config)
         except BaseException:
@@ -269,13 +321,16 @@ class KeyService:
             raise
 
     def close(self) -> None:
-        """Flush class-DEK use counts, drop cached keys, close store and KMS (even if the flush fails)."""
+        """Flush use counts and Encrypt audit counts, drop cached keys, close store and KMS (even
+        if a flush fails)."""
         try:
+            self.flush_audit()
             with self._class_lock:
                 pending = [(st.rec.kid, st.pending) for st in self._class_deks.values() if st.pending]
                 self._class_deks.clear()
                 for kid, n in pending:
-                    self.store.add_uses(kid, n)
+                    self._add_uses(kid, n)
+            self._flush_uses()
         finally:
             self.cache.clear()
             self._current.clear()
@@ -289,6 +344,19 @@ class KeyService:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _check_store_binding(self) -> None:
+        """The store's random id is MAC'd under the KMS: a key store from another deployment (or
+        a fresh one put in its place) is refused instead of read as "every key was forged"."""
+        tag = self.kms.mac(MAC_LEDGER, b"eventward-key-store:" + self.store.store_id().encode()).hex()
+        found = self.store.meta_text("store_tag")
+        if found is None:
+            self.store.set_meta_text("store_tag", tag)
+        elif not hmac.compare_digest(found, tag):
+            raise KeyStoreUnavailable(
+                f"key store {self.store.path} does not belong to this deployment's KMS (another home's "
+                "store, or a replaced file): restore this deployment's key store"
+            )
 
     def _reconcile_ledger(self) -> None:
         """Re-apply file ledger entries the store lacks (restored backup), and copy store entries
@@ -310,31 +378,147 @@ class KeyService:
             raise InputError(f"a data-subject id must be a string of 1..{MAX_SUBJECT_CHARS} characters")
         return self.kms.mac(MAC_SUBJECT, subject.encode()).hex()[:SUBJECT_HASH_CHARS]
 
-    def encryption_key(self, subject: str | None, cls: str, *, principal: str) -> tuple[str, bytes]:
+    def encryption_key(
+        self,
+        subject: str | None,
+        cls: str,
+        *,
+        principal: str,
+        topic: str | None = None,
+        event_type: str | None = None,
+        nonces: int = 1,
+    ) -> tuple[str, bytes]:
+        """The current DEK of (subject, class), or the class DEK, if ``principal`` may Encrypt
+        ``cls`` (topic and event type in the Cedar context). ``nonces`` is how many values the
+        caller will encrypt with it: counted against the DEK's nonce budget."""
         _check_class(cls)
+        ctx = _context(topic, event_type)
+        try:
+            check(self._authz, principal, ENCRYPT, ("Class", cls), ctx)
+        except AccessDenied:
+            self._audit.record("key.encrypt", principal=principal, resource=f"class:{cls}", outcome=DENIED,
+                               reason="not_authorized", topic=topic or "", event_type=event_type or "")
+            raise
+        self._count_release(principal, cls, topic, event_type)
         if subject is None:
-            return self._class_key(cls, principal)
+            return self._class_key(cls, principal, nonces)
         h = self.subject_hash(subject)
         self._poll()
         kid = self._current.get((h, cls))
         if kid is not None:
             hit = self.cache.get(kid)
-            if hit is not None and hit[1] is not None:
+            if hit is not None and hit[1] is not None and self._spend(kid, None, nonces):
                 return kid, hit[1]
         rec = self.store.current_dek(h, cls)
         if rec is None:
             rec, dek = self._create(h, cls, 1, principal)
+        elif rec.fmt < AAD_CURRENT or not self._uses_authentic(rec) or (
+            rec.uses + nonces > self.config.dek_max_nonces
+        ):
+            rec, dek = self._create(h, cls, rec.version + 1, principal)  # retired for new data
         else:
             dek = self._unwrap(rec)
+        if not self._spend(rec.kid, rec, nonces):
+            rec, dek = self._create(h, cls, rec.version + 1, principal)
+            self._spend(rec.kid, rec, nonces)
         self._remember(rec, dek)
         return rec.kid, dek
 
-    def decryption_key(self, kid: str, cls: str, *, principal: str) -> bytes:
+    # --- nonce budget -----------------------------------------------------------------------
+    def _spend(self, kid: str, rec: DekRecord | None, n: int) -> bool:
+        """Count ``n`` encryptions under a subject DEK; False when they would exceed its budget
+        (the caller starts a new version). Counts reach the store every ``uses_flush`` per DEK,
+        so every process's encryptions add up to one total."""
+        cfg = self.config
+        with self._uses_lock:
+            u = self._uses.get(kid)
+            if u is None:
+                if rec is None:
+                    return False  # not counted in this process yet: the caller re-reads the row
+                if len(self._uses) >= max(1, cfg.cache_max):
+                    self._flush_uses_locked()
+                u = self._uses[kid] = _Uses(rec.uses)
+            elif rec is not None:
+                u.base = max(u.base, rec.uses)  # other processes' counts, as last written
+            if u.base + u.pending + n > cfg.dek_max_nonces:
+                return False
+            u.pending += n
+            if u.pending >= cfg.uses_flush:
+                u.base, u.pending = self._add_uses(kid, u.pending), 0
+        return True
+
+    def _flush_uses(self) -> None:
+        with self._uses_lock:
+            self._flush_uses_locked()
+
+    def _flush_uses_locked(self) -> None:
+        pending = [(kid, u.pending) for kid, u in self._uses.items() if u.pending]
+        self._uses.clear()
+        for kid, n in pending:
+            self._add_uses(kid, n)
+
+    def _uses_authentic(self, rec: DekRecord) -> bool:
+        """The row's use counter carries a valid MAC (format-1 rows have none: never trusted)."""
+        if rec.fmt < AAD_CURRENT:
+            return False
+        want = self.kms.mac(MAC_LEDGER, uses_tag_input(rec.kid, rec.uses))
+        return hmac.compare_digest(rec.uses_tag, want)
+
+    def _add_uses(self, kid: str, n: int) -> int:
+        """Add ``n`` to a DEK's authenticated use counter; returns the new total. A counter whose
+        MAC does not verify (edited in the database) counts as exhausted: the DEK is retired."""
+        with self.store.transaction():
+            rec = self.store.get_dek(kid)
+            if rec is None:
+                return 0
+            if not self._uses_authentic(rec):
+                log.error("use counter of key %s fails authentication; retiring the key", kid)
+                return max(self.config.dek_max_nonces, self.config.class_dek_max_uses)
+            total = rec.uses + n
+            tag = self.kms.mac(MAC_LEDGER, uses_tag_input(kid, total))
+            self.store.set_uses(kid, rec.uses, total, tag)
+            return total
+
+    # --- Encrypt audit ----------------------------------------------------------------------
+    def _count_release(self, principal: str, cls: str, topic: str | None, event_type: str | None) -> None:
+        key = (principal, cls, topic or "", event_type or "")
+        with self._enc_lock:
+            self._enc_counts[key] = self._enc_counts.get(key, 0) + 1
+            self._enc_total += 1
+            due = self._enc_total >= self.config.audit_every or time.monotonic() >= self._enc_next
+        if due:
+            self.flush_audit()
+
+    def flush_audit(self) -> None:
+        """Write the Encrypt key releases counted since the last flush: one audit record per
+        (principal, class, topic, type) with its count, never one per call."""
+        with self._enc_lock:
+            counts, self._enc_counts, self._enc_total = self._enc_counts, {}, 0
+            self._enc_next = time.monotonic() + self.config.audit_every_s
+        for (principal, cls, topic, event_type), n in sorted(counts.items()):
+            self._audit.record("key.encrypt", principal=principal, resource=f"class:{cls}", outcome=OK,
+                               count=n, topic=topic, event_type=event_type)
+
+    def decryption_key(
+        self,
+        kid: str,
+        cls: str,
+        *,
+        principal: str,
+        topic: str | None = None,
+        event_type: str | None = None,
+        subject_hash: str | None = None,
+    ) -> bytes:
+        """The DEK ``kid`` if ``principal`` may Decrypt ``cls`` (topic and event type in the Cedar
+        context). A kid the store lacks is KeyDestroyed when a tombstone or the erasure ledger
+        (for ``subject_hash``) says so, KeyStoreUnavailable when the store is not the one opened
+        (nothing may then be judged forged), and KeyNotFound only from an intact store."""
         if not is_kid(kid):
             raise KeyNotFound("malformed key id")
         _check_class(cls)
         resource = f"class:{cls}"
-        self._authorize(principal, DECRYPT, ("Class", cls), "key.unwrap", resource, kid=kid)
+        self._authorize(principal, DECRYPT, ("Class", cls), "key.unwrap", resource,
+                        _context(topic, event_type), kid=kid)
         self._poll()
         hit = self.cache.get(kid)
         if hit is not None:
@@ -346,11 +530,21 @@ class KeyService:
         rec = self.store.get_dek(kid)
         if rec is None or rec.cls != cls:
             tomb = self.store.tombstone(kid) if rec is None else None
-            if tomb is not None and tomb[0] == cls:
+            erased = rec is None and tomb is None and subject_hash is not None and (
+                self.store.erased(subject_hash)
+            )
+            if (tomb is not None and tomb[0] == cls) or erased:
                 self.cache.put(kid, (cls, None))
                 self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
                                    reason="destroyed", kid=kid)
                 raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
+            if not self.store.intact():
+                self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=ERROR,
+                                   reason="keystore_unavailable", kid=kid)
+                raise KeyStoreUnavailable(
+                    f"key store {self.store.path} was removed or replaced while in use: key {kid} cannot be "
+                    "judged; reopen the deployment once the store is restored"
+                )
             self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
                                reason="not_found", kid=kid)
             raise KeyNotFound(f"no key {kid} in class {cls}")
@@ -367,7 +561,7 @@ class KeyService:
 
     # --- keys -------------------------------------------------------------------------------
     def _unwrap(self, rec: DekRecord) -> bytes:
-        return self.kms.unwrap(rec.kek_id, rec.wrapped, dek_aad(rec.kid, rec.cls, rec.subject_hash))
+        return self.kms.unwrap(rec.kek_id, rec.wrapped, _row_aad(rec))
 
     def _remember(self, rec: DekRecord, dek: bytes) -> None:
         self.cache.put(rec.kid, (rec.cls, dek))
@@ -379,8 +573,7 @@ class KeyService:
         with self.store.transaction():
             # Wrapped under the store's write lock: a concurrent KEK rotation destroys old versions
             # under the same lock, so this never stores a DEK under a just-destroyed KEK.
-            kek, wrapped = self.kms.wrap(cls, dek, dek_aad(kid, cls, h))
-            rec = DekRecord(kid, h, cls, version, kek, wrapped, self._clock())
+            rec = self.wrap_record(kid, h, cls, version, dek, self._clock())
             inserted = self.store.insert_dek(rec)
         if not inserted:
             winner = self.store.current_dek(h, cls)
@@ -388,34 +581,46 @@ class KeyService:
                 raise KeyDestroyed(f"the keys of subject {h} in {cls} were destroyed meanwhile")
             return winner, self._unwrap(winner)
         resource = f"class:{cls}" if h == CLASS_SUBJECT else f"subject:{h}"
-        self._audit.record("key.create", principal=principal, resource=resource, kid=kid, kek=kek,
+        self._audit.record("key.create", principal=principal, resource=resource, kid=kid, kek=rec.kek_id,
                            version=version)
         log.debug("created key %s (%s v%d) for %s", kid, cls, version, resource)
         return rec, dek
 
-    def _class_key(self, cls: str, principal: str) -> tuple[str, bytes]:
-        """Class DEK for data without a subject; a new version after N uses or T seconds."""
+    def wrap_record(self, kid: str, h: str, cls: str, version: int, dek: bytes, created: float) -> DekRecord:
+        """The store row of a new DEK: wrapped in the current AAD format (kid, class, subject,
+        version and creation time bound), with an authenticated zero use counter. Also for bulk
+        loads (benchmarks, imports), which insert the rows themselves."""
+        aad = dek_aad(kid, cls, h, version, created, fmt=AAD_CURRENT)
+        kek, wrapped = self.kms.wrap(cls, dek, aad)
+        tag = self.kms.mac(MAC_LEDGER, uses_tag_input(kid, 0))
+        return DekRecord(kid, h, cls, version, kek, wrapped, created, 0, AAD_CURRENT, tag)
+
+    def _class_key(self, cls: str, principal: str, nonces: int = 1) -> tuple[str, bytes]:
+        """Class DEK for data without a subject; a new version after N encryptions or T seconds."""
         cfg = self.config
         with self._class_lock:
             st = self._class_deks.get(cls)
-            if st is None or st.exhausted or self._clock() - st.rec.created >= cfg.class_dek_max_age:
-                st = self._load_class_dek(cls, principal, st)
+            if st is None or st.exhausted or self._clock() - st.rec.created >= cfg.class_dek_max_age or (
+                st.rec.uses + st.pending + nonces > cfg.class_dek_max_uses
+            ):
+                st = self._load_class_dek(cls, principal, st, nonces)
                 self._class_deks[cls] = st
-            st.pending += 1
+            st.pending += nonces
             if st.pending >= self._flush_every:
-                total = self.store.add_uses(st.rec.kid, st.pending)
+                total = self._add_uses(st.rec.kid, st.pending)
+                st.rec = replace(st.rec, uses=total)
                 st.pending = 0
                 st.exhausted = total >= cfg.class_dek_max_uses
             return st.rec.kid, st.dek
 
-    def _load_class_dek(self, cls: str, principal: str, old: _ClassDek | None) -> _ClassDek:
+    def _load_class_dek(self, cls: str, principal: str, old: _ClassDek | None, nonces: int = 1) -> _ClassDek:
         cfg = self.config
         if old is not None and old.pending:
-            self.store.add_uses(old.rec.kid, old.pending)
+            self._add_uses(old.rec.kid, old.pending)
         rec = self.store.current_dek(CLASS_SUBJECT, cls)
-        fresh = rec is not None and rec.uses < cfg.class_dek_max_uses and (
+        fresh = rec is not None and rec.uses + nonces <= cfg.class_dek_max_uses and (
             self._clock() - rec.created < cfg.class_dek_max_age
-        )
+        ) and self._uses_authentic(rec)
         if rec is not None and fresh:
             dek = self._unwrap(rec)
         else:
@@ -520,15 +725,16 @@ class KeyService:
     def _rewrap_rows(self, rows: list[DekRecord]) -> tuple[int, int]:
         ok = bad = 0
         for r in rows:
-            aad = dek_aad(r.kid, r.cls, r.subject_hash)
             try:
-                dek = self.kms.unwrap(r.kek_id, r.wrapped, aad)
+                dek = self.kms.unwrap(r.kek_id, r.wrapped, _row_aad(r))
             except (KeyIntegrityError, KeyDestroyed, KeyNotFound):
                 bad += 1
                 log.error("key %s (%s) cannot be unwrapped under %s; left as is", r.kid, r.cls, r.kek_id)
                 continue
+            # Re-wrapped in the current AAD format: a rotation upgrades format-1 rows.
+            aad = dek_aad(r.kid, r.cls, r.subject_hash, r.version, r.created, fmt=AAD_CURRENT)
             kek, wrapped = self.kms.wrap(r.cls, dek, aad)
-            ok += self.store.rewrap(r.kid, r.kek_id, kek, wrapped)
+            ok += self.store.rewrap(r.kid, r.kek_id, kek, wrapped, AAD_CURRENT)
         return ok, bad
 
     def _destroy_unused_keks(self, cls: str) -> tuple[tuple[str, ...], int]:
@@ -570,9 +776,9 @@ class KeyService:
         return ServiceStatus(tuple(out), self.store.holds_count(), erasures, self.store.epoch())
 
     def _authorize(self, principal: str, action: str, res: Resource, event: str, resource: str,
-                   **meta: str) -> None:
+                   context: dict[str, str] | None = None, **meta: str) -> None:
         try:
-            check(self._authz, principal, action, res)
+            check(self._authz, principal, action, res, context)
         except AccessDenied:
             self._audit.record(event, principal=principal, resource=resource, outcome=DENIED,
                                reason="not_authorized", **meta)
@@ -593,3 +799,10 @@ class KeyService:
     def _drop_caches(self) -> None:
         self.cache.clear()
         self._current.clear()
+
+
+def _row_aad(rec: DekRecord) -> bytes:
+    """The associated data a stored DEK row was wrapped with, in the row's format."""
+    if rec.fmt == AAD_V1:
+        return dek_aad(rec.kid, rec.cls, rec.subject_hash)
+    return dek_aad(rec.kid, rec.cls, rec.subject_hash, rec.version, rec.created, fmt=rec.fmt)

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
 
 from eventward.errors import InputError, KeyStoreUnavailable, LegalHoldError
+from eventward.home import private_file
 from eventward.keys.store_base import ClassCounts, DekRecord, Erasure
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: deks.fmt (wrap AAD format) and deks.uses_tag (MAC over the use counter)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deks (
@@ -33,6 +36,8 @@ CREATE TABLE IF NOT EXISTS deks (
     wrapped BLOB NOT NULL,
     created REAL NOT NULL,
     uses INTEGER NOT NULL DEFAULT 0,
+    fmt INTEGER NOT NULL DEFAULT 1,
+    uses_tag BLOB NOT NULL DEFAULT x'',
     UNIQUE (subject_hash, class, version)
 );
 CREATE INDEX IF NOT EXISTS deks_class_kek ON deks (class, kek_id);
@@ -60,17 +65,21 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', 0);
 """
 
-_DEK_COLUMNS = "kid, subject_hash, class, version, kek_id, wrapped, created, uses"
-_INSERT_DEK = f"INSERT OR IGNORE INTO deks ({_DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_DEK_COLUMNS = "kid, subject_hash, class, version, kek_id, wrapped, created, uses, fmt, uses_tag"
+_INSERT_DEK = f"INSERT OR IGNORE INTO deks ({_DEK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE deks ADD COLUMN fmt INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE deks ADD COLUMN uses_tag BLOB NOT NULL DEFAULT x''",
+)
 _SELECT_DEK = f"SELECT {_DEK_COLUMNS} FROM deks"
 
 
 def _params(r: DekRecord) -> tuple:
-    return (r.kid, r.subject_hash, r.cls, r.version, r.kek_id, r.wrapped, r.created, r.uses)
+    return (r.kid, r.subject_hash, r.cls, r.version, r.kek_id, r.wrapped, r.created, r.uses, r.fmt, r.uses_tag)
 
 
 def _dek(row: tuple) -> DekRecord:
-    return DekRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], row[7])
+    return DekRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], row[7], row[8], bytes(row[9]))
 
 
 def _check_subject_hash(subject_hash: str) -> None:
@@ -82,18 +91,30 @@ def _check_subject_hash(subject_hash: str) -> None:
 class SQLiteKeyStore:
     """Implements keys.store_base.KeyStore on one SQLite file; safe across threads and processes."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0, create: bool = False) -> None:
+        """Open the store at ``path``. Only ``create=True`` (``init``) may make a new one: an
+        existing deployment whose store is missing must stop, not start over with no keys,
+        or every event it reads would look forged."""
         self.path = path
         self._lock = threading.RLock()
         self._depth = 0
         with self._errors("open"):
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Create the file 0600 ourselves: SQLite gives the -wal/-shm files the same mode.
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            if create:
+                private_file(path)  # 0600 before SQLite opens it: the -wal/-shm files get its mode
+            elif not path.is_file():
+                raise KeyStoreUnavailable(
+                    f"key store {path} is missing: restore it from a backup (only 'eventward init' creates "
+                    "a key store; a new, empty one would make every stored event unreadable)",
+                    path=str(path),
+                )
+            # mode=rw: never let SQLite create the file behind our back.
+            uri = "file:" + urllib.parse.quote(str(path)) + "?mode=rw"
             self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
             try:
+                st = os.stat(path)
+                self._file = (st.st_dev, st.st_ino)
                 mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode != "wal":
                     raise KeyStoreUnavailable(f"key store {path} cannot use WAL mode (got {mode})")
@@ -102,9 +123,18 @@ class SQLiteKeyStore:
                 with self.transaction():
                     for stmt in filter(str.strip, _SCHEMA.split(";")):
                         self._db.execute(stmt)
+                    fresh = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() is None
                     self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                                     (SCHEMA_VERSION,))
+                                     (SCHEMA_VERSION if fresh else 1,))
                     found = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0]
+                    if found == 1 and not fresh:
+                        for stmt in _MIGRATE_1_TO_2:
+                            self._db.execute(stmt)
+                        self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+                        found = SCHEMA_VERSION
+                    self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)",
+                                     ("s-" + secrets.token_hex(16),))
+                    self._id = str(self._db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
                 if found != SCHEMA_VERSION:
                     raise KeyStoreUnavailable(
                         f"key store {path} has schema {found}, expected {SCHEMA_VERSION}"
@@ -191,11 +221,11 @@ class SQLiteKeyStore:
         )
         return [_dek(r) for r in rows]
 
-    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes) -> bool:
+    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes, fmt: int = 1) -> bool:
         with self.transaction(), self._errors("re-wrap key"):
             cur = self._db.execute(
-                "UPDATE deks SET kek_id = ?, wrapped = ? WHERE kid = ? AND kek_id = ?",
-                (new_kek, wrapped, kid, old_kek),
+                "UPDATE deks SET kek_id = ?, wrapped = ?, fmt = ? WHERE kid = ? AND kek_id = ?",
+                (new_kek, wrapped, fmt, kid, old_kek),
             )
             return cur.rowcount == 1
 
@@ -209,6 +239,39 @@ class SQLiteKeyStore:
                 "UPDATE deks SET uses = uses + ? WHERE kid = ? RETURNING uses", (n, kid)
             ).fetchone()
             return row[0] if row else 0
+
+    def set_uses(self, kid: str, expect: int, uses: int, tag: bytes) -> bool:
+        with self.transaction(), self._errors("count key uses"):
+            cur = self._db.execute(
+                "UPDATE deks SET uses = ?, uses_tag = ? WHERE kid = ? AND uses = ?", (uses, tag, kid, expect)
+            )
+            return cur.rowcount == 1
+
+    # --- identity ---------------------------------------------------------------------------
+    def store_id(self) -> str:
+        return self._id
+
+    def meta_text(self, key: str) -> str | None:
+        row = self._one("read meta", "SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    def set_meta_text(self, key: str, value: str) -> None:
+        with self.transaction(), self._errors("write meta"):
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def intact(self) -> bool:
+        """The file this store opened is still the one at its path (not deleted, moved or
+        replaced under the running service) and still holds this store's id."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        if (st.st_dev, st.st_ino) != self._file:
+            return False
+        try:
+            return self.meta_text("store_id") == self._id
+        except KeyStoreUnavailable:
+            return False
 
     # --- erasure ----------------------------------------------------------------------------
     def _delete_keys(self, subject_hash: str, at: float, before: float | None) -> list[tuple[str, str]]:
@@ -260,6 +323,11 @@ class SQLiteKeyStore:
             if rows:
                 self._bump()
             return len(rows)
+
+    def erased(self, subject_hash: str) -> bool:
+        """Whether the erasure ledger records the subject as forgotten."""
+        row = self._one("read erasures", "SELECT 1 FROM erasures WHERE subject_hash = ? LIMIT 1", (subject_hash,))
+        return row is not None
 
     def erasures(self) -> list[Erasure]:
         rows = self._all(

@@ -24,6 +24,8 @@ class DekRecord:
     wrapped: bytes = field(repr=False)
     created: float
     uses: int = 0
+    fmt: int = 1  # keys.dek AAD format the DEK was wrapped with (version/created bound from 2 on)
+    uses_tag: bytes = field(default=b"", repr=False)  # MAC over (kid, uses); empty for format 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class KeyStore(Protocol):
         """DEKs of ``cls`` not wrapped under ``keep_kek``, in kid order after ``after_kid``."""
         ...
 
-    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes) -> bool: ...
+    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes, fmt: int = 1) -> bool: ...
 
     def kek_usage(self, cls: str) -> dict[str, int]:
         """How many DEKs each KEK id of ``cls`` wraps."""
@@ -75,6 +77,14 @@ class KeyStore(Protocol):
 
     def add_uses(self, kid: str, n: int) -> int:
         """Add ``n`` to a DEK's use counter and return the new total (class-DEK rotation)."""
+        ...
+
+    def set_uses(self, kid: str, expect: int, uses: int, tag: bytes) -> bool:
+        """Compare-and-set a DEK's use counter and its MAC; False if it moved meanwhile."""
+        ...
+
+    def store_id(self) -> str:
+        """Random id minted when the store was created: tells this store from a stranger."""
         ...
 
     def erase_subject(self, subject_hash: str, at: float) -> Erasure:
@@ -89,6 +99,15 @@ class KeyStore(Protocol):
         ...
 
     def erasures(self) -> list[Erasure]: ...
+
+    def erased(self, subject_hash: str) -> bool:
+        """Whether the erasure ledger records the subject as forgotten (a reader says "erased")."""
+        ...
+
+    def intact(self) -> bool:
+        """Whether the store is still the one opened (not removed or replaced while running).
+        A key id missing from an intact store was never issued; from a broken one, it is lost."""
+        ...
 
     def hold(self, subject_hash: str, reason: str, since: float) -> None: ...
 

@@ -12,14 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from eventward.errors import TransportError, TransportUnavailable
+from eventward.errors import ConfigError, TransportError, TransportUnavailable
+from eventward.home import private_file
 
 BUSY_TIMEOUT_MS = 10_000
 
 
 def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit) usable from any thread."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """A connection in autocommit mode (transactions are explicit) usable from any thread.
+    The file is created 0600 first (home.private_file), so its -wal/-shm files are private too."""
+    try:
+        private_file(path)
+    except ConfigError:
+        raise TransportUnavailable(f"cannot open database {path.name}: not a private regular file") from None
     try:
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000

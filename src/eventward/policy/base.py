@@ -14,9 +14,11 @@ from eventward.errors import AccessDenied
 
 Resource = tuple[str, str]  # (kind, id): ("Topic", "orders"), ("Class", "pii"), ("Schema", "OrderPlaced")
 
-# Actions (Cedar action ids). Decrypt is checked per sensitivity class.
+# Actions (Cedar action ids). Encrypt and Decrypt are checked per sensitivity class, with the
+# topic and event type in the context.
 PUBLISH = "Publish"
 SUBSCRIBE = "Subscribe"
+ENCRYPT = "Encrypt"
 DECRYPT = "Decrypt"
 PROPOSE_SCHEMA = "ProposeSchema"
 APPROVE_SCHEMA = "ApproveSchema"
@@ -33,6 +35,7 @@ READ_AUDIT = "ReadAudit"
 ACTIONS = (
     PUBLISH,
     SUBSCRIBE,
+    ENCRYPT,
     DECRYPT,
     PROPOSE_SCHEMA,
     APPROVE_SCHEMA,

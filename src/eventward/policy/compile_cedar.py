@@ -23,6 +23,7 @@ import cedarpy
 
 from eventward.errors import PolicyError
 from eventward.policy.spec import (
+    DLQ_SUFFIX,
     PREFIXED,
     Grant,
     PolicySpec,
@@ -108,6 +109,9 @@ def grant_to_cedar(g: Grant) -> str:
     else:
         resource = f"resource is {NS}::{g.kind}"
         conds.append("[" + ", ".join(_lit(g.kind, n) for n in g.names) + "].contains(resource)")
+    if g.on_topics is not None:  # a topic's dead-letter stream carries the same data
+        topics = ", ".join(f'"{t}", "{t}{DLQ_SUFFIX}"' for t in g.on_topics)
+        conds.append(f"context has topic && [{topics}].contains(context.topic)")
     if g.event_types is not None:
         types = ", ".join(f'"{t}"' for t in g.event_types)
         conds.append(f"context has event_type && [{types}].contains(context.event_type)")

@@ -24,7 +24,7 @@ from eventward.policy.compile_cedar import CompiledPolicy, uid
 from eventward.policy.spec import ACTION_KINDS, DLQ_SUFFIX, KINDS, PolicySpec
 
 # Context keys a caller may pass (all strings); anything else is ignored, time keys are ours.
-CALLER_CONTEXT_KEYS = ("event_type", "zone")
+CALLER_CONTEXT_KEYS = ("event_type", "topic", "zone")
 _MAX_ID = 512
 _ERR_POLICY_RE = re.compile(r"policy `(policy\d+)`")
 

@@ -9,6 +9,12 @@ Every resource kind uses Kafka's pattern semantics: a literal name, ``match: pre
 ``"*"``. That includes producers, whose signing keys RotateKeys governs in the trust
 registry: ``{allow: rotate_keys, producers: [orders-svc]}`` lets a service manage only its
 own keys, ``{allow: rotate_keys, producer: "*"}`` is an administrator's grant.
+
+Key releases are grants on a sensitivity class: ``{allow: encrypt, class: pii}`` lets a
+producer get data keys of ``pii`` and ``{allow: decrypt, class: pii}`` lets a reader unwrap
+them. Both can be narrowed to where the data flows: ``on_topics: [orders]`` (a topic covers
+its dead-letter stream) and ``event_types: [OrderPlaced]`` check the topic and event type the
+key is released for.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from eventward.policy import base
 YAML_ACTIONS: dict[str, str] = {
     "publish": base.PUBLISH,
     "subscribe": base.SUBSCRIBE,
+    "encrypt": base.ENCRYPT,
     "decrypt": base.DECRYPT,
     "propose_schema": base.PROPOSE_SCHEMA,
     "approve_schema": base.APPROVE_SCHEMA,
@@ -50,6 +57,7 @@ ACTION_KINDS: dict[str, tuple[str, ...]] = {
     base.SUBSCRIBE: ("Topic",),
     base.REPLAY: ("Topic",),
     base.REDRIVE_DLQ: ("Topic",),
+    base.ENCRYPT: ("Class",),
     base.DECRYPT: ("Class",),
     base.ROTATE_KEYS: ("Class", "Producer"),
     base.PROPOSE_SCHEMA: ("Schema",),
@@ -102,7 +110,9 @@ _CEDAR_LONG = (-(2**63), 2**63 - 1)
 
 MAX_POLICY_BYTES = 1 << 20
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_GRANT_KEYS = {"allow", "deny", "match", "event_types"} | {k for pair in KIND_KEYS.values() for k in pair}
+_GRANT_KEYS = {"allow", "deny", "match", "event_types", "on_topics"} | {k for pair in KIND_KEYS.values() for k in pair}
+# Actions whose grants may be narrowed by the topic and event type in the request context.
+KEY_RELEASE_ACTIONS = (base.ENCRYPT, base.DECRYPT)
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class Grant:
     names: tuple[str, ...]  # resource ids or patterns; ("*",) means every resource of the kind
     match: str = LITERAL
     event_types: tuple[str, ...] | None = None  # None: every event type
+    on_topics: tuple[str, ...] | None = None  # key releases only: None means every topic
 
     @property
     def policy_id(self) -> str:
@@ -143,6 +154,8 @@ class Grant:
             parts.append(f"{plural}: [{', '.join(self.names)}]")
         if self.match != LITERAL:
             parts.append(f"match: {self.match}")
+        if self.on_topics is not None:
+            parts.append(f"on_topics: [{', '.join(self.on_topics)}]")
         if self.event_types is not None:
             parts.append(f"event_types: [{', '.join(self.event_types)}]")
         return "{" + ", ".join(parts) + "}"
@@ -300,15 +313,28 @@ def _parse_grant(role: str, index: int, g: Any, path: str) -> Grant:
                 where,
                 f"{n} is the DLQ of {n[: -len(DLQ_SUFFIX)]} and shares its grants: grant that topic",
             )
+    key_release = kind == "Class" and all(a in KEY_RELEASE_ACTIONS for a in actions)
     event_types = None
     if "event_types" in g:
-        _expect(kind == "Topic", f"{path}.event_types", "event_types only apply to topic actions")
+        _expect(
+            kind == "Topic" or key_release,
+            f"{path}.event_types",
+            "event_types only apply to topic actions and to encrypt/decrypt",
+        )
         event_types = _str_list(g["event_types"], f"{path}.event_types")
         for i, t in enumerate(event_types):
             _expect(
                 bool(_EVENT_TYPE_RE.fullmatch(t)), f"{path}.event_types[{i}]", f"invalid event type {t!r}"
             )
-    return Grant(role, index, effect, tuple(actions), kind, tuple(names), match, event_types)
+    on_topics = None
+    if "on_topics" in g:
+        _expect(key_release, f"{path}.on_topics", "on_topics only apply to encrypt/decrypt grants on a class")
+        on_topics = _str_list(g["on_topics"], f"{path}.on_topics")
+        for i, t in enumerate(on_topics):
+            where = f"{path}.on_topics[{i}]"
+            check_name("Topic", t, where)
+            _expect(not t.endswith(DLQ_SUFFIX), where, f"{t} is a DLQ and shares its topic's grants: name the topic")
+    return Grant(role, index, effect, tuple(actions), kind, tuple(names), match, event_types, on_topics)
 
 
 def _grant_kind(g: Mapping[str, Any], actions: list[str], actions_path: str, path: str) -> str:

@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -32,7 +31,7 @@ from eventward.errors import (
     NotFoundError,
     PolicyError,
 )
-from eventward.home import Home
+from eventward.home import Home, private_file
 from eventward.policy.base import MANAGE_POLICY, Decision
 from eventward.policy.compile_cedar import CompiledPolicy, compile_policy
 from eventward.policy.evaluator import Evaluator
@@ -118,8 +117,7 @@ class PolicyStore:
         self._clock = clock
         self._lock = threading.Lock()
         with self._sql():
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            private_file(self.path)  # 0600 before SQLite opens it; -wal/-shm inherit the mode
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eventward.errors import ConfigError, ConflictError
+from eventward.home import private_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subjects (
@@ -85,7 +86,7 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_file(self.path)  # 0600 before SQLite opens it; -wal/-shm inherit the mode
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import threading
@@ -50,6 +51,7 @@ from eventward.keys.cache import LruTtlCache
 from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, kek_id, parse_kek_id
 
 T = TypeVar("T")
+log = logging.getLogger("eventward.keys.pkcs11")
 
 SOFTHSM_MODULES = (
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -95,6 +97,14 @@ _BAD_CIPHERTEXT = (
     p11e.GeneralError, p11e.FunctionFailed, p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange,
     p11e.DataInvalid, p11e.DataLenRange,
 )
+# What a token that went away (unplugged HSM, SoftHSM token directory moved) looks like. Any of
+# these, or a scan that no longer finds this KMS's MAC secrets, means "unavailable", never
+# "key not found": a consumer must stop and retry, not judge every event forged.
+_LOST = (
+    p11e.TokenNotPresent, p11e.TokenNotRecognised, p11e.DeviceRemoved, p11e.DeviceError,
+    p11e.SessionHandleInvalid, p11e.SessionClosed, p11e.GeneralError, p11e.SlotIDInvalid,
+)
+RECONNECT_INTERVAL_S = 0.5
 _LOGIN_REASONS = {
     p11e.PinIncorrect: "incorrect PIN",
     p11e.PinInvalid: "malformed PIN",
@@ -197,6 +207,24 @@ class _Login:
 _PIN_TAG_KEY = os.urandom(32)
 _logins: dict[tuple[str, str], _Login] = {}
 _logins_lock = threading.Lock()
+_generation = [0]  # bumped when the library is re-initialised: every session before it is dead
+
+
+def _reinitialise(cfg: Pkcs11Config, seen: int) -> None:
+    """C_Finalize + C_Initialize, once per loss (``seen`` is the generation the caller lost):
+    a PKCS#11 library only notices a token that came back after re-initialising. Every session
+    and login in the process dies with it, so all logins are forgotten and every KMS reconnects."""
+    with _logins_lock:
+        if _generation[0] != seen:
+            return  # another KMS already re-initialised since
+        try:
+            pkcs11.lib(cfg.module).reinitialize()
+        except (p11e.PKCS11Error, OSError) as e:
+            raise KMSUnavailable(f"PKCS#11 token {cfg.token_label!r} is unavailable "
+                                 f"(re-initialising the library failed: {type(e).__name__})") from None
+        finally:
+            _logins.clear()  # the handles died with the old initialisation
+            _generation[0] += 1
 
 
 def _pin_tag(pin: str) -> bytes:
@@ -318,6 +346,10 @@ class _Stale(Exception):
     """The index lacks what was asked for: scan the token once more before answering."""
 
 
+class _TokenLost(Exception):
+    """A scan found none of this deployment's keys in a token that held them."""
+
+
 def _sealed(attrs: dict[Any, Any], key_type: KeyType) -> bool:
     return bool(
         attrs[Attribute.KEY_TYPE] == key_type
@@ -345,8 +377,12 @@ class Pkcs11KMS:
         self._index = _Index()
         self._memo: LruTtlCache[bytes, bytes] = LruTtlCache(config.mac_cache, float("inf"), time.monotonic)
         self._memo_key = os.urandom(32)
+        self._gen = _generation[0]
         self._session = _connect(config)
         self._closed = False
+        self._ready = False  # set once the token was seen holding this deployment's keys
+        self._lost = False
+        self._retry_at = 0.0
 
     def __repr__(self) -> str:
         return f"Pkcs11KMS(module={self.config.module!r}, token={self.config.token_label!r})"
@@ -383,6 +419,7 @@ class Pkcs11KMS:
         except BaseException:
             kms.close()
             raise
+        kms._ready = True
         return kms
 
     @classmethod
@@ -395,6 +432,7 @@ class Pkcs11KMS:
         except BaseException:
             kms.close()
             raise
+        kms._ready = True
         return kms
 
     def close(self) -> None:
@@ -404,7 +442,8 @@ class Pkcs11KMS:
             self._closed = True
             self._index = _Index()
             self._memo.clear()
-            _disconnect(self.config, self._session)
+            if self._gen == _generation[0]:  # else its login died with a re-initialisation
+                _disconnect(self.config, self._session)
 
     # --- the token --------------------------------------------------------------------------
     def _run(self, what: str, op: Callable[[_Index, bool], T], max_age: float) -> T:
@@ -413,6 +452,8 @@ class Pkcs11KMS:
         with self._lock:
             if self._closed:
                 raise KMSUnavailable(f"the PKCS#11 KMS on token {self.config.token_label!r} is closed")
+            if self._lost or self._gen != _generation[0]:
+                self._reconnect()
             try:
                 idx = self._index
                 if time.monotonic() - idx.at > max_age:
@@ -421,10 +462,54 @@ class Pkcs11KMS:
                     return op(idx, False)
                 except (_Stale, *_GONE):
                     return op(self._scan(), True)
+            except _TokenLost:
+                self._lose()
+                raise KMSUnavailable(
+                    f"PKCS#11 token {self.config.token_label!r} no longer shows this deployment's keys "
+                    f"(removed or unreachable): {what} failed; retry once it is back"
+                ) from None
             except p11e.PKCS11Error as e:
+                if isinstance(e, _LOST):
+                    self._lose()
                 raise KMSUnavailable(
                     f"PKCS#11 token {self.config.token_label!r}: {what} failed ({type(e).__name__})"
                 ) from None
+
+    def _lose(self) -> None:
+        self._lost = True
+        self._index = _Index()
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL_S
+
+    def _reconnect(self) -> None:
+        """After a loss: re-initialise the library (once per process and loss), log in again and
+        check the token holds this deployment's keys. At most every RECONNECT_INTERVAL_S."""
+        if self._lost and time.monotonic() < self._retry_at:
+            raise KMSUnavailable(f"PKCS#11 token {self.config.token_label!r} is unavailable; retrying shortly")
+        self._retry_at = time.monotonic() + RECONNECT_INTERVAL_S
+        if self._lost:
+            _reinitialise(self.config, self._gen)
+        gen = _generation[0]
+        try:
+            self._session = _connect(self.config)
+        except KMSUnavailable:
+            self._gen = gen  # the next attempt re-initialises again
+            self._lose()
+            raise
+        self._gen = gen
+        self._index = _Index()
+        try:
+            self._scan()
+        except _TokenLost:
+            self._lose()
+            raise KMSUnavailable(f"PKCS#11 token {self.config.token_label!r} does not hold this deployment's "
+                                 "keys yet; retry once it is back") from None
+        except p11e.PKCS11Error as e:
+            self._lose()
+            raise KMSUnavailable(
+                f"PKCS#11 token {self.config.token_label!r}: reconnecting failed ({type(e).__name__})"
+            ) from None
+        self._lost = False
+        log.warning("PKCS#11 token %r is back; reconnected", self.config.token_label)
 
     def _scan(self) -> _Index:
         for _ in range(2):
@@ -460,6 +545,8 @@ class Pkcs11KMS:
                 objs.sort(key=lambda o: o.oid)
         for objs in idx.macs.values():
             objs.sort(key=lambda o: o.oid)
+        if self._ready and MAC_SUBJECT not in idx.macs:
+            raise _TokenLost  # this KMS saw its keys before: the token went away, they did not vanish
         self._index = idx
         return idx
 
