@@ -1,13 +1,15 @@
 """CloudEvents 1.0 JSON format conformance of ``eventward.envelope``, counted case by case.
 
-The cases are the spec's JSON-format examples (section 3 single events with JSON, text and binary
-data; section 4 batches), written here as test data, plus one valid and one invalid case per rule
+The cases are the spec's JSON-format examples (section 3: single events with JSON, text and binary
+data), written here as test data, plus one valid and one invalid case per rule
 of the core spec, the JSON format and the distributed-tracing extension (W3C Trace Context). The
 CloudEvents Python SDK's sdist ships no test fixtures (checked for cloudevents==2.2.0), so the
 SDK is used instead as an independent parser: every spec-valid case must parse there too.
 
 Each verdict is agree, refused by design (valid per the spec, refused on purpose; listed with the
 reason in docs/CONFORMANCE.md) or disagree; the counts are printed and disagree must be 0.
+Batches (JSON format section 4) and the HTTP binding are exercised at the gateway, by the SDK
+(tests/gateway/test_gateway_cloudevents.py).
 """
 
 from __future__ import annotations
