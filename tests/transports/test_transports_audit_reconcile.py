@@ -34,14 +34,18 @@ class _Keys:
         return self.key
 
 
-def test_attack_kill9_producer_loses_audit_on_nats(nats_node: natsserver.Node, tmp_path: Path) -> None:
+def test_attack_publish_records_lost_with_the_producer_are_restored_on_nats(
+    nats_node: natsserver.Node, tmp_path: Path
+) -> None:
     t = nats_client(nats_node)
     stream = f"orders.{uuid.uuid4().hex[:10]}"
     t.create_stream(stream)
     signer = sealing.Signer("orders-svc", Ed25519PrivateKey.generate())
     now = time.time()
     batches = []
-    for i in range(4):  # batches 0 and 1 got their record; 2 and 3 lost it with the process
+    # what a producer killed after its PubAcks leaves: batches 0 and 1 had their records
+    # flushed, 2 and 3 lost theirs with the process's audit buffer
+    for i in range(4):
         events = [f'{{"n":{i},"k":{k}}}'.encode() for k in range(3)]
         bid = f"inst-{i * 3}"
         sealed_at = now if i == 3 else now - 600
