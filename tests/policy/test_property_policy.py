@@ -164,3 +164,24 @@ def test_property_policy_yaml_features_are_typed() -> None:
         refused_typed(d)
     refused_typed(POLICY, {"a.cedar": "\ud800"})
     refused_typed(POLICY, {"a.cedar": "permit(principal, action, resource) when { " + "(" * 5000 + " };"})
+
+
+def test_attack_policy_files_not_utf8_are_typed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``policy apply`` on a Latin-1 policy or Cedar file: a typed error (one line from the CLI),
+    not a UnicodeDecodeError traceback."""
+    from typer.testing import CliRunner
+
+    from eventward.cli import app
+
+    runner = CliRunner()
+    home = str(tmp_path / "home")
+    assert runner.invoke(app, ["--home", home, "policy", "init", "--admin", "alice"]).exit_code == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "policy.yaml").write_bytes("principals: {caf\xe9: {type: user}}\n".encode("latin-1"))
+    result = runner.invoke(app, ["--home", home, "policy", "apply", str(work / "policy.yaml"), "--as", "alice"])
+    assert isinstance(result.exception, PolicyError) and "not UTF-8" in result.exception.message
+    (work / "policy.yaml").write_text(POLICY)
+    (work / "bad.cedar").write_bytes(b"// caf\xe9\n")
+    result = runner.invoke(app, ["--home", home, "policy", "apply", str(work / "policy.yaml"), "--as", "alice"])
+    assert isinstance(result.exception, PolicyError) and "bad.cedar is not UTF-8" in result.exception.message

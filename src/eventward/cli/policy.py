@@ -23,7 +23,7 @@ from eventward.audit import AuditLog
 from eventward.cli import common
 from eventward.cli.context import as_admin
 from eventward.deployment import BOOTSTRAP_POLICY
-from eventward.errors import InputError
+from eventward.errors import InputError, PolicyError
 from eventward.home import Home
 from eventward.policy.engine import PolicyEngine
 from eventward.policy.spec import KINDS, parse_action
@@ -72,7 +72,7 @@ def read_cedar_dir(directory: Path | None) -> dict[str, str]:
     """Hand-written ``*.cedar`` files of a directory, by file name."""
     if directory is None or not directory.is_dir():
         return {}
-    return {p.name: p.read_text() for p in sorted(directory.glob("*.cedar"))}
+    return {p.name: read_policy_file(p) for p in sorted(directory.glob("*.cedar"))}
 
 
 def parse_resource(text: str) -> tuple[str, str]:
@@ -88,7 +88,9 @@ def parse_resource(text: str) -> tuple[str, str]:
 
 def read_policy_file(path: Path) -> str:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path.name} is not UTF-8 text", path=str(path)) from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}", path=str(path)) from None
 
