@@ -207,3 +207,25 @@ def test_attack_dead_letter_key_seals_topic_cli(tmp_path) -> None:
     with Deployment.open(home) as dep:
         (entry,) = dep.transport.read(f"{TOPIC}.dlq", 0, 1)
         assert sealing.parse(entry.seal).kid == dl_key.kid  # the dead letter is sealed by billing's key
+
+
+def test_attack_unauthorized_sealer_on_replay_and_redrive(world) -> None:
+    """An authorized replay and a DLQ redrive go through the same sealer check."""
+    from .client_world import OPS
+
+    before = produce(world, 2)
+    forge(world, world.trust.signer_for(ANALYST), 2)
+    seen: list[Any] = []
+    stats = world.consumer(OPS).replay(seen.append, from_offset=0)
+    assert [e.id for e in seen] == before and stats.refused == {"unauthorized_producer": 2}
+    got, refused = consume(world, OPS)
+    assert [i for i, _ in got] == before and refused == {"unauthorized_producer": 2}
+    dlq = world.dlq(OPS)
+    entries = [e for e in dlq.list(principal=OPS) if e.reason == "unauthorized_producer" and e.group.startswith("g-")]
+    assert len(entries) == 2
+    redriven: list[Any] = []
+    offsets = [e.dlq_offset for e in entries]
+    stats = dlq.redrive(world.consumer(OPS, group="redrive"), redriven.append, offsets, principal=OPS)
+    assert redriven == [] and stats.refused == {"unauthorized_producer": 2}
+    still = {e.dlq_offset for e in dlq.list(principal=OPS)}
+    assert {e.dlq_offset for e in entries} <= still  # refused again: the entries stay unresolved
