@@ -116,3 +116,20 @@ def test_property_envelope_edge_times_are_typed() -> None:
               "2024-02-30T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T00:00:60Z",
               "2024-01-01T00:00:00+99:99", "2024-01-01T00:00:00.1234567890123Z"):
         typed_only(orjson.dumps({**VALID, "time": t}))
+
+
+# --- the CLI's produce input (one JSON event per line) --------------------------------------------
+
+
+@SETTINGS
+@given(st.binary(max_size=200) | st.builds(orjson.dumps, json_values) | st.builds(orjson.dumps, mutated()))
+def test_property_envelope_produce_lines(line: bytes) -> None:
+    """``eventward produce`` input lines: an event to send or an InputError naming the line."""
+    from eventward.cli.log import _event_of
+
+    try:
+        ev = _event_of(line, 7)
+    except InputError as e:
+        assert e.message.startswith("line 7:")
+        return
+    assert isinstance(ev["type"], str) and "data" in ev
