@@ -12,8 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eventward.errors import ValidationError
+from eventward.schema import formats
 from eventward.schema.compiled import compile_schema
 from eventward.schema.formats import FORMATS
 
@@ -128,3 +132,48 @@ def test_attack_const_value_shaped_like_a_ref_is_refused_at_registration() -> No
     assert not _valid(compiled, "a string")
     err = compiled.problem({"v": "a string"})
     assert err is not None and err.path == "$"
+
+
+_EMAIL_CHARS = "aZ09.-_+!'@\"[]:() \u00e9"
+_EMAILS = st.one_of(
+    st.text(alphabet=_EMAIL_CHARS, max_size=30),
+    st.builds(
+        lambda local, labels, tld: f"{local}@{'.'.join([*labels, tld])}",
+        st.text(alphabet="aZ09.-_+!'#", min_size=1, max_size=70),
+        st.lists(st.text(alphabet="aZ09-", min_size=1, max_size=65), min_size=1, max_size=3),
+        st.sampled_from(["com", "org", "test", "local", "c0m", "x", "xn--p1ai", "COM"]),
+    ),
+)
+
+
+def _email_validator_accepts(v: str) -> bool:
+    try:
+        validate_email(
+            v,
+            check_deliverability=False,
+            allow_quoted_local=True,
+            allow_domain_literal=True,
+            globally_deliverable=False,
+            allow_smtputf8=True,
+        )
+    except (EmailNotValidError, ValueError, UnicodeError):
+        return False
+    return True
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(_EMAILS)
+def test_email_fast_path_agrees_with_email_validator(v: str) -> None:
+    """The microsecond path only ever accepts what email-validator accepts; the verdict is
+    always email-validator's."""
+    expected = _email_validator_accepts(v) and len(v) <= formats.MAX_EMAIL
+    if formats._plain_email(v):
+        assert expected, v
+    assert bool(FORMATS["email"](v)) == expected, v
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(st.text(alphabet="aZ09-.", max_size=80) | st.builds(lambda n: "a" * n + ".b", st.integers(55, 70)))
+def test_hostname_fast_path_agrees_with_the_label_checks(v: str) -> None:
+    if "--" not in v and 1 <= len(v) <= 253:
+        assert bool(FORMATS["hostname"](v)) == formats._hostname_by_label(v), v
