@@ -14,6 +14,8 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventward.audit import note
 from eventward.audit.checkpoint import cosign, parse_body, sign_checkpoint, verify_checkpoint
@@ -125,3 +127,33 @@ def test_checkpoint_body_follows_tlog_checkpoint() -> None:
     ):
         with pytest.raises(AuditIntegrityError):
             parse_body(bad)
+
+
+_NOTE_CHARS = st.sampled_from(
+    ["\n", "\n\n", note.SIG_PREFIX, " ", "+", "=", "A", "/", "0", "1", "\x00", "\u00e9", "\ud800"]
+)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_checkpoint_parser_raises_only_integrity_errors(data: st.DataObject) -> None:
+    """Random and mutated checkpoints: a typed refusal or a checkpoint, never another exception,
+    and never a checkpoint whose signed text differs from what the log signed."""
+    signer = AuditSigner(Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    good = sign_checkpoint(signer, 5, ROOT, TIME).text
+    text = data.draw(
+        st.one_of(
+            st.lists(_NOTE_CHARS, max_size=40).map("".join),
+            st.builds(
+                lambda i, ins, cut: good[:i] + ins + good[i + cut :],
+                st.integers(0, len(good)),
+                st.lists(_NOTE_CHARS, max_size=3).map("".join),
+                st.integers(0, 3),
+            ),
+        )
+    )
+    try:
+        cp = verify_checkpoint(text, signer.verifier)
+    except AuditIntegrityError:
+        return
+    assert cp.text.split("\n\n")[0] == good.split("\n\n")[0] and (cp.size, cp.root) == (5, ROOT)
