@@ -8,6 +8,7 @@ the alterations.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from eventward.client.types import RunStats
 from eventward.deployment import Deployment
-from eventward.errors import EventwardError
+from eventward.errors import EventwardError, TransportError
 from eventward.home import Home
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "40"))
@@ -134,3 +135,44 @@ def test_property_consumer_altered_records_are_refused_not_raised(world: World, 
     assert [d.data for d in delivered] == [{"meter": f"m-{i}", "kwh": 1.5 + i} for i in range(3)]
     assert stats.delivered == 3
     assert sum(stats.refused.values()) >= 1  # every altered copy refused (the seal binds the batch id too)
+
+
+def _tamper_row(world: World, topic: str, column: str, value: object, offset: int = 1) -> None:
+    db = sqlite3.connect(world.dep.home.log_db)
+    try:
+        db.execute(f"UPDATE events SET {column} = ? WHERE stream = ? AND offset = ?", (value, topic, offset))
+        db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("idx", "x"), ("idx", 99), ("batch", "x"), ("batch", 10**9), ("data", 12345), ("data", "{}")],
+)
+def test_attack_tampered_log_rows_are_refused_not_raised(world: World, column: str, value: object) -> None:
+    """A log.db writer stores another SQLite type (or a wrong number) in an event row: that
+    event is refused by verification (dead-lettered); its neighbours still deliver."""
+    topic = f"readings.t{uuid.uuid4().hex[:10]}"
+    world.sealed_batch(topic)
+    _tamper_row(world, topic, column, value)
+    consumer = world.dep.consumer("billing-svc", topic, group=f"g{uuid.uuid4().hex[:8]}", from_beginning=True)
+    delivered: list[Any] = []
+    stats = RunStats()
+    try:
+        for rec in world.dep.transport.read(topic, 0, 10):
+            consumer.process(rec, delivered.append, stats)
+    finally:
+        consumer.close()
+    assert [d.data["meter"] for d in delivered] == ["m-0", "m-2"]
+    assert sum(stats.refused.values()) == 1
+
+
+def test_attack_tampered_log_offset_is_a_typed_error(world: World) -> None:
+    """An event row whose offset is not an integer cannot be positioned: the read fails closed
+    with a TransportError (not a ValueError from deep inside)."""
+    topic = f"readings.t{uuid.uuid4().hex[:10]}"
+    world.sealed_batch(topic)
+    _tamper_row(world, topic, "offset", "abc")
+    with pytest.raises(TransportError, match="corrupted log"):
+        world.dep.transport.read(topic, 0, 10)

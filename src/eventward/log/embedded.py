@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from eventward.errors import InputError, NotFoundError, TransportUnavailable
+from eventward.errors import InputError, NotFoundError, TransportError, TransportUnavailable
 from eventward.home import Home
 from eventward.log.base import Record
 from eventward.log.names import check_stream_name
@@ -121,7 +121,7 @@ class EmbeddedLog:
                     "ORDER BY offset LIMIT ?",
                     (stream, max(0, offset), max_records),
                 ).fetchall()
-                ids = sorted({r[1] for r in rows})
+                ids = sorted({r[1] for r in rows if type(r[1]) is int})  # others match no batch
                 seals: dict[int, tuple[str, bytes]] = {}
                 for i in range(0, len(ids), 500):
                     chunk = ids[i : i + 500]
@@ -131,8 +131,11 @@ class EmbeddedLog:
             raise TransportUnavailable(f"read from {stream}: {e.sqlite_errorname}") from None
         out = []
         for off, bid, idx, data in rows:
-            batch_id, seal = seals.get(bid, ("", b""))
-            out.append(Record(stream, off, _blob(data), str(batch_id), int(idx), _blob(seal)))
+            if type(off) is not int:  # a row written behind our back, which no offset can name
+                raise TransportError(f"read from {stream}: a stored event has no integer offset (corrupted log)")
+            batch_id, seal = seals.get(bid, ("", b"")) if type(bid) is int else ("", b"")
+            # a non-integer index is in no seal: verification refuses the event instead of crashing
+            out.append(Record(stream, off, _blob(data), str(batch_id), idx if type(idx) is int else -1, _blob(seal)))
         return out
 
     # --- consumer groups -------------------------------------------------------------------
