@@ -82,3 +82,14 @@ def test_attack_readonly_home_commands_fail_typed_not_with_a_traceback(
     if p.returncode != 0:  # a typed error: one line naming its code, a documented exit code (not 1)
         assert p.returncode in range(2, 11), (p.returncode, p.stdout, p.stderr)
         assert "error (" in p.stderr, p.stderr
+
+
+def test_attack_readonly_home_offline_audit_verify(readonly_home: tuple[Path, Path, str]) -> None:
+    """An auditor verifies the audit database of a read-only copy: SQLite cannot create the WAL
+    index next to it, so the cleanly closed file is read as immutable, and every record checks."""
+    home, _, vkey = readonly_home
+    p = _ew(home, "audit", "verify", "--db", str(home / "audit.db"), "--key", vkey)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert p.stdout.startswith("OK: ") and " records" in p.stdout
+    assert not (home / "audit.db-shm").exists() and not (home / "run").exists()

@@ -192,6 +192,18 @@ class AuditLog:
                 f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA busy_timeout = 30000")
+            try:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # WAL mode needs a -shm file here
+            except sqlite3.OperationalError as e:
+                conn.close()
+                if e.sqlite_errorname != "SQLITE_READONLY_DIRECTORY" or Path(f"{self.path}-wal").exists():
+                    raise
+                # A read-only copy (a mounted backup, an auditor's copy) closed cleanly: with no WAL
+                # file and a directory nobody can create one in, no writer can exist, so the file
+                # is read as immutable.
+                conn = sqlite3.connect(
+                    f"file:{self.path}?mode=ro&immutable=1", uri=True, isolation_level=None, check_same_thread=False
+                )
             return conn
         private_file(self.path)  # 0600 before SQLite opens it: WAL/shm inherit the mode
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
