@@ -16,7 +16,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventward.errors import ValidationError
+from eventward.errors import SchemaError, ValidationError
 from eventward.schema import formats
 from eventward.schema.compiled import compile_schema
 from eventward.schema.formats import FORMATS
@@ -177,3 +177,12 @@ def test_email_fast_path_agrees_with_email_validator(v: str) -> None:
 def test_hostname_fast_path_agrees_with_the_label_checks(v: str) -> None:
     if "--" not in v and 1 <= len(v) <= 253:
         assert bool(FORMATS["hostname"](v)) == formats._hostname_by_label(v), v
+
+
+def test_counts_written_as_integral_numbers_are_integers() -> None:
+    """JSON Schema treats 2.0 as the integer 2 (the suite's "with a decimal" cases)."""
+    compiled = _schema({"type": "string", "maxLength": 2.0, "minLength": 1.0})
+    assert compiled.tree["properties"]["v"]["maxLength"] == 2
+    assert _valid(compiled, "ab") and not _valid(compiled, "abc") and not _valid(compiled, "")
+    with pytest.raises(SchemaError):
+        _schema({"type": "string", "maxLength": 2.5})

@@ -332,6 +332,8 @@ class _Normalizer:
         for key in _COUNTS:
             if key in s:
                 v = s[key]
+                if isinstance(v, float) and v.is_integer():
+                    v = int(v)  # JSON Schema: 2.0 is the integer 2
                 if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**31:
                     raise SchemaError(f"{at}: {key} must be a non-negative integer")
                 out[key] = v
