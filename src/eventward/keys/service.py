@@ -104,19 +104,21 @@ class KeyServiceConfig:
     kept lower so they also rotate often. ``uses_flush``: counts kept in memory per DEK before
     they are written (a crash forgets at most that many per DEK and process). Encrypt grants are
     audited as counts per (principal, class, topic, type), written every ``audit_every_s``
-    seconds or ``audit_every`` key releases, and at close."""
+    seconds or ``audit_every`` key releases, and at close. A granted Encrypt decision is reused
+    for ``decision_ttl`` seconds (a revoked grant stops releases within that time)."""
 
     cache_max: int = 100_000
     cache_ttl: float = 300.0
     class_dek_max_uses: int = 2**20
     class_dek_max_age: float = 86_400.0
     dek_max_nonces: int = DEK_MAX_NONCES
-    uses_flush: int = 4096
+    uses_flush: int = 65_536
     revocation_poll: float = 0.25
     rewrap_chunk: int = 500
     busy_timeout: float = 5.0
     audit_every: int = 100_000
     audit_every_s: float = 5.0
+    decision_ttl: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,8 @@ class KeyService:
         self._flush_every = max(1, min(1024, self.config.class_dek_max_uses // 16))
         self._uses: dict[str, _Uses] = {}  # subject kid -> encryptions counted
         self._uses_lock = threading.Lock()
-        self._enc_counts: dict[tuple[str, str, str, str], int] = {}  # audited in batches
+        # (principal, class, topic, type) -> [decision valid until (monotonic), releases not yet audited]
+        self._releases: dict[tuple[str, str, str | None, str | None], list[float]] = {}
         self._enc_total = 0
         self._enc_lock = threading.Lock()
         self._enc_next = time.monotonic() + self.config.audit_every_s
@@ -391,15 +394,7 @@ class KeyService:
         """The current DEK of (subject, class), or the class DEK, if ``principal`` may Encrypt
         ``cls`` (topic and event type in the Cedar context). ``nonces`` is how many values the
         caller will encrypt with it: counted against the DEK's nonce budget."""
-        _check_class(cls)
-        ctx = _context(topic, event_type)
-        try:
-            check(self._authz, principal, ENCRYPT, ("Class", cls), ctx)
-        except AccessDenied:
-            self._audit.record("key.encrypt", principal=principal, resource=f"class:{cls}", outcome=DENIED,
-                               reason="not_authorized", topic=topic or "", event_type=event_type or "")
-            raise
-        self._count_release(principal, cls, topic, event_type)
+        self._release(principal, cls, topic, event_type)
         if subject is None:
             return self._class_key(cls, principal, nonces)
         h = self.subject_hash(subject)
@@ -480,12 +475,34 @@ class KeyService:
             return total
 
     # --- Encrypt audit ----------------------------------------------------------------------
-    def _count_release(self, principal: str, cls: str, topic: str | None, event_type: str | None) -> None:
-        key = (principal, cls, topic or "", event_type or "")
+    def _release(self, principal: str, cls: str, topic: str | None, event_type: str | None) -> None:
+        """Authorize Encrypt (a granted decision is reused for ``decision_ttl`` seconds, as the
+        producer does for Publish) and count the release for the batched audit record."""
+        key = (principal, cls, topic, event_type)
+        now = time.monotonic()
         with self._enc_lock:
-            self._enc_counts[key] = self._enc_counts.get(key, 0) + 1
-            self._enc_total += 1
-            due = self._enc_total >= self.config.audit_every or time.monotonic() >= self._enc_next
+            slot = self._releases.get(key)
+            if slot is not None and slot[0] > now:
+                slot[1] += 1
+                self._enc_total += 1
+                due = self._enc_total >= self.config.audit_every or now >= self._enc_next
+            else:
+                slot = None
+        if slot is None:
+            _check_class(cls)
+            try:
+                check(self._authz, principal, ENCRYPT, ("Class", cls), _context(topic, event_type))
+            except AccessDenied:
+                self._audit.record("key.encrypt", principal=principal, resource=f"class:{cls}", outcome=DENIED,
+                                   reason="not_authorized", topic=topic or "", event_type=event_type or "")
+                raise
+            with self._enc_lock:
+                slot = self._releases.setdefault(key, [0.0, 0])
+                slot[0] = now + self.config.decision_ttl
+                slot[1] += 1
+                self._enc_total += 1
+                due = self._enc_total >= self.config.audit_every or now >= self._enc_next or len(
+                    self._releases) >= 10_000
         if due:
             self.flush_audit()
 
@@ -493,11 +510,17 @@ class KeyService:
         """Write the Encrypt key releases counted since the last flush: one audit record per
         (principal, class, topic, type) with its count, never one per call."""
         with self._enc_lock:
-            counts, self._enc_counts, self._enc_total = self._enc_counts, {}, 0
+            counts = [(k, int(v[1])) for k, v in self._releases.items() if v[1]]
+            if len(self._releases) >= 10_000:
+                self._releases.clear()
+            else:
+                for v in self._releases.values():
+                    v[1] = 0
+            self._enc_total = 0
             self._enc_next = time.monotonic() + self.config.audit_every_s
-        for (principal, cls, topic, event_type), n in sorted(counts.items()):
+        for (principal, cls, topic, event_type), n in sorted(counts, key=lambda kv: tuple(map(str, kv[0]))):
             self._audit.record("key.encrypt", principal=principal, resource=f"class:{cls}", outcome=OK,
-                               count=n, topic=topic, event_type=event_type)
+                               count=n, topic=topic or "", event_type=event_type or "")
 
     def decryption_key(
         self,
