@@ -18,7 +18,7 @@ two records, the reconciled one marked as such.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from eventward.audit.base import ERROR, OK, AuditEvent, MetaValue, meta_text
@@ -61,8 +61,9 @@ def reconcile(
     verify: SealCheck | None = None,
     grace_s: float = DEFAULT_GRACE_S,
     now: float | None = None,
+    streams: Iterable[str] | None = None,
 ) -> Reconciled:
-    """Add the missing Publish records for every stream of ``transport``.
+    """Add the missing Publish records for ``streams`` (default: every stream of ``transport``).
 
     ``source`` names the log (the transport kind), so watermarks of one log never apply to
     another. ``verify`` checks the seal against the trust registry; without it the record says
@@ -70,7 +71,7 @@ def reconcile(
     """
     now = time.time() if now is None else now
     checked = added = held = 0
-    for stream in transport.streams():
+    for stream in transport.streams() if streams is None else streams:
         if stream.endswith(_DLQ_SUFFIX):
             continue
         start = audit.watermark(source, stream)
