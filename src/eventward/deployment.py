@@ -246,17 +246,22 @@ class Deployment:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def reconcile_audit(self, *, grace_s: float = DEFAULT_GRACE_S) -> Reconciled:
+    def reconcile_audit(
+        self, *, grace_s: float = DEFAULT_GRACE_S, streams: Collection[str] | None = None
+    ) -> Reconciled:
         """Add the Publish records a killed producer never wrote (see ``audit.reconcile``).
 
         Runs on every open of an embedded home. On NATS or Kafka run it as a principal that may
-        read the topics. ``grace_s=0`` only when no producer is running.
+        read the topics (``streams``: those topics; default every one the transport lists).
+        ``grace_s=0`` only when no producer is running.
         """
 
         def check(blob: bytes, stream: str, batch: str) -> Any:
             return self.verifier.verify_seal(blob, stream, batch, fresh=True)
 
-        return reconcile(self.audit, self.transport, source=self.config.transport, verify=check, grace_s=grace_s)
+        return reconcile(
+            self.audit, self.transport, source=self.config.transport, verify=check, grace_s=grace_s, streams=streams
+        )
 
     # --- data plane ------------------------------------------------------------------------
     def producer(self, principal: str, topic: str, **kw: Any) -> Producer:

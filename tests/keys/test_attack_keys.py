@@ -240,3 +240,39 @@ def test_field_encryptor_charges_every_field_and_array_item(open_svc):
     enc.encrypt("e3", event, spec, principal="writer", topic="orders")  # would be 18: a new DEK
     assert svc._current.get((svc.subject_hash("alice"), "pii")) != kid
     assert first["email"].split(".")[2] == kid  # tokens name the key that sealed them
+
+
+ROUND1_SCHEMA = """
+CREATE TABLE deks (kid TEXT PRIMARY KEY, subject_hash TEXT NOT NULL, class TEXT NOT NULL,
+    version INTEGER NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB NOT NULL, created REAL NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0, UNIQUE (subject_hash, class, version));
+CREATE TABLE tombstones (kid TEXT PRIMARY KEY, class TEXT NOT NULL, destroyed_at REAL NOT NULL);
+CREATE TABLE holds (subject_hash TEXT PRIMARY KEY, reason TEXT NOT NULL, since REAL NOT NULL);
+CREATE TABLE erasures (subject_hash TEXT NOT NULL, time REAL NOT NULL, classes TEXT NOT NULL,
+    destroyed INTEGER NOT NULL, PRIMARY KEY (subject_hash, time));
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta (key, value) VALUES ('epoch', 0), ('schema', 1);
+"""
+
+
+def test_round1_key_store_is_migrated_and_its_keys_still_decrypt(open_svc, home):
+    """A schema-1 store with format-1 wrapped DEKs: opened, read, never used for new data."""
+    from eventward.keys.dek import dek_aad, new_kid
+
+    svc = open_svc()
+    h = svc.subject_hash("alice")
+    kid, dek = new_kid(), os.urandom(32)
+    kek, wrapped = svc.kms.wrap("pii", dek, dek_aad(kid, "pii", h))  # the round-1 AAD
+    svc.close()
+    for suffix in ("", "-wal", "-shm"):
+        home.keys_db.with_name(home.keys_db.name + suffix).unlink(missing_ok=True)
+    db = sqlite3.connect(home.keys_db)
+    db.executescript(ROUND1_SCHEMA)
+    db.execute("INSERT INTO deks VALUES (?, ?, 'pii', 1, ?, ?, 1.0, 7)", (kid, h, kek, wrapped))
+    db.commit()
+    db.close()
+    svc = open_svc()
+    assert svc.decryption_key(kid, "pii", principal="admin") == dek
+    assert svc.store.get_dek(kid).fmt == 1
+    new_kid_, _ = svc.encryption_key("alice", "pii", principal="writer")
+    assert new_kid_ != kid and svc.store.get_dek(new_kid_).version == 2
