@@ -25,6 +25,13 @@ def test_attack_consistency_proof_from_empty_tree() -> None:
     merkle.verify_consistency(0, 5, merkle.empty_root(), ROOT5, [])  # the real empty tree extends to anything
 
 
+def test_attack_consistency_between_two_empty_trees_with_a_forged_root() -> None:
+    forged = hashlib.sha256(b"not the empty tree").digest()
+    with pytest.raises(AuditIntegrityError, match="empty tree"):
+        merkle.verify_consistency(0, 0, forged, forged, [])
+    merkle.verify_consistency(0, 0, merkle.empty_root(), merkle.empty_root(), [])
+
+
 def test_consistency_from_empty_tree_with_hashes_refused() -> None:
     with pytest.raises(AuditIntegrityError):
         merkle.verify_consistency(0, 5, merkle.empty_root(), ROOT5, [LEAVES[0]])

@@ -150,6 +150,11 @@ def verify_consistency(
         raise AuditIntegrityError("consistency proof: roots must be 32-byte hashes")
     if not all(_is_hash(p) for p in proof):
         raise AuditIntegrityError("consistency proof: malformed hash")
+    if old_size == 0:
+        if proof:
+            raise AuditIntegrityError("consistency proof: expected no hashes from the empty tree")
+        if old_root != empty_root():
+            raise AuditIntegrityError("consistency: the old root is not the empty tree's root")
     if old_size == new_size:
         if proof:
             raise AuditIntegrityError("consistency proof: expected no hashes for equal sizes")
@@ -157,10 +162,6 @@ def verify_consistency(
             raise AuditIntegrityError("consistency: same size, different root (fork)")
         return
     if old_size == 0:
-        if proof:
-            raise AuditIntegrityError("consistency proof: expected no hashes from the empty tree")
-        if old_root != empty_root():
-            raise AuditIntegrityError("consistency: the old root is not the empty tree's root")
         return
     if not proof:  # step 1
         raise AuditIntegrityError("consistency proof: empty")
