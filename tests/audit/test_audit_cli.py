@@ -19,6 +19,7 @@ from eventward.audit.tree import InclusionProof
 from eventward.audit.verify import verify_inclusion_proof
 from eventward.cli import audit as audit_cli
 from eventward.cli import common
+from eventward.crypto import seal as sealing
 from eventward.deployment import Deployment
 from eventward.errors import AccessDenied, AuditIntegrityError, NotFoundError
 from eventward.home import Home
@@ -37,6 +38,7 @@ roles:
     - {allow: manage_policy}
     - {allow: [forget, hold]}
     - {allow: read_audit}
+    - {allow: rotate_keys, producer: "*"}
   auditor: [{allow: read_audit}]
   policy: [{allow: manage_policy}]
 """
@@ -96,6 +98,30 @@ def test_read_commands_and_documents(cli, home, filled, tmp_path):
     doc = orjson.loads(r.stdout)
     verify_inclusion_proof(InclusionProof.from_dict(doc["proof"]), cp, record=doc["record"].encode())
     assert base64.b64decode(doc["root"]) == cp.root
+
+
+def test_reconcile_adds_the_records_a_killed_producer_never_wrote(cli, home):
+    """A sealed batch stored without its Publish record (the producer died before its audit
+    flush) gets one from ``audit reconcile``; ``read_audit`` is needed, a second run adds none."""
+    with Deployment.open(home) as dep:
+        signer = dep.trust.ensure("orders-svc", by="admin")
+        dep.transport.create_stream("orders")
+        events = [b'{"n":1}', b'{"n":2}']
+        blob = sealing.seal(signer, instance="i", stream="orders", batch="b-1", first_seq=0, events=events)
+        dep.transport.append("orders", "b-1", events, blob)
+    r = cli("reconcile", "--topic", "orders", "--as", "ops")
+    assert isinstance(r.exception, AccessDenied)
+    r = cli("reconcile", "--topic", "orders", "--json")
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.stdout) == {"batches_checked": 1, "records_added": 0, "held_back": 1}  # may be live
+    r = cli("reconcile", "--topic", "orders", "--grace", "0", "--json", "--as", "auditor")
+    assert orjson.loads(r.stdout) == {"batches_checked": 1, "records_added": 1, "held_back": 0}
+    with AuditLog.open(home) as log:
+        (rec,) = [x for x in log.tail(50) if x.action == "Publish"]
+    assert rec.principal == "orders-svc" and rec.meta["batch"] == "b-1" and rec.meta["reconciled"] is True
+    assert rec.meta["count"] == 2 and rec.meta["seal"] == "verified" and rec.outcome == "ok"
+    r = cli("reconcile", "--grace", "0", "--json")
+    assert orjson.loads(r.stdout)["records_added"] == 0
 
 
 def test_every_read_of_the_home_log_needs_read_audit(cli, home, filled, tmp_path):

@@ -162,6 +162,37 @@ def checkpoint(out: Path = _OUT, principal: str = _AS, as_json: bool = _JSON) ->
     _emit(cp.text, out)
 
 
+@audit_app.command(
+    "reconcile",
+    epilog=common.examples(
+        "eventward audit reconcile --topic orders --as auditor", "eventward audit reconcile --grace 0"
+    ),
+)
+def reconcile_cmd(
+    topics: list[str] = typer.Option(None, "--topic", help="Only these topics (default: every topic of the log)."),
+    grace: float = typer.Option(
+        60.0, "--grace", min=0.0, help="Leave batches sealed less than this many seconds ago (0: no producer runs)."
+    ),
+    principal: str = _AS,
+    as_json: bool = _JSON,
+) -> None:
+    """Add the Publish records of stored batches whose producer died before writing them.
+
+    An embedded home does this on every open; on NATS or Kafka run it as a principal whose broker
+    credentials may read the topics. Records come from the seals only and say ``reconciled``.
+    """
+    with _reading(principal) as (dep, _):
+        r = dep.reconcile_audit(grace_s=grace, streams=topics or None)
+    doc = {"batches_checked": r.batches_checked, "records_added": r.records_added, "held_back": r.held_back}
+    if as_json:
+        common.emit_json(doc)
+        return
+    common.err_console.print(
+        f"{r.records_added} record(s) added for {r.batches_checked} batch(es) checked"
+        + (f"; {r.held_back} topic(s) wait for batches younger than {grace:g} s" if r.held_back else "")
+    )
+
+
 @audit_app.command("public-key")
 def public_key() -> None:
     """Print the audit verifier key, for anyone who checks checkpoints and certificates (no grant needed)."""
