@@ -212,3 +212,34 @@ def test_attack_nan_at_gateway(gw: Gateway, literal: str) -> None:
     status, doc = answered(gw, path, good.encode(), BATCH)
     assert status in (200, 201, 202) and doc["accepted"] == 1, doc
     assert gw.dep.transport.end_offset(topic) == 1  # only the good event is stored
+
+
+# --- query strings -------------------------------------------------------------------------------
+
+QUERY_VALUES = st.text(max_size=12) | st.sampled_from(["0", "-1", "5.0", "1e308", "1e999", "nan", "9" * 40, "0x10"])
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["/v1/topics/{topic}/events", "/v1/audit/proof"]),
+    st.lists(st.tuples(st.sampled_from(["group", "max", "wait", "index", "tree_size", "x"]), QUERY_VALUES), max_size=4),
+)
+def test_property_gateway_query_strings(gw: Gateway, path: str, query: list[tuple[str, str]]) -> None:
+    async def go() -> tuple[int, bytes, str]:
+        async with gw.client.get(path.format(topic=gw.topic), params=query) as r:
+            return r.status, await r.read(), r.content_type
+
+    status, raw, rtype = gw.loop.run_until_complete(go())
+    assert status < 500, (status, raw[:200])
+    if status >= 400:
+        assert rtype == PROBLEM and orjson.loads(raw)["status"] == status
+
+
+def test_property_gateway_query_integer_beyond_int_digit_limit(gw: Gateway) -> None:
+    """4,400 digits: past Python's int-parsing limit, and infinite as a float: a typed 400."""
+    async def go() -> tuple[int, Any]:
+        async with gw.client.get("/v1/audit/proof", params={"index": "9" * 4400}) as r:
+            return r.status, await r.json(content_type=None)
+
+    status, doc = gw.loop.run_until_complete(go())
+    assert status == 400 and doc["status"] == 400
