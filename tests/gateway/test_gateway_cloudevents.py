@@ -162,6 +162,12 @@ def test_attack_ce_headers_on_a_structured_request_are_refused(dep_world) -> Non
     assert dep_world.end(t) == 0
 
 
+def test_an_empty_batch_is_refused_by_design(dep_world) -> None:
+    t = topic()
+    r = post(dep_world, t, b"[]", {"Content-Type": "application/cloudevents-batch+json"})
+    assert r.status == 400 and r.json["rule"] == "minItems", r.json
+
+
 def test_attack_binary_mode_non_json_data_is_415_and_datacontenttype_header_refused(dep_world) -> None:
     t = topic()
     r = post(dep_world, t, b"\x00\x01binary", binary_headers(**{"Content-Type": "application/octet-stream"}))

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from eventward.gateway.openapi import OPERATIONS, SCHEMAS, document
 
 from .conftest import AUDIENCE, ISSUER, Running, gateway_config, start_gateway
-from .gw_support import Pki, call, claims
+from .gw_support import Pki, call, claims, event
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
@@ -36,6 +36,26 @@ def test_served_document_and_routes(mtls_gateway: Running, test_pki: Pki) -> Non
     assert len({op.op_id for op in OPERATIONS}) == len(OPERATIONS)
 
 
+def test_served_document_and_server_share_the_configured_batch_limit(
+    test_pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """maxItems in /openapi.json is the server's limits.max_batch_events: N events pass, N+1 get 413."""
+    limits = {"max_batch_events": 7, "burst_events": 100}
+    run = start_gateway(gateway_config(test_pki, limits=limits), tmp_path_factory.mktemp("limit"))
+    try:
+        ctx = test_pki.client_ctx("orders")
+        served = call(run.port, ctx, "GET", "/openapi.json").json
+        assert served["components"]["schemas"]["PublishRequest"]["maxItems"] == 7 == served["components"][
+            "schemas"
+        ]["PublishResponse"]["properties"]["accepted"]["maximum"]
+        batch = [event(i) for i in range(7)]
+        assert call(run.port, ctx, "POST", "/v1/topics/orders/events", batch).status == 200
+        over = call(run.port, ctx, "POST", "/v1/topics/orders/events", [*batch, event(7)])
+        assert over.status == 413 and over.json["limit"] == 7
+    finally:
+        run.gw.stop()
+
+
 def _walk(node: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if isinstance(node, dict):
         if "type" in node:
@@ -48,7 +68,8 @@ def _walk(node: Any, where: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def test_schemas_are_closed_and_bounded() -> None:
-    loose = {"SchemaDocument", "CloudEvent", "DeliveredEvent"}  # user schemas / CloudEvents extensions: bounded otherwise
+    # user schemas / CloudEvents extensions: bounded otherwise
+    loose = {"SchemaDocument", "CloudEvent", "DeliveredEvent"}
     for name, schema in SCHEMAS.items():
         for where, node in _walk(schema, name):
             types = node["type"] if isinstance(node["type"], list) else [node["type"]]

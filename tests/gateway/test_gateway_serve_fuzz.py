@@ -102,7 +102,7 @@ def test_fuzz_eventward_serve(case: schemathesis.Case, served: dict[str, Any]) -
 
 
 def test_served_document_states_the_servers_batch_limit(served: dict[str, Any]) -> None:
-    """The document maxItems and the server's limit are one number: N events pass, N+1 get 413."""
+    """The live server's document states its batch limit, and one event more gets 413."""
     kw = {k: served[k] for k in ("verify", "cert", "headers")}
     doc = requests.get(served["base_url"] + "/openapi.json", timeout=10, **kw).json()
     limit = doc["components"]["schemas"]["PublishRequest"]["maxItems"]
