@@ -34,6 +34,7 @@ from eventward.keys.kms.base import KMS
 from eventward.keys.kms.local import MODE_PASSPHRASE, LocalKMS
 from eventward.keys.service import ErasureReceipt, KeyService
 from eventward.log.base import Transport
+from eventward.policy.base import SUBSCRIBE, check
 from eventward.policy.engine import PolicyEngine
 from eventward.policy.store import PolicyStore
 from eventward.schema.registry import Registry
@@ -281,14 +282,16 @@ class Deployment:
         )
 
     def dead_letters(self, principal: str, topic: str) -> DeadLetters:
-        """Dead letters of ``topic``, written under ``principal``'s dead-letter key (or its seal key)."""
+        """Dead letters of ``topic``. Reading needs no key; the first entry ``principal`` writes
+        uses its dead-letter key (or its seal key), made on first use if it has none (see
+        TrustRegistry.first_dead_letter_key: only authorized operations write dead letters)."""
         return DeadLetters(
             topic,
             transport=self.transport,
             verifier=self.verifier,
             authorizer=self.policy,
             audit=self.audit,
-            signer=self.trust.dead_letter_signer(principal),
+            signer=lambda: self.trust.first_dead_letter_key(principal),
         )
 
     def consumer(
@@ -305,8 +308,12 @@ class Deployment:
     ) -> Consumer:
         """A consumer whose replay state persists per group in the home.
 
-        The consumer needs a signing key of its own: dead letters it writes are sealed by it.
+        Subscribe is decided first, before streams, keys or replay state are looked at: a
+        principal the policy does not let in learns nothing else. No key step is needed: the
+        dead-letter key is made when the consumer writes its first dead letter.
         """
+        for ctx in [{}] if types is None else [{"event_type": t} for t in sorted(types)]:
+            check(self.policy, principal, SUBSCRIBE, ("Topic", topic), ctx)  # denials are audited
         cfg = self.config.consumer
         if guard is None:
             guard = ReplayGuard.open(

@@ -227,5 +227,7 @@ def test_errors_are_one_line_and_exit_2(home):
         text=True,
         timeout=60,
     )
-    assert p.returncode == 4 and p.stderr.strip().count("\n") == 0 and "not_found" in p.stderr
+    # billing may not subscribe to "nope": authorization is decided first, so it is told that
+    # (exit 3), not whether the stream exists
+    assert p.returncode == 3 and p.stderr.strip().count("\n") == 0 and "forbidden" in p.stderr
     assert "Traceback" not in p.stderr

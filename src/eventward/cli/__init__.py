@@ -45,7 +45,7 @@ def _root(
         "--home",
         envvar="EVENTWARD_HOME",
         metavar="DIR",
-        help="Deployment directory (or env EVENTWARD_HOME) [default: ./.eventward].",
+        help="Deployment directory; default ./.eventward in the current directory.",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."

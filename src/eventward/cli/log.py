@@ -8,9 +8,10 @@ required for data-plane commands and defaults to ``admin`` for ``trust``. It is 
 not authenticated: the CLI runs with the home's key material, so it is an operator tool;
 authenticated access for services is the gateway (mTLS/JWT).
 
-Producers seal batches with their seal key and consumers seal dead letters with their
-dead-letter key (or, without one, their seal key), registered by an administrator with
-``eventward trust register P [--purpose dead_letter]``. Events go out as JSON lines on
+Producers seal batches with their seal key, registered by an administrator with ``eventward
+trust register P``. Consumers seal dead letters with their dead-letter key (or, without one,
+their seal key); it is made on first use, after the policy let them consume, so consuming
+needs no key step. Subscribe is decided before anything else. Events go out as JSON lines on
 stdout; status, tables and summaries go to stderr, so output can be piped.
 """
 
@@ -57,7 +58,8 @@ _JSON = common.json_option()
 
 
 def _consumer(dep: Deployment, principal: str, topic: str, group: str | None, **kw: Any) -> Consumer:
-    require_signing_key(dep, principal, dead_letters=True)
+    """Subscribe is decided first (Deployment.consumer); no key step: a dead-letter key is made
+    when the first dead letter is written."""
     return dep.consumer(principal, topic, group=group, **kw)
 
 
@@ -235,10 +237,10 @@ def consume(
 ) -> None:
     """Print verified events as JSON lines, decrypted as far as the policy lets the principal Decrypt."""
     with deployment(principal) as dep:
-        _require_stream(dep, topic)
         consumer = _consumer(
             dep, principal, topic, group, from_beginning=from_beginning, uncleared=_uncleared(tokens)
         )
+        _require_stream(dep, topic)  # after authorization: a stranger learns nothing about streams
         stats = _until_reader_gone(lambda: consumer.run(_emit, max_events=max_events, idle_timeout=idle))
     _summary("consumed", stats)
 
@@ -252,8 +254,8 @@ def replay(
 ) -> None:
     """Re-read a range (needs replay on the topic; audited; stale events allowed; offsets untouched)."""
     with deployment(principal) as dep:
-        _require_stream(dep, topic)
         consumer = _consumer(dep, principal, topic, f"replay.{principal}", uncleared=_uncleared(tokens))
+        _require_stream(dep, topic)
         stats = _until_reader_gone(
             lambda: consumer.replay(_emit, from_offset=from_offset, to_offset=to_offset)
         )
@@ -276,8 +278,7 @@ def dlq_list(
     as_json: bool = _JSON,
 ) -> None:
     """Unresolved dead letters of a topic (metadata only)."""
-    with deployment(principal) as dep:
-        require_signing_key(dep, principal, dead_letters=True)
+    with deployment(principal) as dep:  # reading needs Subscribe (checked by list), no key
         entries = dep.dead_letters(principal, topic).list(principal=principal, include_resolved=all_)
     if as_json:
         common.emit_json({"topic": topic, "entries": [dict(e.summary()) for e in entries]})
@@ -306,7 +307,6 @@ def dlq_show(
 ) -> None:
     """One entry as JSON: its metadata and the original event's attributes (data stays encrypted)."""
     with deployment(principal) as dep:
-        require_signing_key(dep, principal, dead_letters=True)
         e = dep.dead_letters(principal, topic).get(dlq_offset, principal=principal)
     doc: dict[str, Any] = dict(e.summary())
     try:
@@ -340,11 +340,21 @@ def dlq_redrive(
 
 @trust_app.command("list")
 def trust_list(
-    producer: str | None = typer.Option(None, "--principal", help="Only this producer."), by: str = _ADMIN_AS
+    producer: str | None = typer.Option(None, "--principal", metavar="PRINCIPAL", help="Only this principal."),
+    by: str = _ADMIN_AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Signing keys, their purpose and status (active, retired, revoked): public metadata, no grant needed."""
     with deployment(by) as dep:
         keys = dep.trust.list(producer)
+    if as_json:
+        common.emit_json({"keys": [
+            {"kid": k.kid, "principal": k.principal, "purpose": k.purpose, "status": k.status,
+             "created": _when(k.created).replace(" ", "T"), "changed": _when(k.changed).replace(" ", "T"),
+             "by": k.changed_by}
+            for k in keys
+        ]})
+        return
     t = Table(title="trust registry")
     for col in ("kid", "principal", "purpose", "status", "created", "changed", "by"):
         t.add_column(col, overflow="fold")

@@ -81,9 +81,11 @@ class DeadLetters:
         verifier: SealVerifier,
         authorizer: Authorizer,
         audit: AuditSink | None = None,
-        signer: Signer | None = None,
+        signer: Signer | Callable[[], Signer] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``signer`` may be a function: it is called once, when the first entry is written
+        (Deployment makes a consumer's dead-letter key on first use that way)."""
         self.topic = topic
         self.stream = dlq_stream(topic)
         self._transport = transport
@@ -218,6 +220,8 @@ class DeadLetters:
             raise
 
     def _writer(self) -> Signer:
+        if self._signer is not None and not isinstance(self._signer, Signer):
+            self._signer = self._signer()
         if self._signer is None:
             raise ConfigError(
                 f"dead-lettering on {self.topic} needs the consumer's signing key (trust register)"

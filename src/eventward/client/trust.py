@@ -198,6 +198,51 @@ class TrustRegistry:
             f"(eventward trust register {principal} --purpose {DEAD_LETTER})"
         )
 
+    def first_dead_letter_key(self, principal: str) -> Signer:
+        """The key ``principal`` seals its dead letters with, made on first use if it has none.
+
+        Not gated by RotateKeys: callers only write dead letters inside an operation the policy
+        already allowed (Subscribe, replay, redrive), and a ``dead_letter`` key seals nothing but
+        ``<topic>.dlq`` entries, so making it grants no more than consuming does. Audited as
+        ``trust.register`` by the principal itself. Race-safe: in one write transaction, a key
+        another process made meanwhile wins and this one is discarded."""
+        try:
+            return self.dead_letter_signer(principal)
+        except NotFoundError:
+            pass
+        key = Ed25519PrivateKey.generate()
+        pub = key.public_key()
+        kid = kid_of(pub)
+        write_secret(  # on disk before the registry names it, as in _new_key
+            self._key_file(principal, kid), key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        )
+        now = time.time()
+        with self._lock, write_txn(self._db, "first dead-letter key") as db:
+            raced = db.execute(
+                "SELECT 1 FROM keys WHERE principal = ? AND status = ? AND purpose IN (?, ?)",
+                (principal, ACTIVE, DEAD_LETTER, SEAL),
+            ).fetchone()
+            if raced is None:
+                db.execute(
+                    "INSERT INTO keys(kid, principal, public, status, created, changed, changed_by, purpose) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (kid, principal, pub.public_bytes(Encoding.Raw, PublicFormat.Raw), ACTIVE, now, now,
+                     principal, DEAD_LETTER),
+                )
+        if raced is not None:
+            self._key_file(principal, kid).unlink(missing_ok=True)
+            return self.dead_letter_signer(principal)
+        self._audit.record(
+            "trust.register",
+            principal=principal,
+            resource=f"Producer::{principal}",
+            outcome=OK,
+            reason="first_use",
+            kid=kid,
+            purpose=DEAD_LETTER,
+        )
+        return Signer(principal, key)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
