@@ -93,7 +93,9 @@ def deployed(ew) -> Iterator[Any]:
     for step in steps:
         r = ew(*step)
         assert r.rc == 0, (step, r.err)
-    events = "".join(json.dumps({**ORDER, "data": {**ORDER["data"], "order_id": f"ord-100{i}"}}) + "\n" for i in range(3))
+    events = "".join(
+        json.dumps({**ORDER, "data": {**ORDER["data"], "order_id": f"ord-100{i}"}}) + "\n" for i in range(3)
+    )
     r = ew("produce", "orders", "--as", "orders-svc", "-", stdin=events)
     assert r.rc == 0, r.err
     r = ew("consume", "orders", "--as", "shipping-svc", "--from-beginning")
@@ -176,7 +178,9 @@ def test_exit_codes_per_class_of_error(deployed, tmp_path: Path) -> None:
     # unavailable: a NATS home whose servers do not answer
     nats_home = tmp_path / "nats-home"
     nats_home.mkdir()
-    (nats_home / "eventward.yaml").write_text("transport: nats\nnats:\n  servers: [nats://127.0.0.1:9]\n  timeout_s: 0.2\n")
+    (nats_home / "eventward.yaml").write_text(
+        "transport: nats\nnats:\n  servers: [nats://127.0.0.1:9]\n  timeout_s: 0.2\n"
+    )
     r = ew("nats", "streams", home_dir=nats_home)
     assert r.rc == common.EXIT_UNAVAILABLE, r.err
     # a check that finds a problem: an incompatible schema change
