@@ -156,6 +156,8 @@ BY_DESIGN: dict[str, Any] = {
     "extension-name-over-20-chars": ev(**{"a" * 21: "x"}),
     "attribute-over-4096-chars": ev(subject="s" * 4097),
     "non-json-contenttype-with-object-data": ev(datacontenttype="text/plain", data={"a": 1}),
+    "time-leap-second": ev(time="2016-12-31T23:59:60Z"),
+    "time-lowercase-t-and-z": ev(time="2018-04-05t17:31:00z"),
 }
 
 
