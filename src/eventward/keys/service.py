@@ -379,7 +379,11 @@ class KeyService:
     def subject_hash(self, subject: str) -> str:
         if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_CHARS:
             raise InputError(f"a data-subject id must be a string of 1..{MAX_SUBJECT_CHARS} characters")
-        return self.kms.mac(MAC_SUBJECT, subject.encode()).hex()[:SUBJECT_HASH_CHARS]
+        try:
+            raw = subject.encode()
+        except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes from argv or stdin
+            raise InputError("a data-subject id must be valid Unicode text") from None
+        return self.kms.mac(MAC_SUBJECT, raw).hex()[:SUBJECT_HASH_CHARS]
 
     def encryption_key(
         self,
