@@ -276,3 +276,20 @@ def test_round1_key_store_is_migrated_and_its_keys_still_decrypt(open_svc, home)
     assert svc.store.get_dek(kid).fmt == 1
     new_kid_, _ = svc.encryption_key("alice", "pii", principal="writer")
     assert new_kid_ != kid and svc.store.get_dek(new_kid_).version == 2
+
+
+def test_attack_missing_keyring_is_not_remade_next_to_the_store(demo_dep):
+    """A lost keyring must be restored: a new one next to the old store would make every key unreadable."""
+    from eventward.errors import ConflictError
+
+    home = demo_dep.home
+    demo_dep.close()
+    os.replace(home.keyring, home.root / "keyring.away")
+    with pytest.raises(KMSUnavailable, match="does not exist"):
+        Deployment.open(home)
+    with pytest.raises(ConflictError, match="already exists"):
+        Deployment.init(home, admin=demo.ADMIN)
+    assert not home.keyring.exists()
+    os.replace(home.root / "keyring.away", home.keyring)
+    with Deployment.open(home) as dep:
+        assert demo._collect(dep, demo.SHIPPING, "shipping").stats.delivered == 6

@@ -24,6 +24,7 @@ from eventward.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit, meta_l
 from eventward.errors import (
     AccessDenied,
     ConfigError,
+    ConflictError,
     InputError,
     KeyDestroyed,
     KeyIntegrityError,
@@ -283,7 +284,17 @@ class KeyService:
         kms: KMS | None = None,
     ) -> KeyService:
         """Create the master key (or use the passphrase), the keyring and the key store. A given
-        ``kms`` (e.g. a Pkcs11KMS.create) is used instead of a keyring; the service closes it."""
+        ``kms`` (e.g. a Pkcs11KMS.create) is used instead of a keyring; the service closes it.
+
+        Refused (ConflictError) where a key store already exists: new KEKs could not unwrap its
+        keys, so a missing keyring or token must be restored, never re-made next to the store."""
+        if home.keys_db.exists():
+            if kms is not None:
+                kms.close()
+            raise ConflictError(
+                f"key store {home.keys_db} already exists: 'init' makes the keys of a new home only; "
+                "restore the keyring (or token) that belongs to this store"
+            )
         if kms is None:
             home.ensure()
             kms = LocalKMS.create(
