@@ -4,6 +4,7 @@ metavars; piped tables are never wrapped; --version works."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -155,6 +156,39 @@ def test_forget_reports_as_json(deployed) -> None:
     doc = deployed("forget", "c1", "--reason", "gdpr-art17", "--as", "admin", "--json").json()
     assert doc["reason_code"] == "gdpr-art17" and doc["keys_destroyed"] >= 1
     assert "c1" not in json.dumps(doc)  # the subject is only ever its hash
+
+
+def test_init_propose_validate_rotate_and_certificates_report_as_json(ew, tmp_path: Path) -> None:
+    r = ew("init", "--admin", "admin", "--json")
+    doc = r.json()
+    assert doc["policy_version"] == 1 and doc["admins"] == ["admin"] and doc["audit_public_key"]
+    master = Path(doc["master_key"]).read_bytes()  # a path to the key, never the key itself
+    assert master.hex() not in r.out and base64.b64encode(master).decode() not in r.out
+    assert ew("policy", "apply", str(_example(tmp_path, "policy.yaml")), "--as", "admin").rc == 0
+    schema = _example(tmp_path, "order_placed.schema.json")
+    proposed = ew("schema", "propose", "OrderPlaced", str(schema), "--as", "alice", "--json").json()
+    assert proposed["version"] == 1 and proposed["report"]["compatible"] is True
+    assert ew("schema", "approve", "OrderPlaced", "1", "--as", "bob").rc == 0
+    lines = tmp_path / "events.jsonl"
+    lines.write_text(json.dumps(ORDER["data"]) + "\n" + json.dumps({**ORDER["data"], "total": "ten"}) + "\n")
+    r = ew("validate", "OrderPlaced", str(lines), "--as", "alice", "--json")
+    assert r.rc == common.EXIT_PROBLEM
+    report = json.loads(r.out)
+    assert (report["valid"], report["invalid"]) == (1, 1) and report["problems"][0]["line"] == 2
+    assert "ten" not in r.out  # paths and rules, never values
+    rotated = ew("keys", "rotate", "--class", "pii", "--as", "admin", "--json").json()
+    assert rotated["class"] == "pii" and rotated["new_kek"] != rotated["destroyed"]
+    assert ew("forget", "c1", "--reason", "gdpr-art17", "--as", "admin").rc == 0
+    cert = tmp_path / "cert.json"
+    assert ew("audit", "certificate", "c1", "--out", str(cert)).rc == 0
+    checked = ew("audit", "verify-certificate", str(cert), "--json").json()
+    assert checked["ok"] is True and checked["log_size"] >= checked["checkpoint_size"]
+
+
+def _example(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.write_text(EXAMPLES.joinpath(name).read_text())
+    return path
 
 
 def test_exit_codes_per_class_of_error(deployed, tmp_path: Path) -> None:

@@ -297,6 +297,7 @@ def verify_certificate_cmd(
     key: str = _KEY,
     offline: bool = typer.Option(False, "--offline", help="Do not consult the home's audit log (no grant)."),
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Check a certificate's signature, inclusion proof and checkpoint (and consistency with the log)."""
     text = _read_file(file, "certificate")
@@ -311,6 +312,16 @@ def verify_certificate_cmd(
         with _reading(principal) as (dep, log):
             verifier = _verifier(key, dep.home) or log.verifier
             check = verify_certificate(text, verifier, log=log, checkpoint=later)
+    if as_json:  # a failed check is a typed error (exit 8), never a JSON document
+        common.emit_json({
+            "ok": True,
+            "subject_hash": check.subject_hash,
+            "index": check.index,
+            "checkpoint_size": check.checkpoint_size,
+            "later_checkpoint_size": check.later_checkpoint_size,
+            "log_size": check.log_size,
+        })
+        return
     lines = [
         f"[green]OK[/]: erasure certificate for subject hash {check.subject_hash}",
         f"  record {check.index} included in the signed checkpoint of size {check.checkpoint_size}",

@@ -77,6 +77,7 @@ def init(
     policy: Path = typer.Option(
         None, "--policy", help="First policy YAML instead of the bootstrap (*.cedar files next to it too)."
     ),
+    as_json: bool = _JSON,
 ) -> None:
     """Create a deployment home: keyring, key store, audit log and key, first policy. Prints no secrets."""
     home = common.home()
@@ -119,6 +120,23 @@ def init(
         ("policy", f"version {applied.version} active; working copy {working}"),
         ("admin", ", ".join(admins)),
     ]
+    if as_json:
+        common.emit_json({
+            "home": str(home.root),
+            "config": str(home.config),
+            "transport": transport,
+            "kms": backend,
+            "master_key": str(home.master_key) if backend == "local" and passphrase is None else None,
+            "keyring": str(home.keyring) if backend == "local" else None,
+            "key_store": str(home.keys_db),
+            "audit_log": str(home.audit_db),
+            "audit_key": str(home.audit_key),
+            "policy_version": applied.version,
+            "policy_working_copy": str(working),
+            "admins": admins,
+            "audit_public_key": vkey,
+        })
+        return
     out = common.console
     out.print(f"[bold green]initialized[/] {escape(str(home.root))}", highlight=False)
     for name, text in rows:
@@ -207,8 +225,9 @@ def release(
 
 @keys_app.command("rotate")
 def rotate(
-    cls: str = typer.Option(..., "--class", help="Sensitivity class whose KEK to rotate."),
+    cls: str = typer.Option(..., "--class", metavar="CLASS", help="Sensitivity class whose KEK to rotate."),
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """New KEK version, every DEK of the class re-wrapped, the old version destroyed (audited)."""
     with deployment(principal) as dep, Progress(
@@ -221,6 +240,11 @@ def rotate(
             bar.update(task, completed=done, total=total)
 
         report = dep.keys.rotate_kek(cls, principal=principal, progress=progress)
+    if as_json:
+        common.emit_json({"class": cls, "new_kek": report.new_kek_id, "rewrapped": report.rewrapped,
+                          "failed": report.failed, "destroyed": list(report.destroyed_kek_ids),
+                          "seconds": round(report.seconds, 3)})
+        return
     common.console.print(
         f"{cls}: now {report.new_kek_id}; re-wrapped {report.rewrapped} key(s) in {report.seconds:.2f}s; "
         f"destroyed {', '.join(report.destroyed_kek_ids) or 'nothing'}",

@@ -158,11 +158,17 @@ def propose_cmd(
     file: Path = typer.Argument(..., help="Schema document."),
     fmt: str = _FORMAT,
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Propose a new version; it needs approval by another principal to become active."""
     document = _read(file)
     with deployment(principal) as dep:
         p = dep.registry.propose(principal, type_, document, fmt)
+    if as_json:
+        common.emit_json({"type": p.type, "version": p.version, "fingerprint": p.fingerprint,
+                          "proposer": p.proposer, "needs_security_approval": p.needs_security_approval,
+                          "report": report_json(p.report)})
+        return
     common.console.print(f"proposed [bold]{p.type}[/] v{p.version} {p.fingerprint[:23]}")
     _print_report(p.report)
     need = "approval and a --security approval" if p.needs_security_approval else "approval"
@@ -173,7 +179,11 @@ def propose_cmd(
 def approve_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     version: int = typer.Argument(...),
-    security: bool = typer.Option(False, "--security", help="Give the security approval (ApproveSecurity; never the proposer or the schema approver)."),
+    security: bool = typer.Option(
+        False,
+        "--security",
+        help="Give the security approval (ApproveSecurity; never the proposer or the schema approver).",
+    ),
     principal: str = _AS,
 ) -> None:
     """Approve a proposed version (never your own); it activates once all approvals are in."""
@@ -284,6 +294,7 @@ def validate_cmd(
     type_: str = typer.Argument(..., metavar="TYPE"),
     file: Path = typer.Argument(..., help="JSON lines: event data or CloudEvents envelopes."),
     principal: str = _AS,
+    as_json: bool = _JSON,
 ) -> None:
     """Validate each line against TYPE's active schema; exit 1 if any line is invalid."""
     with deployment(principal) as dep:
@@ -295,6 +306,7 @@ def validate_cmd(
     except OSError as e:
         raise InputError(f"cannot read {file}: {e.strerror}") from None
     bad = total = 0
+    problems: list[dict[str, Any]] = []
     progress = Progress(
         TextColumn("validating"),
         BarColumn(),
@@ -311,12 +323,21 @@ def validate_cmd(
                 continue
             total += 1
             problem = _check_line(version, type_, line)
+            if problem is not None:
+                bad += 1
+                if as_json:
+                    problems.append({"line": number, "problem": problem})
+            if as_json:
+                continue
             if problem is None:
                 common.console.print(f"line {number}: [green]OK[/]", highlight=False)
             else:
-                bad += 1
                 common.console.print(f"line {number}: [red]{escape(problem)}[/]", highlight=False)
-    common.console.print(f"{total - bad} valid, {bad} invalid (schema {type_} v{version.version})")
+    if as_json:
+        common.emit_json({"type": type_, "version": version.version, "valid": total - bad, "invalid": bad,
+                          "problems": problems})
+    else:
+        common.console.print(f"{total - bad} valid, {bad} invalid (schema {type_} v{version.version})")
     if bad:
         sys.exit(1)  # common.run drops typer.Exit codes
 
