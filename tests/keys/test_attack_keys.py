@@ -293,3 +293,11 @@ def test_attack_missing_keyring_is_not_remade_next_to_the_store(demo_dep):
     os.replace(home.root / "keyring.away", home.keyring)
     with Deployment.open(home) as dep:
         assert demo._collect(dep, demo.SHIPPING, "shipping").stats.delivered == 6
+
+
+def test_use_counts_of_many_subjects_reach_the_store_in_one_flush(open_svc):
+    """Bounded memory: past ``cache_max`` counted DEKs, every pending count is written (not dropped)."""
+    svc = open_svc(KeyServiceConfig(cache_max=3, uses_flush=1_000))
+    kids = [svc.encryption_key(f"s{i}", "pii", principal="writer", nonces=5)[0] for i in range(4)]
+    assert [svc.store.get_dek(k).uses for k in kids[:3]] == [5, 5, 5]  # flushed when the 4th came
+    assert svc.store.get_dek(kids[3]).uses == 0 and len(svc._uses) == 1

@@ -462,10 +462,13 @@ class KeyService:
             self._flush_uses_locked()
 
     def _flush_uses_locked(self) -> None:
+        """Write every pending count in one store transaction (one fsync, not one per DEK)."""
         pending = [(kid, u.pending) for kid, u in self._uses.items() if u.pending]
         self._uses.clear()
-        for kid, n in pending:
-            self._add_uses(kid, n)
+        if pending:
+            with self.store.transaction():
+                for kid, n in pending:
+                    self._add_uses(kid, n)
 
     def _uses_authentic(self, rec: DekRecord) -> bool:
         """The row's use counter carries a valid MAC (format-1 rows have none: never trusted)."""
