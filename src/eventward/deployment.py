@@ -30,6 +30,7 @@ from eventward.config import Config
 from eventward.crypto.fields import FieldEncryptor
 from eventward.errors import ConfigError, EventwardError
 from eventward.home import Home
+from eventward.keys.kms import connect_kms
 from eventward.keys.kms.base import KMS
 from eventward.keys.kms.local import MODE_PASSPHRASE, LocalKMS
 from eventward.keys.service import ErasureReceipt, KeyService
@@ -96,15 +97,8 @@ def open_transport(home: Home, config: Config, principal: str | None = None) -> 
 
 
 def open_kms(home: Home, config: Config) -> KMS | None:
-    """None selects the local keyring (the KeyService opens it); ``kms.backend: pkcs11`` a token."""
-    backend = config.kms.get("backend", "local")
-    if backend == "local":
-        return None
-    if backend == "pkcs11":
-        from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
-
-        return Pkcs11KMS.open(Pkcs11Config.from_mapping(config.kms.get("pkcs11", {}), where="kms.pkcs11"))
-    raise ConfigError("kms.backend must be 'local' or 'pkcs11'")
+    """None selects the local keyring (the KeyService opens it); otherwise the configured external KMS."""
+    return connect_kms(config.kms, create=False)
 
 
 def _passphrase(home: Home) -> str | None:
@@ -354,9 +348,5 @@ class Deployment:
 
 
 def _new_kms(home: Home, config: Config) -> KMS | None:
-    """At init a PKCS#11 token gets its KEKs generated; the local keyring is made by KeyService."""
-    if config.kms.get("backend", "local") != "pkcs11":
-        return None
-    from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
-
-    return Pkcs11KMS.create(Pkcs11Config.from_mapping(config.kms.get("pkcs11", {}), where="kms.pkcs11"))
+    """At init an external KMS gets its KEKs created; the local keyring is made by KeyService."""
+    return connect_kms(config.kms, create=True)

@@ -129,16 +129,42 @@ def issue_cert(
         raise InputError(f"certificate {cn!r} must be for a server, a client, or both")
     if server and not sans:
         raise InputError(f"server certificate {cn!r} needs at least one subject alternative name")
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Issued(_certify(ca, cn, key.public_key(), server=server, client=client, sans=sans, days=days), key)
+
+
+def certify_csr(ca: Issued, csr_pem: bytes, cn: str, *, days: int = 30) -> x509.Certificate:
+    """A client certificate for a key that never left its service: the CSR's signature proves
+    possession, and its subject must be exactly ``cn`` (the enrolled principal)."""
+    check_cn(cn)
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError:
+        raise InputError("the certificate request is not a PEM PKCS#10 CSR") from None
+    if not csr.is_signature_valid:
+        raise InputError("the certificate request's signature does not verify (no proof of key possession)")
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [n.value for n in names] != [cn]:
+        raise InputError("the certificate request's subject is not the enrolled principal")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise InputError("the certificate request must carry a P-256 ECDSA key")
+    return _certify(ca, cn, key, server=False, client=True, sans=(), days=days)
+
+
+def _certify(
+    ca: Issued, cn: str, public_key: ec.EllipticCurvePublicKey, *, server: bool, client: bool,
+    sans: Sequence[str], days: int,
+) -> x509.Certificate:
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     )
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(min(now + dt.timedelta(days=days), ca.cert.not_valid_after_utc))
@@ -152,7 +178,7 @@ def issue_cert(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
         )
@@ -162,7 +188,7 @@ def issue_cert(
         names.append(_principal_san(cn))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return Issued(builder.sign(ca.key, hashes.SHA256()), key)
+    return builder.sign(ca.key, hashes.SHA256())
 
 
 def save(issued: Issued, cert_path: Path, key_path: Path) -> None:

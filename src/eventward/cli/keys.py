@@ -105,7 +105,9 @@ def init(
         transport = dep.config.transport
     rows = [("config", f"{home.config} (transport {transport})")]
     if backend != "local":
-        rows.append(("KEKs", f"in the PKCS#11 token ({keks})"))
+        where = {"pkcs11": "the PKCS#11 token", "transit": "Vault/OpenBao Transit", "aws": "AWS KMS"}.get(
+            backend, backend)
+        rows.append(("KEKs", f"in {where} ({keks})"))
     else:
         rows.append((
             "master key",

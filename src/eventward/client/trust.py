@@ -272,13 +272,29 @@ class TrustRegistry:
 
     def _new_key(self, principal: str, by: str, action: str, purpose: str) -> Signer:
         key = Ed25519PrivateKey.generate()
-        pub = key.public_key()
-        kid = kid_of(pub)
+        kid = kid_of(key.public_key())
         # The private key is on disk before the registry names it: a crash in between leaves an
         # orphan file, never a registered key nobody can sign with.
         write_secret(
             self._key_file(principal, kid), key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         )
+        self._install(principal, key.public_key(), by, action, purpose)
+        return Signer(principal, key)
+
+    def enroll(self, principal: str, public_key: Ed25519PublicKey, *, by: str, purpose: str = SEAL) -> str:
+        """Trust a key whose private half never left its service (client mode); returns its kid.
+        The previous active key of that purpose is retired, as by ``rotate``."""
+        check_purpose(purpose)
+        self._authorize(by, principal, "trust.enroll")
+        kid = kid_of(public_key)
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM keys WHERE kid = ?", (kid,)).fetchone():
+                raise ConflictError(f"key {kid} is already registered")
+        self._install(principal, public_key, by, "trust.enroll", purpose)
+        return kid
+
+    def _install(self, principal: str, pub: Ed25519PublicKey, by: str, action: str, purpose: str) -> None:
+        kid = kid_of(pub)
         now = time.time()
         with self._lock, write_txn(self._db, "register key") as db:
             old = [
@@ -309,4 +325,3 @@ class TrustRegistry:
             purpose=purpose,
             retired=",".join(old) or None,
         )
-        return Signer(principal, key)
