@@ -168,6 +168,13 @@ def test_an_empty_batch_is_refused_by_design(dep_world) -> None:
     assert r.status == 400 and r.json["rule"] == "minItems", r.json
 
 
+def test_a_structured_format_other_than_json_is_415_whatever_the_headers(dep_world) -> None:
+    t = topic()
+    for headers in ({}, {"ce-specversion": "1.0"}):
+        r = post(dep_world, t, b"\x00avro", {"Content-Type": "application/cloudevents+avro", **headers})
+        assert r.status == 415 and "Content-Type must be" in r.json["detail"], r.json
+
+
 def test_attack_binary_mode_non_json_data_is_415_and_datacontenttype_header_refused(dep_world) -> None:
     t = topic()
     r = post(dep_world, t, b"\x00\x01binary", binary_headers(**{"Content-Type": "application/octet-stream"}))

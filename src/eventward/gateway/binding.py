@@ -42,7 +42,10 @@ def ce_headers(headers: CIMultiDictProxy[str]) -> list[str]:
 
 
 def is_binary(content_type: str, headers: CIMultiDictProxy[str]) -> bool:
-    return content_type not in (BATCH, STRUCTURED) and CE_PREFIX + "specversion" in ce_headers(headers)
+    """Binary mode: ``ce-specversion`` present and the body is not a structured event format
+    (``application/cloudevents+<format>``, of which the gateway reads only the JSON one)."""
+    structured = content_type.startswith("application/cloudevents")
+    return not structured and CE_PREFIX + "specversion" in ce_headers(headers)
 
 
 def check_structured(content_type: str, headers: CIMultiDictProxy[str]) -> None:
