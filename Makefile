@@ -6,13 +6,15 @@ DEMO_HOME ?= $(CURDIR)/.demo-home
 
 .PHONY: demo test lint unit bench bench-quick clean
 
-# `make test` needs a few Debian packages (listed in scripts/ensure-system-deps): installed there as
-# root, otherwise make stops here with the one line naming what to install.
+# Debian packages (listed in scripts/ensure-system-deps): creating .venv needs python3-venv, `make
+# test` a few more. Installed there as root, otherwise make stops here with one line naming them.
 ifneq ($(filter test unit,$(MAKECMDGOALS)),)
-SYSTEM_DEPS_ERROR := $(shell scripts/ensure-system-deps 3>&1 1>&2 2>&3)
+SYSTEM_DEPS_ERROR := $(shell PYTHON=$(PYTHON) scripts/ensure-system-deps 3>&1 1>&2 2>&3)
+else ifeq ($(filter clean,$(MAKECMDGOALS))$(wildcard $(BIN)/.installed),)
+SYSTEM_DEPS_ERROR := $(shell PYTHON=$(PYTHON) scripts/ensure-system-deps --base 3>&1 1>&2 2>&3)
+endif
 ifneq ($(SYSTEM_DEPS_ERROR),)
 $(error $(SYSTEM_DEPS_ERROR))
-endif
 endif
 
 $(BIN)/.installed: pyproject.toml
