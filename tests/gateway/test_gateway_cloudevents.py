@@ -277,3 +277,33 @@ def test_attack_sdk_producer_refuses_attributes_it_cannot_keep(dep_world, kwargs
             p.send(TYPE, order(11), **kwargs)
         assert p.pending() == 0
     assert dep_world.end(t) == 0
+
+
+def test_cli_produce_keeps_a_full_cloudevents_attributes(dep_world) -> None:
+    """`eventward produce` with full CloudEvents lines: time, dataschema and extensions are kept
+    (they were silently ignored before), eventward's own attributes refused naming the line."""
+    from typer.testing import CliRunner
+
+    from eventward.cli import app
+
+    t = topic()
+    ev = {
+        **cloudevent(order(12, customer="cust-ce-cli"), id_="cli-1"),
+        "time": "2020-01-02T03:04:05Z",
+        "dataschema": DATASCHEMA,
+        "traceparent": TRACEPARENT,
+        "subject": None,
+    }
+    args = ["--home", str(dep_world.home.root), "produce", t, "-", "--as", ORDERS]
+    env = {"EVENTWARD_PRINCIPAL": None}
+    r = CliRunner().invoke(app, args, input=orjson.dumps(ev).decode() + "\n", env=env)
+    assert r.exit_code == 0, r.output
+    (got,) = consumed(dep_world, t)
+    assert got["id"] == "cli-1" and got["time"] == "2020-01-02T03:04:05Z" and "subject" not in got
+    assert got["dataschema"] == DATASCHEMA and got["traceparent"] == TRACEPARENT
+    spoof = orjson.dumps({**ev, "id": "cli-2", "ewproducer": SHIPPING}).decode()
+    r = CliRunner().invoke(app, args, input=spoof + "\n", env=env)
+    assert r.exception is not None and "line 1" in r.exception.message and "'ewproducer' is reserved" in (
+        r.exception.message
+    )
+    assert dep_world.end(t) == 1

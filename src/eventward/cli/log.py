@@ -115,20 +115,31 @@ def _summary(what: str, stats: RunStats | None) -> None:
 # --- produce ---------------------------------------------------------------------------------
 
 _PRODUCED_ATTRS = frozenset({"type", "data", "id", "source", "subject"})
-_IGNORED_CE = frozenset({"specversion", "time", "datacontenttype", "dataschema"})
 
 
 def _event_of(line: bytes, n: int) -> dict[str, Any]:
-    """``{"type", "data", [id, source, subject]}`` or a full CloudEvent; errors name the line."""
+    """``{"type", "data", [id, source, subject]}`` or a full CloudEvent, whose other attributes
+    (time, dataschema, datacontenttype, extensions) are kept as sent, never dropped: the producer
+    refuses by name what it cannot keep (``ew*``, malformed ones). Errors name the line."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         raise InputError(f"line {n}: not valid JSON") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or "data" not in obj:
         raise InputError(f"line {n}: expected an object with 'type' and 'data'")
-    extra = set(obj) - _PRODUCED_ATTRS - (_IGNORED_CE if "specversion" in obj else frozenset())
-    if extra:
-        raise InputError(f"line {n}: attribute(s) {', '.join(sorted(extra)[:5])} cannot be set by the caller")
+    if "specversion" in obj:
+        obj = envelope.unset_nulls(obj)  # JSON format: a null attribute is unset
+        if obj.get("specversion") != envelope.SPECVERSION:
+            raise InputError(f"line {n}: attribute 'specversion' must be \"1.0\"")
+        if "data_base64" in obj:
+            raise InputError(f"line {n}: data_base64 is not accepted: event data is JSON ('data')")
+    else:
+        extra = set(obj) - _PRODUCED_ATTRS
+        if extra:
+            raise InputError(
+                f"line {n}: attribute(s) {', '.join(sorted(extra)[:5])} cannot be set by the caller "
+                "(send a full CloudEvent, with specversion, to set CloudEvents attributes)"
+            )
     for name in ("id", "source", "subject"):
         if name in obj and (not isinstance(obj[name], str) or not obj[name]):
             raise InputError(f"line {n}: attribute '{name}' must be a non-empty string")
@@ -164,13 +175,18 @@ def produce(
             try:
                 for n, line in _lines(stream, progress, task):
                     ev = _event_of(line, n)
+                    attrs = {k: v for k, v in ev.items() if k not in _PRODUCED_ATTRS and k != "specversion"}
                     try:
                         producer.send(
                             ev["type"],
-                            ev["data"],
+                            ev.get("data"),
                             id=ev.get("id"),
                             source=ev.get("source"),
                             subject=ev.get("subject"),
+                            time=attrs.pop("time", None),
+                            dataschema=attrs.pop("dataschema", None),
+                            datacontenttype=attrs.pop("datacontenttype", None),
+                            extensions=attrs,
                         )
                     except EventwardError as e:
                         e.message = f"line {n}: {e.message}"
