@@ -188,3 +188,49 @@ def test_property_audit_certificate_original_verifies(docs: Docs) -> None:
     """The unmodified certificate verifies, so the refusals above are about the mutations."""
     check = verify_certificate(docs.text, docs.vkey)
     assert check.index == docs.index and check.subject_hash == docs.cert.subject_hash
+
+
+# --- what callers hand the audit log ---------------------------------------------------------
+
+any_text = st.text(st.characters(exclude_categories=()), max_size=40) | st.builds(  # lone surrogates too
+    lambda a, c, b: a + c + b, st.text(max_size=8), st.characters(categories=["Cs"]), st.text(max_size=8)
+)
+
+
+@SETTINGS
+@given(any_text, any_text, any_text, any_text, st.dictionaries(st.text(max_size=10), scalars | any_text, max_size=4))
+def test_property_audit_accepted_entries_are_storable(
+    principal: str, resource: str, reason: str, action: str, meta: dict[str, Any]
+) -> None:
+    """Whatever make_entry accepts, encode() stores: a record refused only at flush would wedge
+    the whole buffer (every later flush retries it) and take the audit log down."""
+    for kw in (
+        {"principal": principal, "resource": "r"},
+        {"principal": "p", "resource": resource},
+        {"principal": "p", "resource": "r", "reason": reason},
+        {"principal": "p", "resource": "r", "meta": meta},
+    ):
+        entry = integrity_only(records.make_entry, "key.hold", **kw)
+        if entry is not None:
+            assert records.encode(1, entry)
+    entry = integrity_only(records.make_entry, action, principal="p", resource="r")
+    if entry is not None:
+        assert records.encode(1, entry)
+
+
+def test_attack_audit_surrogate_is_refused_at_the_call(tmp_path: Path) -> None:
+    """A lone surrogate (undecodable bytes from argv or a header) used to be buffered and then
+    fail every flush with a TypeError; it is a ValidationError at the call and the log goes on."""
+    from eventward.audit.log import AuditLog
+
+    home = Home(tmp_path / "home").ensure()
+    with AuditLog.open(home) as log:
+        before = log.size()
+        for kw in ({"principal": "caf\udce9"}, {"reason": "x\ud800"}, {"event_type": "T\udfff"}):
+            args: dict[str, Any] = {"principal": "p", "resource": "r", **kw}
+            with pytest.raises(ValidationError) as ei:
+                log.record("key.hold", **args)
+            assert ei.value.rule == "unicode"
+        log.record("key.hold", principal="p", resource="r", reason="ok")
+        log.flush()
+        assert log.size() == before + 1

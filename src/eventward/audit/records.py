@@ -35,7 +35,8 @@ _OUTCOME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 _META_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _SUBJECT_HASH = re.compile(r"[A-Za-z0-9_:+/=-]{16,128}\Z")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_PLAIN_TEXT = re.compile(rf"[^\x00-\x1f\x7f]{{0,{MAX_TEXT}}}\Z")  # the fast path of _text
+_SURROGATE = re.compile("[\ud800-\udfff]")  # no UTF-8 encoding: the record could never be stored
+_PLAIN_TEXT = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{0,{MAX_TEXT}}}\Z")  # the fast path of _text
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z\Z")
 _FIELDS = {"action", "index", "meta", "outcome", "principal", "reason", "resource", "time"}
 _TEXT_FIELDS = ("action", "outcome", "principal", "reason", "resource", "time")
@@ -135,6 +136,9 @@ def _text(
         raise OversizeError(f"audit {path} is longer than {limit} characters", path=path, rule="max_length")
     if _CONTROL.search(value):
         raise ValidationError(f"audit {path} contains control characters", path=path, rule="no_control_chars")
+    if _SURROGATE.search(value):
+        # refused at the call: accepted, it would fail every later flush of the buffer
+        raise ValidationError(f"audit {path} is not valid Unicode text", path=path, rule="unicode")
     if pattern is not None and not pattern.match(value):
         raise ValidationError(f"audit {path} has an invalid format", path=path, rule="format")
     return str(value)  # a str subclass, normalized so orjson sees a plain str
