@@ -65,7 +65,7 @@ def test_attack_transit_down_mid_consume_stops_before_the_event(tmp_path, bao, p
         demo.schemas(dep, demo.DemoResult(), lambda *a: None)
         demo.produce(dep, demo.DemoResult(), lambda *a: None)
         dep.keys.cache.clear()
-        consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g")
+        consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g", from_beginning=True)
         seen = []
         os.kill(bao.proc.pid, signal.SIGSTOP)
         try:
@@ -74,9 +74,11 @@ def test_attack_transit_down_mid_consume_stops_before_the_event(tmp_path, bao, p
             assert isinstance(e.value, KMSUnavailable)
         finally:
             os.kill(bao.proc.pid, signal.SIGCONT)
+            consumer.close()
         assert seen == [] and dep.transport.end_offset(f"{demo.TOPIC}.dlq") == 0
-        consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g")
+        consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g", from_beginning=True)
         consumer.run(seen.append, idle_timeout=0.5, max_events=6)
+        consumer.close()
         assert len(seen) == 6  # resumed at the first event: nothing skipped
     finally:
         dep.close()
