@@ -176,3 +176,30 @@ def test_attack_tampered_log_offset_is_a_typed_error(world: World) -> None:
     _tamper_row(world, topic, "offset", "abc")
     with pytest.raises(TransportError, match="corrupted log"):
         world.dep.transport.read(topic, 0, 10)
+
+
+# --- the SDK's producer surface ------------------------------------------------------------------
+
+odd_text = st.text(st.characters(exclude_categories=()), max_size=12) | st.sampled_from(
+    ["Reading", "", "\x00", "caf\udce9", "x" * 5000, "/shop", "urn:x"]
+)
+odd = st.none() | st.integers(-(2**70), 2**70) | st.floats() | st.binary(max_size=4) | odd_text
+odd_data = st.recursive(
+    odd, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3), max_leaves=6
+) | st.builds(lambda m, k: {"meter": m, "kwh": k}, odd, odd)
+
+
+@SETTINGS
+@given(odd_text | odd, odd_data, odd, odd, odd)
+def test_property_producer_send_arguments(world: World, type_: Any, data: Any, id_: Any, source: Any,
+                                          subject: Any) -> None:
+    """``Producer.send`` with arbitrary arguments buffers a valid event or raises a typed error,
+    and the deployment stays healthy: the audit log still flushes (a bad value must never be
+    left in its buffer)."""
+    with world.dep.producer("meter-svc", "readings.sdk") as p:
+        try:
+            p.send(type_, data, id=id_, source=source, subject=subject)
+        except EventwardError:
+            assert p.pending() == 0
+        p.discard()
+    world.dep.audit.flush()
