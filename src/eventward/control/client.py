@@ -1,0 +1,417 @@
+"""Client mode: the seams a Producer and Consumer need, answered by the control plane.
+
+``ControlAPI`` is the contract (one method per control-API call, always as the *authenticated*
+identity); ``HttpControlAPI`` speaks it over mTLS to one or more ``eventward serve`` replicas with
+fail-over, and ``LocalControlAPI`` calls a ControlPlane in-process (tests, single-binary apps).
+
+Over it sit the remote seams: ``RemoteKeys`` (a ContextualDekSource with a bounded LRU+TTL cache
+and a max-uses bound per key), ``RemoteSchemas`` (recompiled locally, fingerprint checked),
+``SignedTrust`` (seal keys and what each may seal, from statements signed by the anchor, usable
+offline) and ``ClientAuthorizer``. ``NoticeFollower`` long-polls signed notices and drops what an
+erasure or revocation affects. When the control plane cannot answer, key requests raise
+:class:`ControlPlaneUnavailable` (a KMSUnavailable): producers send nothing, consumers stop before
+the event and resume there.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from eventward.client.trust import REVOKED, TrustedKey
+from eventward.control import anchor as statements
+from eventward.errors import (
+    AccessDenied,
+    EventwardError,
+    InputError,
+    KeyDestroyed,
+    KeyNotFound,
+    KMSUnavailable,
+    NotFoundError,
+    SchemaSecurityError,
+    SealError,
+)
+from eventward.keys.cache import LruTtlCache
+from eventward.policy.base import PUBLISH, Decision, Resource
+from eventward.schema.compiled import compile_schema
+from eventward.schema.model import CheckReport, SchemaVersion, State
+
+log = logging.getLogger("eventward.control")
+
+
+class ControlPlaneUnavailable(KMSUnavailable):
+    """No control-plane replica answered: nothing was sent, nothing is skipped."""
+
+    code = "control_plane_unavailable"
+
+
+class ControlAPI(Protocol):
+    """The control API as one authenticated identity sees it.
+
+    Every method may raise ControlPlaneUnavailable (no replica answered; retry later, nothing
+    changed), AccessDenied (the policy refuses; the message names the class or topic, never a
+    key), InputError (the request is malformed or over a limit) and NotFoundError.
+    """
+
+    principal: str
+
+    def encryption_keys(
+        self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
+    ) -> list[tuple[str, bytes, str | None]]:
+        """(kid, DEK, subject hash) for each (subject or None, class, nonces), in order."""
+        ...
+
+    def decryption_keys(
+        self, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
+    ) -> dict[str, bytes | str]:
+        """kid -> DEK or an error code (``forbidden``, ``erased``, ``not_found``) for each
+        (kid, class, subject hash)."""
+        ...
+
+    def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
+        """``{type, version, format, fingerprint, document (base64)}``; the active one for None."""
+        ...
+
+    def trust_entries(self) -> list[dict[str, str]]:
+        """Every signing key as a statement signed by the anchor (verify before use)."""
+        ...
+
+    def notices(self, after: float, wait: float) -> dict[str, str]:
+        """A signed notice of what changed since ``after``, waiting up to ``wait`` s for a change."""
+        ...
+
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None) -> bool:
+        """Whether the policy allows this identity ``action`` on ``resource``."""
+        ...
+
+
+class LocalControlAPI:
+    """A ControlPlane called in-process as one identity (tests; a single-binary application)."""
+
+    def __init__(self, plane: Any, principal: str) -> None:
+        self._plane = plane
+        self.principal = principal
+
+    def encryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
+                        ) -> list[tuple[str, bytes, str | None]]:
+        return [(r.kid, r.dek, r.subject_hash)
+                for r in self._plane.encryption_keys(self.principal, topic, event_type, wanted)]
+
+    def decryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
+                        ) -> dict[str, bytes | str]:
+        return self._plane.decryption_keys(self.principal, topic, event_type, wanted)
+
+    def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
+        return self._plane.schema(self.principal, topic, event_type, version)
+
+    def trust_entries(self) -> list[dict[str, str]]:
+        return self._plane.trust_entries(self.principal)
+
+    def notices(self, after: float, wait: float) -> dict[str, str]:
+        return self._plane.notices(self.principal, after, wait)
+
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None) -> bool:
+        return self._plane.decide(self.principal, action, resource, context)
+
+
+# --- keys -----------------------------------------------------------------------------------
+class RemoteKeys:
+    """DEKs from the control plane, cached: at most ``max_entries`` keys for ``ttl`` seconds, and
+    an encryption key for at most ``max_uses`` values before it is asked for again (so a revoked
+    clearance or an erasure stops a producer within those bounds even without a notice)."""
+
+    takes_context = True
+
+    def __init__(self, api: ControlAPI, *, max_entries: int = 100_000, ttl: float = 300.0,
+                 max_uses: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self.max_uses = max_uses
+        self._enc: LruTtlCache[tuple[str | None, str, str, str], list[Any]] = LruTtlCache(max_entries, ttl, clock)
+        self._dec: LruTtlCache[str, tuple[bytes, str | None]] = LruTtlCache(max_entries, ttl, clock)
+        self._hashes: LruTtlCache[str, str] = LruTtlCache(max_entries, ttl, clock)
+        self._erased: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RemoteKeys({self._api.principal!r}, {len(self._dec)} decryption keys cached)"
+
+    def prepare(self, topic: str, event_type: str, items: Sequence[tuple[str | None, str, int]]) -> None:
+        """Fetch every (subject, class) a batch will encrypt that is not cached, in one request."""
+        missing = [(s, c, n) for s, c, n in dict.fromkeys(items) if self._usable(s, c, topic, event_type, n) is None]
+        if not missing:
+            return
+        got = self._call(lambda: self._api.encryption_keys(topic, event_type, missing))
+        for (subject, cls, _), (kid, dek, shash) in zip(missing, got, strict=True):
+            self._enc.put((subject, cls, topic, event_type), [kid, dek, shash, self.max_uses])
+            if subject is not None and shash is not None:
+                self._hashes.put(subject, shash)
+
+    def _usable(self, subject: str | None, cls: str, topic: str, event_type: str, nonces: int) -> list[Any] | None:
+        entry = self._enc.get((subject, cls, topic, event_type))
+        if entry is None or entry[3] < nonces or (entry[2] is not None and entry[2] in self._erased):
+            return None
+        return entry
+
+    def subject_hash(self, subject: str) -> str:
+        shash = self._hashes.get(subject)
+        if shash is None:
+            raise KeyNotFound("no key prepared for this data subject (client-mode producers prepare each batch)")
+        return shash
+
+    def encryption_key(self, subject: str | None, cls: str, *, principal: str, topic: str | None = None,
+                       event_type: str | None = None, nonces: int = 1) -> tuple[str, bytes]:
+        if principal != self._api.principal:
+            raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        if topic is None or event_type is None:
+            raise InputError("client-mode encryption needs the topic and event type")
+        with self._lock:
+            entry = self._usable(subject, cls, topic, event_type, nonces)
+            if entry is None:
+                self.prepare(topic, event_type, [(subject, cls, nonces)])
+                entry = self._usable(subject, cls, topic, event_type, nonces)
+                assert entry is not None
+            entry[3] -= nonces
+            return entry[0], entry[1]
+
+    def decryption_key(self, kid: str, cls: str, *, principal: str, topic: str | None = None,
+                       event_type: str | None = None, subject_hash: str | None = None) -> bytes:
+        if principal != self._api.principal:
+            raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        if subject_hash is not None and subject_hash in self._erased:
+            raise KeyDestroyed("the data subject was erased")
+        hit = self._dec.get(kid)
+        if hit is not None:
+            return hit[0]
+        if topic is None or event_type is None:
+            raise InputError("client-mode decryption needs the topic and event type")
+        answer = self._call(lambda: self._api.decryption_keys(topic, event_type, [(kid, cls, subject_hash)]))
+        got = answer.get(kid)
+        if isinstance(got, bytes):
+            self._dec.put(kid, (got, subject_hash))
+            return got
+        if got == "forbidden":
+            raise AccessDenied(f"{principal} may not Decrypt class {cls} on {topic}")
+        if got == "erased":
+            raise KeyDestroyed("the key was destroyed (crypto-shredded)")
+        raise KeyNotFound(f"key id {kid} is unknown")
+
+    def forget_subjects(self, hashes: Sequence[str]) -> None:
+        """Drop every cached key of these subjects (an erasure notice arrived)."""
+        if not hashes:
+            return
+        with self._lock:
+            self._erased.update(hashes)
+            self._dec.clear()  # entries do not index by subject; dropping all is bounded and safe
+            self._enc.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._dec.clear()
+            self._enc.clear()
+
+    @staticmethod
+    def _call(op: Callable[[], Any]) -> Any:
+        return op()
+
+
+# --- schemas --------------------------------------------------------------------------------
+class RemoteSchemas:
+    """Schemas fetched for one topic, recompiled here; a document whose fingerprint differs from
+    the one the control plane states is refused (SchemaSecurityError). Versions are immutable and
+    cached for good; the active version is re-asked after ``active_ttl`` seconds."""
+
+    def __init__(self, api: ControlAPI, topic: str, *, active_ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self.topic = topic
+        self._ttl = active_ttl
+        self._clock = clock
+        self._versions: dict[tuple[str, int], SchemaVersion] = {}
+        self._active: dict[str, tuple[float, SchemaVersion]] = {}
+
+    def active(self, type_: str) -> SchemaVersion:
+        hit = self._active.get(type_)
+        if hit is not None and self._clock() - hit[0] < self._ttl:
+            return hit[1]
+        sv = self._load(self._api.schema(self.topic, type_, None))
+        self._active[type_] = (self._clock(), sv)
+        return sv
+
+    def get(self, type_: str, version: int | None = None) -> SchemaVersion:
+        if version is None:
+            return self.active(type_)
+        sv = self._versions.get((type_, version))
+        if sv is None:
+            sv = self._load(self._api.schema(self.topic, type_, version))
+        return sv
+
+    def validate(self, type_: str, data: Any) -> SchemaVersion:
+        sv = self.active(type_)
+        sv.validate(data)
+        return sv
+
+    def _load(self, doc: dict[str, Any]) -> SchemaVersion:
+        compiled = compile_schema(base64.b64decode(doc["document"]), doc["format"])
+        if compiled.fingerprint != doc["fingerprint"]:
+            raise SchemaSecurityError(f"{doc['type']} v{doc['version']}: the document does not match its fingerprint")
+        report = CheckReport.from_dict(doc["report"])
+        sv = SchemaVersion(doc["type"], int(doc["version"]), State.ACTIVE, "", 0.0, report, (), compiled)
+        self._versions[(sv.type, sv.version)] = sv
+        return sv
+
+
+# --- trust ----------------------------------------------------------------------------------
+class SignedTrust:
+    """Seal keys from anchor-signed trust entries: a KeyResolver for SealVerifier, and the source
+    of what each producer may seal. Works offline from the last entries fetched; an unknown kid
+    triggers at most one refresh per ``min_refresh`` seconds (so forged kids cannot flood)."""
+
+    def __init__(self, api: ControlAPI, anchor_key: Ed25519PublicKey, *, min_refresh: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self._anchor = anchor_key
+        self._min_refresh = min_refresh
+        self._clock = clock
+        self._keys: dict[str, TrustedKey] = {}
+        self._grants: dict[str, dict[str, list[str]] | None] = {}
+        self._fetched = float("-inf")
+        self._lock = threading.Lock()
+
+    def refresh(self, *, force: bool = False) -> None:
+        if not force and self._clock() - self._fetched < self._min_refresh:
+            return
+        self._fetched = self._clock()
+        try:
+            wires = self._api.trust_entries()
+        except ControlPlaneUnavailable:
+            if not self._keys:
+                raise
+            return  # offline: keep verifying with what was last signed
+        keys: dict[str, TrustedKey] = {}
+        grants: dict[str, dict[str, list[str]] | None] = {}
+        for wire in wires:
+            body = statements.verify(self._anchor, wire, "trust").body
+            pub = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(body["public"]))
+            keys[body["kid"]] = TrustedKey(body["kid"], body["principal"], pub, body["status"], float(body["changed"]),
+                                           body.get("purpose", "seal"))
+            grants[body["kid"]] = body.get("may_seal")
+        with self._lock:
+            self._keys, self._grants = keys, grants
+
+    def resolve(self, kid: str) -> TrustedKey:
+        key = self._keys.get(kid)
+        if key is None:
+            self.refresh()
+            key = self._keys.get(kid)
+        if key is None:
+            raise NotFoundError(f"unknown signing key {kid}")
+        return key
+
+    def revoke(self, kids: Sequence[str]) -> None:
+        """A revocation notice arrived: refuse these kids at once, before the next refresh."""
+        with self._lock:
+            for kid in kids:
+                k = self._keys.get(kid)
+                if k is not None and k.status != REVOKED:
+                    self._keys[kid] = TrustedKey(k.kid, k.principal, k.public_key, REVOKED, time.time(), k.purpose)
+
+    def may_seal(self, producer: str, topic: str, event_type: str) -> bool:
+        """Whether some seal key of ``producer`` was enrolled to seal ``event_type`` on ``topic``."""
+        if not self._keys:
+            self.refresh()
+        for kid, key in self._keys.items():
+            if key.principal != producer or key.status == REVOKED or key.purpose != "seal":
+                continue
+            grants = self._grants.get(kid) or {}
+            types = grants.get(topic, [])
+            if event_type in types or "*" in types:
+                return True
+        return False
+
+
+class ClientAuthorizer:
+    """The Authorizer seam in client mode: other producers' Publish rights come from signed trust
+    entries (offline); this identity's own rights are asked of the control plane and cached until
+    a notice says the policy changed. Decisions for other principals are never asked remotely."""
+
+    def __init__(self, api: ControlAPI, trust: SignedTrust) -> None:
+        self._api = api
+        self._trust = trust
+        self._cache: dict[tuple[str, Resource, bytes], bool] = {}
+
+    def decide(self, principal: str, action: str, resource: Resource,
+               context: dict[str, Any] | None = None) -> Decision:
+        ctx = dict(context or {})
+        if principal != self._api.principal:
+            allowed = (action == PUBLISH and resource[0] == "Topic"
+                       and self._trust.may_seal(principal, resource[1], str(ctx.get("event_type", ""))))
+            return Decision(allowed, principal, action, resource, ("trust-entry",) if allowed else ())
+        key = (action, resource, orjson.dumps(ctx, option=orjson.OPT_SORT_KEYS))
+        allowed = self._cache.get(key)
+        if allowed is None:
+            allowed = self._cache[key] = bool(self._api.decide(action, resource, ctx))
+        return Decision(allowed, principal, action, resource, ("control-plane",))
+
+    def policy_changed(self) -> None:
+        self._cache.clear()
+
+
+# --- notices --------------------------------------------------------------------------------
+class NoticeFollower:
+    """Long-polls signed notices on a daemon thread and applies them: erased subjects' keys are
+    dropped (and refused from then on), revoked kids refused, cached decisions dropped when the
+    policy version changes. ``latency`` holds recent (notice time -> applied) delays for the bench."""
+
+    def __init__(self, api: ControlAPI, anchor_key: Ed25519PublicKey, keys: RemoteKeys, trust: SignedTrust,
+                 authorizer: ClientAuthorizer, *, wait: float = 10.0) -> None:
+        self._api = api
+        self._anchor = anchor_key
+        self._keys = keys
+        self._trust = trust
+        self._authz = authorizer
+        self._wait = wait
+        self._after = time.time()
+        self._policy: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied = 0
+
+    def start(self) -> NoticeFollower:
+        self.poll(0.0)  # the state as of now, synchronously: nothing earlier is cached yet
+        self._thread = threading.Thread(target=self._run, name="eventward-notices", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self._wait + 5.0)
+
+    def poll(self, wait: float) -> None:
+        body = statements.verify(self._anchor, self._api.notices(self._after, wait), "notice").body
+        self._keys.forget_subjects(list(body.get("erased", ())))
+        self._trust.revoke(list(body.get("revoked", ())))
+        if self._policy is not None and body.get("policy") != self._policy:
+            self._authz.policy_changed()
+            self._keys.clear()
+        self._policy = body.get("policy")
+        self._after = max(self._after, float(body.get("until", self._after)))
+        self.applied += 1
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self.poll(self._wait)
+                backoff = 0.1
+            except (EventwardError, SealError) as e:
+                log.warning("control-plane notices unavailable (%s); retrying", e.code)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)

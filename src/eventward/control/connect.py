@@ -1,0 +1,136 @@
+"""``eventward.connect``: a service's producers and consumers in client mode.
+
+The principal is the identity in the service's directory (its enrolled keys and certificate),
+never an argument. Producers and consumers are the same classes as in home mode, given remote
+seams: data keys, schemas and the service's own policy decisions come from the control plane;
+seals are made with the service's own key and verified against anchor-signed trust entries;
+events go straight to the broker with the service's own credentials. Nothing of the control
+plane's (keyring, key store, audit key, CA key, other principals' keys) is ever here.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from eventward.audit.base import NullAudit
+from eventward.client.consumer import Consumer
+from eventward.client.dlq import DeadLetters
+from eventward.client.producer import Producer
+from eventward.client.replay import ReplayGuard
+from eventward.client.verify import SealVerifier
+from eventward.control.client import (
+    ClientAuthorizer,
+    ControlAPI,
+    NoticeFollower,
+    RemoteKeys,
+    RemoteSchemas,
+    SignedTrust,
+)
+from eventward.control.identity import ServiceIdentity
+from eventward.crypto.fields import FieldEncryptor
+from eventward.fieldspec import FieldSpec
+from eventward.home import Home
+from eventward.log.base import Transport
+
+
+class _PreparingCipher:
+    """FieldEncryptor over RemoteKeys that fetches an event's keys in one request before encrypting."""
+
+    def __init__(self, keys: RemoteKeys) -> None:
+        self._keys = keys
+        self._fields = FieldEncryptor(keys)
+
+    def encrypt(self, event_id: str, data: dict[str, Any], spec: FieldSpec, *, principal: str,
+                topic: str | None = None, event_type: str | None = None) -> tuple[dict[str, Any], str | None]:
+        classes = spec.classes
+        if classes and topic is not None and event_type is not None:
+            subject = spec.subject_of(data)
+            self._keys.prepare(topic, event_type, [(subject, c, 1) for c in sorted(classes)])
+        return self._fields.encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=event_type)
+
+    def decrypt(self, *args: Any, **kw: Any) -> tuple[dict[str, Any], Any]:
+        return self._fields.decrypt(*args, **kw)
+
+    def clear_cache(self) -> None:
+        self._fields.clear_cache()
+
+
+class Client:
+    """One service's view of a deployment. Close it (or use ``with``) to stop following notices."""
+
+    def __init__(self, identity: ServiceIdentity, api: ControlAPI, transport: Transport, *,
+                 follow_notices: bool = True, key_ttl: float = 300.0, key_max_uses: int = 100_000,
+                 notice_wait: float = 10.0) -> None:
+        self.identity = identity
+        self.principal = identity.principal
+        if api.principal != self.principal:
+            raise ValueError("the control-plane connection authenticates another identity than this directory's")
+        self.api = api
+        self.transport = transport
+        anchor = identity.anchor_key()
+        self.keys = RemoteKeys(api, ttl=key_ttl, max_uses=key_max_uses)
+        self.trust = SignedTrust(api, anchor)
+        self.trust.refresh(force=True)
+        self.authorizer = ClientAuthorizer(api, self.trust)
+        self.verifier = SealVerifier(self.trust)
+        self.cipher = _PreparingCipher(self.keys)
+        self.notices = NoticeFollower(api, anchor, self.keys, self.trust, self.authorizer, wait=notice_wait)
+        if follow_notices:
+            self.notices.start()
+        self._closers: list[Any] = []
+
+    def producer(self, topic: str, **kw: Any) -> Producer:
+        return Producer(
+            topic, principal=self.principal, transport=self.transport, signer=self.identity.signer("seal"),
+            schemas=RemoteSchemas(self.api, topic), encryptor=self.cipher, authorizer=self.authorizer,
+            audit=NullAudit(), **kw,
+        )
+
+    def consumer(self, topic: str, *, group: str | None = None, **kw: Any) -> Consumer:
+        guard = ReplayGuard.open(Home(self.identity.state_dir), group or self.principal)
+        self._closers.append(guard)
+        dlq = DeadLetters(topic, transport=self.transport, verifier=self.verifier, authorizer=self.authorizer,
+                          audit=NullAudit(), signer=self.identity.signer("dead_letter"))
+        return Consumer(
+            topic, principal=self.principal, transport=self.transport, verifier=self.verifier,
+            schemas=RemoteSchemas(self.api, topic), encryptor=self.cipher, authorizer=self.authorizer, guard=guard,
+            dlq=dlq, audit=NullAudit(), group=group, **kw,
+        )
+
+    def close(self) -> None:
+        self.notices.stop()
+        for part in reversed(self._closers):
+            with suppress(Exception):
+                part.close()
+        self._closers.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(directory: str | Path, *, api: ControlAPI | None = None, transport: Transport | None = None,
+            **kw: Any) -> Client:
+    """A client for the enrolled service in ``directory``. ``api`` defaults to the control plane
+    named in the grant over mTLS; ``transport`` to NATS with the service's own certificate."""
+    identity = ServiceIdentity(Path(directory))
+    grant = identity.grant()
+    if api is None:
+        from eventward.control.http import HttpControlAPI
+
+        api = HttpControlAPI.for_identity(identity)
+    if transport is None:
+        from eventward.config import NatsConfig
+        from eventward.log.nats import NatsTransport
+
+        servers = grant.get("nats_servers") or []
+        if not servers:
+            raise ValueError("the grant names no NATS servers: pass transport=")
+        transport = NatsTransport.from_config(NatsConfig(
+            servers=list(servers), ca=str(identity.ca_path), cert=str(identity.tls_cert_path),
+            key=str(identity.tls_key_path)))
+    return Client(identity, api, transport, **kw)

@@ -1,0 +1,115 @@
+"""The control API over HTTPS with mutual TLS, with fail-over across ``eventward serve`` replicas.
+
+The client certificate is the identity: nothing in a request names the principal. A replica
+that cannot be reached, times out or answers 5xx is skipped for the next one; when none
+answers the call raises :class:`ControlPlaneUnavailable` and nothing is assumed. RFC 9457
+problem details map back to eventward's typed errors by their ``code``.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from eventward.control.client import ControlPlaneUnavailable
+from eventward.control.identity import ServiceIdentity
+from eventward.errors import AccessDenied, ConflictError, InputError, NotFoundError
+from eventward.policy.base import Resource
+
+PREFIX = "/v1/control"
+_ERRORS: dict[int, type[Exception]] = {400: InputError, 403: AccessDenied, 404: NotFoundError, 409: ConflictError,
+                                       413: InputError, 422: InputError}
+
+
+class HttpControlAPI:
+    """ControlAPI over HTTPS. ``urls`` are tried in order, starting from the last that answered."""
+
+    def __init__(self, urls: Sequence[str], *, principal: str, cert: str, key: str, ca: str,
+                 timeout: float = 5.0) -> None:
+        if not urls:
+            raise ValueError("at least one control-plane URL is needed")
+        self.principal = principal
+        self._urls = [u.rstrip("/") for u in urls]
+        self._good = 0
+        self._timeout = timeout
+        self._local = threading.local()
+        self._cert, self._ca = (cert, key), ca
+
+    @classmethod
+    def for_identity(cls, identity: ServiceIdentity, **kw: Any) -> HttpControlAPI:
+        grant = identity.grant()
+        urls = grant.get("control_urls") or []
+        if not urls:
+            raise ValueError("the grant names no control-plane URL")
+        return cls(urls, principal=identity.principal, cert=str(identity.tls_cert_path),
+                   key=str(identity.tls_key_path), ca=str(identity.ca_path), **kw)
+
+    def _session(self) -> requests.Session:
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            s.cert, s.verify = self._cert, self._ca
+        return s
+
+    def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
+                 timeout: float | None = None) -> Any:
+        n = len(self._urls)
+        for i in range(n):
+            at = (self._good + i) % n
+            try:
+                r = self._session().request(method, self._urls[at] + PREFIX + path, json=body, params=params,
+                                            timeout=timeout or self._timeout)
+            except requests.RequestException:
+                continue
+            if r.status_code >= 500:
+                continue  # this replica cannot answer now (its KMS, store or itself): the next may
+            self._good = at
+            if r.status_code >= 400:
+                _raise(r)
+            return r.json()
+        raise ControlPlaneUnavailable(f"no control-plane replica answered {method} {path} ({n} tried)")
+
+    # --- ControlAPI ---------------------------------------------------------------------
+    def encryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
+                        ) -> list[tuple[str, bytes, str | None]]:
+        body = {"topic": topic, "type": event_type,
+                "keys": [{"subject": s, "class": c, "nonces": n} for s, c, n in wanted]}
+        got = self._request("POST", "/keys/encrypt", body=body)["keys"]
+        return [(k["kid"], base64.b64decode(k["dek"]), k.get("subject_hash")) for k in got]
+
+    def decryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
+                        ) -> dict[str, bytes | str]:
+        body = {"topic": topic, "type": event_type,
+                "keys": [{"kid": k, "class": c, "subject_hash": h} for k, c, h in wanted]}
+        got = self._request("POST", "/keys/decrypt", body=body)["keys"]
+        return {kid: base64.b64decode(v["dek"]) if "dek" in v else str(v["error"]) for kid, v in got.items()}
+
+    def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
+        params = {"version": version} if version is not None else None
+        return self._request("GET", f"/schemas/{topic}/{event_type}", params=params)
+
+    def trust_entries(self) -> list[dict[str, str]]:
+        return self._request("GET", "/trust")["entries"]
+
+    def notices(self, after: float, wait: float) -> dict[str, str]:
+        return self._request("GET", "/notices", params={"after": repr(after), "wait": wait},
+                             timeout=self._timeout + wait)
+
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None) -> bool:
+        body = {"action": action, "resource": {"kind": resource[0], "id": resource[1]}, "context": context or {}}
+        return bool(self._request("POST", "/decide", body=body)["allowed"])
+
+
+def _raise(r: requests.Response) -> None:
+    try:
+        problem = r.json()
+    except ValueError:
+        problem = {}
+    detail = str(problem.get("detail") or problem.get("title") or f"HTTP {r.status_code}")[:300]
+    if problem.get("code") in ("kms_unavailable", "keystore_unavailable", "control_plane_unavailable"):
+        raise ControlPlaneUnavailable(f"the control plane cannot release keys now: {detail}")
+    raise _ERRORS.get(r.status_code, InputError)(detail)

@@ -1,0 +1,270 @@
+"""What only the control plane can answer, over the home it alone opens.
+
+Every method takes the *authenticated* principal (from mTLS or a JWT at the HTTP layer, never
+from the request body), decides with the deployment's Cedar policy, and audits before it answers.
+Key releases are audited once per request with counts per class (never a row per event, never a
+key id list that would grow with traffic); refusals name the class, never the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from eventward.audit.base import DENIED, OK
+from eventward.client.trust import REVOKED, check_principal
+from eventward.control.anchor import Anchor
+from eventward.control.identity import EnrollmentRequest
+from eventward.crypto.seal import kid_of
+from eventward.deployment import Deployment
+from eventward.errors import (
+    AccessDenied,
+    ConflictError,
+    InputError,
+    KeyDestroyed,
+    KeyNotFound,
+    NotFoundError,
+)
+from eventward.fieldspec import check_class
+from eventward.log.sqlite import connect, write_txn
+from eventward.pki import ca_paths, certify_csr, load_or_issue_ca
+from eventward.policy.base import PUBLISH, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS seal_grants(kid TEXT PRIMARY KEY, grants TEXT NOT NULL)"
+MAX_KEYS_PER_REQUEST = 1000
+MAX_NOTICE_WAIT_S = 25.0
+MAX_ERASURES_PER_NOTICE = 2000
+
+
+@dataclass(frozen=True)
+class Released:
+    """One data key handed to an authorized client: what its FieldEncryptor needs."""
+
+    kid: str
+    dek: bytes
+    subject_hash: str | None
+
+    def __repr__(self) -> str:  # never the key
+        return f"Released(kid={self.kid!r})"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+class ControlPlane:
+    """The control API's logic; ``gateway`` exposes it over HTTP, tests call it directly."""
+
+    def __init__(self, dep: Deployment, anchor: Anchor) -> None:
+        self.dep = dep
+        self.anchor = anchor
+        self._lock = threading.Lock()
+        self._db = connect(dep.home.root / "control.db", synchronous="FULL")
+        with self._lock, write_txn(self._db, "create control schema") as db:
+            db.execute(_SCHEMA)
+
+    @classmethod
+    def open(cls, dep: Deployment) -> ControlPlane:
+        """The control plane of ``dep``'s home, its anchor key created on first use."""
+        return cls(dep, Anchor.load_or_create(dep.home.root / "control-anchor.key"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- key releases ------------------------------------------------------------------
+    def encryption_keys(
+        self, principal: str, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
+    ) -> list[Released]:
+        """Current DEKs for (subject or None for the class key, class, nonces), if ``principal`` may
+        Publish ``event_type`` on ``topic`` and Encrypt each class there."""
+        _bounded(wanted, "keys")
+        self._allow(principal, PUBLISH, ("Topic", topic), {"event_type": event_type}, "control.encrypt_keys")
+        out: list[Released] = []
+        classes: Counter[str] = Counter()
+        try:
+            for subject, cls, nonces in wanted:
+                check_class(cls)
+                kid, dek = self.dep.keys.encryption_key(
+                    subject, cls, principal=principal, topic=topic, event_type=event_type, nonces=max(1, nonces))
+                shash = None if subject is None else self.dep.keys.subject_hash(subject)
+                out.append(Released(kid, dek, shash))
+                classes[cls] += 1
+        except AccessDenied as e:
+            self._audit("control.encrypt_keys", principal, topic, event_type, classes, DENIED, "forbidden")
+            raise AccessDenied(f"{principal} may not Encrypt a requested class on {topic}",
+                               explanation=e.details.get("explanation")) from None
+        self._audit("control.encrypt_keys", principal, topic, event_type, classes, OK)
+        return out
+
+    def decryption_keys(
+        self, principal: str, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
+    ) -> dict[str, bytes | str]:
+        """For each (kid, class, subject hash): the DEK, or an error code (``forbidden``, ``erased``,
+        ``not_found``). A consumer not cleared for a class gets ``forbidden`` for each of its keys."""
+        _bounded(wanted, "keys")
+        self._allow(principal, SUBSCRIBE, ("Topic", topic), {"event_type": event_type}, "control.decrypt_keys")
+        out: dict[str, bytes | str] = {}
+        released: Counter[str] = Counter()
+        refused: Counter[str] = Counter()
+        for kid, cls, shash in wanted:
+            check_class(cls)
+            try:
+                out[kid] = self.dep.keys.decryption_key(
+                    kid, cls, principal=principal, topic=topic, event_type=event_type, subject_hash=shash)
+                released[cls] += 1
+            except AccessDenied:
+                out[kid] = "forbidden"
+                refused[cls] += 1
+            except KeyDestroyed:
+                out[kid] = "erased"
+            except KeyNotFound:
+                out[kid] = "not_found"
+        # KeyServiceError (KMS or store unavailable) propagates: the client stops, it does not guess.
+        if refused:
+            self._audit("control.decrypt_keys", principal, topic, event_type, refused, DENIED, "forbidden")
+        self._audit("control.decrypt_keys", principal, topic, event_type, released, OK)
+        return out
+
+    # --- schemas -----------------------------------------------------------------------
+    def schema(self, principal: str, topic: str, event_type: str, version: int | None = None) -> dict[str, Any]:
+        """A schema version as stored (the client recompiles it and checks the fingerprint), for a
+        principal that reads schemas or may publish or subscribe to ``event_type`` on ``topic``."""
+        check_principal(principal)
+        ctx = {"event_type": event_type}
+        if not any(self.dep.policy.decide(principal, action, resource, ctx).allowed for action, resource in (
+                (PUBLISH, ("Topic", topic)), (SUBSCRIBE, ("Topic", topic)), (READ_SCHEMA, ("Schema", event_type)))):
+            self.dep.audit.record("control.schema", principal=principal, resource=f"Schema::{event_type}",
+                                  outcome=DENIED, reason="forbidden")
+            raise AccessDenied(f"{principal} may not read schema {event_type} (no read, publish or subscribe "
+                               f"grant on {topic})")
+        sv = self.dep.registry.get(event_type, version) if version is not None else self.dep.registry.active(
+            event_type)
+        return {"type": sv.type, "version": sv.version, "format": sv.fmt, "fingerprint": sv.fingerprint,
+                "document": _b64(sv.compiled.raw), "report": sv.report.to_dict()}
+
+    # --- trust -------------------------------------------------------------------------
+    def trust_entries(self, principal: str) -> list[dict[str, str]]:
+        """Every known signing key as a statement signed by the anchor: consumers verify offline."""
+        check_principal(principal)
+        grants = self._grants()
+        out = []
+        for info in self.dep.trust.list():
+            principal_of, pub, status = self.dep.trust.public_key(info.kid)
+            out.append(self.anchor.sign("trust", {
+                "kid": info.kid, "principal": principal_of, "status": status, "purpose": info.purpose,
+                "public": base64.urlsafe_b64encode(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode(),
+                "changed": info.changed, "may_seal": grants.get(info.kid),
+            }))
+        return out
+
+    def _grants(self) -> dict[str, dict[str, list[str]]]:
+        """kid -> {topic: [event types]} recorded at enrollment."""
+        with self._lock:
+            return {kid: orjson.loads(doc) for kid, doc in self._db.execute("SELECT kid, grants FROM seal_grants")}
+
+    def enroll(
+        self, by: str, principal: str, seal_key: Ed25519PublicKey, dead_letter_key: Ed25519PublicKey,
+        may_seal: dict[str, list[str]],
+    ) -> dict[str, str]:
+        """Trust a service's own keys (their private halves never left it), after checking that the
+        policy lets ``principal`` publish every (topic, type) it is enrolled to seal."""
+        check_principal(principal)
+        check(self.dep.policy, by, ROTATE_KEYS, ("Producer", principal))
+        for topic, types in may_seal.items():
+            for t in types:
+                if not self.dep.policy.decide(principal, PUBLISH, ("Topic", topic), {"event_type": t}).allowed:
+                    raise AccessDenied(f"{principal} may not Publish {t} on {topic}: the policy must allow what "
+                                       "a key is enrolled to seal")
+        for key in (seal_key, dead_letter_key):  # checked first: an enrollment lands whole or not at all
+            try:
+                self.dep.trust.info(kid_of(key))
+            except NotFoundError:
+                continue
+            raise ConflictError("a key of this enrollment is already registered")
+        kids = {purpose: self.dep.trust.enroll(principal, key, by=by, purpose=purpose)
+                for purpose, key in (("seal", seal_key), ("dead_letter", dead_letter_key))}
+        with self._lock, write_txn(self._db, "record seal grants") as db:
+            db.execute("INSERT OR REPLACE INTO seal_grants(kid, grants) VALUES (?, ?)",
+                       (kids["seal"], orjson.dumps({t: sorted(set(ts)) for t, ts in sorted(may_seal.items())})))
+        self.dep.audit.record("control.enroll", principal=by, resource=f"Producer::{principal}", outcome=OK,
+                              kid=kids["seal"], topics=len(may_seal))
+        return kids
+
+    def approve(self, by: str, request_raw: bytes, may_seal: dict[str, list[str]], *, days: int = 30) -> bytes:
+        """Approve an enrollment request: trust its keys, certify its TLS key, and return the grant
+        (signed by the anchor) that the service installs. Nothing changes if any check fails."""
+        req = EnrollmentRequest.parse(request_raw)
+        ca = load_or_issue_ca(*ca_paths(self.dep.home.certs))
+        cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
+        kids = self.enroll(by, req.principal, req.seal_key, req.dead_letter_key, may_seal)
+        body = {
+            "principal": req.principal, "kids": kids, "may_seal": may_seal,
+            "certificate": cert.public_bytes(Encoding.PEM).decode(), "ca": ca.cert_pem().decode(),
+        }
+        return orjson.dumps({"anchor": self.anchor.public_text, "statement": self.anchor.sign("grant", body)})
+
+    # --- notices -----------------------------------------------------------------------
+    def notices(self, principal: str, after: float, wait: float = 0.0) -> dict[str, str]:
+        """What changed since ``after`` (erasure time): erased subject hashes, revoked kids, the
+        key-store epoch and policy version, signed. Waits up to ``wait`` seconds for a change."""
+        check_principal(principal)
+        wait = max(0.0, min(float(wait), MAX_NOTICE_WAIT_S))
+        store = self.dep.keys.store
+        start_epoch = store.epoch()
+        deadline = time.monotonic() + wait
+        while wait and time.monotonic() < deadline and store.epoch() == start_epoch and not self._erased_after(after):
+            time.sleep(0.05)
+        erased = [e for e in store.erasures() if e.time > after][:MAX_ERASURES_PER_NOTICE]
+        revoked = sorted(i.kid for i in self.dep.trust.list() if i.status == REVOKED)
+        body = {
+            "epoch": store.epoch(),
+            "erased": [e.subject_hash for e in erased],
+            "until": erased[-1].time if erased else after,
+            "revoked": revoked,
+            "policy": self.dep.policy.version,
+            "at": time.time(),
+        }
+        return self.anchor.sign("notice", body)
+
+    def _erased_after(self, after: float) -> bool:
+        erasures = self.dep.keys.store.erasures()
+        return bool(erasures) and erasures[-1].time > after
+
+    def decide(self, principal: str, action: str, resource: tuple[str, str], context: dict[str, Any] | None) -> bool:
+        """The policy's answer for the caller's own identity (clients cache it until a notice)."""
+        check_principal(principal)
+        return self.dep.policy.decide(principal, action, resource, dict(context or {})).allowed
+
+    # --- helpers -----------------------------------------------------------------------
+    def _allow(self, principal: str, action: str, resource: tuple[str, str], ctx: dict[str, Any], what: str) -> None:
+        check_principal(principal)
+        d = self.dep.policy.decide(principal, action, resource, ctx)
+        if not d.allowed:
+            self.dep.audit.record(what, principal=principal, resource=f"{resource[0]}::{resource[1]}",
+                                  outcome=DENIED, reason="forbidden")
+            raise AccessDenied(f"{principal} may not {action} {resource[0]}::{resource[1]}", explanation=d)
+
+    def _audit(self, action: str, principal: str, topic: str, event_type: str, classes: Counter[str],
+               outcome: str, reason: str = "") -> None:
+        if not classes and outcome == OK:
+            return
+        self.dep.audit.record(action, principal=principal, resource=f"Topic::{topic}", outcome=outcome, reason=reason,
+                              event_type=event_type, keys=sum(classes.values()),
+                              classes=",".join(f"{c}:{n}" for c, n in sorted(classes.items())))
+
+
+def _bounded(items: Sequence[Any], what: str) -> None:
+    if not isinstance(items, Sequence) or not items:
+        raise InputError(f"{what}: a non-empty list is required")
+    if len(items) > MAX_KEYS_PER_REQUEST:
+        raise InputError(f"{what}: at most {MAX_KEYS_PER_REQUEST} per request, got {len(items)}")
