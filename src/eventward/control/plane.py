@@ -200,9 +200,13 @@ class ControlPlane:
                               kid=kids["seal"], topics=len(may_seal))
         return kids
 
-    def approve(self, by: str, request_raw: bytes, may_seal: dict[str, list[str]], *, days: int = 30) -> bytes:
+    def approve(
+        self, by: str, request_raw: bytes, may_seal: dict[str, list[str]], *, days: int = 30,
+        control_urls: Sequence[str] = (), nats_servers: Sequence[str] = (),
+    ) -> bytes:
         """Approve an enrollment request: trust its keys, certify its TLS key, and return the grant
-        (signed by the anchor) that the service installs. Nothing changes if any check fails."""
+        (signed by the anchor) that the service installs: where the control plane and the broker
+        are, and what it may seal. Nothing changes if any check fails."""
         req = EnrollmentRequest.parse(request_raw)
         ca = load_or_issue_ca(*ca_paths(self.dep.home.certs))
         cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
@@ -210,6 +214,7 @@ class ControlPlane:
         body = {
             "principal": req.principal, "kids": kids, "may_seal": may_seal,
             "certificate": cert.public_bytes(Encoding.PEM).decode(), "ca": ca.cert_pem().decode(),
+            "control_urls": list(control_urls), "nats_servers": list(nats_servers),
         }
         return orjson.dumps({"anchor": self.anchor.public_text, "statement": self.anchor.sign("grant", body)})
 
