@@ -274,3 +274,27 @@ class AuditUnavailable(EventwardError):
 
     code = "audit_unavailable"
     http_status = 503
+
+
+class WitnessRefused(AuditIntegrityError):
+    """A witness will not cosign: the checkpoint rolls back, forks or is not proven consistent
+    with the last one it cosigned."""
+
+    code = "witness_refused"
+
+
+class TimestampError(SecurityError):
+    """An RFC 3161 timestamp token does not verify, or the timestamp authority cannot answer."""
+
+    code = "timestamp"
+
+
+# --- backup and restore --------------------------------------------------------------------------
+
+
+class RestoreRefused(SecurityError):
+    """A backup cannot be restored without resurrecting erased data or rolling back key material:
+    another deployment's, older than the anchored key state, or wrapped under destroyed KEKs."""
+
+    code = "restore_refused"
+    http_status = 409

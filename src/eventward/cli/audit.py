@@ -26,7 +26,9 @@ from rich.text import Text
 
 from eventward.audit.certificate import find_certificate, verify_certificate
 from eventward.audit.log import AuditLog
+from eventward.audit.note import parse_vkey
 from eventward.audit.signing import AuditVerifier, load_signer
+from eventward.audit.state import default_state_path, verify_with_state
 from eventward.audit.verify import VerifyReport, verify_log
 from eventward.cli import common
 from eventward.cli.context import as_admin, deployment
@@ -210,18 +212,32 @@ def verify(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="A checkpoint published earlier."),
     db: Path = typer.Option(None, "--db", help="Verify this database file instead of the home's (no grant)."),
     key: str = _KEY,
+    state: Path = typer.Option(
+        None, "--state", help="Where this verifier keeps the last checkpoint it verified (default: under "
+        "~/.config/eventward/audit-state, per log); a log that no longer extends it fails."),
+    no_state: bool = typer.Option(False, "--no-state", help="Neither read nor update the verifier's state."),
+    witness: list[str] = typer.Option(None, "--witness", help="A witness's cosigner key (vkey, or a file)."),
+    witnessed: list[Path] = typer.Option(
+        None, "--witnessed", help="A checkpoint the witnesses cosigned (e.g. the witness's state file)."),
     principal: str = _AS,
     as_json: bool = _JSON,
 ) -> None:
-    """Recompute the whole tree and check every signed checkpoint; exit 1 naming the first bad index."""
+    """Recompute the whole tree and check every signed checkpoint; exit 1 naming the first bad index.
+
+    On the home's log, the last verified checkpoint is remembered outside the home (--state), so a
+    truncation that also deleted every stored checkpoint is still a rollback."""
     cp_text = _read_file(checkpoint, "checkpoint") if checkpoint is not None else None
+    extra: dict[str, object] = {}
     if db is not None:  # offline: the file and the public key are all it takes
         verifier = _verifier(key, None)
         report = _verify(db, cp_text, verifier)
     else:
         with _reading(principal) as (dep, log):
             verifier = _verifier(key, dep.home)
-            report = _verify(log, cp_text, verifier)
+            if verifier is None or (no_state and not witness):
+                report = _verify(log, cp_text, verifier)
+            else:
+                report, extra = _verify_state(log, verifier, cp_text, state, not no_state, witness, witnessed)
     if as_json:
         err = report.error
         common.emit_json({
@@ -233,6 +249,7 @@ def verify(
             "checkpoints_checked": report.checkpoints_checked,
             "checkpoint_key": verifier is not None,
             "error": None if err is None else {"message": err.message, "index": err.index},
+            **extra,
         })
         if err is not None:
             raise SystemExit(common.EXIT_PROBLEM)
@@ -250,6 +267,36 @@ def verify(
         highlight=False,
         soft_wrap=True,
     )
+    if extra:
+        common.err_console.print(
+            f"state: {extra['state']} (remembered size {extra['remembered_size']}, now {extra['saved_size']}); "
+            f"witnessed checkpoints {extra['witnessed']}, unwitnessed records {extra['unwitnessed_records']}",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+
+
+def _verify_state(
+    log: AuditLog, verifier: AuditVerifier, cp_text: str | None, state: Path | None, use_state: bool,
+    witness: list[str] | None, witnessed: list[Path] | None,
+) -> tuple[VerifyReport, dict[str, object]]:
+    """verify_with_state, with the state path defaulted per log and the witness keys read."""
+    keys = [parse_vkey(_read_file(Path(w), "witness key").strip() if Path(w).is_file() else w) for w in witness or []]
+    texts = [_read_file(p, "witnessed checkpoint") for p in witnessed or []]
+    path = (state or default_state_path(verifier.name)) if use_state else None
+    with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=common.err_console, transient=True) as bar:
+        task = bar.add_task("verify", total=None)
+        r = verify_with_state(
+            log, verifier, state=path, checkpoint=cp_text, witnesses=keys, witnessed=texts,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    return r.report, {
+        "state": None if path is None else str(path),
+        "remembered_size": None if r.remembered is None else r.remembered.size,
+        "saved_size": None if r.saved is None else r.saved.size,
+        "witnessed": [c.size for c in r.witnessed],
+        "unwitnessed_records": r.unwitnessed_records,
+    }
 
 
 def _verify(source: AuditLog | Path, checkpoint: str | None, verifier: AuditVerifier | None) -> VerifyReport:
