@@ -60,6 +60,13 @@ class ConsumerConfig:
 
 
 @dataclass
+class SealsConfig:
+    # Streams whose batches must carry hybrid (Ed25519 + ML-DSA-65) seals: exact names, or a
+    # prefix ending in "*". A consumer refuses Ed25519-only seals there (reason hybrid_required).
+    require_hybrid: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     transport: str = "embedded"
     max_event_bytes: int = 1024 * 1024
@@ -67,6 +74,7 @@ class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    seals: SealsConfig = field(default_factory=SealsConfig)
     kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
     gateway: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +106,8 @@ class Config:
         cfg = _build(cls, doc, name)
         if cfg.transport not in TRANSPORTS:
             raise ConfigError(f"{name}: transport must be one of {', '.join(TRANSPORTS)}")
+        if any(not p or p == "*" for p in cfg.seals.require_hybrid):
+            raise ConfigError(f"{name}: seals.require_hybrid entries are stream names or 'prefix*' (not empty)")
         if cfg.consumer.uncleared not in ("redact", "token"):
             raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
         return cfg

@@ -11,6 +11,12 @@ it on any other stream (``dead_letter_key``), so a consumer's key cannot speak f
 even where a policy lets its principal publish. A principal holds at most one active key
 per purpose. Keys registered before purposes existed are ``seal`` keys (the column's
 default), and a principal without a dead-letter key seals its dead letters with its seal key.
+
+Each key also has a seal suite. ``ed25519`` (the default) seals format v1; ``ed25519+ml-dsa-65``
+(opt-in, per producer: ``register``/``rotate`` with ``suite=HYBRID``) adds an ML-DSA-65 key
+whose public half is stored next to the Ed25519 one under the same kid (column ``mldsa``, NULL
+for classical keys). A hybrid key verifies hybrid seals only, so a seal stripped down to its
+Ed25519 signature is refused; producers migrate one at a time (mixed fleets verify).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from eventward.audit.base import DENIED, OK, AuditSink, NullAudit
-from eventward.crypto.seal import Signer, kid_of
+from eventward.crypto.seal import ED25519, HYBRID, Signer, check_suite, kid_of
 from eventward.errors import AccessDenied, ConfigError, ConflictError, InputError, NotFoundError
 from eventward.home import Home, read_secret, write_secret
 from eventward.log.sqlite import connect, write_txn
@@ -48,7 +55,12 @@ CREATE TABLE IF NOT EXISTS keys(
 """
 # Registries made before key purposes: every existing key keeps sealing (purpose 'seal').
 _ADD_PURPOSE = "ALTER TABLE keys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'seal'"
-_INFO = "SELECT kid, principal, status, created, changed, changed_by, purpose FROM keys"
+# Registries made before hybrid seals: every existing key is Ed25519 alone (NULL).
+_ADD_MLDSA = "ALTER TABLE keys ADD COLUMN mldsa BLOB"
+_INFO = (
+    "SELECT kid, principal, status, created, changed, changed_by, purpose, "
+    f"CASE WHEN mldsa IS NULL THEN '{ED25519}' ELSE '{HYBRID}' END FROM keys"
+)
 
 
 def check_principal(principal: str) -> str:
@@ -73,6 +85,7 @@ class KeyInfo:
     changed: float  # for a retired key: when it stopped signing
     changed_by: str
     purpose: str = SEAL
+    suite: str = ED25519
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,11 @@ class TrustedKey:
     status: str
     changed: float
     purpose: str = SEAL
+    pq_public_key: MLDSA65PublicKey | None = None  # set for a hybrid (Ed25519 + ML-DSA-65) key
+
+    @property
+    def suite(self) -> str:
+        return ED25519 if self.pq_public_key is None else HYBRID
 
 
 class TrustRegistry:
@@ -96,29 +114,36 @@ class TrustRegistry:
         self._db = connect(home.ensure().trust_db, synchronous="FULL")
         with self._lock, write_txn(self._db, "create trust schema") as db:
             db.execute(_SCHEMA)
-            if "purpose" not in {r[1] for r in db.execute("PRAGMA table_info(keys)")}:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(keys)")}
+            if "purpose" not in columns:
                 db.execute(_ADD_PURPOSE)
+            if "mldsa" not in columns:
+                db.execute(_ADD_MLDSA)
 
     @classmethod
     def open(cls, home: Home, authorizer: Authorizer, audit: AuditSink | None = None) -> TrustRegistry:
         return cls(home, authorizer, audit)
 
     # --- changing bindings (authorized, audited) -------------------------------------------
-    def register(self, principal: str, *, by: str, purpose: str = SEAL) -> Signer:
+    def register(self, principal: str, *, by: str, purpose: str = SEAL, suite: str = ED25519) -> Signer:
         """First key of ``principal`` for ``purpose``; ConflictError if it already has one (rotate it)."""
         check_purpose(purpose)
+        check_suite(suite)
         self._authorize(by, principal, "trust.register")
         if self._active_kid(principal, purpose):
             raise ConflictError(
                 f"{principal} already has an active {purpose} key; rotate it instead"
             )
-        return self._new_key(principal, by, "trust.register", purpose)
+        return self._new_key(principal, by, "trust.register", purpose, suite)
 
-    def rotate(self, principal: str, *, by: str, purpose: str = SEAL) -> Signer:
-        """A new active key; the previous one of that purpose is retired (still verifies what it sealed)."""
+    def rotate(self, principal: str, *, by: str, purpose: str = SEAL, suite: str = ED25519) -> Signer:
+        """A new active key; the previous one of that purpose is retired (still verifies what it sealed).
+
+        Rotating with ``suite=HYBRID`` is how a producer migrates to hybrid seals."""
         check_purpose(purpose)
+        check_suite(suite)
         self._authorize(by, principal, "trust.rotate")
-        return self._new_key(principal, by, "trust.rotate", purpose)
+        return self._new_key(principal, by, "trust.rotate", purpose, suite)
 
     def ensure(self, principal: str, *, by: str, purpose: str = SEAL) -> Signer:
         """The active signer for ``purpose``, registering a first key if there is none (still authorized)."""
@@ -136,6 +161,7 @@ class TrustRegistry:
                 (REVOKED, now, by, kid),
             )
         self._key_file(info.principal, kid).unlink(missing_ok=True)
+        self._pq_key_file(info.principal, kid).unlink(missing_ok=True)
         self._audit.record("trust.revoke", principal=by, resource=f"Producer::{info.principal}", kid=kid)
 
     # --- lookups ---------------------------------------------------------------------------
@@ -147,11 +173,12 @@ class TrustRegistry:
     def resolve(self, kid: str) -> TrustedKey:
         with self._lock:
             row = self._db.execute(
-                "SELECT principal, public, status, changed, purpose FROM keys WHERE kid = ?", (kid,)
+                "SELECT principal, public, status, changed, purpose, mldsa FROM keys WHERE kid = ?", (kid,)
             ).fetchone()
         if row is None:
             raise NotFoundError(f"signing key {kid[:80]!r} is not in the trust registry")
-        return TrustedKey(kid, row[0], Ed25519PublicKey.from_public_bytes(row[1]), row[2], row[3], row[4])
+        pq = None if row[5] is None else MLDSA65PublicKey.from_public_bytes(row[5])
+        return TrustedKey(kid, row[0], Ed25519PublicKey.from_public_bytes(row[1]), row[2], row[3], row[4], pq)
 
     def info(self, kid: str) -> KeyInfo:
         with self._lock:
@@ -181,10 +208,26 @@ class TrustRegistry:
             key = Ed25519PrivateKey.from_private_bytes(raw)
         except ValueError:
             raise ConfigError(f"signing key file for {principal} ({kid}) is corrupt") from None
-        signer = Signer(principal, key)
+        pq_key = self._load_pq_key(principal, kid)
+        signer = Signer(principal, key, pq_key)
         if signer.kid != kid:
             raise ConfigError(f"signing key file for {principal} does not hold key {kid}")
         return signer
+
+    def _load_pq_key(self, principal: str, kid: str) -> MLDSA65PrivateKey | None:
+        """The ML-DSA-65 half of a hybrid key (None for a classical one), checked against the
+        public key the registry binds to ``kid``: a swapped seed file never signs."""
+        with self._lock:
+            row = self._db.execute("SELECT mldsa FROM keys WHERE kid = ?", (kid,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        try:
+            pq_key = MLDSA65PrivateKey.from_seed_bytes(read_secret(self._pq_key_file(principal, kid)))
+        except ValueError:
+            raise ConfigError(f"ML-DSA key file for {principal} ({kid}) is corrupt") from None
+        if pq_key.public_key().public_bytes_raw() != row[0]:
+            raise ConfigError(f"ML-DSA key file for {principal} does not hold the ML-DSA half of key {kid}")
+        return pq_key
 
     def dead_letter_signer(self, principal: str) -> Signer:
         """The key a consumer seals its dead letters with: its dead-letter key, or for a
@@ -270,16 +313,24 @@ class TrustRegistry:
     def _key_file(self, principal: str, kid: str) -> Path:
         return self.home.producer_keys / f"{principal}.{kid}.key"
 
-    def _new_key(self, principal: str, by: str, action: str, purpose: str) -> Signer:
+    def _pq_key_file(self, principal: str, kid: str) -> Path:
+        return self.home.producer_keys / f"{principal}.{kid}.mldsa.key"
+
+    def _new_key(self, principal: str, by: str, action: str, purpose: str, suite: str = ED25519) -> Signer:
         key = Ed25519PrivateKey.generate()
         kid = kid_of(key.public_key())
-        # The private key is on disk before the registry names it: a crash in between leaves an
-        # orphan file, never a registered key nobody can sign with.
+        pq_key = MLDSA65PrivateKey.generate() if suite == HYBRID else None
+        # The private keys are on disk before the registry names them: a crash in between leaves
+        # orphan files, never a registered key nobody can sign with.
         write_secret(
             self._key_file(principal, kid), key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         )
-        self._install(principal, key.public_key(), by, action, purpose)
-        return Signer(principal, key)
+        if pq_key is not None:
+            write_secret(self._pq_key_file(principal, kid), pq_key.private_bytes_raw())  # the 32-byte seed
+        self._install(
+            principal, key.public_key(), by, action, purpose, None if pq_key is None else pq_key.public_key()
+        )
+        return Signer(principal, key, pq_key)
 
     def enroll(self, principal: str, public_key: Ed25519PublicKey, *, by: str, purpose: str = SEAL) -> str:
         """Trust a key whose private half never left its service (client mode); returns its kid.
@@ -293,8 +344,17 @@ class TrustRegistry:
         self._install(principal, public_key, by, "trust.enroll", purpose)
         return kid
 
-    def _install(self, principal: str, pub: Ed25519PublicKey, by: str, action: str, purpose: str) -> None:
+    def _install(
+        self,
+        principal: str,
+        pub: Ed25519PublicKey,
+        by: str,
+        action: str,
+        purpose: str,
+        pq_pub: MLDSA65PublicKey | None = None,
+    ) -> None:
         kid = kid_of(pub)
+        pq_raw = None if pq_pub is None else pq_pub.public_bytes_raw()
         now = time.time()
         with self._lock, write_txn(self._db, "register key") as db:
             old = [
@@ -310,12 +370,14 @@ class TrustRegistry:
                 (RETIRED, now, by, principal, ACTIVE, purpose),
             )
             db.execute(
-                "INSERT INTO keys(kid, principal, public, status, created, changed, changed_by, purpose) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (kid, principal, pub.public_bytes(Encoding.Raw, PublicFormat.Raw), ACTIVE, now, now, by, purpose),
+                "INSERT INTO keys(kid, principal, public, status, created, changed, changed_by, purpose, mldsa) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (kid, principal, pub.public_bytes(Encoding.Raw, PublicFormat.Raw), ACTIVE, now, now, by, purpose,
+                 pq_raw),
             )
-        for retired in old:  # a retired key never signs again, so its private half goes
+        for retired in old:  # a retired key never signs again, so its private halves go
             self._key_file(principal, retired).unlink(missing_ok=True)
+            self._pq_key_file(principal, retired).unlink(missing_ok=True)
         self._audit.record(
             action,
             principal=by,
@@ -323,5 +385,6 @@ class TrustRegistry:
             outcome=OK,
             kid=kid,
             purpose=purpose,
+            suite=ED25519 if pq_pub is None else HYBRID,
             retired=",".join(old) or None,
         )

@@ -5,18 +5,24 @@ swapped seal blob is never mistaken for the cached one. Key status is re-read fr
 registry at most every ``key_ttl`` seconds, so a revocation reaches running consumers fast.
 A dead-letter key verifies only on a dead-letter stream (``<topic>.dlq``): anywhere else its
 seal is refused as ``dead_letter_key``, whatever the policy grants its principal.
+
+Hybrid seals (Ed25519 + ML-DSA-65): a key registered as hybrid verifies hybrid seals only
+(``suite_mismatch``: no stripping down to Ed25519), and streams named in ``require_hybrid``
+(eventward.yaml ``seals.require_hybrid``: exact names, or a prefix ending in ``*``) refuse any
+Ed25519-only seal (``hybrid_required``), so a topic can be closed to classical seals once its
+producers have migrated while other topics still accept both.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from eventward.client.trust import DEAD_LETTER, RETIRED, REVOKED, TrustedKey
 from eventward.crypto import seal as sealing
-from eventward.crypto.seal import Seal
+from eventward.crypto.seal import HYBRID, Seal
 from eventward.errors import NotFoundError, SealError
 from eventward.log.base import Record
 
@@ -25,6 +31,11 @@ DLQ_SUFFIX = ".dlq"  # <topic>.dlq holds the dead letters of <topic>
 
 def is_dead_letter_stream(stream: str) -> bool:
     return stream.endswith(DLQ_SUFFIX) and len(stream) > len(DLQ_SUFFIX)
+
+
+def stream_matches(stream: str, patterns: Sequence[str]) -> bool:
+    """``orders`` matches only ``orders``; ``orders*`` matches every stream starting ``orders``."""
+    return any(stream.startswith(p[:-1]) if p.endswith("*") else stream == p for p in patterns)
 
 
 class KeyResolver(Protocol):
@@ -40,8 +51,10 @@ class SealVerifier:
         key_ttl: float = 5.0,
         retired_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
+        require_hybrid: Sequence[str] = (),
     ) -> None:
         self._keys = keys
+        self._require_hybrid = tuple(require_hybrid)
         self._cache_size = cache_size
         self._key_ttl = key_ttl
         self._grace = retired_grace
@@ -82,6 +95,12 @@ class SealVerifier:
                 f"seal was made for batch {s.batch[:64]!r}, stored as batch {batch[:64]!r}",
                 reason="batch_mismatch",
             )
+        if s.suite != HYBRID and stream_matches(stream, self._require_hybrid):
+            raise SealError(
+                f"stream {stream!r} requires hybrid (Ed25519 + ML-DSA-65) seals; batch sealed with {s.suite}",
+                reason="hybrid_required",
+                kid=s.kid[:80],
+            )
         key = self._key(s.kid, fresh=fresh)
         if key.principal != s.producer:
             raise SealError(
@@ -96,7 +115,7 @@ class SealVerifier:
                 kid=key.kid,
             )
         self._check_key_status(s, key)
-        sealing.verify(s, key.public_key)
+        sealing.verify(s, key.public_key, key.pq_public_key)
         self._seals[slot] = (blob, s)
         if len(self._seals) > self._cache_size:
             self._seals.popitem(last=False)

@@ -12,6 +12,15 @@ length-prefixed strings, so two different seals can never share an encoding:
 
 The per-event digests travel unsigned but are bound by the root: a consumer that reads part
 of a batch recomputes the root once per seal and then only hashes the events it reads.
+
+Version 2 is the opt-in hybrid suite (Ed25519 + ML-DSA-65, FIPS 204) for producers moving to
+post-quantum signatures. The suite id sits inside the signed body, and both signatures cover
+that same body, so no byte of a hybrid seal can be relabelled as a classical one:
+
+    body   = "EWS1" | u8 2 | u8 suite | str producer | ... (as in v1) ... | str kid
+    blob   = u32 len(body) | body | ed25519_sig[64] | mldsa65_sig[3309] | digest[32] * count
+
+Both signatures must verify. Version 1 blobs stay readable and verify as before.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey, MLDSA65PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from eventward.crypto.merkle import (
@@ -35,11 +45,19 @@ from eventward.crypto.merkle import (
 )
 from eventward.errors import AuditIntegrityError, InputError, SealError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # Ed25519 alone
+HYBRID_VERSION = 2  # Ed25519 + ML-DSA-65
 MAGIC = b"EWS1"
 SIGNATURE_SIZE = 64
+MLDSA65_SIGNATURE_SIZE = 3309  # FIPS 204, ML-DSA-65: fixed size
 MAX_EVENTS = 100_000
+ED25519 = "ed25519"  # suite names, as the trust registry and the verifier speak them
+HYBRID = "ed25519+ml-dsa-65"
+SUITES = (ED25519, HYBRID)
+_SUITE_IDS = {HYBRID: 2}  # the u8 in a v2 body; v1 implies Ed25519
 _CONTEXT = b"eventward-seal-v1\x00"  # domain separation: a seal signature is never anything else's
+_CONTEXT_V2 = b"eventward-seal-v2\x00"
+_MLDSA_CONTEXT = b"eventward-seal-v2"  # FIPS 204 context string
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TAIL = struct.Struct(">QQI32sq")  # first_seq, last_seq, count, root, time_us
@@ -57,19 +75,43 @@ def kid_of(public_key: Ed25519PublicKey) -> str:
     return "ed25519-" + hashlib.sha256(raw).hexdigest()[:24]
 
 
-class Signer:
-    """A producer principal's current signing key. The repr never shows key material."""
+def check_suite(suite: str) -> str:
+    if suite not in SUITES:
+        raise InputError(f"seal suite must be one of {', '.join(SUITES)}")
+    return suite
 
-    def __init__(self, principal: str, private_key: Ed25519PrivateKey) -> None:
+
+class Signer:
+    """A producer principal's current signing key. The repr never shows key material.
+
+    With ``pq_key`` the signer seals with the hybrid suite (both signatures, format v2); its kid
+    stays the Ed25519 key's, and the trust registry binds the ML-DSA public key to that kid."""
+
+    def __init__(
+        self, principal: str, private_key: Ed25519PrivateKey, pq_key: MLDSA65PrivateKey | None = None
+    ) -> None:
         self.principal = principal
         self._key = private_key
+        self._pq = pq_key
         self.kid = kid_of(private_key.public_key())
+
+    @property
+    def suite(self) -> str:
+        return ED25519 if self._pq is None else HYBRID
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
 
+    def sign_pq(self, message: bytes) -> bytes:
+        if self._pq is None:
+            raise SealError("this signer has no ML-DSA key", reason="suite_mismatch")
+        return self._pq.sign(message, _MLDSA_CONTEXT)
+
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
+
+    def pq_public_key(self) -> MLDSA65PublicKey | None:
+        return None if self._pq is None else self._pq.public_key()
 
     def __repr__(self) -> str:
         return f"Signer(principal={self.principal!r}, kid={self.kid!r})"
@@ -91,6 +133,8 @@ class Seal:
     signature: bytes = field(repr=False)
     digests: tuple[bytes, ...] = field(repr=False)
     body: bytes = field(repr=False)
+    suite: str = ED25519
+    pq_signature: bytes = field(default=b"", repr=False)
 
     @property
     def time(self) -> float:
@@ -117,11 +161,13 @@ def _body(
     root: bytes,
     time_us: int,
     kid: str,
+    suite: str = ED25519,
 ) -> bytes:
+    head = bytes((FORMAT_VERSION,)) if suite == ED25519 else bytes((HYBRID_VERSION, _SUITE_IDS[suite]))
     return b"".join(
         (
             MAGIC,
-            bytes((FORMAT_VERSION,)),
+            head,
             _str(producer, "producer"),
             _str(instance, "instance"),
             _str(stream, "stream"),
@@ -154,10 +200,15 @@ def seal(
         raise InputError("sequence numbers must be in 0..2^63-1")
     digests = [digest(e) for e in events]
     time_us = round((_time.time() if time is None else time) * 1_000_000)
+    suite = signer.suite
     body = _body(
-        signer.principal, instance, stream, batch, first_seq, count, merkle_root(digests), time_us, signer.kid
+        signer.principal, instance, stream, batch, first_seq, count, merkle_root(digests), time_us, signer.kid,
+        suite,
     )
-    return b"".join((_U32.pack(len(body)), body, signer.sign(_CONTEXT + body), *digests))
+    if suite == ED25519:
+        return b"".join((_U32.pack(len(body)), body, signer.sign(_CONTEXT + body), *digests))
+    sigs = (signer.sign(_CONTEXT_V2 + body), signer.sign_pq(body))
+    return b"".join((_U32.pack(len(body)), body, *sigs, *digests))
 
 
 class _Reader:
@@ -196,7 +247,14 @@ def parse(blob: bytes) -> Seal:
     if r.take(4) != MAGIC:
         raise SealError("not a seal (bad magic)", reason="malformed")
     version = r.take(1)[0]
-    if version != FORMAT_VERSION:
+    suite = ED25519
+    if version == HYBRID_VERSION:
+        suite_id = r.take(1)[0]
+        named = [name for name, i in _SUITE_IDS.items() if i == suite_id]
+        if not named:
+            raise SealError(f"unsupported seal suite {suite_id}", reason="malformed")
+        suite = named[0]
+    elif version != FORMAT_VERSION:
         raise SealError(f"unsupported seal format version {version}", reason="malformed")
     producer, instance, stream, batch = r.str(), r.str(), r.str(), r.str()
     first_seq, last_seq, count, root, time_us = _TAIL.unpack(r.take(_TAIL.size))
@@ -206,7 +264,8 @@ def parse(blob: bytes) -> Seal:
     if not 1 <= count <= MAX_EVENTS or last_seq != first_seq + count - 1 or last_seq >= 2**63:
         raise SealError("seal sequence range does not match its event count", reason="malformed")
     sig_at = 4 + body_len
-    dig_at = sig_at + SIGNATURE_SIZE
+    pq_at = sig_at + SIGNATURE_SIZE
+    dig_at = pq_at + (MLDSA65_SIGNATURE_SIZE if suite == HYBRID else 0)
     if len(blob) != dig_at + count * HASH_SIZE:
         raise SealError("seal digest list does not match its event count", reason="malformed")
     digests = tuple(blob[i : i + HASH_SIZE] for i in range(dig_at, len(blob), HASH_SIZE))
@@ -222,16 +281,29 @@ def parse(blob: bytes) -> Seal:
         root,
         time_us,
         kid,
-        blob[sig_at:dig_at],
+        blob[sig_at:pq_at],
         digests,
         blob[4:sig_at],
+        suite,
+        blob[pq_at:dig_at],
     )
 
 
-def verify(s: Seal, public_key: Ed25519PublicKey) -> None:
-    """Check the signature over the body and that the digests hash to the signed root."""
+def verify(s: Seal, public_key: Ed25519PublicKey, pq_public_key: MLDSA65PublicKey | None = None) -> None:
+    """Check the signature(s) over the body and that the digests hash to the signed root.
+
+    A hybrid seal needs ``pq_public_key`` and both signatures; a key registered as hybrid
+    (``pq_public_key`` given) accepts nothing less than a hybrid seal."""
+    if (s.suite == HYBRID) != (pq_public_key is not None):
+        raise SealError(
+            f"seal suite {s.suite} does not match the suite of key {s.kid}", reason="suite_mismatch", kid=s.kid
+        )
     try:
-        public_key.verify(s.signature, _CONTEXT + s.body)
+        if pq_public_key is not None:  # and so s.suite == HYBRID
+            public_key.verify(s.signature, _CONTEXT_V2 + s.body)
+            pq_public_key.verify(s.pq_signature, s.body, _MLDSA_CONTEXT)
+        else:
+            public_key.verify(s.signature, _CONTEXT + s.body)
     except InvalidSignature:
         raise SealError(
             f"seal signature does not verify (batch {s.batch[:64]!r}, kid {s.kid})",
