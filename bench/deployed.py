@@ -16,46 +16,39 @@ from typing import Any
 import yaml
 
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE
+from eventward import demo
 from eventward.client.types import Delivered
 from eventward.deployment import Deployment
 from eventward.home import Home
 
 TOPIC = "orders"
-PRODUCER, CONSUMER, ADMIN, AUTHOR, APPROVER = "checkout", "fulfilment", "admin", "alice", "bob"
-
-POLICY = f"""\
-principals:
-  {ADMIN}: {{type: user, roles: [eventward-admin]}}
-  {AUTHOR}: {{type: user, roles: [schema-author]}}
-  {APPROVER}: {{type: user, roles: [schema-admin]}}
-  {PRODUCER}: {{type: service, roles: [order-writer]}}
-  {CONSUMER}: {{type: service, roles: [order-reader]}}
-roles:
-  eventward-admin:
-    - {{allow: manage_policy}}
-    - {{allow: [forget, hold]}}
-    - {{allow: rotate_keys, class: "*"}}
-    - {{allow: rotate_keys, producer: "*"}}
-    - {{allow: read_audit}}
-  schema-author:
-    - {{allow: [propose_schema, read_schema], schema: "*"}}
-  schema-admin:
-    - {{allow: [approve_schema, read_schema], schema: "*"}}
-  order-writer:
-    - {{allow: publish, topic: "*"}}
-    - {{allow: encrypt, class: "*"}}
-  order-reader:
-    - {{allow: subscribe, topic: "*"}}
-    - {{allow: decrypt, class: pii}}
-"""
+# The example deployment's principals (src/eventward/examples/policy.yaml).
+PRODUCER, CONSUMER, ADMIN, AUTHOR, APPROVER = demo.PRODUCER, demo.SHIPPING, demo.ADMIN, demo.AUTHOR, demo.APPROVER
 
 
-def init_home(root: Path, *, config: dict[str, Any] | None = None, schema: dict[str, Any] | None = None) -> Home:
-    """A new deployment home: policy, the event schema (proposed and approved), signing keys."""
+def example_policy(*, any_topic: bool = False) -> str:
+    """The example policy a user applies after ``eventward init``, verbatim. ``any_topic``
+    widens its topic grants to every topic (scenarios that use a fresh topic per run); the
+    rules and their evaluation are otherwise the same."""
+    text = demo.example("policy.yaml")
+    if any_topic:
+        text = text.replace("topic: orders", 'topic: "*"').replace(", on_topics: [orders]", "")
+    return text
+
+
+def init_home(
+    root: Path,
+    *,
+    config: dict[str, Any] | None = None,
+    schema: dict[str, Any] | None = None,
+    any_topic: bool = True,
+) -> Home:
+    """A new deployment home as ``eventward init`` + the example policy make it: policy, the
+    event schema (proposed and approved), signing keys."""
     home = Home(root).ensure()
     if config:
         home.config.write_text(yaml.safe_dump(config))
-    with Deployment.init(home, admin=ADMIN, policy_yaml=POLICY) as d:
+    with Deployment.init(home, policy_yaml=example_policy(any_topic=any_topic)) as d:
         proposal = d.registry.propose(AUTHOR, EVENT_TYPE, schema or ORDER_JSON_SCHEMA)
         d.registry.approve(APPROVER, EVENT_TYPE, proposal.version)
         for p in (PRODUCER, CONSUMER):
