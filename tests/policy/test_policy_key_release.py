@@ -60,3 +60,13 @@ def test_misplaced_key_release_conditions_are_refused_by_name(grant, where):
     with pytest.raises(PolicyError) as ei:
         parse(f"roles:\n  r:\n    - {grant}\n")
     assert where in ei.value.path
+
+
+def test_a_denied_key_release_names_the_topic_condition_that_failed():
+    spec = parse(POLICY)
+    ev = Evaluator(1, spec, compile_policy(spec))
+    d = ev.evaluate("orders-svc", base.ENCRYPT, ("Class", "pii"), {"topic": "payments", "event_type": "OrderPlaced"}, 0)
+    assert "on_topics: [payments]" in d.missing
+    assert "role:writer:0 allows encrypt Class::pii only on topics [orders]" in d.missing
+    d = ev.evaluate("orders-svc", base.ENCRYPT, ("Class", "pii"), None, 0)
+    assert "only with a topic in the request context" in d.missing

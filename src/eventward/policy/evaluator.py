@@ -92,7 +92,9 @@ class Evaluator:
         extra = MappingProxyType({"version": self.version})
         p = self.spec.principals.get(principal)
         if p is None or kind not in ACTION_KINDS[action]:
-            why = explain.missing_grant(self.spec, principal, action, kind, src_id, ctx.get("event_type"))
+            why = explain.missing_grant(
+                self.spec, principal, action, kind, src_id, ctx.get("event_type"), ctx.get("topic")
+            )
             return Decision(False, principal, action, resource, missing=why, extra=extra)
         entities = self._entities
         if (src_kind, src_id) not in self._declared:
@@ -128,7 +130,9 @@ class Evaluator:
                 errors,
                 MappingProxyType({**extra, "forbidden": True}),
             )
-        why = explain.missing_grant(self.spec, principal, action, src_kind, src_id, ctx.get("event_type"))
+        why = explain.missing_grant(
+            self.spec, principal, action, src_kind, src_id, ctx.get("event_type"), ctx.get("topic")
+        )
         return Decision(False, principal, action, resource, (), why, errors, extra)
 
 
