@@ -3,13 +3,17 @@ numbers an operator reads (events, sealed batches, committed offsets, lag) are t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import nats
+
 from eventward.log import natsserver
+from eventward.log.nats import stream_name
 
 from .conftest import nats_client
 
@@ -60,6 +64,31 @@ def test_streams_and_consumers_report_events_batches_and_lag(tmp_path: Path, nat
     row = next(line for line in table.stdout.splitlines() if "billing" in line and topic in line)
     # piped, so never wrapped: the whole row (full stream name included) is one line
     assert [c.strip() for c in row.split("│")[1:6]] == ["billing", topic, "2", "5", "3"]
+
+
+def test_native_jetstream_consumers_are_listed_with_their_backlog(tmp_path: Path, nats_node: natsserver.Node) -> None:
+    """A consumer made by another tool (not an eventward group) shows its pending sealed batches."""
+    topic = f"native.{uuid.uuid4().hex[:10]}"
+    t = nats_client(nats_node)
+    try:
+        t.create_stream(topic)
+        for i in range(3):
+            t.append(topic, f"b{i}", [b"e"], b"seal")
+    finally:
+        t.close()
+
+    async def add_consumer() -> None:
+        nc = await nats.connect(nats_node.url(tls=False))
+        try:
+            await nc.jetstream().add_consumer(stream_name(topic), durable_name="mirror-tool", ack_policy="explicit")
+        finally:
+            await nc.close()
+
+    asyncio.run(add_consumer())
+    r = _ew(_home(tmp_path, nats_node), "consumers", "--json")
+    assert r.returncode == 0, r.stderr
+    native = [c for c in json.loads(r.stdout)["jetstream_consumers"] if c["stream"] == topic]
+    assert native == [{"stream": topic, "name": "mirror-tool", "pending_batches": 3, "ack_pending": 0}]
 
 
 def test_a_home_without_nats_is_one_line_and_a_configuration_exit_code(tmp_path: Path) -> None:
