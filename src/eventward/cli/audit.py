@@ -45,6 +45,7 @@ _KEY = typer.Option(None, "--key", help="Audit verifier key (or a file holding i
 _OUT = typer.Option(None, "--out", help="Also write the document to this file.")
 _AS = as_admin()
 _JSON = common.json_option()
+_ALWAYS_JSON = typer.Option(False, "--json", help="Accepted for uniformity: the output is always JSON.")
 
 
 def register(app: typer.Typer) -> None:
@@ -122,7 +123,7 @@ def tail(
 def show(
     index: int = typer.Argument(..., help="Record index."),
     principal: str = _AS,
-    as_json: bool = typer.Option(False, "--json", help="Accepted for uniformity: the output is always JSON."),
+    as_json: bool = _ALWAYS_JSON,
 ) -> None:
     """Show one record as JSON: the record and its leaf hash."""
     with _reading(principal) as (_, log):
@@ -138,6 +139,7 @@ def prove(
     size: int = typer.Option(None, "--size", help="Tree size to prove against (default: now)."),
     out: Path = _OUT,
     principal: str = _AS,
+    as_json: bool = _ALWAYS_JSON,
 ) -> None:
     """Inclusion proof of a record, with the record bytes and the root it proves against."""
     with _reading(principal) as (_, log):
@@ -325,6 +327,7 @@ def certificate(
     is_hash: bool = typer.Option(False, "--hash", help="SUBJECT is already the subject hash."),
     out: Path = _OUT,
     principal: str = _AS,
+    as_json: bool = _ALWAYS_JSON,
 ) -> None:
     """Print the newest erasure certificate of a subject (looked up by its keyed hash)."""
     raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" and not is_hash else subject
