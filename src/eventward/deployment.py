@@ -29,6 +29,7 @@ from eventward.client.verify import SealVerifier
 from eventward.config import Config
 from eventward.crypto.fields import FieldEncryptor
 from eventward.errors import ConfigError, EventwardError
+from eventward.guard.producer_guard import ProducerGuard
 from eventward.home import Home
 from eventward.keys.kms import connect_kms
 from eventward.keys.kms.base import KMS
@@ -141,6 +142,7 @@ class Deployment:
         self.trust = trust
         self.transport = transport
         self.encryptor = FieldEncryptor(keys)
+        self.guard = ProducerGuard(audit)  # untagged PII/secrets, per x-eventward-guard (guard/modes.py)
         self.verifier = SealVerifier(trust, require_hybrid=config.seals.require_hybrid)
         self._closers: list[Any] = []
 
@@ -262,7 +264,7 @@ class Deployment:
     def producer(self, principal: str, topic: str, **kw: Any) -> Producer:
         """A producer sealing with ``principal``'s registered signing key."""
         cfg = self.config.producer
-        opts: dict[str, Any] = {"max_batch": cfg.batch_max, "max_delay_ms": cfg.linger_ms, **kw}
+        opts: dict[str, Any] = {"max_batch": cfg.batch_max, "max_delay_ms": cfg.linger_ms, "guard": self.guard, **kw}
         return Producer(
             topic,
             principal=principal,

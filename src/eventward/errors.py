@@ -208,6 +208,26 @@ class QuotaExceeded(SecurityError):
         self.retry_after = retry_after
 
 
+class SensitiveDataRefused(SecurityError):
+    """The producer guard (``block``) found PII or a secret in a field the schema does not tag.
+
+    ``findings`` lists (field path, kind) pairs; the value is never carried."""
+
+    code = "untagged_sensitive_data"
+    http_status = 422
+
+    def __init__(self, message: str, findings: tuple[tuple[str, str], ...] = (), **details: object) -> None:
+        super().__init__(message, findings=findings, **details)
+        self.findings = findings
+
+
+class RedactionError(SecurityError):
+    """A redaction pipeline's transform failed on an event: nothing of it is emitted."""
+
+    code = "redaction_failed"
+    http_status = 422
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,6 +36,9 @@ from eventward.errors import (
 from eventward.log.base import Transport
 from eventward.log.names import check_stream_name
 from eventward.policy.base import PUBLISH, Authorizer, check
+
+if TYPE_CHECKING:
+    from eventward.guard.producer_guard import ProducerGuard
 
 log = logging.getLogger("eventward.producer")
 
@@ -93,6 +96,7 @@ class Producer:
         background: bool = False,
         decision_ttl: float = 30.0,
         clock: Callable[[], float] = time.time,
+        guard: ProducerGuard | None = None,
     ) -> None:
         if signer.principal != principal:
             raise ConfigError(f"signer belongs to {signer.principal}, not to producer {principal}")
@@ -112,6 +116,7 @@ class Producer:
         self._max_delay = max_delay_ms / 1000
         self._ttl = decision_ttl
         self._clock = clock
+        self._guard = guard  # untagged PII/secrets: off, warn or block (eventward.guard)
         self._allowed: dict[str, float] = {}  # event type -> when the Publish decision expires
         self._lock = threading.Lock()  # buffer and sequence numbers
         self._flush_lock = threading.Lock()  # one flush at a time, in sequence order
@@ -168,6 +173,8 @@ class Producer:
         schema = self._schemas.active(type_)
         schema.validate(data)
         event_id = id or self._envelopes.new_id()
+        if self._guard is not None:
+            self._guard.check(self.topic, type_, schema, data, self.principal)
         enc, subject_hash = self._encryptor.encrypt(
             event_id, data, schema.spec, principal=self.principal, topic=self.topic, event_type=type_
         )

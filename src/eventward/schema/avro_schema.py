@@ -25,6 +25,7 @@ from typing import Any
 import fastavro
 
 from eventward.errors import SchemaError, SchemaSecurityError
+from eventward.guard.modes import GUARD_KEY, check_guard
 from eventward.schema.json_schema import (
     DEFAULT_MAX_EVENT_BYTES,
     MAX_BYTES_KEY,
@@ -49,6 +50,7 @@ def normalize(doc: dict[str, Any]) -> NormalizedAvro:
     if doc.get("type") not in ("record", "error"):
         raise SchemaError("$: the root Avro schema must be a record (event data is an object)")
     max_bytes = check_max_bytes(doc.get(MAX_BYTES_KEY, DEFAULT_MAX_EVENT_BYTES))
+    check_guard(doc.get(GUARD_KEY))
     try:
         parsed = fastavro.parse_schema(doc)
     except Exception as e:  # fastavro raises several unrelated types for bad schemas

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eventward.errors import SchemaError, SchemaSecurityError
+from eventward.guard.modes import GUARD_KEY, check_guard
 from eventward.schema.document import canonical
 from eventward.schema.formats import FORMATS
 from eventward.schema.regex import Matcher, compile_pattern
@@ -92,7 +93,7 @@ _KEYWORDS = frozenset(
         *_NUMBERS,
     }
 )
-_ROOT_ONLY = frozenset({"$schema", "$id", "$defs", "definitions", MAX_BYTES_KEY})
+_ROOT_ONLY = frozenset({"$schema", "$id", "$defs", "definitions", MAX_BYTES_KEY, GUARD_KEY})
 _UNSUPPORTED_HINT = {
     "oneOf": "combinators are not supported; use a type list for nullable fields",
     "anyOf": "combinators are not supported; use a type list for nullable fields",
@@ -128,6 +129,7 @@ def normalize(doc: dict[str, Any], *, strict_defaults: bool = True) -> Normalize
     if not isinstance(draft, str) or draft not in _DRAFTS:
         shown = draft[:80] if isinstance(draft, str) else f"a {_json_type(draft)}"
         raise SchemaError(f"$schema {shown!r} is not supported (use draft-07 or 2020-12)")
+    check_guard(doc.get(GUARD_KEY))
     n = _Normalizer(doc, strict_defaults)
     tree = n.node(doc, "$", 0)
     if strict_defaults and types_of(tree) != {"object"}:

@@ -7,6 +7,7 @@ ApproveSecurity signs off. Kinds:
     tag_removed, tag_class_changed, tag_deterministic_added   sensitivity tags
     subject_changed                                            the data-subject field
     size_limit_raised, format_changed                          whole-schema limits
+    guard_weakened                                             x-eventward-guard lowered (guard/modes.py)
     pattern_loosened (any change or removal), format_loosened, enum_widened, type_widened,
     max_length_raised, min_length_lowered, max_items_raised, min_items_lowered,
     maximum_raised, minimum_lowered, multiple_of_loosened, unique_items_removed,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eventward.guard.modes import weakened as guard_weakened
 from eventward.schema.compat_avro import PROMOTIONS, signature
 from eventward.schema.compat_json import lower, lower_tighter, multiple_ok, upper, upper_tighter
 from eventward.schema.compiled import CompiledSchema
@@ -27,6 +29,9 @@ from eventward.schema.model import Finding
 def regressions(old: CompiledSchema, new: CompiledSchema) -> list[Finding]:
     """Every way ``new`` protects less than ``old`` (empty: no security approval needed)."""
     out = _tags(old, new)
+    for topic, before, after in guard_weakened(old.document, new.document):
+        where = "every other topic" if topic == "*" else f"topic {topic}"
+        out.append(Finding("$", "guard_weakened", f"producer guard on {where} lowered from {before} to {after}"))
     if new.max_event_bytes > old.max_event_bytes:
         out.append(
             Finding(

@@ -1,0 +1,82 @@
+"""The producer guard: untagged PII or secrets in an event are refused (``block``) or sent with
+an audit record and a counter (``warn``), per event type and topic (``x-eventward-guard``,
+guard/modes.py).
+
+The Producer calls ``check`` once per event after schema validation and before anything is
+encrypted or buffered, so a refused event leaves nothing behind. Errors and audit records name
+field paths and kinds, never the values. With the guard off (the default) the call costs a
+dict lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from eventward.audit.base import DENIED, AuditSink, NullAudit, meta_list
+from eventward.client.types import SchemaVersionLike
+from eventward.errors import SensitiveDataRefused
+from eventward.guard.detectors import Detectors, default_detectors
+from eventward.guard.modes import BLOCK, OFF, mode_for
+from eventward.guard.scan import findings
+
+WARN_ACTION = "guard.warn"
+BLOCK_ACTION = "guard.block"
+
+
+class ProducerGuard:
+    """Injected into a Producer (``Deployment.producer`` does it); one per producer or shared."""
+
+    def __init__(self, audit: AuditSink | None = None, *, detectors: Detectors | None = None) -> None:
+        self._audit = audit or NullAudit()
+        self._detectors = detectors
+        self._modes: dict[tuple[str, int, str], str] = {}
+        self._lock = threading.Lock()
+        #: warned events per (topic, event type, path, kind): the guard's metric
+        self.warned: Counter[tuple[str, str, str, str]] = Counter()
+        #: refused events per (topic, event type)
+        self.blocked: Counter[tuple[str, str]] = Counter()
+
+    def mode(self, topic: str, schema: SchemaVersionLike) -> str:
+        key = (schema.type, schema.version, topic)
+        mode = self._modes.get(key)
+        if mode is None:
+            document: dict[str, Any] = getattr(schema, "document", None) or {}
+            mode = self._modes[key] = mode_for(document, topic)
+        return mode
+
+    def check(self, topic: str, type_: str, schema: SchemaVersionLike, data: Any, principal: str) -> None:
+        """Raise SensitiveDataRefused (``block``) or audit and count (``warn``); nothing when clean."""
+        mode = self.mode(topic, schema)
+        if mode == OFF:
+            return
+        found = findings(data, schema.spec, self._detectors or default_detectors())
+        if not found:
+            return
+        pairs = tuple(sorted(set(found)))
+        described = ", ".join(f"{p} ({k})" for p, k in pairs[:8]) + (" ..." if len(pairs) > 8 else "")
+        meta = {
+            "event_type": type_,
+            "schema_version": schema.version,
+            "paths": meta_list(sorted({p for p, _ in pairs})),
+            "kinds": meta_list(sorted({k for _, k in pairs})),
+        }
+        if mode == BLOCK:
+            with self._lock:
+                self.blocked[(topic, type_)] += 1
+            self._audit.record(
+                BLOCK_ACTION, principal=principal, resource=f"Topic::{topic}", outcome=DENIED,
+                reason="untagged_sensitive_data", **meta,
+            )
+            raise SensitiveDataRefused(
+                f"event of type {type_} carries untagged sensitive data in {described}: tag these fields "
+                "in the schema (eventward schema suggest-tags) or remove them",
+                findings=pairs,
+            )
+        with self._lock:
+            for p, k in pairs:
+                self.warned[(topic, type_, p, k)] += 1
+        self._audit.record(
+            WARN_ACTION, principal=principal, resource=f"Topic::{topic}", reason="untagged_sensitive_data", **meta
+        )
