@@ -89,6 +89,26 @@ def test_nothing_missing_is_silent(tmp_path: Path) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
+def test_make_test_stops_at_once_with_one_line(tmp_path: Path) -> None:
+    """The Makefile wiring: `make test` as a non-root user without softhsm2-util prints make's
+    one '*** ... Stop.' line naming the package, before building anything (-n: nothing would run)."""
+    d = _bin(tmp_path, 1000)
+    for tool in ("make", "env", "sh"):
+        found = shutil.which(tool)
+        assert found is not None
+        (d / tool).symlink_to(found)
+    (d / "bash").symlink_to(BASH)
+    r = subprocess.run(
+        ["make", "-n", "test", f"PYTHON={sys.executable}"],
+        cwd=SCRIPT.parents[1], env={"PATH": str(d), "HOME": os.environ.get("HOME", "/tmp")},
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Makefile:") and lines[0].endswith("Stop."), r.stderr
+    assert "softhsm2" in lines[0] and "sudo apt-get install -y" in lines[0]
+
+
 def test_the_package_lists_are_blocks_at_the_top() -> None:
     text = SCRIPT.read_text()
     assert text.index("BASE='") < text.index("PACKAGES='") < text.index("set -u")
