@@ -28,7 +28,9 @@ from bench.common import machine, print_scenario
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-AREAS = ("fields", "keys", "keys_hsm", "schema", "policy", "audit", "e2e", "nats", "gateway", "memory", "scaling")
+AREAS = (
+    "fields", "anchors", "keys", "keys_hsm", "schema", "policy", "audit", "e2e", "nats", "gateway", "memory", "scaling",
+)
 README_BEGIN = "<!-- bench-table:begin -->"
 README_END = "<!-- bench-table:end -->"
 

@@ -1,0 +1,162 @@
+"""Anchors: eventward's field encryption as deployed against what others ship, same run.
+
+Workload: OrderPlaced events (bench/workload.py), 3 PII fields, 1,000 customers whose keys
+exist. eventward encrypts with the FieldEncryptor of a deployed home (``eventward init`` +
+the example policy: Cedar Encrypt/Decrypt decisions, the KeyService with keys.db and the
+local KMS, its audit), then JSON-encodes the event (and parses, then decrypts, on the way
+back), so that it does the same work as a serializer. Baselines:
+
+- in-memory keys: the same FieldEncryptor over MemoryKeys (no policy, store, KMS or audit):
+  what the deployed key path costs. Target: deployed >= 0.9x of it.
+- Confluent CSFLE JSON / Avro: confluent-kafka's client-side field-level encryption
+  (ENCRYPT rule on PII-tagged fields, its DEK registry, ``local-kms``; bench/csfle_anchor.py)
+  in a virtualenv of its own (``.venv-csfle``, built by ``make bench``: its rules extra pins an
+  older google-re2 than eventward's). Target: eventward >= 10x CSFLE JSON. When that
+  virtualenv is missing the scenario says so in ``csfle_skipped`` and has no CSFLE baseline.
+- fernet_per_field and aesgcm_floor (bench_fields): the hand-rolled approach and the floor.
+
+    python -m bench.bench_anchors [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import deployed
+from bench.bench_fields import AesGcmFloor, FernetPerField
+from bench.common import interleaved, print_scenario, scenario, summarize
+from bench.subjects import populate
+from bench.workload import EVENT_TYPE, customer, order_placed
+from eventward.crypto.fields import FieldEncryptor
+from eventward.deployment import Deployment
+from eventward.keys.memory import MemoryKeys
+
+ROOT = Path(__file__).resolve().parent.parent
+CSFLE_PYTHON = Path(os.environ.get("EW_CSFLE_PYTHON", ROOT / ".venv-csfle" / "bin" / "python"))
+CUSTOMERS = 1000
+
+
+def csfle(events: list[dict[str, Any]], rounds: int) -> tuple[dict[str, dict[str, float]], str | None]:
+    """Confluent CSFLE rates (json/avro x encrypt/decrypt), or ({}, why it could not run)."""
+    if not CSFLE_PYTHON.exists():
+        return {}, (
+            f"{CSFLE_PYTHON} missing: confluent-kafka[schemaregistry,rules]==2.16.1 needs "
+            "google-re2<1.1.20251105 (eventward pins a newer one), so it runs in its own virtualenv; "
+            "`make bench` builds it when PyPI is reachable"
+        )
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(events, f)
+    try:
+        out = subprocess.run(
+            [str(CSFLE_PYTHON), str(ROOT / "bench" / "csfle_anchor.py"), f.name, str(rounds)],
+            capture_output=True, text=True, timeout=1800, check=False,
+        )
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
+        return {}, f"bench/csfle_anchor.py failed: {tail}"
+    rates = json.loads(out.stdout.strip().splitlines()[-1])
+    return {k: summarize(v) for k, v in rates.items()}, None
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n = 2_000 if quick else 20_000
+    rounds = 1 if quick else 5
+    events = [order_placed(i, CUSTOMERS) for i in range(n)]
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(n)]
+    root = Path(tempfile.mkdtemp(prefix="ew-bench-anchors-"))
+    try:
+        home = deployed.init_home(root / "home")
+        with Deployment.open(home) as d:
+            populate(d.keys, (customer(c)["id"] for c in range(CUSTOMERS)), ("pii",))
+            spec = d.registry.active(EVENT_TYPE).spec
+            dep = FieldEncryptor(d.keys)
+            mem = FieldEncryptor(MemoryKeys())
+            where = {"topic": deployed.TOPIC, "event_type": EVENT_TYPE}
+
+            def pair(enc: FieldEncryptor, ctx: dict[str, str]) -> tuple[Callable[[], int], Callable[[], int]]:
+                blobs: list[tuple[str, bytes, str | None]] = []
+
+                def encrypt() -> int:
+                    blobs.clear()
+                    for eid, data in zip(ids, events, strict=True):
+                        out, shash = enc.encrypt(eid, data, spec, principal=deployed.PRODUCER, **ctx)
+                        blobs.append((eid, orjson.dumps(out), shash))
+                    return n
+
+                def decrypt() -> int:
+                    for eid, raw, shash in blobs:
+                        enc.decrypt(eid, orjson.loads(raw), spec, shash, principal=deployed.CONSUMER, **ctx)
+                    return n
+
+                return encrypt, decrypt
+
+            dep_enc, dep_dec = pair(dep, where)
+            mem_enc, mem_dec = pair(mem, {})
+            f_impl, g_impl = FernetPerField(), AesGcmFloor()
+
+            def plain(impl: FernetPerField | AesGcmFloor) -> tuple[Callable[[], int], Callable[[], int]]:
+                outs: list[bytes] = []
+
+                def encrypt() -> int:
+                    outs.clear()
+                    outs.extend(orjson.dumps(impl.encrypt(e)) for e in events)
+                    return n
+
+                def decrypt() -> int:
+                    for raw in outs:
+                        impl.decrypt(orjson.loads(raw))
+                    return n
+
+                return encrypt, decrypt
+
+            fe, fd = plain(f_impl)
+            ge, gd = plain(g_impl)
+            enc_rates = interleaved({"ew": dep_enc, "in-memory keys": mem_enc, "fernet_per_field": fe,
+                                     "aesgcm_floor": ge}, rounds)
+            dec_rates = interleaved({"ew": dep_dec, "in-memory keys": mem_dec, "fernet_per_field": fd,
+                                     "aesgcm_floor": gd}, rounds)
+            sealed, shash = dep.encrypt(ids[0], events[0], spec, principal=deployed.PRODUCER, **where)
+            back, _ = dep.decrypt(ids[0], sealed, spec, shash, principal=deployed.CONSUMER, **where)
+            if back != events[0] or sealed == events[0]:
+                raise AssertionError("anchors: the deployed round trip failed")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    theirs, skipped = csfle(events[: min(n, 5_000)], rounds)
+    extra: dict[str, Any] = {"events": n, "customers": CUSTOMERS, "pii_fields": 3,
+                             "wiring": "deployed: eventward init + examples/policy.yaml, KeyService + local KMS"}
+    if skipped:
+        extra["csfle_skipped"] = skipped
+    out = []
+    for op, rates in (("encrypt", enc_rates), ("decrypt", dec_rates)):
+        ours = rates.pop("ew")
+        baselines = {"in-memory keys (same FieldEncryptor, MemoryKeys)": rates.pop("in-memory keys")}
+        for kind in ("json", "avro"):
+            if f"{kind}_{op}" in theirs:
+                baselines[f"Confluent CSFLE {kind.upper() if kind == 'json' else 'Avro'}"] = theirs[f"{kind}_{op}"]
+        baselines.update(rates)
+        out.append(scenario(f"anchor: field {op} + JSON, deployed keys", ours, baselines,
+                            target_ratio={"in-memory keys": 0.9, "Confluent CSFLE JSON": 10}, **extra))
+    return out
+
+
+def main() -> None:
+    for res in run(quick="--quick" in sys.argv[1:]):
+        print_scenario(res)
+        if "csfle_skipped" in res:
+            print(f"    CSFLE skipped: {res['csfle_skipped']}")
+
+
+if __name__ == "__main__":
+    main()
