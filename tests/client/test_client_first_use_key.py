@@ -16,7 +16,7 @@ from eventward.client import dlq as dlq_mod
 from eventward.client.trust import DEAD_LETTER
 from eventward.crypto import seal as sealing
 from eventward.deployment import Deployment
-from eventward.errors import AccessDenied
+from eventward.errors import AccessDenied, NotFoundError
 from eventward.home import Home
 from eventward.policy.spec import YAML_ACTIONS
 
@@ -116,6 +116,27 @@ def test_the_first_dead_letter_creates_a_dead_letter_key_audited_and_limited(hom
         # a second consumer run reuses the key (no rotation, no second key)
         dep.consumer("billing", TOPIC, group="again", from_beginning=True).run(fail, idle_timeout=0.2)
         assert len(dep.trust.list("billing")) == 1
+
+
+def test_two_processes_making_the_first_key_at_once_end_with_one_key(home: Home) -> None:
+    """B looked for a key before A made one: B's write transaction sees A's and keeps it."""
+    with Deployment.open(home) as a, Deployment.open(home) as b:
+        real = b.trust.dead_letter_signer
+        looked: list[str] = []
+
+        def before_a(principal: str):  # the lookup B did before A's insert
+            if not looked:
+                looked.append(principal)
+                raise NotFoundError("no key yet")
+            return real(principal)
+
+        first = a.trust.first_dead_letter_key("billing")
+        b.trust.dead_letter_signer = before_a  # type: ignore[method-assign]
+        second = b.trust.first_dead_letter_key("billing")
+        assert looked == ["billing"]
+        assert second.kid == first.kid
+        assert [k.kid for k in a.trust.list("billing")] == [first.kid]
+        assert [p.name for p in home.producer_keys.glob("billing.*")] == [f"billing.{first.kid}.key"]
 
 
 def test_attack_first_use_dead_letter_key_cannot_seal_events_on_the_topic(home: Home) -> None:
