@@ -155,7 +155,9 @@ roles:
     - {allow: rotate_keys, producer: "*"}
   schema-author: [{allow: propose_schema, schema: "*"}]
   schema-admin: [{allow: approve_schema, schema: "*"}]
-  writer: [{allow: publish, topic: customers, event_types: [CustomerRegistered]}]
+  writer:
+    - {allow: publish, topic: customers, event_types: [CustomerRegistered]}
+    - {allow: encrypt, class: pii, on_topics: [customers]}
   reader: [{allow: subscribe, topic: customers}]
 """
 
