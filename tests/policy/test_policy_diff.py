@@ -94,6 +94,16 @@ def test_the_order_never_grants_more_than_either_version() -> None:
     assert kinds == [("add", "deny"), ("remove", "allow"), ("add", "allow"), ("remove", "deny")]
 
 
+def test_notes_on_what_eventward_enforces_are_diffed_too(home: Path) -> None:
+    doc = json.loads(_diff(home, "2", "3", "--json"))
+    assert set(doc["notes"]) == {"kafka", "nats"}
+    old = "#!/bin/sh\n# header\n# --- enforced by eventward ---\n# a: type limit\n# b: kept\n"
+    new = "#!/bin/sh\n# header\n# --- enforced by eventward ---\n# b: kept\n# c: new limit\n"
+    assert diff.notes_delta(old, new) == {"added": ["c: new limit"], "removed": ["a: type limit"]}
+    only_kafka = json.loads(_diff(home, "2", "3", "--target", "kafka", "--json"))
+    assert "nats" not in only_kafka and set(only_kafka["notes"]) == {"kafka"}
+
+
 def test_unknown_version_and_target_are_typed_errors(home: Path) -> None:
     r = CliRunner().invoke(app, ["--home", str(home), "policy", "diff", "2", "99"])
     assert r.exit_code != 0 and type(r.exception).__name__ == "NotFoundError"

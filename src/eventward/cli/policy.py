@@ -322,10 +322,13 @@ def diff_cmd(
     if target not in (*TARGETS, "all"):
         raise InputError("--target must be nats, kafka or all", field="target")
     v1, v2 = _stored(old, new)
-    kafka = diff.kafka_delta(_compile(v1, "kafka"), _compile(v2, "kafka")) if target != "nats" else None
-    nats = diff.nats_delta(_compile(v1, "nats"), _compile(v2, "nats")) if target != "kafka" else None
+    targets = TARGETS if target == "all" else (target,)
+    texts = {t: (_compile(v1, t), _compile(v2, t)) for t in targets}
+    kafka = diff.kafka_delta(*texts["kafka"]) if "kafka" in texts else None
+    nats = diff.nats_delta(*texts["nats"]) if "nats" in texts else None
+    notes = {t: diff.notes_delta(*pair) for t, pair in texts.items()}
     if as_json:
-        common.emit_json({"from": v1.version, "to": v2.version, **diff.delta_json(kafka, nats)})
+        common.emit_json({"from": v1.version, "to": v2.version, **diff.delta_json(kafka, nats, notes)})
         return
     out = common.console
     if kafka is not None:
@@ -338,6 +341,10 @@ def diff_cmd(
         out.out(f"# NATS permission changes from policy version {v1.version} to {v2.version}"
                 " (apply: eventward policy compile --target nats, then reload nats-server)", highlight=False)
         out.out("\n".join(f"# {x}" for x in lines) if lines else "# (none)", highlight=False)
+    for t, n in notes.items():
+        for sign, key in (("-", "removed"), ("+", "added")):
+            for note in n[key]:
+                out.out(f"# {t} note {sign} {note}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

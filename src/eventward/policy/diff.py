@@ -135,9 +135,23 @@ def nats_lines(deltas: list[NatsUserDelta]) -> list[str]:
     return lines
 
 
-def delta_json(kafka: KafkaDelta | None, nats: list[NatsUserDelta] | None) -> dict[str, Any]:
+def notes_delta(old_text: str, new_text: str) -> dict[str, list[str]]:
+    """The compilers' ``#`` notes (what eventward enforces because the broker cannot) that appear
+    or disappear; header comments are the same in both, so they cancel out."""
+    def notes(text: str) -> list[str]:
+        return [x[1:].strip() for x in text.splitlines() if x.startswith("# ") and not x.startswith("# ---")]
+
+    old, new = notes(old_text), notes(new_text)
+    return {"added": [x for x in new if x not in set(old)], "removed": [x for x in old if x not in set(new)]}
+
+
+def delta_json(
+    kafka: KafkaDelta | None,
+    nats: list[NatsUserDelta] | None,
+    notes: dict[str, dict[str, list[str]]] | None = None,
+) -> dict[str, Any]:
     """The stable --json body (docs/cli.md)."""
-    doc: dict[str, Any] = {}
+    doc: dict[str, Any] = {"notes": notes or {}}
     if kafka is not None:
         doc["kafka"] = {"add": list(kafka.add), "remove": list(kafka.remove), "script": kafka.script()}
     if nats is not None:
