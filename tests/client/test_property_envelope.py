@@ -132,4 +132,6 @@ def test_property_envelope_produce_lines(line: bytes) -> None:
     except InputError as e:
         assert e.message.startswith("line 7:")
         return
-    assert isinstance(ev["type"], str) and "data" in ev
+    assert isinstance(ev, dict) and isinstance(ev["type"], str)  # data may be unset (null)
+    for name in ("id", "source", "subject"):
+        assert name not in ev or (isinstance(ev[name], str) and ev[name])
