@@ -20,6 +20,7 @@ from typing import Any, Literal
 from eventward.audit.certificate import Certificate, issue_erasure_certificate
 from eventward.audit.log import AuditLog
 from eventward.audit.reconcile import DEFAULT_GRACE_S, Reconciled, reconcile
+from eventward.backup import anchor_keys
 from eventward.client.consumer import Consumer
 from eventward.client.dlq import DeadLetters
 from eventward.client.producer import Producer
@@ -145,6 +146,8 @@ class Deployment:
         self.guard = ProducerGuard(audit)  # untagged PII/secrets, per x-eventward-guard (guard/modes.py)
         self.verifier = SealVerifier(trust, require_hybrid=config.seals.require_hybrid)
         self._closers: list[Any] = []
+        # every forget and KEK rotation anchors the key state in the audit log (see eventward.backup)
+        keys.on_change = lambda why: anchor_keys(audit, keys, reason=why)
 
     # --- lifecycle -------------------------------------------------------------------------
     @classmethod

@@ -23,7 +23,7 @@ from eventward.audit.note import NoteKey
 from eventward.audit.signing import AuditVerifier
 from eventward.audit.verify import Progress, VerifyReport, verify_consistency_proof, verify_log
 from eventward.errors import AuditIntegrityError, ConfigError, EventwardError
-from eventward.home import read_secret, write_secret
+from eventward.home import write_secret
 
 STATE_ENV = "EVENTWARD_AUDIT_STATE"
 
@@ -39,10 +39,10 @@ def load_state(path: Path) -> str | None:
     """The checkpoint text kept at ``path``, or None when there is none yet."""
     if not path.exists():
         return None
-    try:
-        return read_secret(path).decode()
-    except UnicodeDecodeError:
-        raise ConfigError(f"audit state {path} is not a checkpoint") from None
+    try:  # a checkpoint is public: any mode reads; it is written 0600 all the same
+        return path.read_bytes().decode()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"audit state {path} is unreadable or not a checkpoint") from None
 
 
 def save_state(path: Path, checkpoint: str) -> None:

@@ -56,9 +56,9 @@ def _root(
 
 
 def _register() -> None:
-    from eventward.cli import audit, demo, gateway, keys, log, nats, policy, schema, service, witness
+    from eventward.cli import audit, backup, demo, gateway, keys, log, nats, policy, schema, service, witness
 
-    for mod in (keys, schema, policy, audit, log, nats, gateway, demo, witness, service):
+    for mod in (keys, schema, policy, audit, log, nats, gateway, demo, witness, service, backup):
         mod.register(app)
 
 

@@ -4,15 +4,24 @@ The store keeps its own ledger table, but a restored backup of the store lacks t
 entries; this file survives the restore and is re-applied on open, so a backup cannot
 resurrect a forgotten subject. Each line carries an HMAC under the KMS's ledger secret: a
 forged line could otherwise erase someone, so an unauthenticated line stops the service.
+
+The lines are hash-chained: each new line names the head before it (``p``), and the head after
+line i is SHA-256(head before || line i's payload), from 32 zero bytes. ``head()`` is what the
+audit log anchors (see ``eventward.backup``), so a ledger with entries removed from the end (a
+restored copy) is shorter than the anchored head and one with entries removed or reordered in
+the middle breaks the chain. Lines written before the chain existed carry no ``p`` and are
+chained all the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -23,9 +32,32 @@ from eventward.keys.store_base import Erasure
 Mac = Callable[[bytes], bytes]
 
 
-def _payload(e: Erasure) -> bytes:
-    entry = {"s": e.subject_hash, "t": e.time, "c": list(e.classes), "n": e.destroyed}
+GENESIS = "00" * 32
+
+
+def _payload(e: Erasure, prev: str) -> bytes:
+    entry = {"s": e.subject_hash, "t": e.time, "c": list(e.classes), "n": e.destroyed, "p": prev}
     return orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+
+
+def _next(head: str, payload: bytes) -> str:
+    return hashlib.sha256(bytes.fromhex(head) + payload).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerHead:
+    """How many entries the ledger holds and the chain hash after the last (GENESIS when empty);
+    ``heads[i]`` is the head after entry i, so a longer ledger can be shown to extend a shorter."""
+
+    entries: int
+    head: str
+    heads: tuple[str, ...] = ()
+
+    def extends(self, other: LedgerHead) -> bool:
+        """Whether this ledger starts with exactly ``other``'s entries."""
+        if other.entries == 0:
+            return True
+        return other.entries <= self.entries and self.heads[other.entries - 1] == other.head
 
 
 class ErasureLedger:
@@ -53,29 +85,63 @@ class ErasureLedger:
     def append(self, *entries: Erasure) -> None:
         if not entries:
             return
-        lines = b"".join(p + b" " + self._mac(p).hex().encode() + b"\n" for p in map(_payload, entries))
         with self._locked() as fd:
-            os.write(fd, lines)
+            head = self._scan(self._read_all(fd))[1].head
+            lines = []
+            for e in entries:
+                p = _payload(e, head)
+                head = _next(head, p)
+                lines.append(p + b" " + self._mac(p).hex().encode() + b"\n")
+            os.write(fd, b"".join(lines))
             os.fsync(fd)
 
     def load(self) -> list[Erasure]:
         """Every entry, authenticated. A torn last line (crash mid-append) is cut off; the store
         still holds that entry and the caller re-appends it."""
         with self._locked() as fd:
-            size = os.fstat(fd).st_size
-            data = os.pread(fd, size, 0) if size else b""
-            if data and not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1
-                os.ftruncate(fd, keep)
-                data = data[:keep]
-        return [self._parse(n, line) for n, line in enumerate(data.splitlines(), start=1)]
+            return self._scan(self._read_all(fd))[0]
 
-    def _parse(self, n: int, line: bytes) -> Erasure:
+    def head(self) -> LedgerHead:
+        """The chain head (every line authenticated and chained on the way)."""
+        with self._locked() as fd:
+            return self._scan(self._read_all(fd))[1]
+
+    @staticmethod
+    def _read_all(fd: int) -> bytes:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0) if size else b""
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            os.ftruncate(fd, keep)
+            data = data[:keep]
+        return data
+
+    def _scan(self, data: bytes) -> tuple[list[Erasure], LedgerHead]:
+        entries: list[Erasure] = []
+        heads: list[str] = []
+        head = GENESIS
+        for n, line in enumerate(data.splitlines(), start=1):
+            payload, erasure, prev = self._parse(n, line)
+            if prev is not None and prev != head:
+                raise KeyIntegrityError(
+                    f"erasure ledger {self.path} line {n} does not follow line {n - 1} (entries were removed "
+                    "or reordered)",
+                    line=n,
+                )
+            head = _next(head, payload)
+            entries.append(erasure)
+            heads.append(head)
+        return entries, LedgerHead(len(entries), head, tuple(heads))
+
+    def _parse(self, n: int, line: bytes) -> tuple[bytes, Erasure, str | None]:
         payload, _, tag = line.rpartition(b" ")
         if not hmac.compare_digest(tag, self._mac(payload).hex().encode()):
             raise KeyIntegrityError(f"erasure ledger {self.path} line {n} fails authentication", line=n)
         try:
             d = orjson.loads(payload)
-            return Erasure(str(d["s"]), float(d["t"]), tuple(map(str, d["c"])), int(d["n"]))
-        except (ValueError, KeyError, TypeError):
+            prev = d.get("p")
+            if prev is not None and not isinstance(prev, str):
+                raise TypeError
+            return payload, Erasure(str(d["s"]), float(d["t"]), tuple(map(str, d["c"])), int(d["n"])), prev
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise KeyIntegrityError(f"erasure ledger {self.path} line {n} is malformed", line=n) from None

@@ -241,6 +241,9 @@ class KeyService:
         self._enc_total = 0
         self._enc_lock = threading.Lock()
         self._enc_next = time.monotonic() + self.config.audit_every_s
+        # Called with "forget" or "rotate" once the ledger or the KMS changed: the deployment anchors
+        # the new key state (ledger head, keyring generation) in the audit log.
+        self.on_change: Callable[[str], None] | None = None
         self._check_store_binding()
         self._reconcile_ledger()
         self._epoch = store.epoch()
@@ -706,13 +709,15 @@ class KeyService:
             purged=purged, kek_epochs=meta_list([f"{c}.v{v}" for c, v in sorted(kek_epochs.items())]),
         )
         log.info("forgot subject %s: %d key(s) destroyed in %s", h, erasure.destroyed, list(erasure.classes))
+        if self.on_change is not None:
+            self.on_change("forget")
         return receipt
 
     def hold(self, subject: str, *, principal: str, reason: str) -> None:
         _check_reason(reason, required=True)
         h = self.subject_hash(subject)
         self._authorize(principal, HOLD, ("Subject", h), "key.hold", f"subject:{h}")
-        self.store.hold(h, reason, self._clock())
+        self.store.hold(h, reason, self._clock(), by=principal)
         self._audit.record("key.hold", principal=principal, resource=f"subject:{h}", reason=reason)
 
     def release(self, subject: str, *, principal: str) -> bool:
@@ -761,6 +766,8 @@ class KeyService:
         )
         log.info("rotated %s to %s: %d re-wrapped, %d failed, destroyed %s", cls, new, done, failed,
                  list(destroyed))
+        if self.on_change is not None:
+            self.on_change("rotate")
         return report
 
     def _rewrap_rows(self, rows: list[DekRecord]) -> tuple[int, int]:

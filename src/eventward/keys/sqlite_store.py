@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE TABLE IF NOT EXISTS holds (
     subject_hash TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
-    since REAL NOT NULL
+    since REAL NOT NULL,
+    placed_by TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS erasures (
     subject_hash TEXT NOT NULL,
@@ -132,6 +133,9 @@ class SQLiteKeyStore:
                             self._db.execute(stmt)
                         self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
                         found = SCHEMA_VERSION
+                    holds = {r[1] for r in self._db.execute("PRAGMA table_info(holds)").fetchall()}
+                    if "placed_by" not in holds:  # stores made before holds named who placed them
+                        self._db.execute("ALTER TABLE holds ADD COLUMN placed_by TEXT NOT NULL DEFAULT ''")
                     self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)",
                                      ("s-" + secrets.token_hex(16),))
                     self._id = str(self._db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
@@ -299,14 +303,19 @@ class SQLiteKeyStore:
     def erase_subject(self, subject_hash: str, at: float) -> Erasure:
         _check_subject_hash(subject_hash)
         with self.transaction(), self._errors("erase subject"):
-            hold = self._db.execute("SELECT since FROM holds WHERE subject_hash = ?", (subject_hash,))
+            hold = self._db.execute(
+                "SELECT since, reason, placed_by FROM holds WHERE subject_hash = ?", (subject_hash,)
+            )
             row = hold.fetchone()
             if row:
                 since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row[0]))
+                by = f" placed by {row[2]}" if row[2] else ""
                 raise LegalHoldError(
-                    f"subject {subject_hash} is under legal hold since {since}; "
+                    f"subject {subject_hash} is under legal hold {row[1]}{by} since {since}; "
                     "release the hold before forgetting",
                     subject_hash=subject_hash,
+                    hold_code=row[1],
+                    held_by=row[2],
                 )
             rows = self._delete_keys(subject_hash, at, None)
             e = Erasure(subject_hash, at, tuple(sorted({cls for _, cls in rows})), len(rows))
@@ -336,12 +345,12 @@ class SQLiteKeyStore:
         return [Erasure(s, t, tuple(orjson.loads(c)), n) for s, t, c, n in rows]
 
     # --- legal holds ------------------------------------------------------------------------
-    def hold(self, subject_hash: str, reason: str, since: float) -> None:
+    def hold(self, subject_hash: str, reason: str, since: float, by: str = "") -> None:
         _check_subject_hash(subject_hash)
         with self.transaction(), self._errors("place hold"):
             self._db.execute(
-                "INSERT OR REPLACE INTO holds (subject_hash, reason, since) VALUES (?, ?, ?)",
-                (subject_hash, reason, since),
+                "INSERT OR REPLACE INTO holds (subject_hash, reason, since, placed_by) VALUES (?, ?, ?, ?)",
+                (subject_hash, reason, since, by),
             )
 
     def release(self, subject_hash: str) -> bool:
@@ -351,6 +360,13 @@ class SQLiteKeyStore:
     def held(self, subject_hash: str) -> str | None:
         row = self._one("read hold", "SELECT reason FROM holds WHERE subject_hash = ?", (subject_hash,))
         return row[0] if row else None
+
+    def hold_info(self, subject_hash: str) -> tuple[str, float, str] | None:
+        """(reason code, since, placed by) of the subject's hold, or None."""
+        row = self._one(
+            "read hold", "SELECT reason, since, placed_by FROM holds WHERE subject_hash = ?", (subject_hash,)
+        )
+        return (str(row[0]), float(row[1]), str(row[2])) if row else None
 
     def holds_count(self) -> int:
         row = self._one("count holds", "SELECT count(*) FROM holds")

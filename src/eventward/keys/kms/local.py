@@ -303,6 +303,11 @@ class LocalKMS:
     def classes(self) -> list[str]:
         return sorted(self._refresh().classes)
 
+    def generation(self) -> int:
+        """How many changes the keyring file has seen: anchored in the audit log, so a keyring
+        restored from a backup (fewer changes, destroyed KEKs still inside) is recognised."""
+        return self._refresh().generation
+
     def is_live(self, kid: str) -> bool:
         cls, version = parse_kek_id(kid)
         ck = self._refresh().classes.get(cls)
