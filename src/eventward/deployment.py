@@ -31,6 +31,7 @@ from eventward.config import Config
 from eventward.crypto.fields import FieldEncryptor
 from eventward.errors import ConfigError, EventwardError
 from eventward.guard.producer_guard import ProducerGuard
+from eventward.guard.vault import forget_claims
 from eventward.home import Home
 from eventward.keys.kms import connect_kms
 from eventward.keys.kms.base import KMS
@@ -348,6 +349,7 @@ class Deployment:
         ``reason`` is a short code (InputError for free text, which could carry PII)."""
         code = reason or "erasure-request"
         receipt = self.keys.forget(subject, principal=principal, reason=code)
+        forget_claims(self.home, receipt.subject_hash)  # claim-check vault entries too (guard/vault.py)
         cert = issue_erasure_certificate(self.audit, receipt, principal=principal, reason_code=code)
         return Forgotten(receipt, cert)
 

@@ -27,6 +27,7 @@ principals:
   orders-svc: {type: service, roles: [writer]}
   redactor: {type: service, roles: [redactor]}
   analytics-svc: {type: service, roles: [analyst]}
+  fraud-svc: {type: service, roles: [analyst, pii-reader]}
 roles:
   admin:
     - {allow: manage_policy}
@@ -51,6 +52,8 @@ roles:
     - {allow: encrypt, class: pii}
   analyst:
     - {allow: subscribe, topic: orders.analytics}
+  pii-reader:
+    - {allow: decrypt, class: pii}
 """
 
 ORDER: dict[str, Any] = {
