@@ -56,11 +56,11 @@ def _root(
 
 
 def _register() -> None:
-    from eventward.cli import audit, demo, gateway, keys, log, nats, policy, schema, service, witness
+    from eventward.cli import audit, demo, gateway, harden, keys, log, nats, policy, schema, service, witness
     from eventward.cli import backup as backup_cli
     from eventward.cli import erasure as erasure_cli
 
-    for mod in (keys, schema, policy, audit, log, nats, gateway, demo, witness, service):
+    for mod in (keys, schema, policy, audit, log, nats, gateway, demo, witness, service, harden):
         mod.register(app)
     backup_cli.register(app)
     erasure_cli.register(app)
