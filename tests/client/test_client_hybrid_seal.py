@@ -220,3 +220,68 @@ def test_config_require_hybrid() -> None:
     for bad in ("seals: {require_hybrid: ['*']}", "seals: {require_hybrid: ['']}", "seals: {require: [x]}"):
         with pytest.raises(ConfigError):
             Config.parse(bad)
+
+
+CLI_POLICY = """\
+principals:
+  admin: {type: user, roles: [eventward-admin]}
+  alice: {type: user, roles: [schema-author]}
+  bob: {type: user, roles: [schema-admin]}
+  signup: {type: service, roles: [writer]}
+  legacy: {type: service, roles: [writer]}
+  billing: {type: service, roles: [reader]}
+roles:
+  eventward-admin:
+    - {allow: manage_policy}
+    - {allow: rotate_keys, producer: "*"}
+  schema-author: [{allow: propose_schema, schema: "*"}]
+  schema-admin: [{allow: approve_schema, schema: "*"}]
+  writer: [{allow: publish, topic: signups, event_types: [SignedUp]}]
+  reader: [{allow: subscribe, topic: signups}]
+"""
+PLAIN_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"n": {"type": "integer"}},
+}
+
+
+def test_attack_hybrid_required_topic_cli(tmp_path) -> None:
+    """Through a real Deployment and the CLI: ``trust register --suite`` makes a hybrid producer,
+    and eventward.yaml ``seals.require_hybrid`` makes consumers refuse the Ed25519-only one."""
+    import orjson
+    import yaml
+    from typer.testing import CliRunner
+
+    from eventward.cli import app
+    from eventward.deployment import Deployment
+    from eventward.home import Home
+
+    home = Home(tmp_path / "home")
+    with Deployment.init(home, policy_yaml=CLI_POLICY) as dep:
+        dep.registry.propose("alice", "SignedUp", PLAIN_SCHEMA)
+        dep.registry.approve("bob", "SignedUp", 1)
+
+    def run(*args: str, input: str | None = None) -> object:
+        return CliRunner().invoke(app, ["--home", str(home.root), *args], input=input, env={"COLUMNS": "300"})
+
+    r = run("trust", "register", "signup", "--suite", HYBRID, "--as", "admin")
+    assert r.exit_code == 0 and HYBRID in r.output, r.output
+    assert run("trust", "register", "legacy", "--as", "admin").exit_code == 0
+    keys = {k["principal"]: k["suite"] for k in orjson.loads(run("trust", "list", "--json").stdout)["keys"]}
+    assert keys == {"signup": HYBRID, "legacy": ED25519}
+    data = "\n".join(orjson.dumps({"type": "SignedUp", "data": {"n": i}}).decode() for i in range(2))
+    hybrid_ids = run("produce", "signups", "-", "--as", "signup", input=data).stdout.split()
+    legacy_ids = run("produce", "signups", "-", "--as", "legacy", input=data).stdout.split()
+    assert len(hybrid_ids) == len(legacy_ids) == 2
+
+    def consumed() -> list[str]:
+        r = run("consume", "signups", "--as", "billing", "--from-beginning", "--idle", "0", "-g", uuid.uuid4().hex)
+        return [orjson.loads(line)["id"] for line in r.stdout.splitlines() if line.strip()]
+
+    assert consumed() == hybrid_ids + legacy_ids  # mixed fleet
+    cfg = yaml.safe_load(home.config.read_text())
+    cfg["seals"] = {"require_hybrid": ["signups"]}
+    home.config.write_text(yaml.safe_dump(cfg))
+    assert consumed() == hybrid_ids

@@ -36,6 +36,7 @@ from eventward.cli.context import as_admin, as_required, deployment, require_sig
 from eventward.client.consumer import Consumer
 from eventward.client.trust import DEAD_LETTER, SEAL
 from eventward.client.types import Delivered, RunStats
+from eventward.crypto.seal import ED25519, HYBRID, SUITES
 from eventward.deployment import Deployment
 from eventward.errors import EventwardError, InputError, NotFoundError
 
@@ -53,6 +54,12 @@ _PURPOSE = typer.Option(
     SEAL,
     "--purpose",
     help=f"{SEAL}: seals the principal's batches; {DEAD_LETTER}: seals only the dead letters it writes.",
+)
+_SUITE = typer.Option(
+    ED25519,
+    "--suite",
+    help=f"Seal suite: {ED25519}, or {HYBRID} (post-quantum hybrid: both signatures on every seal). "
+    f"One of: {', '.join(SUITES)}.",
 )
 _JSON = common.json_option()
 
@@ -365,17 +372,17 @@ def trust_list(
         keys = dep.trust.list(producer)
     if as_json:
         common.emit_json({"keys": [
-            {"kid": k.kid, "principal": k.principal, "purpose": k.purpose, "status": k.status,
+            {"kid": k.kid, "principal": k.principal, "purpose": k.purpose, "suite": k.suite, "status": k.status,
              "created": _when(k.created).replace(" ", "T"), "changed": _when(k.changed).replace(" ", "T"),
              "by": k.changed_by}
             for k in keys
         ]})
         return
     t = Table(title="trust registry")
-    for col in ("kid", "principal", "purpose", "status", "created", "changed", "by"):
+    for col in ("kid", "principal", "purpose", "suite", "status", "created", "changed", "by"):
         t.add_column(col, overflow="fold")
     for k in keys:
-        t.add_row(k.kid, k.principal, k.purpose, k.status, _when(k.created), _when(k.changed), k.changed_by)
+        t.add_row(k.kid, k.principal, k.purpose, k.suite, k.status, _when(k.created), _when(k.changed), k.changed_by)
     common.console.print(t)
 
 
@@ -386,6 +393,7 @@ def trust_register(
     producers: list[str] = typer.Argument(..., help="Principal(s) that produce or consume."),
     by: str = _ADMIN_AS,
     purpose: str = _PURPOSE,
+    suite: str = _SUITE,
 ) -> None:
     """Create the first signing key of each principal (private key 0600 in the home); needs rotate_keys on it.
 
@@ -394,18 +402,23 @@ def trust_register(
     Principals are registered in order; on an error the ones before it stay registered."""
     with deployment(by) as dep:
         for producer in producers:
-            s = dep.trust.register(producer, by=by, purpose=purpose)
-            common.console.print(f"[bold green]registered[/] {producer} ({purpose}): {s.kid}", highlight=False)
+            s = dep.trust.register(producer, by=by, purpose=purpose, suite=suite)
+            common.console.print(
+                f"[bold green]registered[/] {producer} ({purpose}, {s.suite}): {s.kid}", highlight=False
+            )
 
 
 @trust_app.command("rotate")
 def trust_rotate(
-    producer: str = typer.Argument(..., help="Producer principal."), by: str = _ADMIN_AS, purpose: str = _PURPOSE
+    producer: str = typer.Argument(..., help="Producer principal."), by: str = _ADMIN_AS, purpose: str = _PURPOSE,
+    suite: str = _SUITE,
 ) -> None:
-    """A new signing key; the old one still verifies what it sealed (needs rotate_keys on the producer)."""
+    """A new signing key; the old one still verifies what it sealed (needs rotate_keys on the producer).
+
+    ``--suite ed25519+ml-dsa-65`` migrates the producer to hybrid post-quantum seals."""
     with deployment(by) as dep:
-        s = dep.trust.rotate(producer, by=by, purpose=purpose)
-    common.console.print(f"[bold green]rotated[/] {producer}: now {s.kid}", highlight=False)
+        s = dep.trust.rotate(producer, by=by, purpose=purpose, suite=suite)
+    common.console.print(f"[bold green]rotated[/] {producer}: now {s.kid} ({s.suite})", highlight=False)
 
 
 @trust_app.command("revoke")
