@@ -65,6 +65,10 @@ def _register() -> None:
     backup_cli.register(app)
     erasure_cli.register(app)
 
+    from eventward.cli import guard as guard_cli  # after schema: it adds `schema suggest-tags`
+
+    guard_cli.register(app)
+
 
 _register()
 
