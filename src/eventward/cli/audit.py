@@ -29,6 +29,7 @@ from eventward.audit.log import AuditLog
 from eventward.audit.note import parse_vkey
 from eventward.audit.signing import AuditVerifier, load_signer
 from eventward.audit.state import default_state_path, verify_with_state
+from eventward.audit.timestamp import request_timestamp, verify_timestamp
 from eventward.audit.verify import VerifyReport, verify_log
 from eventward.cli import common
 from eventward.cli.context import as_admin, deployment
@@ -164,6 +165,63 @@ def checkpoint(out: Path = _OUT, principal: str = _AS, as_json: bool = _JSON) ->
             out.write_text(cp.text)
         return
     _emit(cp.text, out)
+
+
+@audit_app.command(
+    "timestamp",
+    epilog=common.examples("eventward audit timestamp --tsa http://tsa.example/ --tsa-cert tsa.pem --out cp.tsr"),
+)
+def timestamp_cmd(
+    tsa: str = typer.Option(..., "--tsa", help="The timestamp authority's URL (RFC 3161 over HTTP)."),
+    tsa_cert: Path = typer.Option(..., "--tsa-cert", help="The TSA's certificate (PEM), pinned."),
+    ca_cert: Path = typer.Option(None, "--ca-cert", help="The CA that issued the TSA certificate (PEM)."),
+    out: Path = typer.Option(None, "--out", help="Write the token (DER) to this file."),
+    principal: str = _AS,
+    as_json: bool = _JSON,
+) -> None:
+    """Sign a checkpoint and have a TSA timestamp it (RFC 3161); the verified token is kept with it."""
+    cert = _read_bytes(tsa_cert, "TSA certificate")
+    ca = _read_bytes(ca_cert, "CA certificate") if ca_cert is not None else None
+    with _reading(principal) as (_, log):
+        cp = log.checkpoint()
+        token = request_timestamp(tsa, cp.text.encode())
+        ts = verify_timestamp(token, cp.text.encode(), cert, ca_cert=ca)
+        log.attach("timestamp", str(cp.size), cp.size, orjson.dumps(
+            {"checkpoint": cp.text, "token": _b64(token), "gen_time": ts.gen_time.isoformat()}).decode())
+    if out is not None:
+        out.write_bytes(token)
+    doc = {"size": cp.size, "gen_time": ts.gen_time.isoformat(), "serial": ts.serial, "tsa": ts.tsa,
+           "checkpoint": cp.text, "token": _b64(token)}
+    if as_json:
+        common.emit_json(doc)
+        return
+    common.console.print(f"checkpoint of size {cp.size} timestamped at {doc['gen_time']} by {ts.tsa}",
+                         highlight=False, markup=False)
+
+
+@audit_app.command("verify-timestamp")
+def verify_timestamp_cmd(
+    checkpoint: Path = typer.Argument(..., help="The checkpoint text file."),
+    token: Path = typer.Argument(..., help="The timestamp token (DER)."),
+    tsa_cert: Path = typer.Option(..., "--tsa-cert", help="The TSA's certificate (PEM), pinned."),
+    ca_cert: Path = typer.Option(None, "--ca-cert", help="The CA that issued the TSA certificate (PEM)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Check offline that a TSA timestamped exactly this checkpoint text (no home, no grant)."""
+    ca = _read_bytes(ca_cert, "CA certificate") if ca_cert is not None else None
+    ts = verify_timestamp(_read_bytes(token, "token"), _read_bytes(checkpoint, "checkpoint"),
+                          _read_bytes(tsa_cert, "TSA certificate"), ca_cert=ca)
+    if as_json:
+        common.emit_json({"ok": True, "gen_time": ts.gen_time.isoformat(), "serial": ts.serial, "tsa": ts.tsa})
+        return
+    common.console.print(f"[green]OK[/]: timestamped at {ts.gen_time.isoformat()} by {ts.tsa}", highlight=False)
+
+
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise NotFoundError(f"cannot read {what} file {path}", path=str(path)) from None
 
 
 @audit_app.command(
