@@ -18,7 +18,7 @@ DIR = Path(sys.argv[1])
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         n = int(self.headers.get("Content-Length", "0"))
         query = self.rfile.read(min(n, 1 << 16))
         with tempfile.TemporaryDirectory(dir=DIR) as tmp:
