@@ -29,7 +29,8 @@ from bench.common import machine, print_scenario
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 AREAS = (
-    "fields", "anchors", "keys", "keys_hsm", "schema", "policy", "audit", "e2e", "nats", "gateway", "memory", "scaling",
+    "fields", "anchors", "keys", "keys_hsm", "schema", "policy", "seals", "audit", "e2e", "nats", "gateway", "memory",
+    "scaling",
 )
 README_BEGIN = "<!-- bench-table:begin -->"
 README_END = "<!-- bench-table:end -->"
