@@ -10,6 +10,8 @@ stored subtree hashes. Baseline: the in-memory RFC 6962 recursion (``crypto.merk
 all leaf hashes, which is what a log that stores only leaves must do.
 verification: ``verify_log`` (every leaf recomputed from the stored bytes, every stored node
 compared). Baseline: reading the record bytes and hashing them, the floor of any verifier.
+witness: cosigns per second of a witness following a growing log (signature, consistency proof,
+durable state each). Baseline: the signature work alone.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_scenario, rate, scenario
+from eventward.audit.checkpoint import verify_checkpoint
 from eventward.audit.log import AuditLog
 from eventward.audit.verify import verify_log
+from eventward.audit.witness import Witness
 from eventward.crypto import merkle
 from eventward.home import Home
 
@@ -167,6 +171,46 @@ def _verify_scenario(home: Home, n: int, repeats: int) -> dict[str, Any]:
     )
 
 
+def _witness_scenario(root: Path, n: int, repeats: int) -> dict[str, Any]:
+    """Cosigns per second by a witness following a growing log: each verifies the log's signature,
+    re-reads and re-verifies its last cosigned checkpoint, checks the consistency proof, cosigns
+    and durably writes its state. Baseline: the signatures alone (verify the log's, make one)."""
+    home = Home(root / "witnessed")
+    feed = []
+    with AuditLog.open(home) as log:
+        prev = None
+        for i in range(n):
+            log.append_many([_event(i * 10 + k) for k in range(10)])
+            cp = log.checkpoint()
+            feed.append((cp.text, None if prev is None else log.consistency(prev, cp.size)))
+            prev = cp.size
+        vkey = log.verifier.vkey()
+    runs = iter(range(repeats))
+
+    def follow() -> int:
+        w = Witness.init(root / f"w{next(runs)}", "bench.witness/w1", vkey)
+        for text, proof in feed:
+            w.cosign(text, proof)
+        return len(feed)
+
+    measured = rate(follow, repeats=repeats)
+    w = Witness.open(root / "w0")
+    signer_key = w.key
+
+    def signatures_only() -> int:
+        for text, _ in feed:
+            verify_checkpoint(text, w.log_key)
+            w._signer.sign(text.encode(), 0)
+        return len(feed)
+
+    floor = rate(signatures_only, repeats=repeats)
+    assert verify_checkpoint(w.last().text, w.log_key, witnesses=[signer_key]).cosignatures
+    return scenario(
+        f"witness cosign ({n} checkpoints, proof + fsync'd state each)", measured,
+        {"log signature check + Ed25519 cosignature only": floor}, unit="cosigns/s", checkpoints=n,
+    )
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     n_append = 10_000 if quick else 100_000
     n_tree = 10_000 if quick else 1_000_000
@@ -178,6 +222,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         results.append(_proof_scenario(home, n_tree, samples=200 if quick else 2_000))
         results[-1]["build_records_per_s"] = round(build_rate)
         results.append(_verify_scenario(home, n_tree, repeats=3 if quick else 1))
+        results.append(_witness_scenario(root, 100 if quick else 500, repeats=3))
     return results
 
 
