@@ -120,22 +120,25 @@ def test_attack_foreign_keystore_is_refused(demo_dep, tmp_path):
         Deployment.open(home)
 
 
-def test_kms_unavailable_midconsume_stops_and_resumes(demo_dep):
-    home, dep = demo_dep.home, demo_dep
+def test_kms_unavailable_midconsume_stops_and_resumes(demo_dep, monkeypatch):
+    dep = demo_dep
     consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="ship", from_beginning=True)
     seen: list = []
+
+    def outage(*args: object, **kw: object) -> bytes:
+        raise KMSUnavailable("KMS unreachable (test outage)")
+
     try:
         assert consumer.run(seen.append, max_events=2, idle_timeout=0.3).delivered == 2
         committed = dep.transport.committed("ship", demo.TOPIC)
-        away = home.root / "keyring.away"
-        os.replace(home.keyring, away)  # the KMS goes away mid-consume
+        monkeypatch.setattr(dep.keys.kms, "unwrap", outage)  # the KMS goes away mid-consume
         dep.keys._drop_caches()
         with pytest.raises(KMSUnavailable):
             consumer.run(seen.append, idle_timeout=0.3)
         assert len(seen) == 2 and dep.transport.committed("ship", demo.TOPIC) == committed
         dlq = demo.TOPIC + ".dlq"
         assert not dep.transport.has_stream(dlq) or dep.transport.end_offset(dlq) == 0  # nothing dead-lettered
-        os.replace(away, home.keyring)  # it comes back: the same consumer resumes where it stopped
+        monkeypatch.undo()  # it comes back: the same consumer resumes where it stopped
         stats = consumer.run(seen.append, idle_timeout=0.3)
     finally:
         consumer.close()
