@@ -19,6 +19,7 @@ from eventward.errors import (
 )
 from eventward.fieldspec import FieldSpec
 from eventward.keys.memory import MemoryKeys
+from eventward.policy.base import DECRYPT
 
 from .conftest import SENTINEL, SPEC, CountingKeys, FailingKeys, order
 
@@ -414,3 +415,37 @@ def test_errors_and_reprs_never_carry_values_or_keys(enc, keys):
         assert SENTINEL not in text and shash not in text
     for k in keys._keys.values():
         assert k.dek is None or k.dek.hex() not in repr(keys)
+
+
+def test_reading_batch_asks_the_key_source_once_per_key_and_forgets_after(auth):
+    """In one read batch each key id is resolved once (DEK or refusal); after the batch the key
+    source decides again, so a revoked clearance applies to the next batch."""
+    inner = MemoryKeys(auth)
+    keys = CountingKeys(inner)
+    enc = FieldEncryptor(keys)
+    sealed = [(f"e{i}", *enc.encrypt(f"e{i}", order("alice"), SPEC, principal="producer")) for i in range(5)]
+    with enc.reading_batch():
+        for eid, data, shash in sealed:
+            clear, _ = enc.decrypt(eid, data, SPEC, shash, principal="support")
+            assert clear["customer"]["email"] == "alice@example.com"
+            assert clear["payment"]["card"] == REDACTED  # support is not cleared for payment
+    assert sorted(set(keys.dec_calls)) == sorted(keys.dec_calls) and len(keys.dec_calls) == 2  # pii + payment
+    auth.revoke("support", DECRYPT, ("Class", "pii"))
+    with enc.reading_batch():
+        clear, _ = enc.decrypt(sealed[0][0], sealed[0][1], SPEC, sealed[0][2], principal="support")
+    assert clear["customer"]["email"] == REDACTED
+
+
+def test_reading_batch_never_remembers_a_forged_key_id(auth):
+    """A token naming a key id the key source never issued is refused on every event of the
+    batch, even after a genuine event resolved keys in the same batch."""
+    enc = FieldEncryptor(MemoryKeys(auth))
+    eid, good, shash = "e1", *enc.encrypt("e1", order("alice"), SPEC, principal="producer")
+    stranger, _ = FieldEncryptor(MemoryKeys(auth)).encrypt("e1", order("alice"), SPEC, principal="producer")
+    forged = copy.deepcopy(good)
+    forged["customer"]["email"] = stranger["customer"]["email"]  # a well-formed key id never issued here
+    with enc.reading_batch():
+        enc.decrypt(eid, good, SPEC, shash, principal="reader")
+        for _ in range(2):
+            with pytest.raises(TokenError):
+                enc.decrypt(eid, forged, SPEC, shash, principal="reader")

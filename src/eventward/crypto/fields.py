@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +39,8 @@ from eventward.keys.base import DekSource
 ERASED = "[erased]"  # what a reader sees for a crypto-shredded field
 REDACTED = "[redacted]"  # what a reader not cleared for the field's class sees
 _MAX_PLANS = 256
+_MAX_BATCH_KEYS = 4096  # decryption outcomes one read batch remembers (a batch is <= 10,000 events)
+_BATCH_KEYS_TTL = 1.0  # seconds; as long as the key service reuses a granted Encrypt decision
 _DENIED = object()  # decryption-key outcomes, remembered for the rest of the event
 _DESTROYED = object()
 _NO_HEADER = (None, 0, None, b"")  # a slot's (header, payload offset, handle, head) before its first token
@@ -102,6 +107,7 @@ class FieldEncryptor:
         self._cipher = cipher or TokenCipher()
         self._plans: dict[int, tuple[FieldSpec, _Plan]] = {}
         self._lock = threading.Lock()
+        self._batch = threading.local()  # .keys: this thread's read-batch memo, or None
 
     def __repr__(self) -> str:
         return f"FieldEncryptor({type(self._keys).__name__}, {len(self._plans)} specs prepared)"
@@ -109,6 +115,24 @@ class FieldEncryptor:
     def clear_cache(self) -> None:
         """Drop cached cipher objects (call when keys are revoked)."""
         self._cipher.clear()
+
+    @contextmanager
+    def reading_batch(self) -> Iterator[None]:
+        """Within it (one consumer read batch, on this thread), the key source is asked once per
+        (key id, class, principal, topic, type) instead of once per event: a DEK, a Decrypt
+        refusal or a crypto-shred is resolved once per batch, as the seal is verified once per
+        batch. Outcomes live until the block ends and at most ``_BATCH_KEYS_TTL`` seconds (slow
+        handlers), so a revoked grant or a forget takes effect within that. An unknown key id is never remembered: every
+        event carrying one is refused on its own. Nested blocks share the outer memo."""
+        if getattr(self._batch, "keys", None) is not None:
+            yield
+            return
+        self._batch.keys = {}
+        self._batch.until = time.monotonic() + _BATCH_KEYS_TTL
+        try:
+            yield
+        finally:
+            self._batch.keys = None
 
     def encrypt(
         self,
@@ -280,19 +304,36 @@ class FieldEncryptor:
     def _decryption_key(
         self, kid: str, cls: str, principal: str, where: tuple[str | None, str | None, str | None]
     ) -> Any:
-        """The DEK, or _DENIED / _DESTROYED. Other KeyServiceErrors propagate: fail closed."""
+        """The DEK, or _DENIED / _DESTROYED (remembered for the rest of a reading_batch). Other
+        KeyServiceErrors propagate: fail closed."""
+        memo = getattr(self._batch, "keys", None)
+        mkey = (kid, cls, principal, *where)
+        if memo is not None:
+            now = time.monotonic()
+            if now >= self._batch.until:  # slow handlers: outcomes never outlive _BATCH_KEYS_TTL
+                memo.clear()
+                self._batch.until = now + _BATCH_KEYS_TTL
+            hit = memo.get(mkey)
+            if hit is not None:
+                return hit
         try:
             if self._contextual:
-                return self._keys.decryption_key(
+                out = self._keys.decryption_key(
                     kid, cls, principal=principal, topic=where[0], event_type=where[1], subject_hash=where[2]
                 )
-            return self._keys.decryption_key(kid, cls, principal=principal)
+            else:
+                out = self._keys.decryption_key(kid, cls, principal=principal)
         except AccessDenied:
-            return _DENIED
+            out = _DENIED
         except KeyDestroyed:
-            return _DESTROYED
+            out = _DESTROYED
         except KeyNotFound:
             raise TokenError(f"key id {kid} is unknown in class {cls!r} (forged or moved)", kid=kid) from None
+        if memo is not None:
+            if len(memo) >= _MAX_BATCH_KEYS:
+                memo.clear()
+            memo[mkey] = out
+        return out
 
     def _plan(self, spec: FieldSpec) -> _Plan:
         entry = self._plans.get(id(spec))
