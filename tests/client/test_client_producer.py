@@ -165,3 +165,32 @@ def test_producer_rejects_a_signer_of_another_principal(world):
             encryptor=world.enc,
             authorizer=world.auth,
         )
+
+
+def test_send_many_is_all_or_nothing_and_delivers_like_send(world):
+    """A refused event anywhere in the call buffers none of it and uses no sequence number; the
+    accepted call seals in batches of at most max_batch with dense sequence numbers, and a
+    consumer receives exactly what was sent, in order, decrypted."""
+    p = world.producer(max_batch=4)
+    with pytest.raises(ValidationError):
+        p.send_many(TYPE, [customer(1), customer(2), customer(3, plan="platinum"), customer(4)])
+    assert p.pending() == 0 and stored(world) == []
+    ids = p.send_many(TYPE, [customer(i) for i in range(10)])
+    p.close()
+    records = stored(world)
+    assert len(ids) == len(set(ids)) == len(records) == 10
+    assert [r.data.count(b'"ewseq":%d' % i) for i, r in enumerate(records)] == [1] * 10
+    assert len({r.batch for r in records}) == 3  # 4 + 4 + 2
+    assert all(SENTINEL_EMAIL.encode() not in r.data for r in records)
+    got = world.consumer().poll(100)
+    assert [e.id for e in got] == ids
+    assert [e.data["email"] for e in got] == [customer(i)["email"] for i in range(10)]
+
+
+def test_send_many_refused_publish_is_audited_and_buffers_nothing(world):
+    world.trust.register(INTRUDER, by=ADMIN)
+    p = world.producer(INTRUDER)
+    with pytest.raises(AccessDenied):
+        p.send_many(TYPE, [customer(1)])
+    assert p.pending() == 0
+    assert world.audit.find("Publish", outcome="denied", principal=INTRUDER, event_type=TYPE)

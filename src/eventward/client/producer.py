@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +210,57 @@ class Producer:
                 log.warning("flush failed (%s); the sealed batch is kept and retried", e.code)
         return event_id
 
+    def send_many(self, type_: str, events: Iterable[Any], *, source: str | None = None) -> list[str]:
+        """Buffer many events of one type and return their ids, all or nothing: every event is
+        authorized, validated and encrypted before any is buffered, so a refused event raises
+        and leaves none of the call behind (no sequence number used).
+
+        The per-batch path: the Publish decision and the schema are looked up once per call, and
+        envelopes are built and encoded under one lock acquisition. What is buffered is sealed
+        and appended in batches of at most ``max_batch`` once a batch is full, as with ``send``;
+        if the log is down, the sealed batch waits and the rest stays buffered (bounded by the
+        caller's input) until the next flush."""
+        if self._pending is not None and len(self._buffer) >= self._max_batch:
+            self.flush()
+        self._authorize(type_)
+        schema = self._schemas.active(type_)
+        validate, encrypt, new_id = schema.validate, self._encryptor.encrypt, self._envelopes.new_id
+        spec, principal, topic = schema.spec, self.principal, self.topic
+        prepared: list[tuple[str, dict[str, Any], str | None]] = []
+        for data in events:
+            validate(data)
+            event_id = new_id()
+            enc, subject_hash = encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=type_)
+            prepared.append((event_id, enc, subject_hash))
+        src = source or self.source
+        build, max_bytes, version = self._envelopes.build, schema.max_event_bytes, schema.version
+        with self._lock:  # one acquisition; sequence numbers stay dense with concurrent sends
+            now = self._clock()
+            seq = self._next_seq
+            raws: list[tuple[str, bytes]] = []
+            for event_id, enc, subject_hash in prepared:
+                env = build(type_, src, enc, id_=event_id, seq=seq, schema_version=version,
+                            subject_hash=subject_hash, subject=None, now=now)
+                try:
+                    raws.append((event_id, envelope.encode(env, max_bytes=max_bytes)))
+                except orjson.JSONEncodeError:
+                    raise InputError(f"event data of type {type_} is not JSON-serializable") from None
+                seq += 1
+            if not raws:
+                return []
+            if not self._buffer:
+                self._buffer_since = now
+            self._buffer.extend(raws)
+            self._next_seq = seq
+            full = len(self._buffer) >= self._max_batch or now - self._buffer_since >= self._max_delay
+        if full:
+            try:
+                self.flush()
+            except TransportError as e:
+                self.last_error = e
+                log.warning("flush failed (%s); the sealed batch is kept and retried", e.code)
+        return [i for i, _ in raws]
+
     def flush(self) -> list[str]:
         """Seal and append what is buffered; returns the ids the transport acknowledged.
 
@@ -220,12 +271,15 @@ class Producer:
             if self._pending is not None:
                 acked += self._append(self._pending)
             with self._lock:
-                buf = list(self._buffer)
-                first_seq = self._next_seq - len(buf)
-            if buf:
+                left = len(self._buffer)  # what is buffered now, sealed in batches of max_batch
+            while left > 0:
+                with self._lock:
+                    buf = self._buffer[: min(left, self._max_batch)]
+                    first_seq = self._next_seq - len(self._buffer)
                 self._pending = self._seal(buf, first_seq)
                 with self._lock:  # sends may have appended meanwhile; they stay buffered
                     del self._buffer[: len(buf)]
+                left -= len(buf)
                 acked += self._append(self._pending)
             return acked
 
