@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,15 +142,22 @@ class Consumer:
                 time.sleep(self._poll_interval)
                 continue
             idle_since = time.monotonic()
-            for rec in records:
-                if max_events is not None and stats.delivered >= max_events:
-                    break
-                if rec.offset != pos:
-                    self._report_offset_gap(pos, rec.offset, stats)
-                self.process(rec, handler, stats)
-                pos = rec.offset + 1
+            with self._reading_batch():
+                for rec in records:
+                    if max_events is not None and stats.delivered >= max_events:
+                        break
+                    if rec.offset != pos:
+                        self._report_offset_gap(pos, rec.offset, stats)
+                    self.process(rec, handler, stats)
+                    pos = rec.offset + 1
             self._commit(pos)
         return stats
+
+    def _reading_batch(self) -> AbstractContextManager[object]:
+        """One read batch: the encryptor resolves each key id (and the Decrypt decision) once in
+        it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch."""
+        scope = getattr(self._encryptor, "reading_batch", None)
+        return scope() if scope is not None else nullcontext()
 
     def poll(self, max_events: int = 500) -> list[Delivered]:
         """What is available now (up to ``max_events``), handed over and committed."""
