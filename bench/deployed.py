@@ -57,12 +57,18 @@ def init_home(
 
 
 def produce(d: Deployment, events: Iterable[dict[str, Any]], *, topic: str = TOPIC, batch: int = 500) -> int:
-    """Send every event through the Producer (authorize, validate, encrypt, seal, append, audit)."""
+    """Send every event through the Producer (authorize, validate, encrypt, seal, append, audit),
+    ``batch`` events per ``send_many`` call: the producer's per-batch path."""
     n = 0
     with d.producer(PRODUCER, topic, max_batch=batch, max_delay_ms=60_000) as p:
+        chunk: list[dict[str, Any]] = []
         for data in events:
-            p.send(EVENT_TYPE, data, source=SOURCE)
-            n += 1
+            chunk.append(data)
+            if len(chunk) == batch:
+                n += len(p.send_many(EVENT_TYPE, chunk, source=SOURCE))
+                chunk = []
+        if chunk:
+            n += len(p.send_many(EVENT_TYPE, chunk, source=SOURCE))
     return n
 
 
