@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from eventward.audit.base import MemoryAudit
+from eventward.control.anchor import Anchor
+from eventward.control.plane import Released
 from eventward.errors import (
     AccessDenied,
     InputError,
@@ -43,6 +47,7 @@ from eventward.home import Home
 from eventward.policy.base import (
     APPROVE_SCHEMA,
     DECRYPT,
+    ENCRYPT,
     FORGET,
     HOLD,
     MANAGE_POLICY,
@@ -86,6 +91,9 @@ def make_authz() -> AllowList:
     a.grant("approver", APPROVE_SCHEMA, ("Schema", "*"))
     a.grant("approver", READ_SCHEMA, ("Schema", "*"))
     return a
+
+
+_ANCHOR = Anchor(Ed25519PrivateKey.generate())
 
 
 class MemoryBackend:
@@ -187,6 +195,33 @@ class MemoryBackend:
         self._check("check_schema", principal, PROPOSE_SCHEMA, ("Schema", event_type))
         loosened = schema.get("additionalProperties", False) is not False
         return SchemaCheck(not loosened, [], ["allows_unknown_fields"] if loosened else [])
+
+    async def control(self, method: str, principal: str, *args: Any) -> Any:
+        """The control API in memory: key releases by the same grants as unwrap, nothing else known."""
+        self.calls.append((f"control.{method}", principal))
+        if method == "encryption_keys":
+            topic, _, wanted = args
+            check(self.authz, principal, PUBLISH, ("Topic", topic))
+            for _, cls, _ in wanted:
+                check(self.authz, principal, ENCRYPT, ("Class", cls))
+            return [Released(f"kid-{cls}-1", bytes(32), None if s is None else self._hash(s)) for s, cls, _ in wanted]
+        if method == "decryption_keys":
+            topic, _, wanted = args
+            check(self.authz, principal, SUBSCRIBE, ("Topic", topic))
+            return {kid: (self.deks[kid][1] if kid in self.deks and self.authz.decide(
+                principal, DECRYPT, ("Class", cls)).allowed else "forbidden") for kid, cls, _ in wanted}
+        if method == "schema":
+            raise NotFoundError(f"no schema {args[1]!r}")
+        if method == "trust_entries":
+            return []
+        if method == "decide":
+            action, resource, context = args
+            return self.authz.decide(principal, action, resource, context).allowed
+        raise NotFoundError(f"no control call {method!r}")
+
+    async def control_notices(self, principal: str, after: float, wait: float) -> dict[str, str]:
+        self.calls.append(("control.notices", principal))
+        return _ANCHOR.sign("notice", {"epoch": 0, "erased": [], "until": after, "revoked": [], "policy": 1})
 
     async def unwrap(self, principal: str, kid: str, cls: str) -> bytes:
         self._check("unwrap", principal, DECRYPT, ("Class", cls))

@@ -52,6 +52,9 @@ class HttpControlAPI:
         s = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = requests.Session()
+            # Only the deployment's CA and this service's certificate: no CA bundle, proxy or
+            # .netrc credentials from the environment may take part in a key release.
+            s.trust_env = False
             s.cert, s.verify = self._cert, self._ca
         return s
 

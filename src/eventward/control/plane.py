@@ -241,6 +241,10 @@ class ControlPlane:
         }
         return self.anchor.sign("notice", body)
 
+    def epoch(self) -> int:
+        """Changes whenever keys are destroyed (forget, rotation): what a notice waits on."""
+        return self.dep.keys.store.epoch()
+
     def _erased_after(self, after: float) -> bool:
         erasures = self.dep.keys.store.erasures()
         return bool(erasures) and erasures[-1].time > after

@@ -449,6 +449,34 @@ class _Gateway:
             "explanation": d.explain(),
         }
 
+    # --- control API (client mode): always as the authenticated identity ------------------------
+    async def op_control_encrypt_keys(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
+        wanted = [(k["subject"], k["class"], k["nonces"]) for k in body["keys"]]
+        got = await self.backend.control("encryption_keys", p.name, body["topic"], body["type"], wanted)
+        return {"keys": [{"kid": r.kid, "dek": base64.b64encode(r.dek).decode(), "subject_hash": r.subject_hash}
+                         for r in got]}
+
+    async def op_control_decrypt_keys(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
+        wanted = [(k["kid"], k["class"], k.get("subject_hash")) for k in body["keys"]]
+        got = await self.backend.control("decryption_keys", p.name, body["topic"], body["type"], wanted)
+        return {"keys": {kid: {"dek": base64.b64encode(v).decode()} if isinstance(v, bytes) else {"error": v}
+                         for kid, v in got.items()}}
+
+    async def op_control_schema(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return await self.backend.control("schema", p.name, params["topic"], params["type"], params.get("version"))
+
+    async def op_control_trust(self, p: Principal, *_: Any) -> dict[str, Any]:
+        return {"entries": await self.backend.control("trust_entries", p.name)}
+
+    async def op_control_notices(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return await self.backend.control_notices(p.name, float(params.get("after", 0)), float(params.get("wait", 0)))
+
+    async def op_control_decide(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
+        res = body["resource"]
+        allowed = await self.backend.control("decide", p.name, body["action"], (res["kind"], res["id"]),
+                                             body.get("context") or {})
+        return {"allowed": bool(allowed)}
+
     async def op_whoami(self, p: Principal, *_: Any) -> dict[str, Any]:
         return {"principal": p.name, "method": p.method}
 

@@ -99,6 +99,16 @@ class ErasureCertificate:
 
 
 class GatewayBackend(Protocol):
+    async def control(self, method: str, principal: str, *args: Any) -> Any:
+        """Call ``ControlPlane.<method>(principal, *args)`` (control.plane): the control API's answers,
+        for the authenticated ``principal`` only. Raises what the control plane raises."""
+        ...
+
+    async def control_notices(self, principal: str, after: float, wait: float) -> dict[str, str]:
+        """A signed notice of what changed since ``after``, waiting up to ``wait`` s without holding
+        a worker thread."""
+        ...
+
     async def publish(
         self, principal: str, topic: str, events: Sequence[Mapping[str, Any]]
     ) -> PublishResult: ...

@@ -30,6 +30,7 @@ from eventward.audit.certificate import Certificate
 from eventward.audit.log import AUDIT_RESOURCE, AuditLog
 from eventward.client.consumer import Consumer
 from eventward.client.replay import ReplayGuard
+from eventward.control.plane import ControlPlane
 from eventward.deployment import Deployment
 from eventward.errors import AccessDenied, AuditIntegrityError, InputError, NotFoundError
 from eventward.gateway import backend as api
@@ -86,6 +87,7 @@ class DeploymentBackend:
         )
         self._waiters: dict[str, asyncio.Event] = {}  # long polls waiting for a topic
         self._published: dict[str, int] = {}  # publishes per topic through this gateway
+        self._control: ControlPlane | None = None
 
     def __repr__(self) -> str:
         return f"DeploymentBackend(home={str(self.deployment.home.root)!r})"
@@ -99,8 +101,35 @@ class DeploymentBackend:
         self._publisher.close()
         self._groups.close()
         self._pool.shutdown(wait=True)
+        if self._control is not None:
+            self._control.close()
         if self._owned:
             self.deployment.close()
+
+    # --- control API (client mode) --------------------------------------------------------
+    @property
+    def control_plane(self) -> ControlPlane:
+        """Opened on first use: a gateway nobody asks for keys never creates the anchor key."""
+        if self._control is None:
+            self._control = ControlPlane.open(self.deployment)
+        return self._control
+
+    _CONTROL_CALLS = frozenset({"encryption_keys", "decryption_keys", "schema", "trust_entries", "decide"})
+
+    async def control(self, method: str, principal: str, *args: Any) -> Any:
+        if method not in self._CONTROL_CALLS:
+            raise InputError(f"unknown control call {method!r}")
+        return await self._run(getattr(self.control_plane, method), principal, *args)
+
+    async def control_notices(self, principal: str, after: float, wait: float) -> dict[str, str]:
+        """Polls the key store's epoch (one small read every 100 ms) on the event loop's timer,
+        so a thousand waiting clients hold no worker threads."""
+        plane = self.control_plane
+        epoch = await self._run(plane.epoch)
+        deadline = asyncio.get_running_loop().time() + max(0.0, wait)
+        while asyncio.get_running_loop().time() < deadline and await self._run(plane.epoch) == epoch:
+            await asyncio.sleep(0.1)
+        return await self._run(plane.notices, principal, after, 0.0)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))

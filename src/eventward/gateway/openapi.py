@@ -166,7 +166,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "security": {
                 "type": "boolean",
                 "default": False,
-                "description": "Also approve security-weakening changes.",
+                "description": "Give the security approval (ApproveSecurity) instead of the schema approval; "
+                "it must come from a third principal, neither the proposer nor the schema approver.",
             }
         }
     ),
@@ -317,6 +318,50 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
 }
 SCHEMAS.update(schemas())
+
+# --- the control API (client mode): what services ask instead of holding a home -------------------
+MAX_CONTROL_KEYS = 1000
+_STATEMENT = _obj(
+    {"kind": {"type": "string", "enum": ["trust", "notice", "grant"]}, "body": _s(90000, "^[A-Za-z0-9_-]+$"),
+     "sig": _s(100, B64URL)},
+    ("kind", "body", "sig"),
+    description="Canonical JSON (base64url) under an Ed25519 signature by the control plane's anchor key.",
+)
+SCHEMAS.update({
+    "ControlEncryptRequest": _obj({
+        "topic": _s(200, NAME), "type": _s(200, NAME),
+        "keys": _arr(_obj({"subject": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+                           "class": _s(32, CLASS), "nonces": _int(1, 2**31 - 1)}, ("subject", "class", "nonces")),
+                     MAX_CONTROL_KEYS, 1),
+    }, ("topic", "type", "keys")),
+    "ControlEncryptResponse": _obj({"keys": _arr(_obj({
+        "kid": _s(256, KID), "dek": _s(64, BASE64), "subject_hash": {"type": ["string", "null"], "maxLength": 128},
+    }, ("kid", "dek", "subject_hash")), MAX_CONTROL_KEYS)}, ("keys",)),
+    "ControlDecryptRequest": _obj({
+        "topic": _s(200, NAME), "type": _s(200, NAME),
+        "keys": _arr(_obj({"kid": _s(256, KID), "class": _s(32, CLASS),
+                           "subject_hash": {"type": ["string", "null"], "maxLength": 128, "pattern": HEX}}, ("kid", "class")),
+                     MAX_CONTROL_KEYS, 1),
+    }, ("topic", "type", "keys")),
+    "ControlDecryptResponse": _obj({"keys": {
+        "type": "object", "maxProperties": MAX_CONTROL_KEYS,
+        "additionalProperties": {"oneOf": [
+            _obj({"dek": _s(64, BASE64)}, ("dek",)),
+            _obj({"error": {"type": "string", "enum": ["forbidden", "erased", "not_found"]}}, ("error",)),
+        ]},
+    }}, ("keys",)),
+    "ControlSchema": _obj({
+        "type": _s(200, NAME), "version": _int(1), "format": ref("SchemaFormat"), "fingerprint": _s(128),
+        "document": _s(4 * 1024 * 1024, BASE64), "report": {"type": "object", "maxProperties": 64},
+    }, ("type", "version", "format", "fingerprint", "document", "report")),
+    "Statement": _STATEMENT,
+    "ControlTrust": _obj({"entries": _arr(ref("Statement"), 100_000)}, ("entries",)),
+    "ControlDecideRequest": _obj({
+        "action": {"type": "string", "enum": list(ACTIONS)}, "resource": ref("Resource"),
+        "context": {"type": "object", "maxProperties": 16},
+    }, ("action", "resource")),
+    "ControlDecideResponse": _obj({"allowed": {"type": "boolean"}}, ("allowed",)),
+})
 
 
 @dataclass(frozen=True)
@@ -519,6 +564,40 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "whoami", "GET", "/v1/whoami", "The authenticated principal", "WhoAmI", tag="ops", errors=(401, 429)
+    ),
+    Operation(
+        "control_encrypt_keys", "POST", "/v1/control/keys/encrypt", "Data keys to encrypt with (client mode)",
+        "ControlEncryptResponse", body="ControlEncryptRequest", tag="control", errors=BODY_ERRORS,
+        description="For the authenticated service only: Publish on the topic and Encrypt on each class are "
+        "decided by the policy; one audit record per request with counts per class.",
+    ),
+    Operation(
+        "control_decrypt_keys", "POST", "/v1/control/keys/decrypt", "Data keys to decrypt with (client mode)",
+        "ControlDecryptResponse", body="ControlDecryptRequest", tag="control", errors=BODY_ERRORS,
+        description="Each key is released only if the service may Decrypt its class on the topic; a refused "
+        "key is `forbidden` (audited, naming the class, never the key), a crypto-shredded one `erased`.",
+    ),
+    Operation(
+        "control_schema", "GET", "/v1/control/schemas/{topic}/{type}", "A schema as stored (client mode)",
+        "ControlSchema", tag="control", params=(TOPIC, ETYPE, Param("version", "query", _int(1, 2**31 - 1))),
+        description="The client recompiles the document and checks the fingerprint.",
+    ),
+    Operation(
+        "control_trust", "GET", "/v1/control/trust", "Signed trust entries for seal verification",
+        "ControlTrust", tag="control",
+    ),
+    Operation(
+        "control_notices", "GET", "/v1/control/notices", "Signed notices: erasures, revocations, policy",
+        "Statement", tag="control",
+        params=(
+            Param("after", "query", {"type": "number", "minimum": 0, "maximum": 1e12, "default": 0}),
+            Param("wait", "query", {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+                  description="Seconds to wait for a change."),
+        ),
+    ),
+    Operation(
+        "control_decide", "POST", "/v1/control/decide", "A policy decision for the caller itself",
+        "ControlDecideResponse", body="ControlDecideRequest", tag="control", errors=BODY_ERRORS,
     ),
     Operation("healthz", "GET", "/healthz", "Liveness", "Health", tag="ops", errors=(401, 429)),
     Operation(

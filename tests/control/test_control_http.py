@@ -1,0 +1,135 @@
+"""The control API over HTTPS with mutual TLS: what a service on another host really uses."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from eventward import demo
+from eventward.control.client import ControlPlaneUnavailable
+from eventward.control.connect import connect
+from eventward.control.http import HttpControlAPI
+from eventward.control.identity import ServiceIdentity
+from eventward.errors import AccessDenied, InputError
+from eventward.gateway.config import SERVER_CERT, GatewayConfig
+from eventward.gateway.deployment_backend import DeploymentBackend
+from eventward.gateway.server import create_server
+from eventward.gateway.tls import ensure_home_material
+from eventward.log.embedded import EmbeddedLog
+from gateway.gw_support import ThreadedGateway
+from keys_net.conftest import free_port
+
+ERASED, REDACTED = "[erased]", "[redacted]"
+
+
+@pytest.fixture
+def served(world):
+    ensure_home_material(world.dep.home, "127.0.0.1", SERVER_CERT)
+    backend = DeploymentBackend(world.dep, poll_interval=0.05)
+    cfg = GatewayConfig.from_mapping({"host": "127.0.0.1", "port": 0,
+                                      "limits": {"rate_events_per_s": 100_000.0, "burst_events": 100_000}})
+    gw = ThreadedGateway(create_server(cfg, world.dep.home, backend, audit=backend.audit)).start()
+    dead = f"https://127.0.0.1:{free_port()}"  # a replica that is down: clients fail over past it
+    urls = [dead, f"https://127.0.0.1:{gw.port}"]
+    clients = []
+
+    def enroll(principal: str) -> ServiceIdentity:
+        ident = ServiceIdentity.create(world.root / "svc" / principal, principal)
+        from .conftest import MAY_SEAL
+
+        ident.install(world.plane.approve(demo.ADMIN, ident.request_path.read_bytes(), MAY_SEAL[principal],
+                                          control_urls=urls))
+        return ident
+
+    def client(principal: str):
+        ident = enroll(principal)
+        c = connect(ident.root, transport=EmbeddedLog.open(world.dep.home), notice_wait=0.5)
+        clients.append(c)
+        return c
+
+    try:
+        yield client, gw
+    finally:
+        for c in clients:
+            c.close()
+            c.transport.close()
+        gw.stop()
+        backend.close()
+
+
+def test_client_mode_over_https_with_failover(world, served, monkeypatch):
+    # An environment CA bundle must never replace the deployment's CA (requests honours it by default).
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    client, _ = served
+    producer = client(demo.PRODUCER)
+    with producer.producer(demo.TOPIC) as p:
+        ids = [p.send(demo.EVENT_TYPE, demo.order(i)) for i in range(4)]
+        p.flush()
+    seen: list = []
+    shipping = client(demo.SHIPPING)
+    c = shipping.consumer(demo.TOPIC, group="s", from_beginning=True)
+    c.run(seen.append, idle_timeout=0.3)
+    c.close()
+    assert [e.id for e in seen] == ids and all(e.data["customer"]["name"] != REDACTED for e in seen)
+    analytics = client(demo.ANALYTICS)
+    seen2: list = []
+    c = analytics.consumer(demo.TOPIC, group="a", from_beginning=True)
+    c.run(seen2.append, idle_timeout=0.3)
+    c.close()
+    assert {e.data["customer"]["name"] for e in seen2} == {REDACTED}
+
+    world.dep.forget(demo.FORGOTTEN, principal=demo.ADMIN, reason="gdpr-art17")
+    deadline = time.monotonic() + 1.0
+    applied = shipping.notices.applied
+    while shipping.notices.applied == applied and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert shipping.notices.applied > applied, "the erasure notice did not arrive within 1 s"
+    seen3: list = []
+    c = shipping.consumer(demo.TOPIC, group="s2", from_beginning=True)
+    c.run(seen3.append, idle_timeout=0.3)
+    c.close()
+    assert any(e.data["customer"]["name"] == ERASED for e in seen3)
+
+
+def test_attack_http_requests_refused_with_problems_and_nothing_released(world, served):
+    client, _ = served
+    analytics = client(demo.ANALYTICS)
+    api = analytics.api
+    with pytest.raises(AccessDenied):
+        api.encryption_keys(demo.TOPIC, demo.EVENT_TYPE, [("cust-1", "pii", 1)])
+    with pytest.raises(InputError):
+        api.decryption_keys(demo.TOPIC, demo.EVENT_TYPE, [("k", "pii", None)] * 1001)
+    with pytest.raises(InputError):
+        api.decryption_keys(demo.TOPIC, demo.EVENT_TYPE, [("k", "NOT A CLASS", None)])
+    denials = [e for e in world.dep.audit.tail(100) if e.action == "control.encrypt_keys"]
+    assert denials and denials[-1].outcome == "denied" and denials[-1].principal == demo.ANALYTICS
+
+
+def test_attack_unknown_certificate_is_refused(world, served, tmp_path):
+    _, gw = served
+    ident = ServiceIdentity.create(tmp_path / "rogue", demo.SHIPPING)  # never approved
+    other = ServiceIdentity.create(tmp_path / "legit", demo.ANALYTICS)
+    other.install(world.plane.approve(demo.ADMIN, other.request_path.read_bytes(), {}))
+    # the rogue presents a self-made certificate for shipping-svc: TLS refuses it (not our CA)
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = serialization.load_pem_private_key(ident.tls_key_path.read_bytes(), None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, demo.SHIPPING)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    (tmp_path / "rogue.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    api = HttpControlAPI([f"https://127.0.0.1:{gw.port}"], principal=demo.SHIPPING, cert=str(tmp_path / "rogue.crt"),
+                         key=str(ident.tls_key_path), ca=str(other.ca_path), timeout=2.0)
+    with pytest.raises(ControlPlaneUnavailable):  # the TLS handshake fails: nothing answered
+        api.trust_entries()
+    assert orjson.loads(other.grant_path.read_bytes())["principal"] == demo.ANALYTICS
