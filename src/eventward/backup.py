@@ -109,9 +109,15 @@ def anchored_state(log: AuditLog) -> KeyState | None:
     for _, _, body in log.scan():
         if needle not in bytes(body):
             continue
-        m = orjson.loads(bytes(body)).get("meta", {})
-        gen = m.get("keyring_generation")
-        found = KeyState(int(m["ledger_entries"]), str(m["ledger_head"]), None if gen is None else int(gen))
+        try:
+            rec = orjson.loads(bytes(body))
+            if rec.get("action") != ANCHOR_ACTION:
+                continue
+            m = rec["meta"]
+            gen = m.get("keyring_generation")
+            found = KeyState(int(m["ledger_entries"]), str(m["ledger_head"]), None if gen is None else int(gen))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise AuditIntegrityError("a keys.anchor record is malformed") from None
     return found
 
 

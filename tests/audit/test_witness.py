@@ -3,6 +3,12 @@ its own state outside the home, so truncating the log and deleting its checkpoin
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import orjson
 import pytest
 import typer
@@ -190,3 +196,45 @@ def test_witness_bad_input_is_a_clear_error(home, tmp_path, cli):
         parse_request((tmp_path / "junk.json").read_text())
     with pytest.raises(AuditIntegrityError):
         parse_request("not json")
+
+
+@pytest.fixture
+def served(home, tmp_path):
+    """A witness served over HTTP by its own process on 127.0.0.1, stopped by its PID."""
+    state = tmp_path / "ws"
+    Witness.init(state, "witness.example/http", _vkey(home))
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventward.cli", "witness", "serve", "--state", str(state), "--listen",
+         "127.0.0.1:0", "--port-file", str(port_file)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not (port_file.exists() and port_file.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "witness did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port_file.read_text()}", state
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_attack_served_witness_follows_the_log_and_refuses_its_truncation(home, tmp_path, cli, served):
+    url, state = served
+    with AuditLog.open(home) as log:
+        fill(log, 9)
+    r = cli("witness", "submit", "--url", url, "--out", str(tmp_path / "c1.txt"))
+    assert r.exit_code == 0, r.output
+    first = verify_checkpoint(r.stdout, _vkey(home), witnesses=[Witness.open(state).key])
+    with AuditLog.open(home) as log:
+        fill(log, 5)
+    r = cli("witness", "submit", "--url", url)
+    assert r.exit_code == 0, r.output
+    assert verify_checkpoint(r.stdout, _vkey(home)).size > first.size
+    assert Witness.open(state).last().size == verify_checkpoint(r.stdout, _vkey(home)).size
+    _truncate(home, 4)
+    r = cli("witness", "submit", "--url", url)
+    assert isinstance(r.exception, WitnessRefused) and "rollback" in r.exception.message
+    r = cli("witness", "submit", "--url", url + "/nope", "--witness-key", Witness.open(state).vkey())
+    assert isinstance(r.exception, AuditIntegrityError | NotFoundError)

@@ -19,9 +19,15 @@ State directory (0700): ``witness.key`` (raw 32-byte Ed25519 seed, 0600), ``witn
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
@@ -32,12 +38,21 @@ from eventward.audit.note import ALG_COSIGNATURE_V1, NoteKey, Signer, valid_name
 from eventward.audit.signing import AuditVerifier
 from eventward.audit.tree import ConsistencyProof
 from eventward.audit.verify import verify_consistency_proof
-from eventward.errors import AuditIntegrityError, ConfigError, ConflictError, NotFoundError, WitnessRefused
+from eventward.errors import (
+    AuditIntegrityError,
+    AuditUnavailable,
+    ConfigError,
+    ConflictError,
+    EventwardError,
+    NotFoundError,
+    WitnessRefused,
+)
 from eventward.home import read_secret, write_secret
 
 KEY_FILE = "witness.key"
 CONFIG_FILE = "witness.json"
 CHECKPOINT_FILE = "checkpoint"
+LOCK_FILE = "lock"
 MAX_REQUEST_BYTES = 128 * 1024
 
 
@@ -136,6 +151,21 @@ class Witness:
         AuditIntegrityError for a checkpoint the log did not sign; the state is then unchanged.
         """
         new = verify_checkpoint(checkpoint, self.log_key)
+        with self._locked():  # one cosign at a time across processes: state never moves back
+            return self._cosign_locked(checkpoint, new, proof, now)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _cosign_locked(
+        self, checkpoint: str, new: Checkpoint, proof: ConsistencyProof | None, now: float | None
+    ) -> CosignResult:
         old = self.last()
         if old is not None:
             if new.size < old.size:
@@ -188,3 +218,113 @@ def _strip_own(text: str, key: NoteKey) -> str:
     """The checkpoint without an earlier cosignature of this witness (one line per key)."""
     prefix = f"\u2014 {key.name} "
     return "".join(line for line in text.splitlines(keepends=True) if not line.startswith(prefix))
+
+
+# --- over HTTP -----------------------------------------------------------------------------------
+
+
+def serve(witness: Witness, host: str, port: int, *, ready: Callable[[int], None] | None = None) -> None:
+    """Serve the witness over HTTP until interrupted (``witness serve``).
+
+    ``GET /vkey`` the cosigner key, ``GET /checkpoint`` the last cosigned checkpoint (404 before
+    the first), ``POST /cosign`` a request document (``request_document``): 200 with the cosigned
+    checkpoint, 409 with a JSON problem when refused, 400 when malformed. Requests are small
+    (MAX_REQUEST_BYTES) and cosigns are serialized by the witness's lock.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "eventward-witness"
+
+        def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _problem(self, status: int, e: EventwardError) -> None:
+            doc = {"code": e.code, "message": e.message}
+            self._send(status, orjson.dumps(doc), "application/json")
+
+        def do_GET(self) -> None:
+            if self.path == "/vkey":
+                self._send(200, (witness.vkey() + "\n").encode())
+            elif self.path == "/checkpoint":
+                last = witness.last()
+                if last is None:
+                    self._problem(404, NotFoundError("nothing cosigned yet"))
+                else:
+                    self._send(200, last.text.encode())
+            else:
+                self._problem(404, NotFoundError("no such resource"))
+
+        def do_POST(self) -> None:
+            if self.path != "/cosign":
+                self._problem(404, NotFoundError("no such resource"))
+                return
+            try:
+                n = int(self.headers.get("Content-Length", "-1"))
+            except ValueError:
+                n = -1
+            if not 0 <= n <= MAX_REQUEST_BYTES:
+                self._problem(413, AuditIntegrityError("witness request: missing length or too large"))
+                return
+            try:
+                checkpoint, proof = parse_request(self.rfile.read(n))
+                result = witness.cosign(checkpoint, proof)
+            except WitnessRefused as e:
+                self._problem(409, e)
+            except AuditIntegrityError as e:
+                self._problem(400, e)
+            except EventwardError as e:
+                self._problem(500, e)
+            else:
+                self._send(200, result.text.encode())
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    if ready is not None:
+        ready(server.server_address[1])
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def submit(url: str, request: str, *, timeout: float = 10.0) -> str:
+    """POST a request document to a witness at ``url``; the cosigned checkpoint, or a typed error."""
+    req = urllib.request.Request(  # noqa: S310 - the scheme is checked by _http
+        url.rstrip("/") + "/cosign", data=request.encode(), headers={"Content-Type": "application/json"}
+    )
+    return _http(req, timeout)
+
+
+def fetch(url: str, path: str, *, timeout: float = 10.0) -> str | None:
+    """GET ``path`` from a witness; None on 404."""
+    try:
+        return _http(urllib.request.Request(url.rstrip("/") + path), timeout)  # noqa: S310 - checked by _http
+    except NotFoundError:
+        return None
+
+
+def _http(req: urllib.request.Request, timeout: float) -> str:
+    if not req.full_url.startswith(("http://", "https://")):
+        raise ConfigError("a witness URL is http:// or https://")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+            return resp.read(MAX_REQUEST_BYTES).decode()
+    except urllib.error.HTTPError as e:
+        try:
+            problem = orjson.loads(e.read(MAX_REQUEST_BYTES))
+            message = str(problem["message"])[:500]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = f"HTTP {e.code}"
+        if e.code == 404:
+            raise NotFoundError(f"witness: {message}") from None
+        if e.code == 409:
+            raise WitnessRefused(f"witness refused: {message}") from None
+        raise AuditIntegrityError(f"witness: {message}") from None
+    except (urllib.error.URLError, OSError, UnicodeDecodeError) as e:
+        raise AuditUnavailable(f"witness at {req.full_url} cannot be reached ({type(e).__name__})") from None

@@ -1,10 +1,11 @@
 """``eventward witness``: an outside party that cosigns audit checkpoints, and the log's side of it.
 
-The witness commands (``init``, ``cosign``, ``status``) never open a home: they use the witness's
+The witness commands (``init``, ``cosign``, ``status``, ``serve``) never open a home: they use the witness's
 own state directory (``--state`` or ``EVENTWARD_WITNESS_STATE``) and the log's public verifier
 key, as a witness on another machine would. ``request`` is the log's side: run against the home
 (needs read_audit), it signs a checkpoint and adds the consistency proof from the size the
-witness last cosigned, which ``witness status --json`` reports.
+witness last cosigned, which ``witness status --json`` reports; ``submit`` does the same against a
+witness served over HTTP and checks the cosignature it gets back.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import typer
 
 from eventward.audit.checkpoint import verify_checkpoint
 from eventward.audit.log import AuditLog
-from eventward.audit.witness import Witness, parse_request, request_document
+from eventward.audit.note import parse_vkey
+from eventward.audit.witness import Witness, fetch, parse_request, request_document
+from eventward.audit.witness import serve as serve_http
+from eventward.audit.witness import submit as submit_http
 from eventward.cli import common
 from eventward.cli.context import as_admin, deployment
-from eventward.errors import NotFoundError
+from eventward.errors import AuditIntegrityError, ConfigError, InputError, NotFoundError
 
 witness_app = typer.Typer(
     help="Witness the audit log: cosign checkpoints only when they extend the last one cosigned.",
@@ -140,3 +144,55 @@ def request(
         finally:
             log.close()
     _emit(request_document(cp.text, proof), out)
+
+
+@witness_app.command(epilog=common.examples("eventward witness serve --state ./w1 --listen 127.0.0.1:8470"))
+def serve(
+    state: Path = _STATE,
+    listen: str = typer.Option("127.0.0.1:8470", "--listen", help="HOST:PORT (port 0 picks a free one)."),
+    port_file: Path = typer.Option(None, "--port-file", help="Write the bound port here once listening."),
+) -> None:
+    """Serve the witness over HTTP: GET /vkey, GET /checkpoint, POST /cosign (a 'witness request')."""
+    w = Witness.open(state)
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--listen must be HOST:PORT")
+
+    def ready(bound: int) -> None:
+        if port_file is not None:
+            port_file.write_text(str(bound))
+        common.err_console.print(f"witness {w.name} on http://{host}:{bound}/", highlight=False, markup=False)
+
+    try:
+        serve_http(w, host, int(port), ready=ready)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {listen}: {e.strerror}") from None
+    except KeyboardInterrupt:
+        return
+
+
+@witness_app.command(epilog=common.examples("eventward witness submit --url http://127.0.0.1:8470 --out cp.txt"))
+def submit(
+    url: str = typer.Option(..., "--url", help="The witness's base URL."),
+    witness_key: str = typer.Option(
+        None, "--witness-key", help="The witness's cosigner key (or a file); default: what it says at /vkey."),
+    out: Path = _OUT,
+    principal: str = as_admin(),
+) -> None:
+    """(Log side) Sign a checkpoint, prove it from the witness's last one, get it cosigned and check it."""
+    key = parse_vkey((_text(witness_key, "witness key") if witness_key else (fetch(url, "/vkey") or "")).strip())
+    with deployment(principal) as dep:
+        log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
+        try:
+            log.size()  # the ReadAudit gate
+            last_text = fetch(url, "/checkpoint")
+            old = None if last_text is None else verify_checkpoint(last_text, log.verifier).size
+            cp = log.checkpoint()
+            proof = None if old is None or old > cp.size else log.consistency(old, cp.size)
+            cosigned = submit_http(url, request_document(cp.text, proof))
+            checked = verify_checkpoint(cosigned, log.verifier, witnesses=[key])
+        finally:
+            log.close()
+    if not checked.cosignatures or checked.size != cp.size:
+        raise AuditIntegrityError("the witness's answer does not carry its cosignature on this checkpoint")
+    _emit(cosigned, out)
