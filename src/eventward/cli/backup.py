@@ -17,6 +17,8 @@ from eventward.audit.state import default_state_path
 from eventward.backup import backup, deployment_id, restore
 from eventward.cli import common
 from eventward.cli.context import as_admin, authorize, deployment
+from eventward.errors import NotFoundError
+from eventward.home import Home
 from eventward.policy.base import READ_AUDIT
 
 _JSON = common.json_option()
@@ -59,7 +61,10 @@ def restore_cmd(
     """Restore a backup into the home, refusing anything that would resurrect erased data."""
     home = common.home()
     if state is None:
-        state = default_state_path(deployment_id(type(home)(src / "home")))
+        try:
+            state = default_state_path(deployment_id(Home(src / "home")))
+        except NotFoundError:
+            state = None  # not a backup: restore says so
     r = restore(src, home, principal=principal, state=state)
     doc = {"deployment": r.deployment, "files": r.files, "kept_live": r.kept_live,
            "erasures_replayed": r.erasures_replayed, "keys_removed": r.keys_removed}
