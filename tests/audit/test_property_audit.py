@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from eventward.audit import records
 from eventward.audit.certificate import Certificate, verify_certificate
 from eventward.audit.checkpoint import verify_checkpoint
+from eventward.audit.signing import AuditVerifier
 from eventward.audit.tree import ConsistencyProof, InclusionProof
 from eventward.deployment import Deployment
-from eventward.errors import AuditIntegrityError, EventwardError, ValidationError
+from eventward.errors import AuditIntegrityError, ConfigError, EventwardError, ValidationError
 from eventward.home import Home
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "120"))
@@ -234,3 +235,20 @@ def test_attack_audit_surrogate_is_refused_at_the_call(tmp_path: Path) -> None:
         log.record("key.hold", principal="p", resource="r", reason="ok")
         log.flush()
         assert log.size() == before + 1
+
+
+# --- verifier keys (``audit verify --key``) ------------------------------------------------------
+
+
+@SETTINGS
+@given(st.integers(0, 200), st.text(max_size=6), st.integers(0, 6), any_text)
+def test_property_audit_verifier_key_strings(docs: Docs, at: int, chunk: str, cut: int, text: str) -> None:
+    """A verifier key as typed on a command line: the key it names, or a ConfigError."""
+    vkey = docs.vkey
+    at %= len(vkey) + 1
+    for candidate in (vkey[:at] + chunk + vkey[at + cut :], text, text + "+" + vkey, vkey.replace("+", chunk, 1)):
+        try:
+            verifier = AuditVerifier.of(candidate)
+        except ConfigError:
+            continue
+        assert verifier.vkey() == vkey, "a different string named a key"
