@@ -57,7 +57,7 @@ class CompiledSchema:
             # validator, no wrapper in between. Any failure goes to problem() to be worded.
             try:
                 raw = _dumps(data)
-                small = len(raw) <= self.max_event_bytes and _NULL not in raw
+                small = len(raw) <= self.max_event_bytes and (_NULL not in raw or not _has_non_finite(data))
             except TypeError:  # orjson.JSONEncodeError: problem() says "json"
                 small = False
             if small:
@@ -78,10 +78,8 @@ class CompiledSchema:
         except TypeError:  # orjson.JSONEncodeError: not JSON, or nested too deeply
             return ValidationError("$: json", path="$", rule="json")
         size = len(raw)
-        if _NULL in raw:
-            bad = non_finite(data, declared_names(self.tree))
-            if bad is not None:
-                return bad
+        if _NULL in raw and _has_non_finite(data):
+            return non_finite(data, declared_names(self.tree))
         if size > self.max_event_bytes:
             return ValidationError(
                 f"$: maxBytes (event data is {size} bytes, limit is {self.max_event_bytes})",
@@ -91,6 +89,20 @@ class CompiledSchema:
                 limit=self.max_event_bytes,
             )
         return self._check(data)
+
+
+def _has_non_finite(data: Any) -> bool:
+    """Whether ``data`` holds a NaN or ±Infinity anywhere (no paths built: the common answer is no)."""
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return True
+    return False
 
 
 def non_finite(data: Any, names: frozenset[str] = frozenset()) -> ValidationError | None:
