@@ -285,3 +285,23 @@ def test_attack_hybrid_required_topic_cli(tmp_path) -> None:
     cfg["seals"] = {"require_hybrid": ["signups"]}
     home.config.write_text(yaml.safe_dump(cfg))
     assert consumed() == hybrid_ids
+
+
+def test_attack_hybrid_seal_byte_flips_are_refused() -> None:
+    """Every header byte, and a spread of signature and digest bytes, matter: a flipped byte
+    anywhere is malformed, a bad signature or a root mismatch, never a verified seal."""
+    signer = Signer("svc", Ed25519PrivateKey.generate(), MLDSA65PrivateKey.generate())
+    events = [b'{"id":"a"}', b'{"id":"b"}']
+    blob = sealing.seal(signer, instance="i", stream="orders", batch="b-1", first_seq=0, events=events)
+    pub, pq = signer.public_key(), signer.pq_public_key()
+    sealing.verify(sealing.parse(blob), pub, pq)
+    (body_len,) = _U32.unpack_from(blob)
+    positions = sorted({*range(4 + body_len + 8), *range(0, len(blob), 11), len(blob) - 1})
+    for i in positions:
+        bad = bytearray(blob)
+        bad[i] ^= 0x01
+        with pytest.raises(SealError):
+            s = sealing.parse(bytes(bad))
+            sealing.verify(s, pub, pq)
+            for j, e in enumerate(events):
+                sealing.check_event(s, j, e)
