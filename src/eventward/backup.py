@@ -88,7 +88,7 @@ def deployment_id(home: Home) -> str:
 
 def key_state(keys: KeyService) -> KeyState:
     gen = keys.kms.generation() if isinstance(keys.kms, LocalKMS) else None
-    head = keys.ledger.head()
+    head = keys.ledger.current()
     return KeyState(head.entries, head.head, gen)
 
 

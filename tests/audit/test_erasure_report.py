@@ -86,8 +86,9 @@ def test_attack_held_subject_forget_is_refused_naming_code_and_placer(cli, home)
     assert cli("release", SUBJECT, "--as", "legal").exit_code == 0
     r = cli("forget", SUBJECT, "--reason", "gdpr-art17", "--as", "admin", "--json")
     assert r.exit_code == 0, r.output
-    assert orjson.loads(r.stdout)["keys_destroyed"] == 2
-    doc = orjson.loads(cli("erasure", "report", SUBJECT).stdout)
+    forgot = orjson.loads(r.stdout)
+    assert forgot["keys_destroyed"] == 2 and forgot["subject_hash"] == doc["subject_hash"]
+    doc = orjson.loads(cli("erasure", "report", forgot["subject_hash"], "--hash").stdout)
     assert doc["status"] == "erased" and doc["hold"] is None
     assert [h["action"] for h in doc["history"]] == [
         "key.hold", "key.forget", "key.release", "key.forget", "erasure.certificate"]
@@ -99,14 +100,16 @@ def test_report_verifies_certificate_epochs_and_witness(cli, home, tmp_path):
     w = Witness.init(tmp_path / "w", "witness.example/w1", vkey)
     with AuditLog.open(home) as log:
         w.cosign(log.checkpoint().text, None)
-    assert cli("forget", SUBJECT, "--reason", "gdpr-art17", "--as", "admin").exit_code == 0
+    r = cli("forget", SUBJECT, "--reason", "gdpr-art17", "--as", "admin", "--json")
+    assert r.exit_code == 0, r.output
+    h = orjson.loads(r.stdout)["subject_hash"]
     with AuditLog.open(home) as log:
         last = w.last()
         cp = log.checkpoint()
         cosigned = w.cosign(*[cp.text, log.consistency(last.size, cp.size)]).text
     (tmp_path / "cosigned.txt").write_text(cosigned)
     (tmp_path / "w.vkey").write_text(w.vkey())
-    r = cli("erasure", "report", SUBJECT, "--witness", str(tmp_path / "w.vkey"), "--witnessed",
+    r = cli("erasure", "report", h, "--hash", "--witness", str(tmp_path / "w.vkey"), "--witnessed",
             str(tmp_path / "cosigned.txt"))
     assert r.exit_code == 0, r.output
     _clean(r.stdout)
@@ -119,9 +122,9 @@ def test_report_verifies_certificate_epochs_and_witness(cli, home, tmp_path):
     with Deployment.open(home) as dep:
         dep.keys.rotate_kek("pii", principal="admin")
         dep.keys.rotate_kek("payment", principal="admin")
-    doc = orjson.loads(cli("erasure", "report", SUBJECT).stdout)
+    doc = orjson.loads(cli("erasure", "report", h, "--hash").stdout)
     assert all(e["epoch_ended"] for e in doc["kek_epochs"]) and "unrecoverable" in doc["residual_copies"]
-    r = cli("erasure", "report", SUBJECT, "--format", "html", "--out", str(tmp_path / "r.html"))
+    r = cli("erasure", "report", h, "--hash", "--format", "html", "--out", str(tmp_path / "r.html"))
     assert r.exit_code == 0 and r.stdout.startswith("<!doctype html>") and "epoch pii.v1: ended" in r.stdout
     _clean(r.stdout)
     assert (tmp_path / "r.html").read_text() == r.stdout
@@ -129,11 +132,11 @@ def test_report_verifies_certificate_epochs_and_witness(cli, home, tmp_path):
 
 def test_attack_report_rejects_a_witnessed_checkpoint_without_the_cosignature(home, tmp_path):
     with Deployment.open(home) as dep:
-        dep.forget(SUBJECT, principal="admin", reason="gdpr-art17")
+        h = dep.forget(SUBJECT, principal="admin", reason="gdpr-art17").receipt.subject_hash
         w = Witness.init(tmp_path / "w", "witness.example/w1", dep.audit.verifier.vkey())
         plain = dep.audit.checkpoint().text  # signed by the log, never cosigned
         with pytest.raises(AuditIntegrityError, match="lacks the cosignature"):
-            erasure_report(dep, dep.keys.subject_hash(SUBJECT), log=dep.audit, witnesses=[w.key], witnessed=[plain])
+            erasure_report(dep, h, log=dep.audit, witnesses=[w.key], witnessed=[plain])
         assert request_document(plain, None)  # the witness could cosign it on request; the report did not pretend
 
 

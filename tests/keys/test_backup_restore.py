@@ -119,8 +119,7 @@ def test_attack_restore_after_forget_replays_the_ledger_before_serving(home, tmp
     kids = _keys(home)
     with Deployment.open(home) as dep:
         backup(dep, tmp_path / "bk", principal="admin")
-        dep.forget(SENTINEL, principal="admin", reason="gdpr-art17")
-        h = dep.keys.subject_hash(SENTINEL)
+        h = dep.forget(SENTINEL, principal="admin", reason="gdpr-art17").receipt.subject_hash
     r = restore(tmp_path / "bk", home, principal="admin")
     assert set(r.kept_live) == {"audit.db", "erasures.log"} and r.erasures_replayed == 1 and r.keys_removed == 1
     assert _row(home.keys_db, kids[SENTINEL]) is None  # the restored row is gone again
@@ -176,7 +175,7 @@ def test_attack_restore_of_another_deployments_backup_is_refused(home, tmp_path)
 def test_disaster_restore_into_an_empty_home_and_verifier_state(home, tmp_path):
     kids = _keys(home)
     with Deployment.open(home) as dep:
-        dep.forget(SENTINEL, principal="admin", reason="gdpr-art17")
+        h = dep.forget(SENTINEL, principal="admin", reason="gdpr-art17").receipt.subject_hash
         backup(dep, tmp_path / "bk", principal="admin")
         state = tmp_path / "state"
         for _ in range(3):
@@ -190,7 +189,7 @@ def test_disaster_restore_into_an_empty_home_and_verifier_state(home, tmp_path):
     assert r.kept_live == [] and r.files > 5
     with Deployment.open(empty) as dep:
         assert dep.keys.decryption_key(kids[OTHER], "pii", principal="admin")
-        assert dep.keys.store.erased(dep.keys.subject_hash(SENTINEL))
+        assert dep.keys.store.erased(h)
 
 
 def test_backup_cli_and_bad_input(home, tmp_path, monkeypatch):

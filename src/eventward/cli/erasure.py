@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import typer
@@ -39,6 +40,19 @@ def _read(value: str, what: str) -> str:
     return value
 
 
+def _known(dep: Any, raw: str) -> str:
+    """The subject's hash without creating anything for an id never seen (key services with
+    pseudonyms look it up; once forgotten, only the certificate's reference finds it: --hash)."""
+    lookup = getattr(dep.keys, "known_subject", None)
+    h = lookup(raw) if lookup is not None else dep.keys.subject_hash(raw)
+    if h is None:
+        raise NotFoundError(
+            "no key or legal hold is recorded for that subject; a forgotten subject is found by the "
+            "subject_hash on its erasure certificate (--hash)"
+        )
+    return str(h)
+
+
 @erasure_app.command(epilog=common.examples(
     "eventward erasure report c1 --format html --out report.html",
     "eventward erasure report 3f2a...e9 --hash --witness w1.vkey --witnessed cosigned.txt"))
@@ -62,7 +76,7 @@ def report(
         log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
         try:
             log.size()  # the ReadAudit gate, before anything about the subject is looked up
-            h = raw if is_hash else dep.keys.subject_hash(raw)
+            h = raw if is_hash else _known(dep, raw)
             doc = erasure_report(dep, h, log=log, witnesses=keys, witnessed=texts)
         finally:
             log.close()

@@ -64,6 +64,9 @@ class ErasureLedger:
     def __init__(self, path: Path, mac: Mac) -> None:
         self.path = path
         self._mac = mac
+        # (device, inode, offset, entries, head) after the last scan: appends and current() read only
+        # what was written since, so forgetting stays O(1) in the ledger's length.
+        self._at: tuple[int, int, int, int, str] | None = None
 
     def __repr__(self) -> str:
         return f"ErasureLedger({str(self.path)!r})"
@@ -86,41 +89,74 @@ class ErasureLedger:
         if not entries:
             return
         with self._locked() as fd:
-            head = self._scan(self._read_all(fd))[1].head
+            count, head = self._tail(fd)
             lines = []
             for e in entries:
                 p = _payload(e, head)
                 head = _next(head, p)
                 lines.append(p + b" " + self._mac(p).hex().encode() + b"\n")
-            os.write(fd, b"".join(lines))
+            data = b"".join(lines)
+            os.write(fd, data)
             os.fsync(fd)
+            st = os.fstat(fd)
+            self._at = (st.st_dev, st.st_ino, st.st_size, count + len(lines), head)
 
     def load(self) -> list[Erasure]:
         """Every entry, authenticated. A torn last line (crash mid-append) is cut off; the store
         still holds that entry and the caller re-appends it."""
         with self._locked() as fd:
-            return self._scan(self._read_all(fd))[0]
+            data = self._read_from(fd, 0)
+            entries, full = self._scan(data)
+            self._remember(fd, len(data), full.entries, full.head)
+            return entries
 
     def head(self) -> LedgerHead:
-        """The chain head (every line authenticated and chained on the way)."""
+        """The chain head with every entry's head, from a full scan (every line authenticated and
+        chained on the way): for restores, which compare ledgers."""
         with self._locked() as fd:
-            return self._scan(self._read_all(fd))[1]
+            data = self._read_from(fd, 0)
+            full = self._scan(data)[1]
+            self._remember(fd, len(data), full.entries, full.head)
+            return full
+
+    def current(self) -> LedgerHead:
+        """(entries, head) without the per-entry heads, reading only what was appended since the
+        last scan by this object (what every forget anchors)."""
+        with self._locked() as fd:
+            entries, head = self._tail(fd)
+            return LedgerHead(entries, head)
+
+    def _remember(self, fd: int, end: int, entries: int, head: str) -> None:
+        st = os.fstat(fd)
+        self._at = (st.st_dev, st.st_ino, end, entries, head)
+
+    def _tail(self, fd: int) -> tuple[int, str]:
+        st = os.fstat(fd)
+        at = self._at
+        if at is None or (at[0], at[1]) != (st.st_dev, st.st_ino) or at[2] > st.st_size:
+            at = (st.st_dev, st.st_ino, 0, 0, GENESIS)  # a new or replaced file: scanned in full
+        data = self._read_from(fd, at[2])
+        _, tail = self._scan(data, first=at[3], head=at[4], keep_heads=False)
+        self._remember(fd, at[2] + len(data), tail.entries, tail.head)
+        return tail.entries, tail.head
 
     @staticmethod
-    def _read_all(fd: int) -> bytes:
+    def _read_from(fd: int, offset: int) -> bytes:
         size = os.fstat(fd).st_size
-        data = os.pread(fd, size, 0) if size else b""
+        data = os.pread(fd, size - offset, offset) if size > offset else b""
         if data and not data.endswith(b"\n"):
             keep = data.rfind(b"\n") + 1
-            os.ftruncate(fd, keep)
+            os.ftruncate(fd, offset + keep)
             data = data[:keep]
         return data
 
-    def _scan(self, data: bytes) -> tuple[list[Erasure], LedgerHead]:
+    def _scan(
+        self, data: bytes, *, first: int = 0, head: str = GENESIS, keep_heads: bool = True
+    ) -> tuple[list[Erasure], LedgerHead]:
+        """Parse and chain the lines in ``data``, which follow ``first`` entries ending in ``head``."""
         entries: list[Erasure] = []
         heads: list[str] = []
-        head = GENESIS
-        for n, line in enumerate(data.splitlines(), start=1):
+        for n, line in enumerate(data.splitlines(), start=first + 1):
             payload, erasure, prev = self._parse(n, line)
             if prev is not None and prev != head:
                 raise KeyIntegrityError(
@@ -130,8 +166,9 @@ class ErasureLedger:
                 )
             head = _next(head, payload)
             entries.append(erasure)
-            heads.append(head)
-        return entries, LedgerHead(len(entries), head, tuple(heads))
+            if keep_heads:
+                heads.append(head)
+        return entries, LedgerHead(first + len(entries), head, tuple(heads))
 
     def _parse(self, n: int, line: bytes) -> tuple[bytes, Erasure, str | None]:
         payload, _, tag = line.rpartition(b" ")
