@@ -183,6 +183,14 @@ def test_live_nats_server_through_its_monitoring_port(live_nats: str, tmp_path: 
     assert ids == ["NATS-001", "NATS-002", "NATS-007"]  # monitoring itself is loopback-only: fine
     r = run(tmp_path / "h", "harden", "check", "--nats-url", live_nats + "/nope")
     assert r.exception is not None
+    # Credentials in the URL stay out of findings, SARIF and errors.
+    with_creds = live_nats.replace("http://", "http://ops:s3cret-pw@")
+    r = run(tmp_path / "h", "harden", "check", "--nats-url", with_creds, "--json", "--sarif", str(tmp_path / "s"))
+    assert r.exit_code == 1 and "s3cret-pw" not in r.stdout and "s3cret-pw" not in (tmp_path / "s").read_text()
+    r = run(tmp_path / "h", "harden", "check", "--nats-url", "http://ops:s3cret-pw@127.0.0.1:1")
+    assert common.exit_code(r.exception) == common.EXIT_UNAVAILABLE and "s3cret-pw" not in r.exception.message
+    r = run(tmp_path / "h", "harden", "check", "--nats-url", live_nats, "--json", "--sarif", "-")
+    assert common.exit_code(r.exception) == common.EXIT_INVALID
 
 
 def test_threats_report(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ so CI can gate on it; ``--sarif FILE`` writes SARIF 2.1.0 for code-scanning tool
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,9 @@ def run_checks(
         findings += nats.check_file(p)
         sources.append(str(p))
     for url in nats_urls:
-        findings += nats.check_varz(nats.fetch_varz(url), url)
-        sources.append(url)
+        shown = nats.display_url(url)
+        findings += nats.check_varz(nats.fetch_varz(url), shown)
+        sources.append(shown)
     for p in configs:
         findings += eventward_yaml.check_file(p)
         sources.append(str(p))
@@ -88,6 +90,8 @@ def check_cmd(
     """Findings (id, severity, checklist item, file:line, offending text, fix); exit 1 if any."""
     if fail_on not in SEVERITIES:
         raise InputError(f"--fail-on must be one of {', '.join(SEVERITIES)}")
+    if as_json and sarif is not None and str(sarif) == "-":
+        raise InputError("--json and --sarif - both write to stdout: give --sarif a file")
     kafka_files, nats_files, nats_urls, configs = kafka_files or [], nats_files or [], nats_urls or [], configs or []
     if not (kafka_files or nats_files or nats_urls or configs):
         configs, nats_files = _home_targets()
@@ -100,7 +104,8 @@ def check_cmd(
     if sarif is not None:
         doc = orjson.dumps(to_sarif(findings, ALL_RULES, _version()), option=orjson.OPT_INDENT_2).decode() + "\n"
         if str(sarif) == "-":
-            common.console.out(doc, highlight=False)
+            sys.stdout.write(doc)
+            sys.stdout.flush()
         else:
             try:
                 sarif.write_text(doc)

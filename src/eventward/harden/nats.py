@@ -12,10 +12,12 @@ whether a file is valid; this parser only needs to read what the checklist asks 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,23 +331,36 @@ def check_file(path: Path) -> list[Finding]:
 
 # --- a live server ---------------------------------------------------------------------------------
 
+def display_url(url: str) -> str:
+    """``url`` without user:password@ (it goes into findings, SARIF and error messages)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))[:200]
+
+
 def fetch_varz(url: str, timeout: float = 5.0) -> dict[str, Any]:
     """``/varz`` of a live server's monitoring port (``http://127.0.0.1:8222``)."""
     if not re.match(r"https?://", url):
-        raise ConfigError(f"monitoring URL must be http:// or https://, got {url[:80]!r}")
+        raise ConfigError(f"monitoring URL must be http:// or https://, got {display_url(url)[:80]!r}")
     full = url.rstrip("/") + ("" if url.rstrip("/").endswith("/varz") else "/varz")
+    shown = display_url(full)
+    request = urllib.request.Request(shown)  # noqa: S310 - scheme checked above
+    parts = urllib.parse.urlsplit(full)
+    if parts.username is not None:  # a proxy in front of the monitoring port may want basic auth
+        userinfo = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(userinfo.encode()).decode())
     try:
-        with urllib.request.urlopen(full, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
             body = resp.read(MAX_PAYLOAD)
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or type(e).__name__
-        raise TransportUnavailable(f"cannot read {full}: {reason}") from None
+        raise TransportUnavailable(f"cannot read {shown}: {reason}") from None
     try:
         doc = json.loads(body)
     except ValueError:
-        raise ConfigError(f"{full} did not answer with NATS /varz JSON") from None
+        raise ConfigError(f"{shown} did not answer with NATS /varz JSON") from None
     if not isinstance(doc, dict) or "server_id" not in doc:
-        raise ConfigError(f"{full} did not answer with NATS /varz JSON (no server_id)")
+        raise ConfigError(f"{shown} did not answer with NATS /varz JSON (no server_id)")
     return doc
 
 
