@@ -217,3 +217,34 @@ def test_backup_cli_and_bad_input(home, tmp_path, monkeypatch):
     assert isinstance(r.exception, RestoreRefused) and common.exit_code(r.exception) == common.EXIT_REFUSED
     with AuditLog.open(home) as log:
         assert "backup.create" in [x.action for x in log.tail(20)]
+
+
+def test_attack_restore_attack_through_the_cli(home, tmp_path, monkeypatch):
+    """The same attack as an operator would run it: backup, forget, keys rotate --class pii (and every
+    other class the subject had keys in), restore: refused (exit 8), naming the ended epoch."""
+    from eventward.cli import keys as keys_cli
+
+    kids = _keys(home)
+    monkeypatch.setattr(common.STATE, "home", str(home.root))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("EVENTWARD_PRINCIPAL", raising=False)
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        return None
+
+    backup_cli.register(app)
+    keys_cli.register(app)
+    run = CliRunner()
+    assert run.invoke(app, ["backup", str(tmp_path / "bk")]).exit_code == 0
+    r = run.invoke(app, ["forget", SENTINEL, "--reason", "gdpr-art17", "--json"])
+    assert r.exit_code == 0, r.output
+    h = orjson.loads(r.stdout)["subject_hash"]
+    r = run.invoke(app, ["keys", "rotate", "--class", "pii"])
+    assert r.exit_code == 0, r.output
+    r = run.invoke(app, ["restore", str(tmp_path / "bk")])
+    assert isinstance(r.exception, RestoreRefused) and common.exit_code(r.exception) == common.EXIT_REFUSED
+    assert "pii.v1" in r.exception.message and SENTINEL not in r.exception.message
+    with Deployment.open(home) as dep, pytest.raises(KeyDestroyed):
+        dep.keys.decryption_key(kids[SENTINEL], "pii", principal="admin", subject_hash=h)
