@@ -17,6 +17,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from eventward import monitor
 from eventward.audit.certificate import Certificate, issue_erasure_certificate
 from eventward.audit.log import AuditLog
 from eventward.audit.reconcile import DEFAULT_GRACE_S, Reconciled, reconcile
@@ -149,6 +150,7 @@ class Deployment:
         self._closers: list[Any] = []
         # every forget and KEK rotation anchors the key state in the audit log (see eventward.backup)
         keys.on_change = lambda why: anchor_keys(audit, keys, reason=why)
+        monitor.instrument(self)  # metrics: audit observer, per-batch transport and KMS timing (docs/monitoring.md)
 
     # --- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -348,9 +350,11 @@ class Deployment:
         """Crypto-shred a data subject and record a signed erasure certificate in the audit log.
         ``reason`` is a short code (InputError for free text, which could carry PII)."""
         code = reason or "erasure-request"
+        started = time.perf_counter()
         receipt = self.keys.forget(subject, principal=principal, reason=code)
         forget_claims(self.home, receipt.subject_hash)  # claim-check vault entries too (guard/vault.py)
         cert = issue_erasure_certificate(self.audit, receipt, principal=principal, reason_code=code)
+        monitor.metrics.forget_seconds.observe(time.perf_counter() - started)  # acknowledged: certificate issued
         return Forgotten(receipt, cert)
 
 

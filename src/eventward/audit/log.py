@@ -31,7 +31,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -64,6 +64,9 @@ from eventward.policy.base import READ_AUDIT, Authorizer, check
 AUDIT_RESOURCE = ("Audit", "log")
 PUBLISHED_ACTION = "Publish"
 _MAPPING_FIELDS = frozenset({"action", "principal", "resource", "outcome", "reason", "meta"})
+# Called with (action, resource, outcome, reason, meta) of every recorded event, never the principal:
+# eventward.monitor counts security signal here instead of hooking every hot path. Must not raise.
+OBSERVERS: list[Callable[[str, str, str, str, Mapping[str, MetaValue]], None]] = []
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -265,6 +268,8 @@ class AuditLog:
         entry = make_entry(
             action, principal=principal, resource=resource, outcome=outcome, reason=reason, meta=meta
         )
+        for observe in OBSERVERS:
+            observe(action, resource, outcome, reason, meta)
         with self._lock:
             self._writable()
             if self._pending is not None:
@@ -552,6 +557,13 @@ class AuditLog:
         self._read()
         rows = self._q("SELECT idx, body FROM records ORDER BY idx DESC LIMIT ?", (max(n, 0),))
         return [decode(bytes(body), int(idx)) for idx, body in reversed(rows)]  # type: ignore[arg-type]
+
+    def since(self, start: int, limit: int = 4096) -> list[AuditRecord]:
+        """Records from index ``start`` on, at most ``limit``: for followers (eventward.monitor)."""
+        self._read()
+        sql = "SELECT idx, body FROM records WHERE idx >= ? ORDER BY idx LIMIT ?"
+        rows = self._q(sql, (max(start, 0), max(limit, 0)))
+        return [decode(bytes(body), int(idx)) for idx, body in rows]  # type: ignore[arg-type]
 
     def prove(self, index: int, size: int | None = None) -> InclusionProof:
         """Inclusion proof of record ``index`` in the tree of ``size`` leaves (default: now)."""

@@ -86,8 +86,16 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option(
             DEFAULT_BACKEND, "--backend", help="module:callable(home) -> GatewayBackend."
         ),
+        monitor_rules: str = typer.Option(
+            None, "--monitor-rules", metavar="FILE", help="Anomaly rules YAML (default: the shipped rules)."
+        ),
+        no_monitor: bool = typer.Option(False, "--no-monitor", help="Do not run the anomaly rules in the background."),
     ) -> None:
-        """Serve the HTTP gateway (mTLS or OAuth2 JWT; never unauthenticated unless told so)."""
+        """Serve the HTTP gateway (mTLS or OAuth2 JWT; never unauthenticated unless told so).
+
+        With a deployment backend it also runs the anomaly rules over the audit log in the
+        background (alerts are audit records and metrics; see ``eventward alerts``), and /metrics
+        shows the process-wide eventward metrics next to the gateway's (docs/monitoring.md)."""
         from eventward.gateway.config import SERVER_CERT, GatewayConfig
         from eventward.gateway.deployment_backend import DeploymentBackend
         from eventward.gateway.server import create_server
@@ -103,8 +111,14 @@ def register(app: typer.Typer) -> None:
         if auth is not None:
             cfg.auth = auth
         be = load_backend(backend, home)
+        watcher = None
         try:
             deployed = isinstance(be, DeploymentBackend)
+            if deployed and not no_monitor:
+                from eventward.monitor.rules import load_rules
+                from eventward.monitor.service import Monitor
+
+                watcher = Monitor(be.audit, be.deployment.transport, rules=load_rules(monitor_rules)).start()
             if deployed and not cfg.tls.cert and not insecure_dev_no_auth:
                 ensure_home_material(home, cfg.host, SERVER_CERT)  # the home's CA, its gateway certificate
             server = create_server(
@@ -124,6 +138,8 @@ def register(app: typer.Typer) -> None:
 
             asyncio.run(server.serve_forever(on_ready=ready))
         finally:
+            if watcher is not None:
+                watcher.stop()
             close = getattr(be, "close", None)
             if callable(close):
                 close()

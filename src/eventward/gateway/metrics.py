@@ -168,7 +168,14 @@ class GatewayMetrics:
         )
 
     def render(self) -> str:
+        """The gateway's families, then the process-wide eventward families (eventward.monitor).
+
+        A bridge, not a move: these request-level families stay dependency-free and capped as
+        they are, and ``serve``'s /metrics shows both on one page (names never overlap:
+        ``eventward_gateway_*`` here, ``eventward_*`` there)."""
         lines: list[str] = []
         for f in self.families:
             lines.extend(f.render())
-        return "\n".join(lines) + "\n"
+        from eventward.monitor.metrics import render as process_metrics
+
+        return "\n".join(lines) + "\n" + process_metrics().decode()
