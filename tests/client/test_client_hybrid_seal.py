@@ -305,3 +305,19 @@ def test_attack_hybrid_seal_byte_flips_are_refused() -> None:
             sealing.verify(s, pub, pq)
             for j, e in enumerate(events):
                 sealing.check_event(s, j, e)
+
+
+def test_enrolled_hybrid_key_verifies_hybrid_seals_only(world: World) -> None:
+    """Client mode: a service keeps both private halves and enrolls the public ones."""
+    service = Signer(PRODUCER, Ed25519PrivateKey.generate(), MLDSA65PrivateKey.generate())
+    pq_pub = service.pq_public_key()
+    assert pq_pub is not None
+    kid = world.trust.enroll(PRODUCER, service.public_key(), by=ADMIN, pq_public_key=pq_pub)
+    assert world.trust.info(kid).suite == HYBRID
+    blob = sealing.seal(service, instance="svc", stream=TOPIC, batch="b-9", first_seq=0, events=[b"{}"])
+    assert world.verifier().verify_seal(blob, TOPIC, "b-9").suite == HYBRID
+    classical = Signer(PRODUCER, service._key)  # the same Ed25519 key, no ML-DSA signature
+    blob = sealing.seal(classical, instance="svc", stream=TOPIC, batch="b-10", first_seq=1, events=[b"{}"])
+    with pytest.raises(SealError) as e:
+        world.verifier().verify_seal(blob, TOPIC, "b-10")
+    assert e.value.reason == "suite_mismatch"

@@ -332,16 +332,25 @@ class TrustRegistry:
         )
         return Signer(principal, key, pq_key)
 
-    def enroll(self, principal: str, public_key: Ed25519PublicKey, *, by: str, purpose: str = SEAL) -> str:
+    def enroll(
+        self,
+        principal: str,
+        public_key: Ed25519PublicKey,
+        *,
+        by: str,
+        purpose: str = SEAL,
+        pq_public_key: MLDSA65PublicKey | None = None,
+    ) -> str:
         """Trust a key whose private half never left its service (client mode); returns its kid.
-        The previous active key of that purpose is retired, as by ``rotate``."""
+        The previous active key of that purpose is retired, as by ``rotate``. With
+        ``pq_public_key`` the key is hybrid: it verifies hybrid seals only."""
         check_purpose(purpose)
         self._authorize(by, principal, "trust.enroll")
         kid = kid_of(public_key)
         with self._lock:
             if self._db.execute("SELECT 1 FROM keys WHERE kid = ?", (kid,)).fetchone():
                 raise ConflictError(f"key {kid} is already registered")
-        self._install(principal, public_key, by, "trust.enroll", purpose)
+        self._install(principal, public_key, by, "trust.enroll", purpose, pq_public_key)
         return kid
 
     def _install(
