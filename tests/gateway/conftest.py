@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from eventward.audit.base import MemoryAudit
@@ -67,6 +66,8 @@ from .gw_support import Pki, ThreadedGateway, make_pki, make_signers, write_jwks
 SENTINEL = "SENTINEL-4f1c-jane.doe@example.org"
 ISSUER = "https://idp.test.local"
 AUDIENCE = "eventward-gateway"
+# the test IdP's service subjects map to plain principals; anything else is jwt:idp.test.local:<sub>
+SUBJECT_RULES = r"RULE:^idp\.test\.local:(svc-[a-z]+|orders|fuzzer.*)$/$1/"
 
 
 def make_authz() -> AllowList:
@@ -349,7 +350,8 @@ def jwt_gateway(
     cfg = gateway_config(
         test_pki,
         auth="jwt",
-        jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE, "leeway_s": 5},
+        jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE, "leeway_s": 5,
+             "subject_rules": SUBJECT_RULES},
     )
     run = start_gateway(cfg, tmp_path_factory.mktemp("home"))
     yield run

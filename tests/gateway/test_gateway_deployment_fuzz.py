@@ -43,7 +43,8 @@ def real_target(
         tmp_path_factory.mktemp("gw-fuzz"),
         gateway={
             "auth": "jwt",
-            "jwt": {"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE},
+            "jwt": {"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE,
+                    "subject_rules": r"RULE:^idp\.test\.local:(fuzzer)$/$1/"},
             "limits": {"max_wait_s": 0.0, "rate_events_per_s": 1e6, "burst_events": 1_000_000},
         },
     )

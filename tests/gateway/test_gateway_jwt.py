@@ -167,7 +167,7 @@ def test_principal_claim_is_configurable(signers) -> None:
     keys = parse_jwks({"keys": [signers["ec"].public_jwk()]}, "test")
     auth = JwtAuthenticator(keys, issuer=ISSUER, audience=AUDIENCE, principal_claim="client_id")
     token = signers["ec"].sign(claims(ISSUER, AUDIENCE, sub="user-1", client_id="svc-orders"))
-    assert auth.authenticate(f"Bearer {token}", None).name == "svc-orders"
+    assert auth.authenticate(f"Bearer {token}", None).name == "jwt:idp.test.local:svc-orders"
     with pytest.raises(AuthenticationError) as e:
         auth.authenticate(f"Bearer {signers['ec'].sign(claims(ISSUER, AUDIENCE))}", None)
     assert e.value.details["reason"] == "bad_principal"

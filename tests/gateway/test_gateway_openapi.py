@@ -122,7 +122,8 @@ def fuzz_target(
         test_pki,
         auth="jwt",
         limits=limits,
-        jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE},
+        jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE,
+             "subject_rules": r"RULE:^idp\.test\.local:(admin)$/$1/"},  # the IdP's admin, mapped explicitly
     )
     run = start_gateway(cfg, tmp_path_factory.mktemp("home"))
     token = signers["ec"].sign(claims(ISSUER, AUDIENCE, sub="admin", exp=int(time.time()) + 3600))

@@ -119,7 +119,7 @@ def test_jwt_mode_without_client_ca_serves_tls_without_client_certs(
             "/v1/whoami",
             headers={"Authorization": f"Bearer {token}"},
         )
-        assert ok.json["principal"] == "orders"
+        assert ok.json["principal"] == "jwt:idp.test.local:orders"  # no subject rule: namespaced
         assert call(run.port, test_pki.client_ctx(None), "GET", "/v1/whoami").status == 401
     finally:
         run.gw.stop()

@@ -30,6 +30,7 @@ from eventward.errors import (
     EventwardError,
     InputError,
     OversizeError,
+    QuotaExceeded,
     RequestTimeout,
     SecurityError,
     UnsupportedMediaType,
@@ -161,6 +162,9 @@ class _Gateway:
         self.trust_peer_cert = trust_peer_cert
         self.dev = dev
         self.quota = RateLimiter(limits.rate_events_per_s, limits.burst_events, limits.max_principals)
+        self.preauth = RateLimiter(
+            limits.preauth_rate_per_ip_per_s, limits.preauth_burst_per_ip, limits.max_preauth_ips
+        )
         self.audit_gate = TokenBucket(50.0, 200.0, time.monotonic())  # auth-failure records: no audit flood
         self.waiting = 0
         # validated against, and serving, the document with this server's configured batch limit
@@ -175,6 +179,15 @@ class _Gateway:
         ssl_object = request.transport.get_extra_info("ssl_object")
         return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
 
+    def _preauth(self, request: web.Request) -> None:
+        """Per client IP, before any token is parsed or verified: a flood of garbage tokens from
+        one address costs a dictionary lookup each, not a signature check."""
+        try:
+            self.preauth.take(request.remote or "-", 1)
+        except QuotaExceeded:
+            self.metrics.denials.inc("preauth_rate")
+            raise
+
     @web.middleware
     async def perimeter(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -186,6 +199,7 @@ class _Gateway:
         if self.dev:
             log.warning("INSECURE: unauthenticated dev gateway served %s %s", request.method, route)
         try:
+            self._preauth(request)
             principal = self.auth.authenticate(request.headers.get("Authorization"), self._peer_der(request))
             request[PRINCIPAL] = principal
             self.quota.take(principal.name, 1)

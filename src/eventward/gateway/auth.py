@@ -11,6 +11,8 @@ import base64
 import functools
 import hashlib
 import hmac
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,11 +21,25 @@ import jwt
 from cryptography import x509
 from jwt import exceptions as jwt_errors
 
-from eventward.errors import AuthenticationError
+from eventward.errors import AuthenticationError, ConfigError
 from eventward.gateway.jwks import VerifyKey, check_algorithms
 from eventward.gateway.mapping import MAX_PRINCIPAL_CHARS, PrincipalMapper
 
 MAX_TOKEN_BYTES = 6 * 1024  # below aiohttp's 8190-byte header line, so this check is what refuses
+# RFC 8725 3.11 explicit typing: plain JWTs and RFC 9068 access tokens only, so an ID token,
+# a logout token or a signed request object (other ``typ``) is never accepted as an access token.
+ALLOWED_TYP = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
+_ALIAS = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}$")
+
+
+def alias_of_issuer(issuer: str, alias: str = "") -> str:
+    """The short name of an issuer in principal names: ``alias`` if given, else its host name."""
+    from urllib.parse import urlsplit
+
+    name = alias or (urlsplit(issuer).hostname or "")
+    if not _ALIAS.match(name):
+        raise ConfigError("gateway.jwt.issuer_alias must be 1..63 of a-z, 0-9, '.', '-' (set it explicitly)")
+    return name
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,13 @@ class JwtAuthenticator:
     The key is chosen by ``kid`` and must be of the type the header's (allow-listed) ``alg``
     needs, so the token never decides how it is verified. Tokens carrying an RFC 8705
     ``cnf.x5t#S256`` are honoured only over a connection that presented that certificate.
+
+    The principal is never the raw subject: ``<issuer-alias>:<sub>`` is mapped by Kafka-style
+    ``subject_rules`` (first full match wins), and with no matching rule it becomes
+    ``jwt:<issuer-alias>:<sub>``, a namespace no mTLS or local principal lives in, so a token
+    whose ``sub`` is ``admin`` is ``jwt:idp:admin``, not ``admin``. Keys not refreshed
+    successfully for ``max_key_age_s`` are dropped: every token is then refused (fail closed)
+    until a refresh succeeds.
     """
 
     scheme: str | None = "Bearer"
@@ -93,8 +116,17 @@ class JwtAuthenticator:
         principal_claim: str = "sub",
         leeway_s: float = 30.0,
         max_token_bytes: int = MAX_TOKEN_BYTES,
+        issuer_alias: str = "",
+        subject_rules: str = "",
+        max_key_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = dict(keys)
+        self._clock = clock
+        self._loaded_at = clock()
+        self.max_key_age_s = max_key_age_s
+        self.alias = alias_of_issuer(issuer, issuer_alias)
+        self.subject_mapper = PrincipalMapper(subject_rules) if subject_rules.strip() else None
         self.issuer = issuer
         self.audience = audience
         self.algorithms = frozenset(check_algorithms(list(algorithms)))
@@ -105,6 +137,12 @@ class JwtAuthenticator:
     def set_keys(self, keys: dict[str, VerifyKey]) -> None:
         """Swap in a refreshed JWKS (one assignment: readers see the old or the new set)."""
         self._keys = dict(keys)
+        self._loaded_at = self._clock()
+
+    @property
+    def keys_stale(self) -> bool:
+        """True once the keys have gone ``max_key_age_s`` without a successful refresh."""
+        return self.max_key_age_s is not None and self._clock() - self._loaded_at > self.max_key_age_s
 
     @property
     def kids(self) -> frozenset[str]:
@@ -119,11 +157,16 @@ class JwtAuthenticator:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise _refuse("alg_not_allowed", "bearer token algorithm is not allowed")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower() not in ALLOWED_TYP:
+            raise _refuse("bad_typ", "bearer token type (typ) is not JWT or at+jwt")
         if "crit" in header or "b64" in header:  # RFC 7515 4.1.11: we understand no extensions
             raise _refuse("unsupported_header", "bearer token uses an unsupported critical header")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise _refuse("missing_kid", "bearer token header has no key id (kid)")
+        if self.keys_stale:
+            raise _refuse("jwks_stale", "the token signing keys could not be refreshed; refusing all tokens")
         key = self._keys.get(kid)
         if key is None:
             raise _refuse("unknown_kid", "bearer token is signed with an unknown key id")
@@ -136,7 +179,20 @@ class JwtAuthenticator:
                 "bad_principal", f"bearer token claim {self.principal_claim!r} is not a usable principal"
             )
         self._check_binding(claims, peer_der)
-        return Principal(name, "jwt")
+        return Principal(self._principal(name), "jwt")
+
+    def _principal(self, sub: str) -> str:
+        qualified = f"{self.alias}:{sub}"
+        if self.subject_mapper is not None:
+            try:
+                return self.subject_mapper.map(qualified)
+            except AuthenticationError as e:
+                if e.details.get("reason") != "unmapped_subject":
+                    raise
+        name = f"jwt:{qualified}"
+        if len(name) > MAX_PRINCIPAL_CHARS:
+            raise _refuse("bad_principal", "bearer token subject is too long for a principal name")
+        return name
 
     def _bearer(self, authorization: str | None) -> str:
         if not authorization:

@@ -29,6 +29,8 @@ class TlsConfig:
     key: str | None = None  # default: <home>/certs/gateway.key (must be mode 0600)
     client_ca: str | None = None  # default: <home>/certs/ca.crt (the deployment CA)
     handshake_timeout_s: float = 10.0
+    crl: str | None = None  # default: <home>/certs/crl.pem when it exists
+    reload_s: float = 5.0  # certificate, key, CA and CRL files re-read this often (0: never)
 
 
 @dataclass
@@ -42,6 +44,11 @@ class JwtConfig:
     leeway_s: float = 30.0
     fetch_timeout_s: float = 5.0
     refresh_s: float = 300.0
+    # keys not refreshed successfully for this long are dropped: every token is refused (fail closed)
+    max_key_age_s: float = 3600.0
+    issuer_alias: str = ""  # default: the issuer URL's host name
+    # Kafka-style rules over "<issuer-alias>:<sub>"; unmatched subjects become "jwt:<alias>:<sub>"
+    subject_rules: str = ""
 
 
 @dataclass
@@ -59,6 +66,10 @@ class LimitsConfig:
     max_wait_s: float = 30.0
     max_waiting_consumers: int = 256  # concurrent long polls; beyond it, polls return at once
     max_connections: int = 1024
+    # per client IP, before authentication (no signature check or TLS-bound lookup for a flood)
+    preauth_rate_per_ip_per_s: float = 1000.0
+    preauth_burst_per_ip: int = 2000
+    max_preauth_ips: int = 100_000
 
 
 @dataclass
@@ -104,6 +115,9 @@ class GatewayConfig:
             "max_consume_bytes",
             "max_waiting_consumers",
             "max_connections",
+            "preauth_rate_per_ip_per_s",
+            "preauth_burst_per_ip",
+            "max_preauth_ips",
         ):
             if getattr(lim, name) <= 0:
                 raise ConfigError(f"{where}.limits.{name} must be positive")
@@ -119,6 +133,8 @@ class GatewayConfig:
             )
         if lim.max_event_bytes > lim.max_body_bytes:
             raise ConfigError(f"{where}.limits.max_event_bytes must be <= max_body_bytes")
+        if self.tls.reload_s < 0:
+            raise ConfigError(f"{where}.tls.reload_s must not be negative")
         if self.tls.handshake_timeout_s <= 0:
             raise ConfigError(f"{where}.tls.handshake_timeout_s must be positive")
         if self.auth == "jwt":
@@ -136,6 +152,13 @@ class GatewayConfig:
             if j.fetch_timeout_s <= 0 or j.refresh_s <= 0:
                 raise ConfigError(f"{where}.jwt: fetch_timeout_s and refresh_s must be positive")
             check_algorithms(list(j.algorithms))
+            if j.max_key_age_s < j.refresh_s:
+                raise ConfigError(f"{where}.jwt.max_key_age_s must be >= refresh_s")
+            from eventward.gateway.auth import alias_of_issuer
+            from eventward.gateway.mapping import parse_rules
+
+            alias_of_issuer(j.issuer, j.issuer_alias)
+            parse_rules(j.subject_rules)
 
 
 @dataclass(frozen=True)
@@ -143,6 +166,7 @@ class TlsFiles:
     cert: Path
     key: Path
     client_ca: Path | None
+    crl: Path | None = None
 
 
 def tls_files(cfg: GatewayConfig, home: Home) -> TlsFiles:
@@ -151,6 +175,7 @@ def tls_files(cfg: GatewayConfig, home: Home) -> TlsFiles:
     cert = Path(cfg.tls.cert) if cfg.tls.cert else d / f"{SERVER_CERT}.crt"
     key = Path(cfg.tls.key) if cfg.tls.key else d / f"{SERVER_CERT}.key"
     ca = Path(cfg.tls.client_ca) if cfg.tls.client_ca else ca_paths(d)[0]
+    crl = Path(cfg.tls.crl) if cfg.tls.crl else (d / "crl.pem" if not cfg.tls.client_ca else None)
     if cfg.auth == "jwt" and not cfg.tls.client_ca and not ca.exists():
         return TlsFiles(cert, key, None)  # JWT mode without client certificates
-    return TlsFiles(cert, key, ca)
+    return TlsFiles(cert, key, ca, crl)

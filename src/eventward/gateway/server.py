@@ -244,7 +244,8 @@ class GatewayServer:
                 auth.set_keys(await asyncio.to_thread(load))
             except EventwardError as e:
                 log.warning(
-                    "gateway: JWKS refresh failed, keeping %d known keys: %s", len(auth.kids), e.message
+                    "gateway: JWKS refresh failed, keeping %d known keys until they are %.0fs old: %s",
+                    len(auth.kids), auth.max_key_age_s or float("inf"), e.message,
                 )
 
     async def stop(self) -> None:
@@ -305,6 +306,9 @@ def build_authenticator(
         algorithms=j.algorithms,
         principal_claim=j.principal_claim,
         leeway_s=j.leeway_s,
+        issuer_alias=j.issuer_alias,
+        subject_rules=j.subject_rules,
+        max_key_age_s=j.max_key_age_s,
     )
     return auth, load
 
