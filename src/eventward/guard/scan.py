@@ -21,61 +21,125 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
 MAX_DEPTH = 64
 
 
+_SEGMENTS: dict[str, str] = {}
+
+
 def _segment(key: object) -> str:
-    return key if isinstance(key, str) and _NAME.match(key) else "*"
+    if type(key) is str:
+        seg = _SEGMENTS.get(key)
+        if seg is None:
+            seg = key if _NAME.match(key) else "*"
+            if len(_SEGMENTS) < 4096:
+                _SEGMENTS[key] = seg
+        return seg
+    return "*"
 
 
-def leaves(data: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
-    """(tag-style path, value) for every scalar in ``data``; map keys that are not names are ``*``."""
-    if depth > MAX_DEPTH:
-        return
-    if type(data) is dict:
-        for k, v in data.items():
-            seg = _segment(k)
-            p = f"{prefix}.{seg}" if prefix else seg
-            if type(v) is dict or type(v) is list:
-                yield from leaves(v, p, depth + 1)
-            else:
-                yield p, v
-            if seg == "*" and isinstance(k, str):  # the key itself may be the PII
-                yield p + "{key}", k
-    elif type(data) is list:
-        p = f"{prefix}[]" if prefix else "[]"
-        for v in data:
-            if type(v) is dict or type(v) is list:
-                yield from leaves(v, p, depth + 1)
-            else:
-                yield p, v
+def leaves(data: Any) -> Iterator[tuple[str, Any]]:
+    """(tag-style path, value) for every scalar in ``data``; map keys that are not names are ``*``
+    (and the key itself is yielded as ``path{key}``: a key may be the PII). Iterative, bounded depth."""
+    stack: list[tuple[str, Any, int]] = [("", data, 0)]
+    while stack:
+        prefix, node, depth = stack.pop()
+        if type(node) is dict:
+            for k, v in node.items():
+                seg = _segment(k)
+                p = f"{prefix}.{seg}" if prefix else seg
+                if type(v) is dict or type(v) is list:
+                    if depth < MAX_DEPTH:
+                        stack.append((p, v, depth + 1))
+                else:
+                    yield p, v
+                if seg == "*" and isinstance(k, str):
+                    yield p + "{key}", k
+        elif type(node) is list:
+            p = f"{prefix}[]" if prefix else "[]"
+            for v in node:
+                if type(v) is dict or type(v) is list:
+                    if depth < MAX_DEPTH:
+                        stack.append((p, v, depth + 1))
+                else:
+                    yield p, v
+
+
+_PROTECTED: dict[int, tuple[FieldSpec, frozenset[str]]] = {}
 
 
 def protected_paths(spec: FieldSpec) -> frozenset[str]:
     """Tagged paths (encrypted) and the data-subject field: not reported."""
+    hit = _PROTECTED.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
     paths = {r.path for r in spec.rules}
     if spec.subject_path:
         paths.add(spec.subject_path)
-    return frozenset(paths)
+    out = frozenset(paths)
+    if len(_PROTECTED) > 1024:
+        _PROTECTED.clear()
+    _PROTECTED[id(spec)] = (spec, out)
+    return out
+
+
+_COVERED: dict[tuple[frozenset[str], str], bool] = {}
 
 
 def _covered(path: str, protected: frozenset[str]) -> bool:
-    if path in protected:
-        return True
-    # a tagged object or array covers everything under it
-    return any(path.startswith(p + ".") or path.startswith(p + "[]") for p in protected)
+    """Tagged paths, and everything under a tagged object or array (memoized: paths repeat)."""
+    key = (protected, path)
+    hit = _COVERED.get(key)
+    if hit is None:
+        hit = path in protected or any(path.startswith(p + ".") or path.startswith(p + "[]") for p in protected)
+        if len(_COVERED) < 65536:
+            _COVERED[key] = hit
+    return hit
 
 
-def findings(
-    data: Any, spec: FieldSpec, detectors: Detectors | None = None
-) -> list[tuple[str, str]]:
-    """(path, kind) for each untagged value of one event that a detector confirms."""
+def findings(data: Any, spec: FieldSpec, detectors: Detectors | None = None) -> list[tuple[str, str]]:
+    """(path, kind) for each untagged value of one event that a detector confirms.
+
+    Hot path (the producer guard calls it per event): values no detector can match (short
+    strings, small numbers, floats, values already found clean) are skipped before their path
+    string is even built."""
     det = detectors or default_detectors()
-    protected = protected_paths(spec)
     out: list[tuple[str, str]] = []
-    kinds_of = det.kinds_of
-    for path, value in leaves(data):
-        kinds = kinds_of(value)
-        if kinds and not _covered(path, protected):
-            out.extend((path, k) for k in sorted(kinds))
+    todo: list[tuple[str, str]] = []
+    _walk(data, "", 0, out, todo, det, protected_paths(spec))
+    if todo:
+        for (path, _), kinds in zip(todo, det.kinds_many([v for _, v in todo]), strict=True):
+            out.extend((path, kind) for kind in sorted(kinds))
     return out
+
+
+def _walk(node: Any, prefix: str, depth: int, out: list[tuple[str, str]], todo: list[tuple[str, str]],
+          det: Detectors, protected: frozenset[str]) -> None:
+    """Collects (path, text) of the values worth a detector's look into ``todo``."""
+    clean = det.clean
+    if type(node) is dict:
+        pairs: Any = node.items()
+    elif type(node) is list:
+        pairs = ((None, v) for v in node)
+    else:
+        return
+    for k, v in pairs:
+        t = type(v)
+        nested = t is dict or t is list
+        worth = not nested and (
+            (t is str and len(v) >= 7 and v not in clean) or (t is int and not -(10**8) < v < 10**8)
+        )
+        seg = "" if k is None else _segment(k)
+        if not (nested or worth or seg == "*"):
+            continue  # most leaves: no path string is built for them
+        if k is None:
+            p = f"{prefix}[]" if prefix else "[]"
+        else:
+            p = f"{prefix}.{seg}" if prefix else seg
+            if seg == "*" and type(k) is str and not _covered(p, protected):
+                out.extend((p + "{key}", kind) for kind in sorted(det.kinds(k)))
+        if nested:
+            if depth < MAX_DEPTH:
+                _walk(v, p, depth + 1, out, todo, det, protected)
+        elif worth and not _covered(p, protected):
+            todo.append((p, v if t is str else str(v)))
 
 
 @dataclass
