@@ -90,6 +90,8 @@ def scan_scenario(n: int, rounds: int) -> dict[str, Any]:
 
 _GUARDED = copy.deepcopy(ORDER_JSON_SCHEMA)
 _GUARDED["x-eventward-guard"] = {"*": "off", "orders.warn": "warn"}
+# the subject id encrypted too: valid whether or not a bare subject tag is (a clear id must say so)
+_GUARDED["properties"]["customer"]["properties"]["id"]["x-eventward"] = {"subject": True, "class": "pii"}
 POLICY = """\
 principals:
   admin: {type: user, roles: [admin]}
@@ -118,7 +120,7 @@ _SINK: dict[str, Any] = {
         "order_id": {"type": "string"},
         "placed_at": {"type": "string"},
         "customer": {"type": "object", "properties": {
-            "id": {"type": "string", "x-eventward": {"subject": True}},
+            "id": {"type": "string", "x-eventward": {"subject": True, "class": "pii"}},
             "email": {"type": "string", "x-eventward": {"class": "pii", "deterministic": True}},
             "phone": {"type": "string"},
             "tier": {"type": "string"},
