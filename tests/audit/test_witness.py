@@ -233,8 +233,12 @@ def test_attack_served_witness_follows_the_log_and_refuses_its_truncation(home, 
     assert r.exit_code == 0, r.output
     assert verify_checkpoint(r.stdout, _vkey(home)).size > first.size
     assert Witness.open(state).last().size == verify_checkpoint(r.stdout, _vkey(home)).size
+    r = cli("audit", "verify", "--state", str(tmp_path / "st"), "--witness-url", url, "--json")
+    assert r.exit_code == 0 and orjson.loads(r.stdout)["witnessed"], r.output
     _truncate(home, 4)
     r = cli("witness", "submit", "--url", url)
     assert isinstance(r.exception, WitnessRefused) and "rollback" in r.exception.message
+    r = cli("audit", "verify", "--no-state", "--witness-url", url)
+    assert r.exit_code == 1 and "never cosigned this rollback" in r.output
     r = cli("witness", "submit", "--url", url + "/nope", "--witness-key", Witness.open(state).vkey())
     assert isinstance(r.exception, AuditIntegrityError | NotFoundError)

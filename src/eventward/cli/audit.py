@@ -31,6 +31,7 @@ from eventward.audit.signing import AuditVerifier, load_signer
 from eventward.audit.state import default_state_path, verify_with_state
 from eventward.audit.timestamp import request_timestamp, verify_timestamp
 from eventward.audit.verify import VerifyReport, verify_log
+from eventward.audit.witness import fetch as fetch_witness
 from eventward.cli import common
 from eventward.cli.context import as_admin, deployment
 from eventward.deployment import Deployment
@@ -279,6 +280,8 @@ def verify(
     witness: list[str] = typer.Option(None, "--witness", help="A witness's cosigner key (vkey, or a file)."),
     witnessed: list[Path] = typer.Option(
         None, "--witnessed", help="A checkpoint the witnesses cosigned (e.g. the witness's state file)."),
+    witness_url: list[str] = typer.Option(
+        None, "--witness-url", help="A served witness: its last cosigned checkpoint (and key) are fetched."),
     principal: str = _AS,
     as_json: bool = _JSON,
 ) -> None:
@@ -294,10 +297,11 @@ def verify(
     else:
         with _reading(principal) as (dep, log):
             verifier = _verifier(key, dep.home)
-            if verifier is None or (no_state and not witness):
+            if verifier is None or (no_state and not witness and not witness_url):
                 report = _verify(log, cp_text, verifier)
             else:
-                report, extra = _verify_state(log, verifier, cp_text, state, not no_state, witness, witnessed)
+                report, extra = _verify_state(
+                    log, verifier, cp_text, state, not no_state, witness, witnessed, witness_url or [])
     if as_json:
         err = report.error
         common.emit_json({
@@ -337,11 +341,17 @@ def verify(
 
 def _verify_state(
     log: AuditLog, verifier: AuditVerifier, cp_text: str | None, state: Path | None, use_state: bool,
-    witness: list[str] | None, witnessed: list[Path] | None,
+    witness: list[str] | None, witnessed: list[Path] | None, urls: list[str],
 ) -> tuple[VerifyReport, dict[str, object]]:
-    """verify_with_state, with the state path defaulted per log and the witness keys read."""
+    """verify_with_state, with the state path defaulted per log and the witness keys read (and
+    fetched from served witnesses, whose last cosigned checkpoint is fetched too)."""
     keys = [parse_vkey(_read_file(Path(w), "witness key").strip() if Path(w).is_file() else w) for w in witness or []]
     texts = [_read_file(p, "witnessed checkpoint") for p in witnessed or []]
+    for url in urls:
+        if not witness:
+            keys.append(parse_vkey((fetch_witness(url, "/vkey") or "").strip()))
+        if (text := fetch_witness(url, "/checkpoint")) is not None:
+            texts.append(text)
     path = (state or default_state_path(verifier.name)) if use_state else None
     with Progress(TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=common.err_console, transient=True) as bar:
