@@ -62,7 +62,7 @@ def _mutate(doc: dict, path: list, value: object) -> dict:
     return out
 
 
-@SETTINGS
+@settings(max_examples=min(EXAMPLES, 25), deadline=None, suppress_health_check=list(HealthCheck))  # fsyncs
 @given(where=st.sampled_from([["checkpoint"], ["proof"], ["proof", "old_size"], ["proof", "new_size"],
                               ["proof", "hashes"]]),
        value=json_values)
