@@ -401,6 +401,12 @@ def _restore(
                     raise RestoreRefused("the backup's audit log and the home's have diverged (fork)") from None
                 keep_audit = True
                 kept.append(home.audit_db.name)
+            else:  # the backup's log is longer: it must extend the home's, never replace a fork of it
+                with AuditLog.open_readonly(bhome.audit_db) as copy:
+                    try:
+                        verify_consistency_proof(copy.consistency(l_size, b_size), live_audit.root(l_size), b_root)
+                    except AuditIntegrityError:
+                        raise RestoreRefused("the backup's audit log and the home's have diverged (fork)") from None
         remembered = load_state(state) if state is not None else None
         if remembered is not None:
             cp = verify_checkpoint(remembered, load_signer(bhome.audit_key).verifier)

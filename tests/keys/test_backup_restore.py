@@ -248,3 +248,47 @@ def test_attack_restore_attack_through_the_cli(home, tmp_path, monkeypatch):
     assert "pii.v1" in r.exception.message and SENTINEL not in r.exception.message
     with Deployment.open(home) as dep, pytest.raises(KeyDestroyed):
         dep.keys.decryption_key(kids[SENTINEL], "pii", principal="admin", subject_hash=h)
+
+
+def _raw_audit(db, *statements: tuple) -> None:
+    """Edit the audit database as someone with the file would: triggers dropped, tree rebuilt."""
+    from eventward.audit.tree import push_leaf
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        for sql, *args in statements:
+            conn.execute(sql, args)
+        conn.execute("DELETE FROM nodes")
+        frontier: list = []
+        rows = []
+        for idx, leaf in conn.execute("SELECT idx, leaf FROM records ORDER BY idx").fetchall():
+            rows.extend(push_leaf(frontier, idx, bytes(leaf)))
+        conn.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", rows)
+    finally:
+        conn.close()
+
+
+def test_attack_restore_never_replaces_a_diverged_audit_log(home, tmp_path):
+    """A home whose audit log is shorter than the backup's is restored from the backup only if the
+    backup extends it; a rewritten (forked) home log is refused rather than papered over."""
+    with Deployment.open(home) as dep:
+        backup(dep, tmp_path / "bk", principal="admin")
+    with AuditLog.open_readonly(tmp_path / "bk" / "home" / "audit.db") as copy:
+        b_size = copy.size()
+    _raw_audit(home.audit_db, ("DELETE FROM records WHERE idx >= ?", b_size - 2), ("DELETE FROM checkpoints",))
+    r = restore(tmp_path / "bk", home, principal="admin")  # a prefix of the backup's log: taken from it
+    assert "audit.db" not in r.kept_live
+    with AuditLog.open(home) as log:
+        assert log.size() > b_size
+    shutil.rmtree(tmp_path / "bk")
+    with Deployment.open(home) as dep:
+        backup(dep, tmp_path / "bk", principal="admin")
+    with AuditLog.open_readonly(tmp_path / "bk" / "home" / "audit.db") as copy:
+        b_size = copy.size()
+    _raw_audit(home.audit_db, ("DELETE FROM records WHERE idx >= ?", b_size - 3),
+               ("UPDATE records SET leaf = ? WHERE idx = ?", b"\x07" * 32, b_size - 4),
+               ("DELETE FROM checkpoints",))
+    with pytest.raises(RestoreRefused, match="diverged"):
+        restore(tmp_path / "bk", home, principal="admin")
