@@ -22,6 +22,7 @@ roles:
   admin:
     - {allow: manage_policy}
     - {allow: read_audit}
+    - {allow: [forget, hold]}
     - {allow: rotate_keys, producer: "*"}
   author:
     - {allow: [propose_schema, read_schema], schema: "*"}
@@ -64,3 +65,25 @@ def patch_audit_clock(monkeypatch: object, start: float) -> AuditClock:
     monkeypatch.setattr(records, "time", clock)  # type: ignore[attr-defined]
     monkeypatch.setattr(records, "_last_time", (-1, ""))  # type: ignore[attr-defined]
     return clock
+
+
+def free_port_block(n: int = 1) -> int:
+    """A port p with p..p+n-1 and p+2000.. free on 127.0.0.1 (a nats-server's client and route ports)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        socks: list[socket.socket] = []
+        try:
+            for p in [*range(base, base + n), *range(base + 2000, base + 2000 + n)]:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free port block")
