@@ -201,3 +201,48 @@ def test_oversized_key_request_is_refused(world):
     api = LocalControlAPI(world.plane, demo.SHIPPING)
     with pytest.raises(InputError, match="at most"):
         api.decryption_keys(demo.TOPIC, demo.EVENT_TYPE, [("k", "pii", None)] * 1001)
+
+
+class _Counting:
+    def __init__(self, inner) -> None:
+        self.inner, self.principal, self.calls = inner, inner.principal, []
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+
+        def call(*a, **kw):
+            self.calls.append(name)
+            return attr(*a, **kw)
+        return call
+
+
+def test_batches_fetch_their_keys_in_one_request_each(world):
+    papi = _Counting(LocalControlAPI(world.plane, demo.PRODUCER))
+    producer = world.client(demo.PRODUCER, api=papi, follow_notices=False)
+    with producer.producer(demo.TOPIC) as p:
+        p.send_many(demo.EVENT_TYPE, [demo.order(i) for i in range(40)])
+        p.flush()
+    assert papi.calls.count("encryption_keys") == 1  # 40 events, 3 subjects: one request
+    capi = _Counting(LocalControlAPI(world.plane, demo.SHIPPING))
+    shipping = world.client(demo.SHIPPING, api=capi, follow_notices=False)
+    seen = read(shipping, "batch")
+    assert len(seen) == 40 and capi.calls.count("decryption_keys") == 1
+
+
+def test_a_subject_returning_after_forget_is_readable_again(world):
+    produce(world, 3)
+    shipping = world.client(demo.SHIPPING)
+    read(shipping, "r1")
+    world.dep.forget(demo.FORGOTTEN, principal=demo.ADMIN, reason="gdpr-art17")
+    deadline = time.monotonic() + 2
+    applied = shipping.notices.applied
+    while shipping.notices.applied == applied and time.monotonic() < deadline:
+        time.sleep(0.02)
+    producer = world.client(demo.PRODUCER)
+    with producer.producer(demo.TOPIC) as p:
+        again = p.send(demo.EVENT_TYPE, demo.order(1))  # order 1 is the forgotten customer's
+        p.flush()
+    after = {e.id: e for e in read(shipping, "r2")}
+    assert after[again].data["customer"]["id"] == demo.FORGOTTEN
+    assert after[again].data["customer"]["name"] not in (ERASED, REDACTED)
+    assert sum(e.data["customer"]["name"] == ERASED for e in after.values()) >= 1

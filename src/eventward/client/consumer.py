@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -142,7 +142,7 @@ class Consumer:
                 time.sleep(self._poll_interval)
                 continue
             idle_since = time.monotonic()
-            with self._reading_batch():
+            with self._reading_batch(records):
                 for rec in records:
                     if max_events is not None and stats.delivered >= max_events:
                         break
@@ -153,9 +153,14 @@ class Consumer:
             self._commit(pos)
         return stats
 
-    def _reading_batch(self) -> AbstractContextManager[object]:
+    def _reading_batch(self, records: Sequence[Record] = ()) -> AbstractContextManager[object]:
         """One read batch: the encryptor resolves each key id (and the Decrypt decision) once in
-        it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch."""
+        it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch.
+        A remote key source (client mode) first fetches the batch's keys in one request; if it
+        cannot, the error stops the consumer before the batch, with nothing committed."""
+        prefetch = getattr(self._encryptor, "prefetch", None)
+        if prefetch is not None and records:
+            prefetch(self.topic, records)
         scope = getattr(self._encryptor, "reading_batch", None)
         return scope() if scope is not None else nullcontext()
 

@@ -226,6 +226,10 @@ class Producer:
         schema = self._schemas.active(type_)
         validate, encrypt, new_id = schema.validate, self._encryptor.encrypt, self._envelopes.new_id
         spec, principal, topic = schema.spec, self.principal, self.topic
+        events = list(events)
+        prepare = getattr(self._encryptor, "prepare_many", None)
+        if prepare is not None:  # a remote key source (client mode) fetches the call's keys in one request
+            prepare(topic, type_, spec, events)
         prepared: list[tuple[str, dict[str, Any], str | None]] = []
         for data in events:
             validate(data)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PublicKey
 
 from eventward.client.trust import REVOKED, TrustedKey
 from eventward.control import anchor as statements
@@ -44,6 +45,9 @@ from eventward.schema.compiled import compile_schema
 from eventward.schema.model import CheckReport, SchemaVersion, State
 
 log = logging.getLogger("eventward.control")
+
+
+REQUEST_KEYS = 1000  # the control API's bound on keys per request
 
 
 class ControlPlaneUnavailable(KMSUnavailable):
@@ -136,26 +140,38 @@ class RemoteKeys:
         self._enc: LruTtlCache[tuple[str | None, str, str, str], list[Any]] = LruTtlCache(max_entries, ttl, clock)
         self._dec: LruTtlCache[str, tuple[bytes, str | None]] = LruTtlCache(max_entries, ttl, clock)
         self._hashes: LruTtlCache[str, str] = LruTtlCache(max_entries, ttl, clock)
-        self._erased: set[str] = set()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RemoteKeys({self._api.principal!r}, {len(self._dec)} decryption keys cached)"
 
     def prepare(self, topic: str, event_type: str, items: Sequence[tuple[str | None, str, int]]) -> None:
-        """Fetch every (subject, class) a batch will encrypt that is not cached, in one request."""
+        """Fetch every (subject, class) a batch will encrypt that is not cached: one request per
+        ``REQUEST_KEYS`` of them."""
         missing = [(s, c, n) for s, c, n in dict.fromkeys(items) if self._usable(s, c, topic, event_type, n) is None]
-        if not missing:
-            return
-        got = self._call(lambda: self._api.encryption_keys(topic, event_type, missing))
-        for (subject, cls, _), (kid, dek, shash) in zip(missing, got, strict=True):
-            self._enc.put((subject, cls, topic, event_type), [kid, dek, shash, self.max_uses])
-            if subject is not None and shash is not None:
-                self._hashes.put(subject, shash)
+        for start in range(0, len(missing), REQUEST_KEYS):
+            chunk = missing[start:start + REQUEST_KEYS]
+            got = self._api.encryption_keys(topic, event_type, chunk)
+            for (subject, cls, _), (kid, dek, shash) in zip(chunk, got, strict=True):
+                self._enc.put((subject, cls, topic, event_type), [kid, dek, shash, self.max_uses])
+                if subject is not None and shash is not None:
+                    self._hashes.put(subject, shash)
+
+    def prefetch(self, topic: str, event_type: str, items: Sequence[tuple[str, str, str | None]]) -> None:
+        """Fetch the DEKs of a read batch that are not cached (one request per ``REQUEST_KEYS``);
+        refusals and erasures are left for ``decryption_key`` to ask about and report."""
+        missing = [(kid, c, h) for kid, c, h in items if self._dec.get(kid) is None]
+        for start in range(0, len(missing), REQUEST_KEYS):
+            chunk = missing[start:start + REQUEST_KEYS]
+            got = self._api.decryption_keys(topic, event_type, chunk)
+            for kid, _, shash in chunk:
+                dek = got.get(kid)
+                if isinstance(dek, bytes):
+                    self._dec.put(kid, (dek, shash))
 
     def _usable(self, subject: str | None, cls: str, topic: str, event_type: str, nonces: int) -> list[Any] | None:
         entry = self._enc.get((subject, cls, topic, event_type))
-        if entry is None or entry[3] < nonces or (entry[2] is not None and entry[2] in self._erased):
+        if entry is None or entry[3] < nonces:
             return None
         return entry
 
@@ -184,14 +200,12 @@ class RemoteKeys:
                        event_type: str | None = None, subject_hash: str | None = None) -> bytes:
         if principal != self._api.principal:
             raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
-        if subject_hash is not None and subject_hash in self._erased:
-            raise KeyDestroyed("the data subject was erased")
         hit = self._dec.get(kid)
         if hit is not None:
             return hit[0]
         if topic is None or event_type is None:
             raise InputError("client-mode decryption needs the topic and event type")
-        answer = self._call(lambda: self._api.decryption_keys(topic, event_type, [(kid, cls, subject_hash)]))
+        answer = self._api.decryption_keys(topic, event_type, [(kid, cls, subject_hash)])
         got = answer.get(kid)
         if isinstance(got, bytes):
             self._dec.put(kid, (got, subject_hash))
@@ -203,22 +217,21 @@ class RemoteKeys:
         raise KeyNotFound(f"key id {kid} is unknown")
 
     def forget_subjects(self, hashes: Sequence[str]) -> None:
-        """Drop every cached key of these subjects (an erasure notice arrived)."""
+        """An erasure notice arrived: drop every cached key (entries are not indexed by subject,
+        and the next request learns from the control plane which keys are gone; a subject that
+        returns after its erasure gets new keys, which must stay readable)."""
         if not hashes:
             return
         with self._lock:
-            self._erased.update(hashes)
-            self._dec.clear()  # entries do not index by subject; dropping all is bounded and safe
+            self._dec.clear()
             self._enc.clear()
+            self._hashes.clear()
 
     def clear(self) -> None:
         with self._lock:
             self._dec.clear()
             self._enc.clear()
 
-    @staticmethod
-    def _call(op: Callable[[], Any]) -> Any:
-        return op()
 
 
 # --- schemas --------------------------------------------------------------------------------
@@ -299,8 +312,10 @@ class SignedTrust:
         for wire in wires:
             body = statements.verify(self._anchor, wire, "trust").body
             pub = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(body["public"]))
+            pq = body.get("mldsa")
+            pq_key = None if pq is None else MLDSA65PublicKey.from_public_bytes(base64.urlsafe_b64decode(pq))
             keys[body["kid"]] = TrustedKey(body["kid"], body["principal"], pub, body["status"], float(body["changed"]),
-                                           body.get("purpose", "seal"))
+                                           body.get("purpose", "seal"), pq_key)
             grants[body["kid"]] = body.get("may_seal")
         with self._lock:
             self._keys, self._grants = keys, grants
@@ -320,7 +335,8 @@ class SignedTrust:
             for kid in kids:
                 k = self._keys.get(kid)
                 if k is not None and k.status != REVOKED:
-                    self._keys[kid] = TrustedKey(k.kid, k.principal, k.public_key, REVOKED, time.time(), k.purpose)
+                    self._keys[kid] = TrustedKey(k.kid, k.principal, k.public_key, REVOKED, time.time(), k.purpose,
+                                                 k.pq_public_key)
 
     def may_seal(self, producer: str, topic: str, event_type: str) -> bool:
         """Whether some seal key of ``producer`` was enrolled to seal ``event_type`` on ``topic``."""

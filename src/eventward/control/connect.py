@@ -10,10 +10,14 @@ plane's (keyring, key store, audit key, CA key, other principals' keys) is ever 
 
 from __future__ import annotations
 
-from contextlib import suppress
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from eventward import envelope
 from eventward.audit.base import NullAudit
 from eventward.client.consumer import Consumer
 from eventward.client.dlq import DeadLetters
@@ -30,28 +34,60 @@ from eventward.control.client import (
 )
 from eventward.control.identity import ServiceIdentity
 from eventward.crypto.fields import FieldEncryptor
+from eventward.errors import EventwardError
 from eventward.fieldspec import FieldSpec
 from eventward.home import Home
-from eventward.log.base import Transport
+from eventward.log.base import Record, Transport
 
 
 class _PreparingCipher:
-    """FieldEncryptor over RemoteKeys that fetches an event's keys in one request before encrypting."""
+    """FieldEncryptor over RemoteKeys that fetches a batch's keys in one request: ``prepare_many``
+    before a producer encrypts a ``send_many`` call, ``prefetch`` before a consumer reads a batch
+    (the hooks the Producer and Consumer call when their encryptor has them)."""
 
     def __init__(self, keys: RemoteKeys) -> None:
         self._keys = keys
         self._fields = FieldEncryptor(keys)
+        self.schemas: dict[str, RemoteSchemas] = {}  # per topic, registered by Client
+
+    def prepare_many(self, topic: str, event_type: str, spec: FieldSpec, events: Sequence[Any]) -> None:
+        if spec.classes:
+            classes = sorted(spec.classes)
+            subjects = dict.fromkeys(spec.subject_of(e) for e in events if isinstance(e, dict))
+            self._keys.prepare(topic, event_type, [(s, c, 1) for s in subjects for c in classes])
+
+    def prefetch(self, topic: str, records: Sequence[Record]) -> None:
+        """The key ids the batch's events carry (their classes from the schema the event names),
+        fetched in one request per event type; malformed events are left for the consumer to refuse."""
+        schemas = self.schemas.get(topic)
+        if schemas is None:
+            return
+        wanted: dict[str, dict[str, tuple[str, str | None]]] = {}
+        for rec in records:
+            try:
+                env = orjson.loads(rec.data)
+                spec = schemas.get(env["type"], env[envelope.EXT_SCHEMA]).spec
+                shash = env.get(envelope.EXT_SUBJECT)
+                for t in spec.targets(env["data"]):
+                    token = t.container[t.key]
+                    if isinstance(token, str) and token.count(".") >= 3:
+                        wanted.setdefault(env["type"], {})[token.split(".")[2]] = (t.rule.cls, shash)
+            except (orjson.JSONDecodeError, KeyError, TypeError, EventwardError):
+                continue
+        for event_type, kids in wanted.items():
+            self._keys.prefetch(topic, event_type, [(kid, cls, shash) for kid, (cls, shash) in kids.items()])
 
     def encrypt(self, event_id: str, data: dict[str, Any], spec: FieldSpec, *, principal: str,
                 topic: str | None = None, event_type: str | None = None) -> tuple[dict[str, Any], str | None]:
-        classes = spec.classes
-        if classes and topic is not None and event_type is not None:
-            subject = spec.subject_of(data)
-            self._keys.prepare(topic, event_type, [(subject, c, 1) for c in sorted(classes)])
+        if spec.classes and topic is not None and event_type is not None:
+            self._keys.prepare(topic, event_type, [(spec.subject_of(data), c, 1) for c in sorted(spec.classes)])
         return self._fields.encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=event_type)
 
     def decrypt(self, *args: Any, **kw: Any) -> tuple[dict[str, Any], Any]:
         return self._fields.decrypt(*args, **kw)
+
+    def reading_batch(self) -> AbstractContextManager[None]:
+        return self._fields.reading_batch()
 
     def clear_cache(self) -> None:
         self._fields.clear_cache()
@@ -81,10 +117,16 @@ class Client:
             self.notices.start()
         self._closers: list[Any] = []
 
+    def _schemas(self, topic: str) -> RemoteSchemas:
+        schemas = self.cipher.schemas.get(topic)
+        if schemas is None:
+            schemas = self.cipher.schemas[topic] = RemoteSchemas(self.api, topic)
+        return schemas
+
     def producer(self, topic: str, **kw: Any) -> Producer:
         return Producer(
             topic, principal=self.principal, transport=self.transport, signer=self.identity.signer("seal"),
-            schemas=RemoteSchemas(self.api, topic), encryptor=self.cipher, authorizer=self.authorizer,
+            schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer,
             audit=NullAudit(), **kw,
         )
 
@@ -95,7 +137,7 @@ class Client:
                           audit=NullAudit(), signer=self.identity.signer("dead_letter"))
         return Consumer(
             topic, principal=self.principal, transport=self.transport, verifier=self.verifier,
-            schemas=RemoteSchemas(self.api, topic), encryptor=self.cipher, authorizer=self.authorizer, guard=guard,
+            schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer, guard=guard,
             dlq=dlq, audit=NullAudit(), group=group, **kw,
         )
 

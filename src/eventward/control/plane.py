@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from eventward.audit.base import DENIED, OK
+from eventward.certstore import record_if_managed
 from eventward.client.trust import REVOKED, check_principal
 from eventward.control.anchor import Anchor
 from eventward.control.identity import EnrollmentRequest
@@ -159,11 +160,12 @@ class ControlPlane:
         grants = self._grants()
         out = []
         for info in self.dep.trust.list():
-            principal_of, pub, status = self.dep.trust.public_key(info.kid)
+            key = self.dep.trust.resolve(info.kid)
+            pq = None if key.pq_public_key is None else _raw_b64(key.pq_public_key)
             out.append(self.anchor.sign("trust", {
-                "kid": info.kid, "principal": principal_of, "status": status, "purpose": info.purpose,
-                "public": base64.urlsafe_b64encode(pub.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode(),
-                "changed": info.changed, "may_seal": grants.get(info.kid),
+                "kid": info.kid, "principal": key.principal, "status": key.status, "purpose": key.purpose,
+                "public": _raw_b64(key.public_key),
+                "mldsa": pq, "changed": key.changed, "may_seal": grants.get(info.kid),
             }))
         return out
 
@@ -210,6 +212,7 @@ class ControlPlane:
         req = EnrollmentRequest.parse(request_raw)
         ca = load_or_issue_ca(*ca_paths(self.dep.home.certs))
         cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
+        record_if_managed(self.dep.home.certs, cert)  # listed, renewed and revocable with 'eventward pki'
         kids = self.enroll(by, req.principal, req.seal_key, req.dead_letter_key, may_seal)
         body = {
             "principal": req.principal, "kids": kids, "may_seal": may_seal,
@@ -270,6 +273,10 @@ class ControlPlane:
         self.dep.audit.record(action, principal=principal, resource=f"Topic::{topic}", outcome=outcome, reason=reason,
                               event_type=event_type, keys=sum(classes.values()),
                               classes=",".join(f"{c}:{n}" for c, n in sorted(classes.items())))
+
+
+def _raw_b64(key: Any) -> str:
+    return base64.urlsafe_b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
 
 def _bounded(items: Sequence[Any], what: str) -> None:

@@ -1,0 +1,245 @@
+"""Client mode: services holding only their own keys, asking a control plane over mTLS.
+
+Scenarios (one nats-server started here; the control plane is ``eventward serve``'s application
+over a home made by ``eventward init`` + the example policy, in a thread of this process):
+
+* client-mode e2e over NATS: a client-mode Producer and Consumer (keys, schemas, decisions and
+  trust from the control API over HTTPS; seals with the service's own key; NATS direct) against
+  raw nats-py ``publish_async`` + a pull consumer of the same events as plain CloudEvents JSON,
+  and against home mode over NATS (the same Producer/Consumer holding the whole home).
+* DEK fetch latency: one encryption-key request for a new subject, and one decryption-key
+  request for a cold kid, through HTTPS (p50/p99, milliseconds).
+* cache hit ratio at 1M subjects, Zipf(1.1): RemoteKeys' bounded LRU (100k entries) over a read
+  stream whose subjects follow a Zipf law; the control API is a counting stand-in (the ratio
+  depends only on the cache and the workload), labelled as such.
+* forget propagation: forget -> a connected client-mode consumer has applied the signed notice
+  (long-poll over HTTPS), p50/p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench import deployed
+from bench.bench_nats import _free_port, _Raw, _raw_once
+from bench.common import print_scenario, scenario, summarize
+from bench.workload import EVENT_TYPE, SOURCE, order_placed
+from eventward import envelope
+from eventward.control.client import RemoteKeys
+from eventward.control.connect import Client
+from eventward.control.http import HttpControlAPI
+from eventward.control.identity import ServiceIdentity
+from eventward.control.plane import ControlPlane
+from eventward.deployment import Deployment
+from eventward.gateway.config import SERVER_CERT, GatewayConfig
+from eventward.gateway.deployment_backend import DeploymentBackend
+from eventward.gateway.server import create_server
+from eventward.gateway.tls import ensure_home_material
+from eventward.log import natsserver
+from eventward.log.nats import NatsTransport
+
+CUSTOMERS = 1000
+
+
+class _Served:
+    """The gateway + control API over a home, on its own event-loop thread, bound to 127.0.0.1."""
+
+    def __init__(self, dep: Deployment) -> None:
+        ensure_home_material(dep.home, "127.0.0.1", SERVER_CERT)
+        self.backend = DeploymentBackend(dep)
+        cfg = GatewayConfig.from_mapping({"host": "127.0.0.1", "port": 0,
+                                          "limits": {"rate_events_per_s": 1e9, "burst_events": 10**9}})
+        self.server = create_server(cfg, dep.home, self.backend, audit=self.backend.audit)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
+        self.url = f"https://127.0.0.1:{self.server.port}"
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.backend.close()
+
+
+def _enroll(plane: ControlPlane, root: Path, principal: str, may_seal: dict[str, list[str]], url: str
+            ) -> ServiceIdentity:
+    ident = ServiceIdentity.create(root / principal, principal)
+    ident.install(plane.approve(deployed.ADMIN, ident.request_path.read_bytes(), may_seal, control_urls=[url]))
+    return ident
+
+
+def _client(ident: ServiceIdentity, nats_url: str, **kw: Any) -> Client:
+    return Client(ident, HttpControlAPI.for_identity(ident), NatsTransport(nats_url), **kw)
+
+
+def _e2e_once(producer: Client, consumer: Client, events: list[dict[str, Any]], topic: str) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    with producer.producer(topic) as p:
+        for start in range(0, len(events), 500):
+            p.send_many(EVENT_TYPE, events[start:start + 500])
+        p.flush()
+    t1 = time.perf_counter()
+    got = 0
+
+    def count(_: Any) -> None:
+        nonlocal got
+        got += 1
+    c = consumer.consumer(topic, group=topic, from_beginning=True)
+    try:
+        c.run(count, idle_timeout=0.5, max_events=len(events))
+    finally:
+        c.close()
+    t2 = time.perf_counter()
+    if got != len(events):
+        raise RuntimeError(f"client-mode consumer got {got} of {len(events)} events")
+    return t1 - t0, t2 - t1
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms),
+            "p99": float(np.percentile(ms, 99))}
+
+
+def _latencies(plane: ControlPlane, producer: Client, consumer: Client, topic: str, n: int) -> list[dict[str, Any]]:
+    enc: list[float] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        producer.keys.prepare(topic, EVENT_TYPE, [(f"latency-subject-{os.getpid()}-{i}", "pii", 1)])
+        enc.append((time.perf_counter() - t0) * 1000)
+    dec: list[float] = []
+    for i in range(n):
+        kid, _ = plane.dep.keys.encryption_key(f"cold-{os.getpid()}-{i}", "pii", principal=deployed.PRODUCER,
+                                               topic=topic, event_type=EVENT_TYPE)
+        t0 = time.perf_counter()
+        got = consumer.api.decryption_keys(topic, EVENT_TYPE, [(kid, "pii", None)])
+        dec.append((time.perf_counter() - t0) * 1000)
+        if not isinstance(got.get(kid), bytes):
+            raise RuntimeError("a cleared consumer was refused its key")
+    return [
+        scenario("client-mode DEK fetch: encrypt key, new subject (HTTPS)", _percentiles(enc), unit="ms",
+                 requests=n, note="p99 in rate.p99"),
+        scenario("client-mode DEK fetch: decrypt key, cold kid (HTTPS)", _percentiles(dec), unit="ms",
+                 requests=n, note="p99 in rate.p99"),
+    ]
+
+
+class _Counting:
+    """A stand-in control API answering instantly, counting requests: isolates the cache."""
+
+    principal = deployed.CONSUMER
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def decryption_keys(self, topic: str, event_type: str, wanted: Any) -> dict[str, bytes]:
+        self.requests += 1
+        return {kid: b"\0" * 32 for kid, _, _ in wanted}
+
+
+def _cache_hit_ratio(reads: int, subjects: int = 1_000_000, entries: int = 100_000) -> dict[str, Any]:
+    api = _Counting()
+    keys = RemoteKeys(api, max_entries=entries, ttl=300.0)  # type: ignore[arg-type]
+    rng = np.random.default_rng(7)
+    ranks = rng.zipf(1.1, size=reads)
+    ranks = ranks[ranks <= subjects]
+    t0 = time.perf_counter()
+    for r in ranks.tolist():
+        keys.decryption_key(f"kid-{r}", "pii", principal=api.principal, topic="orders", event_type=EVENT_TYPE)
+    dt = time.perf_counter() - t0
+    hit = 1 - api.requests / len(ranks)
+    return scenario("client-mode key cache: hit ratio, 1M subjects Zipf(1.1)",
+                    summarize([hit * 100]), unit="% hits", reads=len(ranks), cache_entries=entries,
+                    lookups_per_s=round(len(ranks) / dt), control_api="counting stand-in (cache isolated)")
+
+
+def _forget_propagation(dep: Deployment, consumer: Client, n: int) -> dict[str, Any]:
+    ms: list[float] = []
+    for i in range(n):
+        subject = f"forget-bench-{os.getpid()}-{i}"
+        dep.keys.encryption_key(subject, "pii", principal=deployed.PRODUCER, topic="orders", event_type=EVENT_TYPE)
+        before = consumer.notices.applied
+        t0 = time.perf_counter()
+        dep.forget(subject, principal=deployed.ADMIN, reason="gdpr-art17")
+        deadline = t0 + 10
+        while consumer.notices.applied == before and time.perf_counter() < deadline:
+            time.sleep(0.001)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return scenario("client-mode forget propagation to a connected consumer", _percentiles(ms), unit="ms",
+                    forgets=n, target="p99 < 1000 ms")
+
+
+def run(quick: bool = False) -> list[dict]:
+    n, repeats, lat_n, forgets = (500, 1, 20, 5) if quick else (20_000, 3, 200, 50)
+    root = Path(tempfile.mkdtemp(prefix="bench-control-"))
+    nodes = natsserver.start_all(root / "nats", size=1, port=_free_port())
+    nats_url = nodes[0].url(tls=False)
+    raw = _Raw(nats_url)
+    served = None
+    clients: list[Client] = []
+    try:
+        home = deployed.init_home(root / "home", config={"transport": "nats", "nats": {"servers": [nats_url]}})
+        dep = Deployment.open(home)
+        served = _Served(dep)
+        plane = ControlPlane.open(dep)
+        topics = [f"orders-c{k}" for k in range(repeats)] + ["orders-lat"]
+        producer_id = _enroll(plane, root / "svc", deployed.PRODUCER, {t: [EVENT_TYPE] for t in topics}, served.url)
+        consumer_id = _enroll(plane, root / "svc", deployed.CONSUMER, {}, served.url)
+        producer = _client(producer_id, nats_url, follow_notices=False)
+        consumer = _client(consumer_id, nats_url)
+        clients += [producer, consumer]
+        events = [order_placed(i, CUSTOMERS) for i in range(n)]
+        plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
+        client_runs = [_e2e_once(producer, consumer, events, topics[k]) for k in range(repeats)]
+        home_runs = []  # a home of its own: enrolling took over orders-svc's signing key in the first
+        nats_cfg = {"transport": "nats", "nats": {"servers": [nats_url]}}
+        home_mode = deployed.init_home(root / "home-mode", config=nats_cfg)
+        for k in range(repeats):
+            with Deployment.open(home_mode) as d:
+                t = f"orders-h{k}"
+                _, ps = deployed.timed(lambda d=d, t=t: deployed.produce(d, events, topic=t))
+                _, cs = deployed.timed(lambda d=d, t=t: deployed.consume(d, n, topic=t, group=t))
+            home_runs.append((ps, cs))
+        raw_runs = [_raw_once(raw, plain, f"RAW_CONTROL_{k}") for k in range(repeats)]
+        e2e = summarize([n / (p + c) for p, c in client_runs])
+        results = [scenario(
+            "client-mode e2e over NATS: Producer + Consumer, everything on",
+            e2e,
+            {"raw publish_async + pull consumer (plain)": summarize([n / (p + c) for p, c in raw_runs]),
+             "home mode over NATS (same Producer/Consumer, whole home)": summarize(
+                 [n / (p + c) for p, c in home_runs])},
+            events=n, wiring="control API over mTLS (in-process server), NATS direct, eventward init + example policy",
+            target_ratio=0.8,
+        )]
+        results += _latencies(plane, producer, consumer, "orders-lat", lat_n)
+        results.append(_cache_hit_ratio(20_000 if quick else 2_000_000))
+        results.append(_forget_propagation(dep, consumer, forgets))
+        plane.close()
+        return results
+    finally:
+        for c in clients:
+            c.close()
+            c.transport.close()
+        if served is not None:
+            served.close()
+        raw.close()
+        natsserver.stop_all(root / "nats")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    for res in run(quick="--quick" in sys.argv[1:]):
+        print_scenario(res)
