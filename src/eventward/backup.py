@@ -421,21 +421,34 @@ def _restore(
             live_audit.close()
     # 5. Copy, then open: KeyService replays the ledger before anything is served.
     known = _backup_erasures(bhome.keys_db)
-    files = 0
     home.ensure()
-    for rel in manifest["files"]:
-        name = Path(rel)
-        if (keep_audit and name == Path(home.audit_db.name)) or (keep_ledger and name == Path("erasures.log")):
-            continue
-        target = home.root / name
-        for suffix in ("-wal", "-shm", "-journal"):
-            Path(f"{target}{suffix}").unlink(missing_ok=True)
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = target.with_name(f".{target.name}.restore.tmp")
-        shutil.copyfile(src / "home" / name, tmp)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-        files += 1
+    names = [Path(rel) for rel in manifest["files"]]
+    names = [n for n in names if not (keep_audit and n == Path(home.audit_db.name))
+             and not (keep_ledger and n == Path("erasures.log"))]
+    # Everything is copied next to the home first and checked again, then renamed into place: a full
+    # disk or a tampered backup fails before any file of the home has changed.
+    staging = home.root / f".restore-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(mode=0o700)
+    try:
+        for name in names:
+            out = staging / name
+            out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            shutil.copyfile(src / "home" / name, out)
+            os.chmod(out, 0o600)
+            if _sha256(out) != manifest["files"][name.as_posix()]:
+                raise RestoreRefused(f"backup file {name.as_posix()} changed while it was being restored")
+        for name in names:
+            target = home.root / name
+            for suffix in ("-wal", "-shm", "-journal"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(staging / name, target)
+    except OSError as e:
+        raise RestoreRefused(f"restore failed while copying ({e.strerror or type(e).__name__})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = len(names)
     replayed = 0
     if keep_ledger:
         ledger = ErasureLedger(erasures_log_path(home), lambda data: mac_kms.mac(MAC_LEDGER, data))

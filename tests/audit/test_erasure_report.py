@@ -4,6 +4,12 @@ residual-copy statement, and never the subject's id."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import orjson
 import pytest
 import typer
@@ -150,3 +156,32 @@ def test_report_bad_input(cli, home):
     _clean(str(r.exception))
     doc = orjson.loads(cli("erasure", "report", SUBJECT).stdout)
     assert doc["status"] == "not_erased" and "No erasure" in doc["residual_copies"]
+
+
+def test_report_against_a_served_witness(cli, home, tmp_path):
+    """The certificate's checkpoint is shown consistent with what a witness process cosigned."""
+    with AuditLog.open(home) as log:
+        vkey = log.verifier.vkey()
+    Witness.init(tmp_path / "w", "witness.example/srv", vkey)
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventward.cli", "witness", "serve", "--state", str(tmp_path / "w"), "--listen",
+         "127.0.0.1:0", "--port-file", str(port_file)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not (port_file.exists() and port_file.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, "witness did not start"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port_file.read_text()}"
+        r = cli("forget", SUBJECT, "--reason", "gdpr-art17", "--as", "admin", "--json")
+        h = orjson.loads(r.stdout)["subject_hash"]
+        assert cli("witness", "submit", "--url", url).exit_code == 0
+        r = cli("erasure", "report", h, "--hash", "--witness-url", url)
+        assert r.exit_code == 0, r.output
+        v = orjson.loads(r.stdout)["certificate"]["verified"]
+        assert v["witnessed"] and v["witnessed_checkpoints"][0]["witnesses"] == ["witness.example/srv"]
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
