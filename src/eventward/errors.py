@@ -242,6 +242,12 @@ class KMSUnavailable(KeyServiceError):
     code = "kms_unavailable"
 
 
+class ControlPlaneUnavailable(KMSUnavailable):
+    """Client mode: no control-plane replica answered. Nothing was sent, nothing is skipped."""
+
+    code = "control_plane_unavailable"
+
+
 class KeyStoreUnavailable(KeyServiceError):
     code = "keystore_unavailable"
 

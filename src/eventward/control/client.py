@@ -30,11 +30,11 @@ from eventward.client.trust import REVOKED, TrustedKey
 from eventward.control import anchor as statements
 from eventward.errors import (
     AccessDenied,
+    ControlPlaneUnavailable,
     EventwardError,
     InputError,
     KeyDestroyed,
     KeyNotFound,
-    KMSUnavailable,
     NotFoundError,
     SchemaSecurityError,
     SealError,
@@ -48,12 +48,6 @@ log = logging.getLogger("eventward.control")
 
 
 REQUEST_KEYS = 1000  # the control API's bound on keys per request
-
-
-class ControlPlaneUnavailable(KMSUnavailable):
-    """No control-plane replica answered: nothing was sent, nothing is skipped."""
-
-    code = "control_plane_unavailable"
 
 
 class ControlAPI(Protocol):

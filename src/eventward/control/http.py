@@ -15,9 +15,8 @@ from typing import Any
 
 import requests
 
-from eventward.control.client import ControlPlaneUnavailable
 from eventward.control.identity import ServiceIdentity
-from eventward.errors import AccessDenied, ConflictError, InputError, NotFoundError
+from eventward.errors import AccessDenied, ConflictError, ControlPlaneUnavailable, InputError, NotFoundError
 from eventward.policy.base import Resource
 
 PREFIX = "/v1/control"
