@@ -243,7 +243,9 @@ def ensure_server_cert(
     cert, key = certs / f"{name}.crt", certs / f"{name}.key"
     if not cert.exists():
         ca = load_or_issue_ca(*ca_paths(certs))
-        save(issue_cert(ca, name, server=True, client=True, sans=sans), cert, key)
+        issued = issue_cert(ca, name, server=True, client=True, sans=sans)
+        save(issued, cert, key)
+        _record(certs, issued.cert, cert)
     return cert, key
 
 
@@ -253,5 +255,14 @@ def ensure_client_cert(certs: Path, principal: str) -> tuple[Path, Path]:
     cert, key = certs / "clients" / f"{principal}.crt", certs / "clients" / f"{principal}.key"
     if not cert.exists():
         ca = load_or_issue_ca(*ca_paths(certs))
-        save(issue_cert(ca, principal, client=True), cert, key)
+        issued = issue_cert(ca, principal, client=True)
+        save(issued, cert, key)
+        _record(certs, issued.cert, cert)
     return cert, key
+
+
+def _record(certs: Path, cert: x509.Certificate, path: Path) -> None:
+    """Book a certificate issued on first use, once ``eventward pki init`` manages this CA."""
+    from eventward.certstore import record_if_managed
+
+    record_if_managed(certs, cert, path)

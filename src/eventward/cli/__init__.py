@@ -64,6 +64,9 @@ def _register() -> None:
         mod.register(app)
     backup_cli.register(app)
     erasure_cli.register(app)
+    from eventward.cli import pki as pki_cli  # the deployment CA: issue, renew, revoke, CRL
+
+    pki_cli.register(app)
 
     from eventward.cli import guard as guard_cli  # after schema: it adds `schema suggest-tags`
 

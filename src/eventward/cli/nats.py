@@ -51,6 +51,21 @@ def server_tls(home: Home) -> TlsFiles:
     return TlsFiles(pki.ca_paths(home.certs)[0], cert, key)
 
 
+def nats_pins(home: Home) -> list[str] | None:
+    """Once ``eventward pki init`` manages the CA, nats-server accepts only the client keys of
+    valid, unrevoked certificates (``pinned_certs``); the operator's is issued first."""
+    from eventward.certstore import CertRegistry
+
+    if not CertRegistry.managed(home.certs):
+        return None
+    pki.ensure_client_cert(home.certs, OPERATOR)
+    reg = CertRegistry(home.certs)
+    try:
+        return reg.pins()
+    finally:
+        reg.close()
+
+
 def operator_user() -> str:
     """The operator's authorization entry: stream administration only, private inbox."""
     from eventward.log.nats import admin_permissions, inbox_prefix_for
@@ -157,11 +172,12 @@ def up_cmd(
     else:
         auth, topics = compiled_authorization(home)
     replicas = 3 if cluster >= 3 else 1
+    pinned = nats_pins(home)
     with _progress() as progress:
         task = progress.add_task("starting nats-server", total=cluster)
         nodes = natsserver.start_all(
             run_root(home), size=cluster, port=port, tls=tls, auth_config=auth,
-            on_started=lambda _node: progress.advance(task),
+            on_started=lambda _node: progress.advance(task), pinned=pinned,
         )
         try:
             _create_streams(home, nodes, topics, replicas, progress)

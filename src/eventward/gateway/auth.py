@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,18 +75,28 @@ class MtlsAuthenticator:
 
     scheme: str | None = None
 
-    def __init__(self, mapper: PrincipalMapper, cache_size: int = 4096) -> None:
+    def __init__(self, mapper: PrincipalMapper, cache_size: int = 4096, revoked: Container[int] = ()) -> None:
         self.mapper = mapper
+        self.revoked = revoked  # serials of the CRL in force (re-read by the server)
         # Mapping is a pure function of the certificate bytes; cache it per distinct certificate.
-        self._map: Callable[[bytes], str] = functools.lru_cache(maxsize=cache_size)(self._map_uncached)
+        self._map: Callable[[bytes], tuple[str, int]] = functools.lru_cache(maxsize=cache_size)(
+            self._map_uncached
+        )
 
-    def _map_uncached(self, der: bytes) -> str:
-        return self.mapper.map(subject_dn(der))
+    def _map_uncached(self, der: bytes) -> tuple[str, int]:
+        try:
+            serial = x509.load_der_x509_certificate(der).serial_number
+        except ValueError:
+            raise _refuse("bad_client_cert", "client certificate cannot be parsed") from None
+        return self.mapper.map(subject_dn(der)), serial
 
     def authenticate(self, authorization: str | None, peer_der: bytes | None) -> Principal:
         if peer_der is None:
             raise _refuse("no_client_cert", "a verified client certificate is required")
-        return Principal(self._map(peer_der), "mtls")
+        name, serial = self._map(peer_der)
+        if serial in self.revoked:  # a connection opened before the revocation
+            raise _refuse("revoked", "the client certificate has been revoked")
+        return Principal(name, "mtls")
 
 
 class JwtAuthenticator:

@@ -31,6 +31,7 @@ class TlsConfig:
     handshake_timeout_s: float = 10.0
     crl: str | None = None  # default: <home>/certs/crl.pem when it exists
     reload_s: float = 5.0  # certificate, key, CA and CRL files re-read this often (0: never)
+    expiry_warn_days: float = 14.0  # certificates in the home's book expiring sooner are alerted
 
 
 @dataclass

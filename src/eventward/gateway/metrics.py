@@ -158,7 +158,14 @@ class GatewayMetrics:
             ("topic", "group"),
             max_series,
         )
+        self.cert_expiring = Counter(
+            p + "certificates_expiring_total",
+            "Certificates of the deployment CA found expiring within gateway.tls.expiry_warn_days.",
+            ("kind",),
+            max_series,
+        )
         self.families: tuple[Counter | Histogram, ...] = (
+            self.cert_expiring,
             self.requests,
             self.denials,
             self.events_in,

@@ -19,7 +19,8 @@ import signal
 import ssl
 import time
 from asyncio import sslproto
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +42,7 @@ from eventward.gateway.config import GatewayConfig, LimitsConfig, tls_files
 from eventward.gateway.jwks import VerifyKey, fetch_url, load_file
 from eventward.gateway.mapping import PrincipalMapper
 from eventward.gateway.metrics import GatewayMetrics
-from eventward.gateway.tls import server_context
+from eventward.gateway.tls import RevokedSerials, server_context
 from eventward.home import Home
 
 log = logging.getLogger("eventward.gateway")
@@ -156,7 +157,10 @@ class _Site(web.TCPSite):
             handler = _Handler(server, loop=loop, max_connections=self._ew_max, **self._ew_kwargs)
             if not wrap:
                 return handler
-            return _AlertingTLS(loop, handler, ctx, None, server_side=True, ssl_handshake_timeout=self._ew_handshake)
+            # read per connection: a reloaded context (renewed certificate, new CRL) takes over
+            return _AlertingTLS(
+                loop, handler, self._ssl_context, None, server_side=True, ssl_handshake_timeout=self._ew_handshake
+            )
 
         self._server = await loop.create_server(
             factory,
@@ -183,6 +187,8 @@ class GatewayServer:
         limits: LimitsConfig | None = None,
         handshake_timeout_s: float = 10.0,
         key_refresh: tuple[Callable[[], dict[str, VerifyKey]], JwtAuthenticator, float] | None = None,
+        tls_reload: TlsReload | None = None,
+        periodic: Sequence[tuple[Callable[[], None], float]] = (),
     ) -> None:
         self.app = app
         self.host = host
@@ -191,9 +197,12 @@ class GatewayServer:
         self.limits = limits or LimitsConfig()
         self.handshake_timeout_s = handshake_timeout_s
         self.key_refresh = key_refresh
+        self.tls_reload = tls_reload
+        self.periodic = list(periodic)
         self._runner: web.AppRunner | None = None
         self._site: _Site | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def port(self) -> int:
@@ -234,6 +243,36 @@ class GatewayServer:
             ) from None
         if self.key_refresh is not None:
             self._refresher = asyncio.create_task(self._refresh_keys())
+        if self.tls_reload is not None and self.tls_reload.every > 0:
+            self.periodic.append((self._reload_tls, self.tls_reload.every))
+        for fn, every in self.periodic:
+            self._tasks.append(asyncio.create_task(self._every(fn, every)))
+
+    def _reload_tls(self) -> None:
+        """Swap in a new TLS context when the certificate, key, CA or CRL file changed; a file
+        that does not load keeps the context in force (logged)."""
+        r = self.tls_reload
+        if r is None or not r.changed():
+            return
+        try:
+            ctx = r.build()
+            if r.revoked is not None:
+                r.revoked.reload()
+        except EventwardError as e:
+            log.warning("gateway: TLS files changed but do not load, keeping the current ones: %s", e.message)
+            return
+        self.ssl_context = ctx
+        if self._site is not None:
+            self._site._ssl_context = ctx
+        log.info("gateway: TLS certificate/CRL reloaded")
+
+    async def _every(self, fn: Callable[[], None], every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(fn)
+            except EventwardError as e:
+                log.warning("gateway: periodic %s failed: %s", getattr(fn, "__name__", "task"), e.message)
 
     async def _refresh_keys(self) -> None:
         assert self.key_refresh is not None
@@ -249,6 +288,11 @@ class GatewayServer:
                 )
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -272,6 +316,35 @@ class GatewayServer:
             await self.stop()
 
 
+class TlsReload:
+    """What ``serve`` re-reads without a restart: the files, and how to rebuild the context."""
+
+    def __init__(
+        self, build: Callable[[], ssl.SSLContext], files: Sequence[Path | None], every: float,
+        revoked: RevokedSerials | None = None,
+    ) -> None:
+        self.build, self.every, self.revoked = build, every, revoked
+        self.files = [f for f in files if f is not None]
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for f in self.files:
+            try:
+                st = f.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, 0))
+        return tuple(out)
+
+    def changed(self) -> bool:
+        now = self._stamp()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -282,11 +355,11 @@ def _is_loopback(host: str) -> bool:
 
 
 def build_authenticator(
-    cfg: GatewayConfig,
+    cfg: GatewayConfig, revoked: RevokedSerials | None = None
 ) -> tuple[Authenticator, Callable[[], dict[str, VerifyKey]] | None]:
     """The authenticator for ``cfg.auth``, and for JWT the JWKS loader to refresh it with."""
     if cfg.auth == "mtls":
-        return MtlsAuthenticator(PrincipalMapper(cfg.principal_mapping_rules)), None
+        return MtlsAuthenticator(PrincipalMapper(cfg.principal_mapping_rules), revoked=revoked or ()), None
     j = cfg.jwt
     if j.jwks_url:
         url, timeout = j.jwks_url, j.fetch_timeout_s
@@ -327,6 +400,7 @@ def create_server(
     cfg.validate()
     files = tls_files(cfg, home)
     key_refresh = None
+    tls_reload: TlsReload | None = None
     if dev_no_auth:
         if not _is_loopback(cfg.host):
             raise ConfigError("--insecure-dev-no-auth only listens on a loopback address (127.0.0.1, ::1)")
@@ -341,8 +415,17 @@ def create_server(
                 f"gateway TLS certificate {files.cert} does not exist; the gateway does not serve without "
                 "TLS and authentication (use --insecure-dev-no-auth on a developer machine)"
             )
-        ctx = server_context(files.cert, files.key, files.client_ca, require_client_cert=cfg.auth == "mtls")
-        authenticator, load = build_authenticator(cfg)
+        def build_ctx() -> ssl.SSLContext:
+            return server_context(
+                files.cert, files.key, files.client_ca, require_client_cert=cfg.auth == "mtls", crl=files.crl
+            )
+
+        ctx = build_ctx()
+        revoked = RevokedSerials(files.crl, files.client_ca)
+        tls_reload = TlsReload(
+            build_ctx, [files.cert, files.key, files.client_ca, files.crl], cfg.tls.reload_s, revoked
+        )
+        authenticator, load = build_authenticator(cfg, revoked)
         trust_peer = files.client_ca is not None
         if load is not None and isinstance(authenticator, JwtAuthenticator):
             key_refresh = (load, authenticator, cfg.jwt.refresh_s)
@@ -363,4 +446,19 @@ def create_server(
         limits=cfg.limits,
         handshake_timeout_s=cfg.tls.handshake_timeout_s,
         key_refresh=key_refresh,
+        tls_reload=tls_reload,
+        periodic=_pki_tasks(cfg, home, audit, metrics),
     )
+
+
+def _pki_tasks(
+    cfg: GatewayConfig, home: Home, audit: AuditSink | None, metrics: GatewayMetrics | None
+) -> list[tuple[Callable[[], None], float]]:
+    """Once ``eventward pki init`` manages the home's CA: the expiry monitor and the CRL's
+    republication (serve holds the CA key), hourly."""
+    from eventward.certstore import CertRegistry, ExpiryMonitor
+
+    if not CertRegistry.managed(home.certs):
+        return []
+    mon = ExpiryMonitor(home.certs, cfg.tls.expiry_warn_days, audit=audit, metrics=metrics)
+    return [(mon.check, 3600.0)]

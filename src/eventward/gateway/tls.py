@@ -21,8 +21,10 @@ TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def server_context(
-    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool
+    cert: Path, key: Path, client_ca: Path | None, *, require_client_cert: bool, crl: Path | None = None
 ) -> ssl.SSLContext:
+    """``crl``: when the file exists, client certificates are also checked against it (leaf only:
+    the CA is the deployment's own root); an expired CRL then refuses every client certificate."""
     if require_client_cert and client_ca is None:
         raise ConfigError("mTLS needs a client CA certificate (gateway.tls.client_ca)")
     for what, path in (("certificate", cert), ("client CA", client_ca)):
@@ -45,9 +47,44 @@ def server_context(
             raise ConfigError(f"gateway client CA {client_ca} is not a PEM certificate") from None
         ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        if crl is not None and crl.is_file():
+            try:
+                ctx.load_verify_locations(cafile=str(crl))
+            except (ssl.SSLError, OSError):
+                raise ConfigError(f"gateway CRL {crl} is not a PEM X.509 CRL") from None
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     else:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+class RevokedSerials:
+    """Serial numbers the CRL revokes, re-read with the TLS context: connections opened before
+    a revocation are refused at their next request, not only new handshakes."""
+
+    def __init__(self, crl: Path | None, ca: Path | None) -> None:
+        self.crl, self.ca = crl, ca
+        self.serials: frozenset[int] = frozenset()
+        self.reload()
+
+    def reload(self) -> None:
+        if self.crl is None or not self.crl.is_file():
+            self.serials = frozenset()
+            return
+        from cryptography import x509
+
+        from eventward.certstore import revoked_serials
+
+        ca_cert = None
+        if self.ca is not None and self.ca.is_file():
+            try:
+                ca_cert = x509.load_pem_x509_certificate(self.ca.read_bytes())
+            except ValueError:
+                raise ConfigError(f"gateway client CA {self.ca} is not a PEM certificate") from None
+        self.serials = revoked_serials(self.crl, ca_cert)
+
+    def __contains__(self, serial: object) -> bool:
+        return serial in self.serials
 
 
 def ensure_home_material(home: Home, host: str, server_name: str) -> None:

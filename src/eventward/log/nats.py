@@ -395,6 +395,7 @@ class NatsTransport:
                     ctx.load_cert_chain(str(cert), str(key))
                 except (OSError, ssl.SSLError):
                     raise ConfigError(f"cannot load the NATS client certificate {cert}") from None
+                opts["disconnected_cb"] = _reload_cert_chain(ctx, Path(cert), Path(key))
             opts["tls"] = ctx
         if creds is not None:
             read_secret(Path(creds))
@@ -1032,6 +1033,19 @@ def _cert_cn(path: Path) -> str | None:
 def _check_group(group: str) -> None:
     if not isinstance(group, str) or not 0 < len(group) <= 200:
         raise InputError("consumer group name must be 1..200 characters")
+
+
+def _reload_cert_chain(ctx: ssl.SSLContext, cert: Path, key: Path) -> Callable[[], Awaitable[None]]:
+    """Re-read the client certificate and key into the context on every disconnect, so the
+    reconnect presents a renewed certificate (``eventward pki renew``) without a restart. A pair
+    that does not load (mid-rewrite) keeps the one loaded before."""
+
+    async def reload() -> None:
+        with contextlib.suppress(OSError, ssl.SSLError, ConfigError):
+            read_secret(key)
+            ctx.load_cert_chain(str(cert), str(key))
+
+    return reload
 
 
 async def _quiet_close(nc: Client) -> None:

@@ -113,8 +113,13 @@ def _tls_block(tls: TlsFiles, extra: str) -> str:
 
 
 def render_config(
-    node: Node, nodes: Sequence[Node], *, tls: TlsFiles | None, auth_include: str | None, max_payload: int
+    node: Node, nodes: Sequence[Node], *, tls: TlsFiles | None, auth_include: str | None, max_payload: int,
+    pinned: Sequence[str] | None = None,
 ) -> str:
+    """``pinned``: SHA-256 public-key pins of the client certificates the server may accept
+    (eventward.certstore keeps them: valid, unexpired, never revoked), or None for any the CA
+    signed. nats-server has no CRL option; this allow-list, rewritten and reloaded with SIGHUP,
+    is how a revocation reaches it."""
     lines = [
         f"server_name: {_q(node.name)}",
         f"listen: {_q(f'127.0.0.1:{node.port}')}",
@@ -124,7 +129,8 @@ def render_config(
         "}",
     ]
     if tls is not None:
-        lines.append(_tls_block(tls, "verify_and_map: true"))
+        pins = "" if pinned is None else "\n    pinned_certs: [" + ", ".join(_q(p) for p in pinned) + "]"
+        lines.append(_tls_block(tls, "verify_and_map: true" + pins))
     if node.cluster_port is not None:
         routes = ", ".join(_q(f"nats-route://127.0.0.1:{n.cluster_port}") for n in nodes if n is not node)
         lines += [
@@ -158,6 +164,7 @@ def prepare(
     tls: TlsFiles | None = None,
     auth_config: str | None = None,
     max_payload: int = MAX_PAYLOAD,
+    pinned: Sequence[str] | None = None,
 ) -> None:
     """Write each node's config (and a private copy of the authorization include)."""
     for node in nodes:
@@ -167,7 +174,7 @@ def prepare(
             (node.dir / "auth.conf").write_text(auth_config)
             os.chmod(node.dir / "auth.conf", 0o600)
             include = "auth.conf"  # resolved relative to nats.conf
-        text = render_config(node, nodes, tls=tls, auth_include=include, max_payload=max_payload)
+        text = render_config(node, nodes, tls=tls, auth_include=include, max_payload=max_payload, pinned=pinned)
         node.config.write_text(text)
         os.chmod(node.config, 0o600)
 
@@ -324,10 +331,11 @@ def start_all(
     auth_config: str | None = None,
     max_payload: int = MAX_PAYLOAD,
     on_started: Callable[[Node], None] | None = None,
+    pinned: Sequence[str] | None = None,
 ) -> list[Node]:
     """Plan, configure and start a deployment; on any failure stop what was started."""
     nodes = plan(root, size=size, port=port, cluster_port=cluster_port)
-    prepare(nodes, tls=tls, auth_config=auth_config, max_payload=max_payload)
+    prepare(nodes, tls=tls, auth_config=auth_config, max_payload=max_payload, pinned=pinned)
     started: list[Node] = []
     try:
         for node in nodes:
