@@ -12,7 +12,7 @@ from eventward.audit import log as _audit_log
 from eventward.monitor import metrics
 from eventward.monitor.metrics import render, start_http_server
 
-__all__ = ["instrument", "metrics", "render", "start_http_server"]
+__all__ = ["instrument", "metrics", "render", "start_http_server", "uninstrument"]
 
 
 def instrument(dep: Any) -> None:
@@ -22,3 +22,16 @@ def instrument(dep: Any) -> None:
     metrics.instrument_transport(dep.transport)
     metrics.instrument_kms(getattr(dep.keys, "kms", None))
     metrics.track_cache("dek", dep.keys.cache)
+
+
+def uninstrument(dep: Any) -> None:
+    """Undo ``instrument`` (the benchmark's baseline; processes that must not count anything)."""
+    if metrics.observe_audit in _audit_log.OBSERVERS:
+        _audit_log.OBSERVERS.remove(metrics.observe_audit)
+    for obj, names in ((dep.transport, ("append", "read")),
+                       (getattr(dep.keys, "kms", None), ("wrap", "unwrap", "mac", "rotate", "destroy"))):
+        if obj is None or not getattr(obj, "_ew_instrumented", False):
+            continue
+        for name in names:
+            obj.__dict__.pop(name, None)
+        del obj._ew_instrumented

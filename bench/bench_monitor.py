@@ -1,0 +1,97 @@
+"""Monitoring overhead: metrics (audit observer, per-batch transport timing) plus anomaly-rule
+evaluation, on the producer and on the consumer path, against the same deployment with
+instrumentation removed, interleaved in one run (goal: ratio >= 0.95, i.e. at most 5% overhead).
+
+    python -m bench.bench_monitor [--quick]
+
+"on" includes the live monitor's work: after each timed run it polls the audit log through the
+rules once (``Monitor.poll``), inside the timing, as ``serve`` does on its background thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.common import interleaved, print_scenario, scenario
+from eventward import monitor
+from eventward.deployment import Deployment
+from eventward.home import Home
+from eventward.monitor.service import Monitor
+
+POLICY = """\
+principals:
+  admin: {type: user, roles: [admin]}
+  alice: {type: user, roles: [author]}
+  bob: {type: user, roles: [approver]}
+  orders-svc: {type: service, roles: [writer]}
+  shipping: {type: service, roles: [reader]}
+roles:
+  admin: [{allow: manage_policy}, {allow: read_audit}, {allow: rotate_keys, producer: "*"}]
+  author: [{allow: [propose_schema, read_schema], schema: "*"}]
+  approver: [{allow: [approve_schema, read_schema], schema: "*"}]
+  writer: [{allow: publish, topic: orders}]
+  reader: [{allow: subscribe, topic: orders}]
+"""
+ORDER = {
+    "type": "object",
+    "properties": {"order_id": {"type": "string"}, "amount": {"type": "integer"}, "note": {"type": "string"}},
+    "required": ["order_id", "amount"],
+}
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n = 1000 if quick else 10_000
+    rounds = 3 if quick else 7
+    with tempfile.TemporaryDirectory() as tmp:
+        dep = Deployment.init(Home(Path(tmp) / "home"), admin="admin", policy_yaml=POLICY)
+        try:
+            dep.trust.ensure("orders-svc", by="admin")
+            prop = dep.registry.propose("alice", "Order", ORDER)
+            dep.registry.approve("bob", "Order", prop.version)
+            watcher = Monitor(dep.audit, dep.transport, sample_every=3600)
+            watcher.learn()
+            events = [{"order_id": f"o-{i}", "amount": i, "note": "x" * 200} for i in range(n)]
+
+            def mode(on: bool) -> None:
+                (monitor.instrument if on else monitor.uninstrument)(dep)
+
+            def produce(on: bool) -> Any:
+                def fn() -> int:
+                    mode(on)
+                    with dep.producer("orders-svc", "orders") as p:
+                        for e in events:
+                            p.send("Order", e)
+                    if on:
+                        watcher.poll()
+                    return n
+                return fn
+
+            def consume(on: bool) -> Any:
+                def fn() -> int:
+                    mode(on)
+                    c = dep.consumer("shipping", "orders", group=f"g-{uuid.uuid4().hex[:8]}", from_beginning=True)
+                    got = len(c.poll(max_events=n))
+                    if on:
+                        watcher.poll()
+                    return got
+                return fn
+
+            prod = interleaved({"off": produce(False), "on": produce(True)}, rounds)
+            cons = interleaved({"off": consume(False), "on": consume(True)}, rounds)
+            monitor.instrument(dep)
+        finally:
+            dep.close()
+    extra = {"events_per_run": n, "goal_ratio_at_least": 0.95}
+    return [
+        scenario("produce, metrics + anomaly rules", prod["on"], {"no monitoring": prod["off"]}, **extra),
+        scenario("consume, metrics + anomaly rules", cons["on"], {"no monitoring": cons["off"]}, **extra),
+    ]
+
+
+if __name__ == "__main__":
+    for res in run(quick="--quick" in sys.argv):
+        print_scenario(res)
