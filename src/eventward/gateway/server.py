@@ -267,12 +267,13 @@ class GatewayServer:
         log.info("gateway: TLS certificate/CRL reloaded")
 
     async def _every(self, fn: Callable[[], None], every: float) -> None:
+        """``fn`` at start (an expiry alert must not wait an hour) and then every ``every`` s."""
         while True:
-            await asyncio.sleep(every)
             try:
                 await asyncio.to_thread(fn)
             except EventwardError as e:
                 log.warning("gateway: periodic %s failed: %s", getattr(fn, "__name__", "task"), e.message)
+            await asyncio.sleep(every)
 
     async def _refresh_keys(self) -> None:
         assert self.key_refresh is not None
