@@ -83,9 +83,20 @@ class DemoResult:
     certificate_index: int = -1
     after_forget: View | None = None
     gateway: GatewayDemoResult | None = None
+    client_mode: ClientModeResult | None = None
     audit_size: int = 0
     audit_ok: bool = False
     checkpoint: str = ""
+
+
+@dataclass
+class ClientModeResult:
+    """What the client-mode part showed: services that hold only their own keys."""
+
+    directory: str = ""
+    files: list[str] = field(default_factory=list)
+    read: dict[str, str] = field(default_factory=dict)  # service -> a customer name it read
+    refused: str = ""  # the uncleared service's direct key request
 
 
 Step = Callable[[str, Any], None]
@@ -221,6 +232,46 @@ def gateway(dep: Deployment, result: DemoResult, step: Step) -> None:
     step("gateway", result)
 
 
+def client_mode(dep: Deployment, result: DemoResult, step: Step) -> None:
+    """Two services enrolled with their own keys read the log through the control plane's
+    answers (in-process here; over mutual TLS from `eventward serve` on a real deployment)."""
+    import shutil
+
+    from eventward.control.client import LocalControlAPI
+    from eventward.control.connect import Client
+    from eventward.control.identity import ServiceIdentity
+    from eventward.control.plane import ControlPlane
+
+    root = dep.home.root.parent / f"{dep.home.root.name}-services"
+    shutil.rmtree(root, ignore_errors=True)
+    out = ClientModeResult(directory=str(root))
+    plane = ControlPlane.open(dep)
+    try:
+        for principal in (SHIPPING, ANALYTICS):
+            ident = ServiceIdentity.create(root / principal, principal)
+            ident.install(plane.approve(ADMIN, ident.request_path.read_bytes(), {}))
+            client = Client(ident, LocalControlAPI(plane, principal), dep.transport, follow_notices=False)
+            try:
+                seen: list[Delivered] = []
+                consumer = client.consumer(TOPIC, group=f"{principal}.client", from_beginning=True)
+                try:
+                    consumer.run(seen.append, idle_timeout=0.3, max_events=1)
+                finally:
+                    consumer.close()
+                out.read[principal] = seen[0].data["customer"]["name"] if seen else ""
+                if principal == ANALYTICS:
+                    token = orjson.loads(dep.transport.read(TOPIC, 0, 1)[0].data)["data"]["customer"]["name"]
+                    answer = client.api.decryption_keys(TOPIC, EVENT_TYPE, [(token.split(".")[2], "pii", None)])
+                    out.refused = next(iter(answer.values()))  # type: ignore[assignment]
+            finally:
+                client.close()
+        out.files = sorted(p.name for p in (root / SHIPPING).iterdir())
+    finally:
+        plane.close()
+    result.client_mode = out
+    step("client_mode", result)
+
+
 def audit(dep: Deployment, result: DemoResult, step: Step) -> None:
     dep.audit.flush()
     cp = dep.audit.checkpoint()
@@ -244,6 +295,7 @@ def run(home: Home, step: Step | None = None) -> DemoResult:
         attacks(dep, result, report)
         forget(dep, result, report)
         gateway(dep, result, report)
+        client_mode(dep, result, report)
         audit(dep, result, report)
     finally:
         dep.close()

@@ -246,3 +246,23 @@ def test_a_subject_returning_after_forget_is_readable_again(world):
     assert after[again].data["customer"]["id"] == demo.FORGOTTEN
     assert after[again].data["customer"]["name"] not in (ERASED, REDACTED)
     assert sum(e.data["customer"]["name"] == ERASED for e in after.values()) >= 1
+
+
+def test_attack_asking_about_other_principals_is_limited_to_publish_on_subscribed_topics(world):
+    analytics = LocalControlAPI(world.plane, demo.ANALYTICS)  # subscribes to orders
+    assert analytics.decide("Publish", ("Topic", demo.TOPIC), {"event_type": demo.EVENT_TYPE}, demo.PRODUCER)
+    assert not analytics.decide("Publish", ("Topic", demo.TOPIC), {"event_type": demo.EVENT_TYPE}, demo.SHIPPING)
+    with pytest.raises(AccessDenied):  # not a Publish question: another principal's rights stay private
+        analytics.decide("Decrypt", ("Class", "pii"), {}, demo.SHIPPING)
+    producer = LocalControlAPI(world.plane, demo.PRODUCER)  # may not subscribe to orders
+    with pytest.raises(AccessDenied):
+        producer.decide("Publish", ("Topic", demo.TOPIC), {"event_type": demo.EVENT_TYPE}, demo.ANALYTICS)
+
+
+def test_home_registered_producer_keys_are_checked_against_the_policy(world):
+    """Keys registered in home mode carry no enrolled grants: client-mode consumers ask the policy."""
+    with world.dep.producer(demo.PRODUCER, demo.TOPIC) as p:  # the home's own orders-svc key
+        ids = [p.send(demo.EVENT_TYPE, demo.order(i)) for i in range(2)]
+        p.flush()
+    seen = read(world.client(demo.SHIPPING), "home-keys")
+    assert [e.id for e in seen] == ids

@@ -70,6 +70,18 @@ def test_gateway_part_publishes_consumes_and_explains_a_denial(result):
     assert any(cmd.startswith("curl") and "--cert" in cmd for cmd in g.commands)
 
 
+def test_client_mode_part_services_hold_only_their_own_keys(result):
+    home, r = result
+    c = r.client_mode
+    assert c.read == {demo.SHIPPING: demo.CUSTOMERS[0][1], demo.ANALYTICS: "[redacted]"}
+    assert c.refused == "forbidden"
+    assert {"seal.key", "dead-letter.key", "tls.key", "grant.json"} <= set(c.files)
+    assert not {"master.key", "keyring.bin", "keys.db", "audit.key", "ca.key"} & set(c.files)
+    for path in Path(c.directory).rglob("*"):  # the services' directories hold no PII either
+        if path.is_file():
+            assert not any(v.encode() in path.read_bytes() for v in demo.pii_values()), path.name
+
+
 def test_audit_verifies_and_no_store_contains_plaintext_pii(result):
     home, r = result
     assert r.audit_ok and r.audit_size > 10

@@ -96,8 +96,18 @@ def _render(name: str, data: Any) -> None:
         )
         common.console.print(f"analytics-svc tried to publish: HTTP [red]{g.denied.status}[/]. Why?")
         common.console.print(Panel(g.explanation.strip(), title="policy explain"), highlight=False)
+    elif name == "client_mode":
+        c = r.client_mode
+        assert c is not None
+        _section("7. Services in client mode: each holds only its own keys",
+                 f"enrolled directories under {c.directory}")
+        common.console.print(f"shipping-svc's directory holds: {', '.join(c.files)} (no master key, keyring or store)")
+        for svc, name_read in c.read.items():
+            common.console.print(f"{svc} read the first order's customer as {escape(name_read)!s}", highlight=False)
+        common.console.print(f"analytics-svc asked the control plane for the pii key directly: [red]{c.refused}[/] "
+                             "(audited, naming the class, never the key)")
     elif name == "audit":
-        _section("7. Tamper-evident audit log")
+        _section("8. Tamper-evident audit log")
         verdict = "[green]verifies[/]" if r.audit_ok else "[red]FAILED[/]"
         common.console.print(f"{r.audit_size} metadata-only records; full Merkle verification {verdict}.")
         common.console.print(Panel(r.checkpoint.strip(), title="signed checkpoint (publish it anywhere)"))

@@ -85,8 +85,10 @@ class ControlAPI(Protocol):
         """A signed notice of what changed since ``after``, waiting up to ``wait`` s for a change."""
         ...
 
-    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None) -> bool:
-        """Whether the policy allows this identity ``action`` on ``resource``."""
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
+               about: str | None = None) -> bool:
+        """Whether the policy allows this identity ``action`` on ``resource``; with ``about``,
+        whether that producer may Publish on a topic this identity may Subscribe to."""
         ...
 
 
@@ -115,8 +117,9 @@ class LocalControlAPI:
     def notices(self, after: float, wait: float) -> dict[str, str]:
         return self._plane.notices(self.principal, after, wait)
 
-    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None) -> bool:
-        return self._plane.decide(self.principal, action, resource, context)
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
+               about: str | None = None) -> bool:
+        return self._plane.decide(self.principal, action, resource, context, about)
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -332,18 +335,23 @@ class SignedTrust:
                     self._keys[kid] = TrustedKey(k.kid, k.principal, k.public_key, REVOKED, time.time(), k.purpose,
                                                  k.pq_public_key)
 
-    def may_seal(self, producer: str, topic: str, event_type: str) -> bool:
-        """Whether some seal key of ``producer`` was enrolled to seal ``event_type`` on ``topic``."""
+    def may_seal(self, producer: str, topic: str, event_type: str) -> bool | None:
+        """Whether some seal key of ``producer`` was enrolled to seal ``event_type`` on ``topic``;
+        None when its keys were registered without enrolled grants (home mode): ask the policy."""
         if not self._keys:
             self.refresh()
+        unknown = False
         for kid, key in self._keys.items():
             if key.principal != producer or key.status == REVOKED or key.purpose != "seal":
                 continue
-            grants = self._grants.get(kid) or {}
+            grants = self._grants.get(kid)
+            if grants is None:
+                unknown = True
+                continue
             types = grants.get(topic, [])
             if event_type in types or "*" in types:
                 return True
-        return False
+        return None if unknown else False
 
 
 class ClientAuthorizer:
@@ -354,19 +362,24 @@ class ClientAuthorizer:
     def __init__(self, api: ControlAPI, trust: SignedTrust) -> None:
         self._api = api
         self._trust = trust
-        self._cache: dict[tuple[str, Resource, bytes], bool] = {}
+        self._cache: dict[tuple[str, str, Resource, bytes], bool] = {}
 
     def decide(self, principal: str, action: str, resource: Resource,
                context: dict[str, Any] | None = None) -> Decision:
         ctx = dict(context or {})
         if principal != self._api.principal:
-            allowed = (action == PUBLISH and resource[0] == "Topic"
-                       and self._trust.may_seal(principal, resource[1], str(ctx.get("event_type", ""))))
-            return Decision(allowed, principal, action, resource, ("trust-entry",) if allowed else ())
-        key = (action, resource, orjson.dumps(ctx, option=orjson.OPT_SORT_KEYS))
+            if action != PUBLISH or resource[0] != "Topic":
+                return Decision(False, principal, action, resource)
+            enrolled = self._trust.may_seal(principal, resource[1], str(ctx.get("event_type", "")))
+            if enrolled is not None:
+                return Decision(enrolled, principal, action, resource, ("trust-entry",) if enrolled else ())
+        key = (principal, action, resource, orjson.dumps(ctx, option=orjson.OPT_SORT_KEYS))
         allowed = self._cache.get(key)
         if allowed is None:
-            allowed = self._cache[key] = bool(self._api.decide(action, resource, ctx))
+            about = None if principal == self._api.principal else principal
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            allowed = self._cache[key] = bool(self._api.decide(action, resource, ctx, about))
         return Decision(allowed, principal, action, resource, ("control-plane",))
 
     def policy_changed(self) -> None:

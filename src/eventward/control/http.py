@@ -101,8 +101,12 @@ class HttpControlAPI:
         return self._request("GET", "/notices", params={"after": repr(after), "wait": wait},
                              timeout=self._timeout + wait)
 
-    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None) -> bool:
-        body = {"action": action, "resource": {"kind": resource[0], "id": resource[1]}, "context": context or {}}
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
+               about: str | None = None) -> bool:
+        body: dict[str, Any] = {"action": action, "resource": {"kind": resource[0], "id": resource[1]},
+                                "context": context or {}}
+        if about is not None:
+            body["about"] = about
         return bool(self._request("POST", "/decide", body=body)["allowed"])
 
 

@@ -252,10 +252,20 @@ class ControlPlane:
         erasures = self.dep.keys.store.erasures()
         return bool(erasures) and erasures[-1].time > after
 
-    def decide(self, principal: str, action: str, resource: tuple[str, str], context: dict[str, Any] | None) -> bool:
-        """The policy's answer for the caller's own identity (clients cache it until a notice)."""
+    def decide(self, principal: str, action: str, resource: tuple[str, str], context: dict[str, Any] | None,
+               about: str | None = None) -> bool:
+        """The policy's answer for the caller's own identity (clients cache it until a notice), or,
+        with ``about``, whether that producer may Publish on a topic the caller may Subscribe to:
+        what a consumer needs to accept seals of keys registered without enrolled grants."""
         check_principal(principal)
-        return self.dep.policy.decide(principal, action, resource, dict(context or {})).allowed
+        ctx = dict(context or {})
+        if about is None or about == principal:
+            return self.dep.policy.decide(principal, action, resource, ctx).allowed
+        check_principal(about)
+        if action != PUBLISH or resource[0] != "Topic":
+            raise AccessDenied("only Publish rights of another principal can be asked, by a subscriber")
+        self._allow(principal, SUBSCRIBE, resource, {}, "control.decide")
+        return self.dep.policy.decide(about, PUBLISH, resource, ctx).allowed
 
     # --- helpers -----------------------------------------------------------------------
     def _allow(self, principal: str, action: str, resource: tuple[str, str], ctx: dict[str, Any], what: str) -> None:

@@ -488,7 +488,7 @@ class _Gateway:
     async def op_control_decide(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
         res = body["resource"]
         allowed = await self.backend.control("decide", p.name, body["action"], (res["kind"], res["id"]),
-                                             body.get("context") or {})
+                                             body.get("context") or {}, body.get("about"))
         return {"allowed": bool(allowed)}
 
     async def op_whoami(self, p: Principal, *_: Any) -> dict[str, Any]:

@@ -340,7 +340,8 @@ SCHEMAS.update({
     "ControlDecryptRequest": _obj({
         "topic": _s(200, NAME), "type": _s(200, NAME),
         "keys": _arr(_obj({"kid": _s(256, KID), "class": _s(32, CLASS),
-                           "subject_hash": {"type": ["string", "null"], "maxLength": 128, "pattern": HEX}}, ("kid", "class")),
+                           "subject_hash": {"type": ["string", "null"], "maxLength": 128, "pattern": HEX}},
+                          ("kid", "class")),
                      MAX_CONTROL_KEYS, 1),
     }, ("topic", "type", "keys")),
     "ControlDecryptResponse": _obj({"keys": {
@@ -359,6 +360,7 @@ SCHEMAS.update({
     "ControlDecideRequest": _obj({
         "action": {"type": "string", "enum": list(ACTIONS)}, "resource": ref("Resource"),
         "context": {"type": "object", "maxProperties": 16},
+        "about": _s(256, description="Another producer whose Publish right a subscriber of the topic asks about."),
     }, ("action", "resource")),
     "ControlDecideResponse": _obj({"allowed": {"type": "boolean"}}, ("allowed",)),
 })
