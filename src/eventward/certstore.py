@@ -374,6 +374,18 @@ def sign_csr(certs: Path, csr_pem: bytes, principal: str, enrolled: bool, *, day
     return reg.record(cert, path)
 
 
+def adopt(certs: Path, path: Path) -> CertRecord:
+    """Book a certificate this CA signed before ``pki init`` (e.g. an enrollment approved
+    earlier), so NATS pins it and it can be listed and revoked."""
+    reg = _registry(certs)
+    cert = load_cert_file(path)
+    try:
+        cert.verify_directly_issued_by(_ca(certs).cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise InputError(f"{path} was not issued by this deployment's CA") from None
+    return reg.record(cert, path)
+
+
 def record_if_managed(certs: Path, cert: x509.Certificate, path: Path | str = "") -> None:
     """Record a certificate the CA just signed elsewhere (enrollment, first-use certificates)."""
     if CertRegistry.managed(certs):

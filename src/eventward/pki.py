@@ -74,6 +74,15 @@ def _san(value: str) -> x509.GeneralName:
     return x509.DNSName(value)
 
 
+URI_PREFIX = "spiffe://eventward/"  # the URI form of a principal, SPIFFE-style
+
+
+def principal_uri(principal: str) -> str:
+    """The URI SAN every client certificate carries: the same identity as its CN and its
+    DNS/e-mail SAN, for tools that map URIs (service meshes, SPIFFE-aware proxies)."""
+    return URI_PREFIX + check_cn(principal)
+
+
 def _principal_san(principal: str) -> x509.GeneralName:
     """The principal as a SAN: nats-server's ``verify_and_map`` tries e-mail SANs, then DNS SANs,
     before the full DN, so this makes the user name equal the principal (not ``CN=...``)."""
@@ -186,6 +195,8 @@ def _certify(
     names = [_san(s) for s in sans]
     if client and not server:
         names.append(_principal_san(cn))
+    if client:
+        names.append(x509.UniformResourceIdentifier(principal_uri(cn)))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(ca.key, hashes.SHA256())

@@ -209,3 +209,29 @@ def test_serve_alerts_expiring_certificates_at_start(certs: Path) -> None:
         assert "expiring-svc" not in run.metrics.render()  # identities never become metric labels
     finally:
         run.gw.stop()
+
+
+def test_one_identity_in_cn_dns_san_and_uri(certs: Path, gateway: Running) -> None:
+    """The gateway's default mapping (CN), nats-server's verify_and_map (DNS SAN first) and the
+    URI SAN all name the same principal."""
+    cert = x509.load_pem_x509_certificate((certs / "clients" / "orders.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["orders"]
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://eventward/orders"]
+    conn = http.client.HTTPSConnection("127.0.0.1", gateway.port, context=_ctx(certs, "orders"), timeout=5)
+    conn.request("GET", "/v1/whoami")
+    assert json.loads(conn.getresponse().read())["principal"] == "orders"
+    conn.close()
+
+
+def test_adopt_books_only_this_cas_certificates(certs: Path, tmp_path: Path) -> None:
+    ca = pki.load(*pki.ca_paths(certs))
+    early = pki.issue_cert(ca, "early-svc", client=True)
+    path = tmp_path / "early.crt"
+    path.write_bytes(early.cert_pem())
+    rec = certstore.adopt(certs, path)
+    assert rec.principal == "early-svc" and rec.spki in certstore.CertRegistry(certs).pins()
+    foreign = tmp_path / "foreign.crt"
+    foreign.write_bytes(pki.issue_cert(pki.issue_ca("other CA"), "early-svc", client=True).cert_pem())
+    with pytest.raises(InputError, match="not issued by this deployment's CA"):
+        certstore.adopt(certs, foreign)

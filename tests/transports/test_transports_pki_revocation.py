@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
 from pathlib import Path
 
 import nats
@@ -92,3 +93,17 @@ def test_renewed_client_certificate_is_used_on_reconnect(world) -> None:
         assert _connect(dep, "billing") == "connected"
     finally:
         transport.close()
+
+
+def test_nats_server_accepts_the_pinned_config(world) -> None:
+    """``nats-server -t`` on the configuration eventward wrote (pins included) and rewrote."""
+    dep, run_root = world
+    certstore.revoke(dep.certs, "billing", "cessation-of-operation")
+    certstore.apply_nats_pins(dep.certs, run_root)
+    conf = run_root / "ew-1" / "nats.conf"
+    r = subprocess.run([str(natsserver.binary()), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr[-500:]
+    text = conf.read_text()
+    reg = certstore.CertRegistry(dep.certs)
+    assert all(p in text for p in reg.pins())
+    assert not any(r.spki in text for r in reg.list("billing"))

@@ -83,6 +83,15 @@ def sign_csr_cmd(
     _print(rec, "certified")
 
 
+@pki_app.command("adopt", epilog=common.examples("eventward pki adopt services/orders-svc/tls.crt"))
+def adopt_cmd(cert: Path = typer.Argument(..., help="A PEM certificate this CA signed before 'pki init'.")) -> None:
+    """Book an existing certificate (so NATS pins it and it can be listed and revoked)."""
+    home = common.home().require()
+    rec = certstore.adopt(home.certs, cert)
+    _nats_reload()
+    _print(rec, "adopted")
+
+
 @pki_app.command("renew", epilog=common.examples("eventward pki renew orders-svc"))
 def renew_cmd(principal: str = typer.Argument(...), days: int = _DAYS) -> None:
     """A new key and certificate over the old files; the old one stays valid until it expires."""
