@@ -107,3 +107,32 @@ def test_malformed_guard_setting_is_refused_at_proposal(dep: Deployment, bad: ob
     with pytest.raises(SchemaError) as ei:
         dep.registry.propose("alice", "OrderPlaced", order_schema(bad))
     assert "x-eventward-guard" in ei.value.message
+
+
+def _metric(text: str, mode: str, topic: str) -> float:
+    import re
+
+    series = f'eventward_guard_events_total{{event_type="OrderPlaced",mode="{mode}",topic="{topic}"}}'
+    m = re.search(re.escape(series) + r" (\S+)", text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_guard_warn_and_block_are_counted_in_the_metrics(dep: Deployment) -> None:
+    """The counters are process-wide (other tests may have counted before): deltas are checked."""
+    from eventward import monitor
+
+    monitor.instrument(dep)
+    try:
+        publish_schema(dep, "OrderPlaced", order_schema({"*": "warn", "orders2": "block"}))
+        before = monitor.render().decode()
+        with dep.producer("orders-svc", "orders") as producer:
+            producer.send("OrderPlaced", order(1, notes=f"key {AWS}"))
+        with dep.producer("orders-svc", "orders2") as producer, pytest.raises(SensitiveDataRefused):
+            producer.send("OrderPlaced", order(2, notes=f"key {AWS}"))
+        dep.audit.flush()
+        text = monitor.render().decode()
+        assert _metric(text, "warn", "orders") - _metric(before, "warn", "orders") == 1
+        assert _metric(text, "block", "orders2") - _metric(before, "block", "orders2") == 1
+        assert AWS not in text
+    finally:
+        monitor.uninstrument(dep)

@@ -113,33 +113,34 @@ def findings(data: Any, spec: FieldSpec, detectors: Detectors | None = None) -> 
 def _walk(node: Any, prefix: str, depth: int, out: list[tuple[str, str]], todo: list[tuple[str, str]],
           det: Detectors, protected: frozenset[str]) -> None:
     """Collects (path, text) of the values worth a detector's look into ``todo``."""
-    clean = det.clean
+    clean, names = det.clean, _SEGMENTS
     if type(node) is dict:
-        pairs: Any = node.items()
-    elif type(node) is list:
-        pairs = ((None, v) for v in node)
-    else:
-        return
-    for k, v in pairs:
-        t = type(v)
-        nested = t is dict or t is list
-        worth = not nested and (
-            (t is str and len(v) >= 7 and v not in clean) or (t is int and not -(10**8) < v < 10**8)
-        )
-        seg = "" if k is None else _segment(k)
-        if not (nested or worth or seg == "*"):
-            continue  # most leaves: no path string is built for them
-        if k is None:
-            p = f"{prefix}[]" if prefix else "[]"
-        else:
+        for k, v in node.items():
+            t = type(v)
+            nested = t is dict or t is list
+            worth = (t is str and len(v) >= 7 and v not in clean) or (t is int and not -(10**8) < v < 10**8)
+            if not (nested or worth) and names.get(k) == k:
+                continue  # most leaves: a known field name and nothing to look at
+            seg = _segment(k)
             p = f"{prefix}.{seg}" if prefix else seg
             if seg == "*" and type(k) is str and not _covered(p, protected):
                 out.extend((p + "{key}", kind) for kind in sorted(det.kinds(k)))
-        if nested:
-            if depth < MAX_DEPTH:
-                _walk(v, p, depth + 1, out, todo, det, protected)
-        elif worth and not _covered(p, protected):
-            todo.append((p, v if t is str else str(v)))
+            if nested:
+                if depth < MAX_DEPTH:
+                    _walk(v, p, depth + 1, out, todo, det, protected)
+            elif worth and not _covered(p, protected):
+                todo.append((p, v if t is str else str(v)))
+    elif type(node) is list:
+        p = f"{prefix}[]" if prefix else "[]"
+        for v in node:
+            t = type(v)
+            if t is dict or t is list:
+                if depth < MAX_DEPTH:
+                    _walk(v, p, depth + 1, out, todo, det, protected)
+            elif ((t is str and len(v) >= 7 and v not in clean) or (t is int and not -(10**8) < v < 10**8)) and (
+                not _covered(p, protected)
+            ):
+                todo.append((p, v if t is str else str(v)))
 
 
 @dataclass

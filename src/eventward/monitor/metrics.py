@@ -86,6 +86,11 @@ batches = _counter(P + "batches_produced", "Sealed batches published, per topic.
 append_seconds = _histogram(P + "produce_append_seconds", "Transport append latency per sealed batch.", ("topic",))
 read_events = _counter(P + "events_read", "Events read from the log by consumers, per topic.", ("topic",))
 read_seconds = _histogram(P + "consume_read_seconds", "Transport read latency per batch read.", ("topic",))
+guard_events = _counter(
+    P + "guard_events",
+    "Events with untagged PII or secrets the producer guard sent (warn) or refused (block).",
+    ("topic", "event_type", "mode"),
+)
 refused = _counter(
     P + "consume_refusals", "Events a consumer refused, per topic, error code and reason.", ("topic", "code", "reason")
 )
@@ -156,6 +161,8 @@ def observe_audit(action: str, resource: str, outcome: str, reason: str, meta: M
                 authz_denials.child(op).inc()
         elif action == "key.forget":
             forgets.child(outcome).inc()
+        elif action == "guard.warn" or action == "guard.block":  # eventward.guard.producer_guard
+            guard_events.child(_topic(resource), meta.get("event_type") or "unknown", action[6:]).inc()
         elif outcome == "denied":
             act = meta.get("requested") if action == "authorize" else action
             authz.child(act or action, "deny").inc()
