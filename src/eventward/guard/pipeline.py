@@ -43,7 +43,7 @@ import yaml
 from eventward.audit.base import AuditSink
 from eventward.client.types import Delivered
 from eventward.crypto.fields import ERASED, REDACTED
-from eventward.errors import ConfigError, RedactionError, TransportError
+from eventward.errors import ConfigError, RedactionError
 from eventward.fieldspec import parse_path
 from eventward.guard.detectors import Detectors, default_detectors
 from eventward.guard.scan import findings
@@ -175,11 +175,12 @@ class Redactor:
     """Applies a PipelineSpec's rules to one event's data (pure: no I/O)."""
 
     def __init__(self, spec: PipelineSpec, hmac_key: bytes, tokenized: frozenset[str],
-                 detectors: Detectors | None = None) -> None:
+                 detectors: Detectors | None = None, protected: frozenset[str] = frozenset()) -> None:
         self.spec = spec
         self._key = hmac_key
         self._tokenized = tokenized  # paths the sink schema encrypts deterministically
         self._detectors = detectors or default_detectors()
+        self._protected = _paths_spec(protected | tokenized)  # the sink encrypts these: not scanned
         for r in spec.rules:
             if r.op == TOKENIZE and r.path not in tokenized:
                 raise ConfigError(
@@ -191,7 +192,7 @@ class Redactor:
         raw = value.encode() if isinstance(value, str) else repr(value).encode()
         return "hmac:" + hmac.new(self._key, raw, hashlib.sha256).hexdigest()[:32]
 
-    def apply(self, data: dict[str, Any], sink_spec_paths: frozenset[str]) -> dict[str, Any]:
+    def apply(self, data: dict[str, Any]) -> dict[str, Any]:
         """The clean data, or RedactionError naming the field path (never a value)."""
         out: dict[str, Any] = _skeleton(data, self.spec) if self.spec.default == DROP else _copy(data)
         for r in self.spec.rules:
@@ -200,7 +201,7 @@ class Redactor:
                 continue
             for container, key, value in list(_locate(data, out, r.segments, r.path)):
                 container[key] = self._one(r, value)
-        leaks = [f for f in findings(out, _paths_spec(sink_spec_paths), self._detectors)]
+        leaks = findings(out, self._protected, self._detectors)
         if leaks:
             shown = ", ".join(sorted({f"{p} ({k})" for p, k in leaks}))[:200]
             raise RedactionError(f"pipeline {self.spec.name}: output still carries untagged sensitive data: {shown}")
@@ -344,7 +345,7 @@ class Pipeline:
             {sink_schema.spec.subject_path} if sink_schema.spec.subject_path else set()
         )
         key = hmac_key or dep.keys.kms.mac(MAC_SUBJECT, b"eventward.redact.hmac\x00" + spec.name.encode())
-        self.redactor = Redactor(spec, key, tokenized)
+        self.redactor = Redactor(spec, key, tokenized, protected=self._sink_paths)
         self._audit: AuditSink = dep.audit
         self.stats = PipelineStats()
 
@@ -358,7 +359,7 @@ class Pipeline:
 
             def handle(event: Delivered) -> None:
                 try:
-                    clean = self.redactor.apply(event.data, self._sink_paths)
+                    clean = self.redactor.apply(event.data)
                 except RedactionError:
                     self.stats.refused += 1
                     raise  # the consumer retries, then dead-letters it: nothing is emitted
@@ -375,8 +376,4 @@ class Pipeline:
                 consumer.run(handle, max_events=max_events, idle_timeout=idle_timeout)
             finally:
                 consumer.close()
-                try:
-                    producer.flush()
-                except TransportError:
-                    raise
-        return self.stats
+        return self.stats  # leaving the producer's block flushed what was left
