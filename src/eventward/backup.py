@@ -58,6 +58,7 @@ from eventward.keys.service import KeyService, erasures_log_path
 FORMAT = "eventward-backup/1"
 MANIFEST = "manifest.json"
 ANCHOR_ACTION = "keys.anchor"
+ANCHOR_KIND = "keys-anchor"
 PASSPHRASE_ENV = "EVENTWARD_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 _SKIP_DIRS = {"run"}
 _SKIP_SUFFIXES = ("-wal", "-shm", "-journal", ".lock", ".tmp")
@@ -99,26 +100,43 @@ def anchor_keys(audit: AuditLog, keys: KeyService, *, principal: str = "eventwar
         [{"action": ANCHOR_ACTION, "principal": principal, "resource": "Keys::state", "reason": reason,
           "meta": st.meta()}]
     )
+    audit.attach(ANCHOR_KIND, "head", index, "")  # an index of the newest anchor: see latest_anchor
     return index
 
 
+def _anchor(body: bytes) -> KeyState | None:
+    try:
+        rec = orjson.loads(body)
+        if rec.get("action") != ANCHOR_ACTION:
+            return None
+        m = rec["meta"]
+        gen = m.get("keyring_generation")
+        return KeyState(int(m["ledger_entries"]), str(m["ledger_head"]), None if gen is None else int(gen))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        raise AuditIntegrityError("a keys.anchor record is malformed") from None
+
+
 def anchored_state(log: AuditLog) -> KeyState | None:
-    """The newest ``keys.anchor`` record's key state (records are read from the tree, not an index)."""
+    """The newest ``keys.anchor`` record's key state, read from every record (what restore trusts)."""
     found: KeyState | None = None
     needle = f'"action":"{ANCHOR_ACTION}"'.encode()
     for _, _, body in log.scan():
-        if needle not in bytes(body):
-            continue
-        try:
-            rec = orjson.loads(bytes(body))
-            if rec.get("action") != ANCHOR_ACTION:
-                continue
-            m = rec["meta"]
-            gen = m.get("keyring_generation")
-            found = KeyState(int(m["ledger_entries"]), str(m["ledger_head"]), None if gen is None else int(gen))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            raise AuditIntegrityError("a keys.anchor record is malformed") from None
+        if needle in bytes(body) and (st := _anchor(bytes(body))) is not None:
+            found = st
     return found
+
+
+def latest_anchor(log: AuditLog) -> KeyState | None:
+    """The newest anchor in O(1) through the attachment index (for checks on every open): the
+    indexed record itself is read and must be an anchor. Deleting index rows only yields an older
+    anchor; ``anchored_state`` reads the records themselves."""
+    rows = log.attachments(ANCHOR_KIND, "head")
+    if not rows:
+        return None
+    st = _anchor(log.get(rows[-1][0]).body)
+    if st is None:
+        raise AuditIntegrityError("the key-state anchor index points at a record that is not an anchor")
+    return st
 
 
 # --- backup ------------------------------------------------------------------------------------------

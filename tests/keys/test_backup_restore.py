@@ -13,11 +13,11 @@ import typer
 from typer.testing import CliRunner
 
 from eventward.audit.log import AuditLog
-from eventward.backup import ANCHOR_ACTION, anchored_state, backup, key_state, restore
+from eventward.backup import ANCHOR_ACTION, anchored_state, backup, key_state, latest_anchor, restore
 from eventward.cli import backup as backup_cli
 from eventward.cli import common
 from eventward.deployment import Deployment
-from eventward.errors import KeyDestroyed, KeyIntegrityError, NotFoundError, RestoreRefused
+from eventward.errors import AuditIntegrityError, KeyDestroyed, KeyIntegrityError, NotFoundError, RestoreRefused
 from eventward.home import Home
 from eventward.keys.dek import dek_aad
 from eventward.keys.ledger import ErasureLedger
@@ -74,12 +74,16 @@ def test_forget_and_rotation_anchor_the_key_state(home):
     with Deployment.open(home) as dep:
         dep.forget(SENTINEL, principal="admin", reason="gdpr-art17")
         after_forget = anchored_state(dep.audit)
-        assert after_forget == key_state(dep.keys) and after_forget.ledger_entries == 1
+        assert after_forget == key_state(dep.keys) == latest_anchor(dep.audit) and after_forget.ledger_entries == 1
         dep.keys.rotate_kek("pii", principal="admin")
         after_rotate = anchored_state(dep.audit)
         assert after_rotate.keyring_generation == key_state(dep.keys).keyring_generation
         assert after_rotate.keyring_generation > after_forget.keyring_generation
         assert dep.audit.tail(1)[0].action == ANCHOR_ACTION
+        assert latest_anchor(dep.audit) == after_rotate
+        dep.audit.attach("keys-anchor", "head", 0, "")  # a forged index row: record 0 is no anchor
+        with pytest.raises(AuditIntegrityError, match="not an anchor"):
+            latest_anchor(dep.audit)
 
 
 def test_attack_restore_after_forget_and_kek_rotation_cannot_resurrect(home, tmp_path):
