@@ -86,10 +86,10 @@ def test_attack_label_values_cannot_carry_identities_or_grow_unbounded() -> None
     text = metrics.render().decode()
     assert "jane.doe@example.org" not in text and "bad seal" not in text
     assert 'eventward_dlq_events_total{code="_invalid_",topic="_invalid_"}' in text
-    for i in range(metrics.MAX_SERIES + 50):
-        metrics.observe_audit("Publish", f"Topic::flood.t{i}", "ok", "", {"count": 1})
+    for i in range(metrics.MAX_SERIES + 50):  # a family no other test reads: the registry is per process
+        metrics.observe_audit("Subscribe", f"Topic::flood.t{i}", "error", "handler_error", {"code": "handler_error"})
     fams = {f.name: f for f in text_string_to_metric_families(metrics.render().decode())}
-    topics = {s.labels["topic"] for s in fams["eventward_events_produced"].samples}
+    topics = {s.labels["topic"] for s in fams["eventward_consume_refusals"].samples}
     assert len(topics) <= metrics.MAX_SERIES + 1 and metrics.OTHER in topics
 
 

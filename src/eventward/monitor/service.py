@@ -48,12 +48,19 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # reads go through a read-only handle of their own: the writer's connection is not shared
+        # across threads; alerts are written through ``audit`` (whose record() is locked)
+        reader = getattr(audit, "reader", None)
+        self.log = reader() if callable(reader) else audit
 
-    def learn(self) -> int:
-        """Read the log as it stands without alerting: baselines only. Returns records read."""
+    def learn(self, upto: int | None = None) -> int:
+        """Read the log up to index ``upto`` (default: all of it) without alerting: baselines
+        only. Returns records read."""
         n = 0
         with self._lock:
-            while batch := self.audit.since(self.pos, 4096):
+            while (upto is None or self.pos < upto) and (
+                batch := self.log.since(self.pos, 4096 if upto is None else min(4096, upto - self.pos))
+            ):
                 self.engine.feed_all(batch)
                 self.pos = batch[-1].index + 1
                 n += len(batch)
@@ -63,7 +70,9 @@ class Monitor:
         """One step: new records through the rules, then (every ``sample_every`` s) lag and DLQ depth."""
         out: list[Alert] = []
         with self._lock:
-            while batch := self.audit.since(self.pos, 4096):
+            if self.log is not self.audit:
+                self.audit.flush()  # what this process buffered, visible to the reader now
+            while batch := self.log.since(self.pos, 4096):
                 self.pos = batch[-1].index + 1
                 out += self.engine.feed_all(batch)
             now = self.clock()
@@ -95,12 +104,19 @@ class Monitor:
         return out
 
     def start(self) -> Monitor:
-        self.learn()
-        self._thread = threading.Thread(target=self._run, name="eventward-monitor", daemon=True)
+        """Learn from the log as it is now and follow it, in a background thread (a long log
+        does not delay the caller; what arrives meanwhile is judged, not learned)."""
+        self.audit.flush()
+        upto = self.log.size()
+        self._thread = threading.Thread(target=self._run, args=(upto,), name="eventward-monitor", daemon=True)
         self._thread.start()
         return self
 
-    def _run(self) -> None:
+    def _run(self, upto: int) -> None:
+        try:
+            self.learn(upto)
+        except EventwardError as e:
+            log.warning("monitor could not read the audit log: %s", e.code)
         while not self._stop.wait(self.interval):
             try:
                 self.poll()
@@ -111,3 +127,5 @@ class Monitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.log is not self.audit:
+            self.log.close()
