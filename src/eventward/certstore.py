@@ -366,7 +366,8 @@ def sign_csr(certs: Path, csr_pem: bytes, principal: str, enrolled: bool, *, day
         raise InputError(f"{principal[:64]!r} is not enrolled: approve its enrollment before certifying its key")
     reg = _registry(certs)
     cert = pki.certify_csr(_ca(certs), csr_pem, principal, days=days)
-    path, _ = _paths(certs, principal, "client")
+    # never over clients/<principal>.crt, whose key file belongs to another certificate
+    path = certs / "issued" / f"{principal}-{cert.serial_number:x}.crt"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

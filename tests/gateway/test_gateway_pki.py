@@ -139,8 +139,12 @@ def test_bad_input_is_refused_clearly(certs: Path, tmp_path: Path) -> None:
         certstore.sign_csr(certs, _csr("stranger"), "stranger", enrolled=False)
     with pytest.raises(InputError, match="not a PEM PKCS#10 CSR"):
         certstore.sign_csr(certs, b"-----BEGIN GARBAGE-----", "orders", enrolled=True)
-    rec = certstore.sign_csr(certs, _csr("orders-2"), "orders-2", enrolled=True)
-    assert [r.serial for r in certstore.CertRegistry(certs).list("orders-2")] == [rec.serial]
+    rec = certstore.sign_csr(certs, _csr("orders"), "orders", enrolled=True)
+    assert rec.serial in [r.serial for r in certstore.CertRegistry(certs).list("orders")]
+    assert Path(rec.path).parent.name == "issued"  # the key pair in clients/ stays matched
+    pki.load(certs / "clients" / "orders.crt", certs / "clients" / "orders.key")
+    with pytest.raises(InputError, match="subject is not the enrolled principal"):
+        certstore.sign_csr(certs, _csr("admin"), "orders", enrolled=True)
     bad = tmp_path / "bad.crt"
     bad.write_bytes(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
     with pytest.raises(InputError, match=r"not a PEM X\.509 certificate"):
