@@ -129,6 +129,8 @@ def test_scenario_each_alert_once_per_episode_and_metrics_scraped(tmp_path: Path
         assert delta("eventward_events_produced_total", topic="orders") == 80 + 2 + 250
         assert delta("eventward_dlq_events_total", topic="orders", code="bad_seal") == 8
         assert delta("eventward_authz_denials_total", action="Publish") >= 9
+        assert delta("eventward_authz_evaluations_total", action="Publish", decision="deny") >= 1
+        assert delta("eventward_authz_evaluations_total", action="Publish", decision="allow") >= 1
         assert delta("eventward_events_read_total", topic="orders") >= 80 + 8
         assert after[("eventward_consumer_lag", (("group", "ship-team"), ("stream", "orders")))] > 0
         assert after[("eventward_dlq_depth", (("topic", "orders"),))] == 8

@@ -100,6 +100,9 @@ schema_failures = _counter(P + "schema_validation_failures", "Schema/envelope fa
 dlq_events = _counter(P + "dlq_events", "Dead letters written, per topic and code.", ("topic", "code"))
 dlq_depth = _gauge(P + "dlq_depth", "Entries in a topic's dead-letter stream.", ("topic",))
 authz = _counter(P + "authz_decisions", "Authorization decisions seen, by action.", ("action", "decision"))
+authz_evaluations = _counter(
+    P + "authz_evaluations", "Policy evaluations (decision-cache misses), by action.", ("action", "decision")
+)
 authz_denials = _counter(P + "authz_denials", "Authorization denials per action.", ("action",))
 key_releases = _counter(P + "key_releases", "Data keys released, per sensitivity class and operation.", ("class", "op"))
 key_denials = _counter(P + "key_release_denials", "Key releases refused, per class and reason.", ("class", "reason"))

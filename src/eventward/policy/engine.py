@@ -20,6 +20,7 @@ from typing import Any
 from eventward.audit.base import DENIED, AuditSink, NullAudit, meta_list, meta_text
 from eventward.errors import EventwardError
 from eventward.home import Home
+from eventward.monitor.metrics import authz_evaluations
 from eventward.policy.base import Decision, Resource
 from eventward.policy.evaluator import Evaluator, NoPolicy
 from eventward.policy.store import PolicyStore, load
@@ -105,6 +106,7 @@ class PolicyEngine:
     ) -> Decision:
         now = key[-1] * 60.0 if state.uses_time else self._clock()
         d = state.evaluator.evaluate(principal, action, resource, context, now)
+        authz_evaluations.child(action, "allow" if d.allowed else "deny").inc()  # misses only: cheap
         if len(state.cache) >= MAX_CACHE_ENTRIES:
             state.cache = {}  # bounded memory; a cold cache only costs speed
         state.cache[key] = d
