@@ -239,3 +239,19 @@ def test_adopt_books_only_this_cas_certificates(certs: Path, tmp_path: Path) -> 
     foreign.write_bytes(pki.issue_cert(pki.issue_ca("other CA"), "early-svc", client=True).cert_pem())
     with pytest.raises(InputError, match="not issued by this deployment's CA"):
         certstore.adopt(certs, foreign)
+
+
+def test_broken_crl_on_reload_keeps_the_last_good_context(
+    certs: Path, gateway: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A half-written or foreign CRL is logged and ignored; the revocations already loaded stay."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="eventward.gateway")
+    certstore.revoke(certs, "orders", "key-compromise")
+    wait_until(lambda: _whoami(gateway.port, _ctx(certs, "orders")) == "handshake", timeout=BOUND_S, what="revoked")
+    (certs / certstore.CRL_NAME).write_bytes(b"-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    wait_until(lambda: "do not load" in caplog.text, timeout=BOUND_S, what="broken CRL reported")
+    assert "garbage" not in caplog.text
+    assert _whoami(gateway.port, _ctx(certs, "orders")) == "handshake"
+    assert _whoami(gateway.port, _ctx(certs, "reader")) == 200
