@@ -62,8 +62,8 @@ def _forget_scenario(root: Path, n: int, samples: int) -> dict[str, Any]:
                 latencies.append(time.perf_counter() - t0)
             return per_round
 
+        hashes = [svc.subject_hash(f"subject-{v}") for v in victims]  # pseudonyms: gone after forget
         measured = rate(forget_some, repeats=3)
-        hashes = [svc.subject_hash(f"subject-{v}") for v in victims]
 
     db = sqlite3.connect(plain, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -123,12 +123,97 @@ def _cache_scenarios(root: Path, kids_n: int, lookups: int) -> list[dict[str, An
     return out
 
 
+ACK_POLICY = """\
+principals:
+  admin: {type: user, roles: [ops]}
+roles:
+  ops:
+    - {allow: manage_policy}
+    - {allow: [forget, hold]}
+    - {allow: subscribe, topic: orders}
+    - {allow: [encrypt, decrypt], class: "*"}
+"""
+
+
+def _ack_scenario(root: Path, groups: int, samples: int, notice_interval: float) -> dict[str, Any]:
+    """forget -> every one of ``groups`` consumer groups acknowledged (hooks run, keys dropped),
+    each group's consumer in its own thread running its ordinary run loop, which answers
+    notices every ``notice_interval`` seconds. Baseline: the same forget with no group."""
+    import threading
+
+    from eventward.deployment import Deployment
+
+    home = Home(root / "acks")
+    Deployment.init(home, policy_yaml=ACK_POLICY).close()
+    latencies: list[float] = []
+    with Deployment.open(home) as dep:
+        dep.transport.create_stream("orders")
+        stop = threading.Event()
+        consumers = [dep.consumer(ADMIN, "orders", group=f"group-{i}", notice_interval=notice_interval)
+                     for i in range(groups)]
+        purged: list[str] = []
+        for c in consumers:
+            c.on_forget(purged.append)  # the application's read model purge
+
+        def loop(c: Any) -> None:
+            while not stop.is_set():
+                c.run(lambda ev: None, idle_timeout=0.05)
+
+        threads = [threading.Thread(target=loop, args=(c,), daemon=True) for c in consumers]
+        for t in threads:
+            t.start()
+        subjects = iter(range(10**9))
+        per_round = max(1, samples // 3)
+
+        def forget_until_acked() -> int:
+            for _ in range(per_round):
+                subject = f"subject-{next(subjects)}"
+                dep.keys.encryption_key(subject, "pii", principal=ADMIN)
+                t0 = time.perf_counter()
+                ref = dep.forget(subject, principal=ADMIN).receipt.subject_hash
+                while dep.notices.status(ref).completed is None:  # type: ignore[union-attr]
+                    time.sleep(0.001)
+                latencies.append(time.perf_counter() - t0)
+            return per_round
+
+        try:
+            measured = rate(forget_until_acked, repeats=3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+            for c in consumers:
+                c.close()
+        assert len(purged) == groups * 3 * per_round
+    bare = Home(root / "acks-bare")
+    Deployment.init(bare, policy_yaml=ACK_POLICY).close()
+    with Deployment.open(bare) as dep:
+        n = iter(range(10**9))
+
+        def forget_alone() -> int:
+            for _ in range(per_round):
+                subject = f"subject-{next(n)}"
+                dep.keys.encryption_key(subject, "pii", principal=ADMIN)
+                dep.forget(subject, principal=ADMIN)
+            return per_round
+
+        baseline = rate(forget_alone, repeats=3)
+    return scenario(
+        f"forget -> all {groups} consumer groups acknowledged", measured,
+        {"forget + certificate, no consumer group": baseline}, unit="forgets/s",
+        groups=groups, notice_interval_s=notice_interval,
+        p50_ms=round(statistics.median(latencies) * 1000, 3),
+        p99_ms=round(_percentile(latencies, 99) * 1000, 3),
+    )
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     sizes, samples = ([1_000], 30) if quick else ([10_000, 100_000, 1_000_000], 300)
     with tempfile.TemporaryDirectory(prefix="ew-bench-keys-") as tmp:
         root = Path(tmp)
         results = [_forget_scenario(root, n, samples) for n in sizes]
         results += _cache_scenarios(root, 200 if quick else 5_000, 2_000 if quick else 100_000)
+        results.append(_ack_scenario(root, 10, 9 if quick else 60, 0.05))
     return results
 
 

@@ -9,6 +9,7 @@ own; only the inserts are grouped, tens of thousands of rows per transaction.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -45,8 +46,7 @@ def load(
     now = time.time()
     pending: list[Loaded] = []
     records: list[DekRecord] = []
-    for subject in subjects:
-        h = svc.subject_hash(subject)
+    for subject, h in _pseudonyms(svc, subjects, max(1, chunk // max(1, len(classes)))):
         for cls in classes:
             kid, dek = new_kid(), os.urandom(DEK_BYTES)
             records.append(svc.wrap_record(kid, h, cls, 1, dek, now))
@@ -57,6 +57,15 @@ def load(
     if records:
         yield _commit(svc, records, pending)
     svc.store.purge()
+
+
+def _pseudonyms(svc: KeyService, subjects: Iterable[str], per_tx: int) -> Iterator[tuple[str, str]]:
+    """(subject, pseudonym), the pseudonym rows written ``per_tx`` to a transaction (one fsync)."""
+    it = iter(subjects)
+    while batch := list(itertools.islice(it, per_tx)):
+        with svc.store.transaction():
+            pairs = [(s, svc.subject_hash(s)) for s in batch]
+        yield from pairs
 
 
 def _commit(svc: KeyService, records: list[DekRecord], loaded: list[Loaded]) -> list[Loaded]:

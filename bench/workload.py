@@ -101,7 +101,7 @@ ORDER_JSON_SCHEMA: dict[str, Any] = {
             "placed_at": _str(40, format="date-time"),
             "customer": _obj(
                 {
-                    "id": _str(64, pattern="^cust-[0-9]{6}$", **{"x-eventward": {"subject": True}}),
+                    "id": _str(64, pattern="^cust-[0-9]{6}$", **{"x-eventward": {"subject": True, "public": True}}),
                     "name": _str(200, **_PII),
                     "email": _str(254, format="email", **_PII),
                     "phone": _str(32, pattern="^\\+[0-9][0-9 -]{4,30}$", **_PII),

@@ -67,6 +67,14 @@ class SealsConfig:
 
 
 @dataclass
+class KeysConfig:
+    # A class's KEK epoch ends (rotate, re-wrap, destroy the old version in the KMS) once it is
+    # older than this: ``keys rotate --due`` and ``serve`` (checked every ``rotate_check_s``).
+    kek_max_age_days: float = 90.0
+    rotate_check_s: float = 3600.0
+
+
+@dataclass
 class Config:
     transport: str = "embedded"
     max_event_bytes: int = 1024 * 1024
@@ -75,6 +83,7 @@ class Config:
     producer: ProducerConfig = field(default_factory=ProducerConfig)
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     seals: SealsConfig = field(default_factory=SealsConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
     kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
     gateway: dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +117,8 @@ class Config:
             raise ConfigError(f"{name}: transport must be one of {', '.join(TRANSPORTS)}")
         if any(not p or p == "*" for p in cfg.seals.require_hybrid):
             raise ConfigError(f"{name}: seals.require_hybrid entries are stream names or 'prefix*' (not empty)")
+        if not (cfg.keys.kek_max_age_days > 0 and cfg.keys.rotate_check_s > 0):
+            raise ConfigError(f"{name}: keys.kek_max_age_days and keys.rotate_check_s must be positive")
         if cfg.consumer.uncleared not in ("redact", "token"):
             raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
         return cfg

@@ -37,6 +37,7 @@ from eventward.home import Home
 from eventward.keys.kms import connect_kms
 from eventward.keys.kms.base import KMS
 from eventward.keys.kms.local import MODE_PASSPHRASE, LocalKMS
+from eventward.keys.notices import ErasureNotices
 from eventward.keys.service import ErasureReceipt, KeyService
 from eventward.log.base import Transport
 from eventward.policy.base import SUBSCRIBE, check
@@ -148,6 +149,8 @@ class Deployment:
         self.guard = ProducerGuard(audit)  # untagged PII/secrets, per x-eventward-guard (guard/modes.py)
         self.verifier = SealVerifier(trust, require_hybrid=config.seals.require_hybrid)
         self._closers: list[Any] = []
+        # every forget notifies every consumer group, which acknowledges (keys/notices.py)
+        self.notices = ErasureNotices.open(home, audit=audit)
         # every forget and KEK rotation anchors the key state in the audit log (see eventward.backup)
         keys.on_change = lambda why: anchor_keys(audit, keys, reason=why)
         monitor.instrument(self)  # metrics: audit observer, per-batch transport and KMS timing (docs/monitoring.md)
@@ -237,7 +240,8 @@ class Deployment:
         return dep
 
     def close(self) -> None:
-        for part in (*reversed(self._closers), self.transport, self.trust, self.registry, self.keys, self.policy):
+        for part in (*reversed(self._closers), self.notices, self.transport, self.trust, self.registry, self.keys,
+                     self.policy):
             with suppress(Exception):
                 part.close()
         self._closers.clear()
@@ -326,6 +330,7 @@ class Deployment:
                 window_seconds=max(48 * 3600, 2 * cfg.freshness_s),
             )
             self._closers.append(guard)
+        self.notices.register_group(group or principal)  # it must acknowledge every later forget
         return Consumer(
             topic,
             principal=principal,
@@ -342,18 +347,22 @@ class Deployment:
             from_beginning=from_beginning,
             uncleared=uncleared or cfg.uncleared,  # type: ignore[arg-type]
             max_attempts=max(1, cfg.max_retries),
+            notices=self.notices,
             **kw,
         )
 
     # --- control plane ---------------------------------------------------------------------
-    def forget(self, subject: str, *, principal: str, reason: str = "") -> Forgotten:
+    def forget(self, subject: str, *, principal: str, reason: str = "", close_epoch: bool = False) -> Forgotten:
         """Crypto-shred a data subject and record a signed erasure certificate in the audit log.
-        ``reason`` is a short code (InputError for free text, which could carry PII)."""
+        ``reason`` is a short code (InputError for free text, which could carry PII);
+        ``close_epoch`` rotates the subject's classes at once (``forget --now``)."""
         code = reason or "erasure-request"
         started = time.perf_counter()
-        receipt = self.keys.forget(subject, principal=principal, reason=code)
+        receipt = self.keys.forget(subject, principal=principal, reason=code, close_epoch=close_epoch)
         forget_claims(self.home, receipt.subject_hash)  # claim-check vault entries too (guard/vault.py)
         cert = issue_erasure_certificate(self.audit, receipt, principal=principal, reason_code=code)
+        if not receipt.nothing_to_erase:
+            self.notices.issue(receipt.subject_hash, cert.index)
         monitor.metrics.forget_seconds.observe(time.perf_counter() - started)  # acknowledged: certificate issued
         return Forgotten(receipt, cert)
 

@@ -6,7 +6,7 @@ eventward's own metadata uses extension attributes (the spec requires lowercase
 alphanumeric names):
 
     ewproducer  producer principal          ewseq     producer sequence number in the stream
-    ewsubject   keyed hash of data subject  ewschema  schema version used by the producer
+    ewsubject   subject's random pseudonym  ewschema  schema version used by the producer
     ewtime      when eventward accepted the event (the producer's own ``time`` is kept as sent)
 
 Every attribute a producer sets is kept or refused by name, never dropped. A JSON ``null``

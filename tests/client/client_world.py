@@ -56,7 +56,7 @@ SCHEMA = {
     "additionalProperties": False,
     "required": ["customer_id", "email", "name", "plan"],
     "properties": {
-        "customer_id": {"type": "string", "maxLength": 40, "x-eventward": {"subject": True}},
+        "customer_id": {"type": "string", "maxLength": 40, "x-eventward": {"subject": True, "public": True}},
         "email": {"type": "string", "maxLength": 200, "x-eventward": {"class": "pii"}},
         "name": {"type": "string", "maxLength": 200, "x-eventward": {"class": "pii"}},
         "plan": {"type": "string", "enum": ["free", "pro"]},

@@ -64,7 +64,7 @@ ORDER: dict[str, Any] = {
         "customer": {
             "type": "object",
             "properties": {
-                "id": {"type": "string", "x-eventward": {"subject": True}},
+                "id": {"type": "string", "x-eventward": {"subject": True, "public": True}},
                 "email": {"type": "string", "x-eventward": {"class": "pii"}},
                 "phone": {"type": "string"},
                 "card": {"type": "string"},

@@ -48,7 +48,7 @@ ANALYTICS: dict[str, Any] = {
         "customer": {
             "type": "object",
             "properties": {
-                "id": {"type": "string", "x-eventward": {"subject": True}},
+                "id": {"type": "string", "x-eventward": {"subject": True, "public": True}},
                 "email": {"type": "string", "x-eventward": {"class": "pii", "deterministic": True}},
                 "phone": {"type": "string"},
             },

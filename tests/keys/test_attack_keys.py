@@ -263,7 +263,7 @@ def test_round1_key_store_is_migrated_and_its_keys_still_decrypt(open_svc, home)
     from eventward.keys.dek import dek_aad, new_kid
 
     svc = open_svc()
-    h = svc.subject_hash("alice")
+    h = svc._lookup("alice")  # round-1 stores keyed subjects by their keyed hash (no pseudonym)
     kid, dek = new_kid(), os.urandom(32)
     kek, wrapped = svc.kms.wrap("pii", dek, dek_aad(kid, "pii", h))  # the round-1 AAD
     svc.close()

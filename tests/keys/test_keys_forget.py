@@ -30,9 +30,11 @@ def wrapped_blobs(home, kids):
 def test_forget_destroys_every_class_and_spares_others(svc, audit):
     alice, bob = keys_of(svc, "alice"), keys_of(svc, "bob")
     svc.rotate_dek("alice", "pii", principal="admin")  # a second version is destroyed too
+    pseudonym = svc.subject_hash("alice")
     receipt = svc.forget("alice", principal="admin", reason="gdpr-art17")
     assert receipt.destroyed == 4 and receipt.classes == ("health", "payment", "pii")
-    assert receipt.subject_hash == svc.subject_hash("alice") and receipt.purged
+    assert receipt.subject_hash == pseudonym and receipt.purged
+    assert svc.known_subject("alice") is None  # the pseudonym went with the keys
     assert receipt.kek_epochs == {"health": 1, "payment": 1, "pii": 1}
     assert "pii.v1" in receipt.statement()
     for cls, (kid, _) in alice.items():
@@ -85,6 +87,7 @@ def test_restored_backup_does_not_resurrect_a_forgotten_subject(open_svc, home, 
     svc.store.purge()
     backup = tmp_path / "keys.db.bak"
     shutil.copy(home.keys_db, backup)  # an old backup taken before the erasure
+    pseudonym = svc.subject_hash("alice")
     svc.forget("alice", principal="admin")
     svc.close()
     for suffix in ("-wal", "-shm"):
@@ -98,7 +101,8 @@ def test_restored_backup_does_not_resurrect_a_forgotten_subject(open_svc, home, 
         assert again.store.get_dek(kid) is None
     for cls, (kid, dek) in bob.items():
         assert again.decryption_key(kid, cls, principal="admin") == dek
-    assert [e.subject_hash for e in again.store.erasures()] == [again.subject_hash("alice")]
+    assert [e.subject_hash for e in again.store.erasures()] == [pseudonym]
+    assert again.known_subject("alice") is None
 
 
 def test_lost_ledger_file_is_rebuilt_from_the_store_and_a_torn_tail_is_tolerated(open_svc, home):
@@ -119,6 +123,7 @@ def test_lost_ledger_file_is_rebuilt_from_the_store_and_a_torn_tail_is_tolerated
 def test_forged_or_edited_ledger_line_stops_the_service(open_svc, home):
     svc = open_svc()
     bob = keys_of(svc, "bob")
+    keys_of(svc, "alice")
     svc.forget("alice", principal="admin")
     svc.close()
     log = erasures_log_path(home)

@@ -176,3 +176,22 @@ def test_bad_subjects_and_classes_are_refused_without_echo(svc):
         svc.forget("alice", principal="admin", reason="r" * 5000)
     with pytest.raises(InputError):
         svc.encryption_key(12345, "pii", principal="p")  # type: ignore[arg-type]
+
+
+def test_subject_hash_is_memoised_bounded_and_dropped_on_forget(open_svc, monkeypatch):
+    """The producer hashes every event's subject twice: one MAC per subject id, not per call; at
+    most cache_max ids kept; none kept past a forget (raw ids are personal data)."""
+    svc = open_svc(KeyServiceConfig(cache_max=3))
+    macs = []
+    real_mac = svc.kms.mac
+    monkeypatch.setattr(svc.kms, "mac", lambda name, data: macs.append(data) or real_mac(name, data))
+    first = svc.subject_hash("alice")
+    assert [svc.subject_hash("alice") for _ in range(5)] == [first] * 5 and len(macs) == 1
+    for s in ("bob", "carol", "dave"):
+        svc.subject_hash(s)
+    assert len(svc._hashes) == 3 and "alice" not in svc._hashes
+    assert svc.subject_hash("alice") == first  # recomputed, same answer
+    with pytest.raises(InputError):
+        svc.subject_hash("")
+    svc.forget("bob", principal="admin", reason="gdpr-art17")
+    assert "bob" not in svc._hashes and not svc._hashes

@@ -53,7 +53,7 @@ def order_schema() -> dict[str, Any]:
                 "type": "object",
                 "required": ["id", "email"],
                 "properties": {
-                    "id": {"type": "string", "maxLength": 32, "x-eventward": {"subject": True}},
+                    "id": {"type": "string", "maxLength": 32, "x-eventward": {"subject": True, "public": True}},
                     "email": {
                         "type": "string",
                         "maxLength": 254,

@@ -34,7 +34,7 @@ POISONINGS = [
     (
         "subject field changed",
         lambda d: mutate(
-            mutate(d, "customer.id", x_eventward=None), "order_id", x_eventward={"subject": True}
+            mutate(d, "customer.id", x_eventward=None), "order_id", x_eventward={"subject": True, "public": True}
         ),
         {("$.order_id", "subject_changed")},
     ),
@@ -191,7 +191,7 @@ AVRO_V1 = {
     "type": "record",
     "name": "Payment",
     "fields": [
-        {"name": "uid", "type": "string", "x-eventward": {"subject": True}},
+        {"name": "uid", "type": "string", "x-eventward": {"subject": True, "public": True}},
         {"name": "card", "type": "string", "x-eventward": {"class": "payment"}},
         {"name": "amount", "type": "int"},
         {"name": "status", "type": {"type": "enum", "name": "S", "symbols": ["OK", "FAILED"]}},

@@ -149,7 +149,7 @@ def test_misplaced_tags_refused(doc, path, needle):
     assert needle in ei.value.message
 
 
-SUBJECT = {"x-eventward": {"subject": True}}
+SUBJECT = {"x-eventward": {"subject": True, "public": True}}
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,7 @@ AVRO = {
                 "type": "record",
                 "name": "Customer",
                 "fields": [
-                    {"name": "id", "type": "string", "x-eventward": {"subject": True}},
+                    {"name": "id", "type": "string", "x-eventward": {"subject": True, "public": True}},
                     {
                         "name": "email",
                         "type": "string",
@@ -285,14 +285,14 @@ def test_avro_subject_with_default_or_in_union_refused():
     with_default = {
         "type": "record",
         "name": "R",
-        "fields": [{"name": "id", "type": "string", "default": "x", "x-eventward": {"subject": True}}],
+        "fields": [{"name": "id", "type": "string", "default": "x", "x-eventward": {"subject": True, "public": True}}],
     }
     with pytest.raises(SchemaError, match="required"):
         compile_schema(with_default, "avro")
     nullable = {
         "type": "record",
         "name": "R",
-        "fields": [{"name": "id", "type": ["null", "string"], "x-eventward": {"subject": True}}],
+        "fields": [{"name": "id", "type": ["null", "string"], "x-eventward": {"subject": True, "public": True}}],
     }
     with pytest.raises(SchemaError, match="string or integer"):
         compile_schema(nullable, "avro")

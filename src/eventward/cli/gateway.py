@@ -112,6 +112,7 @@ def register(app: typer.Typer) -> None:
             cfg.auth = auth
         be = load_backend(backend, home)
         watcher = None
+        epochs = None
         try:
             deployed = isinstance(be, DeploymentBackend)
             if deployed and not no_monitor:
@@ -119,6 +120,12 @@ def register(app: typer.Typer) -> None:
                 from eventward.monitor.service import Monitor
 
                 watcher = Monitor(be.audit, be.deployment.transport, rules=load_rules(monitor_rules)).start()
+            if deployed:  # KEK epochs end on schedule (keys.kek_max_age_days in eventward.yaml)
+                from eventward.keys.epochs import EpochKeeper
+
+                kc = be.deployment.config.keys
+                epochs = EpochKeeper(be.deployment.keys, max_age_days=kc.kek_max_age_days,
+                                     interval=kc.rotate_check_s).start()
             if deployed and not cfg.tls.cert and not insecure_dev_no_auth:
                 ensure_home_material(home, cfg.host, SERVER_CERT)  # the home's CA, its gateway certificate
             server = create_server(
@@ -138,6 +145,8 @@ def register(app: typer.Typer) -> None:
 
             asyncio.run(server.serve_forever(on_ready=ready))
         finally:
+            if epochs is not None:
+                epochs.stop()
             if watcher is not None:
                 watcher.stop()
             close = getattr(be, "close", None)

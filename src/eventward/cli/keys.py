@@ -157,17 +157,24 @@ def forget(
         help="A short reason code such as gdpr-art17 (lowercase letters, digits, '_.-'). "
         "Free text is never recorded: it is replaced by the generic code erasure-request.",
     ),
+    now: bool = typer.Option(
+        False, "--now", help="Close the KEK epoch at once: rotate the subject's classes and destroy the "
+        "KEK versions that wrapped its keys, so residual copies are unrecoverable from now on."),
     principal: str = _AS,
     as_json: bool = _JSON,
 ) -> None:
-    """Crypto-shred a data subject (every key, every class) and log a signed erasure certificate."""
+    """Crypto-shred a data subject (every key, every class, its pseudonym) and log a signed erasure
+    certificate; consumer groups are notified and acknowledge (eventward erasure status)."""
     with deployment(principal) as dep:
         code = reason if is_reason_code(reason) else "erasure-request"  # free text is never recorded
-        done = dep.forget(_subject(subject), principal=principal, reason=code)
+        done = dep.forget(_subject(subject), principal=principal, reason=code, close_epoch=now)
     r, cert = done.receipt, done.certificate
     if as_json:
         common.emit_json({
             "subject_hash": r.subject_hash,
+            "nothing_to_erase": r.nothing_to_erase,
+            "epoch_closed": r.epoch_closed(),
+            "destroyed_keks": list(r.closed_keks),
             "classes": list(r.classes),
             "keys_destroyed": r.destroyed,
             "kek_epochs": dict(sorted(r.kek_epochs.items())),
@@ -182,7 +189,11 @@ def forget(
     t.add_row("classes", ", ".join(r.classes) or "-")
     t.add_row("keys destroyed", str(r.destroyed))
     t.add_row("KEK epochs", ", ".join(f"{c}.v{v}" for c, v in sorted(r.kek_epochs.items())) or "-")
+    if r.nothing_to_erase:
+        t.add_row("outcome", "nothing to erase (never seen, or already forgotten)")
     t.add_row("store purged", "yes" if r.purged else "no (a reader held the WAL; retried at next forget)")
+    if r.closed_keks:
+        t.add_row("KEK versions destroyed", ", ".join(r.closed_keks))
     t.add_row("reason code", str(cert.claims["reason_code"]))
     common.console.print(t)
     common.console.print(r.statement(), highlight=False)
@@ -225,13 +236,39 @@ def release(
     )
 
 
-@keys_app.command("rotate")
+def _rotate_due(principal: str, as_json: bool) -> None:
+    """Every class whose KEK epoch is older than keys.kek_max_age_days, rotated."""
+    with deployment(principal) as dep:
+        max_age = dep.config.keys.kek_max_age_days * 86_400.0
+        reports = dep.keys.rotate_due(max_age, principal=principal)
+    rows = [{"class": r.cls, "new_kek": r.new_kek_id, "rewrapped": r.rewrapped, "failed": r.failed,
+             "destroyed": list(r.destroyed_kek_ids), "seconds": round(r.seconds, 3)} for r in reports]
+    if as_json:
+        common.emit_json({"rotated": rows})
+        return
+    if not rows:
+        common.console.print("no KEK epoch is due", highlight=False)
+    for r in reports:
+        common.console.print(
+            f"{r.cls}: now {r.new_kek_id}; re-wrapped {r.rewrapped}; destroyed "
+            f"{', '.join(r.destroyed_kek_ids) or 'nothing'}", highlight=False)
+
+
+@keys_app.command("rotate", epilog=common.examples("eventward keys rotate --class pii",
+                                                   "eventward keys rotate --due --json"))
 def rotate(
-    cls: str = typer.Option(..., "--class", metavar="CLASS", help="Sensitivity class whose KEK to rotate."),
+    cls: str = typer.Option(None, "--class", metavar="CLASS", help="Sensitivity class whose KEK to rotate."),
+    due: bool = typer.Option(False, "--due", help="Rotate every class whose KEK is older than "
+                             "keys.kek_max_age_days (eventward.yaml; default 90)."),
     principal: str = _AS,
     as_json: bool = _JSON,
 ) -> None:
     """New KEK version, every DEK of the class re-wrapped, the old version destroyed (audited)."""
+    if due == (cls is not None):
+        raise InputError("give either --class CLASS or --due")
+    if due:
+        _rotate_due(principal, as_json)
+        return
     with deployment(principal) as dep, Progress(
         TextColumn("re-wrapping {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=common.err_console, transient=True,

@@ -44,6 +44,7 @@ from eventward.errors import (
     SealError,
     TokenError,
 )
+from eventward.keys.notices import ErasureNotices, Hook, handle_notices
 from eventward.log.base import Record, Transport
 from eventward.log.names import check_stream_name
 from eventward.policy.base import PUBLISH, REPLAY, SUBSCRIBE, Authorizer, check
@@ -93,6 +94,8 @@ class Consumer:
         read_batch: int = 500,
         poll_interval: float = 0.05,
         decision_ttl: float = 30.0,
+        notices: ErasureNotices | None = None,
+        notice_interval: float = 0.5,
     ) -> None:
         if max_attempts < 1:
             raise InputError("max_attempts must be at least 1")
@@ -120,9 +123,30 @@ class Consumer:
         self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
         self._sealer_batch: tuple[str, str] | None = None  # (stream, batch) the decisions below are for
         self._sealer_ok: dict[tuple[str, str], bool] = {}  # (producer, type) -> may publish
+        self._notices = notices
+        self._notice_interval = notice_interval
+        self._next_notice = 0.0
+        self._forget_hooks: list[Hook] = []
 
     def __repr__(self) -> str:
         return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
+
+    # --- erasure notices -----------------------------------------------------------------
+    def on_forget(self, hook: Hook) -> Hook:
+        """Register ``hook(subject_pseudonym)``: called once per ``forget`` (the pseudonym is the
+        envelope's ``ewsubject``) to purge the application's read models, caches and indexes. A
+        hook that raises is reported by its error code and retried; usable as a decorator."""
+        self._forget_hooks.append(hook)
+        return hook
+
+    def check_notices(self) -> int:
+        """Answer this group's due erasure notices now (``run`` does it every ``notice_interval``
+        seconds): drop cached keys, run the hooks, acknowledge. Returns how many were answered."""
+        if self._notices is None:
+            return 0
+        self._next_notice = time.monotonic() + self._notice_interval
+        return handle_notices(self._notices, self.group, self._forget_hooks, principal=self.principal,
+                              drop_keys=getattr(self._encryptor, "clear_cache", None))
 
     # --- consuming -----------------------------------------------------------------------
     def run(
@@ -133,6 +157,8 @@ class Consumer:
         stats = RunStats()
         idle_since = time.monotonic()
         while max_events is None or stats.delivered < max_events:
+            if self._notices is not None and time.monotonic() >= self._next_notice:
+                self.check_notices()
             self._authorize_topic()
             pos = self._start_position()
             records = self._transport.read(self.topic, pos, self._read_batch)

@@ -13,6 +13,7 @@ import hmac
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ log = logging.getLogger("eventward.keys")
 
 DEFAULT_CLASSES = ("pii", "payment", "health")
 SUBJECT_HASH_CHARS = 32
+PSEUDONYM_LEGACY = 1  # pseudonym rows of subjects keyed by their keyed hash before pseudonyms (kind)
 MAX_SUBJECT_CHARS = 1024
 MAX_REASON_CHARS = 1000
 REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # what a forget/hold reason may be
@@ -124,7 +126,12 @@ class KeyServiceConfig:
 
 @dataclass(frozen=True)
 class ErasureReceipt:
-    """Proof of a crypto-shred. Names the subject only by its keyed hash."""
+    """Proof of a crypto-shred. Names the subject only by its pseudonym (``subject_hash``), which
+    nothing links to the person once the forget is done.
+
+    ``nothing_to_erase``: the subject had no pseudonym (never seen, or already forgotten): an
+    explicit record, its reference random. ``closed_at``/``closed_keks``: ``forget --now``
+    rotated the classes at once and destroyed these KEK versions then."""
 
     subject_hash: str
     time: float
@@ -132,17 +139,32 @@ class ErasureReceipt:
     destroyed: int  # DEK versions destroyed, all classes
     kek_epochs: dict[str, int]  # class -> current KEK version when the DEKs were destroyed
     purged: bool  # the WAL was truncated: wrapped bytes left every store file
+    nothing_to_erase: bool = False
+    closed_at: float | None = None
+    closed_keks: tuple[str, ...] = ()
+
+    def epoch_closed(self) -> bool:
+        """Whether every KEK version that wrapped the destroyed DEKs is already destroyed."""
+        return self.closed_at is not None and all(
+            f"{c}.v{v}" in self.closed_keks for c, v in self.kek_epochs.items()
+        )
 
     def statement(self) -> str:
         when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time))
+        if self.nothing_to_erase:
+            return (f"{when}: nothing to erase: no keys, hold or pseudonym exist for this subject (never "
+                    f"seen, or already forgotten); this record's reference is {self.subject_hash}.")
         if not self.destroyed:
             return f"{when}: subject {self.subject_hash} had no keys; erasure recorded in the ledger."
         epochs = ", ".join(f"{c}.v{v}" for c, v in sorted(self.kek_epochs.items()))
-        return (
-            f"{when}: destroyed {self.destroyed} key(s) of subject {self.subject_hash} in "
-            f"{', '.join(self.classes)}. Residual copies (backups, replicas) become unrecoverable once "
-            f"KEK versions {epochs} are destroyed by rotation."
-        )
+        head = (f"{when}: destroyed {self.destroyed} key(s) of subject {self.subject_hash} in "
+                f"{', '.join(self.classes)}, and its pseudonym. ")
+        if self.epoch_closed():
+            closed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.closed_at or self.time))
+            return head + (f"Residual copies (backups, freed pages, WAL, replicas) are unrecoverable since "
+                           f"{closed}: KEK versions {epochs} were destroyed then (epoch closed at once).")
+        return head + (f"Residual copies (backups, freed pages, WAL, replicas) become unrecoverable once "
+                       f"KEK versions {epochs} are destroyed by rotation (keys rotate --due, or forget --now).")
 
 
 @dataclass(frozen=True)
@@ -231,6 +253,8 @@ class KeyService:
         self._current: LruTtlCache[tuple[str, str], str] = LruTtlCache(
             self.config.cache_max, self.config.cache_ttl, clock
         )  # (subject hash, class) -> kid of the current version
+        self._hashes: dict[str, str] = {}  # subject id -> keyed hash, insertion order, bounded
+        self._hashes_lock = threading.Lock()
         self._class_deks: dict[str, _ClassDek] = {}
         self._class_lock = threading.Lock()
         self._flush_every = max(1, min(1024, self.config.class_dek_max_uses // 16))
@@ -330,7 +354,11 @@ class KeyService:
                 home.keys_db, busy_timeout=(config or KeyServiceConfig()).busy_timeout, create=create
             )
             ledger = ErasureLedger(erasures_log_path(home), lambda data: kms.mac(MAC_LEDGER, data))
-            return cls(kms, store, ledger, authorizer=authorizer, audit=audit, clock=clock, config=config)
+            svc = cls(kms, store, ledger, authorizer=authorizer, audit=audit, clock=clock, config=config)
+            if create:  # every class's first KEK epoch starts now (``keys rotate --due`` ages them)
+                for c in kms.classes():
+                    store.set_meta_text(f"kek_since:{c}", repr(clock()))
+            return svc
         except BaseException:
             if store is not None:
                 store.close()
@@ -351,6 +379,7 @@ class KeyService:
         finally:
             self.cache.clear()
             self._current.clear()
+            self._hashes.clear()
             self.store.close()
             self.kms.close()
 
@@ -391,6 +420,26 @@ class KeyService:
 
     # --- DekSource --------------------------------------------------------------------------
     def subject_hash(self, subject: str) -> str:
+        """The subject's pseudonym: random, made with the subject's first key (or hold), kept in
+        the key store and destroyed by ``forget``. Events, DEK rows, the ledger, holds and the
+        audit log carry it; only the store's pseudonym row links it to the person (by a keyed
+        lookup), so after ``forget`` nothing links the events to the person. Memoised (bounded,
+        ``cache_max`` ids, dropped with the key caches): a producer needs it per event."""
+        p = self._hashes.get(subject) if type(subject) is str else None
+        if p is not None:
+            return p
+        found = self._pseudonym(subject, create=True)
+        assert found is not None
+        return found
+
+    def known_subject(self, subject: str) -> str | None:
+        """The subject's pseudonym if it has one (keys or a hold), else None: never creates one,
+        so a lookup of a forgotten or unknown subject leaves no trace."""
+        p = self._hashes.get(subject) if type(subject) is str else None
+        return p if p is not None else self._pseudonym(subject, create=False)
+
+    def _lookup(self, subject: str) -> str:
+        """Keyed hash of the subject id: the pseudonym row's lookup key, stored nowhere else."""
         if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_CHARS:
             raise InputError(f"a data-subject id must be a string of 1..{MAX_SUBJECT_CHARS} characters")
         try:
@@ -398,6 +447,23 @@ class KeyService:
         except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes from argv or stdin
             raise InputError("a data-subject id must be valid Unicode text") from None
         return self.kms.mac(MAC_SUBJECT, raw).hex()[:SUBJECT_HASH_CHARS]
+
+    def _pseudonym(self, subject: str, *, create: bool) -> str | None:
+        h = self._lookup(subject)
+        p = self.store.pseudonym(h)
+        if p is None:
+            if self.store.legacy_subject(h):  # keys made before pseudonyms: their name is the hash
+                p = self.store.add_pseudonym(h, h, self._clock(), kind=PSEUDONYM_LEGACY)
+            elif not create:
+                return None
+            else:
+                p = self.store.add_pseudonym(h, secrets.token_hex(SUBJECT_HASH_CHARS // 2), self._clock())
+        if self.config.cache_max > 0:
+            with self._hashes_lock:
+                if len(self._hashes) >= self.config.cache_max:
+                    self._hashes.pop(next(iter(self._hashes)))  # the oldest id
+                self._hashes[subject] = p
+        return p
 
     def encryption_key(
         self,
@@ -415,8 +481,8 @@ class KeyService:
         self._release(principal, cls, topic, event_type)
         if subject is None:
             return self._class_key(cls, principal, nonces)
+        self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
         h = self.subject_hash(subject)
-        self._poll()
         kid = self._current.get((h, cls))
         if kid is not None:
             hit = self.cache.get(kid)
@@ -617,6 +683,10 @@ class KeyService:
         with self.store.transaction():
             # Wrapped under the store's write lock: a concurrent KEK rotation destroys old versions
             # under the same lock, so this never stores a DEK under a just-destroyed KEK.
+            if h != CLASS_SUBJECT and not self.store.pseudonym_live(h):
+                # forgotten meanwhile: a new key under the old pseudonym would relink its events
+                self._drop_caches()
+                raise KeyDestroyed("the subject was forgotten meanwhile; retry to start a new pseudonym")
             rec = self.wrap_record(kid, h, cls, version, dek, self._clock())
             inserted = self.store.insert_dek(rec)
         if not inserted:
@@ -684,12 +754,26 @@ class KeyService:
         return rec.kid
 
     # --- crypto-shredding -------------------------------------------------------------------
-    def forget(self, subject: str, *, principal: str, reason: str = "") -> ErasureReceipt:
-        """Destroy every DEK of the subject in every class; refused while a legal hold stands."""
+    def forget(
+        self, subject: str, *, principal: str, reason: str = "", close_epoch: bool = False
+    ) -> ErasureReceipt:
+        """Destroy every DEK of the subject in every class, and its pseudonym; refused while a
+        legal hold stands. A subject with no pseudonym (never seen, or forgotten already) gets an
+        explicit "nothing to erase" receipt under a random reference. ``close_epoch`` (``forget
+        --now``) then rotates the subject's classes at once, destroying the KEK versions that
+        wrapped its keys, so residual copies are unrecoverable from that moment."""
         _check_reason(reason, required=False)
-        h = self.subject_hash(subject)
+        if close_epoch:
+            for c in self.kms.classes():  # refused before anything is erased, not half way
+                self._authorize(principal, ROTATE_KEYS, ("Class", c), "key.rotate_kek", f"class:{c}")
+        known = self.known_subject(subject)
+        h = known if known is not None else secrets.token_hex(SUBJECT_HASH_CHARS // 2)
         resource = f"subject:{h}"
         self._authorize(principal, FORGET, ("Subject", h), "key.forget", resource)
+        if known is None:
+            self._audit.record("key.forget", principal=principal, resource=resource, outcome=OK, reason=reason,
+                               nothing_to_erase=True, destroyed=0)
+            return ErasureReceipt(h, self._clock(), (), 0, {}, False, nothing_to_erase=True)
         try:
             erasure = self.store.erase_subject(h, self._clock())
         except (LegalHoldError, KeyServiceError) as e:
@@ -711,9 +795,15 @@ class KeyService:
         log.info("forgot subject %s: %d key(s) destroyed in %s", h, erasure.destroyed, list(erasure.classes))
         if self.on_change is not None:
             self.on_change("forget")
+        if close_epoch and erasure.classes:
+            closed: list[str] = []
+            for c in erasure.classes:
+                closed.extend(self.rotate_kek(c, principal=principal).destroyed_kek_ids)
+            receipt = replace(receipt, closed_at=self._clock(), closed_keks=tuple(closed))
         return receipt
 
     def hold(self, subject: str, *, principal: str, reason: str) -> None:
+        """A hold names the subject's pseudonym (made here if the subject has none yet)."""
         _check_reason(reason, required=True)
         h = self.subject_hash(subject)
         self._authorize(principal, HOLD, ("Subject", h), "key.hold", f"subject:{h}")
@@ -721,22 +811,59 @@ class KeyService:
         self._audit.record("key.hold", principal=principal, resource=f"subject:{h}", reason=reason)
 
     def release(self, subject: str, *, principal: str) -> bool:
-        h = self.subject_hash(subject)
+        h = self.known_subject(subject)
+        if h is None:
+            return False
         self._authorize(principal, HOLD, ("Subject", h), "key.release", f"subject:{h}")
         released = self.store.release(h)
         self._audit.record("key.release", principal=principal, resource=f"subject:{h}", released=released)
         return released
 
     def is_held(self, subject: str) -> bool:
-        return self.store.held(self.subject_hash(subject)) is not None
+        h = self.known_subject(subject)
+        return h is not None and self.store.held(h) is not None
+
+    # --- KEK epochs ---------------------------------------------------------------------------
+    def kek_since(self, cls: str) -> float | None:
+        """When the current KEK epoch of ``cls`` began (None: before epochs were recorded)."""
+        raw = self.store.meta_text(f"kek_since:{cls}")
+        try:
+            return None if raw is None else float(raw)
+        except ValueError:
+            return None
+
+    def due_classes(self, max_age: float) -> list[str]:
+        """Classes whose KEK epoch is older than ``max_age`` seconds (or of unknown age)."""
+        now = self._clock()
+        out = []
+        for c in sorted(self.kms.classes()):
+            since = self.kek_since(c)
+            if since is None or now - since >= max_age:
+                out.append(c)
+        return out
+
+    def rotate_due(
+        self, max_age: float, *, principal: str, progress: Progress | None = None, scheduled: bool = False
+    ) -> list[RotationReport]:
+        """End every KEK epoch older than ``max_age`` seconds: rotate the class, re-wrap its live
+        DEKs, destroy the old versions in the KMS (``keys rotate --due`` and ``serve``'s task)."""
+        if not max_age > 0:
+            raise InputError("the KEK rotation period must be a positive number of seconds")
+        return [self.rotate_kek(c, principal=principal, progress=progress, scheduled=scheduled)
+                for c in self.due_classes(max_age)]
 
     # --- KEK rotation -----------------------------------------------------------------------
-    def rotate_kek(self, cls: str, *, principal: str, progress: Progress | None = None) -> RotationReport:
+    def rotate_kek(
+        self, cls: str, *, principal: str, progress: Progress | None = None, scheduled: bool = False
+    ) -> RotationReport:
         """New KEK version, every DEK of the class re-wrapped under it, old versions destroyed.
-        No event is rewritten: DEKs keep their bytes, only their wrapping changes."""
+        No event is rewritten: DEKs keep their bytes, only their wrapping changes. ``scheduled``:
+        the control plane's own epoch schedule (configured in eventward.yaml), audited under
+        ``principal`` without a policy decision."""
         _check_class(cls)
         resource = f"class:{cls}"
-        self._authorize(principal, ROTATE_KEYS, ("Class", cls), "key.rotate_kek", resource)
+        if not scheduled:
+            self._authorize(principal, ROTATE_KEYS, ("Class", cls), "key.rotate_kek", resource)
         if cls not in self.kms.classes():  # a typo must not mint a new class
             raise KeyNotFound(f"no KEK for class {cls!r}: nothing to rotate")
         t0 = time.monotonic()
@@ -758,6 +885,7 @@ class KeyService:
                 progress(min(done + failed, total), total)
         destroyed, late = self._destroy_unused_keks(cls)
         done += late
+        self.store.set_meta_text(f"kek_since:{cls}", repr(self._clock()))
         self.store.purge()
         report = RotationReport(cls, new, destroyed, done, failed, time.monotonic() - t0)
         self._audit.record(
@@ -847,6 +975,8 @@ class KeyService:
     def _drop_caches(self) -> None:
         self.cache.clear()
         self._current.clear()
+        with self._hashes_lock:
+            self._hashes.clear()  # raw subject ids are not kept past a forget
 
 
 def _row_aad(rec: DekRecord) -> bytes:

@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pseudonyms (
+    lookup TEXT PRIMARY KEY,
+    pseudonym TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 2
+);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', 0);
 """
 
@@ -318,6 +324,9 @@ class SQLiteKeyStore:
                     held_by=row[2],
                 )
             rows = self._delete_keys(subject_hash, at, None)
+            # The only link from the person (the keyed lookup) to the pseudonym events carry goes
+            # with the keys, in the same transaction (secure_delete zeroes the page; purge the WAL).
+            self._db.execute("DELETE FROM pseudonyms WHERE pseudonym = ?", (subject_hash,))
             e = Erasure(subject_hash, at, tuple(sorted({cls for _, cls in rows})), len(rows))
             self._record(e, replace=True)
             self._bump()
@@ -329,6 +338,8 @@ class SQLiteKeyStore:
             if not self._record(erasure, replace=False):
                 return 0
             rows = self._delete_keys(erasure.subject_hash, erasure.time, erasure.time)
+            self._db.execute("DELETE FROM pseudonyms WHERE pseudonym = ? AND created <= ?",
+                             (erasure.subject_hash, erasure.time))
             if rows:
                 self._bump()
             return len(rows)
@@ -343,6 +354,36 @@ class SQLiteKeyStore:
             "read erasures", "SELECT subject_hash, time, classes, destroyed FROM erasures ORDER BY time"
         )
         return [Erasure(s, t, tuple(orjson.loads(c)), n) for s, t, c, n in rows]
+
+    # --- pseudonyms ---------------------------------------------------------------------------
+    def pseudonym(self, lookup: str) -> str | None:
+        """The pseudonym recorded for a subject's keyed lookup, or None (never seen, or forgotten)."""
+        row = self._one("read pseudonym", "SELECT pseudonym FROM pseudonyms WHERE lookup = ?", (lookup,))
+        return None if row is None else str(row[0])
+
+    def add_pseudonym(self, lookup: str, pseudonym: str, at: float, kind: int = 2) -> str:
+        """Record ``pseudonym`` for ``lookup`` unless another process did first; returns the winner."""
+        _check_subject_hash(pseudonym)
+        with self.transaction(), self._errors("record pseudonym"):
+            self._db.execute(
+                "INSERT OR IGNORE INTO pseudonyms (lookup, pseudonym, created, kind) VALUES (?, ?, ?, ?)",
+                (lookup, pseudonym, at, kind),
+            )
+            row = self._db.execute("SELECT pseudonym FROM pseudonyms WHERE lookup = ?", (lookup,)).fetchone()
+            return str(row[0])
+
+    def pseudonym_live(self, pseudonym: str) -> bool:
+        """Whether a subject still maps to ``pseudonym`` (False once it was forgotten)."""
+        row = self._one("read pseudonym", "SELECT 1 FROM pseudonyms WHERE pseudonym = ?", (pseudonym,))
+        return row is not None
+
+    def legacy_subject(self, subject_hash: str) -> bool:
+        """Whether a store made before pseudonyms keys anything (DEKs, holds) by this keyed hash."""
+        for sql in ("SELECT 1 FROM deks WHERE subject_hash = ? LIMIT 1",
+                    "SELECT 1 FROM holds WHERE subject_hash = ? LIMIT 1"):
+            if self._one("read subject", sql, (subject_hash,)) is not None:
+                return True
+        return False
 
     # --- legal holds ------------------------------------------------------------------------
     def hold(self, subject_hash: str, reason: str, since: float, by: str = "") -> None:

@@ -109,6 +109,21 @@ class KeyStore(Protocol):
         A key id missing from an intact store was never issued; from a broken one, it is lost."""
         ...
 
+    def pseudonym(self, lookup: str) -> str | None:
+        """The random pseudonym of the subject whose keyed lookup is ``lookup`` (None: unknown or
+        forgotten). ``erase_subject`` deletes the row: afterwards nothing maps the person to it."""
+        ...
+
+    def add_pseudonym(self, lookup: str, pseudonym: str, at: float, kind: int = 2) -> str:
+        """Record a pseudonym unless another process did first; returns the one recorded."""
+        ...
+
+    def pseudonym_live(self, pseudonym: str) -> bool: ...
+
+    def legacy_subject(self, subject_hash: str) -> bool:
+        """Whether keys or holds are keyed by this keyed hash (a store from before pseudonyms)."""
+        ...
+
     def hold(self, subject_hash: str, reason: str, since: float, by: str = "") -> None:
         """Place (or replace) a hold; ``by`` is the principal, named when a forget is refused."""
         ...

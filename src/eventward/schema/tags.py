@@ -1,8 +1,11 @@
 """Sensitivity tags (``x-eventward``) in a schema, turned into the FieldSpec encryption uses.
 
 Tag shapes: ``{"class": "pii"}``, ``{"class": "pii", "deterministic": true}`` (equality
-searchable), ``{"subject": true}`` (this field names the data subject; it may also carry a
-class). JSON Schema: on a property schema or on array ``items``. Avro: on a record field.
+searchable), ``{"subject": true, "class": "pii"}`` (this field names the data subject and is
+encrypted under the subject's key, so ``forget`` erases it from every event too). A subject
+field in clear must say so on purpose: ``{"subject": true, "public": true}``; a bare
+``{"subject": true}`` is refused, since the id in clear would link every event to the person
+after ``forget``. JSON Schema: on a property schema or on array ``items``. Avro: on a record field.
 
 Placement rules, refused with the path at fault: a tag needs a field path (not the root, not
 under ``additionalProperties``/``patternProperties``/Avro maps, not inside an array of
@@ -20,7 +23,7 @@ from eventward.errors import FieldSpecError, SchemaError
 from eventward.fieldspec import FieldRule, FieldSpec, check_class
 from eventward.schema.json_schema import TAG_KEY, types_of
 
-_TAG_KEYS = frozenset({"class", "deterministic", "subject"})
+_TAG_KEYS = frozenset({"class", "deterministic", "subject", "public"})
 _SUBJECT_JSON = frozenset({"string", "integer"})
 _SUBJECT_AVRO = frozenset({"string", "int", "long"})
 
@@ -39,7 +42,7 @@ def parse_tag(value: Any, at: str) -> Tag:
     for key in value:
         if key not in _TAG_KEYS:
             raise SchemaError(
-                f"{at}: x-eventward key {str(key)[:40]!r} is unknown (use class, deterministic, subject)"
+                f"{at}: x-eventward key {str(key)[:40]!r} is unknown (use class, deterministic, subject, public)"
             )
     cls = value.get("class")
     if cls is not None:
@@ -55,6 +58,18 @@ def parse_tag(value: Any, at: str) -> Tag:
     subject = value.get("subject", False)
     if not isinstance(det, bool) or not isinstance(subject, bool):
         raise SchemaError(f"{at}: x-eventward deterministic and subject must be booleans")
+    public = value.get("public", False)
+    if not isinstance(public, bool):
+        raise SchemaError(f"{at}: x-eventward public must be a boolean")
+    if public and (not subject or cls is not None):
+        raise SchemaError(f'{at}: x-eventward public marks a data-subject field kept in clear: '
+                          'use it with "subject": true and no class')
+    if subject and cls is None and not public:
+        raise SchemaError(
+            f'{at}: the data-subject field would be in clear in every event, linking them to the person '
+            'after forget: give it a class ({"subject": true, "class": "pii"}) to encrypt it, or mark it '
+            '"public": true on purpose'
+        )
     if det and cls is None:
         raise SchemaError(f"{at}: x-eventward deterministic needs a class")
     if cls is None and not subject:
