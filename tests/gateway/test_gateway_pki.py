@@ -171,6 +171,9 @@ def test_cli_lifecycle_and_errors(tmp_path: Path) -> None:
     assert code == 0 and "issued billing-svc" in out, out
     (cert,) = json.loads(_cli(["pki", "list", "--json"], home)[1])["certificates"]
     assert cert["principal"] == "billing-svc" and cert["status"] == "valid" and 9 < cert["days_left"] <= 10
+    assert _cli(["pki", "list", "--expiring-within", "5"], home)[0] == 0
+    code, out = _cli(["pki", "list", "--expiring-within", "12", "--json"], home)
+    assert code == 1 and json.loads(out)["certificates"][0]["principal"] == "billing-svc"
     code, out = _cli(["pki", "revoke", "billing-svc", "--reason", "key-compromise"], home)
     assert code == 0 and "revoked billing-svc" in out, out
     assert json.loads(_cli(["pki", "list", "--json"], home)[1])["certificates"][0]["status"] == "revoked"

@@ -135,6 +135,9 @@ def crl_cmd(days: int = typer.Option(certstore.CRL_DAYS, "--days", min=1, max=90
 @pki_app.command("list")
 def list_cmd(
     principal: str = typer.Option(None, "--principal", help="Only this principal's certificates."),
+    expiring_within: float = typer.Option(
+        None, "--expiring-within", min=0, help="Only valid ones expiring within DAYS; exit 1 if any (for cron/CI)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Issued certificates with status and days to expiry (soonest first)."""
@@ -142,9 +145,17 @@ def list_cmd(
     if not certstore.CertRegistry.managed(home.certs):
         raise InputError("the PKI is not initialised: run 'eventward pki init' first")
     rows = certstore.CertRegistry(home.certs).list(principal)
+    if expiring_within is not None:
+        rows = [r for r in rows if r.status == certstore.VALID and r.days_left() <= expiring_within]
     if as_json:
         common.emit_json({"certificates": [r.as_json() for r in rows]})
-        return
+    else:
+        _table(rows)
+    if expiring_within is not None and rows:
+        raise typer.Exit(1)
+
+
+def _table(rows: list[certstore.CertRecord]) -> None:
     for r in rows:
         common.console.print(
             f"{r.serial:<34} {r.principal:<24} {r.kind:<13} {r.status:<8} {r.days_left():8.1f} days"
