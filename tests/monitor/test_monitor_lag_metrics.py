@@ -171,3 +171,22 @@ def test_otel_spans_follow_the_event_through_the_log(tmp_path: Path) -> None:
     assert pub.context.trace_id == proc.context.trace_id == root.get_span_context().trace_id
     assert proc.parent.span_id == pub.context.span_id
     assert "ord-9" not in repr(proc.attributes) and "ord-9" not in repr(pub.attributes)
+
+
+def test_kms_failures_are_counted_by_code_and_still_raised() -> None:
+    from eventward.errors import KMSUnavailable
+
+    class Flaky:
+        def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
+            raise KMSUnavailable("token gone")
+
+        def mac(self, purpose: str, data: bytes) -> bytes:
+            return b"m"
+
+    kms = metrics.instrument_kms(Flaky())
+    assert isinstance(kms, Flaky) and metrics.instrument_kms(kms) is kms  # same class, idempotent
+    before = value("eventward_kms_errors_total", op="unwrap", code="kms_unavailable")
+    with pytest.raises(KMSUnavailable):
+        kms.unwrap("pii.v1", b"w", b"a")
+    assert kms.mac("p", b"d") == b"m"
+    assert value("eventward_kms_errors_total", op="unwrap", code="kms_unavailable") == before + 1

@@ -122,6 +122,8 @@ class Monitor:
                 self.poll()
             except EventwardError as e:  # a closed or unavailable log: try again next tick
                 log.warning("monitor poll failed: %s", e.code)
+            except Exception as e:  # never let the thread die silently; the type only, no data
+                log.warning("monitor poll failed: %s", type(e).__name__)
 
     def stop(self) -> None:
         self._stop.set()
