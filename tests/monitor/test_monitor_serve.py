@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from eventward import pki
+from eventward.cli import app
 from eventward.deployment import Deployment
 from eventward.home import Home
 
@@ -72,7 +74,6 @@ def test_serve_monitors_live_and_exposes_metrics(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
-    r = subprocess.run([sys.executable, "-m", "eventward.cli", "--home", str(home.root), "alerts", "--json"],
-                       capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 0, r.stderr
+    r = CliRunner().invoke(app, ["--home", str(home.root), "alerts", "--json"])  # in-process: no second start-up
+    assert r.exit_code == 0, r.output
     assert [a["rule"] for a in json.loads(r.stdout)["alerts"]] == ["denial_burst"]
