@@ -405,6 +405,11 @@ class NoticeFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.applied = 0
+        # The application's on_forget(pseudonym) hooks, run after the subject's keys are dropped.
+        # Seam: client-mode groups do not acknowledge to the home's notice board yet (no control
+        # API route); ``acknowledge(pseudonym, error_code_or_None)`` is called when set.
+        self.hooks: list[Callable[[str], object]] = []
+        self.acknowledge: Callable[[str, str | None], None] | None = None
 
     def start(self) -> NoticeFollower:
         self.poll(0.0)  # the state as of now, synchronously: nothing earlier is cached yet
@@ -419,7 +424,10 @@ class NoticeFollower:
 
     def poll(self, wait: float) -> None:
         body = statements.verify(self._anchor, self._api.notices(self._after, wait), "notice").body
-        self._keys.forget_subjects(list(body.get("erased", ())))
+        erased = [str(h) for h in body.get("erased", ())]
+        self._keys.forget_subjects(erased)
+        for h in erased:
+            self._run_hooks(h)
         self._trust.revoke(list(body.get("revoked", ())))
         if self._policy is not None and body.get("policy") != self._policy:
             self._authz.policy_changed()
@@ -427,6 +435,21 @@ class NoticeFollower:
         self._policy = body.get("policy")
         self._after = max(self._after, float(body.get("until", self._after)))
         self.applied += 1
+
+    def _run_hooks(self, pseudonym: str) -> None:
+        """The hooks for one erased subject; a failure is logged and acknowledged by its code only."""
+        from eventward.keys.notices import error_code
+
+        error = None
+        for hook in self.hooks:
+            try:
+                hook(pseudonym)
+            except Exception as e:  # the application's hook: reported by code, never its message
+                error = error_code(e)
+                log.error("on_forget hook failed (%s)", error)
+                break
+        if self.acknowledge is not None:
+            self.acknowledge(pseudonym, error)
 
     def _run(self) -> None:
         backoff = 0.1
