@@ -67,6 +67,9 @@ def _register() -> None:
     from eventward.cli import pki as pki_cli  # the deployment CA: issue, renew, revoke, CRL
 
     pki_cli.register(app)
+    from eventward.cli import monitor as monitor_cli  # monitor, alerts, lag, siem
+
+    monitor_cli.register(app)
 
     from eventward.cli import guard as guard_cli  # after schema: it adds `schema suggest-tags`
 
