@@ -136,3 +136,36 @@ def test_guard_warn_and_block_are_counted_in_the_metrics(dep: Deployment) -> Non
         assert AWS not in text
     finally:
         monitor.uninstrument(dep)
+
+
+def test_schema_guided_scan_finds_what_the_full_walk_finds() -> None:
+    """The producer guard visits only the paths a strict schema lets carry anything; on valid
+    data it must report exactly what walking every value reports."""
+    import random
+
+    from bench.pii_corpus import planted
+
+    from eventward.guard.detectors import CLASS_OF
+    from eventward.guard.scan import findings, findings_for
+    from eventward.schema.compiled import compile_schema
+
+    doc = order_schema("warn")
+    doc["properties"]["lines"] = {"type": "array", "items": {"type": "object", "properties": {
+        "note": {"type": "string"}, "qty": {"type": "integer"}, "kind": {"enum": ["a", "b"]},
+        "at": {"type": "string", "format": "date-time"}}}}
+    compiled = compile_schema(doc)
+
+    class Version:
+        spec = compiled.spec
+
+    Version.compiled = compiled  # type: ignore[attr-defined]
+    rng = random.Random(5)
+    kinds = sorted(CLASS_OF)
+    for i in range(200):
+        data = order(i, notes=planted(rng, rng.choice(kinds)),
+                     customer={"id": f"c{i}", "phone": planted(rng, "phone"), "card": planted(rng, "card_number")},
+                     attrs={"x": planted(rng, rng.choice(kinds)), planted(rng, "email"): "k"},
+                     lines=[{"note": planted(rng, rng.choice(kinds)), "qty": 4111111111111111, "kind": "a",
+                             "at": "2026-01-01T00:00:00Z"}])
+        compiled.validate(data)
+        assert sorted(findings_for(Version, data)) == sorted(findings(data, compiled.spec)), i

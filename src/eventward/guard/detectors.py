@@ -219,7 +219,9 @@ OURS: tuple[Detector, ...] = (
              # national (NANP: area and exchange start 2-9) or international (+ country code)
              r"(?:\(\s?[2-9]\d{2}\s?\)|\b[2-9]\d{2})[ .-]?[2-9]\d{2}[ .-]?\d{4}\b|\+\d{1,3}(?:[ .-]?\d{1,5}){2,5}\b",
              _phone, "phonenumbers"),
-    Detector(IP, r"\b\d{1,3}(?:\.\d{1,3}){3}\b|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}", _ip, "ipaddress"),
+    # IPv6 has 7 colons or a "::" (so a time of day, hh:mm:ss, is no candidate)
+    Detector(IP, r"\b\d{1,3}(?:\.\d{1,3}){3}\b|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){0,6}::[0-9A-Fa-f:.]{0,39}"
+                 r"|[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4}){7}", _ip, "ipaddress"),
 )
 
 
@@ -332,7 +334,7 @@ class Detectors:
                         self.clean.clear()
                     self.clean.add(t)
             return [set() for _ in texts]
-        return [self.kinds(t, hits) for t in texts]
+        return [self.kinds(t) for t in texts]  # one Set match each, then only real candidates
 
     def kinds_of(self, value: object) -> set[str]:
         """Strings, and integers long enough to be a card or phone number."""

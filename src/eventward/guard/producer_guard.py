@@ -17,9 +17,9 @@ from typing import Any
 from eventward.audit.base import DENIED, AuditSink, NullAudit, meta_list
 from eventward.client.types import SchemaVersionLike
 from eventward.errors import SensitiveDataRefused
-from eventward.guard.detectors import Detectors, default_detectors
+from eventward.guard.detectors import Detectors
 from eventward.guard.modes import BLOCK, OFF, mode_for
-from eventward.guard.scan import findings
+from eventward.guard.scan import findings_for
 
 WARN_ACTION = "guard.warn"
 BLOCK_ACTION = "guard.block"
@@ -51,7 +51,7 @@ class ProducerGuard:
         mode = self.mode(topic, schema)
         if mode == OFF:
             return
-        found = findings(data, schema.spec, self._detectors or default_detectors())
+        found = findings_for(schema, data, self._detectors)
         if not found:
             return
         pairs = tuple(sorted(set(found)))

@@ -174,3 +174,94 @@ class ScanReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"events": self.events, "skipped": self.skipped, "findings": self.rows()}
+
+
+# --- schema-guided scan (the producer guard's hot path) ----------------------------------------
+
+_SAFE_FORMATS = frozenset({"date-time", "date", "time", "duration", "uuid"})
+_BIG = 10**8
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Where, in data valid against one JSON Schema, a detector can find anything: children
+    that matter, array items, whether this value is a candidate, or ``generic`` (a map or an
+    open object: everything below is walked)."""
+
+    props: tuple[tuple[str, _Plan], ...] = ()
+    items: _Plan | None = None
+    leaf: bool = False
+    generic: bool = False
+
+
+def _plan(node: dict[str, Any], path: str, protected: frozenset[str], depth: int = 0) -> _Plan | None:
+    from eventward.schema.json_schema import types_of
+
+    if path in protected or "enum" in node or "const" in node or depth > MAX_DEPTH:
+        return None  # encrypted, or values the schema itself lists
+    if node.get("additionalProperties", False) is not False or node.get("patternProperties"):
+        return _Plan(generic=True)
+    types = types_of(node)
+    leaf = ("string" in types and node.get("format") not in _SAFE_FORMATS and node.get("maxLength", 1 << 30) >= 7) or (
+        "integer" in types and not (node.get("minimum", -_BIG) > -_BIG and node.get("maximum", _BIG) < _BIG)
+    )
+    props = []
+    for name, child in (node.get("properties") or {}).items():
+        sub = _plan(child, f"{path}.{name}" if path else name, protected, depth + 1)
+        if sub is not None:
+            props.append((name, sub))
+    items = _plan(node["items"], f"{path}[]", protected, depth + 1) if isinstance(node.get("items"), dict) else None
+    if not (props or items or leaf):
+        return None
+    return _Plan(tuple(props), items, leaf)
+
+
+_PLANS: dict[int, tuple[Any, _Plan | None]] = {}
+
+
+def findings_for(schema: Any, data: Any, detectors: Detectors | None = None) -> list[tuple[str, str]]:
+    """``findings`` for data that passed ``schema``'s validation: a strict JSON Schema says which
+    paths can hold anything at all (no enum, float, bounded integer, short string, date-time or
+    tagged field is looked at), so only those are visited. Other schemas: the full walk."""
+    compiled = getattr(schema, "compiled", None)
+    if compiled is None or getattr(compiled, "fmt", None) != "json":
+        return findings(data, schema.spec, detectors)
+    hit = _PLANS.get(id(compiled))
+    if hit is None or hit[0] is not compiled:
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        hit = _PLANS[id(compiled)] = (compiled, _plan(compiled.tree, "", protected_paths(schema.spec)))
+    plan = hit[1]
+    if plan is None:
+        return []
+    det = detectors or default_detectors()
+    out: list[tuple[str, str]] = []
+    todo: list[tuple[str, str]] = []
+    _run(data, plan, "", out, todo, det, protected_paths(schema.spec))
+    if todo:
+        for (path, _), kinds in zip(todo, det.kinds_many([v for _, v in todo]), strict=True):
+            out.extend((path, kind) for kind in sorted(kinds))
+    return out
+
+
+def _run(value: Any, plan: _Plan, path: str, out: list[tuple[str, str]], todo: list[tuple[str, str]],
+         det: Detectors, protected: frozenset[str]) -> None:
+    if plan.generic:
+        if type(value) is dict or type(value) is list:
+            _walk(value, path, 0, out, todo, det, protected)
+        elif type(value) is str and len(value) >= 7 and value not in det.clean:
+            todo.append((path, value))
+        return
+    t = type(value)
+    worth = (t is str and len(value) >= 7 and value not in det.clean) or (t is int and not -_BIG < value < _BIG)
+    if plan.leaf and worth:
+        todo.append((path, value if t is str else str(value)))
+    elif t is dict:
+        for name, sub in plan.props:
+            v = value.get(name)
+            if v is not None:
+                _run(v, sub, f"{path}.{name}" if path else name, out, todo, det, protected)
+    elif t is list and plan.items is not None:
+        p = f"{path}[]"
+        for v in value:
+            _run(v, plan.items, p, out, todo, det, protected)
