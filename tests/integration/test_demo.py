@@ -73,7 +73,7 @@ def test_gateway_part_publishes_consumes_and_explains_a_denial(result):
 
 
 def test_client_mode_part_services_hold_only_their_own_keys(result):
-    home, r = result
+    _, r = result
     c = r.client_mode
     assert c.read == {demo.SHIPPING: demo.CUSTOMERS[0][1], demo.ANALYTICS: "[redacted]"}
     assert c.refused == "forbidden"
