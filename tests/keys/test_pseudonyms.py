@@ -234,3 +234,21 @@ def test_cli_rotate_due_and_forget_now(shop, monkeypatch):
     assert doc["epoch_closed"] and doc["destroyed_keks"] and SUBJECT not in r.stdout
     r = run(app, ["forget", SUBJECT, "--json", "--as", demo.ADMIN])
     assert r.exit_code == 0 and orjson.loads(r.stdout)["nothing_to_erase"]
+
+
+def test_attack_keyring_copied_back_by_hand_is_refused_at_open(shop):
+    """A keyring file from before a rotation (it still holds the destroyed KEK) copied over the
+    live one without ``restore``: the key store remembers the ended epoch, so open refuses it."""
+    from eventward.errors import KeyStoreUnavailable
+
+    old = shop.keyring.read_bytes()
+    with Deployment.open(shop) as dep:
+        dep.keys.rotate_kek("pii", principal=demo.ADMIN)
+    new = shop.keyring.read_bytes()
+    shop.keyring.write_bytes(old)
+    with pytest.raises(KeyStoreUnavailable, match=r"pii\.v1") as e:
+        Deployment.open(shop)
+    assert "rolled back" in e.value.message
+    shop.keyring.write_bytes(new)
+    with Deployment.open(shop) as dep:
+        assert len(dep.consumer(demo.SHIPPING, demo.TOPIC, group="g4", from_beginning=True).poll(100)) == 6

@@ -37,7 +37,7 @@ from eventward.errors import (
 from eventward.home import Home
 from eventward.keys.cache import LruTtlCache
 from eventward.keys.dek import AAD_CURRENT, AAD_V1, DEK_BYTES, dek_aad, is_kid, new_kid, uses_tag_input
-from eventward.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT
+from eventward.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT, parse_kek_id
 from eventward.keys.kms.local import LocalKMS
 from eventward.keys.ledger import ErasureLedger
 from eventward.keys.sqlite_store import SQLiteKeyStore
@@ -270,6 +270,7 @@ class KeyService:
         self.on_change: Callable[[str], None] | None = None
         self._check_store_binding()
         self._reconcile_ledger()
+        self._end_resurrected_epochs()
         self._epoch = store.epoch()
         self._next_poll = time.monotonic() + self.config.revocation_poll
 
@@ -929,7 +930,44 @@ class KeyService:
                 if k != current and k not in in_use:
                     self.kms.destroy(k)
                     destroyed.append(k)
+            if destroyed:  # the ended epochs, so a keyring copied back by hand is caught at open
+                upto = max(parse_kek_id(k)[1] for k in destroyed)
+                if upto > self._destroyed_upto(cls):
+                    self.store.set_meta_text(f"kek_destroyed:{cls}", str(upto))
         return tuple(destroyed), late
+
+    def _destroyed_upto(self, cls: str) -> int:
+        raw = self.store.meta_text(f"kek_destroyed:{cls}")
+        return int(raw) if raw is not None and raw.isdigit() else 0
+
+    def _end_resurrected_epochs(self) -> None:
+        """A KMS whose current KEK is a version the key store records as destroyed was rolled back
+        (a keyring file copied back by hand): refused. An older version it still holds is destroyed
+        again, unless a DEK still uses it (logged by KEK id). Runs on every open; a few KMS reads."""
+        for cls in self.kms.classes():
+            upto = self._destroyed_upto(cls)
+            if not upto:
+                continue
+            current = self.kms.current(cls)
+            if parse_kek_id(current)[1] <= upto:
+                raise KeyStoreUnavailable(
+                    f"the KMS's current KEK of {cls} ({current}) is a version the key store records as "
+                    f"destroyed (epochs up to {cls}.v{upto} ended): the keyring or KMS was rolled back to a "
+                    "copy older than the key store; restore the current keyring (eventward restore refuses "
+                    "such backups)"
+                )
+            stale = [k for k in self.kms.versions(cls) if k != current and parse_kek_id(k)[1] <= upto]
+            if not stale:
+                continue
+            with self.store.transaction():
+                in_use = self.store.kek_usage(cls)
+                for k in stale:
+                    if k not in in_use:
+                        self.kms.destroy(k)
+                        log.warning("KEK %s was destroyed before but the KMS held it again (a restored "
+                                    "keyring?): destroyed again", k)
+                        self._audit.record("key.rotate_kek", principal="eventward.keys", resource=f"class:{cls}",
+                                           reason="resurrected_kek", destroyed=k)
 
     # --- status, authorization, cache ---------------------------------------------------------
     def status(self) -> ServiceStatus:
