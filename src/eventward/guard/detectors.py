@@ -283,7 +283,7 @@ class Detectors:
     bounded set (ids, SKUs and statuses repeat); values with a finding never are.
     """
 
-    def __init__(self, detectors: tuple[Detector, ...], *, memo: int = 8192) -> None:
+    def __init__(self, detectors: tuple[Detector, ...], *, memo: int = 32768) -> None:
         self.detectors = detectors
         self.clean: set[str] = set()  # values found clean (bounded; never a value with a finding)
         self._memo = memo
