@@ -254,7 +254,7 @@ def ensure_server_cert(
     cert, key = certs / f"{name}.crt", certs / f"{name}.key"
     if not cert.exists():
         ca = load_or_issue_ca(*ca_paths(certs))
-        issued = issue_cert(ca, name, server=True, client=True, sans=sans)
+        issued = issue_cert(ca, name, server=True, client=True, sans=sans, days=_first_use_days(certs))
         save(issued, cert, key)
         _record(certs, issued.cert, cert)
     return cert, key
@@ -266,10 +266,18 @@ def ensure_client_cert(certs: Path, principal: str) -> tuple[Path, Path]:
     cert, key = certs / "clients" / f"{principal}.crt", certs / "clients" / f"{principal}.key"
     if not cert.exists():
         ca = load_or_issue_ca(*ca_paths(certs))
-        issued = issue_cert(ca, principal, client=True)
+        issued = issue_cert(ca, principal, client=True, days=_first_use_days(certs))
         save(issued, cert, key)
         _record(certs, issued.cert, cert)
     return cert, key
+
+
+def _first_use_days(certs: Path) -> int:
+    """30 days once ``eventward pki init`` manages the CA (renewal, revocation and expiry alerts
+    exist then); 397 before, when nothing would renew them."""
+    from eventward.certstore import DEFAULT_DAYS, CertRegistry
+
+    return DEFAULT_DAYS if CertRegistry.managed(certs) else 397
 
 
 def _record(certs: Path, cert: x509.Certificate, path: Path) -> None:
