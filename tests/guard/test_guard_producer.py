@@ -169,3 +169,10 @@ def test_schema_guided_scan_finds_what_the_full_walk_finds() -> None:
                              "at": "2026-01-01T00:00:00Z"}])
         compiled.validate(data)
         assert sorted(findings_for(Version, data)) == sorted(findings(data, compiled.spec)), i
+
+
+def test_attack_send_many_cannot_bypass_the_guard(dep: Deployment) -> None:
+    publish_schema(dep, "OrderPlaced", order_schema("block"))
+    with dep.producer("orders-svc", "orders") as producer, pytest.raises(SensitiveDataRefused):
+        producer.send_many("OrderPlaced", [order(0), order(1, notes=f"debug: key={AWS}")])
+    assert dep.transport.end_offset("orders") == 0  # all or nothing: the clean event is not stored either

@@ -483,7 +483,8 @@ class _Gateway:
         return {"entries": await self.backend.control("trust_entries", p.name)}
 
     async def op_control_notices(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
-        return await self.backend.control_notices(p.name, float(params.get("after", 0)), float(params.get("wait", 0)))
+        wait = min(float(params.get("wait", 0)), self.limits.max_wait_s)  # the long-poll cap consume has too
+        return await self.backend.control_notices(p.name, float(params.get("after", 0)), wait)
 
     async def op_control_decide(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
         res = body["resource"]
