@@ -401,7 +401,10 @@ def certificate(
     raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" and not is_hash else subject
     with _reading(principal) as (dep, log):
         # a raw id is hashed with the deployment's key at once and never printed or stored
-        subject_hash = raw if is_hash else dep.keys.known_subject(raw) or "0" * 32  # forgotten: use --hash
+        subject_hash = raw if is_hash else dep.keys.known_subject(raw)
+        if subject_hash is None:  # forgotten (its pseudonym went with its keys) or never seen
+            raise NotFoundError("no pseudonym for this subject (forgotten or never seen): pass the subject "
+                                "hash that forget printed, with --hash")
         cert = find_certificate(log, subject_hash)
         verify_certificate(cert, log.verifier, log=log)
     _emit(cert.to_json(), out)
