@@ -75,6 +75,7 @@ def test_client_mode_services_in_their_own_processes(tmp_path, bao, prefix):
     (cp / "eventward.yaml").write_text(yaml.safe_dump({"kms": {"backend": "transit", "transit": {
         "url": bao.url, "token_env": TOKEN_ENV, "key_prefix": prefix}}}))
     ew(cp, "init", "--admin", "admin", env=env)
+    ew(cp, "pki", "init", env=env)  # certificates recorded, a CRL, NATS pins: revocation works everywhere
     ew(cp, "policy", "apply", str(Path(demo.__file__).with_name("examples") / "policy.yaml"), "--as", "admin", env=env)
     schema = Path(demo.__file__).with_name("examples") / "order_placed.schema.json"
     ew(cp, "schema", "propose", "OrderPlaced", str(schema), "--as", "alice", env=env)
@@ -130,6 +131,20 @@ def test_client_mode_services_in_their_own_processes(tmp_path, bao, prefix):
         server.start()
         rc, resumed = svc(env, "consume", str(dirs[demo.SHIPPING]), "cold", "9", "1.0")
         assert rc == 0 and [e["id"] for e in resumed["events"]] == out["ids"] + more["ids"]
+
+        # A revoked identity is refused at its next call to the control plane and by NATS.
+        ew(cp, "pki", "revoke", demo.ANALYTICS, "--reason", "key-compromise", env=env)
+        deadline = time.monotonic() + 15  # serve reloads its CRL every gateway.tls.reload_s (5 s)
+        while time.monotonic() < deadline:
+            rc, answer = svc(env, "unwrap", str(dirs[demo.ANALYTICS]), kid)
+            if rc == 3:
+                break
+            time.sleep(0.5)
+        assert rc == 3 and answer["error"] in ("control_plane_unavailable", "authentication", "unauthenticated"), answer
+        rc, raw = svc(env, "raw", str(dirs[demo.ANALYTICS]), "1")
+        assert rc == 3, raw  # NATS no longer admits its certificate
+        rc, still = svc(env, "consume", str(dirs[demo.SHIPPING]), "after-revoke", "9", "1.0")
+        assert rc == 0 and len(still["events"]) == 9  # everyone else carries on
 
         for d in dirs.values():  # each service's directory holds only its own material
             names = {p.name for p in d.rglob("*")}

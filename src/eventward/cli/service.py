@@ -77,6 +77,10 @@ def approve(
         finally:
             plane.close()
     out.write_bytes(grant)
+    from eventward.certstore import apply_nats_pins
+    from eventward.cli.nats import run_root
+
+    apply_nats_pins(common.home().certs, run_root(common.home()))  # NATS admits the new certificate at once
     common.console.print(f"grant written to {out}: give it to the service (eventward service install)")
 
 
