@@ -94,8 +94,9 @@ def deployed(ew) -> Iterator[Any]:
     for step in steps:
         r = ew(*step)
         assert r.rc == 0, (step, r.err)
-    events = "".join(
-        json.dumps({**ORDER, "data": {**ORDER["data"], "order_id": f"ord-100{i}"}}) + "\n" for i in range(3)
+    events = "".join(  # the last order is c9's, the subject forgotten below
+        json.dumps({**ORDER, "data": {**ORDER["data"], "order_id": f"ord-100{i}", "customer": {
+            **ORDER["data"]["customer"], "id": "c9" if i == 2 else "c1"}}}) + "\n" for i in range(3)
     )
     r = ew("produce", "orders", "--as", "orders-svc", "-", stdin=events)
     assert r.rc == 0, r.err
@@ -178,9 +179,10 @@ def test_init_propose_validate_rotate_and_certificates_report_as_json(ew, tmp_pa
     assert "ten" not in r.out  # paths and rules, never values
     rotated = ew("keys", "rotate", "--class", "pii", "--as", "admin", "--json").json()
     assert rotated["class"] == "pii" and rotated["new_kek"] != rotated["destroyed"]
-    assert ew("forget", "c1", "--reason", "gdpr-art17", "--as", "admin").rc == 0
+    ref = ew("forget", "c1", "--reason", "gdpr-art17", "--as", "admin", "--json").json()["subject_hash"]
     cert = tmp_path / "cert.json"
-    assert ew("audit", "certificate", "c1", "--out", str(cert)).rc == 0
+    assert ew("audit", "certificate", "c1", "--out", str(cert)).rc == common.EXIT_NOT_FOUND
+    assert ew("audit", "certificate", ref, "--hash", "--out", str(cert)).rc == 0  # the pseudonym finds it
     checked = ew("audit", "verify-certificate", str(cert), "--json").json()
     assert checked["ok"] is True and checked["log_size"] >= checked["checkpoint_size"]
 
