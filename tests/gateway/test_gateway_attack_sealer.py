@@ -63,7 +63,9 @@ def forge(
     raws, out = [], []
     for i in range(n):
         eid = ids[i] if ids else str(uuid.uuid4())
-        data, subject = world.dep.encryptor.encrypt(eid, order(900 + i), version.spec, principal=ORDERS)
+        data, subject = world.dep.encryptor.encrypt(
+            eid, order(900 + i), version.spec, principal=ORDERS, topic=t, event_type=TYPE
+        )
         ext: dict[str, Any] = {
             envelope.EXT_PRODUCER: signer.principal,
             envelope.EXT_SEQ: first_seq + i,
