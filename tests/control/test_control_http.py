@@ -133,3 +133,38 @@ def test_attack_unknown_certificate_is_refused(world, served, tmp_path):
     with pytest.raises(ControlPlaneUnavailable):  # the TLS handshake fails: nothing answered
         api.trust_entries()
     assert orjson.loads(other.grant_path.read_bytes())["principal"] == demo.ANALYTICS
+
+
+def test_client_mode_groups_acknowledge_erasures_over_https(world, served):
+    """Client-mode consumer groups are registered, run their on_forget hooks and acknowledge
+    through the control API; a failing hook is reported by its code; completion follows the last ack."""
+    client, _ = served
+    producer = client(demo.PRODUCER)
+    with producer.producer(demo.TOPIC) as p:
+        p.send_many(demo.EVENT_TYPE, [demo.order(i) for i in range(3)])
+        p.flush()
+    shipping = client(demo.SHIPPING)
+    purged: list[str] = []
+    good = shipping.consumer(demo.TOPIC, group="read-model", from_beginning=True)
+    good.on_forget(purged.append)
+    bad = shipping.consumer(demo.TOPIC, group="search-index", from_beginning=True)
+
+    def broken(_: str) -> None:
+        raise RuntimeError("index offline: Grace Hopper")  # its message must never travel
+
+    bad.on_forget(broken)
+    done = world.dep.forget(demo.FORGOTTEN, principal=demo.ADMIN, reason="gdpr-art17")
+    pseudonym = done.receipt.subject_hash
+    for consumer in (good, bad):
+        consumer.run(lambda e: None, idle_timeout=0.3)
+        consumer.close()
+    assert purged == [pseudonym]
+    status = {g.group: g for g in world.dep.notices.status(pseudonym).groups}
+    assert status[f"{demo.SHIPPING}/read-model"].state == "acked"
+    failed = status[f"{demo.SHIPPING}/search-index"]
+    assert failed.state == "failed" and "Grace" not in repr(failed)
+    assert world.dep.notices.status(pseudonym).completed is None  # one group still owes its purge
+    with pytest.raises(InputError):  # an acknowledgement's error is a code, never free text
+        shipping.api.acknowledge("search-index", pseudonym, "Grace Hopper's index is down")
+    assert shipping.api.acknowledge("search-index", pseudonym, None) is True
+    assert world.dep.notices.status(pseudonym).completed is not None

@@ -44,7 +44,7 @@ from eventward.errors import (
     SealError,
     TokenError,
 )
-from eventward.keys.notices import ErasureNotices, Hook, handle_notices
+from eventward.keys.notices import Hook, NoticeBoard, handle_notices
 from eventward.log.base import Record, Transport
 from eventward.log.names import check_stream_name
 from eventward.policy.base import PUBLISH, REPLAY, SUBSCRIBE, Authorizer, check
@@ -94,7 +94,7 @@ class Consumer:
         read_batch: int = 500,
         poll_interval: float = 0.05,
         decision_ttl: float = 30.0,
-        notices: ErasureNotices | None = None,
+        notices: NoticeBoard | None = None,
         notice_interval: float = 0.5,
     ) -> None:
         if max_attempts < 1:

@@ -91,6 +91,19 @@ class ControlAPI(Protocol):
         whether that producer may Publish on a topic this identity may Subscribe to."""
         ...
 
+    def register_group(self, group: str) -> None:
+        """This identity's consumer ``group`` must acknowledge every later forget."""
+        ...
+
+    def erasures_due(self, group: str) -> list[str]:
+        """Erasure references (pseudonyms) ``group`` must still purge and acknowledge."""
+        ...
+
+    def acknowledge(self, group: str, pseudonym: str, error: str | None) -> bool:
+        """``group`` purged ``pseudonym`` (error None) or its hooks failed with ``error`` (a code).
+        True when this answer completed the erasure."""
+        ...
+
 
 class LocalControlAPI:
     """A ControlPlane called in-process as one identity (tests; a single-binary application)."""
@@ -120,6 +133,15 @@ class LocalControlAPI:
     def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
                about: str | None = None) -> bool:
         return self._plane.decide(self.principal, action, resource, context, about)
+
+    def register_group(self, group: str) -> None:
+        self._plane.register_group(self.principal, group)
+
+    def erasures_due(self, group: str) -> list[str]:
+        return self._plane.erasures_due(self.principal, group)
+
+    def acknowledge(self, group: str, pseudonym: str, error: str | None) -> bool:
+        return self._plane.acknowledge(self.principal, group, pseudonym, error)
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -384,6 +406,34 @@ class ClientAuthorizer:
 
     def policy_changed(self) -> None:
         self._cache.clear()
+
+
+class RemoteNotices:
+    """The consumer's erasure-notice board in client mode (the Consumer calls ``due`` and
+    ``acknowledge`` as it does the home's): answered by the control plane for this identity."""
+
+    def __init__(self, api: ControlAPI) -> None:
+        self._api = api
+        self._registered: set[str] = set()
+
+    def register(self, group: str) -> None:
+        """Register ``group`` now if the control plane answers, else at the first ``due``."""
+        try:
+            self._api.register_group(group)
+        except ControlPlaneUnavailable:
+            return
+        self._registered.add(group)
+
+    def due(self, group: str) -> list[str]:
+        if group not in self._registered:
+            self._api.register_group(group)
+            self._registered.add(group)
+        return self._api.erasures_due(group)
+
+    def acknowledge(self, pseudonym: str, group: str, *, principal: str, error: str | None = None) -> bool:
+        if principal != self._api.principal:
+            raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        return self._api.acknowledge(group, pseudonym, error)
 
 
 # --- notices --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from eventward.control.client import (
     ControlAPI,
     NoticeFollower,
     RemoteKeys,
+    RemoteNotices,
     RemoteSchemas,
     SignedTrust,
 )
@@ -135,10 +136,12 @@ class Client:
         self._closers.append(guard)
         dlq = DeadLetters(topic, transport=self.transport, verifier=self.verifier, authorizer=self.authorizer,
                           audit=NullAudit(), signer=self.identity.signer("dead_letter"))
+        notices = RemoteNotices(self.api)
+        notices.register(group or self.principal)  # it must acknowledge every later forget
         return Consumer(
             topic, principal=self.principal, transport=self.transport, verifier=self.verifier,
             schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer, guard=guard,
-            dlq=dlq, audit=NullAudit(), group=group, **kw,
+            dlq=dlq, audit=NullAudit(), group=group, notices=notices, **kw,
         )
 
     def close(self) -> None:

@@ -110,6 +110,19 @@ class HttpControlAPI:
         return bool(self._request("POST", "/decide", body=body)["allowed"])
 
 
+    def register_group(self, group: str) -> None:
+        self._request("POST", "/groups", body={"group": group})
+
+    def erasures_due(self, group: str) -> list[str]:
+        return list(self._request("GET", f"/groups/{group}/erasures")["due"])
+
+    def acknowledge(self, group: str, pseudonym: str, error: str | None) -> bool:
+        body: dict[str, Any] = {"subject": pseudonym}
+        if error is not None:
+            body["error"] = error
+        return bool(self._request("POST", f"/groups/{group}/acks", body=body)["completed"])
+
+
 def _raise(r: requests.Response) -> None:
     try:
         problem = r.json()

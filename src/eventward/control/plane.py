@@ -9,6 +9,7 @@ key id list that would grow with traffic); refusals name the class, never the ke
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 from collections import Counter
@@ -36,6 +37,7 @@ from eventward.errors import (
     NotFoundError,
 )
 from eventward.fieldspec import check_class
+from eventward.keys.notices import ERROR_CODE
 from eventward.log.sqlite import connect, write_txn
 from eventward.pki import ca_paths, certify_csr, load_or_issue_ca
 from eventward.policy.base import PUBLISH, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
@@ -267,6 +269,25 @@ class ControlPlane:
         self._allow(principal, SUBSCRIBE, resource, {}, "control.decide")
         return self.dep.policy.decide(about, PUBLISH, resource, ctx).allowed
 
+    # --- erasure acknowledgements (client-mode consumer groups) ----------------------------
+    def register_group(self, principal: str, group: str) -> str:
+        """A client-mode consumer group that must acknowledge every later forget; named under its
+        principal, so no service can answer (or hide) another's acknowledgements."""
+        name = _client_group(principal, group)
+        self.dep.notices.register_group(name)
+        return name
+
+    def erasures_due(self, principal: str, group: str) -> list[str]:
+        """Pseudonyms the group must still purge from its read models (pending or failed ones)."""
+        return self.dep.notices.due(_client_group(principal, group))
+
+    def acknowledge(self, principal: str, group: str, pseudonym: str, error: str | None) -> bool:
+        """The group's answer for one erasure: None when its hooks ran, else their error code."""
+        if error is not None and not ERROR_CODE.fullmatch(str(error)):
+            raise InputError("an acknowledgement's error is a short code (letters, digits, '_.-'), never free text")
+        return self.dep.notices.acknowledge(pseudonym, _client_group(principal, group), principal=principal,
+                                            error=error)
+
     # --- helpers -----------------------------------------------------------------------
     def _allow(self, principal: str, action: str, resource: tuple[str, str], ctx: dict[str, Any], what: str) -> None:
         check_principal(principal)
@@ -283,6 +304,16 @@ class ControlPlane:
         self.dep.audit.record(action, principal=principal, resource=f"Topic::{topic}", outcome=outcome, reason=reason,
                               event_type=event_type, keys=sum(classes.values()),
                               classes=",".join(f"{c}:{n}" for c, n in sorted(classes.items())))
+
+
+_GROUP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _client_group(principal: str, group: str) -> str:
+    check_principal(principal)
+    if not isinstance(group, str) or not _GROUP.fullmatch(group):
+        raise InputError("a consumer group name is 1..128 of letters, digits, '._-'")
+    return f"{principal}/{group}"
 
 
 def _raw_b64(key: Any) -> str:

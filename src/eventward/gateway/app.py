@@ -492,6 +492,18 @@ class _Gateway:
                                              body.get("context") or {}, body.get("about"))
         return {"allowed": bool(allowed)}
 
+    async def op_control_register_group(self, p: Principal, _: Any, body: dict[str, Any], __: Any
+                                        ) -> dict[str, Any]:
+        return {"group": await self.backend.control("register_group", p.name, body["group"])}
+
+    async def op_control_erasures_due(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return {"due": await self.backend.control("erasures_due", p.name, params["group"])}
+
+    async def op_control_acknowledge(self, p: Principal, params: dict[str, Any], body: dict[str, Any], __: Any
+                                     ) -> dict[str, Any]:
+        done = await self.backend.control("acknowledge", p.name, params["group"], body["subject"], body.get("error"))
+        return {"completed": bool(done)}
+
     async def op_whoami(self, p: Principal, *_: Any) -> dict[str, Any]:
         return {"principal": p.name, "method": p.method}
 

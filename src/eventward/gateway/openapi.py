@@ -363,6 +363,12 @@ SCHEMAS.update({
         "about": _s(256, description="Another producer whose Publish right a subscriber of the topic asks about."),
     }, ("action", "resource")),
     "ControlDecideResponse": _obj({"allowed": {"type": "boolean"}}, ("allowed",)),
+    "ControlGroup": _obj({"group": _s(128, NAME)}, ("group",)),
+    "ControlGroupRegistered": _obj({"group": _s(400)}, ("group",)),
+    "ControlErasuresDue": _obj({"due": _arr(_s(32, "^[0-9a-f]{32}$"), 100_000)}, ("due",)),
+    "ControlAck": _obj({"subject": _s(32, "^[0-9a-f]{32}$"), "error": _s(64, "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")},
+                       ("subject",)),
+    "ControlAckResponse": _obj({"completed": {"type": "boolean"}}, ("completed",)),
 })
 
 
@@ -600,6 +606,22 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "control_decide", "POST", "/v1/control/decide", "A policy decision for the caller itself",
         "ControlDecideResponse", body="ControlDecideRequest", tag="control", errors=BODY_ERRORS,
+    ),
+    Operation(
+        "control_register_group", "POST", "/v1/control/groups", "Register a consumer group for erasure notices",
+        "ControlGroupRegistered", body="ControlGroup", tag="control", errors=BODY_ERRORS,
+        description="The group (named under the caller) must acknowledge every later forget.",
+    ),
+    Operation(
+        "control_erasures_due", "GET", "/v1/control/groups/{group}/erasures",
+        "Erasures the caller's group must still purge", "ControlErasuresDue", tag="control",
+        params=(Param("group", "path", _s(128, NAME), True),),
+    ),
+    Operation(
+        "control_acknowledge", "POST", "/v1/control/groups/{group}/acks", "Acknowledge an erasure",
+        "ControlAckResponse", body="ControlAck", tag="control", params=(Param("group", "path", _s(128, NAME), True),),
+        errors=BODY_ERRORS,
+        description="`error` (a code, never text) when the application's on_forget hooks failed.",
     ),
     Operation("healthz", "GET", "/healthz", "Liveness", "Health", tag="ops", errors=(401, 429)),
     Operation(

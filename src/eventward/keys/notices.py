@@ -26,6 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from eventward.audit.base import ERROR, OK, AuditSink, NullAudit
 from eventward.errors import InputError, KeyStoreUnavailable
@@ -37,7 +38,8 @@ FAILED = "failed"
 COMPLETE_ACTION = "erasure.complete"
 ACK_ACTION = "erasure.ack"
 _PSEUDONYM = re.compile(r"[0-9a-f]{32}")
-_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+ERROR_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # what a hook failure is reported as
+_CODE = ERROR_CODE
 _MAX_GROUP = 200
 
 _SCHEMA = """
@@ -276,8 +278,21 @@ class ErasureNotices:
             "WHERE a.state != ? AND n.issued <= ? ORDER BY n.issued, a.grp", (ACKED, cutoff))]
 
 
+class NoticeBoard(Protocol):
+    """What a consumer needs of the notice board: the home's ErasureNotices, or the control
+    plane's answers in client mode (control.client.RemoteNotices)."""
+
+    def due(self, group: str) -> list[str]:
+        """Pseudonyms ``group`` must still handle."""
+        ...
+
+    def acknowledge(self, pseudonym: str, group: str, *, principal: str, error: str | None = None) -> bool:
+        """Record ``group``'s answer; True when it completed the erasure."""
+        ...
+
+
 def handle_notices(
-    notices: ErasureNotices,
+    notices: NoticeBoard,
     group: str,
     hooks: Sequence[Hook],
     *,
