@@ -95,9 +95,11 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         blobs.append((eid, orjson.dumps(out), shash))
                     return n
 
-                def decrypt() -> int:
-                    for eid, raw, shash in blobs:
-                        enc.decrypt(eid, orjson.loads(raw), spec, shash, principal=deployed.CONSUMER, **ctx)
+                def decrypt() -> int:  # in read batches of 500, as the Consumer runs it
+                    for start in range(0, n, 500):
+                        with enc.reading_batch():
+                            for eid, raw, shash in blobs[start : start + 500]:
+                                enc.decrypt(eid, orjson.loads(raw), spec, shash, principal=deployed.CONSUMER, **ctx)
                     return n
 
                 return encrypt, decrypt
