@@ -30,8 +30,9 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench
 
+# Slow scale tests (@pytest.mark.slow) run with the benchmarks, keeping `make test` under 10 minutes.
 unit: $(BIN)/.installed
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
 
 test: lint unit
 
@@ -43,6 +44,7 @@ $(CSFLE_VENV)/.installed:
 		'confluent-kafka[schemaregistry,rules]==2.16.1' jsonschema==4.26.0 && touch $@
 
 bench: $(BIN)/.installed $(CSFLE_VENV)/.installed
+	$(BIN)/pytest -m slow
 	$(BIN)/python -m bench.run
 
 bench-quick: $(BIN)/.installed

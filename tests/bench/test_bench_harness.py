@@ -163,6 +163,7 @@ def test_run_area_refuses_an_empty_result(monkeypatch: pytest.MonkeyPatch) -> No
         run.run_area("empty", quick=True)
 
 
+@pytest.mark.slow  # `make bench` runs it; CI's `make bench-quick` runs these areas for real anyway
 def test_quick_run_of_the_new_areas_writes_well_formed_json(tmp_path: Path) -> None:
     """The real thing in a subprocess, as CI runs it: memory (a consumer process of its own) and
     the scaling curves, with the output outside the repository."""

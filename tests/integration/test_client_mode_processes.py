@@ -72,8 +72,10 @@ def test_client_mode_services_in_their_own_processes(tmp_path, bao, prefix):
     env = {**os.environ, TOKEN_ENV: bao.token_for(prefix), "COLUMNS": "200"}
     cp = tmp_path / "control-plane"
     cp.mkdir(mode=0o700)
-    (cp / "eventward.yaml").write_text(yaml.safe_dump({"kms": {"backend": "transit", "transit": {
-        "url": bao.url, "token_env": TOKEN_ENV, "key_prefix": prefix}}}))
+    (cp / "eventward.yaml").write_text(yaml.safe_dump({
+        "kms": {"backend": "transit", "transit": {"url": bao.url, "token_env": TOKEN_ENV, "key_prefix": prefix}},
+        "gateway": {"tls": {"reload_s": 1.0}},  # a revocation reaches serve within a second
+    }))
     ew(cp, "init", "--admin", "admin", env=env)
     ew(cp, "pki", "init", env=env)  # certificates recorded, a CRL, NATS pins: revocation works everywhere
     ew(cp, "policy", "apply", str(Path(demo.__file__).with_name("examples") / "policy.yaml"), "--as", "admin", env=env)
@@ -100,10 +102,10 @@ def test_client_mode_services_in_their_own_processes(tmp_path, bao, prefix):
 
         rc, out = svc(env, "produce", str(dirs[demo.PRODUCER]), "6", "0")
         assert rc == 0 and len(out["ids"]) == 6
-        rc, shipping = svc(env, "consume", str(dirs[demo.SHIPPING]), "ship", "6", "1.0")
+        rc, shipping = svc(env, "consume", str(dirs[demo.SHIPPING]), "ship", "6", "0.5")
         assert rc == 0 and [e["id"] for e in shipping["events"]] == out["ids"]
         assert {e["name"] for e in shipping["events"]} <= {c[1] for c in demo.CUSTOMERS}
-        rc, analytics = svc(env, "consume", str(dirs[demo.ANALYTICS]), "ana", "6", "1.0")
+        rc, analytics = svc(env, "consume", str(dirs[demo.ANALYTICS]), "ana", "6", "0.5")
         assert rc == 0 and {e["name"] for e in analytics["events"]} == {REDACTED}
 
         # The uncleared consumer's raw stream access shows tokens only; its direct key request is refused.
@@ -126,15 +128,15 @@ def test_client_mode_services_in_their_own_processes(tmp_path, bao, prefix):
         rc, more = svc(env, "produce", str(dirs[demo.PRODUCER]), "3", "50")
         assert rc == 0
         server.kill()
-        rc, stopped = svc(env, "consume", str(dirs[demo.SHIPPING]), "cold", "9", "1.0")
+        rc, stopped = svc(env, "consume", str(dirs[demo.SHIPPING]), "cold", "9", "0.5")
         assert rc == 3 and stopped["error"] in ("control_plane_unavailable", "kms_unavailable")
         server.start()
-        rc, resumed = svc(env, "consume", str(dirs[demo.SHIPPING]), "cold", "9", "1.0")
+        rc, resumed = svc(env, "consume", str(dirs[demo.SHIPPING]), "cold", "9", "0.5")
         assert rc == 0 and [e["id"] for e in resumed["events"]] == out["ids"] + more["ids"]
 
         # A revoked identity is refused at its next call to the control plane and by NATS.
         ew(cp, "pki", "revoke", demo.ANALYTICS, "--reason", "key-compromise", env=env)
-        deadline = time.monotonic() + 15  # serve reloads its CRL every gateway.tls.reload_s (5 s)
+        deadline = time.monotonic() + 15  # serve reloads its CRL every gateway.tls.reload_s
         while time.monotonic() < deadline:
             rc, answer = svc(env, "unwrap", str(dirs[demo.ANALYTICS]), kid)
             if rc == 3:
@@ -143,7 +145,7 @@ def test_client_mode_services_in_their_own_processes(tmp_path, bao, prefix):
         assert rc == 3 and answer["error"] in ("control_plane_unavailable", "authentication", "unauthenticated"), answer
         rc, raw = svc(env, "raw", str(dirs[demo.ANALYTICS]), "1")
         assert rc == 3, raw  # NATS no longer admits its certificate
-        rc, still = svc(env, "consume", str(dirs[demo.SHIPPING]), "after-revoke", "9", "1.0")
+        rc, still = svc(env, "consume", str(dirs[demo.SHIPPING]), "after-revoke", "9", "0.5")
         assert rc == 0 and len(still["events"]) == 9  # everyone else carries on
 
         for d in dirs.values():  # each service's directory holds only its own material
