@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
@@ -32,7 +32,7 @@ import botocore.exceptions as bx
 from eventward.errors import ConfigError, ConflictError, KeyDestroyed, KeyIntegrityError, KeyNotFound, KMSUnavailable
 from eventward.fieldspec import check_class
 from eventward.keys.cache import LruTtlCache
-from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, kek_id, parse_kek_id
+from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, config_from_mapping, kek_id, parse_kek_id
 
 T = TypeVar("T")
 
@@ -82,21 +82,13 @@ class AwsKmsConfig:
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], where: str = "kms.aws") -> AwsKmsConfig:
         """From a config section; credentials in the YAML are refused by name."""
-        if not isinstance(doc, Mapping):
-            raise ConfigError(f"{where} must be a mapping")
         secrets = sorted(k for k in doc if str(k).lower() in ("aws_access_key_id", "aws_secret_access_key",
-                                                               "access_key", "secret_key", "session_token"))
+                                                               "access_key", "secret_key", "session_token")
+                         ) if isinstance(doc, Mapping) else []
         if secrets:
             raise ConfigError(f"{where}: never put AWS credentials in configuration ({', '.join(secrets)}); "
                               "use the environment, a profile or an instance role")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in doc if k not in known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        try:
-            return cls(**dict(doc))
-        except TypeError:
-            raise ConfigError(f"{where}: region is required") from None
+        return config_from_mapping(cls, doc, where, required="region is")
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,13 @@ KEK ids are ``<class>.v<N>``; N is the class *epoch* that erasure receipts refer
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, Protocol, TypeVar
 
-from eventward.errors import KeyNotFound
+from eventward.errors import ConfigError, KeyNotFound
+
+C = TypeVar("C")
 
 _KEK_ID = re.compile(r"^([a-z][a-z0-9_\-]{0,31})\.v([1-9][0-9]{0,8})$")
 
@@ -67,3 +71,19 @@ class KMS(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def config_from_mapping(cls: type[C], doc: Mapping[str, Any], where: str, *, required: str) -> C:
+    """A backend's config dataclass from its ``kms.<backend>`` section: unknown keys are refused by
+    name, a missing required field names ``required``; the dataclass checks the values (callers
+    refuse secrets placed in the section before calling, each naming where the secret belongs)."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{where} must be a mapping")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in doc if k not in known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    try:
+        return cls(**dict(doc))
+    except TypeError:
+        raise ConfigError(f"{where}: {required} required") from None

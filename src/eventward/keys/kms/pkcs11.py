@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,7 +48,7 @@ from eventward.errors import (
 from eventward.fieldspec import check_class
 from eventward.home import read_secret
 from eventward.keys.cache import LruTtlCache
-from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, kek_id, parse_kek_id
+from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, config_from_mapping, kek_id, parse_kek_id
 
 T = TypeVar("T")
 log = logging.getLogger("eventward.keys.pkcs11")
@@ -162,18 +162,9 @@ class Pkcs11Config:
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], where: str = "pkcs11") -> Pkcs11Config:
         """From a config section; unknown keys and a literal PIN are refused by name."""
-        if not isinstance(doc, Mapping):
-            raise ConfigError(f"{where} must be a mapping")
-        if "pin" in doc or "user_pin" in doc:
+        if isinstance(doc, Mapping) and ("pin" in doc or "user_pin" in doc):
             raise ConfigError(f"{where}: never put the PIN in configuration; use pin_env or pin_file")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in doc if k not in known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        try:
-            return cls(**dict(doc))
-        except TypeError:
-            raise ConfigError(f"{where}: module and token_label are required") from None
+        return config_from_mapping(cls, doc, where, required="module and token_label are")
 
     def read_pin(self) -> str:
         if self.pin_env is not None:

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from eventward.errors import ConfigError, ConflictError, KeyDestroyed, KeyIntegr
 from eventward.fieldspec import check_class
 from eventward.home import read_secret
 from eventward.keys.cache import LruTtlCache
-from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, kek_id, parse_kek_id
+from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, config_from_mapping, kek_id, parse_kek_id
 
 T = TypeVar("T")
 
@@ -93,18 +93,9 @@ class TransitConfig:
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any], where: str = "kms.transit") -> TransitConfig:
         """From a config section; unknown keys and a literal token are refused by name."""
-        if not isinstance(doc, Mapping):
-            raise ConfigError(f"{where} must be a mapping")
-        if "token" in doc:
+        if isinstance(doc, Mapping) and "token" in doc:
             raise ConfigError(f"{where}: never put the token in configuration; use token_env or token_file")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in doc if k not in known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        try:
-            return cls(**dict(doc))
-        except TypeError:
-            raise ConfigError(f"{where}: url is required") from None
+        return config_from_mapping(cls, doc, where, required="url is")
 
     def read_token(self) -> str:
         if self.token_env is not None:
