@@ -129,6 +129,7 @@ def _count_statements(log: AuditLog) -> list[str]:
     return seen
 
 
+@pytest.mark.slow  # scale/fault-injection: `make bench` runs it (`pytest -m slow`)
 def test_proofs_at_100k_records_read_o_log_n_stored_nodes(big):
     n = big.size()
     assert n == 100_000
@@ -152,6 +153,7 @@ def test_proofs_at_100k_records_read_o_log_n_stored_nodes(big):
         merkle.verify_consistency(m, n, big.root(m), root, c.hashes)
 
 
+@pytest.mark.slow  # scale/fault-injection: `make bench` runs it (`pytest -m slow`)
 def test_the_stored_tree_at_100k_matches_a_full_recomputation(big):
     leaves = [merkle.leaf_hash(body) for _, _, body in big.scan()]
     assert len(leaves) == 100_000

@@ -40,6 +40,7 @@ def wait_for(cond, timeout: float, what: str) -> None:
     wait_until(cond, timeout=timeout, interval=0.05, what=what)
 
 
+@pytest.mark.slow  # scale/fault-injection: `make bench` runs it (`pytest -m slow`)
 def test_killing_the_stream_leader_loses_and_duplicates_nothing(cluster: Deployment, tmp_path: Path) -> None:
     with cluster.client(OPERATOR, replicas=3, backoff=RIDE_OUT) as op:
         op.create_stream(TOPIC, replicas=3)
