@@ -28,7 +28,7 @@ demo: $(BIN)/.installed
 	$(BIN)/eventward --home $(DEMO_HOME) demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check --no-cache src tests bench
 
 # Slow scale tests (@pytest.mark.slow) run with the benchmarks, keeping `make test` under 10 minutes.
 unit: $(BIN)/.installed

@@ -18,7 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import make_authz
-
 from eventward.errors import KeyDestroyed
 from eventward.home import Home
 from eventward.keys.kms.local import LocalKMS
