@@ -16,27 +16,41 @@ from typing import Any
 import requests
 
 from eventward.control.identity import ServiceIdentity
-from eventward.errors import AccessDenied, ConflictError, ControlPlaneUnavailable, InputError, NotFoundError
+from eventward.errors import (
+    AccessDenied,
+    AuthenticationError,
+    ConflictError,
+    ControlPlaneUnavailable,
+    InputError,
+    NotFoundError,
+    QuotaExceeded,
+)
 from eventward.policy.base import Resource
 
 PREFIX = "/v1/control"
-_ERRORS: dict[int, type[Exception]] = {400: InputError, 403: AccessDenied, 404: NotFoundError, 409: ConflictError,
-                                       413: InputError, 422: InputError}
+_ERRORS: dict[int, type[Exception]] = {400: InputError, 401: AuthenticationError, 403: AccessDenied,
+                                       404: NotFoundError, 409: ConflictError, 413: InputError, 422: InputError,
+                                       429: QuotaExceeded}
 
 
 class HttpControlAPI:
     """ControlAPI over HTTPS. ``urls`` are tried in order, starting from the last that answered."""
 
-    def __init__(self, urls: Sequence[str], *, principal: str, cert: str, key: str, ca: str,
-                 timeout: float = 5.0) -> None:
+    def __init__(self, urls: Sequence[str], *, principal: str, cert: str | None, key: str | None, ca: str,
+                 timeout: float = 5.0, token: str | None = None) -> None:
+        """``cert``/``key`` (mTLS) or ``token`` (a JWT sent as a bearer token, over TLS verified
+        against ``ca``) authenticate; the principal is whatever the server maps them to."""
         if not urls:
             raise ValueError("at least one control-plane URL is needed")
+        if (cert is None or key is None) and token is None:
+            raise ValueError("a client certificate and key, or a token, is needed")
         self.principal = principal
         self._urls = [u.rstrip("/") for u in urls]
         self._good = 0
         self._timeout = timeout
         self._local = threading.local()
-        self._cert, self._ca = (cert, key), ca
+        self._cert = (cert, key) if cert is not None and key is not None else None
+        self._ca, self._token = ca, token
 
     @classmethod
     def for_identity(cls, identity: ServiceIdentity, **kw: Any) -> HttpControlAPI:
@@ -55,15 +69,19 @@ class HttpControlAPI:
             # .netrc credentials from the environment may take part in a key release.
             s.trust_env = False
             s.cert, s.verify = self._cert, self._ca
+            if self._token is not None:
+                s.headers["Authorization"] = f"Bearer {self._token}"
         return s
 
     def _request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
-                 timeout: float | None = None) -> Any:
+                 timeout: float | None = None, prefix: str = PREFIX) -> Any:
+        """One call, tried on each replica in turn (``prefix`` + ``path``; ``prefix=""`` reaches the
+        gateway's other operations, e.g. ``/v1/subjects/forget`` for the operator CLI)."""
         n = len(self._urls)
         for i in range(n):
             at = (self._good + i) % n
             try:
-                r = self._session().request(method, self._urls[at] + PREFIX + path, json=body, params=params,
+                r = self._session().request(method, self._urls[at] + prefix + path, json=body, params=params,
                                             timeout=timeout or self._timeout)
             except requests.RequestException:
                 continue
