@@ -74,6 +74,18 @@ class KeysConfig:
     rotate_check_s: float = 3600.0
 
 
+@dataclass(frozen=True)
+class ReconcilerConfig:
+    # On NATS, ``serve`` tails every topic stream and audits the direct path: a Publish record per
+    # verified sealed batch, a refusal and an alert for the others, consumer-group progress
+    # (control/reconciler.py). ``grace_s`` holds batches of home-mode keys, whose producers write
+    # their own records; client-mode (enrolled) keys are audited at once.
+    enabled: bool = True
+    interval_s: float = 1.0
+    grace_s: float = 60.0
+    progress_s: float = 10.0
+
+
 @dataclass
 class Config:
     transport: str = "embedded"
@@ -84,6 +96,7 @@ class Config:
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     seals: SealsConfig = field(default_factory=SealsConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
     gateway: dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +132,9 @@ class Config:
             raise ConfigError(f"{name}: seals.require_hybrid entries are stream names or 'prefix*' (not empty)")
         if not (cfg.keys.kek_max_age_days > 0 and cfg.keys.rotate_check_s > 0):
             raise ConfigError(f"{name}: keys.kek_max_age_days and keys.rotate_check_s must be positive")
+        rc = cfg.reconciler
+        if not (rc.interval_s > 0 and rc.grace_s >= 0 and rc.progress_s > 0):
+            raise ConfigError(f"{name}: reconciler.interval_s and progress_s must be positive, grace_s not negative")
         if cfg.consumer.uncleared not in ("redact", "token"):
             raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
         return cfg

@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
         be = load_backend(backend, home)
         watcher = None
         epochs = None
+        reconciler = None
         try:
             deployed = isinstance(be, DeploymentBackend)
             if deployed and not no_monitor:
@@ -126,6 +127,13 @@ def register(app: typer.Typer) -> None:
                 kc = be.deployment.config.keys
                 epochs = EpochKeeper(be.deployment.keys, max_age_days=kc.kek_max_age_days,
                                      interval=kc.rotate_check_s).start()
+            dc = be.deployment.config if deployed else None
+            if dc is not None and dc.transport == "nats" and dc.reconciler.enabled:
+                from eventward.control.reconciler import DirectAuditor  # the direct path, audited
+
+                rc = dc.reconciler
+                reconciler = DirectAuditor(be.deployment, interval_s=rc.interval_s, grace_s=rc.grace_s,
+                                           progress_s=rc.progress_s).start()
             if deployed and not cfg.tls.cert and not insecure_dev_no_auth:
                 ensure_home_material(home, cfg.host, SERVER_CERT)  # the home's CA, its gateway certificate
             server = create_server(
@@ -145,6 +153,8 @@ def register(app: typer.Typer) -> None:
 
             asyncio.run(server.serve_forever(on_ready=ready))
         finally:
+            if reconciler is not None:
+                reconciler.stop()
             if epochs is not None:
                 epochs.stop()
             if watcher is not None:

@@ -89,6 +89,8 @@ _STREAM_NOT_FOUND = 10059
 _NO_MESSAGE = 10037
 _STREAM_EXISTS_DIFFERENT = 10058
 _NO_PEERS = 10005
+_CONSUMER_NOT_FOUND = 10014
+_DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class _SslEofNoise(logging.Filter):
@@ -246,6 +248,16 @@ class JetStreamConsumer:
     ack_pending: int
 
 
+@dataclass(frozen=True)
+class TailedBatch:
+    """One sealed batch as a durable tail delivered it (``NatsTransport.tail``)."""
+
+    stream: str
+    seq: int  # JetStream stream sequence (one per batch, dense)
+    first_offset: int  # eventward offset of its first event (-1 when ``batch`` is None)
+    batch: framing.Batch | None  # batch id, exact event bytes, seal; None: not an eventward batch
+
+
 @dataclass(frozen=True, slots=True)
 class _Tail:
     seq: int  # JetStream sequence of the stream's last batch (0: empty)
@@ -336,6 +348,7 @@ class NatsTransport:
         self._indexes: dict[str, _Index] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._denials: dict[str, set[asyncio.Future[str]]] = {}
+        self._tails_subs: dict[tuple[str, str], Any] = {}  # (stream, durable) -> pull subscription
         self._connect_failure: asyncio.Future[EventwardError] | None = None
         self._closed = False
         options = self._options(ca, cert, key, user, password, token, creds, inbox_prefix, name)
@@ -930,6 +943,105 @@ class NatsTransport:
 
         return self._run(self._retry(what, attempt), what)
 
+    # --- durable tails (the control plane's read-only view of every stream) -----------------------
+    def tail(
+        self, stream: str, durable: str, *, start_seq: int = 1, max_batches: int = 64, wait_s: float = 1.0
+    ) -> list[TailedBatch]:
+        """The next sealed batches of ``stream`` delivered to the durable pull consumer ``durable``.
+
+        The consumer is created on first use, delivering from stream sequence ``start_seq``
+        (1: the start) with ``AckNone``: it never writes to the stream and needs no ack permission,
+        so its server-side position moves on delivery and the caller keeps its own durable record
+        of what it processed (see ``tail_position``/``drop_tail``). An existing consumer keeps its
+        position and ``start_seq`` is ignored. Returns at most ``max_batches`` batches in sequence
+        order, ``[]`` if none arrives within ``wait_s``; a message that is not an eventward batch
+        (foreign or corrupted) comes back with ``batch=None``, never skipped silently. Raises
+        AccessDenied when the broker refuses this principal the consumer API, TransportError when
+        the stream does not exist, TransportUnavailable when the broker does not answer.
+        """
+        if start_seq < 1 or max_batches < 1 or wait_s <= 0:
+            raise InputError("tail needs start_seq >= 1, max_batches >= 1 and wait_s > 0")
+        _check_durable(durable)
+        return self._run(self._tail(stream, durable, start_seq, max_batches, wait_s), f"tail {stream}")
+
+    async def _tail(
+        self, stream: str, durable: str, start_seq: int, max_batches: int, wait_s: float
+    ) -> list[TailedBatch]:
+        key = (stream, durable)
+        sub = self._tails_subs.get(key)
+        if sub is None:
+            js_name = stream_name(stream)
+            what = f"durable tail of {stream}"
+            if await self._consumer_info(stream, durable) is None:
+                config: dict[str, Any] = {"durable_name": durable, "ack_policy": "none",
+                                          "deliver_policy": "all" if start_seq <= 1 else "by_start_sequence"}
+                if start_seq > 1:
+                    config["opt_start_seq"] = start_seq
+                resp = await self._retry(what, lambda: self._api(
+                    f"$JS.API.CONSUMER.CREATE.{js_name}.{durable}", {"stream_name": js_name, "config": config}, what))
+                if resp.get("error"):
+                    raise _refused(what, resp["error"])
+            try:
+                sub = await self._nc.jetstream().pull_subscribe_bind(durable, stream=js_name)
+            except Exception as e:
+                raise _classify(e, what) from None
+            self._tails_subs[key] = sub
+        try:
+            msgs = await sub.fetch(max_batches, timeout=wait_s)
+        except (TimeoutError, nats.errors.TimeoutError):  # nothing new within wait_s
+            return []
+        except Exception as e:
+            err = _classify(e, f"tail {stream}")
+            if isinstance(err, Retry):
+                raise TransportUnavailable(f"tail {stream}: broker busy, try again") from None
+            raise err from None
+        out = []
+        for m in msgs:
+            seq = m.metadata.sequence.stream
+            try:
+                stored = self._decode(stream, seq, dict(m.headers or {}), m.data)
+            except EventwardError:  # delivered (AckNone) all the same: handed back, never dropped
+                out.append(TailedBatch(stream, seq, -1, None))
+                continue
+            out.append(TailedBatch(stream, seq, stored.first, stored.batch))
+        return sorted(out, key=lambda b: b.seq)
+
+    def tail_position(self, stream: str, durable: str) -> int | None:
+        """Stream sequence of the last batch delivered to ``durable`` (0: none yet), or None when
+        that consumer does not exist. AccessDenied/TransportError as for ``tail``."""
+        _check_durable(durable)
+        info = self._run(self._consumer_info(stream, durable), f"consumer info of {stream}")
+        return None if info is None else int(((info.get("delivered") or {}).get("stream_seq")) or 0)
+
+    def drop_tail(self, stream: str, durable: str) -> None:
+        """Delete the durable consumer ``durable`` of ``stream`` (nothing if it does not exist), so the
+        next ``tail`` starts again from the sequence it is given."""
+        _check_durable(durable)
+        self._run(self._drop_tail(stream, durable), f"delete consumer of {stream}")
+
+    async def _drop_tail(self, stream: str, durable: str) -> None:
+        sub = self._tails_subs.pop((stream, durable), None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        what = f"delete consumer of {stream}"
+        resp = await self._retry(what, lambda: self._api(
+            f"$JS.API.CONSUMER.DELETE.{stream_name(stream)}.{durable}", {}, what))
+        err = resp.get("error")
+        if err and err.get("err_code") not in (_CONSUMER_NOT_FOUND, _STREAM_NOT_FOUND):
+            raise _refused(what, err)
+
+    async def _consumer_info(self, stream: str, durable: str) -> dict[str, Any] | None:
+        what = f"consumer info of {stream}"
+        resp = await self._retry(what, lambda: self._api(
+            f"$JS.API.CONSUMER.INFO.{stream_name(stream)}.{durable}", {}, what))
+        err = resp.get("error")
+        if err:
+            if err.get("err_code") == _CONSUMER_NOT_FOUND:
+                return None
+            raise _refused(what, err)
+        return resp
+
     # --- lifecycle --------------------------------------------------------------------------------
     def close(self) -> None:
         if self._closed:
@@ -1028,6 +1140,11 @@ def _cert_cn(path: Path) -> str | None:
         raise ConfigError(f"cannot load the NATS client certificate {path}") from None
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else None
+
+
+def _check_durable(name: str) -> None:
+    if not isinstance(name, str) or not _DURABLE.fullmatch(name):
+        raise InputError("a durable consumer name is 1..64 of letters, digits, '_' and '-'")
 
 
 def _check_group(group: str) -> None:
