@@ -126,7 +126,13 @@ def test_scenario_each_alert_once_per_episode_and_metrics_scraped(tmp_path: Path
             key = (name, tuple(sorted(labels.items())))
             return after.get(key, 0.0) - before.get(key, 0.0)
 
-        assert delta("eventward_events_produced_total", topic="orders") == 80 + 2 + 250
+        assert delta("eventward_events_produced_total", topic="orders", event_type="Order") == 80 + 2 + 250
+        # per type on the consume side too: the reader's 80 + 2 (rogue) live deliveries, counted and
+        # timed from each event's acceptance (ewtime) to its delivery
+        assert delta("eventward_events_delivered_total", topic="orders", event_type="Order") == 82
+        assert delta("eventward_delivery_latency_seconds_count", topic="orders", event_type="Order") == 82
+        assert delta("eventward_delivery_latency_seconds_bucket", topic="orders", event_type="Order", le="+Inf") == 82
+        assert 0 <= delta("eventward_delivery_latency_seconds_sum", topic="orders", event_type="Order") < 82 * 60
         assert delta("eventward_dlq_events_total", topic="orders", code="bad_seal") == 8
         assert delta("eventward_authz_denials_total", action="Publish") >= 9
         assert delta("eventward_authz_evaluations_total", action="Publish", decision="deny") >= 1
@@ -142,14 +148,15 @@ def test_scenario_each_alert_once_per_episode_and_metrics_scraped(tmp_path: Path
 
 
 def check_labels(scrape: dict) -> None:
-    """Every label value is a bounded name; none is a principal, an id or free text."""
-    seen = 0
+    """Every label value is a bounded name; none is a principal, an id or free text (the
+    per-type produce/consume families' ``event_type`` included)."""
+    seen: Counter[str] = Counter()
     for (_, labels) in scrape:
         for k, v in labels:
             if k == "le":
                 continue
-            seen += 1
+            seen[k] += 1
             assert metrics.LABEL_VALUE.match(v), (k, v)
             assert v not in PRINCIPALS, (k, v)
             assert not v.startswith("ord-"), (k, v)
-    assert seen > 20
+    assert sum(seen.values()) > 20 and seen["event_type"] >= 3 and seen["topic"] > 5

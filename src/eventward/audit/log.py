@@ -68,6 +68,18 @@ _MAPPING_FIELDS = frozenset({"action", "principal", "resource", "outcome", "reas
 # eventward.monitor counts security signal here instead of hooking every hot path. Must not raise.
 OBSERVERS: list[Callable[[str, str, str, str, Mapping[str, MetaValue]], None]] = []
 
+
+class ObservedAudit:
+    """An AuditSink that keeps nothing and only feeds ``OBSERVERS``: a client-mode service has no
+    audit log (the home's is the record) but its metrics come from the same records as at home."""
+
+    def record(
+        self, action: str, *, principal: str, resource: str, outcome: str = OK, reason: str = "", **meta: MetaValue
+    ) -> None:
+        for observe in OBSERVERS:
+            observe(action, resource, outcome, reason, meta)
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (idx INTEGER PRIMARY KEY, leaf BLOB NOT NULL, body BLOB NOT NULL);

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +52,13 @@ from eventward.policy.base import PUBLISH, REPLAY, SUBSCRIBE, Authorizer, check
 log = logging.getLogger("eventward.consumer")
 
 Handler = Callable[[Delivered], object]
+
+# One delivery as monitoring sees it: (event type, eventward's acceptance time ``ewtime`` for a
+# live delivery or None for a replay/redrive, delivery time in epoch seconds).
+Delivery = tuple[str, Any, float]
+# Called once per read batch with (topic, deliveries) while monitoring is on (monitor.instrument
+# registers its observer); while it is empty a consumer keeps no tally at all.
+DELIVERY_OBSERVERS: list[Callable[[str, list[Delivery]], None]] = []
 
 DELIVERED = "delivered"
 REDELIVERED = "redelivered"
@@ -127,6 +134,7 @@ class Consumer:
         self._notice_interval = notice_interval
         self._next_notice = 0.0
         self._forget_hooks: list[Hook] = []
+        self._tally: list[Delivery] | None = None  # this read batch's deliveries, for monitoring
 
     def __repr__(self) -> str:
         return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
@@ -168,7 +176,7 @@ class Consumer:
                 time.sleep(self._poll_interval)
                 continue
             idle_since = time.monotonic()
-            with self._reading_batch(records):
+            with self.delivery_batch(), self._reading_batch(records):
                 for rec in records:
                     if max_events is not None and stats.delivered >= max_events:
                         break
@@ -238,9 +246,10 @@ class Consumer:
             ]
             if not records:
                 break
-            for rec in records:
-                self.process(rec, handler, stats, mode=rp.REPLAY, guard=guard)
-                pos = rec.offset + 1
+            with self.delivery_batch():
+                for rec in records:
+                    self.process(rec, handler, stats, mode=rp.REPLAY, guard=guard)
+                    pos = rec.offset + 1
         self._audit.record(
             "Replay.end",
             principal=who,
@@ -257,9 +266,10 @@ class Consumer:
         if entry.stream != self.topic:
             raise InputError(f"dead letter belongs to stream {entry.stream!r}, not {self.topic!r}")
         self._authorize_topic()
-        outcome = self.process(
-            entry.record(), handler, stats, mode=rp.REDRIVE, attempt=f"r{entry.dlq_offset}"
-        )
+        with self.delivery_batch():
+            outcome = self.process(
+                entry.record(), handler, stats, mode=rp.REDRIVE, attempt=f"r{entry.dlq_offset}"
+            )
         self._guard.checkpoint()
         return outcome
 
@@ -335,6 +345,10 @@ class Consumer:
             stats.dead_lettered += 1
             return DEAD_LETTERED
         stats.delivered += 1
+        tally = self._tally
+        if tally is not None:  # monitoring on: two lookups and an append, reported per batch
+            tally.append((event.type, env.get(envelope.EXT_RECEIVED) if mode == rp.LIVE else None,
+                          time.time()))
         return DELIVERED
 
     def _check(
@@ -486,6 +500,21 @@ class Consumer:
             )
         stats.dead_lettered += 1
         return DEAD_LETTERED
+
+    @contextmanager
+    def delivery_batch(self) -> Iterator[None]:
+        """Scope one batch of ``process`` calls: while monitoring is on, the events delivered in
+        it are handed to ``DELIVERY_OBSERVERS`` once at its end (per batch, not per event).
+        ``run``, ``replay`` and ``redeliver`` use it; so does a caller driving ``process``
+        itself (the gateway's consumer groups)."""
+        self._tally = [] if DELIVERY_OBSERVERS else None
+        try:
+            yield
+        finally:
+            tally, self._tally = self._tally, None
+            if tally:
+                for observe in DELIVERY_OBSERVERS:
+                    observe(self.topic, tally)
 
     # --- position, authorization, reports ------------------------------------------------
     def _start_position(self) -> int:

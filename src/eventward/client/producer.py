@@ -69,6 +69,43 @@ _CORE_ATTRIBUTES = frozenset(
 )
 
 
+_TYPES_TEXT = 256  # an audit meta string's limit (audit.records.MAX_TEXT)
+
+
+def types_meta(counts: Mapping[str, int]) -> str:
+    """A batch's event types for its Publish audit record: ``"TypeA:3,TypeB:1"``, most frequent
+    first, cut to fit one audit meta string (the rest summed as ``_other_:N``).
+
+    Event types are registered schema names (bounded, never payload), so the record stays
+    metadata-only; audit meta values are scalars, hence a string rather than a mapping (as
+    the control plane's ``classes``). A type cannot contain ``,``; it may contain ``:``, so a
+    reader splits each item at its last ``:`` (``parse_types_meta``)."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    left = sum(counts.values())
+    out: list[str] = []
+    for t, n in items:
+        item = f"{t}:{n}"
+        tail = len(f",_other_:{left - n}") if left > n else 0
+        if len(",".join([*out, item])) + tail > _TYPES_TEXT:
+            out.append(f"_other_:{left}")  # fits: the previous step reserved room for it
+            break
+        out.append(item)
+        left -= n
+    return ",".join(out)
+
+
+def parse_types_meta(text: object) -> dict[str, int]:
+    """The inverse of ``types_meta``; anything malformed is skipped (it comes from a log)."""
+    out: dict[str, int] = {}
+    if not isinstance(text, str):
+        return out
+    for item in text.split(","):
+        t, sep, n = item.rpartition(":")
+        if sep and t and n.isdigit():
+            out[t] = out.get(t, 0) + int(n)
+    return out
+
+
 @dataclass(frozen=True)
 class _Batch:
     batch_id: str
@@ -76,6 +113,7 @@ class _Batch:
     ids: tuple[str, ...]
     events: tuple[bytes, ...]
     seal: bytes
+    types: Mapping[str, int]  # events per event type, for the Publish audit record
 
 
 class Producer:
@@ -120,7 +158,7 @@ class Producer:
         self._allowed: dict[str, float] = {}  # event type -> when the Publish decision expires
         self._lock = threading.Lock()  # buffer and sequence numbers
         self._flush_lock = threading.Lock()  # one flush at a time, in sequence order
-        self._buffer: list[tuple[str, bytes]] = []
+        self._buffer: list[tuple[str, bytes, str]] = []  # (event id, envelope bytes, event type)
         self._buffer_since = 0.0
         self._next_seq = 0
         self._pending: _Batch | None = None  # sealed, not yet acknowledged
@@ -199,7 +237,7 @@ class Producer:
                 raise InputError(f"event data of type {type_} is not JSON-serializable") from None
             if not self._buffer:
                 self._buffer_since = now
-            self._buffer.append((event_id, raw))
+            self._buffer.append((event_id, raw, type_))
             self._next_seq += 1
             full = len(self._buffer) >= self._max_batch or now - self._buffer_since >= self._max_delay
         if full:
@@ -244,12 +282,12 @@ class Producer:
         with self._lock:  # one acquisition; sequence numbers stay dense with concurrent sends
             now = self._clock()
             seq = self._next_seq
-            raws: list[tuple[str, bytes]] = []
+            raws: list[tuple[str, bytes, str]] = []
             for event_id, enc, subject_hash in prepared:
                 env = build(type_, src, enc, id_=event_id, seq=seq, schema_version=version,
                             subject_hash=subject_hash, subject=None, now=now)
                 try:
-                    raws.append((event_id, envelope.encode(env, max_bytes=max_bytes)))
+                    raws.append((event_id, envelope.encode(env, max_bytes=max_bytes), type_))
                 except orjson.JSONEncodeError:
                     raise InputError(f"event data of type {type_} is not JSON-serializable") from None
                 seq += 1
@@ -266,7 +304,7 @@ class Producer:
             except TransportError as e:
                 self.last_error = e
                 log.warning("flush failed (%s); the sealed batch is kept and retried", e.code)
-        return [i for i, _ in raws]
+        return [r[0] for r in raws]
 
     def flush(self) -> list[str]:
         """Seal and append what is buffered; returns the ids the transport acknowledged.
@@ -331,8 +369,8 @@ class Producer:
             raise
         self._allowed[type_] = now + self._ttl
 
-    def _seal(self, buf: list[tuple[str, bytes]], first_seq: int) -> _Batch:
-        events = tuple(raw for _, raw in buf)
+    def _seal(self, buf: list[tuple[str, bytes, str]], first_seq: int) -> _Batch:
+        events = tuple(b[1] for b in buf)
         batch_id = f"{self.instance}-{first_seq}"
         blob = sealing.seal(
             self._signer,
@@ -343,7 +381,10 @@ class Producer:
             events=events,
             time=self._clock(),
         )
-        return _Batch(batch_id, first_seq, tuple(i for i, _ in buf), events, blob)
+        types: dict[str, int] = {}
+        for b in buf:
+            types[b[2]] = types.get(b[2], 0) + 1
+        return _Batch(batch_id, first_seq, tuple(b[0] for b in buf), events, blob, types)
 
     def _append(self, b: _Batch) -> list[str]:
         if not self._stream_ready:
@@ -364,6 +405,7 @@ class Producer:
             last_seq=b.first_seq + len(b.events) - 1,
             first_offset=first_offset,
             kid=self._signer.kid,
+            types=types_meta(b.types),
         )
         return list(b.ids)
 

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from eventward import envelope
-from eventward.audit.base import NullAudit
+from eventward.audit.log import ObservedAudit
 from eventward.client.consumer import Consumer
 from eventward.client.dlq import DeadLetters
 from eventward.client.producer import Producer
@@ -128,20 +128,20 @@ class Client:
         return Producer(
             topic, principal=self.principal, transport=self.transport, signer=self.identity.signer("seal"),
             schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer,
-            audit=NullAudit(), **kw,
+            audit=ObservedAudit(), **kw,
         )
 
     def consumer(self, topic: str, *, group: str | None = None, **kw: Any) -> Consumer:
         guard = ReplayGuard.open(Home(self.identity.state_dir), group or self.principal)
         self._closers.append(guard)
         dlq = DeadLetters(topic, transport=self.transport, verifier=self.verifier, authorizer=self.authorizer,
-                          audit=NullAudit(), signer=self.identity.signer("dead_letter"))
+                          audit=ObservedAudit(), signer=self.identity.signer("dead_letter"))
         notices = RemoteNotices(self.api)
         notices.register(group or self.principal)  # it must acknowledge every later forget
         return Consumer(
             topic, principal=self.principal, transport=self.transport, verifier=self.verifier,
             schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer, guard=guard,
-            dlq=dlq, audit=NullAudit(), group=group, notices=notices, **kw,
+            dlq=dlq, audit=ObservedAudit(), group=group, notices=notices, **kw,
         )
 
     def close(self) -> None:

@@ -193,11 +193,12 @@ class ConsumerGroups:
                 records = self._transport.read(topic, pos, _READ_CHUNK)
                 if not records:
                     break
-                for rec in records:
-                    if len(out) >= max_events:
-                        break
-                    consumer.process(rec, out.append, stats, guard=stage)
-                    pos = rec.offset + 1
+                with consumer.delivery_batch():  # per-type delivery metrics, as in Consumer.run
+                    for rec in records:
+                        if len(out) >= max_events:
+                            break
+                        consumer.process(rec, out.append, stats, guard=stage)
+                        pos = rec.offset + 1
             clean = out[0].offset if out else pos  # everything before it was refused or skipped
             if clean > start:
                 stage.commit(clean)

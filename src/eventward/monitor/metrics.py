@@ -13,16 +13,22 @@ Labels never carry principals, subjects, event ids or free text: every value pas
 
 from __future__ import annotations
 
+import calendar
+import math
 import re
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import start_http_server as _prom_http_server
+from prometheus_client.utils import floatToGoString
+
+from eventward.client.producer import parse_types_meta
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OTHER = "_other_"
@@ -32,6 +38,9 @@ MAX_SERIES = 200  # per family
 # no '@' (emails), at most 64 characters.
 LABEL_VALUE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z")
 LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Acceptance to delivery spans buffering, flushes and consumer lag: up to a quarter of an hour.
+E2E_LATENCY = (*LATENCY, 30.0, 60.0, 300.0, 900.0)
+UNKNOWN = "_unknown_"  # a Publish record without types (written before records carried them)
 
 disable_created_metrics()  # no *_created series: half the scrape for nothing a rule uses
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -62,10 +71,70 @@ class _Capped:
                 key = self._other
             c = self._children.get(key)
             if c is None:
-                c = self._children[key] = self.metric.labels(*key)
+                c = self._children[key] = self._make(key)
             if len(self._children) < 4 * MAX_SERIES:  # raw aliases too are bounded
                 self._children[values] = c  # type: ignore[index]
             return c
+
+    def _make(self, key: tuple[str, ...]) -> Any:
+        return self.metric.labels(*key)
+
+
+class _Series:
+    """One label set of a ``_BulkHistogram``: bucket counts (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "lock", "total")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * n
+        self.total = 0.0
+        self.lock = threading.Lock()
+
+    def observe_many(self, index: Sequence[int], total: float) -> None:
+        with self.lock:
+            counts = self.counts
+            for i in index:
+                counts[i] += 1
+            self.total += total
+
+
+class _BulkHistogram(_Capped):
+    """A labelled histogram fed a batch of values at a time: one lock per batch and series
+    instead of prometheus_client's per-value locks, for the per-event delivery latency. Label
+    values and the series cap are ``_Capped``'s; the family is rendered at scrape time."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> None:
+        super().__init__(None, len(labels))
+        self.name, self.doc, self.labels = name, doc, list(labels)
+        self.bounds = (*buckets, math.inf)
+        self._les = [floatToGoString(b) for b in self.bounds]
+        self._series: dict[tuple[str, ...], _Series] = {}  # by label values (``_children`` has aliases too)
+        REGISTRY.register(self)
+
+    def _make(self, key: tuple[str, ...]) -> _Series:
+        series = self._series[key] = _Series(len(self.bounds))  # under _Capped's lock
+        return series
+
+    def observe_many(self, values: Sequence[float], *labels: object) -> None:
+        bounds = self.bounds
+        self.child(*labels).observe_many([bisect_left(bounds, v) for v in values], sum(values))
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
+        with self._lock:
+            series = sorted(self._series.items())
+        for key, c in series:
+            with c.lock:
+                counts, total = list(c.counts), c.total
+            acc, buckets = 0, []
+            for le, n in zip(self._les, counts, strict=True):
+                acc += n
+                buckets.append((le, acc))
+            fam.add_metric(list(key), buckets, total)
+        yield fam
+
+    def describe(self) -> Iterable[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.doc, labels=self.labels)
 
 
 def _counter(name: str, doc: str, labels: Sequence[str]) -> _Capped:
@@ -81,11 +150,24 @@ def _histogram(name: str, doc: str, labels: Sequence[str]) -> _Capped:
 
 
 P = "eventward_"
-produced = _counter(P + "events_produced", "Events published, per topic (counted per sealed batch).", ("topic",))
+produced = _counter(
+    P + "events_produced", "Events published, per topic and event type (counted per sealed batch).",
+    ("topic", "event_type"),
+)
 batches = _counter(P + "batches_produced", "Sealed batches published, per topic.", ("topic",))
 append_seconds = _histogram(P + "produce_append_seconds", "Transport append latency per sealed batch.", ("topic",))
 read_events = _counter(P + "events_read", "Events read from the log by consumers, per topic.", ("topic",))
 read_seconds = _histogram(P + "consume_read_seconds", "Transport read latency per batch read.", ("topic",))
+delivered = _counter(
+    P + "events_delivered", "Events a consumer handed to its handler, per topic and event type.",
+    ("topic", "event_type"),
+)
+delivery_seconds = _BulkHistogram(
+    P + "delivery_latency_seconds",
+    "End-to-end latency per topic and event type: producer acceptance (ewtime) to live delivery.",
+    ("topic", "event_type"),
+    E2E_LATENCY,
+)
 guard_events = _counter(
     P + "guard_events",
     "Events with untagged PII or secrets the producer guard sent (warn) or refused (block).",
@@ -134,7 +216,12 @@ def observe_audit(action: str, resource: str, outcome: str, reason: str, meta: M
         if action == "Publish":
             if outcome == "ok":
                 topic = _topic(resource)
-                produced.child(topic).inc(meta.get("count") or 0)
+                types = _types(meta.get("types"))
+                if types:
+                    for t, n in types:
+                        produced.child(topic, t).inc(n)
+                else:
+                    produced.child(topic, UNKNOWN).inc(meta.get("count") or 0)
                 batches.child(topic).inc()
             else:
                 authz.child("Publish", "deny").inc()
@@ -173,6 +260,67 @@ def observe_audit(action: str, resource: str, outcome: str, reason: str, meta: M
         elif action == "monitor.alert":
             alerts.child(meta.get("rule") or "unknown", meta.get("severity") or "unknown").inc()
     except Exception:  # noqa: S110 - metrics must never break the audit path
+        pass
+
+
+_TYPES_CACHE: dict[str, tuple[tuple[str, int], ...]] = {}
+
+
+def _types(text: object) -> tuple[tuple[str, int], ...]:
+    """A Publish record's ``types`` (``"A:3,B:1"``), parsed once per distinct string (a producer
+    repeats the same few); the cache is bounded."""
+    if not isinstance(text, str):
+        return ()
+    out = _TYPES_CACHE.get(text)
+    if out is None:
+        if len(_TYPES_CACHE) >= 1024:
+            _TYPES_CACHE.clear()
+        out = _TYPES_CACHE[text] = tuple(parse_types_meta(text).items())
+    return out
+
+
+_EPOCH: dict[str, float] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds
+
+
+def _epoch(ts: object) -> float | None:
+    """eventward's ``ewtime`` (RFC 3339 UTC, microseconds, fixed width) as epoch seconds, with
+    the second parsed once per distinct second; None for anything else."""
+    if type(ts) is not str or len(ts) != 27 or ts[19] != "." or ts[26] != "Z":
+        return None
+    head = ts[:19]
+    sec = _EPOCH.get(head)
+    if sec is None:
+        try:
+            sec = float(calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S")))
+        except ValueError:
+            return None
+        if len(_EPOCH) >= 4096:
+            _EPOCH.clear()
+        _EPOCH[head] = sec
+    frac = ts[20:26]
+    return sec + int(frac) / 1_000_000 if frac.isdigit() else None
+
+
+def observe_deliveries(topic: str, deliveries: Sequence[tuple[str, Any, float]]) -> None:
+    """The consumers' observer (``consumer.DELIVERY_OBSERVERS``), called once per read batch with
+    (event type, ``ewtime`` or None, delivery time) per delivered event: counts per type, and the
+    acceptance-to-delivery latency of live deliveries (a clock behind the producer's counts 0).
+    Never raises."""
+    try:
+        counts: dict[str, int] = {}
+        latencies: dict[str, list[float]] = {}
+        for type_, received, at in deliveries:
+            counts[type_] = counts.get(type_, 0) + 1
+            if received is not None and (t0 := _epoch(received)) is not None:
+                lat = latencies.get(type_)
+                if lat is None:
+                    lat = latencies[type_] = []
+                lat.append(at - t0 if at > t0 else 0.0)
+        for type_, n in counts.items():
+            delivered.child(topic, type_).inc(n)
+        for type_, values in latencies.items():
+            delivery_seconds.observe_many(values, topic, type_)
+    except Exception:  # noqa: S110 - metrics must never break a consumer
         pass
 
 

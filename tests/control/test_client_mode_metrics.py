@@ -1,0 +1,35 @@
+"""Client mode counts what it produces and consumes per event type: its producers have no audit
+log (the home's is the record), so their Publish records go to the process's observers only, and
+its consumers report deliveries like home-mode ones once the process exposes metrics."""
+
+from __future__ import annotations
+
+from eventward import demo, monitor
+from eventward.monitor import metrics
+
+
+def _v(name: str, **labels: str) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_client_mode_producer_and_consumer_counted_per_type(world) -> None:
+    monitor.observe_process()  # what start_http_server does in an SDK process
+    labels = {"topic": demo.TOPIC, "event_type": demo.EVENT_TYPE}
+    produced = _v("eventward_events_produced_total", **labels)
+    delivered = _v("eventward_events_delivered_total", **labels)
+    timed = _v("eventward_delivery_latency_seconds_count", **labels)
+    with world.client(demo.PRODUCER).producer(demo.TOPIC) as p:
+        for i in range(3):
+            p.send(demo.EVENT_TYPE, demo.order(i))
+    assert _v("eventward_events_produced_total", **labels) == produced + 3
+    seen: list = []
+    c = world.client(demo.SHIPPING).consumer(demo.TOPIC, group="metrics", from_beginning=True)
+    try:
+        c.run(seen.append, max_events=3, idle_timeout=2.0)
+    finally:
+        c.close()
+    assert len(seen) == 3
+    assert _v("eventward_events_delivered_total", **labels) == delivered + 3
+    assert _v("eventward_delivery_latency_seconds_count", **labels) == timed + 3
+    text = metrics.render().decode()
+    assert not any(v in text for v in demo.pii_values())  # names, never values
