@@ -5,6 +5,9 @@ consumer-group progress. Real nats-server on 127.0.0.1, one per test, stopped by
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -244,3 +247,22 @@ def test_reconciler_knob_is_typed() -> None:
         Config.parse("reconciler: {interval_s: 0}")
     with pytest.raises(ConfigError, match="unknown"):
         Config.parse("reconciler: {enable: false}")
+
+
+def test_serve_runs_the_reconciler(world: NatsWorld) -> None:
+    """`eventward serve` over NATS starts the thread: the producer's batches get their records."""
+    produce(world.client(world.identity(demo.PRODUCER)), 3)
+    batches = stored_batches(world.nats())
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).parent / "eventward"), "--home", str(world.dep.home.root), "serve",
+         "--insecure-dev-no-auth", "--port", "0", "--no-monitor"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        recs = until("serve's Publish records", lambda: len(direct_publishes(world)) == len(batches)
+                     and direct_publishes(world), timeout=30)
+        assert [r.meta["batch"] for r in recs] == batches and {r.principal for r in recs} == {demo.PRODUCER}
+    finally:
+        serve.send_signal(signal.SIGINT)
+        _, err = serve.communicate(timeout=30)
+    assert "Traceback" not in err
+    assert [r.meta["batch"] for r in direct_publishes(world)] == batches
