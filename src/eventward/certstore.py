@@ -16,12 +16,15 @@ Revocation is enforced three ways, each within a bound and without a restart:
 * the CRL carries a ``next_update`` (7 days): a CRL that is not republished in time makes
   OpenSSL refuse every client certificate (fail closed); ``serve`` republishes it daily.
 
-The CA key is a 0600 file (``certs/ca.key``) in the control plane's home, not in the KMS or
-PKCS#11 token: the token holds AES key-encryption keys and no signing interface is wired yet.
+Every signature (certificates, the CRL) goes through the CA's signer (``casigner``): a 0600
+``certs/ca.key`` by default, or a key held in a PKCS#11 token, Transit or AWS KMS when
+``pki.ca_key`` says so; each result is verified against ``ca.crt`` before anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -30,17 +33,18 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from eventward import pki
+from eventward.casigner import sign_crl
 from eventward.errors import ConfigError, ConflictError, InputError, NotFoundError
 from eventward.log.sqlite import connect, write_txn
 
@@ -181,7 +185,7 @@ class CertRegistry:
         live = [r for r in self.list(principal) if r.status == VALID and r.not_after > now]
         return live[-1] if live else None
 
-    def revoke(self, serial: str, reason: str) -> CertRecord:
+    def revoke(self, serial: str, reason: str, at: float | None = None) -> CertRecord:
         if reason not in REASONS:
             raise InputError(f"revocation reason must be one of {', '.join(REASONS)}")
         rec = self.get(serial)
@@ -190,7 +194,7 @@ class CertRegistry:
         with self._lock, write_txn(self._db, "revoke certificate") as db:
             db.execute(
                 "UPDATE issued SET status = ?, revoked_at = ?, reason = ? WHERE serial = ?",
-                (REVOKED, time.time(), reason, rec.serial),
+                (REVOKED, time.time() if at is None else at, reason, rec.serial),
             )
         return self.get(rec.serial)
 
@@ -216,32 +220,44 @@ class CertRegistry:
             db.execute("UPDATE issued SET alerted = ? WHERE serial = ?", (time.time(), serial))
 
     # --- the CRL ----------------------------------------------------------------------------
-    def publish_crl(self, ca: pki.Issued, *, days: int = CRL_DAYS) -> Path:
-        """Sign and write ``certs/crl.pem`` listing every revoked certificate (atomically)."""
-        now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(ca.cert.subject)
-            .last_update(now - dt.timedelta(minutes=5))
-            .next_update(now + dt.timedelta(days=days))
-            .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+    def publish_crl(self, ca_or_pair: pki.CA | pki.Issued, *, days: int = CRL_DAYS) -> Path:
+        """Sign (through the CA's signer, verified) and write ``certs/crl.pem`` listing every revoked
+        certificate (atomically); a signature that does not verify writes nothing."""
+        crl = sign_revocations(pki.as_ca(ca_or_pair), self._rows("WHERE status = ?", (REVOKED,)), days=days)
+        return write_crl(self.certs, crl)
+
+
+def sign_revocations(
+    ca: pki.CA, revoked: Sequence[CertRecord], *, days: int = CRL_DAYS
+) -> x509.CertificateRevocationList:
+    """A CRL of ``revoked`` signed by the CA's signer and verified against ``ca.crt``."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+    )
+    for r in revoked:
+        revoked_at = dt.datetime.fromtimestamp(r.revoked_at or time.time(), dt.UTC)
+        entry = (
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(r.serial, 16))
+            .revocation_date(revoked_at)
+            .add_extension(x509.CRLReason(REASONS.get(r.reason or "", x509.ReasonFlags.unspecified)), False)
+            .build()
         )
-        for r in self._rows("WHERE status = ?", (REVOKED,)):
-            revoked_at = dt.datetime.fromtimestamp(r.revoked_at or time.time(), dt.UTC)
-            entry = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(r.serial, 16))
-                .revocation_date(revoked_at)
-                .add_extension(x509.CRLReason(REASONS.get(r.reason or "", x509.ReasonFlags.unspecified)), False)
-                .build()
-            )
-            builder = builder.add_revoked_certificate(entry)
-        crl = builder.sign(ca.key, hashes.SHA256())
-        path = self.certs / CRL_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-        tmp.replace(path)
-        return path
+        builder = builder.add_revoked_certificate(entry)
+    return sign_crl(builder, ca.signer, ca.cert)
+
+
+def write_crl(certs: Path, crl: x509.CertificateRevocationList) -> Path:
+    path = certs / CRL_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(path)
+    return path
 
 
 def load_crl(path: Path) -> x509.CertificateRevocationList:
@@ -264,11 +280,14 @@ def revoked_serials(path: Path, ca_cert: x509.Certificate | None = None) -> froz
 # --- the operations behind ``eventward pki`` -------------------------------------------------
 
 
-def _ca(certs: Path) -> pki.Issued:
-    cert, key = pki.ca_paths(certs)
-    if not cert.exists():
-        raise ConfigError(f"no deployment CA in {certs}: run 'eventward pki init' first")
-    return pki.load(cert, key)
+@contextlib.contextmanager
+def _ca(certs: Path) -> Iterator[pki.CA]:
+    """The CA with its signer (a token/KMS connection when configured), closed after use."""
+    ca = pki.open_ca(certs)
+    try:
+        yield ca
+    finally:
+        ca.close()
 
 
 def _registry(certs: Path) -> CertRegistry:
@@ -282,7 +301,12 @@ def init(certs: Path, cn: str = "eventward CA") -> tuple[CertRegistry, list[Cert
     already in ``certs/`` signed by the CA are adopted, so they can be listed and revoked."""
     if CertRegistry.managed(certs):
         raise ConflictError(f"the PKI in {certs} is already initialised")
-    ca = pki.load_or_issue_ca(*pki.ca_paths(certs), cn=cn)
+    ca = pki.open_ca(certs, create=True, cn=cn)
+    try:
+        crl = sign_revocations(ca, [])  # before issued.db exists: a failing signer leaves the PKI uninitialised
+    except BaseException:
+        ca.close()
+        raise
     reg = CertRegistry(certs)
     adopted = []
     for path in sorted([*certs.glob("*.crt"), *certs.glob("clients/*.crt")]):
@@ -294,7 +318,8 @@ def init(certs: Path, cn: str = "eventward CA") -> tuple[CertRegistry, list[Cert
         except (ValueError, TypeError, OSError, InvalidSignature):  # not signed by this CA: left alone
             continue
         adopted.append(reg.record(cert, path))
-    reg.publish_crl(ca)
+    write_crl(certs, crl)
+    ca.close()
     return reg, adopted
 
 
@@ -312,8 +337,8 @@ def issue(
     reg = _registry(certs)
     if reg.current(pki.check_cn(principal)) is not None:
         raise ConflictError(f"{principal} already has a valid certificate: renew or revoke it")
-    ca = _ca(certs)
-    issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
+    with _ca(certs) as ca:
+        issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
     cert, key = _paths(certs, principal, "server" if server else "client")
     pki.save(issued, cert, key)
     return reg.record(issued.cert, cert)
@@ -336,9 +361,9 @@ def renew(certs: Path, principal: str, *, days: int = DEFAULT_DAYS) -> CertRecor
             sans += [str(v) for v in ext.get_values_for_type(x509.IPAddress)]
         except x509.ExtensionNotFound:
             pass
-    ca = _ca(certs)
     server = old.kind.startswith("server")
-    issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
+    with _ca(certs) as ca:
+        issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
     cert, key = (Path(old.path), Path(old.path).with_suffix(".key")) if old.path else _paths(certs, principal, old.kind)
     pki.save(issued, cert, key)
     return reg.record(issued.cert, cert)
@@ -350,13 +375,22 @@ def revoke(certs: Path, target: str, reason: str) -> list[CertRecord]:
     if reason not in REASONS:
         raise InputError(f"revocation reason must be one of {', '.join(REASONS)}")
     if _SERIAL.match(target.lower()) and any(r.serial == target.lower() for r in reg.list()):
-        done = [reg.revoke(target, reason)]
+        targets = [reg.get(target)]
+        if targets[0].status == REVOKED:
+            raise ConflictError(f"certificate {targets[0].serial} is already revoked")
     else:
-        live = [r for r in reg.list(target) if r.status == VALID]
-        if not live:
+        targets = [r for r in reg.list(target) if r.status == VALID]
+        if not targets:
             raise NotFoundError(f"no valid certificate of {target[:64]!r} to revoke")
-        done = [reg.revoke(r.serial, reason) for r in live]
-    reg.publish_crl(_ca(certs))
+    # The CRL that will list them is signed (and verified) first: a CA key that cannot sign
+    # (KMS down, wrong key) refuses before the book changes.
+    at = time.time()
+    revoked = [*reg._rows("WHERE status = ?", (REVOKED,)),
+               *(dataclasses.replace(r, status=REVOKED, revoked_at=at, reason=reason) for r in targets)]
+    with _ca(certs) as ca:
+        crl = sign_revocations(ca, revoked)
+    done = [reg.revoke(r.serial, reason, at) for r in targets]
+    write_crl(certs, crl)
     return done
 
 
@@ -365,7 +399,8 @@ def sign_csr(certs: Path, csr_pem: bytes, principal: str, enrolled: bool, *, day
     if not enrolled:
         raise InputError(f"{principal[:64]!r} is not enrolled: approve its enrollment before certifying its key")
     reg = _registry(certs)
-    cert = pki.certify_csr(_ca(certs), csr_pem, principal, days=days)
+    with _ca(certs) as ca:
+        cert = pki.certify_csr(ca, csr_pem, principal, days=days)
     # never over clients/<principal>.crt, whose key file belongs to another certificate
     path = certs / "issued" / f"{principal}-{cert.serial_number:x}.crt"
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -381,7 +416,7 @@ def adopt(certs: Path, path: Path) -> CertRecord:
     reg = _registry(certs)
     cert = load_cert_file(path)
     try:
-        cert.verify_directly_issued_by(_ca(certs).cert)
+        cert.verify_directly_issued_by(pki.ca_certificate(certs))
     except (ValueError, TypeError, InvalidSignature):
         raise InputError(f"{path} was not issued by this deployment's CA") from None
     return reg.record(cert, path)
@@ -440,7 +475,8 @@ class ExpiryMonitor:
             if crl.is_file():
                 nxt = load_crl(crl).next_update_utc
                 if nxt is None or nxt.timestamp() - time.time() < CRL_DAYS * 86400 / 2:
-                    reg.publish_crl(_ca(self.certs))
+                    with _ca(self.certs) as ca:
+                        reg.publish_crl(ca)
             return due
         finally:
             reg.close()

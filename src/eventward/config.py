@@ -98,6 +98,9 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
+    # pki.ca_key: where the deployment CA's key lives (casigner.ca_key_config): {backend: file} by
+    # default, or pkcs11 / transit / aws with that backend's section (kms.<backend> reused if omitted)
+    pki: dict[str, Any] = field(default_factory=dict)
     gateway: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -137,6 +140,13 @@ class Config:
             raise ConfigError(f"{name}: reconciler.interval_s and progress_s must be positive, grace_s not negative")
         if cfg.consumer.uncleared not in ("redact", "token"):
             raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
+        if cfg.pki:
+            from eventward.casigner import ca_key_config
+
+            unknown = sorted(str(k) for k in cfg.pki if k != "ca_key")
+            if unknown:
+                raise ConfigError(f"{name}: pki: unknown key(s) {', '.join(unknown)}")
+            ca_key_config(cfg.pki, cfg.kms)
         return cfg
 
     def dump(self) -> str:

@@ -270,6 +270,13 @@ class KeyIntegrityError(KeyServiceError):
     code = "key_integrity"
 
 
+class CASignatureInvalid(KeyIntegrityError):
+    """The CA key (file, token or KMS) answered a signature that does not verify under the CA
+    certificate (garbage, or another key): nothing was issued or published."""
+
+    code = "ca_signature_invalid"
+
+
 class LegalHoldError(ConflictError):
     """A subject under legal hold cannot be forgotten."""
 

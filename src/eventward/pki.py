@@ -4,6 +4,10 @@ The broker (nats-server), the gateway and their clients authenticate each other 
 certificates from the deployment's own CA, and a client certificate's CN *is* the eventward
 principal (nats-server maps it to a user with ``verify_and_map``). ECDSA P-256 keys: every
 TLS stack in use (Go, OpenSSL, librdkafka) accepts them. Private keys are written 0600.
+
+The CA signs through a :class:`~eventward.casigner.CASigner`: a 0600 ``certs/ca.key`` by default,
+or a key held in a PKCS#11 token, Vault/OpenBao Transit or AWS KMS (``pki.ca_key`` in
+eventward.yaml, :func:`open_ca`). Every certificate is verified against the CA before use.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from eventward.casigner import CAKeyConfig, CASigner, FileSigner, config_for, connect_signer, sign_certificate
 from eventward.errors import ConfigError, InputError
 from eventward.home import read_secret, write_secret
 
@@ -48,6 +53,22 @@ class Issued:
         return self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
+
+
+@dataclass(frozen=True)
+class CA:
+    """The deployment CA: its certificate and whatever signs for it (the key may live elsewhere)."""
+
+    cert: x509.Certificate
+    signer: CASigner = field(repr=False)
+
+    def close(self) -> None:
+        self.signer.close()
+
+
+def as_ca(ca: CA | Issued) -> CA:
+    """A CA from either form: an ``Issued`` pair (file key in memory) signs with a FileSigner."""
+    return ca if isinstance(ca, CA) else CA(ca.cert, FileSigner(ca.key))
 
 
 def check_cn(cn: str) -> str:
@@ -90,16 +111,23 @@ def _principal_san(principal: str) -> x509.GeneralName:
 
 
 def issue_ca(cn: str = "eventward CA", *, days: int = 3650) -> Issued:
-    """A self-signed CA that may only issue end-entity certificates (path length 0)."""
+    """A self-signed CA with a new in-memory key (the file backend): see :func:`self_sign_ca`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Issued(self_sign_ca(FileSigner(key), cn, days=days), key)
+
+
+def self_sign_ca(signer: CASigner, cn: str = "eventward CA", *, days: int = 3650) -> x509.Certificate:
+    """A self-signed CA certificate for ``signer``'s key that may only issue end-entity
+    certificates (path length 0); verified before it is returned."""
     if not _CA_CN.match(cn):
         raise InputError(f"invalid CA name {cn[:40]!r}")
-    key = ec.generate_private_key(ec.SECP256R1())
+    public = signer.public_key()
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(_name(cn))
         .issuer_name(_name(cn))
-        .public_key(key.public_key())
+        .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(now + dt.timedelta(days=days))
@@ -112,14 +140,13 @@ def issue_ca(cn: str = "eventward CA", *, days: int = 3650) -> Issued:
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
     )
-    return Issued(cert, key)
+    return sign_certificate(builder, signer, None)
 
 
 def issue_cert(
-    ca: Issued,
+    ca: CA | Issued,
     cn: str,
     *,
     server: bool = False,
@@ -142,7 +169,7 @@ def issue_cert(
     return Issued(_certify(ca, cn, key.public_key(), server=server, client=client, sans=sans, days=days), key)
 
 
-def certify_csr(ca: Issued, csr_pem: bytes, cn: str, *, days: int = 30) -> x509.Certificate:
+def certify_csr(ca: CA | Issued, csr_pem: bytes, cn: str, *, days: int = 30) -> x509.Certificate:
     """A client certificate for a key that never left its service: the CSR's signature proves
     possession, and its subject must be exactly ``cn`` (the enrolled principal)."""
     check_cn(cn)
@@ -162,9 +189,10 @@ def certify_csr(ca: Issued, csr_pem: bytes, cn: str, *, days: int = 30) -> x509.
 
 
 def _certify(
-    ca: Issued, cn: str, public_key: ec.EllipticCurvePublicKey, *, server: bool, client: bool,
+    ca_or_pair: CA | Issued, cn: str, public_key: ec.EllipticCurvePublicKey, *, server: bool, client: bool,
     sans: Sequence[str], days: int,
 ) -> x509.Certificate:
+    ca = as_ca(ca_or_pair)
     usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + (
         [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
     )
@@ -189,7 +217,7 @@ def _certify(
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.signer.public_key()), critical=False
         )
     )
     names = [_san(s) for s in sans]
@@ -199,7 +227,7 @@ def _certify(
         names.append(x509.UniformResourceIdentifier(principal_uri(cn)))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(ca.key, hashes.SHA256())
+    return sign_certificate(builder, ca.signer, ca.cert)
 
 
 def save(issued: Issued, cert_path: Path, key_path: Path) -> None:
@@ -231,12 +259,72 @@ def load(cert_path: Path, key_path: Path) -> Issued:
 
 
 def load_or_issue_ca(cert_path: Path, key_path: Path, cn: str = "eventward CA") -> Issued:
-    """The deployment CA, created on first use."""
+    """A CA pair kept in files, created on first use (the file backend; see :func:`open_ca`)."""
     if cert_path.exists():
         return load(cert_path, key_path)
     ca = issue_ca(cn)
     save(ca, cert_path, key_path)
     return ca
+
+
+def open_ca(
+    certs: Path, *, create: bool = False, cn: str = "eventward CA", key: CAKeyConfig | None = None
+) -> CA:
+    """The deployment CA of ``certs``, signing where ``pki.ca_key`` says (default: ``certs/ca.key``).
+
+    With ``create`` a missing CA is made: the key is generated in the token/KMS (or an existing
+    key of the configured name is used) and the certificate self-signed through it; only
+    ``ca.crt`` is written, after the signature verified. An existing ``ca.crt`` must belong to the
+    configured key, so switching backends cannot silently mint a second CA."""
+    key = key or config_for(certs)
+    cert_path, key_path = ca_paths(certs)
+    if key.backend == "file":
+        pair = load_or_issue_ca(cert_path, key_path, cn) if create else _load_existing(cert_path, key_path, certs)
+        return CA(pair.cert, FileSigner(pair.key))
+    exists = cert_path.exists()
+    if not exists and not create:
+        raise ConfigError(f"no deployment CA in {certs}: run 'eventward pki init' first")
+    cert = _load_cert(cert_path) if exists else None
+    expect = cert.public_key() if cert is not None else None
+    if not isinstance(expect, ec.EllipticCurvePublicKey):
+        expect = None
+    signer = connect_signer(key, create=not exists, expect=expect)
+    try:
+        if cert is not None:
+            if cert.public_key() != signer.public_key():
+                raise ConfigError(f"the CA key in {signer.where} does not belong to {cert_path}; "
+                                  "pki.ca_key names another key than the one this CA was made with")
+            return CA(cert, signer)
+        cert = self_sign_ca(signer, cn)
+        certs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = cert_path.with_name(cert_path.name + ".tmp")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        tmp.replace(cert_path)
+        return CA(cert, signer)
+    except BaseException:
+        signer.close()
+        raise
+
+
+def _load_existing(cert_path: Path, key_path: Path, certs: Path) -> Issued:
+    if not cert_path.exists():
+        raise ConfigError(f"no deployment CA in {certs}: run 'eventward pki init' first")
+    return load(cert_path, key_path)
+
+
+def ca_certificate(certs: Path) -> x509.Certificate:
+    """``certs/ca.crt`` alone (no key, no token or KMS connection): what verifiers need."""
+    path = ca_paths(certs)[0]
+    if not path.exists():
+        raise ConfigError(f"no deployment CA in {certs}: run 'eventward pki init' first")
+    return _load_cert(path)
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (ValueError, OSError):
+        raise ConfigError(f"certificate {path} is not a readable PEM X.509 certificate") from None
 
 
 # --- a deployment's certificate files (Home.certs) ---------------------------------------------
@@ -253,8 +341,11 @@ def ensure_server_cert(
     client certificate, which cluster routes (server-to-server mTLS) need."""
     cert, key = certs / f"{name}.crt", certs / f"{name}.key"
     if not cert.exists():
-        ca = load_or_issue_ca(*ca_paths(certs))
-        issued = issue_cert(ca, name, server=True, client=True, sans=sans, days=_first_use_days(certs))
+        ca = open_ca(certs, create=True)
+        try:
+            issued = issue_cert(ca, name, server=True, client=True, sans=sans, days=_first_use_days(certs))
+        finally:
+            ca.close()
         save(issued, cert, key)
         _record(certs, issued.cert, cert)
     return cert, key
@@ -265,8 +356,11 @@ def ensure_client_cert(certs: Path, principal: str) -> tuple[Path, Path]:
     check_cn(principal)
     cert, key = certs / "clients" / f"{principal}.crt", certs / "clients" / f"{principal}.key"
     if not cert.exists():
-        ca = load_or_issue_ca(*ca_paths(certs))
-        issued = issue_cert(ca, principal, client=True, days=_first_use_days(certs))
+        ca = open_ca(certs, create=True)
+        try:
+            issued = issue_cert(ca, principal, client=True, days=_first_use_days(certs))
+        finally:
+            ca.close()
         save(issued, cert, key)
         _record(certs, issued.cert, cert)
     return cert, key

@@ -154,7 +154,8 @@ def threats_cmd(
         return
     d = threats.deployment(cfg, source)
     common.console.print(
-        f"deployment: transport {d['transport']}, kms {d['kms_backend']}, config {d['config'] or '(defaults)'}",
+        f"deployment: transport {d['transport']}, kms {d['kms_backend']}, CA key {d['ca_key_backend']}, "
+        f"config {d['config'] or '(defaults)'}",
         highlight=False, markup=False,
     )
     table = Table("id", "STRIDE", "threat", "covered by", "open", show_lines=True)

@@ -1,7 +1,8 @@
 """``eventward pki``: the deployment CA's certificates: init, issue, sign-csr, renew, revoke, crl, list.
 
-Like ``gateway cert`` and ``nats cert`` these act on the home's ``certs/`` directly (whoever can
-run them holds the CA key file). Revocation publishes the CRL that ``serve`` re-reads within
+Like ``gateway cert`` and ``nats cert`` these act on the home's ``certs/`` directly; every signature
+goes through the CA key configured in ``pki.ca_key`` (a 0600 file by default, or a PKCS#11 token,
+Transit or AWS KMS key that never leaves it). Revocation publishes the CRL that ``serve`` re-reads within
 ``gateway.tls.reload_s`` and rewrites the NATS servers' ``pinned_certs`` with a SIGHUP reload.
 """
 
@@ -41,11 +42,15 @@ def _nats_reload() -> list[str]:
 
 @pki_app.command("init", epilog=common.examples("eventward pki init"))
 def init_cmd(cn: str = typer.Option("eventward CA", "--cn", help="The CA's common name.")) -> None:
-    """Create the CA (or adopt the home's), the issued-certificate table and an empty CRL."""
+    """Create the CA (or adopt the home's), the issued-certificate table and an empty CRL. With
+    pki.ca_key in a token or KMS the key is generated there (or the named key used) and never leaves it."""
+    from eventward import casigner
+
     home = common.home().ensure()
+    where = casigner.describe(casigner.config_for(home.certs))
     _, adopted = certstore.init(home.certs, cn)
     common.console.print(
-        f"CA {home.certs / 'ca.crt'} (key 0600 in the home), CRL {home.certs / certstore.CRL_NAME}; "
+        f"CA {home.certs / 'ca.crt'} (key in {where}), CRL {home.certs / certstore.CRL_NAME}; "
         f"{len(adopted)} existing certificate(s) adopted",
         highlight=False, markup=False, soft_wrap=True,
     )
@@ -128,7 +133,11 @@ def crl_cmd(days: int = typer.Option(certstore.CRL_DAYS, "--days", min=1, max=90
     if not certstore.CertRegistry.managed(home.certs):
         raise InputError("the PKI is not initialised: run 'eventward pki init' first")
     reg = certstore.CertRegistry(home.certs)
-    path = reg.publish_crl(pki.load(*pki.ca_paths(home.certs)), days=days)
+    ca = pki.open_ca(home.certs)
+    try:
+        path = reg.publish_crl(ca, days=days)
+    finally:
+        ca.close()
     common.console.print(f"CRL {path} (next update in {days} days)", highlight=False, markup=False)
 
 

@@ -39,7 +39,7 @@ from eventward.errors import (
 from eventward.fieldspec import check_class
 from eventward.keys.notices import ERROR_CODE
 from eventward.log.sqlite import connect, write_txn
-from eventward.pki import ca_paths, certify_csr, load_or_issue_ca
+from eventward.pki import certify_csr, open_ca
 from eventward.policy.base import PUBLISH, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS seal_grants(kid TEXT PRIMARY KEY, grants TEXT NOT NULL)"
@@ -212,13 +212,16 @@ class ControlPlane:
         (signed by the anchor) that the service installs: where the control plane and the broker
         are, and what it may seal. Nothing changes if any check fails."""
         req = EnrollmentRequest.parse(request_raw)
-        ca = load_or_issue_ca(*ca_paths(self.dep.home.certs))
-        cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
+        ca = open_ca(self.dep.home.certs, create=True)  # signs where pki.ca_key says (file, token, KMS)
+        try:
+            cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
+        finally:
+            ca.close()
         record_if_managed(self.dep.home.certs, cert)  # listed, renewed and revocable with 'eventward pki'
         kids = self.enroll(by, req.principal, req.seal_key, req.dead_letter_key, may_seal)
         body = {
             "principal": req.principal, "kids": kids, "may_seal": may_seal,
-            "certificate": cert.public_bytes(Encoding.PEM).decode(), "ca": ca.cert_pem().decode(),
+            "certificate": cert.public_bytes(Encoding.PEM).decode(), "ca": ca.cert.public_bytes(Encoding.PEM).decode(),
             "control_urls": list(control_urls), "nats_servers": list(nats_servers),
         }
         return orjson.dumps({"anchor": self.anchor.public_text, "statement": self.anchor.sign("grant", body)})

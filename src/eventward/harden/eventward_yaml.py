@@ -33,6 +33,11 @@ R = {
         Rule("EW-005", "low", "Bounded replay window",
              "consumer.freshness_s accepts events older than 7 days as fresh, widening the replay window",
              "consumer.freshness_s: 604800 or less (the default is one day)"),
+        Rule("EW-006", "medium", "CA key in the KMS",
+             "a KMS holds the KEKs but the deployment CA's key is a file in the home: a copy of the home "
+             "can mint a certificate for any principal",
+             "pki: {ca_key: {backend: <the kms.backend>}} (its section is reused from kms), then "
+             "'eventward pki init' in a new home creates the CA key inside the token/KMS"),
     )
 }
 RULES = list(R.values())
@@ -93,6 +98,11 @@ def check_text(text: str, source: str) -> list[Finding]:
         hit("EW-004", "max_event_bytes")
     if cfg.consumer.freshness_s > MAX_FRESHNESS_S:
         hit("EW-005", "consumer", "freshness_s")
+    kms = str(cfg.kms.get("backend", "local"))
+    ca_key = cfg.pki.get("ca_key") or {}
+    if kms != "local" and ca_key.get("backend", "file") == "file":
+        where = ("pki", "ca_key", "backend") if ("pki",) in lines else ("kms", "backend")
+        hit("EW-006", *where, detail=f"kms.backend {kms}, CA key a 0600 file")
     return found
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eventward.casigner import ca_key_config, describe
 from eventward.config import Config
 from eventward.home import Home
 
@@ -97,6 +98,13 @@ def report(cfg: Config, home: Home | None = None) -> list[Threat]:
         s2.covered.append(f"client credentials at the broker ({how})")
     else:
         s2.open.append(f"transport {cfg.transport}: the broker connection presents no client credentials ({how})")
+    ca_key = ca_key_config(cfg.pki, cfg.kms)
+    if ca_key.backend == "file":
+        s2.open.append("pki.ca_key.backend: file: the CA key is a 0600 file in the home; a copy of the home can "
+                       "mint a certificate for any principal")
+    else:
+        s2.covered.append(f"client certificates from the deployment CA, whose key never leaves {describe(ca_key)} "
+                          f"(pki.ca_key.backend: {ca_key.backend})")
     rows.append(s2)
 
     t1 = Threat("T1", "Tampering", "events altered in transit")
@@ -177,5 +185,6 @@ def deployment(cfg: Config, source: Path | None) -> dict[str, Any]:
         "config": str(source) if source is not None else None,
         "transport": cfg.transport,
         "kms_backend": str(cfg.kms.get("backend", "local")),
+        "ca_key_backend": ca_key_config(cfg.pki, cfg.kms).backend,
         "require_hybrid": list(cfg.seals.require_hybrid),
     }
