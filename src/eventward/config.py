@@ -8,6 +8,7 @@ type-checked before anything starts.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -86,6 +87,51 @@ class ReconcilerConfig:
     progress_s: float = 10.0
 
 
+STORE_BACKENDS = ("sqlite", "postgres")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_INLINE_DSN_KEYS = ("dsn", "url", "uri", "conninfo", "password")
+
+
+@dataclass
+class StoreConfig:
+    # Where control-plane state lives: SQLite files in the home (default), or one PostgreSQL
+    # database every replica shares. A DSN may hold a password, so it is never written here:
+    # dsn_env names an environment variable, dsn_file a 0600 file (relative to the home).
+    backend: str = "sqlite"
+    dsn_env: str | None = None
+    dsn_file: str | None = None
+    pool_min: int = 1
+    pool_max: int = 8
+    connect_timeout_s: float = 5.0
+
+
+def _refuse_inline_dsn(doc: Any, name: str) -> None:
+    """A DSN (or password) written in the YAML is refused by name, never echoed."""
+    store = doc.get("store") if isinstance(doc, dict) else None
+    for key in _INLINE_DSN_KEYS:
+        if isinstance(store, dict) and key in store:
+            raise ConfigError(
+                f"{name}: store.{key}: a DSN or password is never written in {name}; put the DSN in an "
+                "environment variable named by store.dsn_env, or in a 0600 file named by store.dsn_file"
+            )
+
+
+def _check_store(s: StoreConfig, name: str) -> None:
+    if s.backend not in STORE_BACKENDS:
+        raise ConfigError(f"{name}: store.backend must be one of {', '.join(STORE_BACKENDS)}")
+    if s.backend == "sqlite" and (s.dsn_env or s.dsn_file):
+        raise ConfigError(f"{name}: store.dsn_env and store.dsn_file apply to store.backend: postgres only")
+    if s.backend == "postgres" and bool(s.dsn_env) == bool(s.dsn_file):
+        raise ConfigError(f"{name}: store.backend postgres needs exactly one of store.dsn_env, store.dsn_file")
+    if s.dsn_env is not None and not _ENV_NAME.fullmatch(s.dsn_env):
+        raise ConfigError(f"{name}: store.dsn_env is the name of an environment variable (letters, digits, _), "
+                          "not the DSN itself")
+    if s.dsn_file is not None and ("://" in s.dsn_file or "=" in s.dsn_file):
+        raise ConfigError(f"{name}: store.dsn_file is the path of a file holding the DSN, not the DSN itself")
+    if not (0 <= s.pool_min <= s.pool_max and s.pool_max >= 1 and s.connect_timeout_s > 0):
+        raise ConfigError(f"{name}: store needs 0 <= pool_min <= pool_max, pool_max >= 1, connect_timeout_s > 0")
+
+
 @dataclass
 class Config:
     transport: str = "embedded"
@@ -96,6 +142,7 @@ class Config:
     consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
     seals: SealsConfig = field(default_factory=SealsConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
     # pki.ca_key: where the deployment CA's key lives (casigner.ca_key_config): {backend: file} by
@@ -128,6 +175,7 @@ class Config:
             raise ConfigError(f"{name} is nested too deeply") from None
         except UnicodeEncodeError:  # lone surrogates: text no file could hold
             raise ConfigError(f"{name} is not valid Unicode text") from None
+        _refuse_inline_dsn(doc, name)
         cfg = _build(cls, doc, name)
         if cfg.transport not in TRANSPORTS:
             raise ConfigError(f"{name}: transport must be one of {', '.join(TRANSPORTS)}")
@@ -140,6 +188,7 @@ class Config:
             raise ConfigError(f"{name}: reconciler.interval_s and progress_s must be positive, grace_s not negative")
         if cfg.consumer.uncleared not in ("redact", "token"):
             raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
+        _check_store(cfg.store, name)
         if cfg.pki:
             from eventward.casigner import ca_key_config
 

@@ -322,6 +322,29 @@ class TimestampError(SecurityError):
     code = "timestamp"
 
 
+# --- control-plane database ---------------------------------------------------------------------
+
+
+class StoreUnavailable(EventwardError):
+    """The control-plane database (PostgreSQL) cannot be reached or failed a statement. Fail closed."""
+
+    code = "store_unavailable"
+    http_status = 503
+
+
+class StoreNotReady(ConfigError):
+    """The database has no eventward schema, an older one (run ``eventward db migrate``) or a
+    newer one (upgrade eventward): refused at start, the message says what to run."""
+
+    code = "store_not_ready"
+
+
+class StoreForeignDeployment(ConfigError):
+    """The database belongs to another deployment (its recorded deployment id differs)."""
+
+    code = "store_foreign_deployment"
+
+
 # --- backup and restore --------------------------------------------------------------------------
 
 

@@ -64,6 +64,9 @@ def _register() -> None:
         mod.register(app)
     backup_cli.register(app)
     erasure_cli.register(app)
+    from eventward.cli import db as db_cli  # the PostgreSQL control-plane database (store.backend)
+
+    db_cli.register(app)
     from eventward.cli import pki as pki_cli  # the deployment CA: issue, renew, revoke, CRL
 
     pki_cli.register(app)

@@ -53,6 +53,7 @@ EXIT_CODES: tuple[tuple[type[errors.EventwardError], int], ...] = (
     (errors.KeyServiceError, EXIT_UNAVAILABLE),
     (errors.TransportError, EXIT_UNAVAILABLE),
     (errors.AuditUnavailable, EXIT_UNAVAILABLE),
+    (errors.StoreUnavailable, EXIT_UNAVAILABLE),
     (errors.ApprovalRequired, EXIT_CONFLICT),
     (errors.ConflictError, EXIT_CONFLICT),
     (errors.SecurityError, EXIT_REFUSED),

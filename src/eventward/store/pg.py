@@ -1,0 +1,182 @@
+"""One PostgreSQL database for the control-plane stores: a pool, a schema version, typed errors.
+
+A replica opens it with :meth:`Database.open`, which refuses, before anything is served, a
+database it cannot reach (``StoreUnavailable``), one with no or an older eventward schema
+(``StoreNotReady``: run ``eventward db migrate``), a newer one (upgrade eventward) and one
+that belongs to another deployment (``StoreForeignDeployment``). Driver errors never leave
+this module: they become ``StoreUnavailable`` naming the database (never the DSN, which can
+hold a password) and the operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import psycopg_pool
+
+from eventward.config import StoreConfig
+from eventward.errors import StoreForeignDeployment, StoreNotReady, StoreUnavailable
+from eventward.store.dsn import describe, resolve_dsn, scrub
+from eventward.store.migrations import MIGRATIONS, SCHEMA, TARGET_VERSION, Migration
+
+MIGRATE_LOCK = 0x65776D69  # pg_advisory_xact_lock key: one migration at a time, across replicas
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """What ``eventward db status`` shows: where, which version, whose."""
+
+    where: str
+    version: int  # 0: no eventward schema yet
+    target: int
+    deployment_id: str | None
+    pending: tuple[Migration, ...]
+
+    @property
+    def current(self) -> bool:
+        return self.version == self.target
+
+
+def _status(conn: psycopg.Connection, where: str) -> SchemaStatus:
+    found = conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.meta",)).fetchone()
+    if found is None or found[0] is None:
+        return SchemaStatus(where, 0, TARGET_VERSION, None, MIGRATIONS)
+    rows = dict(conn.execute(
+        f"SELECT key, value FROM {SCHEMA}.meta WHERE key IN ('schema_version', 'deployment_id')"
+    ).fetchall())
+    version = int(rows.get("schema_version", 0))
+    pending = tuple(m for m in MIGRATIONS if m.version > version)
+    return SchemaStatus(where, version, TARGET_VERSION, rows.get("deployment_id"), pending)
+
+
+class Database:
+    """A pool of connections to one database (autocommit; ``transaction()`` for atomic work)."""
+
+    def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 8, connect_timeout: float = 5.0) -> None:
+        self.dsn = dsn
+        self.where = describe(dsn)
+        self.connect_timeout = connect_timeout
+        self._pool_min, self._pool_max = pool_min, pool_max
+        self._pool: psycopg_pool.ConnectionPool | None = None
+
+    def __repr__(self) -> str:
+        return f"Database({self.where!r})"
+
+    # --- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, dsn: str, *, deployment_id: str, pool_min: int = 1, pool_max: int = 8, connect_timeout: float = 5.0
+    ) -> Database:
+        """Connect, check the schema version and the deployment id, then start the pool."""
+        db = cls(dsn, pool_min=pool_min, pool_max=pool_max, connect_timeout=connect_timeout)
+        db.require(db.status(), deployment_id)
+        db._start_pool()
+        return db
+
+    @classmethod
+    def from_config(cls, cfg: StoreConfig, home_root: Path, *, deployment_id: str) -> Database:
+        return cls.open(resolve_dsn(cfg, home_root), deployment_id=deployment_id, pool_min=cfg.pool_min,
+                        pool_max=cfg.pool_max, connect_timeout=cfg.connect_timeout_s)
+
+    def require(self, st: SchemaStatus, deployment_id: str) -> None:
+        """Refuse a database this eventward must not serve from; the message says what to run."""
+        if st.version == 0:
+            raise StoreNotReady(f"{self.where} has no eventward schema: run 'eventward db migrate'")
+        if st.version < st.target:
+            raise StoreNotReady(
+                f"{self.where} is at schema version {st.version}, this eventward needs {st.target}: "
+                "run 'eventward db migrate'"
+            )
+        if st.version > st.target:
+            raise StoreNotReady(
+                f"{self.where} is at schema version {st.version}, newer than this eventward ({st.target}): "
+                "upgrade eventward on this host"
+            )
+        if st.deployment_id != deployment_id:
+            raise StoreForeignDeployment(
+                f"{self.where} belongs to deployment {st.deployment_id}, not {deployment_id}: point "
+                "store.dsn_env (or store.dsn_file) at this deployment's database",
+                found=st.deployment_id,
+                expected=deployment_id,
+            )
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout)),
+                               application_name="eventward")
+
+    def _start_pool(self) -> None:
+        pool = psycopg_pool.ConnectionPool(
+            self.dsn,
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            open=False,
+            timeout=self.connect_timeout,
+            kwargs={"autocommit": True, "connect_timeout": max(1, math.ceil(self.connect_timeout)),
+                    "application_name": "eventward"},
+            check=psycopg_pool.ConnectionPool.check_connection,  # a restarted server is not an error
+            name="eventward",
+        )
+        with self.errors("open the connection pool"):
+            pool.open(wait=False)
+        self._pool = pool
+
+    # --- errors ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def errors(self, op: str) -> Iterator[None]:
+        """Driver and pool failures become StoreUnavailable naming the database and operation."""
+        try:
+            yield
+        except psycopg_pool.PoolTimeout:
+            raise StoreUnavailable(f"{self.where}: {op} failed: no connection within "
+                                   f"{self.connect_timeout:g}s (database down or pool exhausted)") from None
+        except psycopg_pool.PoolClosed:
+            raise StoreUnavailable(f"{self.where}: {op} failed: the store is closed") from None
+        except psycopg.Error as e:
+            state = f" [{e.sqlstate}]" if getattr(e, "sqlstate", None) else ""
+            raise StoreUnavailable(f"{self.where}: {op} failed{state}: {scrub(str(e), self.dsn)}") from None
+
+    # --- schema ----------------------------------------------------------------------------
+    def status(self) -> SchemaStatus:
+        with self.errors("read the schema version"), self._connect() as conn:
+            return _status(conn, self.where)
+
+    def migrate(self, deployment_id: str) -> list[Migration]:
+        """Apply pending migrations in one transaction and record the deployment id; idempotent.
+        Refuses another deployment's database and one newer than this eventward."""
+        with self.errors("migrate"), self._connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            st = _status(conn, self.where)
+            if st.deployment_id is not None and st.deployment_id != deployment_id:
+                self.require(st, deployment_id)
+            if st.version > st.target:
+                self.require(st, deployment_id)
+            for m in st.pending:
+                for stmt in m.statements:
+                    conn.execute(stmt)
+                conn.execute(f"INSERT INTO {SCHEMA}.migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
+            upsert = (f"INSERT INTO {SCHEMA}.meta (key, value) VALUES (%s, %s) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            conn.execute(upsert, ("schema_version", str(TARGET_VERSION)))
+            conn.execute(f"INSERT INTO {SCHEMA}.meta (key, value) VALUES ('deployment_id', %s) "
+                         "ON CONFLICT (key) DO NOTHING", (deployment_id,))
+            return list(st.pending)
+
+    # --- work ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def connection(self, op: str = "query") -> Iterator[psycopg.Connection]:
+        """A pooled connection (autocommit), returned to the pool afterwards."""
+        if self._pool is None:
+            raise StoreUnavailable(f"{self.where}: {op} failed: the store is not open")
+        with self.errors(op), self._pool.connection(timeout=self.connect_timeout) as conn:
+            yield conn
+
+    def close(self) -> None:
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.close(timeout=2.0)
+            self._pool = None
