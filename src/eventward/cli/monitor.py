@@ -19,6 +19,7 @@ from eventward.audit.log import AUDIT_RESOURCE, AuditLog
 from eventward.cli import common
 from eventward.cli.context import as_admin, authorize, deployment
 from eventward.deployment import Deployment
+from eventward.errors import InputError
 from eventward.monitor.alerts import as_json, new_alerts, record_alert, recorded_alerts
 from eventward.monitor.lag import group_lags
 from eventward.monitor.ocsf import OCSF_VERSION, Sink, to_ocsf
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
     app.command("lag", epilog=common.examples("eventward lag", "eventward lag --threshold 1000 --json"))(lag)
     app.command("siem", epilog=common.examples(
         "eventward siem --to -", "eventward siem --to audit.ocsf.jsonl --from 1000",
-        "eventward siem --to nats://127.0.0.1:4222/security.ocsf --alerts-only"))(siem)
+        "eventward siem --to nats://127.0.0.1:4222/security.ocsf --alerts-only",
+        "eventward siem --format syslog --to audit.syslog", "eventward siem --syslog tcp://siem.internal:601"))(siem)
 
 
 @contextmanager
@@ -132,25 +134,56 @@ def lag(
 
 
 def siem(
-    to: str = typer.Option("-", "--to", help="'-' (stdout), a file (appended) or nats://HOST:PORT/SUBJECT."),
+    to: str | None = typer.Option(
+        None, "--to", help="'-' (stdout; the default without --syslog), a file (appended) or nats://HOST:PORT/SUBJECT."
+    ),
+    fmt: str = typer.Option(
+        "ocsf", "--format", help="What --to gets: ocsf (JSON lines) or syslog (RFC 5424 lines carrying the OCSF JSON)."
+    ),
+    syslog_url: str | None = typer.Option(
+        None, "--syslog",
+        help="Send RFC 5424 messages to a collector: udp://HOST:PORT (RFC 5426) or tcp://HOST:PORT (RFC 6587).",
+    ),
+    facility: int = typer.Option(13, "--facility", min=0, max=23, help="Syslog facility (13: log audit)."),
     start: int = typer.Option(0, "--from", min=0, help="First audit index to export."),
     alerts_only: bool = typer.Option(False, "--alerts-only", help="Only alerts (Detection Findings)."),
     principal: str = _AS,
 ) -> None:
-    """Export audit records and alerts as OCSF JSON lines (API Activity 6003, Detection Finding 2004)."""
+    """Export audit records and alerts as OCSF (API Activity 6003, Detection Finding 2004): JSON
+    lines, or RFC 5424 syslog messages to a file, stdout or a collector (docs/monitoring.md)."""
     import orjson
 
-    sink = Sink(to)
+    from eventward.monitor.syslog import Collector, Formatter
+
+    if fmt not in ("ocsf", "syslog"):
+        raise InputError("--format must be ocsf or syslog")
+    syslog = Formatter(facility=facility) if fmt == "syslog" or syslog_url else None
+    collector = Collector(syslog_url) if syslog_url else None  # checked before anything is read
+    if to is None and collector is None:
+        to = "-"
+    sink = Sink(to) if to is not None else None
     n = 0
     try:
         with _reading(principal) as (_, log):
+            if collector is not None:
+                collector.connect()
             pos = start
             while batch := log.since(pos, 4096):
                 for r in batch:
-                    if not alerts_only or r.action == ALERT_ACTION:
-                        sink.write(orjson.dumps(to_ocsf(r)) + b"\n")
-                        n += 1
+                    if alerts_only and r.action != ALERT_ACTION:
+                        continue
+                    doc = to_ocsf(r)
+                    message = syslog.message(doc) if syslog is not None else b""
+                    if sink is not None:
+                        sink.write((message if fmt == "syslog" else orjson.dumps(doc)) + b"\n")
+                    if collector is not None:
+                        collector.send(message)
+                    n += 1
                 pos = batch[-1].index + 1
     finally:
-        sink.close()
-    common.err_console.print(f"{n} OCSF {OCSF_VERSION} event(s) exported to {to}", highlight=False)
+        if sink is not None:
+            sink.close()
+        if collector is not None:
+            collector.close()
+    where = " and ".join(w for w in (to, syslog_url) if w)
+    common.err_console.print(f"{n} OCSF {OCSF_VERSION} event(s) exported to {where}", highlight=False)
