@@ -205,7 +205,8 @@ def test_ca_key_config_is_checked_by_name() -> None:
     cfg = Config.parse("kms: {backend: transit, transit: {url: 'http://v:8200', token_env: VT}}\n"
                        "pki: {ca_key: {backend: transit, key: ew-ca}}\n")
     key = ca_key_config(cfg.pki, cfg.kms)
-    assert key.section == {"url": "http://v:8200", "token_env": "VT"} and key.key == "ew-ca"
+    assert key.section is not None and key.key == "ew-ca"
+    assert (key.section["url"], key.section["token_env"]) == ("http://v:8200", "VT")
     assert "Transit at http://v:8200" in casigner.describe(key)
 
 
