@@ -117,6 +117,13 @@ class UnsupportedMediaType(InputError):
     http_status = 415
 
 
+class NotInClientMode(InputError):
+    """The CLI runs against a control plane (``--connect``/``--profile``) and was given a command or
+    option that only exists on a home (``--as``, ``--home``, a command the control API does not offer)."""
+
+    code = "not_in_client_mode"
+
+
 # --- security --------------------------------------------------------------------------------
 
 

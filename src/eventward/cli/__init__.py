@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from eventward.cli import common
+from eventward.cli import common, remote
 
 common.readable_help()
 
 app = typer.Typer(
+    cls=remote.RootGroup,  # client mode (--connect/--profile) resolves commands from cli/remote.py
     name="eventward",
     help=(
         "Secure-by-default event streaming: encryption, crypto-shredding, seals, policy, audit.\n\n"
@@ -23,6 +24,7 @@ app = typer.Typer(
         "eventward policy apply policy.yaml --as admin",
         "eventward consume orders --as shipping-svc --from-beginning",
         "eventward schema list --as alice --json",
+        "eventward --profile ops forget c1   (client mode: as your certificate's principal)",
     ),
 )
 
@@ -47,6 +49,22 @@ def _root(
         metavar="DIR",
         help="Deployment directory; default ./.eventward in the current directory.",
     ),
+    connect: str = typer.Option(
+        None,
+        "--connect",
+        envvar=remote.CONNECT_ENV,
+        metavar="URL[,URL...]",
+        help="Client mode: run against these control-plane URLs (fail-over in order) as the principal "
+        "your credentials authenticate (profile, or EVENTWARD_CA/CERT/KEY); --as does not exist there.",
+    ),
+    profile: str = typer.Option(
+        None,
+        "--profile",
+        envvar=remote.PROFILE_ENV,
+        metavar="NAME",
+        help="Client mode with a stored profile (eventward profile add); the profile in use applies "
+        "when neither --home nor --connect is given.",
+    ),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -62,6 +80,9 @@ def _register() -> None:
 
     for mod in (keys, schema, policy, audit, log, nats, gateway, demo, witness, service, harden):
         mod.register(app)
+    from eventward.cli import profiles  # operator profiles for client mode (cli/remote.py)
+
+    profiles.register(app)
     backup_cli.register(app)
     erasure_cli.register(app)
     from eventward.cli import db as db_cli  # the PostgreSQL control-plane database (store.backend)

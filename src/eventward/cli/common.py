@@ -163,12 +163,16 @@ def examples(*commands: str) -> str:
 @dataclass
 class _State:
     home: str | None = None
+    remote: Any = None  # client mode (cli/remote.py): the control plane and credentials; None: home mode
 
 
 STATE = _State()
 
 
 def home() -> Home:
+    if STATE.remote is not None:  # a command must never fall back to a home in client mode
+        raise errors.NotInClientMode("this command opens a home, which client mode never does: "
+                                     "run it where the home is (eventward --home DIR ...)")
     return Home.resolve(STATE.home)
 
 
@@ -184,6 +188,8 @@ def setup_logging(level: int = logging.WARNING) -> None:
     stderr = logging.StreamHandler()
     stderr.setLevel(logging.ERROR)
     root.addHandler(stderr)
+    if STATE.remote is not None:
+        return  # client mode: no home to log into
     h = home()
     if h.root.is_dir():
         try:

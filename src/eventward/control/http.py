@@ -93,6 +93,11 @@ class HttpControlAPI:
             return r.json()
         raise ControlPlaneUnavailable(f"no control-plane replica answered {method} {path} ({n} tried)")
 
+    def call(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        """Any gateway operation (``path`` from ``/v1``) as this identity, with the same TLS and
+        fail-over: the operator CLI's client mode. Raises as the ControlAPI methods do."""
+        return self._request(method, path, body=body, params=params, prefix="")
+
     # --- ControlAPI ---------------------------------------------------------------------
     def encryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
                         ) -> list[tuple[str, bytes, str | None]]:
