@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,3 +175,20 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
     yield dsn
     with contextlib.suppress(psycopg.Error):
         pg_server.drop_database(dsn)
+
+
+def race(*calls: Callable[[], object]) -> list[object]:
+    """Run the calls at once (threads released together by a barrier); their results in order."""
+    barrier = threading.Barrier(len(calls))
+    out: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        out[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return out

@@ -40,8 +40,8 @@ from eventward.keys.dek import AAD_CURRENT, AAD_V1, DEK_BYTES, dek_aad, is_kid, 
 from eventward.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT, parse_kek_id
 from eventward.keys.kms.local import LocalKMS
 from eventward.keys.ledger import ErasureLedger
-from eventward.keys.sqlite_store import SQLiteKeyStore
 from eventward.keys.store_base import CLASS_SUBJECT, DekRecord, KeyStore
+from eventward.keys.stores import open_key_store
 from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, Authorizer, Resource, check
 
 log = logging.getLogger("eventward.keys")
@@ -349,11 +349,9 @@ class KeyService:
     ) -> KeyService:
         """Only ``init`` (create=True) makes a key store: an existing home whose store is missing
         refuses to open (KeyStoreUnavailable) instead of starting over with no keys."""
-        store: SQLiteKeyStore | None = None
-        try:
-            store = SQLiteKeyStore(
-                home.keys_db, busy_timeout=(config or KeyServiceConfig()).busy_timeout, create=create
-            )
+        store: KeyStore | None = None
+        try:  # SQLite in the home, or PostgreSQL (store.backend in eventward.yaml)
+            store = open_key_store(home, create=create, busy_timeout=(config or KeyServiceConfig()).busy_timeout)
             ledger = ErasureLedger(erasures_log_path(home), lambda data: kms.mac(MAC_LEDGER, data))
             svc = cls(kms, store, ledger, authorizer=authorizer, audit=audit, clock=clock, config=config)
             if create:  # every class's first KEK epoch starts now (``keys rotate --due`` ages them)

@@ -36,7 +36,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 applied_at timestamptz NOT NULL DEFAULT now()
             )""",
             f"""CREATE TABLE {SCHEMA}.deks (
-                kid text PRIMARY KEY,
+                kid text COLLATE "C" PRIMARY KEY,  -- byte order, as SQLite: rewrap pages by kid
                 subject_hash text NOT NULL,
                 class text NOT NULL,
                 version integer NOT NULL,
