@@ -116,7 +116,6 @@ class Pkcs11Signer:
     @classmethod
     def open(cls, config: Any, label: str, *, create: bool) -> Pkcs11Signer:
         """The token's key pair labelled ``label``; with ``create``, generated in the token when absent."""
-        from pkcs11 import exceptions as p11e
 
         def find_or_make(session: Any) -> ec.EllipticCurvePublicKey:
             priv = _p11_find(session, label, private=True)
@@ -134,11 +133,7 @@ class Pkcs11Signer:
 
             return _p256(serialization.load_der_public_key(encode_ec_public_key(pub)), f"token {config.token_label!r}")
 
-        try:
-            public = _p11_run(config, "open the CA key", find_or_make)
-        except p11e.PKCS11Error as e:  # pragma: no cover - mapped in _p11_run
-            raise KMSUnavailable(f"PKCS#11 token {config.token_label!r}: {type(e).__name__}") from None
-        return cls(config, label, public)
+        return cls(config, label, _p11_run(config, "open the CA key", find_or_make))
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
@@ -325,11 +320,14 @@ class AwsSigner:
 
         self.config, self.alias = config, alias
         self.where = f"AWS KMS {config.region} ({alias})"
-        session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
-        self._kms = session.client(
-            "kms", endpoint_url=config.endpoint_url,
-            config=botocore.config.Config(connect_timeout=config.timeout_s, read_timeout=config.timeout_s,
-                                          retries={"max_attempts": 2}))
+
+        def client() -> Any:
+            session = boto3.session.Session(profile_name=config.profile, region_name=config.region)
+            return session.client(
+                "kms", endpoint_url=config.endpoint_url,
+                config=botocore.config.Config(connect_timeout=config.timeout_s, read_timeout=config.timeout_s,
+                                              retries={"max_attempts": 2}))
+        self._kms = self._call("open a client (profile, region)", client)
         meta = self._describe()
         if meta is None:
             if not create:
