@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from eventward.crypto.seal import Seal
 from eventward.errors import (
     AccessDenied,
     EnvelopeError,
+    EventwardError,
     InputError,
     NotFoundError,
     ReplayError,
@@ -128,6 +129,7 @@ class Consumer:
         self._authorized_until = 0.0
         self._position: int | None = None
         self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
+        self._parsed: dict[int, tuple[bytes, dict[str, Any]]] = {}  # offset -> (record bytes, envelope)
         self._sealer_batch: tuple[str, str] | None = None  # (stream, batch) the decisions below are for
         self._sealer_ok: dict[tuple[str, str], bool] = {}  # (producer, type) -> may publish
         self._notices = notices
@@ -187,16 +189,61 @@ class Consumer:
             self._commit(pos)
         return stats
 
-    def _reading_batch(self, records: Sequence[Record] = ()) -> AbstractContextManager[object]:
+    @contextmanager
+    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[None]:
         """One read batch: the encryptor resolves each key id (and the Decrypt decision) once in
         it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch.
         A remote key source (client mode) first fetches the batch's keys in one request; if it
-        cannot, the error stops the consumer before the batch, with nothing committed."""
+        cannot, the error stops the consumer before the batch, with nothing committed. A local
+        one (FieldEncryptor.resolve_batch) gets every key id of the batch at once: one Decrypt
+        decision per class, one store query, one unwrap per key, one audit record; an outage
+        there is left to the event that needs the key, which stops the consumer right there."""
         prefetch = getattr(self._encryptor, "prefetch", None)
         if prefetch is not None and records:
             prefetch(self.topic, records)
         scope = getattr(self._encryptor, "reading_batch", None)
-        return scope() if scope is not None else nullcontext()
+        try:
+            with scope() if scope is not None else nullcontext():
+                resolve = getattr(self._encryptor, "resolve_batch", None)
+                if resolve is not None and records:
+                    resolve(self._batch_keys(records), principal=self.principal, topic=self.topic)
+                yield
+        finally:
+            self._parsed.clear()
+
+    def _batch_keys(self, records: Sequence[Record]) -> list[tuple[str, Any, str | None, Any]]:
+        """(event type, field spec, subject hash, data) of each event of the batch whose keys are
+        worth resolving ahead. Each record parsed here is kept for ``_check`` (parsed once);
+        nothing is judged here: a malformed or unsealed event is skipped and refused later."""
+        out: list[tuple[str, Any, str | None, Any]] = []
+        for rec in records:
+            try:
+                env = parse_sealed(rec.data)
+            except (EnvelopeError, InputError):
+                continue
+            self._parsed[rec.offset] = (rec.data, env)
+            type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
+            shash = env.get(envelope.EXT_SUBJECT)
+            if (self.types is not None and type_ not in self.types) or type(version) is not int or (
+                not isinstance(data, dict) or not (shash is None or type(shash) is str)
+            ):
+                continue
+            try:
+                spec = self._schema(type_, version).spec
+            except EventwardError:
+                continue
+            if spec.classes:
+                out.append((type_, spec, shash, data))
+        return out
+
+    def _schema(self, type_: str, version: int) -> SchemaVersionLike:
+        key = (type_, version)
+        schema = self._versions.get(key)
+        if schema is None:  # versions are immutable: cache them (bounded)
+            if len(self._versions) >= 1024:
+                self._versions.clear()
+            schema = self._versions[key] = self._schemas.get(*key)
+        return schema
 
     def poll(self, max_events: int = 500) -> list[Delivered]:
         """What is available now (up to ``max_events``), handed over and committed."""
@@ -358,10 +405,14 @@ class Consumer:
             s = self._verifier.verify_record(rec, fresh=mode == rp.REDRIVE)
         except SealError as e:
             return _Refusal(e.code, e.reason, False)
-        try:
-            env = parse_sealed(rec.data)
-        except (EnvelopeError, InputError) as e:
-            return _Refusal(e.code, e.code, False, seal=s)
+        pre = self._parsed.pop(rec.offset, None) if self._parsed else None
+        if pre is not None and pre[0] is rec.data:  # parsed by _batch_keys: these very bytes
+            env = pre[1]
+        else:
+            try:
+                env = parse_sealed(rec.data)
+            except (EnvelopeError, InputError) as e:
+                return _Refusal(e.code, e.code, False, seal=s)
         event_id, type_ = env["id"], env["type"]
         if env.get(envelope.EXT_PRODUCER) != s.producer:
             return _Refusal("bad_seal", "wrong_producer", False, event_id, type_, s)
@@ -402,12 +453,7 @@ class Consumer:
         version = env.get(envelope.EXT_SCHEMA)
         if type(version) is not int:
             raise EnvelopeError("event carries no schema version (ewschema)")
-        key = (env["type"], version)
-        schema = self._versions.get(key)
-        if schema is None:  # versions are immutable: cache them (bounded)
-            if len(self._versions) >= 1024:
-                self._versions.clear()
-            schema = self._versions[key] = self._schemas.get(*key)
+        schema = self._schema(env["type"], version)
         data = env.get("data")
         if not isinstance(data, dict):
             raise EnvelopeError("event data must be a JSON object")

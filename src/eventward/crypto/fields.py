@@ -25,14 +25,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from eventward.crypto import tokens
 from eventward.crypto.tokens import GCM, NONCE_BYTES, SIV, TokenCipher
-from eventward.errors import AccessDenied, FieldSpecError, InputError, KeyDestroyed, KeyNotFound, TokenError
+from eventward.errors import (
+    AccessDenied,
+    EventwardError,
+    FieldSpecError,
+    InputError,
+    KeyDestroyed,
+    KeyNotFound,
+    KeyServiceError,
+    TokenError,
+)
 from eventward.fieldspec import FieldRule, FieldSpec, parse_path
 from eventward.keys.base import DekSource
 
@@ -44,6 +53,7 @@ _BATCH_KEYS_TTL = 1.0  # seconds; as long as the key service reuses a granted En
 _DENIED = object()  # decryption-key outcomes, remembered for the rest of the event
 _DESTROYED = object()
 _NO_HEADER = (None, 0, None, b"")  # a slot's (header, payload offset, handle, head) before its first token
+_TOKEN_PREFIX = tokens.VERSION + "."  # "ew1."; the algorithm letter and a dot follow, then the kid
 
 # One sensitive value: (key or index in its container, concrete path, path part of the
 # associated data). Plain paths have theirs precomputed in the plan.
@@ -108,12 +118,14 @@ class FieldEncryptor:
         self._plans: dict[int, tuple[FieldSpec, _Plan]] = {}
         self._lock = threading.Lock()
         self._batch = threading.local()  # .keys: this thread's read-batch memo, or None
+        self._generation = 0  # moved by clear_cache: read-batch memos of every thread are dropped
 
     def __repr__(self) -> str:
         return f"FieldEncryptor({type(self._keys).__name__}, {len(self._plans)} specs prepared)"
 
     def clear_cache(self) -> None:
-        """Drop cached cipher objects (call when keys are revoked)."""
+        """Drop cached cipher objects and read-batch memos (call when keys are revoked)."""
+        self._generation += 1
         self._cipher.clear()
 
     @contextmanager
@@ -129,10 +141,89 @@ class FieldEncryptor:
             return
         self._batch.keys = {}
         self._batch.until = time.monotonic() + _BATCH_KEYS_TTL
+        self._batch.state = self._revocation_state()
         try:
             yield
         finally:
             self._batch.keys = None
+
+    def _revocation_state(self) -> tuple[int, int]:
+        """What a read-batch memo is valid for: the key source's revocation count (a forget, in
+        this process or seen by its poll) and this encryptor's clear_cache generation."""
+        return getattr(self._keys, "revocations", 0), self._generation
+
+    def resolve_batch(
+        self,
+        events: Iterable[tuple[str, FieldSpec, str | None, Any]],
+        *,
+        principal: str,
+        topic: str | None = None,
+    ) -> int:
+        """Resolve a read batch's keys before its events are decrypted one by one: the key ids
+        of every (event type, spec, subject hash, data), asked of the key source in one
+        ``decryption_keys`` call per event type when it has one (KeyService: one Decrypt decision
+        per class, one ``SELECT ... IN``, one unwrap per key, one audit record per class). The
+        outcomes (DEK, Decrypt refusal, crypto-shred) fill the current ``reading_batch`` memo
+        exactly as per-event lookups would; anything else (a forged id, an unavailable KMS or
+        store) is left to the per-event lookup, which refuses or fails closed at that event.
+        Returns how many outcomes were remembered; 0 outside a reading_batch."""
+        memo = getattr(self._batch, "keys", None)
+        resolve = getattr(self._keys, "decryption_keys", None)
+        if memo is None or resolve is None or not self._contextual:
+            return 0
+        wanted: dict[str | None, dict[tuple[str, str, str | None], None]] = {}
+        for event_type, spec, shash, data in events:
+            try:
+                kids = self.key_ids(spec, data)
+            except EventwardError:  # refused per event, with its own error, when it is decrypted
+                continue
+            if kids:
+                group = wanted.setdefault(event_type, {})
+                for kid, cls in kids:
+                    group[kid, cls, shash] = None
+        room = _MAX_BATCH_KEYS - len(memo)
+        done = 0
+        for event_type, items in wanted.items():
+            if len(items) > room - done:
+                break
+            try:
+                got = resolve(list(items), principal=principal, topic=topic, event_type=event_type)
+            except KeyServiceError:
+                return done  # the per-event lookups meet it again, at the first event it stops
+            for kid, cls, shash in items:
+                out = got.get((kid, cls))
+                if type(out) is bytes:
+                    pass
+                elif isinstance(out, AccessDenied):
+                    out = _DENIED
+                elif isinstance(out, KeyDestroyed):
+                    out = _DESTROYED
+                else:
+                    continue
+                memo[kid, cls, principal, topic, event_type, shash] = out
+                done += 1
+        return done
+
+    def key_ids(self, spec: FieldSpec, data: Any) -> list[tuple[str, str]]:
+        """The distinct (key id, class) pairs of the tokens in ``data`` where ``spec`` puts
+        sensitive values (values that are not tokens are left for decrypt to refuse)."""
+        cached = self._plans.get(id(spec))
+        plan = cached[1] if cached is not None and cached[0] is spec else self._plan(spec)
+        found: dict[tuple[str, str], None] = {}
+        if plan.nested or type(data) is not dict:
+            _, located, _ = _locate(spec, plan, data)
+            groups: Iterable[tuple[Any, tuple[_Batch, ...]]] = ((g[0], g[2]) for g in located)
+        else:
+            groups = _plain_groups(plan, data)
+        for src, batches in groups:
+            for _, rp, leaves in batches:
+                for leaf in leaves:
+                    value = src.get(leaf[0]) if type(src) is dict else src[leaf[0]]
+                    if type(value) is str and value.startswith(_TOKEN_PREFIX):
+                        end = value.find(".", 6)
+                        if end > 6:
+                            found[value[6:end], rp.cls] = None
+        return list(found)
 
     def encrypt(
         self,
@@ -310,9 +401,13 @@ class FieldEncryptor:
         mkey = (kid, cls, principal, *where)
         if memo is not None:
             now = time.monotonic()
-            if now >= self._batch.until:  # slow handlers: outcomes never outlive _BATCH_KEYS_TTL
+            state = self._revocation_state()
+            if now >= self._batch.until or state != self._batch.state:
+                # Slow handlers: outcomes never outlive _BATCH_KEYS_TTL; and a forget (or a
+                # clear_cache) mid-batch drops them at once, so no erased key is served from it.
                 memo.clear()
                 self._batch.until = now + _BATCH_KEYS_TTL
+                self._batch.state = state
             hit = memo.get(mkey)
             if hit is not None:
                 return hit
@@ -348,6 +443,19 @@ class FieldEncryptor:
             # The entry holds the spec itself, so its id cannot be reused while cached.
             self._plans[id(spec)] = (spec, plan)
         return plan
+
+
+def _plain_groups(plan: _Plan, data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], tuple[_Batch, ...]]]:
+    """(container, its leaves by slot) for the plain (array-free) paths of ``plan`` in ``data``,
+    without copying anything: what ``_locate`` finds, for reading key ids only."""
+    for parent, _, batches in plan.groups:
+        src: Any = data
+        for name in parent:
+            src = src.get(name)
+            if type(src) is not dict:
+                break
+        else:
+            yield src, batches
 
 
 def _compile(spec: FieldSpec) -> _Plan:

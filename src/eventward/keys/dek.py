@@ -21,6 +21,8 @@ AAD_V2 = 2
 AAD_CURRENT = AAD_V2
 _AAD_V1 = b"eventward-dek-v1\x00"
 _AAD_V2 = b"eventward-dek-v2"
+_U32 = struct.Struct(">I").pack
+_TAIL = struct.Struct(">IQId").pack  # length-prefixed version (u64) and creation time (f64)
 
 
 def new_kid() -> str:
@@ -41,10 +43,10 @@ def dek_aad(
     """The wrap's associated data for a DEK row, in the row's AAD format."""
     if fmt == AAD_V1:
         return b"\x00".join((_AAD_V1, kid.encode(), cls.encode(), subject_hash.encode()))
-    return _AAD_V2 + b"".join(
-        _lp(p) for p in (kid.encode(), cls.encode(), subject_hash.encode(),
-                         struct.pack(">Q", version), struct.pack(">d", created))
-    )
+    k, c, h = kid.encode(), cls.encode(), subject_hash.encode()
+    # The same bytes as _lp over each part, with the fixed-size version and time packed at once
+    # (every unwrap of a consumer's read batch builds one).
+    return b"".join((_AAD_V2, _U32(len(k)), k, _U32(len(c)), c, _U32(len(h)), h, _TAIL(8, version, 8, created)))
 
 
 def uses_tag_input(kid: str, uses: int) -> bytes:

@@ -9,6 +9,7 @@ ever stored, logged, audited or put in an error: the raw subject id stays with t
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -16,7 +17,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,7 @@ from eventward.errors import (
     AccessDenied,
     ConfigError,
     ConflictError,
+    EventwardError,
     InputError,
     KeyDestroyed,
     KeyIntegrityError,
@@ -273,6 +275,9 @@ class KeyService:
         self._end_resurrected_epochs()
         self._epoch = store.epoch()
         self._next_poll = time.monotonic() + self.config.revocation_poll
+        # Moves whenever cached keys are dropped (a forget here, or seen by the revocation poll):
+        # a caller that memoises released keys (a consumer's read batch) drops its memo then.
+        self.revocations = 0
 
     def __repr__(self) -> str:
         return f"KeyService(store={self.store!r}, kms={self.kms!r})"
@@ -638,25 +643,8 @@ class KeyService:
             return hit[1]
         rec = self.store.get_dek(kid)
         if rec is None or rec.cls != cls:
-            tomb = self.store.tombstone(kid) if rec is None else None
-            erased = rec is None and tomb is None and subject_hash is not None and (
-                self.store.erased(subject_hash)
-            )
-            if (tomb is not None and tomb[0] == cls) or erased:
-                self.cache.put(kid, (cls, None))
-                self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
-                                   reason="destroyed", kid=kid)
-                raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
-            if not self.store.intact():
-                self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=ERROR,
-                                   reason="keystore_unavailable", kid=kid)
-                raise KeyStoreUnavailable(
-                    f"key store {self.store.path} was removed or replaced while in use: key {kid} cannot be "
-                    "judged; reopen the deployment once the store is restored"
-                )
-            self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
-                               reason="not_found", kid=kid)
-            raise KeyNotFound(f"no key {kid} in class {cls}")
+            self._absent(kid, cls, subject_hash, rec, principal)
+        assert rec is not None
         try:
             dek = self._unwrap(rec)
         except (KeyDestroyed, KeyNotFound, KeyIntegrityError) as e:
@@ -667,6 +655,137 @@ class KeyService:
         self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=OK,
                            kid=kid, kek=rec.kek_id)
         return dek
+
+    def decryption_keys(
+        self,
+        wanted: Iterable[tuple[str, str, str | None]],
+        *,
+        principal: str,
+        topic: str | None = None,
+        event_type: str | None = None,
+    ) -> dict[tuple[str, str], bytes | EventwardError]:
+        """``decryption_key`` for a whole read batch: each (kid, class, subject hash) wanted, by
+        (kid, class), is the DEK or the refusal ``decryption_key`` would raise (AccessDenied,
+        KeyDestroyed, KeyNotFound, KeyIntegrityError, InputError for a malformed class).
+
+        Batch-native: Decrypt is decided once per class, the keys not cached are read with one
+        ``SELECT ... IN`` per chunk and unwrapped once each, and the releases are audited as one
+        ``key.unwrap`` record per class (count, keys unwrapped, first and last kid in sort order,
+        topic, type) instead of one per key; a refusal is one record per class and reason too.
+        KeyServiceError (KMS or store unavailable) propagates: the caller fails closed."""
+        out: dict[tuple[str, str], bytes | EventwardError] = {}
+        todo: list[tuple[str, str, str | None]] = []
+        decisions: dict[str, AccessDenied | None] = {}
+        refused: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> kids
+        for kid, cls, shash in dict.fromkeys(wanted):
+            try:
+                _check_class(cls)
+            except InputError as e:
+                out[kid, cls] = e
+                continue
+            if not is_kid(kid):
+                out[kid, cls] = KeyNotFound("malformed key id")
+                continue
+            if cls not in decisions:
+                try:
+                    check(self._authz, principal, DECRYPT, ("Class", cls), _context(topic, event_type))
+                    decisions[cls] = None
+                except AccessDenied as e:
+                    decisions[cls] = e
+            denial = decisions[cls]
+            if denial is not None:
+                out[kid, cls] = denial
+                refused.setdefault((cls, "not_authorized"), []).append(kid)
+            else:
+                todo.append((kid, cls, shash))
+        self._poll()
+        released: dict[str, list[str]] = {}
+        unwrapped: dict[str, int] = {}
+        misses = []
+        for kid, cls, shash in todo:
+            hit = self.cache.get(kid)
+            if hit is None:
+                misses.append((kid, cls, shash))
+            elif hit[0] != cls:
+                out[kid, cls] = KeyNotFound(f"no key {kid} in class {cls}")
+            elif hit[1] is None:
+                out[kid, cls] = KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
+            else:
+                out[kid, cls] = hit[1]
+                released.setdefault(cls, []).append(kid)
+        rows = self.store.get_deks(kid for kid, _, _ in misses) if misses else {}
+        batch = getattr(self.kms, "unwrap_batch", None)  # LocalKMS: the keyring checked once, not per key
+        try:
+            with batch() if batch is not None and misses else contextlib.nullcontext():
+                self._unwrap_rows(misses, rows, principal, out, released, unwrapped, refused)
+        finally:  # an outage half way: what was unwrapped (and cached) is on record all the same
+            self._audit_batch(principal, refused, released, unwrapped,
+                              {"topic": topic or "", "event_type": event_type or ""})
+        return out
+
+    def _unwrap_rows(
+        self,
+        misses: list[tuple[str, str, str | None]],
+        rows: dict[str, DekRecord],
+        principal: str,
+        out: dict[tuple[str, str], bytes | EventwardError],
+        released: dict[str, list[str]],
+        unwrapped: dict[str, int],
+        refused: dict[tuple[str, str], list[str]],
+    ) -> None:
+        """decryption_keys' store misses: each row unwrapped once, its outcome in ``out``."""
+        for kid, cls, shash in misses:
+            rec = rows.get(kid)
+            try:
+                if rec is None or rec.cls != cls:
+                    self._absent(kid, cls, shash, rec, principal)  # raises; its refusal is audited there
+                dek = self._unwrap(rec)  # type: ignore[arg-type]
+            except (KeyDestroyed, KeyNotFound) as e:
+                out[kid, cls] = e
+                if rec is not None and rec.cls == cls:
+                    refused.setdefault((cls, e.code), []).append(kid)
+                continue
+            except KeyIntegrityError as e:
+                out[kid, cls] = e
+                refused.setdefault((cls, e.code), []).append(kid)
+                continue
+            self.cache.put(kid, (cls, dek))
+            out[kid, cls] = dek
+            released.setdefault(cls, []).append(kid)
+            unwrapped[cls] = unwrapped.get(cls, 0) + 1
+
+    def _audit_batch(self, principal: str, refused: dict[tuple[str, str], list[str]],
+                     released: dict[str, list[str]], unwrapped: dict[str, int], where: dict[str, str]) -> None:
+        for (cls, reason), kids in sorted(refused.items()):
+            self._audit.record("key.unwrap", principal=principal, resource=f"class:{cls}", outcome=DENIED,
+                               reason=reason, count=len(kids), kid_first=min(kids), kid_last=max(kids), **where)
+        for cls, kids in sorted(released.items()):
+            self._audit.record("key.unwrap", principal=principal, resource=f"class:{cls}", outcome=OK,
+                               count=len(kids), unwrapped=unwrapped.get(cls, 0), kid_first=min(kids),
+                               kid_last=max(kids), **where)
+
+    def _absent(self, kid: str, cls: str, subject_hash: str | None, rec: DekRecord | None, principal: str) -> None:
+        """Judge a kid the store has no row of (in ``cls``): KeyDestroyed when a tombstone or the
+        erasure ledger says so, KeyStoreUnavailable when the store is not the one opened,
+        KeyNotFound (forged) otherwise. Always raises; audits the refusal."""
+        resource = f"class:{cls}"
+        tomb = self.store.tombstone(kid) if rec is None else None
+        erased = rec is None and tomb is None and subject_hash is not None and self.store.erased(subject_hash)
+        if (tomb is not None and tomb[0] == cls) or erased:
+            self.cache.put(kid, (cls, None))
+            self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
+                               reason="destroyed", kid=kid)
+            raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
+        if not self.store.intact():
+            self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=ERROR,
+                               reason="keystore_unavailable", kid=kid)
+            raise KeyStoreUnavailable(
+                f"key store {self.store.path} was removed or replaced while in use: key {kid} cannot be "
+                "judged; reopen the deployment once the store is restored"
+            )
+        self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
+                           reason="not_found", kid=kid)
+        raise KeyNotFound(f"no key {kid} in class {cls}")
 
     # --- keys -------------------------------------------------------------------------------
     def _unwrap(self, rec: DekRecord) -> bytes:
@@ -1009,6 +1128,7 @@ class KeyService:
             self._drop_caches()
 
     def _drop_caches(self) -> None:
+        self.revocations += 1  # read-batch memos built on the old state are dropped (FieldEncryptor)
         self.cache.clear()
         self._current.clear()
         with self._hashes_lock:

@@ -79,6 +79,7 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE deks ADD COLUMN uses_tag BLOB NOT NULL DEFAULT x''",
 )
 _SELECT_DEK = f"SELECT {_DEK_COLUMNS} FROM deks"
+_IN_CHUNK = 500  # kids per IN (...) query: far below SQLite's bound on host parameters
 
 
 def _params(r: DekRecord) -> tuple:
@@ -210,6 +211,19 @@ class SQLiteKeyStore:
     def get_dek(self, kid: str) -> DekRecord | None:
         row = self._one("read key", f"{_SELECT_DEK} WHERE kid = ?", (kid,))
         return _dek(row) if row else None
+
+    def get_deks(self, kids: Iterable[str]) -> dict[str, DekRecord]:
+        """The rows of many kids in one ``SELECT ... WHERE kid IN (...)`` per ``_IN_CHUNK`` of
+        them (a consumer's read batch); kids the store lacks are simply absent."""
+        todo = list(dict.fromkeys(kids))
+        out: dict[str, DekRecord] = {}
+        with self._lock, self._errors("read keys"):
+            for i in range(0, len(todo), _IN_CHUNK):
+                chunk = todo[i : i + _IN_CHUNK]
+                sql = f"{_SELECT_DEK} WHERE kid IN ({','.join('?' * len(chunk))})"
+                for row in self._db.execute(sql, chunk).fetchall():
+                    out[row[0]] = _dek(row)
+        return out
 
     def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:
         row = self._one(

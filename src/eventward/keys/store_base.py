@@ -7,6 +7,7 @@ atomic; ``transaction()`` lets the key service group a KMS call with the writes 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,6 +57,10 @@ class KeyStore(Protocol):
         ...
 
     def get_dek(self, kid: str) -> DekRecord | None: ...
+
+    def get_deks(self, kids: Iterable[str]) -> dict[str, DekRecord]:
+        """The rows of many kids at once (kid -> row; missing kids absent): one query per chunk."""
+        ...
 
     def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:
         """Highest version of the subject's DEK in ``cls``."""

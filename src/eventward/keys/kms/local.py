@@ -5,6 +5,12 @@ cost in the authenticated header). Every change happens under an exclusive ``flo
 re-reads the file first, so concurrent processes never lose each other's rotations; readers
 notice a rewritten file by its stat signature and reload it. Destroying a version rewrites the
 file atomically without it; the old version is then gone from every future read.
+
+Unwrap is a consumer's hot path (one call per distinct DEK of a read batch). Inside
+``unwrap_batch()`` the file is checked once, when the block starts, and its unwraps use that
+ring (a KEK id missing from it, after a rotation elsewhere, checks the file again, so a stale
+ring never makes a key look forged). Every other call checks the file's signature each time:
+a wrap must never use a KEK another process has just destroyed.
 """
 
 from __future__ import annotations
@@ -158,6 +164,7 @@ class LocalKMS:
         self._ring = _Ring()
         self._sig: tuple[int, ...] | None = None
         self._closed = False
+        self._pinned = threading.local()  # .ring: the ring an unwrap_batch() block checked once
 
     def __repr__(self) -> str:
         return f"LocalKMS({str(self.path)!r})"
@@ -251,6 +258,27 @@ class LocalKMS:
                 self._install(ring, sig)
                 return ring
 
+    @contextlib.contextmanager
+    def unwrap_batch(self) -> Iterator[None]:
+        """A block of unwraps (one read batch) on this thread: the keyring file is checked once
+        here instead of by every unwrap. Blocks nest; the outer one's check holds."""
+        if getattr(self._pinned, "ring", None) is not None:
+            yield
+            return
+        self._pinned.ring = self._refresh()
+        try:
+            yield
+        finally:
+            self._pinned.ring = None
+
+    def _unwrap_ring(self, kek_id: str) -> _Ring:
+        """The ring unwrap uses: the one this thread's unwrap_batch() checked if it holds
+        ``kek_id``, else the file's current one (checked now)."""
+        ring = getattr(self._pinned, "ring", None)
+        if ring is None or self._closed or kek_id not in ring.ciphers:
+            ring = self._refresh()
+        return ring
+
     def _read(self) -> tuple[_Ring, tuple[int, ...]]:
         # Stat before reading: if the file is replaced in between, the stale signature only
         # causes one extra reload, never a new signature paired with old contents.
@@ -325,7 +353,7 @@ class LocalKMS:
 
     def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
         cls, version = parse_kek_id(kek_id)
-        ring = self._refresh()
+        ring = self._unwrap_ring(kek_id)
         ck = self._class(ring, cls)
         if version in ck.destroyed:
             raise KeyDestroyed(f"KEK {kek_id} was destroyed")
