@@ -28,7 +28,7 @@ from eventward.home import Home
 from keys_net.conftest import free_port
 
 OPERATOR, INTERN = demo.ADMIN, "intern"  # the intern's certificate is valid; the policy grants it nothing
-OPERATORS = (OPERATOR, INTERN, demo.AUTHOR, demo.APPROVER)
+OPERATORS = (OPERATOR, INTERN, demo.AUTHOR, demo.APPROVER, demo.SHIPPING)
 SUBJECTS = [f"cust-cli-{i}" for i in range(6)]
 
 
@@ -222,8 +222,9 @@ def test_attack_as_flag_in_client_mode(plane: ControlPlane, profiles: Path, tmp_
 
 
 def test_home_only_commands_and_options_say_so(plane: ControlPlane, profiles: Path, tmp_path: Path) -> None:
-    for args, named in ((["keys", "rotate", "--class", "pii"], "'keys'"), (["init"], "'init'"),
-                        (["audit", "tail"], "'audit tail'"), (["forget", "--now", SUBJECTS[4]], "--now")):
+    for args, named in ((["keys", "rotate", "--class", "pii"], "'keys rotate'"), (["init"], "'init'"),
+                        (["audit", "verify"], "'audit verify'"), (["alerts"], "'alerts'"),
+                        (["forget", "--now", SUBJECTS[4]], "--now"), (["nats", "up"], "'nats'")):
         r = cli(profiles, "--profile", "ops", *args, cwd=tmp_path)
         assert r.returncode == 5, (args, r.stderr)
         assert named in _one_line_error(r, "not_in_client_mode")
@@ -296,3 +297,33 @@ def test_profile_list_show_use(plane: ControlPlane, profiles: Path) -> None:
                                    "--cert", str(plane.certs[OPERATOR][0]), "--key", str(plane.certs[OPERATOR][1])],
                              env=env)
     assert bad.exit_code != 0  # plain http is refused: credentials only travel over TLS
+
+
+def test_audit_keys_dlq_and_service_approval_over_the_api(plane: ControlPlane, profiles: Path, tmp_path: Path) -> None:
+    from eventward.control.identity import ServiceIdentity
+
+    tail = cli(profiles, "--profile", "ops", "audit", "tail", "-n", "5", "--json")
+    assert tail.returncode == 0, tail.stderr
+    assert len(orjson.loads(tail.stdout)["records"]) == 5
+    status = cli(profiles, "--profile", "ops", "keys", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert "pii" in {c["class"] for c in orjson.loads(status.stdout)["classes"]}
+    assert cli(profiles, "--profile", "intern", "keys", "status").returncode == 3  # audit metadata: read_audit
+    dlq = cli(profiles, "--profile", "ops", "dlq", "list", demo.TOPIC, "--json")
+    assert dlq.returncode == 3, dlq.stderr  # the admin may not subscribe to orders, so not read its dead letters
+    dlq = cli(profiles, "--profile", demo.SHIPPING, "dlq", "list", demo.TOPIC, "--json")
+    assert dlq.returncode == 0, dlq.stderr
+    assert orjson.loads(dlq.stdout) == {"topic": demo.TOPIC, "entries": [], "more": False}
+    ident = ServiceIdentity.create(tmp_path / "billing", "billing-svc")
+    grant = tmp_path / "grant.json"
+    refused = cli(profiles, "--profile", "intern", "service", "approve", str(ident.request_path), "--out", str(grant))
+    assert refused.returncode == 3 and not grant.exists()
+    _one_line_error(refused, "forbidden")
+    trusted = cli(profiles, "--profile", "ops", "trust", "list", "--json")
+    assert "billing-svc" not in {k["principal"] for k in orjson.loads(trusted.stdout)["keys"]}  # nothing trusted
+    approved = cli(profiles, "--profile", "ops", "service", "approve", str(ident.request_path),
+                   "--control-url", plane.url, "--out", str(grant))
+    assert approved.returncode == 0, approved.stderr
+    assert ident.install(grant.read_bytes())["principal"] == "billing-svc"
+    trusted = cli(profiles, "--profile", "ops", "trust", "list", "--json")
+    assert "billing-svc" in {k["principal"] for k in orjson.loads(trusted.stdout)["keys"]}

@@ -54,6 +54,7 @@ from eventward.policy.base import (
     PUBLISH,
     READ_AUDIT,
     READ_SCHEMA,
+    ROTATE_KEYS,
     SUBSCRIBE,
     AllowList,
     Decision,
@@ -276,6 +277,30 @@ class MemoryBackend:
         if cert is None:
             raise NotFoundError(f"no erasure certificate {certificate_id!r}")
         return cert
+
+    async def audit_records(self, principal: str, n: int) -> list[dict[str, Any]]:
+        self._check("audit_records", principal, READ_AUDIT, ("Audit", "log"))
+        return []
+
+    async def keys_status(self, principal: str) -> dict[str, Any]:
+        self._check("keys_status", principal, READ_AUDIT, ("Audit", "log"))
+        return {"classes": [], "legal_holds": len(self.held), "erasures": len(self.certificates),
+                "revocation_epoch": 0}
+
+    async def dead_letters(
+        self, principal: str, topic: str, include_resolved: bool, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        self._check("dead_letters", principal, SUBSCRIBE, ("Topic", topic))
+        if topic not in self.topics:
+            raise NotFoundError(f"topic {topic!r} does not exist")
+        return [], False
+
+    async def approve_service(
+        self, principal: str, request: bytes, may_seal: Mapping[str, Sequence[str]], days: int,
+        control_urls: Sequence[str], nats_servers: Sequence[str],
+    ) -> bytes:
+        self._check("approve_service", principal, ROTATE_KEYS, ("Producer", "*"))
+        raise InputError("enrollment request is not JSON")  # the memory backend enrolls nobody
 
     async def explain(
         self,

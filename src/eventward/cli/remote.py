@@ -113,6 +113,28 @@ class OperatorClient:
             body["event_type"] = event_type
         return dict(self.api.call("POST", "/v1/policy/explain", body=body))
 
+    def audit_records(self, n: int) -> list[dict[str, Any]]:
+        return list(self.api.call("GET", "/v1/audit/records", params={"n": n})["records"])
+
+    def keys_status(self) -> dict[str, Any]:
+        return dict(self.api.call("GET", "/v1/keys/status"))
+
+    def dead_letters(self, topic: str, include_resolved: bool) -> dict[str, Any]:
+        return dict(self.api.call("GET", f"/v1/topics/{_segment(topic)}/dlq",
+                                  params={"resolved": int(include_resolved)}))
+
+    def approve_service(self, request: bytes, may_seal: dict[str, list[str]], days: int,
+                        control_urls: list[str], nats_servers: list[str]) -> bytes:
+        """The grant (JSON bytes, as `service install` reads it)."""
+        try:
+            text = request.decode()
+        except UnicodeDecodeError:
+            raise InputError("the enrollment request is not UTF-8 JSON") from None
+        grant = self.api.call("POST", "/v1/services/approve", body={
+            "request": text, "may_seal": may_seal, "days": days, "control_urls": control_urls,
+            "nats_servers": nats_servers})
+        return orjson.dumps(grant)
+
     def trust_entries(self) -> list[dict[str, Any]]:
         """The trust registry as the control plane's signed statements, decoded (the TLS channel,
         verified against the profile's CA, is what vouches for them here)."""
@@ -318,6 +340,12 @@ audit_app = typer.Typer(cls=ClientGroup, help="The audit log's checkpoints, proo
                         no_args_is_help=True)
 policy_app = typer.Typer(cls=ClientGroup, help="Authorization decisions explained.", no_args_is_help=True)
 trust_app = typer.Typer(cls=ClientGroup, help="Signing keys the control plane trusts.", no_args_is_help=True)
+keys_app = typer.Typer(cls=ClientGroup, help="Key status (rotation runs on the control plane).", no_args_is_help=True)
+dlq_app = typer.Typer(cls=ClientGroup, help="Dead letters (metadata only).", no_args_is_help=True)
+service_app = typer.Typer(cls=ClientGroup, help="Approve service enrollments.", no_args_is_help=True)
+client_app.add_typer(keys_app, name="keys")
+client_app.add_typer(dlq_app, name="dlq")
+client_app.add_typer(service_app, name="service")
 client_app.add_typer(schema_app, name="schema")
 client_app.add_typer(audit_app, name="audit")
 client_app.add_typer(policy_app, name="policy")
@@ -537,3 +565,81 @@ def trust_list(as_json: bool = _JSON) -> None:
         t.add_row(*(Text(str(r[k] or "-")) for k in ("kid", "principal", "purpose", "status")),
                   Text("; ".join(f"{topic}: {', '.join(types)}" for topic, types in may.items()) or "-"))
     common.console.print(t)
+
+
+@audit_app.command("tail", cls=ClientCommand)
+def audit_tail(n: int = typer.Option(20, "-n", help="How many records, newest last (at most 1000)."),
+               as_json: bool = _JSON) -> None:
+    """The newest audit records (needs read_audit)."""
+    records = _client().audit_records(n)
+    if as_json:
+        common.emit_json({"records": records})
+        return
+    t = Table()
+    for name in ("#", "time", "principal", "action", "resource", "outcome", "reason", "meta"):
+        t.add_column(name, overflow="fold")
+    for r in records:
+        meta = " ".join(f"{k}={v}" for k, v in r["meta"].items())
+        cells = (str(r["index"]), r["time"], r["principal"], r["action"], r["resource"], r["outcome"], r["reason"],
+                 meta)
+        t.add_row(*(Text(str(c)) for c in cells))
+    common.console.print(t)
+
+
+@keys_app.command("status", cls=ClientCommand)
+def keys_status(as_json: bool = _JSON) -> None:
+    """Classes, KEK versions, key counts, holds and erasures (needs read_audit)."""
+    st = _client().keys_status()
+    if as_json:
+        common.emit_json(st)
+        return
+    t = Table("class", "KEK", "live versions", "destroyed", "DEKs", "subjects", "erased keys", title="keys")
+    for c in st["classes"]:
+        t.add_row(c["class"], c["kek"], ", ".join(c["live_keks"]), ", ".join(c["destroyed_keks"]) or "-",
+                  str(c["deks"]), str(c["subjects"]), str(c["erased_keys"]))
+    common.console.print(t)
+    _print(f"legal holds: {st['legal_holds']}   erasures: {st['erasures']}   "
+           f"revocation epoch: {st['revocation_epoch']}")
+
+
+@dlq_app.command("list", cls=ClientCommand)
+def dlq_list(topic: str = typer.Argument(..., help="Source topic."),
+             all_: bool = typer.Option(False, "--all", help="Include resolved (redriven) entries."),
+             as_json: bool = _JSON) -> None:
+    """Dead letters of a topic you may subscribe to (metadata only)."""
+    doc = _client().dead_letters(topic, all_)
+    if as_json:
+        common.emit_json(doc)
+        return
+    t = Table("offset", "reason", "from", "event id", "type", "attempts", title=f"{topic}.dlq")
+    for e in doc["entries"]:
+        t.add_row(str(e["dlq_offset"]), Text(f"{e['code']}/{e['reason']}"), Text(f"{e['stream']}@{e['offset']}"),
+                  Text(str(e.get("event_id") or "-")), Text(str(e.get("event_type") or "-")), str(e["attempts"]))
+    common.console.print(t)
+    if doc.get("more"):
+        common.err_console.print("[yellow]note[/]: more entries than shown (the API's page limit)")
+
+
+@service_app.command("approve", cls=ClientCommand)
+def service_approve(
+    request: Path = typer.Argument(..., help="The service's enrollment.json.", metavar="REQUEST"),
+    seal: list[str] = typer.Option([], "--seal", help="TOPIC:TYPE the service may seal (repeat).",
+                                   metavar="TOPIC:TYPE"),
+    control_url: list[str] = typer.Option([], "--control-url", help="Control-plane URL (repeat for replicas).",
+                                           metavar="URL"),
+    nats: list[str] = typer.Option([], "--nats", help="NATS server URL for the direct data path (repeat).",
+                                   metavar="URL"),
+    days: int = typer.Option(30, "--days", help="TLS certificate lifetime.", min=1, max=397),
+    out: Path = typer.Option(..., "--out", help="Where to write the grant.", metavar="FILE"),
+) -> None:
+    """Trust the service's keys, certify its TLS key and write the grant it installs (needs
+    rotate_keys on the service's producer)."""
+    from eventward.cli.service import _may_seal
+
+    try:
+        raw = request.read_bytes()
+    except OSError:
+        raise InputError(f"cannot read enrollment request {request}") from None
+    grant = _client().approve_service(raw, _may_seal(seal), days, control_url, nats)
+    out.write_bytes(grant)
+    _print(f"grant written to {out}: give it to the service (eventward service install)")

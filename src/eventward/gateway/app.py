@@ -446,6 +446,30 @@ class _Gateway:
     async def op_audit_certificate(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
         return _certificate(await self.backend.audit_certificate(p.name, params["certificate"]))
 
+    async def op_audit_records(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return {"records": await self.backend.audit_records(p.name, params.get("n", 20))}
+
+    async def op_keys_status(self, p: Principal, *_: Any) -> dict[str, Any]:
+        return await self.backend.keys_status(p.name)
+
+    async def op_dead_letters(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        topic = params["topic"]
+        entries, more = await self.backend.dead_letters(
+            p.name, topic, bool(params.get("resolved", 0)), params.get("max", openapi.MAX_DEAD_LETTERS // 10)
+        )
+        return {"topic": topic, "entries": entries, "more": more}
+
+    async def op_approve_service(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> Any:
+        if p.method not in ("mtls", "jwt"):  # trust is never granted over an unauthenticated connection
+            raise AuthenticationError(
+                "enrollments are approved only by mTLS- or JWT-authenticated principals", reason="unauthenticated"
+            )
+        grant = await self.backend.approve_service(
+            p.name, body["request"].encode(), body.get("may_seal", {}), body.get("days", 30),
+            body.get("control_urls", []), body.get("nats_servers", []),
+        )
+        return orjson.loads(grant)
+
     async def op_explain(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
         res = body["resource"]
         context = {"event_type": body["event_type"]} if "event_type" in body else None

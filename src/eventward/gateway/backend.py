@@ -155,6 +155,28 @@ class GatewayBackend(Protocol):
 
     async def audit_certificate(self, principal: str, certificate_id: str) -> ErasureCertificate: ...
 
+    async def audit_records(self, principal: str, n: int) -> list[dict[str, Any]]:
+        """The newest ``n`` audit records (ReadAudit), oldest first: the AuditRecord document."""
+        ...
+
+    async def keys_status(self, principal: str) -> dict[str, Any]:
+        """Classes, KEK versions and counts (ReadAudit: it is audit metadata): the KeyStatus document."""
+        ...
+
+    async def dead_letters(
+        self, principal: str, topic: str, include_resolved: bool, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` dead letters of ``topic`` (Subscribe), metadata only, and whether more exist."""
+        ...
+
+    async def approve_service(
+        self, principal: str, request: bytes, may_seal: Mapping[str, Sequence[str]], days: int,
+        control_urls: Sequence[str], nats_servers: Sequence[str],
+    ) -> bytes:
+        """The grant for an enrollment request, if ``principal`` may RotateKeys on the service's
+        producer (decided first: nothing is certified or trusted otherwise)."""
+        ...
+
     async def explain(
         self,
         principal: str,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,7 @@ from eventward.schema.model import CheckReport, Finding, State
 from eventward.schema.model import SchemaVersion as RegistryVersion
 
 T = TypeVar("T")
+log = logging.getLogger("eventward.gateway")
 
 _PROPOSAL = re.compile(r"v([1-9][0-9]{0,9})\Z")
 _CERTIFICATE = re.compile(r"erasure-(0|[1-9][0-9]{0,17})\Z")
@@ -304,6 +306,65 @@ class DeploymentBackend:
             self.deployment.keys.release(subject, principal=principal)
 
         await self._run(release)
+
+    # --- operator reads and enrollment (the CLI's client mode) ------------------------------
+    async def audit_records(self, principal: str, n: int) -> list[dict[str, Any]]:
+        def tail() -> list[dict[str, Any]]:
+            self._allow(principal, READ_AUDIT, AUDIT_RESOURCE)
+            return [{"index": r.index, "time": r.time, "principal": r.principal, "action": r.action,
+                     "resource": r.resource, "outcome": r.outcome, "reason": r.reason, "meta": dict(r.meta)}
+                    for r in self.deployment.audit.tail(n)]
+
+        return await self._run(tail)
+
+    async def keys_status(self, principal: str) -> dict[str, Any]:
+        def status() -> dict[str, Any]:
+            self._allow(principal, READ_AUDIT, AUDIT_RESOURCE)  # as `eventward keys status`: audit metadata
+            st = self.deployment.keys.status()
+            return {
+                "classes": [{"class": c.cls, "kek": c.kek_id, "live_keks": list(c.live_keks),
+                             "destroyed_keks": list(c.destroyed_keks), "deks": c.deks, "subjects": c.subjects,
+                             "erased_keys": c.erased_keys} for c in st.classes],
+                "legal_holds": st.holds, "erasures": st.erasures, "revocation_epoch": st.revocation_epoch,
+            }
+
+        return await self._run(status)
+
+    async def dead_letters(
+        self, principal: str, topic: str, include_resolved: bool, limit: int
+    ) -> tuple[list[dict[str, Any]], bool]:
+        def listing() -> tuple[list[dict[str, Any]], bool]:
+            check_stream_name(topic)
+            # Subscribe is decided by the listing itself (and audited when denied), as in `dlq list`
+            entries = self.deployment.dead_letters(principal, topic).list(
+                principal=principal, include_resolved=include_resolved)
+            return [dict(e.summary()) for e in entries[:limit]], len(entries) > limit
+
+        return await self._run(listing)
+
+    async def approve_service(
+        self, principal: str, request: bytes, may_seal: Mapping[str, Sequence[str]], days: int,
+        control_urls: Sequence[str], nats_servers: Sequence[str],
+    ) -> bytes:
+        from eventward.control.identity import EnrollmentRequest
+        from eventward.policy.base import ROTATE_KEYS
+
+        def approve() -> bytes:
+            service = EnrollmentRequest.parse(request).principal
+            # decided before the CSR is certified or recorded: a refused approval changes nothing
+            self._allow(principal, ROTATE_KEYS, ("Producer", service))
+            grant = self.control_plane.approve(
+                principal, request, {t: list(types) for t, types in may_seal.items()}, days=days,
+                control_urls=control_urls, nats_servers=nats_servers)
+            from eventward.certstore import apply_nats_pins
+
+            try:  # NATS admits the new certificate at once, as `eventward service approve` does
+                apply_nats_pins(self.deployment.home.certs, self.deployment.home.run_dir / "nats")
+            except OSError as e:
+                log.warning("approved %s but could not reload NATS pins: %s", service, type(e).__name__)
+            return grant
+
+        return await self._run(approve)
 
     # --- audit ------------------------------------------------------------------------------
     async def audit_checkpoint(self, principal: str) -> api.Checkpoint:

@@ -371,6 +371,47 @@ SCHEMAS.update({
     "ControlAckResponse": _obj({"completed": {"type": "boolean"}}, ("completed",)),
 })
 
+# Operator operations (the CLI's client mode, `eventward --profile NAME ...`): metadata only.
+MAX_AUDIT_RECORDS = 1000
+MAX_DEAD_LETTERS = 10_000
+_NULLABLE_TEXT = {"type": ["string", "null"], "maxLength": 4096}
+SCHEMAS.update({
+    "AuditRecord": _obj({
+        "index": _int(), "time": _s(64), "principal": _s(512), "action": _s(128), "resource": _s(1024),
+        "outcome": _s(32), "reason": _s(256, min_len=0),
+        "meta": {"type": "object", "maxProperties": 64, "description": "Metadata (counts, ids, hashes); "
+                 "never payloads."},
+    }, ("index", "time", "principal", "action", "resource", "outcome", "reason", "meta")),
+    "AuditRecords": _obj({"records": _arr(ref("AuditRecord"), MAX_AUDIT_RECORDS)}, ("records",)),
+    "KeyClassStatus": _obj({
+        "class": _s(64), "kek": _s(256), "live_keks": _arr(_s(256), 10_000), "destroyed_keks": _arr(_s(256), 10_000),
+        "deks": _int(), "subjects": _int(), "erased_keys": _int(),
+    }, ("class", "kek", "live_keks", "destroyed_keks", "deks", "subjects", "erased_keys")),
+    "KeyStatus": _obj({
+        "classes": _arr(ref("KeyClassStatus"), 1000), "legal_holds": _int(), "erasures": _int(),
+        "revocation_epoch": _int(),
+    }, ("classes", "legal_holds", "erasures", "revocation_epoch")),
+    "DeadLetter": _obj({
+        "dlq_offset": _int(), "code": _s(64), "reason": _s(128, min_len=0), "stream": _s(256), "offset": _int(),
+        "batch": _s(256, min_len=0), "index": _int(), "event_id": _NULLABLE_TEXT,
+        "event_type": {"type": ["string", "null"], "maxLength": 256}, "attempts": _int(),
+        "error": _s(256, min_len=0), "at": {"type": "number"}, "by": _s(256, min_len=0), "group": _s(400, min_len=0),
+    }, ("dlq_offset", "code", "reason", "stream", "offset", "event_id", "event_type", "attempts")),
+    "DeadLetterList": _obj({"topic": _s(200, NAME), "entries": _arr(ref("DeadLetter"), MAX_DEAD_LETTERS),
+                            "more": {"type": "boolean"}}, ("topic", "entries", "more")),
+    "ServiceApproval": _obj({
+        "request": _s(16 * 1024, description="The service's enrollment.json, as text (its proof of possession "
+                      "covers these bytes)."),
+        "may_seal": {"type": "object", "maxProperties": 256, "propertyNames": {"pattern": NAME},
+                     "additionalProperties": _arr(_s(200, NAME), 256),
+                     "description": "Topic -> event types the service may seal."},
+        "days": _int(1, 397, default=30),
+        "control_urls": _arr(_s(2048, "^https://"), 16),
+        "nats_servers": _arr(_s(2048, "^(nats|tls)://"), 16),
+    }, ("request",)),
+    "ServiceGrant": _obj({"anchor": _s(128, B64URL), "statement": ref("Statement")}, ("anchor", "statement")),
+})
+
 
 @dataclass(frozen=True)
 class Param:
@@ -622,6 +663,25 @@ OPERATIONS: tuple[Operation, ...] = (
         "ControlAckResponse", body="ControlAck", tag="control", params=(Param("group", "path", _s(128, NAME), True),),
         errors=BODY_ERRORS,
         description="`error` (a code, never text) when the application's on_forget hooks failed.",
+    ),
+    Operation(
+        "audit_records", "GET", "/v1/audit/records", "The newest audit records (metadata only)", "AuditRecords",
+        tag="audit", params=(Param("n", "query", _int(1, MAX_AUDIT_RECORDS, default=20)),),
+    ),
+    Operation("keys_status", "GET", "/v1/keys/status", "Classes, KEK versions, key counts, holds and erasures",
+              "KeyStatus", tag="keys"),
+    Operation(
+        "dead_letters", "GET", "/v1/topics/{topic}/dlq", "A topic's dead letters (metadata, never the event)",
+        "DeadLetterList", tag="events",
+        params=(TOPIC, Param("resolved", "query", _int(0, 1, default=0), description="1: include redriven entries."),
+                Param("max", "query", _int(1, MAX_DEAD_LETTERS, default=1000))),
+        description="Needs Subscribe on the topic, as reading its events does.",
+    ),
+    Operation(
+        "approve_service", "POST", "/v1/services/approve", "Approve a service's enrollment (client mode)",
+        "ServiceGrant", body="ServiceApproval", tag="control", errors=BODY_ERRORS,
+        description="Needs RotateKeys on Producer::<the service>, decided before anything is certified: then "
+        "trusts the service's own keys, certifies its TLS key and returns the grant it installs.",
     ),
     Operation("healthz", "GET", "/healthz", "Liveness", "Health", tag="ops", errors=(401, 429)),
     Operation(
