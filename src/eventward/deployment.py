@@ -174,6 +174,10 @@ class Deployment:
         config = Config.load(home.config)
         if not home.config.exists():
             home.config.write_text(config.dump())
+        if config.store.backend == "postgres":  # bind the database to this new deployment first
+            from eventward.store.binding import bind_new_home
+
+            bind_new_home(home, config.store)
         audit = AuditLog.open(home)
         try:
             store = PolicyStore.open(home, audit=audit, clock=clock)

@@ -49,6 +49,7 @@ from eventward.audit.tree import (
     push_leaf,
     range_root,
 )
+from eventward.config import Config
 from eventward.crypto.merkle import leaf_hash
 from eventward.errors import (
     AccessDenied,
@@ -184,6 +185,12 @@ class AuditLog:
         """Open the home's audit log, creating key and database on first use."""
         home.ensure()
         ensure_key(home)
+        if Config.load(home.config).store.backend == "postgres":  # one tree in the shared database
+            from eventward.audit.pg_log import PgAuditLog
+
+            return PgAuditLog.open_home(
+                home, flush_every=flush_every, flush_ms=flush_ms, authorizer=authorizer, principal=principal
+            )
         return cls(
             home.audit_db,
             load_signer(home.audit_key),

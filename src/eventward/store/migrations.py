@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA = "eventward"
+AUDIT_SCHEMA = "eventward_audit"  # the audit log's tables keep their SQLite names here
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,46 @@ MIGRATIONS: tuple[Migration, ...] = (
             # The key store's random id (KeyService MACs it under the KMS: a stranger's store is refused).
             f"INSERT INTO {SCHEMA}.key_meta (key, value) "
             "VALUES ('store_id', 's-' || replace(gen_random_uuid()::text, '-', ''))",
+        ),
+    ),
+    Migration(
+        2,
+        "audit log (records, stored subtree hashes, checkpoints, attachments, published index, watermarks)",
+        (
+            f"CREATE SCHEMA IF NOT EXISTS {AUDIT_SCHEMA}",
+            f"CREATE TABLE {AUDIT_SCHEMA}.meta (key text PRIMARY KEY, value text NOT NULL)",
+            f"CREATE TABLE {AUDIT_SCHEMA}.records (idx bigint PRIMARY KEY, leaf bytea NOT NULL, body bytea NOT NULL)",
+            f"""CREATE TABLE {AUDIT_SCHEMA}.nodes (
+                level integer NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL, PRIMARY KEY (level, idx)
+            )""",
+            f"""CREATE TABLE {AUDIT_SCHEMA}.checkpoints (
+                id bigserial PRIMARY KEY, size bigint NOT NULL, root bytea NOT NULL, time text NOT NULL,
+                text text NOT NULL
+            )""",
+            f"""CREATE TABLE {AUDIT_SCHEMA}.attachments (
+                id bigserial PRIMARY KEY, kind text NOT NULL, key text NOT NULL, idx bigint NOT NULL, doc text NOT NULL
+            )""",
+            f"CREATE INDEX attachments_by_key ON {AUDIT_SCHEMA}.attachments (kind, key)",
+            f"""CREATE TABLE {AUDIT_SCHEMA}.watermarks (
+                source text NOT NULL, stream text NOT NULL, "offset" bigint NOT NULL, PRIMARY KEY (source, stream)
+            )""",
+            f"""CREATE TABLE {AUDIT_SCHEMA}.published (
+                stream text NOT NULL, batch text NOT NULL, idx bigint NOT NULL, PRIMARY KEY (stream, batch)
+            )""",
+            # A guard against accidents, as the SQLite triggers: tampering by someone who drops them
+            # is what audit verify and signed checkpoints detect.
+            f"""CREATE FUNCTION {AUDIT_SCHEMA}.append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION 'audit % are append-only', TG_TABLE_NAME; END $$""",
+            *(
+                f"CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {AUDIT_SCHEMA}.{t} "
+                f"FOR EACH ROW EXECUTE FUNCTION {AUDIT_SCHEMA}.append_only()"
+                for t in ("records", "nodes")
+            ),
+            *(
+                f"CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {AUDIT_SCHEMA}.{t} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_SCHEMA}.append_only()"
+                for t in ("records", "nodes")
+            ),
         ),
     ),
 )
