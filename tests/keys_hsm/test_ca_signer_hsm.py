@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 from typer.testing import CliRunner
@@ -60,8 +62,16 @@ def test_hsm_ca_issues_and_revokes(home: Path, cfg: Pkcs11Config) -> None:
     crl = certstore.load_crl(certs / certstore.CRL_NAME)
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     assert [r.serial_number for r in crl] == [cert.serial_number]
-    renewed = certstore.issue(certs, "orders")  # a fresh one after revocation
+    again = certstore.issue(certs, "orders")  # a fresh one after revocation, then renewed
+    renewed = certstore.renew(certs, "orders")
+    assert renewed.serial != again.serial
     certstore.load_cert_file(Path(renewed.path)).verify_directly_issued_by(ca)
+    # an enrolled service's own key, certified from its CSR (the enrollment path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "billing")])).sign(key, hashes.SHA256())
+    rec = certstore.sign_csr(certs, csr.public_bytes(serialization.Encoding.PEM), "billing", True)
+    certstore.load_cert_file(Path(rec.path)).verify_directly_issued_by(ca)
 
 
 def test_attack_ca_key_not_on_disk(home: Path, cfg: Pkcs11Config) -> None:

@@ -56,7 +56,10 @@ def _issue_revoke_verify(certs: Path) -> None:
     rec = certstore.issue(certs, "orders")
     cert = certstore.load_cert_file(Path(rec.path))
     cert.verify_directly_issued_by(ca)
-    certstore.revoke(certs, "orders", "key-compromise")
+    renewed = certstore.renew(certs, "orders")
+    assert renewed.serial != rec.serial
+    certstore.load_cert_file(Path(renewed.path)).verify_directly_issued_by(ca)
+    certstore.revoke(certs, rec.serial, "key-compromise")
     crl = certstore.load_crl(certs / certstore.CRL_NAME)
     assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     assert [r.serial_number for r in crl] == [cert.serial_number]
