@@ -276,3 +276,63 @@ def test_cli_init_names_where_the_key_is(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     crl = certstore.load_crl(home / "certs" / certstore.CRL_NAME)
     assert crl.is_signature_valid(pki.ca_certificate(home / "certs").public_key())  # type: ignore[arg-type]
+
+
+# --- the KMS signers' message handling, against recording stand-ins ------------------------------
+
+
+class _Kms:
+    """Records AWS KMS Sign calls; signs like KMS would (RAW: hash the message; DIGEST: as given)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self.key, self.calls = key, []
+
+    def sign(self, *, KeyId: str, Message: bytes, MessageType: str, SigningAlgorithm: str) -> dict:
+        from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+        self.calls.append((MessageType, len(Message), SigningAlgorithm))
+        algo = ec.ECDSA(hashes.SHA256()) if MessageType == "RAW" else ec.ECDSA(Prehashed(hashes.SHA256()))
+        return {"Signature": self.key.sign(Message, algo)}
+
+
+def test_aws_signer_sends_long_tbs_as_a_digest() -> None:
+    """AWS takes RAW messages up to 4096 bytes: a bigger CRL goes as its SHA-256 DIGEST, and both verify."""
+    ca = pki.issue_ca()
+    signer = object.__new__(casigner.AwsSigner)
+    signer.where, signer.key_id, signer._public = "stub", "k", ca.cert.public_key()
+    signer._kms = _Kms(ca.key)
+    now = dt.datetime.now(dt.UTC)
+    small = x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject).last_update(now).next_update(now)
+    big = small
+    for serial in range(1, 200):
+        big = big.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(2**100 + serial).revocation_date(now).build())
+    for builder in (small, big):
+        assert sign_crl(builder, signer, ca.cert).is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+    (kind1, n1, alg1), (kind2, n2, _) = signer._kms.calls
+    assert (kind1, alg1) == ("RAW", "ECDSA_SHA_256") and n1 <= 4096
+    assert (kind2, n2) == ("DIGEST", 32)
+
+
+class _Transit:
+    def __init__(self, answer: str) -> None:
+        self.answer, self.calls = answer, []
+
+    def sign_data(self, name: str, **kw) -> dict:
+        self.calls.append(kw)
+        return {"data": {"signature": self.answer}}
+
+
+def test_transit_signer_asks_prehashed_asn1_and_refuses_a_malformed_answer() -> None:
+    ca = pki.issue_ca()
+    signer = object.__new__(casigner.TransitSigner)
+    signer.where, signer.name, signer.version, signer._public = "stub", "ew-ca", 3, ca.cert.public_key()
+    signer.config = type("C", (), {"mount": "transit"})()
+    for answer in ("vault:v2:MEUCIQ==", "vault:v3:not base64!", "no-prefix"):
+        transit = _Transit(answer)
+        signer._client = type("H", (), {"secrets": type("S", (), {"transit": transit})()})()
+        with pytest.raises(CASignatureInvalid):
+            pki.issue_cert(pki.CA(ca.cert, signer), "x", client=True)
+    assert transit.calls[0] | {"hash_input": None} == {
+        "hash_input": None, "key_version": 3, "hash_algorithm": "sha2-256", "prehashed": True,
+        "marshaling_algorithm": "asn1", "mount_point": "transit"}
