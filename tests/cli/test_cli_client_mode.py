@@ -24,7 +24,9 @@ from typer.testing import CliRunner
 from eventward import demo, pki
 from eventward.cli import app, common
 from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward.home import Home, write_secret
+from gateway.conftest import AUDIENCE, ISSUER, SUBJECT_RULES, gateway_config, start_gateway
+from gateway.gw_support import claims, make_pki, make_signers, write_jwks
 from keys_net.conftest import free_port
 
 OPERATOR, INTERN = demo.ADMIN, "intern"  # the intern's certificate is valid; the policy grants it nothing
@@ -327,3 +329,27 @@ def test_audit_keys_dlq_and_service_approval_over_the_api(plane: ControlPlane, p
     assert ident.install(grant.read_bytes())["principal"] == "billing-svc"
     trusted = cli(profiles, "--profile", "ops", "trust", "list", "--json")
     assert "billing-svc" in {k["principal"] for k in orjson.loads(trusted.stdout)["keys"]}
+
+
+def test_connect_with_a_jwt_file_authenticates_as_the_token_subject(tmp_path: Path) -> None:
+    """``--connect`` with EVENTWARD_CA and EVENTWARD_TOKEN_FILE: the bearer token is the identity."""
+    test_pki, signers = make_pki(tmp_path / "pki"), make_signers()
+    jwks = write_jwks(tmp_path / "jwks.json", list(signers.values()))
+    cfg = gateway_config(test_pki, auth="jwt", jwt={"jwks_file": str(jwks), "issuer": ISSUER, "audience": AUDIENCE,
+                                                    "subject_rules": SUBJECT_RULES})
+    run = start_gateway(cfg, tmp_path / "home")
+    try:
+        token_file = tmp_path / "ops.jwt"
+        write_secret(token_file, signers["ec"].sign(claims(ISSUER, AUDIENCE, sub="orders")).encode() + b"\n")
+        creds = {"EVENTWARD_CA": str(test_pki.ca_file), "EVENTWARD_TOKEN_FILE": str(token_file)}
+        url = f"https://127.0.0.1:{run.port}"
+        r = cli(tmp_path / "profiles", "--connect", url, "whoami", "--json", **creds)
+        assert r.returncode == 0, r.stderr
+        assert orjson.loads(r.stdout) == {"principal": "orders", "method": "jwt"}
+        r = cli(tmp_path / "profiles", "--connect", url, "whoami", "--as", "admin", **creds)
+        assert r.returncode == 5 and "--as does not exist" in _one_line_error(r, "not_in_client_mode")
+        token_file.chmod(0o644)
+        r = cli(tmp_path / "profiles", "--connect", url, "whoami", **creds)
+        assert r.returncode == 9 and "ops.jwt" in _one_line_error(r, "key_file_permissions")
+    finally:
+        run.gw.stop()
