@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -52,6 +52,18 @@ class LruTtlCache(Generic[K, V]):
             self._data.move_to_end(key)
             while len(self._data) > self.max_entries:
                 self._data.popitem(last=False)
+
+    def put_many(self, items: Iterable[tuple[K, V]]) -> None:
+        """``put`` for many entries under one lock and one clock reading (a read batch's keys)."""
+        if self.max_entries <= 0 or self.ttl <= 0:
+            return
+        with self._lock:
+            data, until = self._data, self._clock() + self.ttl
+            for key, value in items:
+                data[key] = (value, until)
+                data.move_to_end(key)
+            while len(data) > self.max_entries:
+                data.popitem(last=False)
 
     def pop(self, key: K) -> None:
         with self._lock:

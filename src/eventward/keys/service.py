@@ -734,6 +734,23 @@ class KeyService:
         refused: dict[tuple[str, str], list[str]],
     ) -> None:
         """decryption_keys' store misses: each row unwrapped once, its outcome in ``out``."""
+        fresh: list[tuple[str, tuple[str, bytes | None]]] = []
+        try:
+            self._unwrap_each(misses, rows, principal, out, released, unwrapped, refused, fresh)
+        finally:
+            self.cache.put_many(fresh)
+
+    def _unwrap_each(
+        self,
+        misses: list[tuple[str, str, str | None]],
+        rows: dict[str, DekRecord],
+        principal: str,
+        out: dict[tuple[str, str], bytes | EventwardError],
+        released: dict[str, list[str]],
+        unwrapped: dict[str, int],
+        refused: dict[tuple[str, str], list[str]],
+        fresh: list[tuple[str, tuple[str, bytes | None]]],
+    ) -> None:
         for kid, cls, shash in misses:
             rec = rows.get(kid)
             try:
@@ -749,7 +766,7 @@ class KeyService:
                 out[kid, cls] = e
                 refused.setdefault((cls, e.code), []).append(kid)
                 continue
-            self.cache.put(kid, (cls, dek))
+            fresh.append((kid, (cls, dek)))
             out[kid, cls] = dek
             released.setdefault(cls, []).append(kid)
             unwrapped[cls] = unwrapped.get(cls, 0) + 1

@@ -9,6 +9,7 @@ key through the UNIQUE constraint: the loser's INSERT is ignored and it re-reads
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import sqlite3
@@ -86,8 +87,18 @@ def _params(r: DekRecord) -> tuple:
     return (r.kid, r.subject_hash, r.cls, r.version, r.kek_id, r.wrapped, r.created, r.uses, r.fmt, r.uses_tag)
 
 
+_DEK_FIELDS = tuple(f.name for f in dataclasses.fields(DekRecord))  # the order of _DEK_COLUMNS
+_new = object.__new__
+
+
 def _dek(row: tuple) -> DekRecord:
-    return DekRecord(row[0], row[1], row[2], row[3], row[4], bytes(row[5]), row[6], row[7], row[8], bytes(row[9]))
+    """A DekRecord from a row of _DEK_COLUMNS. Built without the frozen dataclass's __init__ (a
+    setattr per field): a consumer's read batch makes one per key, hundreds per batch."""
+    rec = _new(DekRecord)
+    rec.__dict__.update(zip(_DEK_FIELDS, row, strict=True))
+    if type(row[5]) is not bytes or type(row[9]) is not bytes:  # sqlite3 gives bytes for BLOBs
+        rec.__dict__.update(wrapped=bytes(row[5]), uses_tag=bytes(row[9]))
+    return rec
 
 
 def _check_subject_hash(subject_hash: str) -> None:
@@ -219,7 +230,7 @@ class SQLiteKeyStore:
         out: dict[str, DekRecord] = {}
         with self._lock, self._errors("read keys"):
             for i in range(0, len(todo), _IN_CHUNK):
-                chunk = todo[i : i + _IN_CHUNK]
+                chunk = sorted(todo[i : i + _IN_CHUNK])  # primary-key order
                 sql = f"{_SELECT_DEK} WHERE kid IN ({','.join('?' * len(chunk))})"
                 for row in self._db.execute(sql, chunk).fetchall():
                     out[row[0]] = _dek(row)

@@ -352,13 +352,12 @@ class LocalKMS:
         return kid, _WRAP_FORMAT + nonce + ring.ciphers[kid].encrypt(nonce, dek, _wrap_aad(kid, aad))
 
     def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        cls, version = parse_kek_id(kek_id)
         ring = self._unwrap_ring(kek_id)
-        ck = self._class(ring, cls)
-        if version in ck.destroyed:
-            raise KeyDestroyed(f"KEK {kek_id} was destroyed")
-        cipher = ring.ciphers.get(kek_id)
+        cipher = ring.ciphers.get(kek_id)  # live versions only, under well-formed ids
         if cipher is None:
+            cls, version = parse_kek_id(kek_id)
+            if version in self._class(ring, cls).destroyed:
+                raise KeyDestroyed(f"KEK {kek_id} was destroyed")
             raise KeyNotFound(f"no KEK {kek_id}")
         if len(wrapped) < 1 + _NONCE + 16 or wrapped[:1] != _WRAP_FORMAT:
             raise KeyIntegrityError(f"wrapped key under {kek_id} is malformed")
