@@ -9,8 +9,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventward.client import consumer as consumer_mod
@@ -49,6 +51,7 @@ def test_types_meta_of_a_batch_is_its_types() -> None:
     assert parse_types_meta(None) == {} and parse_types_meta("x,:,y:z") == {}
 
 
+@pytest.mark.usefixtures("type_families")
 def test_publish_records_and_metrics_per_type_on_both_paths(tmp_path: Path) -> None:
     dep = make_home(tmp_path)
     try:
@@ -79,6 +82,7 @@ def test_publish_records_and_metrics_per_type_on_both_paths(tmp_path: Path) -> N
         dep.close()
 
 
+@pytest.mark.usefixtures("type_families")
 def test_delivery_latency_is_acceptance_to_delivery_in_the_right_buckets() -> None:
     b = EnvelopeBuilder("p")
     t0 = 1_900_000_000.25
@@ -106,24 +110,35 @@ def test_ewtime_parse_agrees_with_datetime(ts: float) -> None:
     assert abs(metrics._epoch(stamp) - want) < 1e-6
 
 
-def test_attack_event_type_labels_cannot_carry_identities_or_grow_unbounded() -> None:
+def test_attack_event_type_labels_cannot_carry_identities_or_grow_unbounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same families (classes, names, labels, cap) on a registry of their own, so the flood
+    # does not fold the label sets other tests in this process read into _other_.
+    reg = CollectorRegistry()
+    labels = ("topic", "event_type")
+    monkeypatch.setattr(metrics, "produced", metrics._Capped(Counter("eventward_events_produced", "p", labels,
+                                                                     registry=reg), 2))
+    monkeypatch.setattr(metrics, "delivered", metrics._Capped(Counter("eventward_events_delivered", "d", labels,
+                                                                      registry=reg), 2))
+    monkeypatch.setattr(metrics, "delivery_seconds", metrics._BulkHistogram(
+        "eventward_delivery_latency_seconds", "l", labels, metrics.E2E_LATENCY, registry=reg))
     # A type cannot be an e-mail (the registry's names have no '@'), but the observers do not rely on it.
     metrics.observe_audit("Publish", "Topic::types.attack", "ok", "", {"count": 3, "types": "jane.doe@example.org:3"})
     metrics.observe_deliveries("types.attack", [("jane.doe@example.org", None, time.time())])
     for i in range(metrics.MAX_SERIES + 50):  # floods of distinct types fold into _other_
         metrics.observe_audit("Publish", "Topic::types.flood", "ok", "", {"count": 1, "types": f"T{i}:1"})
         metrics.observe_deliveries(f"types.flood{i}", [(f"T{i}", EnvelopeBuilder("p").time(time.time()), time.time())])
-    text = metrics.render().decode()
+    text = generate_latest(reg).decode()
     assert "jane.doe" not in text and "example.org" not in text
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     for name in ("eventward_events_produced", "eventward_events_delivered", "eventward_delivery_latency_seconds"):
         series = {tuple(sorted((k, v) for k, v in s.labels.items() if k != "le")) for s in fams[name].samples}
         assert len(series) <= metrics.MAX_SERIES + 1, name
         assert (("event_type", metrics.OTHER), ("topic", metrics.OTHER)) in series, name
-        for labels in series:
-            for _, v in labels:
+        for label_set in series:
+            for _, v in label_set:
                 assert metrics.LABEL_VALUE.match(v) and v not in PRINCIPALS, (name, v)
-    assert value("eventward_events_produced_total", topic="types.attack", event_type=metrics.INVALID) == 3
+    assert reg.get_sample_value("eventward_events_produced_total", {"topic": "types.attack",
+                                                                     "event_type": metrics.INVALID}) == 3
 
 
 def test_malformed_deliveries_never_raise_and_deployments_observe_consumers(tmp_path: Path) -> None:

@@ -54,6 +54,7 @@ def _send(dep, principal: str, n: int) -> None:
             p.send("Order", {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "amount": i})
 
 
+@pytest.mark.usefixtures("type_families")
 def test_scenario_each_alert_once_per_episode_and_metrics_scraped(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     clock = patch_audit_clock(monkeypatch, T0 - 100)

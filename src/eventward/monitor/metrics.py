@@ -103,13 +103,20 @@ class _BulkHistogram(_Capped):
     instead of prometheus_client's per-value locks, for the per-event delivery latency. Label
     values and the series cap are ``_Capped``'s; the family is rendered at scrape time."""
 
-    def __init__(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         super().__init__(None, len(labels))
         self.name, self.doc, self.labels = name, doc, list(labels)
         self.bounds = (*buckets, math.inf)
         self._les = [floatToGoString(b) for b in self.bounds]
         self._series: dict[tuple[str, ...], _Series] = {}  # by label values (``_children`` has aliases too)
-        REGISTRY.register(self)
+        (REGISTRY if registry is None else registry).register(self)
 
     def _make(self, key: tuple[str, ...]) -> _Series:
         series = self._series[key] = _Series(len(self.bounds))  # under _Capped's lock
