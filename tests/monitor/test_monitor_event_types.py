@@ -110,6 +110,26 @@ def test_ewtime_parse_agrees_with_datetime(ts: float) -> None:
     assert abs(metrics._epoch(stamp) - want) < 1e-6
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(1_000_000_000, 4_000_000_000), st.floats(-100, 1000)), min_size=1, max_size=30))
+def test_fast_latency_path_agrees_with_the_strict_one(events: list[tuple[float, float]]) -> None:
+    b = EnvelopeBuilder("p")
+    received = [b.time(t) for t, _ in events]
+    at = [metrics._epoch(r) + d for r, (_, d) in zip(received, events, strict=True)]  # type: ignore[operator]
+    fast = metrics._latencies(received, at)  # minutes now cached: the comprehension path
+    assert fast == pytest.approx([max(0.0, d) for _, d in events], abs=1e-5)
+
+
+def test_attack_crafted_ewtime_cannot_poison_the_latency_sum() -> None:
+    """A sealed event's ewtime is its producer's to write: a value that parses to infinity on the
+    fast path must not make the histogram's sum infinite (it would stay so for good)."""
+    ok = EnvelopeBuilder("p").time(1_900_000_000.0)
+    metrics._epoch(ok)  # its minute is cached
+    for bad in (ok[:17] + "-infinity", ok[:17] + "+infinity", ok[:17] + "nan      Z", None, 12, ok[:20] + "xxxxxxZ"):
+        lat = metrics._latencies([ok, bad], [1_900_000_001.0, 1_900_000_001.0])
+        assert lat[0] == pytest.approx(1.0) and lat[1] is None, bad
+
+
 def test_attack_event_type_labels_cannot_carry_identities_or_grow_unbounded(monkeypatch: pytest.MonkeyPatch) -> None:
     # The same families (classes, names, labels, cap) on a registry of their own, so the flood
     # does not fold the label sets other tests in this process read into _other_.
