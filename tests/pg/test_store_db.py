@@ -169,13 +169,21 @@ def test_newer_schema_is_refused_saying_upgrade(pg_dsn):
 
 def test_pool_fails_closed_while_the_database_is_gone_and_recovers(pg_server, pg_dsn):
     Database(pg_dsn).migrate("d1")
-    db = Database.open(pg_dsn, deployment_id="d1", connect_timeout=1)
+    db = Database.open(pg_dsn, deployment_id="d1", connect_timeout=1, pool_max=1)  # one connection: deterministic
     try:
         with db.connection() as c:
             pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         with pg_server.admin() as a:  # the server drops our connection (a restart looks the same)
             a.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        with db.connection() as c:  # the pool checks the connection and replaces it
+        # a read through run() is repeated once on a fresh connection: the caller sees no error
+        assert db.run("read", lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0]) != pid
+        with db.connection() as c:
+            pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        with pg_server.admin() as a:
+            a.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(StoreUnavailable), db.connection() as c:  # without run(): fails closed, once
+            c.execute("SELECT 1")
+        with db.connection() as c:  # the broken connection left the pool
             assert c.execute("SELECT 1").fetchone()[0] == 1
     finally:
         db.close()

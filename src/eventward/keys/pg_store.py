@@ -107,10 +107,16 @@ class PgKeyStore:
                 self._local.conn = None
 
     def _one(self, op: str, sql: str, params: tuple = ()) -> tuple | None:
+        if getattr(self._local, "conn", None) is None:  # a read on its own: retried on a dropped connection
+            with self._errors(op):
+                return self.db.run(op, lambda c: c.execute(sql, params).fetchone())
         with self._conn(op) as c:
             return c.execute(sql, params).fetchone()
 
     def _all(self, op: str, sql: str, params: tuple = ()) -> list[tuple]:
+        if getattr(self._local, "conn", None) is None:
+            with self._errors(op):
+                return self.db.run(op, lambda c: c.execute(sql, params).fetchall())
         with self._conn(op) as c:
             return c.execute(sql, params).fetchall()
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import psycopg_pool
@@ -24,6 +25,7 @@ from eventward.errors import StoreForeignDeployment, StoreNotReady, StoreUnavail
 from eventward.store.dsn import describe, resolve_dsn, scrub
 from eventward.store.migrations import MIGRATIONS, SCHEMA, TARGET_VERSION, Migration
 
+T = TypeVar("T")
 MIGRATE_LOCK = 0x65776D69  # pg_advisory_xact_lock key: one migration at a time, across replicas
 
 
@@ -118,7 +120,6 @@ class Database:
             timeout=self.connect_timeout,
             kwargs={"autocommit": True, "connect_timeout": max(1, math.ceil(self.connect_timeout)),
                     "application_name": "eventward"},
-            check=psycopg_pool.ConnectionPool.check_connection,  # a restarted server is not an error
             name="eventward",
         )
         with self.errors("open the connection pool"):
@@ -174,6 +175,22 @@ class Database:
             raise StoreUnavailable(f"{self.where}: {op} failed: the store is not open")
         with self.errors(op), self._pool.connection(timeout=self.connect_timeout) as conn:
             yield conn
+
+    def run(self, op: str, fn: Callable[[psycopg.Connection], T]) -> T:
+        """``fn`` on a pooled connection, run once more on a fresh one if the server had dropped
+        the first (restart, failover, idle timeout): for reads and single-statement writes that
+        are safe to repeat. Costs nothing on the hot path (no per-checkout ping)."""
+        for attempt in (1, 2):
+            with self.connection(op) as conn:
+                try:
+                    return fn(conn)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.broken:
+                        raise
+            if self._pool is not None:  # the other idle connections died with it: drop them too
+                with self.errors(op):
+                    self._pool.check()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         if self._pool is not None:
