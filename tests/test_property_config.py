@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict
+from dataclasses import FrozenInstanceError, asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from eventward.config import Config
 from eventward.errors import ConfigError, EventwardError
 from eventward.gateway.config import GatewayConfig
+from eventward.keys.kms import KmsConfig
+from eventward.keys.kms.transit import TransitConfig
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -50,13 +52,13 @@ values = st.recursive(
 def loads_typed(text: str) -> Config | None:
     """Config.parse and the gateway section's own checks: a config or a ConfigError only."""
     try:
-        cfg = Config.parse(text)
-        GatewayConfig.from_mapping(cfg.gateway)
+        cfg = Config.parse(text)  # the gateway and kms sections are parsed and checked here, once
     except ConfigError:
         return None
     except EventwardError as e:
         raise AssertionError(f"config raised {type(e).__name__}, expected ConfigError") from e
-    typed = {**asdict(cfg), "kms": None, "gateway": asdict(GatewayConfig.from_mapping(cfg.gateway))}
+    assert isinstance(cfg.gateway, GatewayConfig) and isinstance(cfg.kms, KmsConfig)
+    typed = {**asdict(cfg), "kms": None}
     typed["kafka"]["extra"] = None  # free-form sections, passed through to their backends
     for number in _numbers(typed):
         assert math.isfinite(number)
@@ -132,7 +134,6 @@ def test_property_config_defaults_round_trip() -> None:
 def test_attack_config_bad_values_are_named(text: str, where: str) -> None:
     with pytest.raises(ConfigError) as ei:
         Config.parse(text)
-        GatewayConfig.from_mapping(Config.parse(text).gateway)
     assert where in str(ei.value)
 
 
@@ -140,7 +141,7 @@ def test_attack_config_null_means_default() -> None:
     """``port:`` left empty used to make the port None (a TypeError in the range check)."""
     cfg = Config.parse("max_event_bytes:\ngateway: {port: null, limits: {max_body_bytes: null}}\nkms:\n")
     assert cfg.max_event_bytes == Config().max_event_bytes and cfg.kms == Config().kms
-    gw = GatewayConfig.from_mapping(cfg.gateway)
+    gw = cfg.gateway
     assert gw.port == GatewayConfig().port and gw.limits.max_body_bytes == GatewayConfig().limits.max_body_bytes
 
 
@@ -153,3 +154,36 @@ def test_attack_config_unreadable_file_is_typed(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(ConfigError, match="cannot read"):
         Config.load(folder)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("kms: {backend: transit, transit: {url: 'http://127.0.0.1:8200', token_env: T, tokn_file: x}}",
+         "tokn_file"),
+        ("kms: {backend: transit}", "kms.transit: url is required"),
+        ("kms: {backend: aws, aws: {region: eu-west-1}, transitt: {}}", "transitt"),
+        ("kms: {backend: local, transit: {url: 'http://127.0.0.1:8200', token: hunter2-secret}}", "kms.transit"),
+        ("kms: [transit]", "kms must be a mapping"),
+    ],
+)
+def test_attack_kms_section_refused_by_name_at_load(text: str, where: str) -> None:
+    """kms was a dict[str, Any] checked only when a KMS was opened: a typo (or a secret) in a
+    section of another backend, or one opened later, passed every other command silently."""
+    with pytest.raises(ConfigError) as ei:
+        Config.parse(text)
+    assert where in str(ei.value) and "hunter2" not in str(ei.value)
+
+
+def test_kms_and_gateway_sections_are_typed_and_frozen() -> None:
+    cfg = Config.parse(
+        "kms: {backend: transit, transit: {url: 'http://127.0.0.1:8200', token_env: BAO_TOKEN}}\n"
+        "gateway: {port: 9443, limits: {max_batch_events: 100}}\n")
+    assert isinstance(cfg.kms.transit, TransitConfig) and cfg.kms.transit.token_env == "BAO_TOKEN"
+    assert cfg.kms.backend == "transit" and cfg.kms["transit"]["url"] == "http://127.0.0.1:8200"  # as written
+    assert cfg.gateway.port == 9443 and cfg.gateway.limits.max_batch_events == 100
+    with pytest.raises(FrozenInstanceError):
+        cfg.gateway.limits.max_batch_events = 10_000  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        cfg.kms.backend = "local"  # type: ignore[misc]
+    assert Config.parse(cfg.dump()) == cfg  # the dump round-trips, typed sections included

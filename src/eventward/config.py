@@ -12,11 +12,15 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from eventward.errors import ConfigError
+from eventward.keys.kms import KmsConfig
+
+if TYPE_CHECKING:
+    from eventward.home import Home
 
 TRANSPORTS = ("embedded", "nats", "kafka")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -132,6 +136,162 @@ def _check_store(s: StoreConfig, name: str) -> None:
         raise ConfigError(f"{name}: store needs 0 <= pool_min <= pool_max, pool_max >= 1, connect_timeout_s > 0")
 
 
+AUTH_MODES = ("mtls", "jwt")
+HARD_MAX_BATCH = 1000  # the OpenAPI document's maxItems; config may only lower it
+HARD_MAX_CONSUME = 1000
+# Safe out of the box: the principal is a plain CN (eventward.pki's charset), which must come
+# first in the RFC 4514 string (CN issued last in ASN.1 order, the usual way). The charset has no
+# ',', '+' or '\\', so an escaped comma inside another attribute is never taken for an RDN boundary.
+DEFAULT_PRINCIPAL_RULES = r"RULE:^CN=([A-Za-z0-9][A-Za-z0-9@._:-]{0,127})(,.*)?$/$1/"
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str | None = None  # default: <home>/certs/gateway.crt
+    key: str | None = None  # default: <home>/certs/gateway.key (must be mode 0600)
+    client_ca: str | None = None  # default: <home>/certs/ca.crt (the deployment CA)
+    handshake_timeout_s: float = 10.0
+    crl: str | None = None  # default: <home>/certs/crl.pem when it exists
+    reload_s: float = 5.0  # certificate, key, CA and CRL files re-read this often (0: never)
+    expiry_warn_days: float = 14.0  # certificates in the home's book expiring sooner are alerted
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    issuer: str = ""
+    audience: str = ""
+    algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    principal_claim: str = "sub"
+    leeway_s: float = 30.0
+    fetch_timeout_s: float = 5.0
+    refresh_s: float = 300.0
+    # keys not refreshed successfully for this long are dropped: every token is refused (fail closed)
+    max_key_age_s: float = 3600.0
+    issuer_alias: str = ""  # default: the issuer URL's host name
+    # Kafka-style rules over "<issuer-alias>:<sub>"; unmatched subjects become "jwt:<alias>:<sub>"
+    subject_rules: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
+    max_batch_events: int = 500
+    rate_events_per_s: float = 2000.0
+    burst_events: int = 4000
+    max_principals: int = 100_000  # token buckets kept (LRU)
+    header_timeout_s: float = 10.0  # whole request head, from connect (slowloris)
+    body_timeout_s: float = 30.0  # whole request body
+    max_consume_events: int = 1000
+    max_consume_bytes: int = 4 * 1024 * 1024
+    max_wait_s: float = 30.0
+    max_waiting_consumers: int = 256  # concurrent long polls; beyond it, polls return at once
+    max_connections: int = 1024
+    # per client IP, before authentication (no signature check or TLS-bound lookup for a flood)
+    preauth_rate_per_ip_per_s: float = 1000.0
+    preauth_burst_per_ip: int = 2000
+    max_preauth_ips: int = 100_000
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The ``gateway:`` section (``eventward serve``), parsed and checked once when the configuration
+    loads: combinations that could never work (a burst smaller than a batch, an event larger than a
+    request) are refused at startup rather than discovered by clients. Change a copy with
+    ``dataclasses.replace``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    auth: str = "mtls"
+    principal_mapping_rules: str = DEFAULT_PRINCIPAL_RULES
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @classmethod
+    def from_mapping(
+        cls, doc: dict[str, Any] | GatewayConfig | None, where: str = "eventward.yaml: gateway"
+    ) -> GatewayConfig:
+        """Check a ``gateway:`` section; ConfigError names the key at fault."""
+        cfg: GatewayConfig = doc if isinstance(doc, GatewayConfig) else _build(cls, doc or {}, where)
+        cfg.validate(where)
+        return cfg
+
+    @classmethod
+    def load(cls, home: Home) -> GatewayConfig:
+        return Config.load(home.config).gateway
+
+    def validate(self, where: str = "gateway") -> None:
+        if self.auth not in AUTH_MODES:
+            raise ConfigError(f"{where}.auth must be one of {', '.join(AUTH_MODES)}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{where}.port must be 0..65535")
+        lim = self.limits
+        for name in (
+            "max_body_bytes",
+            "max_event_bytes",
+            "max_batch_events",
+            "rate_events_per_s",
+            "burst_events",
+            "max_principals",
+            "header_timeout_s",
+            "body_timeout_s",
+            "max_consume_events",
+            "max_consume_bytes",
+            "max_waiting_consumers",
+            "max_connections",
+            "preauth_rate_per_ip_per_s",
+            "preauth_burst_per_ip",
+            "max_preauth_ips",
+        ):
+            if getattr(lim, name) <= 0:
+                raise ConfigError(f"{where}.limits.{name} must be positive")
+        if lim.max_wait_s < 0:
+            raise ConfigError(f"{where}.limits.max_wait_s must not be negative")
+        if lim.max_batch_events > HARD_MAX_BATCH:
+            raise ConfigError(f"{where}.limits.max_batch_events must be at most {HARD_MAX_BATCH}")
+        if lim.max_consume_events > HARD_MAX_CONSUME:
+            raise ConfigError(f"{where}.limits.max_consume_events must be at most {HARD_MAX_CONSUME}")
+        if lim.burst_events < lim.max_batch_events:
+            raise ConfigError(
+                f"{where}.limits.burst_events must be >= max_batch_events (a full batch must fit)"
+            )
+        if lim.max_event_bytes > lim.max_body_bytes:
+            raise ConfigError(f"{where}.limits.max_event_bytes must be <= max_body_bytes")
+        if self.tls.reload_s < 0:
+            raise ConfigError(f"{where}.tls.reload_s must not be negative")
+        if self.tls.handshake_timeout_s <= 0:
+            raise ConfigError(f"{where}.tls.handshake_timeout_s must be positive")
+        if self.auth == "jwt":
+            self._validate_jwt(where)
+
+    def _validate_jwt(self, where: str) -> None:
+        from eventward.gateway.auth import alias_of_issuer  # the gateway's own parsers, loaded only for JWT
+        from eventward.gateway.jwks import check_algorithms
+        from eventward.gateway.mapping import parse_rules
+
+        j = self.jwt
+        if bool(j.jwks_file) == bool(j.jwks_url):
+            raise ConfigError(f"{where}.jwt: set exactly one of jwks_file and jwks_url")
+        if not j.issuer or not j.audience:
+            raise ConfigError(
+                f"{where}.jwt: issuer and audience are required (tokens for others must fail)"
+            )
+        if not j.principal_claim:
+            raise ConfigError(f"{where}.jwt.principal_claim must name a claim")
+        if not 0 <= j.leeway_s <= 300:
+            raise ConfigError(f"{where}.jwt.leeway_s must be 0..300 seconds")
+        if j.fetch_timeout_s <= 0 or j.refresh_s <= 0:
+            raise ConfigError(f"{where}.jwt: fetch_timeout_s and refresh_s must be positive")
+        check_algorithms(list(j.algorithms))
+        if j.max_key_age_s < j.refresh_s:
+            raise ConfigError(f"{where}.jwt.max_key_age_s must be >= refresh_s")
+        alias_of_issuer(j.issuer, j.issuer_alias)
+        parse_rules(j.subject_rules)
+
+
 @dataclass
 class Config:
     transport: str = "embedded"
@@ -144,11 +304,11 @@ class Config:
     keys: KeysConfig = field(default_factory=KeysConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
-    kms: dict[str, Any] = field(default_factory=lambda: {"backend": "local"})
+    kms: KmsConfig = field(default_factory=KmsConfig)
     # pki.ca_key: where the deployment CA's key lives (casigner.ca_key_config): {backend: file} by
     # default, or pkcs11 / transit / aws with that backend's section (kms.<backend> reused if omitted)
     pki: dict[str, Any] = field(default_factory=dict)
-    gateway: dict[str, Any] = field(default_factory=dict)
+    gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig())
 
     @classmethod
     def load(cls, path: Path) -> Config:
@@ -201,13 +361,22 @@ class Config:
     def dump(self) -> str:
         from dataclasses import asdict
 
-        return yaml.safe_dump(asdict(self), sort_keys=False)
+        return yaml.safe_dump(_plain(asdict(self)), sort_keys=False)
+
+
+def _plain(doc: Any) -> Any:
+    """YAML-safe values: paths as text (backend sections hold ``Path`` fields)."""
+    if isinstance(doc, dict):
+        return {k: _plain(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_plain(v) for v in doc]
+    return str(doc) if isinstance(doc, Path) else doc
 
 
 def _build(kind: type, doc: Any, where: str) -> Any:
     """A ``kind`` dataclass from a mapping, every value checked against the field's annotation
-    (``int``, ``float``, ``str | None``, ``list[str]``, ``dict[str, Any]``, nested dataclasses).
-    A null value means the default."""
+    (``int``, ``float``, ``str | None``, ``list[str]``, ``dict[str, Any]``, nested dataclasses;
+    a nested one with a ``from_mapping`` parses its own section). A null value means the default."""
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping")
     known = {f.name: f for f in fields(kind)}
@@ -224,7 +393,9 @@ def _build(kind: type, doc: Any, where: str) -> Any:
         if value is None:
             continue  # the default
         default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if hasattr(default, "__dataclass_fields__"):
+        if hasattr(type(default), "from_mapping"):  # kms, gateway: their own checks, once, at load
+            kwargs[name] = type(default).from_mapping(value, f"{where}: {name}")
+        elif hasattr(default, "__dataclass_fields__"):
             kwargs[name] = _build(type(default), value, path)
         else:
             kwargs[name] = _check_value(hints[name], value, path)

@@ -10,6 +10,7 @@ that names the missing grant. It returns facts, so the demo's tests assert what 
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import ssl
 import uuid
@@ -97,7 +98,7 @@ def run_gateway_demo(home: Home, n: int = 4) -> GatewayDemoResult:
     result = GatewayDemoResult()
     ensure_home_material(home, "127.0.0.1", SERVER_CERT)
     cfg = GatewayConfig.load(home)
-    cfg.host, cfg.port, cfg.auth = "127.0.0.1", 0, "mtls"
+    cfg = dataclasses.replace(cfg, host="127.0.0.1", port=0, auth="mtls")
     backend = DeploymentBackend(Deployment.open(home), owned=True)
     try:
         with BackgroundGateway(create_server(cfg, home, backend, audit=backend.audit)) as gw:

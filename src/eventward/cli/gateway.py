@@ -7,6 +7,7 @@ one exception, restricted to loopback addresses and logged loudly at startup and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 from collections.abc import Callable
@@ -104,12 +105,8 @@ def register(app: typer.Typer) -> None:
         _logging()
         home = common.home()
         cfg = GatewayConfig.load(home)
-        if host is not None:
-            cfg.host = host
-        if port is not None:
-            cfg.port = port
-        if auth is not None:
-            cfg.auth = auth
+        overrides = {k: v for k, v in (("host", host), ("port", port), ("auth", auth)) if v is not None}
+        cfg = GatewayConfig.from_mapping(dataclasses.replace(cfg, **overrides), "--host/--port/--auth")
         be = load_backend(backend, home)
         watcher = None
         epochs = None

@@ -101,7 +101,7 @@ def init(
         ]
         keks = ", ".join(c.kek_id for c in dep.keys.status().classes)
         vkey = dep.audit.verifier.vkey()
-        backend = dep.config.kms.get("backend", "local")
+        backend = dep.config.kms.backend
         transport = dep.config.transport
     rows = [("config", f"{home.config} (transport {transport})")]
     if backend != "local":

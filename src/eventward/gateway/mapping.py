@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import re2
 
+from eventward.config import DEFAULT_PRINCIPAL_RULES
 from eventward.errors import AuthenticationError, ConfigError
 
 # Kafka's rule grammar (SslPrincipalMapper.RULE_PATTERN). This is a fixed, trusted pattern over
@@ -42,10 +43,9 @@ _MAX_RULES_CHARS = 16 * 1024
 _MAX_PATTERN_MEM = 1 << 20
 MAX_PRINCIPAL_CHARS = 256
 
-# Safe out of the box: the principal is a plain CN (eventward.pki's charset), which must come
-# first in the RFC 4514 string (CN issued last in ASN.1 order, the usual way). The charset has no
-# ',', '+' or '\\', so an escaped comma inside another attribute is never taken for an RDN boundary.
-DEFAULT_RULES = r"RULE:^CN=([A-Za-z0-9][A-Za-z0-9@._:-]{0,127})(,.*)?$/$1/"
+# Safe out of the box: a plain CN first in the subject (see eventward.config, where the gateway
+# settings default to it).
+DEFAULT_RULES = DEFAULT_PRINCIPAL_RULES
 
 
 @dataclass(frozen=True)
