@@ -63,45 +63,63 @@ class ControlAPI(Protocol):
     def encryption_keys(
         self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
     ) -> list[tuple[str, bytes, str | None]]:
-        """(kid, DEK, subject hash) for each (subject or None, class, nonces), in order."""
+        """(kid, DEK, subject hash) for each (subject or None, class, nonces), in request order;
+        a None subject asks for the class DEK (subject hash None). All or nothing: AccessDenied
+        (naming the topic or class) unless this identity may Publish ``event_type`` on ``topic``
+        and Encrypt every class there; InputError for an empty list or more than REQUEST_KEYS."""
         ...
 
     def decryption_keys(
         self, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
     ) -> dict[str, bytes | str]:
-        """kid -> DEK or an error code (``forbidden``, ``erased``, ``not_found``) for each
-        (kid, class, subject hash)."""
+        """kid -> DEK or an error code for each (kid, class, subject hash): ``forbidden`` (this
+        identity may not Decrypt that class on ``topic``; audited), ``erased`` (crypto-shredded),
+        ``not_found`` (never issued: forged). One refusal never fails the others. AccessDenied when
+        this identity may not Subscribe to ``topic`` at all; InputError for an empty list or more
+        than REQUEST_KEYS."""
         ...
 
     def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
-        """``{type, version, format, fingerprint, document (base64)}``; the active one for None."""
+        """``{type, version, format, fingerprint, document (base64), report}`` of ``event_type``
+        at ``version``, the active one for None. NotFoundError for an unknown type or version;
+        AccessDenied unless this identity may read schemas, or publish or subscribe it on ``topic``.
+        A version's document never changes: callers cache it and check the fingerprint."""
         ...
 
     def trust_entries(self) -> list[dict[str, str]]:
-        """Every signing key as a statement signed by the anchor (verify before use)."""
+        """Every signing key (active, retired and revoked, with what each may seal) as a statement
+        signed by the anchor: verify each before use; ``[]`` when no key is registered."""
         ...
 
     def notices(self, after: float, wait: float) -> dict[str, str]:
-        """A signed notice of what changed since ``after``, waiting up to ``wait`` s for a change."""
+        """A signed notice of what changed since ``after`` (an erasure time; 0 for everything):
+        erased subject hashes (at most 2000, ``until`` says where to resume), revoked kids, the
+        key-store epoch and policy version. Waits up to ``wait`` s (capped at 25) for a change;
+        answers at once, unchanged, when nothing happened."""
         ...
 
     def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
                about: str | None = None) -> bool:
-        """Whether the policy allows this identity ``action`` on ``resource``; with ``about``,
-        whether that producer may Publish on a topic this identity may Subscribe to."""
+        """Whether the policy allows this identity ``action`` on ``resource`` (False, never an
+        error, for a denial); with ``about``, whether that producer may Publish on a topic this
+        identity may Subscribe to (AccessDenied for any other question about another principal)."""
         ...
 
     def register_group(self, group: str) -> None:
-        """This identity's consumer ``group`` must acknowledge every later forget."""
+        """This identity's consumer ``group`` must acknowledge every later forget (idempotent;
+        the group is named under this identity, so no one else can answer for it). InputError for
+        a name outside 1..128 of letters, digits, '._-'."""
         ...
 
     def erasures_due(self, group: str) -> list[str]:
-        """Erasure references (pseudonyms) ``group`` must still purge and acknowledge."""
+        """Erasure references (pseudonyms) ``group`` must still purge and acknowledge (pending or
+        failed); ``[]`` when none, or for a group never registered."""
         ...
 
     def acknowledge(self, group: str, pseudonym: str, error: str | None) -> bool:
-        """``group`` purged ``pseudonym`` (error None) or its hooks failed with ``error`` (a code).
-        True when this answer completed the erasure."""
+        """``group`` purged ``pseudonym`` (error None) or its hooks failed with ``error`` (a short
+        code, never free text: InputError otherwise). True when this answer completed the
+        erasure (every registered group acknowledged); answering twice changes nothing."""
         ...
 
 

@@ -10,15 +10,24 @@ from typing import Protocol
 
 
 class DekSource(Protocol):
-    """What field encryption needs from the key service (implemented by keys.service.KeyService)."""
+    """What field encryption needs from the key service (implemented by keys.service.KeyService,
+    and in client mode by control.client.RemoteKeys). Every method may raise KeyServiceError
+    (KMSUnavailable, KeyStoreUnavailable, ControlPlaneUnavailable): fail closed, nothing is sent or
+    delivered in clear; the caller stops and retries later. Thread-safe."""
 
     def subject_hash(self, subject: str) -> str:
-        """Keyed hash (HMAC) of a raw data-subject id: the only form that may be stored or logged."""
+        """The stored form of a raw data-subject id (its pseudonym; a keyed hash in stores made
+        before pseudonyms), the only form that may be stored or logged; made on first use, so it
+        changes after ``forget``. InputError for an empty, oversize or non-text id."""
         ...
 
     def encryption_key(self, subject: str | None, cls: str, *, principal: str) -> tuple[str, bytes]:
         """(key id, DEK) for new data: the subject's current DEK of ``cls`` (created on first use),
-        or, when ``subject`` is None, the class DEK (rotated after N events or T seconds)."""
+        or, when ``subject`` is None, the class DEK (rotated after N events or T seconds).
+
+        Raises AccessDenied when ``principal`` may not Encrypt ``cls`` (nothing is created),
+        InputError for a malformed class name.
+        """
         ...
 
     def decryption_key(self, kid: str, cls: str, *, principal: str) -> bytes:

@@ -48,6 +48,10 @@ class ClassCounts:
 
 
 class KeyStore(Protocol):
+    """Every method may raise KeyStoreUnavailable (the database did not answer, or the file is not
+    the store that was opened: nothing half-written). Lookups of a kid or subject the store does not
+    know return None/False/empty, never raise. Thread-safe; several processes may share a store."""
+
     def transaction(self) -> AbstractContextManager[None]:
         """One atomic write (re-entrant); holds the store's write lock until it ends."""
         ...
@@ -56,7 +60,10 @@ class KeyStore(Protocol):
         """False when (subject, class, version) already exists: the caller re-reads and converges."""
         ...
 
-    def get_dek(self, kid: str) -> DekRecord | None: ...
+    def get_dek(self, kid: str) -> DekRecord | None:
+        """The row of ``kid``; None when the store has no such key (erased, or never issued: ask
+        ``tombstone``/``erased`` which)."""
+        ...
 
     def get_deks(self, kids: Iterable[str]) -> dict[str, DekRecord]:
         """The rows of many kids at once (kid -> row; missing kids absent): one query per chunk."""
@@ -74,14 +81,18 @@ class KeyStore(Protocol):
         """DEKs of ``cls`` not wrapped under ``keep_kek``, in kid order after ``after_kid``."""
         ...
 
-    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes, fmt: int = 1) -> bool: ...
+    def rewrap(self, kid: str, old_kek: str, new_kek: str, wrapped: bytes, fmt: int = 1) -> bool:
+        """Replace the wrap of ``kid`` if it is still under ``old_kek`` (compare-and-set); False
+        when another process re-wrapped or erased it meanwhile (nothing changed)."""
+        ...
 
     def kek_usage(self, cls: str) -> dict[str, int]:
         """How many DEKs each KEK id of ``cls`` wraps."""
         ...
 
     def add_uses(self, kid: str, n: int) -> int:
-        """Add ``n`` to a DEK's use counter and return the new total (class-DEK rotation)."""
+        """Add ``n`` to a DEK's use counter and return the new total (class-DEK rotation); 0 when
+        the kid is gone."""
         ...
 
     def set_uses(self, kid: str, expect: int, uses: int, tag: bytes) -> bool:
@@ -103,7 +114,9 @@ class KeyStore(Protocol):
         """Re-apply a ledger entry this store does not know yet (restored backup); returns DEKs deleted."""
         ...
 
-    def erasures(self) -> list[Erasure]: ...
+    def erasures(self) -> list[Erasure]:
+        """The erasure ledger, oldest first (``[]`` when nothing was ever forgotten)."""
+        ...
 
     def erased(self, subject_hash: str) -> bool:
         """Whether the erasure ledger records the subject as forgotten (a reader says "erased")."""
@@ -123,7 +136,9 @@ class KeyStore(Protocol):
         """Record a pseudonym unless another process did first; returns the one recorded."""
         ...
 
-    def pseudonym_live(self, pseudonym: str) -> bool: ...
+    def pseudonym_live(self, pseudonym: str) -> bool:
+        """Whether a subject still maps to ``pseudonym`` (False once it was forgotten, or never)."""
+        ...
 
     def legacy_subject(self, subject_hash: str) -> bool:
         """Whether keys or holds are keyed by this keyed hash (a store from before pseudonyms)."""
@@ -133,7 +148,9 @@ class KeyStore(Protocol):
         """Place (or replace) a hold; ``by`` is the principal, named when a forget is refused."""
         ...
 
-    def release(self, subject_hash: str) -> bool: ...
+    def release(self, subject_hash: str) -> bool:
+        """Remove the subject's hold; False when it had none."""
+        ...
 
     def held(self, subject_hash: str) -> str | None:
         """The hold's reason, or None when the subject is not held."""
@@ -143,18 +160,26 @@ class KeyStore(Protocol):
         """(reason code, since, placed by) of the subject's hold, or None."""
         ...
 
-    def holds_count(self) -> int: ...
+    def holds_count(self) -> int:
+        """How many subjects are held."""
+        ...
 
     def epoch(self) -> int:
         """Revocation epoch: changes whenever cached keys must be dropped. Must be a cheap read."""
         ...
 
-    def bump_epoch(self) -> int: ...
+    def bump_epoch(self) -> int:
+        """Advance the revocation epoch (every cache drops its keys); returns the new value."""
+        ...
 
-    def counts(self) -> list[ClassCounts]: ...
+    def counts(self) -> list[ClassCounts]:
+        """Per class: live DEKs, distinct subjects and tombstones (classes with any of them)."""
+        ...
 
     def purge(self) -> bool:
         """Make deleted bytes leave every file (WAL checkpoint); False if a reader kept it from finishing."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Close the database; idempotent. The store is not used afterwards."""
+        ...

@@ -36,41 +36,63 @@ def parse_kek_id(kid: str) -> tuple[str, int]:
 
 
 class KMS(Protocol):
+    """Every method may raise KMSUnavailable (the KMS or token did not answer: fail closed, nothing
+    changed, retry later); class names are checked by ``fieldspec.check_class`` (InputError).
+    Implementations are thread-safe and several processes may share one KMS."""
+
     def wrap(self, cls: str, dek: bytes, aad: bytes) -> tuple[str, bytes]:
-        """Wrap ``dek`` under the current KEK of ``cls`` (created on first use): (kek id, wrapped)."""
+        """Wrap ``dek`` under the current KEK of ``cls`` (the class's first KEK is created on first
+        use): (kek id, wrapped bytes). ``aad`` is bound to the result: unwrap needs the same."""
         ...
 
     def unwrap(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes:
-        """Raises KeyDestroyed (version destroyed), KeyNotFound, KeyIntegrityError (tampered/moved)."""
+        """The DEK ``wrapped`` holds. Raises KeyDestroyed (that KEK version was destroyed),
+        KeyNotFound (no such KEK, or a malformed id: it can only be forged) and KeyIntegrityError
+        (``wrapped`` or ``aad`` altered, or the row moved to another kid)."""
         ...
 
     def rotate(self, cls: str) -> str:
-        """Start a new KEK version for ``cls``; returns its id. Old versions still unwrap until destroyed."""
+        """Start a new KEK version for ``cls`` (version 1 for a new class); returns its id. Older
+        versions still unwrap until destroyed; new wraps use the new one."""
         ...
 
     def destroy(self, kek_id: str) -> None:
-        """Remove a non-current KEK version for good; unwrap with it raises KeyDestroyed afterwards."""
+        """Remove a non-current KEK version for good; unwrap with it raises KeyDestroyed afterwards.
+        Idempotent for a destroyed version; ConflictError for the current one (rotate first);
+        KeyNotFound for a version or class that never existed."""
         ...
 
-    def current(self, cls: str) -> str: ...
+    def current(self, cls: str) -> str:
+        """Id of the KEK new wraps of ``cls`` use. KeyNotFound for a class with no KEK yet."""
+        ...
 
     def versions(self, cls: str) -> list[str]:
-        """Live (not destroyed) KEK ids of ``cls``, oldest first."""
+        """Live (not destroyed) KEK ids of ``cls``, oldest first. KeyNotFound for an unknown class."""
         ...
 
-    def destroyed(self, cls: str) -> list[str]: ...
+    def destroyed(self, cls: str) -> list[str]:
+        """Destroyed KEK ids of ``cls``, oldest first (what erasure receipts call ended epochs).
+        KeyNotFound for an unknown class."""
+        ...
 
     def epoch(self, cls: str) -> int:
-        """Current KEK version number of ``cls``."""
+        """Current KEK version number of ``cls`` (the N of ``<class>.vN``). KeyNotFound as ``current``."""
         ...
 
-    def classes(self) -> list[str]: ...
+    def classes(self) -> list[str]:
+        """Every class that has a KEK, sorted; ``[]`` before the first wrap or rotation."""
+        ...
 
     def mac(self, name: str, data: bytes) -> bytes:
-        """HMAC-SHA256 of ``data`` under the named deployment secret (MAC_SUBJECT, MAC_LEDGER)."""
+        """HMAC-SHA256 of ``data`` under the named deployment secret (MAC_SUBJECT, MAC_LEDGER),
+        created on first use and never exported; the same input gives the same 32 bytes in every
+        process of the deployment."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release sessions and connections; idempotent. The instance is not used afterwards
+        (later calls fail with KMSUnavailable)."""
+        ...
 
 
 def config_from_mapping(cls: type[C], doc: Mapping[str, Any], where: str, *, required: str) -> C:
