@@ -8,6 +8,8 @@ not a policy-checked one: whoever can read the DSN can change the schema anyway.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from eventward.backup import deployment_id
@@ -27,6 +29,9 @@ def register(app: typer.Typer) -> None:
         migrate_cmd
     )
     db.command("status", epilog=common.examples("eventward db status --json"))(status_cmd)
+    db.command("import", epilog=common.examples("eventward db import --from /srv/eventward-home --json"))(
+        import_cmd
+    )
     app.add_typer(db, name="db")
 
 
@@ -81,3 +86,28 @@ def status_cmd(as_json: bool = _JSON) -> None:
             common.err_console.print(problem, highlight=False, markup=False)
     if problem is not None:
         raise typer.Exit(common.EXIT_PROBLEM)
+
+
+def import_cmd(
+    source: Path = typer.Option(None, "--from", metavar="HOME",
+                                help="The embedded home whose keys.db and audit.db to move (default: this home)."),
+    as_json: bool = _JSON,
+) -> None:
+    """Move an embedded home's key store and audit log into this home's PostgreSQL database (migrated,
+    same deployment, still empty), in one transaction; 'audit verify' passes afterwards."""
+    from eventward.store.importer import import_home
+
+    home = common.home()
+    db, dep_id = _database(home)
+    report = import_home(Home(source.expanduser().resolve()) if source else home, db, dep_id)
+    if as_json:
+        common.emit_json({"database": report.database, "deployment": report.deployment, "rows": report.rows,
+                          "stale_files": report.stale_files})
+        return
+    total = sum(report.rows.values())
+    common.console.print(f"imported {total} row(s) into {report.database} (deployment {report.deployment})",
+                         highlight=False, markup=False)
+    for path in report.stale_files:
+        common.err_console.print(
+            f"{path} still holds the wrapped keys and records: verify ('eventward audit verify') and then "
+            "delete it, or a subject forgotten later keeps a copy there", highlight=False, markup=False)

@@ -1,0 +1,120 @@
+"""``eventward db import``: move an embedded home's key store and audit log into PostgreSQL.
+
+Everything is copied in ONE transaction holding the key store's and the audit log's write
+locks, into a database that is migrated, belongs to the same deployment (same audit key name)
+and holds nothing yet; a refused or failed import leaves it empty. The copy keeps the key
+store's random id and its KMS-bound tag, so the key service recognises the store as its own,
+and keeps every audit record, stored subtree hash and checkpoint byte for byte, so
+``audit verify`` (and every consistency proof a verifier or witness holds) still passes.
+
+The SQLite files are read, never changed. They still hold wrapped keys: once the import is
+verified they must be removed, or a subject forgotten later keeps a copy there until its KEK
+epoch ends (the report names them).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from eventward.audit.pg_log import APPEND_LOCK
+from eventward.errors import ConflictError, NotFoundError, StoreForeignDeployment
+from eventward.home import Home
+from eventward.keys.pg_store import WRITE_LOCK
+from eventward.store.migrations import AUDIT_SCHEMA, SCHEMA
+from eventward.store.pg import Database
+
+# (table, columns) copied as they are; the order of checkpoints and attachments is their rowid.
+_KEY_TABLES = (
+    ("deks", "kid, subject_hash, class, version, kek_id, wrapped, created, uses, fmt, uses_tag"),
+    ("tombstones", "kid, class, destroyed_at"),
+    ("holds", "subject_hash, reason, since, placed_by"),
+    ("erasures", "subject_hash, time, classes, destroyed"),
+    ("pseudonyms", "lookup, pseudonym, created, kind"),
+)
+_AUDIT_TABLES = (
+    ("records", "idx, leaf, body", "idx"),
+    ("nodes", "level, idx, hash", "level, idx"),
+    ("checkpoints", "size, root, time, text", "rowid"),
+    ("attachments", "kind, key, idx, doc", "rowid"),
+    ("watermarks", 'source, stream, "offset"', "source, stream"),
+    ("published", "stream, batch, idx", "stream, batch"),
+)
+_SKIP_KEY_META = frozenset({"schema"})  # SQLite's own schema version
+
+
+@dataclass
+class ImportReport:
+    database: str
+    deployment: str
+    rows: dict[str, int] = field(default_factory=dict)
+    stale_files: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def _sqlite(path: Path) -> Iterator[sqlite3.Connection]:
+    if not path.is_file():
+        raise NotFoundError(f"no {path.name} in {path.parent}: nothing to import")
+    uri = "file:" + urllib.parse.quote(str(path)) + "?mode=ro"
+    with closing(sqlite3.connect(uri, uri=True)) as conn:
+        conn.execute("BEGIN")  # one snapshot of the file for the whole copy
+        yield conn
+
+
+def _empty(conn: psycopg.Connection) -> bool:
+    for table in ("deks", "tombstones", "erasures", "pseudonyms", "holds"):
+        if conn.execute(f"SELECT 1 FROM {SCHEMA}.{table} LIMIT 1").fetchone():
+            return False
+    return conn.execute(f"SELECT 1 FROM {AUDIT_SCHEMA}.records LIMIT 1").fetchone() is None
+
+
+def import_home(source: Home, db: Database, deployment_id: str) -> ImportReport:
+    """Copy ``source``'s keys.db and audit.db into ``db`` (migrated, this deployment's, empty)."""
+    from eventward.keys.stores import home_deployment_id
+
+    found = home_deployment_id(source)
+    if found != deployment_id:
+        raise StoreForeignDeployment(
+            f"{source.root} is deployment {found}, not {deployment_id}: import a home of this deployment",
+            found=found, expected=deployment_id,
+        )
+    db.require(db.status(), deployment_id)
+    report = ImportReport(db.where, deployment_id)
+    with _sqlite(source.keys_db) as keys, _sqlite(source.audit_db) as audit, db.errors("import"), \
+            psycopg.connect(db.dsn, connect_timeout=max(1, int(db.connect_timeout))) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s), pg_advisory_xact_lock(%s)", (WRITE_LOCK, APPEND_LOCK))
+        if not _empty(conn):
+            raise ConflictError(f"{db.where} already holds keys or audit records: import into a database "
+                                "that 'eventward db migrate' just created")
+        with conn.cursor() as cur:
+            _copy(cur, keys, audit, report, found)
+    report.stale_files = [str(p) for p in (source.keys_db, source.audit_db) if p.exists()]
+    return report
+
+
+def _copy(cur: psycopg.Cursor, keys: sqlite3.Connection, audit: sqlite3.Connection, report: ImportReport,
+          deployment: str) -> None:
+    for table, cols in _KEY_TABLES:
+        rows = keys.execute(f"SELECT {cols} FROM {table}").fetchall()
+        marks = ", ".join(["%s"] * len(cols.split(",")))
+        cur.executemany(f"INSERT INTO {SCHEMA}.{table} ({cols}) VALUES ({marks})", rows)
+        report.rows[f"keys.{table}"] = len(rows)
+    # The store's id, its KMS-bound tag, the epoch and the KEK epoch dates replace the new database's.
+    meta = [(str(k), str(v)) for k, v in keys.execute("SELECT key, value FROM meta") if k not in _SKIP_KEY_META]
+    cur.executemany(f"INSERT INTO {SCHEMA}.key_meta (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value", meta)
+    report.rows["keys.meta"] = len(meta)
+    for table, cols, order in _AUDIT_TABLES:
+        rows = audit.execute(f"SELECT {cols.replace(chr(34), '')} FROM {table} ORDER BY {order}").fetchall()
+        marks = ", ".join(["%s"] * len(cols.split(",")))
+        cur.executemany(f"INSERT INTO {AUDIT_SCHEMA}.{table} ({cols}) VALUES ({marks})", rows)
+        report.rows[f"audit.{table}"] = len(rows)
+    row = audit.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
+    cur.execute(f"INSERT INTO {AUDIT_SCHEMA}.meta (key, value) VALUES ('origin', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (row[0] if row else deployment,))
