@@ -31,8 +31,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check --no-cache src tests bench
 
 # Slow scale tests (@pytest.mark.slow) run with the benchmarks, keeping `make test` under 10 minutes.
+# Two workers (pytest-xdist): most tests wait on servers and subprocesses, so two keep both cores busy;
+# --dist loadscope keeps each module's fixtures (servers, homes) in one worker.
+TEST_WORKERS ?= 2
 unit: $(BIN)/.installed
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadscope
 
 test: lint unit
 

@@ -52,11 +52,11 @@ def backend(request, prefix, monkeypatch) -> Backend:
     if request.param == "transit":
         bao = request.getfixturevalue("bao")
         monkeypatch.setenv(TOKEN_ENV, bao.token_for(prefix))
-        cfg = TransitConfig(url=bao.url, token_env=TOKEN_ENV, key_prefix=prefix, refresh_s=0.0, timeout_s=0.7)
+        cfg = TransitConfig(url=bao.url, token_env=TOKEN_ENV, key_prefix=prefix, refresh_s=0.0, timeout_s=2.0)
         return Backend("transit", cfg, TransitKMS, bao)
     moto = request.getfixturevalue("moto")
     request.getfixturevalue("aws_env")
-    cfg = AwsKmsConfig(region="eu-west-1", endpoint_url=moto.url, key_prefix=prefix, refresh_s=0.0, timeout_s=0.7)
+    cfg = AwsKmsConfig(region="eu-west-1", endpoint_url=moto.url, key_prefix=prefix, refresh_s=0.0, timeout_s=2.0)
     return Backend("aws", cfg, AwsKMS, moto)
 
 
