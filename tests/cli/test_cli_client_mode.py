@@ -31,7 +31,7 @@ from keys_net.conftest import free_port
 
 OPERATOR, INTERN = demo.ADMIN, "intern"  # the intern's certificate is valid; the policy grants it nothing
 OPERATORS = (OPERATOR, INTERN, demo.AUTHOR, demo.APPROVER, demo.SHIPPING)
-SUBJECTS = [f"cust-cli-{i}" for i in range(6)]
+SUBJECTS = [f"cust-cli-{i}" for i in range(8)]
 
 
 @dataclass
@@ -226,7 +226,8 @@ def test_attack_as_flag_in_client_mode(plane: ControlPlane, profiles: Path, tmp_
 def test_home_only_commands_and_options_say_so(plane: ControlPlane, profiles: Path, tmp_path: Path) -> None:
     for args, named in ((["keys", "rotate", "--class", "pii"], "'keys rotate'"), (["init"], "'init'"),
                         (["audit", "verify"], "'audit verify'"), (["alerts"], "'alerts'"),
-                        (["forget", "--now", SUBJECTS[4]], "--now"), (["nats", "up"], "'nats'")):
+                        (["trust", "list", "--principal", "orders-svc"], "--principal of 'trust list'"),
+                        (["nats", "up"], "'nats'")):
         r = cli(profiles, "--profile", "ops", *args, cwd=tmp_path)
         assert r.returncode == 5, (args, r.stderr)
         assert named in _one_line_error(r, "not_in_client_mode")
@@ -353,3 +354,15 @@ def test_connect_with_a_jwt_file_authenticates_as_the_token_subject(tmp_path: Pa
         assert r.returncode == 9 and "ops.jwt" in _one_line_error(r, "key_file_permissions")
     finally:
         run.gw.stop()
+
+
+def test_forget_with_a_reason_code_and_now_over_the_api(plane: ControlPlane, profiles: Path) -> None:
+    r = cli(profiles, "--profile", "ops", "forget", SUBJECTS[6], "--reason", "gdpr-art17", "--now", "--json")
+    assert r.returncode == 0, r.stderr
+    cert = orjson.loads(r.stdout)
+    assert cert["keys_destroyed"] >= 1
+    shown = cli(profiles, "--home", str(plane.home), "audit", "show", str(cert["audit_index"]), "--as", "admin")
+    assert '"gdpr-art17"' in shown.stdout, shown.stderr
+    status = orjson.loads(cli(profiles, "--profile", "ops", "keys", "status", "--json").stdout)
+    pii = next(c for c in status["classes"] if c["class"] == "pii")
+    assert pii["destroyed_keks"], "--now must end the pii KEK epoch that wrapped the subject's keys"

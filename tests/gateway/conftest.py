@@ -238,7 +238,9 @@ class MemoryBackend:
             raise KeyNotFound(f"no {cls} key with id {kid!r}")
         return found[1]
 
-    async def forget(self, principal: str, subject: str) -> ErasureCertificate:
+    async def forget(
+        self, principal: str, subject: str, reason: str = "", close_epoch: bool = False
+    ) -> ErasureCertificate:
         h = self._hash(subject)
         self._check("forget", principal, FORGET, ("Subject", h))
         if h in self.held:

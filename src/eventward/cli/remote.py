@@ -64,8 +64,11 @@ class OperatorClient:
     def whoami(self) -> dict[str, Any]:
         return dict(self.api.call("GET", "/v1/whoami"))
 
-    def forget(self, subject: str) -> dict[str, Any]:
-        return dict(self.api.call("POST", "/v1/subjects/forget", body={"subject": subject}))
+    def forget(self, subject: str, reason: str = "", now: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"subject": subject, "now": now}
+        if reason:
+            body["reason"] = reason
+        return dict(self.api.call("POST", "/v1/subjects/forget", body=body))
 
     def hold(self, subject: str, reason: str) -> None:
         self.api.call("POST", "/v1/subjects/hold", body={"subject": subject, "reason": reason})
@@ -385,10 +388,20 @@ def whoami(as_json: bool = _JSON) -> None:
 
 
 @client_app.command("forget", cls=ClientCommand)
-def forget(subject: str = typer.Argument(..., metavar="SUBJECT", help="Data-subject id, or - to read it from stdin."),
-           as_json: bool = _JSON) -> None:
+def forget(
+    subject: str = typer.Argument(..., metavar="SUBJECT", help="Data-subject id, or - to read it from stdin."),
+    reason: str = typer.Option("", "--reason", help="A short reason code such as gdpr-art17 (audited; free text "
+                               "is replaced by the generic code erasure-request)."),
+    now: bool = typer.Option(False, "--now", help="Close the KEK epoch at once (needs rotate_keys on the classes)."),
+    as_json: bool = _JSON,
+) -> None:
     """Crypto-shred a data subject on the control plane; prints the signed erasure certificate."""
-    cert = _client().forget(_subject(subject))
+    from eventward.deployment import is_reason_code
+
+    code = reason if not reason or is_reason_code(reason) else "erasure-request"  # free text is never sent
+    cert = _client().forget(_subject(subject), code, now)
+    if reason and code != reason:
+        common.err_console.print("[yellow]note[/]: --reason was not a code; recorded as erasure-request")
     if as_json:
         common.emit_json(cert)
         return

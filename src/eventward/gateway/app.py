@@ -427,7 +427,9 @@ class _Gateway:
         return {"kid": body["kid"], "class": body["class"], "key": key}
 
     async def op_forget(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
-        return _certificate(await self.backend.forget(p.name, body["subject"]))
+        return _certificate(await self.backend.forget(
+            p.name, body["subject"], body.get("reason", ""), bool(body.get("now", False))
+        ))
 
     async def op_hold(self, p: Principal, _: Any, body: dict[str, Any], __: Any) -> dict[str, Any]:
         await self.backend.hold(p.name, body["subject"], body.get("reason", ""))

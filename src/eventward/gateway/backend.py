@@ -143,7 +143,12 @@ class GatewayBackend(Protocol):
         """The DEK named by ``kid`` if ``principal`` may Decrypt ``cls`` (audited by the key service)."""
         ...
 
-    async def forget(self, principal: str, subject: str) -> ErasureCertificate: ...
+    async def forget(
+        self, principal: str, subject: str, reason: str = "", close_epoch: bool = False
+    ) -> ErasureCertificate:
+        """Crypto-shred ``subject`` (Forget), recording ``reason`` (a code); ``close_epoch`` also
+        rotates its classes' KEKs and destroys the versions that wrapped its keys (RotateKeys)."""
+        ...
 
     async def hold(self, principal: str, subject: str, reason: str) -> None: ...
 

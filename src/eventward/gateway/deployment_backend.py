@@ -280,9 +280,13 @@ class DeploymentBackend:
 
         return await self._run(unwrap)
 
-    async def forget(self, principal: str, subject: str) -> api.ErasureCertificate:
+    async def forget(
+        self, principal: str, subject: str, reason: str = "", close_epoch: bool = False
+    ) -> api.ErasureCertificate:
         def forget() -> Certificate:
-            return self.deployment.forget(subject, principal=principal).certificate
+            return self.deployment.forget(
+                subject, principal=principal, reason=reason, close_epoch=close_epoch
+            ).certificate
 
         return _certificate(await self._run(forget))
 

@@ -216,6 +216,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "SubjectRequest": _obj(
         {"subject": _s(256, description="Raw data-subject id (kept out of URLs).")}, ("subject",)
     ),
+    "ForgetRequest": _obj(
+        {
+            "subject": _s(256, description="Raw data-subject id (kept out of URLs)."),
+            "reason": _s(
+                64,
+                REASON_CODE,
+                min_len=0,
+                description="A short code (e.g. gdpr-art17), not free text: it is audited.",
+            ),
+            "now": {
+                "type": "boolean",
+                "default": False,
+                "description": "Close the KEK epoch at once: rotate the subject's classes and destroy the KEK "
+                "versions that wrapped its keys (needs RotateKeys on each class, checked first).",
+            },
+        },
+        ("subject",),
+    ),
     "HoldRequest": _obj(
         {
             "subject": _s(256),
@@ -551,7 +569,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/v1/subjects/forget",
         "Crypto-shred a data subject",
         "ErasureCertificate",
-        body="SubjectRequest",
+        body="ForgetRequest",
         tag="subjects",
         errors=BODY_ERRORS,
     ),
