@@ -28,6 +28,7 @@ import os
 import re
 import struct
 import threading
+from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import orjson
@@ -262,8 +263,11 @@ class TokenCipher:
         if max_keys < 1:
             raise InputError("max_keys must be at least 1")
         self._max = max_keys
-        self._handles: dict[tuple[str, bytes], KeyHandle] = {}
-        self._bound: dict[tuple[str, bytes, str, str, str | None], tuple[KeyHandle, bytes]] = {}
+        # OrderedDicts: evicting the oldest is O(1). A plain dict's ``pop(next(iter(d)))`` walks
+        # the deleted slots at its front first, which made every insert slow once a consumer of
+        # many subjects (one key per event) kept the cache full.
+        self._handles: OrderedDict[tuple[str, bytes], KeyHandle] = OrderedDict()
+        self._bound: OrderedDict[tuple[str, bytes, str, str, str | None], tuple[KeyHandle, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -287,7 +291,7 @@ class TokenCipher:
             hit = (self.handle(kid, dek), key_context(alg, kid, cls, subject_hash))
             with self._lock:  # bounded: decrypt sees attacker-chosen key ids and subject hashes
                 if len(self._bound) >= self._max:
-                    self._bound.pop(next(iter(self._bound)), None)
+                    self._bound.popitem(last=False)
                 self._bound[slot] = hit
         return hit
 
@@ -301,7 +305,7 @@ class TokenCipher:
             h = KeyHandle(kid, dek)
             with self._lock:  # inserts and evictions only; lookups stay lock-free
                 if len(self._handles) >= self._max:
-                    self._handles.pop(next(iter(self._handles)), None)
+                    self._handles.popitem(last=False)
                 self._handles[slot] = h
         return h
 

@@ -17,6 +17,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -255,7 +256,7 @@ class KeyService:
         self._current: LruTtlCache[tuple[str, str], str] = LruTtlCache(
             self.config.cache_max, self.config.cache_ttl, clock
         )  # (subject hash, class) -> kid of the current version
-        self._hashes: dict[str, str] = {}  # subject id -> keyed hash, insertion order, bounded
+        self._hashes: OrderedDict[str, str] = OrderedDict()  # subject id -> pseudonym, oldest first, bounded
         self._hashes_lock = threading.Lock()
         self._class_deks: dict[str, _ClassDek] = {}
         self._class_lock = threading.Lock()
@@ -465,7 +466,7 @@ class KeyService:
         if self.config.cache_max > 0:
             with self._hashes_lock:
                 if len(self._hashes) >= self.config.cache_max:
-                    self._hashes.pop(next(iter(self._hashes)))  # the oldest id
+                    self._hashes.popitem(last=False)  # the oldest id, in O(1)
                 self._hashes[subject] = p
         return p
 
@@ -678,11 +679,12 @@ class KeyService:
         decisions: dict[str, AccessDenied | None] = {}
         refused: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> kids
         for kid, cls, shash in dict.fromkeys(wanted):
-            try:
-                _check_class(cls)
-            except InputError as e:
-                out[kid, cls] = e
-                continue
+            if cls not in decisions:
+                try:
+                    _check_class(cls)  # once per class, not per key
+                except InputError as e:
+                    out[kid, cls] = e
+                    continue
             if not is_kid(kid):
                 out[kid, cls] = KeyNotFound("malformed key id")
                 continue
