@@ -28,15 +28,23 @@ from eventward.control.client import LocalControlAPI
 from eventward.control.connect import Client
 from eventward.control.identity import ServiceIdentity
 from eventward.control.plane import ControlPlane
-from eventward.control.reconciler import ALERT_RULE, DURABLE, PROGRESS_ACTION, REFUSED_ACTION, DirectAuditor
+from eventward.control.reconciler import (
+    ALERT_RULE,
+    DURABLE,
+    PROGRESS_ACTION,
+    REFUSED_ACTION,
+    DirectAuditor,
+    Pass,
+)
 from eventward.crypto import seal as sealing
 from eventward.deployment import Deployment
 from eventward.errors import ConfigError
 from eventward.home import Home
 from eventward.log import natsserver
-from eventward.log.nats import NatsTransport
+from eventward.log.nats import NatsTransport, subject_for
 from eventward.monitor.rules import ALERT_ACTION
 from transports.conftest import FAST, port_block
+from transports.nats_world import raw_publish
 
 from .conftest import MAY_SEAL
 
@@ -266,3 +274,16 @@ def test_serve_runs_the_reconciler(world: NatsWorld) -> None:
         _, err = serve.communicate(timeout=30)
     assert "Traceback" not in err
     assert [r.meta["batch"] for r in direct_publishes(world)] == batches
+
+
+def test_attack_foreign_message_on_stream_is_refused_not_skipped(world: NatsWorld) -> None:
+    """Raw publish rights on the subject put a message that is no eventward batch at all into the
+    stream: the reconciler refuses it by sequence (reason ``malformed``) and alerts, never skips it."""
+    produce(world.client(world.identity(demo.PRODUCER)), 2)
+    raw_publish(world.url, subject_for(demo.TOPIC), b'{"id": "x", "type": "OrderPlaced"}')
+    result = world.auditor().run_once()
+    assert (result.published, result.refused) == (1, 1)
+    (r,) = world.records(REFUSED_ACTION)
+    assert r.reason == "malformed" and r.meta["seq"] == 2 and "batch" not in r.meta
+    assert [a.reason for a in world.records(ALERT_ACTION)] == ["malformed"]
+    assert world.auditor().run_once() == Pass()  # remembered: nothing written twice

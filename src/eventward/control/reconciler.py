@@ -133,6 +133,7 @@ class DirectAuditor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error = ""
+        self._stream_errors: dict[str, str] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> DirectAuditor:
@@ -164,10 +165,21 @@ class DirectAuditor:
         """Reconcile every topic stream once, then record group progress if ``progress_s`` passed."""
         total = Pass()
         grants = self._enrolled()
+        failed: EventwardError | None = None
         for stream in self.transport.streams():
             if stream.endswith(_DLQ) or self._stop.is_set():
                 continue
-            total += self._stream(stream, grants, time.time() if now is None else now)
+            try:  # one stream this identity may not read (or a broken one) does not stop the others
+                total += self._stream(stream, grants, time.time() if now is None else now)
+            except EventwardError as e:
+                if self._stream_errors.get(stream) != e.code:  # logged once per stream and failure
+                    _log.warning("direct-path audit of stream %s failed (%s); retried every pass", stream, e.code)
+                self._stream_errors[stream] = e.code
+                failed = failed or e
+            else:
+                self._stream_errors.pop(stream, None)
+        if failed is not None:
+            raise failed
         if time.monotonic() - self._last_progress >= self.progress_s:
             total += Pass(progress=self._progress())
             self._last_progress = time.monotonic()
