@@ -3,7 +3,8 @@ an audit record and a counter (``warn``), per event type and topic (``x-eventwar
 guard/modes.py).
 
 The Producer calls ``check`` once per event after schema validation and before anything is
-encrypted or buffered, so a refused event leaves nothing behind. Errors and audit records name
+encrypted or buffered (``check_many`` once per ``send_many`` call, after validating all of its
+events), so a refused event leaves nothing behind. Errors and audit records name
 field paths and kinds, never the values. With the guard off (the default) the call costs a
 dict lookup.
 """
@@ -19,7 +20,7 @@ from eventward.client.types import SchemaVersionLike
 from eventward.errors import SensitiveDataRefused
 from eventward.guard.detectors import Detectors
 from eventward.guard.modes import BLOCK, OFF, mode_for
-from eventward.guard.scan import findings_for
+from eventward.guard.scan import findings_for, findings_many
 
 WARN_ACTION = "guard.warn"
 BLOCK_ACTION = "guard.block"
@@ -52,8 +53,21 @@ class ProducerGuard:
         if mode == OFF:
             return
         found = findings_for(schema, data, self._detectors)
-        if not found:
+        if found:
+            self._act(mode, topic, type_, schema, found, principal)
+
+    def check_many(self, topic: str, type_: str, schema: SchemaVersionLike, events: list[Any], principal: str) -> None:
+        """``check`` of each event of one call, in order (``block``: the first event with a finding
+        raises), their candidate values pre-checked together (``scan.findings_many``)."""
+        mode = self.mode(topic, schema)
+        if mode == OFF:
             return
+        for found in findings_many(schema, events, self._detectors):
+            if found:
+                self._act(mode, topic, type_, schema, found, principal)
+
+    def _act(self, mode: str, topic: str, type_: str, schema: SchemaVersionLike, found: list[tuple[str, str]],
+             principal: str) -> None:
         pairs = tuple(sorted(set(found)))
         described = ", ".join(f"{p} ({k})" for p, k in pairs[:8]) + (" ..." if len(pairs) > 8 else "")
         meta = {
