@@ -9,7 +9,11 @@ really wrapped by the local KMS, events sealed the way the Producer builds them)
 deployed (eventward.deployment: Cedar policy, audit log, KeyService with its bounded DEK
 cache, seal verification, persisted replay guard, decryption) runs in a fresh process and
 reports its own peak RSS as it passes 1k, 10k, 100k, ... subjects: memory grows until the
-bounded caches (DEK LRU, dedup window) are full, then stays flat.
+bounded caches (DEK LRU, dedup window) are full, then stays flat. Every key lookup misses the
+caches, so this is the consumer's key path at its worst: per read batch, one ``SELECT ... IN``,
+one unwrap per key and one ``key.unwrap`` audit record (counted from the audit log afterwards).
+Rates are wall-clock; ``cpu_ratio`` compares the two processes' CPU times (getrusage), steadier
+on a machine other work shares.
 
 Baseline in the same run: a plain reader process over the same log (read + JSON parse; no
 seal, replay guard, policy, keys or decryption), i.e. the floor of a Python process reading
@@ -27,6 +31,7 @@ from typing import Any
 
 from bench import bulk, deployed, proc
 from bench.common import print_scenario, scenario, summarize
+from eventward.audit.log import AuditLog
 from eventward.config import Config
 from eventward.keys.service import KeyServiceConfig
 
@@ -34,10 +39,24 @@ MARKS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
 
 
 def _measure(role: str, home: Path, n: int, marks: list[int]) -> dict[str, Any]:
-    res = proc.run_role(role, home, "--events", str(n), "--marks", ",".join(map(str, marks)))
+    # An hour at most: a million events on a loaded machine.
+    res = proc.run_role(role, home, "--events", str(n), "--marks", ",".join(map(str, marks)), timeout=3600.0)
     res["rss_mb"] = {int(k): v for k, v in res["rss_mb"].items()}
     res["rate"] = n / (res["last_delivered"] - res["started"])
     return res
+
+
+def _audit_actions(home: Path, action: str) -> int:
+    """How many records of ``action`` the home's audit log holds (read-only, after the run)."""
+    log = AuditLog.open_readonly(home / "audit.db")
+    try:
+        count, start = 0, 0
+        while batch := log.since(start, 8192):
+            count += sum(1 for r in batch if r.action == action)
+            start = batch[-1].index + 1
+        return count
+    finally:
+        log.close()
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -51,11 +70,13 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         setup_s = time.perf_counter() - t0
         ew = _measure("consume", home.root, n, marks)
         plain = _measure("read", home.root, n, marks)
+        unwrap_records = _audit_actions(home.root, "key.unwrap")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rss, floor = ew["rss_mb"], plain["rss_mb"]
     tenth, half = (max(m for m in rss if m <= n // k) for k in (10, 2))
     cache_max, window = KeyServiceConfig().cache_max, Config().consumer.dedup_window
+    cpu_ratio = plain["cpu_s"] / ew["cpu_s"] if ew["cpu_s"] > 0 else 0.0
     return [
         scenario(
             "consumer_memory_1m_subjects",
@@ -66,13 +87,20 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             rss_mb=rss,
             plain_rss_mb=floor,
             peak_rss_mb=ew["peak_rss_mb"],
+            maxrss_mb=ew["maxrss_mb"],
+            cpu_ratio=round(cpu_ratio, 3),
+            consumer_cpu_us_per_event=round(1e6 * ew["cpu_s"] / n, 1),
+            plain_cpu_us_per_event=round(1e6 * plain["cpu_s"] / n, 1),
+            key_unwrap_audit_records=unwrap_records,
             dek_cache_max=cache_max,
             dedup_window=window,
             setup_seconds=round(setup_s, 1),
             summary=(
                 f"consumer peak RSS {rss[tenth]:.0f} MB at {tenth:,} subjects, {rss[half]:.0f} MB at {half:,}, "
                 f"{rss[n]:.0f} MB at {n:,} ({rss[n] - rss[half]:+.1f} MB over the last {n - half:,}); "
-                f"plain reader {floor[n]:.0f} MB. Bounds: DEK cache {cache_max:,} keys, dedup window {window:,} ids."
+                f"plain reader {floor[n]:.0f} MB. Bounds: DEK cache {cache_max:,} keys, dedup window {window:,} ids. "
+                f"CPU time ratio {cpu_ratio:.3f} ({1e6 * ew['cpu_s'] / n:.0f} vs {1e6 * plain['cpu_s'] / n:.0f} us "
+                f"per event); {unwrap_records:,} key.unwrap audit records for {n:,} keys."
             ),
             curve={
                 "x_label": "distinct data subjects consumed (one event each)",

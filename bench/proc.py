@@ -51,6 +51,20 @@ def peak_rss_mb() -> float:
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+def cpu_seconds() -> float:
+    """This process's user + system CPU time so far (getrusage): on a shared machine a ratio of
+    CPU times is steadier than one of wall-clock rates."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def maxrss_mb() -> float:
+    """Peak RSS as getrusage reports it (ru_maxrss; kept across exec, so it may include a
+    parent's peak before the exec: peak_rss_mb is the process's own)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def _ready() -> None:
     print(READY, flush=True)
 
@@ -73,10 +87,11 @@ def consume(home: Path, events: int, group: str, marks: Sequence[int]) -> dict[s
     with Deployment.open(Home(home)) as d:
         seen = _Marks(marks)
         _ready()
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         deployed.consume(d, events, group=group, idle_timeout=IDLE_S, on_event=seen)
-        t1 = time.time()
-    return {"events": events, "started": t0, "last_delivered": t1, "rss_mb": seen.rss, "peak_rss_mb": peak_rss_mb()}
+        t1, c1 = time.time(), cpu_seconds()
+    return {"events": events, "started": t0, "last_delivered": t1, "cpu_s": c1 - c0, "rss_mb": seen.rss,
+            "peak_rss_mb": peak_rss_mb(), "maxrss_mb": maxrss_mb()}
 
 
 def produce(home: Path, events: int, customers: int, batch: int) -> dict[str, Any]:
@@ -95,7 +110,7 @@ def read_plain(home: Path, events: int, marks: Sequence[int]) -> dict[str, Any]:
     try:
         seen = _Marks(marks)
         _ready()
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         pos = 0
         while seen.count < events:
             records = log.read(deployed.TOPIC, pos, min(500, events - seen.count))
@@ -105,10 +120,11 @@ def read_plain(home: Path, events: int, marks: Sequence[int]) -> dict[str, Any]:
                 orjson.loads(r.data)
                 seen()
             pos = records[-1].offset + 1
-        t1 = time.time()
+        t1, c1 = time.time(), cpu_seconds()
     finally:
         log.close()
-    return {"events": events, "started": t0, "last_delivered": t1, "rss_mb": seen.rss, "peak_rss_mb": peak_rss_mb()}
+    return {"events": events, "started": t0, "last_delivered": t1, "cpu_s": c1 - c0, "rss_mb": seen.rss,
+            "peak_rss_mb": peak_rss_mb(), "maxrss_mb": maxrss_mb()}
 
 
 def spawn(role: str, home: Path, *args: str) -> subprocess.Popen[str]:

@@ -190,4 +190,6 @@ def test_quick_run_of_the_new_areas_writes_well_formed_json(tmp_path: Path) -> N
     mem = doc["scenarios"][0]
     assert mem["subjects"] == 20_000 and set(mem["rss_mb"]) >= {"1000", "20000"}
     assert 20 < mem["rss_mb"]["20000"] < 1_000  # a real process's MiB, not KiB or bytes
+    # keys resolved per read batch: one key.unwrap audit record per batch of 500, not one per key
+    assert 0 < mem["key_unwrap_audit_records"] <= 20_000 // 500 and 0 < mem["cpu_ratio"] < 1
     assert not list(tmp_path.glob("*.png"))  # quick runs draw no plots
