@@ -38,7 +38,7 @@ from eventward.control.reconciler import (
 )
 from eventward.crypto import seal as sealing
 from eventward.deployment import Deployment
-from eventward.errors import ConfigError
+from eventward.errors import ConfigError, KeyStoreUnavailable
 from eventward.home import Home
 from eventward.log import natsserver
 from eventward.log.nats import NatsTransport, subject_for
@@ -287,3 +287,26 @@ def test_attack_foreign_message_on_stream_is_refused_not_skipped(world: NatsWorl
     assert r.reason == "malformed" and r.meta["seq"] == 2 and "batch" not in r.meta
     assert [a.reason for a in world.records(ALERT_ACTION)] == ["malformed"]
     assert world.auditor().run_once() == Pass()  # remembered: nothing written twice
+
+
+def test_a_failed_pass_loses_no_delivered_batch(world: NatsWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trust registry fails mid-pass after the broker delivered the batches (AckNone): the
+    next pass re-reads them from the recorded floor, so none goes unaudited."""
+    produce(world.client(world.identity(demo.PRODUCER)), 5)
+    auditor = world.auditor()
+    real = world.dep.verifier.verify_seal
+    calls = {"n": 0}
+
+    def flaky(*a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyStoreUnavailable("trust store busy")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(world.dep.verifier, "verify_seal", flaky)
+    with pytest.raises(KeyStoreUnavailable):
+        auditor.run_once()
+    assert not direct_publishes(world)  # the pass's records are written together, or not at all
+    assert world.nats().tail_position(demo.TOPIC, DURABLE) == 3  # yet the broker delivered them all
+    assert auditor.run_once().published == 3
+    assert [r.meta["batch"] for r in direct_publishes(world)] == stored_batches(world.nats())

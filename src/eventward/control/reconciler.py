@@ -197,22 +197,27 @@ class DirectAuditor:
         published = refused = 0
         pending: list[AuditEvent] = []
         last_seq, end = floor
-        for i, b in enumerate(batches):
-            if b.seq <= floor[0]:
-                continue  # recorded before a restart
-            v = self._verdict(b, grants, now)
-            if v.held:
-                self._held[stream] = batches[i:]
-                break
-            if v.event is not None:
-                pending.append(v.event)
-            else:
-                published += self._flush(stream, pending, last_seq, end)
-                pending = []
-                refused += self._refuse(b, v)
-            last_seq = b.seq
-            end = max(end, b.first_offset + (len(b.batch.events) if b.batch else 0))
-        published += self._flush(stream, pending, last_seq, end)
+        try:
+            for i, b in enumerate(batches):
+                if b.seq <= floor[0]:
+                    continue  # recorded before a restart
+                v = self._verdict(b, grants, now)
+                if v.held:
+                    self._held[stream] = batches[i:]
+                    break
+                if v.event is not None:
+                    pending.append(v.event)
+                else:
+                    published += self._flush(stream, pending, last_seq, end)
+                    pending = []
+                    refused += self._refuse(b, v)
+                last_seq = b.seq
+                end = max(end, b.first_offset + (len(b.batch.events) if b.batch else 0))
+            published += self._flush(stream, pending, last_seq, end)
+        except BaseException:  # delivered but unrecorded: the next pass re-creates the cursor at the floor
+            self._held.pop(stream, None)
+            self._checked.discard(stream)
+            raise
         return Pass(published, refused, len(self._held.get(stream, ())))
 
     def _verdict(self, b: TailedBatch, grants: dict[str, dict[str, list[str]]], now: float) -> _Verdict:
