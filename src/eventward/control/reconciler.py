@@ -20,8 +20,8 @@ type, and the types its key was enrolled for) and appends:
 
 Idempotent across restarts. The last stream sequence processed is kept per stream in the
 control database (``direct_tail``) and written after the records; the durable consumer's server
-position is only a cursor: at start, one that ran ahead of the database (a crash between
-delivery and recording) is deleted and re-created from the remembered sequence. A redelivered
+position is only a cursor: at start and after a failed pass, one that ran ahead of the database
+(delivered, never recorded) is deleted and re-created from the remembered sequence. A redelivered
 batch whose id already has a Publish record adds nothing (the audit log's ``published`` index),
 refusals are remembered by (stream, sequence), and the offline watermark (``audit reconcile``)
 moves with it so that command never re-audits what this thread did.
