@@ -62,6 +62,9 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         with dep.producer(demo.PRODUCER, demo.TOPIC) as p:  # every subject gets keys to destroy
             p.send_many(demo.EVENT_TYPE, _orders(len(SUBJECTS)))
             p.flush()
+        reader = dep.consumer(demo.SHIPPING, demo.TOPIC, group="ship", from_beginning=True)  # a group for `lag`
+        reader.run(lambda e: None, idle_timeout=0.3)
+        reader.close()
     finally:
         dep.close()
     certs = {name: pki.ensure_client_cert(home.certs, name) for name in OPERATORS}
@@ -225,7 +228,7 @@ def test_attack_as_flag_in_client_mode(plane: ControlPlane, profiles: Path, tmp_
 
 def test_home_only_commands_and_options_say_so(plane: ControlPlane, profiles: Path, tmp_path: Path) -> None:
     for args, named in ((["keys", "rotate", "--class", "pii"], "'keys rotate'"), (["init"], "'init'"),
-                        (["audit", "verify"], "'audit verify'"), (["alerts"], "'alerts'"),
+                        (["audit", "verify"], "'audit verify'"), (["monitor"], "'monitor'"),
                         (["trust", "list", "--principal", "orders-svc"], "--principal of 'trust list'"),
                         (["nats", "up"], "'nats'")):
         r = cli(profiles, "--profile", "ops", *args, cwd=tmp_path)
@@ -312,6 +315,13 @@ def test_audit_keys_dlq_and_service_approval_over_the_api(plane: ControlPlane, p
     assert status.returncode == 0, status.stderr
     assert "pii" in {c["class"] for c in orjson.loads(status.stdout)["classes"]}
     assert cli(profiles, "--profile", "intern", "keys", "status").returncode == 3  # audit metadata: read_audit
+    alerts = cli(profiles, "--profile", "ops", "alerts", "--json")
+    assert alerts.returncode == 0 and isinstance(orjson.loads(alerts.stdout)["alerts"], list), alerts.stderr
+    lag = cli(profiles, "--profile", "ops", "lag", "--json")
+    assert lag.returncode == 0, lag.stderr
+    groups = orjson.loads(lag.stdout)["groups"]
+    assert any("ship" in g["group"] and g["stream"] == demo.TOPIC and g["lag"] == 0 for g in groups), groups
+    assert cli(profiles, "--profile", "intern", "lag").returncode == 3
     dlq = cli(profiles, "--profile", "ops", "dlq", "list", demo.TOPIC, "--json")
     assert dlq.returncode == 3, dlq.stderr  # the admin may not subscribe to orders, so not read its dead letters
     dlq = cli(profiles, "--profile", demo.SHIPPING, "dlq", "list", demo.TOPIC, "--json")

@@ -284,6 +284,15 @@ class MemoryBackend:
         self._check("audit_records", principal, READ_AUDIT, ("Audit", "log"))
         return []
 
+    async def alerts(self, principal: str, n: int) -> list[dict[str, Any]]:
+        self._check("alerts", principal, READ_AUDIT, ("Audit", "log"))
+        return []
+
+    async def lag(self, principal: str) -> list[dict[str, Any]]:
+        self._check("lag", principal, READ_AUDIT, ("Audit", "log"))
+        return [{"group": g, "stream": t, "committed": c, "end": len(self.topics.get(t, [])),
+                 "lag": max(0, len(self.topics.get(t, [])) - c)} for (t, g), c in self.commits.items()]
+
     async def keys_status(self, principal: str) -> dict[str, Any]:
         self._check("keys_status", principal, READ_AUDIT, ("Audit", "log"))
         return {"classes": [], "legal_holds": len(self.held), "erasures": len(self.certificates),

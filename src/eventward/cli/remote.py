@@ -119,6 +119,12 @@ class OperatorClient:
     def audit_records(self, n: int) -> list[dict[str, Any]]:
         return list(self.api.call("GET", "/v1/audit/records", params={"n": n})["records"])
 
+    def alerts(self, n: int) -> list[dict[str, Any]]:
+        return list(self.api.call("GET", "/v1/alerts", params={"n": n})["alerts"])
+
+    def lag(self) -> list[dict[str, Any]]:
+        return list(self.api.call("GET", "/v1/lag")["groups"])
+
     def keys_status(self) -> dict[str, Any]:
         return dict(self.api.call("GET", "/v1/keys/status"))
 
@@ -656,3 +662,42 @@ def service_approve(
     grant = _client().approve_service(raw, _may_seal(seal), days, control_url, nats)
     out.write_bytes(grant)
     _print(f"grant written to {out}: give it to the service (eventward service install)")
+
+
+@client_app.command("alerts", cls=ClientCommand)
+def alerts(n: int = typer.Option(100, "-n", help="How many, newest last (at most 1000)."),
+           as_json: bool = _JSON) -> None:
+    """Recorded alerts (serve's live monitor, monitor --record); needs read_audit."""
+    rows = _client().alerts(n)
+    if as_json:
+        common.emit_json({"alerts": rows})
+        return
+    t = Table()
+    for name in ("#", "time", "rule", "severity", "resource", "reason", "details"):
+        t.add_column(name, overflow="fold")
+    for a in rows:
+        details = " ".join(f"{k}={v}" for k, v in a["meta"].items())
+        cells = ("-" if a["index"] is None else str(a["index"]), a["time"], a["rule"], a["severity"], a["resource"],
+                 a["reason"], details)
+        t.add_row(*(Text(str(c)) for c in cells))
+    common.console.print(t)
+
+
+@client_app.command("lag", cls=ClientCommand)
+def lag(threshold: int = typer.Option(None, "--threshold", min=0,
+                                      help="Exit 1 when a group is this many events behind or more."),
+        as_json: bool = _JSON) -> None:
+    """Consumer lag per group and stream; needs read_audit."""
+    groups = _client().lag()
+    behind = {(g["group"], g["stream"]) for g in groups if threshold is not None and g["lag"] >= threshold}
+    if as_json:
+        common.emit_json({"groups": [{**g, "behind": (g["group"], g["stream"]) in behind} for g in groups]})
+    else:
+        t = Table("group", "stream", "committed", "end", "lag (events)")
+        for g in groups:
+            style = "bold red" if (g["group"], g["stream"]) in behind else None
+            t.add_row(Text(g["group"]), Text(g["stream"]), str(g["committed"]), str(g["end"]),
+                      Text(str(g["lag"]), style=style))
+        common.console.print(t)
+    if behind:
+        raise typer.Exit(common.EXIT_PROBLEM)

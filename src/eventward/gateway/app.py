@@ -451,6 +451,12 @@ class _Gateway:
     async def op_audit_records(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
         return {"records": await self.backend.audit_records(p.name, params.get("n", 20))}
 
+    async def op_alerts(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return {"alerts": await self.backend.alerts(p.name, params.get("n", 100))}
+
+    async def op_lag(self, p: Principal, *_: Any) -> dict[str, Any]:
+        return {"groups": await self.backend.lag(p.name)}
+
     async def op_keys_status(self, p: Principal, *_: Any) -> dict[str, Any]:
         return await self.backend.keys_status(p.name)
 

@@ -164,6 +164,14 @@ class GatewayBackend(Protocol):
         """The newest ``n`` audit records (ReadAudit), oldest first: the AuditRecord document."""
         ...
 
+    async def alerts(self, principal: str, n: int) -> list[dict[str, Any]]:
+        """The newest ``n`` recorded alerts (ReadAudit), oldest first: the Alert document."""
+        ...
+
+    async def lag(self, principal: str) -> list[dict[str, Any]]:
+        """Every consumer group's lag per stream (ReadAudit): the GroupLag document."""
+        ...
+
     async def keys_status(self, principal: str) -> dict[str, Any]:
         """Classes, KEK versions and counts (ReadAudit: it is audit metadata): the KeyStatus document."""
         ...

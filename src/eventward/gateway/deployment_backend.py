@@ -321,6 +321,25 @@ class DeploymentBackend:
 
         return await self._run(tail)
 
+    async def alerts(self, principal: str, n: int) -> list[dict[str, Any]]:
+        from eventward.monitor.alerts import as_json, recorded_alerts
+
+        def listing() -> list[dict[str, Any]]:
+            self._allow(principal, READ_AUDIT, AUDIT_RESOURCE)
+            return [as_json(i, a) for i, a in recorded_alerts(self.deployment.audit)[-n:]]
+
+        return await self._run(listing)
+
+    async def lag(self, principal: str) -> list[dict[str, Any]]:
+        from eventward.monitor.lag import group_lags
+
+        def listing() -> list[dict[str, Any]]:
+            self._allow(principal, READ_AUDIT, AUDIT_RESOURCE)  # as `eventward lag`: it names every group
+            return [{"group": g.group, "stream": g.stream, "committed": g.committed, "end": g.end, "lag": g.lag}
+                    for g in group_lags(self.deployment.transport)]
+
+        return await self._run(listing)
+
     async def keys_status(self, principal: str) -> dict[str, Any]:
         def status() -> dict[str, Any]:
             self._allow(principal, READ_AUDIT, AUDIT_RESOURCE)  # as `eventward keys status`: audit metadata

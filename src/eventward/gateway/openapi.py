@@ -428,6 +428,15 @@ SCHEMAS.update({
         "nats_servers": _arr(_s(2048, "^(nats|tls)://"), 16),
     }, ("request",)),
     "ServiceGrant": _obj({"anchor": _s(128, B64URL), "statement": ref("Statement")}, ("anchor", "statement")),
+    "Alert": _obj({
+        "index": {"type": ["integer", "null"], "minimum": 0}, "rule": _s(128), "severity": _s(32), "time": _s(64),
+        "resource": _s(1024, min_len=0), "reason": _s(256, min_len=0), "trigger": _int(-1),
+        "meta": {"type": "object", "maxProperties": 64},
+    }, ("index", "rule", "severity", "time", "resource", "reason", "trigger", "meta")),
+    "Alerts": _obj({"alerts": _arr(ref("Alert"), MAX_AUDIT_RECORDS)}, ("alerts",)),
+    "GroupLag": _obj({"group": _s(400), "stream": _s(256), "committed": _int(), "end": _int(), "lag": _int()},
+                     ("group", "stream", "committed", "end", "lag")),
+    "Lag": _obj({"groups": _arr(ref("GroupLag"), 100_000)}, ("groups",)),
 })
 
 
@@ -686,6 +695,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "audit_records", "GET", "/v1/audit/records", "The newest audit records (metadata only)", "AuditRecords",
         tag="audit", params=(Param("n", "query", _int(1, MAX_AUDIT_RECORDS, default=20)),),
     ),
+    Operation(
+        "alerts", "GET", "/v1/alerts", "Recorded alerts (the monitor's, as audit records)", "Alerts", tag="ops",
+        params=(Param("n", "query", _int(1, MAX_AUDIT_RECORDS, default=100)),),
+    ),
+    Operation("lag", "GET", "/v1/lag", "Consumer lag per group and stream (ReadAudit)", "Lag", tag="ops"),
     Operation("keys_status", "GET", "/v1/keys/status", "Classes, KEK versions, key counts, holds and erasures",
               "KeyStatus", tag="keys"),
     Operation(
