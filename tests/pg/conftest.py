@@ -94,6 +94,15 @@ class PgServer:
             rel = c.execute("SELECT pg_relation_filepath(%s::regclass)", (table,)).fetchone()[0]
         return self.data_dir / rel
 
+    def relation_files(self, dsn: str, table: str) -> list[Path]:
+        """The heap files of ``table``, or of each of its partitions when it is partitioned."""
+        with psycopg.connect(dsn, autocommit=True) as c:
+            rows = c.execute(
+                "SELECT pg_relation_filepath(inhrelid) FROM pg_inherits WHERE inhparent = %s::regclass",
+                (table,),
+            ).fetchall()
+        return [self.data_dir / r[0] for r in rows] if rows else [self.relation_path(dsn, table)]
+
     def stop(self) -> None:
         """Fast shutdown by PID (SIGINT), SIGKILL if it does not exit; then remove its files."""
         if self.proc.poll() is None:

@@ -68,7 +68,7 @@ def test_attack_forget_is_one_transaction_a_failed_ledger_write_deletes_nothing(
 def _on_disk(pg_server, dsn: str, table: str) -> bytes:
     with psycopg.connect(pg_server.dsn(), autocommit=True) as c:
         c.execute("CHECKPOINT")  # dirty pages reach the relation file
-    return pg_server.relation_path(dsn, table).read_bytes()
+    return b"".join(f.read_bytes() for f in pg_server.relation_files(dsn, table))
 
 
 def test_plain_vacuum_leaves_deleted_bytes_in_page_free_space(pg_server, pg_dsn):
@@ -76,8 +76,8 @@ def test_plain_vacuum_leaves_deleted_bytes_in_page_free_space(pg_server, pg_dsn)
     frees, so the last tuple of a page keeps its bytes on disk (PostgreSQL 18)."""
     store = _store(pg_dsn)
     try:
-        wrapped = _fill(store, 20)
-        last = _subject(19)
+        wrapped = _fill(store, 400)  # ~25 rows in each of the 16 partitions: the victim's page keeps others
+        last = _subject(399)
         with psycopg.connect(pg_dsn, autocommit=True) as c:
             c.execute("DELETE FROM eventward.deks WHERE subject_hash = %s", (last,))
             c.execute("VACUUM eventward.deks")
@@ -108,13 +108,41 @@ def test_attack_wrapped_dek_bytes_are_gone_from_the_table_file_after_forget_and_
         store.close()
 
 
+def _filenodes(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as c:
+        rows = c.execute("SELECT inhrelid::regclass::text, pg_relation_filenode(inhrelid) FROM pg_inherits "
+                         "WHERE inhparent IN ('eventward.deks'::regclass, 'eventward.pseudonyms'::regclass)")
+        return dict(rows.fetchall())
+
+
+def test_purge_rewrites_only_the_partitions_that_held_the_subject(pg_dsn):
+    store = _store(pg_dsn)
+    try:
+        _fill(store, 64)
+        store.add_pseudonym("lookup", _subject(7), 1.0)
+        before = _filenodes(pg_dsn)
+        store.erase_subject(_subject(7), 2.0)
+        assert store.purge()
+        after = _filenodes(pg_dsn)
+        rewritten = sorted(t for t in before if before[t] != after[t])
+        assert len(rewritten) == 2  # of 32: the subject's DEK partition and its pseudonym's
+        assert {t.split("_p")[0] for t in rewritten} == {"eventward.deks", "eventward.pseudonyms"}
+        assert store.purge() and _filenodes(pg_dsn) == after  # nothing left to rewrite
+    finally:
+        store.close()
+
+
 def test_purge_gives_up_politely_when_another_session_holds_the_table(pg_dsn):
     store = _store(pg_dsn)
     try:
+        _fill(store, 4)
+        store.erase_subject(_subject(1), 2.0)
         with psycopg.connect(pg_dsn) as other:
             other.execute("LOCK TABLE eventward.deks IN ACCESS SHARE MODE")  # a long reader
             assert store.purge(lock_timeout_s=0.2) is False
-        assert store.purge() is True
+        before = _filenodes(pg_dsn)
+        assert store.purge() is True  # the partition stayed marked: rewritten now
+        assert sum(before[t] != n for t, n in _filenodes(pg_dsn).items()) == 1
     finally:
         store.close()
 

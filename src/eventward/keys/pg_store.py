@@ -10,7 +10,8 @@ tombstones and the ledger row and bumps the epoch in one transaction.
 
 Residual copies: a DELETE leaves a dead tuple until VACUUM, and plain VACUUM compacts a page
 without zeroing its free space (measured: the last tuple's bytes stay), so ``purge`` runs
-``VACUUM (FULL)`` on the DEK and pseudonym tables, which rewrites them into new files. WAL
+``VACUUM (FULL)`` on the partitions (of 16, by subject hash) that held erased DEKs or
+pseudonyms, rewriting them into new files while the other partitions stay readable. WAL
 segments, archives, replicas and base backups still hold the old bytes: those are bounded by
 KEK-epoch rotation (docs/DESIGN.md), as for SQLite.
 """
@@ -18,6 +19,7 @@ KEK-epoch rotation (docs/DESIGN.md), as for SQLite.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +33,7 @@ from eventward.store.dsn import scrub
 from eventward.store.migrations import SCHEMA
 from eventward.store.pg import Database
 
+_PARTITION = re.compile(rf"{SCHEMA}\.(deks|pseudonyms)_p[0-9]{{1,3}}")  # names VACUUM may be given
 WRITE_LOCK = 0x65776B73  # pg_advisory_xact_lock key of the key store's write lock ("ewks")
 _S = SCHEMA
 _DEK_COLUMNS = "kid, subject_hash, class, version, kek_id, wrapped, created, uses, fmt, uses_tag"
@@ -63,6 +66,8 @@ class PgKeyStore:
         self.path = db.where  # what messages name (never the DSN)
         self._owns_db = owns_db
         self._local = threading.local()
+        self._dirty: set[str] = set()  # partitions that held erased rows, rewritten by purge()
+        self._dirty_lock = threading.Lock()
         self._id = self._require_meta("store_id")
 
     def __repr__(self) -> str:
@@ -221,15 +226,17 @@ class PgKeyStore:
         cond, params = "subject_hash = %s", (subject_hash,)
         if before is not None:
             cond, params = "subject_hash = %s AND created <= %s", (subject_hash, before)
-        rows = c.execute(f"DELETE FROM {_S}.deks WHERE {cond} RETURNING kid, class", params).fetchall()
+        rows = c.execute(f"DELETE FROM {_S}.deks WHERE {cond} RETURNING kid, class, tableoid::regclass::text",
+                         params).fetchall()
+        self._mark_dirty(r[2] for r in rows)
         if rows:
             with c.cursor() as cur:
                 cur.executemany(
                     f"INSERT INTO {_S}.tombstones (kid, class, destroyed_at) VALUES (%s, %s, %s) "
                     "ON CONFLICT DO NOTHING",
-                    [(kid, cls, at) for kid, cls in rows],
+                    [(kid, cls, at) for kid, cls, _ in rows],
                 )
-        return [(str(k), str(cl)) for k, cl in rows]
+        return [(str(k), str(cl)) for k, cl, _ in rows]
 
     def _record(self, c: psycopg.Connection, e: Erasure, replace: bool) -> bool:
         action = "UPDATE SET classes = excluded.classes, destroyed = excluded.destroyed" if replace else "NOTHING"
@@ -257,7 +264,9 @@ class PgKeyStore:
                 )
             rows = self._delete_keys(c, subject_hash, at, None)
             # The only link from the person to the pseudonym goes with the keys, in this transaction.
-            c.execute(f"DELETE FROM {_S}.pseudonyms WHERE pseudonym = %s", (subject_hash,))
+            gone = c.execute(f"DELETE FROM {_S}.pseudonyms WHERE pseudonym = %s RETURNING tableoid::regclass::text",
+                             (subject_hash,)).fetchall()
+            self._mark_dirty(r[0] for r in gone)
             e = Erasure(subject_hash, at, tuple(sorted({cls for _, cls in rows})), len(rows))
             self._record(c, e, replace=True)
             self._bump(c)
@@ -269,8 +278,9 @@ class PgKeyStore:
             if not self._record(c, erasure, replace=False):
                 return 0
             rows = self._delete_keys(c, erasure.subject_hash, erasure.time, erasure.time)
-            c.execute(f"DELETE FROM {_S}.pseudonyms WHERE pseudonym = %s AND created <= %s",
-                      (erasure.subject_hash, erasure.time))
+            gone = c.execute(f"DELETE FROM {_S}.pseudonyms WHERE pseudonym = %s AND created <= %s "
+                             "RETURNING tableoid::regclass::text", (erasure.subject_hash, erasure.time)).fetchall()
+            self._mark_dirty(r[0] for r in gone)
             if rows:
                 self._bump(c)
             return len(rows)
@@ -293,10 +303,12 @@ class PgKeyStore:
     def add_pseudonym(self, lookup: str, pseudonym: str, at: float, kind: int = 2) -> str:
         """Record ``pseudonym`` for ``lookup`` unless another replica did first; returns the winner."""
         _check_subject_hash(pseudonym)
-        with self.transaction(), self._conn("record pseudonym") as c:
-            c.execute(f"INSERT INTO {_S}.pseudonyms (lookup, pseudonym, created, kind) VALUES (%s, %s, %s, %s) "
-                      "ON CONFLICT DO NOTHING", (lookup, pseudonym, at, kind))
+        with self.transaction(), self._conn("record pseudonym") as c:  # the write lock: one per lookup
             row = c.execute(f"SELECT pseudonym FROM {_S}.pseudonyms WHERE lookup = %s", (lookup,)).fetchone()
+            if row is None:
+                c.execute(f"INSERT INTO {_S}.pseudonyms (lookup, pseudonym, created, kind) VALUES (%s, %s, %s, %s)",
+                          (lookup, pseudonym, at, kind))
+                return pseudonym
             return str(row[0])
 
     def pseudonym_live(self, pseudonym: str) -> bool:
@@ -358,22 +370,32 @@ class PgKeyStore:
             out.setdefault(c, ClassCounts(c, 0, 0, t))
         return [out[c] for c in sorted(out)]
 
+    def _mark_dirty(self, partitions: Iterable[str]) -> None:
+        with self._dirty_lock:
+            self._dirty.update(p for p in partitions if _PARTITION.fullmatch(p))
+
     def purge(self, lock_timeout_s: float = 2.0) -> bool:
-        """Rewrite the DEK and pseudonym tables (``VACUUM (FULL)``) so deleted wrapped keys leave
-        the table files; False when another session held the tables past ``lock_timeout_s``
-        (the rows are deleted either way; the next purge finishes the job)."""
+        """Rewrite (``VACUUM (FULL)``) the partitions this store erased rows from, so deleted
+        wrapped keys and pseudonyms leave the table files; only those partitions are locked.
+        False when another session held one past ``lock_timeout_s`` (the rows are deleted either
+        way; the partitions stay marked and the next purge rewrites them)."""
         if getattr(self._local, "conn", None) is not None:
             return False  # VACUUM cannot run inside a transaction; the caller purges after it
+        with self._dirty_lock:
+            todo, self._dirty = sorted(self._dirty), set()
+        if not todo:
+            return True
         try:
             with self.db.connection("purge") as c:
                 c.execute(f"SET lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
                 try:
-                    c.execute(f"VACUUM (FULL) {_S}.deks, {_S}.pseudonyms")
+                    c.execute(f"VACUUM (FULL) {', '.join(todo)}")
                 finally:
                     with contextlib.suppress(psycopg.Error):
                         c.execute("RESET lock_timeout")
             return True
         except StoreUnavailable:
+            self._mark_dirty(todo)
             return False
 
     def close(self) -> None:

@@ -14,6 +14,17 @@ SCHEMA = "eventward"
 AUDIT_SCHEMA = "eventward_audit"  # the audit log's tables keep their SQLite names here
 
 
+PARTITIONS = 16  # of the DEK and pseudonym tables
+
+
+def _partitions(table: str) -> tuple[str, ...]:
+    return tuple(
+        f"CREATE TABLE {SCHEMA}.{table}_p{i} PARTITION OF {SCHEMA}.{table} "
+        f"FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
+        for i in range(PARTITIONS)
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -36,8 +47,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 name text NOT NULL,
                 applied_at timestamptz NOT NULL DEFAULT now()
             )""",
+            # Wrapped DEKs and pseudonyms are hash-partitioned by subject: erasure rewrites (VACUUM
+            # FULL) only the partition that held the subject's rows, so readers of the others never
+            # wait and the pause is 1/PARTITIONS of the table's.
             f"""CREATE TABLE {SCHEMA}.deks (
-                kid text COLLATE "C" PRIMARY KEY,  -- byte order, as SQLite: rewrap pages by kid
+                kid text COLLATE "C" NOT NULL,  -- byte order, as SQLite: rewrap pages by kid
                 subject_hash text NOT NULL,
                 class text NOT NULL,
                 version integer NOT NULL,
@@ -47,8 +61,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 uses bigint NOT NULL DEFAULT 0,
                 fmt integer NOT NULL DEFAULT 1,
                 uses_tag bytea NOT NULL DEFAULT ''::bytea,
+                PRIMARY KEY (subject_hash, kid),
                 UNIQUE (subject_hash, class, version)
-            )""",
+            ) PARTITION BY HASH (subject_hash)""",
+            *_partitions("deks"),
+            f"CREATE INDEX deks_kid ON {SCHEMA}.deks (kid)",  # unique in practice: 128 random bits
             f"CREATE INDEX deks_class_kek ON {SCHEMA}.deks (class, kek_id)",
             f"""CREATE TABLE {SCHEMA}.tombstones (
                 kid text PRIMARY KEY,
@@ -72,12 +89,16 @@ MIGRATIONS: tuple[Migration, ...] = (
                 key text PRIMARY KEY,
                 value text NOT NULL
             )""",
+            # One pseudonym per lookup is kept by the key store's write lock (a partitioned table's
+            # unique keys must contain the partition key).
             f"""CREATE TABLE {SCHEMA}.pseudonyms (
-                lookup text PRIMARY KEY,
-                pseudonym text NOT NULL UNIQUE,
+                lookup text NOT NULL,
+                pseudonym text PRIMARY KEY,
                 created double precision NOT NULL,
                 kind integer NOT NULL DEFAULT 2
-            )""",
+            ) PARTITION BY HASH (pseudonym)""",
+            *_partitions("pseudonyms"),
+            f"CREATE INDEX pseudonyms_lookup ON {SCHEMA}.pseudonyms (lookup)",
             f"INSERT INTO {SCHEMA}.key_meta (key, value) VALUES ('epoch', '0')",
             # The key store's random id (KeyService MACs it under the KMS: a stranger's store is refused).
             f"INSERT INTO {SCHEMA}.key_meta (key, value) "
