@@ -376,3 +376,24 @@ def test_forget_with_a_reason_code_and_now_over_the_api(plane: ControlPlane, pro
     status = orjson.loads(cli(profiles, "--profile", "ops", "keys", "status", "--json").stdout)
     pii = next(c for c in status["classes"] if c["class"] == "pii")
     assert pii["destroyed_keks"], "--now must end the pii KEK epoch that wrapped the subject's keys"
+
+
+def test_tables_for_people_from_every_client_command(plane: ControlPlane, profiles: Path) -> None:
+    """Without --json each command prints its table or line (no traceback, no stray markup)."""
+    for who, args, expect in (
+        ("ops", ["whoami"], "admin (mtls)"),
+        ("alice", ["schema", "list"], demo.EVENT_TYPE),
+        ("alice", ["schema", "show", demo.EVENT_TYPE], '"properties"'),
+        ("ops", ["audit", "tail", "-n", "3"], "principal"),
+        ("ops", ["audit", "checkpoint"], "tree size"),
+        ("ops", ["keys", "status"], "legal holds"),
+        ("ops", ["alerts"], "rule"),
+        ("ops", ["lag"], "ship"),
+        ("ops", ["trust", "list"], demo.PRODUCER),
+        (demo.SHIPPING, ["dlq", "list", demo.TOPIC], "orders.dlq"),
+        ("ops", ["policy", "explain", demo.ANALYTICS, "decrypt", "Class::pii"], "analytics-svc"),
+        ("ops", ["forget", SUBJECTS[7]], "erasure certificate"),
+    ):
+        r = cli(profiles, "--profile", who, *args)
+        assert r.returncode == 0, (args, r.stderr)
+        assert expect in r.stdout, (args, r.stdout)
