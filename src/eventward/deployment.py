@@ -147,7 +147,8 @@ class Deployment:
         self.transport = transport
         self.encryptor = FieldEncryptor(keys)
         self.guard = ProducerGuard(audit)  # untagged PII/secrets, per x-eventward-guard (guard/modes.py)
-        self.verifier = SealVerifier(trust, require_hybrid=config.seals.require_hybrid)
+        self.verifier = SealVerifier(trust, require_hybrid=config.seals.require_hybrid,
+                                     topic_of=getattr(policy, "topic_of", None))
         self._closers: list[Any] = []
         # every forget notifies every consumer group, which acknowledges (keys/notices.py)
         self.notices = ErasureNotices.open(home, audit=audit)
@@ -278,7 +279,8 @@ class Deployment:
     def producer(self, principal: str, topic: str, **kw: Any) -> Producer:
         """A producer sealing with ``principal``'s registered signing key."""
         cfg = self.config.producer
-        opts: dict[str, Any] = {"max_batch": cfg.batch_max, "max_delay_ms": cfg.linger_ms, "guard": self.guard, **kw}
+        opts: dict[str, Any] = {"max_batch": cfg.batch_max, "max_delay_ms": cfg.linger_ms, "guard": self.guard,
+                                "partitions": self.policy.partitions(topic), **kw}
         return Producer(
             topic,
             principal=principal,
@@ -314,9 +316,15 @@ class Deployment:
         uncleared: Literal["redact", "token"] | None = None,
         types: Collection[str] | None = None,
         guard: ReplayGuard | None = None,
+        partitions: Collection[int] | None = None,
+        partition_of: tuple[int, int] | None = None,
         **kw: Any,
     ) -> Consumer:
         """A consumer whose replay state persists per group in the home.
+
+        A partitioned topic is read whole by default; ``partitions=[...]`` or
+        ``partition_of=(member, members)`` splits a group across processes. A member keeps its
+        replay state apart (the journal is one process's), under the group and its assignment.
 
         Subscribe is decided first, before streams, keys or replay state are looked at: a
         principal the policy does not let in learns nothing else. No key step is needed: the
@@ -326,9 +334,13 @@ class Deployment:
             check(self.policy, principal, SUBSCRIBE, ("Topic", topic), ctx)  # denials are audited
         cfg = self.config.consumer
         if guard is None:
+            name = group or principal
+            if partition_of is not None or partitions is not None:
+                members = "m{}/{}".format(*partition_of) if partition_of else ",".join(map(str, partitions or ()))
+                name = f"{name}\x00{members}"  # hashed into the file name: no collision with a group name
             guard = ReplayGuard.open(
                 self.home,
-                group or principal,
+                name,
                 freshness=cfg.freshness_s,
                 window_ids=cfg.dedup_window,
                 window_seconds=max(48 * 3600, 2 * cfg.freshness_s),
@@ -352,6 +364,9 @@ class Deployment:
             uncleared=uncleared or cfg.uncleared,  # type: ignore[arg-type]
             max_attempts=max(1, cfg.max_retries),
             notices=self.notices,
+            partition_count=self.policy.partitions(topic),
+            partitions=partitions,
+            partition_of=partition_of,
             **kw,
         )
 

@@ -15,6 +15,11 @@ each event: a valid seal only proves which principal sealed it, so the principal
 be allowed to Publish that type on this topic under the policy in force, or the event is
 dead-lettered as ``unauthorized_producer`` (one decision per producer and type per batch).
 Replay state is keyed by that sealing principal, so no producer can touch another's.
+
+A partitioned topic (log/partitions.py) is read partition by partition, round-robin: by default
+all of them, or ``partitions=[...]``, or ``partition_of=(member, members)`` for one member of a
+group split across processes (partition p goes to member p mod members). Offsets are committed
+per partition stream; authorization, policy and dead letters stay per topic.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from eventward.errors import (
 from eventward.keys.notices import Hook, NoticeBoard, handle_notices
 from eventward.log.base import Record, Transport
 from eventward.log.names import check_stream_name
+from eventward.log.partitions import check_partitions, member_partitions, partition_stream, partition_streams
 from eventward.policy.base import PUBLISH, REPLAY, SUBSCRIBE, Authorizer, check
 
 log = logging.getLogger("eventward.consumer")
@@ -104,10 +110,25 @@ class Consumer:
         decision_ttl: float = 30.0,
         notices: NoticeBoard | None = None,
         notice_interval: float = 0.5,
+        partition_count: int = 1,
+        partitions: Collection[int] | None = None,
+        partition_of: tuple[int, int] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise InputError("max_attempts must be at least 1")
         self.topic = check_stream_name(topic)
+        if type(partition_count) is not int or partition_count < 1:
+            raise InputError("partition_count must be a positive number")
+        self.partition_count = partition_count  # the topic's
+        if partitions is not None and partition_of is not None:
+            raise InputError("give partitions or partition_of, not both")
+        if partition_of is not None:
+            self.partitions = member_partitions(*partition_of, partition_count)
+        else:
+            self.partitions = check_partitions(
+                list(partitions) if partitions is not None else range(partition_count), partition_count)
+        self.streams = [partition_stream(self.topic, p) for p in self.partitions]  # what this consumer reads
+        self._topic_streams = frozenset(partition_streams(self.topic, partition_count))
         self.principal = principal
         self.group = group or principal
         self.types = frozenset(types) if types is not None else None
@@ -127,7 +148,7 @@ class Consumer:
         self._poll_interval = poll_interval
         self._ttl = decision_ttl
         self._authorized_until = 0.0
-        self._position: int | None = None
+        self._positions: dict[str, int] = {}  # stream -> next offset to read
         self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
         self._parsed: dict[int, tuple[bytes, dict[str, Any]]] = {}  # offset -> (record bytes, envelope)
         self._sealer_batch: tuple[str, str] | None = None  # (stream, batch) the decisions below are for
@@ -170,24 +191,35 @@ class Consumer:
             if self._notices is not None and time.monotonic() >= self._next_notice:
                 self.check_notices()
             self._authorize_topic()
-            pos = self._start_position()
-            records = self._transport.read(self.topic, pos, self._read_batch)
-            if not records:
+            got = False
+            for stream in self.streams:  # round-robin: one read batch per partition and turn
+                if max_events is not None and stats.delivered >= max_events:
+                    break
+                got = self._run_batch(stream, handler, stats, max_events) or got
+            if not got:
                 if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
                     break
                 time.sleep(self._poll_interval)
                 continue
             idle_since = time.monotonic()
-            with self.delivery_batch(), self._reading_batch(records):
-                for rec in records:
-                    if max_events is not None and stats.delivered >= max_events:
-                        break
-                    if rec.offset != pos:
-                        self._report_offset_gap(pos, rec.offset, stats)
-                    self.process(rec, handler, stats)
-                    pos = rec.offset + 1
-            self._commit(pos)
         return stats
+
+    def _run_batch(self, stream: str, handler: Handler, stats: RunStats, max_events: int | None) -> bool:
+        """One read batch of one partition stream, processed and committed; False if it was empty."""
+        pos = self._start_position(stream)
+        records = self._transport.read(stream, pos, self._read_batch)
+        if not records:
+            return False
+        with self.delivery_batch(), self._reading_batch(records):
+            for rec in records:
+                if max_events is not None and stats.delivered >= max_events:
+                    break
+                if rec.offset != pos:
+                    self._report_offset_gap(stream, pos, rec.offset, stats)
+                self.process(rec, handler, stats)
+                pos = rec.offset + 1
+        self._commit(stream, pos)
+        return True
 
     @contextmanager
     def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[None]:
@@ -252,13 +284,20 @@ class Consumer:
         return out
 
     def replay(
-        self, handler: Handler, *, from_offset: int, to_offset: int | None = None, by: str | None = None
+        self,
+        handler: Handler,
+        *,
+        from_offset: int,
+        to_offset: int | None = None,
+        by: str | None = None,
+        partition: int = 0,
     ) -> RunStats:
-        """An authorized, audited re-read of [from_offset, to_offset): seals are verified as
-        always, the freshness window and sequence order are waived, and the group's offsets
-        and replay state are untouched."""
+        """An authorized, audited re-read of [from_offset, to_offset) of one partition: seals are
+        verified as always, the freshness window and sequence order are waived, and the group's
+        offsets and replay state are untouched."""
         who = by or self.principal
         resource = f"Topic::{self.topic}"
+        stream = partition_stream(self.topic, check_partitions([partition], self.partition_count)[0])
         try:
             check(self._authorizer, who, REPLAY, ("Topic", self.topic))
         except AccessDenied:
@@ -273,7 +312,7 @@ class Consumer:
             )
             raise
         self._authorize_topic(force=True)
-        end = self._transport.end_offset(self.topic) if to_offset is None else to_offset
+        end = self._transport.end_offset(stream) if to_offset is None else to_offset
         self._audit.record(
             "Replay",
             principal=who,
@@ -288,7 +327,7 @@ class Consumer:
         while pos < end:
             records = [
                 r
-                for r in self._transport.read(self.topic, pos, min(self._read_batch, end - pos))
+                for r in self._transport.read(stream, pos, min(self._read_batch, end - pos))
                 if r.offset < end
             ]
             if not records:
@@ -310,8 +349,8 @@ class Consumer:
 
     def redeliver(self, entry: DeadLetter, handler: Handler, stats: RunStats) -> str:
         """One dead letter through the normal path (DeadLetters.redrive authorizes and audits)."""
-        if entry.stream != self.topic:
-            raise InputError(f"dead letter belongs to stream {entry.stream!r}, not {self.topic!r}")
+        if entry.stream not in self._topic_streams:
+            raise InputError(f"dead letter belongs to stream {entry.stream!r}, not to topic {self.topic!r}")
         self._authorize_topic()
         with self.delivery_batch():
             outcome = self.process(
@@ -563,21 +602,23 @@ class Consumer:
                     observe(self.topic, tally)
 
     # --- position, authorization, reports ------------------------------------------------
-    def _start_position(self) -> int:
-        if self._position is None:
-            committed = self._transport.committed(self.group, self.topic)
+    def _start_position(self, stream: str) -> int:
+        pos = self._positions.get(stream)
+        if pos is None:
+            committed = self._transport.committed(self.group, stream)
             if committed is not None:
-                self._position = committed
+                pos = committed
             elif self._from_beginning:
-                self._position = 0
+                pos = 0
             else:
-                self._position = self._transport.end_offset(self.topic)
-        return self._position
+                pos = self._transport.end_offset(stream)
+            self._positions[stream] = pos
+        return pos
 
-    def _commit(self, pos: int) -> None:
+    def _commit(self, stream: str, pos: int) -> None:
         self._guard.checkpoint()  # settled ids are durable before the offset moves past them
-        self._transport.commit(self.group, self.topic, pos)
-        self._position = pos
+        self._transport.commit(self.group, stream, pos)
+        self._positions[stream] = pos
 
     def _authorize_topic(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -621,17 +662,17 @@ class Consumer:
             ok = self._sealer_ok[key] = allowed
         return ok
 
-    def _report_offset_gap(self, expected: int, got: int, stats: RunStats) -> None:
+    def _report_offset_gap(self, stream: str, expected: int, got: int, stats: RunStats) -> None:
         """Offsets are dense: a hole means stored events were removed behind the log's back."""
         stats.gaps += 1
-        log.warning("offsets %d..%d of %s are missing from the log", expected, got - 1, self.topic)
+        log.warning("offsets %d..%d of %s are missing from the log", expected, got - 1, stream)
         self._audit.record(
             "Subscribe",
             principal=self.principal,
             resource=f"Topic::{self.topic}",
             outcome=ERROR,
             reason="offset_gap",
-            stream=self.topic,
+            stream=stream,
             expected=expected,
             got=got,
         )

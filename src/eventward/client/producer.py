@@ -5,6 +5,10 @@ Everything that can refuse an event (authorization, schema, encryption, size) ru
 batch is kept until the transport acknowledges it: a retry after a transport error re-sends
 the same batch id and the same bytes, so nothing is duplicated or re-encrypted. Sequence
 numbers are per producer instance and stream, dense, and bound into the seal.
+
+A partitioned topic (log/partitions.py) gets one lane per partition: its own buffer, sequence
+numbers and sealed batches on the partition's stream. An event's partition is a stable hash of
+its data subject (when the schema names one; one subject stays ordered) or else of its id.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,6 +39,7 @@ from eventward.errors import (
 )
 from eventward.log.base import Transport
 from eventward.log.names import check_stream_name
+from eventward.log.partitions import MAX_PARTITIONS, partition_for, partition_stream
 from eventward.policy.base import PUBLISH, Authorizer, check
 
 if TYPE_CHECKING:
@@ -116,6 +121,19 @@ class _Batch:
     types: Mapping[str, int]  # events per event type, for the Publish audit record
 
 
+@dataclass
+class _Lane:
+    """One partition's state: buffered events, dense sequence numbers, the batch in flight."""
+
+    partition: int
+    stream: str
+    buffer: list[tuple[str, bytes, str]] = field(default_factory=list)  # (event id, envelope bytes, type)
+    since: float = 0.0  # when the oldest buffered event was buffered
+    next_seq: int = 0
+    pending: _Batch | None = None  # sealed, not yet acknowledged
+    ready: bool = False  # the stream is known to exist
+
+
 class Producer:
     def __init__(
         self,
@@ -135,12 +153,16 @@ class Producer:
         decision_ttl: float = 30.0,
         clock: Callable[[], float] = time.time,
         guard: ProducerGuard | None = None,
+        partitions: int = 1,
     ) -> None:
         if signer.principal != principal:
             raise ConfigError(f"signer belongs to {signer.principal}, not to producer {principal}")
         if not 1 <= max_batch <= sealing.MAX_EVENTS:
             raise ConfigError(f"max_batch must be 1..{sealing.MAX_EVENTS}")
+        if type(partitions) is not int or not 1 <= partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"partitions must be 1..{MAX_PARTITIONS}")
         self.topic = check_stream_name(topic)
+        self.partitions = partitions
         self.principal = principal
         self.instance = uuid.uuid4().hex
         self.source = source or f"eventward:producer:{principal}"
@@ -156,13 +178,9 @@ class Producer:
         self._clock = clock
         self._guard = guard  # untagged PII/secrets: off, warn or block (eventward.guard)
         self._allowed: dict[str, float] = {}  # event type -> when the Publish decision expires
-        self._lock = threading.Lock()  # buffer and sequence numbers
+        self._lock = threading.Lock()  # buffers and sequence numbers
         self._flush_lock = threading.Lock()  # one flush at a time, in sequence order
-        self._buffer: list[tuple[str, bytes, str]] = []  # (event id, envelope bytes, event type)
-        self._buffer_since = 0.0
-        self._next_seq = 0
-        self._pending: _Batch | None = None  # sealed, not yet acknowledged
-        self._stream_ready = False
+        self._lanes = [_Lane(p, partition_stream(self.topic, p)) for p in range(partitions)]
         self._envelopes = EnvelopeBuilder(principal)
         self.last_error: EventwardError | None = None
         self._stop = threading.Event()
@@ -204,7 +222,7 @@ class Producer:
         flush (``last_error`` says why) and, once another full batch is waiting, ``send``
         raises the transport error instead of buffering more: memory stays bounded.
         """
-        if self._pending is not None and len(self._buffer) >= self._max_batch:
+        if any(ln.pending is not None and len(ln.buffer) >= self._max_batch for ln in self._lanes):
             self.flush()
         attributes = _attributes(time, dataschema, datacontenttype, extensions)
         self._authorize(type_)
@@ -216,6 +234,7 @@ class Producer:
         enc, subject_hash = self._encryptor.encrypt(
             event_id, data, schema.spec, principal=self.principal, topic=self.topic, event_type=type_
         )
+        lane = self._lanes[self._partition_of(event_id, subject_hash)]
         full = False
         with self._lock:
             now = self._clock()
@@ -224,7 +243,7 @@ class Producer:
                 source or self.source,
                 enc,
                 id_=event_id,
-                seq=self._next_seq,
+                seq=lane.next_seq,
                 schema_version=schema.version,
                 subject_hash=subject_hash,
                 subject=subject,
@@ -235,11 +254,11 @@ class Producer:
                 raw = envelope.encode(env, max_bytes=schema.max_event_bytes)
             except orjson.JSONEncodeError:
                 raise InputError(f"event data of type {type_} is not JSON-serializable") from None
-            if not self._buffer:
-                self._buffer_since = now
-            self._buffer.append((event_id, raw, type_))
-            self._next_seq += 1
-            full = len(self._buffer) >= self._max_batch or now - self._buffer_since >= self._max_delay
+            if not lane.buffer:
+                lane.since = now
+            lane.buffer.append((event_id, raw, type_))
+            lane.next_seq += 1
+            full = len(lane.buffer) >= self._max_batch or now - lane.since >= self._max_delay
         if full:
             try:
                 self.flush()
@@ -258,7 +277,7 @@ class Producer:
         and appended in batches of at most ``max_batch`` once a batch is full, as with ``send``;
         if the log is down, the sealed batch waits and the rest stays buffered (bounded by the
         caller's input) until the next flush."""
-        if self._pending is not None and len(self._buffer) >= self._max_batch:
+        if any(ln.pending is not None and len(ln.buffer) >= self._max_batch for ln in self._lanes):
             self.flush()
         self._authorize(type_)
         schema = self._schemas.active(type_)
@@ -279,25 +298,33 @@ class Producer:
             prepared.append((event_id, enc, subject_hash))
         src = source or self.source
         build, max_bytes, version = self._envelopes.build, schema.max_event_bytes, schema.version
+        lanes = [self._lanes[self._partition_of(event_id, sh)] for event_id, _, sh in prepared]
         with self._lock:  # one acquisition; sequence numbers stay dense with concurrent sends
             now = self._clock()
-            seq = self._next_seq
+            seqs = {ln.partition: ln.next_seq for ln in self._lanes}
+            per_lane: dict[int, list[tuple[str, bytes, str]]] = {}
             raws: list[tuple[str, bytes, str]] = []
-            for event_id, enc, subject_hash in prepared:
+            for lane, (event_id, enc, subject_hash) in zip(lanes, prepared, strict=True):
+                seq = seqs[lane.partition]
                 env = build(type_, src, enc, id_=event_id, seq=seq, schema_version=version,
                             subject_hash=subject_hash, subject=None, now=now)
                 try:
-                    raws.append((event_id, envelope.encode(env, max_bytes=max_bytes), type_))
+                    raw = (event_id, envelope.encode(env, max_bytes=max_bytes), type_)
                 except orjson.JSONEncodeError:
                     raise InputError(f"event data of type {type_} is not JSON-serializable") from None
-                seq += 1
+                raws.append(raw)
+                per_lane.setdefault(lane.partition, []).append(raw)
+                seqs[lane.partition] = seq + 1
             if not raws:
                 return []
-            if not self._buffer:
-                self._buffer_since = now
-            self._buffer.extend(raws)
-            self._next_seq = seq
-            full = len(self._buffer) >= self._max_batch or now - self._buffer_since >= self._max_delay
+            full = False
+            for p, items in per_lane.items():  # nothing is buffered before every event encoded
+                lane = self._lanes[p]
+                if not lane.buffer:
+                    lane.since = now
+                lane.buffer.extend(items)
+                lane.next_seq = seqs[p]
+                full = full or len(lane.buffer) >= self._max_batch or now - lane.since >= self._max_delay
         if full:
             try:
                 self.flush()
@@ -313,35 +340,42 @@ class Producer:
         """
         with self._flush_lock:
             acked: list[str] = []
-            if self._pending is not None:
-                acked += self._append(self._pending)
-            with self._lock:
-                left = len(self._buffer)  # what is buffered now, sealed in batches of max_batch
-            while left > 0:
-                with self._lock:
-                    buf = self._buffer[: min(left, self._max_batch)]
-                    first_seq = self._next_seq - len(self._buffer)
-                self._pending = self._seal(buf, first_seq)
-                with self._lock:  # sends may have appended meanwhile; they stay buffered
-                    del self._buffer[: len(buf)]
-                left -= len(buf)
-                acked += self._append(self._pending)
+            for lane in self._lanes:
+                acked += self._flush_lane(lane)
             return acked
+
+    def _flush_lane(self, lane: _Lane) -> list[str]:
+        acked: list[str] = []
+        if lane.pending is not None:
+            acked += self._append(lane, lane.pending)
+        with self._lock:
+            left = len(lane.buffer)  # what is buffered now, sealed in batches of max_batch
+        while left > 0:
+            with self._lock:
+                buf = lane.buffer[: min(left, self._max_batch)]
+                first_seq = lane.next_seq - len(lane.buffer)
+            lane.pending = self._seal(lane, buf, first_seq)
+            with self._lock:  # sends may have appended meanwhile; they stay buffered
+                del lane.buffer[: len(buf)]
+            left -= len(buf)
+            acked += self._append(lane, lane.pending)
+        return acked
 
     def discard(self) -> int:
         """Drop buffered events that were not sealed yet (e.g. the rest of a rejected input
         chunk); their sequence numbers are reused, so consumers see no gap."""
+        n = 0
         with self._flush_lock, self._lock:  # never while a flush is sealing the buffer
-            n = len(self._buffer)
-            self._buffer.clear()
-            self._next_seq -= n
+            for lane in self._lanes:
+                n += len(lane.buffer)
+                lane.next_seq -= len(lane.buffer)
+                lane.buffer.clear()
         return n
 
     def pending(self) -> int:
         """Events buffered or sealed but not yet acknowledged."""
         with self._lock:
-            n = len(self._buffer)
-        return n + (len(self._pending.ids) if self._pending else 0)
+            return sum(len(ln.buffer) + (len(ln.pending.ids) if ln.pending else 0) for ln in self._lanes)
 
     def close(self) -> None:
         self._stop.set()
@@ -351,6 +385,12 @@ class Producer:
         self.flush()
 
     # --- internals -----------------------------------------------------------------------
+    def _partition_of(self, event_id: str, subject_hash: str | None) -> int:
+        """The subject's pseudonym keeps one subject's events in one partition, in order."""
+        if self.partitions == 1:
+            return 0
+        return partition_for(subject_hash if subject_hash is not None else event_id, self.partitions)
+
     def _authorize(self, type_: str) -> None:
         now = time.monotonic()
         if self._allowed.get(type_, 0.0) > now:
@@ -369,13 +409,14 @@ class Producer:
             raise
         self._allowed[type_] = now + self._ttl
 
-    def _seal(self, buf: list[tuple[str, bytes, str]], first_seq: int) -> _Batch:
+    def _seal(self, lane: _Lane, buf: list[tuple[str, bytes, str]], first_seq: int) -> _Batch:
         events = tuple(b[1] for b in buf)
-        batch_id = f"{self.instance}-{first_seq}"
+        lane_id = self.instance if lane.partition == 0 else f"{self.instance}-p{lane.partition}"
+        batch_id = f"{lane_id}-{first_seq}"
         blob = sealing.seal(
             self._signer,
             instance=self.instance,
-            stream=self.topic,
+            stream=lane.stream,  # the partition's stream: a batch moved to another is refused
             batch=batch_id,
             first_seq=first_seq,
             events=events,
@@ -386,18 +427,18 @@ class Producer:
             types[b[2]] = types.get(b[2], 0) + 1
         return _Batch(batch_id, first_seq, tuple(b[0] for b in buf), events, blob, types)
 
-    def _append(self, b: _Batch) -> list[str]:
-        if not self._stream_ready:
-            if not self._transport.has_stream(self.topic):
-                self._transport.create_stream(self.topic)
-            self._stream_ready = True
-        first_offset = self._transport.append(self.topic, b.batch_id, b.events, b.seal)
-        self._pending = None
+    def _append(self, lane: _Lane, b: _Batch) -> list[str]:
+        if not lane.ready:
+            if not self._transport.has_stream(lane.stream):
+                self._transport.create_stream(lane.stream)
+            lane.ready = True
+        first_offset = self._transport.append(lane.stream, b.batch_id, b.events, b.seal)
+        lane.pending = None
         self._audit.record(
             "Publish",
             principal=self.principal,
             resource=f"Topic::{self.topic}",
-            stream=self.topic,
+            stream=lane.stream,
             batch=b.batch_id,
             count=len(b.events),
             bytes=sum(map(len, b.events)),
@@ -413,8 +454,10 @@ class Producer:
         """Background flusher: bounds how long an event waits in the buffer when sends stop."""
         while not self._stop.wait(self._max_delay / 2 or 0.01):
             with self._lock:
-                due = bool(self._buffer) and self._clock() - self._buffer_since >= self._max_delay
-            if due or self._pending is not None:
+                now = self._clock()
+                due = any(ln.buffer and now - ln.since >= self._max_delay for ln in self._lanes)
+                due = due or any(ln.pending is not None for ln in self._lanes)
+            if due:
                 try:
                     self.flush()
                     self.last_error = None

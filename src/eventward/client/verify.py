@@ -52,8 +52,10 @@ class SealVerifier:
         retired_grace: float = 60.0,
         clock: Callable[[], float] = time.time,
         require_hybrid: Sequence[str] = (),
+        topic_of: Callable[[str], str] | None = None,
     ) -> None:
         self._keys = keys
+        self._topic_of = topic_of  # a partition stream answers to its topic's require_hybrid
         self._require_hybrid = tuple(require_hybrid)
         self._cache_size = cache_size
         self._key_ttl = key_ttl
@@ -95,7 +97,10 @@ class SealVerifier:
                 f"seal was made for batch {s.batch[:64]!r}, stored as batch {batch[:64]!r}",
                 reason="batch_mismatch",
             )
-        if s.suite != HYBRID and stream_matches(stream, self._require_hybrid):
+        if s.suite != HYBRID and self._require_hybrid and (
+            stream_matches(stream, self._require_hybrid)
+            or (self._topic_of is not None and stream_matches(self._topic_of(stream), self._require_hybrid))
+        ):
             raise SealError(
                 f"stream {stream!r} requires hybrid (Ed25519 + ML-DSA-65) seals; batch sealed with {s.suite}",
                 reason="hybrid_required",

@@ -5,6 +5,11 @@ frames are fsynced: an acknowledged batch survives kill -9 of any process and po
 A batch is one BEGIN IMMEDIATE transaction (its events, its seal and the stream's next
 offset together), so no reader ever sees part of a batch. Offsets are dense per stream and
 assigned under the write lock.
+
+Partition streams (``T.p<n>``, log/partitions.py) live in files of their own
+(``log.parts/<stream>.db``), so processes appending to different partitions of one topic do
+not queue for one write lock and one fsync. Partition 0 is the topic's stream in ``log.db``, as
+an unpartitioned topic's (no migration); a stream of that shape already in ``log.db`` stays there.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from eventward.errors import InputError, NotFoundError, TransportError, Transpor
 from eventward.home import Home
 from eventward.log.base import Record
 from eventward.log.names import check_stream_name
+from eventward.log.partitions import split_stream
 from eventward.log.sqlite import connect, read_txn, write_txn
 
 _MAX_BATCH_ID = 200
@@ -38,17 +44,63 @@ CREATE TABLE IF NOT EXISTS offsets(
 """
 
 
+_Db = tuple[threading.Lock, sqlite3.Connection]
+
+
+def _open_db(path: Path) -> _Db:
+    lock = threading.Lock()
+    conn = connect(path, synchronous="FULL")
+    with lock, write_txn(conn, "create log schema") as db:
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                db.execute(stmt)
+    return lock, conn
+
+
 class EmbeddedLog:
-    """Transport over ``Home.log_db``. Thread-safe; one connection per instance."""
+    """Transport over ``Home.log_db`` (and ``log.parts/`` beside it for partition streams).
+    Thread-safe; one connection per file and instance."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._db = connect(path, synchronous="FULL")
-        with self._lock, write_txn(self._db, "create log schema") as db:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
+        self._lock, self._db = _open_db(path)
+        self._parts = path.parent / "log.parts"
+        self._shards: dict[str, _Db] = {}
+        self._shards_lock = threading.Lock()
+        self._closed = False
+
+    def _where(self, stream: str, *, create: bool = False) -> _Db | None:
+        """The file holding ``stream``: ``log.db``, or its partition file (None: it has none yet)."""
+        if split_stream(stream) is None:
+            return self._lock, self._db
+        hit = self._shards.get(stream)
+        if hit is not None:
+            return hit
+        check_stream_name(stream)  # it names a file
+        with self._lock:
+            legacy = self._db.execute("SELECT 1 FROM streams WHERE name = ?", (stream,)).fetchone()
+        if legacy is not None:
+            return self._lock, self._db
+        path = self._parts / f"{stream}.db"
+        with self._shards_lock:
+            hit = self._shards.get(stream)
+            if hit is None:
+                if self._closed:
+                    raise TransportError("the embedded log is closed")
+                if not create and not path.exists():
+                    return None
+                self._parts.mkdir(mode=0o700, exist_ok=True)
+                hit = self._shards[stream] = _open_db(path)
+        return hit
+
+    def _all(self) -> list[_Db]:
+        """log.db and every partition file."""
+        if self._parts.is_dir():
+            for f in sorted(self._parts.glob("*.db")):
+                if split_stream(f.stem) is not None:
+                    self._where(f.stem)
+        with self._shards_lock:
+            return [(self._lock, self._db), *self._shards.values()]
 
     @classmethod
     def open(cls, home: Home) -> EmbeddedLog:
@@ -60,23 +112,33 @@ class EmbeddedLog:
         check_stream_name(stream)
         if replicas != 1:
             raise InputError("the embedded log keeps one replica; use NATS or Kafka for replication")
-        with self._lock, write_txn(self._db, f"create stream {stream}") as db:
+        lock, conn = self._where(stream, create=True) or (self._lock, self._db)
+        with lock, write_txn(conn, f"create stream {stream}") as db:
             db.execute(
                 "INSERT OR IGNORE INTO streams(name, next_offset, replicas, created) VALUES (?, 0, 1, ?)",
                 (stream, time.time()),
             )
 
     def streams(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._db.execute("SELECT name FROM streams ORDER BY name")]
+        names: set[str] = set()
+        for lock, conn in self._all():
+            with lock:
+                names.update(r[0] for r in conn.execute("SELECT name FROM streams"))
+        return sorted(names)
 
     def has_stream(self, stream: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM streams WHERE name = ?", (stream,)).fetchone() is not None
+        where = self._where(stream)
+        if where is None:
+            return False
+        with where[0]:
+            return where[1].execute("SELECT 1 FROM streams WHERE name = ?", (stream,)).fetchone() is not None
 
     def end_offset(self, stream: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT next_offset FROM streams WHERE name = ?", (stream,)).fetchone()
+        where = self._where(stream)
+        if where is None:
+            return 0
+        with where[0]:
+            row = where[1].execute("SELECT next_offset FROM streams WHERE name = ?", (stream,)).fetchone()
         return row[0] if row else 0
 
     # --- data ------------------------------------------------------------------------------
@@ -87,7 +149,10 @@ class EmbeddedLog:
             raise InputError("a batch needs at least one event and a seal")
         if not all(isinstance(e, bytes | bytearray | memoryview) for e in events):
             raise InputError("batch events must be bytes (the exact bytes the seal covers)")
-        with self._lock, write_txn(self._db, f"append to {stream}") as db:
+        where = self._where(stream)
+        if where is None:
+            raise NotFoundError(f"stream {stream!r} does not exist")
+        with where[0], write_txn(where[1], f"append to {stream}") as db:
             row = db.execute(
                 "SELECT first_offset FROM batches WHERE stream = ? AND batch_id = ?", (stream, batch_id)
             ).fetchone()
@@ -114,8 +179,11 @@ class EmbeddedLog:
         empty seal, so an injected event is refused by verification instead of vanishing."""
         if max_records <= 0:
             return []
+        where = self._where(stream)
+        if where is None:
+            return []
         try:
-            with self._lock, read_txn(self._db) as db:
+            with where[0], read_txn(where[1]) as db:
                 rows = db.execute(
                     "SELECT offset, batch, idx, data FROM events WHERE stream = ? AND offset >= ? "
                     "ORDER BY offset LIMIT ?",
@@ -142,7 +210,8 @@ class EmbeddedLog:
     def commit(self, group: str, stream: str, offset: int) -> None:
         if not group or len(group) > 200:
             raise InputError("consumer group name must be 1..200 characters")
-        with self._lock, write_txn(self._db, f"commit offset for {stream}") as db:
+        lock, conn = self._where(stream, create=True) or (self._lock, self._db)
+        with lock, write_txn(conn, f"commit offset for {stream}") as db:
             db.execute(
                 "INSERT INTO offsets(grp, stream, offset, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(grp, stream) DO UPDATE SET offset = excluded.offset, updated = excluded.updated",
@@ -150,23 +219,30 @@ class EmbeddedLog:
             )
 
     def committed(self, group: str, stream: str) -> int | None:
-        with self._lock:
-            row = self._db.execute(
+        where = self._where(stream)
+        if where is None:
+            return None
+        with where[0]:
+            row = where[1].execute(
                 "SELECT offset FROM offsets WHERE grp = ? AND stream = ?", (group, stream)
             ).fetchone()
         return int(row[0]) if row else None
 
     def groups(self) -> list[tuple[str, str, int]]:
         """(group, stream, committed offset) for every consumer group, for the CLI."""
-        with self._lock:
-            return [
-                (r[0], r[1], int(r[2]))
-                for r in self._db.execute("SELECT grp, stream, offset FROM offsets ORDER BY 1, 2")
-            ]
+        out: list[tuple[str, str, int]] = []
+        for lock, conn in self._all():
+            with lock:
+                out += [(r[0], r[1], int(r[2])) for r in conn.execute("SELECT grp, stream, offset FROM offsets")]
+        return sorted(out)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._shards_lock:
+            self._closed = True
+            shards, self._shards = list(self._shards.values()), {}
+        for lock, conn in [(self._lock, self._db), *shards]:
+            with lock:
+                conn.close()
 
 
 def _blob(value: object) -> bytes:

@@ -24,6 +24,7 @@ from typing import Any
 
 import cedarpy
 
+from eventward.log.partitions import partition_streams
 from eventward.policy.base import PUBLISH, SUBSCRIBE
 from eventward.policy.compile_cedar import NS, CompiledPolicy
 from eventward.policy.spec import DLQ_SUFFIX, PREFIXED, Grant, PolicySpec, PrincipalSpec, pattern_matches
@@ -79,18 +80,21 @@ def with_dlq(topic: str) -> tuple[str, ...]:
     return (topic,) if topic.endswith(DLQ_SUFFIX) else (topic, topic + DLQ_SUFFIX)
 
 
-def topic_access(action: str, topic: str) -> list[tuple[str, str]]:
-    """The one DLQ rule of every broker target: (stream, READ|APPEND) that a literal grant of
-    ``action`` on ``topic`` gives, for allows and denies alike.
+def topic_access(action: str, topic: str, partitions: int = 1) -> list[tuple[str, str]]:
+    """The one DLQ and partition rule of every broker target: (stream, READ|APPEND) that a
+    literal grant of ``action`` on ``topic`` gives, for allows and denies alike.
 
     eventward decides ``<topic>.dlq`` as ``<topic>``, so publish appends to both; a consumer
     appends the dead letters it writes (sealed with its own key) to the DLQ of the topic it
-    reads, so subscribe reads both and appends to the DLQ, never to the topic itself.
+    reads, so subscribe reads both and appends to the DLQ, never to the topic itself. The
+    partition streams of a partitioned topic (``<topic>.p<n>``, log/partitions.py) are the
+    topic: same access; their dead letters go to the one ``<topic>.dlq``.
     """
     dlq = topic + DLQ_SUFFIX
+    streams = partition_streams(topic, partitions) if not topic.endswith(DLQ_SUFFIX) else [topic]
     if action == PUBLISH:
-        return [(topic, APPEND), (dlq, APPEND)]
-    return [(topic, READ), (dlq, READ), (dlq, APPEND)]
+        return [*((s, APPEND) for s in streams), (dlq, APPEND)]
+    return [*((s, READ) for s in streams), (dlq, READ), (dlq, APPEND)]
 
 
 def overlaps(a: Grant, b: Grant) -> bool:
@@ -165,8 +169,23 @@ def plan(
             out.allows.append(g)
             if g.event_types is not None:
                 notes.append(Note(principal, g.policy_id, f"{label}{g.to_yaml()}: {TYPES_GRANTED}"))
-    out.dlq_denies = dlq_leaks(out.allows, action)
+    out.dlq_denies = dlq_leaks(out.allows, action) + partition_leaks(spec, out.allows, action)
     return out
+
+
+def partition_leaks(spec: PolicySpec, allows: list[Grant], action: str) -> list[str]:
+    """Partition streams a broker prefix would reach although eventward decides them as their topic.
+
+    PREFIXED ``orders.`` matches ``orders.p1``, a partition of ``orders``, which the prefix does
+    not grant: unless another allow covers ``orders``, the broker must deny it explicitly."""
+    leaks = []
+    for topic, n in spec.partitioned().items():
+        if any(a.covers(action, "Topic", topic) for a in allows):
+            continue
+        for stream in partition_streams(topic, n)[1:]:
+            if any(a.match == PREFIXED and a.covers(action, "Topic", stream) for a in allows):
+                leaks.append(stream)
+    return leaks
 
 
 def dlq_leaks(allows: list[Grant], action: str) -> list[str]:

@@ -53,14 +53,16 @@ def _expressible(g: Grant) -> str | None:
     return None
 
 
-def _acls(g: Grant, action: str, ops: dict[str, tuple[str, ...]]) -> list[tuple[str, str, tuple[str, ...]]]:
+def _acls(
+    spec: PolicySpec, g: Grant, action: str, ops: dict[str, tuple[str, ...]]
+) -> list[tuple[str, str, tuple[str, ...]]]:
     """(resource name, pattern type, operations) of a grant, merged per resource."""
     if g.is_wildcard or g.match == PREFIXED:
         access = broker.APPEND if action == PUBLISH else broker.READ
         return [(n, PREFIXED if g.match == PREFIXED else LITERAL, ops[access]) for n in g.names]
     merged: dict[str, list[str]] = {}
     for n in g.names:
-        for t, access in broker.topic_access(action, n):
+        for t, access in broker.topic_access(action, n, spec.partitions(n)):
             merged.setdefault(t, [])
             merged[t] += [op for op in ops[access] if op not in merged[t]]
     return [(t, LITERAL, tuple(o)) for t, o in merged.items()]
@@ -91,12 +93,12 @@ def compile_kafka(
         for action in (PUBLISH, SUBSCRIBE):
             p = broker.plan(spec, name, action, _expressible, forbids, notes)
             for g in p.allows:
-                for topic, pattern, ops in _acls(g, action, ACCESS_OPERATIONS):
+                for topic, pattern, ops in _acls(spec, g, action, ACCESS_OPERATIONS):
                     lines.append(_acl(bootstrap, "--allow-principal", name, ops, "topic", topic, pattern))
                 if action == SUBSCRIBE and (g.is_wildcard or g.match == PREFIXED):
                     notes.append(broker.Note(name, g.policy_id, f"{g.to_yaml()}: {_DLQ_NOTE}"))
             for g in p.denies:
-                for topic, pattern, ops in _acls(g, action, ACCESS_DENY_OPERATIONS):
+                for topic, pattern, ops in _acls(spec, g, action, ACCESS_DENY_OPERATIONS):
                     lines.append(_acl(bootstrap, "--deny-principal", name, ops, "topic", topic, pattern))
             for topic in p.dlq_denies:
                 lines.append(

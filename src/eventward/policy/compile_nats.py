@@ -4,6 +4,7 @@ Subject layout (the one definition NATS components import from here):
 
     topic subject   ew.<topic>                 e.g. ew.orders, ew.orders.eu (dots are tokens)
     DLQ             ew.<topic>.dlq             shares its source topic's grants
+    partition       ew.<topic>.p<n>            n >= 1 of a partitioned topic: its topic's grants
     inbox prefix    _INBOX_<principal token>   pass as connect(inbox_prefix=...): replies stay private
 
 Kafka patterns map onto whole NATS tokens: LITERAL ``orders`` is exactly ``ew.orders`` (never
@@ -96,17 +97,18 @@ def _literal(g: Grant) -> bool:
     return not g.is_wildcard and g.match != PREFIXED
 
 
-def _access_subjects(g: Grant, action: str) -> tuple[list[str], list[str]]:
-    """(subscribe, publish) subjects of a literal grant's topics and DLQs (broker.topic_access)."""
+def _access_subjects(spec: PolicySpec, g: Grant, action: str) -> tuple[list[str], list[str]]:
+    """(subscribe, publish) subjects of a literal grant's topics, partitions and DLQs
+    (broker.topic_access)."""
     sub: list[str] = []
     pub: list[str] = []
     for n in g.names:
-        for t, access in broker.topic_access(action, n):
+        for t, access in broker.topic_access(action, n, spec.partitions(n)):
             (sub if access == broker.READ else pub).append(nats_subject(t))
     return sub, pub
 
 
-def _js_allow(g: Grant, action: str) -> list[str]:
+def _js_allow(spec: PolicySpec, g: Grant, action: str) -> list[str]:
     """JetStream API subjects (all requests, hence publish permissions) the transport needs."""
     if g.is_wildcard:
         if action == PUBLISH:
@@ -114,7 +116,7 @@ def _js_allow(g: Grant, action: str) -> list[str]:
         return _wildcard_js(SUBSCRIBE) + _dlq_subjects(g) + _wildcard_js(PUBLISH)  # + dead letters
     out = []
     for n in g.names:
-        for t, access in broker.topic_access(action, n):
+        for t, access in broker.topic_access(action, n, spec.partitions(n)):
             perms = transport.consumer_permissions(t) if access == broker.READ else transport.producer_permissions(t)
             out += [s for s in perms if not s.startswith(f"{ROOT}.")]
     return out
@@ -143,10 +145,11 @@ def read_api(topic: str) -> list[str]:
     ]
 
 
-def _read_deny(g: Grant) -> list[str]:
+def _read_deny(spec: PolicySpec, g: Grant) -> list[str]:
     if g.is_wildcard:
         return ["$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.>"]
-    reads = [t for n in g.names for t, access in broker.topic_access(SUBSCRIBE, n) if access == broker.READ]
+    reads = [t for n in g.names for t, access in broker.topic_access(SUBSCRIBE, n, spec.partitions(n))
+             if access == broker.READ]
     return [s for t in reads for s in read_api(t)]
 
 
@@ -176,14 +179,14 @@ def user_permissions(
         allow, deny = (pub_allow, pub_deny) if action == PUBLISH else (sub_allow, sub_deny)
         for g in subj.allows:
             if _literal(g):
-                sub, pub = _access_subjects(g, action)
+                sub, pub = _access_subjects(spec, g, action)
                 sub_allow.extend(sub)
                 pub_allow.extend(pub)
             else:
                 allow += _subjects(g) or []
         for g in subj.denies:
             if _literal(g):
-                sub, pub = _access_subjects(g, action)
+                sub, pub = _access_subjects(spec, g, action)
                 sub_deny.extend(sub)
                 pub_deny.extend(pub)
             else:
@@ -191,9 +194,9 @@ def user_permissions(
                 if action == SUBSCRIBE:
                     pub_deny += _dlq_subjects(g)
         deny += [nats_subject(t) for t in subj.dlq_denies]
-        pub_allow += [s for g in js.allows for s in _js_allow(g, action)]
+        pub_allow += [s for g in js.allows for s in _js_allow(spec, g, action)]
         if action == SUBSCRIBE:
-            pub_deny += [s for g in js.denies for s in _read_deny(g)]
+            pub_deny += [s for g in js.denies for s in _read_deny(spec, g)]
             notes.extend(
                 broker.Note(principal, g.policy_id, f"{g.to_yaml()}: {_DEPTH_NOTE}")
                 for g in js.allows

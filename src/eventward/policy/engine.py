@@ -20,6 +20,7 @@ from typing import Any
 from eventward.audit.base import DENIED, AuditSink, NullAudit, meta_list, meta_text
 from eventward.errors import EventwardError
 from eventward.home import Home
+from eventward.log.partitions import topic_of
 from eventward.monitor.metrics import authz_evaluations
 from eventward.policy.base import Decision, Resource
 from eventward.policy.evaluator import Evaluator, NoPolicy
@@ -137,6 +138,14 @@ class PolicyEngine:
     def principal_roles(self, principal: str) -> tuple[str, ...]:
         p = self._state.evaluator.spec.principals.get(principal)
         return p.roles if p else ()
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has under the policy in force (log/partitions.py)."""
+        return self._state.evaluator.spec.partitions(topic)
+
+    def topic_of(self, stream: str) -> str:
+        """The topic a stream belongs to: a partition stream ``T.p<n>`` of a partitioned ``T`` is ``T``."""
+        return topic_of(stream, self._state.evaluator.spec.partitions)
 
     # --- policy changes ------------------------------------------------------------------
     def refresh(self) -> None:

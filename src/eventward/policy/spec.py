@@ -27,7 +27,10 @@ from typing import Any
 import yaml
 
 from eventward.errors import PolicyError
+from eventward.log.partitions import MAX_PARTITIONS, partition_streams
 from eventward.policy import base
+
+PARTITIONS = "partitions"  # a Topic resource attribute: how many partition streams it has
 
 # YAML action names -> Cedar action ids.
 YAML_ACTIONS: dict[str, str] = {
@@ -184,6 +187,16 @@ class PolicySpec:
             return ()
         return tuple(g for r in p.roles for g in self.roles.get(r, ()))
 
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (``resources.Topic.<topic>.partitions``, default 1)."""
+        n = self.resources.get(("Topic", topic), {}).get(PARTITIONS, 1)
+        return n if type(n) is int else 1
+
+    def partitioned(self) -> dict[str, int]:
+        """Every topic declared with more than one partition."""
+        return {rid: n for (kind, rid), a in self.resources.items()
+                if kind == "Topic" and type(n := a.get(PARTITIONS, 1)) is int and n > 1}
+
 
 def pattern_matches(match: str, pattern: str, name: str) -> bool:
     """Kafka resource-pattern semantics: LITERAL is exact (``*`` is the wildcard), PREFIXED is startswith."""
@@ -241,7 +254,23 @@ def parse(text: str, source: str = "policy.yaml") -> PolicySpec:
     roles = _parse_roles(doc.get("roles") or {})
     principals = _parse_principals(doc.get("principals") or {}, roles)
     resources = _parse_resources(doc.get("resources") or {})
-    return PolicySpec(principals=principals, roles=roles, resources=resources)
+    spec = PolicySpec(principals=principals, roles=roles, resources=resources)
+    _check_partition_names(spec)
+    return spec
+
+
+def _check_partition_names(spec: PolicySpec) -> None:
+    """A partition stream ``T.p<k>`` is decided as ``T``: no other topic may carry its name."""
+    taken = {s: t for t, n in spec.partitioned().items() for s in partition_streams(t, n)[1:]}
+    if not taken:
+        return
+    named = [(f"resources.Topic.{rid}", rid) for kind, rid in spec.resources if kind == "Topic"]
+    named += [(f"roles.{g.role}[{g.index}]", n) for g in spec.grants() if g.kind == "Topic"
+              and g.match == LITERAL for n in g.names]
+    named += [(f"roles.{g.role}[{g.index}].on_topics", n) for g in spec.grants() for n in g.on_topics or ()]
+    for path, name in named:
+        _expect(name not in taken, path, f"{name!r} is a partition stream of topic {taken.get(name)!r}, "
+                "not a topic of its own")
 
 
 def _expect(cond: bool, path: str, msg: str) -> None:
@@ -384,6 +413,12 @@ def _parse_resources(doc: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
         for rid, attrs in items.items():
             check_name(kind, rid, f"{path}.{rid}")
             out[(kind, rid)] = _parse_attributes(attrs or {}, f"{path}.{rid}", attr_types)
+            if PARTITIONS in out[(kind, rid)]:
+                n = out[(kind, rid)][PARTITIONS]
+                _expect(kind == "Topic" and type(n) is int and 1 <= n <= MAX_PARTITIONS, f"{path}.{rid}.{PARTITIONS}",
+                        f"partitions is a topic's number of partitions, 1..{MAX_PARTITIONS}")
+                _expect(not rid.endswith(DLQ_SUFFIX), f"{path}.{rid}.{PARTITIONS}",
+                        "a dead-letter stream is not partitioned")
     return out
 
 
