@@ -52,6 +52,7 @@ class _LoadedKeys:
 def write_range(root: Path, start: int, stop: int, customers: int) -> int:
     """Keys and one sealed event for customers ``start .. stop - 1``; returns the events written."""
     with Deployment.open(Home(root)) as d:
+        subjects.patient(d.keys)
         version = d.registry.active(EVENT_TYPE)
         signer = d.trust.signer_for(deployed.PRODUCER)
         builder = EnvelopeBuilder(deployed.PRODUCER)

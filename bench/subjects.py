@@ -25,6 +25,14 @@ from eventward.policy.base import AllowList
 
 CHUNK = 20_000
 SHARED_CHUNK = 5_000  # when processes load together: short write transactions, no busy timeouts
+BULK_BUSY_TIMEOUT_MS = 600_000
+
+
+def patient(svc: KeyService) -> None:
+    """Let a bulk loader wait minutes for the key store's write lock, not the service's 5 s:
+    worker processes share one store, and on a machine other work loads, one worker's commit
+    (a fully synchronous transaction of thousands of rows) can outlast 5 s and fail the run."""
+    svc.store._db.execute(f"PRAGMA busy_timeout = {BULK_BUSY_TIMEOUT_MS}")  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ def populate(
 def populate_range(root: Path, pattern: str, classes: tuple[str, ...], start: int, stop: int) -> int:
     """``populate`` for subjects ``pattern.format(i)``, ``start <= i < stop``, in a home's key store."""
     with KeyService.open(Home(root), authorizer=AllowList()) as svc:  # loading needs no grant
+        patient(svc)
         return populate(svc, (pattern.format(i) for i in range(start, stop)), classes, SHARED_CHUNK)
 
 
