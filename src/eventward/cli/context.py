@@ -8,7 +8,8 @@ authorizer, one tamper-evident audit log as the audit sink.
 material (master key or passphrase), so whoever can run it against a home is an operator
 of that deployment. ``--as`` makes the policy apply to the role the operator is playing
 and puts that name in the audit log; it does not prove identity. Services that must be
-authenticated go through the gateway (mTLS or JWT).
+authenticated go through the gateway (mTLS or JWT), and so do operators in client mode
+(``--profile``/``--connect``, cli/remote.py), where ``--as`` does not exist.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ ADMIN = "admin"
 PRINCIPAL_ENV = "EVENTWARD_PRINCIPAL"
 _AS_HELP = (
     f"Principal the command acts as (or env {PRINCIPAL_ENV}). "
-    "Asserted, not authenticated: the CLI is an operator tool."
+    "Asserted, not authenticated: the CLI is an operator tool. Home mode only: with --profile or "
+    "--connect your certificate is the principal."
 )
 
 

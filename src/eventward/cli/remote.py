@@ -171,8 +171,7 @@ def _segment(text: str) -> str:
 class Remote:
     """Client mode's settings: the control plane and the operator's credentials (paths)."""
 
-    profile: profiles.Profile
-    named: bool  # from a profile (else --connect with EVENTWARD_CA/CERT/KEY)
+    profile: profiles.Profile  # a stored one, or "connect" built from EVENTWARD_CA/CERT/KEY
     _client: OperatorClient | None = field(default=None, repr=False)
 
     def client(self) -> OperatorClient:
@@ -231,7 +230,7 @@ def settings(connect: str | None, name: str | None) -> Remote:
         p = stored.get(profiles.check_name(name) if name is not None else None)
         if connect is not None:
             p = profiles.Profile(p.name, profiles.parse_urls(connect), p.ca, p.cert, p.key, p.token_file)
-        return Remote(p, named=True)
+        return Remote(p)
     env = {k: os.environ.get(k) or None for k in (CA_ENV, CERT_ENV, KEY_ENV, TOKEN_FILE_ENV)}
     if env[CA_ENV] is None or (env[TOKEN_FILE_ENV] is None and (env[CERT_ENV] is None or env[KEY_ENV] is None)):
         raise ConfigError(f"--connect needs your credentials: --profile NAME (eventward profile add), or "
@@ -239,7 +238,7 @@ def settings(connect: str | None, name: str | None) -> Remote:
     p = profiles.Profile("connect", profiles.parse_urls(connect), str(env[CA_ENV]), env[CERT_ENV],
                          env[KEY_ENV], env[TOKEN_FILE_ENV] if env[CERT_ENV] is None else None)
     p.check()
-    return Remote(p, named=False)
+    return Remote(p)
 
 
 def refuse_home_options(args: list[str]) -> None:
