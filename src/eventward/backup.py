@@ -80,6 +80,17 @@ class KeyState:
         return m
 
 
+def _refuse_postgres(home: Home, what: str) -> None:
+    """backup/restore copy the home's SQLite stores; with store.backend postgres the key store and
+    audit log live in the database, so a copy of the home alone would silently leave them out."""
+    if home.config.exists() and Config.load(home.config).store.backend == "postgres":
+        raise ConfigError(
+            f"'{what}' copies an embedded home's SQLite stores; this home keeps its keys and audit log in "
+            "PostgreSQL (store.backend): back up the database with PostgreSQL's tools (pg_dump, "
+            "pg_basebackup) together with the home directory"
+        )
+
+
 def deployment_id(home: Home) -> str:
     """The deployment's identity: the name of its audit key (the origin of every checkpoint)."""
     if not home.audit_key.exists():
@@ -209,6 +220,7 @@ def _kek_versions(keys_db: Path) -> list[str]:
 def backup(dep: Any, dest: Path, *, principal: str = "admin") -> BackupReport:
     """Back up ``dep``'s home (a Deployment) into the new directory ``dest``."""
     home: Home = dep.home
+    _refuse_postgres(home, "backup")
     if dest.exists() and any(dest.iterdir()):
         raise ConfigError(f"backup directory {dest} is not empty")
     if dest.resolve().is_relative_to(home.root):
@@ -321,6 +333,7 @@ def _destroyed(kms: KMS | None, versions: list[str]) -> list[str]:
 def restore(src: Path, home: Home, *, principal: str = "admin", state: Path | None = None) -> RestoreReport:
     """Restore the backup ``src`` into ``home`` (empty, or this deployment's) without resurrecting
     anything; the restored store replays the erasure ledger before the deployment serves."""
+    _refuse_postgres(home, "restore")
     manifest = _load_manifest(src)
     bhome = Home(src / "home")
     deployment = str(manifest["deployment"])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from eventward.audit.pg_log import PgAuditLog
 from eventward.cli import app
 from eventward.deployment import BOOTSTRAP_POLICY, Deployment
-from eventward.errors import StoreForeignDeployment
+from eventward.errors import ConfigError, StoreForeignDeployment
 from eventward.home import Home
 from eventward.keys.pg_store import PgKeyStore
 
@@ -53,3 +53,16 @@ def test_attack_second_deployment_cannot_take_the_database(tmp_path, pg_dsn, mon
     with psycopg.connect(pg_dsn) as c:  # nothing of the second deployment was written
         origins = c.execute("SELECT value FROM eventward_audit.meta WHERE key = 'origin'").fetchall()
     assert len(origins) == 1
+
+
+def test_backup_and_restore_of_a_postgres_home_are_refused_not_partial(tmp_path, pg_dsn, monkeypatch):
+    """A copy of the home alone would miss the keys and the audit log: refused, naming the tools."""
+    from eventward.backup import backup, restore
+
+    monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
+    home = _pg_home(tmp_path / "home")
+    with Deployment.init(home, admin="admin") as dep, pytest.raises(ConfigError, match="pg_dump"):
+        backup(dep, tmp_path / "bk")
+    assert not (tmp_path / "bk").exists()
+    with pytest.raises(ConfigError, match="PostgreSQL"):
+        restore(tmp_path / "bk", home)
