@@ -180,6 +180,21 @@ def test_attack_enrollment_for_a_type_the_policy_does_not_allow(world, tmp_path)
     assert len(world.dep.trust.list()) == before
 
 
+def test_attack_refused_approver_gets_no_certificate_signed(world, tmp_path, monkeypatch):
+    import eventward.control.plane as plane_mod
+
+    signed = []
+    real = plane_mod.certify_csr
+    monkeypatch.setattr(plane_mod, "certify_csr", lambda *a, **kw: signed.append(a) or real(*a, **kw))
+    ident = ServiceIdentity.create(tmp_path / "svc", demo.ANALYTICS)
+    for by, may_seal in ((demo.SHIPPING, {}), (demo.ADMIN, {demo.TOPIC: [demo.EVENT_TYPE]})):
+        with pytest.raises(AccessDenied):  # not a key administrator; a type the policy does not allow
+            world.plane.approve(by, ident.request_path.read_bytes(), may_seal)
+    assert signed == []  # refused before the CA signed anything
+    world.plane.approve(demo.ADMIN, ident.request_path.read_bytes(), {})
+    assert len(signed) == 1
+
+
 def test_attack_replayed_enrollment_is_refused(world):
     ident = world.enroll(demo.PRODUCER)
     with pytest.raises(ConflictError):

@@ -182,19 +182,7 @@ class ControlPlane:
     ) -> dict[str, str]:
         """Trust a service's own keys (their private halves never left it), after checking that the
         policy lets ``principal`` publish every (topic, type) it is enrolled to seal."""
-        check_principal(principal)
-        check(self.dep.policy, by, ROTATE_KEYS, ("Producer", principal))
-        for topic, types in may_seal.items():
-            for t in types:
-                if not self.dep.policy.decide(principal, PUBLISH, ("Topic", topic), {"event_type": t}).allowed:
-                    raise AccessDenied(f"{principal} may not Publish {t} on {topic}: the policy must allow what "
-                                       "a key is enrolled to seal")
-        for key in (seal_key, dead_letter_key):  # checked first: an enrollment lands whole or not at all
-            try:
-                self.dep.trust.info(kid_of(key))
-            except NotFoundError:
-                continue
-            raise ConflictError("a key of this enrollment is already registered")
+        self._check_enrollment(by, principal, seal_key, dead_letter_key, may_seal)
         kids = {purpose: self.dep.trust.enroll(principal, key, by=by, purpose=purpose)
                 for purpose, key in (("seal", seal_key), ("dead_letter", dead_letter_key))}
         with self._lock, write_txn(self._db, "record seal grants") as db:
@@ -204,6 +192,26 @@ class ControlPlane:
                               kid=kids["seal"], topics=len(may_seal))
         return kids
 
+    def _check_enrollment(
+        self, by: str, principal: str, seal_key: Ed25519PublicKey, dead_letter_key: Ed25519PublicKey,
+        may_seal: dict[str, list[str]],
+    ) -> None:
+        """Everything an enrollment must pass, run before anything is signed or stored: an enrollment
+        lands whole or not at all."""
+        check_principal(principal)
+        check(self.dep.policy, by, ROTATE_KEYS, ("Producer", principal))
+        for topic, types in may_seal.items():
+            for t in types:
+                if not self.dep.policy.decide(principal, PUBLISH, ("Topic", topic), {"event_type": t}).allowed:
+                    raise AccessDenied(f"{principal} may not Publish {t} on {topic}: the policy must allow what "
+                                       "a key is enrolled to seal")
+        for key in (seal_key, dead_letter_key):
+            try:
+                self.dep.trust.info(kid_of(key))
+            except NotFoundError:
+                continue
+            raise ConflictError("a key of this enrollment is already registered")
+
     def approve(
         self, by: str, request_raw: bytes, may_seal: dict[str, list[str]], *, days: int = 30,
         control_urls: Sequence[str] = (), nats_servers: Sequence[str] = (),
@@ -212,6 +220,8 @@ class ControlPlane:
         (signed by the anchor) that the service installs: where the control plane and the broker
         are, and what it may seal. Nothing changes if any check fails."""
         req = EnrollmentRequest.parse(request_raw)
+        # Authorized and checked before the CA signs: a refused approver must not leave a certificate behind.
+        self._check_enrollment(by, req.principal, req.seal_key, req.dead_letter_key, may_seal)
         ca = open_ca(self.dep.home.certs, create=True)  # signs where pki.ca_key says (file, token, KMS)
         try:
             cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
