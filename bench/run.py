@@ -30,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 AREAS = (
     "fields", "anchors", "keys", "keys_hsm", "schema", "policy", "seals", "audit", "e2e", "nats", "gateway", "memory",
-    "scaling", "guard", "control", "monitor", "store",
+    "scaling", "guard", "control", "monitor", "store", "partitions",
 )
 README_BEGIN = "<!-- bench-table:begin -->"
 README_END = "<!-- bench-table:end -->"

@@ -1,0 +1,190 @@
+"""Partitioned topics: does a second process on a second partition double the throughput?
+
+e2e_partitions: end to end (produce, then consume, each event verified, guarded, decrypted and
+handed to a handler, offsets committed) on the deployed configuration (``eventward init`` +
+examples/policy.yaml, audit log, KeyService with keys.db and the local KMS, embedded log),
+as OS processes of their own:
+
+* baseline: ONE process on a topic of one partition, ``n`` events;
+* measured: TWO processes at once on a topic of two partitions (policy.yaml
+  ``resources: {Topic: {orders: {partitions: 2}}}``), each producing ``n`` events whose
+  customers hash to its partition and consuming that partition as a member of one group
+  (``partitions=[p]``), so each process does the baseline's work.
+
+The rate is events / (last process done - first process started); the ratio is the two-process
+rate over the one-process rate (the goal: >= 1.7). It needs two idle cores: on a machine other
+work is loading, the number is pessimistic (the JSON records the load average and the CPU count).
+
+    python -m bench.bench_partitions [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import deployed, proc
+from bench.common import print_scenario, scenario, summarize
+from bench.subjects import populate
+from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer, order_placed
+from eventward.deployment import Deployment
+from eventward.home import Home
+from eventward.log.partitions import partition_for, partition_stream
+
+CUSTOMERS = 1000
+GROUP = "bench-partitions"
+GO = "go"
+PHASES = ("produce_s", "consume_s", "wall_s")
+
+
+def policy(partitions: int) -> str:
+    """The example policy as a user applies it, with the topic's partition count declared."""
+    text = deployed.example_policy()
+    if partitions > 1:
+        text += f"resources:\n  Topic:\n    {deployed.TOPIC}: {{partitions: {partitions}}}\n"
+    return text
+
+
+def make_home(root: Path, partitions: int) -> tuple[Home, dict[int, list[int]]]:
+    """A deployed home whose customers' keys exist, and which customers land in which partition."""
+    home = Home(root).ensure()
+    with Deployment.init(home, policy_yaml=policy(partitions)) as d:
+        proposal = d.registry.propose(deployed.AUTHOR, EVENT_TYPE, ORDER_JSON_SCHEMA)
+        d.registry.approve(deployed.APPROVER, EVENT_TYPE, proposal.version)
+        for p in (deployed.PRODUCER, deployed.CONSUMER):
+            d.trust.ensure(p, by=deployed.ADMIN)
+    with Deployment.open(home) as d:
+        ids = [customer(c)["id"] for c in range(CUSTOMERS)]
+        populate(d.keys, ids, ("pii",))
+        by_partition: dict[int, list[int]] = {p: [] for p in range(partitions)}
+        for c, cid in enumerate(ids):  # the producer routes by the subject's pseudonym
+            by_partition[partition_for(d.keys.subject_hash(cid), partitions)].append(c)
+        for p in range(partitions):
+            d.transport.create_stream(partition_stream(deployed.TOPIC, p))
+    return home, by_partition
+
+
+def worker(home: Path, partition: int, events: int, customers: list[int]) -> dict[str, Any]:
+    """One service process: produce ``events`` events (all of its partition), then consume its
+    partition as a member of the group. Waits for ``go`` on stdin so processes start together."""
+    data = [order_placed(customers[i % len(customers)] + CUSTOMERS * (i // len(customers)), CUSTOMERS)
+            for i in range(events)]  # i % CUSTOMERS picks the customer: the same partition
+    with Deployment.open(Home(home)) as d:
+        consumer = d.consumer(deployed.CONSUMER, deployed.TOPIC, group=GROUP, from_beginning=True,
+                              partitions=[partition])
+        print(proc.READY, flush=True)
+        if sys.stdin.readline().strip() != GO:
+            raise SystemExit("no go")
+        t0, c0 = time.time(), proc.cpu_seconds()
+        deployed.produce(d, data)
+        t_produced = time.time()
+        seen = 0
+
+        def handler(_event: object) -> None:
+            nonlocal seen
+            seen += 1
+
+        stats = consumer.run(handler, max_events=events, idle_timeout=5.0)
+        t1, c1 = time.time(), proc.cpu_seconds()
+        consumer.close()
+    if seen != events or stats.refused:
+        raise SystemExit(f"partition {partition}: delivered {seen} of {events} (refused {dict(stats.refused)})")
+    return {"events": events, "started": t0, "finished": t1, "cpu_s": c1 - c0,
+            "produce_s": t_produced - t0, "consume_s": t1 - t_produced}
+
+
+def run_processes(partitions: int, events: int) -> dict[str, float]:
+    """``partitions`` worker processes on a fresh home, one per partition, started together."""
+    root = Path(tempfile.mkdtemp(prefix="ew-bench-partitions-"))
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        home, by_partition = make_home(root / "home", partitions)
+        for p in range(partitions):
+            cmd = [sys.executable, "-m", "bench.bench_partitions", "worker", str(home.root), str(p), str(events),
+                   ",".join(map(str, by_partition[p]))]
+            procs.append(subprocess.Popen(cmd, cwd=proc.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          text=True))
+        for p in procs:
+            proc.wait_ready(p, "worker")
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(GO + "\n")
+            p.stdin.flush()
+        reports = [proc.report(p, "worker") for p in procs]
+        total = sum(r["events"] for r in reports)
+        wall = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
+        return {"rate": total / wall, "cpu_s": sum(r["cpu_s"] for r in reports), "wall_s": wall,
+                "produce_s": max(r["produce_s"] for r in reports), "consume_s": max(r["consume_s"] for r in reports)}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    n = 1_000 if quick else 20_000
+    repeats = 1 if quick else 3
+    one: list[dict[str, float]] = []
+    two: list[dict[str, float]] = []
+    load_before = os.getloadavg()
+    for _ in range(repeats):  # one of each per round: load on the machine hits both alike
+        one.append(run_processes(1, n))
+        two.append(run_processes(2, n))
+    one_rate = summarize([r["rate"] for r in one])
+    two_rate = summarize([r["rate"] for r in two])
+    return [
+        scenario(
+            "e2e_partitions: 2 processes on 2 partitions",
+            two_rate,
+            {"1 process on 1 partition": one_rate},
+            events_per_process=n,
+            processes=2,
+            partitions=2,
+            target_ratio={"1 process on 1 partition": 1.7},
+            cpus=os.cpu_count(),
+            load_average={"before": [round(x, 2) for x in load_before],
+                          "after": [round(x, 2) for x in os.getloadavg()]},
+            # CPU per event equal in both: no lock or file is shared on the hot path, so the wall
+            # ratio is set by how many cores the machine had free (cores_used)
+            cpu_us_per_event={"1 process": round(statistics_median([r["cpu_s"] / n for r in one]) * 1e6, 1),
+                              "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1)},
+            cores_used={"1 process": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in one]), 2),
+                        "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2)},
+            ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
+            phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
+                      "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES}},
+            ratio_per_core_used=round(statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in two])
+                                      / statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in one]), 2),
+            wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
+                   "KeyService + local KMS, embedded log (one file per partition)",
+        )
+    ]
+
+
+def statistics_median(values: list[float]) -> float:
+    return summarize(values)["median"]
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["worker"]:
+        home, partition, events, customers = argv[1:5]
+        out = worker(Path(home), int(partition), int(events), [int(c) for c in customers.split(",")])
+        print(json.dumps(out), flush=True)
+        return 0
+    for res in run(quick="--quick" in argv):
+        print_scenario(res)
+        print(f"    {({k: v for k, v in res.items() if k not in ('name', 'unit', 'rate', 'baselines')})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
