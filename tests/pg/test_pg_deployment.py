@@ -16,6 +16,7 @@ from eventward.deployment import BOOTSTRAP_POLICY, Deployment
 from eventward.errors import ConfigError, StoreForeignDeployment
 from eventward.home import Home
 from eventward.keys.pg_store import PgKeyStore
+from eventward.schema.pg_store import PgRegistryStore
 
 
 def _pg_home(root, dsn_env: str = "EW_TEST_DSN") -> Home:
@@ -30,11 +31,12 @@ def test_deployment_on_postgres_forget_and_audit_verify(tmp_path, pg_dsn, monkey
     policy = BOOTSTRAP_POLICY.format(admin="admin") + '    - {allow: encrypt, class: "*"}\n'
     with Deployment.init(home, admin="admin", policy_yaml=policy) as dep:
         assert isinstance(dep.keys.store, PgKeyStore) and isinstance(dep.audit, PgAuditLog)
+        assert isinstance(dep.registry._store, PgRegistryStore)
         kid, _ = dep.keys.encryption_key("jane", "pii", principal="admin")
         gone = dep.forget("jane", principal="admin", reason="gdpr-art17")
         assert gone.receipt.destroyed == 1 and gone.receipt.purged
         assert dep.keys.store.get_dek(kid) is None
-    assert not home.keys_db.exists() and not home.audit_db.exists()
+    assert not home.keys_db.exists() and not home.audit_db.exists() and not home.registry_db.exists()
     with psycopg.connect(pg_dsn) as c:
         actions = [r[0] for r in c.execute("SELECT convert_from(body, 'UTF8')::json->>'action' "
                                            "FROM eventward_audit.records ORDER BY idx")]

@@ -18,8 +18,11 @@ from eventward.deployment import BOOTSTRAP_POLICY, Deployment
 from eventward.errors import ConflictError, KeyDestroyed, StoreForeignDeployment
 from eventward.home import Home
 from eventward.keys.pg_store import PgKeyStore
+from eventward.schema.pg_store import PgRegistryStore
 
-POLICY = BOOTSTRAP_POLICY.format(admin="admin") + '    - {allow: [encrypt, decrypt], class: "*"}\n'
+POLICY = BOOTSTRAP_POLICY.format(admin="admin") + '    - {allow: [encrypt, decrypt], class: "*"}\n' + (
+    '    - {allow: propose_schema, schema: "*"}\n')
+PING = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"], "additionalProperties": False}
 
 
 def _to_postgres(home: Home) -> None:
@@ -37,6 +40,7 @@ def _cli(home: Home, *args: str) -> object:
 def test_embedded_home_moves_into_postgres_intact(tmp_path, pg_dsn, monkeypatch):
     home = Home(tmp_path / "home")
     with Deployment.init(home, admin="admin", policy_yaml=POLICY) as dep:
+        dep.registry.propose("admin", "com.example.Ping", PING)
         kept = {s: dep.keys.encryption_key(s, "pii", principal="admin") for s in ("ann", "bob")}
         gone_kid, _ = dep.keys.encryption_key("eve", "payment", principal="admin")
         dep.forget("eve", principal="admin", reason="gdpr-art17")
@@ -56,6 +60,8 @@ def test_embedded_home_moves_into_postgres_intact(tmp_path, pg_dsn, monkeypatch)
         with pytest.raises(KeyDestroyed):
             dep.keys.decryption_key(gone_kid, "payment", principal="admin")
         assert dep.audit.root(size) == root
+        assert isinstance(dep.registry._store, PgRegistryStore)
+        assert [v.state for v in dep.registry.versions("com.example.Ping")] == ["proposed"]
         dep.audit.append_many([{"action": "test.after", "principal": "admin", "resource": "Thing::1"}])
         cp_after = dep.audit.checkpoint()
         verify_consistency_proof(dep.audit.consistency(cp_before.size, cp_after.size), cp_before, cp_after)

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 
 from eventward.audit.base import DENIED, ERROR, OK, AuditSink, MetaValue, NullAudit
+from eventward.config import Config
 from eventward.errors import (
     AccessDenied,
     ConflictError,
@@ -87,13 +88,15 @@ class Registry:
 
     def __init__(
         self,
-        path: Path | str,
+        path: Path | str | None,
         *,
         authorizer: Authorizer,
         audit: AuditSink | None = None,
         refresh_interval: float = 0.5,
+        store: Any = None,
     ) -> None:
-        self._store = Store(path)
+        """``store``: another backend's store (schema.pg_store) instead of the SQLite file at ``path``."""
+        self._store: Any = store if store is not None else Store(path)  # type: ignore[arg-type]
         self._authorizer = authorizer
         self._audit: AuditSink = audit if audit is not None else NullAudit()
         self._interval = refresh_interval
@@ -104,6 +107,10 @@ class Registry:
 
     @classmethod
     def open(cls, home: Home, *, authorizer: Authorizer, audit: AuditSink | None = None) -> Registry:
+        if Config.load(home.config).store.backend == "postgres":  # the registry in the shared database
+            from eventward.schema.pg_store import open_pg_registry_store
+
+            return cls(None, store=open_pg_registry_store(home), authorizer=authorizer, audit=audit)
         return cls(home.ensure().registry_db, authorizer=authorizer, audit=audit)
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""``eventward db import``: move an embedded home's key store and audit log into PostgreSQL.
+"""``eventward db import``: move an embedded home's key store, audit log and schema registry into
+PostgreSQL.
 
 Everything is copied in ONE transaction holding the key store's and the audit log's write
 locks, into a database that is migrated, belongs to the same deployment (same audit key name)
@@ -27,7 +28,7 @@ from eventward.audit.pg_log import APPEND_LOCK
 from eventward.errors import ConflictError, NotFoundError, StoreForeignDeployment
 from eventward.home import Home
 from eventward.keys.pg_store import WRITE_LOCK
-from eventward.store.migrations import AUDIT_SCHEMA, SCHEMA
+from eventward.store.migrations import AUDIT_SCHEMA, REGISTRY_SCHEMA, SCHEMA
 from eventward.store.pg import Database
 
 # (table, columns) copied as they are; the order of checkpoints and attachments is their rowid.
@@ -45,6 +46,12 @@ _AUDIT_TABLES = (
     ("attachments", "kind, key, idx, doc", "rowid"),
     ("watermarks", 'source, stream, "offset"', "source, stream"),
     ("published", "stream, batch, idx", "stream, batch"),
+)
+_REGISTRY_TABLES = (
+    ("subjects", "type, mode, created_at", "type"),
+    ("versions", "type, version, fmt, document, fingerprint, state, proposer, report, created_at, decided_at, "
+                 "decided_by", "type, version"),
+    ("approvals", "type, version, kind, principal, at", "type, version, kind"),
 )
 _SKIP_KEY_META = frozenset({"schema"})  # SQLite's own schema version
 
@@ -71,6 +78,8 @@ def _empty(conn: psycopg.Connection) -> bool:
     for table in ("deks", "tombstones", "erasures", "pseudonyms", "holds"):
         if conn.execute(f"SELECT 1 FROM {SCHEMA}.{table} LIMIT 1").fetchone():
             return False
+    if conn.execute(f"SELECT 1 FROM {REGISTRY_SCHEMA}.versions LIMIT 1").fetchone():
+        return False
     return conn.execute(f"SELECT 1 FROM {AUDIT_SCHEMA}.records LIMIT 1").fetchone() is None
 
 
@@ -94,7 +103,10 @@ def import_home(source: Home, db: Database, deployment_id: str) -> ImportReport:
                                 "that 'eventward db migrate' just created")
         with conn.cursor() as cur:
             _copy(cur, keys, audit, report, found)
-    report.stale_files = [str(p) for p in (source.keys_db, source.audit_db) if p.exists()]
+            if source.registry_db.is_file():
+                with _sqlite(source.registry_db) as registry:
+                    _copy_registry(cur, registry, report)
+    report.stale_files = [str(p) for p in (source.keys_db, source.audit_db, source.registry_db) if p.exists()]
     return report
 
 
@@ -118,3 +130,13 @@ def _copy(cur: psycopg.Cursor, keys: sqlite3.Connection, audit: sqlite3.Connecti
     row = audit.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone()
     cur.execute(f"INSERT INTO {AUDIT_SCHEMA}.meta (key, value) VALUES ('origin', %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (row[0] if row else deployment,))
+
+
+def _copy_registry(cur: psycopg.Cursor, registry: sqlite3.Connection, report: ImportReport) -> None:
+    for table, cols, order in _REGISTRY_TABLES:
+        rows = registry.execute(f"SELECT {cols} FROM {table} ORDER BY {order}").fetchall()
+        marks = ", ".join(["%s"] * len(cols.split(",")))
+        cur.executemany(f"INSERT INTO {REGISTRY_SCHEMA}.{table} ({cols}) VALUES ({marks})", rows)
+        report.rows[f"registry.{table}"] = len(rows)
+    row = registry.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    cur.execute(f"UPDATE {REGISTRY_SCHEMA}.meta SET value = %s WHERE key = 'generation'", (row[0] if row else 0,))

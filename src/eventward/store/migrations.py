@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCHEMA = "eventward"
+REGISTRY_SCHEMA = "eventward_registry"  # the schema registry's tables, SQLite names too
 AUDIT_SCHEMA = "eventward_audit"  # the audit log's tables keep their SQLite names here
 
 
@@ -142,6 +143,60 @@ MIGRATIONS: tuple[Migration, ...] = (
                 f"CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {AUDIT_SCHEMA}.{t} "
                 f"FOR EACH STATEMENT EXECUTE FUNCTION {AUDIT_SCHEMA}.append_only()"
                 for t in ("records", "nodes")
+            ),
+        ),
+    ),
+    Migration(
+        3,
+        "schema registry (subjects, immutable versions, approvals, change counter)",
+        (
+            f"CREATE SCHEMA IF NOT EXISTS {REGISTRY_SCHEMA}",
+            f"CREATE TABLE {REGISTRY_SCHEMA}.subjects (type text PRIMARY KEY, mode text NOT NULL, "
+            "created_at double precision NOT NULL)",
+            f"""CREATE TABLE {REGISTRY_SCHEMA}.versions (
+                type text NOT NULL,
+                version integer NOT NULL CHECK (version >= 1),
+                fmt text NOT NULL CHECK (fmt IN ('json', 'avro')),
+                document bytea NOT NULL,
+                fingerprint text NOT NULL,
+                state text NOT NULL CHECK (state IN ('proposed', 'active', 'rejected', 'superseded')),
+                proposer text NOT NULL,
+                report text NOT NULL,
+                created_at double precision NOT NULL,
+                decided_at double precision,
+                decided_by text,
+                PRIMARY KEY (type, version)
+            )""",
+            f"CREATE UNIQUE INDEX one_active ON {REGISTRY_SCHEMA}.versions (type) WHERE state = 'active'",
+            f"CREATE UNIQUE INDEX one_proposed ON {REGISTRY_SCHEMA}.versions (type) WHERE state = 'proposed'",
+            f"""CREATE TABLE {REGISTRY_SCHEMA}.approvals (
+                type text NOT NULL,
+                version integer NOT NULL,
+                kind text NOT NULL CHECK (kind IN ('schema', 'security')),
+                principal text NOT NULL,
+                at double precision NOT NULL,
+                PRIMARY KEY (type, version, kind)
+            )""",
+            f"CREATE TABLE {REGISTRY_SCHEMA}.meta (key text PRIMARY KEY, value bigint NOT NULL)",
+            f"INSERT INTO {REGISTRY_SCHEMA}.meta (key, value) VALUES ('generation', 0)",
+            # The SQLite registry's triggers, as PL/pgSQL: version content immutable, rejected and
+            # superseded final, nothing ever deleted.
+            f"""CREATE FUNCTION {REGISTRY_SCHEMA}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$""",
+            f"""CREATE TRIGGER versions_immutable BEFORE UPDATE OF type, version, fmt, document, fingerprint,
+                proposer, report, created_at ON {REGISTRY_SCHEMA}.versions FOR EACH ROW
+                EXECUTE FUNCTION {REGISTRY_SCHEMA}.refuse('schema versions are immutable')""",
+            f"""CREATE TRIGGER versions_final BEFORE UPDATE OF state ON {REGISTRY_SCHEMA}.versions FOR EACH ROW
+                WHEN (OLD.state IN ('rejected', 'superseded') OR NEW.state = 'proposed')
+                EXECUTE FUNCTION {REGISTRY_SCHEMA}.refuse('rejected and superseded versions are final')""",
+            f"""CREATE TRIGGER versions_kept BEFORE DELETE ON {REGISTRY_SCHEMA}.versions FOR EACH ROW
+                EXECUTE FUNCTION {REGISTRY_SCHEMA}.refuse('schema versions are never deleted')""",
+            f"""CREATE TRIGGER approvals_kept BEFORE DELETE ON {REGISTRY_SCHEMA}.approvals FOR EACH ROW
+                EXECUTE FUNCTION {REGISTRY_SCHEMA}.refuse('approvals are never deleted')""",
+            *(
+                f"CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {REGISTRY_SCHEMA}.{t} FOR EACH STATEMENT "
+                f"EXECUTE FUNCTION {REGISTRY_SCHEMA}.refuse('{t} are never deleted')"
+                for t in ("versions", "approvals")
             ),
         ),
     ),
