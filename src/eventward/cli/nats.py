@@ -93,7 +93,9 @@ def with_operator(auth_text: str) -> str:
 
 
 def compiled_authorization(home: Home) -> tuple[str, list[str]]:
-    """The active policy as nats-server authorization (with the operator), and its literal topics."""
+    """The active policy as nats-server authorization (with the operator), and its literal topics
+    (with their dead-letter and partition streams: ``nats up`` creates them)."""
+    from eventward.log.partitions import partition_streams
     from eventward.policy.compile_nats import compile_nats, with_dlq
     from eventward.policy.spec import LITERAL
     from eventward.policy.store import PolicyStore, build
@@ -115,7 +117,7 @@ def compiled_authorization(home: Home) -> tuple[str, list[str]]:
             for g in spec.grants()
             if g.kind == "Topic" and g.match == LITERAL and not g.is_wildcard
             for n in g.names
-            for t in with_dlq(n)
+            for t in (*with_dlq(n), *partition_streams(n, spec.partitions(n))[1:])
         }
     )
     return with_operator(compile_nats(spec, compiled)), topics

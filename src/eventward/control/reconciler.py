@@ -241,9 +241,10 @@ class DirectAuditor:
                 return _Verdict(None, "malformed_event", kid)
             types[t] += 1
         enrolled = grants.get(s.kid)
+        topic = self.dep.policy.topic_of(b.stream)  # a partition stream is decided as its topic
         for t in types:
-            allowed = self.dep.policy.decide(s.producer, PUBLISH, ("Topic", b.stream), {"event_type": t}).allowed
-            if not allowed or (enrolled is not None and t not in enrolled.get(b.stream, ())):
+            allowed = self.dep.policy.decide(s.producer, PUBLISH, ("Topic", topic), {"event_type": t}).allowed
+            if not allowed or (enrolled is not None and t not in enrolled.get(topic, ())):
                 return _Verdict(None, "unauthorized_producer", kid)
         if enrolled is None and now - self.grace_s < s.time <= now + CLOCK_SKEW_S \
                 and self.dep.audit.unpublished(b.stream, [b.batch.batch_id]):

@@ -1,0 +1,141 @@
+"""Partitions as deployed: the count comes from policy.yaml, and every per-topic rule (Publish
+and Subscribe grants, require_hybrid, the NATS streams ``nats up`` creates, the direct-path
+auditor's topic) applies to a topic's partition streams."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eventward.cli.nats import compiled_authorization
+from eventward.deployment import Deployment
+from eventward.errors import AccessDenied, SealError
+from eventward.home import Home
+from eventward.log.partitions import partition_streams
+
+POLICY = """\
+principals:
+  admin: {type: user, roles: [admin]}
+  alice: {type: user, roles: [author]}
+  bob: {type: user, roles: [approver]}
+  meter-svc: {type: service, roles: [writer]}
+  billing: {type: service, roles: [reader]}
+  nosy: {type: service, roles: []}
+roles:
+  admin:
+    - {allow: manage_policy}
+    - {allow: rotate_keys, producer: "*"}
+  author:
+    - {allow: [propose_schema, read_schema], schema: "*"}
+  approver:
+    - {allow: [approve_schema, read_schema], schema: "*"}
+  writer:
+    - {allow: publish, topic: readings}
+  reader:
+    - {allow: subscribe, topic: readings}
+resources:
+  Topic:
+    readings: {partitions: 3}
+"""
+READING = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"meter": {"type": "string", "maxLength": 20}, "kwh": {"type": "integer"}},
+    "required": ["meter", "kwh"],
+}
+TOPIC = "readings"
+
+
+def open_home(root: Path, config: dict | None = None) -> Deployment:
+    home = Home(root)
+    if config is not None:
+        home.ensure().config.write_text(yaml.safe_dump(config))
+    d = Deployment.init(home, admin="admin", policy_yaml=POLICY)
+    d.trust.ensure("meter-svc", by="admin")
+    prop = d.registry.propose("alice", "Reading", READING)
+    d.registry.approve("bob", "Reading", prop.version)
+    return d
+
+
+@pytest.fixture
+def dep(tmp_path: Path) -> Iterator[Deployment]:
+    d = open_home(tmp_path / "home")
+    yield d
+    d.close()
+
+
+def produce(d: Deployment, n: int) -> list[str]:
+    with d.producer("meter-svc", TOPIC) as p:
+        assert p.partitions == 3  # from policy.yaml
+        return [p.send("Reading", {"meter": f"m-{i}", "kwh": i}) for i in range(n)]
+
+
+def test_deployed_producer_and_group_members_use_the_policy_count(dep: Deployment) -> None:
+    sent = produce(dep, 60)
+    assert dep.policy.partitions(TOPIC) == 3 and dep.policy.topic_of("readings.p2") == TOPIC
+    assert {s for s in dep.transport.streams() if s.startswith(TOPIC)} == set(partition_streams(TOPIC, 3))
+    got: list[str] = []
+    for m in range(2):  # two members of one group, in one process here: each with its own journal
+        c = dep.consumer("billing", TOPIC, group="bill", from_beginning=True, partition_of=(m, 2))
+        assert c.partitions == ([0, 2] if m == 0 else [1])
+        stats = c.run(lambda e: got.append(e.id), idle_timeout=0)
+        assert not stats.refused
+    assert Counter(got) == Counter(sent)
+
+
+def test_attack_consumer_without_subscribe_gets_no_partition(dep: Deployment) -> None:
+    produce(dep, 5)
+    with pytest.raises(AccessDenied):
+        dep.consumer("nosy", TOPIC, partitions=[1])
+
+
+def test_attack_classical_seal_on_a_partition_of_a_hybrid_only_topic(tmp_path: Path) -> None:
+    """``seals.require_hybrid: [readings]`` closes the topic to Ed25519-only seals: partition
+    streams are the topic, so their classical seals are refused too (not just partition 0's)."""
+    d = open_home(tmp_path / "home", {"seals": {"require_hybrid": [TOPIC]}})
+    try:
+        produce(d, 30)
+        refused: Counter[str] = Counter()
+        for stream in partition_streams(TOPIC, 3):
+            for rec in d.transport.read(stream, 0, 100):
+                try:
+                    d.verifier.verify_record(rec)
+                except SealError as e:
+                    refused[e.reason] += 1
+        assert refused == Counter({"hybrid_required": 30})
+    finally:
+        d.close()
+
+
+def test_nats_up_creates_the_partition_streams(dep: Deployment) -> None:
+    _, topics = compiled_authorization(dep.home)
+    assert {"readings", "readings.p1", "readings.p2", "readings.dlq"} <= set(topics)
+    assert "readings.p3" not in topics
+
+
+def test_direct_path_auditor_decides_a_partition_batch_as_its_topic(dep: Deployment) -> None:
+    """``serve``'s reconciler checks the sealer's Publish grant per batch: a batch on
+    ``readings.p1`` is the writer's batch of ``readings``, recorded, not refused as
+    ``unauthorized_producer`` with a critical alert."""
+    from eventward.control.reconciler import DirectAuditor
+    from eventward.log import framing
+    from eventward.log.nats import TailedBatch
+
+    produce(dep, 30)
+    recs = dep.transport.read("readings.p1", 0, 100)
+    assert recs
+    batch = [r for r in recs if r.batch == recs[0].batch]
+    dep.transport.tail = None  # type: ignore[attr-defined]  # stands in for the NATS transport here
+    auditor = DirectAuditor(dep, grace_s=0.0)
+    try:
+        tailed = TailedBatch("readings.p1", 1, 0, framing.Batch(recs[0].batch, [r.data for r in batch], recs[0].seal))
+        verdict = auditor._verdict(tailed, {}, time.time() + 120)
+        assert verdict.reason == "" and verdict.event is not None
+        assert verdict.event.principal == "meter-svc"
+    finally:
+        auditor.stop()
