@@ -139,3 +139,32 @@ def test_direct_path_auditor_decides_a_partition_batch_as_its_topic(dep: Deploym
         assert verdict.event.principal == "meter-svc"
     finally:
         auditor.stop()
+
+
+def test_guard_scan_reads_every_partition(dep: Deployment) -> None:
+    from eventward.cli.guard import _scan_topic
+    from eventward.guard.scan import ScanReport
+
+    produce(dep, 24)
+    report = ScanReport()
+    _scan_topic(dep, TOPIC, None, report)
+    assert report.events == 24 and report.skipped == 0
+
+
+def test_gateway_groups_refuse_a_partitioned_topic_by_name(dep: Deployment) -> None:
+    """The gateway's consumer groups keep one offset per (group, topic): on a partitioned topic
+    they would silently see partition 0 only, so they refuse it with a typed error instead."""
+    from eventward.client.replay import ReplayGuard
+    from eventward.errors import InputError
+    from eventward.gateway.groups import ConsumerGroups
+
+    produce(dep, 6)
+    groups = ConsumerGroups(
+        dep.transport,
+        lambda gid: ReplayGuard.open(dep.home, gid),
+        lambda p, t, g, guard: dep.consumer(p, t, group=g, guard=guard),
+    )
+    with pytest.raises(InputError) as e:
+        groups.fetch("billing", TOPIC, "web", 10)
+    assert "partitioned" in str(e.value) and e.value.http_status == 400
+    groups.close()

@@ -28,6 +28,7 @@ from eventward.cli.context import as_required, authorize, deployment
 from eventward.errors import EnvelopeError, InputError, NotFoundError
 from eventward.fieldspec import FieldSpec
 from eventward.guard.scan import ScanReport, findings
+from eventward.log.partitions import partition_streams
 from eventward.policy.base import READ_SCHEMA, SUBSCRIBE
 
 _AS = as_required()
@@ -105,9 +106,18 @@ def _scan_file(dep: Any, file: Path, type_: str | None, report: ScanReport) -> N
 
 
 def _scan_topic(dep: Any, topic: str, limit: int | None, report: ScanReport) -> None:
+    """Every partition of the topic (``--limit``: the last N events of each)."""
     specs = _Specs(dep)
     if not dep.transport.has_stream(topic):
         raise NotFoundError(f"no topic {topic}")
+    policy = getattr(dep, "policy", None)
+    count = policy.partitions(topic) if hasattr(policy, "partitions") else 1
+    for stream in partition_streams(topic, count):
+        if stream == topic or dep.transport.has_stream(stream):
+            _scan_stream(dep, specs, stream, limit, report)
+
+
+def _scan_stream(dep: Any, specs: _Specs, topic: str, limit: int | None, report: ScanReport) -> None:
     end = dep.transport.end_offset(topic)
     start = max(0, end - limit) if limit else 0
     with _progress(end - start, "scanning") as progress:

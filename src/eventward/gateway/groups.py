@@ -183,7 +183,14 @@ class ConsumerGroups:
         with self._locked(gid) as g:
             consumer = g.consumers.get(topic)
             if consumer is None:
-                consumer = g.consumers[topic] = self._make_consumer(principal, topic, gid, g.guard)
+                consumer = self._make_consumer(principal, topic, gid, g.guard)
+                if getattr(consumer, "partition_count", 1) > 1:  # one offset per group here, not one per partition
+                    raise InputError(
+                        f"topic {topic!r} is partitioned: gateway consumer groups read unpartitioned topics only "
+                        "(consume it with the SDK: Consumer(partitions=...) or partition_of=(member, members))",
+                        path="topic",
+                    )
+                g.consumers[topic] = consumer
             start = self._transport.committed(gid, topic) or 0
             stage = StagedGuard(g.guard)
             out: list[Delivered] = []
