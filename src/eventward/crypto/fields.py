@@ -181,6 +181,10 @@ class FieldEncryptor:
                 group = wanted.setdefault(event_type, {})
                 for kid, cls in kids:
                     group[kid, cls, shash] = None
+        state = self._revocation_state()
+        if state != self._batch.state:  # dropped since the batch began: start the memo afresh
+            memo.clear()
+            self._batch.state = state
         room = _MAX_BATCH_KEYS - len(memo)
         done = 0
         for event_type, items in wanted.items():
@@ -190,6 +194,8 @@ class FieldEncryptor:
                 got = resolve(list(items), principal=principal, topic=topic, event_type=event_type)
             except KeyServiceError:
                 return done  # the per-event lookups meet it again, at the first event it stops
+            if self._revocation_state() != state:  # a forget while resolving: these may predate it
+                return done
             for kid, cls, shash in items:
                 out = got.get((kid, cls))
                 if type(out) is bytes:
