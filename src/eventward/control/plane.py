@@ -119,20 +119,26 @@ class ControlPlane:
         out: dict[str, bytes | str] = {}
         released: Counter[str] = Counter()
         refused: Counter[str] = Counter()
-        for kid, cls, shash in wanted:
+        for _, cls, _ in wanted:
             check_class(cls)
-            try:
-                out[kid] = self.dep.keys.decryption_key(
-                    kid, cls, principal=principal, topic=topic, event_type=event_type, subject_hash=shash)
+        # One batch: one Decrypt decision per class, one store query, one unwrap per key, one
+        # key.unwrap record per class. KeyServiceError (KMS or store unavailable) propagates, as
+        # does a tampered key row: the client stops, it does not guess.
+        got = self.dep.keys.decryption_keys(wanted, principal=principal, topic=topic, event_type=event_type)
+        for kid, cls, _ in wanted:
+            res = got[kid, cls]
+            if isinstance(res, bytes):
+                out[kid] = res
                 released[cls] += 1
-            except AccessDenied:
+            elif isinstance(res, AccessDenied):
                 out[kid] = "forbidden"
                 refused[cls] += 1
-            except KeyDestroyed:
+            elif isinstance(res, KeyDestroyed):
                 out[kid] = "erased"
-            except KeyNotFound:
+            elif isinstance(res, KeyNotFound):
                 out[kid] = "not_found"
-        # KeyServiceError (KMS or store unavailable) propagates: the client stops, it does not guess.
+            else:
+                raise res
         if refused:
             self._audit("control.decrypt_keys", principal, topic, event_type, refused, DENIED, "forbidden")
         self._audit("control.decrypt_keys", principal, topic, event_type, released, OK)
