@@ -228,3 +228,30 @@ def test_race_two_replicas_forget_one_subject_one_winner(pg_home):
     finally:
         for r in replicas:
             r.close()
+
+
+def test_batched_unwrap_on_postgres_reads_the_batch_in_one_query(pg_home):
+    from eventward.errors import KeyDestroyed, KeyNotFound
+
+    svc = KeyService.open(pg_home, authorizer=make_authz(), audit=MemoryAudit())
+    try:
+        ann, ann_dek = svc.encryption_key("ann", "pii", principal="writer")
+        bob, _ = svc.encryption_key("bob", "pii", principal="writer")
+        svc.forget("bob", principal="admin", reason="gdpr-art17")
+        svc.cache.clear()
+        queries = []
+        real = svc.store.get_deks
+
+        def counted(kids):
+            kids = list(kids)
+            queries.append(kids)
+            return real(kids)
+
+        svc.store.get_deks = counted
+        got = svc.decryption_keys([(ann, "pii", None), (bob, "pii", None), ("x" * 22, "pii", None)],
+                                  principal="admin")
+        assert got[(ann, "pii")] == ann_dek
+        assert isinstance(got[(bob, "pii")], KeyDestroyed) and isinstance(got[("x" * 22, "pii")], KeyNotFound)
+        assert len(queries) == 1 and sorted(queries[0]) == sorted([ann, bob, "x" * 22])
+    finally:
+        svc.close()
