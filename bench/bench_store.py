@@ -8,7 +8,8 @@ the tests, while SQLite keeps its own settings (the key store ``synchronous=FULL
 show the cost of the network round trips and the locks, not of disk syncs.
 
 - DEK get-or-create: ``encryption_key`` for new subjects (pseudonym + DEK: two write transactions).
-- unwrap: ``decryption_key`` with the cache off (one store read and one KEK unwrap per call).
+- unwrap: ``decryption_key`` with the cache off (one store read and one KEK unwrap per call), and
+  ``decryption_keys`` for a whole read batch (one store query, cold cache).
 - audit append: ``append_many`` in batches of 1000; on PostgreSQL also two handles (two replicas)
   appending at once to the one tree.
 """
@@ -53,7 +54,7 @@ def _homes(root: Path, server: PgServer) -> dict[str, Home]:
 
 
 def _keys(homes: dict[str, Home], n: int) -> list[dict[str, Any]]:
-    creates, unwraps = {}, {}
+    creates, unwraps, batches = {}, {}, {}
     for name, home in homes.items():
         with KeyService.open(home, authorizer=_authz(), config=KeyServiceConfig(cache_max=0)) as svc:
             counter = iter(range(10**9))
@@ -72,11 +73,21 @@ def _keys(homes: dict[str, Home], n: int) -> list[dict[str, Any]]:
                 return len(kids)
 
             unwraps[name] = rate(unwrap)
+
+            def batch(svc: KeyService = svc, kids: list[str] = kids) -> int:
+                svc.cache.clear()
+                got = svc.decryption_keys([(k, "pii", None) for k in kids], principal="admin")
+                assert all(isinstance(v, bytes) for v in got.values())
+                return len(kids)
+
+            batches[name] = rate(batch)
     return [
         scenario("store: DEK get-or-create on PostgreSQL", creates["postgres"],
                  {"the same on SQLite": creates["sqlite"]}, unit="keys/s"),
         scenario("store: unwrap (cache off) on PostgreSQL", unwraps["postgres"],
                  {"the same on SQLite": unwraps["sqlite"]}, unit="calls/s"),
+        scenario(f"store: batched unwrap ({n} keys per read batch) on PostgreSQL", batches["postgres"],
+                 {"the same on SQLite": batches["sqlite"]}, unit="keys/s"),
     ]
 
 

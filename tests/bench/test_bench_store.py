@@ -14,8 +14,8 @@ def test_quick_store_bench_is_well_formed_and_stops_its_server() -> None:
     results = bench_store.run(quick=True)
     for res in results:
         run.check_result(res)
-    assert len(results) == 4 and all(r["rate"]["median"] > 0 for r in results)
-    assert [b["name"] for r in results[:3] for b in r["baselines"]] == ["the same on SQLite"] * 3
+    assert len(results) == 5 and all(r["rate"]["median"] > 0 for r in results)
+    assert [b["name"] for r in results[:4] for b in r["baselines"]] == ["the same on SQLite"] * 4
     assert "store" in run.AREAS
     leftover = {p.pid for p in psutil.process_iter() if p.name() == "postgres"} - before
     assert not leftover
