@@ -272,7 +272,8 @@ class Deployment:
             return self.verifier.verify_seal(blob, stream, batch, fresh=True)
 
         return reconcile(
-            self.audit, self.transport, source=self.config.transport, verify=check, grace_s=grace_s, streams=streams
+            self.audit, self.transport, source=self.config.transport, verify=check, grace_s=grace_s, streams=streams,
+            topic_of=self.policy.topic_of,
         )
 
     # --- data plane ------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def test_direct_path_auditor_decides_a_partition_batch_as_its_topic(dep: Deploym
         tailed = TailedBatch("readings.p1", 1, 0, framing.Batch(recs[0].batch, [r.data for r in batch], recs[0].seal))
         verdict = auditor._verdict(tailed, {}, time.time() + 120)
         assert verdict.reason == "" and verdict.event is not None
-        assert verdict.event.principal == "meter-svc"
+        assert verdict.event.principal == "meter-svc" and verdict.event.resource == f"Topic::{TOPIC}"
     finally:
         auditor.stop()
 
@@ -168,3 +168,24 @@ def test_gateway_groups_refuse_a_partitioned_topic_by_name(dep: Deployment) -> N
         groups.fetch("billing", TOPIC, "web", 10)
     assert "partitioned" in str(e.value) and e.value.http_status == 400
     groups.close()
+
+
+def test_reconciled_publish_records_name_the_topic_of_a_partition(dep: Deployment) -> None:
+    """A producer killed before writing its Publish records: the records the next open derives
+    from the sealed batches name the topic (as the producer's own would) and the partition stream."""
+    from eventward.audit.base import NullAudit
+    from eventward.audit.log import PUBLISHED_ACTION
+    from eventward.client.producer import Producer
+
+    p = Producer(TOPIC, principal="meter-svc", transport=dep.transport, signer=dep.trust.signer_for("meter-svc"),
+                 schemas=dep.registry, encryptor=dep.encryptor, authorizer=dep.policy, audit=NullAudit(),
+                 partitions=3)
+    for i in range(30):
+        p.send("Reading", {"meter": f"m-{i}", "kwh": i})
+    p.close()
+    done = dep.reconcile_audit(grace_s=0)
+    assert done.records_added >= 3
+    recs = [r for r in dep.audit.tail(50) if r.action == PUBLISHED_ACTION and r.meta.get("reconciled")]
+    assert {r.meta["stream"] for r in recs} == set(partition_streams(TOPIC, 3))
+    assert {r.resource for r in recs} == {f"Topic::{TOPIC}"}
+    assert all(r.outcome == "ok" and r.principal == "meter-svc" for r in recs)

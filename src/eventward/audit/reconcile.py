@@ -62,12 +62,14 @@ def reconcile(
     grace_s: float = DEFAULT_GRACE_S,
     now: float | None = None,
     streams: Iterable[str] | None = None,
+    topic_of: Callable[[str], str] | None = None,
 ) -> Reconciled:
     """Add the missing Publish records for ``streams`` (default: every stream of ``transport``).
 
     ``source`` names the log (the transport kind), so watermarks of one log never apply to
     another. ``verify`` checks the seal against the trust registry; without it the record says
-    ``seal: "unchecked"``. Pass ``grace_s=0`` only when no producer is running.
+    ``seal: "unchecked"``. Pass ``grace_s=0`` only when no producer is running. ``topic_of``
+    names the topic of a partition stream (the record's resource, as the producer writes it).
     """
     now = time.time() if now is None else now
     checked = added = held = 0
@@ -88,7 +90,7 @@ def reconcile(
                 if s is not None and now - grace_s < s.time <= now + CLOCK_SKEW_S:
                     held += 1
                     break  # may be a live producer's batch with its record still buffered
-                events.append(_record(stream, b, s, verify))
+                events.append(_record(stream, b, s, verify, topic_of(stream) if topic_of else stream))
             upto = b.end_offset
         added += audit.reconcile(source, stream, upto, events)
     return Reconciled(checked, added, held)
@@ -131,7 +133,7 @@ def _parse(blob: bytes) -> Seal | None:
         return None
 
 
-def _record(stream: str, b: _Batch, s: Seal | None, verify: SealCheck | None) -> AuditEvent:
+def _record(stream: str, b: _Batch, s: Seal | None, verify: SealCheck | None, topic: str) -> AuditEvent:
     """Metadata of the seal only; strings the seal carries are escaped and cut to fit."""
     meta: dict[str, MetaValue] = {
         "stream": stream,
@@ -142,7 +144,7 @@ def _record(stream: str, b: _Batch, s: Seal | None, verify: SealCheck | None) ->
     }
     if s is None:
         meta["seal"] = "malformed"
-        return AuditEvent(PUBLISHED_ACTION, "unknown", f"Topic::{stream}", ERROR, "malformed", meta)
+        return AuditEvent(PUBLISHED_ACTION, "unknown", f"Topic::{topic}", ERROR, "malformed", meta)
     meta.update(
         first_seq=s.first_seq,
         last_seq=s.last_seq,
@@ -162,4 +164,4 @@ def _record(stream: str, b: _Batch, s: Seal | None, verify: SealCheck | None) ->
             outcome, reason = ERROR, e.reason
             meta["seal"] = "refused"
     principal = meta_text(s.producer) or "unknown"
-    return AuditEvent(PUBLISHED_ACTION, principal, f"Topic::{stream}", outcome, reason, meta)
+    return AuditEvent(PUBLISHED_ACTION, principal, f"Topic::{topic}", outcome, reason, meta)

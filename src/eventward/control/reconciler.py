@@ -249,7 +249,7 @@ class DirectAuditor:
         if enrolled is None and now - self.grace_s < s.time <= now + CLOCK_SKEW_S \
                 and self.dep.audit.unpublished(b.stream, [b.batch.batch_id]):
             return _Verdict(None, held=True)  # a home-mode producer's own record may still be buffered
-        return _Verdict(_publish_record(b, s, types), kid=kid)
+        return _Verdict(_publish_record(b, s, types, topic), kid=kid)
 
     def _flush(self, stream: str, events: list[AuditEvent], last_seq: int, end: int) -> int:
         """Publish records (those whose batch has none yet), the offline watermark, then the floor."""
@@ -270,7 +270,7 @@ class DirectAuditor:
             meta.update(batch=meta_text(b.batch.batch_id), first_offset=b.first_offset, count=len(b.batch.events))
         if v.kid:
             meta["kid"] = v.kid
-        resource = f"Topic::{b.stream}"
+        resource = f"Topic::{self.dep.policy.topic_of(b.stream)}"
         self.dep.audit.record(REFUSED_ACTION, principal=RECONCILER, resource=resource, outcome=DENIED,
                               reason=v.reason, **meta)
         record_alert(self.dep.audit, Alert(ALERT_RULE, "critical", time.time(), resource, v.reason,
@@ -302,8 +302,10 @@ class DirectAuditor:
                                    (g.group, g.stream)).fetchone()
             if row is not None and int(row[0]) == g.committed:
                 continue
-            self.dep.audit.record(PROGRESS_ACTION, principal=RECONCILER, resource=f"Topic::{g.stream}", outcome=OK,
-                                  group=meta_text(g.group), committed=g.committed,
+            topic = self.dep.policy.topic_of(g.stream)  # a partition's progress is its topic's, by stream
+            extra: dict[str, MetaValue] = {"stream": g.stream} if topic != g.stream else {}
+            self.dep.audit.record(PROGRESS_ACTION, principal=RECONCILER, resource=f"Topic::{topic}", outcome=OK,
+                                  group=meta_text(g.group), committed=g.committed, **extra,
                                   previous=int(row[0]) if row else 0, via="direct")
             self.dep.audit.flush()
             with write_txn(self._db, "remember a group's progress") as db:
@@ -323,7 +325,7 @@ def _event_type(raw: bytes) -> str | None:
     return None
 
 
-def _publish_record(b: TailedBatch, s: Seal, types: Counter[str]) -> AuditEvent:
+def _publish_record(b: TailedBatch, s: Seal, types: Counter[str], topic: str) -> AuditEvent:
     """Metadata of the verified seal only; the principal is the one the trust entry binds to its key."""
     assert b.batch is not None
     meta: dict[str, MetaValue] = {
@@ -332,4 +334,4 @@ def _publish_record(b: TailedBatch, s: Seal, types: Counter[str]) -> AuditEvent:
         "instance": meta_text(s.instance), "sealed_us": s.time_us, "seq": b.seq, "types": meta_text(types_meta(types)),
         "seal": "verified", "reconciled": True, "via": "direct",
     }
-    return AuditEvent(PUBLISHED_ACTION, s.producer, f"Topic::{b.stream}", OK, "", meta)
+    return AuditEvent(PUBLISHED_ACTION, s.producer, f"Topic::{topic}", OK, "", meta)
