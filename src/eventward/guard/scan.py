@@ -192,6 +192,9 @@ class _Plan:
     items: _Plan | None = None
     leaf: bool = False
     generic: bool = False
+    #: which leaf values the schema admits (the compiled scan tests only those types)
+    strings: bool = False
+    integers: bool = False
 
 
 def _plan(node: dict[str, Any], path: str, protected: frozenset[str], depth: int = 0) -> _Plan | None:
@@ -202,9 +205,9 @@ def _plan(node: dict[str, Any], path: str, protected: frozenset[str], depth: int
     if node.get("additionalProperties", False) is not False or node.get("patternProperties"):
         return _Plan(generic=True)
     types = types_of(node)
-    leaf = ("string" in types and node.get("format") not in _SAFE_FORMATS and node.get("maxLength", 1 << 30) >= 7) or (
-        "integer" in types and not (node.get("minimum", -_BIG) > -_BIG and node.get("maximum", _BIG) < _BIG)
-    )
+    strings = "string" in types and node.get("format") not in _SAFE_FORMATS and node.get("maxLength", 1 << 30) >= 7
+    integers = "integer" in types and not (node.get("minimum", -_BIG) > -_BIG and node.get("maximum", _BIG) < _BIG)
+    leaf = strings or integers
     props = []
     for name, child in (node.get("properties") or {}).items():
         sub = _plan(child, f"{path}.{name}" if path else name, protected, depth + 1)
@@ -213,7 +216,7 @@ def _plan(node: dict[str, Any], path: str, protected: frozenset[str], depth: int
     items = _plan(node["items"], f"{path}[]", protected, depth + 1) if isinstance(node.get("items"), dict) else None
     if not (props or items or leaf):
         return None
-    return _Plan(tuple(props), items, leaf)
+    return _Plan(tuple(props), items, leaf, strings=strings, integers=integers)
 
 
 #: A compiled plan: (data, findings out, candidate values out, detectors, protected paths).
@@ -317,7 +320,6 @@ def compile_plan(plan: _Plan) -> _Collect:
             interpreted(p, var, path, pad)
             return
         t = f"t{next(names)}"
-        lines.append(f"{pad}{t} = type({var})")
         branches: list[tuple[str, Callable[[], None]]] = []
         if p.leaf:
             def leaf_str() -> None:
@@ -328,14 +330,16 @@ def compile_plan(plan: _Plan) -> _Collect:
                 lines.append(f"{pad}    if not {-_BIG} < {var} < {_BIG}:")
                 lines.append(f"{pad}        todo.append(({path!r}, str({var})))")
 
-            branches += [(f"{t} is str", leaf_str), (f"{t} is int", leaf_int)]
+            if p.strings:
+                branches.append((f"{t} is str", leaf_str))
+            if p.integers:
+                branches.append((f"{t} is int", leaf_int))
         if p.props:
             def props() -> None:
-                for name, sub in p.props:
+                for name, sub in p.props:  # an absent field is None: no branch takes it
                     child = f"v{next(names)}"
                     lines.append(f"{pad}    {child} = {var}.get({name!r})")
-                    lines.append(f"{pad}    if {child} is not None:")
-                    emit(sub, child, f"{path}.{name}" if path else name, indent + 2, depth + 1)
+                    emit(sub, child, f"{path}.{name}" if path else name, indent + 1, depth + 1)
 
             branches.append((f"{t} is dict", props))
         if p.items is not None:
@@ -347,6 +351,12 @@ def compile_plan(plan: _Plan) -> _Collect:
                 emit(items, child, f"{path}[]", indent + 2, depth + 1)
 
             branches.append((f"{t} is list", each))
+        if len(branches) == 1:
+            cond, body = branches[0]
+            lines.append(f"{pad}if {cond.replace(t, f'type({var})', 1)}:")
+            body()
+            return
+        lines.append(f"{pad}{t} = type({var})")
         for k, (cond, body) in enumerate(branches):
             lines.append(f"{pad}{'if' if k == 0 else 'elif'} {cond}:")
             body()
