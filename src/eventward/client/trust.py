@@ -22,6 +22,7 @@ Ed25519 signature is refused; producers migrate one at a time (mixed fleets veri
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -35,8 +36,12 @@ from eventward.audit.base import DENIED, OK, AuditSink, NullAudit
 from eventward.crypto.seal import ED25519, HYBRID, Signer, check_suite, kid_of
 from eventward.errors import AccessDenied, ConfigError, ConflictError, InputError, NotFoundError
 from eventward.home import Home, read_secret, write_secret
-from eventward.log.sqlite import connect, write_txn
+from eventward.log.sqlite import connect
 from eventward.policy.base import ROTATE_KEYS, Authorizer, check
+from eventward.store.migrations import CONTROL_SCHEMA
+from eventward.store.sqlcompat import PgTables, open_pg_tables, write
+
+TRUST_LOCK = 0x65777472  # pg_advisory_xact_lock key of the trust registry's writes ("ewtr")
 
 ACTIVE = "active"
 RETIRED = "retired"  # rotated out: verifies what it sealed, signs nothing new
@@ -57,6 +62,8 @@ CREATE TABLE IF NOT EXISTS keys(
 _ADD_PURPOSE = "ALTER TABLE keys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'seal'"
 # Registries made before hybrid seals: every existing key is Ed25519 alone (NULL).
 _ADD_MLDSA = "ALTER TABLE keys ADD COLUMN mldsa BLOB"
+# Where the registry's SQLite tables live on PostgreSQL: (qualified name, key column).
+TRUST_TABLES = {"keys": (f"{CONTROL_SCHEMA}.trust_keys", "kid")}
 _INFO = (
     "SELECT kid, principal, status, created, changed, changed_by, purpose, "
     f"CASE WHEN mldsa IS NULL THEN '{ED25519}' ELSE '{HYBRID}' END FROM keys"
@@ -106,22 +113,37 @@ class TrustedKey:
 
 
 class TrustRegistry:
-    def __init__(self, home: Home, authorizer: Authorizer, audit: AuditSink | None = None) -> None:
+    """The kid -> principal bindings: ``trust.db`` in the home, or with ``store.backend: postgres``
+    the ``eventward_control.trust_keys`` table every replica shares (same statements, see
+    store.sqlcompat). Private key files stay in the home either way."""
+
+    def __init__(
+        self, home: Home, authorizer: Authorizer, audit: AuditSink | None = None, *, db: PgTables | None = None
+    ) -> None:
         self.home = home
         self._authorizer = authorizer
         self._audit = audit or NullAudit()
         self._lock = threading.Lock()
+        if db is not None:  # the schema is the database's (migration 4)
+            self._db: sqlite3.Connection | PgTables = db
+            home.ensure()
+            return
         self._db = connect(home.ensure().trust_db, synchronous="FULL")
-        with self._lock, write_txn(self._db, "create trust schema") as db:
-            db.execute(_SCHEMA)
-            columns = {r[1] for r in db.execute("PRAGMA table_info(keys)")}
+        with self._lock, write(self._db, "create trust schema") as conn:
+            conn.execute(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(keys)")}
             if "purpose" not in columns:
-                db.execute(_ADD_PURPOSE)
+                conn.execute(_ADD_PURPOSE)
             if "mldsa" not in columns:
-                db.execute(_ADD_MLDSA)
+                conn.execute(_ADD_MLDSA)
 
     @classmethod
     def open(cls, home: Home, authorizer: Authorizer, audit: AuditSink | None = None) -> TrustRegistry:
+        """The home's trust registry, on the backend ``store.backend`` names."""
+        from eventward.config import Config
+
+        if Config.load(home.config).store.backend == "postgres":
+            return cls(home, authorizer, audit, db=open_pg_tables(home, TRUST_TABLES, TRUST_LOCK))
         return cls(home, authorizer, audit)
 
     # --- changing bindings (authorized, audited) -------------------------------------------
@@ -134,7 +156,7 @@ class TrustRegistry:
             raise ConflictError(
                 f"{principal} already has an active {purpose} key; rotate it instead"
             )
-        return self._new_key(principal, by, "trust.register", purpose, suite)
+        return self._new_key(principal, by, "trust.register", purpose, suite, exclusive=True)
 
     def rotate(self, principal: str, *, by: str, purpose: str = SEAL, suite: str = ED25519) -> Signer:
         """A new active key; the previous one of that purpose is retired (still verifies what it sealed).
@@ -155,7 +177,7 @@ class TrustRegistry:
         info = self.info(kid)
         self._authorize(by, info.principal, "trust.revoke")
         now = time.time()
-        with self._lock, write_txn(self._db, "revoke key") as db:
+        with self._lock, write(self._db, "revoke key") as db:
             db.execute(
                 "UPDATE keys SET status = ?, changed = ?, changed_by = ? WHERE kid = ?",
                 (REVOKED, now, by, kid),
@@ -260,7 +282,7 @@ class TrustRegistry:
             self._key_file(principal, kid), key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         )
         now = time.time()
-        with self._lock, write_txn(self._db, "first dead-letter key") as db:
+        with self._lock, write(self._db, "first dead-letter key") as db:
             raced = db.execute(
                 "SELECT 1 FROM keys WHERE principal = ? AND status = ? AND purpose IN (?, ?)",
                 (principal, ACTIVE, DEAD_LETTER, SEAL),
@@ -316,7 +338,9 @@ class TrustRegistry:
     def _pq_key_file(self, principal: str, kid: str) -> Path:
         return self.home.producer_keys / f"{principal}.{kid}.mldsa.key"
 
-    def _new_key(self, principal: str, by: str, action: str, purpose: str, suite: str = ED25519) -> Signer:
+    def _new_key(
+        self, principal: str, by: str, action: str, purpose: str, suite: str = ED25519, *, exclusive: bool = False
+    ) -> Signer:
         key = Ed25519PrivateKey.generate()
         kid = kid_of(key.public_key())
         pq_key = MLDSA65PrivateKey.generate() if suite == HYBRID else None
@@ -327,9 +351,13 @@ class TrustRegistry:
         )
         if pq_key is not None:
             write_secret(self._pq_key_file(principal, kid), pq_key.private_bytes_raw())  # the 32-byte seed
-        self._install(
-            principal, key.public_key(), by, action, purpose, None if pq_key is None else pq_key.public_key()
-        )
+        try:
+            self._install(principal, key.public_key(), by, action, purpose,
+                          None if pq_key is None else pq_key.public_key(), exclusive=exclusive)
+        except ConflictError:  # another writer won (register raced): this key was never trusted
+            self._key_file(principal, kid).unlink(missing_ok=True)
+            self._pq_key_file(principal, kid).unlink(missing_ok=True)
+            raise
         return Signer(principal, key, pq_key)
 
     def enroll(
@@ -361,11 +389,16 @@ class TrustRegistry:
         action: str,
         purpose: str,
         pq_pub: MLDSA65PublicKey | None = None,
+        *,
+        exclusive: bool = False,
     ) -> None:
+        """Bind ``pub`` as the active key, retiring the previous one, in one write transaction.
+        The checks are repeated under the write lock, so of two writers racing (two replicas
+        enrolling one key, or registering a first key) one wins and the other gets ConflictError."""
         kid = kid_of(pub)
         pq_raw = None if pq_pub is None else pq_pub.public_bytes_raw()
         now = time.time()
-        with self._lock, write_txn(self._db, "register key") as db:
+        with self._lock, write(self._db, "register key") as db:
             old = [
                 r[0]
                 for r in db.execute(
@@ -373,6 +406,10 @@ class TrustRegistry:
                     (principal, ACTIVE, purpose),
                 )
             ]
+            if db.execute("SELECT 1 FROM keys WHERE kid = ?", (kid,)).fetchone():
+                raise ConflictError(f"key {kid} is already registered")
+            if exclusive and old:
+                raise ConflictError(f"{principal} already has an active {purpose} key; rotate it instead")
             db.execute(
                 "UPDATE keys SET status = ?, changed = ?, changed_by = ? "
                 "WHERE principal = ? AND status = ? AND purpose = ?",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -38,11 +39,15 @@ from eventward.errors import (
 )
 from eventward.fieldspec import check_class
 from eventward.keys.notices import ERROR_CODE
-from eventward.log.sqlite import connect, write_txn
+from eventward.log.sqlite import connect
 from eventward.pki import certify_csr, open_ca
 from eventward.policy.base import PUBLISH, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
+from eventward.store.migrations import CONTROL_SCHEMA
+from eventward.store.sqlcompat import PgTables, open_pg_tables, write
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS seal_grants(kid TEXT PRIMARY KEY, grants TEXT NOT NULL)"
+CONTROL_TABLES = {"seal_grants": (f"{CONTROL_SCHEMA}.seal_grants", "kid")}  # on PostgreSQL
+CONTROL_LOCK = 0x65776370  # pg_advisory_xact_lock key of the control plane's writes ("ewcp")
 MAX_KEYS_PER_REQUEST = 1000
 MAX_NOTICE_WAIT_S = 25.0
 MAX_ERASURES_PER_NOTICE = 2000
@@ -71,9 +76,12 @@ class ControlPlane:
         self.dep = dep
         self.anchor = anchor
         self._lock = threading.Lock()
-        self._db = connect(dep.home.root / "control.db", synchronous="FULL")
-        with self._lock, write_txn(self._db, "create control schema") as db:
-            db.execute(_SCHEMA)
+        if dep.config.store.backend == "postgres":  # shared by every replica (migration 4)
+            self._db: sqlite3.Connection | PgTables = open_pg_tables(dep.home, CONTROL_TABLES, CONTROL_LOCK)
+        else:
+            self._db = connect(dep.home.root / "control.db", synchronous="FULL")
+            with self._lock, write(self._db, "create control schema") as db:
+                db.execute(_SCHEMA)
 
     @classmethod
     def open(cls, dep: Deployment) -> ControlPlane:
@@ -191,7 +199,7 @@ class ControlPlane:
         self._check_enrollment(by, principal, seal_key, dead_letter_key, may_seal)
         kids = {purpose: self.dep.trust.enroll(principal, key, by=by, purpose=purpose)
                 for purpose, key in (("seal", seal_key), ("dead_letter", dead_letter_key))}
-        with self._lock, write_txn(self._db, "record seal grants") as db:
+        with self._lock, write(self._db, "record seal grants") as db:
             db.execute("INSERT OR REPLACE INTO seal_grants(kid, grants) VALUES (?, ?)",
                        (kids["seal"], orjson.dumps({t: sorted(set(ts)) for t, ts in sorted(may_seal.items())})))
         self.dep.audit.record("control.enroll", principal=by, resource=f"Producer::{principal}", outcome=OK,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 SCHEMA = "eventward"
 REGISTRY_SCHEMA = "eventward_registry"  # the schema registry's tables, SQLite names too
 AUDIT_SCHEMA = "eventward_audit"  # the audit log's tables keep their SQLite names here
+CONTROL_SCHEMA = "eventward_control"  # trust registry (trust.db) and control plane (control.db)
 
 
 PARTITIONS = 16  # of the DEK and pseudonym tables
@@ -198,6 +199,29 @@ MIGRATIONS: tuple[Migration, ...] = (
                 f"EXECUTE FUNCTION {REGISTRY_SCHEMA}.refuse('{t} are never deleted')"
                 for t in ("versions", "approvals")
             ),
+        ),
+    ),
+    Migration(
+        4,
+        "trust registry (signing keys) and the control plane's seal grants",
+        (
+            f"CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.trust_keys (
+                kid text PRIMARY KEY,
+                principal text NOT NULL,
+                public bytea NOT NULL,
+                status text NOT NULL CHECK (status IN ('active', 'retired', 'revoked')),
+                created double precision NOT NULL,
+                changed double precision NOT NULL,
+                changed_by text NOT NULL,
+                purpose text NOT NULL DEFAULT 'seal',
+                mldsa bytea
+            )""",
+            # At most one active key per principal and purpose, whatever the replicas race.
+            f"CREATE UNIQUE INDEX one_active_key ON {CONTROL_SCHEMA}.trust_keys (principal, purpose) "
+            "WHERE status = 'active'",
+            f"CREATE INDEX trust_keys_principal ON {CONTROL_SCHEMA}.trust_keys (principal, created)",
+            f"CREATE TABLE {CONTROL_SCHEMA}.seal_grants (kid text PRIMARY KEY, grants bytea NOT NULL)",
         ),
     ),
 )

@@ -1,0 +1,74 @@
+"""Client mode against a control plane whose state is on PostgreSQL: the client-mode tests run
+again on a deployment with ``store.backend: postgres`` (keys, audit, registry, trust registry and
+seal grants in the database), and a second replica on the same database answers for services
+the first one enrolled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from control.conftest import World
+from control.test_client_mode import (  # noqa: F401
+    produce,
+    read,
+    test_attack_producer_cannot_publish_a_type_or_topic_it_is_not_granted,
+    test_attack_replayed_enrollment_is_refused,
+    test_attack_service_seals_as_another_principal,
+    test_forget_reaches_a_client_mode_consumer_within_a_second,
+    test_services_read_per_clearance_and_hold_only_their_own_keys,
+)
+from eventward import demo
+from eventward.control import anchor as statements
+from eventward.control.client import LocalControlAPI
+from eventward.control.plane import ControlPlane
+from eventward.deployment import Deployment
+from eventward.home import Home
+from eventward.store.sqlcompat import PgTables
+
+
+@pytest.fixture
+def world(tmp_path, pg_dsn, monkeypatch) -> Iterator[World]:
+    monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
+    home = Home(tmp_path / "control-plane").ensure()
+    home.config.write_text("store: {backend: postgres, dsn_env: EW_TEST_DSN}\n")
+    dep = Deployment.init(home, admin=demo.ADMIN)
+    demo.setup(dep, lambda *a: None)
+    demo.schemas(dep, demo.DemoResult(), lambda *a: None)
+    plane = ControlPlane.open(dep)
+    w = World(tmp_path, dep, plane)
+    try:
+        yield w
+    finally:
+        for c in w.clients:
+            c.close()
+            c.transport.close()
+        plane.close()
+        dep.close()
+
+
+def test_second_replica_serves_services_the_first_enrolled(world, pg_dsn):
+    assert isinstance(world.plane._db, PgTables) and isinstance(world.dep.trust._db, PgTables)
+    ids = produce(world)
+    home = world.dep.home
+    assert not home.trust_db.exists() and not (home.root / "control.db").exists()
+    ident = world.identities[demo.PRODUCER]
+    producer_kid = ident.signer().kid
+    with Deployment.open(home) as dep2:  # replica 2: same home material, same database
+        plane2 = ControlPlane.open(dep2)
+        try:
+            assert plane2.anchor.public_text == world.plane.anchor.public_text  # the shared anchor key
+            docs = {}
+            for wire in plane2.trust_entries(demo.SHIPPING):
+                body = statements.verify(ident.anchor_key(), wire, "trust").body
+                docs[body["kid"]] = body
+            assert docs[producer_kid]["may_seal"] == {demo.TOPIC: [demo.EVENT_TYPE]}
+            seen = read(world.client(demo.SHIPPING, api=LocalControlAPI(plane2, demo.SHIPPING)), "r2")
+            assert [e.id for e in seen] == ids
+        finally:
+            plane2.close()
+    with psycopg.connect(pg_dsn) as c:
+        kids = {r[0] for r in c.execute("SELECT kid FROM eventward_control.seal_grants")}
+    assert producer_kid in kids
