@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -189,3 +190,31 @@ def test_reconciled_publish_records_name_the_topic_of_a_partition(dep: Deploymen
     assert {r.meta["stream"] for r in recs} == set(partition_streams(TOPIC, 3))
     assert {r.resource for r in recs} == {f"Topic::{TOPIC}"}
     assert all(r.outcome == "ok" and r.principal == "meter-svc" for r in recs)
+
+
+def test_cli_consume_as_a_member_of_the_group(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from eventward.cli import app
+    from eventward.errors import InputError
+
+    d = open_home(tmp_path / "home")
+    try:
+        sent = produce(d, 30)
+        ends = {s: d.transport.end_offset(s) for s in partition_streams(TOPIC, 3)}
+    finally:
+        d.close()
+    home = ["--home", str(tmp_path / "home")]
+    runner = CliRunner()
+    ids: list[str] = []
+    for m in ("0/2", "1/2"):
+        r = runner.invoke(app, [*home, "consume", TOPIC, "--as", "billing", "--from-beginning", "--idle", "0",
+                                "--member", m])
+        assert r.exit_code == 0, r.output
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        ids += [orjson.loads(ln)["id"] for ln in lines]
+        expect = ends[TOPIC] + ends[f"{TOPIC}.p2"] if m == "0/2" else ends[f"{TOPIC}.p1"]
+        assert len(lines) == expect
+    assert Counter(ids) == Counter(sent)
+    r = runner.invoke(app, [*home, "consume", TOPIC, "--as", "billing", "--member", "2/2"])
+    assert r.exit_code != 0 and isinstance(r.exception, InputError)  # member 2 of 2 does not exist

@@ -257,11 +257,16 @@ def consume(
     max_events: int | None = typer.Option(None, "--max", help="Stop after this many events."),
     idle: float = typer.Option(1.0, "--idle", help="Stop after this many seconds without new events."),
     tokens: bool = _TOKENS,
+    member: str | None = typer.Option(
+        None, "--member", metavar="I/N",
+        help="Read as member I of N of the group: of a partitioned topic, partition p goes to member p mod N.",
+    ),
 ) -> None:
     """Print verified events as JSON lines, decrypted as far as the policy lets the principal Decrypt."""
+    extra: dict[str, Any] = {} if member is None else {"partition_of": _member(member)}
     with deployment(principal) as dep:
         consumer = _consumer(
-            dep, principal, topic, group, from_beginning=from_beginning, uncleared=_uncleared(tokens)
+            dep, principal, topic, group, from_beginning=from_beginning, uncleared=_uncleared(tokens), **extra
         )
         _require_stream(dep, topic)  # after authorization: a stranger learns nothing about streams
         stats = _until_reader_gone(lambda: consumer.run(_emit, max_events=max_events, idle_timeout=idle))
@@ -274,15 +279,27 @@ def replay(
     from_offset: int = typer.Option(..., "--from-offset", min=0, help="First offset to replay."),
     to_offset: int | None = typer.Option(None, "--to-offset", min=0, help="Stop before this offset."),
     tokens: bool = _TOKENS,
+    partition: int = typer.Option(
+        0, "--partition", min=0, help="Partition of a partitioned topic (offsets are per partition)."
+    ),
 ) -> None:
     """Re-read a range (needs replay on the topic; audited; stale events allowed; offsets untouched)."""
+    extra: dict[str, Any] = {"partition": partition} if partition else {}
     with deployment(principal) as dep:
         consumer = _consumer(dep, principal, topic, f"replay.{principal}", uncleared=_uncleared(tokens))
         _require_stream(dep, topic)
         stats = _until_reader_gone(
-            lambda: consumer.replay(_emit, from_offset=from_offset, to_offset=to_offset)
+            lambda: consumer.replay(_emit, from_offset=from_offset, to_offset=to_offset, **extra)
         )
     _summary("replayed", stats)
+
+
+def _member(text: str) -> tuple[int, int]:
+    """``I/N`` as (I, N); the consumer checks it against the topic's partition count."""
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit():
+        raise InputError(f"--member must be I/N (e.g. 0/2), not {text[:20]!r}", path="member")
+    return int(i), int(n)
 
 
 def _require_stream(dep: Deployment, topic: str) -> None:
