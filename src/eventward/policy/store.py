@@ -36,6 +36,8 @@ from eventward.policy.base import MANAGE_POLICY, Decision
 from eventward.policy.compile_cedar import CompiledPolicy, compile_policy
 from eventward.policy.evaluator import Evaluator
 from eventward.policy.spec import PolicySpec, parse
+from eventward.store.migrations import CONTROL_SCHEMA
+from eventward.store.sqlcompat import PgTables
 
 log = logging.getLogger("eventward.policy")
 
@@ -68,6 +70,11 @@ class PolicyVersion:
     yaml: str
     cedar: Mapping[str, str]  # file name -> hand-written Cedar text
 
+
+# Where the store's SQLite tables live on PostgreSQL: (qualified name, key column).
+POLICY_TABLES = {"versions": (f"{CONTROL_SCHEMA}.policy_versions", "version"),
+                 "active": (f"{CONTROL_SCHEMA}.policy_active", "id")}
+POLICY_LOCK = 0x65777070  # pg_advisory_xact_lock key of policy changes ("ewpp")
 
 _SELECT = "SELECT v.version, v.created, v.principal, v.sha256, v.yaml, v.cedar FROM versions v"
 _SELECT_ACTIVE = _SELECT + " JOIN active a ON a.version = v.version WHERE a.id = 1"
@@ -109,13 +116,22 @@ class PolicyStore:
     """Policy versions in SQLite. Thread-safe; several processes may share one file."""
 
     def __init__(
-        self, directory: Path, *, audit: AuditSink | None = None, clock: Callable[[], float] = time.time
+        self,
+        directory: Path,
+        *,
+        audit: AuditSink | None = None,
+        clock: Callable[[], float] = time.time,
+        db: PgTables | None = None,
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = directory / DB_NAME
         self._audit = audit or NullAudit()
         self._clock = clock
         self._lock = threading.Lock()
+        if db is not None:  # on PostgreSQL (migration 5): shared by every replica
+            self.path: Path | str = db.db.where
+            self._db: sqlite3.Connection | PgTables = db
+            return
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = directory / DB_NAME
         with self._sql():
             private_file(self.path)  # 0600 before SQLite opens it; -wal/-shm inherit the mode
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -139,6 +155,14 @@ class PolicyStore:
     def open(
         cls, home: Home, *, audit: AuditSink | None = None, clock: Callable[[], float] = time.time
     ) -> PolicyStore:
+        """The home's policy store, on the backend ``store.backend`` names."""
+        from eventward.config import Config
+
+        if Config.load(home.config).store.backend == "postgres":
+            from eventward.store.sqlcompat import open_pg_tables
+
+            return cls(home.policy_dir, audit=audit, clock=clock,
+                       db=open_pg_tables(home, POLICY_TABLES, POLICY_LOCK))
         return cls(home.policy_dir, audit=audit, clock=clock)
 
     def close(self) -> None:
@@ -213,14 +237,8 @@ class PolicyStore:
             )
             raise
         sha = digest(yaml_text, cedar_files)
-        with self._sql():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._activate(principal, yaml_text, cedar_files, sha, now, bootstrap=bootstrap)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._sql(), self._write("apply policy") as db:
+            version = self._activate(db, principal, yaml_text, cedar_files, sha, now, bootstrap=bootstrap)
         self._audit.record(
             "policy.apply",
             principal=principal,
@@ -232,8 +250,25 @@ class PolicyStore:
         )
         return version
 
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[Any]:
+        """SQLite: BEGIN IMMEDIATE .. COMMIT on the store's connection; PostgreSQL: one transaction
+        under the policy store's advisory lock, so applies on several replicas are serialized."""
+        if isinstance(self._db, PgTables):
+            with self._db.write(what) as txn:
+                yield txn
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def _activate(
         self,
+        db: Any,
         principal: str,
         yaml_text: str,
         cedar_files: Mapping[str, str],
@@ -243,7 +278,7 @@ class PolicyStore:
         bootstrap: bool,
     ) -> int:
         """Inside the write transaction: authorize against the policy active *now*, then swap."""
-        row = self._db.execute(_SELECT_ACTIVE).fetchone()
+        row = db.execute(_SELECT_ACTIVE).fetchone()
         if bootstrap and row is not None:
             raise ConflictError(
                 f"a policy is already active (version {row[0]}); use 'eventward policy apply'"
@@ -267,14 +302,14 @@ class PolicyStore:
                     version=row[0],
                 )
                 raise AccessDenied(f"{principal} may not ManagePolicy Policy::active", explanation=d)
-        (last,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM versions").fetchone()
+        (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM versions").fetchone()
         version = last + 1
-        self._db.execute(
+        db.execute(
             "INSERT INTO versions (version, created, principal, sha256, yaml, cedar) "
             "VALUES (?, ?, ?, ?, ?, ?)",
             (version, now, principal, sha, yaml_text, json.dumps(dict(cedar_files))),
         )
-        self._db.execute(
+        db.execute(
             "INSERT INTO active (id, version) VALUES (1, ?) "
             "ON CONFLICT(id) DO UPDATE SET version = excluded.version",
             (version,),

@@ -224,6 +224,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             f"CREATE TABLE {CONTROL_SCHEMA}.seal_grants (kid text PRIMARY KEY, grants bytea NOT NULL)",
         ),
     ),
+    Migration(
+        5,
+        "policy versions and the active pointer",
+        (
+            f"""CREATE TABLE {CONTROL_SCHEMA}.policy_versions (
+                version integer PRIMARY KEY CHECK (version > 0),
+                created double precision NOT NULL,
+                principal text NOT NULL,
+                sha256 text NOT NULL,
+                yaml text NOT NULL,
+                cedar text NOT NULL
+            )""",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.policy_active (
+                id integer PRIMARY KEY CHECK (id = 1),
+                version integer NOT NULL REFERENCES {CONTROL_SCHEMA}.policy_versions (version)
+            )""",
+            # History is append-only, as the SQLite store's API keeps it.
+            f"""CREATE FUNCTION {CONTROL_SCHEMA}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$""",
+            f"""CREATE TRIGGER policy_versions_kept BEFORE UPDATE OR DELETE ON {CONTROL_SCHEMA}.policy_versions
+                FOR EACH ROW EXECUTE FUNCTION {CONTROL_SCHEMA}.refuse('policy versions are immutable')""",
+        ),
+    ),
 )
 
 TARGET_VERSION = MIGRATIONS[-1].version
