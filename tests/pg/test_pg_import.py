@@ -53,6 +53,7 @@ def test_embedded_home_moves_into_postgres_intact(tmp_path, pg_dsn, monkeypatch)
     doc = json.loads(_cli(home, "db", "import", "--json").output)
     assert doc["rows"]["keys.deks"] >= 2 and doc["rows"]["keys.erasures"] == 1
     assert doc["rows"]["audit.records"] == size and doc["stale_files"]  # the SQLite files are named
+    assert doc["rows"]["policy.versions"] == 1 and str(home.policy_dir / "policy.db") in doc["stale_files"]
     with Deployment.open(home) as dep:
         assert isinstance(dep.keys.store, PgKeyStore) and isinstance(dep.audit, PgAuditLog)
         for kid, dek in kept.values():

@@ -1,5 +1,5 @@
-"""``eventward db import``: move an embedded home's key store, audit log and schema registry into
-PostgreSQL.
+"""``eventward db import``: move an embedded home's key store, audit log, schema registry, policy
+versions, trust registry and the control plane's seal grants into PostgreSQL.
 
 Everything is copied in ONE transaction holding the key store's and the audit log's write
 locks, into a database that is migrated, belongs to the same deployment (same audit key name)
@@ -28,7 +28,7 @@ from eventward.audit.pg_log import APPEND_LOCK
 from eventward.errors import ConflictError, NotFoundError, StoreForeignDeployment
 from eventward.home import Home
 from eventward.keys.pg_store import WRITE_LOCK
-from eventward.store.migrations import AUDIT_SCHEMA, REGISTRY_SCHEMA, SCHEMA
+from eventward.store.migrations import AUDIT_SCHEMA, CONTROL_SCHEMA, REGISTRY_SCHEMA, SCHEMA
 from eventward.store.pg import Database
 
 # (table, columns) copied as they are; the order of checkpoints and attachments is their rowid.
@@ -80,6 +80,9 @@ def _empty(conn: psycopg.Connection) -> bool:
             return False
     if conn.execute(f"SELECT 1 FROM {REGISTRY_SCHEMA}.versions LIMIT 1").fetchone():
         return False
+    for table in ("trust_keys", "policy_versions", "seal_grants"):
+        if conn.execute(f"SELECT 1 FROM {CONTROL_SCHEMA}.{table} LIMIT 1").fetchone():
+            return False
     return conn.execute(f"SELECT 1 FROM {AUDIT_SCHEMA}.records LIMIT 1").fetchone() is None
 
 
@@ -106,7 +109,10 @@ def import_home(source: Home, db: Database, deployment_id: str) -> ImportReport:
             if source.registry_db.is_file():
                 with _sqlite(source.registry_db) as registry:
                     _copy_registry(cur, registry, report)
-    report.stale_files = [str(p) for p in (source.keys_db, source.audit_db, source.registry_db) if p.exists()]
+            _copy_control(cur, source, report)
+    report.stale_files = [str(p) for p in (source.keys_db, source.audit_db, source.registry_db, source.trust_db,
+                                            source.policy_dir / "policy.db", source.root / "control.db")
+                          if p.exists()]
     return report
 
 
@@ -140,3 +146,41 @@ def _copy_registry(cur: psycopg.Cursor, registry: sqlite3.Connection, report: Im
         report.rows[f"registry.{table}"] = len(rows)
     row = registry.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
     cur.execute(f"UPDATE {REGISTRY_SCHEMA}.meta SET value = %s WHERE key = 'generation'", (row[0] if row else 0,))
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _copy_control(cur: psycopg.Cursor, source: Home, report: ImportReport) -> None:
+    """The policy versions and active pointer, the trust registry's keys (a registry from before
+    key purposes or hybrid keys gets the values its own open would give) and the seal grants."""
+    policy_db = source.policy_dir / "policy.db"
+    if policy_db.is_file():
+        with _sqlite(policy_db) as policy:
+            rows = policy.execute("SELECT version, created, principal, sha256, yaml, cedar FROM versions "
+                                  "ORDER BY version").fetchall()
+            cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.policy_versions (version, created, principal, sha256, "
+                            "yaml, cedar) VALUES (%s, %s, %s, %s, %s, %s)", rows)
+            report.rows["policy.versions"] = len(rows)
+            active = policy.execute("SELECT version FROM active WHERE id = 1").fetchone()
+            if active:
+                cur.execute(f"INSERT INTO {CONTROL_SCHEMA}.policy_active (id, version) VALUES (1, %s)", (active[0],))
+    if source.trust_db.is_file():
+        with _sqlite(source.trust_db) as trust:
+            cols = _columns(trust, "keys")
+            purpose = "purpose" if "purpose" in cols else "'seal'"
+            mldsa = "mldsa" if "mldsa" in cols else "NULL"
+            rows = trust.execute(f"SELECT kid, principal, public, status, created, changed, changed_by, {purpose}, "
+                                 f"{mldsa} FROM keys ORDER BY created").fetchall()
+            cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.trust_keys (kid, principal, public, status, created, "
+                            "changed, changed_by, purpose, mldsa) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+            report.rows["trust.keys"] = len(rows)
+    control_db = source.root / "control.db"
+    if control_db.is_file():
+        with _sqlite(control_db) as control:
+            if "grants" in _columns(control, "seal_grants"):
+                rows = [(k, g if isinstance(g, bytes) else str(g).encode())
+                        for k, g in control.execute("SELECT kid, grants FROM seal_grants")]
+                cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.seal_grants (kid, grants) VALUES (%s, %s)", rows)
+                report.rows["control.seal_grants"] = len(rows)
