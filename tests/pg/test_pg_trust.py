@@ -127,3 +127,25 @@ def _answers(call):
         return call()
     except StoreUnavailable:
         return None
+
+
+def test_enrollment_check_of_pki_sign_csr_reads_the_database(tmp_path, pg_dsn, monkeypatch):
+    """``pki sign-csr`` certifies enrolled principals only: on PostgreSQL it must look there, not
+    at a trust.db the home no longer has."""
+    from eventward.audit.signing import ensure_key, load_signer
+    from eventward.client.trust import is_enrolled
+
+    monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
+    home = Home(tmp_path / "home").ensure()
+    home.config.write_text("store: {backend: postgres, dsn_env: EW_TEST_DSN}\n")
+    ensure_key(home)
+    Database(pg_dsn).migrate(load_signer(home.audit_key).name)
+    trust = TrustRegistry.open(home, grants(), StrictAudit())
+    try:
+        assert isinstance(trust._db, PgTables) and not is_enrolled(home, PRODUCER)
+        s = trust.register(PRODUCER, by=ADMIN)
+        assert is_enrolled(home, PRODUCER) and not home.trust_db.exists()
+        trust.revoke(s.kid, by=ADMIN)
+        assert not is_enrolled(home, PRODUCER)
+    finally:
+        trust.close()

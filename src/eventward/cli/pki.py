@@ -82,7 +82,9 @@ def sign_csr_cmd(
         raw = csr.read_bytes()
     except OSError:
         raise InputError(f"cannot read the certificate request {csr}") from None
-    enrolled = certstore.is_enrolled(home.trust_db, principal)
+    from eventward.client.trust import is_enrolled
+
+    enrolled = is_enrolled(home, principal)
     rec = certstore.sign_csr(home.certs, raw, principal, enrolled, days=days)
     _nats_reload()
     _print(rec, "certified")

@@ -77,6 +77,22 @@ def check_principal(principal: str) -> str:
     return principal
 
 
+def is_enrolled(home: Home, principal: str) -> bool:
+    """Whether the home's trust registry holds a non-revoked key of ``principal`` (read-only;
+    in the shared database with ``store.backend: postgres``, else trust.db)."""
+    from eventward.certstore import is_enrolled as in_trust_db
+    from eventward.config import Config
+
+    if Config.load(home.config).store.backend != "postgres":
+        return in_trust_db(home.trust_db, principal)
+    tables = open_pg_tables(home, TRUST_TABLES, TRUST_LOCK)
+    try:
+        return tables.execute("SELECT 1 FROM keys WHERE principal = ? AND status != 'revoked' LIMIT 1",
+                              (principal,)).fetchone() is not None
+    finally:
+        tables.close()
+
+
 def check_purpose(purpose: str) -> str:
     if purpose not in PURPOSES:
         raise InputError(f"key purpose must be one of {', '.join(PURPOSES)}")
