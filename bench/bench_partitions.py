@@ -14,6 +14,10 @@ as OS processes of their own:
 The rate is events / (last process done - first process started); the ratio is the two-process
 rate over the one-process rate (the goal: >= 1.7). It needs two idle cores: on a machine other
 work is loading, the number is pessimistic (the JSON records the load average and the CPU count).
+So each process also reports, from Linux schedstat, how long it waited for a CPU (run queue)
+and how long it was blocked (wall - CPU - run queue: I/O and locks). Blocked time near zero in
+both configurations shows the two processes do not serialize on a shared lock or file;
+``ratio_unstarved`` is the ratio with run-queue waits taken out (a projection for two free cores).
 
     python -m bench.bench_partitions [--quick]
 """
@@ -41,7 +45,7 @@ from eventward.log.partitions import partition_for, partition_stream
 CUSTOMERS = 1000
 GROUP = "bench-partitions"
 GO = "go"
-PHASES = ("produce_s", "consume_s", "wall_s")
+PHASES = ("produce_s", "consume_s", "wall_s", "runqueue_s", "blocked_s")
 
 
 def policy(partitions: int) -> str:
@@ -71,6 +75,15 @@ def make_home(root: Path, partitions: int) -> tuple[Home, dict[int, list[int]]]:
     return home, by_partition
 
 
+def runqueue_seconds() -> float:
+    """Time this thread waited for a CPU while runnable (Linux schedstat; 0 elsewhere): wall time
+    minus CPU minus this is time spent blocked (I/O, locks)."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def worker(home: Path, partition: int, events: int, customers: list[int]) -> dict[str, Any]:
     """One service process: produce ``events`` events (all of its partition), then consume its
     partition as a member of the group. Waits for ``go`` on stdin so processes start together."""
@@ -82,7 +95,7 @@ def worker(home: Path, partition: int, events: int, customers: list[int]) -> dic
         print(proc.READY, flush=True)
         if sys.stdin.readline().strip() != GO:
             raise SystemExit("no go")
-        t0, c0 = time.time(), proc.cpu_seconds()
+        t0, c0, q0 = time.time(), proc.cpu_seconds(), runqueue_seconds()
         deployed.produce(d, data)
         t_produced = time.time()
         seen = 0
@@ -92,11 +105,11 @@ def worker(home: Path, partition: int, events: int, customers: list[int]) -> dic
             seen += 1
 
         stats = consumer.run(handler, max_events=events, idle_timeout=5.0)
-        t1, c1 = time.time(), proc.cpu_seconds()
+        t1, c1, q1 = time.time(), proc.cpu_seconds(), runqueue_seconds()
         consumer.close()
     if seen != events or stats.refused:
         raise SystemExit(f"partition {partition}: delivered {seen} of {events} (refused {dict(stats.refused)})")
-    return {"events": events, "started": t0, "finished": t1, "cpu_s": c1 - c0,
+    return {"events": events, "started": t0, "finished": t1, "cpu_s": c1 - c0, "runqueue_s": q1 - q0,
             "produce_s": t_produced - t0, "consume_s": t1 - t_produced}
 
 
@@ -121,6 +134,10 @@ def run_processes(partitions: int, events: int) -> dict[str, float]:
         total = sum(r["events"] for r in reports)
         wall = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
         return {"rate": total / wall, "cpu_s": sum(r["cpu_s"] for r in reports), "wall_s": wall,
+                "runqueue_s": max(r["runqueue_s"] for r in reports),
+                "blocked_s": max(r["finished"] - r["started"] - r["cpu_s"] - r["runqueue_s"] for r in reports),
+                # the rate had no process waited for a CPU (each on a core of its own)
+                "unstarved_rate": total / max(r["finished"] - r["started"] - r["runqueue_s"] for r in reports),
                 "produce_s": max(r["produce_s"] for r in reports), "consume_s": max(r["consume_s"] for r in reports)}
     finally:
         for p in procs:
@@ -159,6 +176,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                               "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1)},
             cores_used={"1 process": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in one]), 2),
                         "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2)},
+            # what the ratio would be on two free cores: each process's time less its run-queue wait
+            # (a projection: it assumes the two cores do not slow each other down)
+            ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
+                                  / statistics_median([r["unstarved_rate"] for r in one]), 2),
             ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
             phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
                       "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES}},
