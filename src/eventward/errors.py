@@ -306,6 +306,11 @@ class TransportUnavailable(TransportError):
     code = "transport_unavailable"
 
 
+class CorruptedMessage(TransportError):
+    """A stored message is not an eventward batch (foreign or altered): readers stop there, never
+    skip it; listings report it and carry on with the other streams."""
+
+
 # --- audit -------------------------------------------------------------------------------------
 
 

@@ -99,3 +99,39 @@ def test_a_home_without_nats_is_one_line_and_a_configuration_exit_code(tmp_path:
     assert r.returncode == 9
     assert r.stderr.count("\n") == 1 and "not nats" in r.stderr and "Traceback" not in r.stderr
     assert r.stdout == ""
+
+
+def test_attack_poisoned_stream_does_not_hide_the_others(tmp_path: Path, nats_node: natsserver.Node) -> None:
+    """A message forged straight onto one stream (lying offset headers) makes that stream's end unknown,
+    reported as such; the operator still sees every other stream and group."""
+    from eventward.log import framing
+    from eventward.log.nats import subject_for
+
+    from .nats_world import raw_publish
+
+    good, bad = f"admin.{uuid.uuid4().hex[:10]}", f"poisoned.{uuid.uuid4().hex[:10]}"
+    t = nats_client(nats_node)
+    try:
+        t.create_stream(good)
+        t.append(good, "b1", [b"e0", b"e1"], b"seal")
+        t.commit("billing", good, 1)
+        t.create_stream(bad)
+        t.commit("billing", bad, 0)
+    finally:
+        t.close()
+    raw_publish(nats_node.url(tls=False), subject_for(bad), framing.encode("lying", [b"1"], b"seal"),
+                {"Ew-Offset": "0", "Ew-Count": "5"})
+    home = _home(tmp_path, nats_node)
+
+    r = _ew(home, "streams", "--json")
+    assert r.returncode == 0, r.stderr
+    by_name = {s["stream"]: s for s in json.loads(r.stdout)["streams"]}
+    assert by_name[good]["events"] == 2 and by_name[good]["error"] is None
+    assert by_name[bad]["events"] is None and "corrupted" in by_name[bad]["error"]
+    r = _ew(home, "streams")
+    assert r.returncode == 0 and "unreadable" in r.stdout and "corrupted" in r.stderr
+
+    r = _ew(home, "consumers", "--json")
+    assert r.returncode == 0, r.stderr
+    groups = {g["stream"]: g for g in json.loads(r.stdout)["groups"] if g["group"] == "billing"}
+    assert groups[good]["lag"] == 1 and groups[bad]["end"] is None and groups[bad]["lag"] is None

@@ -271,15 +271,18 @@ def streams_cmd(principal: str = _OPERATOR_AS, as_json: bool = _JSON) -> None:
         common.emit_json({"streams": [
             {"stream": s.stream, "jetstream_stream": s.jetstream, "events": s.events, "batches": s.batches,
              "bytes": s.bytes, "first_seq": s.first_seq, "last_seq": s.last_seq, "replicas": s.replicas,
-             "leader": s.leader, "jetstream_consumers": s.consumers}
+             "leader": s.leader, "jetstream_consumers": s.consumers, "error": s.error}
             for s in stats
         ]})
         return
     table = Table("stream", "events", "batches", "bytes", "replicas", "leader", "JetStream stream")
     for s in stats:
-        table.add_row(s.stream, str(s.events), str(s.batches), str(s.bytes), str(s.replicas), s.leader or "-",
-                      s.jetstream)
+        table.add_row(s.stream, "unreadable" if s.events is None else str(s.events), str(s.batches), str(s.bytes),
+                      str(s.replicas), s.leader or "-", s.jetstream)
     common.console.print(table)
+    for s in stats:
+        if s.error:
+            common.err_console.print(f"warning: {s.error}")
 
 
 @nats_app.command(
@@ -291,10 +294,10 @@ def consumers_cmd(principal: str = _OPERATOR_AS, as_json: bool = _JSON) -> None:
         stats = {s.stream: s for s in t.stream_stats()}
         offsets = t.group_offsets()
         native = [c for s in stats.values() if s.consumers for c in t.jetstream_consumers(s.stream)]
+    ends = {name: s.events for name, s in stats.items()}  # None: the stream's tail is unreadable
     groups = [
-        {"group": o.group, "stream": o.stream, "committed": o.committed,
-         "end": stats[o.stream].events if o.stream in stats else None,
-         "lag": max(0, stats[o.stream].events - o.committed) if o.stream in stats else None}
+        {"group": o.group, "stream": o.stream, "committed": o.committed, "end": ends.get(o.stream),
+         "lag": None if ends.get(o.stream) is None else max(0, ends[o.stream] - o.committed)}  # type: ignore[operator]
         for o in offsets
     ]
     if as_json:

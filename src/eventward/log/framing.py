@@ -8,7 +8,7 @@ event (bench/bench_nats.py measures the alternative). Layout, big-endian:
             | seal | events...
 
 Decoding is strict: a message that is not exactly this shape is refused with a
-``TransportError`` naming where it was found (a foreign or corrupted message in a stream
+``CorruptedMessage`` (a ``TransportError``) naming where it was found (a foreign or corrupted message in a stream
 must never be handed to a consumer as if it were events).
 """
 
@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eventward.errors import InputError, TransportError
+from eventward.errors import CorruptedMessage, InputError
 from eventward.log.base import Record
 
 MAGIC = b"EWB1"
@@ -82,7 +82,7 @@ def decode(payload: bytes, where: str) -> Batch:
             events.append(payload[pos : pos + length])
             pos += length
     except (struct.error, ValueError, UnicodeDecodeError):
-        raise TransportError(
+        raise CorruptedMessage(
             f"{where} is not an eventward sealed batch (foreign or corrupted message)"
         ) from None
     return Batch(batch_id, events, seal)

@@ -63,6 +63,7 @@ from eventward.errors import (
     AuthenticationError,
     ConfigError,
     ConflictError,
+    CorruptedMessage,
     EventwardError,
     InputError,
     NotFoundError,
@@ -223,7 +224,7 @@ class StreamStats:
 
     stream: str
     jetstream: str
-    events: int
+    events: int | None  # None when the stream's last batch cannot be read (see ``error``)
     batches: int
     bytes: int
     first_seq: int
@@ -231,6 +232,7 @@ class StreamStats:
     replicas: int
     leader: str | None
     consumers: int  # native JetStream consumers (eventward groups live in EW_OFFSETS)
+    error: str | None = None  # why ``events`` is unknown: a corrupted or foreign message at the tail
 
 
 @dataclass(frozen=True)
@@ -691,7 +693,7 @@ class NatsTransport:
                 if stored is None:
                     return out
                 if stored.first != expected:
-                    raise TransportError(
+                    raise CorruptedMessage(
                         f"stream {stream}: the batch at sequence {seq} does not continue the offsets "
                         f"(foreign or corrupted message)"
                     )
@@ -734,7 +736,7 @@ class NatsTransport:
                 hi = (stored.first, stored.seq)
             else:
                 lo = (stored.end, stored.seq + 1)
-        raise TransportError(
+        raise CorruptedMessage(
             f"stream {stream}: offset {offset} is not where the offset index says (corrupted stream)"
         )
 
@@ -799,9 +801,9 @@ class NatsTransport:
         try:
             first, count = int(headers[_H_OFFSET]), int(headers[_H_COUNT])
         except (KeyError, ValueError):
-            raise TransportError(f"{where} has no eventward offset header (foreign message)") from None
+            raise CorruptedMessage(f"{where} has no eventward offset header (foreign message)") from None
         if count != len(batch.events) or first < 0:
-            raise TransportError(f"{where}: offset headers do not match the batch (corrupted message)")
+            raise CorruptedMessage(f"{where}: offset headers do not match the batch (corrupted message)")
         stored = _Stored(seq, first, batch)
         index = self._index(stream)
         index.learn(first, seq)
@@ -884,11 +886,16 @@ class NatsTransport:
             if not name.startswith("EW_"):
                 continue
             stream = _unescape(name[3:])
-            tail = await self._retry(what, lambda s=stream: self._tail_once(s))
+            events, error = None, None
+            try:
+                events = (await self._retry(what, lambda s=stream: self._tail_once(s))).end
+            except CorruptedMessage as e:
+                error = str(e)  # one poisoned stream must not hide the others from the operator
             out.append(StreamStats(
                 stream=stream,
                 jetstream=name,
-                events=tail.end,
+                events=events,
+                error=error,
                 batches=info.state.messages,
                 bytes=info.state.bytes,
                 first_seq=info.state.first_seq,
