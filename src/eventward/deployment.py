@@ -325,7 +325,9 @@ class Deployment:
 
         A partitioned topic is read whole by default; ``partitions=[...]`` or
         ``partition_of=(member, members)`` splits a group across processes. A member keeps its
-        replay state apart (the journal is one process's), under the group and its assignment.
+        replay state apart (the journal is one process's) and answers erasure notices itself
+        (each process drops its own cached keys and runs its own hooks), under the group's name
+        and its assignment; offsets stay the group's.
 
         Subscribe is decided first, before streams, keys or replay state are looked at: a
         principal the policy does not let in learns nothing else. No key step is needed: the
@@ -334,11 +336,12 @@ class Deployment:
         for ctx in [{}] if types is None else [{"event_type": t} for t in sorted(types)]:
             check(self.policy, principal, SUBSCRIBE, ("Topic", topic), ctx)  # denials are audited
         cfg = self.config.consumer
+        name = group or principal
+        if partition_of is not None or partitions is not None:
+            part = "member {}/{}".format(*partition_of) if partition_of else "partitions " + ",".join(
+                map(str, partitions or ()))
+            name = f"{name} [{part}]"
         if guard is None:
-            name = group or principal
-            if partition_of is not None or partitions is not None:
-                members = "m{}/{}".format(*partition_of) if partition_of else ",".join(map(str, partitions or ()))
-                name = f"{name}\x00{members}"  # hashed into the file name: no collision with a group name
             guard = ReplayGuard.open(
                 self.home,
                 name,
@@ -347,7 +350,7 @@ class Deployment:
                 window_seconds=max(48 * 3600, 2 * cfg.freshness_s),
             )
             self._closers.append(guard)
-        self.notices.register_group(group or principal)  # it must acknowledge every later forget
+        self.notices.register_group(name)  # it must acknowledge every later forget
         return Consumer(
             topic,
             principal=principal,
@@ -368,6 +371,7 @@ class Deployment:
             partition_count=self.policy.partitions(topic),
             partitions=partitions,
             partition_of=partition_of,
+            notice_group=name,
             **kw,
         )
 

@@ -31,6 +31,7 @@ roles:
   admin:
     - {allow: manage_policy}
     - {allow: rotate_keys, producer: "*"}
+    - {allow: forget, subject: "*"}
   author:
     - {allow: [propose_schema, read_schema], schema: "*"}
   approver:
@@ -218,3 +219,20 @@ def test_cli_consume_as_a_member_of_the_group(tmp_path: Path) -> None:
     assert Counter(ids) == Counter(sent)
     r = runner.invoke(app, [*home, "consume", TOPIC, "--as", "billing", "--member", "2/2"])
     assert r.exit_code != 0 and isinstance(r.exception, InputError)  # member 2 of 2 does not exist
+
+
+def test_every_member_of_a_split_group_answers_erasure_notices(dep: Deployment) -> None:
+    """Members run in processes of their own, each with its own key cache and hooks: an erasure
+    is complete only once each member answered, not when the first one did for the group."""
+    members = [dep.consumer("billing", TOPIC, group="bill", partition_of=(m, 2)) for m in range(2)]
+    assert [c.notice_group for c in members] == ["bill [member 0/2]", "bill [member 1/2]"]
+    assert {"bill [member 0/2]", "bill [member 1/2]"} <= set(dep.notices.groups())
+    dep.keys.subject_hash("meter-7")  # the subject has a pseudonym (as its first event would make)
+    dep.forget("meter-7", principal="admin")
+    due = dep.notices.due("bill [member 1/2]")
+    assert len(due) == 1
+    assert members[0].check_notices() == 1
+    status = dep.notices.status(due[0])
+    assert status is not None and [g.group for g in status.pending()] == ["bill [member 1/2]"]
+    assert members[1].check_notices() == 1
+    assert not dep.notices.status(due[0]).pending()

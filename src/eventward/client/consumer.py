@@ -113,6 +113,7 @@ class Consumer:
         partition_count: int = 1,
         partitions: Collection[int] | None = None,
         partition_of: tuple[int, int] | None = None,
+        notice_group: str | None = None,
     ) -> None:
         if max_attempts < 1:
             raise InputError("max_attempts must be at least 1")
@@ -131,6 +132,8 @@ class Consumer:
         self._topic_streams = frozenset(partition_streams(self.topic, partition_count))
         self.principal = principal
         self.group = group or principal
+        # who answers erasure notices: the group, or each member of a group split across processes
+        self.notice_group = notice_group or self.group
         self.types = frozenset(types) if types is not None else None
         self._transport = transport
         self._verifier = verifier
@@ -176,7 +179,7 @@ class Consumer:
         if self._notices is None:
             return 0
         self._next_notice = time.monotonic() + self._notice_interval
-        return handle_notices(self._notices, self.group, self._forget_hooks, principal=self.principal,
+        return handle_notices(self._notices, self.notice_group, self._forget_hooks, principal=self.principal,
                               drop_keys=getattr(self._encryptor, "clear_cache", None))
 
     # --- consuming -----------------------------------------------------------------------
