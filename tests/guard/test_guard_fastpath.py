@@ -274,3 +274,43 @@ def test_send_many_warns_for_each_offending_event_and_blocks_on_any(dep: Deploym
         producer.send_many("OrderPlaced", events[10:])
     assert refused.value.findings == (("notes", "card_number"),)
     assert dep.transport.end_offset("orders2") == 0
+
+
+# --- warn mode: values collected at send, detectors run when the producer flushes ----------------
+
+
+def test_warn_is_settled_before_the_batch_is_stored(dep: Deployment) -> None:
+    publish_schema(dep, "OrderPlaced", order_schema("warn"))
+    with dep.producer("orders-svc", "orders", max_batch=1000, max_delay_ms=60_000) as producer:
+        for i in range(5):
+            producer.send("OrderPlaced", order(i, notes=f"card 4111 1111 1111 1111 #{i}" if i % 2 else "clean"))
+        assert dep.transport.end_offset("orders") == 0  # buffered, not sealed
+        producer.flush()
+        assert dep.transport.end_offset("orders") == 5
+        assert dep.guard.warned[("orders", "OrderPlaced", "notes", "card_number")] == 2
+    dep.audit.flush()
+    assert len([r for r in dep.audit.tail(100) if r.action == WARN_ACTION]) == 2
+
+
+def test_warn_sees_the_event_as_sent(dep: Deployment) -> None:
+    """The values are taken at ``send``: changing the dict afterwards changes neither what is
+    stored nor what the guard reports."""
+    publish_schema(dep, "OrderPlaced", order_schema("warn"))
+    with dep.producer("orders-svc", "orders", max_batch=1000, max_delay_ms=60_000) as producer:
+        leaky, clean = order(1, notes="call me at (415) 555-0101"), order(2, notes="leave at the door")
+        producer.send("OrderPlaced", leaky)
+        producer.send("OrderPlaced", clean)
+        leaky["notes"], clean["notes"] = "nothing here", "card 4111 1111 1111 1111"
+    assert dep.guard.warned[("orders", "OrderPlaced", "notes", "phone")] == 1
+    assert dep.guard.warned[("orders", "OrderPlaced", "notes", "card_number")] == 0
+
+
+def test_warn_is_settled_by_the_background_flush(dep: Deployment) -> None:
+    publish_schema(dep, "OrderPlaced", order_schema("warn"))
+    with dep.producer("orders-svc", "orders", max_batch=1000, max_delay_ms=50, background=True) as producer:
+        producer.send("OrderPlaced", order(1, notes="mail bob@example.org"))
+        deadline = time.monotonic() + 10
+        while dep.transport.end_offset("orders") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert dep.transport.end_offset("orders") == 1
+        assert dep.guard.warned[("orders", "OrderPlaced", "notes", "email")] == 1

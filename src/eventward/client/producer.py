@@ -177,6 +177,7 @@ class Producer:
         self._ttl = decision_ttl
         self._clock = clock
         self._guard = guard  # untagged PII/secrets: off, warn or block (eventward.guard)
+        self._guard_later = guard.deferred() if guard is not None else None  # warn mode: settled in flush()
         self._allowed: dict[str, float] = {}  # event type -> when the Publish decision expires
         self._lock = threading.Lock()  # buffers and sequence numbers
         self._flush_lock = threading.Lock()  # one flush at a time, in sequence order
@@ -230,7 +231,7 @@ class Producer:
         schema.validate(data)
         event_id = id or self._envelopes.new_id()
         if self._guard is not None:
-            self._guard.check(self.topic, type_, schema, data, self.principal)
+            self._guard.check(self.topic, type_, schema, data, self.principal, later=self._guard_later)
         enc, subject_hash = self._encryptor.encrypt(
             event_id, data, schema.spec, principal=self.principal, topic=self.topic, event_type=type_
         )
@@ -339,6 +340,8 @@ class Producer:
         On a transport error the sealed batch is kept and re-sent unchanged by the next flush.
         """
         with self._flush_lock:
+            if self._guard_later is not None:
+                self._guard_later.settle()  # warn-mode records and counts before anything is sealed
             acked: list[str] = []
             for lane in self._lanes:
                 acked += self._flush_lane(lane)

@@ -304,13 +304,16 @@ class Detectors:
     """A set of detectors: ``kinds(text)`` is the API.
 
     A few RE2 Set matches per value say which detectors' patterns occur (most values: none);
-    only those run their own pattern and validator. Values found clean are remembered in a
-    bounded set (ids, SKUs and statuses repeat); values with a finding never are.
+    only those run their own pattern and validator. Values found clean twice are remembered in a
+    bounded set (SKUs, names and statuses repeat); values with a finding never are. Values seen
+    clean once wait in a second bounded set: unique ids (one per event) would otherwise fill the
+    memo, evicting what repeats, and make every look-up a cache miss.
     """
 
     def __init__(self, detectors: tuple[Detector, ...], *, memo: int = 32768) -> None:
         self.detectors = detectors
-        self.clean: set[str] = set()  # values found clean (bounded; never a value with a finding)
+        self.clean: set[str] = set()  # values found clean twice (bounded; never a value with a finding)
+        self._once: set[str] = set()  # values found clean once
         self._memo = memo
         groups: dict[str, list[int]] = {}
         for i, d in enumerate(detectors):
@@ -359,10 +362,20 @@ class Detectors:
             if d.kind not in found and d.find(text):
                 found.add(d.kind)
         if not found and len(text) <= 256:
+            self._remember(text)
+        return found
+
+    def _remember(self, text: str) -> None:
+        """``text`` was found clean: a second time, it joins the memo."""
+        once = self._once
+        if text in once:
             if len(self.clean) >= self._memo:
                 self.clean.clear()
             self.clean.add(text)
-        return found
+            return
+        if len(once) >= self._memo:
+            once.clear()
+        once.add(text)
 
     def kinds_many(self, texts: list[str]) -> list[set[str]]:
         """``kinds`` of each text, with the texts joined by newlines (up to SHORT_BYTES at a time)
@@ -399,12 +412,11 @@ class Detectors:
             for i in chunk:
                 out[i] = self.kinds(texts[i])  # a few Set matches each, then only real candidates
             return
+        remember = self._remember
         for i in chunk:
             t = texts[i]
             if 7 <= len(t) <= 256:
-                if len(self.clean) >= self._memo:
-                    self.clean.clear()
-                self.clean.add(t)
+                remember(t)
 
     def kinds_of(self, value: object) -> set[str]:
         """Strings, and integers long enough to be a card or phone number."""

@@ -242,46 +242,53 @@ def findings_for(schema: Any, data: Any, detectors: Detectors | None = None) -> 
     paths can hold anything at all (no enum, float, bounded integer, short string, date-time or
     tagged field is looked at), so only those are visited, by code generated for that schema
     (``compile_plan``). Other schemas: the full walk."""
-    compiled = getattr(schema, "compiled", None)
-    if compiled is None or getattr(compiled, "fmt", None) != "json":
-        return findings(data, schema.spec, detectors)
-    _, collect, protected = _scanner(schema, compiled)
-    if collect is None:
-        return []
     det = detectors or default_detectors()
-    out: list[tuple[str, str]] = []
-    todo: list[tuple[str, str]] = []
-    collect(data, out, todo, det, protected)
+    out, todo = candidates_for(schema, data, det)
     if todo:
         for (path, _), kinds in zip(todo, det.kinds_many([v for _, v in todo]), strict=True):
             out.extend((path, kind) for kind in sorted(kinds))
     return out
 
 
+def candidates_for(schema: Any, data: Any, det: Detectors) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``findings_for``'s first half: findings made already (map keys), and (path, value) of the
+    values the detectors still have to look at (none memoized clean). The second half is
+    ``det.kinds_many`` over the values, for one event or many (the producer guard's warn mode
+    settles a buffer's worth at a time)."""
+    out: list[tuple[str, str]] = []
+    todo: list[tuple[str, str]] = []
+    compiled = getattr(schema, "compiled", None)
+    if compiled is None or getattr(compiled, "fmt", None) != "json":
+        _walk(data, "", 0, out, todo, det, protected_paths(schema.spec))
+        return out, todo
+    _, collect, protected = _scanner(schema, compiled)
+    if collect is not None:
+        collect(data, out, todo, det, protected)
+    return out, todo
+
+
 def findings_many(schema: Any, events: list[Any], detectors: Detectors | None = None) -> list[list[tuple[str, str]]]:
     """``findings_for`` of each event of a batch (``Producer.send_many``), with the candidate
     values of all events going through ``Detectors.kinds_many`` together: one joint RE2 pre-check
     per chunk of values instead of one per event."""
-    compiled = getattr(schema, "compiled", None)
-    if compiled is None or getattr(compiled, "fmt", None) != "json":
-        return [findings(data, schema.spec, detectors) for data in events]
-    _, collect, protected = _scanner(schema, compiled)
-    if collect is None:
-        return [[] for _ in events]
     det = detectors or default_detectors()
-    outs: list[list[tuple[str, str]]] = []
-    todo: list[tuple[str, str]] = []
-    owner: list[int] = []  # which event each todo entry came from
-    for i, data in enumerate(events):
-        out: list[tuple[str, str]] = []
-        n = len(todo)
-        collect(data, out, todo, det, protected)
-        owner.extend([i] * (len(todo) - n))
-        outs.append(out)
-    if todo:
-        for i, (path, _), kinds in zip(owner, todo, det.kinds_many([v for _, v in todo]), strict=True):
-            outs[i].extend((path, kind) for kind in sorted(kinds))
-    return outs
+    found = [candidates_for(schema, data, det) for data in events]
+    settle(found, det)
+    return [out for out, _ in found]
+
+
+def settle(found: list[tuple[list[tuple[str, str]], list[tuple[str, str]]]], det: Detectors) -> None:
+    """Run the detectors over the values ``candidates_for`` left to check, for many events at once,
+    adding what they confirm to each event's findings (the first list of each pair)."""
+    texts = [v for _, todo in found for _, v in todo]
+    if not texts:
+        return
+    kinds = iter(det.kinds_many(texts))
+    for out, todo in found:
+        for path, _ in todo:
+            k = next(kinds)
+            if k:
+                out.extend((path, kind) for kind in sorted(k))
 
 
 # --- the plan as code ---------------------------------------------------------------------------
