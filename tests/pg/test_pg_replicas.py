@@ -100,11 +100,11 @@ def _start(home: Home, port: int, env: dict[str, str], root: Path) -> Replica:
 
 @pytest.fixture
 def cluster(request, tmp_path, pg_dsn, monkeypatch) -> Iterator[Cluster]:
-    n = request.param
+    n, timeout = request.param if isinstance(request.param, tuple) else (request.param, 5)
     monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
     home = Home(tmp_path / "control-plane").ensure()
     home.config.write_text(
-        "store: {backend: postgres, dsn_env: EW_TEST_DSN}\n"
+        f"store: {{backend: postgres, dsn_env: EW_TEST_DSN, connect_timeout_s: {timeout}}}\n"
         "gateway: {limits: {rate_events_per_s: 100000.0, burst_events: 100000}}\n"
     )
     dep = Deployment.init(home, admin=demo.ADMIN)
