@@ -127,6 +127,12 @@ class DirectAuditor:
         self.max_batches, self.wait_s, self.durable = max_batches, wait_s, durable
         self._db = connect(dep.home.root / "control.db", synchronous="FULL")
         self._db.executescript(_SCHEMA)
+        self._grants_db: Any = None  # the seal grants, in PostgreSQL with store.backend: postgres
+        if dep.config.store.backend == "postgres":
+            from eventward.control.plane import CONTROL_LOCK, CONTROL_TABLES
+            from eventward.store.sqlcompat import open_pg_tables
+
+            self._grants_db = open_pg_tables(dep.home, CONTROL_TABLES, CONTROL_LOCK)
         self._held: dict[str, list[TailedBatch]] = {}  # delivered, waiting for an earlier batch's grace
         self._checked: set[str] = set()  # streams whose durable position was checked against the db
         self._last_progress = 0.0
@@ -146,6 +152,8 @@ class DirectAuditor:
         if self._thread is not None:
             self._thread.join(10 + self.wait_s)
         self._db.close()
+        if self._grants_db is not None:
+            self._grants_db.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -286,6 +294,9 @@ class DirectAuditor:
 
     def _enrolled(self) -> dict[str, dict[str, list[str]]]:
         """kid -> {topic: [types]} of keys the control plane enrolled (client-mode services)."""
+        if self._grants_db is not None:  # where ControlPlane records them (StoreUnavailable: pass retried)
+            rows = self._grants_db.execute("SELECT kid, grants FROM seal_grants").fetchall()
+            return {str(kid): orjson.loads(doc) for kid, doc in rows}
         try:
             rows = self._db.execute("SELECT kid, grants FROM seal_grants").fetchall()
         except sqlite3.OperationalError:  # no service enrolled yet: the table is made by ControlPlane

@@ -1,0 +1,51 @@
+"""The direct-path reconciler on a NATS deployment whose control-plane state is in PostgreSQL: the
+seal grants it checks batches against are read where ControlPlane records them (the database),
+so a granted producer's batches are Publish records and a key sealing a topic it was not granted
+is still refused. The reconciler tests run again on this world."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from control.test_direct_audit import (  # noqa: F401
+    NatsWorld,
+    test_attack_enrolled_key_seals_a_topic_it_was_not_granted,
+    test_direct_publishes_are_audited_once_across_restarts,
+)
+from eventward import demo
+from eventward.control.plane import ControlPlane
+from eventward.control.reconciler import DirectAuditor
+from eventward.deployment import Deployment
+from eventward.home import Home
+from eventward.log import natsserver
+from transports.conftest import port_block
+
+
+@pytest.fixture
+def world(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[NatsWorld]:
+    monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
+    node = natsserver.start_all(tmp_path / "nats", size=1, port=port_block(1))[0]
+    opened: list[Any] = []
+    try:
+        home = Home(tmp_path / "control-plane")
+        home.root.mkdir(mode=0o700)
+        home.config.write_text(yaml.safe_dump(
+            {"transport": "nats", "nats": {"servers": [node.url(tls=False)], "timeout_s": 2.0},
+             "store": {"backend": "postgres", "dsn_env": "EW_TEST_DSN"}}))
+        dep = Deployment.init(home, admin=demo.ADMIN)
+        opened.append(dep)
+        demo.setup(dep, lambda *a: None)
+        demo.schemas(dep, demo.DemoResult(), lambda *a: None)
+        dep.transport.create_stream(demo.TOPIC)
+        plane = ControlPlane.open(dep)
+        opened.append(plane)
+        yield NatsWorld(tmp_path, node.url(tls=False), dep, plane, opened)
+    finally:
+        for o in reversed(opened):
+            (o.stop if isinstance(o, DirectAuditor) else o.close)()
+        natsserver.stop(node)
