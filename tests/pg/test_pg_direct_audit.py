@@ -1,7 +1,9 @@
 """The direct-path reconciler on a NATS deployment whose control-plane state is in PostgreSQL: the
 seal grants it checks batches against are read where ControlPlane records them (the database),
 so a granted producer's batches are Publish records and a key sealing a topic it was not granted
-is still refused. The reconciler tests run again on this world."""
+is still refused. The reconciler tests run again on this world. With several serve replicas on
+the database only the one holding the leader lock runs passes; another takes over when its
+session ends (a replica killed)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ import yaml
 
 from control.test_direct_audit import (  # noqa: F401
     NatsWorld,
+    direct_publishes,
+    produce,
+    stored_batches,
     test_attack_enrolled_key_seals_a_topic_it_was_not_granted,
     test_direct_publishes_are_audited_once_across_restarts,
+    until,
 )
 from eventward import demo
 from eventward.control.plane import ControlPlane
@@ -23,6 +29,7 @@ from eventward.control.reconciler import DirectAuditor
 from eventward.deployment import Deployment
 from eventward.home import Home
 from eventward.log import natsserver
+from support_wait import wait_until
 from transports.conftest import port_block
 
 
@@ -49,3 +56,29 @@ def world(tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> Itera
         for o in reversed(opened):
             (o.stop if isinstance(o, DirectAuditor) else o.close)()
         natsserver.stop(node)
+
+
+def test_one_replica_runs_the_reconciler_and_another_takes_over(world: NatsWorld, pg_server) -> None:
+    producer = world.client(world.identity(demo.PRODUCER))
+    raw = world.nats()
+    first = world.auditor().start()
+    assert wait_until(lambda: first.leader.held, timeout=10, what="the first replica leads")
+    second = world.auditor().start()  # a second serve replica on the same database
+    produce(producer, 4)
+    batches = stored_batches(raw)
+    until("Publish records of the first term", lambda: len(direct_publishes(world)) == len(batches))
+    assert first.leader.held and not second.leader.held  # one leader; the other waits
+
+    # The leader dies (its thread stops, its database session ends as on SIGKILL): the other leads.
+    first._stop.set()
+    first._thread.join(10)
+    with first.leader._conn.cursor() as cur:
+        pid = cur.execute("SELECT pg_backend_pid()").fetchone()[0]
+    with pg_server.admin() as adm:
+        adm.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert wait_until(lambda: second.leader.held, timeout=10, what="the second replica takes over")
+    produce(producer, 3, start=4)
+    batches = stored_batches(raw)
+    recs = until("records of the second term", lambda: len(direct_publishes(world)) >= len(batches)
+                 and direct_publishes(world))
+    assert [r.meta["batch"] for r in recs] == batches  # every batch once, in stream order

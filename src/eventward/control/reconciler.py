@@ -57,11 +57,13 @@ from eventward.log.sqlite import connect, write_txn
 from eventward.monitor.alerts import record_alert
 from eventward.monitor.rules import Alert
 from eventward.policy.base import PUBLISH
+from eventward.store.leader import AdvisoryLeader
 
 _log = logging.getLogger("eventward.control.reconciler")
 
 RECONCILER = "eventward.reconciler"  # the principal of refusal and progress records
 DURABLE = "ew-audit"  # the durable consumer's name on every stream
+LEADER_LOCK = 0x6577726c  # pg advisory lock key: the replica that runs the passes ("ewrl")
 REFUSED_ACTION = "publish.refused"
 PROGRESS_ACTION = "subscribe.progress"
 ALERT_RULE = "direct_publish_refused"
@@ -133,6 +135,11 @@ class DirectAuditor:
             from eventward.store.sqlcompat import open_pg_tables
 
             self._grants_db = open_pg_tables(dep.home, CONTROL_TABLES, CONTROL_LOCK)
+        # Replicas of serve on one database: one of them runs the passes (store/leader.py).
+        self.leader: AdvisoryLeader | None = None
+        if self._grants_db is not None:
+            db = self._grants_db.db
+            self.leader = AdvisoryLeader(db.dsn, LEADER_LOCK, connect_timeout=db.connect_timeout)
         self._held: dict[str, list[TailedBatch]] = {}  # delivered, waiting for an earlier batch's grace
         self._checked: set[str] = set()  # streams whose durable position was checked against the db
         self._last_progress = 0.0
@@ -154,9 +161,29 @@ class DirectAuditor:
         self._db.close()
         if self._grants_db is not None:
             self._grants_db.close()
+        if self.leader is not None:
+            self.leader.release()
+
+    def _lead(self) -> bool:
+        """Whether this replica runs the next pass. Taking over (first time, or after another
+        replica led) starts as a restart does: the durable cursor is checked against the recorded
+        floor and nothing held from an earlier term is trusted."""
+        if self.leader is None:
+            return True
+        was = self.leader.held
+        if not self.leader.lead():
+            return False
+        if not was:
+            self._held.clear()
+            self._checked.clear()
+            _log.info("direct-path audit: this replica leads")
+        return True
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if not self._lead():  # another replica runs the passes (or the database is away)
+                self._stop.wait(self.interval_s)
+                continue
             try:
                 self.run_once()
                 self._last_error = ""
