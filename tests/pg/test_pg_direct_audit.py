@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 
@@ -19,7 +20,11 @@ from control.test_direct_audit import (  # noqa: F401
     direct_publishes,
     produce,
     stored_batches,
+    test_a_failed_pass_loses_no_delivered_batch,
     test_attack_enrolled_key_seals_a_topic_it_was_not_granted,
+    test_attack_forged_batch_on_stream,
+    test_consumer_group_progress_is_recorded_when_it_moves,
+    test_delivered_but_unrecorded_batches_are_replayed_after_a_crash,
     test_direct_publishes_are_audited_once_across_restarts,
     until,
 )
@@ -82,3 +87,13 @@ def test_one_replica_runs_the_reconciler_and_another_takes_over(world: NatsWorld
     recs = until("records of the second term", lambda: len(direct_publishes(world)) >= len(batches)
                  and direct_publishes(world))
     assert [r.meta["batch"] for r in recs] == batches  # every batch once, in stream order
+    assert not (world.dep.home.root / "control.db").exists()  # positions in the database: any host continues
+    with psycopg.connect(world_dsn(world)) as c:
+        assert c.execute("SELECT last_seq FROM eventward_control.direct_tail WHERE stream = %s",
+                         (demo.TOPIC,)).fetchone()[0] >= len(batches)
+
+
+def world_dsn(world: NatsWorld) -> str:
+    import os
+
+    return os.environ["EW_TEST_DSN"]

@@ -53,23 +53,27 @@ from eventward.crypto.seal import Seal
 from eventward.deployment import Deployment
 from eventward.errors import EventwardError, SealError
 from eventward.log.nats import TailedBatch
-from eventward.log.sqlite import connect, write_txn
+from eventward.log.sqlite import connect
 from eventward.monitor.alerts import record_alert
 from eventward.monitor.rules import Alert
 from eventward.policy.base import PUBLISH
 from eventward.store.leader import AdvisoryLeader
+from eventward.store.migrations import CONTROL_SCHEMA
+from eventward.store.sqlcompat import write
 
 _log = logging.getLogger("eventward.control.reconciler")
 
 RECONCILER = "eventward.reconciler"  # the principal of refusal and progress records
 DURABLE = "ew-audit"  # the durable consumer's name on every stream
 LEADER_LOCK = 0x6577726c  # pg advisory lock key: the replica that runs the passes ("ewrl")
+WRITE_LOCK = 0x65777277  # pg_advisory_xact_lock key of its position writes ("ewrw"; not the leader's)
 REFUSED_ACTION = "publish.refused"
 PROGRESS_ACTION = "subscribe.progress"
 ALERT_RULE = "direct_publish_refused"
 SOURCE = "nats"  # the offline reconcile's watermark source for this log
 _DLQ = ".dlq"  # dead letters are audited by dlq.put records of their own
 
+_TABLES = ("direct_tail", "direct_refused", "direct_progress")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS direct_tail (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,
     end_offset INTEGER NOT NULL);
@@ -127,19 +131,23 @@ class DirectAuditor:
         self.transport: Any = dep.transport
         self.interval_s, self.grace_s, self.progress_s = interval_s, grace_s, progress_s
         self.max_batches, self.wait_s, self.durable = max_batches, wait_s, durable
-        self._db = connect(dep.home.root / "control.db", synchronous="FULL")
-        self._db.executescript(_SCHEMA)
-        self._grants_db: Any = None  # the seal grants, in PostgreSQL with store.backend: postgres
+        # Positions and seal grants: control.db in the home, or with store.backend: postgres the
+        # database every serve replica shares (migrations 4 and 6), where one replica at a time
+        # runs the passes (store/leader.py), so another host can take over where it stopped.
+        self._db: Any
+        self._grants_db: Any = None
+        self.leader: AdvisoryLeader | None = None
         if dep.config.store.backend == "postgres":
-            from eventward.control.plane import CONTROL_LOCK, CONTROL_TABLES
+            from eventward.control.plane import CONTROL_TABLES
             from eventward.store.sqlcompat import open_pg_tables
 
-            self._grants_db = open_pg_tables(dep.home, CONTROL_TABLES, CONTROL_LOCK)
-        # Replicas of serve on one database: one of them runs the passes (store/leader.py).
-        self.leader: AdvisoryLeader | None = None
-        if self._grants_db is not None:
-            db = self._grants_db.db
+            tables = {**CONTROL_TABLES, **{t: (f"{CONTROL_SCHEMA}.{t}", "") for t in _TABLES}}
+            self._db = self._grants_db = open_pg_tables(dep.home, tables, WRITE_LOCK)
+            db = self._db.db
             self.leader = AdvisoryLeader(db.dsn, LEADER_LOCK, connect_timeout=db.connect_timeout)
+        else:
+            self._db = connect(dep.home.root / "control.db", synchronous="FULL")
+            self._db.executescript(_SCHEMA)
         self._held: dict[str, list[TailedBatch]] = {}  # delivered, waiting for an earlier batch's grace
         self._checked: set[str] = set()  # streams whose durable position was checked against the db
         self._last_progress = 0.0
@@ -159,8 +167,6 @@ class DirectAuditor:
         if self._thread is not None:
             self._thread.join(10 + self.wait_s)
         self._db.close()
-        if self._grants_db is not None:
-            self._grants_db.close()
         if self.leader is not None:
             self.leader.release()
 
@@ -291,10 +297,12 @@ class DirectAuditor:
         if last_seq <= self._floor(stream)[0]:
             return 0
         added = self.dep.audit.reconcile(SOURCE, stream, end, events)
-        with write_txn(self._db, "record the direct-path audit position") as db:
+        greatest = "max" if self._grants_db is None else "GREATEST"  # SQLite's two-argument max
+        with write(self._db, "record the direct-path audit position") as db:
             db.execute("INSERT INTO direct_tail (stream, last_seq, end_offset) VALUES (?, ?, ?) "
-                       "ON CONFLICT (stream) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq), "
-                       "end_offset = max(end_offset, excluded.end_offset)", (stream, last_seq, end))
+                       f"ON CONFLICT (stream) DO UPDATE SET last_seq = {greatest}(direct_tail.last_seq, "
+                       f"excluded.last_seq), end_offset = {greatest}(direct_tail.end_offset, excluded.end_offset)",
+                       (stream, last_seq, end))
         return added
 
     def _refuse(self, b: TailedBatch, v: _Verdict) -> int:
@@ -311,7 +319,7 @@ class DirectAuditor:
         record_alert(self.dep.audit, Alert(ALERT_RULE, "critical", time.time(), resource, v.reason,
                                            meta={k: val for k, val in meta.items() if isinstance(val, str | int)}))
         self.dep.audit.flush()
-        with write_txn(self._db, "remember a refused batch") as db:
+        with write(self._db, "remember a refused batch") as db:
             db.execute("INSERT OR IGNORE INTO direct_refused (stream, seq) VALUES (?, ?)", (b.stream, b.seq))
         return 1
 
@@ -322,7 +330,7 @@ class DirectAuditor:
     def _enrolled(self) -> dict[str, dict[str, list[str]]]:
         """kid -> {topic: [types]} of keys the control plane enrolled (client-mode services)."""
         if self._grants_db is not None:  # where ControlPlane records them (StoreUnavailable: pass retried)
-            rows = self._grants_db.execute("SELECT kid, grants FROM seal_grants").fetchall()
+            rows = self._db.execute("SELECT kid, grants FROM seal_grants").fetchall()
             return {str(kid): orjson.loads(doc) for kid, doc in rows}
         try:
             rows = self._db.execute("SELECT kid, grants FROM seal_grants").fetchall()
@@ -346,7 +354,7 @@ class DirectAuditor:
                                   group=meta_text(g.group), committed=g.committed, **extra,
                                   previous=int(row[0]) if row else 0, via="direct")
             self.dep.audit.flush()
-            with write_txn(self._db, "remember a group's progress") as db:
+            with write(self._db, "remember a group's progress") as db:
                 db.execute("INSERT INTO direct_progress (grp, stream, committed) VALUES (?, ?, ?) ON CONFLICT (grp, "
                            "stream) DO UPDATE SET committed = excluded.committed", (g.group, g.stream, g.committed))
             written += 1

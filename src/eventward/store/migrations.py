@@ -247,6 +247,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 FOR EACH ROW EXECUTE FUNCTION {CONTROL_SCHEMA}.refuse('policy versions are immutable')""",
         ),
     ),
+    Migration(
+        6,
+        "the direct-path reconciler's positions (control.db on SQLite)",
+        (
+            f"""CREATE TABLE {CONTROL_SCHEMA}.direct_tail (stream text PRIMARY KEY, last_seq bigint NOT NULL,
+                end_offset bigint NOT NULL)""",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.direct_refused (stream text NOT NULL, seq bigint NOT NULL,
+                PRIMARY KEY (stream, seq))""",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.direct_progress (grp text NOT NULL, stream text NOT NULL,
+                committed bigint NOT NULL, PRIMARY KEY (grp, stream))""",
+        ),
+    ),
 )
 
 TARGET_VERSION = MIGRATIONS[-1].version

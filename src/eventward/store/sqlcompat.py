@@ -1,7 +1,7 @@
 """SQLite-shaped access to PostgreSQL tables, for small stores whose SQL is shared by both backends.
 
 The trust registry and the control plane's seal grants are a few short statements written for
-SQLite (``?`` placeholders, ``INSERT OR REPLACE``, unqualified table names). :class:`PgTables`
+SQLite (``?`` placeholders, ``INSERT OR REPLACE``/``OR IGNORE``, unqualified table names). :class:`PgTables`
 runs the same statements on PostgreSQL, so one class keeps one set of queries and the backends
 cannot drift: reads run on a pooled autocommit connection (retried once on a connection the
 server dropped), writes in one transaction holding the store's advisory lock (SQLite's ``BEGIN
@@ -67,6 +67,8 @@ class PgTables:
         out = self._cache.get(sql)
         if out is None:
             out = sql.replace("?", "%s")
+            if out.startswith("INSERT OR IGNORE INTO "):
+                out = "INSERT INTO " + out[len("INSERT OR IGNORE INTO "):] + " ON CONFLICT DO NOTHING"
             m = _OR_REPLACE.match(out.strip())
             if m:
                 table, cols, rest = m.group(1), [c.strip() for c in m.group(2).split(",")], m.group(3)
