@@ -149,3 +149,24 @@ def test_enrollment_check_of_pki_sign_csr_reads_the_database(tmp_path, pg_dsn, m
         assert not is_enrolled(home, PRODUCER)
     finally:
         trust.close()
+
+
+def test_threat_report_counts_seal_suites_in_the_database(tmp_path, pg_dsn, monkeypatch):
+    """``harden threats`` says which producers seal hybrid: on PostgreSQL it must count there."""
+    from eventward.audit.signing import ensure_key, load_signer
+    from eventward.config import Config
+    from eventward.crypto.seal import HYBRID
+    from eventward.harden.threats import _suites
+
+    monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
+    home = Home(tmp_path / "home").ensure()
+    home.config.write_text("store: {backend: postgres, dsn_env: EW_TEST_DSN}\n")
+    ensure_key(home)
+    Database(pg_dsn).migrate(load_signer(home.audit_key).name)
+    trust = TrustRegistry.open(home, grants(), StrictAudit())
+    try:
+        trust.register(PRODUCER, by=ADMIN)
+        trust.register("other-svc", by=ADMIN, suite=HYBRID)
+    finally:
+        trust.close()
+    assert _suites(home, Config.load(home.config)) == {"ed25519": 1, HYBRID: 1}

@@ -93,6 +93,26 @@ def is_enrolled(home: Home, principal: str) -> bool:
         tables.close()
 
 
+def active_suites_in_database(home: Home) -> dict[str, int]:
+    """Active keys per seal suite in the shared database of a ``store.backend: postgres`` home
+    (counts only; ``{}`` when the database cannot be read, as for an unreadable trust.db)."""
+    from eventward.errors import EventwardError
+
+    try:
+        tables = open_pg_tables(home, TRUST_TABLES, TRUST_LOCK)
+    except EventwardError:
+        return {}
+    try:
+        rows = tables.execute(
+            f"SELECT CASE WHEN mldsa IS NULL THEN '{ED25519}' ELSE '{HYBRID}' END, COUNT(*) FROM keys "
+            "WHERE status = 'active' GROUP BY 1").fetchall()
+    except EventwardError:
+        return {}
+    finally:
+        tables.close()
+    return {str(suite): int(n) for suite, n in rows if n}
+
+
 def check_purpose(purpose: str) -> str:
     if purpose not in PURPOSES:
         raise InputError(f"key purpose must be one of {', '.join(PURPOSES)}")

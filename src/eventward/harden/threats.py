@@ -31,8 +31,12 @@ class Threat:
                 "open": self.open}
 
 
-def _suites(home: Home | None) -> dict[str, int]:
+def _suites(home: Home | None, cfg: Config | None = None) -> dict[str, int]:
     """Active seal keys per suite, read-only from the trust registry (no keys, only counts)."""
+    if home is not None and cfg is not None and cfg.store.backend == "postgres":
+        from eventward.client.trust import active_suites_in_database
+
+        return active_suites_in_database(home)
     if home is None or not home.trust_db.exists():
         return {}
     try:
@@ -73,7 +77,7 @@ def report(cfg: Config, home: Home | None = None) -> list[Threat]:
     embedded = cfg.transport == "embedded"
     tls, client_auth, how = _transport(cfg)
     hybrid = cfg.seals.require_hybrid
-    suites = _suites(home)
+    suites = _suites(home, cfg)
     kms = str(cfg.kms.get("backend", "local"))
     rows: list[Threat] = []
 
