@@ -72,3 +72,36 @@ def test_second_replica_serves_services_the_first_enrolled(world, pg_dsn):
     with psycopg.connect(pg_dsn) as c:
         kids = {r[0] for r in c.execute("SELECT kid FROM eventward_control.seal_grants")}
     assert producer_kid in kids
+
+
+def test_race_two_replicas_approve_the_same_enrollment_one_winner(world, pg_dsn):
+    """Two replicas approving one enrollment request at once: one grant, the other a ConflictError,
+    one set of trusted keys and one seal-grant row."""
+    from eventward.control.identity import ServiceIdentity
+    from eventward.errors import ConflictError
+    from eventward.pki import open_ca
+    from pg.conftest import race
+
+    open_ca(world.dep.home.certs, create=True).close()  # home material is made before replicas start
+    ident = ServiceIdentity.create(world.root / "svc" / demo.PRODUCER, demo.PRODUCER)
+    request = ident.request_path.read_bytes()
+    may_seal = {demo.TOPIC: [demo.EVENT_TYPE]}
+    with Deployment.open(world.dep.home) as dep2:
+        plane2 = ControlPlane.open(dep2)
+        try:
+            def approve(plane):
+                try:
+                    return plane.approve(demo.ADMIN, request, may_seal)
+                except ConflictError as e:
+                    return e
+
+            out = race(lambda: approve(world.plane), lambda: approve(plane2))
+        finally:
+            plane2.close()
+    assert sorted(type(o).__name__ for o in out) == ["ConflictError", "bytes"], out
+    ident.install(next(o for o in out if isinstance(o, bytes)))
+    keys = [k for k in world.dep.trust.list(demo.PRODUCER) if k.status == "active"]
+    assert sorted(k.purpose for k in keys) == ["dead_letter", "seal"]
+    assert ident.signer().kid in {k.kid for k in keys}
+    with psycopg.connect(pg_dsn) as c:
+        assert c.execute("SELECT count(*) FROM eventward_control.seal_grants").fetchone()[0] == 1
