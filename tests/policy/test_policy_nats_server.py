@@ -167,13 +167,13 @@ class Client:
 
     async def wait_violated(self, subject) -> bool:
         """The server's -ERR arrives asynchronously: wait for it with a deadline."""
-        return await async_wait_until(lambda: self.violated(subject), timeout=5, what=f"violation on {subject}")
+        return await async_wait_until(lambda: self.violated(subject), timeout=15, what=f"violation on {subject}")
 
     async def wait_got(self, last) -> list:
         """Wait until ``last`` was delivered. One publisher's messages arrive in order, and a
         publisher that settled was routed before anything published after it, so whatever was
         not delivered by then never will be."""
-        await async_wait_until(lambda: last in self.got, timeout=5, what=f"marker {last}")
+        await async_wait_until(lambda: last in self.got, timeout=15, what=f"marker {last}")
         return self.got
 
 
