@@ -105,3 +105,17 @@ def test_race_two_replicas_approve_the_same_enrollment_one_winner(world, pg_dsn)
     assert ident.signer().kid in {k.kid for k in keys}
     with psycopg.connect(pg_dsn) as c:
         assert c.execute("SELECT count(*) FROM eventward_control.seal_grants").fetchone()[0] == 1
+
+
+def test_replica_with_another_anchor_key_is_refused(world):
+    """A replica whose home holds another control-anchor.key would sign grants and trust
+    statements the enrolled services reject (or enroll services under a second anchor): it is
+    refused at start, naming the file to copy."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from eventward.control.anchor import Anchor
+    from eventward.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"control-anchor\.key is not the anchor key"):
+        ControlPlane(world.dep, Anchor(Ed25519PrivateKey.generate()))
+    ControlPlane.open(world.dep).close()  # the home's own key is accepted

@@ -31,6 +31,7 @@ from eventward.crypto.seal import kid_of
 from eventward.deployment import Deployment
 from eventward.errors import (
     AccessDenied,
+    ConfigError,
     ConflictError,
     InputError,
     KeyDestroyed,
@@ -42,11 +43,12 @@ from eventward.keys.notices import ERROR_CODE
 from eventward.log.sqlite import connect
 from eventward.pki import certify_csr, open_ca
 from eventward.policy.base import PUBLISH, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
-from eventward.store.migrations import CONTROL_SCHEMA
+from eventward.store.migrations import CONTROL_SCHEMA, SCHEMA
 from eventward.store.sqlcompat import PgTables, open_pg_tables, write
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS seal_grants(kid TEXT PRIMARY KEY, grants TEXT NOT NULL)"
-CONTROL_TABLES = {"seal_grants": (f"{CONTROL_SCHEMA}.seal_grants", "kid")}  # on PostgreSQL
+CONTROL_TABLES = {"seal_grants": (f"{CONTROL_SCHEMA}.seal_grants", "kid"), "meta": (f"{SCHEMA}.meta", "key")}
+_ANCHOR_META = "control_anchor"  # the anchor's public key, recorded by the first replica
 CONTROL_LOCK = 0x65776370  # pg_advisory_xact_lock key of the control plane's writes ("ewcp")
 MAX_KEYS_PER_REQUEST = 1000
 MAX_NOTICE_WAIT_S = 25.0
@@ -78,10 +80,30 @@ class ControlPlane:
         self._lock = threading.Lock()
         if dep.config.store.backend == "postgres":  # shared by every replica (migration 4)
             self._db: sqlite3.Connection | PgTables = open_pg_tables(dep.home, CONTROL_TABLES, CONTROL_LOCK)
+            try:
+                self._check_anchor(self._db)
+            except BaseException:
+                self._db.close()
+                raise
         else:
             self._db = connect(dep.home.root / "control.db", synchronous="FULL")
             with self._lock, write(self._db, "create control schema") as db:
                 db.execute(_SCHEMA)
+
+    def _check_anchor(self, db: PgTables) -> None:
+        """Replicas must all sign with one anchor key: services verify every grant and trust
+        statement against the key in their grant. The first replica records its public key in
+        the database; a replica whose home holds another key is refused before it serves."""
+        with db.write("record the control anchor") as txn:
+            txn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                        (_ANCHOR_META, self.anchor.public_text))
+            row = txn.execute("SELECT value FROM meta WHERE key = ?", (_ANCHOR_META,)).fetchone()
+        if row is None or row[0] != self.anchor.public_text:
+            raise ConfigError(
+                f"{self.dep.home.root / 'control-anchor.key'} is not the anchor key of this deployment's other "
+                f"control-plane replicas (public key {str(row[0] if row else '')[:16]}...): copy control-anchor.key "
+                "from the home that made it; services verify every grant and trust statement against that key"
+            )
 
     @classmethod
     def open(cls, dep: Deployment) -> ControlPlane:
@@ -168,6 +190,17 @@ class ControlPlane:
             event_type)
         return {"type": sv.type, "version": sv.version, "format": sv.fmt, "fingerprint": sv.fingerprint,
                 "document": _b64(sv.compiled.raw), "report": sv.report.to_dict()}
+
+    def topic(self, principal: str, topic: str) -> dict[str, Any]:
+        """How ``topic`` is laid out (its partition count), for a principal that may publish or
+        subscribe to it: a client-mode producer routes by it and a consumer reads every partition."""
+        check_principal(principal)
+        if not any(self.dep.policy.decide(principal, action, ("Topic", topic), {}).allowed
+                   for action in (PUBLISH, SUBSCRIBE)):
+            self.dep.audit.record("control.topic", principal=principal, resource=f"Topic::{topic}",
+                                  outcome=DENIED, reason="forbidden")
+            raise AccessDenied(f"{principal} may not publish or subscribe to {topic}")
+        return {"topic": topic, "partitions": self.dep.policy.partitions(topic)}
 
     # --- trust -------------------------------------------------------------------------
     def trust_entries(self, principal: str) -> list[dict[str, str]]:
