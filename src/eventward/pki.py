@@ -13,7 +13,9 @@ eventward.yaml, :func:`open_ca`). Every certificate is verified against the CA b
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -259,12 +261,22 @@ def load(cert_path: Path, key_path: Path) -> Issued:
 
 
 def load_or_issue_ca(cert_path: Path, key_path: Path, cn: str = "eventward CA") -> Issued:
-    """A CA pair kept in files, created on first use (the file backend; see :func:`open_ca`)."""
-    if cert_path.exists():
-        return load(cert_path, key_path)
-    ca = issue_ca(cn)
-    save(ca, cert_path, key_path)
-    return ca
+    """A CA pair kept in files, created on first use (the file backend; see :func:`open_ca`).
+
+    Checked and made under an exclusive lock on a file beside it: processes creating it at once
+    (``serve`` replicas sharing one home) make ONE CA; without it each wrote its own key and
+    certificate over the other's (a certificate of one CA beside the key of another)."""
+    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(cert_path.with_name(".ca.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if cert_path.exists():
+            return load(cert_path, key_path)
+        ca = issue_ca(cn)
+        save(ca, cert_path, key_path)
+        return ca
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def open_ca(
