@@ -12,12 +12,13 @@ eventward.yaml, :func:`open_ca`). Every certificate is verified against the CA b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import ipaddress
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,15 +267,23 @@ def load_or_issue_ca(cert_path: Path, key_path: Path, cn: str = "eventward CA") 
     Checked and made under an exclusive lock on a file beside it: processes creating it at once
     (``serve`` replicas sharing one home) make ONE CA; without it each wrote its own key and
     certificate over the other's (a certificate of one CA beside the key of another)."""
-    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(cert_path.with_name(".ca.lock"), os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with _first_use_lock(cert_path):
         if cert_path.exists():
             return load(cert_path, key_path)
         ca = issue_ca(cn)
         save(ca, cert_path, key_path)
         return ca
+
+
+@contextlib.contextmanager
+def _first_use_lock(cert_path: Path) -> Iterator[None]:
+    """An exclusive lock on ``.<name>.lock`` beside a certificate made on first use: processes
+    sharing a home (``serve`` replicas) check and make it one at a time, so one pair is written."""
+    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(cert_path.with_name(f".{cert_path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)  # releases the lock
 
@@ -353,13 +362,15 @@ def ensure_server_cert(
     client certificate, which cluster routes (server-to-server mTLS) need."""
     cert, key = certs / f"{name}.crt", certs / f"{name}.key"
     if not cert.exists():
-        ca = open_ca(certs, create=True)
-        try:
-            issued = issue_cert(ca, name, server=True, client=True, sans=sans, days=_first_use_days(certs))
-        finally:
-            ca.close()
-        save(issued, cert, key)
-        _record(certs, issued.cert, cert)
+        with _first_use_lock(cert):
+            if not cert.exists():
+                ca = open_ca(certs, create=True)
+                try:
+                    issued = issue_cert(ca, name, server=True, client=True, sans=sans, days=_first_use_days(certs))
+                finally:
+                    ca.close()
+                save(issued, cert, key)
+                _record(certs, issued.cert, cert)
     return cert, key
 
 
@@ -368,13 +379,15 @@ def ensure_client_cert(certs: Path, principal: str) -> tuple[Path, Path]:
     check_cn(principal)
     cert, key = certs / "clients" / f"{principal}.crt", certs / "clients" / f"{principal}.key"
     if not cert.exists():
-        ca = open_ca(certs, create=True)
-        try:
-            issued = issue_cert(ca, principal, client=True, days=_first_use_days(certs))
-        finally:
-            ca.close()
-        save(issued, cert, key)
-        _record(certs, issued.cert, cert)
+        with _first_use_lock(cert):
+            if not cert.exists():
+                ca = open_ca(certs, create=True)
+                try:
+                    issued = issue_cert(ca, principal, client=True, days=_first_use_days(certs))
+                finally:
+                    ca.close()
+                save(issued, cert, key)
+                _record(certs, issued.cert, cert)
     return cert, key
 
 

@@ -38,3 +38,32 @@ def test_callers_creating_the_ca_at_once_make_one(tmp_path):
         pair = load(*ca_paths(certs))
         assert _spki(pair.cert.public_key()) == got[0]
         assert _spki(pair.key.public_key()) == got[0]  # the key on disk is the certificate's
+
+
+def test_replicas_issuing_the_server_certificate_at_once_write_one_pair(tmp_path):
+    """``serve`` replicas starting together each issue the gateway's certificate on first use:
+    one pair is written, and its key belongs to its certificate (else one replica's TLS fails)."""
+    from eventward.pki import ensure_server_cert
+
+    for round_ in range(3):
+        certs = tmp_path / f"certs{round_}"
+        barrier = threading.Barrier(4)
+        errors: list[str] = []
+
+        def make(certs=certs, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                ensure_server_cert(certs, "gateway")
+            except Exception as e:  # reported by the assertion
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=make) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors
+        pair = load(certs / "gateway.crt", certs / "gateway.key")
+        assert _spki(pair.key.public_key()) == _spki(pair.cert.public_key())
+        ca = load(*ca_paths(certs))
+        pair.cert.verify_directly_issued_by(ca.cert)  # issued by the one CA on disk
