@@ -132,8 +132,12 @@ def test_attack_control_plane_down_fails_closed_and_loses_nothing(world):
     api = _Down(LocalControlAPI(world.plane, demo.SHIPPING))
     shipping = world.client(demo.SHIPPING, api=api, follow_notices=False)
     api.down = True
+    with pytest.raises(ControlPlaneUnavailable):  # the topic's layout is the control plane's to say
+        shipping.consumer(demo.TOPIC, group="down", from_beginning=True)
+    api.down = False
     seen: list = []
     consumer = shipping.consumer(demo.TOPIC, group="down", from_beginning=True)
+    api.down = True  # it goes down under a running consumer
     with pytest.raises(ControlPlaneUnavailable):
         consumer.run(seen.append, idle_timeout=0.3)
     consumer.close()
@@ -146,8 +150,8 @@ def test_attack_control_plane_down_fails_closed_and_loses_nothing(world):
 
     papi = _Down(LocalControlAPI(world.plane, demo.PRODUCER))
     producer_client = world.client(demo.PRODUCER, api=papi, follow_notices=False)
-    papi.down = True
     p = producer_client.producer(demo.TOPIC)
+    papi.down = True
     with pytest.raises(ControlPlaneUnavailable):
         p.send(demo.EVENT_TYPE, demo.order(50))
     assert world.dep.transport.end_offset(demo.TOPIC) == 3  # nothing half-written

@@ -216,6 +216,10 @@ class MemoryBackend:
             raise NotFoundError(f"no schema {args[1]!r}")
         if method == "trust_entries":
             return []
+        if method == "topic":
+            if not any(self.authz.decide(principal, a, ("Topic", args[0])).allowed for a in (PUBLISH, SUBSCRIBE)):
+                raise AccessDenied(f"{principal} may not publish or subscribe to {args[0]}")
+            return {"topic": args[0], "partitions": 1}
         if method == "decide":
             action, resource, context = args[:3]
             return self.authz.decide(principal, action, resource, context).allowed

@@ -86,6 +86,11 @@ class ControlAPI(Protocol):
         A version's document never changes: callers cache it and check the fingerprint."""
         ...
 
+    def topic(self, topic: str) -> dict[str, Any]:
+        """``{topic, partitions}``: the topic's layout (1 when unpartitioned), which producers route
+        by and consumers read whole. AccessDenied unless this identity may publish or subscribe to it."""
+        ...
+
     def trust_entries(self) -> list[dict[str, str]]:
         """Every signing key (active, retired and revoked, with what each may seal) as a statement
         signed by the anchor: verify each before use; ``[]`` when no key is registered."""
@@ -141,6 +146,9 @@ class LocalControlAPI:
 
     def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
         return self._plane.schema(self.principal, topic, event_type, version)
+
+    def topic(self, topic: str) -> dict[str, Any]:
+        return self._plane.topic(self.principal, topic)
 
     def trust_entries(self) -> list[dict[str, str]]:
         return self._plane.trust_entries(self.principal)

@@ -125,6 +125,7 @@ class Client:
         return schemas
 
     def producer(self, topic: str, **kw: Any) -> Producer:
+        kw.setdefault("partitions", self._partitions(topic))  # routed as the control plane's policy says
         return Producer(
             topic, principal=self.principal, transport=self.transport, signer=self.identity.signer("seal"),
             schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer,
@@ -132,17 +133,31 @@ class Client:
         )
 
     def consumer(self, topic: str, *, group: str | None = None, **kw: Any) -> Consumer:
-        guard = ReplayGuard.open(Home(self.identity.state_dir), group or self.principal)
+        """As home mode's: a partitioned topic is read whole unless ``partitions=[...]`` or
+        ``partition_of=(member, members)`` splits the group; a member keeps its own replay state and
+        answers erasure notices itself."""
+        partition_count = kw.pop("partition_count", None) or self._partitions(topic)  # before anything is opened
+        name = group or self.principal
+        if kw.get("partition_of") is not None or kw.get("partitions") is not None:
+            part = ("member-{}-of-{}".format(*kw["partition_of"]) if kw.get("partition_of") is not None
+                    else "partitions-" + "-".join(map(str, kw["partitions"])))
+            name = f"{name}.{part}"  # a group name the control API accepts (letters, digits, '._-')
+            kw.setdefault("notice_group", name)
+        guard = ReplayGuard.open(Home(self.identity.state_dir), name)
         self._closers.append(guard)
         dlq = DeadLetters(topic, transport=self.transport, verifier=self.verifier, authorizer=self.authorizer,
                           audit=ObservedAudit(), signer=self.identity.signer("dead_letter"))
         notices = RemoteNotices(self.api)
-        notices.register(group or self.principal)  # it must acknowledge every later forget
+        notices.register(name)  # it must acknowledge every later forget
         return Consumer(
             topic, principal=self.principal, transport=self.transport, verifier=self.verifier,
             schemas=self._schemas(topic), encryptor=self.cipher, authorizer=self.authorizer, guard=guard,
-            dlq=dlq, audit=ObservedAudit(), group=group, notices=notices, **kw,
+            dlq=dlq, audit=ObservedAudit(), group=group, notices=notices,
+            partition_count=partition_count, **kw,
         )
+
+    def _partitions(self, topic: str) -> int:
+        return int(self.api.topic(topic)["partitions"])
 
     def close(self) -> None:
         self.notices.stop()

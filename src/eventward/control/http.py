@@ -117,6 +117,9 @@ class HttpControlAPI:
         params = {"version": version} if version is not None else None
         return self._request("GET", f"/schemas/{topic}/{event_type}", params=params)
 
+    def topic(self, topic: str) -> dict[str, Any]:
+        return self._request("GET", f"/topics/{topic}")
+
     def trust_entries(self) -> list[dict[str, str]]:
         return self._request("GET", "/trust")["entries"]
 

@@ -195,8 +195,11 @@ class ControlPlane:
         """How ``topic`` is laid out (its partition count), for a principal that may publish or
         subscribe to it: a client-mode producer routes by it and a consumer reads every partition."""
         check_principal(principal)
-        if not any(self.dep.policy.decide(principal, action, ("Topic", topic), {}).allowed
-                   for action in (PUBLISH, SUBSCRIBE)):
+        decide, res = self.dep.policy.decide, ("Topic", topic)
+        # Publish grants are often limited to event types: any registered type the caller may publish counts.
+        contexts = [{}] + [{"event_type": info.type} for info in self.dep.registry.list()]
+        if not (decide(principal, SUBSCRIBE, res, {}).allowed
+                or any(decide(principal, PUBLISH, res, ctx).allowed for ctx in contexts)):
             self.dep.audit.record("control.topic", principal=principal, resource=f"Topic::{topic}",
                                   outcome=DENIED, reason="forbidden")
             raise AccessDenied(f"{principal} may not publish or subscribe to {topic}")

@@ -511,6 +511,9 @@ class _Gateway:
     async def op_control_schema(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
         return await self.backend.control("schema", p.name, params["topic"], params["type"], params.get("version"))
 
+    async def op_control_topic(self, p: Principal, params: dict[str, Any], *_: Any) -> dict[str, Any]:
+        return await self.backend.control("topic", p.name, params["topic"])
+
     async def op_control_trust(self, p: Principal, *_: Any) -> dict[str, Any]:
         return {"entries": await self.backend.control("trust_entries", p.name)}
 

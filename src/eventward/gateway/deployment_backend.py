@@ -116,7 +116,7 @@ class DeploymentBackend:
             self._control = ControlPlane.open(self.deployment)
         return self._control
 
-    _CONTROL_CALLS = frozenset({"encryption_keys", "decryption_keys", "schema", "trust_entries", "decide",
+    _CONTROL_CALLS = frozenset({"encryption_keys", "decryption_keys", "schema", "topic", "trust_entries", "decide",
                                 "register_group", "erasures_due", "acknowledge"})
 
     async def control(self, method: str, principal: str, *args: Any) -> Any:

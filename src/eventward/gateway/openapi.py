@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventward import envelope
+from eventward.log.partitions import MAX_PARTITIONS
 from eventward.policy.base import ACTIONS
 from eventward.policy.spec import KINDS
 
@@ -374,6 +375,7 @@ SCHEMAS.update({
         "document": _s(4 * 1024 * 1024, BASE64), "report": {"type": "object", "maxProperties": 64},
     }, ("type", "version", "format", "fingerprint", "document", "report")),
     "Statement": _STATEMENT,
+    "ControlTopic": _obj({"topic": _s(200, NAME), "partitions": _int(1, MAX_PARTITIONS)}, ("topic", "partitions")),
     "ControlTrust": _obj({"entries": _arr(ref("Statement"), 100_000)}, ("entries",)),
     "ControlDecideRequest": _obj({
         "action": {"type": "string", "enum": list(ACTIONS)}, "resource": ref("Resource"),
@@ -657,6 +659,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "control_schema", "GET", "/v1/control/schemas/{topic}/{type}", "A schema as stored (client mode)",
         "ControlSchema", tag="control", params=(TOPIC, ETYPE, Param("version", "query", _int(1, 2**31 - 1))),
         description="The client recompiles the document and checks the fingerprint.",
+    ),
+    Operation(
+        "control_topic", "GET", "/v1/control/topics/{topic}", "A topic's layout: its partition count",
+        "ControlTopic", tag="control", params=(TOPIC,),
+        description="For a service that may publish or subscribe to the topic: producers route by the "
+        "partition count, consumers read every partition.",
     ),
     Operation(
         "control_trust", "GET", "/v1/control/trust", "Signed trust entries for seal verification",
