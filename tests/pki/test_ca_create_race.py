@@ -67,3 +67,25 @@ def test_replicas_issuing_the_server_certificate_at_once_write_one_pair(tmp_path
         assert _spki(pair.key.public_key()) == _spki(pair.cert.public_key())
         ca = load(*ca_paths(certs))
         pair.cert.verify_directly_issued_by(ca.cert)  # issued by the one CA on disk
+
+
+def test_replicas_making_the_control_anchor_at_once_make_one(tmp_path):
+    """Each serve replica loads the control anchor key, made on first use: made by several at
+    once, all get the one key on disk (else grants signed by a lost key fail at the next start)."""
+    from eventward.control.anchor import Anchor
+
+    for round_ in range(3):
+        path = tmp_path / f"home{round_}" / "control-anchor.key"
+        barrier = threading.Barrier(4)
+        got: list[str] = []
+
+        def make(path=path, barrier=barrier, got=got) -> None:
+            barrier.wait()
+            got.append(Anchor.load_or_create(path).public_text)
+
+        threads = [threading.Thread(target=make) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(got) == 4 and set(got) == {Anchor.load_or_create(path).public_text}

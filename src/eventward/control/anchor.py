@@ -10,6 +10,8 @@ whose public half every service receives at enrollment, out of band.
 from __future__ import annotations
 
 import base64
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,11 +73,21 @@ class Anchor:
 
     @classmethod
     def load_or_create(cls, path: Path) -> Anchor:
-        if path.exists():
-            return cls(Ed25519PrivateKey.from_private_bytes(read_secret(path)))
-        key = Ed25519PrivateKey.generate()
-        write_secret(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
-        return cls(key)
+        """The key in ``path``, made on first use. Checked and made under an exclusive lock on a
+        file beside it, so ``serve`` replicas starting together on one home make ONE key (each
+        made its own, and all but the last written were lost at their next start)."""
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path.with_name(f".{path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not path.exists():
+                    key = Ed25519PrivateKey.generate()
+                    write_secret(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
+                    return cls(key)
+            finally:
+                os.close(fd)
+        return cls(Ed25519PrivateKey.from_private_bytes(read_secret(path)))
 
     @property
     def public_text(self) -> str:
