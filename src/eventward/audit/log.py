@@ -129,6 +129,11 @@ def _unavailable(path: Path, e: sqlite3.Error) -> AuditUnavailable:
 class AuditLog:
     """Open with ``AuditLog.open(home)``; use as a context manager or call ``close()``."""
 
+    # A watermark only moves forward (the PostgreSQL log spells max() as greatest()).
+    _RAISE_WATERMARK = ('INSERT INTO watermarks (source, stream, "offset") VALUES (?, ?, ?) '
+                        'ON CONFLICT (source, stream) DO UPDATE '
+                        'SET "offset" = max(watermarks."offset", excluded."offset")')
+
     def __init__(
         self,
         db_path: Path,
@@ -442,19 +447,13 @@ class AuditLog:
                     if row is None:
                         raise InputError("reconciled records are Publish records naming stream and batch")
                     key = row[:2]
-                    seen = self._conn.execute(
-                        "SELECT 1 FROM published WHERE stream = ? AND batch = ?", key
-                    ).fetchone()
+                    seen = self._q("SELECT 1 FROM published WHERE stream = ? AND batch = ?", key)
                     if not seen and key not in taken:
                         taken.add(key)
                         fresh.append(entry)
                 if fresh:
                     appended = self._append_in_txn(fresh)
-                self._conn.execute(
-                    "INSERT INTO watermarks (source, stream, offset) VALUES (?, ?, ?) ON CONFLICT (source, stream) "
-                    "DO UPDATE SET offset = max(offset, excluded.offset)",
-                    (source, stream, upto),
-                )
+                self._q(self._RAISE_WATERMARK, (source, stream, upto))
             if appended is not None:
                 self._frontier, self._frontier_size = appended[1], appended[0].stop
         return len(fresh)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import TypeVar
 
 import psycopg
 
-from eventward.audit.base import AuditEvent
 from eventward.audit.checkpoint import Checkpoint, sign_checkpoint
 from eventward.audit.log import PUBLISHED_ACTION, AuditLog, _published_row
 from eventward.audit.records import Entry, encode, format_time
@@ -32,7 +31,7 @@ from eventward.audit.signing import AuditSigner, ensure_key, load_signer
 from eventward.audit.tree import Frontier, load_frontier, push_leaf, range_root
 from eventward.config import Config
 from eventward.crypto.merkle import leaf_hash
-from eventward.errors import AuditUnavailable, ConfigError, InputError
+from eventward.errors import AuditUnavailable, ConfigError
 from eventward.home import Home
 from eventward.policy.base import Authorizer
 from eventward.store.dsn import describe, resolve_dsn, scrub
@@ -59,6 +58,10 @@ def _begin(conn: psycopg.Connection) -> psycopg.Connection:
 
 class PgAuditLog(AuditLog):
     """Open with ``PgAuditLog.open_home(home)`` (``AuditLog.open`` does when the store is postgres)."""
+
+    _RAISE_WATERMARK = ('INSERT INTO watermarks (source, stream, "offset") VALUES (?, ?, ?) '
+                        'ON CONFLICT (source, stream) DO UPDATE '
+                        'SET "offset" = greatest(watermarks."offset", excluded."offset")')
 
     def __init__(
         self,
@@ -184,35 +187,6 @@ class PgAuditLog(AuditLog):
                 cur.executemany("INSERT INTO published (stream, batch, idx) VALUES (%s, %s, %s) "
                                 "ON CONFLICT DO NOTHING", published)
         return range(start, n), frontier
-
-    def reconcile(self, source: str, stream: str, upto: int, events: Iterable[AuditEvent]) -> int:
-        """As AuditLog.reconcile: missing Publish records and the watermark, in one transaction."""
-        entries = [self._entry(e) for e in events]
-        with self._lock:
-            self._writable()
-            self._flush_locked()
-            appended: tuple[range, Frontier] | None = None
-            with self._write_txn():
-                fresh: list[Entry] = []
-                taken: set[tuple[str, str]] = set()
-                for entry in entries:
-                    row = _published_row(0, entry)
-                    if row is None:
-                        raise InputError("reconciled records are Publish records naming stream and batch")
-                    key = row[:2]
-                    if not self._q("SELECT 1 FROM published WHERE stream = ? AND batch = ?", key) and (
-                        key not in taken
-                    ):
-                        taken.add(key)
-                        fresh.append(entry)
-                if fresh:
-                    appended = self._append_in_txn(fresh)
-                self._q('INSERT INTO watermarks (source, stream, "offset") VALUES (?, ?, ?) ON CONFLICT '
-                        '(source, stream) DO UPDATE SET "offset" = greatest(watermarks."offset", excluded."offset") '
-                        "RETURNING 1", (source, stream, upto))
-            if appended is not None:
-                self._frontier, self._frontier_size = appended[1], appended[0].stop
-        return len(fresh)
 
     def checkpoint(self) -> Checkpoint:
         """Sign (size, root, time) of the tree and keep it; the commit makes everything before it

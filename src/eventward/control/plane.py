@@ -196,10 +196,8 @@ class ControlPlane:
         subscribe to it: a client-mode producer routes by it and a consumer reads every partition."""
         check_principal(principal)
         decide, res = self.dep.policy.decide, ("Topic", topic)
-        # Publish grants are often limited to event types: any registered type the caller may publish counts.
-        contexts = [{}] + [{"event_type": info.type} for info in self.dep.registry.list()]
-        if not (decide(principal, SUBSCRIBE, res, {}).allowed
-                or any(decide(principal, PUBLISH, res, ctx).allowed for ctx in contexts)):
+        if not (decide(principal, SUBSCRIBE, res, {}).allowed or decide(principal, PUBLISH, res, {}).allowed
+                or self._may_seal_on(principal, topic)):  # publish grants are often limited to event types
             self.dep.audit.record("control.topic", principal=principal, resource=f"Topic::{topic}",
                                   outcome=DENIED, reason="forbidden")
             raise AccessDenied(f"{principal} may not publish or subscribe to {topic}")
@@ -220,6 +218,12 @@ class ControlPlane:
                 "mldsa": pq, "changed": key.changed, "may_seal": grants.get(info.kid),
             }))
         return out
+
+    def _may_seal_on(self, principal: str, topic: str) -> bool:
+        """Whether one of ``principal``'s active keys was enrolled to seal some type on ``topic``
+        (checked against the policy at enrollment)."""
+        mine = {i.kid for i in self.dep.trust.list() if i.principal == principal and i.status != REVOKED}
+        return any(topic in grants for kid, grants in self._grants().items() if kid in mine)
 
     def _grants(self) -> dict[str, dict[str, list[str]]]:
         """kid -> {topic: [event types]} recorded at enrollment."""
