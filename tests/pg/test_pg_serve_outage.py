@@ -101,6 +101,9 @@ def test_database_stopped_under_serve_fails_closed_and_recovers_by_itself(cluste
     assert recovered < 15, recovered
     print(f"outage: refusals took {t_up - t_down:.1f}s, recovered {recovered:.1f}s after the database returned")
     assert api.encryption_keys(demo.TOPIC, demo.EVENT_TYPE, [("new-subject", "pii", 1)])[0][1]
+    # Every store's pool recovers, not only the one that was polled: the registry's idle pool
+    # held connections the restart killed (its first read used to fail with 57P01).
+    assert api.schema(demo.TOPIC, demo.EVENT_TYPE, None)["type"] == demo.EVENT_TYPE
     seen: list[str] = []
     c = cluster.client(demo.SHIPPING).consumer(demo.TOPIC, group="after-outage", from_beginning=True)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from eventward.store.migrations import MIGRATIONS, SCHEMA, TARGET_VERSION, Migra
 
 T = TypeVar("T")
 MIGRATE_LOCK = 0x65776D69  # pg_advisory_xact_lock key: one migration at a time, across replicas
+IDLE_CHECK_S = 1.0  # a pool idle longer than this has its idle connections pinged before the next checkout
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Database:
         self.connect_timeout = connect_timeout
         self._pool_min, self._pool_max = pool_min, pool_max
         self._pool: psycopg_pool.ConnectionPool | None = None
+        self._last_used = time.monotonic()
+        self._suspect = False
 
     def __repr__(self) -> str:
         return f"Database({self.where!r})"
@@ -173,8 +177,21 @@ class Database:
         """A pooled connection (autocommit), returned to the pool afterwards."""
         if self._pool is None:
             raise StoreUnavailable(f"{self.where}: {op} failed: the store is not open")
+        now = time.monotonic()
+        if self._suspect or now - self._last_used > IDLE_CHECK_S:
+            # The pool sat idle (or just lost a connection): the server may have restarted since,
+            # leaving every idle connection dead. Ping them and drop the dead ones first, so a
+            # write transaction (which cannot be retried here) does not fail on one.
+            self._suspect = False
+            with self.errors(op):
+                self._pool.check()
+        self._last_used = now
         with self.errors(op), self._pool.connection(timeout=self.connect_timeout) as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                if conn.broken:  # the next checkout cleans the others that died with it
+                    self._suspect = True
 
     def run(self, op: str, fn: Callable[[psycopg.Connection], T]) -> T:
         """``fn`` on a pooled connection, run once more on a fresh one if the server had dropped
