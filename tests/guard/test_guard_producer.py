@@ -51,6 +51,15 @@ def test_attack_card_number_in_untagged_nested_field_blocked(dep: Deployment) ->
     assert dep.transport.end_offset("orders2") == 1
 
 
+def test_attack_shortest_email_in_untagged_field_blocked(dep: Deployment) -> None:
+    """Six characters is a whole e-mail address: the length floor must not let it through."""
+    publish_schema(dep, "OrderPlaced", order_schema("block"))
+    with dep.producer("orders-svc", "orders") as producer, pytest.raises(SensitiveDataRefused) as ei:
+        producer.send("OrderPlaced", order(1, notes="a@b.co"))
+    assert ei.value.findings == (("notes", "email"),) and "a@b.co" not in ei.value.message
+    assert dep.transport.end_offset("orders") == 0
+
+
 def test_attack_pii_as_a_map_key_is_found_and_not_echoed(dep: Deployment) -> None:
     publish_schema(dep, "OrderPlaced", order_schema("block"))
     with dep.producer("orders-svc", "orders") as producer, pytest.raises(SensitiveDataRefused) as ei:

@@ -63,6 +63,7 @@ CLASS_OF = {
 }
 
 MAX_SCAN_CHARS = 1 << 20  # an event is at most 1 MiB; longer text is cut, never scanned slowly
+MIN_SCAN_CHARS = 6  # the shortest value any detector can confirm: an e-mail such as a@b.co
 SHORT_BYTES = 512  # longer values (and joined pre-checks) go through one Set per pattern
 _MAX_MEM = 16 << 20
 _UNANCHORED = _re2.RE2.Anchor.UNANCHORED
@@ -354,7 +355,7 @@ class Detectors:
         ``only``: the detectors a joint pre-check found anywhere in the event (``kinds_many``)."""
         if len(text) > MAX_SCAN_CHARS:
             text = text[:MAX_SCAN_CHARS]
-        if len(text) < 7 or text in self.clean:
+        if len(text) < MIN_SCAN_CHARS or text in self.clean:
             return set()
         found: set[str] = set()
         for i in self.candidates(text) if only is None else only:

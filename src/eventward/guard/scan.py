@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventward.fieldspec import FieldSpec
+from eventward.guard.detectors import MIN_SCAN_CHARS as _MIN
 from eventward.guard.detectors import Detectors, default_detectors
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]{0,63}\Z")
@@ -118,7 +119,7 @@ def _walk(node: Any, prefix: str, depth: int, out: list[tuple[str, str]], todo: 
         for k, v in node.items():
             t = type(v)
             nested = t is dict or t is list
-            worth = (t is str and len(v) >= 7 and v not in clean) or (t is int and not -(10**8) < v < 10**8)
+            worth = (t is str and len(v) >= _MIN and v not in clean) or (t is int and not -(10**8) < v < 10**8)
             if not (nested or worth) and names.get(k) == k:
                 continue  # most leaves: a known field name and nothing to look at
             seg = _segment(k)
@@ -137,7 +138,7 @@ def _walk(node: Any, prefix: str, depth: int, out: list[tuple[str, str]], todo: 
             if t is dict or t is list:
                 if depth < MAX_DEPTH:
                     _walk(v, p, depth + 1, out, todo, det, protected)
-            elif ((t is str and len(v) >= 7 and v not in clean) or (t is int and not -(10**8) < v < 10**8)) and (
+            elif ((t is str and len(v) >= _MIN and v not in clean) or (t is int and not -(10**8) < v < 10**8)) and (
                 not _covered(p, protected)
             ):
                 todo.append((p, v if t is str else str(v)))
@@ -205,7 +206,7 @@ def _plan(node: dict[str, Any], path: str, protected: frozenset[str], depth: int
     if node.get("additionalProperties", False) is not False or node.get("patternProperties"):
         return _Plan(generic=True)
     types = types_of(node)
-    strings = "string" in types and node.get("format") not in _SAFE_FORMATS and node.get("maxLength", 1 << 30) >= 7
+    strings = "string" in types and node.get("format") not in _SAFE_FORMATS and node.get("maxLength", 1 << 30) >= _MIN
     integers = "integer" in types and not (node.get("minimum", -_BIG) > -_BIG and node.get("maximum", _BIG) < _BIG)
     leaf = strings or integers
     props = []
@@ -330,7 +331,7 @@ def compile_plan(plan: _Plan) -> _Collect:
         branches: list[tuple[str, Callable[[], None]]] = []
         if p.leaf:
             def leaf_str() -> None:
-                lines.append(f"{pad}    if len({var}) >= 7 and {var} not in clean:")
+                lines.append(f"{pad}    if len({var}) >= {_MIN} and {var} not in clean:")
                 lines.append(f"{pad}        todo.append(({path!r}, {var}))")
 
             def leaf_int() -> None:
@@ -380,11 +381,11 @@ def _run(value: Any, plan: _Plan, path: str, out: list[tuple[str, str]], todo: l
     if plan.generic:
         if type(value) is dict or type(value) is list:
             _walk(value, path, 0, out, todo, det, protected)
-        elif type(value) is str and len(value) >= 7 and value not in det.clean:
+        elif type(value) is str and len(value) >= _MIN and value not in det.clean:
             todo.append((path, value))
         return
     t = type(value)
-    worth = (t is str and len(value) >= 7 and value not in det.clean) or (t is int and not -_BIG < value < _BIG)
+    worth = (t is str and len(value) >= _MIN and value not in det.clean) or (t is int and not -_BIG < value < _BIG)
     if plan.leaf and worth:
         todo.append((path, value if t is str else str(value)))
     elif t is dict:
