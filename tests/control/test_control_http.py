@@ -168,3 +168,27 @@ def test_client_mode_groups_acknowledge_erasures_over_https(world, served):
         shipping.api.acknowledge("search-index", pseudonym, "Grace Hopper's index is down")
     assert shipping.api.acknowledge("search-index", pseudonym, None) is True
     assert world.dep.notices.status(pseudonym).completed is not None
+
+
+def test_attack_forget_between_two_polls_is_not_held_for_the_whole_wait(world, served):
+    """A forget recorded after the client's last notice but before its next long-poll reached the
+    server used to wait out the whole poll (the server only woke on a *later* change): erasure
+    propagation must not depend on that timing."""
+    client, _ = served
+    with client(demo.PRODUCER).producer(demo.TOPIC) as p:  # the subject gets keys to destroy
+        p.send_many(demo.EVENT_TYPE, [demo.order(i) for i in range(3)])
+    api = client(demo.SHIPPING).api
+    first = api.notices(0.0, 0)
+    until = orjson.loads(_payload(first))["until"]
+    world.dep.forget(demo.FORGOTTEN, principal=demo.ADMIN, reason="gdpr-art17")  # between two polls
+    t = time.monotonic()
+    notice = api.notices(until, 10)
+    assert time.monotonic() - t < 2.0  # answered at once, not after the 10 s wait
+    assert world.plane.erased_after(until) and orjson.loads(_payload(notice))["erased"]
+
+
+def _payload(statement: dict) -> bytes:
+    import base64
+
+    body = statement["body"]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))

@@ -299,7 +299,7 @@ class ControlPlane:
         store = self.dep.keys.store
         start_epoch = store.epoch()
         deadline = time.monotonic() + wait
-        while wait and time.monotonic() < deadline and store.epoch() == start_epoch and not self._erased_after(after):
+        while wait and time.monotonic() < deadline and store.epoch() == start_epoch and not self.erased_after(after):
             time.sleep(0.05)
         erased = [e for e in store.erasures() if e.time > after][:MAX_ERASURES_PER_NOTICE]
         revoked = sorted(i.kid for i in self.dep.trust.list() if i.status == REVOKED)
@@ -317,7 +317,8 @@ class ControlPlane:
         """Changes whenever keys are destroyed (forget, rotation): what a notice waits on."""
         return self.dep.keys.store.epoch()
 
-    def _erased_after(self, after: float) -> bool:
+    def erased_after(self, after: float) -> bool:
+        """Whether an erasure newer than ``after`` is already recorded (a waiting notice answers at once)."""
         erasures = self.dep.keys.store.erasures()
         return bool(erasures) and erasures[-1].time > after
 
