@@ -107,6 +107,9 @@ class StoreConfig:
     pool_min: int = 1
     pool_max: int = 8
     connect_timeout_s: float = 5.0
+    # Bound on every wait for the server's answer (a frozen or partitioned database answers
+    # nothing, and PostgreSQL's own statement_timeout cannot fire then): past it, StoreUnavailable.
+    statement_timeout_s: float = 5.0
 
 
 def _refuse_inline_dsn(doc: Any, name: str) -> None:
@@ -134,6 +137,8 @@ def _check_store(s: StoreConfig, name: str) -> None:
         raise ConfigError(f"{name}: store.dsn_file is the path of a file holding the DSN, not the DSN itself")
     if not (0 <= s.pool_min <= s.pool_max and s.pool_max >= 1 and s.connect_timeout_s > 0):
         raise ConfigError(f"{name}: store needs 0 <= pool_min <= pool_max, pool_max >= 1, connect_timeout_s > 0")
+    if not (0 < s.statement_timeout_s <= 3600):
+        raise ConfigError(f"{name}: store.statement_timeout_s must be > 0 and <= 3600 (seconds)")
 
 
 AUTH_MODES = ("mtls", "jwt")

@@ -16,7 +16,6 @@ the next call; meanwhile every write fails closed with ``AuditUnavailable``.
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -36,7 +35,7 @@ from eventward.home import Home
 from eventward.policy.base import Authorizer
 from eventward.store.dsn import describe, resolve_dsn, scrub
 from eventward.store.migrations import AUDIT_SCHEMA
-from eventward.store.pg import Database
+from eventward.store.pg import Database, DatabaseHung, bounded_connection_class, libpq_timeouts
 
 T = TypeVar("T")
 APPEND_LOCK = 0x65776175  # pg_advisory_xact_lock key serializing appends across replicas ("ewau")
@@ -74,9 +73,12 @@ class PgAuditLog(AuditLog):
         principal: str | None = None,
         readonly: bool = False,
         connect_timeout: float = 5.0,
+        statement_timeout: float = 5.0,
     ) -> None:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
+        self._statement_timeout = statement_timeout
+        self._conn_class = bounded_connection_class(statement_timeout)  # a hung server: AuditUnavailable, no hang
         self._readonly = readonly
         super().__init__(describe(dsn), signer, flush_every=flush_every, flush_ms=flush_ms,  # type: ignore[arg-type]
                          authorizer=authorizer, principal=principal, readonly=readonly)
@@ -98,10 +100,11 @@ class PgAuditLog(AuditLog):
         signer = load_signer(home.audit_key)
         cfg = Config.load(home.config).store
         dsn = resolve_dsn(cfg, home.root)
-        db = Database(dsn, connect_timeout=cfg.connect_timeout_s)
+        db = Database(dsn, connect_timeout=cfg.connect_timeout_s, statement_timeout=cfg.statement_timeout_s)
         db.require(db.status(), signer.name)  # the deployment id is the audit key's name
         return cls(dsn, signer, flush_every=flush_every, flush_ms=flush_ms, authorizer=authorizer,
-                   principal=principal, connect_timeout=cfg.connect_timeout_s)
+                   principal=principal, connect_timeout=cfg.connect_timeout_s,
+                   statement_timeout=cfg.statement_timeout_s)
 
     # --- connection -----------------------------------------------------------------------
     def _unavailable(self, e: psycopg.Error) -> AuditUnavailable:
@@ -118,9 +121,10 @@ class PgAuditLog(AuditLog):
 
     def _connect(self, readonly: bool) -> psycopg.Connection:  # type: ignore[override]
         try:
-            conn = psycopg.connect(
-                self._dsn, autocommit=True, connect_timeout=max(1, math.ceil(self._connect_timeout)),
-                application_name="eventward-audit", options=f"-c search_path={AUDIT_SCHEMA}",
+            conn = self._conn_class.connect(
+                self._dsn, autocommit=True, application_name="eventward-audit",
+                options=f"-c search_path={AUDIT_SCHEMA}",
+                **libpq_timeouts(self._connect_timeout, self._statement_timeout),
             )
         except psycopg.Error as e:
             raise self._unavailable(e) from None
@@ -220,9 +224,9 @@ class PgAuditLog(AuditLog):
         idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         try:
             return op(conn)
-        except psycopg.OperationalError:
-            if not (idle and (conn.closed or conn.broken)):
-                raise
+        except psycopg.OperationalError as e:
+            if not (idle and (conn.closed or conn.broken)) or isinstance(e, DatabaseHung):
+                raise  # a hung server is not asked twice: the bound is per call
             return op(self._fresh())
 
     def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
@@ -248,7 +252,8 @@ class PgAuditLog(AuditLog):
     def reader(self) -> AuditLog:
         """A separate read-only handle (its own connection) after a flush and the ReadAudit check."""
         self._read()
-        return PgAuditLog(self._dsn, None, readonly=True, connect_timeout=self._connect_timeout)
+        return PgAuditLog(self._dsn, None, readonly=True, connect_timeout=self._connect_timeout,
+                          statement_timeout=self._statement_timeout)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:

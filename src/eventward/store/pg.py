@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -29,6 +30,51 @@ from eventward.store.migrations import MIGRATIONS, SCHEMA, TARGET_VERSION, Migra
 T = TypeVar("T")
 MIGRATE_LOCK = 0x65776D69  # pg_advisory_xact_lock key: one migration at a time, across replicas
 IDLE_CHECK_S = 1.0  # a pool idle longer than this has its idle connections pinged before the next checkout
+_budget = threading.local()  # .until: a deadline (monotonic) shared by every wait of one checkout
+
+
+class DatabaseHung(psycopg.OperationalError):
+    """The server accepted the connection but did not answer within the bound (frozen, partitioned)."""
+
+
+class _BoundedConnection(psycopg.Connection):
+    """A connection whose every wait on the server is bounded (``statement_timeout_s``).
+
+    PostgreSQL's own ``statement_timeout`` cannot fire on a frozen server, and TCP keepalives are
+    answered by the kernel of a SIGSTOPped (or overloaded) host, so the bound has to be on this side.
+    On expiry the connection is mid-protocol, so it is closed (the pool drops it) and the caller
+    gets ``DatabaseHung``, which ``Database.errors`` turns into ``StoreUnavailable``."""
+
+    statement_timeout_s: float = 5.0
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bound = self.statement_timeout_s if timeout is None else min(timeout, self.statement_timeout_s)
+        until = getattr(_budget, "until", None)
+        if until is not None:
+            bound = min(bound, max(until - time.monotonic(), 0.001))
+        try:
+            return super().wait(gen, interval=interval, timeout=bound)
+        except psycopg.errors._WaitTimeout:
+            self.pgconn.finish()  # mid-query: unusable; broken, so the pool discards it
+            raise DatabaseHung(f"no answer from the server within {self.statement_timeout_s:g}s") from None
+
+
+def bounded_connection_class(statement_timeout_s: float) -> type[psycopg.Connection]:
+    """A connection class whose every wait for the server is bounded by ``statement_timeout_s``."""
+    return type("BoundedConnection", (_BoundedConnection,), {"statement_timeout_s": statement_timeout_s})
+
+
+def libpq_timeouts(connect_timeout: float, statement_timeout_s: float) -> dict[str, int]:
+    """libpq's own bounds: on connecting, and TCP keepalives / user timeout so a partitioned
+    peer (no RST ever comes) is noticed by the kernel too, not only by the wait bound."""
+    return {
+        "connect_timeout": max(1, math.ceil(connect_timeout)),
+        "keepalives": 1,
+        "keepalives_idle": max(1, math.ceil(statement_timeout_s)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(1000, math.ceil(statement_timeout_s * 1000)),
+    }
 
 
 @dataclass(frozen=True)
@@ -61,10 +107,13 @@ def _status(conn: psycopg.Connection, where: str) -> SchemaStatus:
 class Database:
     """A pool of connections to one database (autocommit; ``transaction()`` for atomic work)."""
 
-    def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 8, connect_timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, pool_min: int = 1, pool_max: int = 8, connect_timeout: float = 5.0,
+                 statement_timeout: float = 5.0) -> None:
         self.dsn = dsn
         self.where = describe(dsn)
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self._conn_class = bounded_connection_class(statement_timeout)
         self._pool_min, self._pool_max = pool_min, pool_max
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._last_used = time.monotonic()
@@ -76,10 +125,12 @@ class Database:
     # --- opening ---------------------------------------------------------------------------
     @classmethod
     def open(
-        cls, dsn: str, *, deployment_id: str, pool_min: int = 1, pool_max: int = 8, connect_timeout: float = 5.0
+        cls, dsn: str, *, deployment_id: str, pool_min: int = 1, pool_max: int = 8, connect_timeout: float = 5.0,
+        statement_timeout: float = 5.0,
     ) -> Database:
         """Connect, check the schema version and the deployment id, then start the pool."""
-        db = cls(dsn, pool_min=pool_min, pool_max=pool_max, connect_timeout=connect_timeout)
+        db = cls(dsn, pool_min=pool_min, pool_max=pool_max, connect_timeout=connect_timeout,
+                 statement_timeout=statement_timeout)
         db.require(db.status(), deployment_id)
         db._start_pool()
         return db
@@ -87,7 +138,8 @@ class Database:
     @classmethod
     def from_config(cls, cfg: StoreConfig, home_root: Path, *, deployment_id: str) -> Database:
         return cls.open(resolve_dsn(cfg, home_root), deployment_id=deployment_id, pool_min=cfg.pool_min,
-                        pool_max=cfg.pool_max, connect_timeout=cfg.connect_timeout_s)
+                        pool_max=cfg.pool_max, connect_timeout=cfg.connect_timeout_s,
+                        statement_timeout=cfg.statement_timeout_s)
 
     def require(self, st: SchemaStatus, deployment_id: str) -> None:
         """Refuse a database this eventward must not serve from; the message says what to run."""
@@ -111,9 +163,11 @@ class Database:
                 expected=deployment_id,
             )
 
-    def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout)),
-                               application_name="eventward")
+    def _connect(self, *, bounded: bool = True) -> psycopg.Connection:
+        """A connection outside the pool; ``bounded=False`` for migrations, whose DDL may run long."""
+        cls = self._conn_class if bounded else psycopg.Connection
+        return cls.connect(self.dsn, autocommit=True, application_name="eventward",
+                           **libpq_timeouts(self.connect_timeout, self.statement_timeout))
 
     def _start_pool(self) -> None:
         pool = psycopg_pool.ConnectionPool(
@@ -122,8 +176,9 @@ class Database:
             max_size=self._pool_max,
             open=False,
             timeout=self.connect_timeout,
-            kwargs={"autocommit": True, "connect_timeout": max(1, math.ceil(self.connect_timeout)),
-                    "application_name": "eventward"},
+            connection_class=self._conn_class,
+            kwargs={"autocommit": True, "application_name": "eventward",
+                    **libpq_timeouts(self.connect_timeout, self.statement_timeout)},
             name="eventward",
         )
         with self.errors("open the connection pool"):
@@ -153,7 +208,7 @@ class Database:
     def migrate(self, deployment_id: str) -> list[Migration]:
         """Apply pending migrations in one transaction and record the deployment id; idempotent.
         Refuses another deployment's database and one newer than this eventward."""
-        with self.errors("migrate"), self._connect() as conn, conn.transaction():
+        with self.errors("migrate"), self._connect(bounded=False) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             st = _status(conn, self.where)
             if st.deployment_id is not None and st.deployment_id != deployment_id:
@@ -178,13 +233,18 @@ class Database:
         if self._pool is None:
             raise StoreUnavailable(f"{self.where}: {op} failed: the store is not open")
         now = time.monotonic()
-        if self._suspect or now - self._last_used > IDLE_CHECK_S:
-            # The pool sat idle (or just lost a connection): the server may have restarted since,
-            # leaving every idle connection dead. Ping them and drop the dead ones first, so a
-            # write transaction (which cannot be retried here) does not fail on one.
-            self._suspect = False
-            with self.errors(op):
-                self._pool.check()
+        # One budget for the pings below: on a hung server each would otherwise wait its own bound.
+        _budget.until = now + self.statement_timeout
+        try:
+            if self._suspect or now - self._last_used > IDLE_CHECK_S:
+                # The pool sat idle (or just lost a connection): the server may have restarted since,
+                # leaving every idle connection dead. Ping them and drop the dead ones first, so a
+                # write transaction (which cannot be retried here) does not fail on one.
+                self._suspect = False
+                with self.errors(op):
+                    self._pool.check()
+        finally:
+            _budget.until = None
         self._last_used = now
         with self.errors(op), self._pool.connection(timeout=self.connect_timeout) as conn:
             try:
@@ -201,9 +261,9 @@ class Database:
             with self.connection(op) as conn:
                 try:
                     return fn(conn)
-                except psycopg.OperationalError:
-                    if attempt == 2 or not conn.broken:
-                        raise
+                except psycopg.OperationalError as e:
+                    if attempt == 2 or not conn.broken or isinstance(e, DatabaseHung):
+                        raise  # a hung server is not asked twice: the bound is per call
             if self._pool is not None:  # the other idle connections died with it: drop them too
                 with self.errors(op):
                     self._pool.check()
