@@ -111,3 +111,24 @@ def test_statement_timeout_is_validated(tmp_path, bad):
     path.write_text(f"store: {{backend: postgres, dsn_env: X, statement_timeout_s: {bad}}}\n")
     with pytest.raises(ConfigError, match="statement_timeout_s"):
         Config.load(path)
+
+
+def test_attack_hung_database_ends_leadership_within_the_timeout(own_pg):
+    """The reconciler's leader checks its lock before each pass: on a frozen database that check
+    must answer "not leading" within the bound, not block the reconciler thread forever."""
+    from eventward.store.leader import AdvisoryLeader
+
+    leader = AdvisoryLeader(own_pg.create_database(), 0x6577, connect_timeout=CONNECT_S, statement_timeout=STATEMENT_S)
+    try:
+        assert leader.lead()
+        pids = _server_pids(own_pg)
+        _signal(pids, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            assert not leader.lead()
+            assert time.monotonic() - start < BOUND_S
+        finally:
+            _signal(pids, signal.SIGCONT)
+        assert wait_until(leader.lead, timeout=15, what="leadership back")  # the old session ended with its socket
+    finally:
+        leader.release()

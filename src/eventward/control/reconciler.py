@@ -144,7 +144,8 @@ class DirectAuditor:
             tables = {**CONTROL_TABLES, **{t: (f"{CONTROL_SCHEMA}.{t}", "") for t in _TABLES}}
             self._db = self._grants_db = open_pg_tables(dep.home, tables, WRITE_LOCK)
             db = self._db.db
-            self.leader = AdvisoryLeader(db.dsn, LEADER_LOCK, connect_timeout=db.connect_timeout)
+            self.leader = AdvisoryLeader(db.dsn, LEADER_LOCK, connect_timeout=db.connect_timeout,
+                                         statement_timeout=db.statement_timeout)
         else:
             self._db = connect(dep.home.root / "control.db", synchronous="FULL")
             self._db.executescript(_SCHEMA)

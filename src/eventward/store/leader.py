@@ -13,17 +13,20 @@ idempotent: a batch with a Publish record adds nothing).
 from __future__ import annotations
 
 import contextlib
-import math
 
 import psycopg
+
+from eventward.store.pg import bounded_connection_class, libpq_timeouts
 
 
 class AdvisoryLeader:
     """Leadership of the task named by ``key`` (a 64-bit advisory lock key) among replicas."""
 
-    def __init__(self, dsn: str, key: int, *, connect_timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, key: int, *, connect_timeout: float = 5.0, statement_timeout: float = 5.0) -> None:
         self._dsn, self._key = dsn, key
-        self._timeout = max(1, math.ceil(connect_timeout))
+        # A hung database means not leading within the bound, never a reconciler stuck on a check.
+        self._conn_class = bounded_connection_class(statement_timeout)
+        self._timeouts = libpq_timeouts(connect_timeout, statement_timeout)
         self._conn: psycopg.Connection | None = None
         self._held = False
 
@@ -38,8 +41,8 @@ class AdvisoryLeader:
         try:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._drop()
-                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout,
-                                             application_name="eventward-leader")
+                self._conn = self._conn_class.connect(self._dsn, autocommit=True,
+                                                      application_name="eventward-leader", **self._timeouts)
             if self._held:
                 self._conn.execute("SELECT 1")  # the session is alive, so the lock is still ours
                 return True
