@@ -43,7 +43,8 @@ def _database(home: Home) -> tuple[Database, str]:
             "dsn_env: NAME}} to use PostgreSQL"
         )
     dsn = resolve_dsn(cfg.store, home.root)
-    return Database(dsn, connect_timeout=cfg.store.connect_timeout_s), deployment_id(home)
+    return (Database(dsn, connect_timeout=cfg.store.connect_timeout_s, statement_timeout=cfg.store.statement_timeout_s),
+            deployment_id(home))
 
 
 def migrate_cmd(as_json: bool = _JSON) -> None:
