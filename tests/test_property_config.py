@@ -95,19 +95,22 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
 @SETTINGS
 @given(st.text(st.characters(exclude_categories=()), max_size=200))
 def test_property_config_random_text(text: str) -> None:
-    loads_typed(text)
+    cfg = loads_typed(text)
+    assert cfg is None or Config.parse(cfg.dump()) == cfg  # whatever is accepted round-trips as itself
 
 
 @SETTINGS
 @given(values)
 def test_property_config_random_documents(doc: Any) -> None:
-    loads_typed(yaml.safe_dump(doc))
+    cfg = loads_typed(yaml.safe_dump(doc))
+    assert cfg is None or Config.parse(cfg.dump()) == cfg  # whatever is accepted round-trips as itself
 
 
 @SETTINGS
 @given(mutated())
 def test_property_config_mutations_of_a_valid_config(doc: dict[str, Any]) -> None:
-    loads_typed(yaml.safe_dump(doc))
+    cfg = loads_typed(yaml.safe_dump(doc))
+    assert cfg is None or Config.parse(cfg.dump()) == cfg  # whatever is accepted round-trips as itself
 
 
 def test_property_config_defaults_round_trip() -> None:

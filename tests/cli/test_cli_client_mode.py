@@ -344,15 +344,15 @@ def test_audit_keys_dlq_and_service_approval_over_the_api(plane: ControlPlane, p
 
 def test_connect_with_a_jwt_file_authenticates_as_the_token_subject(tmp_path: Path) -> None:
     """``--connect`` with EVENTWARD_CA and EVENTWARD_TOKEN_FILE: the bearer token is the identity."""
-    test_pki, signers = make_pki(tmp_path / "pki"), make_signers()
+    gw_pki, signers = make_pki(tmp_path / "pki"), make_signers()
     jwks = write_jwks(tmp_path / "jwks.json", list(signers.values()))
-    cfg = gateway_config(test_pki, auth="jwt", jwt={"jwks_file": str(jwks), "issuer": ISSUER, "audience": AUDIENCE,
+    cfg = gateway_config(gw_pki, auth="jwt", jwt={"jwks_file": str(jwks), "issuer": ISSUER, "audience": AUDIENCE,
                                                     "subject_rules": SUBJECT_RULES})
     run = start_gateway(cfg, tmp_path / "home")
     try:
         token_file = tmp_path / "ops.jwt"
         write_secret(token_file, signers["ec"].sign(claims(ISSUER, AUDIENCE, sub="orders")).encode() + b"\n")
-        creds = {"EVENTWARD_CA": str(test_pki.ca_file), "EVENTWARD_TOKEN_FILE": str(token_file)}
+        creds = {"EVENTWARD_CA": str(gw_pki.ca_file), "EVENTWARD_TOKEN_FILE": str(token_file)}
         url = f"https://127.0.0.1:{run.port}"
         r = cli(tmp_path / "profiles", "--connect", url, "whoami", "--json", **creds)
         assert r.returncode == 0, r.stderr

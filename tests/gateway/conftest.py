@@ -346,7 +346,7 @@ def gateway_config(p: Pki, **overrides: Any) -> GatewayConfig:
 
 
 @pytest.fixture(scope="session")
-def test_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+def gw_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("gateway-pki"))
 
 
@@ -380,10 +380,10 @@ def start_gateway(cfg: GatewayConfig, home: Path, **kw: Any) -> Running:
 
 
 @pytest.fixture(scope="module")
-def mtls_gateway(test_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def mtls_gateway(gw_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     rules = r"RULE:^CN=([a-zA-Z0-9._-]+),OU=services.*$/$1/,RULE:^CN=([A-Za-z0-9@._:-]+)$/$1/L"
     run = start_gateway(
-        gateway_config(test_pki, principal_mapping_rules=rules), tmp_path_factory.mktemp("home")
+        gateway_config(gw_pki, principal_mapping_rules=rules), tmp_path_factory.mktemp("home")
     )
     yield run
     run.gw.stop()
@@ -391,10 +391,10 @@ def mtls_gateway(test_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def jwt_gateway(
-    test_pki: Pki, jwks_file: Path, tmp_path_factory: pytest.TempPathFactory
+    gw_pki: Pki, jwks_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     cfg = gateway_config(
-        test_pki,
+        gw_pki,
         auth="jwt",
         jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE, "leeway_s": 5,
              "subject_rules": SUBJECT_RULES},

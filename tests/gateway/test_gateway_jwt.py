@@ -25,9 +25,9 @@ from .conftest import AUDIENCE, ISSUER, Running, gateway_config, start_gateway
 from .gw_support import Pki, Signer, b64url, call, claims, write_jwks
 
 
-def whoami(gw: Running, token: str | None, test_pki: Pki, client: str | None = None):
+def whoami(gw: Running, token: str | None, gw_pki: Pki, client: str | None = None):
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-    return call(gw.port, test_pki.client_ctx(client), "GET", "/v1/whoami", headers=headers)
+    return call(gw.port, gw_pki.client_ctx(client), "GET", "/v1/whoami", headers=headers)
 
 
 def assert_refused(r, reason: str, token: str | None = None) -> None:
@@ -43,17 +43,17 @@ def assert_refused(r, reason: str, token: str | None = None) -> None:
 
 
 @pytest.mark.parametrize("which", ["rsa", "ec", "ed"])
-def test_valid_token_for_each_algorithm(jwt_gateway: Running, test_pki: Pki, signers, which) -> None:
-    r = whoami(jwt_gateway, signers[which].sign(claims(ISSUER, AUDIENCE, sub=f"svc-{which}")), test_pki)
+def test_valid_token_for_each_algorithm(jwt_gateway: Running, gw_pki: Pki, signers, which) -> None:
+    r = whoami(jwt_gateway, signers[which].sign(claims(ISSUER, AUDIENCE, sub=f"svc-{which}")), gw_pki)
     assert r.status == 200, r.raw
     assert r.json == {"principal": f"svc-{which}", "method": "jwt"}
 
 
-def test_valid_token_reaches_backend_as_its_subject(jwt_gateway: Running, test_pki: Pki, signers) -> None:
+def test_valid_token_reaches_backend_as_its_subject(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
     token = signers["ec"].sign(claims(ISSUER, AUDIENCE, sub="orders"))
     r = call(
         jwt_gateway.port,
-        test_pki.client_ctx(None),
+        gw_pki.client_ctx(None),
         "POST",
         "/v1/topics/orders/events",
         [{"specversion": "1.0", "id": "j1", "source": "/t", "type": "T", "data": {}}],
@@ -102,12 +102,12 @@ def _forgeries(signers: dict[str, Signer]) -> list[tuple[str, str]]:
     return out
 
 
-def test_forged_and_invalid_tokens_are_refused(jwt_gateway: Running, test_pki: Pki, signers) -> None:
+def test_forged_and_invalid_tokens_are_refused(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
     before = list(jwt_gateway.backend.calls)
     for reason, token in _forgeries(signers):
         r = call(
             jwt_gateway.port,
-            test_pki.client_ctx(None),
+            gw_pki.client_ctx(None),
             "POST",
             "/v1/topics/orders/events",
             [{"specversion": "1.0", "id": "x", "source": "/t", "type": "T"}],
@@ -123,44 +123,44 @@ def test_forged_and_invalid_tokens_are_refused(jwt_gateway: Running, test_pki: P
     assert all(str(e.meta).find("eyJ") < 0 for e in records)  # no token in audit metadata
 
 
-def test_missing_or_wrong_scheme_or_oversize_token(jwt_gateway: Running, test_pki: Pki, signers) -> None:
-    r = whoami(jwt_gateway, None, test_pki)
+def test_missing_or_wrong_scheme_or_oversize_token(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
+    r = whoami(jwt_gateway, None, gw_pki)
     assert_refused(r, "missing_token")
     assert 'error="invalid_request"' in r.headers["www-authenticate"]
     r = call(
         jwt_gateway.port,
-        test_pki.client_ctx(None),
+        gw_pki.client_ctx(None),
         "GET",
         "/v1/whoami",
         headers={"Authorization": "Basic b3JkZXJzOnB3"},
     )
     assert_refused(r, "bad_scheme")
     big = signers["rsa"].sign(claims(ISSUER, AUDIENCE, pad="x" * 5000))
-    assert_refused(whoami(jwt_gateway, big, test_pki), "token_too_large", big)
+    assert_refused(whoami(jwt_gateway, big, gw_pki), "token_too_large", big)
     # past the HTTP header size limit the parser refuses it: still problem details, still no echo
     huge = signers["rsa"].sign(claims(ISSUER, AUDIENCE, pad="x" * 9000))
-    r = whoami(jwt_gateway, huge, test_pki)
+    r = whoami(jwt_gateway, huge, gw_pki)
     assert r.status == 400 and r.json["code"] == "bad_input"
     assert huge.split(".")[1][:50] not in r.raw.decode()
 
 
-def test_unknown_routes_answer_401_before_404(jwt_gateway: Running, test_pki: Pki) -> None:
-    r = call(jwt_gateway.port, test_pki.client_ctx(None), "GET", "/v1/admin/secret-route")
+def test_unknown_routes_answer_401_before_404(jwt_gateway: Running, gw_pki: Pki) -> None:
+    r = call(jwt_gateway.port, gw_pki.client_ctx(None), "GET", "/v1/admin/secret-route")
     assert r.status == 401  # an unauthenticated client learns nothing about routes
 
 
-def test_certificate_bound_token(jwt_gateway: Running, test_pki: Pki, signers) -> None:
-    thumb = b64url(hashlib.sha256(test_pki.der("orders")).digest())
+def test_certificate_bound_token(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
+    thumb = b64url(hashlib.sha256(gw_pki.der("orders")).digest())
     token = signers["ed"].sign(claims(ISSUER, AUDIENCE, cnf={"x5t#S256": thumb}))
-    assert whoami(jwt_gateway, token, test_pki, "orders").status == 200
-    assert_refused(whoami(jwt_gateway, token, test_pki, "reader"), "cert_binding", token)  # stolen token
-    assert_refused(whoami(jwt_gateway, token, test_pki, None), "cert_binding", token)
+    assert whoami(jwt_gateway, token, gw_pki, "orders").status == 200
+    assert_refused(whoami(jwt_gateway, token, gw_pki, "reader"), "cert_binding", token)  # stolen token
+    assert_refused(whoami(jwt_gateway, token, gw_pki, None), "cert_binding", token)
 
 
-def test_jwt_mode_still_verifies_presented_certificates(jwt_gateway: Running, test_pki: Pki, signers) -> None:
+def test_jwt_mode_still_verifies_presented_certificates(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
     from .test_gateway_mtls import handshake_refusal
 
-    assert handshake_refusal(jwt_gateway.port, test_pki.client_ctx("rogue")) in ("handshake", "closed")
+    assert handshake_refusal(jwt_gateway.port, gw_pki.client_ctx("rogue")) in ("handshake", "closed")
 
 
 def test_principal_claim_is_configurable(signers) -> None:
@@ -242,11 +242,11 @@ def test_jwks_url_fetch_over_loopback_and_https_only(signers, tmp_path: Path) ->
 
 
 def test_jwks_refresh_rotates_keys_in_a_running_server(
-    test_pki: Pki, signers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    gw_pki: Pki, signers, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_jwks(tmp_path / "jwks.json", [signers["rsa"]])
     cfg = gateway_config(
-        test_pki,
+        gw_pki,
         auth="jwt",
         jwt={"jwks_file": str(path), "issuer": ISSUER, "audience": AUDIENCE, "refresh_s": 0.2},
     )
@@ -254,14 +254,14 @@ def test_jwks_refresh_rotates_keys_in_a_running_server(
     try:
         old = signers["rsa"].sign(claims(ISSUER, AUDIENCE))
         new = signers["ec"].sign(claims(ISSUER, AUDIENCE))
-        assert whoami(run, old, test_pki).status == 200
-        assert_refused(whoami(run, new, test_pki), "unknown_kid")
+        assert whoami(run, old, gw_pki).status == 200
+        assert_refused(whoami(run, new, gw_pki), "unknown_kid")
         write_jwks(path, [signers["ec"]])  # the IdP rotated
-        wait_until(lambda: whoami(run, new, test_pki).status == 200, timeout=5, what="rotated key accepted")
-        assert_refused(whoami(run, old, test_pki), "unknown_kid")
+        wait_until(lambda: whoami(run, new, gw_pki).status == 200, timeout=5, what="rotated key accepted")
+        assert_refused(whoami(run, old, gw_pki), "unknown_kid")
         caplog.set_level(logging.WARNING, logger="eventward")
         path.write_text("{not json")  # a broken refresh keeps the last good keys
         wait_until(lambda: "JWKS refresh failed" in caplog.text, timeout=5, what="a failed refresh ran")
-        assert whoami(run, new, test_pki).status == 200
+        assert whoami(run, new, gw_pki).status == 200
     finally:
         run.gw.stop()

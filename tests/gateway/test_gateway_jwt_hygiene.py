@@ -17,33 +17,33 @@ from .gw_support import Pki, call, claims, write_jwks
 from .test_gateway_jwt import assert_refused, whoami
 
 
-def test_attack_jwt_typ_confusion(jwt_gateway: Running, test_pki: Pki, signers) -> None:
+def test_attack_jwt_typ_confusion(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
     """A token of another type (logout, security event, DPoP proof, none at all) signed by the
     trusted IdP is not an access token."""
     good = claims(ISSUER, AUDIENCE, sub="svc-ec")
     for typ in ("logout+jwt", "secevent+jwt", "dpop+jwt", "JOSE", None):
         token = signers["ec"].sign(good, typ=typ)
-        assert_refused(whoami(jwt_gateway, token, test_pki), "bad_typ", token)
+        assert_refused(whoami(jwt_gateway, token, gw_pki), "bad_typ", token)
     for typ in ("JWT", "at+jwt", "application/at+jwt"):
-        r = whoami(jwt_gateway, signers["ec"].sign(good, typ=typ), test_pki)
+        r = whoami(jwt_gateway, signers["ec"].sign(good, typ=typ), gw_pki)
         assert r.status == 200 and r.json["principal"] == "svc-ec", r.raw
     assert jwt_gateway.metrics.denials.value("bad_typ") >= 5
 
 
-def test_attack_jwt_sub_admin(jwt_gateway: Running, test_pki: Pki, signers) -> None:
+def test_attack_jwt_sub_admin(jwt_gateway: Running, gw_pki: Pki, signers) -> None:
     """``sub: admin`` from the IdP is ``jwt:<issuer>:admin``, which holds none of admin's grants."""
     token = signers["rsa"].sign(claims(ISSUER, AUDIENCE, sub="admin"))
-    r = whoami(jwt_gateway, token, test_pki)
+    r = whoami(jwt_gateway, token, gw_pki)
     assert r.status == 200, r.raw
     assert r.json["principal"] == "jwt:idp.test.local:admin"
     r = call(
-        jwt_gateway.port, test_pki.client_ctx(None), "GET", "/v1/audit/checkpoint",
+        jwt_gateway.port, gw_pki.client_ctx(None), "GET", "/v1/audit/checkpoint",
         headers={"Authorization": f"Bearer {token}"},
     )
     assert r.status == 403, r.raw
     # a subject that tries to smuggle a namespace is still namespaced
     token = signers["rsa"].sign(claims(ISSUER, AUDIENCE, sub="idp.test.local:svc-rsa"))
-    assert whoami(jwt_gateway, token, test_pki).json["principal"] == "jwt:idp.test.local:idp.test.local:svc-rsa"
+    assert whoami(jwt_gateway, token, gw_pki).json["principal"] == "jwt:idp.test.local:idp.test.local:svc-rsa"
 
 
 def test_subject_rules_are_issuer_qualified(signers) -> None:
@@ -75,37 +75,37 @@ def test_stale_keys_fail_closed_with_a_clock(signers) -> None:
     assert auth.authenticate(header, None).name == "jwt:idp.test.local:svc-ec"
 
 
-def test_attack_stale_jwks_after_failed_refresh(test_pki: Pki, signers, tmp_path: Path) -> None:
+def test_attack_stale_jwks_after_failed_refresh(gw_pki: Pki, signers, tmp_path: Path) -> None:
     """An IdP that rotated away a compromised key while the gateway could not refresh: the old
     keys stop verifying after max_key_age_s instead of staying valid forever."""
     path = write_jwks(tmp_path / "jwks.json", [signers["rsa"]])
     cfg = gateway_config(
-        test_pki, auth="jwt",
+        gw_pki, auth="jwt",
         jwt={"jwks_file": str(path), "issuer": ISSUER, "audience": AUDIENCE, "refresh_s": 0.2, "max_key_age_s": 2.0},
     )
     run = start_gateway(cfg, tmp_path / "home")
     try:
         token = signers["rsa"].sign(claims(ISSUER, AUDIENCE))
-        wait_until(lambda: whoami(run, token, test_pki).status == 200, timeout=5, what="fresh keys")
+        wait_until(lambda: whoami(run, token, gw_pki).status == 200, timeout=5, what="fresh keys")
         path.write_text("{not json")  # every refresh fails from now on
-        r = wait_until(lambda: (x := whoami(run, token, test_pki)).status == 401 and x, timeout=5, what="stale")
+        r = wait_until(lambda: (x := whoami(run, token, gw_pki)).status == 401 and x, timeout=5, what="stale")
         assert_refused(r, "jwks_stale", token)
         write_jwks(path, [signers["rsa"]])  # the IdP is reachable again
-        wait_until(lambda: whoami(run, token, test_pki).status == 200, timeout=5, what="keys refreshed")
+        wait_until(lambda: whoami(run, token, gw_pki).status == 200, timeout=5, what="keys refreshed")
     finally:
         run.gw.stop()
 
 
-def test_attack_preauth_flood_per_ip(test_pki: Pki, jwks_file: Path, tmp_path: Path) -> None:
+def test_attack_preauth_flood_per_ip(gw_pki: Pki, jwks_file: Path, tmp_path: Path) -> None:
     """Garbage tokens from one address are cut off before they are parsed or verified."""
     cfg = gateway_config(
-        test_pki, auth="jwt",
+        gw_pki, auth="jwt",
         jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE},
         limits={"preauth_rate_per_ip_per_s": 0.5, "preauth_burst_per_ip": 5},
     )
     run = start_gateway(cfg, tmp_path / "home")
     try:
-        statuses = [whoami(run, "x.y.z", test_pki).status for _ in range(20)]
+        statuses = [whoami(run, "x.y.z", gw_pki).status for _ in range(20)]
         assert statuses[:5] == [401] * 5
         assert statuses[5:].count(429) >= 14
         assert run.metrics.denials.value("preauth_rate") >= 14

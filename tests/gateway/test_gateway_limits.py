@@ -34,29 +34,29 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def limited(test_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    cfg = gateway_config(test_pki, limits=LIMITS, tls={"handshake_timeout_s": 1.0})
+def limited(gw_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    cfg = gateway_config(gw_pki, limits=LIMITS, tls={"handshake_timeout_s": 1.0})
     run = start_gateway(cfg, tmp_path_factory.mktemp("home"))
     yield run
     run.gw.stop()
 
 
 @pytest.fixture(scope="module")
-def quota_gw(test_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def quota_gw(gw_pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     cfg = gateway_config(
-        test_pki, limits={"rate_events_per_s": 5.0, "burst_events": 10, "max_batch_events": 10}
+        gw_pki, limits={"rate_events_per_s": 5.0, "burst_events": 10, "max_batch_events": 10}
     )
     run = start_gateway(cfg, tmp_path_factory.mktemp("home"))
     yield run
     run.gw.stop()
 
 
-def raw_ctx(test_pki: Pki, name: str):
+def raw_ctx(gw_pki: Pki, name: str):
     """For raw-socket tests that poll for readability: TLS 1.2, whose session ticket arrives inside
     the handshake (a TLS 1.3 ticket arriving later would look like a reply)."""
     import ssl
 
-    ctx = test_pki.client_ctx(name)
+    ctx = gw_pki.client_ctx(name)
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     return ctx
 
@@ -68,8 +68,8 @@ def raw_request(head: str, body: bytes = b"") -> bytes:
 # --- quotas ----------------------------------------------------------------------------------
 
 
-def test_principal_over_quota_gets_429_with_retry_after(quota_gw: Running, test_pki: Pki) -> None:
-    ctx = test_pki.client_ctx("noisy")
+def test_principal_over_quota_gets_429_with_retry_after(quota_gw: Running, gw_pki: Pki) -> None:
+    ctx = gw_pki.client_ctx("noisy")
     r = call(quota_gw.port, ctx, "POST", "/v1/topics/orders/events", [event(i) for i in range(10)])
     assert r.status == 200  # the burst
     stored = len(quota_gw.backend.topics["orders"])
@@ -83,7 +83,7 @@ def test_principal_over_quota_gets_429_with_retry_after(quota_gw: Running, test_
     # another principal is not starved by the noisy one
     assert (
         call(
-            quota_gw.port, test_pki.client_ctx("quota-victim"), "POST", "/v1/topics/orders/events", [event(1)]
+            quota_gw.port, gw_pki.client_ctx("quota-victim"), "POST", "/v1/topics/orders/events", [event(1)]
         ).status
         == 200
     )
@@ -120,9 +120,9 @@ def test_rate_limiter_math_and_bounded_state() -> None:
 # --- oversize --------------------------------------------------------------------------------
 
 
-def test_huge_content_length_refused_before_the_body_is_sent(limited: Running, test_pki: Pki) -> None:
+def test_huge_content_length_refused_before_the_body_is_sent(limited: Running, gw_pki: Pki) -> None:
     before = list(limited.backend.calls)
-    with tls_socket(limited.port, test_pki.client_ctx("orders")) as s:
+    with tls_socket(limited.port, gw_pki.client_ctx("orders")) as s:
         s.sendall(
             raw_request(
                 "POST /v1/topics/orders/events HTTP/1.1\nHost: x\nContent-Type: application/json\n"
@@ -139,10 +139,10 @@ def test_huge_content_length_refused_before_the_body_is_sent(limited: Running, t
     assert limited.backend.calls == before
 
 
-def test_chunked_body_past_the_cap_is_cut_off(limited: Running, test_pki: Pki) -> None:
+def test_chunked_body_past_the_cap_is_cut_off(limited: Running, gw_pki: Pki) -> None:
     chunk = b"[" + b"1," * 4000 + b"1]"  # ~8 KB of valid-looking JSON per chunk
     sent = 0
-    with tls_socket(limited.port, raw_ctx(test_pki, "orders")) as s:
+    with tls_socket(limited.port, raw_ctx(gw_pki, "orders")) as s:
         s.sendall(
             raw_request(
                 "POST /v1/topics/orders/events HTTP/1.1\nHost: x\nContent-Type: application/json\n"
@@ -164,8 +164,8 @@ def test_chunked_body_past_the_cap_is_cut_off(limited: Running, test_pki: Pki) -
     assert sent < 1024 * 1024  # the server stopped reading long before the client stopped sending
 
 
-def test_batch_and_event_size_limits(limited: Running, test_pki: Pki) -> None:
-    ctx = test_pki.client_ctx("orders")
+def test_batch_and_event_size_limits(limited: Running, gw_pki: Pki) -> None:
+    ctx = gw_pki.client_ctx("orders")
     stored = len(limited.backend.topics["orders"])
     r = call(limited.port, ctx, "POST", "/v1/topics/orders/events", [event(i) for i in range(11)])
     assert r.status == 413 and "batch of 11 events" in r.json["detail"]
@@ -184,10 +184,10 @@ def test_batch_and_event_size_limits(limited: Running, test_pki: Pki) -> None:
         ({"Content-Type": "application/json"}, 200),  # control
     ],
 )
-def test_content_type_and_coding(limited: Running, test_pki: Pki, headers, status) -> None:
+def test_content_type_and_coding(limited: Running, gw_pki: Pki, headers, status) -> None:
     r = call(
         limited.port,
-        test_pki.client_ctx("orders"),
+        gw_pki.client_ctx("orders"),
         "POST",
         "/v1/topics/orders/events",
         raw=json.dumps([event(3)]).encode(),
@@ -199,9 +199,9 @@ def test_content_type_and_coding(limited: Running, test_pki: Pki, headers, statu
 # --- slow clients ------------------------------------------------------------------------------
 
 
-def test_slow_headers_client_is_disconnected(limited: Running, test_pki: Pki) -> None:
+def test_slow_headers_client_is_disconnected(limited: Running, gw_pki: Pki) -> None:
     head = raw_request("GET /v1/whoami HTTP/1.1\nHost: 127.0.0.1\nX-Slow: " + "a" * 60 + "\n")
-    with tls_socket(limited.port, raw_ctx(test_pki, "orders")) as s:
+    with tls_socket(limited.port, raw_ctx(gw_pki, "orders")) as s:
         t0 = time.monotonic()
         cut = False
         sent = 0
@@ -221,9 +221,9 @@ def test_slow_headers_client_is_disconnected(limited: Running, test_pki: Pki) ->
     assert elapsed < 2.5  # header_timeout_s = 1
 
 
-def test_slow_body_gets_408_and_is_disconnected(limited: Running, test_pki: Pki) -> None:
+def test_slow_body_gets_408_and_is_disconnected(limited: Running, gw_pki: Pki) -> None:
     before = list(limited.backend.calls)
-    with tls_socket(limited.port, test_pki.client_ctx("orders")) as s:
+    with tls_socket(limited.port, gw_pki.client_ctx("orders")) as s:
         s.sendall(
             raw_request(
                 "POST /v1/topics/orders/events HTTP/1.1\nHost: x\nContent-Type: application/json\n"
@@ -254,8 +254,8 @@ def _open_connections(run: Running) -> int:
     return len(runner.server.connections) if runner is not None and runner.server is not None else 0
 
 
-def test_connection_cap(limited: Running, test_pki: Pki) -> None:
-    ctx = test_pki.client_ctx("orders")
+def test_connection_cap(limited: Running, gw_pki: Pki) -> None:
+    ctx = gw_pki.client_ctx("orders")
     held = [tls_socket(limited.port, ctx) for _ in range(8)]
     try:
         wait_until(lambda: _open_connections(limited) >= 8, what="held connections registered")
@@ -277,8 +277,8 @@ def test_connection_cap(limited: Running, test_pki: Pki) -> None:
 # --- bounded consumers -----------------------------------------------------------------------
 
 
-def test_consume_is_bounded_by_bytes_and_waiters(limited: Running, test_pki: Pki) -> None:
-    ctx = test_pki.client_ctx("orders")
+def test_consume_is_bounded_by_bytes_and_waiters(limited: Running, gw_pki: Pki) -> None:
+    ctx = gw_pki.client_ctx("orders")
     limited.backend.topics["orders"].clear()
     r = call(
         limited.port,

@@ -162,8 +162,8 @@ def test_empty_or_control_principal_refused() -> None:
         PrincipalMapper(r"RULE:^CN=(.*)$/$1/").map("CN=a\nb")
 
 
-def test_rfc4514_order_matches_kafka_and_defaults_refuse_escapes(test_pki) -> None:
-    ca = test_pki.ca
+def test_rfc4514_order_matches_kafka_and_defaults_refuse_escapes(gw_pki) -> None:
+    ca = gw_pki.ca
     kafka_style = custom_cert(ca, [(C, "US"), (O, "Acme"), (OU, "services"), (CN, "billing")])
     der = kafka_style.cert.public_bytes(Encoding.DER)
     assert subject_dn(der) == "CN=billing,OU=services,O=Acme,C=US"  # same order Java shows

@@ -42,8 +42,8 @@ def handshake_refusal(port: int, ctx: ssl.SSLContext) -> str:
     return "closed"
 
 
-def _ctx(test_pki: Pki, client: str | None, version: ssl.TLSVersion) -> ssl.SSLContext:
-    ctx = test_pki.client_ctx(client)
+def _ctx(gw_pki: Pki, client: str | None, version: ssl.TLSVersion) -> ssl.SSLContext:
+    ctx = gw_pki.client_ctx(client)
     ctx.maximum_version = version
     return ctx
 
@@ -57,17 +57,17 @@ def _ctx(test_pki: Pki, client: str | None, version: ssl.TLSVersion) -> ssl.SSLC
         "server-only",  # right CN and CA, serverAuth usage only: a server cert is not a client cert
     ],
 )
-def test_bad_client_certificates_fail_the_handshake(mtls_gateway: Running, test_pki: Pki, client) -> None:
+def test_bad_client_certificates_fail_the_handshake(mtls_gateway: Running, gw_pki: Pki, client) -> None:
     before = list(mtls_gateway.backend.calls)
-    assert handshake_refusal(mtls_gateway.port, _ctx(test_pki, client, ssl.TLSVersion.TLSv1_2)) == "handshake"
-    assert handshake_refusal(mtls_gateway.port, _ctx(test_pki, client, ssl.TLSVersion.TLSv1_3)) in (
+    assert handshake_refusal(mtls_gateway.port, _ctx(gw_pki, client, ssl.TLSVersion.TLSv1_2)) == "handshake"
+    assert handshake_refusal(mtls_gateway.port, _ctx(gw_pki, client, ssl.TLSVersion.TLSv1_3)) in (
         "handshake",
         "closed",
     )
     assert mtls_gateway.backend.calls == before  # nothing reached the backend
     # control: the same client code with a good certificate gets through on both versions
     for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-        r = call(mtls_gateway.port, _ctx(test_pki, "orders", version), "GET", "/v1/whoami")
+        r = call(mtls_gateway.port, _ctx(gw_pki, "orders", version), "GET", "/v1/whoami")
         assert r.status == 200
 
 
@@ -85,34 +85,34 @@ def _alert(port: int, ctx: ssl.SSLContext) -> str:
     raise AssertionError(f"no TLS alert, got {data[:60]!r}")
 
 
-def test_attack_no_client_certificate(mtls_gateway: Running, test_pki: Pki) -> None:
+def test_attack_no_client_certificate(mtls_gateway: Running, gw_pki: Pki) -> None:
     """A client without a certificate is told why: TLS 1.3's certificate_required alert (TLS 1.2
     has no such alert and gets handshake_failure), not an empty reply; nothing reaches a handler."""
     before = list(mtls_gateway.backend.calls)
-    assert _alert(mtls_gateway.port, _ctx(test_pki, None, ssl.TLSVersion.TLSv1_3)) == (
+    assert _alert(mtls_gateway.port, _ctx(gw_pki, None, ssl.TLSVersion.TLSv1_3)) == (
         "TLSV13_ALERT_CERTIFICATE_REQUIRED"
     )
-    assert _alert(mtls_gateway.port, _ctx(test_pki, None, ssl.TLSVersion.TLSv1_2)) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
-    assert _alert(mtls_gateway.port, _ctx(test_pki, "rogue", ssl.TLSVersion.TLSv1_3)) == "TLSV1_ALERT_UNKNOWN_CA"
+    assert _alert(mtls_gateway.port, _ctx(gw_pki, None, ssl.TLSVersion.TLSv1_2)) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    assert _alert(mtls_gateway.port, _ctx(gw_pki, "rogue", ssl.TLSVersion.TLSv1_3)) == "TLSV1_ALERT_UNKNOWN_CA"
     assert mtls_gateway.backend.calls == before
 
 
-def test_mapped_certificate_reaches_backend_as_mapped_principal(mtls_gateway: Running, test_pki: Pki) -> None:
+def test_mapped_certificate_reaches_backend_as_mapped_principal(mtls_gateway: Running, gw_pki: Pki) -> None:
     # C=US,O=Acme,OU=services,CN=billing -> RULE 1 maps "CN=billing,OU=services,..." to "billing"
     r = call(
-        mtls_gateway.port, test_pki.client_ctx("svc-billing"), "POST", "/v1/topics/orders/events", [event(7)]
+        mtls_gateway.port, gw_pki.client_ctx("svc-billing"), "POST", "/v1/topics/orders/events", [event(7)]
     )
     assert r.status == 200, r.raw
     assert r.json["ids"] == ["evt-7"]
     assert mtls_gateway.backend.calls[-1] == ("publish", "billing")
-    who = call(mtls_gateway.port, test_pki.client_ctx("orders"), "GET", "/v1/whoami").json
+    who = call(mtls_gateway.port, gw_pki.client_ctx("orders"), "GET", "/v1/whoami").json
     assert who == {"principal": "orders", "method": "mtls"}
 
 
 @pytest.mark.parametrize("client", ["smuggler", "no-cn"])
-def test_unmapped_subject_is_401_after_a_good_handshake(mtls_gateway: Running, test_pki: Pki, client) -> None:
+def test_unmapped_subject_is_401_after_a_good_handshake(mtls_gateway: Running, gw_pki: Pki, client) -> None:
     before = list(mtls_gateway.backend.calls)
-    r = call(mtls_gateway.port, test_pki.client_ctx(client), "POST", "/v1/topics/orders/events", [event(1)])
+    r = call(mtls_gateway.port, gw_pki.client_ctx(client), "POST", "/v1/topics/orders/events", [event(1)])
     assert r.status == 401
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json["reason"] == "unmapped_subject"
@@ -122,10 +122,10 @@ def test_unmapped_subject_is_401_after_a_good_handshake(mtls_gateway: Running, t
     assert any(e.reason == "unmapped_subject" and e.outcome == "denied" for e in mtls_gateway.audit.events)
 
 
-def test_authorization_header_cannot_override_the_certificate(mtls_gateway: Running, test_pki: Pki) -> None:
+def test_authorization_header_cannot_override_the_certificate(mtls_gateway: Running, gw_pki: Pki) -> None:
     r = call(
         mtls_gateway.port,
-        test_pki.client_ctx("reader"),
+        gw_pki.client_ctx("reader"),
         "GET",
         "/v1/whoami",
         headers={"Authorization": "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."},
@@ -134,10 +134,10 @@ def test_authorization_header_cannot_override_the_certificate(mtls_gateway: Runn
 
 
 def test_authenticated_but_unauthorized_is_403_and_nothing_stored(
-    mtls_gateway: Running, test_pki: Pki
+    mtls_gateway: Running, gw_pki: Pki
 ) -> None:
     stored = len(mtls_gateway.backend.topics["orders"])
-    r = call(mtls_gateway.port, test_pki.client_ctx("reader"), "POST", "/v1/topics/orders/events", [event(9)])
+    r = call(mtls_gateway.port, gw_pki.client_ctx("reader"), "POST", "/v1/topics/orders/events", [event(9)])
     assert r.status == 403
     assert r.json["code"] == "forbidden"
     assert r.json["missing"] == "reader Publish Topic::orders"
@@ -145,7 +145,7 @@ def test_authenticated_but_unauthorized_is_403_and_nothing_stored(
     # escalation through the control plane is refused too
     r = call(
         mtls_gateway.port,
-        test_pki.client_ctx("orders"),
+        gw_pki.client_ctx("orders"),
         "POST",
         "/v1/keys/unwrap",
         {"kid": "kid-pii-1", "class": "pii"},
@@ -154,8 +154,8 @@ def test_authenticated_but_unauthorized_is_403_and_nothing_stored(
     assert "key" not in r.json
 
 
-def test_tls12_with_aead_suite_works_and_no_compression(mtls_gateway: Running, test_pki: Pki) -> None:
-    ctx = test_pki.client_ctx("orders")
+def test_tls12_with_aead_suite_works_and_no_compression(mtls_gateway: Running, gw_pki: Pki) -> None:
+    ctx = gw_pki.client_ctx("orders")
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with tls_socket(mtls_gateway.port, ctx) as s:
         name, version, _ = s.cipher()
@@ -166,8 +166,8 @@ def test_tls12_with_aead_suite_works_and_no_compression(mtls_gateway: Running, t
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
 
 
-def test_tls12_without_aead_suites_is_refused(mtls_gateway: Running, test_pki: Pki) -> None:
-    ctx = _ctx(test_pki, "orders", ssl.TLSVersion.TLSv1_2)
+def test_tls12_without_aead_suites_is_refused(mtls_gateway: Running, gw_pki: Pki) -> None:
+    ctx = _ctx(gw_pki, "orders", ssl.TLSVersion.TLSv1_2)
     ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:AES128-SHA256")  # CBC only
     assert handshake_refusal(mtls_gateway.port, ctx) == "handshake"
 

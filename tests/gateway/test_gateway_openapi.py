@@ -28,8 +28,8 @@ def test_repo_copy_matches_the_code() -> None:
     )
 
 
-def test_served_document_and_routes(mtls_gateway: Running, test_pki: Pki) -> None:
-    r = call(mtls_gateway.port, test_pki.client_ctx("orders"), "GET", "/openapi.json")
+def test_served_document_and_routes(mtls_gateway: Running, gw_pki: Pki) -> None:
+    r = call(mtls_gateway.port, gw_pki.client_ctx("orders"), "GET", "/openapi.json")
     assert r.status == 200 and r.json == document()
     ops = {(m.upper(), p) for p, item in document()["paths"].items() for m in item}
     assert ops == {(op.method, op.path) for op in OPERATIONS}
@@ -37,13 +37,13 @@ def test_served_document_and_routes(mtls_gateway: Running, test_pki: Pki) -> Non
 
 
 def test_served_document_and_server_share_the_configured_batch_limit(
-    test_pki: Pki, tmp_path_factory: pytest.TempPathFactory
+    gw_pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """maxItems in /openapi.json is the server's limits.max_batch_events: N events pass, N+1 get 413."""
     limits = {"max_batch_events": 7, "burst_events": 100}
-    run = start_gateway(gateway_config(test_pki, limits=limits), tmp_path_factory.mktemp("limit"))
+    run = start_gateway(gateway_config(gw_pki, limits=limits), tmp_path_factory.mktemp("limit"))
     try:
-        ctx = test_pki.client_ctx("orders")
+        ctx = gw_pki.client_ctx("orders")
         served = call(run.port, ctx, "GET", "/openapi.json").json
         assert served["components"]["schemas"]["PublishRequest"]["maxItems"] == 7 == served["components"][
             "schemas"
@@ -108,7 +108,7 @@ SCHEMA = schemathesis.openapi.from_dict(
 
 @pytest.fixture(scope="module")
 def fuzz_target(
-    test_pki: Pki, jwks_file: Path, signers, tmp_path_factory: pytest.TempPathFactory
+    gw_pki: Pki, jwks_file: Path, signers, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """A JWT-mode gateway (so schemathesis' ignored-auth check has a token to tamper with) with a
     token for the principal holding the broadest grants; long polls off to keep the run short."""
@@ -119,7 +119,7 @@ def fuzz_target(
         "burst_events": 1_000_000,
     }
     cfg = gateway_config(
-        test_pki,
+        gw_pki,
         auth="jwt",
         limits=limits,
         jwt={"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE,
@@ -131,7 +131,7 @@ def fuzz_target(
     yield {
         "base_url": f"https://127.0.0.1:{run.port}",
         "session": session,
-        "verify": str(test_pki.ca_file),
+        "verify": str(gw_pki.ca_file),
         # one connection per request: the gateway closes idle keep-alive connections (header timeout)
         # and requests would not retry a POST on a pooled connection the server just closed
         "headers": {"Authorization": f"Bearer {token}", "Connection": "close"},

@@ -30,8 +30,8 @@ def assert_problem(r, status: int, code: str) -> dict:
     return doc
 
 
-def post(gw: Running, test_pki: Pki, path: str, body, who: str = "orders", **kw):
-    return call(gw.port, test_pki.client_ctx(who), "POST", path, body, **kw)
+def post(gw: Running, gw_pki: Pki, path: str, body, who: str = "orders", **kw):
+    return call(gw.port, gw_pki.client_ctx(who), "POST", path, body, **kw)
 
 
 @pytest.mark.parametrize(
@@ -72,19 +72,19 @@ def post(gw: Running, test_pki: Pki, path: str, body, who: str = "orders", **kw)
         ),
     ],
 )
-def test_errors_never_echo_sentinels(mtls_gateway: Running, test_pki: Pki, path, body, status, code) -> None:
-    assert_problem(post(mtls_gateway, test_pki, path, body), status, code)
+def test_errors_never_echo_sentinels(mtls_gateway: Running, gw_pki: Pki, path, body, status, code) -> None:
+    assert_problem(post(mtls_gateway, gw_pki, path, body), status, code)
 
 
-def test_schema_error_names_path_and_rule(mtls_gateway: Running, test_pki: Pki) -> None:
+def test_schema_error_names_path_and_rule(mtls_gateway: Running, gw_pki: Pki) -> None:
     doc = assert_problem(
-        post(mtls_gateway, test_pki, "/v1/keys/unwrap", {"kid": "k1", "class": "PII!"}), 400, "bad_input"
+        post(mtls_gateway, gw_pki, "/v1/keys/unwrap", {"kid": "k1", "class": "PII!"}), 400, "bad_input"
     )
     assert doc["path"] == "body.class" and doc["rule"] == "pattern"
 
 
 def test_backend_error_that_leaks_a_value_is_withheld(
-    mtls_gateway: Running, test_pki: Pki, monkeypatch
+    mtls_gateway: Running, gw_pki: Pki, monkeypatch
 ) -> None:
     async def leaky(principal, topic, events):
         raise ValidationError(f"field customer.email value {SENTINEL} is invalid", path="customer.email")
@@ -93,7 +93,7 @@ def test_backend_error_that_leaks_a_value_is_withheld(
     doc = assert_problem(
         post(
             mtls_gateway,
-            test_pki,
+            gw_pki,
             "/v1/topics/orders/events",
             [event(1, data={"customer": {"email": SENTINEL}})],
         ),
@@ -105,14 +105,14 @@ def test_backend_error_that_leaks_a_value_is_withheld(
 
 
 def test_unexpected_exception_is_500_and_logged_without_its_message(
-    mtls_gateway: Running, test_pki: Pki, monkeypatch, caplog
+    mtls_gateway: Running, gw_pki: Pki, monkeypatch, caplog
 ) -> None:
     async def broken(principal, topic, events):
         raise RuntimeError(f"driver said: {SENTINEL}")
 
     monkeypatch.setattr(mtls_gateway.backend, "publish", broken)
     caplog.set_level(logging.DEBUG)
-    r = post(mtls_gateway, test_pki, "/v1/topics/orders/events", [event(1, data={"x": SENTINEL})])
+    r = post(mtls_gateway, gw_pki, "/v1/topics/orders/events", [event(1, data={"x": SENTINEL})])
     doc = assert_problem(r, 500, "internal")
     assert doc["detail"] == "internal error"
     logged = "\n".join(rec.getMessage() + str(rec.exc_info or "") for rec in caplog.records)
@@ -120,9 +120,9 @@ def test_unexpected_exception_is_500_and_logged_without_its_message(
     assert SENTINEL not in logged  # ... the message is not
 
 
-def test_malformed_http_is_a_problem_without_echo(mtls_gateway: Running, test_pki: Pki, caplog) -> None:
+def test_malformed_http_is_a_problem_without_echo(mtls_gateway: Running, gw_pki: Pki, caplog) -> None:
     caplog.set_level(logging.DEBUG)
-    with tls_socket(mtls_gateway.port, test_pki.client_ctx("orders")) as s:
+    with tls_socket(mtls_gateway.port, gw_pki.client_ctx("orders")) as s:
         s.sendall(
             f"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SENTINEL}\r\n"
             f"X-Bad\x01Header: {SENTINEL}\r\n\r\n".encode()
@@ -134,11 +134,11 @@ def test_malformed_http_is_a_problem_without_echo(mtls_gateway: Running, test_pk
     assert SENTINEL not in "\n".join(rec.getMessage() for rec in caplog.records)
 
 
-def test_unknown_route_and_wrong_method(mtls_gateway: Running, test_pki: Pki) -> None:
+def test_unknown_route_and_wrong_method(mtls_gateway: Running, gw_pki: Pki) -> None:
     assert_problem(
-        call(mtls_gateway.port, test_pki.client_ctx("orders"), "GET", "/v1/nope"), 404, "not_found"
+        call(mtls_gateway.port, gw_pki.client_ctx("orders"), "GET", "/v1/nope"), 404, "not_found"
     )
-    r = call(mtls_gateway.port, test_pki.client_ctx("orders"), "DELETE", "/v1/topics/orders/events")
+    r = call(mtls_gateway.port, gw_pki.client_ctx("orders"), "DELETE", "/v1/topics/orders/events")
     assert_problem(r, 405, "method_not_allowed")
     assert "GET" in r.headers["allow"] and "POST" in r.headers["allow"]
 
@@ -156,30 +156,30 @@ def test_unknown_route_and_wrong_method(mtls_gateway: Running, test_pki: Pki) ->
         "group=bad%20name",
     ],
 )
-def test_query_validation(mtls_gateway: Running, test_pki: Pki, query: str) -> None:
-    r = call(mtls_gateway.port, test_pki.client_ctx("reader"), "GET", f"/v1/topics/orders/events?{query}")
+def test_query_validation(mtls_gateway: Running, gw_pki: Pki, query: str) -> None:
+    r = call(mtls_gateway.port, gw_pki.client_ctx("reader"), "GET", f"/v1/topics/orders/events?{query}")
     assert_problem(r, 400, "bad_input")
 
 
-def test_security_headers_and_no_server_banner(mtls_gateway: Running, test_pki: Pki) -> None:
-    r = call(mtls_gateway.port, test_pki.client_ctx("orders"), "GET", "/healthz")
+def test_security_headers_and_no_server_banner(mtls_gateway: Running, gw_pki: Pki) -> None:
+    r = call(mtls_gateway.port, gw_pki.client_ctx("orders"), "GET", "/healthz")
     assert r.json == {"status": "ok"}
     assert r.headers["cache-control"] == "no-store"
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "aiohttp" not in r.headers.get("server", "") and "Python" not in r.headers.get("server", "")
 
 
-def test_unwrap_returns_key_only_to_cleared_principal(mtls_gateway: Running, test_pki: Pki) -> None:
-    r = post(mtls_gateway, test_pki, "/v1/keys/unwrap", {"kid": "kid-pii-1", "class": "pii"}, who="reader")
+def test_unwrap_returns_key_only_to_cleared_principal(mtls_gateway: Running, gw_pki: Pki) -> None:
+    r = post(mtls_gateway, gw_pki, "/v1/keys/unwrap", {"kid": "kid-pii-1", "class": "pii"}, who="reader")
     assert r.status == 200 and len(r.json["key"]) == 43  # 32 bytes, base64url without padding
     assert r.headers["cache-control"] == "no-store"
-    r = post(mtls_gateway, test_pki, "/v1/keys/unwrap", {"kid": "kid-forged", "class": "pii"}, who="reader")
+    r = post(mtls_gateway, gw_pki, "/v1/keys/unwrap", {"kid": "kid-forged", "class": "pii"}, who="reader")
     assert_problem(r, 404, "key_not_found")
 
 
-def test_metrics_exposition(mtls_gateway: Running, test_pki: Pki) -> None:
-    call(mtls_gateway.port, test_pki.client_ctx("smuggler"), "GET", "/healthz")  # a denial
-    r = call(mtls_gateway.port, test_pki.client_ctx("orders"), "GET", "/metrics")
+def test_metrics_exposition(mtls_gateway: Running, gw_pki: Pki) -> None:
+    call(mtls_gateway.port, gw_pki.client_ctx("smuggler"), "GET", "/healthz")  # a denial
+    r = call(mtls_gateway.port, gw_pki.client_ctx("orders"), "GET", "/metrics")
     assert r.status == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = r.raw.decode()
     assert 'eventward_gateway_denials_total{reason="unmapped_subject"}' in text

@@ -30,18 +30,18 @@ def test_no_certificate_means_no_listener(tmp_path: Path) -> None:
         create_server(GatewayConfig.from_mapping({"port": 0}), Home(tmp_path), MemoryBackend())
 
 
-def test_mtls_without_client_ca_means_no_listener(test_pki: Pki, tmp_path: Path) -> None:
-    cfg = gateway_config(test_pki, tls={"client_ca": str(tmp_path / "missing-ca.crt")})
+def test_mtls_without_client_ca_means_no_listener(gw_pki: Pki, tmp_path: Path) -> None:
+    cfg = gateway_config(gw_pki, tls={"client_ca": str(tmp_path / "missing-ca.crt")})
     with pytest.raises(ConfigError, match="does not exist"):
         create_server(cfg, Home(tmp_path), MemoryBackend())
 
 
-def test_world_readable_server_key_refused(test_pki: Pki, tmp_path: Path) -> None:
+def test_world_readable_server_key_refused(gw_pki: Pki, tmp_path: Path) -> None:
     key = tmp_path / "server.key"
-    key.write_bytes(test_pki.server_key.read_bytes())
+    key.write_bytes(gw_pki.server_key.read_bytes())
     key.chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
-        create_server(gateway_config(test_pki, tls={"key": str(key)}), Home(tmp_path), MemoryBackend())
+        create_server(gateway_config(gw_pki, tls={"key": str(key)}), Home(tmp_path), MemoryBackend())
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_dev_flag_serves_and_warns_at_startup_and_per_request(tmp_path: Path, ca
 
 
 def test_jwt_mode_without_client_ca_serves_tls_without_client_certs(
-    test_pki: Pki, jwks_file: Path, tmp_path: Path, signers
+    gw_pki: Pki, jwks_file: Path, tmp_path: Path, signers
 ) -> None:
     from .conftest import AUDIENCE, ISSUER
     from .gw_support import claims
@@ -105,7 +105,7 @@ def test_jwt_mode_without_client_ca_serves_tls_without_client_certs(
         {
             "port": 0,
             "auth": "jwt",
-            "tls": {"cert": str(test_pki.server_cert), "key": str(test_pki.server_key)},
+            "tls": {"cert": str(gw_pki.server_cert), "key": str(gw_pki.server_key)},
             "jwt": {"jwks_file": str(jwks_file), "issuer": ISSUER, "audience": AUDIENCE},
         }
     )
@@ -114,13 +114,13 @@ def test_jwt_mode_without_client_ca_serves_tls_without_client_certs(
         token = signers["rsa"].sign(claims(ISSUER, AUDIENCE))
         ok = call(
             run.port,
-            test_pki.client_ctx(None),
+            gw_pki.client_ctx(None),
             "GET",
             "/v1/whoami",
             headers={"Authorization": f"Bearer {token}"},
         )
         assert ok.json["principal"] == "jwt:idp.test.local:orders"  # no subject rule: namespaced
-        assert call(run.port, test_pki.client_ctx(None), "GET", "/v1/whoami").status == 401
+        assert call(run.port, gw_pki.client_ctx(None), "GET", "/v1/whoami").status == 401
     finally:
         run.gw.stop()
 

@@ -94,7 +94,9 @@ def test_attack_ca_key_not_on_disk_transit(bao: Bao, prefix: str, tmp_path: Path
     monkeypatch.setenv(TOKEN_ENV, _ca_token(bao, key))
     home = _home(tmp_path, _transit_yaml(bao.url, key))
     certstore.init(home / "certs")
-    certstore.issue(home / "certs", "orders")
+    rec = certstore.issue(home / "certs", "orders")
+    certstore.load_cert_file(Path(rec.path)).verify_directly_issued_by(pki.ca_certificate(home / "certs"))
+    assert not (home / "certs" / "ca.key").exists()
     _no_ca_private_key(home)
 
 
@@ -106,8 +108,11 @@ def test_transit_rotation_keeps_the_ca_key_version(bao: Bao, prefix: str, tmp_pa
     certs = home / "certs"
     certstore.init(certs)
     bao.root().secrets.transit.rotate_key(key)
+    assert bao.root().secrets.transit.read_key(key)["data"]["latest_version"] == 2
     rec = certstore.issue(certs, "orders")
-    certstore.load_cert_file(Path(rec.path)).verify_directly_issued_by(pki.ca_certificate(certs))
+    cert = certstore.load_cert_file(Path(rec.path))
+    cert.verify_directly_issued_by(pki.ca_certificate(certs))  # raises if signed by version 2
+    assert rec.principal == "orders" and cert.issuer == pki.ca_certificate(certs).subject
 
 
 def test_transit_unavailable_writes_nothing(bao: Bao, prefix: str, tmp_path: Path, monkeypatch) -> None:
