@@ -735,43 +735,31 @@ class KeyService:
         unwrapped: dict[str, int],
         refused: dict[tuple[str, str], list[str]],
     ) -> None:
-        """decryption_keys' store misses: each row unwrapped once, its outcome in ``out``."""
+        """decryption_keys' store misses: each row unwrapped once, its outcome in ``out``; what was
+        unwrapped is cached even when an outage stops the loop half way."""
         fresh: list[tuple[str, tuple[str, bytes | None]]] = []
         try:
-            self._unwrap_each(misses, rows, principal, out, released, unwrapped, refused, fresh)
+            for kid, cls, shash in misses:
+                rec = rows.get(kid)
+                try:
+                    if rec is None or rec.cls != cls:
+                        self._absent(kid, cls, shash, rec, principal)  # raises; its refusal is audited there
+                    dek = self._unwrap(rec)  # type: ignore[arg-type]
+                except (KeyDestroyed, KeyNotFound) as e:
+                    out[kid, cls] = e
+                    if rec is not None and rec.cls == cls:
+                        refused.setdefault((cls, e.code), []).append(kid)
+                    continue
+                except KeyIntegrityError as e:
+                    out[kid, cls] = e
+                    refused.setdefault((cls, e.code), []).append(kid)
+                    continue
+                fresh.append((kid, (cls, dek)))
+                out[kid, cls] = dek
+                released.setdefault(cls, []).append(kid)
+                unwrapped[cls] = unwrapped.get(cls, 0) + 1
         finally:
             self.cache.put_many(fresh)
-
-    def _unwrap_each(
-        self,
-        misses: list[tuple[str, str, str | None]],
-        rows: dict[str, DekRecord],
-        principal: str,
-        out: dict[tuple[str, str], bytes | EventwardError],
-        released: dict[str, list[str]],
-        unwrapped: dict[str, int],
-        refused: dict[tuple[str, str], list[str]],
-        fresh: list[tuple[str, tuple[str, bytes | None]]],
-    ) -> None:
-        for kid, cls, shash in misses:
-            rec = rows.get(kid)
-            try:
-                if rec is None or rec.cls != cls:
-                    self._absent(kid, cls, shash, rec, principal)  # raises; its refusal is audited there
-                dek = self._unwrap(rec)  # type: ignore[arg-type]
-            except (KeyDestroyed, KeyNotFound) as e:
-                out[kid, cls] = e
-                if rec is not None and rec.cls == cls:
-                    refused.setdefault((cls, e.code), []).append(kid)
-                continue
-            except KeyIntegrityError as e:
-                out[kid, cls] = e
-                refused.setdefault((cls, e.code), []).append(kid)
-                continue
-            fresh.append((kid, (cls, dek)))
-            out[kid, cls] = dek
-            released.setdefault(cls, []).append(kid)
-            unwrapped[cls] = unwrapped.get(cls, 0) + 1
 
     def _audit_batch(self, principal: str, refused: dict[tuple[str, str], list[str]],
                      released: dict[str, list[str]], unwrapped: dict[str, int], where: dict[str, str]) -> None:
