@@ -472,15 +472,11 @@ def sign_certificate(
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
         raise CASignatureInvalid(f"the certificate signed by {signer.where} could not be assembled") from None
+    against = cert if issuer is None else issuer
     try:
-        if issuer is None:
-            if cert.public_key() != signer.public_key():
-                raise InvalidSignature
-            cert.verify_directly_issued_by(cert)
-        else:
-            if issuer.public_key() != signer.public_key():
-                raise InvalidSignature
-            cert.verify_directly_issued_by(issuer)
+        if against.public_key() != signer.public_key():
+            raise InvalidSignature
+        cert.verify_directly_issued_by(against)
     except (InvalidSignature, ValueError, TypeError):
         raise CASignatureInvalid(f"the signature from {signer.where} does not verify under the CA certificate; "
                                  "nothing was issued") from None
