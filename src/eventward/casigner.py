@@ -259,19 +259,9 @@ class TransitSigner:
         return self._client.secrets.transit
 
     def _call(self, what: str, op: Callable[[], T]) -> T:
-        import requests
-        from hvac import exceptions as hv
+        from eventward.keys.kms.transit import call_transit
 
-        try:
-            return op()
-        except (hv.Forbidden, hv.Unauthorized):
-            raise KMSUnavailable(f"Transit refused the token for: {what} (revoked, expired or no policy)") from None
-        except (hv.VaultDown, hv.InternalServerError, hv.BadGateway, hv.RateLimitExceeded):
-            raise KMSUnavailable(f"Transit server unavailable for: {what}") from None
-        except hv.VaultError as e:
-            raise KMSUnavailable(f"Transit refused: {what} ({type(e).__name__})") from None
-        except requests.RequestException as e:
-            raise KMSUnavailable(f"Transit server unreachable for: {what} ({type(e).__name__})") from None
+        return call_transit(what, op, any_refusal=True)
 
     def _read(self) -> dict[str, Any] | None:
         from hvac import exceptions as hv

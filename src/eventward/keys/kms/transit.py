@@ -49,6 +49,23 @@ def _number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool)
 
 
+def call_transit(what: str, op: Callable[[], T], *, any_refusal: bool = False) -> T:
+    """One Transit server call: a refused token, a server or transport failure (and, with
+    ``any_refusal``, any other refusal) fail closed as KMSUnavailable naming ``what``, never the token."""
+    try:
+        return op()
+    except (hv.Forbidden, hv.Unauthorized):
+        raise KMSUnavailable(f"Transit refused the token for: {what} (revoked, expired or no policy)") from None
+    except (hv.VaultDown, hv.InternalServerError, hv.BadGateway, hv.RateLimitExceeded):
+        raise KMSUnavailable(f"Transit server unavailable for: {what}") from None
+    except hv.VaultError as e:
+        if not any_refusal:
+            raise
+        raise KMSUnavailable(f"Transit refused: {what} ({type(e).__name__})") from None
+    except requests.RequestException as e:
+        raise KMSUnavailable(f"Transit server unreachable for: {what} ({type(e).__name__})") from None
+
+
 @dataclass(frozen=True)
 class TransitConfig:
     """Where the Transit engine is and where the token comes from (a variable name or a 0600 file).
@@ -192,14 +209,7 @@ class TransitKMS:
         """Run one server call; transport and server failures fail closed as KMSUnavailable."""
         if self._closed:
             raise KMSUnavailable("the Transit KMS is closed")
-        try:
-            return op()
-        except (hv.Forbidden, hv.Unauthorized):
-            raise KMSUnavailable(f"Transit refused the token for: {what} (revoked, expired or no policy)") from None
-        except (hv.VaultDown, hv.InternalServerError, hv.BadGateway, hv.RateLimitExceeded):
-            raise KMSUnavailable(f"Transit server unavailable for: {what}") from None
-        except requests.RequestException as e:
-            raise KMSUnavailable(f"Transit server unreachable for: {what} ({type(e).__name__})") from None
+        return call_transit(what, op)
 
     def _list(self) -> list[str]:
         try:
