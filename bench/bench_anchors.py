@@ -37,9 +37,9 @@ from bench.bench_fields import AesGcmFloor, FernetPerField
 from bench.common import interleaved, print_scenario, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, customer, order_placed
-from eventward.crypto.fields import FieldEncryptor
-from eventward.deployment import Deployment
-from eventward.keys.memory import MemoryKeys
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.deployment import Deployment
+from eventward._internal.keys.memory import MemoryKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 CSFLE_PYTHON = Path(os.environ.get("EW_CSFLE_PYTHON", ROOT / ".venv-csfle" / "bin" / "python"))

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_scenario, rate, scenario
-from eventward.audit.checkpoint import verify_checkpoint
-from eventward.audit.log import AuditLog
-from eventward.audit.verify import verify_log
-from eventward.audit.witness import Witness
-from eventward.crypto import merkle
-from eventward.home import Home
+from eventward._internal.audit.checkpoint import verify_checkpoint
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.audit.witness import Witness
+from eventward._internal.crypto import merkle
+from eventward._internal.home import Home
 
 BATCH = 50_000
 

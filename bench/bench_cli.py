@@ -30,10 +30,10 @@ import orjson
 from typer.testing import CliRunner
 
 from bench.common import print_scenario, rate, scenario
-from eventward import demo
-from eventward.cli import app
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal import demo
+from eventward._internal.cli import app
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 TOPIC, TYPE = demo.TOPIC, demo.EVENT_TYPE
 

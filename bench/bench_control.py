@@ -36,19 +36,19 @@ from bench import deployed
 from bench.bench_nats import _free_port, _Raw, _raw_once
 from bench.common import print_scenario, scenario, summarize
 from bench.workload import EVENT_TYPE, SOURCE, order_placed
-from eventward import envelope
-from eventward.control.client import RemoteKeys
-from eventward.control.connect import Client
-from eventward.control.http import HttpControlAPI
-from eventward.control.identity import ServiceIdentity
-from eventward.control.plane import ControlPlane
-from eventward.deployment import Deployment
-from eventward.gateway.config import SERVER_CERT, GatewayConfig
-from eventward.gateway.deployment_backend import DeploymentBackend
-from eventward.gateway.server import create_server
-from eventward.gateway.tls import ensure_home_material
-from eventward.log import natsserver
-from eventward.log.nats import NatsTransport
+from eventward._internal import envelope
+from eventward._internal.control.client import RemoteKeys
+from eventward._internal.control.connect import Client
+from eventward._internal.control.http import HttpControlAPI
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.deployment import Deployment
+from eventward._internal.gateway.config import SERVER_CERT, GatewayConfig
+from eventward._internal.gateway.deployment_backend import DeploymentBackend
+from eventward._internal.gateway.server import create_server
+from eventward._internal.gateway.tls import ensure_home_material
+from eventward._internal.log import natsserver
+from eventward._internal.log.nats import NatsTransport
 
 CUSTOMERS = 1000
 

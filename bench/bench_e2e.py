@@ -16,7 +16,7 @@ allow-list authorizer, no audit log), with the per-step breakdown. Labelled: not
 deployment anyone runs.
 
 e2e_embedded_pipelined: producer and consumer as two processes on one home at the same
-time, as deployed services run, each wired by eventward.deployment (Cedar policy engine,
+time, as deployed services run, each wired by eventward._internal.deployment (Cedar policy engine,
 audit log, KeyService with keys.db and the local KMS, registry, trust registry): everything
 above plus audited key unwraps. The rate is events / (last delivery - first send). Baselines:
 the same deployed wiring in one process (produce, then consume) and plain JSON in SQLite.
@@ -48,21 +48,21 @@ from bench import deployed, proc
 from bench.common import print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE, customer, order_placed
-from eventward import envelope
-from eventward.client.consumer import Consumer
-from eventward.client.dlq import DeadLetters
-from eventward.client.producer import Producer
-from eventward.client.replay import ReplayGuard
-from eventward.client.trust import ACTIVE, TrustedKey, TrustRegistry
-from eventward.client.verify import SealVerifier
-from eventward.crypto import seal as sealing
-from eventward.crypto.fields import FieldEncryptor
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.keys.memory import MemoryKeys
-from eventward.log.base import Record
-from eventward.log.embedded import EmbeddedLog
-from eventward.policy.base import (
+from eventward._internal import envelope
+from eventward._internal.client.consumer import Consumer
+from eventward._internal.client.dlq import DeadLetters
+from eventward._internal.client.producer import Producer
+from eventward._internal.client.replay import ReplayGuard
+from eventward._internal.client.trust import ACTIVE, TrustedKey, TrustRegistry
+from eventward._internal.client.verify import SealVerifier
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.log.base import Record
+from eventward._internal.log.embedded import EmbeddedLog
+from eventward._internal.policy.base import (
     APPROVE_SCHEMA,
     DECRYPT,
     PROPOSE_SCHEMA,
@@ -71,7 +71,7 @@ from eventward.policy.base import (
     SUBSCRIBE,
     AllowList,
 )
-from eventward.schema.registry import Registry
+from eventward._internal.schema.registry import Registry
 
 TOPIC = "orders"
 PRODUCER, CONSUMER, ADMIN = "checkout", "fulfilment", "admin"

@@ -33,11 +33,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from bench.common import interleaved, print_scenario, scenario
 from bench.workload import ORDER_SPEC, order_placed
-from eventward.crypto import fields as _fields
-from eventward.crypto import tokens
-from eventward.crypto.fields import FieldEncryptor
-from eventward.keys.memory import MemoryKeys
-from eventward.policy.base import DECRYPT, AllowList
+from eventward._internal.crypto import fields as _fields
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.policy.base import DECRYPT, AllowList
 
 PII = ("name", "email", "phone")
 CUSTOMERS = 1000

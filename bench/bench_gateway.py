@@ -35,9 +35,9 @@ import yaml
 
 from bench.common import print_scenario, rate, scenario
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE, order_placed
-from eventward import pki
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal import pki
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 WRITER, AUTHOR, APPROVER, ADMIN = "checkout", "alice", "bob", "admin"
 BATCH = 500
@@ -81,7 +81,7 @@ class _Home:
 
     def serve(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eventward.cli", "--home", str(self.home.root), "serve", "--port", "0"],
+            [sys.executable, "-m", "eventward._internal.cli", "--home", str(self.home.root), "serve", "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

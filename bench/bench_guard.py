@@ -38,11 +38,11 @@ from typing import Any
 from bench.common import interleaved, print_scenario, scenario, summarize
 from bench.pii_corpus import planted
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, ORDER_SPEC, order_placed
-from eventward.deployment import Deployment
-from eventward.guard import detectors as k
-from eventward.guard.pipeline import Pipeline, PipelineSpec
-from eventward.guard.scan import findings
-from eventward.home import Home
+from eventward._internal.deployment import Deployment
+from eventward._internal.guard import detectors as k
+from eventward._internal.guard.pipeline import Pipeline, PipelineSpec
+from eventward._internal.guard.scan import findings
+from eventward._internal.home import Home
 
 _PLAIN = [re.compile(p) for p in (
     r"[\w.+-]+@[\w-]+\.[\w.]+", r"\b(?:\d[ -]?){13,19}\b", r"\b\d{3}-\d{2}-\d{4}\b",

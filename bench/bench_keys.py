@@ -24,9 +24,9 @@ from typing import Any
 
 from bench.common import print_scenario, rate, scenario
 from bench.subjects import populate_home
-from eventward.home import Home
-from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, AllowList
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService, KeyServiceConfig
+from eventward._internal.policy.base import DECRYPT, ENCRYPT, FORGET, AllowList
 
 ADMIN = "admin"
 
@@ -141,7 +141,7 @@ def _ack_scenario(root: Path, groups: int, samples: int, notice_interval: float)
     notices every ``notice_interval`` seconds. Baseline: the same forget with no group."""
     import threading
 
-    from eventward.deployment import Deployment
+    from eventward._internal.deployment import Deployment
 
     home = Home(root / "acks")
     Deployment.init(home, policy_yaml=ACK_POLICY).close()

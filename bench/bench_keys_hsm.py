@@ -24,12 +24,12 @@ from typing import Any
 from pkcs11 import GCMParams, Mechanism
 
 from bench.common import print_scenario, rate, scenario
-from eventward.home import Home
-from eventward.keys.kms.base import MAC_SUBJECT
-from eventward.keys.kms.local import LocalKMS
-from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
-from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, ENCRYPT, AllowList
+from eventward._internal.home import Home
+from eventward._internal.keys.kms.base import MAC_SUBJECT
+from eventward._internal.keys.kms.local import LocalKMS
+from eventward._internal.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
+from eventward._internal.keys.service import KeyService, KeyServiceConfig
+from eventward._internal.policy.base import DECRYPT, ENCRYPT, AllowList
 
 TOKEN = "eventward-bench"
 PIN_ENV = "EVENTWARD_BENCH_HSM_PIN"

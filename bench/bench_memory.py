@@ -6,7 +6,7 @@ consumer_memory_1m_subjects: 1,000,000 distinct data subjects (quick: 20,000), o
 event each, so every event's PII is under a DEK of its own and the consumer's key cache never
 hits. Keys and events are written in bulk by worker processes (bench/bulk.py: random DEKs
 really wrapped by the local KMS, events sealed the way the Producer builds them). Then a consumer as
-deployed (eventward.deployment: Cedar policy, audit log, KeyService with its bounded DEK
+deployed (eventward._internal.deployment: Cedar policy, audit log, KeyService with its bounded DEK
 cache, seal verification, persisted replay guard, decryption) runs in a fresh process and
 reports its own peak RSS as it passes 1k, 10k, 100k, ... subjects: memory grows until the
 bounded caches (DEK LRU, dedup window) are full, then stays flat. Every key lookup misses the
@@ -31,9 +31,9 @@ from typing import Any
 
 from bench import bulk, deployed, proc
 from bench.common import print_scenario, scenario, summarize
-from eventward.audit.log import AuditLog
-from eventward.config import Config
-from eventward.keys.service import KeyServiceConfig
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.config import Config
+from eventward._internal.keys.service import KeyServiceConfig
 
 MARKS = (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000)
 

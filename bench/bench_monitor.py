@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import interleaved, print_scenario, scenario
-from eventward import monitor
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.monitor.service import Monitor
+from eventward._internal import monitor
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.monitor.service import Monitor
 
 POLICY = """\
 principals:

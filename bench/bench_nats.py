@@ -10,12 +10,12 @@ Scenarios (events of 600 bytes, batches of 500, a 16 KB seal per batch):
   consumer fetching one message per event.
 
 * full path: eventward's Producer and Consumer on the NATS transport as deployed
-  (eventward.deployment: Cedar policy, schema validation, field encryption, seals, audit log,
+  (eventward._internal.deployment: Cedar policy, schema validation, field encryption, seals, audit log,
   seal verification, replay guard, audited key unwraps, decryption, group offsets in the KV
   bucket) against raw ``publish_async`` of the same OrderPlaced events as plain CloudEvents
   JSON, one message each (and, end to end, plus a raw pull consumer). Target: >= 1.0x.
 
-The append ratios are what chose one message per batch (see eventward/log/nats.py).
+The append ratios are what chose one message per batch (see eventward/_internal/log/nats.py).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ from bench import deployed
 from bench.common import print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, SOURCE, customer, order_placed
-from eventward import envelope
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.log import natsserver
-from eventward.log.nats import NatsTransport
+from eventward._internal import envelope
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log import natsserver
+from eventward._internal.log.nats import NatsTransport
 
 EVENT_BYTES = 600
 BATCH = 500
@@ -142,7 +142,7 @@ def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[di
         "events": n,
         "event_data_bytes": round(statistics.mean(len(orjson.dumps(e)) for e in events)),
         "raw_message_bytes": round(statistics.mean(map(len, plain))),
-        "wiring": "eventward.deployment (Cedar policy, audit log, KeyService + local KMS) on NatsTransport",
+        "wiring": "eventward._internal.deployment (Cedar policy, audit log, KeyService + local KMS) on NatsTransport",
         "target_ratio": 1.0,
     }
     return [

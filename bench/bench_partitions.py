@@ -38,9 +38,9 @@ from bench import deployed, proc
 from bench.common import print_scenario, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer, order_placed
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.log.partitions import partition_for, partition_stream
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log.partitions import partition_for, partition_stream
 
 CUSTOMERS = 1000
 GROUP = "bench-partitions"

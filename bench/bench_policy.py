@@ -20,12 +20,12 @@ from typing import Any
 import cedarpy
 
 from bench.common import print_scenario, rate, scenario
-from eventward.home import Home
-from eventward.policy import base
-from eventward.policy.compile_cedar import uid
-from eventward.policy.engine import PolicyEngine
-from eventward.policy.evaluator import time_context
-from eventward.policy.store import PolicyStore
+from eventward._internal.home import Home
+from eventward._internal.policy import base
+from eventward._internal.policy.compile_cedar import uid
+from eventward._internal.policy.engine import PolicyEngine
+from eventward._internal.policy.evaluator import time_context
+from eventward._internal.policy.store import PolicyStore
 
 POLICY = """
 principals:

@@ -4,7 +4,7 @@
 
 Each point sends events through the Producer (policy, schema validation, field encryption,
 envelope, seal, SQLite append, audit) and reads them back through a Consumer (seal
-verification, replay guard, policy, decryption, offsets), both from eventward.deployment on
+verification, replay guard, policy, decryption, offsets), both from eventward._internal.deployment on
 one home; the rate is events / (produce time + consume time). Every point opens a fresh
 deployment, so key caches start cold as in a restarted service. Three curves:
 
@@ -34,8 +34,8 @@ from bench import deployed, subjects
 from bench.bench_e2e import plain_json_sqlite
 from bench.common import print_scenario, rate, scenario, summarize
 from bench.workload import customer, order_placed
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 REFERENCE = {"batch": 500, "subjects": 1_000, "size": 600}  # the workload every other bench uses
 SIZES = {300: (1, 0), 600: (3, 0), 2_000: (22, 0), 8_000: (38, 150)}  # ~bytes -> (items, name length)

@@ -27,10 +27,10 @@ import fastjsonschema
 
 from bench.common import interleaved, print_scenario, scenario
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, ORDER_SPEC, order_placed
-from eventward.crypto.fields import FieldEncryptor
-from eventward.keys.memory import MemoryKeys
-from eventward.policy.base import APPROVE_SCHEMA, PROPOSE_SCHEMA, AllowList
-from eventward.schema import Registry, SchemaVersion
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.policy.base import APPROVE_SCHEMA, PROPOSE_SCHEMA, AllowList
+from eventward._internal.schema import Registry, SchemaVersion
 
 
 def active_version(root: Path) -> SchemaVersion:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 
 from bench.common import interleaved, print_scenario, scenario
-from eventward.crypto import seal as sealing
+from eventward._internal.crypto import seal as sealing
 
 EVENT = b'{"specversion":"1.0","type":"OrderPlaced","source":"/orders","id":"%06d","data":{"n":%06d}}'
 

@@ -28,12 +28,12 @@ from typing import Any
 from tests.pg.conftest import PgServer, start_server
 
 from bench.common import print_scenario, rate, scenario, summarize
-from eventward.audit.log import AuditLog
-from eventward.config import Config
-from eventward.home import Home
-from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, ENCRYPT, AllowList
-from eventward.store.binding import bind_new_home
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.config import Config
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService, KeyServiceConfig
+from eventward._internal.policy.base import DECRYPT, ENCRYPT, AllowList
+from eventward._internal.store.binding import bind_new_home
 
 DSN_ENV = "EW_BENCH_DSN"
 

@@ -19,12 +19,12 @@ from pathlib import Path
 from bench import deployed, subjects
 from bench.common import in_parallel
 from bench.workload import EVENT_TYPE, SOURCE, customer, order_placed
-from eventward import envelope
-from eventward.client.envelopes import EnvelopeBuilder
-from eventward.crypto import seal as sealing
-from eventward.crypto.fields import FieldEncryptor
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal import envelope
+from eventward._internal.client.envelopes import EnvelopeBuilder
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 BATCH = 500
 

@@ -1,4 +1,4 @@
-"""eventward as deployed, for benchmarks: one home wired by eventward.deployment.
+"""eventward as deployed, for benchmarks: one home wired by eventward._internal.deployment.
 
 Everything is the real thing: the Cedar policy engine as authorizer, the tamper-evident audit
 log, the key service (keys.db and the local KMS), the schema registry with the OrderPlaced
@@ -16,13 +16,13 @@ from typing import Any
 import yaml
 
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE
-from eventward import demo
-from eventward.client.types import Delivered
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal import demo
+from eventward._internal.client.types import Delivered
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 TOPIC = "orders"
-# The example deployment's principals (src/eventward/examples/policy.yaml).
+# The example deployment's principals (src/eventward/_internal/examples/policy.yaml).
 PRODUCER, CONSUMER, ADMIN, AUTHOR, APPROVER = demo.PRODUCER, demo.SHIPPING, demo.ADMIN, demo.AUTHOR, demo.APPROVER
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from stdnum import iban, luhn
 from stdnum.it import codicefiscale
 
-from eventward.guard import detectors as k
+from eventward._internal.guard import detectors as k
 
 _WORDS = (
     "delivery", "please", "leave", "the", "parcel", "at", "back", "door", "ring", "twice", "fragile", "gift",

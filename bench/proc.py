@@ -26,9 +26,9 @@ import orjson
 
 from bench import deployed
 from bench.workload import order_placed
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.log.embedded import EmbeddedLog
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log.embedded import EmbeddedLog
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "ready"

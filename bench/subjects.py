@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import in_parallel
-from eventward.home import Home
-from eventward.keys.dek import DEK_BYTES, new_kid
-from eventward.keys.service import DEFAULT_CLASSES, KeyService
-from eventward.keys.store_base import DekRecord
-from eventward.policy.base import AllowList
+from eventward._internal.home import Home
+from eventward._internal.keys.dek import DEK_BYTES, new_kid
+from eventward._internal.keys.service import DEFAULT_CLASSES, KeyService
+from eventward._internal.keys.store_base import DekRecord
+from eventward._internal.policy.base import AllowList
 
 CHUNK = 20_000
 SHARED_CHUNK = 5_000  # when processes load together: short write transactions, no busy timeouts

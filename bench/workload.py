@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eventward.fieldspec import FieldSpec
+from eventward._internal.fieldspec import FieldSpec
 
 EVENT_TYPE = "OrderPlaced"
 SOURCE = "/shop/checkout"

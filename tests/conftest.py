@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-# pytest-xdist workers inherit COLUMNS=80, which makes the CLI wrap its tables (eventward.cli.common reads
+# pytest-xdist workers inherit COLUMNS=80, which makes the CLI wrap its tables (eventward._internal.cli.common reads
 # COLUMNS when stdout is not a terminal); tests read whole lines, as a pipe would get them.
 os.environ.pop("COLUMNS", None)
 

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 JSON format conformance of ``eventward.envelope``, counted case by case.
+"""CloudEvents 1.0 JSON format conformance of ``eventward._internal.envelope``, counted case by case.
 
 The cases are the spec's JSON-format examples (section 3: single events with JSON, text and binary
 data), written here as test data, plus one valid and one invalid case per rule
@@ -22,7 +22,7 @@ import orjson
 import pytest
 from cloudevents.core.formats.json import JSONFormat
 
-from eventward import envelope
+from eventward._internal import envelope
 from eventward.errors import EnvelopeError
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

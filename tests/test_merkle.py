@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from eventward.crypto import merkle
+from eventward._internal.crypto import merkle
 from eventward.errors import AuditIntegrityError
 
 

@@ -18,11 +18,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.config import Config
+from eventward._internal.config import Config
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.keys.kms import KmsConfig
+from eventward._internal.keys.kms.transit import TransitConfig
 from eventward.errors import ConfigError, EventwardError
-from eventward.gateway.config import GatewayConfig
-from eventward.keys.kms import KmsConfig
-from eventward.keys.kms.transit import TransitConfig
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "150"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

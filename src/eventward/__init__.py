@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from eventward import errors
 
 if TYPE_CHECKING:
-    from eventward.client.consumer import Consumer
-    from eventward.client.producer import Producer
-    from eventward.client.types import Delivered, RunStats
-    from eventward.control.connect import Client, connect
-    from eventward.deployment import Deployment
+    from eventward._internal.client.consumer import Consumer
+    from eventward._internal.client.producer import Producer
+    from eventward._internal.client.types import Delivered, RunStats
+    from eventward._internal.control.connect import Client, connect
+    from eventward._internal.deployment import Deployment
 
 __all__ = [
     "Client",
@@ -36,22 +36,26 @@ __all__ = [
 ]
 
 _LAZY = {  # imported on first use, so `import eventward.errors` stays cheap
-    "Client": "eventward.control.connect",
-    "connect": "eventward.control.connect",
-    "Consumer": "eventward.client.consumer",
-    "RunStats": "eventward.client.types",
-    "Producer": "eventward.client.producer",
-    "Delivered": "eventward.client.types",
-    "Deployment": "eventward.deployment",
+    "Client": "eventward._internal.control.connect",
+    "connect": "eventward._internal.control.connect",
+    "Consumer": "eventward._internal.client.consumer",
+    "RunStats": "eventward._internal.client.types",
+    "Producer": "eventward._internal.client.producer",
+    "Delivered": "eventward._internal.client.types",
+    "Deployment": "eventward._internal.deployment",
 }
 
 
-def open_home(path: str | None = None) -> Deployment:
-    """Home mode: the deployment in ``path`` (default ``$EVENTWARD_HOME`` or ``./.eventward``)."""
-    from eventward.deployment import Deployment
-    from eventward.home import Home
+def open_home(path: str | None = None, *, principal: str | None = None, passphrase: str | None = None) -> Deployment:
+    """Home mode: the deployment in ``path`` (default ``$EVENTWARD_HOME`` or ``./.eventward``).
 
-    return Deployment.open(Home.resolve(path))
+    ``principal`` picks that principal's broker credentials on NATS/Kafka; ``passphrase`` opens a
+    passphrase-protected keyring (default: ``$EVENTWARD_PASSPHRASE``).
+    """
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.home import Home
+
+    return Deployment.open(Home.resolve(path), principal=principal, passphrase=passphrase)
 
 
 def __getattr__(name: str) -> Any:

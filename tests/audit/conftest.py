@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from eventward.audit.log import AuditLog
-from eventward.home import Home
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.home import Home
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from eventward.audit.log import AuditLog
-from eventward.audit.tree import push_leaf
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.tree import push_leaf
 
 
 def events(n: int, start: int = 0, principal: str = "svc-orders") -> list[dict]:

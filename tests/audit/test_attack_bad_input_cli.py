@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from eventward.audit.log import AuditLog
-from eventward.audit.witness import Witness, request_document
-from eventward.backup import backup
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.witness import Witness, request_document
+from eventward._internal.backup import backup
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 from .helpers import fill, rebuild_tree, tamper
 
@@ -25,7 +25,7 @@ SUBJECT = "SENTINEL-dave.unknown@example.com"
 def eventward(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EVENTWARD_HOME": str(home), "XDG_CONFIG_HOME": str(home.parent / "xdg")}
     env.pop("EVENTWARD_PRINCIPAL", None)
-    return subprocess.run([sys.executable, "-m", "eventward.cli", *args], env=env, input=stdin,
+    return subprocess.run([sys.executable, "-m", "eventward._internal.cli", *args], env=env, input=stdin,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

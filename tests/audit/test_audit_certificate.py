@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
-from eventward.audit.certificate import (
+from eventward._internal.audit.certificate import (
     ACTION,
     Certificate,
     erasure_claims,
@@ -17,10 +17,10 @@ from eventward.audit.certificate import (
     issue_erasure_certificate,
     verify_certificate,
 )
-from eventward.audit.log import AuditLog
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.home import Home
+from eventward._internal.keys.service import ErasureReceipt
 from eventward.errors import AuditIntegrityError, NotFoundError, ValidationError
-from eventward.home import Home
-from eventward.keys.service import ErasureReceipt
 
 from .helpers import backup, fill, restore
 

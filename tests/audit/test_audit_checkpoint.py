@@ -8,11 +8,11 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward.audit.checkpoint import SIG_PREFIX, sign_checkpoint, verify_checkpoint
-from eventward.audit.log import AuditLog
-from eventward.audit.signing import AuditSigner, AuditVerifier, key_hash, statement
+from eventward._internal.audit.checkpoint import SIG_PREFIX, sign_checkpoint, verify_checkpoint
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.signing import AuditSigner, AuditVerifier, key_hash, statement
+from eventward._internal.home import Home
 from eventward.errors import AuditIntegrityError, ConfigError
-from eventward.home import Home
 
 from .helpers import fill
 

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.audit import note
-from eventward.audit.checkpoint import cosign, parse_body, sign_checkpoint, verify_checkpoint
-from eventward.audit.signing import AuditSigner
+from eventward._internal.audit import note
+from eventward._internal.audit.checkpoint import cosign, parse_body, sign_checkpoint, verify_checkpoint
+from eventward._internal.audit.signing import AuditSigner
 from eventward.errors import AuditIntegrityError, ConfigError
 
 ROOT = hashlib.sha256(b"root").digest()

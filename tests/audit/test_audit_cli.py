@@ -12,18 +12,18 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.audit.certificate import issue_erasure_certificate
-from eventward.audit.checkpoint import verify_checkpoint
-from eventward.audit.log import AuditLog
-from eventward.audit.tree import InclusionProof
-from eventward.audit.verify import verify_inclusion_proof
-from eventward.cli import audit as audit_cli
-from eventward.cli import common
-from eventward.crypto import seal as sealing
-from eventward.deployment import Deployment
+from eventward._internal.audit.certificate import issue_erasure_certificate
+from eventward._internal.audit.checkpoint import verify_checkpoint
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.tree import InclusionProof
+from eventward._internal.audit.verify import verify_inclusion_proof
+from eventward._internal.cli import audit as audit_cli
+from eventward._internal.cli import common
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.policy.base import ENCRYPT, FORGET, AllowList
 from eventward.errors import AccessDenied, AuditIntegrityError, NotFoundError
-from eventward.home import Home
-from eventward.policy.base import ENCRYPT, FORGET, AllowList
 
 from .helpers import backup, fill, flip, restore, tamper
 
@@ -248,7 +248,7 @@ def test_certificate_for_a_raw_subject_after_a_real_forget(cli, home):
 
 
 def test_the_real_command_prints_one_line_errors_and_exit_codes(home, filled):
-    run = [sys.executable, "-c", "from eventward.cli import main; main()", "--home", str(home.root), "audit"]
+    run = [sys.executable, "-c", "from eventward._internal.cli import main; main()", "--home", str(home.root), "audit"]
     r = subprocess.run([*run, "show", "999"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and "not_found" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([*run, "tail", "--as", "nobody"], capture_output=True, text=True, timeout=60)

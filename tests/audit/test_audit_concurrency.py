@@ -7,14 +7,14 @@ import sys
 from collections import Counter
 from itertools import pairwise
 
-from eventward.audit.log import AuditLog
-from eventward.audit.verify import verify_log
-from eventward.home import Home
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.home import Home
 
 WRITER = """
 import sys, time
-from eventward.audit.log import AuditLog
-from eventward.home import Home
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.home import Home
 
 home, who, n = Home.resolve(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 with AuditLog.open(home, flush_every=7, flush_ms=1) as log:

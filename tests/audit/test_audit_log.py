@@ -11,14 +11,14 @@ import sys
 import orjson
 import pytest
 
-from eventward.audit.base import DENIED, AuditEvent, AuditSink
-from eventward.audit.log import AuditLog
-from eventward.audit.signing import AuditVerifier
-from eventward.audit.verify import verify_log
-from eventward.crypto import merkle
+from eventward._internal.audit.base import DENIED, AuditEvent, AuditSink
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.signing import AuditVerifier
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.crypto import merkle
+from eventward._internal.home import Home
+from eventward._internal.policy.base import READ_AUDIT, AllowList
 from eventward.errors import AccessDenied, AuditUnavailable, ConfigError, InputError, NotFoundError
-from eventward.home import Home
-from eventward.policy.base import READ_AUDIT, AllowList
 from support_wait import wait_until
 
 from .helpers import events, fill
@@ -283,8 +283,8 @@ def test_a_corrupt_database_file_is_a_typed_error(home):
 
 def test_importing_the_seam_stays_cheap():
     code = (
-        "import sys, eventward.audit.base; "
-        "assert not {'eventward.audit.log', 'cryptography'} & set(sys.modules), sorted(sys.modules)"
+        "import sys, eventward._internal.audit.base; "
+        "assert not {'eventward._internal.audit.log', 'cryptography'} & set(sys.modules), sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from eventward.audit.log import AuditLog
-from eventward.audit.tree import ConsistencyProof, InclusionProof
-from eventward.audit.verify import verify_consistency_proof, verify_inclusion_proof
-from eventward.crypto import merkle
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.tree import ConsistencyProof, InclusionProof
+from eventward._internal.audit.verify import verify_consistency_proof, verify_inclusion_proof
+from eventward._internal.crypto import merkle
+from eventward._internal.home import Home
 from eventward.errors import AuditIntegrityError
-from eventward.home import Home
 
 from .helpers import events, fill
 

@@ -13,7 +13,7 @@ import math
 
 import pytest
 
-from eventward.audit.records import MAX_META_KEYS, MAX_REASON, MAX_TEXT, PAYLOAD_KEYS
+from eventward._internal.audit.records import MAX_META_KEYS, MAX_REASON, MAX_TEXT, PAYLOAD_KEYS
 from eventward.errors import EventwardError, OversizeError, ValidationError
 
 SENTINEL = "alice.sentinel@example.com"
@@ -115,7 +115,7 @@ def test_meta_keys_must_be_identifiers(log):
 
 
 def test_a_refusal_loses_nothing_already_accepted(home):
-    from eventward.audit.log import AuditLog
+    from eventward._internal.audit.log import AuditLog
 
     with AuditLog.open(home, flush_every=10_000, flush_ms=60_000) as log:
         attempt(log, kid="k1")

@@ -7,9 +7,9 @@ import sqlite3
 import orjson
 import pytest
 
-from eventward.audit.log import AuditLog
-from eventward.audit.verify import verify_log
-from eventward.crypto import merkle
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.crypto import merkle
 from eventward.errors import AuditIntegrityError
 
 from .helpers import backup, fill, flip, raw, rebuild_tree, restore, tamper

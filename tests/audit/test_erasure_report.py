@@ -15,16 +15,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.audit.log import AuditLog
-from eventward.audit.report import erasure_report
-from eventward.audit.witness import Witness, request_document
-from eventward.cli import common
-from eventward.cli import erasure as erasure_cli
-from eventward.cli import keys as keys_cli
-from eventward.cli import witness as witness_cli
-from eventward.deployment import Deployment
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.report import erasure_report
+from eventward._internal.audit.witness import Witness, request_document
+from eventward._internal.cli import common
+from eventward._internal.cli import erasure as erasure_cli
+from eventward._internal.cli import keys as keys_cli
+from eventward._internal.cli import witness as witness_cli
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import AccessDenied, AuditIntegrityError, LegalHoldError, NotFoundError
-from eventward.home import Home
 
 SUBJECT = "SENTINEL-carol.report@example.net-77"
 POLICY = """\
@@ -165,8 +165,8 @@ def test_report_against_a_served_witness(cli, home, tmp_path):
     Witness.init(tmp_path / "w", "witness.example/srv", vkey)
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventward.cli", "witness", "serve", "--state", str(tmp_path / "w"), "--listen",
-         "127.0.0.1:0", "--port-file", str(port_file)],
+        [sys.executable, "-m", "eventward._internal.cli", "witness", "serve", "--state", str(tmp_path / "w"),
+         "--listen", "127.0.0.1:0", "--port-file", str(port_file)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

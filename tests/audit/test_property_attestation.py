@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.audit.log import AuditLog
-from eventward.audit.timestamp import verify_timestamp
-from eventward.audit.witness import Witness, parse_request, request_document
-from eventward.backup import _load_manifest
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.timestamp import verify_timestamp
+from eventward._internal.audit.witness import Witness, parse_request, request_document
+from eventward._internal.backup import _load_manifest
+from eventward._internal.home import Home
 from eventward.errors import EventwardError
-from eventward.home import Home
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "80"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

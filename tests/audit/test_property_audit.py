@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.audit import records
-from eventward.audit.certificate import Certificate, verify_certificate
-from eventward.audit.checkpoint import verify_checkpoint
-from eventward.audit.signing import AuditVerifier
-from eventward.audit.tree import ConsistencyProof, InclusionProof
-from eventward.deployment import Deployment
+from eventward._internal.audit import records
+from eventward._internal.audit.certificate import Certificate, verify_certificate
+from eventward._internal.audit.checkpoint import verify_checkpoint
+from eventward._internal.audit.signing import AuditVerifier
+from eventward._internal.audit.tree import ConsistencyProof, InclusionProof
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import AuditIntegrityError, ConfigError, EventwardError, ValidationError
-from eventward.home import Home
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "120"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -222,7 +222,7 @@ def test_property_audit_accepted_entries_are_storable(
 def test_attack_audit_surrogate_is_refused_at_the_call(tmp_path: Path) -> None:
     """A lone surrogate (undecodable bytes from argv or a header) used to be buffered and then
     fail every flush with a TypeError; it is a ValidationError at the call and the log goes on."""
-    from eventward.audit.log import AuditLog
+    from eventward._internal.audit.log import AuditLog
 
     home = Home(tmp_path / "home").ensure()
     with AuditLog.open(home) as log:

@@ -16,14 +16,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.audit.checkpoint import verify_checkpoint
-from eventward.audit.log import AuditLog
-from eventward.audit.timestamp import request_timestamp, timestamp_request, verify_timestamp
-from eventward.cli import audit as audit_cli
-from eventward.cli import common
-from eventward.deployment import Deployment
+from eventward._internal.audit.checkpoint import verify_checkpoint
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.timestamp import request_timestamp, timestamp_request, verify_timestamp
+from eventward._internal.cli import audit as audit_cli
+from eventward._internal.cli import common
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import TimestampError
-from eventward.home import Home
 
 SERVER = Path(__file__).with_name("tsa_server.py")
 EXT = """basicConstraints=critical,CA:FALSE

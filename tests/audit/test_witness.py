@@ -14,16 +14,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.audit.checkpoint import verify_checkpoint
-from eventward.audit.log import AuditLog
-from eventward.audit.state import verify_with_state
-from eventward.audit.witness import Witness, parse_request, request_document
-from eventward.cli import audit as audit_cli
-from eventward.cli import common
-from eventward.cli import witness as witness_cli
-from eventward.deployment import Deployment
+from eventward._internal.audit.checkpoint import verify_checkpoint
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.state import verify_with_state
+from eventward._internal.audit.witness import Witness, parse_request, request_document
+from eventward._internal.cli import audit as audit_cli
+from eventward._internal.cli import common
+from eventward._internal.cli import witness as witness_cli
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import AuditIntegrityError, ConflictError, NotFoundError, WitnessRefused
-from eventward.home import Home
 
 from .helpers import fill, rebuild_tree, tamper
 
@@ -205,7 +205,7 @@ def served(home, tmp_path):
     Witness.init(state, "witness.example/http", _vkey(home))
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventward.cli", "witness", "serve", "--state", str(state), "--listen",
+        [sys.executable, "-m", "eventward._internal.cli", "witness", "serve", "--state", str(state), "--listen",
          "127.0.0.1:0", "--port-file", str(port_file)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

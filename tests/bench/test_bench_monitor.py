@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from bench import bench_monitor, run
-from eventward.audit import log as audit_log
-from eventward.client import consumer
-from eventward.monitor import metrics
+from eventward._internal.audit import log as audit_log
+from eventward._internal.client import consumer
+from eventward._internal.monitor import metrics
 
 
 def test_quick_monitor_bench_is_well_formed_and_leaves_instrumentation_on() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import bench_seals, run
-from eventward.crypto import seal as sealing
+from eventward._internal.crypto import seal as sealing
 
 
 def test_quick_seal_suite_bench_is_well_formed() -> None:

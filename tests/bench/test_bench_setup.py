@@ -18,12 +18,12 @@ from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer
 from benchkit import ROOT
 
 from bench import bulk, deployed
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService
+from eventward._internal.policy.base import DECRYPT, ENCRYPT, FORGET, AllowList
+from eventward._internal.schema.compiled import compile_schema
 from eventward.errors import KeyDestroyed, KeyNotFound
-from eventward.home import Home
-from eventward.keys.service import KeyService
-from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, AllowList
-from eventward.schema.compiled import compile_schema
 
 
 def _svc(root: Path) -> KeyService:

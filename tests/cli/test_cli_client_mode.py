@@ -21,10 +21,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from eventward import demo, pki
-from eventward.cli import app, common
-from eventward.deployment import Deployment
-from eventward.home import Home, write_secret
+from eventward._internal import demo, pki
+from eventward._internal.cli import app, common
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home, write_secret
 from gateway.conftest import AUDIENCE, ISSUER, SUBJECT_RULES, gateway_config, start_gateway
 from gateway.gw_support import claims, make_pki, make_signers, write_jwks
 from keys_net.conftest import free_port
@@ -69,7 +69,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         dep.close()
     certs = {name: pki.ensure_client_cert(home.certs, name) for name in OPERATORS}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventward.cli", "--home", str(home.root), "serve", "--port", "0"],
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(home.root), "serve", "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(root / "no-profiles"),
     )
     try:
@@ -121,7 +121,7 @@ def cli(profile_dir: Path, *args: str, cwd: Path | None = None, **extra: str) ->
 
 def cli_process(profile_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The same in its own process, as an operator runs it."""
-    return subprocess.run([sys.executable, "-m", "eventward.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "eventward._internal.cli", *args], capture_output=True, text=True,
                           timeout=60, env=_env(profile_dir))
 
 
@@ -306,7 +306,7 @@ def test_profile_list_show_use(plane: ControlPlane, profiles: Path) -> None:
 
 
 def test_audit_keys_dlq_and_service_approval_over_the_api(plane: ControlPlane, profiles: Path, tmp_path: Path) -> None:
-    from eventward.control.identity import ServiceIdentity
+    from eventward._internal.control.identity import ServiceIdentity
 
     tail = cli(profiles, "--profile", "ops", "audit", "tail", "-n", "5", "--json")
     assert tail.returncode == 0, tail.stderr

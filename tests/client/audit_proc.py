@@ -14,10 +14,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eventward import demo
-from eventward.client.producer import Producer
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal import demo
+from eventward._internal.client.producer import Producer
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 
 def _loop(p: Producer, type_: str, data: Callable[[int], Any]) -> None:
@@ -39,9 +39,9 @@ def produce(root: Path) -> None:
 
 def produce_nats(root: Path, url: str, topic: str) -> None:
     from client.client_world import PRODUCER, TYPE, World, customer
-    from eventward.audit.log import AuditLog
-    from eventward.log.nats import NatsTransport
-    from eventward.policy.base import PUBLISH
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.log.nats import NatsTransport
+    from eventward._internal.policy.base import PUBLISH
 
     w = World(root, register=False)
     w.auth.grant(PRODUCER, PUBLISH, ("Topic", topic))

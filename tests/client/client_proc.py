@@ -19,8 +19,8 @@ from client.client_world import TYPE, World, customer
 
 def keyservice(root: Path):
     from client.client_world import grants
-    from eventward.home import Home
-    from eventward.keys.service import KeyService
+    from eventward._internal.home import Home
+    from eventward._internal.keys.service import KeyService
 
     return KeyService.open(Home(root), authorizer=grants())
 

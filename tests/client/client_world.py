@@ -12,21 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eventward.audit.base import MemoryAudit, MetaValue
-from eventward.audit.records import make_entry
-from eventward.client.consumer import Consumer
-from eventward.client.dlq import DeadLetters
-from eventward.client.producer import Producer
-from eventward.client.replay import ReplayGuard
-from eventward.client.trust import TrustRegistry
-from eventward.client.types import Delivered, RunStats
-from eventward.client.verify import SealVerifier
-from eventward.crypto.fields import FieldEncryptor
-from eventward.errors import NotFoundError
-from eventward.home import Home
-from eventward.keys.memory import MemoryKeys
-from eventward.log.embedded import EmbeddedLog
-from eventward.policy.base import (
+from eventward._internal.audit.base import MemoryAudit, MetaValue
+from eventward._internal.audit.records import make_entry
+from eventward._internal.client.consumer import Consumer
+from eventward._internal.client.dlq import DeadLetters
+from eventward._internal.client.producer import Producer
+from eventward._internal.client.replay import ReplayGuard
+from eventward._internal.client.trust import TrustRegistry
+from eventward._internal.client.types import Delivered, RunStats
+from eventward._internal.client.verify import SealVerifier
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.home import Home
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.log.embedded import EmbeddedLog
+from eventward._internal.policy.base import (
     DECRYPT,
     ENCRYPT,
     PUBLISH,
@@ -36,7 +35,8 @@ from eventward.policy.base import (
     SUBSCRIBE,
     AllowList,
 )
-from eventward.schema.compiled import CompiledSchema, compile_schema
+from eventward._internal.schema.compiled import CompiledSchema, compile_schema
+from eventward.errors import NotFoundError
 
 TOPIC = "customers"
 TYPE = "CustomerRegistered"

@@ -13,11 +13,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from eventward import envelope
-from eventward.client.trust import DEAD_LETTER, SEAL
-from eventward.crypto import seal as sealing
-from eventward.crypto.seal import Signer
-from eventward.policy.base import PUBLISH, Decision, Resource
+from eventward._internal import envelope
+from eventward._internal.client.trust import DEAD_LETTER, SEAL
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.seal import Signer
+from eventward._internal.policy.base import PUBLISH, Decision, Resource
 
 from .client_world import ADMIN, ANALYST, PRODUCER, READER, TOPIC, TYPE, customer
 
@@ -168,10 +168,10 @@ def test_attack_dead_letter_key_seals_topic_cli(tmp_path) -> None:
     import orjson
     from typer.testing import CliRunner
 
-    from eventward.cli import app
-    from eventward.deployment import Deployment
+    from eventward._internal.cli import app
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.home import Home
     from eventward.errors import NotFoundError
-    from eventward.home import Home
 
     from .client_world import SCHEMA
 

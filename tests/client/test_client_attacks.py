@@ -13,11 +13,11 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward import envelope
-from eventward.client.trust import TrustRegistry
-from eventward.crypto import seal as sealing
-from eventward.crypto.fields import REDACTED
-from eventward.crypto.seal import Signer
+from eventward._internal import envelope
+from eventward._internal.client.trust import TrustRegistry
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.fields import REDACTED
+from eventward._internal.crypto.seal import Signer
 from eventward.errors import AccessDenied
 
 from .client_world import (

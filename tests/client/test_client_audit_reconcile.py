@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward import demo
-from eventward.audit.log import AuditLog
-from eventward.audit.verify import verify_log
-from eventward.crypto import seal as sealing
-from eventward.deployment import Deployment
-from eventward.envelope import decode
-from eventward.home import Home
+from eventward._internal import demo
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.deployment import Deployment
+from eventward._internal.envelope import decode
+from eventward._internal.home import Home
 
 PROC = str(Path(__file__).with_name("audit_proc.py"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,7 +187,7 @@ def test_concurrent_reconcilers_add_one_record_per_batch(tmp_path: Path) -> None
     }
     with AuditLog.open(home) as a, AuditLog.open(home) as b:
         assert a.unpublished("t", ["b1", "b2"]) == ["b1", "b2"]
-        from eventward.audit.base import AuditEvent
+        from eventward._internal.audit.base import AuditEvent
 
         e = AuditEvent(**{**event, "outcome": "ok"})  # type: ignore[arg-type]
         assert a.reconcile("embedded", "t", 5, [e]) == 1

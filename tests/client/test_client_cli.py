@@ -11,11 +11,11 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from eventward.cli import app
-from eventward.deployment import Deployment
+from eventward._internal.cli import app
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log.embedded import EmbeddedLog
 from eventward.errors import AccessDenied, InputError, NotFoundError
-from eventward.home import Home
-from eventward.log.embedded import EmbeddedLog
 
 from .client_world import SCHEMA, SENTINEL_EMAIL, SENTINEL_NAME, TOPIC, TYPE, customer
 
@@ -43,7 +43,7 @@ roles:
   pii-reader: [{allow: decrypt, class: pii}]
   operator: [{allow: [replay, redrive_dlq], topic: customers}]
 """
-CLI = [sys.executable, "-c", "from eventward.cli import main; main()"]
+CLI = [sys.executable, "-c", "from eventward._internal.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")

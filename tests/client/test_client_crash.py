@@ -8,10 +8,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from eventward import envelope
-from eventward.crypto import seal as sealing
-from eventward.home import Home
-from eventward.keys.service import KeyService
+from eventward._internal import envelope
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService
 
 from .client_world import READER, TOPIC, TYPE, World, customer, grants
 

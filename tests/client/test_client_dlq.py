@@ -7,10 +7,10 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward import envelope
-from eventward.client.dlq import DLQ_TYPE, DeadLetters, dlq_stream
-from eventward.crypto import seal as sealing
-from eventward.crypto.seal import Signer
+from eventward._internal import envelope
+from eventward._internal.client.dlq import DLQ_TYPE, DeadLetters, dlq_stream
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.seal import Signer
 from eventward.errors import AccessDenied
 
 from .client_world import (

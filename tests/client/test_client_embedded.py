@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
+from eventward._internal.home import Home
+from eventward._internal.log.embedded import EmbeddedLog
 from eventward.errors import InputError, NotFoundError
-from eventward.home import Home
-from eventward.log.embedded import EmbeddedLog
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def test_concurrent_processes_never_share_an_offset(tmp_path):
     EmbeddedLog.open(Home(tmp_path)).create_stream("s")
     script = textwrap.dedent(f"""
         import sys
-        from eventward.home import Home
-        from eventward.log.embedded import EmbeddedLog
+        from eventward._internal.home import Home
+        from eventward._internal.log.embedded import EmbeddedLog
         log = EmbeddedLog.open(Home.resolve({str(tmp_path)!r}))
         tag = sys.argv[1]
         for i in range(40):

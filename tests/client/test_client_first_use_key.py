@@ -12,13 +12,13 @@ import sys
 
 import pytest
 
-from eventward.client import dlq as dlq_mod
-from eventward.client.trust import DEAD_LETTER
-from eventward.crypto import seal as sealing
-from eventward.deployment import Deployment
+from eventward._internal.client import dlq as dlq_mod
+from eventward._internal.client.trust import DEAD_LETTER
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.policy.spec import YAML_ACTIONS
 from eventward.errors import AccessDenied, NotFoundError
-from eventward.home import Home
-from eventward.policy.spec import YAML_ACTIONS
 
 from .client_world import SCHEMA, TOPIC, TYPE, customer
 
@@ -44,7 +44,7 @@ roles:
   reader: [{allow: subscribe, topic: customers}]
   pii-reader: [{allow: decrypt, class: pii}]
 """.replace("  reader:", _ENCRYPT + "  reader:")
-CLI = [sys.executable, "-c", "from eventward.cli import main; main()"]
+CLI = [sys.executable, "-c", "from eventward._internal.cli import main; main()"]
 
 
 @pytest.fixture

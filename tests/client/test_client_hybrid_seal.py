@@ -12,12 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 
-from eventward.client.trust import TrustRegistry
-from eventward.config import Config
-from eventward.crypto import seal as sealing
-from eventward.crypto.seal import ED25519, HYBRID, Signer
+from eventward._internal.client.trust import TrustRegistry
+from eventward._internal.config import Config
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.seal import ED25519, HYBRID, Signer
+from eventward._internal.policy.base import PUBLISH
 from eventward.errors import ConfigError, SealError
-from eventward.policy.base import PUBLISH
 
 from .client_world import ADMIN, PRODUCER, READER, TOPIC, TYPE, World, customer
 
@@ -192,7 +192,7 @@ def test_registry_keeps_the_mldsa_half_bound_and_private(hybrid_world: World) ->
 
 
 def test_registry_without_the_mldsa_column_is_migrated(tmp_path) -> None:
-    from eventward.home import Home
+    from eventward._internal.home import Home
 
     home = Home(tmp_path / "h").ensure()
     db = sqlite3.connect(home.trust_db)
@@ -254,9 +254,9 @@ def test_attack_hybrid_required_topic_cli(tmp_path) -> None:
     import yaml
     from typer.testing import CliRunner
 
-    from eventward.cli import app
-    from eventward.deployment import Deployment
-    from eventward.home import Home
+    from eventward._internal.cli import app
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.home import Home
 
     home = Home(tmp_path / "home")
     with Deployment.init(home, policy_yaml=CLI_POLICY) as dep:

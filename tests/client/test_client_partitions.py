@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from eventward.client.consumer import Consumer
-from eventward.client.replay import ReplayGuard
-from eventward.crypto import seal as sealing
-from eventward.errors import ConfigError, InputError
-from eventward.log.partitions import (
+from eventward._internal.client.consumer import Consumer
+from eventward._internal.client.replay import ReplayGuard
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.log.partitions import (
     member_partitions,
     partition_for,
     partition_stream,
@@ -21,6 +20,7 @@ from eventward.log.partitions import (
     split_stream,
     topic_of,
 )
+from eventward.errors import ConfigError, InputError
 
 from .client_world import PRODUCER, READER, TOPIC, TYPE, World, customer
 

@@ -13,11 +13,11 @@ import orjson
 import pytest
 import yaml
 
-from eventward.cli.nats import compiled_authorization
-from eventward.deployment import Deployment
+from eventward._internal.cli.nats import compiled_authorization
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log.partitions import partition_streams
 from eventward.errors import AccessDenied, SealError
-from eventward.home import Home
-from eventward.log.partitions import partition_streams
 
 POLICY = """\
 principals:
@@ -124,9 +124,9 @@ def test_direct_path_auditor_decides_a_partition_batch_as_its_topic(dep: Deploym
     """``serve``'s reconciler checks the sealer's Publish grant per batch: a batch on
     ``readings.p1`` is the writer's batch of ``readings``, recorded, not refused as
     ``unauthorized_producer`` with a critical alert."""
-    from eventward.control.reconciler import DirectAuditor
-    from eventward.log import framing
-    from eventward.log.nats import TailedBatch
+    from eventward._internal.control.reconciler import DirectAuditor
+    from eventward._internal.log import framing
+    from eventward._internal.log.nats import TailedBatch
 
     produce(dep, 30)
     recs = dep.transport.read("readings.p1", 0, 100)
@@ -144,8 +144,8 @@ def test_direct_path_auditor_decides_a_partition_batch_as_its_topic(dep: Deploym
 
 
 def test_guard_scan_reads_every_partition(dep: Deployment) -> None:
-    from eventward.cli.guard import _scan_topic
-    from eventward.guard.scan import ScanReport
+    from eventward._internal.cli.guard import _scan_topic
+    from eventward._internal.guard.scan import ScanReport
 
     produce(dep, 24)
     report = ScanReport()
@@ -156,9 +156,9 @@ def test_guard_scan_reads_every_partition(dep: Deployment) -> None:
 def test_gateway_groups_refuse_a_partitioned_topic_by_name(dep: Deployment) -> None:
     """The gateway's consumer groups keep one offset per (group, topic): on a partitioned topic
     they would silently see partition 0 only, so they refuse it with a typed error instead."""
-    from eventward.client.replay import ReplayGuard
+    from eventward._internal.client.replay import ReplayGuard
+    from eventward._internal.gateway.groups import ConsumerGroups
     from eventward.errors import InputError
-    from eventward.gateway.groups import ConsumerGroups
 
     produce(dep, 6)
     groups = ConsumerGroups(
@@ -175,9 +175,9 @@ def test_gateway_groups_refuse_a_partitioned_topic_by_name(dep: Deployment) -> N
 def test_reconciled_publish_records_name_the_topic_of_a_partition(dep: Deployment) -> None:
     """A producer killed before writing its Publish records: the records the next open derives
     from the sealed batches name the topic (as the producer's own would) and the partition stream."""
-    from eventward.audit.base import NullAudit
-    from eventward.audit.log import PUBLISHED_ACTION
-    from eventward.client.producer import Producer
+    from eventward._internal.audit.base import NullAudit
+    from eventward._internal.audit.log import PUBLISHED_ACTION
+    from eventward._internal.client.producer import Producer
 
     p = Producer(TOPIC, principal="meter-svc", transport=dep.transport, signer=dep.trust.signer_for("meter-svc"),
                  schemas=dep.registry, encryptor=dep.encryptor, authorizer=dep.policy, audit=NullAudit(),
@@ -196,7 +196,7 @@ def test_reconciled_publish_records_name_the_topic_of_a_partition(dep: Deploymen
 def test_cli_consume_as_a_member_of_the_group(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from eventward.cli import app
+    from eventward._internal.cli import app
     from eventward.errors import InputError
 
     d = open_home(tmp_path / "home")

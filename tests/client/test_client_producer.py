@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from eventward.client.producer import Producer
-from eventward.crypto import seal as sealing
+from eventward._internal.client.producer import Producer
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.schema.compiled import compile_schema
 from eventward.errors import (
     AccessDenied,
     KeyServiceError,
@@ -13,7 +14,6 @@ from eventward.errors import (
     TransportUnavailable,
     ValidationError,
 )
-from eventward.schema.compiled import compile_schema
 from support_wait import wait_until
 
 from .client_world import ADMIN, INTRUDER, SCHEMA, SENTINEL_EMAIL, TOPIC, TYPE, Version, customer
@@ -73,7 +73,7 @@ def test_key_service_outage_fails_closed(world):
         def decryption_key(self, kid, cls, *, principal):
             raise KeyServiceError("KMS unreachable")
 
-    from eventward.crypto.fields import FieldEncryptor
+    from eventward._internal.crypto.fields import FieldEncryptor
 
     p = world.producer()
     p._encryptor = FieldEncryptor(Down())

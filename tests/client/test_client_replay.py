@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from eventward.client.replay import LIVE, NEW, OK, REDELIVERY, ReplayGuard
+from eventward._internal.client.replay import LIVE, NEW, OK, REDELIVERY, ReplayGuard
+from eventward._internal.home import Home
 from eventward.errors import ConfigError, ConflictError, ReplayError
-from eventward.home import Home
 
 from .client_world import TYPE, customer
 
@@ -145,7 +145,7 @@ def test_v1_state_migrates_without_losing_anything(tmp_path):
 
     import orjson
 
-    from eventward.client.replay import SCHEMA_VERSION, group_dir
+    from eventward._internal.client.replay import SCHEMA_VERSION, group_dir
 
     base = group_dir(Home(tmp_path).ensure()) / hashlib.sha256(b"g").hexdigest()[:32]
     base.parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward.crypto import seal as sealing
-from eventward.crypto.merkle import leaf_hash
-from eventward.crypto.seal import Signer
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.merkle import leaf_hash
+from eventward._internal.crypto.seal import Signer
 from eventward.errors import SealError
 
 _SIGNED = sealing.Seal.__slots__.index("signature")  # the fields before the signature

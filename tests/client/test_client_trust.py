@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from eventward.client.trust import ACTIVE, RETIRED, REVOKED, TrustRegistry
+from eventward._internal.client.trust import ACTIVE, RETIRED, REVOKED, TrustRegistry
 from eventward.errors import AccessDenied, ConflictError, KeyFilePermissionError, NotFoundError
 
 from .client_world import ADMIN, PRODUCER, StrictAudit, grants
@@ -14,7 +14,7 @@ from .client_world import ADMIN, PRODUCER, StrictAudit, grants
 
 @pytest.fixture
 def trust(tmp_path):
-    from eventward.home import Home
+    from eventward._internal.home import Home
 
     t = TrustRegistry.open(Home(tmp_path), grants(), StrictAudit())
     yield t
@@ -78,9 +78,9 @@ def test_key_purposes_and_registries_from_before_them(tmp_path):
     """Keys registered before purposes existed keep sealing; a principal holds one active key per purpose."""
     import sqlite3
 
-    from eventward.client.trust import DEAD_LETTER, SEAL
+    from eventward._internal.client.trust import DEAD_LETTER, SEAL
+    from eventward._internal.home import Home
     from eventward.errors import InputError
-    from eventward.home import Home
 
     home = Home(tmp_path)
     t = TrustRegistry.open(home, grants(), StrictAudit())

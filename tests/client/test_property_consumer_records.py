@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.client.types import RunStats
-from eventward.deployment import Deployment
+from eventward._internal.client.types import RunStats
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import EventwardError, TransportError
-from eventward.home import Home
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "40"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

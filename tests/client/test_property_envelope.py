@@ -15,7 +15,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward import envelope
+from eventward._internal import envelope
 from eventward.errors import EnvelopeError, EventwardError, InputError, OversizeError
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "150"))
@@ -125,7 +125,7 @@ def test_property_envelope_edge_times_are_typed() -> None:
 @given(st.binary(max_size=200) | st.builds(orjson.dumps, json_values) | st.builds(orjson.dumps, mutated()))
 def test_property_envelope_produce_lines(line: bytes) -> None:
     """``eventward produce`` input lines: an event to send or an InputError naming the line."""
-    from eventward.cli.log import _event_of
+    from eventward._internal.cli.log import _event_of
 
     try:
         ev = _event_of(line, 7)

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
+from eventward._internal.schema.compiled import CompiledSchema, compile_schema, compile_without_strict_defaults
+from eventward._internal.schema.formats import FORMATS
 from eventward.errors import EventwardError, ValidationError
-from eventward.schema.compiled import CompiledSchema, compile_schema, compile_without_strict_defaults
-from eventward.schema.formats import FORMATS
 
 # Deliberate differences in validation (not registration), by suite file: these cases test
 # behaviour eventward changes on purpose, and are counted as refused by design.

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from eventward.crypto import merkle
+from eventward._internal.crypto import merkle
 from eventward.errors import AuditIntegrityError
 
 EMPTY = bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward.audit import note
+from eventward._internal.audit import note
 from eventward.errors import AuditIntegrityError, ConfigError
 
 _LITERAL = r'"(?:[^"\\]|\\.)*"'

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from eventward import demo
-from eventward.control.client import LocalControlAPI
-from eventward.control.connect import Client
-from eventward.control.identity import ServiceIdentity
-from eventward.control.plane import ControlPlane
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.log.embedded import EmbeddedLog
+from eventward._internal import demo
+from eventward._internal.control.client import LocalControlAPI
+from eventward._internal.control.connect import Client
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log.embedded import EmbeddedLog
 
 MAY_SEAL = {demo.PRODUCER: {demo.TOPIC: [demo.EVENT_TYPE]}, demo.SHIPPING: {}, demo.ANALYTICS: {}}
 

@@ -7,10 +7,10 @@ import time
 import orjson
 import pytest
 
-from eventward import demo
-from eventward.control.client import ControlPlaneUnavailable, LocalControlAPI
-from eventward.control.identity import ServiceIdentity
-from eventward.crypto import seal as sealing
+from eventward._internal import demo
+from eventward._internal.control.client import ControlPlaneUnavailable, LocalControlAPI
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.crypto import seal as sealing
 from eventward.errors import AccessDenied, ConflictError, InputError
 
 ERASED, REDACTED = "[erased]", "[redacted]"
@@ -185,7 +185,7 @@ def test_attack_enrollment_for_a_type_the_policy_does_not_allow(world, tmp_path)
 
 
 def test_attack_refused_approver_gets_no_certificate_signed(world, tmp_path, monkeypatch):
-    import eventward.control.plane as plane_mod
+    import eventward._internal.control.plane as plane_mod
 
     signed = []
     real = plane_mod.certify_csr

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from eventward import demo, monitor
-from eventward.monitor import metrics
+from eventward._internal import demo, monitor
+from eventward._internal.monitor import metrics
 
 
 def _v(reg: CollectorRegistry, name: str, **labels: str) -> float:

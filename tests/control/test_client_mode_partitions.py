@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from client.test_client_partitions_deployed import TOPIC, open_home
-from eventward.control.client import LocalControlAPI
-from eventward.control.connect import Client
-from eventward.control.identity import ServiceIdentity
-from eventward.control.plane import ControlPlane
+from eventward._internal.control.client import LocalControlAPI
+from eventward._internal.control.connect import Client
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.log.embedded import EmbeddedLog
+from eventward._internal.log.partitions import partition_streams
 from eventward.errors import AccessDenied
-from eventward.log.embedded import EmbeddedLog
-from eventward.log.partitions import partition_streams
 
 
 @pytest.fixture

@@ -7,17 +7,17 @@ import time
 import orjson
 import pytest
 
-from eventward import demo
-from eventward.control.client import ControlPlaneUnavailable
-from eventward.control.connect import connect
-from eventward.control.http import HttpControlAPI
-from eventward.control.identity import ServiceIdentity
+from eventward._internal import demo
+from eventward._internal.control.client import ControlPlaneUnavailable
+from eventward._internal.control.connect import connect
+from eventward._internal.control.http import HttpControlAPI
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.gateway.config import SERVER_CERT, GatewayConfig
+from eventward._internal.gateway.deployment_backend import DeploymentBackend
+from eventward._internal.gateway.server import create_server
+from eventward._internal.gateway.tls import ensure_home_material
+from eventward._internal.log.embedded import EmbeddedLog
 from eventward.errors import AccessDenied, InputError
-from eventward.gateway.config import SERVER_CERT, GatewayConfig
-from eventward.gateway.deployment_backend import DeploymentBackend
-from eventward.gateway.server import create_server
-from eventward.gateway.tls import ensure_home_material
-from eventward.log.embedded import EmbeddedLog
 from gateway.gw_support import ThreadedGateway
 from keys_net.conftest import free_port
 

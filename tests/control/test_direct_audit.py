@@ -19,16 +19,16 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward import demo
-from eventward.audit.log import PUBLISHED_ACTION
-from eventward.audit.records import AuditRecord
-from eventward.audit.verify import verify_log
-from eventward.config import Config
-from eventward.control.client import LocalControlAPI
-from eventward.control.connect import Client
-from eventward.control.identity import ServiceIdentity
-from eventward.control.plane import ControlPlane
-from eventward.control.reconciler import (
+from eventward._internal import demo
+from eventward._internal.audit.log import PUBLISHED_ACTION
+from eventward._internal.audit.records import AuditRecord
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.config import Config
+from eventward._internal.control.client import LocalControlAPI
+from eventward._internal.control.connect import Client
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.control.reconciler import (
     ALERT_RULE,
     DURABLE,
     PROGRESS_ACTION,
@@ -36,13 +36,13 @@ from eventward.control.reconciler import (
     DirectAuditor,
     Pass,
 )
-from eventward.crypto import seal as sealing
-from eventward.deployment import Deployment
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log import natsserver
+from eventward._internal.log.nats import NatsTransport, subject_for
+from eventward._internal.monitor.rules import ALERT_ACTION
 from eventward.errors import ConfigError, KeyStoreUnavailable
-from eventward.home import Home
-from eventward.log import natsserver
-from eventward.log.nats import NatsTransport, subject_for
-from eventward.monitor.rules import ALERT_ACTION
 from transports.conftest import FAST, port_block
 from transports.nats_world import raw_publish
 

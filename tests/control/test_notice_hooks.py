@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward.control.anchor import Anchor
-from eventward.control.client import NoticeFollower
+from eventward._internal.control.anchor import Anchor
+from eventward._internal.control.client import NoticeFollower
 from eventward.errors import SealError
 
 P1, P2 = "a" * 32, "b" * 32

@@ -18,4 +18,4 @@ def test_public_names_resolve_and_are_documented():
 def test_import_stays_light():
     code = "import sys, eventward; print(sorted(m for m in sys.modules if m.startswith('eventward')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "eventward.deployment" not in out and "eventward.control" not in out, out
+    assert "eventward._internal.deployment" not in out and "eventward._internal.control" not in out, out

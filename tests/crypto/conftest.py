@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from eventward.crypto.fields import FieldEncryptor
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.fieldspec import FieldSpec
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.policy.base import DECRYPT, AllowList
 from eventward.errors import KMSUnavailable
-from eventward.fieldspec import FieldSpec
-from eventward.keys.memory import MemoryKeys
-from eventward.policy.base import DECRYPT, AllowList
 
 # The benchmark workload (bench/workload.py) is checked here too; bench/ lives at the repo root,
 # which `python -m bench...` has on its path and a bare `pytest` does not.

@@ -8,8 +8,11 @@ import copy
 import orjson
 import pytest
 
-from eventward.crypto import tokens
-from eventward.crypto.fields import ERASED, REDACTED, DecryptReport, FieldEncryptor
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.fields import ERASED, REDACTED, DecryptReport, FieldEncryptor
+from eventward._internal.fieldspec import FieldSpec
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.policy.base import DECRYPT
 from eventward.errors import (
     FieldSpecError,
     InputError,
@@ -17,9 +20,6 @@ from eventward.errors import (
     KMSUnavailable,
     TokenError,
 )
-from eventward.fieldspec import FieldSpec
-from eventward.keys.memory import MemoryKeys
-from eventward.policy.base import DECRYPT
 
 from .conftest import SENTINEL, SPEC, CountingKeys, FailingKeys, order
 

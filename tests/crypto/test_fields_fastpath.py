@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.crypto import fields, tokens
-from eventward.crypto.fields import REDACTED, FieldEncryptor
-from eventward.crypto.tokens import GCM, SIV, TokenCipher, associated_data, key_context
+from eventward._internal.crypto import fields, tokens
+from eventward._internal.crypto.fields import REDACTED, FieldEncryptor
+from eventward._internal.crypto.tokens import GCM, SIV, TokenCipher, associated_data, key_context
+from eventward._internal.fieldspec import FieldSpec
+from eventward._internal.keys.memory import MemoryKeys
 from eventward.errors import FieldSpecError, InputError, KeyServiceError, TokenError
-from eventward.fieldspec import FieldSpec
-from eventward.keys.memory import MemoryKeys
 
 from .conftest import SENTINEL, SPEC, CountingKeys, order
 from .test_fields_property import events

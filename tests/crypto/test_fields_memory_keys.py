@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from eventward.crypto.tokens import KID_PATTERN
+from eventward._internal.crypto.tokens import KID_PATTERN
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.policy.base import DECRYPT, AllowList
 from eventward.errors import AccessDenied, FieldSpecError, InputError, KeyDestroyed, KeyNotFound
-from eventward.keys.memory import MemoryKeys
-from eventward.policy.base import DECRYPT, AllowList
 
 from .conftest import SENTINEL
 

@@ -9,11 +9,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.crypto import tokens
-from eventward.crypto.fields import FieldEncryptor
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.fieldspec import FieldRule, FieldSpec
+from eventward._internal.keys.memory import MemoryKeys
 from eventward.errors import FieldSpecError
-from eventward.fieldspec import FieldRule, FieldSpec
-from eventward.keys.memory import MemoryKeys
 
 NAMES = ("a", "b", "c", "d")
 KEY_NAMES = (*NAMES, "x", "y")

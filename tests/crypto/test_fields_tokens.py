@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from eventward.crypto import tokens
-from eventward.crypto.tokens import GCM, SIV, TokenCipher, associated_data
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.tokens import GCM, SIV, TokenCipher, associated_data
 from eventward.errors import InputError, KeyServiceError, TokenError
 
 from .conftest import SENTINEL

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from bench.workload import ORDER_JSON_SCHEMA, ORDER_SPEC, order_placed
 
-from eventward.fieldspec import FieldRule, FieldSpec
+from eventward._internal.fieldspec import FieldRule, FieldSpec
 
 
 def tagged(schema: dict, prefix: str = "") -> tuple[list[FieldRule], list[str]]:

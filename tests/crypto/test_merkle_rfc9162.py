@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from eventward.crypto import merkle
+from eventward._internal.crypto import merkle
 from eventward.errors import AuditIntegrityError
 
 LEAVES = [merkle.leaf_hash(bytes([i])) for i in range(5)]

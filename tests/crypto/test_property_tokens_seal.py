@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.crypto import seal as sealing
-from eventward.crypto import tokens
-from eventward.crypto.fields import FieldEncryptor
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.log import framing
 from eventward.errors import EventwardError, InputError, SealError, TokenError, TransportError
-from eventward.keys.memory import MemoryKeys
-from eventward.log import framing
 
 from .conftest import SPEC, order
 

@@ -17,17 +17,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward.audit.base import MemoryAudit
-from eventward.control.anchor import Anchor
-from eventward.control.plane import Released
-from eventward.errors import (
-    AccessDenied,
-    InputError,
-    KeyNotFound,
-    LegalHoldError,
-    NotFoundError,
-)
-from eventward.gateway.backend import (
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.control.anchor import Anchor
+from eventward._internal.control.plane import Released
+from eventward._internal.gateway.backend import (
     Checkpoint,
     ConsumeResult,
     Delivery,
@@ -39,11 +32,11 @@ from eventward.gateway.backend import (
     SchemaSummary,
     SchemaVersion,
 )
-from eventward.gateway.config import GatewayConfig
-from eventward.gateway.metrics import GatewayMetrics
-from eventward.gateway.server import create_server
-from eventward.home import Home
-from eventward.policy.base import (
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.gateway.metrics import GatewayMetrics
+from eventward._internal.gateway.server import create_server
+from eventward._internal.home import Home
+from eventward._internal.policy.base import (
     APPROVE_SCHEMA,
     DECRYPT,
     ENCRYPT,
@@ -60,6 +53,13 @@ from eventward.policy.base import (
     Decision,
     Resource,
     check,
+)
+from eventward.errors import (
+    AccessDenied,
+    InputError,
+    KeyNotFound,
+    LegalHoldError,
+    NotFoundError,
 )
 
 from .gw_support import Pki, ThreadedGateway, make_pki, make_signers, write_jwks

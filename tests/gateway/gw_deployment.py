@@ -17,14 +17,14 @@ from urllib.parse import urlencode
 
 import orjson
 
-from eventward import demo, pki
-from eventward.deployment import Deployment
-from eventward.gateway.config import SERVER_CERT, GatewayConfig
-from eventward.gateway.deployment_backend import DeploymentBackend
-from eventward.gateway.metrics import GatewayMetrics
-from eventward.gateway.server import create_server
-from eventward.gateway.tls import ensure_home_material
-from eventward.home import Home
+from eventward._internal import demo, pki
+from eventward._internal.deployment import Deployment
+from eventward._internal.gateway.config import SERVER_CERT, GatewayConfig
+from eventward._internal.gateway.deployment_backend import DeploymentBackend
+from eventward._internal.gateway.metrics import GatewayMetrics
+from eventward._internal.gateway.server import create_server
+from eventward._internal.gateway.tls import ensure_home_material
+from eventward._internal.home import Home
 
 from .gw_support import Reply, ThreadedGateway, call
 

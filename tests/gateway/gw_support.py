@@ -1,6 +1,6 @@
 """Test helpers for the gateway: certificates, tokens, a server in a thread, a tiny HTTPS client.
 
-Certificates come from eventward.pki (the deployment's own CA code); the few a real CA would
+Certificates come from eventward._internal.pki (the deployment's own CA code); the few a real CA would
 never issue (expired, multi-attribute subjects, no clientAuth usage) are built here with
 ``cryptography`` and signed by that CA, so they differ from good ones only in what is tested.
 """
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from eventward import pki
-from eventward.gateway.server import GatewayServer
+from eventward._internal import pki
+from eventward._internal.gateway.server import GatewayServer
 
 # --- certificates ------------------------------------------------------------------------------
 

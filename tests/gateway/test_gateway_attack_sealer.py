@@ -27,12 +27,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from eventward import envelope
-from eventward.cli import app
-from eventward.client.trust import DEAD_LETTER
-from eventward.crypto import seal as sealing
-from eventward.crypto.seal import Signer
-from eventward.gateway.groups import group_id
+from eventward._internal import envelope
+from eventward._internal.cli import app
+from eventward._internal.client.trust import DEAD_LETTER
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.crypto.seal import Signer
+from eventward._internal.gateway.groups import group_id
 
 from .gw_deployment import ADMIN, ANALYTICS, FUZZER, ORDERS, SHIPPING, TYPE, cloudevent, order, topic
 

@@ -18,7 +18,7 @@ from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from eventward import envelope
+from eventward._internal import envelope
 
 from .gw_deployment import ORDERS, SHIPPING, TYPE, cloudevent, order
 from .gw_support import Reply, call
@@ -284,7 +284,7 @@ def test_cli_produce_keeps_a_full_cloudevents_attributes(dep_world) -> None:
     (they were silently ignored before), eventward's own attributes refused naming the line."""
     from typer.testing import CliRunner
 
-    from eventward.cli import app
+    from eventward._internal.cli import app
 
     t = topic()
     ev = {

@@ -11,9 +11,9 @@ import asyncio
 import threading
 import time
 
-from eventward.gateway.backend import Delivery
-from eventward.gateway.deployment_backend import DeploymentBackend
-from eventward.gateway.groups import group_id
+from eventward._internal.gateway.backend import Delivery
+from eventward._internal.gateway.deployment_backend import DeploymentBackend
+from eventward._internal.gateway.groups import group_id
 
 from .gw_deployment import ANALYTICS, ORDERS, SHIPPING, cloudevent, order, topic
 

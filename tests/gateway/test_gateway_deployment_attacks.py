@@ -15,8 +15,8 @@ import uuid
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from eventward.crypto import seal as sealing
-from eventward.gateway.groups import group_id
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.gateway.groups import group_id
 
 from .gw_deployment import ORDERS, SHIPPING, cloudevent, order, topic
 

@@ -14,17 +14,17 @@ from typing import Any
 import orjson
 import pytest
 
-from eventward import demo
-from eventward.audit.base import DENIED
-from eventward.audit.certificate import verify_certificate
-from eventward.audit.checkpoint import verify_checkpoint
-from eventward.audit.tree import InclusionProof
-from eventward.audit.verify import verify_inclusion_proof
-from eventward.crypto import tokens
-from eventward.crypto.fields import ERASED
+from eventward._internal import demo
+from eventward._internal.audit.base import DENIED
+from eventward._internal.audit.certificate import verify_certificate
+from eventward._internal.audit.checkpoint import verify_checkpoint
+from eventward._internal.audit.tree import InclusionProof
+from eventward._internal.audit.verify import verify_inclusion_proof
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.fields import ERASED
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.gateway.server import create_server
 from eventward.errors import InputError
-from eventward.gateway.config import GatewayConfig
-from eventward.gateway.server import create_server
 
 from .gw_deployment import (
     ADMIN,

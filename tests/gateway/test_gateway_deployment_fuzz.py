@@ -13,7 +13,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from eventward.gateway.openapi import document
+from eventward._internal.gateway.openapi import document
 
 from .conftest import AUDIENCE, ISSUER
 from .gw_deployment import FUZZER, World

@@ -9,8 +9,8 @@ records carry metadata only, never the sentinel values the events held.
 
 from __future__ import annotations
 
-from eventward.audit.base import DENIED
-from eventward.crypto.fields import REDACTED
+from eventward._internal.audit.base import DENIED
+from eventward._internal.crypto.fields import REDACTED
 
 from .gw_deployment import (
     ANALYTICS,

@@ -18,12 +18,12 @@ from pathlib import Path
 from cryptography import x509
 from typer.testing import CliRunner
 
-from eventward import demo, pki
-from eventward.cli import app
-from eventward.crypto.fields import ERASED
-from eventward.deployment import Deployment
-from eventward.gateway_demo import run_gateway_demo
-from eventward.home import Home
+from eventward._internal import demo, pki
+from eventward._internal.cli import app
+from eventward._internal.crypto.fields import ERASED
+from eventward._internal.deployment import Deployment
+from eventward._internal.gateway_demo import run_gateway_demo
+from eventward._internal.home import Home
 
 from .gw_support import call
 
@@ -35,7 +35,7 @@ def test_serve_defaults_to_the_deployment_backend_with_the_homes_certificates(tm
     assert issued.exit_code == 0, issued.output
     assert "curl --cacert" in issued.output
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventward.cli", "--home", str(home.root), "serve", "--port", "0"],
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(home.root), "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

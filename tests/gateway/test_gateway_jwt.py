@@ -16,9 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from eventward._internal.gateway.auth import JwtAuthenticator
+from eventward._internal.gateway.jwks import fetch_url, load_file, parse_jwks
 from eventward.errors import AuthenticationError, ConfigError
-from eventward.gateway.auth import JwtAuthenticator
-from eventward.gateway.jwks import fetch_url, load_file, parse_jwks
 from support_wait import wait_until
 
 from .conftest import AUDIENCE, ISSUER, Running, gateway_config, start_gateway

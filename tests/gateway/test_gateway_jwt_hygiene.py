@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from eventward._internal.gateway.auth import JwtAuthenticator
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.gateway.jwks import parse_jwks
 from eventward.errors import AuthenticationError, ConfigError
-from eventward.gateway.auth import JwtAuthenticator
-from eventward.gateway.config import GatewayConfig
-from eventward.gateway.jwks import parse_jwks
 from support_wait import wait_until
 
 from .conftest import AUDIENCE, ISSUER, Running, gateway_config, start_gateway

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from eventward._internal.gateway.app import gateway_of
+from eventward._internal.gateway.limits import RateLimiter
 from eventward.errors import QuotaExceeded
-from eventward.gateway.app import gateway_of
-from eventward.gateway.limits import RateLimiter
 from support_wait import wait_until
 
 from .conftest import Running, gateway_config, start_gateway

@@ -7,9 +7,9 @@ import time
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from eventward._internal.gateway.auth import MtlsAuthenticator, subject_dn
+from eventward._internal.gateway.mapping import DEFAULT_RULES, PrincipalMapper, parse_rules, split_rules
 from eventward.errors import AuthenticationError, ConfigError
-from eventward.gateway.auth import MtlsAuthenticator, subject_dn
-from eventward.gateway.mapping import DEFAULT_RULES, PrincipalMapper, parse_rules, split_rules
 
 from .gw_support import CN, OU, C, O, custom_cert
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from eventward.monitor import metrics
+from eventward._internal.monitor import metrics
 
 from .gw_deployment import ORDERS, SHIPPING, TYPE, cloudevent, order, topic
 

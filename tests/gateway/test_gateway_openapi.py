@@ -14,7 +14,7 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from eventward.gateway.openapi import OPERATIONS, SCHEMAS, document
+from eventward._internal.gateway.openapi import OPERATIONS, SCHEMAS, document
 
 from .conftest import AUDIENCE, ISSUER, Running, gateway_config, start_gateway
 from .gw_support import Pki, call, claims, event
@@ -24,7 +24,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 def test_repo_copy_matches_the_code() -> None:
     assert yaml.safe_load(DOC.read_text()) == document(), (
-        "run: python -m eventward.gateway > docs/openapi.yaml"
+        "run: python -m eventward._internal.gateway > docs/openapi.yaml"
     )
 
 

@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from typer.testing import CliRunner
 
-from eventward import certstore, pki
-from eventward.audit.base import MemoryAudit
-from eventward.cli import app, common
+from eventward._internal import certstore, pki
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.cli import app, common
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.gateway.metrics import GatewayMetrics
+from eventward._internal.gateway.tls import server_context
 from eventward.errors import ConfigError, EventwardError, InputError
-from eventward.gateway.config import GatewayConfig
-from eventward.gateway.metrics import GatewayMetrics
-from eventward.gateway.tls import server_context
 from support_wait import wait_until
 
 from .conftest import Running, start_gateway
@@ -190,7 +190,7 @@ def test_cli_malformed_certificate_is_one_clear_line(tmp_path: Path) -> None:
     junk = tmp_path / "junk.crt"
     junk.write_bytes(b"\x00\x01 not a certificate")
     r = subprocess.run(
-        [sys.executable, "-m", "eventward.cli", "pki", "inspect", str(junk)], capture_output=True, text=True,
+        [sys.executable, "-m", "eventward._internal.cli", "pki", "inspect", str(junk)], capture_output=True, text=True,
         timeout=60, env={**os.environ, "EVENTWARD_HOME": str(tmp_path / "h")},
     )
     assert r.returncode == 5

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from eventward._internal.gateway.metrics import OTHER, GatewayMetrics
+from eventward._internal.gateway.problems import WITHHELD, redact
 from eventward.errors import EventwardError, ValidationError
-from eventward.gateway.metrics import OTHER, GatewayMetrics
-from eventward.gateway.problems import WITHHELD, redact
 
 from .conftest import SENTINEL, Running
 from .gw_support import Pki, call, event, read_until_closed, tls_socket

@@ -23,10 +23,10 @@ import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
 
-from eventward import demo, pki
-from eventward.deployment import Deployment
-from eventward.gateway.openapi import document
-from eventward.home import Home
+from eventward._internal import demo, pki
+from eventward._internal.deployment import Deployment
+from eventward._internal.gateway.openapi import document
+from eventward._internal.home import Home
 
 from .gw_deployment import APPROVER, AUTHOR, FUZZER, POLICY, TYPE
 from .test_gateway_openapi import ACCEPTANCE, REJECTIONS
@@ -69,7 +69,7 @@ def _home(root: Path) -> Home:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = _home(tmp_path_factory.mktemp("serve-fuzz"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventward.cli", "--home", str(home.root), "serve", "--port", "0"],
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(home.root), "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

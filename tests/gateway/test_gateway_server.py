@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.gateway.server import create_server
+from eventward._internal.home import Home
 from eventward.errors import ConfigError
-from eventward.gateway.config import GatewayConfig
-from eventward.gateway.server import create_server
-from eventward.home import Home
 
 from .conftest import MemoryBackend, gateway_config, start_gateway
 from .gw_support import Pki, ThreadedGateway, call
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
-CLI = "from eventward.cli import app, common, gateway; gateway.register(app); common.run(app)"
+CLI = "from eventward._internal.cli import app, common, gateway; gateway.register(app); common.run(app)"
 
 
 def test_no_certificate_means_no_listener(tmp_path: Path) -> None:

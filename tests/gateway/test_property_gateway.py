@@ -25,13 +25,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from eventward import demo
-from eventward.deployment import Deployment
-from eventward.gateway.app import BATCH, JSON, build_app
-from eventward.gateway.auth import DevAuthenticator
-from eventward.gateway.config import LimitsConfig
-from eventward.gateway.deployment_backend import DeploymentBackend
-from eventward.home import Home
+from eventward._internal import demo
+from eventward._internal.deployment import Deployment
+from eventward._internal.gateway.app import BATCH, JSON, build_app
+from eventward._internal.gateway.auth import DevAuthenticator
+from eventward._internal.gateway.config import LimitsConfig
+from eventward._internal.gateway.deployment_backend import DeploymentBackend
+from eventward._internal.home import Home
 
 from .gw_deployment import ADMIN, APPROVER, AUTHOR, FUZZER, ORDERS, POLICY, TYPE, cloudevent, order
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from eventward.cli import app, common
-from eventward.deployment import Deployment
+from eventward._internal.cli import app, common
+from eventward._internal.deployment import Deployment
+from eventward._internal.guard.detectors import MAX_SCAN_CHARS, default_detectors
+from eventward._internal.guard.pipeline import Pipeline, PipelineSpec
+from eventward._internal.guard.scan import findings
+from eventward._internal.home import Home
 from eventward.errors import SensitiveDataRefused
-from eventward.guard.detectors import MAX_SCAN_CHARS, default_detectors
-from eventward.guard.pipeline import Pipeline, PipelineSpec
-from eventward.guard.scan import findings
-from eventward.home import Home
 
 from .conftest import ORDER, POLICY, order, order_schema, publish_schema
 from .test_guard_pipeline import ANALYTICS, PIPELINE
@@ -110,6 +110,6 @@ def test_attack_huge_and_hostile_values_scan_in_bounded_time() -> None:
 
 
 def _empty_spec() -> Any:
-    from eventward.fieldspec import FieldSpec
+    from eventward._internal.fieldspec import FieldSpec
 
     return FieldSpec()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from eventward.cli import app, common
-from eventward.deployment import Deployment
+from eventward._internal.cli import app, common
+from eventward._internal.deployment import Deployment
 
 from .conftest import ORDER, order, publish_schema
 from .test_guard_pipeline import ANALYTICS, PIPELINE

@@ -11,9 +11,9 @@ from collections import Counter, defaultdict
 import pytest
 from bench.pii_corpus import corpus
 
+from eventward._internal.guard import detectors as k
+from eventward._internal.guard.detectors import Detector, Detectors, compile_detector_pattern, default_detectors
 from eventward.errors import SchemaSecurityError
-from eventward.guard import detectors as k
-from eventward.guard.detectors import Detector, Detectors, compile_detector_pattern, default_detectors
 
 
 def test_corpus_recall_and_false_positives() -> None:

@@ -21,18 +21,18 @@ from bench.pii_corpus import PLANTERS, non_pii, planted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.deployment import Deployment
-from eventward.errors import SensitiveDataRefused
-from eventward.guard import scan
-from eventward.guard.detectors import (
+from eventward._internal.deployment import Deployment
+from eventward._internal.guard import scan
+from eventward._internal.guard.detectors import (
     MAX_SCAN_CHARS,
     SHORT_BYTES,
     Detectors,
     compile_detector_pattern,
     default_detectors,
 )
-from eventward.guard.producer_guard import WARN_ACTION
-from eventward.schema.compiled import compile_schema
+from eventward._internal.guard.producer_guard import WARN_ACTION
+from eventward._internal.schema.compiled import compile_schema
+from eventward.errors import SensitiveDataRefused
 
 from .conftest import order, order_schema, publish_schema
 

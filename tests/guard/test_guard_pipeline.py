@@ -14,14 +14,14 @@ from typing import Any
 import orjson
 import pytest
 
-from eventward.audit.records import decode
-from eventward.audit.verify import verify_log
-from eventward.crypto.fields import ERASED, REDACTED
-from eventward.deployment import Deployment
+from eventward._internal.audit.records import decode
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.crypto.fields import ERASED, REDACTED
+from eventward._internal.deployment import Deployment
+from eventward._internal.guard.pipeline import LINEAGE_ACTION, Pipeline, PipelineSpec, mask, output_id
+from eventward._internal.home import Home
+from eventward._internal.log import natsserver
 from eventward.errors import ConfigError
-from eventward.guard.pipeline import LINEAGE_ACTION, Pipeline, PipelineSpec, mask, output_id
-from eventward.home import Home
-from eventward.log import natsserver
 
 from .conftest import ORDER, POLICY, publish_schema
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.guard.producer_guard import BLOCK_ACTION, WARN_ACTION
 from eventward.errors import SchemaError, SensitiveDataRefused
-from eventward.guard.producer_guard import BLOCK_ACTION, WARN_ACTION
 
 from .conftest import order, order_schema, publish_schema
 
@@ -128,7 +128,7 @@ def _metric(text: str, mode: str, topic: str) -> float:
 
 def test_guard_warn_and_block_are_counted_in_the_metrics(dep: Deployment) -> None:
     """The counters are process-wide (other tests may have counted before): deltas are checked."""
-    from eventward import monitor
+    from eventward._internal import monitor
 
     monitor.instrument(dep)
     try:
@@ -154,9 +154,9 @@ def test_schema_guided_scan_finds_what_the_full_walk_finds() -> None:
 
     from bench.pii_corpus import planted
 
-    from eventward.guard.detectors import CLASS_OF
-    from eventward.guard.scan import findings, findings_for
-    from eventward.schema.compiled import compile_schema
+    from eventward._internal.guard.detectors import CLASS_OF
+    from eventward._internal.guard.scan import findings, findings_for
+    from eventward._internal.schema.compiled import compile_schema
 
     doc = order_schema("warn")
     doc["properties"]["lines"] = {"type": "array", "items": {"type": "object", "properties": {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from eventward._internal.guard.pipeline import PipelineSpec, Redactor, generalize
 from eventward.errors import ConfigError, RedactionError
-from eventward.guard.pipeline import PipelineSpec, Redactor, generalize
 
 BASE = "name: p\nprincipal: r\nsource: {topic: raw}\nsink: {topic: clean, type: T}\n"
 KEY = b"k" * 32

@@ -9,9 +9,9 @@ import sqlite3
 import orjson
 import pytest
 
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.guard.vault import DATAREF_PREFIX, Vault, vault_path
 from eventward.errors import AccessDenied, InputError, NotFoundError
-from eventward.guard.vault import DATAREF_PREFIX, Vault, vault_path
 
 from .conftest import ORDER, order, publish_schema
 

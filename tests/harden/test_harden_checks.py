@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from eventward._internal.harden import eventward_yaml, kafka, nats
 from eventward.errors import ConfigError
-from eventward.harden import eventward_yaml, kafka, nats
 
 from .corpus import KAFKA_BAD, KAFKA_BAD_EXTRA, KAFKA_KRAFT, KAFKA_ZK, NATS_BAD, NATS_CLUSTER_GOOD, NATS_GOOD, kafka_bad
 
@@ -128,7 +128,7 @@ def test_missing_and_directory_paths_are_clear(tmp_path: Path) -> None:
 
 
 def test_eventward_yaml_defaults_pass_and_plain_transports_are_found(tmp_path: Path) -> None:
-    from eventward.config import Config
+    from eventward._internal.config import Config
 
     assert eventward_yaml.check_file(write(tmp_path, "eventward.yaml", Config().dump())) == []
     kafka_plain = "transport: kafka\nkafka:\n  bootstrap_servers: k:9092\n  security_protocol: PLAINTEXT\n"

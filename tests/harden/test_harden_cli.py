@@ -16,13 +16,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from eventward import pki
-from eventward.cli import app, common
-from eventward.cli import nats as nats_cli
+from eventward._internal import pki
+from eventward._internal.cli import app, common
+from eventward._internal.cli import nats as nats_cli
+from eventward._internal.log import natsserver
+from eventward._internal.policy.compile_nats import compile_nats
+from eventward._internal.policy.spec import parse
 from eventward.errors import ConfigError, NotFoundError
-from eventward.log import natsserver
-from eventward.policy.compile_nats import compile_nats
-from eventward.policy.spec import parse
 from support_wait import wait_until
 
 from .corpus import KAFKA_KRAFT, NATS_GOOD, kafka_bad

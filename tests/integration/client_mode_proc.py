@@ -14,8 +14,8 @@ import sys
 
 import orjson
 
-from eventward import demo
-from eventward.control.connect import connect
+from eventward._internal import demo
+from eventward._internal.control.connect import connect
 from eventward.errors import EventwardError
 
 

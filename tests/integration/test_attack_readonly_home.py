@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 SUBJECT = "cust-ro-1"
 _NO_DAC = ("--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import orjson
 
-from eventward import demo
+from eventward._internal import demo
 
-EXAMPLES = resources.files("eventward.examples")
+EXAMPLES = resources.files("eventward._internal.examples")
 FORGOTTEN = demo.FORGOTTEN  # cust-1002
 
 

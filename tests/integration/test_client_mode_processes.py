@@ -17,7 +17,7 @@ import orjson
 import pytest
 import yaml
 
-from eventward import demo
+from eventward._internal import demo
 from keys_net.conftest import TOKEN_ENV, free_port
 
 from .test_readme import _free_base

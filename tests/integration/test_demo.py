@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from eventward import demo
-from eventward.crypto.fields import ERASED, REDACTED
-from eventward.home import Home
+from eventward._internal import demo
+from eventward._internal.crypto.fields import ERASED, REDACTED
+from eventward._internal.home import Home
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_audit_verifies_and_no_store_contains_plaintext_pii(result):
 
 def test_demo_cli_runs_on_a_fresh_home(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "eventward.cli", "--home", str(tmp_path / "h"), "demo"],
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(tmp_path / "h"), "demo"],
         capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -106,7 +106,7 @@ def test_demo_cli_runs_on_a_fresh_home(tmp_path):
     assert "[erased]" in out.stdout and "[redacted]" in out.stdout  # markers survive Rich rendering
     # a second run refuses to reuse a non-empty home rather than wiping it
     again = subprocess.run(
-        [sys.executable, "-m", "eventward.cli", "--home", str(tmp_path / "h"), "demo"],
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(tmp_path / "h"), "demo"],
         capture_output=True, text=True, timeout=60,
     )
     assert again.returncode == 9 and "not empty" in again.stderr  # configuration error

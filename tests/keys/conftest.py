@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from eventward.audit.base import MemoryAudit
-from eventward.home import Home
-from eventward.keys.service import KeyService, KeyServiceConfig
-from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService, KeyServiceConfig
+from eventward._internal.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
 
 SENTINEL = "SENTINEL-jane.doe@example.org-4f1c"
 WORKER = Path(__file__).with_name("keys_worker.py")

@@ -18,10 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import make_authz
+from eventward._internal.home import Home
+from eventward._internal.keys.kms.local import LocalKMS
+from eventward._internal.keys.service import KeyService
 from eventward.errors import KeyDestroyed
-from eventward.home import Home
-from eventward.keys.kms.local import LocalKMS
-from eventward.keys.service import KeyService
 
 
 def main(cmd: str, home_dir: str, *args: str) -> int:

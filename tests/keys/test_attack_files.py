@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home, read_secret, write_secret
+from eventward._internal.keys.kms import local
+from eventward._internal.keys.kms.local import LocalKMS
 from eventward.errors import KeyFilePermissionError, KMSUnavailable
-from eventward.home import Home, read_secret, write_secret
-from eventward.keys.kms import local
-from eventward.keys.kms.local import LocalKMS
 
 
 def test_attack_secret_symlink(tmp_path):

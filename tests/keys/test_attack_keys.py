@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from eventward import demo
-from eventward.audit.base import MemoryAudit
-from eventward.deployment import Deployment
+from eventward._internal import demo
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService, KeyServiceConfig
 from eventward.errors import (
     AccessDenied,
     KeyIntegrityError,
     KeyStoreUnavailable,
     KMSUnavailable,
 )
-from eventward.home import Home
-from eventward.keys.service import KeyService, KeyServiceConfig
 
 from .conftest import make_authz
 
@@ -196,7 +196,7 @@ def test_attack_db_writer_promotes_old_dek(open_svc, home):
 
 
 def test_old_format_dek_still_decrypts_and_rotation_upgrades_it(open_svc, home):
-    from eventward.keys.dek import AAD_V1, dek_aad
+    from eventward._internal.keys.dek import AAD_V1, dek_aad
 
     svc = open_svc(KeyServiceConfig(cache_ttl=0))
     kid, dek = svc.encryption_key("alice", "pii", principal="writer")
@@ -229,8 +229,8 @@ def test_attack_nonce_budget_exhausted(open_svc):
 
 
 def test_field_encryptor_charges_every_field_and_array_item(open_svc):
-    from eventward.crypto.fields import FieldEncryptor
-    from eventward.fieldspec import FieldRule, FieldSpec
+    from eventward._internal.crypto.fields import FieldEncryptor
+    from eventward._internal.fieldspec import FieldRule, FieldSpec
 
     svc = open_svc(KeyServiceConfig(dek_max_nonces=12, uses_flush=1))
     spec = FieldSpec((FieldRule("email", "pii"), FieldRule("phones[]", "pii")), subject_path="id")
@@ -260,7 +260,7 @@ INSERT INTO meta (key, value) VALUES ('epoch', 0), ('schema', 1);
 
 def test_round1_key_store_is_migrated_and_its_keys_still_decrypt(open_svc, home):
     """A schema-1 store with format-1 wrapped DEKs: opened, read, never used for new data."""
-    from eventward.keys.dek import dek_aad, new_kid
+    from eventward._internal.keys.dek import dek_aad, new_kid
 
     svc = open_svc()
     h = svc._lookup("alice")  # round-1 stores keyed subjects by their keyed hash (no pseudonym)

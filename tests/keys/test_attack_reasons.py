@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import InputError
-from eventward.home import Home
 
 SUBJECT = "cust-4711"
 FREE_TEXT = (

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import InputError
-from eventward.home import Home
 
 LATIN1_ID = "caf\xe9-7".encode("latin-1")  # undecodable as UTF-8
 

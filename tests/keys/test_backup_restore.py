@@ -12,16 +12,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.audit.log import AuditLog
-from eventward.backup import ANCHOR_ACTION, anchored_state, backup, key_state, latest_anchor, restore
-from eventward.cli import backup as backup_cli
-from eventward.cli import common
-from eventward.deployment import Deployment
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.backup import ANCHOR_ACTION, anchored_state, backup, key_state, latest_anchor, restore
+from eventward._internal.cli import backup as backup_cli
+from eventward._internal.cli import common
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.dek import dek_aad
+from eventward._internal.keys.ledger import ErasureLedger
+from eventward._internal.keys.service import erasures_log_path
 from eventward.errors import AuditIntegrityError, KeyDestroyed, KeyIntegrityError, NotFoundError, RestoreRefused
-from eventward.home import Home
-from eventward.keys.dek import dek_aad
-from eventward.keys.ledger import ErasureLedger
-from eventward.keys.service import erasures_log_path
 
 from .conftest import SENTINEL
 
@@ -226,7 +226,7 @@ def test_backup_cli_and_bad_input(home, tmp_path, monkeypatch):
 def test_attack_restore_attack_through_the_cli(home, tmp_path, monkeypatch):
     """The same attack as an operator would run it: backup, forget, keys rotate --class pii (and every
     other class the subject had keys in), restore: refused (exit 8), naming the ended epoch."""
-    from eventward.cli import keys as keys_cli
+    from eventward._internal.cli import keys as keys_cli
 
     kids = _keys(home)
     monkeypatch.setattr(common.STATE, "home", str(home.root))
@@ -256,7 +256,7 @@ def test_attack_restore_attack_through_the_cli(home, tmp_path, monkeypatch):
 
 def _raw_audit(db, *statements: tuple) -> None:
     """Edit the audit database as someone with the file would: triggers dropped, tree rebuilt."""
-    from eventward.audit.tree import push_leaf
+    from eventward._internal.audit.tree import push_leaf
 
     conn = sqlite3.connect(db, isolation_level=None)
     try:

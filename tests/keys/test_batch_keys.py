@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from eventward import demo
-from eventward.crypto.fields import ERASED
-from eventward.deployment import Deployment
+from eventward._internal import demo
+from eventward._internal.crypto.fields import ERASED
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import AccessDenied, KeyDestroyed, KeyNotFound, KMSUnavailable
-from eventward.home import Home
 
 N = 12  # events, each of a subject of its own
 

@@ -14,13 +14,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward import demo
-from eventward.cli import common
-from eventward.cli import erasure as erasure_cli
-from eventward.deployment import Deployment
+from eventward._internal import demo
+from eventward._internal.cli import common
+from eventward._internal.cli import erasure as erasure_cli
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.notices import ACK_ACTION, ACKED, COMPLETE_ACTION, FAILED, PENDING, error_code
 from eventward.errors import AccessDenied, InputError, NotFoundError
-from eventward.home import Home
-from eventward.keys.notices import ACK_ACTION, ACKED, COMPLETE_ACTION, FAILED, PENDING, error_code
 
 SUBJECT = demo.FORGOTTEN
 GROUPS = ("billing", "search", "crm", "mailer", "analytics")

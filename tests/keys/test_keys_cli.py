@@ -12,15 +12,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.audit.certificate import find_certificate, verify_certificate
-from eventward.audit.log import AuditLog
-from eventward.audit.verify import verify_log
-from eventward.cli import common
-from eventward.cli import keys as keys_cli
-from eventward.deployment import Deployment
+from eventward._internal.audit.certificate import find_certificate, verify_certificate
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.cli import common
+from eventward._internal.cli import keys as keys_cli
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.policy.base import ENCRYPT, AllowList
 from eventward.errors import AccessDenied, ConfigError, ConflictError, InputError, LegalHoldError, PolicyError
-from eventward.home import Home
-from eventward.policy.base import ENCRYPT, AllowList
 
 from .conftest import SENTINEL
 

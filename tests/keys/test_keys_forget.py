@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from eventward.audit.base import DENIED, OK
+from eventward._internal.audit.base import DENIED, OK
+from eventward._internal.keys.service import erasures_log_path
 from eventward.errors import AccessDenied, KeyDestroyed, KeyIntegrityError, LegalHoldError
-from eventward.keys.service import erasures_log_path
 
 from .conftest import CLASSES, spawn, store_files
 

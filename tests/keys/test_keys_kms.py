@@ -7,6 +7,9 @@ import os
 
 import pytest
 
+from eventward._internal.home import write_secret
+from eventward._internal.keys.kms.base import MAC_SUBJECT, parse_kek_id
+from eventward._internal.keys.kms.local import LocalKMS, derive_master_key
 from eventward.errors import (
     ConflictError,
     KeyDestroyed,
@@ -16,9 +19,6 @@ from eventward.errors import (
     KeyServiceError,
     KMSUnavailable,
 )
-from eventward.home import write_secret
-from eventward.keys.kms.base import MAC_SUBJECT, parse_kek_id
-from eventward.keys.kms.local import LocalKMS, derive_master_key
 
 from .conftest import worker
 

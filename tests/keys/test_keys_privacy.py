@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
+from eventward._internal.keys.service import erasures_log_path
 from eventward.errors import EventwardError
-from eventward.keys.service import erasures_log_path
 
 from .conftest import CLASSES, SENTINEL, store_files
 

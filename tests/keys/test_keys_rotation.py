@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
+from eventward._internal.keys.dek import dek_aad
+from eventward._internal.keys.service import KeyServiceConfig
 from eventward.errors import AccessDenied, KeyDestroyed, KeyNotFound
-from eventward.keys.dek import dek_aad
-from eventward.keys.service import KeyServiceConfig
 
 from .conftest import spawn
 

@@ -7,7 +7,10 @@ import sqlite3
 
 import pytest
 
-from eventward.audit.base import DENIED
+from eventward._internal.audit.base import DENIED
+from eventward._internal.home import write_secret
+from eventward._internal.keys.cache import LruTtlCache
+from eventward._internal.keys.service import KeyServiceConfig
 from eventward.errors import (
     AccessDenied,
     InputError,
@@ -17,9 +20,6 @@ from eventward.errors import (
     KeyStoreUnavailable,
     KMSUnavailable,
 )
-from eventward.home import write_secret
-from eventward.keys.cache import LruTtlCache
-from eventward.keys.service import KeyServiceConfig
 
 
 class Clock:

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
+from eventward._internal.keys.sqlite_store import SQLiteKeyStore
+from eventward._internal.keys.store_base import CLASS_SUBJECT, DekRecord, Erasure
 from eventward.errors import InputError, KeyStoreUnavailable, LegalHoldError
-from eventward.keys.sqlite_store import SQLiteKeyStore
-from eventward.keys.store_base import CLASS_SUBJECT, DekRecord, Erasure
 
 H1, H2 = "a" * 32, "b" * 32
 

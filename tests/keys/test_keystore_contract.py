@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from eventward._internal.keys.pg_store import PgKeyStore
+from eventward._internal.keys.sqlite_store import SQLiteKeyStore
+from eventward._internal.keys.store_base import CLASS_SUBJECT, DekRecord, Erasure, KeyStore
+from eventward._internal.store.pg import Database
 from eventward.errors import InputError, LegalHoldError
-from eventward.keys.pg_store import PgKeyStore
-from eventward.keys.sqlite_store import SQLiteKeyStore
-from eventward.keys.store_base import CLASS_SUBJECT, DekRecord, Erasure, KeyStore
-from eventward.store.pg import Database
 from pg.conftest import pg_dsn, pg_server, race  # noqa: F401 - one PostgreSQL server for the session
 
 H1, H2 = "a" * 32, "b" * 32

@@ -17,15 +17,15 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward import demo
-from eventward.cli import common
-from eventward.cli import keys as keys_cli
-from eventward.deployment import Deployment
+from eventward._internal import demo
+from eventward._internal.cli import common
+from eventward._internal.cli import keys as keys_cli
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.epochs import SCHEDULER, EpochKeeper
+from eventward._internal.schema.json_schema import TAG_KEY
+from eventward._internal.schema.tags import json_spec, parse_tag
 from eventward.errors import AccessDenied, KeyDestroyed, SchemaError
-from eventward.home import Home
-from eventward.keys.epochs import SCHEDULER, EpochKeeper
-from eventward.schema.json_schema import TAG_KEY
-from eventward.schema.tags import json_spec, parse_tag
 
 SUBJECT = demo.FORGOTTEN  # cust-1002
 
@@ -157,8 +157,8 @@ def _wrapped_row(keys_db: Path, kid: str) -> tuple:
 def test_attack_forget_now_closes_the_epoch_for_residual_copies(shop):
     """A copy of the subject's wrapped DEK taken before the forget (a backup, a freed page) unwraps
     under no KEK the KMS still holds once ``forget --now`` returns."""
-    from eventward.keys.service import _row_aad
-    from eventward.keys.store_base import DekRecord
+    from eventward._internal.keys.service import _row_aad
+    from eventward._internal.keys.store_base import DekRecord
 
     with Deployment.open(shop) as dep:
         p = dep.keys.known_subject(SUBJECT)

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from pkcs11 import Attribute, ObjectClass
 
-from eventward.audit.base import MemoryAudit
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.home import Home
+from eventward._internal.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
+from eventward._internal.keys.service import KeyService
+from eventward._internal.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
 from eventward.errors import KMSUnavailable
-from eventward.home import Home
-from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS, softhsm_module, token_session
-from eventward.keys.service import KeyService
-from eventward.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, AllowList
 
 PIN = "ew-pin-8c1f"
 SO_PIN = "ew-so-pin-77a0"

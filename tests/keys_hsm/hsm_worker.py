@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from eventward._internal.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
 from eventward.errors import EventwardError
-from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
 
 
 def main(argv: list[str]) -> int:

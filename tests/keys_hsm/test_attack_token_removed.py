@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from eventward.crypto.fields import FieldEncryptor
+from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.fieldspec import FieldRule, FieldSpec
+from eventward._internal.keys.kms import pkcs11 as p11
 from eventward.errors import KeyNotFound, KMSUnavailable, TokenError
-from eventward.fieldspec import FieldRule, FieldSpec
-from eventward.keys.kms import pkcs11 as p11
 
 SPEC = FieldSpec((FieldRule("email", "pii"),), subject_path="id")
 

@@ -17,11 +17,11 @@ from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 from typer.testing import CliRunner
 
-from eventward import casigner, certstore, pki
-from eventward.cli import app
+from eventward._internal import casigner, certstore, pki
+from eventward._internal.cli import app
+from eventward._internal.gateway.config import GatewayConfig
+from eventward._internal.keys.kms.pkcs11 import Pkcs11Config, token_session
 from eventward.errors import ConfigError, KMSUnavailable
-from eventward.gateway.config import GatewayConfig
-from eventward.keys.kms.pkcs11 import Pkcs11Config, token_session
 
 from .conftest import PIN_ENV, TOKEN
 

@@ -9,6 +9,8 @@ import pytest
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
+from eventward._internal.keys.kms.base import MAC_LEDGER, MAC_SUBJECT
+from eventward._internal.keys.kms.pkcs11 import MAC_PREFIX, Pkcs11KMS, token_session
 from eventward.errors import (
     ConflictError,
     KeyDestroyed,
@@ -16,8 +18,6 @@ from eventward.errors import (
     KeyNotFound,
     KMSUnavailable,
 )
-from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT
-from eventward.keys.kms.pkcs11 import MAC_PREFIX, Pkcs11KMS, token_session
 
 from .conftest import labels
 

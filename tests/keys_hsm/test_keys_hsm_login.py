@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from eventward._internal.home import write_secret
+from eventward._internal.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
 from eventward.errors import ConfigError, KeyFilePermissionError, KMSUnavailable
-from eventward.home import write_secret
-from eventward.keys.kms.pkcs11 import Pkcs11Config, Pkcs11KMS
 
 from .conftest import LOCKED_TOKEN, PIN, TOKEN
 

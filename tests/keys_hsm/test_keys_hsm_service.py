@@ -8,10 +8,10 @@ import sqlite3
 
 import pytest
 
+from eventward._internal.keys.dek import dek_aad
+from eventward._internal.keys.kms.pkcs11 import Pkcs11KMS
+from eventward._internal.keys.service import KeyService
 from eventward.errors import AccessDenied, ConfigError, KeyDestroyed, KMSUnavailable
-from eventward.keys.dek import dek_aad
-from eventward.keys.kms.pkcs11 import Pkcs11KMS
-from eventward.keys.service import KeyService
 
 from .conftest import labels, make_authz, worker
 
@@ -112,7 +112,7 @@ def test_a_closed_token_fails_closed_and_stores_nothing(service):
 
 
 def test_init_with_a_kms_and_a_passphrase_is_refused_and_releases_the_kms(tmp_path, cfg):
-    from eventward.home import Home
+    from eventward._internal.home import Home
 
     kms = Pkcs11KMS.create(cfg)
     with pytest.raises(ConfigError, match="passphrase"):

@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
-from eventward import certstore, pki
-from eventward.cli import app
+from eventward._internal import certstore, pki
+from eventward._internal.cli import app
 from eventward.errors import KMSUnavailable
 
 from .conftest import TOKEN_ENV, Bao, Moto, free_port

@@ -15,6 +15,10 @@ from typing import Any
 
 import pytest
 
+from eventward._internal.keys.kms import connect_kms
+from eventward._internal.keys.kms.aws import AwsKMS, AwsKmsConfig
+from eventward._internal.keys.kms.base import MAC_LEDGER, MAC_SUBJECT
+from eventward._internal.keys.kms.transit import TransitConfig, TransitKMS
 from eventward.errors import (
     ConfigError,
     ConflictError,
@@ -23,10 +27,6 @@ from eventward.errors import (
     KeyNotFound,
     KMSUnavailable,
 )
-from eventward.keys.kms import connect_kms
-from eventward.keys.kms.aws import AwsKMS, AwsKmsConfig
-from eventward.keys.kms.base import MAC_LEDGER, MAC_SUBJECT
-from eventward.keys.kms.transit import TransitConfig, TransitKMS
 
 from .conftest import TOKEN_ENV
 

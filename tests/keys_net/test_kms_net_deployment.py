@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from eventward import demo
-from eventward.deployment import Deployment
+from eventward._internal import demo
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import KeyDestroyed, KMSUnavailable
-from eventward.home import Home
 
 from .conftest import TOKEN_ENV
 

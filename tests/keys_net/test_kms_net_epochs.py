@@ -9,13 +9,13 @@ import sqlite3
 import pytest
 import yaml
 
-from eventward import demo
-from eventward.deployment import Deployment
+from eventward._internal import demo
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.epochs import EpochKeeper
+from eventward._internal.keys.service import _row_aad
+from eventward._internal.keys.store_base import DekRecord
 from eventward.errors import KeyDestroyed, KeyNotFound
-from eventward.home import Home
-from eventward.keys.epochs import EpochKeeper
-from eventward.keys.service import _row_aad
-from eventward.keys.store_base import DekRecord
 
 from .conftest import TOKEN_ENV
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import Counter
 
-from eventward.monitor import metrics
+from eventward._internal.monitor import metrics
 
 _TYPED = ("topic", "event_type")
 

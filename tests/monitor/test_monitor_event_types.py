@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventward.client import consumer as consumer_mod
-from eventward.client.envelopes import EnvelopeBuilder
-from eventward.client.producer import parse_types_meta, types_meta
-from eventward.monitor import metrics
+from eventward._internal.client import consumer as consumer_mod
+from eventward._internal.client.envelopes import EnvelopeBuilder
+from eventward._internal.client.producer import parse_types_meta, types_meta
+from eventward._internal.monitor import metrics
 
 from .world import PRINCIPALS, make_home
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventward.audit import log as audit_log
-from eventward.log import natsserver
-from eventward.log.embedded import EmbeddedLog
-from eventward.log.nats import NatsTransport
-from eventward.monitor import metrics
-from eventward.monitor.lag import group_lags
-from eventward.monitor.rules import load_rules
-from eventward.monitor.service import Monitor
+from eventward._internal.audit import log as audit_log
+from eventward._internal.log import natsserver
+from eventward._internal.log.embedded import EmbeddedLog
+from eventward._internal.log.nats import NatsTransport
+from eventward._internal.monitor import metrics
+from eventward._internal.monitor.lag import group_lags
+from eventward._internal.monitor.rules import load_rules
+from eventward._internal.monitor.service import Monitor
 
 from .world import free_port_block, make_home
 
@@ -111,7 +111,7 @@ def test_attack_audit_observer_never_sees_the_principal(tmp_path: Path) -> None:
 
 
 def test_kms_cache_forget_and_gateway_bridge(tmp_path: Path) -> None:
-    from eventward.gateway.metrics import GatewayMetrics
+    from eventward._internal.gateway.metrics import GatewayMetrics
 
     dep = make_home(tmp_path)
     try:
@@ -146,7 +146,7 @@ def test_otel_spans_follow_the_event_through_the_log(tmp_path: Path) -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from eventward.monitor import tracing
+    from eventward._internal.monitor import tracing
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

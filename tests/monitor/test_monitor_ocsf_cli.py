@@ -17,12 +17,12 @@ import pytest
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 from typer.testing import CliRunner
 
-from eventward.audit.records import AuditRecord, format_time
-from eventward.cli import app, common
+from eventward._internal.audit.records import AuditRecord, format_time
+from eventward._internal.cli import app, common
+from eventward._internal.log import natsserver
+from eventward._internal.monitor.ocsf import OCSF_VERSION, Sink, api_activity, detection_finding
+from eventward._internal.monitor.rules import Alert
 from eventward.errors import AccessDenied, ConfigError, EventwardError
-from eventward.log import natsserver
-from eventward.monitor.ocsf import OCSF_VERSION, Sink, api_activity, detection_finding
-from eventward.monitor.rules import Alert
 
 from .world import free_port_block, make_home
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventward.monitor import metrics
+from eventward._internal.monitor import metrics
 
 MON = Path(__file__).resolve().parents[2] / "monitoring"
 NAME = re.compile(r"\beventward_[a-z_]+")

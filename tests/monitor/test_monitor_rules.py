@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from eventward.audit.records import AuditRecord, format_time
+from eventward._internal.audit.records import AuditRecord, format_time
+from eventward._internal.monitor.rules import RuleEngine, load_rules
 from eventward.errors import ConfigError
-from eventward.monitor.rules import RuleEngine, load_rules
 
 MONDAY_NOON = datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()
 SATURDAY_3AM = datetime(2026, 3, 7, 3, 0, tzinfo=UTC).timestamp()

@@ -15,10 +15,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from eventward._internal.monitor import metrics, start_http_server
+from eventward._internal.monitor.rules import load_rules
+from eventward._internal.monitor.service import Monitor
 from eventward.errors import AccessDenied
-from eventward.monitor import metrics, start_http_server
-from eventward.monitor.rules import load_rules
-from eventward.monitor.service import Monitor
 
 from .world import PRINCIPALS, make_home, patch_audit_clock
 

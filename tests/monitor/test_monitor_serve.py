@@ -18,10 +18,10 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from eventward import pki
-from eventward.cli import app
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal import pki
+from eventward._internal.cli import app
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 
 def call(port: int, ctx: ssl.SSLContext, method: str, path: str) -> tuple[int, bytes]:
@@ -45,7 +45,7 @@ def test_serve_monitors_live_and_exposes_metrics(tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text("rules: {denial_burst: {threshold: 3, window_s: 300}}\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "eventward.cli", "--home", str(home.root), "serve", "--port", "0",
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(home.root), "serve", "--port", "0",
          "--monitor-rules", str(rules)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventward.audit.records import AuditRecord, format_time
+from eventward._internal.audit.records import AuditRecord, format_time
+from eventward._internal.monitor import syslog
+from eventward._internal.monitor.ocsf import api_activity, detection_finding
+from eventward._internal.monitor.rules import Alert
 from eventward.errors import ConfigError, TransportUnavailable
-from eventward.monitor import syslog
-from eventward.monitor.ocsf import api_activity, detection_finding
-from eventward.monitor.rules import Alert
 
 from .test_monitor_ocsf_cli import _ew, validate
 from .world import make_home

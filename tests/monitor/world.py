@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eventward.audit import records
-from eventward.deployment import Deployment
-from eventward.home import Home
+from eventward._internal.audit import records
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 
 POLICY = """\
 principals:

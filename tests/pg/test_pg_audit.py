@@ -6,13 +6,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from eventward.audit.log import AuditLog
-from eventward.audit.pg_log import PgAuditLog
-from eventward.audit.verify import verify_consistency_proof, verify_inclusion_proof, verify_log
-from eventward.config import Config
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.pg_log import PgAuditLog
+from eventward._internal.audit.verify import verify_consistency_proof, verify_inclusion_proof, verify_log
+from eventward._internal.config import Config
+from eventward._internal.home import Home
+from eventward._internal.store.binding import bind_new_home
 from eventward.errors import AuditUnavailable, StoreNotReady
-from eventward.home import Home
-from eventward.store.binding import bind_new_home
 from pg.conftest import race
 
 

@@ -20,13 +20,13 @@ from control.test_client_mode import (  # noqa: F401
     test_forget_reaches_a_client_mode_consumer_within_a_second,
     test_services_read_per_clearance_and_hold_only_their_own_keys,
 )
-from eventward import demo
-from eventward.control import anchor as statements
-from eventward.control.client import LocalControlAPI
-from eventward.control.plane import ControlPlane
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.store.sqlcompat import PgTables
+from eventward._internal import demo
+from eventward._internal.control import anchor as statements
+from eventward._internal.control.client import LocalControlAPI
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.store.sqlcompat import PgTables
 
 
 @pytest.fixture
@@ -77,9 +77,9 @@ def test_second_replica_serves_services_the_first_enrolled(world, pg_dsn):
 def test_race_two_replicas_approve_the_same_enrollment_one_winner(world, pg_dsn):
     """Two replicas approving one enrollment request at once: one grant, the other a ConflictError,
     one set of trusted keys and one seal-grant row."""
-    from eventward.control.identity import ServiceIdentity
+    from eventward._internal.control.identity import ServiceIdentity
+    from eventward._internal.pki import open_ca
     from eventward.errors import ConflictError
-    from eventward.pki import open_ca
     from pg.conftest import race
 
     open_ca(world.dep.home.certs, create=True).close()  # home material is made before replicas start
@@ -113,7 +113,7 @@ def test_replica_with_another_anchor_key_is_refused(world):
     refused at start, naming the file to copy."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from eventward.control.anchor import Anchor
+    from eventward._internal.control.anchor import Anchor
     from eventward.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"control-anchor\.key is not the anchor key"):

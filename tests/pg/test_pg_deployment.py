@@ -10,13 +10,13 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from eventward.audit.pg_log import PgAuditLog
-from eventward.cli import app
-from eventward.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.audit.pg_log import PgAuditLog
+from eventward._internal.cli import app
+from eventward._internal.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.pg_store import PgKeyStore
+from eventward._internal.schema.pg_store import PgRegistryStore
 from eventward.errors import ConfigError, StoreForeignDeployment
-from eventward.home import Home
-from eventward.keys.pg_store import PgKeyStore
-from eventward.schema.pg_store import PgRegistryStore
 
 
 def _pg_home(root, dsn_env: str = "EW_TEST_DSN") -> Home:
@@ -59,7 +59,7 @@ def test_attack_second_deployment_cannot_take_the_database(tmp_path, pg_dsn, mon
 
 def test_backup_and_restore_of_a_postgres_home_are_refused_not_partial(tmp_path, pg_dsn, monkeypatch):
     """A copy of the home alone would miss the keys and the audit log: refused, naming the tools."""
-    from eventward.backup import backup, restore
+    from eventward._internal.backup import backup, restore
 
     monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
     home = _pg_home(tmp_path / "home")

@@ -28,12 +28,12 @@ from control.test_direct_audit import (  # noqa: F401
     test_direct_publishes_are_audited_once_across_restarts,
     until,
 )
-from eventward import demo
-from eventward.control.plane import ControlPlane
-from eventward.control.reconciler import DirectAuditor
-from eventward.deployment import Deployment
-from eventward.home import Home
-from eventward.log import natsserver
+from eventward._internal import demo
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.control.reconciler import DirectAuditor
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.log import natsserver
 from support_wait import wait_until
 from transports.conftest import port_block
 

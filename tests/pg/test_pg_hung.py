@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from eventward.config import Config
-from eventward.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.config import Config
+from eventward._internal.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.home import Home
 from eventward.errors import AuditUnavailable, ConfigError, KeyStoreUnavailable
-from eventward.home import Home
 from pg.conftest import PgServer, start_server
 from support_wait import wait_until
 
@@ -116,7 +116,7 @@ def test_statement_timeout_is_validated(tmp_path, bad):
 def test_attack_hung_database_ends_leadership_within_the_timeout(own_pg):
     """The reconciler's leader checks its lock before each pass: on a frozen database that check
     must answer "not leading" within the bound, not block the reconciler thread forever."""
-    from eventward.store.leader import AdvisoryLeader
+    from eventward._internal.store.leader import AdvisoryLeader
 
     leader = AdvisoryLeader(own_pg.create_database(), 0x6577, connect_timeout=CONNECT_S, statement_timeout=STATEMENT_S)
     try:

@@ -10,15 +10,15 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eventward.audit.log import AuditLog
-from eventward.audit.pg_log import PgAuditLog
-from eventward.audit.verify import verify_consistency_proof
-from eventward.cli import app
-from eventward.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.pg_log import PgAuditLog
+from eventward._internal.audit.verify import verify_consistency_proof
+from eventward._internal.cli import app
+from eventward._internal.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.home import Home
+from eventward._internal.keys.pg_store import PgKeyStore
+from eventward._internal.schema.pg_store import PgRegistryStore
 from eventward.errors import ConflictError, KeyDestroyed, StoreForeignDeployment
-from eventward.home import Home
-from eventward.keys.pg_store import PgKeyStore
-from eventward.schema.pg_store import PgRegistryStore
 
 POLICY = BOOTSTRAP_POLICY.format(admin="admin") + '    - {allow: [encrypt, decrypt], class: "*"}\n' + (
     '    - {allow: propose_schema, schema: "*"}\n')

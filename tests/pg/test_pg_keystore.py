@@ -9,14 +9,14 @@ import os
 import psycopg
 import pytest
 
-from eventward.audit.base import MemoryAudit
-from eventward.audit.log import AuditLog
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.home import Home
+from eventward._internal.keys.pg_store import PgKeyStore
+from eventward._internal.keys.service import KeyService
+from eventward._internal.keys.store_base import DekRecord
+from eventward._internal.store.pg import Database
 from eventward.errors import ConflictError, KeyStoreUnavailable
-from eventward.home import Home
-from eventward.keys.pg_store import PgKeyStore
-from eventward.keys.service import KeyService
-from eventward.keys.store_base import DekRecord
-from eventward.store.pg import Database
 from keys.conftest import make_authz
 from pg.conftest import race
 

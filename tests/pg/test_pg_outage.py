@@ -8,9 +8,9 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from eventward.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.home import Home
 from eventward.errors import AuditUnavailable, KeyStoreUnavailable
-from eventward.home import Home
 from support_wait import wait_until
 
 POLICY = BOOTSTRAP_POLICY.format(admin="admin") + '    - {allow: [encrypt, decrypt], class: "*"}\n'

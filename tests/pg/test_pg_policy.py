@@ -8,11 +8,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from eventward.audit.signing import ensure_key, load_signer
+from eventward._internal.audit.signing import ensure_key, load_signer
+from eventward._internal.home import Home
+from eventward._internal.store.pg import Database
+from eventward._internal.store.sqlcompat import PgTables
 from eventward.errors import StoreUnavailable
-from eventward.home import Home
-from eventward.store.pg import Database
-from eventward.store.sqlcompat import PgTables
 from policy.conftest import audit, clock, engine, store  # noqa: F401
 from policy.support import ABAC
 from policy.test_policy_store import (  # noqa: F401

@@ -7,10 +7,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from eventward._internal.schema import Registry
+from eventward._internal.schema.pg_store import PgRegistryStore
+from eventward._internal.store.pg import Database
 from eventward.errors import ConflictError
-from eventward.schema import Registry
-from eventward.schema.pg_store import PgRegistryStore
-from eventward.store.pg import Database
 from pg.conftest import race
 from schema.conftest import TYPE, make_authz, order_schema
 
@@ -43,7 +43,7 @@ def _pg_registry(dsn: str, audit: object = None) -> Registry:
 
 @pytest.fixture
 def audit():
-    from eventward.audit.base import MemoryAudit
+    from eventward._internal.audit.base import MemoryAudit
 
     return MemoryAudit()
 

@@ -26,18 +26,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eventward import demo
-from eventward.audit.verify import verify_consistency_proof
-from eventward.cli import app
-from eventward.control.connect import Client, connect
-from eventward.control.http import HttpControlAPI
-from eventward.control.identity import ServiceIdentity
-from eventward.control.plane import ControlPlane
-from eventward.deployment import Deployment
-from eventward.gateway.config import SERVER_CERT
-from eventward.gateway.tls import ensure_home_material
-from eventward.home import Home
-from eventward.log.embedded import EmbeddedLog
+from eventward._internal import demo
+from eventward._internal.audit.verify import verify_consistency_proof
+from eventward._internal.cli import app
+from eventward._internal.control.connect import Client, connect
+from eventward._internal.control.http import HttpControlAPI
+from eventward._internal.control.identity import ServiceIdentity
+from eventward._internal.control.plane import ControlPlane
+from eventward._internal.deployment import Deployment
+from eventward._internal.gateway.config import SERVER_CERT
+from eventward._internal.gateway.tls import ensure_home_material
+from eventward._internal.home import Home
+from eventward._internal.log.embedded import EmbeddedLog
 from keys_net.conftest import free_port
 
 MAY_SEAL = {demo.PRODUCER: {demo.TOPIC: [demo.EVENT_TYPE]}, demo.SHIPPING: {}}
@@ -91,7 +91,7 @@ def _start(home: Home, port: int, env: dict[str, str], root: Path) -> Replica:
     log = root / f"serve-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "eventward.cli", "--home", str(home.root), "serve", "--port", str(port),
+            [sys.executable, "-m", "eventward._internal.cli", "--home", str(home.root), "serve", "--port", str(port),
              "--no-monitor"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )

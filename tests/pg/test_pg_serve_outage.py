@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from eventward import demo
-from eventward.control.http import HttpControlAPI
+from eventward._internal import demo
+from eventward._internal.control.http import HttpControlAPI
 from eventward.errors import ControlPlaneUnavailable
 from pg.conftest import PgServer, bin_dir, start_server
 from pg.test_pg_replicas import Cluster, Load, _start, cluster  # noqa: F401

@@ -17,12 +17,12 @@ from client.test_client_trust import (  # noqa: F401
     test_register_rotate_revoke_lifecycle,
     test_unknown_kid_and_unsafe_key_file,
 )
-from eventward.client.trust import ACTIVE, TRUST_LOCK, TRUST_TABLES, TrustRegistry
-from eventward.crypto.seal import kid_of
+from eventward._internal.client.trust import ACTIVE, TRUST_LOCK, TRUST_TABLES, TrustRegistry
+from eventward._internal.crypto.seal import kid_of
+from eventward._internal.home import Home
+from eventward._internal.store.pg import Database
+from eventward._internal.store.sqlcompat import PgTables
 from eventward.errors import ConflictError, StoreUnavailable
-from eventward.home import Home
-from eventward.store.pg import Database
-from eventward.store.sqlcompat import PgTables
 from pg.conftest import race
 from support_wait import wait_until
 
@@ -132,8 +132,8 @@ def _answers(call):
 def test_enrollment_check_of_pki_sign_csr_reads_the_database(tmp_path, pg_dsn, monkeypatch):
     """``pki sign-csr`` certifies enrolled principals only: on PostgreSQL it must look there, not
     at a trust.db the home no longer has."""
-    from eventward.audit.signing import ensure_key, load_signer
-    from eventward.client.trust import is_enrolled
+    from eventward._internal.audit.signing import ensure_key, load_signer
+    from eventward._internal.client.trust import is_enrolled
 
     monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
     home = Home(tmp_path / "home").ensure()
@@ -153,10 +153,10 @@ def test_enrollment_check_of_pki_sign_csr_reads_the_database(tmp_path, pg_dsn, m
 
 def test_threat_report_counts_seal_suites_in_the_database(tmp_path, pg_dsn, monkeypatch):
     """``harden threats`` says which producers seal hybrid: on PostgreSQL it must count there."""
-    from eventward.audit.signing import ensure_key, load_signer
-    from eventward.config import Config
-    from eventward.crypto.seal import HYBRID
-    from eventward.harden.threats import _suites
+    from eventward._internal.audit.signing import ensure_key, load_signer
+    from eventward._internal.config import Config
+    from eventward._internal.crypto.seal import HYBRID
+    from eventward._internal.harden.threats import _suites
 
     monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
     home = Home(tmp_path / "home").ensure()

@@ -11,9 +11,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from eventward.cli import app
-from eventward.cli.common import exit_code
-from eventward.config import Config, StoreConfig
+from eventward._internal.cli import app
+from eventward._internal.cli.common import exit_code
+from eventward._internal.config import Config, StoreConfig
+from eventward._internal.store import Database, describe, resolve_dsn
+from eventward._internal.store import pg as pgmod
+from eventward._internal.store.migrations import MIGRATIONS, Migration
 from eventward.errors import (
     ConfigError,
     KeyFilePermissionError,
@@ -21,9 +24,6 @@ from eventward.errors import (
     StoreNotReady,
     StoreUnavailable,
 )
-from eventward.store import Database, describe, resolve_dsn
-from eventward.store import pg as pgmod
-from eventward.store.migrations import MIGRATIONS, Migration
 
 SECRET = "hunter2-Pa55w0rd"
 
@@ -193,9 +193,9 @@ def test_pool_fails_closed_while_the_database_is_gone_and_recovers(pg_server, pg
 
 # --- CLI --------------------------------------------------------------------------------------
 def test_cli_db_migrate_and_status(tmp_path, pg_dsn, monkeypatch):
-    from eventward.audit.log import AuditLog
-    from eventward.backup import deployment_id
-    from eventward.home import Home
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.backup import deployment_id
+    from eventward._internal.home import Home
 
     home = Home(tmp_path / "home").ensure()
     AuditLog.open(home).close()  # the audit key names the deployment

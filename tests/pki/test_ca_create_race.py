@@ -7,7 +7,7 @@ import threading
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from eventward.pki import ca_paths, load, open_ca
+from eventward._internal.pki import ca_paths, load, open_ca
 
 
 def _spki(public_key) -> bytes:
@@ -43,7 +43,7 @@ def test_callers_creating_the_ca_at_once_make_one(tmp_path):
 def test_replicas_issuing_the_server_certificate_at_once_write_one_pair(tmp_path):
     """``serve`` replicas starting together each issue the gateway's certificate on first use:
     one pair is written, and its key belongs to its certificate (else one replica's TLS fails)."""
-    from eventward.pki import ensure_server_cert
+    from eventward._internal.pki import ensure_server_cert
 
     for round_ in range(3):
         certs = tmp_path / f"certs{round_}"
@@ -72,7 +72,7 @@ def test_replicas_issuing_the_server_certificate_at_once_write_one_pair(tmp_path
 def test_replicas_making_the_control_anchor_at_once_make_one(tmp_path):
     """Each serve replica loads the control anchor key, made on first use: made by several at
     once, all get the one key on disk (else grants signed by a lost key fail at the next start)."""
-    from eventward.control.anchor import Anchor
+    from eventward._internal.control.anchor import Anchor
 
     for round_ in range(3):
         path = tmp_path / f"home{round_}" / "control-anchor.key"

@@ -14,12 +14,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
-from eventward import casigner, certstore, pki
-from eventward.casigner import FileSigner, _der_len, ca_key_config, sign_crl
-from eventward.cli import app
-from eventward.config import Config
+from eventward._internal import casigner, certstore, pki
+from eventward._internal.casigner import FileSigner, _der_len, ca_key_config, sign_crl
+from eventward._internal.cli import app
+from eventward._internal.config import Config
+from eventward._internal.harden import eventward_yaml
 from eventward.errors import CASignatureInvalid, ConfigError, KMSUnavailable
-from eventward.harden import eventward_yaml
 
 
 class OtherKeySigner:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from eventward.audit.base import MemoryAudit
-from eventward.home import Home
-from eventward.policy.engine import PolicyEngine
-from eventward.policy.store import PolicyStore
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.home import Home
+from eventward._internal.policy.engine import PolicyEngine
+from eventward._internal.policy.store import PolicyStore
 
 from .support import ABAC, POLICY, Clock, utc
 

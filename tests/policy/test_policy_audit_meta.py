@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import pytest
 
-from eventward.audit.base import META_LIST_CHARS, meta_list, meta_text
-from eventward.audit.log import AuditLog
-from eventward.audit.records import MAX_TEXT
-from eventward.audit.verify import verify_log
+from eventward._internal.audit.base import META_LIST_CHARS, meta_list, meta_text
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.records import MAX_TEXT
+from eventward._internal.audit.verify import verify_log
+from eventward._internal.home import Home
+from eventward._internal.keys.service import KeyService
+from eventward._internal.policy import base
+from eventward._internal.policy.engine import PolicyEngine
+from eventward._internal.policy.store import PolicyStore
 from eventward.errors import AccessDenied, PolicyError
-from eventward.home import Home
-from eventward.keys.service import KeyService
-from eventward.policy import base
-from eventward.policy.engine import PolicyEngine
-from eventward.policy.store import PolicyStore
 
 N_FORBIDS = 40
 KEYS_POLICY = """

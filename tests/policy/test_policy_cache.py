@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from eventward.policy import base
-from eventward.policy import engine as engine_mod
-from eventward.policy.compile_cedar import compile_policy
-from eventward.policy.spec import parse
+from eventward._internal.policy import base
+from eventward._internal.policy import engine as engine_mod
+from eventward._internal.policy.compile_cedar import compile_policy
+from eventward._internal.policy.spec import parse
 
 from .support import ABAC, POLICY
 from .test_policy_store import ORDERS, POLICY_V2

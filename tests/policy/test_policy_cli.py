@@ -9,10 +9,10 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from eventward.cli import app
-from eventward.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.cli import app
+from eventward._internal.deployment import BOOTSTRAP_POLICY, Deployment
+from eventward._internal.home import Home
 from eventward.errors import AccessDenied, ConflictError, InputError, PolicyError
-from eventward.home import Home
 
 from .support import ABAC, POLICY
 
@@ -144,7 +144,7 @@ def test_bad_cli_input_is_typed(cli, applied, args, exc):
 
 def test_errors_print_one_line_not_a_traceback(cli):
     cli("init")
-    cmd = [sys.executable, "-c", "from eventward.cli import main; main()", "--home", str(cli.home), "policy"]
+    cmd = [sys.executable, "-c", "from eventward._internal.cli import main; main()", "--home", str(cli.home), "policy"]
     r = subprocess.run(
         [*cmd, "explain", "admin", "publish", "Nope::x"], capture_output=True, text=True, timeout=60
     )

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from eventward._internal.policy.broker import NOTES_HEADER, overlaps
+from eventward._internal.policy.compile_cedar import compile_policy
+from eventward._internal.policy.compile_kafka import compile_kafka
+from eventward._internal.policy.compile_nats import compile_nats, nats_inbox_prefix, nats_subject, token
+from eventward._internal.policy.evaluator import Evaluator
+from eventward._internal.policy.spec import Grant, parse
 from eventward.errors import PolicyError
-from eventward.policy.broker import NOTES_HEADER, overlaps
-from eventward.policy.compile_cedar import compile_policy
-from eventward.policy.compile_kafka import compile_kafka
-from eventward.policy.compile_nats import compile_nats, nats_inbox_prefix, nats_subject, token
-from eventward.policy.evaluator import Evaluator
-from eventward.policy.spec import Grant, parse
 
 from .support import ABAC, POLICY
 
@@ -331,7 +331,7 @@ SAMPLE_TOPICS = ("orders", "orders.eu", "Payments_2025-x")
 
 @pytest.mark.parametrize("topic", SAMPLE_TOPICS)
 def test_nats_wildcard_grants_cover_everything_the_transport_uses(topic):
-    from eventward.log import nats as transport
+    from eventward._internal.log import nats as transport
 
     users = nats_users(compile_nats(WIDE))
     reader, writer = users["all-reader"]["publish"], users["all-writer"]["publish"]
@@ -345,7 +345,7 @@ def test_nats_wildcard_grants_cover_everything_the_transport_uses(topic):
 
 @pytest.mark.parametrize("principal", ["one-reader", "all-reader"])
 def test_nats_subscribers_may_append_to_their_topics_dlq(principal):
-    from eventward.log import nats as transport
+    from eventward._internal.log import nats as transport
 
     perms = nats_users(compile_nats(WIDE))[principal]["publish"]
     dlq = "orders.eu.dlq"
@@ -414,9 +414,9 @@ def test_shipped_example_policy_gives_each_service_its_topic_on_both_brokers():
     (with dead-letter appends) are granted the same way by both compilers, and nothing else."""
     from importlib import resources
 
-    from eventward.log import nats as transport
+    from eventward._internal.log import nats as transport
 
-    spec = parse(resources.files("eventward.examples").joinpath("policy.yaml").read_text())
+    spec = parse(resources.files("eventward._internal.examples").joinpath("policy.yaml").read_text())
     users = nats_users(compile_nats(spec))
     writer, reader = users["orders-svc"]["publish"], users["shipping-svc"]["publish"]
     assert all(permitted(writer, s) for s in transport.producer_permissions("orders"))

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
+from eventward._internal.policy import base
+from eventward._internal.policy.base import check
 from eventward.errors import AccessDenied, InputError, PolicyError
-from eventward.policy import base
-from eventward.policy.base import check
 
 from .support import ABAC as ABAC_CEDAR
 from .support import POLICY, utc

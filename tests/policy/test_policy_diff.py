@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eventward.cli import app
-from eventward.policy import diff
+from eventward._internal.cli import app
+from eventward._internal.policy import diff
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "eventward" / "examples" / "policy.yaml"
 

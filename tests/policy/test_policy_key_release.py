@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from eventward._internal.policy import base
+from eventward._internal.policy.compile_cedar import compile_policy
+from eventward._internal.policy.evaluator import Evaluator
+from eventward._internal.policy.spec import parse
 from eventward.errors import PolicyError
-from eventward.policy import base
-from eventward.policy.compile_cedar import compile_policy
-from eventward.policy.evaluator import Evaluator
-from eventward.policy.spec import parse
 
 POLICY = """
 principals:

@@ -21,11 +21,11 @@ from pathlib import Path
 import nats
 import pytest
 
+from eventward._internal.log.nats import NatsTransport, admin_permissions, stream_name
+from eventward._internal.log.retry import Backoff
+from eventward._internal.policy.compile_nats import compile_nats, nats_inbox_prefix
+from eventward._internal.policy.spec import parse
 from eventward.errors import AccessDenied
-from eventward.log.nats import NatsTransport, admin_permissions, stream_name
-from eventward.log.retry import Backoff
-from eventward.policy.compile_nats import compile_nats, nats_inbox_prefix
-from eventward.policy.spec import parse
 from support_wait import async_wait_until, wait_until
 
 POLICY = """

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from eventward._internal.log.nats import consumer_permissions, producer_permissions, stream_name
+from eventward._internal.policy.compile_kafka import compile_kafka
+from eventward._internal.policy.compile_nats import compile_nats
+from eventward._internal.policy.spec import parse
 from eventward.errors import PolicyError
-from eventward.log.nats import consumer_permissions, producer_permissions, stream_name
-from eventward.policy.compile_kafka import compile_kafka
-from eventward.policy.compile_nats import compile_nats
-from eventward.policy.spec import parse
 
 POLICY = """
 principals:

@@ -11,17 +11,17 @@ import json
 
 import pytest
 
-from eventward.audit.log import AuditLog
-from eventward.client.trust import ACTIVE, TrustRegistry
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.client.trust import ACTIVE, TrustRegistry
+from eventward._internal.home import Home
+from eventward._internal.policy import base
+from eventward._internal.policy.base import check
+from eventward._internal.policy.compile_kafka import compile_kafka
+from eventward._internal.policy.compile_nats import compile_nats
+from eventward._internal.policy.engine import PolicyEngine
+from eventward._internal.policy.spec import parse
+from eventward._internal.policy.store import PolicyStore
 from eventward.errors import AccessDenied, InputError, PolicyError
-from eventward.home import Home
-from eventward.policy import base
-from eventward.policy.base import check
-from eventward.policy.compile_kafka import compile_kafka
-from eventward.policy.compile_nats import compile_nats
-from eventward.policy.engine import PolicyEngine
-from eventward.policy.spec import parse
-from eventward.policy.store import PolicyStore
 
 R = base.ROTATE_KEYS
 

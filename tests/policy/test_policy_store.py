@@ -14,10 +14,10 @@ import time
 
 import pytest
 
+from eventward._internal.policy import base
+from eventward._internal.policy.engine import PolicyEngine
+from eventward._internal.policy.store import PolicyStore
 from eventward.errors import AccessDenied, ConflictError, NotFoundError, PolicyError
-from eventward.policy import base
-from eventward.policy.engine import PolicyEngine
-from eventward.policy.store import PolicyStore
 from support_wait import wait_until
 
 from .support import ABAC, POLICY
@@ -259,8 +259,8 @@ def test_change_by_another_process_takes_effect_within_one_second(home, store, e
     script = textwrap.dedent(
         """
         import sys
-        from eventward.home import Home
-        from eventward.policy.store import PolicyStore
+        from eventward._internal.home import Home
+        from eventward._internal.policy.store import PolicyStore
         s = PolicyStore.open(Home.resolve(sys.argv[1]))
         print(s.apply("alice", sys.stdin.read(), {}))
         """

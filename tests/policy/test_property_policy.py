@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.policy import spec as policy_spec
+from eventward._internal.policy.store import build
 from eventward.errors import EventwardError, PolicyError
-from eventward.policy import spec as policy_spec
-from eventward.policy.store import build
 
 from .support import ABAC, POLICY
 
@@ -171,7 +171,7 @@ def test_attack_policy_files_not_utf8_are_typed(tmp_path) -> None:  # type: igno
     not a UnicodeDecodeError traceback."""
     from typer.testing import CliRunner
 
-    from eventward.cli import app
+    from eventward._internal.cli import app
 
     runner = CliRunner()
     home = str(tmp_path / "home")

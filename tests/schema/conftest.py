@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from eventward.audit.base import MemoryAudit
-from eventward.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, AllowList
-from eventward.schema import Registry
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, AllowList
+from eventward._internal.schema import Registry
 
 SENTINEL = "SENTINEL-jane.doe@example.org-7a3e"
 TYPE = "com.example.OrderPlaced"

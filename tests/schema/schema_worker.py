@@ -10,9 +10,9 @@ import sys
 
 import orjson
 
+from eventward._internal.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, AllowList
+from eventward._internal.schema import Registry
 from eventward.errors import EventwardError
-from eventward.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, AllowList
-from eventward.schema import Registry
 
 
 def doc(max_length: int) -> dict:

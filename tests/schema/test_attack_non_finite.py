@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
-from eventward.deployment import Deployment
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+from eventward._internal.schema.compiled import compile_schema, non_finite
 from eventward.errors import ValidationError
-from eventward.home import Home
-from eventward.schema.compiled import compile_schema, non_finite
 
 NON_FINITE = (math.nan, math.inf, -math.inf)
 

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from eventward.cli import app, common
-from eventward.deployment import Deployment
+from eventward._internal.cli import app, common
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
 from eventward.errors import AccessDenied, ConfigError, SchemaSecurityError
-from eventward.home import Home
 
 from .conftest import SENTINEL, TYPE, mutate, order_event, order_schema
 
@@ -179,7 +179,7 @@ def test_typed_error_is_one_line_without_traceback(home, tmp_path):
     base = [
         sys.executable,
         "-c",
-        "from eventward.cli import main; main()",
+        "from eventward._internal.cli import main; main()",
         "--home",
         str(home.root),
         "schema",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from eventward._internal.schema import Mode, compile_schema
+from eventward._internal.schema.compat import check
 from eventward.errors import SchemaIncompatible
-from eventward.schema import Mode, compile_schema
-from eventward.schema.compat import check
 
 from .conftest import TYPE, activate
 

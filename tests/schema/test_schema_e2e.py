@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from eventward.audit import AuditLog, verify_log
-from eventward.crypto import tokens
-from eventward.crypto.fields import REDACTED, FieldEncryptor
-from eventward.home import Home
-from eventward.keys.memory import MemoryKeys
-from eventward.policy.base import DECRYPT, AllowList
-from eventward.schema import Registry
+from eventward._internal.audit import AuditLog, verify_log
+from eventward._internal.crypto import tokens
+from eventward._internal.crypto.fields import REDACTED, FieldEncryptor
+from eventward._internal.home import Home
+from eventward._internal.keys.memory import MemoryKeys
+from eventward._internal.policy.base import DECRYPT, AllowList
+from eventward._internal.schema import Registry
 
 from .conftest import SENTINEL, TYPE, activate, make_authz, mutate, order_event, order_schema
 

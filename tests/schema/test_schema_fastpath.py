@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.schema import compile_schema
+from eventward._internal.schema import json_validate as jv
+from eventward._internal.schema.formats import FORMATS
+from eventward._internal.schema.json_schema import DRAFT_07, normalize
 from eventward.errors import ValidationError
-from eventward.schema import compile_schema
-from eventward.schema import json_validate as jv
-from eventward.schema.formats import FORMATS
-from eventward.schema.json_schema import DRAFT_07, normalize
 
 from .conftest import SENTINEL, order_event, order_schema
 
@@ -221,8 +221,8 @@ def test_unexpected_generated_signature_keeps_the_partial():
 def test_hot_path_matches_patterns_with_the_linear_time_twins():
     """The function the hot path calls reads the same swapped REGEX_PATTERNS table: RE2 for a
     pattern a backtracking engine could blow up on, never fastjsonschema's own ``re``."""
+    from eventward._internal.schema.regex import LinearRegex
     from eventward.errors import SchemaSecurityError
-    from eventward.schema.regex import LinearRegex
 
     doc = {"type": "object", "properties": {"s": {"type": "string", "pattern": "(x+x+)+y"}}}
     with pytest.raises(SchemaSecurityError):  # nested quantifiers are refused at registration

@@ -16,10 +16,10 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.schema import formats
+from eventward._internal.schema.compiled import compile_schema
+from eventward._internal.schema.formats import FORMATS
 from eventward.errors import SchemaError, ValidationError
-from eventward.schema import formats
-from eventward.schema.compiled import compile_schema
-from eventward.schema.formats import FORMATS
 
 
 def _schema(node: dict[str, Any]) -> Any:

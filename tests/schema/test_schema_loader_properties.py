@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.schema.compiled import compile_schema
 from eventward.errors import EventwardError, SchemaError, ValidationError
-from eventward.schema.compiled import compile_schema
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 

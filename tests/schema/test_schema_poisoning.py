@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from eventward._internal.schema import Mode
 from eventward.errors import AccessDenied
-from eventward.schema import Mode
 
 from .conftest import SENTINEL, TYPE, activate, mutate, order_event, order_schema
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventward.schema.anchored import anchored
-from eventward.schema.formats import FORMATS
-from eventward.schema.regex import LinearRegex, compile_pattern
+from eventward._internal.schema.anchored import anchored
+from eventward._internal.schema.formats import FORMATS
+from eventward._internal.schema.regex import LinearRegex, compile_pattern
 
 FAST = [
     r"^ord-[0-9]{10}$",

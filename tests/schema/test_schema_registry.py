@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from eventward._internal.schema import Mode, Registry
 from eventward.errors import (
     AccessDenied,
     ConflictError,
@@ -19,7 +20,6 @@ from eventward.errors import (
     SchemaIncompatible,
     SchemaSecurityError,
 )
-from eventward.schema import Mode, Registry
 from support_wait import wait_until
 
 from .conftest import SENTINEL, TYPE, activate, make_authz, mutate, order_event, order_schema

@@ -9,12 +9,12 @@ import urllib.request
 import orjson
 import pytest
 
+from eventward._internal.schema import compile_schema
+from eventward._internal.schema.document import MAX_DOCUMENT_BYTES
+from eventward._internal.schema.json_schema import normalize
+from eventward._internal.schema.json_validate import compile_json
+from eventward._internal.schema.regex import nested_quantifier
 from eventward.errors import ConfigError, SchemaError, SchemaSecurityError, ValidationError
-from eventward.schema import compile_schema
-from eventward.schema.document import MAX_DOCUMENT_BYTES
-from eventward.schema.json_schema import normalize
-from eventward.schema.json_validate import compile_json
-from eventward.schema.regex import nested_quantifier
 
 from .conftest import TYPE, order_schema
 

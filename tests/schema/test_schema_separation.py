@@ -9,14 +9,14 @@ from importlib import resources
 
 import pytest
 
-from eventward.audit.base import MemoryAudit
+from eventward._internal.audit.base import MemoryAudit
+from eventward._internal.home import Home
+from eventward._internal.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, AllowList
+from eventward._internal.policy.engine import PolicyEngine
+from eventward._internal.policy.store import PolicyStore
+from eventward._internal.schema import Registry
+from eventward._internal.schema.registry import approvals_complete
 from eventward.errors import AccessDenied, SeparationOfDuties
-from eventward.home import Home
-from eventward.policy.base import APPROVE_SCHEMA, APPROVE_SECURITY, PROPOSE_SCHEMA, AllowList
-from eventward.policy.engine import PolicyEngine
-from eventward.policy.store import PolicyStore
-from eventward.schema import Registry
-from eventward.schema.registry import approvals_complete
 
 from .conftest import TYPE, activate, mutate, order_schema
 
@@ -90,7 +90,7 @@ def test_attack_two_principals_of_the_example_policy_cannot_remove_a_pii_tag(tmp
     """With the shipped policy, no pair of principals activates a PII-tag removal, in any order
     of any approvals; the proposer plus bob (schema-admin) plus carol (security-admin) does."""
     home = Home(tmp_path / "home").ensure()
-    text = resources.files("eventward.examples").joinpath("policy.yaml").read_text()
+    text = resources.files("eventward._internal.examples").joinpath("policy.yaml").read_text()
     audit = MemoryAudit()
     store = PolicyStore.open(home, audit=audit)
     store.init(text)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from eventward._internal.fieldspec import FieldRule, FieldSpec
+from eventward._internal.schema import compile_schema
 from eventward.errors import SchemaError
-from eventward.fieldspec import FieldRule, FieldSpec
-from eventward.schema import compile_schema
 
 from .conftest import mutate, order_schema
 

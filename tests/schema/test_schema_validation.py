@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
+from eventward._internal.schema import compile_schema
 from eventward.errors import ValidationError
-from eventward.schema import compile_schema
 
 from .conftest import SENTINEL, order_event, order_schema
 

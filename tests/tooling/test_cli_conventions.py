@@ -19,9 +19,9 @@ import pytest
 import typer
 
 from eventward import errors
-from eventward.cli import app, common
+from eventward._internal.cli import app, common
 
-EXAMPLES = resources.files("eventward.examples")
+EXAMPLES = resources.files("eventward._internal.examples")
 ORDER = {
     "type": "OrderPlaced",
     "data": {
@@ -282,7 +282,7 @@ def test_help_has_readable_metavars_everywhere_and_examples_on_main_commands(ew)
 
 def test_version_and_unwrapped_tables_in_the_real_command(deployed, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "EVENTWARD_HOME", "FORCE_COLOR")}
-    cmd = [sys.executable, "-m", "eventward.cli"]
+    cmd = [sys.executable, "-m", "eventward._internal.cli"]
     p = subprocess.run([*cmd, "--version"], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert p.returncode == 0 and p.stdout.startswith("eventward ")
     long_name = "a-principal-name-long-enough-to-wrap-any-eighty-column-table.svc"

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from eventward.log import natsserver
-from eventward.log.embedded import EmbeddedLog
-from eventward.log.kafka import KafkaTransport
-from eventward.log.nats import NatsTransport
-from eventward.log.retry import Backoff
+from eventward._internal.log import natsserver
+from eventward._internal.log.embedded import EmbeddedLog
+from eventward._internal.log.kafka import KafkaTransport
+from eventward._internal.log.nats import NatsTransport
+from eventward._internal.log.retry import Backoff
 
 FAST = Backoff(base_s=0.02, cap_s=0.3, budget_s=8.0)
 

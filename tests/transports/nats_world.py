@@ -11,12 +11,12 @@ from typing import Any
 
 import nats
 
-from eventward import pki
-from eventward.cli.nats import OPERATOR, SERVER_CERT, with_operator
-from eventward.log import natsserver
-from eventward.log.nats import NatsTransport
-from eventward.policy.compile_nats import compile_nats
-from eventward.policy.spec import parse
+from eventward._internal import pki
+from eventward._internal.cli.nats import OPERATOR, SERVER_CERT, with_operator
+from eventward._internal.log import natsserver
+from eventward._internal.log.nats import NatsTransport
+from eventward._internal.policy.compile_nats import compile_nats
+from eventward._internal.policy.spec import parse
 
 from .conftest import FAST, port_block
 

@@ -10,9 +10,9 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.log import framing
+from eventward._internal.log import nats as nats_log
 from eventward.errors import EventwardError, TransportError
-from eventward.log import framing
-from eventward.log import nats as nats_log
 
 EXAMPLES = int(os.environ.get("EW_PROPERTY_EXAMPLES", "200"))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -18,13 +18,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.client_world import World
-from eventward.audit.log import AuditLog
-from eventward.audit.reconcile import reconcile
-from eventward.client.trust import ACTIVE, TrustedKey
-from eventward.client.verify import SealVerifier
-from eventward.crypto import seal as sealing
-from eventward.home import Home
-from eventward.log import natsserver
+from eventward._internal.audit.log import AuditLog
+from eventward._internal.audit.reconcile import reconcile
+from eventward._internal.client.trust import ACTIVE, TrustedKey
+from eventward._internal.client.verify import SealVerifier
+from eventward._internal.crypto import seal as sealing
+from eventward._internal.home import Home
+from eventward._internal.log import natsserver
 
 from .conftest import nats_client
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from eventward._internal.log.retry import Backoff
 from eventward.errors import TransportError, TransportUnavailable
-from eventward.log.retry import Backoff
 
 from .conftest import kafka, port_block
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import nats
 
-from eventward.log import natsserver
-from eventward.log.nats import stream_name
+from eventward._internal.log import natsserver
+from eventward._internal.log.nats import stream_name
 
 from .conftest import nats_client
 
@@ -27,7 +27,7 @@ def _home(tmp_path: Path, node: natsserver.Node) -> Path:
 
 def _ew(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "eventward.cli", "--home", str(home), "nats", *args],
+        [sys.executable, "-m", "eventward._internal.cli", "--home", str(home), "nats", *args],
         capture_output=True, text=True, timeout=60, check=False,
     )
 
@@ -104,8 +104,8 @@ def test_a_home_without_nats_is_one_line_and_a_configuration_exit_code(tmp_path:
 def test_attack_poisoned_stream_does_not_hide_the_others(tmp_path: Path, nats_node: natsserver.Node) -> None:
     """A message forged straight onto one stream (lying offset headers) makes that stream's end unknown,
     reported as such; the operator still sees every other stream and group."""
-    from eventward.log import framing
-    from eventward.log.nats import subject_for
+    from eventward._internal.log import framing
+    from eventward._internal.log.nats import subject_for
 
     from .nats_world import raw_publish
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from client.client_world import PRODUCER, READER, TOPIC, TYPE, World, customer
-from eventward.cli.nats import OPERATOR
+from eventward._internal.cli.nats import OPERATOR
+from eventward._internal.log import natsserver
+from eventward._internal.log.retry import Backoff
 from eventward.errors import EventwardError, TransportUnavailable
-from eventward.log import natsserver
-from eventward.log.retry import Backoff
 from support_wait import wait_until
 
 from .conftest import nats_client

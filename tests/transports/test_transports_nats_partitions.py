@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from client.client_world import PRODUCER, READER, TYPE, World, customer
-from eventward.cli.nats import OPERATOR
-from eventward.client.consumer import Consumer
-from eventward.client.replay import ReplayGuard
+from eventward._internal.cli.nats import OPERATOR
+from eventward._internal.client.consumer import Consumer
+from eventward._internal.client.replay import ReplayGuard
+from eventward._internal.log.nats import NatsTransport
+from eventward._internal.log.partitions import partition_streams
+from eventward._internal.policy.base import PUBLISH, SUBSCRIBE
 from eventward.errors import AccessDenied
-from eventward.log.nats import NatsTransport
-from eventward.log.partitions import partition_streams
-from eventward.policy.base import PUBLISH, SUBSCRIBE
 
 from .conftest import FAST
 from .nats_world import OPERATOR_PASSWORD, Deployment, start_passwords

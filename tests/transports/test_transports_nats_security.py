@@ -14,8 +14,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from eventward import pki
-from eventward.cli.nats import OPERATOR
+from eventward._internal import pki
+from eventward._internal.cli.nats import OPERATOR
+from eventward._internal.log import framing, natsserver
+from eventward._internal.log.nats import NatsTransport, inbox_prefix_for, stream_name, subject_for
 from eventward.errors import (
     AccessDenied,
     AuthenticationError,
@@ -24,8 +26,6 @@ from eventward.errors import (
     TransportError,
     TransportUnavailable,
 )
-from eventward.log import framing, natsserver
-from eventward.log.nats import NatsTransport, inbox_prefix_for, stream_name, subject_for
 from support_wait import async_wait_until
 
 from .conftest import FAST, nats_client, port_block
@@ -298,7 +298,7 @@ def test_stream_cannot_be_emptied_behind_the_consumers_back(nats_node) -> None:
 def test_config_takes_the_password_from_the_environment_only(
     pw_dep: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eventward.config import NatsConfig
+    from eventward._internal.config import NatsConfig
 
     cfg = NatsConfig(servers=pw_dep.urls, user="billing", password_env="EW_TEST_NATS_PW", timeout_s=2.0)
     monkeypatch.delenv("EW_TEST_NATS_PW", raising=False)

@@ -12,12 +12,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eventward.cli import common
-from eventward.cli import nats as nats_cli
+from eventward._internal.cli import common
+from eventward._internal.cli import nats as nats_cli
+from eventward._internal.log import natsserver
+from eventward._internal.policy.compile_nats import compile_nats
+from eventward._internal.policy.spec import parse
 from eventward.errors import ConfigError
-from eventward.log import natsserver
-from eventward.policy.compile_nats import compile_nats
-from eventward.policy.spec import parse
 
 from .conftest import port_block
 from .nats_world import POLICY

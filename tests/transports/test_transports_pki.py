@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from eventward import pki
+from eventward._internal import pki
 from eventward.errors import ConfigError, InputError, KeyFilePermissionError
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from eventward import certstore, pki
-from eventward.cli.nats import OPERATOR, SERVER_CERT, with_operator
-from eventward.log import natsserver
-from eventward.policy.compile_nats import compile_nats
-from eventward.policy.spec import parse
+from eventward._internal import certstore, pki
+from eventward._internal.cli.nats import OPERATOR, SERVER_CERT, with_operator
+from eventward._internal.log import natsserver
+from eventward._internal.policy.compile_nats import compile_nats
+from eventward._internal.policy.spec import parse
 from support_wait import wait_until
 
 from .conftest import port_block

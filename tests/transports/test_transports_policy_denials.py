@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from eventward.cli.nats import OPERATOR
+from eventward._internal.cli.nats import OPERATOR
+from eventward._internal.log.nats import NatsTransport, _violation_about, stream_name
 from eventward.errors import AccessDenied
-from eventward.log.nats import NatsTransport, _violation_about, stream_name
 
 from .conftest import FAST
 from .nats_world import OPERATOR_PASSWORD, Deployment, start_passwords

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.client_world import PRODUCER, READER, TYPE, World, customer
-from eventward.log import framing
-from eventward.log.nats import subject_for
-from eventward.policy.base import PUBLISH, SUBSCRIBE
+from eventward._internal.log import framing
+from eventward._internal.log.nats import subject_for
+from eventward._internal.policy.base import PUBLISH, SUBSCRIBE
 
 from .conftest import Backend, nats_client
 from .nats_world import raw_publish

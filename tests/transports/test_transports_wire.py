@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.log import framing, retry
+from eventward._internal.log.retry import Backoff, Retry, retry_async, retry_sync
 from eventward.errors import InputError, TransportError, TransportUnavailable
-from eventward.log import framing, retry
-from eventward.log.retry import Backoff, Retry, retry_async, retry_sync
 
 batch_ids = st.text(min_size=1, max_size=framing.MAX_BATCH_ID)
 event_lists = st.lists(st.binary(max_size=300), min_size=1, max_size=40)

@@ -1,0 +1,1 @@
+"""Internal modules: no compatibility promise. The public API is ``eventward`` itself."""

@@ -1,0 +1,3 @@
+from eventward._internal.cli import main
+
+main()

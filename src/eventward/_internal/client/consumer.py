@@ -1,0 +1,704 @@
+"""The Consumer: read, verify the seal, guard against replay, decrypt per clearance, deliver.
+
+Every record is either delivered to the handler (verified, decrypted as far as this
+principal is cleared) or written to the dead-letter stream with a reason code: nothing is
+silently dropped and nothing unverified is delivered. Each delivered event is settled in
+the group's replay guard right after its handler returns, before offsets are committed, so
+a crash between the handler and the commit redelivers the record and the guard skips it:
+effectively-once for the handler. A key service that cannot answer stops the run (fail
+closed) without committing, so the event is tried again later rather than lost.
+
+Authorization is on what the consumer asks for: Subscribe on the topic (or, with
+``types=``, on each declared event type) before any record is touched; events of types it
+did not ask for are left in the log for the consumers that did. It is also on who sealed
+each event: a valid seal only proves which principal sealed it, so the principal must also
+be allowed to Publish that type on this topic under the policy in force, or the event is
+dead-lettered as ``unauthorized_producer`` (one decision per producer and type per batch).
+Replay state is keyed by that sealing principal, so no producer can touch another's.
+
+A partitioned topic (log/partitions.py) is read partition by partition, round-robin: by default
+all of them, or ``partitions=[...]``, or ``partition_of=(member, members)`` for one member of a
+group split across processes (partition p goes to member p mod members). Offsets are committed
+per partition stream; authorization, policy and dead letters stay per topic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from eventward._internal import envelope
+from eventward._internal.audit.base import DENIED, ERROR, AuditSink, NullAudit
+from eventward._internal.client import replay as rp
+from eventward._internal.client.dlq import DeadLetter, DeadLetters
+from eventward._internal.client.envelopes import parse_sealed
+from eventward._internal.client.replay import ReplayGuard
+from eventward._internal.client.types import Delivered, FieldCipher, RunStats, SchemaSource, SchemaVersionLike
+from eventward._internal.client.verify import SealVerifier
+from eventward._internal.crypto.seal import Seal
+from eventward._internal.keys.notices import Hook, NoticeBoard, handle_notices
+from eventward._internal.log.base import Record, Transport
+from eventward._internal.log.names import check_stream_name
+from eventward._internal.log.partitions import check_partitions, member_partitions, partition_stream, partition_streams
+from eventward._internal.policy.base import PUBLISH, REPLAY, SUBSCRIBE, Authorizer, check
+from eventward.errors import (
+    AccessDenied,
+    EnvelopeError,
+    EventwardError,
+    InputError,
+    NotFoundError,
+    ReplayError,
+    SealError,
+    TokenError,
+)
+
+log = logging.getLogger("eventward.consumer")
+
+Handler = Callable[[Delivered], object]
+
+# One delivery as monitoring sees it: (event type, eventward's acceptance time ``ewtime`` for a
+# live delivery or None for a replay/redrive, delivery time in epoch seconds).
+Delivery = tuple[str, Any, float]
+# Called once per read batch with (topic, deliveries) while monitoring is on (monitor.instrument
+# registers its observer); while it is empty a consumer keeps no tally at all.
+DELIVERY_OBSERVERS: list[Callable[[str, list[Delivery]], None]] = []
+
+DELIVERED = "delivered"
+REDELIVERED = "redelivered"
+PROCESSED = "processed"
+SKIPPED = "skipped"
+DEAD_LETTERED = "dead_lettered"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    code: str  # error category
+    reason: str  # precise reason code
+    settle: bool  # the seal verified and the id is ours to remember
+    event_id: str | None = None
+    event_type: str | None = None
+    seal: Seal | None = None
+
+
+class Consumer:
+    def __init__(
+        self,
+        topic: str,
+        *,
+        principal: str,
+        transport: Transport,
+        verifier: SealVerifier,
+        schemas: SchemaSource,
+        encryptor: FieldCipher,
+        authorizer: Authorizer,
+        guard: ReplayGuard,
+        dlq: DeadLetters,
+        audit: AuditSink | None = None,
+        group: str | None = None,
+        types: Collection[str] | None = None,
+        from_beginning: bool = False,
+        uncleared: Literal["redact", "token"] = "redact",
+        max_attempts: int = 3,
+        backoff: float = 0.05,
+        read_batch: int = 500,
+        poll_interval: float = 0.05,
+        decision_ttl: float = 30.0,
+        notices: NoticeBoard | None = None,
+        notice_interval: float = 0.5,
+        partition_count: int = 1,
+        partitions: Collection[int] | None = None,
+        partition_of: tuple[int, int] | None = None,
+        notice_group: str | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise InputError("max_attempts must be at least 1")
+        self.topic = check_stream_name(topic)
+        if type(partition_count) is not int or partition_count < 1:
+            raise InputError("partition_count must be a positive number")
+        self.partition_count = partition_count  # the topic's
+        if partitions is not None and partition_of is not None:
+            raise InputError("give partitions or partition_of, not both")
+        if partition_of is not None:
+            self.partitions = member_partitions(*partition_of, partition_count)
+        else:
+            self.partitions = check_partitions(
+                list(partitions) if partitions is not None else range(partition_count), partition_count)
+        self.streams = [partition_stream(self.topic, p) for p in self.partitions]  # what this consumer reads
+        self._topic_streams = frozenset(partition_streams(self.topic, partition_count))
+        self.principal = principal
+        self.group = group or principal
+        # who answers erasure notices: the group, or each member of a group split across processes
+        self.notice_group = notice_group or self.group
+        self.types = frozenset(types) if types is not None else None
+        self._transport = transport
+        self._verifier = verifier
+        self._schemas = schemas
+        self._encryptor = encryptor
+        self._authorizer = authorizer
+        self._guard = guard
+        self._dlq = dlq
+        self._audit = audit or NullAudit()
+        self._from_beginning = from_beginning
+        self._uncleared: Literal["redact", "token"] = uncleared
+        self._max_attempts = max_attempts
+        self._backoff = backoff
+        self._read_batch = read_batch
+        self._poll_interval = poll_interval
+        self._ttl = decision_ttl
+        self._authorized_until = 0.0
+        self._positions: dict[str, int] = {}  # stream -> next offset to read
+        self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
+        self._parsed: dict[int, tuple[bytes, dict[str, Any]]] = {}  # offset -> (record bytes, envelope)
+        self._sealer_batch: tuple[str, str] | None = None  # (stream, batch) the decisions below are for
+        self._sealer_ok: dict[tuple[str, str], bool] = {}  # (producer, type) -> may publish
+        self._notices = notices
+        self._notice_interval = notice_interval
+        self._next_notice = 0.0
+        self._forget_hooks: list[Hook] = []
+        self._tally: list[Delivery] | None = None  # this read batch's deliveries, for monitoring
+
+    def __repr__(self) -> str:
+        return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
+
+    # --- erasure notices -----------------------------------------------------------------
+    def on_forget(self, hook: Hook) -> Hook:
+        """Register ``hook(subject_pseudonym)``: called once per ``forget`` (the pseudonym is the
+        envelope's ``ewsubject``) to purge the application's read models, caches and indexes. A
+        hook that raises is reported by its error code and retried; usable as a decorator."""
+        self._forget_hooks.append(hook)
+        return hook
+
+    def check_notices(self) -> int:
+        """Answer this group's due erasure notices now (``run`` does it every ``notice_interval``
+        seconds): drop cached keys, run the hooks, acknowledge. Returns how many were answered."""
+        if self._notices is None:
+            return 0
+        self._next_notice = time.monotonic() + self._notice_interval
+        return handle_notices(self._notices, self.notice_group, self._forget_hooks, principal=self.principal,
+                              drop_keys=getattr(self._encryptor, "clear_cache", None))
+
+    # --- consuming -----------------------------------------------------------------------
+    def run(
+        self, handler: Handler, *, max_events: int | None = None, idle_timeout: float | None = 1.0
+    ) -> RunStats:
+        """Deliver events to ``handler`` until ``max_events`` were delivered or nothing new
+        arrived for ``idle_timeout`` seconds (None: run until interrupted)."""
+        stats = RunStats()
+        idle_since = time.monotonic()
+        while max_events is None or stats.delivered < max_events:
+            if self._notices is not None and time.monotonic() >= self._next_notice:
+                self.check_notices()
+            self._authorize_topic()
+            got = False
+            for stream in self.streams:  # round-robin: one read batch per partition and turn
+                if max_events is not None and stats.delivered >= max_events:
+                    break
+                got = self._run_batch(stream, handler, stats, max_events) or got
+            if not got:
+                if idle_timeout is not None and time.monotonic() - idle_since >= idle_timeout:
+                    break
+                time.sleep(self._poll_interval)
+                continue
+            idle_since = time.monotonic()
+        return stats
+
+    def _run_batch(self, stream: str, handler: Handler, stats: RunStats, max_events: int | None) -> bool:
+        """One read batch of one partition stream, processed and committed; False if it was empty."""
+        pos = self._start_position(stream)
+        records = self._transport.read(stream, pos, self._read_batch)
+        if not records:
+            return False
+        with self.delivery_batch(), self._reading_batch(records):
+            for rec in records:
+                if max_events is not None and stats.delivered >= max_events:
+                    break
+                if rec.offset != pos:
+                    self._report_offset_gap(stream, pos, rec.offset, stats)
+                self.process(rec, handler, stats)
+                pos = rec.offset + 1
+        self._commit(stream, pos)
+        return True
+
+    @contextmanager
+    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[None]:
+        """One read batch: the encryptor resolves each key id (and the Decrypt decision) once in
+        it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch.
+        A remote key source (client mode) first fetches the batch's keys in one request; if it
+        cannot, the error stops the consumer before the batch, with nothing committed. A local
+        one (FieldEncryptor.resolve_batch) gets every key id of the batch at once: one Decrypt
+        decision per class, one store query, one unwrap per key, one audit record; an outage
+        there is left to the event that needs the key, which stops the consumer right there."""
+        prefetch = getattr(self._encryptor, "prefetch", None)
+        if prefetch is not None and records:
+            prefetch(self.topic, records)
+        scope = getattr(self._encryptor, "reading_batch", None)
+        try:
+            with scope() if scope is not None else nullcontext():
+                resolve = getattr(self._encryptor, "resolve_batch", None)
+                if resolve is not None and records:
+                    resolve(self._batch_keys(records), principal=self.principal, topic=self.topic)
+                yield
+        finally:
+            self._parsed.clear()
+
+    def _batch_keys(self, records: Sequence[Record]) -> list[tuple[str, Any, str | None, Any]]:
+        """(event type, field spec, subject hash, data) of each event of the batch whose keys are
+        worth resolving ahead. Each record parsed here is kept for ``_check`` (parsed once);
+        nothing is judged here: a malformed or unsealed event is skipped and refused later."""
+        out: list[tuple[str, Any, str | None, Any]] = []
+        for rec in records:
+            try:
+                env = parse_sealed(rec.data)
+            except (EnvelopeError, InputError):
+                continue
+            self._parsed[rec.offset] = (rec.data, env)
+            type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
+            shash = env.get(envelope.EXT_SUBJECT)
+            if (self.types is not None and type_ not in self.types) or type(version) is not int or (
+                not isinstance(data, dict) or not (shash is None or type(shash) is str)
+            ):
+                continue
+            try:
+                spec = self._schema(type_, version).spec
+            except EventwardError:
+                continue
+            if spec.classes:
+                out.append((type_, spec, shash, data))
+        return out
+
+    def _schema(self, type_: str, version: int) -> SchemaVersionLike:
+        key = (type_, version)
+        schema = self._versions.get(key)
+        if schema is None:  # versions are immutable: cache them (bounded)
+            if len(self._versions) >= 1024:
+                self._versions.clear()
+            schema = self._versions[key] = self._schemas.get(*key)
+        return schema
+
+    def poll(self, max_events: int = 500) -> list[Delivered]:
+        """What is available now (up to ``max_events``), handed over and committed."""
+        out: list[Delivered] = []
+        self.run(out.append, max_events=max_events, idle_timeout=0.0)
+        return out
+
+    def replay(
+        self,
+        handler: Handler,
+        *,
+        from_offset: int,
+        to_offset: int | None = None,
+        by: str | None = None,
+        partition: int = 0,
+    ) -> RunStats:
+        """An authorized, audited re-read of [from_offset, to_offset) of one partition: seals are
+        verified as always, the freshness window and sequence order are waived, and the group's
+        offsets and replay state are untouched."""
+        who = by or self.principal
+        resource = f"Topic::{self.topic}"
+        stream = partition_stream(self.topic, check_partitions([partition], self.partition_count)[0])
+        try:
+            check(self._authorizer, who, REPLAY, ("Topic", self.topic))
+        except AccessDenied:
+            self._audit.record(
+                "Replay",
+                principal=who,
+                resource=resource,
+                outcome=DENIED,
+                reason="forbidden",
+                from_offset=from_offset,
+                to_offset=to_offset,
+            )
+            raise
+        self._authorize_topic(force=True)
+        end = self._transport.end_offset(stream) if to_offset is None else to_offset
+        self._audit.record(
+            "Replay",
+            principal=who,
+            resource=resource,
+            from_offset=from_offset,
+            to_offset=end,
+            group=self.group,
+        )
+        guard = ReplayGuard.ephemeral(freshness=self._guard.freshness, skew=self._guard.skew)
+        stats = RunStats()
+        pos = max(0, from_offset)
+        while pos < end:
+            records = [
+                r
+                for r in self._transport.read(stream, pos, min(self._read_batch, end - pos))
+                if r.offset < end
+            ]
+            if not records:
+                break
+            with self.delivery_batch():
+                for rec in records:
+                    self.process(rec, handler, stats, mode=rp.REPLAY, guard=guard)
+                    pos = rec.offset + 1
+        self._audit.record(
+            "Replay.end",
+            principal=who,
+            resource=resource,
+            from_offset=from_offset,
+            to_offset=end,
+            delivered=stats.delivered,
+            refused=sum(stats.refused.values()),
+        )
+        return stats
+
+    def redeliver(self, entry: DeadLetter, handler: Handler, stats: RunStats) -> str:
+        """One dead letter through the normal path (DeadLetters.redrive authorizes and audits)."""
+        if entry.stream not in self._topic_streams:
+            raise InputError(f"dead letter belongs to stream {entry.stream!r}, not to topic {self.topic!r}")
+        self._authorize_topic()
+        with self.delivery_batch():
+            outcome = self.process(
+                entry.record(), handler, stats, mode=rp.REDRIVE, attempt=f"r{entry.dlq_offset}"
+            )
+        self._guard.checkpoint()
+        return outcome
+
+    def close(self) -> None:
+        self._guard.close()
+
+    # --- one record ----------------------------------------------------------------------
+    def process(
+        self,
+        rec: Record,
+        handler: Handler,
+        stats: RunStats,
+        *,
+        mode: str = rp.LIVE,
+        guard: ReplayGuard | None = None,
+        attempt: str = "0",
+    ) -> str:
+        """Verify, guard, decrypt and hand one record to ``handler``; returns the outcome."""
+        guard = guard or self._guard
+        checked = self._check(rec, guard, mode)
+        if isinstance(checked, _Refusal):
+            return self._refuse(rec, checked, stats, mode, guard, attempt)
+        if checked is None:
+            stats.skipped += 1
+            return SKIPPED
+        s, env, admission = checked
+        if admission.verdict == rp.REDELIVERY:
+            stats.redelivered += 1
+            return REDELIVERED
+        if admission.verdict == rp.PROCESSED:
+            return PROCESSED
+        if admission.gap is not None:
+            self._report_seq_gap(s, admission.gap, stats)
+        try:
+            event = self._decrypt(rec, s, env)
+        except (TokenError, EnvelopeError, NotFoundError, InputError) as e:
+            return self._refuse(
+                rec,
+                _Refusal(e.code, getattr(e, "reason", e.code), True, env["id"], env["type"], s),
+                stats,
+                mode,
+                guard,
+                attempt,
+            )
+        error = self._call(handler, event)
+        if error is not None:
+            if mode == rp.REDRIVE:  # the entry stays in the DLQ; no second entry
+                stats.refuse("handler_error")
+                return REFUSED
+            self._dlq.put(
+                rec,
+                code="handler_error",
+                reason="handler_error",
+                group=self.group,
+                attempt=attempt,
+                attempts=self._max_attempts,
+                error=type(error).__name__,
+                event_id=event.id,
+                event_type=event.type,
+            )
+        status = rp.OK if error is None else rp.DEAD
+        guard.settle(
+            producer=s.producer,
+            stream=rec.stream,
+            offset=rec.offset,
+            event_id=event.id,
+            instance=s.instance,
+            seq=event.seq,
+            status=status,
+            mode=mode,
+        )
+        if error is not None:
+            stats.dead_lettered += 1
+            return DEAD_LETTERED
+        stats.delivered += 1
+        tally = self._tally
+        if tally is not None:  # monitoring on: two lookups and an append, reported per batch
+            tally.append((event.type, env.get(envelope.EXT_RECEIVED) if mode == rp.LIVE else None,
+                          time.time()))
+        return DELIVERED
+
+    def _check(
+        self, rec: Record, guard: ReplayGuard, mode: str
+    ) -> tuple[Seal, dict[str, Any], rp.Admission] | _Refusal | None:
+        try:
+            s = self._verifier.verify_record(rec, fresh=mode == rp.REDRIVE)
+        except SealError as e:
+            return _Refusal(e.code, e.reason, False)
+        pre = self._parsed.pop(rec.offset, None) if self._parsed else None
+        if pre is not None and pre[0] is rec.data:  # parsed by _batch_keys: these very bytes
+            env = pre[1]
+        else:
+            try:
+                env = parse_sealed(rec.data)
+            except (EnvelopeError, InputError) as e:
+                return _Refusal(e.code, e.code, False, seal=s)
+        event_id, type_ = env["id"], env["type"]
+        if env.get(envelope.EXT_PRODUCER) != s.producer:
+            return _Refusal("bad_seal", "wrong_producer", False, event_id, type_, s)
+        seq = env.get(envelope.EXT_SEQ)
+        if type(seq) is not int or seq != s.seq_of(rec.index):
+            return _Refusal("bad_seal", "seq_mismatch", False, event_id, type_, s)
+        if not self._sealer_may_publish(rec, s.producer, type_):  # before the guard: nothing settled
+            return _Refusal(AccessDenied.code, "unauthorized_producer", False, event_id, type_, s)
+        try:
+            admission = guard.admit(
+                producer=s.producer,
+                stream=rec.stream,
+                offset=rec.offset,
+                event_id=event_id,
+                instance=s.instance,
+                seq=seq,
+                sealed_at=s.time,
+                mode=mode,
+            )
+        except ReplayError as e:
+            return _Refusal(e.code, e.reason, e.reason != "duplicate", event_id, type_, s)
+        if self.types is not None and type_ not in self.types:
+            if admission.verdict == rp.NEW:  # keeps the producer's sequence whole: no false gaps
+                guard.settle(
+                    producer=s.producer,
+                    stream=rec.stream,
+                    offset=rec.offset,
+                    event_id=event_id,
+                    instance=s.instance,
+                    seq=seq,
+                    status=rp.SKIP,
+                    mode=mode,
+                )
+            return None
+        return s, env, admission
+
+    def _decrypt(self, rec: Record, s: Seal, env: dict[str, Any]) -> Delivered:
+        version = env.get(envelope.EXT_SCHEMA)
+        if type(version) is not int:
+            raise EnvelopeError("event carries no schema version (ewschema)")
+        schema = self._schema(env["type"], version)
+        data = env.get("data")
+        if not isinstance(data, dict):
+            raise EnvelopeError("event data must be a JSON object")
+        # A KeyServiceError propagates: fail closed, commit nothing, the event is tried again later.
+        clear, report = self._encryptor.decrypt(
+            env["id"],
+            data,
+            schema.spec,
+            env.get(envelope.EXT_SUBJECT),
+            principal=self.principal,
+            uncleared=self._uncleared,
+            topic=self.topic,
+            event_type=env["type"],
+        )
+        attrs = {k: v for k, v in env.items() if k != "data"}
+        return Delivered(
+            env["id"],
+            env["type"],
+            env["source"],
+            env.get("time", ""),
+            attrs,
+            clear,
+            rec.stream,
+            rec.offset,
+            s.producer,
+            s.seq_of(rec.index),
+            rec.batch,
+            s.time,
+            True,
+            report,
+        )
+
+    def _call(self, handler: Handler, event: Delivered) -> Exception | None:
+        """Call the handler with retries and exponential backoff; the last error, or None."""
+        for attempt in range(self._max_attempts):
+            try:
+                handler(event)
+                return None
+            except Exception as e:
+                log.warning(
+                    "handler failed on %s@%d (attempt %d/%d): %s",
+                    event.stream,
+                    event.offset,
+                    attempt + 1,
+                    self._max_attempts,
+                    type(e).__name__,
+                )
+                if attempt + 1 == self._max_attempts:
+                    return e
+                time.sleep(self._backoff * (2**attempt))
+        return None
+
+    def _refuse(
+        self, rec: Record, r: _Refusal, stats: RunStats, mode: str, guard: ReplayGuard, attempt: str
+    ) -> str:
+        stats.refuse(r.reason)
+        self._audit.record(
+            "Subscribe",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            outcome=ERROR,
+            reason=r.reason,
+            code=r.code,
+            stream=rec.stream,
+            offset=rec.offset,
+            mode=mode,
+            producer=r.seal.producer if r.seal is not None else None,
+        )
+        if mode == rp.REDRIVE:
+            return REFUSED
+        self._dlq.put(
+            rec,
+            code=r.code,
+            reason=r.reason,
+            group=self.group,
+            attempt=attempt if mode == rp.LIVE else f"{mode}-{attempt}",
+            event_id=r.event_id,
+            event_type=r.event_type,
+        )
+        if r.settle and r.seal is not None and r.event_id is not None:
+            guard.settle(
+                producer=r.seal.producer,
+                stream=rec.stream,
+                offset=rec.offset,
+                event_id=r.event_id,
+                instance=r.seal.instance,
+                seq=r.seal.seq_of(rec.index),
+                status=rp.DEAD,
+                mode=mode,
+            )
+        stats.dead_lettered += 1
+        return DEAD_LETTERED
+
+    @contextmanager
+    def delivery_batch(self) -> Iterator[None]:
+        """Scope one batch of ``process`` calls: while monitoring is on, the events delivered in
+        it are handed to ``DELIVERY_OBSERVERS`` once at its end (per batch, not per event).
+        ``run``, ``replay`` and ``redeliver`` use it; so does a caller driving ``process``
+        itself (the gateway's consumer groups)."""
+        self._tally = [] if DELIVERY_OBSERVERS else None
+        try:
+            yield
+        finally:
+            tally, self._tally = self._tally, None
+            if tally:
+                for observe in DELIVERY_OBSERVERS:
+                    observe(self.topic, tally)
+
+    # --- position, authorization, reports ------------------------------------------------
+    def _start_position(self, stream: str) -> int:
+        pos = self._positions.get(stream)
+        if pos is None:
+            committed = self._transport.committed(self.group, stream)
+            if committed is not None:
+                pos = committed
+            elif self._from_beginning:
+                pos = 0
+            else:
+                pos = self._transport.end_offset(stream)
+            self._positions[stream] = pos
+        return pos
+
+    def _commit(self, stream: str, pos: int) -> None:
+        self._guard.checkpoint()  # settled ids are durable before the offset moves past them
+        self._transport.commit(self.group, stream, pos)
+        self._positions[stream] = pos
+
+    def _authorize_topic(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and self._authorized_until > now:
+            return
+        contexts: list[dict[str, Any]] = (
+            [{}] if self.types is None else [{"event_type": t} for t in sorted(self.types)]
+        )
+        for ctx in contexts:
+            try:
+                check(self._authorizer, self.principal, SUBSCRIBE, ("Topic", self.topic), ctx)
+            except AccessDenied:
+                self._audit.record(
+                    "Subscribe",
+                    principal=self.principal,
+                    resource=f"Topic::{self.topic}",
+                    outcome=DENIED,
+                    reason="forbidden",
+                    event_type=ctx.get("event_type"),
+                )
+                raise
+        self._authorized_until = now + self._ttl
+
+    def _sealer_may_publish(self, rec: Record, producer: str, type_: str) -> bool:
+        """Whether the sealing principal may Publish ``type_`` on this topic, asked of the
+        authorizer once per (producer, type) per batch (it caches, and drops its cache when
+        the policy changes); a denial is audited by the authorizer as that principal's."""
+        slot = (rec.stream, rec.batch)
+        if slot != self._sealer_batch:
+            self._sealer_batch = slot
+            self._sealer_ok.clear()
+        key = (producer, type_)
+        ok = self._sealer_ok.get(key)
+        if ok is None:
+            try:
+                allowed = self._authorizer.decide(
+                    producer, PUBLISH, ("Topic", self.topic), {"event_type": type_}
+                ).allowed
+            except InputError:  # a type no policy can name cannot have been granted
+                allowed = False
+            ok = self._sealer_ok[key] = allowed
+        return ok
+
+    def _report_offset_gap(self, stream: str, expected: int, got: int, stats: RunStats) -> None:
+        """Offsets are dense: a hole means stored events were removed behind the log's back."""
+        stats.gaps += 1
+        log.warning("offsets %d..%d of %s are missing from the log", expected, got - 1, stream)
+        self._audit.record(
+            "Subscribe",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            outcome=ERROR,
+            reason="offset_gap",
+            stream=stream,
+            expected=expected,
+            got=got,
+        )
+
+    def _report_seq_gap(self, s: Seal, gap: tuple[int, int], stats: RunStats) -> None:
+        stats.gaps += 1
+        log.warning(
+            "producer %s instance %s skipped sequence %d..%d in %s",
+            s.producer,
+            s.instance[:12],
+            gap[0],
+            gap[1] - 1,
+            s.stream,
+        )
+        self._audit.record(
+            "Subscribe",
+            principal=self.principal,
+            resource=f"Topic::{self.topic}",
+            outcome=ERROR,
+            reason="sequence_gap",
+            stream=s.stream,
+            producer=s.producer,
+            instance=s.instance,
+            expected=gap[0],
+            got=gap[1],
+        )

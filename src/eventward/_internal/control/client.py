@@ -1,0 +1,539 @@
+"""Client mode: the seams a Producer and Consumer need, answered by the control plane.
+
+``ControlAPI`` is the contract (one method per control-API call, always as the *authenticated*
+identity); ``HttpControlAPI`` speaks it over mTLS to one or more ``eventward serve`` replicas with
+fail-over, and ``LocalControlAPI`` calls a ControlPlane in-process (tests, single-binary apps).
+
+Over it sit the remote seams: ``RemoteKeys`` (a ContextualDekSource with a bounded LRU+TTL cache
+and a max-uses bound per key), ``RemoteSchemas`` (recompiled locally, fingerprint checked),
+``SignedTrust`` (seal keys and what each may seal, from statements signed by the anchor, usable
+offline) and ``ClientAuthorizer``. ``NoticeFollower`` long-polls signed notices and drops what an
+erasure or revocation affects. When the control plane cannot answer, key requests raise
+:class:`ControlPlaneUnavailable` (a KMSUnavailable): producers send nothing, consumers stop before
+the event and resume there.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PublicKey
+
+from eventward._internal.client.trust import REVOKED, TrustedKey
+from eventward._internal.control import anchor as statements
+from eventward._internal.keys.cache import LruTtlCache
+from eventward._internal.policy.base import PUBLISH, Decision, Resource
+from eventward._internal.schema.compiled import compile_schema
+from eventward._internal.schema.model import CheckReport, SchemaVersion, State
+from eventward.errors import (
+    AccessDenied,
+    ControlPlaneUnavailable,
+    EventwardError,
+    InputError,
+    KeyDestroyed,
+    KeyNotFound,
+    NotFoundError,
+    SchemaSecurityError,
+    SealError,
+)
+
+log = logging.getLogger("eventward.control")
+
+
+REQUEST_KEYS = 1000  # the control API's bound on keys per request
+
+
+class ControlAPI(Protocol):
+    """The control API as one authenticated identity sees it.
+
+    Every method may raise ControlPlaneUnavailable (no replica answered; retry later, nothing
+    changed), AccessDenied (the policy refuses; the message names the class or topic, never a
+    key), InputError (the request is malformed or over a limit) and NotFoundError.
+    """
+
+    principal: str
+
+    def encryption_keys(
+        self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
+    ) -> list[tuple[str, bytes, str | None]]:
+        """(kid, DEK, subject hash) for each (subject or None, class, nonces), in request order;
+        a None subject asks for the class DEK (subject hash None). All or nothing: AccessDenied
+        (naming the topic or class) unless this identity may Publish ``event_type`` on ``topic``
+        and Encrypt every class there; InputError for an empty list or more than REQUEST_KEYS."""
+        ...
+
+    def decryption_keys(
+        self, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
+    ) -> dict[str, bytes | str]:
+        """kid -> DEK or an error code for each (kid, class, subject hash): ``forbidden`` (this
+        identity may not Decrypt that class on ``topic``; audited), ``erased`` (crypto-shredded),
+        ``not_found`` (never issued: forged). One refusal never fails the others. AccessDenied when
+        this identity may not Subscribe to ``topic`` at all; InputError for an empty list or more
+        than REQUEST_KEYS."""
+        ...
+
+    def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
+        """``{type, version, format, fingerprint, document (base64), report}`` of ``event_type``
+        at ``version``, the active one for None. NotFoundError for an unknown type or version;
+        AccessDenied unless this identity may read schemas, or publish or subscribe it on ``topic``.
+        A version's document never changes: callers cache it and check the fingerprint."""
+        ...
+
+    def topic(self, topic: str) -> dict[str, Any]:
+        """``{topic, partitions}``: the topic's layout (1 when unpartitioned), which producers route
+        by and consumers read whole. AccessDenied unless this identity may publish or subscribe to it."""
+        ...
+
+    def trust_entries(self) -> list[dict[str, str]]:
+        """Every signing key (active, retired and revoked, with what each may seal) as a statement
+        signed by the anchor: verify each before use; ``[]`` when no key is registered."""
+        ...
+
+    def notices(self, after: float, wait: float) -> dict[str, str]:
+        """A signed notice of what changed since ``after`` (an erasure time; 0 for everything):
+        erased subject hashes (at most 2000, ``until`` says where to resume), revoked kids, the
+        key-store epoch and policy version. Waits up to ``wait`` s (capped at 25) for a change;
+        answers at once, unchanged, when nothing happened."""
+        ...
+
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
+               about: str | None = None) -> bool:
+        """Whether the policy allows this identity ``action`` on ``resource`` (False, never an
+        error, for a denial); with ``about``, whether that producer may Publish on a topic this
+        identity may Subscribe to (AccessDenied for any other question about another principal)."""
+        ...
+
+    def register_group(self, group: str) -> None:
+        """This identity's consumer ``group`` must acknowledge every later forget (idempotent;
+        the group is named under this identity, so no one else can answer for it). InputError for
+        a name outside 1..128 of letters, digits, '._-'."""
+        ...
+
+    def erasures_due(self, group: str) -> list[str]:
+        """Erasure references (pseudonyms) ``group`` must still purge and acknowledge (pending or
+        failed); ``[]`` when none, or for a group never registered."""
+        ...
+
+    def acknowledge(self, group: str, pseudonym: str, error: str | None) -> bool:
+        """``group`` purged ``pseudonym`` (error None) or its hooks failed with ``error`` (a short
+        code, never free text: InputError otherwise). True when this answer completed the
+        erasure (every registered group acknowledged); answering twice changes nothing."""
+        ...
+
+
+class LocalControlAPI:
+    """A ControlPlane called in-process as one identity (tests; a single-binary application)."""
+
+    def __init__(self, plane: Any, principal: str) -> None:
+        self._plane = plane
+        self.principal = principal
+
+    def encryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str | None, str, int]]
+                        ) -> list[tuple[str, bytes, str | None]]:
+        return [(r.kid, r.dek, r.subject_hash)
+                for r in self._plane.encryption_keys(self.principal, topic, event_type, wanted)]
+
+    def decryption_keys(self, topic: str, event_type: str, wanted: Sequence[tuple[str, str, str | None]]
+                        ) -> dict[str, bytes | str]:
+        return self._plane.decryption_keys(self.principal, topic, event_type, wanted)
+
+    def schema(self, topic: str, event_type: str, version: int | None) -> dict[str, Any]:
+        return self._plane.schema(self.principal, topic, event_type, version)
+
+    def topic(self, topic: str) -> dict[str, Any]:
+        return self._plane.topic(self.principal, topic)
+
+    def trust_entries(self) -> list[dict[str, str]]:
+        return self._plane.trust_entries(self.principal)
+
+    def notices(self, after: float, wait: float) -> dict[str, str]:
+        return self._plane.notices(self.principal, after, wait)
+
+    def decide(self, action: str, resource: Resource, context: dict[str, Any] | None,
+               about: str | None = None) -> bool:
+        return self._plane.decide(self.principal, action, resource, context, about)
+
+    def register_group(self, group: str) -> None:
+        self._plane.register_group(self.principal, group)
+
+    def erasures_due(self, group: str) -> list[str]:
+        return self._plane.erasures_due(self.principal, group)
+
+    def acknowledge(self, group: str, pseudonym: str, error: str | None) -> bool:
+        return self._plane.acknowledge(self.principal, group, pseudonym, error)
+
+
+# --- keys -----------------------------------------------------------------------------------
+class RemoteKeys:
+    """DEKs from the control plane, cached: at most ``max_entries`` keys for ``ttl`` seconds, and
+    an encryption key for at most ``max_uses`` values before it is asked for again (so a revoked
+    clearance or an erasure stops a producer within those bounds even without a notice)."""
+
+    takes_context = True
+
+    def __init__(self, api: ControlAPI, *, max_entries: int = 100_000, ttl: float = 300.0,
+                 max_uses: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self.max_uses = max_uses
+        self._enc: LruTtlCache[tuple[str | None, str, str, str], list[Any]] = LruTtlCache(max_entries, ttl, clock)
+        self._dec: LruTtlCache[str, tuple[bytes, str | None]] = LruTtlCache(max_entries, ttl, clock)
+        self._hashes: LruTtlCache[str, str] = LruTtlCache(max_entries, ttl, clock)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RemoteKeys({self._api.principal!r}, {len(self._dec)} decryption keys cached)"
+
+    def prepare(self, topic: str, event_type: str, items: Sequence[tuple[str | None, str, int]]) -> None:
+        """Fetch every (subject, class) a batch will encrypt that is not cached: one request per
+        ``REQUEST_KEYS`` of them."""
+        missing = [(s, c, n) for s, c, n in dict.fromkeys(items) if self._usable(s, c, topic, event_type, n) is None]
+        for start in range(0, len(missing), REQUEST_KEYS):
+            chunk = missing[start:start + REQUEST_KEYS]
+            got = self._api.encryption_keys(topic, event_type, chunk)
+            for (subject, cls, _), (kid, dek, shash) in zip(chunk, got, strict=True):
+                self._enc.put((subject, cls, topic, event_type), [kid, dek, shash, self.max_uses])
+                if subject is not None and shash is not None:
+                    self._hashes.put(subject, shash)
+
+    def prefetch(self, topic: str, event_type: str, items: Sequence[tuple[str, str, str | None]]) -> None:
+        """Fetch the DEKs of a read batch that are not cached (one request per ``REQUEST_KEYS``);
+        refusals and erasures are left for ``decryption_key`` to ask about and report."""
+        missing = [(kid, c, h) for kid, c, h in items if self._dec.get(kid) is None]
+        for start in range(0, len(missing), REQUEST_KEYS):
+            chunk = missing[start:start + REQUEST_KEYS]
+            got = self._api.decryption_keys(topic, event_type, chunk)
+            for kid, _, shash in chunk:
+                dek = got.get(kid)
+                if isinstance(dek, bytes):
+                    self._dec.put(kid, (dek, shash))
+
+    def _usable(self, subject: str | None, cls: str, topic: str, event_type: str, nonces: int) -> list[Any] | None:
+        entry = self._enc.get((subject, cls, topic, event_type))
+        if entry is None or entry[3] < nonces:
+            return None
+        return entry
+
+    def subject_hash(self, subject: str) -> str:
+        shash = self._hashes.get(subject)
+        if shash is None:
+            raise KeyNotFound("no key prepared for this data subject (client-mode producers prepare each batch)")
+        return shash
+
+    def encryption_key(self, subject: str | None, cls: str, *, principal: str, topic: str | None = None,
+                       event_type: str | None = None, nonces: int = 1) -> tuple[str, bytes]:
+        if principal != self._api.principal:
+            raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        if topic is None or event_type is None:
+            raise InputError("client-mode encryption needs the topic and event type")
+        with self._lock:
+            entry = self._usable(subject, cls, topic, event_type, nonces)
+            if entry is None:
+                self.prepare(topic, event_type, [(subject, cls, nonces)])
+                entry = self._usable(subject, cls, topic, event_type, nonces)
+                assert entry is not None
+            entry[3] -= nonces
+            return entry[0], entry[1]
+
+    def decryption_key(self, kid: str, cls: str, *, principal: str, topic: str | None = None,
+                       event_type: str | None = None, subject_hash: str | None = None) -> bytes:
+        if principal != self._api.principal:
+            raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        hit = self._dec.get(kid)
+        if hit is not None:
+            return hit[0]
+        if topic is None or event_type is None:
+            raise InputError("client-mode decryption needs the topic and event type")
+        answer = self._api.decryption_keys(topic, event_type, [(kid, cls, subject_hash)])
+        got = answer.get(kid)
+        if isinstance(got, bytes):
+            self._dec.put(kid, (got, subject_hash))
+            return got
+        if got == "forbidden":
+            raise AccessDenied(f"{principal} may not Decrypt class {cls} on {topic}")
+        if got == "erased":
+            raise KeyDestroyed("the key was destroyed (crypto-shredded)")
+        raise KeyNotFound(f"key id {kid} is unknown")
+
+    def forget_subjects(self, hashes: Sequence[str]) -> None:
+        """An erasure notice arrived: drop every cached key (entries are not indexed by subject,
+        and the next request learns from the control plane which keys are gone; a subject that
+        returns after its erasure gets new keys, which must stay readable)."""
+        if not hashes:
+            return
+        with self._lock:
+            self._dec.clear()
+            self._enc.clear()
+            self._hashes.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._dec.clear()
+            self._enc.clear()
+
+
+
+# --- schemas --------------------------------------------------------------------------------
+class RemoteSchemas:
+    """Schemas fetched for one topic, recompiled here; a document whose fingerprint differs from
+    the one the control plane states is refused (SchemaSecurityError). Versions are immutable and
+    cached for good; the active version is re-asked after ``active_ttl`` seconds."""
+
+    def __init__(self, api: ControlAPI, topic: str, *, active_ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self.topic = topic
+        self._ttl = active_ttl
+        self._clock = clock
+        self._versions: dict[tuple[str, int], SchemaVersion] = {}
+        self._active: dict[str, tuple[float, SchemaVersion]] = {}
+
+    def active(self, type_: str) -> SchemaVersion:
+        hit = self._active.get(type_)
+        if hit is not None and self._clock() - hit[0] < self._ttl:
+            return hit[1]
+        sv = self._load(self._api.schema(self.topic, type_, None))
+        self._active[type_] = (self._clock(), sv)
+        return sv
+
+    def get(self, type_: str, version: int | None = None) -> SchemaVersion:
+        if version is None:
+            return self.active(type_)
+        sv = self._versions.get((type_, version))
+        if sv is None:
+            sv = self._load(self._api.schema(self.topic, type_, version))
+        return sv
+
+    def validate(self, type_: str, data: Any) -> SchemaVersion:
+        sv = self.active(type_)
+        sv.validate(data)
+        return sv
+
+    def _load(self, doc: dict[str, Any]) -> SchemaVersion:
+        compiled = compile_schema(base64.b64decode(doc["document"]), doc["format"])
+        if compiled.fingerprint != doc["fingerprint"]:
+            raise SchemaSecurityError(f"{doc['type']} v{doc['version']}: the document does not match its fingerprint")
+        report = CheckReport.from_dict(doc["report"])
+        sv = SchemaVersion(doc["type"], int(doc["version"]), State.ACTIVE, "", 0.0, report, (), compiled)
+        self._versions[(sv.type, sv.version)] = sv
+        return sv
+
+
+# --- trust ----------------------------------------------------------------------------------
+class SignedTrust:
+    """Seal keys from anchor-signed trust entries: a KeyResolver for SealVerifier, and the source
+    of what each producer may seal. Works offline from the last entries fetched; an unknown kid
+    triggers at most one refresh per ``min_refresh`` seconds (so forged kids cannot flood)."""
+
+    def __init__(self, api: ControlAPI, anchor_key: Ed25519PublicKey, *, min_refresh: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._api = api
+        self._anchor = anchor_key
+        self._min_refresh = min_refresh
+        self._clock = clock
+        self._keys: dict[str, TrustedKey] = {}
+        self._grants: dict[str, dict[str, list[str]] | None] = {}
+        self._fetched = float("-inf")
+        self._lock = threading.Lock()
+
+    def refresh(self, *, force: bool = False) -> None:
+        if not force and self._clock() - self._fetched < self._min_refresh:
+            return
+        self._fetched = self._clock()
+        try:
+            wires = self._api.trust_entries()
+        except ControlPlaneUnavailable:
+            if not self._keys:
+                raise
+            return  # offline: keep verifying with what was last signed
+        keys: dict[str, TrustedKey] = {}
+        grants: dict[str, dict[str, list[str]] | None] = {}
+        for wire in wires:
+            body = statements.verify(self._anchor, wire, "trust").body
+            pub = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(body["public"]))
+            pq = body.get("mldsa")
+            pq_key = None if pq is None else MLDSA65PublicKey.from_public_bytes(base64.urlsafe_b64decode(pq))
+            keys[body["kid"]] = TrustedKey(body["kid"], body["principal"], pub, body["status"], float(body["changed"]),
+                                           body.get("purpose", "seal"), pq_key)
+            grants[body["kid"]] = body.get("may_seal")
+        with self._lock:
+            self._keys, self._grants = keys, grants
+
+    def resolve(self, kid: str) -> TrustedKey:
+        key = self._keys.get(kid)
+        if key is None:
+            self.refresh()
+            key = self._keys.get(kid)
+        if key is None:
+            raise NotFoundError(f"unknown signing key {kid}")
+        return key
+
+    def revoke(self, kids: Sequence[str]) -> None:
+        """A revocation notice arrived: refuse these kids at once, before the next refresh."""
+        with self._lock:
+            for kid in kids:
+                k = self._keys.get(kid)
+                if k is not None and k.status != REVOKED:
+                    self._keys[kid] = TrustedKey(k.kid, k.principal, k.public_key, REVOKED, time.time(), k.purpose,
+                                                 k.pq_public_key)
+
+    def may_seal(self, producer: str, topic: str, event_type: str) -> bool | None:
+        """Whether some seal key of ``producer`` was enrolled to seal ``event_type`` on ``topic``;
+        None when its keys were registered without enrolled grants (home mode): ask the policy."""
+        if not self._keys:
+            self.refresh()
+        unknown = False
+        for kid, key in self._keys.items():
+            if key.principal != producer or key.status == REVOKED or key.purpose != "seal":
+                continue
+            grants = self._grants.get(kid)
+            if grants is None:
+                unknown = True
+                continue
+            types = grants.get(topic, [])
+            if event_type in types or "*" in types:
+                return True
+        return None if unknown else False
+
+
+class ClientAuthorizer:
+    """The Authorizer seam in client mode: other producers' Publish rights come from signed trust
+    entries (offline); this identity's own rights are asked of the control plane and cached until
+    a notice says the policy changed. Decisions for other principals are never asked remotely."""
+
+    def __init__(self, api: ControlAPI, trust: SignedTrust) -> None:
+        self._api = api
+        self._trust = trust
+        self._cache: dict[tuple[str, str, Resource, bytes], bool] = {}
+
+    def decide(self, principal: str, action: str, resource: Resource,
+               context: dict[str, Any] | None = None) -> Decision:
+        ctx = dict(context or {})
+        if principal != self._api.principal:
+            if action != PUBLISH or resource[0] != "Topic":
+                return Decision(False, principal, action, resource)
+            enrolled = self._trust.may_seal(principal, resource[1], str(ctx.get("event_type", "")))
+            if enrolled is not None:
+                return Decision(enrolled, principal, action, resource, ("trust-entry",) if enrolled else ())
+        key = (principal, action, resource, orjson.dumps(ctx, option=orjson.OPT_SORT_KEYS))
+        allowed = self._cache.get(key)
+        if allowed is None:
+            about = None if principal == self._api.principal else principal
+            if len(self._cache) >= 4096:
+                self._cache.clear()
+            allowed = self._cache[key] = bool(self._api.decide(action, resource, ctx, about))
+        return Decision(allowed, principal, action, resource, ("control-plane",))
+
+    def policy_changed(self) -> None:
+        self._cache.clear()
+
+
+class RemoteNotices:
+    """The consumer's erasure-notice board in client mode (the Consumer calls ``due`` and
+    ``acknowledge`` as it does the home's): answered by the control plane for this identity."""
+
+    def __init__(self, api: ControlAPI) -> None:
+        self._api = api
+        self._registered: set[str] = set()
+
+    def register(self, group: str) -> None:
+        """Register ``group`` now if the control plane answers, else at the first ``due``."""
+        try:
+            self._api.register_group(group)
+        except ControlPlaneUnavailable:
+            return
+        self._registered.add(group)
+
+    def due(self, group: str) -> list[str]:
+        if group not in self._registered:
+            self._api.register_group(group)
+            self._registered.add(group)
+        return self._api.erasures_due(group)
+
+    def acknowledge(self, pseudonym: str, group: str, *, principal: str, error: str | None = None) -> bool:
+        if principal != self._api.principal:
+            raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        return self._api.acknowledge(group, pseudonym, error)
+
+
+# --- notices --------------------------------------------------------------------------------
+class NoticeFollower:
+    """Long-polls signed notices on a daemon thread and applies them: erased subjects' keys are
+    dropped (and refused from then on), revoked kids refused, cached decisions dropped when the
+    policy version changes. ``latency`` holds recent (notice time -> applied) delays for the bench."""
+
+    def __init__(self, api: ControlAPI, anchor_key: Ed25519PublicKey, keys: RemoteKeys, trust: SignedTrust,
+                 authorizer: ClientAuthorizer, *, wait: float = 10.0) -> None:
+        self._api = api
+        self._anchor = anchor_key
+        self._keys = keys
+        self._trust = trust
+        self._authz = authorizer
+        self._wait = wait
+        self._after = time.time()
+        self._policy: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied = 0
+        # The application's on_forget(pseudonym) hooks, run after the subject's keys are dropped.
+        # Seam: client-mode groups do not acknowledge to the home's notice board yet (no control
+        # API route); ``acknowledge(pseudonym, error_code_or_None)`` is called when set.
+        self.hooks: list[Callable[[str], object]] = []
+        self.acknowledge: Callable[[str, str | None], None] | None = None
+
+    def start(self) -> NoticeFollower:
+        self.poll(0.0)  # the state as of now, synchronously: nothing earlier is cached yet
+        self._thread = threading.Thread(target=self._run, name="eventward-notices", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(self._wait + 5.0)
+
+    def poll(self, wait: float) -> None:
+        body = statements.verify(self._anchor, self._api.notices(self._after, wait), "notice").body
+        erased = [str(h) for h in body.get("erased", ())]
+        self._keys.forget_subjects(erased)
+        for h in erased:
+            self._run_hooks(h)
+        self._trust.revoke(list(body.get("revoked", ())))
+        if self._policy is not None and body.get("policy") != self._policy:
+            self._authz.policy_changed()
+            self._keys.clear()
+        self._policy = body.get("policy")
+        self._after = max(self._after, float(body.get("until", self._after)))
+        self.applied += 1
+
+    def _run_hooks(self, pseudonym: str) -> None:
+        """The hooks for one erased subject; a failure is logged and acknowledged by its code only."""
+        from eventward._internal.keys.notices import error_code
+
+        error = None
+        for hook in self.hooks:
+            try:
+                hook(pseudonym)
+            except Exception as e:  # the application's hook: reported by code, never its message
+                error = error_code(e)
+                log.error("on_forget hook failed (%s)", error)
+                break
+        if self.acknowledge is not None:
+            self.acknowledge(pseudonym, error)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self.poll(self._wait)
+                backoff = 0.1
+            except (EventwardError, SealError) as e:
+                log.warning("control-plane notices unavailable (%s); retrying", e.code)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,18 @@
+"""Control-plane state on PostgreSQL: one database every ``eventward serve`` replica shares.
+
+SQLite files in the home stay the embedded default (``store.backend: sqlite``). With
+``store: {backend: postgres, dsn_env: NAME}`` (or ``dsn_file``) the stores built so far
+(the key store and erasure ledger) live in one PostgreSQL database, in the ``eventward``
+schema, behind a connection pool (``store.pg.Database``). The schema is versioned
+(``store.migrations``); ``eventward db migrate`` creates or upgrades it and records the
+deployment id, so a replica never starts on a database at another version or of another
+deployment.
+"""
+
+from __future__ import annotations
+
+from eventward._internal.store.dsn import describe, resolve_dsn
+from eventward._internal.store.migrations import MIGRATIONS, TARGET_VERSION
+from eventward._internal.store.pg import Database, SchemaStatus
+
+__all__ = ["MIGRATIONS", "TARGET_VERSION", "Database", "SchemaStatus", "describe", "resolve_dsn"]

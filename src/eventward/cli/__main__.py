@@ -1,3 +1,0 @@
-from eventward.cli import main
-
-main()

@@ -1,7 +1,0 @@
-"""``python -m eventward.gateway``: print the OpenAPI document (how docs/openapi.yaml is made)."""
-
-import sys
-
-from eventward.gateway.openapi import render_yaml
-
-sys.stdout.write(render_yaml())
