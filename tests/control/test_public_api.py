@@ -19,3 +19,21 @@ def test_import_stays_light():
     code = "import sys, eventward; print(sorted(m for m in sys.modules if m.startswith('eventward')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "eventward._internal.deployment" not in out and "eventward._internal.control" not in out, out
+
+
+def test_everything_but_the_api_is_visibly_internal():
+    from pathlib import Path
+
+    top = {p.name for p in Path(eventward.__file__).parent.iterdir() if p.name != "__pycache__"}
+    assert top == {"__init__.py", "errors.py", "py.typed", "_internal"}, sorted(top)
+
+
+def test_readme_python_examples_use_only_the_public_api():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = readme.split("```python")[1:]
+    assert blocks, "the README shows Python usage"
+    for block in blocks:
+        code = block.split("```")[0]
+        assert "_internal" not in code, code
