@@ -259,6 +259,35 @@ MIGRATIONS: tuple[Migration, ...] = (
                 committed bigint NOT NULL, PRIMARY KEY (grp, stream))""",
         ),
     ),
+    Migration(
+        7,
+        "the PKI's book of issued certificates (certs/issued.db on SQLite) and the current CRL",
+        (
+            f"""CREATE TABLE {CONTROL_SCHEMA}.issued_certs (
+                serial text PRIMARY KEY,
+                principal text NOT NULL,
+                kind text NOT NULL,
+                path text NOT NULL,
+                not_before double precision NOT NULL,
+                not_after double precision NOT NULL,
+                spki text NOT NULL,
+                status text NOT NULL CHECK (status IN ('valid', 'revoked')),
+                revoked_at double precision,
+                reason text,
+                alerted double precision
+            )""",
+            f"CREATE INDEX issued_certs_principal ON {CONTROL_SCHEMA}.issued_certs (principal, not_after)",
+            # A revocation is final, whatever a replica (or a retried request) writes later.
+            f"""CREATE TRIGGER issued_certs_revoked_final BEFORE UPDATE OF status ON {CONTROL_SCHEMA}.issued_certs
+                FOR EACH ROW WHEN (OLD.status = 'revoked' AND NEW.status <> 'revoked')
+                EXECUTE FUNCTION {CONTROL_SCHEMA}.refuse('revoked certificates stay revoked')""",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.crl (
+                id integer PRIMARY KEY CHECK (id = 1),
+                number bigint NOT NULL,
+                pem text NOT NULL
+            )""",
+        ),
+    ),
 )
 
 TARGET_VERSION = MIGRATIONS[-1].version
