@@ -288,6 +288,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        8,
+        "the HTTP gateway's consumer groups (offsets per stream, replay state, fetches and leases) and "
+        "the gateway's shared quota buckets",
+        (
+            f"""CREATE TABLE {CONTROL_SCHEMA}.gw_groups (gid text PRIMARY KEY, version bigint NOT NULL DEFAULT 0,
+                acks bigint NOT NULL DEFAULT 0)""",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.gw_offsets (gid text NOT NULL, stream text NOT NULL,
+                committed bigint NOT NULL CHECK (committed >= 0), PRIMARY KEY (gid, stream))""",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.gw_seen (gid text NOT NULL, producer text NOT NULL, id text NOT NULL,
+                stream text NOT NULL, off bigint NOT NULL, status text NOT NULL, at double precision NOT NULL,
+                version bigint NOT NULL, PRIMARY KEY (gid, producer, id))""",
+            f"CREATE INDEX gw_seen_version ON {CONTROL_SCHEMA}.gw_seen (gid, version)",
+            f"CREATE INDEX gw_seen_at ON {CONTROL_SCHEMA}.gw_seen (gid, at)",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.gw_seqs (gid text NOT NULL, producer text NOT NULL,
+                instance text NOT NULL, stream text NOT NULL, seq bigint NOT NULL, version bigint NOT NULL,
+                PRIMARY KEY (gid, producer, instance, stream))""",
+            f"CREATE INDEX gw_seqs_version ON {CONTROL_SCHEMA}.gw_seqs (gid, version)",
+            f"""CREATE TABLE {CONTROL_SCHEMA}.gw_fetches (gid text NOT NULL, topic text NOT NULL, holder text,
+                lease_until double precision NOT NULL DEFAULT 0, upto bytea NOT NULL, entries bytea NOT NULL,
+                PRIMARY KEY (gid, topic))""",
+            # One token bucket per principal for every replica (gateway/quota.py), refilled on use.
+            f"""CREATE TABLE {CONTROL_SCHEMA}.gw_quota (principal text PRIMARY KEY, tokens double precision NOT NULL,
+                stamp double precision NOT NULL)""",
+        ),
+    ),
 )
 
 TARGET_VERSION = MIGRATIONS[-1].version
