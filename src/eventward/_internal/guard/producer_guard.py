@@ -120,13 +120,24 @@ class Deferred:
 
     def __init__(self, guard: ProducerGuard) -> None:
         self._guard = guard
-        self._det = guard._detectors or default_detectors()
+        self._detectors = guard._detectors  # built on first use: most producers never warn, and
+        # default_detectors() imports detect_secrets and compiles its patterns (a few hundred ms)
         self._lock = threading.Lock()
         self._items: list[tuple[str, str, SchemaVersionLike, str, tuple[list[tuple[str, str]],
                                                                          list[tuple[str, str]]]]] = []
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def _det(self) -> Detectors:
+        det = self._detectors
+        if det is None:
+            with self._lock:
+                det = self._detectors
+                if det is None:
+                    det = self._detectors = default_detectors()
+        return det
 
     def add(self, topic: str, type_: str, schema: SchemaVersionLike, data: Any, principal: str) -> None:
         found = candidates_for(schema, data, self._det)
