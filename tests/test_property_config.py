@@ -18,6 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from eventward._internal.casigner import CAKeyConfig, PkiConfig, ca_key_config
 from eventward._internal.config import Config
 from eventward._internal.gateway.config import GatewayConfig
 from eventward._internal.keys.kms import KmsConfig
@@ -58,8 +59,8 @@ def loads_typed(text: str) -> Config | None:
     except EventwardError as e:
         raise AssertionError(f"config raised {type(e).__name__}, expected ConfigError") from e
     assert isinstance(cfg.gateway, GatewayConfig) and isinstance(cfg.kms, KmsConfig)
-    typed = {**asdict(cfg), "kms": None}
-    typed["kafka"]["extra"] = None  # free-form sections, passed through to their backends
+    assert isinstance(cfg.pki, PkiConfig) and isinstance(cfg.pki.ca_key, CAKeyConfig)
+    typed = {**asdict(cfg), "kms": None}  # kafka.extra too: its values are typed scalars now
     for number in _numbers(typed):
         assert math.isfinite(number)
     return cfg
@@ -126,11 +127,19 @@ def test_property_config_defaults_round_trip() -> None:
         ("nats: {servers: [4222]}", "nats.servers"),
         ("nats: {ca: 5}", "nats.ca"),
         ("kafka: {extra: {1: x}}", "kafka.extra"),
+        ("kafka: {extra: {linger.ms: {a: 1}}}", "kafka.extra.linger.ms"),
+        ("kafka: {extra: {linger.ms: [5]}}", "kafka.extra.linger.ms"),
+        ("kafka: {extra: {linger.ms: .inf}}", "kafka.extra.linger.ms"),
         ("{1: a, b: 2}", "unknown key"),
         ("gateway: {limits: {rate_events_per_s: .nan}}", "gateway.limits.rate_events_per_s"),
         ("gateway: {port: [1]}", "gateway.port"),
         ("gateway: {jwt: {algorithms: [1]}}", "gateway.jwt.algorithms"),
         ("gateway: {tls: {cert: {a: 1}}}", "gateway.tls.cert"),
+        ("pki: [ca_key]", "pki must be a mapping"),
+        ("pki: {ca_key: {backend: 7}}", "pki.ca_key.backend"),
+        ("pki: {ca_key: {key: [a]}}", "pki.ca_key.key"),
+        ("pki: {ca_key: {backend: file, transit: {url: 'http://v'}}}", "pki.ca_key: unknown key(s) transit"),
+        ("pki: {ca_key: {backend: aws, aws: {region: eu-west-1, timeout_s: .nan}}}", "pki.ca_key.aws"),
         ("[" * 3000, "not valid YAML"),
     ],
 )
@@ -190,3 +199,42 @@ def test_kms_and_gateway_sections_are_typed_and_frozen() -> None:
     with pytest.raises(FrozenInstanceError):
         cfg.kms.backend = "local"  # type: ignore[misc]
     assert Config.parse(cfg.dump()) == cfg  # the dump round-trips, typed sections included
+
+
+PKI_VALID = [
+    "pki: {ca_key: {backend: file, key: ew-ca}}\n",
+    "pki: {ca_key: {backend: transit, key: ca, transit: {url: 'http://127.0.0.1:8200', token_env: T}}}\n",
+    "pki: {ca_key: {backend: pkcs11, pkcs11: {module: /m.so, token_label: t, pin_file: /run/pin}}}\n",
+    "kms: {backend: aws, aws: {region: eu-west-1}}\npki: {ca_key: {backend: aws}}\n",
+]
+
+
+@SETTINGS
+@given(st.sampled_from(PKI_VALID), st.sampled_from(["backend", "key", "transit", "pkcs11", "aws", "ca_key"]), values)
+def test_property_pki_section_typed_or_refused_by_name(base: str, key: str, value: Any) -> None:
+    """pki was a dict[str, Any] whose ca_key was re-parsed at every use: any replacement of one of its
+    values is now a frozen PkiConfig that round-trips, or a ConfigError naming pki."""
+    doc = yaml.safe_load(base)
+    target = doc["pki"] if key == "ca_key" else doc["pki"]["ca_key"]
+    target[key] = value
+    try:
+        cfg = Config.parse(yaml.safe_dump(doc))
+    except ConfigError as e:
+        assert "pki" in str(e)
+        return
+    assert isinstance(cfg.pki, PkiConfig) and isinstance(cfg.pki.ca_key, CAKeyConfig)
+    assert Config.parse(cfg.dump()) == cfg
+
+
+@pytest.mark.parametrize("text", PKI_VALID)
+def test_pki_section_is_typed_frozen_and_round_trips(text: str) -> None:
+    cfg = Config.parse(text)
+    key = cfg.pki.ca_key
+    assert key.backend in ("file", "transit", "pkcs11", "aws")
+    section = ca_key_config(cfg.pki, cfg.kms).section
+    assert (section is None) == (key.backend == "file")
+    if key.backend == "transit":
+        assert isinstance(section, TransitConfig) and section.token_env == "T"
+    with pytest.raises(FrozenInstanceError):
+        cfg.pki.ca_key = CAKeyConfig()  # type: ignore[misc]
+    assert Config.parse(cfg.dump()) == cfg

@@ -19,6 +19,8 @@ from eventward._internal.casigner import FileSigner, _der_len, ca_key_config, si
 from eventward._internal.cli import app
 from eventward._internal.config import Config
 from eventward._internal.harden import eventward_yaml
+from eventward._internal.keys.kms.pkcs11 import Pkcs11Config
+from eventward._internal.keys.kms.transit import TransitConfig
 from eventward.errors import CASignatureInvalid, ConfigError, KMSUnavailable
 
 
@@ -205,8 +207,9 @@ def test_ca_key_config_is_checked_by_name() -> None:
     cfg = Config.parse("kms: {backend: transit, transit: {url: 'http://v:8200', token_env: VT}}\n"
                        "pki: {ca_key: {backend: transit, key: ew-ca}}\n")
     key = ca_key_config(cfg.pki, cfg.kms)
-    assert key.section is not None and key.key == "ew-ca"
-    assert (key.section["url"], key.section["token_env"]) == ("http://v:8200", "VT")
+    assert key.transit is not None and key.section is key.transit and key.key == "ew-ca"
+    assert (key.transit.url, key.transit.token_env) == ("http://v:8200", "VT")
+    assert cfg.pki.ca_key.transit is None  # as written: the kms section is reused, not copied into pki
     assert "Transit at http://v:8200" in casigner.describe(key)
 
 
@@ -216,14 +219,14 @@ def test_existing_ca_must_belong_to_the_configured_key(tmp_path: Path, monkeypat
     certstore.init(certs)
     other = FileSigner(ec.generate_private_key(ec.SECP256R1()), "another key")
     monkeypatch.setattr(pki, "connect_signer", lambda *a, **k: other)
-    key = casigner.CAKeyConfig("transit", "ew-ca", {"url": "http://127.0.0.1:1", "token_env": "X"})
+    key = casigner.CAKeyConfig("transit", "ew-ca", transit=TransitConfig("http://127.0.0.1:1", token_env="X"))
     with pytest.raises(ConfigError, match="does not belong to"):
         pki.open_ca(certs, key=key)
 
 
 def test_external_ca_created_only_after_the_signature_verified(tmp_path: Path, monkeypatch) -> None:
     certs = tmp_path / "home" / "certs"
-    key = casigner.CAKeyConfig("pkcs11", "ew-ca", {})
+    key = casigner.CAKeyConfig("pkcs11", "ew-ca", pkcs11=Pkcs11Config("/m.so", "t", pin_env="P"))
     evil = OtherKeySigner(ec.generate_private_key(ec.SECP256R1()).public_key())
     monkeypatch.setattr(pki, "connect_signer", lambda *a, **k: evil)
     with pytest.raises(CASignatureInvalid):

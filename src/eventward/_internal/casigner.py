@@ -23,9 +23,9 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -35,6 +35,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from eventward.errors import CASignatureInvalid, ConfigError, ConflictError, KMSUnavailable
+
+if TYPE_CHECKING:
+    from eventward._internal.keys.kms.aws import AwsKmsConfig
+    from eventward._internal.keys.kms.pkcs11 import Pkcs11Config
+    from eventward._internal.keys.kms.transit import TransitConfig
 
 T = TypeVar("T")
 
@@ -495,60 +500,107 @@ def sign_crl(
 # --- configuration: ``pki.ca_key`` in eventward.yaml -------------------------------------------
 
 
+_SECTION_CLASSES = ("pkcs11", "transit", "aws")
+
+
+def _section_class(backend: str) -> Any:
+    from eventward._internal.keys.kms import _section_class as kms_section_class
+
+    return kms_section_class(backend)
+
+
 @dataclass(frozen=True)
 class CAKeyConfig:
-    """Where the CA key lives. ``key`` names it in the token/KMS (PKCS#11 label, Transit key name,
-    AWS alias ``alias/<key>``); ``section`` is the backend's settings, in the same form (and with the
-    same refusal of secrets) as ``kms.<backend>``, taken from ``kms.<backend>`` when omitted."""
+    """``pki.ca_key``: where the CA key lives, parsed and checked once when the configuration loads.
+    ``key`` names it in the token/KMS (PKCS#11 label, Transit key name, AWS alias ``alias/<key>``);
+    the backend's section is that backend's own frozen config (the same checks, and the same refusal
+    of secrets written in the file, as ``kms.<backend>``). Left out, it is taken from
+    ``kms.<backend>`` by :meth:`resolved` (what :func:`ca_key_config` returns)."""
 
     backend: str = "file"
     key: str = DEFAULT_KEY
-    section: Mapping[str, Any] | None = None
+    pkcs11: Pkcs11Config | None = None
+    transit: TransitConfig | None = None
+    aws: AwsKmsConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"pki.ca_key.backend must be one of {', '.join(BACKENDS)}")
+        if not isinstance(self.key, str) or not _KEY_NAME.match(self.key):
+            raise ConfigError("pki.ca_key.key must be 1..64 of letters, digits, '.', '_', '-'")
+        others = [name for name in _SECTION_CLASSES if name != self.backend and getattr(self, name) is not None]
+        if others:
+            raise ConfigError(f"pki.ca_key: unknown key(s) {', '.join(others)} (the backend is {self.backend})")
+
+    @property
+    def section(self) -> Pkcs11Config | TransitConfig | AwsKmsConfig | None:
+        """The backend's settings (None for ``file``, or before :meth:`resolved` when left out)."""
+        return None if self.backend == "file" else getattr(self, self.backend)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any] | CAKeyConfig | None, where: str = "pki.ca_key") -> CAKeyConfig:
+        """Check a ``ca_key:`` section; ConfigError names the key at fault, never a secret's value."""
+        if isinstance(doc, CAKeyConfig):
+            return doc
+        doc = {} if doc is None else doc
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"{where} must be a mapping")
+        backend = doc.get("backend") or "file"
+        if not isinstance(backend, str) or backend not in BACKENDS:
+            raise ConfigError(f"{where}.backend must be one of {', '.join(BACKENDS)}")
+        # another backend's section is refused too, unless null (as a dumped configuration writes it)
+        unknown = sorted(str(k) for k, v in doc.items()
+                         if k not in ("backend", "key", backend) and (k not in _SECTION_CLASSES or v is not None))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        key = doc.get("key")
+        key = DEFAULT_KEY if key is None else key
+        if not isinstance(key, str) or not _KEY_NAME.match(key):
+            raise ConfigError(f"{where}.key must be 1..64 of letters, digits, '.', '_', '-'")
+        section = doc.get(backend) if backend != "file" else None
+        if section is None:
+            return cls(backend, key)
+        return cls(backend, key, **{backend: _section_class(backend).from_mapping(section, where=f"{where}.{backend}")})
+
+    def resolved(self, kms: Mapping[str, Any] | None) -> CAKeyConfig:
+        """This configuration with the backend's section taken from ``kms.<backend>`` when left out;
+        ConfigError when neither gives one."""
+        if self.backend == "file" or self.section is not None:
+            return self
+        from eventward._internal.keys.kms import KmsConfig
+
+        kms_cfg = KmsConfig.from_mapping(kms)
+        section = getattr(kms_cfg, self.backend, None) if kms_cfg.backend == self.backend else None
+        if section is None:
+            raise ConfigError(f"pki.ca_key.backend is {self.backend}: give pki.ca_key.{self.backend} "
+                              f"(or configure kms.{self.backend}, which is then reused)")
+        return replace(self, **{self.backend: section})
 
 
-def ca_key_config(pki_doc: Mapping[str, Any], kms_doc: Mapping[str, Any]) -> CAKeyConfig:
-    """``pki.ca_key`` checked: unknown keys and backends refused by name."""
-    doc = pki_doc.get("ca_key", {"backend": "file"}) if isinstance(pki_doc, Mapping) else None
-    if not isinstance(doc, Mapping):
-        raise ConfigError("pki.ca_key must be a mapping")
-    backend = doc.get("backend", "file")
-    if backend not in BACKENDS:
-        raise ConfigError(f"pki.ca_key.backend must be one of {', '.join(BACKENDS)}")
-    allowed = {"backend", "key"} | ({backend} if backend != "file" else set())
-    unknown = sorted(str(k) for k in doc if k not in allowed)
-    if unknown:
-        raise ConfigError(f"pki.ca_key: unknown key(s) {', '.join(unknown)}")
-    key = doc.get("key", DEFAULT_KEY)
-    if not isinstance(key, str) or not _KEY_NAME.match(key):
-        raise ConfigError("pki.ca_key.key must be 1..64 of letters, digits, '.', '_', '-'")
-    section = doc.get(backend)
-    if backend != "file" and section is None:
-        if not (isinstance(kms_doc, Mapping) and kms_doc.get("backend") == backend and backend in kms_doc):
-            raise ConfigError(f"pki.ca_key.backend is {backend}: give pki.ca_key.{backend} "
-                              f"(or configure kms.{backend}, which is then reused)")
-        section = kms_doc[backend]
-    if section is not None and not isinstance(section, Mapping):
-        raise ConfigError(f"pki.ca_key.{backend} must be a mapping")
-    cfg = CAKeyConfig(str(backend), key, section)
-    if backend != "file":
-        _backend_config(cfg)  # the section's own checks (unknown keys, secrets placed in it) now
-    return cfg
+@dataclass(frozen=True)
+class PkiConfig:
+    """The ``pki:`` section of ``eventward.yaml``: only ``ca_key`` for now (see :class:`CAKeyConfig`)."""
+
+    ca_key: CAKeyConfig = field(default_factory=CAKeyConfig)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any] | PkiConfig | None, where: str = "pki") -> PkiConfig:
+        """Check a ``pki:`` section; ConfigError names the key at fault."""
+        if isinstance(doc, PkiConfig):
+            return doc
+        doc = {} if doc is None else doc
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"{where} must be a mapping")
+        unknown = sorted(str(k) for k in doc if k != "ca_key")
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        return cls(CAKeyConfig.from_mapping(doc.get("ca_key"), where=f"{where}.ca_key"))
 
 
-def _backend_config(cfg: CAKeyConfig) -> Any:
-    where = f"pki.ca_key.{cfg.backend}"
-    section = cfg.section or {}
-    if cfg.backend == "pkcs11":
-        from eventward._internal.keys.kms.pkcs11 import Pkcs11Config
-
-        return Pkcs11Config.from_mapping(section, where=where)
-    if cfg.backend == "transit":
-        from eventward._internal.keys.kms.transit import TransitConfig
-
-        return TransitConfig.from_mapping(section, where=where)
-    from eventward._internal.keys.kms.aws import AwsKmsConfig
-
-    return AwsKmsConfig.from_mapping(section, where=where)
+def ca_key_config(pki: PkiConfig | Mapping[str, Any], kms: Mapping[str, Any] | None) -> CAKeyConfig:
+    """``pki.ca_key`` checked and resolved (its section from ``kms.<backend>`` when left out):
+    unknown keys and backends refused by name."""
+    return PkiConfig.from_mapping(pki).ca_key.resolved(kms)
 
 
 def connect_signer(
@@ -559,24 +611,23 @@ def connect_signer(
     ``expect`` is the CA certificate's key: Transit then signs with the version that holds it."""
     if cfg.backend == "file":
         raise ConfigError("the file CA key is opened from certs/ca.key, not connected")
-    backend = _backend_config(cfg)
-    if cfg.backend == "pkcs11":
-        return Pkcs11Signer.open(backend, cfg.key, create=create)
-    if cfg.backend == "transit":
-        return TransitSigner(backend, cfg.key, create=create, expect=expect)
-    return AwsSigner(backend, f"alias/{cfg.key}", create=create)
+    cfg = cfg.resolved(None)  # a section left out and never resolved against kms: ConfigError, by name
+    if cfg.pkcs11 is not None:
+        return Pkcs11Signer.open(cfg.pkcs11, cfg.key, create=create)
+    if cfg.transit is not None:
+        return TransitSigner(cfg.transit, cfg.key, create=create, expect=expect)
+    return AwsSigner(cfg.aws, f"alias/{cfg.key}", create=create)
 
 
 def describe(cfg: CAKeyConfig) -> str:
     """Where the CA key lives, for ``eventward threats`` and the CLI (no secret, no connection)."""
     if cfg.backend == "file":
         return "a 0600 file in the home (certs/ca.key)"
-    section = cfg.section or {}
     if cfg.backend == "pkcs11":
-        return f"PKCS#11 token {section.get('token_label')!r} (key label {cfg.key!r})"
+        return f"PKCS#11 token {getattr(cfg.pkcs11, 'token_label', None)!r} (key label {cfg.key!r})"
     if cfg.backend == "transit":
-        return f"Vault/OpenBao Transit at {section.get('url')} (key {cfg.key!r})"
-    return f"AWS KMS {section.get('region')} (alias/{cfg.key})"
+        return f"Vault/OpenBao Transit at {getattr(cfg.transit, 'url', None)} (key {cfg.key!r})"
+    return f"AWS KMS {getattr(cfg.aws, 'region', None)} (alias/{cfg.key})"
 
 
 def config_for(certs: Path) -> CAKeyConfig:
@@ -589,6 +640,6 @@ def config_for(certs: Path) -> CAKeyConfig:
 
 
 __all__ = [
-    "BACKENDS", "AwsSigner", "CAKeyConfig", "CASigner", "FileSigner", "Pkcs11Signer", "TransitSigner",
+    "BACKENDS", "AwsSigner", "CAKeyConfig", "CASigner", "FileSigner", "Pkcs11Signer", "PkiConfig", "TransitSigner",
     "ca_key_config", "config_for", "connect_signer", "describe", "sign_certificate", "sign_crl",
 ]

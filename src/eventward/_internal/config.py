@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 
 import yaml
 
+from eventward._internal.casigner import PkiConfig
 from eventward._internal.keys.kms import KmsConfig
 from eventward.errors import ConfigError
 
@@ -47,7 +48,9 @@ class KafkaConfig:
     ssl_ca: str | None = None
     ssl_cert: str | None = None
     ssl_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # librdkafka properties passed through as they are (e.g. ``linger.ms: 5``): scalars only, so a
+    # nested mapping or a list is refused at load instead of by librdkafka at the first connect
+    extra: dict[str, str | int | float | bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -310,9 +313,9 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     reconciler: ReconcilerConfig = field(default_factory=ReconcilerConfig)
     kms: KmsConfig = field(default_factory=KmsConfig)
-    # pki.ca_key: where the deployment CA's key lives (casigner.ca_key_config): {backend: file} by
-    # default, or pkcs11 / transit / aws with that backend's section (kms.<backend> reused if omitted)
-    pki: dict[str, Any] = field(default_factory=dict)
+    # pki.ca_key: where the deployment CA's key lives: {backend: file} by default, or pkcs11 /
+    # transit / aws with that backend's section (kms.<backend> reused if omitted: ca_key_config)
+    pki: PkiConfig = field(default_factory=PkiConfig)
     gateway: GatewayConfig = field(default_factory=lambda: GatewayConfig())
 
     @classmethod
@@ -354,13 +357,7 @@ class Config:
         if cfg.consumer.uncleared not in ("redact", "token"):
             raise ConfigError(f"{name}: consumer.uncleared must be 'redact' or 'token'")
         _check_store(cfg.store, name)
-        if cfg.pki:
-            from eventward._internal.casigner import ca_key_config
-
-            unknown = sorted(str(k) for k in cfg.pki if k != "ca_key")
-            if unknown:
-                raise ConfigError(f"{name}: pki: unknown key(s) {', '.join(unknown)}")
-            ca_key_config(cfg.pki, cfg.kms)
+        cfg.pki.ca_key.resolved(cfg.kms)  # a section left out must be found in kms.<backend>, now
         return cfg
 
     def dump(self) -> str:
@@ -420,6 +417,11 @@ def _check_value(hint: Any, value: Any, path: str) -> Any:
     if bad is not _NONE:
         what = "an item" if origin is list else "a key"
         raise ConfigError(f"{path}: expected {_type_name(hint)}, got {what} of type {type(bad).__name__}")
+    if origin is dict and len(args) == 2 and args[1] is not Any:  # a mapping's values: scalars checked by name
+        for key, item in value.items():
+            if not any(_same_kind(a, item) for a in (get_args(args[1]) or (args[1],))):
+                raise ConfigError(f"{path}.{key}: expected {_type_name(args[1])}, got {type(item).__name__}")
+            _check_value(type(item), item, f"{path}.{key}")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{path}: must be a finite number")
     return value
@@ -442,5 +444,5 @@ def _type_name(hint: Any) -> str:
     if origin is list:
         return "a list of " + _type_name(get_args(hint)[0]) if get_args(hint) else "list"
     if origin is dict:
-        return "a mapping"
+        return "a mapping" if get_args(hint)[1:] in ((), (Any,)) else "a mapping of " + _type_name(get_args(hint)[1])
     return getattr(hint, "__name__", str(hint))

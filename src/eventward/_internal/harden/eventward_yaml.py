@@ -99,8 +99,7 @@ def check_text(text: str, source: str) -> list[Finding]:
     if cfg.consumer.freshness_s > MAX_FRESHNESS_S:
         hit("EW-005", "consumer", "freshness_s")
     kms = str(cfg.kms.get("backend", "local"))
-    ca_key = cfg.pki.get("ca_key") or {}
-    if kms != "local" and ca_key.get("backend", "file") == "file":
+    if kms != "local" and cfg.pki.ca_key.backend == "file":
         where = ("pki", "ca_key", "backend") if ("pki",) in lines else ("kms", "backend")
         hit("EW-006", *where, detail=f"kms.backend {kms}, CA key a 0600 file")
     return found

@@ -7,6 +7,7 @@ KEK ids are ``<class>.v<N>``; N is the class *epoch* that erasure receipts refer
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import fields
@@ -105,7 +106,12 @@ def config_from_mapping(cls: type[C], doc: Mapping[str, Any], where: str, *, req
     unknown = sorted(str(k) for k in doc if k not in known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    for key, value in doc.items():  # NaN passes every "< 0" bound (a timeout of NaN never expires)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{key}: must be a finite number")
     try:
         return cls(**dict(doc))
     except TypeError:
         raise ConfigError(f"{where}: {required} required") from None
+    except ConfigError as e:  # the dataclass names the field; say which section it is in
+        raise ConfigError(f"{where}: {e}") from None
