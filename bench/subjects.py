@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +20,13 @@ from pathlib import Path
 from bench.common import in_parallel
 from eventward._internal.home import Home
 from eventward._internal.keys.dek import DEK_BYTES, new_kid
-from eventward._internal.keys.service import DEFAULT_CLASSES, KeyService
+from eventward._internal.keys.service import DEFAULT_CLASSES, SUBJECT_HASH_CHARS, KeyService
+from eventward._internal.keys.sqlite_store import SQLiteKeyStore
 from eventward._internal.keys.store_base import DekRecord
 from eventward._internal.policy.base import AllowList
 
 CHUNK = 20_000
+PSEUDONYM_RANDOM = 2  # pseudonyms.kind of a random pseudonym (KeyStore.add_pseudonym's default)
 SHARED_CHUNK = 5_000  # when processes load together: short write transactions, no busy timeouts
 BULK_BUSY_TIMEOUT_MS = 600_000
 
@@ -68,12 +71,40 @@ def load(
 
 
 def _pseudonyms(svc: KeyService, subjects: Iterable[str], per_tx: int) -> Iterator[tuple[str, str]]:
-    """(subject, pseudonym), the pseudonym rows written ``per_tx`` to a transaction (one fsync)."""
+    """(subject, pseudonym), the pseudonym rows written ``per_tx`` to a transaction (one fsync).
+
+    On the SQLite key store the rows of new subjects go in with one ``executemany`` per
+    transaction: the keyed lookup the service computes (``KeyService._lookup``), a random
+    pseudonym and the row ``add_pseudonym`` would write, without its per-subject SELECTs (a third
+    of the load time at a million). If any subject already had a row (or the store is another
+    kind), that transaction falls back to ``subject_hash`` per subject, the service's own path."""
     it = iter(subjects)
+    fast = isinstance(svc.store, SQLiteKeyStore)
     while batch := list(itertools.islice(it, per_tx)):
         with svc.store.transaction():
-            pairs = [(s, svc.subject_hash(s)) for s in batch]
+            pairs = _new_pseudonyms(svc, batch) if fast else None
+            if pairs is None:
+                pairs = [(s, svc.subject_hash(s)) for s in batch]
         yield from pairs
+
+
+def _new_pseudonyms(svc: KeyService, batch: list[str]) -> list[tuple[str, str]] | None:
+    """Pseudonym rows for subjects none of which has one yet, inside the caller's transaction;
+    None (nothing written) if one of them had a row already."""
+    lookups = [svc._lookup(s) for s in batch]
+    pseudonyms = [secrets.token_hex(SUBJECT_HASH_CHARS // 2) for _ in batch]
+    db = svc.store._db  # type: ignore[attr-defined]
+    db.execute("SAVEPOINT bulk_pseudonyms")
+    written = db.executemany(
+        "INSERT OR IGNORE INTO pseudonyms (lookup, pseudonym, created, kind) VALUES (?, ?, ?, ?)",
+        [(h, p, svc._clock(), PSEUDONYM_RANDOM) for h, p in zip(lookups, pseudonyms, strict=True)],
+    ).rowcount
+    if written != len(batch):
+        db.execute("ROLLBACK TO bulk_pseudonyms")
+        db.execute("RELEASE bulk_pseudonyms")
+        return None
+    db.execute("RELEASE bulk_pseudonyms")
+    return list(zip(batch, pseudonyms, strict=True))
 
 
 def _commit(svc: KeyService, records: list[DekRecord], loaded: list[Loaded]) -> list[Loaded]:
