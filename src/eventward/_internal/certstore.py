@@ -45,7 +45,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from eventward._internal import pki
 from eventward._internal.casigner import sign_crl
-from eventward._internal.log.sqlite import connect, write_txn
+from eventward._internal.log.sqlite import connect
+from eventward._internal.store.migrations import CONTROL_SCHEMA
+from eventward._internal.store.sqlcompat import PgTables, write
 from eventward.errors import ConfigError, ConflictError, InputError, NotFoundError
 
 DB_NAME = "issued.db"
@@ -68,7 +70,12 @@ CREATE TABLE IF NOT EXISTS issued(
     not_before REAL NOT NULL, not_after REAL NOT NULL, spki TEXT NOT NULL, status TEXT NOT NULL,
     revoked_at REAL, reason TEXT, alerted REAL)
 """
+_CRL_SCHEMA = ("CREATE TABLE IF NOT EXISTS crl(id INTEGER PRIMARY KEY CHECK (id = 1), number INTEGER NOT NULL, "
+               "pem TEXT NOT NULL)")
 _COLS = "serial, principal, kind, path, not_before, not_after, spki, status, revoked_at, reason"
+# Where the book's SQLite tables live with store.backend: postgres (migration 7): (qualified name, key column).
+PKI_TABLES = {"issued": (f"{CONTROL_SCHEMA}.issued_certs", "serial"), "crl": (f"{CONTROL_SCHEMA}.crl", "id")}
+PKI_LOCK = 0x65777063  # pg_advisory_xact_lock key of the book's writes ("ewpc")
 _SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
 
 
@@ -128,33 +135,90 @@ def load_cert_file(path: Path) -> x509.Certificate:
         raise InputError(f"{path} is not a PEM X.509 certificate") from None
 
 
-class CertRegistry:
-    """The issued-certificate table (``certs/issued.db``, 0600) of one deployment CA."""
+def _pg_home(certs: Path) -> Any:
+    """The home whose ``certs/`` this is when its store is PostgreSQL (its book lives in the shared
+    database then, so every ``serve`` replica issues and revokes against one book), else None."""
+    from eventward._internal.config import Config
+    from eventward._internal.home import Home
 
-    def __init__(self, certs: Path) -> None:
+    home = Home(certs.parent)
+    if certs.name != "certs" or not home.config.is_file():
+        return None
+    return home if Config.load(home.config).store.backend == "postgres" else None
+
+
+def _select(rows: Sequence[CertRecord], target: str) -> list[CertRecord]:
+    """The certificates ``revoke`` means: one serial, or every valid one of a principal."""
+    t = target.lower().removeprefix("0x")
+    by_serial = [r for r in rows if r.serial == t] if _SERIAL.match(t) else []
+    if by_serial:
+        if by_serial[0].status == REVOKED:
+            raise ConflictError(f"certificate {by_serial[0].serial} is already revoked")
+        return by_serial
+    targets = [r for r in rows if r.principal == target and r.status == VALID]
+    if not targets:
+        raise NotFoundError(f"no valid certificate of {target[:64]!r} to revoke")
+    return targets
+
+
+class CertRegistry:
+    """The issued-certificate book of one deployment CA and its current CRL: ``certs/issued.db``
+    (0600), or the shared database's ``eventward_control.issued_certs``/``crl`` when the home's
+    ``store.backend`` is postgres. Writes that change what the CRL must say (revoke, publish) run
+    in one write transaction (SQLite's ``BEGIN IMMEDIATE``, or the book's advisory lock) that
+    re-reads the book, signs the CRL and writes ``crl.pem``, so two processes revoking at once
+    cannot publish a CRL missing the other's revocation."""
+
+    def __init__(self, certs: Path, *, db: PgTables | None = None) -> None:
         self.certs = certs
         self._lock = threading.Lock()
         certs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._db = connect(certs / DB_NAME, synchronous="FULL")
-        with self._lock, write_txn(self._db, "create certificate schema") as db:
-            db.execute(_SCHEMA)
+        if db is None and (home := _pg_home(certs)) is not None:
+            from eventward._internal.store.sqlcompat import open_pg_tables
+
+            db = open_pg_tables(home, PKI_TABLES, PKI_LOCK)
+        self._db: sqlite3.Connection | PgTables
+        if db is not None:
+            self._db = db
+        else:
+            self._db = connect(certs / DB_NAME, synchronous="FULL")
+            with self._lock, write(self._db, "create certificate schema") as c:
+                c.execute(_SCHEMA)
+                c.execute(_CRL_SCHEMA)
 
     @staticmethod
     def managed(certs: Path) -> bool:
-        """Whether ``pki init`` ran for this certificate directory."""
-        return (certs / DB_NAME).is_file()
+        """Whether ``pki init`` ran for this certificate directory (on PostgreSQL: a CRL is stored)."""
+        if _pg_home(certs) is None:
+            return (certs / DB_NAME).is_file()
+        reg = CertRegistry(certs)
+        try:
+            return reg.crl() is not None
+        finally:
+            reg.close()
 
     def close(self) -> None:
         self._db.close()
 
     # --- records ----------------------------------------------------------------------------
-    def record(self, cert: x509.Certificate, path: Path | str = "") -> CertRecord:
+    def record(self, cert: x509.Certificate, path: Path | str = "", *, exclusive: bool = False) -> CertRecord:
+        """Book ``cert`` (again: nothing changes). ``exclusive``: refuse (ConflictError) when a valid,
+        unexpired certificate of the same principal for the same public key is booked already, so
+        two replicas approving one enrollment at once book one certificate, not two."""
         serial = format(cert.serial_number, "x")
         row = (
             serial, _cn(cert), _kind(cert), str(path), cert.not_valid_before_utc.timestamp(),
             cert.not_valid_after_utc.timestamp(), spki_sha256(cert), VALID,
         )
-        with self._lock, write_txn(self._db, "record certificate") as db:
+        with self._lock, write(self._db, "record certificate") as db:
+            if exclusive:
+                other = db.execute(
+                    "SELECT serial FROM issued WHERE principal = ? AND spki = ? AND status = ? AND not_after > ? "
+                    "AND serial != ?", (row[1], row[6], VALID, time.time(), serial),
+                ).fetchone()
+                if other is not None:
+                    raise ConflictError(f"the key of {row[1][:64]!r} is already certified (serial {other[0]}): "
+                                        "another approval got there first")
             db.execute(
                 "INSERT OR IGNORE INTO issued(serial, principal, kind, path, not_before, not_after, spki, status)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -186,17 +250,41 @@ class CertRegistry:
         return live[-1] if live else None
 
     def revoke(self, serial: str, reason: str, at: float | None = None) -> CertRecord:
+        """Mark one certificate revoked (no CRL: ``revoke_and_publish`` is what ``pki revoke`` runs)."""
         if reason not in REASONS:
             raise InputError(f"revocation reason must be one of {', '.join(REASONS)}")
         rec = self.get(serial)
-        if rec.status == REVOKED:
-            raise ConflictError(f"certificate {rec.serial} is already revoked")
-        with self._lock, write_txn(self._db, "revoke certificate") as db:
+        with self._lock, write(self._db, "revoke certificate") as db:
+            row = db.execute("SELECT status FROM issued WHERE serial = ?", (rec.serial,)).fetchone()
+            if row is not None and row[0] == REVOKED:  # re-read inside the write: another writer may have won
+                raise ConflictError(f"certificate {rec.serial} is already revoked")
             db.execute(
                 "UPDATE issued SET status = ?, revoked_at = ?, reason = ? WHERE serial = ?",
                 (REVOKED, time.time() if at is None else at, reason, rec.serial),
             )
         return self.get(rec.serial)
+
+    def revoke_and_publish(self, ca: pki.CA, target: str, reason: str) -> list[CertRecord]:
+        """Revoke one certificate (serial) or every valid one of a principal and publish the CRL
+        listing every revocation, in ONE write transaction: the book is re-read under the write
+        lock (a concurrent revoke of the same certificate is a ConflictError, of another one is in
+        this CRL), the CRL is signed (and verified) before anything changes (a CA key that cannot
+        sign leaves the book and the CRL as they were), then rows, stored CRL and ``crl.pem``."""
+        if reason not in REASONS:
+            raise InputError(f"revocation reason must be one of {', '.join(REASONS)}")
+        with self._lock, write(self._db, "revoke certificate") as db:
+            rows = [CertRecord(*r) for r in db.execute(f"SELECT {_COLS} FROM issued ORDER BY not_after").fetchall()]
+            targets = _select(rows, target)
+            at = time.time()
+            revoked = [*(r for r in rows if r.status == REVOKED),
+                       *(dataclasses.replace(r, status=REVOKED, revoked_at=at, reason=reason) for r in targets)]
+            number = self._next_crl_number(db)
+            crl = sign_revocations(ca, revoked, number=number)
+            for r in targets:
+                db.execute("UPDATE issued SET status = ?, revoked_at = ?, reason = ? WHERE serial = ? AND status = ?",
+                           (REVOKED, at, reason, r.serial, VALID))
+            self._store_crl(db, crl, number)
+        return [self.get(r.serial) for r in targets]
 
     def pins(self, now: float | None = None) -> list[str]:
         """SHA-256 public-key pins nats-server may accept: valid, unexpired, never revoked."""
@@ -215,20 +303,89 @@ class CertRegistry:
             ).fetchall()
         return [CertRecord(*r) for r in rows]
 
-    def mark_alerted(self, serial: str) -> None:
-        with self._lock, write_txn(self._db, "mark expiry alert") as db:
-            db.execute("UPDATE issued SET alerted = ? WHERE serial = ?", (time.time(), serial))
+    def mark_alerted(self, serial: str) -> bool:
+        """Mark the expiry alert of ``serial`` raised; False when another replica did first."""
+        with self._lock, write(self._db, "mark expiry alert") as db:
+            cur = db.execute("UPDATE issued SET alerted = ? WHERE serial = ? AND alerted IS NULL",
+                             (time.time(), serial))
+            return bool(cur.rowcount)
 
     # --- the CRL ----------------------------------------------------------------------------
+    def crl(self) -> tuple[int, bytes] | None:
+        """The current CRL as stored (its number and PEM), or None before ``pki init``."""
+        with self._lock:
+            row = self._db.execute("SELECT number, pem FROM crl WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]).encode())
+
+    @staticmethod
+    def _next_crl_number(db: Any) -> int:
+        """Strictly above the stored CRL's number (read under the write lock), time-based otherwise."""
+        row = db.execute("SELECT number FROM crl WHERE id = 1").fetchone()
+        return max(int(time.time() * 1000), int(row[0]) + 1 if row else 0)
+
+    def _store_crl(self, db: Any, crl: x509.CertificateRevocationList, number: int) -> None:
+        """Store the CRL and write ``crl.pem``, both inside the caller's write transaction (so CRL
+        files are written in commit order; a failed commit after the file leaves a CRL that lists
+        one revocation too many, never one too few, and the retried revoke republishes)."""
+        pem = crl.public_bytes(serialization.Encoding.PEM).decode()
+        db.execute("INSERT OR REPLACE INTO crl(id, number, pem) VALUES (1, ?, ?)", (number, pem))
+        write_crl(self.certs, crl)
+
+    def set_crl(self, crl: x509.CertificateRevocationList) -> Path:
+        """Store an already signed CRL (``pki init``'s empty one) and write ``crl.pem``."""
+        number = _crl_number(crl)
+        with self._lock, write(self._db, "publish CRL") as db:
+            row = db.execute("SELECT number FROM crl WHERE id = 1").fetchone()
+            if row is None or int(row[0]) < number:
+                self._store_crl(db, crl, number)
+        return self.certs / CRL_NAME
+
     def publish_crl(self, ca_or_pair: pki.CA | pki.Issued, *, days: int = CRL_DAYS) -> Path:
         """Sign (through the CA's signer, verified) and write ``certs/crl.pem`` listing every revoked
-        certificate (atomically); a signature that does not verify writes nothing."""
-        crl = sign_revocations(pki.as_ca(ca_or_pair), self._rows("WHERE status = ?", (REVOKED,)), days=days)
-        return write_crl(self.certs, crl)
+        certificate (atomically, in one write transaction); a signature that does not verify writes nothing."""
+        with self._lock, write(self._db, "publish CRL") as db:
+            rows = [CertRecord(*r) for r in db.execute(f"SELECT {_COLS} FROM issued WHERE status = ?",
+                                                       (REVOKED,)).fetchall()]
+            number = self._next_crl_number(db)
+            crl = sign_revocations(pki.as_ca(ca_or_pair), rows, days=days, number=number)
+            self._store_crl(db, crl, number)
+        return self.certs / CRL_NAME
+
+    def sync_crl(self, path: Path | None = None) -> bool:
+        """Write the stored CRL to ``path`` (default ``certs/crl.pem``) when the file holds an older
+        one (another replica revoked): what every ``serve`` replica on PostgreSQL runs every
+        ``gateway.tls.reload_s``, so its TLS reload picks the revocation up. True when written."""
+        stored = self.crl()
+        if stored is None:
+            return False
+        number, pem = stored
+        path = self.certs / CRL_NAME if path is None else path
+        try:
+            current = path.read_bytes()
+        except FileNotFoundError:
+            current = b""
+        if current == pem:
+            return False
+        try:
+            if current and _crl_number(x509.load_pem_x509_crl(current)) >= number:
+                return False  # the file is newer (this host just published): the database catches up
+        except ValueError:
+            pass  # unreadable: replaced by the stored one
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(pem)
+        tmp.replace(path)
+        return True
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def sign_revocations(
-    ca: pki.CA, revoked: Sequence[CertRecord], *, days: int = CRL_DAYS
+    ca: pki.CA, revoked: Sequence[CertRecord], *, days: int = CRL_DAYS, number: int | None = None
 ) -> x509.CertificateRevocationList:
     """A CRL of ``revoked`` signed by the CA's signer and verified against ``ca.crt``."""
     now = dt.datetime.now(dt.UTC)
@@ -237,7 +394,7 @@ def sign_revocations(
         .issuer_name(ca.cert.subject)
         .last_update(now - dt.timedelta(minutes=5))
         .next_update(now + dt.timedelta(days=days))
-        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+        .add_extension(x509.CRLNumber(int(time.time() * 1000) if number is None else number), critical=False)
     )
     for r in revoked:
         revoked_at = dt.datetime.fromtimestamp(r.revoked_at or time.time(), dt.UTC)
@@ -318,7 +475,7 @@ def init(certs: Path, cn: str = "eventward CA") -> tuple[CertRegistry, list[Cert
         except (ValueError, TypeError, OSError, InvalidSignature):  # not signed by this CA: left alone
             continue
         adopted.append(reg.record(cert, path))
-    write_crl(certs, crl)
+    reg.set_crl(crl)  # last: on PostgreSQL the stored CRL is what makes the book "managed"
     ca.close()
     return reg, adopted
 
@@ -334,100 +491,90 @@ def issue(
     """A new certificate (client by default; ``server`` adds serverAuth) and its 0600 key."""
     if not 1 <= days <= 825:
         raise InputError("certificate lifetime must be 1..825 days")
-    reg = _registry(certs)
-    if reg.current(pki.check_cn(principal)) is not None:
-        raise ConflictError(f"{principal} already has a valid certificate: renew or revoke it")
-    with _ca(certs) as ca:
-        issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
-    cert, key = _paths(certs, principal, "server" if server else "client")
-    pki.save(issued, cert, key)
-    return reg.record(issued.cert, cert)
+    with contextlib.closing(_registry(certs)) as reg:
+        if reg.current(pki.check_cn(principal)) is not None:
+            raise ConflictError(f"{principal} already has a valid certificate: renew or revoke it")
+        with _ca(certs) as ca:
+            issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
+        cert, key = _paths(certs, principal, "server" if server else "client")
+        pki.save(issued, cert, key)
+        return reg.record(issued.cert, cert)
 
 
 def renew(certs: Path, principal: str, *, days: int = DEFAULT_DAYS) -> CertRecord:
     """A fresh key and certificate for ``principal`` with the same usages and names, written
     over the old files (atomically). The old certificate stays valid until it expires, so
     processes still using it keep working until they reload."""
-    reg = _registry(certs)
-    old = reg.current(pki.check_cn(principal))
-    if old is None:
-        raise NotFoundError(f"{principal} has no valid certificate to renew: issue one")
-    old_cert = load_cert_file(Path(old.path)) if old.path else None
-    sans: list[str] = []
-    if old_cert is not None and old.kind.startswith("server"):
-        try:
-            ext = old_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            sans = [str(v) for v in ext.get_values_for_type(x509.DNSName)]
-            sans += [str(v) for v in ext.get_values_for_type(x509.IPAddress)]
-        except x509.ExtensionNotFound:
-            pass
-    server = old.kind.startswith("server")
-    with _ca(certs) as ca:
-        issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
-    cert, key = (Path(old.path), Path(old.path).with_suffix(".key")) if old.path else _paths(certs, principal, old.kind)
-    pki.save(issued, cert, key)
-    return reg.record(issued.cert, cert)
+    with contextlib.closing(_registry(certs)) as reg:
+        old = reg.current(pki.check_cn(principal))
+        if old is None:
+            raise NotFoundError(f"{principal} has no valid certificate to renew: issue one")
+        old_cert = load_cert_file(Path(old.path)) if old.path else None
+        sans: list[str] = []
+        if old_cert is not None and old.kind.startswith("server"):
+            try:
+                ext = old_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                sans = [str(v) for v in ext.get_values_for_type(x509.DNSName)]
+                sans += [str(v) for v in ext.get_values_for_type(x509.IPAddress)]
+            except x509.ExtensionNotFound:
+                pass
+        server = old.kind.startswith("server")
+        with _ca(certs) as ca:
+            issued = pki.issue_cert(ca, principal, server=server, client=True, sans=sans, days=days)
+        cert, key = ((Path(old.path), Path(old.path).with_suffix(".key")) if old.path
+                     else _paths(certs, principal, old.kind))
+        pki.save(issued, cert, key)
+        return reg.record(issued.cert, cert)
 
 
 def revoke(certs: Path, target: str, reason: str) -> list[CertRecord]:
-    """Revoke one certificate (by serial) or every valid one of a principal; publish the CRL."""
-    reg = _registry(certs)
+    """Revoke one certificate (by serial) or every valid one of a principal; publish the CRL.
+    Book and CRL change in one write transaction (``CertRegistry.revoke_and_publish``)."""
     if reason not in REASONS:
         raise InputError(f"revocation reason must be one of {', '.join(REASONS)}")
-    if _SERIAL.match(target.lower()) and any(r.serial == target.lower() for r in reg.list()):
-        targets = [reg.get(target)]
-        if targets[0].status == REVOKED:
-            raise ConflictError(f"certificate {targets[0].serial} is already revoked")
-    else:
-        targets = [r for r in reg.list(target) if r.status == VALID]
-        if not targets:
-            raise NotFoundError(f"no valid certificate of {target[:64]!r} to revoke")
-    # The CRL that will list them is signed (and verified) first: a CA key that cannot sign
-    # (KMS down, wrong key) refuses before the book changes.
-    at = time.time()
-    revoked = [*reg._rows("WHERE status = ?", (REVOKED,)),
-               *(dataclasses.replace(r, status=REVOKED, revoked_at=at, reason=reason) for r in targets)]
-    with _ca(certs) as ca:
-        crl = sign_revocations(ca, revoked)
-    done = [reg.revoke(r.serial, reason, at) for r in targets]
-    write_crl(certs, crl)
-    return done
+    reg = _registry(certs)
+    try:
+        with _ca(certs) as ca:
+            return reg.revoke_and_publish(ca, target, reason)
+    finally:
+        reg.close()
 
 
 def sign_csr(certs: Path, csr_pem: bytes, principal: str, enrolled: bool, *, days: int = DEFAULT_DAYS) -> CertRecord:
     """Certify a service's CSR (its key never leaves it) for an enrolled principal."""
     if not enrolled:
         raise InputError(f"{principal[:64]!r} is not enrolled: approve its enrollment before certifying its key")
-    reg = _registry(certs)
-    with _ca(certs) as ca:
-        cert = pki.certify_csr(ca, csr_pem, principal, days=days)
-    # never over clients/<principal>.crt, whose key file belongs to another certificate
-    path = certs / "issued" / f"{principal}-{cert.serial_number:x}.crt"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tmp.replace(path)
-    return reg.record(cert, path)
+    with contextlib.closing(_registry(certs)) as reg:
+        with _ca(certs) as ca:
+            cert = pki.certify_csr(ca, csr_pem, principal, days=days)
+        # never over clients/<principal>.crt, whose key file belongs to another certificate
+        path = certs / "issued" / f"{principal}-{cert.serial_number:x}.crt"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        tmp.replace(path)
+        return reg.record(cert, path, exclusive=True)
 
 
 def adopt(certs: Path, path: Path) -> CertRecord:
     """Book a certificate this CA signed before ``pki init`` (e.g. an enrollment approved
     earlier), so NATS pins it and it can be listed and revoked."""
-    reg = _registry(certs)
-    cert = load_cert_file(path)
-    try:
-        cert.verify_directly_issued_by(pki.ca_certificate(certs))
-    except (ValueError, TypeError, InvalidSignature):
-        raise InputError(f"{path} was not issued by this deployment's CA") from None
-    return reg.record(cert, path)
+    with contextlib.closing(_registry(certs)) as reg:
+        cert = load_cert_file(path)
+        try:
+            cert.verify_directly_issued_by(pki.ca_certificate(certs))
+        except (ValueError, TypeError, InvalidSignature):
+            raise InputError(f"{path} was not issued by this deployment's CA") from None
+        return reg.record(cert, path)
 
 
-def record_if_managed(certs: Path, cert: x509.Certificate, path: Path | str = "") -> None:
-    """Record a certificate the CA just signed elsewhere (enrollment, first-use certificates)."""
+def record_if_managed(certs: Path, cert: x509.Certificate, path: Path | str = "", *, exclusive: bool = False) -> None:
+    """Record a certificate the CA just signed elsewhere (enrollment, first-use certificates);
+    ``exclusive`` as in ``CertRegistry.record`` (an approval: one certificate per enrolled key)."""
     if CertRegistry.managed(certs):
         reg = CertRegistry(certs)
         try:
-            reg.record(cert, path)
+            reg.record(cert, path, exclusive=exclusive)
         finally:
             reg.close()
 
@@ -461,7 +608,7 @@ class ExpiryMonitor:
     def check(self, now: float | None = None) -> list[CertRecord]:
         reg = CertRegistry(self.certs)
         try:
-            due = reg.expiring(self.days, now)
+            due = [rec for rec in reg.expiring(self.days, now) if reg.mark_alerted(rec.serial)]  # one replica alerts
             for rec in due:
                 if self.audit is not None:
                     self.audit.record(
@@ -470,7 +617,6 @@ class ExpiryMonitor:
                     )
                 if self.metrics is not None:
                     self.metrics.cert_expiring.inc(rec.kind)
-                reg.mark_alerted(rec.serial)
             crl = self.certs / CRL_NAME
             if crl.is_file():
                 nxt = load_crl(crl).next_update_utc
@@ -480,6 +626,30 @@ class ExpiryMonitor:
             return due
         finally:
             reg.close()
+
+
+class CrlSync:
+    """A ``serve`` replica's copy of the CRL stored in the shared database (``store.backend:
+    postgres``): ``run`` writes it to ``path`` when another replica published a newer one. The
+    book stays open between runs; a database outage fails the run (logged) and the next retries."""
+
+    def __init__(self, certs: Path, path: Path) -> None:
+        self.certs, self.path = certs, path
+        self._reg: CertRegistry | None = None
+
+    @staticmethod
+    def applies(certs: Path) -> bool:
+        return _pg_home(certs) is not None
+
+    def run(self) -> None:
+        if self._reg is None:
+            self._reg = CertRegistry(self.certs)
+        self._reg.sync_crl(self.path)
+
+    def close(self) -> None:
+        if self._reg is not None:
+            self._reg.close()
+            self._reg = None
 
 
 # --- NATS: the allow-list nats-server enforces ----------------------------------------------

@@ -281,7 +281,7 @@ class ControlPlane:
             cert = certify_csr(ca, req.csr_pem, req.principal, days=days)
         finally:
             ca.close()
-        record_if_managed(self.dep.home.certs, cert)  # listed, renewed and revocable with 'eventward pki'
+        record_if_managed(self.dep.home.certs, cert, exclusive=True)  # one certificate per approved key
         kids = self.enroll(by, req.principal, req.seal_key, req.dead_letter_key, may_seal)
         body = {
             "principal": req.principal, "kids": kids, "may_seal": may_seal,

@@ -456,10 +456,16 @@ def _pki_tasks(
     cfg: GatewayConfig, home: Home, audit: AuditSink | None, metrics: GatewayMetrics | None
 ) -> list[tuple[Callable[[], None], float]]:
     """Once ``eventward pki init`` manages the home's CA: the expiry monitor and the CRL's
-    republication (serve holds the CA key), hourly."""
-    from eventward._internal.certstore import CertRegistry, ExpiryMonitor
+    republication (serve holds the CA key), hourly. With ``store.backend: postgres`` also the
+    CRL sync: the CRL stored in the shared database (another replica revoked) is written to
+    this replica's CRL file every ``tls.reload_s``, which the TLS reload then picks up."""
+    from eventward._internal.certstore import CertRegistry, CrlSync, ExpiryMonitor
 
+    tasks: list[tuple[Callable[[], None], float]] = []
+    crl = tls_files(cfg, home).crl
+    if crl is not None and cfg.tls.reload_s > 0 and CrlSync.applies(home.certs):
+        tasks.append((CrlSync(home.certs, crl).run, cfg.tls.reload_s))
     if not CertRegistry.managed(home.certs):
-        return []
+        return tasks
     mon = ExpiryMonitor(home.certs, cfg.tls.expiry_warn_days, audit=audit, metrics=metrics)
-    return [(mon.check, 3600.0)]
+    return [*tasks, (mon.check, 3600.0)]
