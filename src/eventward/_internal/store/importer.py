@@ -1,5 +1,6 @@
 """``eventward db import``: move an embedded home's key store, audit log, schema registry, policy
-versions, trust registry and the control plane's seal grants into PostgreSQL.
+versions, trust registry, the control plane's seal grants and direct-path reconciler positions,
+and the PKI's book of issued certificates with its current CRL into PostgreSQL.
 
 Everything is copied in ONE transaction holding the key store's and the audit log's write
 locks, into a database that is migrated, belongs to the same deployment (same audit key name)
@@ -53,6 +54,11 @@ _REGISTRY_TABLES = (
                  "decided_by", "type, version"),
     ("approvals", "type, version, kind, principal, at", "type, version, kind"),
 )
+_DIRECT_TABLES = (
+    ("direct_tail", "stream, last_seq, end_offset"),
+    ("direct_refused", "stream, seq"),
+    ("direct_progress", "grp, stream, committed"),
+)
 _SKIP_KEY_META = frozenset({"schema"})  # SQLite's own schema version
 
 
@@ -80,7 +86,8 @@ def _empty(conn: psycopg.Connection) -> bool:
             return False
     if conn.execute(f"SELECT 1 FROM {REGISTRY_SCHEMA}.versions LIMIT 1").fetchone():
         return False
-    for table in ("trust_keys", "policy_versions", "seal_grants"):
+    for table in ("trust_keys", "policy_versions", "seal_grants", "issued_certs", "crl", "direct_tail",
+                  "direct_progress", "direct_refused"):
         if conn.execute(f"SELECT 1 FROM {CONTROL_SCHEMA}.{table} LIMIT 1").fetchone():
             return False
     return conn.execute(f"SELECT 1 FROM {AUDIT_SCHEMA}.records LIMIT 1").fetchone() is None
@@ -110,8 +117,10 @@ def import_home(source: Home, db: Database, deployment_id: str) -> ImportReport:
                 with _sqlite(source.registry_db) as registry:
                     _copy_registry(cur, registry, report)
             _copy_control(cur, source, report)
+            _copy_pki(cur, source, report)
     report.stale_files = [str(p) for p in (source.keys_db, source.audit_db, source.registry_db, source.trust_db,
-                                            source.policy_dir / "policy.db", source.root / "control.db")
+                                            source.policy_dir / "policy.db", source.root / "control.db",
+                                            source.certs / "issued.db")
                           if p.exists()]
     return report
 
@@ -184,3 +193,44 @@ def _copy_control(cur: psycopg.Cursor, source: Home, report: ImportReport) -> No
                         for k, g in control.execute("SELECT kid, grants FROM seal_grants")]
                 cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.seal_grants (kid, grants) VALUES (%s, %s)", rows)
                 report.rows["control.seal_grants"] = len(rows)
+            # The direct-path reconciler's positions: without them the first pass after the move
+            # would re-read every stream from the start (duplicate Publish and refusal records).
+            tables = {str(r[0]) for r in control.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table, cols in _DIRECT_TABLES:
+                if table in tables:
+                    rows = control.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2").fetchall()
+                    marks = ", ".join(["%s"] * len(cols.split(",")))
+                    cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.{table} ({cols}) VALUES ({marks})", rows)
+                    report.rows[f"control.{table}"] = len(rows)
+
+
+def _copy_pki(cur: psycopg.Cursor, source: Home, report: ImportReport) -> None:
+    """The PKI's book (``certs/issued.db``) and its current CRL: the stored one, or for a book from
+    before CRLs were stored, ``certs/crl.pem`` (its CRL number kept, so later ones are newer)."""
+    from cryptography import x509
+
+    from eventward._internal.certstore import CRL_NAME, DB_NAME
+
+    book = source.certs / DB_NAME
+    if not book.is_file():
+        return
+    with _sqlite(book) as pki:
+        cols = "serial, principal, kind, path, not_before, not_after, spki, status, revoked_at, reason, alerted"
+        rows = pki.execute(f"SELECT {cols} FROM issued ORDER BY serial").fetchall()
+        cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.issued_certs ({cols}) VALUES "
+                        f"({', '.join(['%s'] * 11)})", rows)
+        report.rows["pki.issued"] = len(rows)
+        has_crl = pki.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'crl'").fetchone()
+        stored = pki.execute("SELECT number, pem FROM crl WHERE id = 1").fetchone() if has_crl else None
+    if stored is None and (source.certs / CRL_NAME).is_file():
+        pem = (source.certs / CRL_NAME).read_bytes()
+        try:
+            crl = x509.load_pem_x509_crl(pem)
+            number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except (ValueError, x509.ExtensionNotFound):
+            number = 0
+        stored = (int(number), pem.decode())
+    if stored is not None:
+        cur.execute(f"INSERT INTO {CONTROL_SCHEMA}.crl (id, number, pem) VALUES (1, %s, %s)",
+                    (int(stored[0]), str(stored[1])))
+        report.rows["pki.crl"] = 1
