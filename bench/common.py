@@ -37,6 +37,14 @@ def summarize(rates: list[float]) -> dict[str, float]:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
+_since = [time.perf_counter()]
+
+
+def restart_clock() -> None:
+    """Start timing the next scenario now (bench.run calls it as each area starts)."""
+    _since[0] = time.perf_counter()
+
+
 def scenario(
     name: str,
     measured: dict[str, float],
@@ -44,8 +52,14 @@ def scenario(
     unit: str = "events/s",
     **extra: Any,
 ) -> dict[str, Any]:
-    """One scenario's result with each baseline's ratio (eventward median / baseline median)."""
-    out: dict[str, Any] = {"name": name, "unit": unit, "rate": measured, "baselines": []}
+    """One scenario's result with each baseline's ratio (eventward median / baseline median).
+
+    ``seconds`` is the wall time since the previous scenario was built or its area started
+    (setup included), so the slowest parts of a full run can be named; an area that measures
+    everything before building its results charges that time to its first scenario."""
+    now = time.perf_counter()
+    seconds, _since[0] = round(now - _since[0], 1), now
+    out: dict[str, Any] = {"name": name, "unit": unit, "rate": measured, "baselines": [], "seconds": seconds}
     for bname, b in (baselines or {}).items():
         out["baselines"].append(
             {"name": bname, "rate": b, "ratio": measured["median"] / b["median"] if b["median"] else None}

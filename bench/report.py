@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench import setups
+
 
 def _fmt(v: float) -> str:
     return f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
@@ -21,34 +23,88 @@ def plot_name(scenario_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", scenario_name.lower()).strip("_") + ".png"
 
 
+def setup(s: dict[str, Any]) -> str:
+    """The scenario's setup as the run recorded it, else as bench/setups.py declares it."""
+    return str(s.get("setup") or setups.setup_of(s.get("area"), s["name"]))
+
+
+def _rows(s: dict[str, Any], label: str | None) -> list[str]:
+    """A scenario's table rows, one per baseline; ``label`` (ablations) ends its first row."""
+    rate = _fmt(s["rate"]["median"])
+    name = _cell(s["name"])
+    tail = "" if label is None else f" {_cell(label)} |"
+    if not s["baselines"]:
+        return [f"| {name} | {rate} | {s['unit']} | | | |{tail}"]
+    rows = []
+    for i, b in enumerate(s["baselines"]):
+        head = f"| {name} | {rate} | {s['unit']}" if i == 0 else "| | |"
+        end = tail if i == 0 else ("" if label is None else " |")
+        rows.append(f"{head} | {_cell(b['name'])} | {_fmt(b['rate']['median'])} | {b['ratio']:.2f}x |{end}")
+    return rows
+
+
+def _load(doc: dict[str, Any]) -> str:
+    """The load average at the start, and its range over the areas' starts when recorded."""
+    la = doc.get("load_average", {})
+    if not la.get("before"):
+        return ""
+    text = f", load average {la['before'][0]:.2f} at the start"
+    per_area = list(la.get("area_start", {}).values())
+    if per_area:
+        text += f" ({min(per_area):.2f}-{max(per_area):.2f} as areas started)"
+    return text
+
+
+def _cpu(doc: dict[str, Any]) -> str:
+    return f", {doc['cpu_seconds'] / 60:.0f} CPU-min" if doc.get("cpu_seconds") else ""
+
+
 def table(doc: dict[str, Any], plot_dir: str | None = None) -> str:
-    """The Markdown results table; ``plot_dir`` (relative to the README) adds the plots below it."""
+    """The Markdown results tables (deployed configuration first, then labelled ablations);
+    ``plot_dir`` (relative to the README) adds the plots below them."""
     m = doc["machine"]
-    load = doc.get("load_average", {}).get("before")
     lines = [
         f"Measured {doc['started']} on {m['cpus']} CPUs, {m['processor']}, Python {m['python']} "
-        f"({m['system']}){f', load average {load[0]:.2f} at the start' if load else ''}; "
-        "medians of repeated runs, ratios against baselines of the same run.",
+        f"({m['system']}){_load(doc)}; medians of repeated runs, ratios against baselines of the same run.",
         "",
-        f"Reproduce: `make bench` (this run took {doc['seconds'] / 60:.0f} min; `make bench-quick` only checks "
-        "the harness); `python -m bench.bench_<area>` runs one area; `python -m bench.report` redraws this "
+        f"Reproduce: `make bench` (this run took {doc['seconds'] / 60:.0f} min{_cpu(doc)}; `make bench-quick` only "
+        "checks the harness); `python -m bench.bench_<area>` runs one area; `python -m bench.report` redraws this "
         "table and the plots from `bench/results.json`.",
-        "",
-        "| scenario | eventward | unit | baseline | baseline rate | ratio |",
-        "|---|---:|---|---|---:|---:|",
     ]
-    for s in doc["scenarios"]:
-        rate = _fmt(s["rate"]["median"])
-        name = _cell(s["name"])
-        if not s["baselines"]:
-            lines.append(f"| {name} | {rate} | {s['unit']} | | | |")
-        for i, b in enumerate(s["baselines"]):
-            head = f"| {name} | {rate} | {s['unit']}" if i == 0 else "| | |"
-            lines.append(f"{head} | {_cell(b['name'])} | {_fmt(b['rate']['median'])} | {b['ratio']:.2f}x |")
+    deployed = [s for s in doc["scenarios"] if setups.is_deployed(setup(s))]
+    ablations = [s for s in doc["scenarios"] if not setups.is_deployed(setup(s))]
+    if deployed:
+        lines += [
+            "",
+            "Deployed configuration (`eventward init` + the example policy: Cedar, audit log, KeyService + "
+            "local KMS):",
+            "",
+            "| scenario | eventward | unit | baseline | baseline rate | ratio |",
+            "|---|---:|---|---|---:|---:|",
+        ]
+        for s in deployed:
+            extra = setup(s).removeprefix(setups.DEPLOYED).strip()
+            lines += _rows({**s, "name": f"{s['name']} {extra}" if extra else s["name"]}, None)
+    if ablations:
+        lines += [
+            "",
+            "Ablations (lighter setups: a component alone, the SDK's own wiring, or a bench policy; not what "
+            "a deployment runs):",
+            "",
+            "| scenario | eventward | unit | baseline | baseline rate | ratio | setup |",
+            "|---|---:|---|---|---:|---:|---|",
+        ]
+        for s in ablations:
+            lines += _rows(s, setup(s).removeprefix("ablation: "))
     notes = [(s["name"], note) for s in doc["scenarios"] if (note := summary(s))]
     if notes:
         lines.append("")
         lines.extend(f"- {name}: {note}" for name, note in notes)
+    slow = doc.get("slowest")
+    if slow:
+        lines.append("")
+        lines.append("Slowest scenarios of this run (wall time, setup included): "
+                     + "; ".join(f"{_cell(r['name'])} {r['seconds']:.0f} s" for r in slow[:5]) + ".")
     curves = [s for s in doc["scenarios"] if s.get("curve")]
     if plot_dir is not None and curves:
         lines.append("")

@@ -18,13 +18,15 @@ import importlib
 import json
 import math
 import os
+import resource
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, print_scenario
+from bench.common import machine, print_scenario, restart_clock
+from bench.setups import setup_of
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -103,7 +105,22 @@ def run_area(area: str, quick: bool) -> list[dict[str, Any]]:
     for res in results:
         check_result(res)
         res["area"] = area
+        res.setdefault("setup", setup_of(area, res["name"]))
     return results
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of the children it has waited for (worker pools,
+    consumer processes, servers it stopped)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def slowest(results: list[dict[str, Any]], k: int = 8) -> list[dict[str, Any]]:
+    """The ``k`` scenarios that took the most wall time (``seconds``, setup included)."""
+    timed = [r for r in results if _number(r.get("seconds"))]
+    timed.sort(key=lambda r: r["seconds"], reverse=True)
+    return [{"area": r["area"], "name": r["name"], "seconds": r["seconds"]} for r in timed[:k]]
 
 
 def shown(path: Path) -> str:
@@ -127,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     area_seconds: dict[str, float] = {}
+    area_load: dict[str, float] = {}  # the 1-minute load average as each area starts
+    area_cpu: dict[str, float] = {}  # CPU seconds of this process and its waited-for children
     load_before = os.getloadavg()
     t_start = time.time()
     for area in discover(only):
-        print(f"== {area} ==", flush=True)
-        t0 = time.time()
+        area_load[area] = round(os.getloadavg()[0], 2)
+        print(f"== {area} == (load {area_load[area]:.2f})", flush=True)
+        t0, c0 = time.time(), cpu_seconds()
+        restart_clock()
         try:
             for res in run_area(area, args.quick):
                 results.append(res)
@@ -140,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(area)
             traceback.print_exc()
         area_seconds[area] = round(time.time() - t0, 1)
-        print(f"   ({area}: {area_seconds[area]} s)", flush=True)
+        area_cpu[area] = round(cpu_seconds() - c0, 1)
+        print(f"   ({area}: {area_seconds[area]} s, {area_cpu[area]} CPU-s)", flush=True)
     doc = {
         "quick": args.quick,
         "partial": only is not None,
@@ -148,13 +170,19 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
         "seconds": round(time.time() - t_start, 1),
         "area_seconds": area_seconds,
-        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+        # on a shared machine wall time is mostly other people's load; CPU time is the run's own
+        "cpu_seconds": round(sum(area_cpu.values()), 1),
+        "area_cpu_seconds": area_cpu,
+        "slowest": slowest(results),
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()],
+                         "area_start": area_load},
         "scenarios": results,
         "failed_areas": failures,
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     print(f"wrote {shown(out_path)} ({len(results)} scenarios in {doc['seconds']} s)")
+    print("slowest: " + "; ".join(f"{r['name']} {r['seconds']} s" for r in doc["slowest"]))
     if not args.quick:
         from bench import report
 

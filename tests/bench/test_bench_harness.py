@@ -11,6 +11,7 @@ import copy
 import json
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from bench.common import scenario
 from benchkit import ROOT, curve_scenario
 
-from bench import report, run
+from bench import report, run, setups
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -193,3 +194,54 @@ def test_quick_run_of_the_new_areas_writes_well_formed_json(tmp_path: Path) -> N
     # keys resolved per read batch: one key.unwrap audit record per batch of 500, not one per key
     assert 0 < mem["key_unwrap_audit_records"] <= 20_000 // 500 and 0 < mem["cpu_ratio"] < 1
     assert not list(tmp_path.glob("*.png"))  # quick runs draw no plots
+
+
+def test_every_area_declares_what_its_scenarios_run_on() -> None:
+    assert set(setups.SETUPS) == set(run.AREAS)
+    assert setups.setup_of("e2e", "e2e_embedded") == setups.DEPLOYED
+    assert setups.setup_of("e2e", "e2e_embedded_pipelined") == setups.DEPLOYED
+    assert setups.setup_of("e2e", "e2e_embedded ablation: SDK wiring (x)").startswith("ablation: SDK wiring")
+    assert setups.is_deployed(setups.setup_of("nats", "nats e2e: Producer + Consumer, everything on"))
+    assert not setups.is_deployed(setups.setup_of("nats", "nats append: sealed batch per message"))
+    assert setups.setup_of("fields", "field_encrypt").startswith("ablation:")
+    # a scenario nobody declared is never shown as deployed
+    assert setups.setup_of("e2e", "e2e_new thing") == setups.UNDECLARED
+    assert setups.setup_of("nope", "x") == setups.UNDECLARED
+    assert not setups.is_deployed(setups.UNDECLARED)
+
+
+def test_table_shows_deployed_rows_first_and_labels_every_ablation(doc: dict[str, Any]) -> None:
+    deployed = scenario("e2e_embedded", {"median": 5_000.0, "min": 4_000.0, "max": 6_000.0},
+                        {"plain": {"median": 20_000.0, "min": 1.0, "max": 30_000.0}}, setup=setups.DEPLOYED)
+    text = report.table({**doc, "scenarios": [*doc["scenarios"], deployed]})
+    first, second = text.split("Ablations", 1)
+    assert "| e2e_embedded | 5,000 | events/s | plain | 20,000 | 0.25x |" in first
+    assert "seal_verify" not in first  # no setup recorded or declared: not claimed as deployed
+    assert "| seal_verify | 90,000 | events/s | per_event_ed25519_verify | 4,500 | 20.00x | ablation? " in second
+    # a re-rendered run recorded before setups existed takes them from bench/setups.py by area
+    old = {**doc["scenarios"][0], "area": "e2e"}
+    text = report.table({**doc, "scenarios": [old]})
+    assert "| per_event_ed25519_verify | 4,500 | 20.00x | seal verifier alone |" in text
+
+
+def test_a_run_records_each_scenarios_wall_time_cpu_time_and_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_areas: dict[str, Any]
+) -> None:
+    def slow_then_fast(quick: bool = False) -> list[dict[str, Any]]:
+        deadline = time.process_time() + 0.25
+        while time.process_time() < deadline:  # busy: CPU time (and at least as much wall time)
+            pass
+        return [curve_scenario("slow one"), curve_scenario("fast one")]
+
+    monkeypatch.setitem(sys.modules, "bench.bench_good", types.SimpleNamespace(run=slow_then_fast))
+    monkeypatch.setattr(run, "discover", lambda only: ["good"])
+    out = tmp_path / "results.json"
+    assert run.main(["--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    slow, fast = doc["scenarios"]
+    assert slow["seconds"] >= 0.2 and slow["seconds"] > fast["seconds"]
+    assert [r["name"] for r in doc["slowest"]] == ["slow one", "fast one"]
+    assert doc["area_cpu_seconds"]["good"] >= 0.2 and doc["cpu_seconds"] >= 0.2
+    assert set(doc["load_average"]["area_start"]) == {"good"}
+    assert slow["setup"] == setups.UNDECLARED  # "good" is no real area: nothing declared for it
+    assert "Slowest scenarios of this run" in report.table(doc)
