@@ -153,23 +153,40 @@ def test_guard_scan_reads_every_partition(dep: Deployment) -> None:
     assert report.events == 24 and report.skipped == 0
 
 
-def test_gateway_groups_refuse_a_partitioned_topic_by_name(dep: Deployment) -> None:
-    """The gateway's consumer groups keep one offset per (group, topic): on a partitioned topic
-    they would silently see partition 0 only, so they refuse it with a typed error instead."""
-    from eventward._internal.client.replay import ReplayGuard
-    from eventward._internal.gateway.groups import ConsumerGroups
-    from eventward.errors import InputError
+def test_gateway_groups_read_every_partition_and_commit_each(dep: Deployment) -> None:
+    """Gateway groups keep one offset per partition stream: a fetch reads every partition (each in
+    order), an ack commits one partition, and what was acked is never delivered again."""
+    from eventward._internal.gateway.groups import ConsumerGroups, SharedGuard, group_id, partition_of
+    from eventward._internal.gateway.groupstore import GroupStore
 
-    produce(dep, 6)
+    sent = produce(dep, 60)
     groups = ConsumerGroups(
-        dep.transport,
-        lambda gid: ReplayGuard.open(dep.home, gid),
+        dep.transport, GroupStore.open_sqlite(dep.home.root / "consumers" / "gateway.db"), SharedGuard,
         lambda p, t, g, guard: dep.consumer(p, t, group=g, guard=guard),
     )
-    with pytest.raises(InputError) as e:
-        groups.fetch("billing", TOPIC, "web", 10)
-    assert "partitioned" in str(e.value) and e.value.http_status == 400
-    groups.close()
+    try:
+        first = groups.fetch("billing", TOPIC, "web", 9)
+        assert len(first.deliveries) == 9 and {partition_of(TOPIC, d.stream) for d in first.deliveries} == {0, 1, 2}
+        assert groups.fetch("billing", TOPIC, "web", 9).deliveries == first.deliveries  # nothing acked yet
+        got: list[str] = []
+        last: dict[str, int] = {}
+        for _ in range(30):
+            f = groups.fetch("billing", TOPIC, "web", 9)
+            if not f.deliveries:
+                break
+            for d in f.deliveries:
+                assert d.offset > last.get(d.stream, -1)  # in order within its partition
+                last[d.stream] = d.offset
+                got.append(d.id)
+            for stream in partition_streams(TOPIC, 3):  # commit each partition on its own
+                mine = [d.offset for d in f.deliveries if d.stream == stream]
+                if mine:
+                    assert groups.ack("billing", TOPIC, "web", max(mine) + 1, stream) == max(mine) + 1
+        assert Counter(got) == Counter(sent)  # nothing lost, nothing delivered twice after its ack
+        gid = group_id("billing", "web")
+        assert all(dep.transport.committed(gid, s) == dep.transport.end_offset(s) for s in partition_streams(TOPIC, 3))
+    finally:
+        groups.close()
 
 
 def test_reconciled_publish_records_name_the_topic_of_a_partition(dep: Deployment) -> None:

@@ -146,8 +146,10 @@ class MemoryBackend:
         batch = [Delivery(i, log[i]) for i in range(start, min(len(log), start + max_events))]
         return ConsumeResult(batch, lag=len(log) - start - len(batch))
 
-    async def ack(self, principal: str, topic: str, group: str, offset: int) -> int:
+    async def ack(self, principal: str, topic: str, group: str, offset: int, partition: int = 0) -> int:
         self._check("ack", principal, SUBSCRIBE, ("Topic", topic))
+        if partition:
+            raise InputError(f"topic {topic!r} has one partition", path="partition")
         log = self.topics.get(topic)
         if log is None:
             raise NotFoundError(f"topic {topic!r} does not exist")

@@ -29,6 +29,7 @@ class PublishResult:
 class Delivery:
     offset: int
     event: dict[str, Any]  # a CloudEvent, decrypted as far as the principal is cleared
+    partition: int = 0  # of a partitioned topic (offsets are per partition)
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ class GatewayBackend(Protocol):
         """Up to ``max_events`` from ``group``'s committed position; waits up to ``wait_s`` for the first."""
         ...
 
-    async def ack(self, principal: str, topic: str, group: str, offset: int) -> int:
-        """Commit: ``group`` has processed everything before ``offset``. Returns the committed offset."""
+    async def ack(self, principal: str, topic: str, group: str, offset: int, partition: int = 0) -> int:
+        """Commit: ``group`` has processed everything before ``offset`` of ``partition``. Returns
+        the committed offset."""
         ...
 
     async def propose_schema(

@@ -120,6 +120,7 @@ class _Pg:
 
     def __init__(self, tables: Any) -> None:
         self._tables = tables  # store.sqlcompat.PgTables over PG_TABLES
+        self.database = tables.db
 
     def read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         return self._tables.execute(sql, params).fetchall()
@@ -162,6 +163,11 @@ class GroupStore:
 
     def close(self) -> None:
         self._b.close()
+
+    @property
+    def database(self) -> Any:
+        """The shared ``store.pg.Database`` (None on SQLite): the gateway's quota buckets use it too."""
+        return self._b.database if isinstance(self._b, _Pg) else None
 
     # --- reads -------------------------------------------------------------------------------
     def exists(self, gid: str) -> bool:
