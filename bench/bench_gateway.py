@@ -1,4 +1,5 @@
-"""Publishing through the HTTP gateway vs the Python SDK Producer, on the same kind of home.
+"""Publishing through the HTTP gateway vs the Python SDK Producer, on one deployed home
+(``eventward init`` + the example policy, bench/deployed.py; the writer is its orders-svc).
 
 gateway_publish: ``eventward serve`` (the real CLI, DeploymentBackend, mTLS with certificates
 from the home's CA) in its own process; a few client threads, each on one keep-alive HTTPS
@@ -31,51 +32,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 
+from bench import deployed
 from bench.common import print_scenario, rate, scenario
-from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE, order_placed
+from bench.workload import EVENT_TYPE, SOURCE, order_placed
 from eventward._internal import pki
 from eventward._internal.deployment import Deployment
-from eventward._internal.home import Home
 
-WRITER, AUTHOR, APPROVER, ADMIN = "checkout", "alice", "bob", "admin"
+WRITER = deployed.PRODUCER  # the example policy's order writer (a service with a client certificate)
 BATCH = 500
-POLICY = f"""\
-principals:
-  {ADMIN}: {{type: user, roles: [admin]}}
-  {AUTHOR}: {{type: user, roles: [author]}}
-  {APPROVER}: {{type: user, roles: [approver]}}
-  {WRITER}: {{type: service, roles: [writer]}}
-roles:
-  admin:
-    - {{allow: manage_policy}}
-    - {{allow: rotate_keys, producer: "*"}}
-    - {{allow: read_audit}}
-  author:
-    - {{allow: propose_schema, schema: "*"}}
-  approver:
-    - {{allow: approve_schema, schema: "*"}}
-  writer:
-    - {{allow: publish, topic: orders, match: prefixed, event_types: [{EVENT_TYPE}]}}
-    - {{allow: encrypt, class: "*", event_types: [{EVENT_TYPE}]}}
-"""
 
 
 class _Home:
-    """A deployment home as an operator would set it up, plus the gateway serving it."""
+    """A deployment home as ``eventward init`` + the example policy make it, plus the gateway serving it."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ew-bench-gw-"))
-        self.home = Home(self.dir / "home")
-        self.dep = Deployment.init(self.home, admin=ADMIN, policy_yaml=POLICY)
-        self.dep.trust.ensure(WRITER, by=ADMIN)
-        prop = self.dep.registry.propose(AUTHOR, EVENT_TYPE, ORDER_JSON_SCHEMA)
-        self.dep.registry.approve(APPROVER, EVENT_TYPE, prop.version)
-        cfg = yaml.safe_load(self.home.config.read_text()) or {}
         # measured, not throttled: the per-principal quota is lifted for the benchmark
-        cfg["gateway"] = {"limits": {"rate_events_per_s": 1e9, "burst_events": 10**9}}
-        self.home.config.write_text(yaml.safe_dump(cfg))
+        limits = {"gateway": {"limits": {"rate_events_per_s": 1e9, "burst_events": 10**9}}}
+        self.home = deployed.init_home(self.dir / "home", config=limits)
+        self.dep = Deployment.open(self.home)
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 

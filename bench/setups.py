@@ -42,7 +42,7 @@ SETUPS: dict[str, list[tuple[str, str]]] = {
         ("nats produce", f"{DEPLOYED} (NATS transport)"),
         ("nats e2e", f"{DEPLOYED} (NATS transport)"),
     ],
-    "gateway": [("", f"{_OWN_POLICY} (eventward serve, mTLS)")],
+    "gateway": [("", f"{DEPLOYED} (eventward serve, mTLS)")],
     "memory": [("", DEPLOYED)],
     "scaling": [("", DEPLOYED)],
     "guard": [
