@@ -107,9 +107,9 @@ def cloudevent(data: Any, *, id_: str | None = None, type_: str = TYPE, **attrs:
 class World:
     """One home, its deployment, and a started gateway over it."""
 
-    def __init__(self, root: Path, *, gateway: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, *, gateway: dict[str, Any] | None = None, policy_yaml: str = POLICY) -> None:
         self.home = Home(root / "home")
-        self.dep = Deployment.init(self.home, admin=ADMIN, policy_yaml=POLICY)
+        self.dep = Deployment.init(self.home, admin=ADMIN, policy_yaml=policy_yaml)
         for p in (ORDERS, SHIPPING, ANALYTICS, FUZZER):
             self.dep.trust.ensure(p, by=ADMIN)
         schema = orjson.loads(demo.example("order_placed.schema.json"))
