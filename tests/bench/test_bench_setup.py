@@ -14,7 +14,7 @@ import orjson
 import pytest
 from bench.bench_scaling import SIZES, event
 from bench.subjects import load, populate
-from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer
+from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer, order_placed
 from benchkit import ROOT
 
 from bench import bulk, deployed
@@ -102,3 +102,34 @@ def test_scaling_events_fit_the_strict_schema_and_grow_with_the_size_knob() -> N
     spread = {event(i, subjects_n=1_000)["customer"]["id"] for i in range(1_000)}
     assert len(spread) == 1_000  # every subject once before any repeats
     assert EVENT_TYPE == "OrderPlaced"
+
+
+def _shape(x: object) -> object:
+    """Keys and value types of a JSON document (lists by their first item)."""
+    if isinstance(x, dict):
+        return {k: _shape(v) for k, v in sorted(x.items())}
+    if isinstance(x, list):
+        return [_shape(v) for v in x[:1]]
+    return type(x).__name__
+
+
+def test_bulk_written_events_look_like_the_producers_own(tmp_path: Path) -> None:
+    """The million-subject setup skips the Producer for speed; what it writes must not drift from
+    what the Producer writes (the consumer measured on it would be measured on something else)."""
+    bulk_home, real_home = deployed.init_home(tmp_path / "bulk"), deployed.init_home(tmp_path / "real")
+    bulk.write(bulk_home, 3, workers=1)
+    with Deployment.open(real_home) as d:
+        populate(d.keys, (customer(c)["id"] for c in range(3)), ("pii",))
+        deployed.produce(d, [order_placed(c, customers=3) for c in range(3)])
+    envs = []
+    for home in (bulk_home, real_home):
+        with sqlite3.connect(home.log_db) as db:
+            raws = [bytes(r[0]) for r in db.execute("SELECT data FROM events ORDER BY offset")]
+        assert len(raws) == 3
+        envs.append([orjson.loads(r) for r in raws])
+    for b, r in zip(*envs, strict=True):
+        assert _shape(b) == _shape(r)
+        assert {k: b[k] for k in ("type", "source", "ewproducer", "ewschema", "ewseq")} == {
+            k: r[k] for k in ("type", "source", "ewproducer", "ewschema", "ewseq")}
+        for field in ("name", "email", "phone"):  # the same token format, not the same bytes
+            assert b["data"]["customer"][field].split(".")[:2] == r["data"]["customer"][field].split(".")[:2]
