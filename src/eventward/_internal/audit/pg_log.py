@@ -80,6 +80,11 @@ class PgAuditLog(AuditLog):
         self._statement_timeout = statement_timeout
         self._conn_class = bounded_connection_class(statement_timeout)  # a hung server: AuditUnavailable, no hang
         self._readonly = readonly
+        # A COMMIT that failed (timeout, connection lost) may still land once the server resumes:
+        # (first index, leaf hashes) of that append, settled under the append lock before the next.
+        self._attempt: tuple[int, list[bytes]] | None = None
+        self._doubt: tuple[int, list[bytes]] | None = None
+        self._at_commit = False
         super().__init__(describe(dsn), signer, flush_every=flush_every, flush_ms=flush_ms,  # type: ignore[arg-type]
                          authorizer=authorizer, principal=principal, readonly=readonly)
 
@@ -159,14 +164,55 @@ class PgAuditLog(AuditLog):
                 raise
         try:
             yield
+            self._at_commit = True
             with self._pg():
                 conn.execute("COMMIT")
+            self._at_commit = False
         except BaseException as e:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
             if isinstance(e, psycopg.Error):
                 raise self._unavailable(e) from None
             raise
+
+    def _append(self, entries: list[Entry]) -> range:
+        """The base append, made safe to retry after an ambiguous COMMIT: the buffered records are
+        appended again by the next flush, so when the last COMMIT failed (the server may have
+        committed it after the client gave up) the next append first settles it under the append
+        lock; records that did land are dropped from ``entries`` (the buffer) instead of being
+        appended twice. A record's leaf hash covers its index, time and every field, so equal leaves
+        at the same indexes are the same records."""
+        landed = self._settle(entries)
+        if landed is not None and not entries:
+            return landed
+        self._at_commit = False
+        try:
+            return super()._append(entries)
+        except AuditUnavailable:
+            if self._at_commit and self._attempt is not None:
+                self._doubt = self._attempt  # outcome unknown until the next append settles it
+            raise
+        finally:
+            self._attempt = None
+
+    def _settle(self, entries: list[Entry]) -> range | None:
+        """Resolve an in-doubt append: the range it landed at (its records removed from the front
+        of ``entries``), or None when it did not land or ``entries`` are other records."""
+        doubt = self._doubt
+        if doubt is None:
+            return None
+        start, leaves = doubt
+        with self._write_txn():  # the in-doubt transaction held this lock: it has ended by now
+            stored = [bytes(r[1]) for r in self._q(  # type: ignore[arg-type]
+                "SELECT idx, leaf FROM records WHERE idx >= ? AND idx < ? ORDER BY idx", (start, start + len(leaves)))]
+        self._doubt = None
+        if stored != leaves or len(entries) < len(leaves):
+            return None
+        mine = zip(entries[:len(leaves)], leaves, strict=True)
+        if any(leaf_hash(encode(start + i, e)) != leaf for i, (e, leaf) in enumerate(mine)):
+            return None
+        del entries[:len(leaves)]  # the buffer: these landed, the rest is appended now
+        return range(start, start + len(leaves))
 
     def _append_in_txn(self, entries: list[Entry]) -> tuple[range, Frontier]:
         start = n = self._size_now()  # read under the append lock: every replica sees the last commit
@@ -190,6 +236,7 @@ class PgAuditLog(AuditLog):
             if published:  # a late producer record after a reconciled one keeps the first index
                 cur.executemany("INSERT INTO published (stream, batch, idx) VALUES (%s, %s, %s) "
                                 "ON CONFLICT DO NOTHING", published)
+        self._attempt = (start, [leaf for _, leaf, _ in rec_rows])
         return range(start, n), frontier
 
     def checkpoint(self) -> Checkpoint:

@@ -30,7 +30,7 @@ from eventward._internal.keys.dek import AAD_CURRENT, AAD_V1, DEK_BYTES, dek_aad
 from eventward._internal.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT, parse_kek_id
 from eventward._internal.keys.kms.local import LocalKMS
 from eventward._internal.keys.ledger import ErasureLedger
-from eventward._internal.keys.store_base import CLASS_SUBJECT, DekRecord, KeyStore
+from eventward._internal.keys.store_base import CLASS_SUBJECT, DekRecord, Erasure, KeyStore
 from eventward._internal.keys.stores import open_key_store
 from eventward._internal.policy.base import DECRYPT, ENCRYPT, FORGET, HOLD, ROTATE_KEYS, Authorizer, Resource, check
 from eventward.errors import (
@@ -54,6 +54,7 @@ SUBJECT_HASH_CHARS = 32
 PSEUDONYM_LEGACY = 1  # pseudonym rows of subjects keyed by their keyed hash before pseudonyms (kind)
 MAX_SUBJECT_CHARS = 1024
 MAX_REASON_CHARS = 1000
+MAX_IN_DOUBT = 1024  # writes whose COMMIT failed, remembered for a retry to settle (oldest dropped)
 REASON_CODE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # what a forget/hold reason may be
 _CLASS = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 
@@ -268,6 +269,11 @@ class KeyService:
         self._enc_total = 0
         self._enc_lock = threading.Lock()
         self._enc_next = time.monotonic() + self.config.audit_every_s
+        # Writes whose COMMIT failed (timeout, lost connection) may still have landed: the DEKs
+        # (kid -> principal) and erasures (subject lookup -> (pseudonym, time)) a retry settles.
+        self._doubt_lock = threading.Lock()
+        self._created_in_doubt: OrderedDict[str, object] = OrderedDict()
+        self._erased_in_doubt: OrderedDict[str, object] = OrderedDict()
         # Called with "forget" or "rotate" once the ledger or the KMS changed: the deployment anchors
         # the new key state (ledger head, keyring generation) in the audit log.
         self.on_change: Callable[[str], None] | None = None
@@ -505,8 +511,35 @@ class KeyService:
         if not self._spend(rec.kid, rec, nonces):
             rec, dek = self._create(h, cls, rec.version + 1, principal)
             self._spend(rec.kid, rec, nonces)
+        if self._created_in_doubt:
+            self._settle_create(rec)
         self._remember(rec, dek)
         return rec.kid, dek
+
+    def _in_doubt(self, book: OrderedDict[str, object], key: str, value: object) -> None:
+        with self._doubt_lock:
+            book[key] = value
+            while len(book) > MAX_IN_DOUBT:
+                book.popitem(last=False)
+
+    def _settle_create(self, rec: DekRecord) -> None:
+        """A DEK whose creating COMMIT failed but landed (the retry found it): audit its creation now."""
+        with self._doubt_lock:
+            principal = self._created_in_doubt.pop(rec.kid, None)
+        if isinstance(principal, str):
+            resource = f"class:{rec.cls}" if rec.subject_hash == CLASS_SUBJECT else f"subject:{rec.subject_hash}"
+            self._audit.record("key.create", principal=principal, resource=resource, kid=rec.kid, kek=rec.kek_id,
+                               version=rec.version, settled=True)
+
+    def _landed_erasure(self, subject: str) -> Erasure | None:
+        """The erasure of ``subject`` whose COMMIT failed in this process, if it landed after all.
+        Read under the store's write lock, which the in-doubt transaction held: it has ended."""
+        with self._doubt_lock:
+            doubt = self._erased_in_doubt.pop(self._lookup(subject), None) if self._erased_in_doubt else None
+        if doubt is None:
+            return None
+        with self.store.transaction():
+            return next((e for e in self.store.erasures() if (e.subject_hash, e.time) == doubt), None)
 
     # --- nonce budget -----------------------------------------------------------------------
     def _spend(self, kid: str, rec: DekRecord | None, n: int) -> bool:
@@ -739,20 +772,25 @@ class KeyService:
         unwrapped is cached even when an outage stops the loop half way."""
         fresh: list[tuple[str, tuple[str, bytes | None]]] = []
         try:
+            found: list[tuple[str, str, DekRecord]] = []
             for kid, cls, shash in misses:
                 rec = rows.get(kid)
-                try:
-                    if rec is None or rec.cls != cls:
+                if rec is None or rec.cls != cls:
+                    try:
                         self._absent(kid, cls, shash, rec, principal)  # raises; its refusal is audited there
-                    dek = self._unwrap(rec)  # type: ignore[arg-type]
-                except (KeyDestroyed, KeyNotFound) as e:
-                    out[kid, cls] = e
-                    if rec is not None and rec.cls == cls:
-                        refused.setdefault((cls, e.code), []).append(kid)
+                    except (KeyDestroyed, KeyNotFound) as e:
+                        out[kid, cls] = e
                     continue
-                except KeyIntegrityError as e:
-                    out[kid, cls] = e
-                    refused.setdefault((cls, e.code), []).append(kid)
+                found.append((kid, cls, rec))
+            many = getattr(self.kms, "unwrap_many", None)  # LocalKMS: one call for the batch
+            if many is not None:
+                deks: Iterable[bytes | EventwardError] = many([(r.kek_id, r.wrapped, _row_aad(r)) for _, _, r in found])
+            else:
+                deks = (self._unwrap_or_refusal(r) for _, _, r in found)
+            for (kid, cls, _), dek in zip(found, deks, strict=True):
+                if type(dek) is not bytes:
+                    out[kid, cls] = dek  # type: ignore[assignment]
+                    refused.setdefault((cls, dek.code), []).append(kid)  # type: ignore[union-attr]
                     continue
                 fresh.append((kid, (cls, dek)))
                 out[kid, cls] = dek
@@ -760,6 +798,13 @@ class KeyService:
                 unwrapped[cls] = unwrapped.get(cls, 0) + 1
         finally:
             self.cache.put_many(fresh)
+
+    def _unwrap_or_refusal(self, rec: DekRecord) -> bytes | EventwardError:
+        """The DEK of ``rec``, or the refusal its unwrap raised; an outage propagates."""
+        try:
+            return self._unwrap(rec)
+        except (KeyDestroyed, KeyNotFound, KeyIntegrityError) as e:
+            return e
 
     def _audit_batch(self, principal: str, refused: dict[tuple[str, str], list[str]],
                      released: dict[str, list[str]], unwrapped: dict[str, int], where: dict[str, str]) -> None:
@@ -805,15 +850,21 @@ class KeyService:
     def _create(self, h: str, cls: str, version: int, principal: str) -> tuple[DekRecord, bytes]:
         """New DEK version; converges on the winner if another process created it first."""
         kid, dek = new_kid(), os.urandom(DEK_BYTES)
-        with self.store.transaction():
-            # Wrapped under the store's write lock: a concurrent KEK rotation destroys old versions
-            # under the same lock, so this never stores a DEK under a just-destroyed KEK.
-            if h != CLASS_SUBJECT and not self.store.pseudonym_live(h):
-                # forgotten meanwhile: a new key under the old pseudonym would relink its events
-                self._drop_caches()
-                raise KeyDestroyed("the subject was forgotten meanwhile; retry to start a new pseudonym")
-            rec = self.wrap_record(kid, h, cls, version, dek, self._clock())
-            inserted = self.store.insert_dek(rec)
+        try:
+            with self.store.transaction():
+                # Wrapped under the store's write lock: a concurrent KEK rotation destroys old versions
+                # under the same lock, so this never stores a DEK under a just-destroyed KEK.
+                if h != CLASS_SUBJECT and not self.store.pseudonym_live(h):
+                    # forgotten meanwhile: a new key under the old pseudonym would relink its events
+                    self._drop_caches()
+                    raise KeyDestroyed("the subject was forgotten meanwhile; retry to start a new pseudonym")
+                rec = self.wrap_record(kid, h, cls, version, dek, self._clock())
+                inserted = self.store.insert_dek(rec)
+        except KeyStoreUnavailable:
+            # The COMMIT may land after all: a retry converges on that row (unique per subject, class
+            # and version, under the write lock) and audits its creation then (_settle_create).
+            self._in_doubt(self._created_in_doubt, kid, principal)
+            raise
         if not inserted:
             winner = self.store.current_dek(h, cls)
             if winner is None:  # erased in between: nothing to converge on
@@ -891,7 +942,8 @@ class KeyService:
         if close_epoch:
             for c in self.kms.classes():  # refused before anything is erased, not half way
                 self._authorize(principal, ROTATE_KEYS, ("Class", c), "key.rotate_kek", f"class:{c}")
-        known = self.known_subject(subject)
+        landed = self._landed_erasure(subject)  # a retry after an ambiguous COMMIT: finish that one
+        known = landed.subject_hash if landed is not None else self.known_subject(subject)
         h = known if known is not None else secrets.token_hex(SUBJECT_HASH_CHARS // 2)
         resource = f"subject:{h}"
         self._authorize(principal, FORGET, ("Subject", h), "key.forget", resource)
@@ -899,9 +951,12 @@ class KeyService:
             self._audit.record("key.forget", principal=principal, resource=resource, outcome=OK, reason=reason,
                                nothing_to_erase=True, destroyed=0)
             return ErasureReceipt(h, self._clock(), (), 0, {}, False, nothing_to_erase=True)
+        at = self._clock()
         try:
-            erasure = self.store.erase_subject(h, self._clock())
+            erasure = landed if landed is not None else self.store.erase_subject(h, at)
         except (LegalHoldError, KeyServiceError) as e:
+            if isinstance(e, KeyStoreUnavailable):
+                self._in_doubt(self._erased_in_doubt, self._lookup(subject), (h, at))
             outcome = DENIED if isinstance(e, LegalHoldError) else ERROR
             self._audit.record("key.forget", principal=principal, resource=resource, outcome=outcome,
                                reason=e.code)
