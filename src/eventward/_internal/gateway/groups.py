@@ -253,6 +253,10 @@ class ConsumerGroups:
             ends = {s: self._transport.end_offset(s) for s in streams}
             if all(start[s] >= ends[s] for s in streams):  # nothing to read: no lease, no write
                 return Fetched([], start, 0, RunStats())
+            if g.guard.version is None and self._legacy is not None and not self._store.exists(gid):
+                state = self._legacy(gid)  # a group from before the store: its replay state, once
+                if state is not None:
+                    self._store.import_state(gid, *state)
             holder = f"{self._replica}-{uuid.uuid4().hex[:12]}"
             self._lease(gid, topic, holder, group)
             try:
@@ -310,10 +314,6 @@ class ConsumerGroups:
             delay = min(delay * 2, 0.1)
 
     def _catch_up(self, gid: str, guard: SharedGuard) -> None:
-        if guard.version is None and self._legacy is not None and not self._store.exists(gid):
-            state = self._legacy(gid)
-            if state is not None:
-                self._store.import_state(gid, *state)
         seconds, ids = guard.window
         guard.apply(self._store.changes(gid, guard.version, horizon=time.time() - seconds, limit=ids))
 
