@@ -8,11 +8,14 @@ holder at a time until it is released or expires.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from eventward._internal.gateway.groups import ConsumerGroups, SharedGuard, group_id
 from eventward._internal.gateway.groupstore import GROUP_LOCK, PG_TABLES, GroupStore
 from eventward._internal.store.pg import Database
 from eventward._internal.store.sqlcompat import PgTables
@@ -149,3 +152,30 @@ def test_state_from_before_the_store_is_imported_once(open_store) -> None:
     a.import_state(GID, [("orders-svc", "old-2", TOPIC, 1, "ok", 1.0e12)], [])  # the store has it now
     ch = a.changes(GID, None)
     assert [r[1] for r in ch.seen] == ["old-1"] and ch.seqs == [("orders-svc", "i", TOPIC, 9)]
+
+
+def test_attack_a_copy_of_an_id_acked_on_one_replica_is_refused_on_the_other(open_store, dep_world: Any) -> None:
+    """Replica b never fetched the group; the id a's client acked must still be a duplicate there."""
+    from .gw_deployment import ORDERS, SHIPPING, cloudevent, order, topic
+
+    dep, t, dup = dep_world.dep, topic(), str(uuid.uuid4())
+    assert dep_world.publish(ORDERS, t, [cloudevent(order(1), id_=dup)]).status == 200
+
+    def replica() -> ConsumerGroups:
+        return ConsumerGroups(dep.transport, open_store(), SharedGuard,
+                              lambda p, topic_, g, guard: dep.consumer(p, topic_, group=g, guard=guard))
+
+    a, b = replica(), replica()
+    try:
+        first = a.fetch(SHIPPING, t, "dup-x", 10)
+        assert [d.id for d in first.deliveries] == [dup]
+        assert b.ack(SHIPPING, t, "dup-x", first.positions[t]) == 1  # acked through the other replica
+        assert dep_world.publish(ORDERS, t, [cloudevent(order(2), id_=dup)]).status == 200  # the same id again
+        assert b.fetch(SHIPPING, t, "dup-x", 10).deliveries == []
+        gid = group_id(SHIPPING, "dup-x")
+        reasons = {d.offset: d.reason for d in dep_world.dead_letters(SHIPPING, t) if d.group == gid}
+        assert reasons == {1: "duplicate"}
+        assert a.fetch(SHIPPING, t, "dup-x", 10).deliveries == []  # committed past it on both
+    finally:
+        a.close()
+        b.close()
