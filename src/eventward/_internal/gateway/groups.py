@@ -230,6 +230,7 @@ class ConsumerGroups:
         self._transport = transport
         self._store = store
         self._new_guard = new_guard
+        store.window = new_guard().window  # prune the store's replay rows as the guards forget them
         self._make_consumer = make_consumer
         self._legacy = legacy
         self._max = max_groups

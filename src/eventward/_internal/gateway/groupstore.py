@@ -151,6 +151,8 @@ class GroupStore:
     def __init__(self, backend: _Backend, *, clock: Callable[[], float] = time.time) -> None:
         self._b = backend
         self._clock = clock
+        # (seconds, ids) of replay state kept per group: the groups' guard window (ConsumerGroups sets it)
+        self.window: tuple[float, int] = (48 * 3600.0, 100_000)
 
     @classmethod
     def open_sqlite(cls, path: Path) -> GroupStore:
@@ -350,7 +352,8 @@ class GroupStore:
                     (gid, producer, instance, stream, seq, version),
                 )
 
-    def _prune(self, db: Txn, gid: str, window_seconds: float = 48 * 3600, window_ids: int = 100_000) -> None:
+    def _prune(self, db: Txn, gid: str) -> None:
+        window_seconds, window_ids = self.window
         db.execute("DELETE FROM gw_seen WHERE gid = ? AND at < ?", (gid, self._clock() - window_seconds))
         db.execute(
             "DELETE FROM gw_seen WHERE gid = ? AND at < (SELECT at FROM gw_seen WHERE gid = ? ORDER BY at DESC "
