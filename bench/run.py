@@ -32,8 +32,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 AREAS = (
     "fields", "anchors", "keys", "keys_hsm", "schema", "policy", "seals", "audit", "e2e", "nats", "gateway", "memory",
-    "scaling", "guard", "control", "monitor", "store", "partitions",
+    "scaling", "guard", "control", "monitor", "store", "partitions", "replicas",
 )
+# Areas too slow for --quick (a database server and several processes to start): full runs, or --only.
+FULL_ONLY = frozenset({"replicas"})
 README_BEGIN = "<!-- bench-table:begin -->"
 README_END = "<!-- bench-table:end -->"
 
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     area_cpu: dict[str, float] = {}  # CPU seconds of this process and its waited-for children
     load_before = os.getloadavg()
     t_start = time.time()
-    for area in discover(only):
+    for area in [a for a in discover(only) if not (args.quick and only is None and a in FULL_ONLY)]:
         area_load[area] = round(os.getloadavg()[0], 2)
         print(f"== {area} == (load {area_load[area]:.2f})", flush=True)
         t0, c0 = time.time(), cpu_seconds()
