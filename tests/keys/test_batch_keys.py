@@ -42,15 +42,18 @@ class _Count:
 
     def __call__(self, *a, **kw):
         self.calls += 1
+        self.args = a
         return self.fn(*a, **kw)
 
 
 def test_read_batch_resolves_its_keys_with_one_query_one_unwrap_each_and_one_audit_record(dep, monkeypatch):
     store, kms = dep.keys.store, dep.keys.kms
     get_deks, get_dek, unwrap = _Count(store.get_deks), _Count(store.get_dek), _Count(kms.unwrap)
+    unwrap_many = _Count(kms.unwrap_many)
     monkeypatch.setattr(store, "get_deks", get_deks)
     monkeypatch.setattr(store, "get_dek", get_dek)
     monkeypatch.setattr(kms, "unwrap", unwrap)
+    monkeypatch.setattr(kms, "unwrap_many", unwrap_many)
     start = dep.audit.size()
     consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g", from_beginning=True)
     seen: list = []
@@ -59,7 +62,9 @@ def test_read_batch_resolves_its_keys_with_one_query_one_unwrap_each_and_one_aud
     finally:
         consumer.close()
     assert [e.data["customer"]["name"] for e in seen] == [_order(i)["customer"]["name"] for i in range(N)]
-    assert get_deks.calls == 1 and get_dek.calls == 0 and unwrap.calls == N
+    assert get_deks.calls == 1 and get_dek.calls == 0
+    assert unwrap_many.calls == 1 and unwrap.calls == 0  # one KMS call for the batch: one unwrap per key in it
+    assert len(unwrap_many.args[0]) == N
     dep.audit.flush()
     unwraps = [r for r in dep.audit.since(start) if r.action == "key.unwrap"]
     assert len(unwraps) == 1  # one record for the batch's releases, not one per key
@@ -124,6 +129,7 @@ def test_kms_outage_during_batch_resolution_stops_at_the_first_event_without_a_k
     seen: list = []
     try:
         monkeypatch.setattr(dep.keys.kms, "unwrap", outage)
+        monkeypatch.setattr(dep.keys.kms, "unwrap_many", outage)  # the batch's one KMS call
         with pytest.raises(KMSUnavailable):
             consumer.run(seen.append, idle_timeout=0.2)
         assert [e.offset for e in seen] == [0, 1]  # delivered up to the first event without its key

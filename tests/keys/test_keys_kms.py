@@ -72,6 +72,30 @@ def test_wrap_unwrap_and_tamper(kms):
             kms.unwrap(forged, wrapped, b"ctx")
 
 
+def test_attack_unwrap_many_refuses_each_tampered_moved_or_destroyed_key_as_unwrap_does(kms):
+    """A read batch's one KMS call: every wrapped key is still opened and checked on its own; a
+    tampered, moved, forged or destroyed one is that key's refusal, the others are their DEKs."""
+    old_kid, old = kms.wrap("pii", DEK, b"old")
+    kms.rotate("pii")
+    kms.destroy(old_kid)
+    kid, wrapped = kms.wrap("pii", DEK, b"ctx")
+    bad = bytearray(wrapped)
+    bad[-1] ^= 1
+    items = [(kid, wrapped, b"ctx"), (kid, bytes(bad), b"ctx"), (kid, wrapped, b"other"),
+             ("payment.v1", wrapped, b"ctx"), ("pii.v9", wrapped, b"ctx"), (old_kid, old, b"old"),
+             (kid, wrapped[:10], b"ctx"), (kid, wrapped, b"ctx")]
+    got = kms.unwrap_many(items)
+    assert got[0] == DEK and got[-1] == DEK
+    assert [type(g) for g in got[1:-1]] == [KeyIntegrityError, KeyIntegrityError, KeyIntegrityError, KeyNotFound,
+                                          KeyDestroyed, KeyIntegrityError]
+    for (k, w, a), g in zip(items[1:-1], got[1:-1], strict=True):  # what unwrap alone raises
+        with pytest.raises(type(g)):
+            kms.unwrap(k, w, a)
+    kms.close()
+    with pytest.raises(KMSUnavailable):  # an unavailable KMS is an outage, never a refusal
+        kms.unwrap_many(items[:1])
+
+
 def test_user_defined_class_created_on_first_wrap(kms):
     kid, wrapped = kms.wrap("biometric", DEK, b"a")
     assert kid == "biometric.v1" and kms.epoch("biometric") == 1

@@ -37,7 +37,14 @@ from eventward._internal.client import replay as rp
 from eventward._internal.client.dlq import DeadLetter, DeadLetters
 from eventward._internal.client.envelopes import parse_sealed
 from eventward._internal.client.replay import ReplayGuard
-from eventward._internal.client.types import Delivered, FieldCipher, RunStats, SchemaSource, SchemaVersionLike
+from eventward._internal.client.types import (
+    Delivered,
+    FieldCipher,
+    RunStats,
+    SchemaSource,
+    SchemaVersionLike,
+    delivered_from_envelope,
+)
 from eventward._internal.client.verify import SealVerifier
 from eventward._internal.crypto.seal import Seal
 from eventward._internal.keys.notices import Hook, NoticeBoard, handle_notices
@@ -153,7 +160,6 @@ class Consumer:
         self._authorized_until = 0.0
         self._positions: dict[str, int] = {}  # stream -> next offset to read
         self._versions: dict[tuple[str, int], SchemaVersionLike] = {}
-        self._parsed: dict[int, tuple[bytes, dict[str, Any]]] = {}  # offset -> (record bytes, envelope)
         self._sealer_batch: tuple[str, str] | None = None  # (stream, batch) the decisions below are for
         self._sealer_ok: dict[tuple[str, str], bool] = {}  # (producer, type) -> may publish
         self._notices = notices
@@ -208,66 +214,131 @@ class Consumer:
         return stats
 
     def _run_batch(self, stream: str, handler: Handler, stats: RunStats, max_events: int | None) -> bool:
-        """One read batch of one partition stream, processed and committed; False if it was empty."""
+        """One read batch of one partition stream, processed and committed; False if it was empty.
+
+        Batch-native: the batch's seals are verified once each (one SHA-256 per event), its
+        envelopes parsed once and its keys resolved at once; then each event runs one tight
+        path (checks, replay guard, decrypt, handler, journal). An event that is anything but
+        ordinary (a refusal, a redelivery, a gap, a type not asked for) goes through ``process``,
+        which judges it exactly as a record on its own, so both paths decide alike."""
         pos = self._start_position(stream)
         records = self._transport.read(stream, pos, self._read_batch)
         if not records:
             return False
-        with self.delivery_batch(), self._reading_batch(records):
-            for rec in records:
+        with self.delivery_batch(), self._reading_batch(records) as envs:
+            seals = self._verifier.verify_records(records)
+            live = self._live
+            for i, rec in enumerate(records):
                 if max_events is not None and stats.delivered >= max_events:
                     break
                 if rec.offset != pos:
                     self._report_offset_gap(stream, pos, rec.offset, stats)
-                self.process(rec, handler, stats)
+                s, env = seals[i], envs[i]
+                if type(s) is not Seal or env is None or not live(rec, s, env, handler, stats):
+                    self.process(rec, handler, stats)
                 pos = rec.offset + 1
         self._commit(stream, pos)
         return True
 
+    def _live(self, rec: Record, s: Seal, env: dict[str, Any], handler: Handler, stats: RunStats) -> bool:
+        """The ordinary live event, start to finish: False (nothing done) as soon as it is not
+        ordinary, for ``process`` to judge. ``s`` verified for ``rec``, ``env`` its parsed bytes."""
+        producer = s.producer
+        if env.get(envelope.EXT_PRODUCER) != producer:
+            return False
+        seq = env.get(envelope.EXT_SEQ)
+        idx = rec.index
+        if type(seq) is not int or seq != s.first_seq + idx:
+            return False
+        type_ = env["type"]
+        types = self.types
+        if types is not None and type_ not in types:
+            return False
+        if not self._sealer_may_publish(rec, producer, type_):
+            return False
+        guard = self._guard
+        event_id = env["id"]
+        if not guard.is_next(producer, s.instance, rec.stream, event_id, seq, s.time_us / 1_000_000):
+            return False  # a duplicate, a redelivery, a gap, out of order, stale or future
+        try:
+            event = self._decrypt(rec, s, env)
+        except (TokenError, EnvelopeError, NotFoundError, InputError) as e:
+            self._refuse(rec, _Refusal(e.code, getattr(e, "reason", e.code), True, event_id, type_, s),
+                         stats, rp.LIVE, guard, "0")
+            return True
+        try:
+            handler(event)
+        except Exception as e:
+            error = self._call(handler, event, first=e)
+            if error is not None:
+                self._dlq.put(rec, code="handler_error", reason="handler_error", group=self.group, attempt="0",
+                              attempts=self._max_attempts, error=type(error).__name__, event_id=event_id,
+                              event_type=type_)
+                guard.settle(producer=producer, stream=rec.stream, offset=rec.offset, event_id=event_id,
+                             instance=s.instance, seq=seq, status=rp.DEAD)
+                stats.dead_lettered += 1
+                return True
+        guard.settle_next(producer, rec.stream, rec.offset, event_id, s.instance, seq)
+        stats.delivered += 1
+        tally = self._tally
+        if tally is not None:
+            tally.append((type_, env.get(envelope.EXT_RECEIVED), time.time()))
+        return True
+
     @contextmanager
-    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[None]:
+    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[list[dict[str, Any] | None]]:
         """One read batch: the encryptor resolves each key id (and the Decrypt decision) once in
         it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch.
         A remote key source (client mode) first fetches the batch's keys in one request; if it
         cannot, the error stops the consumer before the batch, with nothing committed. A local
         one (FieldEncryptor.resolve_batch) gets every key id of the batch at once: one Decrypt
         decision per class, one store query, one unwrap per key, one audit record; an outage
-        there is left to the event that needs the key, which stops the consumer right there."""
-        prefetch = getattr(self._encryptor, "prefetch", None)
-        if prefetch is not None and records:
+        there is left to the event that needs the key, which stops the consumer right there.
+        Yields the records' envelopes, parsed once (None where a record does not parse)."""
+        envs = self._parse_batch(records)
+        keys = self._batch_keys(envs)
+        prefetch = getattr(self._encryptor, "prefetch_keys", None)
+        if prefetch is not None and keys:
+            prefetch(self.topic, keys)
+        elif records and (prefetch := getattr(self._encryptor, "prefetch", None)) is not None:
             prefetch(self.topic, records)
         scope = getattr(self._encryptor, "reading_batch", None)
-        try:
-            with scope() if scope is not None else nullcontext():
-                resolve = getattr(self._encryptor, "resolve_batch", None)
-                if resolve is not None and records:
-                    resolve(self._batch_keys(records), principal=self.principal, topic=self.topic)
-                yield
-        finally:
-            self._parsed.clear()
+        with scope() if scope is not None else nullcontext():
+            resolve = getattr(self._encryptor, "resolve_batch", None)
+            if resolve is not None and keys:
+                resolve(keys, principal=self.principal, topic=self.topic)
+            yield envs
 
-    def _batch_keys(self, records: Sequence[Record]) -> list[tuple[str, Any, str | None, Any]]:
-        """(event type, field spec, subject hash, data) of each event of the batch whose keys are
-        worth resolving ahead. Each record parsed here is kept for ``_check`` (parsed once);
-        nothing is judged here: a malformed or unsealed event is skipped and refused later."""
-        out: list[tuple[str, Any, str | None, Any]] = []
+    def _parse_batch(self, records: Sequence[Record]) -> list[dict[str, Any] | None]:
+        """Each record's envelope, or None where it does not parse (refused when processed).
+        Nothing is judged here: a record is only trusted once its seal verified."""
+        envs: list[dict[str, Any] | None] = []
         for rec in records:
             try:
-                env = parse_sealed(rec.data)
+                envs.append(parse_sealed(rec.data))
             except (EnvelopeError, InputError):
+                envs.append(None)
+        return envs
+
+    def _batch_keys(self, envs: Sequence[dict[str, Any] | None]) -> list[tuple[str, Any, str | None, Any]]:
+        """(event type, field spec, subject hash, data) of each event of the batch whose keys are
+        worth resolving ahead; a malformed or unsealed event is skipped and refused later."""
+        out: list[tuple[str, Any, str | None, Any]] = []
+        types = self.types
+        for env in envs:
+            if env is None:
                 continue
-            self._parsed[rec.offset] = (rec.data, env)
             type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
             shash = env.get(envelope.EXT_SUBJECT)
-            if (self.types is not None and type_ not in self.types) or type(version) is not int or (
-                not isinstance(data, dict) or not (shash is None or type(shash) is str)
+            if (types is not None and type_ not in types) or type(version) is not int or (
+                type(data) is not dict or not (shash is None or type(shash) is str)
             ):
                 continue
             try:
                 spec = self._schema(type_, version).spec
             except EventwardError:
                 continue
-            if spec.classes:
+            if spec.rules:  # the spec tags fields (spec.classes, without building the set)
                 out.append((type_, spec, shash, data))
         return out
 
@@ -447,14 +518,10 @@ class Consumer:
             s = self._verifier.verify_record(rec, fresh=mode == rp.REDRIVE)
         except SealError as e:
             return _Refusal(e.code, e.reason, False)
-        pre = self._parsed.pop(rec.offset, None) if self._parsed else None
-        if pre is not None and pre[0] is rec.data:  # parsed by _batch_keys: these very bytes
-            env = pre[1]
-        else:
-            try:
-                env = parse_sealed(rec.data)
-            except (EnvelopeError, InputError) as e:
-                return _Refusal(e.code, e.code, False, seal=s)
+        try:
+            env = parse_sealed(rec.data)
+        except (EnvelopeError, InputError) as e:
+            return _Refusal(e.code, e.code, False, seal=s)
         event_id, type_ = env["id"], env["type"]
         if env.get(envelope.EXT_PRODUCER) != s.producer:
             return _Refusal("bad_seal", "wrong_producer", False, event_id, type_, s)
@@ -495,9 +562,10 @@ class Consumer:
         version = env.get(envelope.EXT_SCHEMA)
         if type(version) is not int:
             raise EnvelopeError("event carries no schema version (ewschema)")
-        schema = self._schema(env["type"], version)
+        type_ = env["type"]
+        schema = self._versions.get((type_, version)) or self._schema(type_, version)
         data = env.get("data")
-        if not isinstance(data, dict):
+        if type(data) is not dict and not isinstance(data, dict):
             raise EnvelopeError("event data must be a JSON object")
         # A KeyServiceError propagates: fail closed, commit nothing, the event is tried again later.
         clear, report = self._encryptor.decrypt(
@@ -508,44 +576,34 @@ class Consumer:
             principal=self.principal,
             uncleared=self._uncleared,
             topic=self.topic,
-            event_type=env["type"],
+            event_type=type_,
         )
-        attrs = {k: v for k, v in env.items() if k != "data"}
-        return Delivered(
-            env["id"],
-            env["type"],
-            env["source"],
-            env.get("time", ""),
-            attrs,
-            clear,
-            rec.stream,
-            rec.offset,
-            s.producer,
-            s.seq_of(rec.index),
-            rec.batch,
-            s.time,
-            True,
-            report,
-        )
+        return delivered_from_envelope(env, clear, rec.stream, rec.offset, s.producer, s.first_seq + rec.index,
+                                       rec.batch, s.time_us / 1_000_000, report)
 
-    def _call(self, handler: Handler, event: Delivered) -> Exception | None:
-        """Call the handler with retries and exponential backoff; the last error, or None."""
+    def _call(self, handler: Handler, event: Delivered, first: Exception | None = None) -> Exception | None:
+        """Call the handler with retries and exponential backoff; the last error, or None.
+        ``first``: the error of a first attempt the caller already made."""
         for attempt in range(self._max_attempts):
-            try:
-                handler(event)
-                return None
-            except Exception as e:
-                log.warning(
-                    "handler failed on %s@%d (attempt %d/%d): %s",
-                    event.stream,
-                    event.offset,
-                    attempt + 1,
-                    self._max_attempts,
-                    type(e).__name__,
-                )
-                if attempt + 1 == self._max_attempts:
-                    return e
-                time.sleep(self._backoff * (2**attempt))
+            if attempt == 0 and first is not None:
+                error = first
+            else:
+                try:
+                    handler(event)
+                    return None
+                except Exception as e:
+                    error = e
+            log.warning(
+                "handler failed on %s@%d (attempt %d/%d): %s",
+                event.stream,
+                event.offset,
+                attempt + 1,
+                self._max_attempts,
+                type(error).__name__,
+            )
+            if attempt + 1 == self._max_attempts:
+                return error
+            time.sleep(self._backoff * (2**attempt))
         return None
 
     def _refuse(

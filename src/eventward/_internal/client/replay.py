@@ -43,6 +43,7 @@ from eventward._internal.log.sqlite import connect, write_txn
 from eventward.errors import ConfigError, ConflictError, ReplayError
 
 log = logging.getLogger("eventward.replay")
+_dumps = orjson.dumps
 
 LIVE = "live"  # normal consumption: every check applies
 REPLAY = "replay"  # an authorized replay: freshness and order waived, duplicates within the run refused
@@ -189,7 +190,38 @@ class ReplayGuard:
         gap = (last + 1, seq) if last is not None and seq > last + 1 else None
         return Admission(NEW, gap)
 
+    def is_next(self, producer: str, instance: str, stream: str, event_id: str, seq: int, sealed_at: float) -> bool:
+        """True exactly when a live ``admit`` would answer NEW with no gap: an id not seen, sealed
+        within the freshness window, the next sequence number of its producer instance (or its
+        first). Anything else is False, for ``admit`` to judge and word. The consumer's hot path."""
+        ids = self._ids
+        if (producer, event_id) in ids or (self._legacy and (LEGACY, event_id) in ids):
+            return False
+        now = self._clock()
+        if sealed_at < now - self.freshness or sealed_at > now + self.skew:
+            return False
+        last = self._seqs.get((producer, instance, stream))
+        if last is None and self._legacy:
+            last = self._seqs.get((LEGACY, instance, stream))
+        return last is None or seq == last + 1
+
     # --- recording ---------------------------------------------------------------------------
+    def settle_next(self, producer: str, stream: str, offset: int, event_id: str, instance: str, seq: int) -> None:
+        """``settle(status=OK, mode=LIVE)`` of an event ``is_next`` admitted (its id is new, its
+        seq the next): the same state and the same one journal ``write``, fewer steps."""
+        now = self._clock()
+        ids = self._ids
+        ids[producer, event_id] = (stream, offset, OK, now)
+        if len(ids) > self._window_ids:
+            ids.popitem(last=False)
+        key = (producer, instance, stream)
+        if seq > self._seqs.get(key, -1):
+            self._seqs[key] = seq
+        if self._fd is not None:
+            entry = [event_id, stream, offset, OK, now, instance, seq, producer]
+            os.write(self._fd, _dumps(entry) + b"\n")
+            self._pending.append(entry)
+
     def settle(
         self,
         *,

@@ -64,28 +64,120 @@ class FieldCipher(Protocol):
     ) -> tuple[dict[str, Any], Any]: ...
 
 
-@dataclass(frozen=True)
-class Delivered:
-    """One verified, decrypted event as a handler sees it. ``data`` is kept out of the repr."""
+class Delivered(tuple):
+    """One verified, decrypted event as a handler sees it. ``data`` is kept out of the repr.
 
-    id: str
-    type: str
-    source: str
-    time: str
-    attributes: dict[str, Any] = field(repr=False)  # every envelope attribute except data
-    data: Any = field(repr=False)
-    stream: str = ""
-    offset: int = 0
-    producer: str = ""
-    seq: int = 0
-    batch: str = ""
-    sealed_at: float = 0.0
-    verified: bool = True
-    report: Any = field(default=None, repr=False)  # the decryptor's DecryptReport (counts only)
+    Immutable: a tuple underneath, so a consumer makes one per event with a single allocation
+    (a frozen dataclass set 14 attributes one by one, and the attribute dict was copied from
+    the envelope for every event). ``attributes`` (every envelope attribute except data) is
+    built from the envelope on first access and then kept."""
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        id: str,
+        type: str,
+        source: str,
+        time: str,
+        attributes: dict[str, Any],
+        data: Any,
+        stream: str = "",
+        offset: int = 0,
+        producer: str = "",
+        seq: int = 0,
+        batch: str = "",
+        sealed_at: float = 0.0,
+        verified: bool = True,
+        report: Any = None,
+    ) -> Delivered:
+        return tuple.__new__(cls, (id, type, source, time, [attributes, True], data, stream, offset, producer, seq,
+                                   batch, sealed_at, verified, report))
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # pickle/copy call __new__ with the public arguments
+        return (*self[:4], self.attributes, *self[5:])
+
+    def __repr__(self) -> str:
+        return (f"Delivered(id={self[0]!r}, type={self[1]!r}, source={self[2]!r}, time={self[3]!r}, "
+                f"stream={self[6]!r}, offset={self[7]!r}, producer={self[8]!r}, seq={self[9]!r}, "
+                f"batch={self[10]!r}, sealed_at={self[11]!r}, verified={self[12]!r})")
+
+    @property
+    def id(self) -> str:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def type(self) -> str:
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def source(self) -> str:
+        return self[2]  # type: ignore[no-any-return]
+
+    @property
+    def time(self) -> str:
+        return self[3]  # type: ignore[no-any-return]
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """Every envelope attribute except data."""
+        cell = self[4]
+        if not cell[1]:  # made by the consumer from the whole envelope: data left out once, here
+            cell[0] = {k: v for k, v in cell[0].items() if k != "data"}
+            cell[1] = True
+        return cell[0]  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> Any:
+        return self[5]
+
+    @property
+    def stream(self) -> str:
+        return self[6]  # type: ignore[no-any-return]
+
+    @property
+    def offset(self) -> int:
+        return self[7]  # type: ignore[no-any-return]
+
+    @property
+    def producer(self) -> str:
+        return self[8]  # type: ignore[no-any-return]
+
+    @property
+    def seq(self) -> int:
+        return self[9]  # type: ignore[no-any-return]
+
+    @property
+    def batch(self) -> str:
+        return self[10]  # type: ignore[no-any-return]
+
+    @property
+    def sealed_at(self) -> float:
+        return self[11]  # type: ignore[no-any-return]
+
+    @property
+    def verified(self) -> bool:
+        return self[12]  # type: ignore[no-any-return]
+
+    @property
+    def report(self) -> Any:
+        """The decryptor's DecryptReport (counts only)."""
+        return self[13]
 
     def to_json(self) -> dict[str, Any]:
         """The CloudEvent as this principal may see it (decrypted per clearance)."""
-        return {**self.attributes, "data": self.data}
+        return {**self.attributes, "data": self[5]}
+
+
+_tuple_new = tuple.__new__
+
+
+def delivered_from_envelope(env: dict[str, Any], data: Any, stream: str, offset: int, producer: str, seq: int,
+                            batch: str, sealed_at: float, report: Any) -> Delivered:
+    """The consumer's Delivered of a verified envelope: one allocation; the attributes are left
+    in ``env`` until a handler asks for them (``env`` is not touched afterwards)."""
+    return _tuple_new(Delivered, (env["id"], env["type"], env["source"], env.get("time", ""), [env, False], data,
+                                  stream, offset, producer, seq, batch, sealed_at, True, report))
 
 
 @dataclass

@@ -383,7 +383,7 @@ def instrument_kms(kms: Any) -> Any:
     """Time this KMS instance's calls and count its failures by error code. Idempotent."""
     if kms is None or getattr(kms, "_ew_instrumented", False):
         return kms
-    for op in ("wrap", "unwrap", "mac", "rotate", "destroy"):
+    for op in ("wrap", "unwrap", "unwrap_many", "mac", "rotate", "destroy"):  # unwrap_many: one per read batch
         fn = getattr(kms, op, None)
         if callable(fn):
             setattr(kms, op, _timed(op, fn))

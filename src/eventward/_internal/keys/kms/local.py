@@ -21,7 +21,7 @@ import fcntl
 import hmac
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from eventward._internal.home import read_secret, write_secret
 from eventward._internal.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, kek_id, parse_kek_id
 from eventward.errors import (
     ConflictError,
+    EventwardError,
     KeyDestroyed,
     KeyIntegrityError,
     KeyNotFound,
@@ -367,6 +368,29 @@ class LocalKMS:
             raise KeyIntegrityError(
                 f"wrapped key under {kek_id} failed authentication (tampered, or moved to another key id)"
             ) from None
+
+    def unwrap_many(self, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes | EventwardError]:
+        """``unwrap`` of each (kek id, wrapped, aad) of a read batch, as one call: the keyring is
+        checked once (as in ``unwrap_batch``) and each outcome is the DEK or the refusal ``unwrap``
+        would raise (KeyDestroyed, KeyNotFound, KeyIntegrityError); one KMS call to time and
+        count, not one per key. The crypto is unchanged: one AES-GCM open per wrapped key."""
+        out: list[bytes | EventwardError] = []
+        with self.unwrap_batch():
+            ring = self._pinned.ring
+            for kek_id, wrapped, aad in items:
+                cipher = ring.ciphers.get(kek_id)
+                if cipher is not None and len(wrapped) >= 1 + _NONCE + 16 and wrapped[:1] == _WRAP_FORMAT:
+                    try:
+                        out.append(cipher.decrypt(wrapped[1 : 1 + _NONCE], wrapped[1 + _NONCE :],
+                                                  _WRAP_AAD + kek_id.encode() + b"\x00" + aad))
+                        continue
+                    except InvalidTag:
+                        pass
+                try:  # the refusal worded by unwrap (which also re-checks a KEK missing from the ring)
+                    out.append(self.unwrap(kek_id, wrapped, aad))
+                except (KeyDestroyed, KeyNotFound, KeyIntegrityError) as e:
+                    out.append(e)
+        return out
 
     def mac(self, name: str, data: bytes) -> bytes:
         secret = self._ring.secrets.get(name)  # MAC secrets never change once created
