@@ -188,3 +188,40 @@ def test_attack_two_replicas_do_not_double_a_principals_quota(slow_pair: Pair) -
     assert 429 in statuses[:-1] and admitted <= 10 + int(elapsed * 0.5) + 1, (statuses, elapsed)
     other = call(slow_pair.replicas[1].port, slow_pair.ctx(demo.SHIPPING), "GET", "/v1/schemas")
     assert other.status != 429  # buckets are per principal
+
+
+def test_db_import_moves_the_gateway_groups(tmp_path: Path, pg_server: PgServer) -> None:  # noqa: F811
+    """An embedded home's gateway groups move with ``db import``: offsets, replay state and the
+    last fetch (so its ack still commits after the move); the lease it held does not."""
+    from eventward._internal.gateway.groupstore import GROUP_LOCK, PG_TABLES, GroupStore
+    from eventward._internal.keys.stores import home_deployment_id
+    from eventward._internal.store.importer import import_home
+    from eventward._internal.store.pg import Database
+    from eventward._internal.store.sqlcompat import PgTables
+
+    home = Home(tmp_path / "home")
+    Deployment.init(home, admin=demo.ADMIN).close()
+    gid, t = "shipping-svc/g", "orders"
+    entries = [["orders-svc", t, o, f"e{o}", "i", o + 1, "ok", "live"] for o in range(4)]
+    embedded = GroupStore.open_sqlite(home.root / "consumers" / "gateway.db")
+    try:
+        assert embedded.try_lease(gid, t, "h-1", 30)
+        assert embedded.finish_fetch(gid, t, "h-1", expected={t: None}, commit={}, settled=[], pending=entries,
+                                     upto={t: 4}, mirror=lambda s, o: None)
+        assert embedded.ack(gid, t, t, 2, initial=None, mirror=lambda s, o: None, group="g") == 2
+        assert embedded.try_lease(gid, t, "h-2", 30)  # held when the home stops
+    finally:
+        embedded.close()
+    dsn = pg_server.create_database()
+    dep_id = home_deployment_id(home)
+    Database(dsn).migrate(dep_id)
+    report = import_home(home, Database(dsn), dep_id)
+    assert report.rows["gateway.gw_seen"] == 2 and str(home.root / "consumers" / "gateway.db") in report.stale_files
+    moved = GroupStore.open_pg(PgTables(Database.open(dsn, deployment_id=dep_id), PG_TABLES, GROUP_LOCK))
+    try:
+        assert moved.committed(gid, [t]) == {t: 2}
+        assert sorted(r[1] for r in moved.changes(gid, None).seen) == ["e0", "e1"]
+        assert moved.try_lease(gid, t, "h-3", 30)  # the old lease did not move
+        assert moved.ack(gid, t, t, 4, initial=None, mirror=lambda s, o: None, group="g") == 4
+    finally:
+        moved.close()

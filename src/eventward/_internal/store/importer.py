@@ -1,6 +1,7 @@
 """``eventward db import``: move an embedded home's key store, audit log, schema registry, policy
 versions, trust registry, the control plane's seal grants and direct-path reconciler positions,
-and the PKI's book of issued certificates with its current CRL into PostgreSQL.
+the PKI's book of issued certificates with its current CRL, and the HTTP gateway's consumer groups
+(``consumers/gateway.db``: offsets, replay state, last fetches) into PostgreSQL.
 
 Everything is copied in ONE transaction holding the key store's and the audit log's write
 locks, into a database that is migrated, belongs to the same deployment (same audit key name)
@@ -58,6 +59,14 @@ _DIRECT_TABLES = (
     ("direct_tail", "stream, last_seq, end_offset"),
     ("direct_refused", "stream, seq"),
     ("direct_progress", "grp, stream, committed"),
+)
+# The gateway's consumer groups (gateway/groupstore.py): the same tables on both backends.
+_GATEWAY_TABLES = (
+    ("gw_groups", "gid, version, acks"),
+    ("gw_offsets", "gid, stream, committed"),
+    ("gw_seen", "gid, producer, id, stream, off, status, at, version"),
+    ("gw_seqs", "gid, producer, instance, stream, seq, version"),
+    ("gw_fetches", "gid, topic, NULL, 0, upto, entries"),  # leases end with the process that held them
 )
 _SKIP_KEY_META = frozenset({"schema"})  # SQLite's own schema version
 
@@ -118,9 +127,10 @@ def import_home(source: Home, db: Database, deployment_id: str) -> ImportReport:
                     _copy_registry(cur, registry, report)
             _copy_control(cur, source, report)
             _copy_pki(cur, source, report)
+            _copy_gateway_groups(cur, source, report)
     report.stale_files = [str(p) for p in (source.keys_db, source.audit_db, source.registry_db, source.trust_db,
                                             source.policy_dir / "policy.db", source.root / "control.db",
-                                            source.certs / "issued.db")
+                                            source.certs / "issued.db", _gateway_db(source))
                           if p.exists()]
     return report
 
@@ -202,6 +212,25 @@ def _copy_control(cur: psycopg.Cursor, source: Home, report: ImportReport) -> No
                     marks = ", ".join(["%s"] * len(cols.split(",")))
                     cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.{table} ({cols}) VALUES ({marks})", rows)
                     report.rows[f"control.{table}"] = len(rows)
+
+
+def _gateway_db(source: Home) -> Path:
+    return source.root / "consumers" / "gateway.db"
+
+
+def _copy_gateway_groups(cur: psycopg.Cursor, source: Home, report: ImportReport) -> None:
+    """The gateway's groups: without their replay state, an id acked before the move could be
+    replayed after it (a copy at a new offset would not be a duplicate any more)."""
+    path = _gateway_db(source)
+    if not path.is_file():
+        return
+    with _sqlite(path) as gw:
+        for table, cols in _GATEWAY_TABLES:
+            rows = gw.execute(f"SELECT {cols} FROM {table}").fetchall()
+            names = cols.replace("NULL, 0", "holder, lease_until")
+            marks = ", ".join(["%s"] * len(cols.split(",")))
+            cur.executemany(f"INSERT INTO {CONTROL_SCHEMA}.{table} ({names}) VALUES ({marks})", rows)
+            report.rows[f"gateway.{table}"] = len(rows)
 
 
 def _copy_pki(cur: psycopg.Cursor, source: Home, report: ImportReport) -> None:
