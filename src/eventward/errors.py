@@ -206,6 +206,20 @@ class AuditIntegrityError(SecurityError):
         self.index = index
 
 
+class AuditRollback(AuditIntegrityError):
+    """A served or stored audit tree is smaller than a checkpoint this party verified before:
+    records were removed, or the log was restored from an older copy."""
+
+    code = "audit_rollback"
+
+
+class AuditFork(AuditIntegrityError):
+    """An audit tree does not extend a checkpoint this party verified before (another history at
+    the same size, or a consistency proof that fails): the log was rewritten."""
+
+    code = "audit_fork"
+
+
 class QuotaExceeded(SecurityError):
     code = "quota"
     http_status = 429

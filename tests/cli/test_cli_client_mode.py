@@ -125,19 +125,29 @@ def cli_process(profile_dir: Path, *args: str) -> subprocess.CompletedProcess[st
                           timeout=60, env=_env(profile_dir))
 
 
-def add_profile(profile_dir: Path, name: str, urls: list[str], ca: Path, cert: Path, key: Path) -> None:
+def add_profile(profile_dir: Path, name: str, urls: list[str], ca: Path, cert: Path, key: Path, *pins: str) -> None:
     r = CliRunner().invoke(app, ["profile", "add", name, "--url", ",".join(urls), "--ca", str(ca),
-                                 "--cert", str(cert), "--key", str(key)],
+                                 "--cert", str(cert), "--key", str(key), *pins],
                            env={"EVENTWARD_PROFILE_DIR": str(profile_dir)})
     assert r.exit_code == 0, r.output
 
 
+@pytest.fixture(scope="module")
+def pins(plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    """``--anchor`` and ``--audit-key`` as an operator pins them: printed where the home is."""
+    nowhere = tmp_path_factory.mktemp("no-profiles")
+    anchor = cli(nowhere, "--home", str(plane.home), "trust", "anchor")
+    vkey = cli(nowhere, "--home", str(plane.home), "audit", "public-key")
+    assert anchor.returncode == 0 and vkey.returncode == 0, (anchor.stderr, vkey.stderr)
+    return ("--anchor", anchor.stdout.strip(), "--audit-key", vkey.stdout.strip())
+
+
 @pytest.fixture
-def profiles(tmp_path: Path, plane: ControlPlane) -> Path:
+def profiles(tmp_path: Path, plane: ControlPlane, pins: tuple[str, ...]) -> Path:
     d = tmp_path / "profiles"
-    add_profile(d, "ops", [plane.url], plane.ca, *plane.certs[OPERATOR])
+    add_profile(d, "ops", [plane.url], plane.ca, *plane.certs[OPERATOR], *pins)
     for name in OPERATORS[1:]:
-        add_profile(d, name, [plane.url], plane.ca, *plane.certs[name])
+        add_profile(d, name, [plane.url], plane.ca, *plane.certs[name], *pins)
     return d
 
 
@@ -228,7 +238,7 @@ def test_attack_as_flag_in_client_mode(plane: ControlPlane, profiles: Path, tmp_
 
 def test_home_only_commands_and_options_say_so(plane: ControlPlane, profiles: Path, tmp_path: Path) -> None:
     for args, named in ((["keys", "rotate", "--class", "pii"], "'keys rotate'"), (["init"], "'init'"),
-                        (["audit", "verify"], "'audit verify'"), (["monitor"], "'monitor'"),
+                        (["audit", "verify", "--db", "x.db"], "--db of 'audit verify'"), (["monitor"], "'monitor'"),
                         (["trust", "list", "--principal", "orders-svc"], "--principal of 'trust list'"),
                         (["nats", "up"], "'nats'")):
         r = cli(profiles, "--profile", "ops", *args, cwd=tmp_path)

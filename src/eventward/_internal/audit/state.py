@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,7 +21,14 @@ from eventward._internal.audit.checkpoint import Checkpoint, verify_checkpoint
 from eventward._internal.audit.log import AuditLog
 from eventward._internal.audit.note import NoteKey
 from eventward._internal.audit.signing import AuditVerifier
-from eventward._internal.audit.verify import Progress, VerifyReport, verify_consistency_proof, verify_log
+from eventward._internal.audit.tree import ConsistencyProof
+from eventward._internal.audit.verify import (
+    Progress,
+    VerifyReport,
+    check_extends,
+    verify_consistency_proof,
+    verify_log,
+)
 from eventward._internal.home import write_secret
 from eventward.errors import AuditIntegrityError, ConfigError, EventwardError
 
@@ -90,6 +97,33 @@ def verify_with_state(
     newest = max((c.size for c in seen), default=0)
     unwitnessed = max(report.size - newest, 0) if witnesses else 0
     return StateReport(report, remembered, saved, tuple(seen), unwitnessed)
+
+
+@dataclass(frozen=True)
+class ServedReport:
+    """``audit verify`` in client mode: the served checkpoint, verified, and what was kept before."""
+
+    checkpoint: Checkpoint
+    remembered: Checkpoint | None  # from the state file, before this run
+    saved: bool  # the state file now holds ``checkpoint``
+
+
+Fetch = Callable[[int], tuple[str, ConsistencyProof | None]]  # from_size -> (checkpoint text, proof)
+
+
+def verify_served(verifier: AuditVerifier, fetch: Fetch, *, state: Path | None) -> ServedReport:
+    """A checkpoint served by the control plane (``fetch``, asked for a proof from the size kept in
+    ``state``), verified as a witness would: signed by ``verifier``'s key, and extending the kept
+    one (audit.verify.check_extends). Only then is it remembered. Raises AuditIntegrityError
+    (another key, a malformed answer), AuditRollback and AuditFork; the state is then unchanged."""
+    remembered = _outside(load_state(state) if state is not None else None, verifier, (), "remembered checkpoint",
+                          state)
+    text, proof = fetch(0 if remembered is None else remembered.size)
+    served = verify_checkpoint(text, verifier)
+    check_extends(remembered, served, proof)
+    if state is not None and (remembered is None or served.size > remembered.size):
+        save_state(state, served.text)
+    return ServedReport(served, remembered, state is not None)
 
 
 def _newest(log: AuditLog, verifier: AuditVerifier, report: VerifyReport) -> Checkpoint | None:

@@ -27,13 +27,14 @@ from eventward._internal.audit.records import decode
 from eventward._internal.audit.signing import AuditVerifier, PublicKeyLike
 from eventward._internal.audit.tree import ConsistencyProof, Frontier, InclusionProof, frontier_root, push_leaf
 from eventward._internal.crypto import merkle
-from eventward.errors import AuditIntegrityError, ConfigError
+from eventward.errors import AuditFork, AuditIntegrityError, AuditRollback, ConfigError
 
 Progress = Callable[[int, int], None]  # (records checked, total records)
 PROGRESS_EVERY = 8192
 
 __all__ = [
     "VerifyReport",
+    "check_extends",
     "verify_checkpoint",
     "verify_consistency_proof",
     "verify_inclusion_proof",
@@ -101,6 +102,36 @@ def verify_consistency_proof(
         _root(new, proof.new_size, "consistency proof"),
         proof.hashes,
     )
+
+
+def check_extends(kept: Checkpoint | None, new: Checkpoint, proof: ConsistencyProof | None, *,
+                  kept_by: str = "this verifier kept") -> None:
+    """That ``new`` (already signature-checked) extends ``kept``, the last checkpoint this party
+    verified (None: first use, nothing to check). ``proof`` is the consistency proof from
+    ``kept.size`` to ``new.size`` (None only when the sizes are equal). The rule a witness cosigns
+    by and a client-mode verifier accepts by. Raises AuditRollback (a smaller tree), AuditFork
+    (another root at the same size, or a proof that fails) and AuditIntegrityError (no proof, or
+    one between other sizes)."""
+    if kept is None:
+        return
+    if new.size < kept.size:
+        raise AuditRollback(
+            f"rollback: checkpoint of size {new.size} is older than the size {kept.size} {kept_by} "
+            "(records were removed or the log was restored from a backup)", index=new.size)
+    if new.size == kept.size:
+        if new.root != kept.root:
+            raise AuditFork(f"fork: a different tree of the same size {new.size} than the one {kept_by}")
+        return
+    if proof is None:
+        raise AuditIntegrityError(f"no consistency proof from size {kept.size} (the last {kept_by}) to {new.size}")
+    if (proof.old_size, proof.new_size) != (kept.size, new.size):
+        raise AuditIntegrityError(
+            f"the proof is from {proof.old_size} to {proof.new_size}, not from {kept.size} to {new.size}")
+    try:
+        verify_consistency_proof(proof, kept, new)
+    except AuditIntegrityError:
+        raise AuditFork(f"fork: inconsistent: the tree of size {new.size} does not extend the tree of size "
+                        f"{kept.size} {kept_by} (history was rewritten)", index=kept.size) from None
 
 
 class _TreeCheck:

@@ -37,7 +37,7 @@ from eventward._internal.audit.checkpoint import Checkpoint, cosign, verify_chec
 from eventward._internal.audit.note import ALG_COSIGNATURE_V1, NoteKey, Signer, valid_name
 from eventward._internal.audit.signing import AuditVerifier
 from eventward._internal.audit.tree import ConsistencyProof
-from eventward._internal.audit.verify import verify_consistency_proof
+from eventward._internal.audit.verify import check_extends
 from eventward._internal.home import read_secret, write_secret
 from eventward.errors import (
     AuditIntegrityError,
@@ -167,33 +167,10 @@ class Witness:
         self, checkpoint: str, new: Checkpoint, proof: ConsistencyProof | None, now: float | None
     ) -> CosignResult:
         old = self.last()
-        if old is not None:
-            if new.size < old.size:
-                raise WitnessRefused(
-                    f"rollback: checkpoint of size {new.size} is older than the size {old.size} this witness "
-                    "cosigned (records were removed or the log was restored from a backup)",
-                    index=new.size,
-                )
-            if new.size == old.size:
-                if new.root != old.root:
-                    raise WitnessRefused(f"fork: a different tree of the same size {new.size} was cosigned before")
-            else:
-                if proof is None:
-                    raise WitnessRefused(
-                        f"no consistency proof from size {old.size} (the last cosigned) to {new.size}"
-                    )
-                if (proof.old_size, proof.new_size) != (old.size, new.size):
-                    raise WitnessRefused(
-                        f"the proof is from {proof.old_size} to {proof.new_size}, not from {old.size} to {new.size}"
-                    )
-                try:
-                    verify_consistency_proof(proof, old, new)
-                except AuditIntegrityError:
-                    raise WitnessRefused(
-                        f"inconsistent: the tree of size {new.size} does not extend the cosigned tree of size "
-                        f"{old.size} (history was rewritten)",
-                        index=old.size,
-                    ) from None
+        try:  # the rule every verifier keeping a checkpoint applies (audit.verify.check_extends)
+            check_extends(old, new, proof, kept_by="this witness cosigned")
+        except AuditIntegrityError as e:
+            raise WitnessRefused(e.message, index=e.index) from None
         stamp = int(time.time() if now is None else now)
         if old is not None:
             stamp = max(stamp, _cosigned_time(old, self.key))

@@ -403,6 +403,19 @@ def trust_list(
     common.console.print(t)
 
 
+@trust_app.command("anchor", epilog=common.examples(
+    "eventward trust anchor", "eventward profile add ops --url https://cp:8443 --ca ca.crt --cert ops.crt "
+    "--key ops.key --anchor \"$(eventward trust anchor)\" --audit-key \"$(eventward audit public-key)\""))
+def trust_anchor() -> None:
+    """Print the control plane's anchor public key, which signs trust entries, grants and notices
+    (made on first use): pin it in operator profiles (profile add --anchor), out of band. Public,
+    no grant needed."""
+    from eventward._internal.control.anchor import ANCHOR_FILE, Anchor
+
+    home = common.home().require()
+    sys.stdout.write(Anchor.load_or_create(home.root / ANCHOR_FILE).public_text + "\n")
+
+
 @trust_app.command(
     "register", epilog=common.examples("eventward trust register orders-svc --as admin", "eventward trust list --json")
 )

@@ -14,6 +14,12 @@ must be 0600 and no symbolic link (it says where the operator's key is and which
     ca = "/home/ops/.config/eventward/ca.crt"
     cert = "/home/ops/.config/eventward/ops.crt"
     key = "/home/ops/.config/eventward/ops.key"
+    anchor = "3q2-7w..."        # the control plane's statement key (eventward trust anchor, out of band)
+    audit_key = "ew-audit+..."  # the audit log's verifier key (eventward audit public-key, out of band)
+
+The two public keys are pinned when the profile is added, from the control plane's host and not
+over the API (what they check is what the API sends): ``trust list`` shows only trust entries the
+anchor signed, and ``audit verify`` accepts only checkpoints the audit key signed.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from rich.table import Table
 
 from eventward._internal.cli import common
 from eventward._internal.home import read_secret, write_secret
-from eventward.errors import ConfigError, InputError, NotFoundError
+from eventward.errors import ConfigError, EventwardError, InputError, NotFoundError
 
 PROFILE_DIR_ENV = "EVENTWARD_PROFILE_DIR"
 FILE_NAME = "profiles.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_FIELDS = {"urls", "ca", "cert", "key", "token_file"}
+_FIELDS = {"urls", "ca", "cert", "key", "token_file", "anchor", "audit_key"}
+_PINS = ("anchor", "audit_key")  # public keys, as text: pinned at `profile add`, never fetched
 _MAX_URLS = 16
 
 
@@ -90,6 +97,8 @@ class Profile:
     cert: str | None = None
     key: str | None = None
     token_file: str | None = None
+    anchor: str | None = None  # the control plane's anchor public key (trust entries, grants, notices)
+    audit_key: str | None = None  # the audit log's verifier key (vkey)
 
     @property
     def auth(self) -> str:
@@ -114,16 +123,36 @@ class Profile:
             raise ConfigError(f"profile {self.name}: give both cert and key (mTLS)")
         if (self.cert is None) == (self.token_file is None):
             raise ConfigError(f"profile {self.name}: give either cert and key (mTLS) or token_file (JWT)")
+        check_pins(self.name, self.anchor, self.audit_key)
 
     def secret_files(self) -> list[Path]:
         return [Path(p) for p in (self.key, self.token_file) if p is not None]
 
     def to_doc(self) -> dict[str, object]:
         doc: dict[str, object] = {"name": self.name, "urls": list(self.urls), "ca": self.ca, "auth": self.auth}
-        for k in ("cert", "key", "token_file"):
+        for k in ("cert", "key", "token_file", *_PINS):
             if getattr(self, k) is not None:
                 doc[k] = getattr(self, k)
         return doc
+
+
+def check_pins(name: str, anchor: str | None, audit_key: str | None) -> None:
+    """The pinned public keys parse (ConfigError naming the field otherwise, never echoing it)."""
+    from eventward._internal.audit.signing import AuditVerifier
+    from eventward._internal.control.anchor import public_key_from_text
+
+    try:
+        if anchor is not None:
+            public_key_from_text(anchor)
+    except (InputError, ValueError):
+        raise ConfigError(f"profile {name}: anchor is not an Ed25519 anchor public key "
+                          "(print it with 'eventward trust anchor' where the home is)") from None
+    try:
+        if audit_key is not None:
+            AuditVerifier.of(audit_key)
+    except (EventwardError, ValueError):
+        raise ConfigError(f"profile {name}: audit_key is not an audit verifier key "
+                          "(print it with 'eventward audit public-key' where the home is)") from None
 
 
 @dataclass
@@ -171,7 +200,7 @@ def load(path: Path | None = None) -> Profiles:
                               f"(allowed: {', '.join(sorted(_FIELDS))}; secrets are never inline)")
         try:
             p = Profile(name, parse_urls(body.get("urls", [])), body.get("ca", ""), body.get("cert"),
-                        body.get("key"), body.get("token_file"))
+                        body.get("key"), body.get("token_file"), body.get("anchor"), body.get("audit_key"))
         except InputError as e:
             raise ConfigError(f"{path}: profiles.{name}: {e.message}") from None
         p.check()
@@ -196,7 +225,7 @@ def save(profiles: Profiles, path: Path | None = None) -> Path:
         lines.append(f"current = {_toml(profiles.current)}")
     for p in profiles.profiles.values():
         lines += ["", f"[profiles.{_toml(p.name)}]", f"urls = {_toml(list(p.urls))}", f"ca = {_toml(p.ca)}"]
-        for k in ("cert", "key", "token_file"):
+        for k in ("cert", "key", "token_file", *_PINS):
             if getattr(p, k) is not None:
                 lines.append(f"{k} = {_toml(getattr(p, k))}")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -217,6 +246,29 @@ def _abs(p: Path | None) -> str | None:
     return None if p is None else str(p.expanduser().resolve())
 
 
+def pin_text(value: str | None, what: str) -> str | None:
+    """A public key given as its text, or as a file holding it (for the anchor also a service's
+    grant.json, which carries it); None stays None."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        return value.strip()
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"cannot read {what} file {path}") from None
+    if what == "anchor" and text.startswith("{"):
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("anchor"), str):
+            raise ConfigError(f"{path} is JSON but not a grant carrying the anchor")
+        return str(doc["anchor"])
+    return text
+
+
 @profile_app.command("add", epilog=common.examples(
     "eventward profile add ops --url https://cp1:8443,https://cp2:8443 --ca ca.crt --cert ops.crt --key ops.key "
     "--use",
@@ -231,13 +283,21 @@ def add_cmd(
     key: Path = typer.Option(None, "--key", help="Your client key (PEM, mode 0600)."),
     token_file: Path = typer.Option(None, "--token-file", help="A file holding your JWT (mode 0600), "
                                     "instead of --cert/--key."),
+    anchor: str = typer.Option(None, "--anchor", metavar="KEY|FILE", help="Pin the control plane's anchor "
+                               "public key ('eventward trust anchor' where the home is, or a service's grant.json): "
+                               "'trust list' shows only entries it signed."),
+    audit_key: str = typer.Option(None, "--audit-key", metavar="VKEY|FILE", help="Pin the audit verifier key "
+                                  "('eventward audit public-key' where the home is): 'audit verify' checks "
+                                  "checkpoints against it."),
     use: bool = typer.Option(False, "--use", help="Make it the profile in use."),
     replace: bool = typer.Option(False, "--replace", help="Replace a profile of that name."),
 ) -> None:
-    """Add a profile (paths are stored absolute; the files are checked, never copied)."""
+    """Add a profile (paths are stored absolute; the files are checked, never copied; the two
+    public keys are pinned as text)."""
     check_name(name)
     urls = parse_urls([u for item in url for u in item.split(",")])
-    profile = Profile(name, urls, _abs(ca) or "", _abs(cert), _abs(key), _abs(token_file))
+    profile = Profile(name, urls, _abs(ca) or "", _abs(cert), _abs(key), _abs(token_file),
+                      pin_text(anchor, "anchor"), pin_text(audit_key, "audit key"))
     profile.check()
     for f in [Path(profile.ca), *(Path(p) for p in (profile.cert,) if p)]:
         if not f.is_file():

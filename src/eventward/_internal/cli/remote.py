@@ -23,9 +23,9 @@ from __future__ import annotations
 import base64
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
@@ -33,15 +33,22 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
+from eventward._internal.audit.tree import ConsistencyProof
 from eventward._internal.cli import common, profiles
+from eventward._internal.client.trust import TrustedKey
+from eventward._internal.control.client import Grants, verify_trust_entry
 from eventward._internal.control.http import HttpControlAPI
 from eventward._internal.home import read_secret
-from eventward.errors import ConfigError, InputError, NotInClientMode
+from eventward.errors import AuditIntegrityError, ConfigError, InputError, NotInClientMode, SealError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 CONNECT_ENV = "EVENTWARD_CONNECT"
 PROFILE_ENV = "EVENTWARD_PROFILE"
 # credentials for --connect without a profile (paths, like a profile's fields)
 CA_ENV, CERT_ENV, KEY_ENV, TOKEN_FILE_ENV = "EVENTWARD_CA", "EVENTWARD_CERT", "EVENTWARD_KEY", "EVENTWARD_TOKEN_FILE"
+ANCHOR_ENV, AUDIT_KEY_ENV = "EVENTWARD_ANCHOR", "EVENTWARD_AUDIT_KEY"  # pinned public keys (text or file)
 PRINCIPAL_ENV = "EVENTWARD_PRINCIPAL"  # home mode's --as (cli/context.py)
 
 AS_REFUSED = "--as does not exist in client mode: the principal is your certificate's identity"
@@ -144,17 +151,34 @@ class OperatorClient:
             "nats_servers": nats_servers})
         return orjson.dumps(grant)
 
-    def trust_entries(self) -> list[dict[str, Any]]:
-        """The trust registry as the control plane's signed statements, decoded (the TLS channel,
-        verified against the profile's CA, is what vouches for them here)."""
-        out = []
-        for wire in self.api.call("GET", "/v1/control/trust")["entries"]:
+    def trust_entries(self, anchor: Ed25519PublicKey) -> tuple[list[tuple[TrustedKey, Grants | None]], list[int]]:
+        """The trust registry, each entry verified against ``anchor`` (pinned in the profile) as a
+        client-mode consumer verifies them for seals: TLS alone, or a compromised replica or proxy,
+        cannot vouch for a key. Returns the verified entries and the positions of refused ones."""
+        entries = self.api.call("GET", "/v1/control/trust").get("entries")
+        if not isinstance(entries, list):
+            raise SealError("the control plane's trust registry is not a list of signed entries",
+                            reason="bad_statement")
+        good: list[tuple[TrustedKey, Grants | None]] = []
+        refused: list[int] = []
+        for i, wire in enumerate(entries):
             try:
-                raw = str(wire["body"])
-                out.append(orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))))
-            except (KeyError, TypeError, ValueError):
-                raise InputError("the control plane sent a malformed trust entry") from None
-        return out
+                good.append(verify_trust_entry(anchor, wire))
+            except SealError:
+                refused.append(i)
+        return good, refused
+
+    def audit_consistency(self, from_size: int) -> tuple[str, ConsistencyProof | None]:
+        """The latest signed checkpoint and a consistency proof from ``from_size`` (unverified:
+        audit.verify.check_extends and verify_checkpoint judge them); AuditIntegrityError when the
+        answer is not a checkpoint and a proof."""
+        doc = self.api.call("GET", "/v1/control/audit/consistency", params={"from_size": from_size})
+        if not isinstance(doc, dict) or not isinstance(doc.get("checkpoint"), str) or "proof" not in doc:
+            raise AuditIntegrityError("the control plane's answer is not a checkpoint and a consistency proof")
+        proof = doc["proof"]
+        if proof is not None and not isinstance(proof, dict):
+            raise AuditIntegrityError("the control plane's consistency proof is not an object")
+        return doc["checkpoint"], None if proof is None else ConsistencyProof.from_dict(proof)
 
 
 def _segment(text: str) -> str:
@@ -229,14 +253,16 @@ def settings(connect: str | None, name: str | None) -> Remote:
     if name is not None or connect is None or stored.current is not None:
         p = stored.get(profiles.check_name(name) if name is not None else None)
         if connect is not None:
-            p = profiles.Profile(p.name, profiles.parse_urls(connect), p.ca, p.cert, p.key, p.token_file)
+            p = replace(p, urls=profiles.parse_urls(connect))
         return Remote(p)
     env = {k: os.environ.get(k) or None for k in (CA_ENV, CERT_ENV, KEY_ENV, TOKEN_FILE_ENV)}
     if env[CA_ENV] is None or (env[TOKEN_FILE_ENV] is None and (env[CERT_ENV] is None or env[KEY_ENV] is None)):
         raise ConfigError(f"--connect needs your credentials: --profile NAME (eventward profile add), or "
                           f"{CA_ENV} with {CERT_ENV} and {KEY_ENV} (or {TOKEN_FILE_ENV}): file paths")
     p = profiles.Profile("connect", profiles.parse_urls(connect), str(env[CA_ENV]), env[CERT_ENV],
-                         env[KEY_ENV], env[TOKEN_FILE_ENV] if env[CERT_ENV] is None else None)
+                         env[KEY_ENV], env[TOKEN_FILE_ENV] if env[CERT_ENV] is None else None,
+                         profiles.pin_text(os.environ.get(ANCHOR_ENV) or None, "anchor"),
+                         profiles.pin_text(os.environ.get(AUDIT_KEY_ENV) or None, "audit key"))
     p.check()
     return Remote(p)
 
@@ -362,11 +388,15 @@ client_app.add_typer(trust_app, name="trust")
 _JSON = common.json_option()
 
 
-def _client() -> OperatorClient:
+def _remote() -> Remote:
     remote = common.STATE.remote
     if not isinstance(remote, Remote):  # only reachable through RootGroup in client mode
         raise NotInClientMode("this command runs in client mode only (--connect or --profile)")
-    return remote.client()
+    return remote
+
+
+def _client() -> OperatorClient:
+    return _remote().client()
 
 
 def _subject(arg: str) -> str:
@@ -527,6 +557,42 @@ def audit_checkpoint(as_json: bool = _JSON) -> None:
     _print(f"tree size {cp['tree_size']}, root {cp['root_hash']}, {cp['timestamp']}, key {cp['key_id']}")
 
 
+@audit_app.command("verify", cls=ClientCommand)
+def audit_verify(
+    key: str = typer.Option(None, "--key", help="Audit verifier key (or a file holding it); default: the one "
+                            "pinned in the profile (profile add --audit-key)."),
+    state: Path = typer.Option(None, "--state", help="Where this verifier keeps the last checkpoint it verified "
+                               "(default: under ~/.config/eventward/audit-state, per log, as in home mode)."),
+    no_state: bool = typer.Option(False, "--no-state", help="Neither read nor update the verifier's state."),
+    as_json: bool = _JSON,
+) -> None:
+    """Verify the control plane's latest signed checkpoint against the pinned audit key, and that it
+    extends the last checkpoint this verifier kept (a consistency proof): a checkpoint signed by
+    another key, a smaller tree (rollback) or another history (fork) is refused (exit 8). The
+    records themselves are recomputed only where the home is (audit verify in home mode)."""
+    from eventward._internal.audit.signing import AuditVerifier
+    from eventward._internal.audit.state import default_state_path, verify_served
+
+    p = _remote().profile
+    pinned = key if key is not None else p.audit_key
+    if pinned is None:
+        raise ConfigError(f"profile {p.name} pins no audit key: pass --key, or pin it with 'eventward profile add "
+                          "... --audit-key VKEY' (print it with 'eventward audit public-key' where the home is), "
+                          f"or set {AUDIT_KEY_ENV}")
+    verifier = AuditVerifier.of(profiles.pin_text(pinned, "audit key") or "")
+    path = None if no_state else (state or default_state_path(verifier.name))
+    r = verify_served(verifier, _client().audit_consistency, state=path)
+    doc = {"ok": True, "size": r.checkpoint.size, "root": base64.b64encode(r.checkpoint.root).decode(),
+           "checkpoint_key": True, "state": None if path is None else str(path),
+           "remembered_size": None if r.remembered is None else r.remembered.size,
+           "saved_size": r.checkpoint.size if r.saved else None}
+    if as_json:
+        common.emit_json(doc)
+        return
+    _print(f"OK: checkpoint of {doc['size']} records signed by {verifier.name}, root {doc['root']}"
+           + ("" if r.remembered is None else f"; extends the {r.remembered.size} verified before"))
+
+
 @audit_app.command("prove", cls=ClientCommand)
 def audit_prove(index: int = typer.Argument(..., help="Record index."),
                 size: int = typer.Option(None, "--size", help="Tree size to prove against (default: now).")) -> None:
@@ -570,19 +636,32 @@ def policy_explain(
 
 @trust_app.command("list", cls=ClientCommand)
 def trust_list(as_json: bool = _JSON) -> None:
-    """Signing keys the control plane trusts: principal, purpose, status, what each may seal."""
-    entries = _client().trust_entries()
-    rows = [{"kid": e.get("kid"), "principal": e.get("principal"), "purpose": e.get("purpose"),
-             "status": e.get("status"), "may_seal": e.get("may_seal")} for e in entries]
+    """Signing keys the control plane trusts: principal, purpose, status, what each may seal. Each
+    entry is verified against the anchor pinned in your profile; entries it did not sign are not
+    shown, and the command then fails (exit 8) saying how many."""
+    from eventward._internal.control.anchor import public_key_from_text
+
+    p = _remote().profile
+    if p.anchor is None:
+        raise ConfigError(f"profile {p.name} pins no anchor key, so trust entries cannot be verified: pin it with "
+                          "'eventward profile add ... --anchor KEY' (print it with 'eventward trust anchor' where "
+                          f"the home is), or set {ANCHOR_ENV}")
+    entries, refused = _client().trust_entries(public_key_from_text(p.anchor))
+    rows = [{"kid": k.kid, "principal": k.principal, "purpose": k.purpose, "suite": k.suite, "status": k.status,
+             "may_seal": grants, "verified": True} for k, grants in entries]
     if as_json:
-        common.emit_json({"keys": rows})
-        return
-    t = Table("kid", "principal", "purpose", "status", "may seal", title="trust registry")
-    for r in rows:
-        may = r["may_seal"] or {}
-        t.add_row(*(Text(str(r[k] or "-")) for k in ("kid", "principal", "purpose", "status")),
-                  Text("; ".join(f"{topic}: {', '.join(types)}" for topic, types in may.items()) or "-"))
-    common.console.print(t)
+        common.emit_json({"keys": rows, "refused": refused})
+    else:
+        t = Table("kid", "principal", "purpose", "status", "may seal", title="trust registry (signed by the anchor)")
+        for r in rows:
+            may = r["may_seal"] or {}
+            t.add_row(*(Text(str(r[k] or "-")) for k in ("kid", "principal", "purpose", "status")),
+                      Text("; ".join(f"{topic}: {', '.join(types)}" for topic, types in may.items()) or "-"))
+        common.console.print(t)
+    if refused:
+        raise SealError(f"trust entries from the control plane not signed by the pinned anchor: {len(refused)} "
+                        f"(at position {', '.join(map(str, refused[:10]))}); refused, not shown",
+                        reason="bad_statement")
 
 
 @audit_app.command("tail", cls=ClientCommand)

@@ -26,6 +26,7 @@ from eventward.errors import InputError, SealError
 
 _DOMAIN = b"eventward-control-statement-v1\n"
 KINDS = ("trust", "notice", "grant")
+ANCHOR_FILE = "control-anchor.key"  # in the home, 0600: only ``serve`` (and ``trust anchor``) open it
 MAX_STATEMENT = 64 * 1024
 
 

@@ -326,6 +326,33 @@ class RemoteSchemas:
 
 
 # --- trust ----------------------------------------------------------------------------------
+Grants = dict[str, list[str]]  # topic -> event types a seal key was enrolled for
+
+
+def verify_trust_entry(anchor_key: Ed25519PublicKey, wire: Any) -> tuple[TrustedKey, Grants | None]:
+    """One trust entry as served (a ``trust`` statement), checked against the anchor key pinned at
+    enrollment: the key it vouches for and what it may seal (None: registered without enrolled
+    grants, as home mode does). Whoever relays entries (a gateway replica, a proxy, TLS alone)
+    cannot add or alter one. Raises SealError(reason='bad_statement') for an entry the anchor did
+    not sign, or whose body is not a trust entry."""
+    body = statements.verify(anchor_key, wire, "trust").body
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(body["public"]))
+        pq = body.get("mldsa")
+        pq_key = None if pq is None else MLDSA65PublicKey.from_public_bytes(base64.urlsafe_b64decode(pq))
+        kid, principal, status, purpose = body["kid"], body["principal"], body["status"], body.get("purpose", "seal")
+        if not all(isinstance(v, str) for v in (kid, principal, status, purpose)):
+            raise TypeError("kid, principal, status and purpose are text")
+        key = TrustedKey(kid, principal, pub, status, float(body["changed"]), purpose, pq_key)
+        grants = body.get("may_seal")
+        if grants is not None and not (isinstance(grants, dict) and all(
+                isinstance(t, list) and all(isinstance(x, str) for x in t) for t in grants.values())):
+            raise TypeError("may_seal")
+    except (KeyError, TypeError, ValueError):
+        raise SealError("a signed trust entry is malformed", reason="bad_statement") from None
+    return key, grants
+
+
 class SignedTrust:
     """Seal keys from anchor-signed trust entries: a KeyResolver for SealVerifier, and the source
     of what each producer may seal. Works offline from the last entries fetched; an unknown kid
@@ -338,7 +365,7 @@ class SignedTrust:
         self._min_refresh = min_refresh
         self._clock = clock
         self._keys: dict[str, TrustedKey] = {}
-        self._grants: dict[str, dict[str, list[str]] | None] = {}
+        self._grants: dict[str, Grants | None] = {}
         self._fetched = float("-inf")
         self._lock = threading.Lock()
 
@@ -353,15 +380,10 @@ class SignedTrust:
                 raise
             return  # offline: keep verifying with what was last signed
         keys: dict[str, TrustedKey] = {}
-        grants: dict[str, dict[str, list[str]] | None] = {}
+        grants: dict[str, Grants | None] = {}
         for wire in wires:
-            body = statements.verify(self._anchor, wire, "trust").body
-            pub = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(body["public"]))
-            pq = body.get("mldsa")
-            pq_key = None if pq is None else MLDSA65PublicKey.from_public_bytes(base64.urlsafe_b64decode(pq))
-            keys[body["kid"]] = TrustedKey(body["kid"], body["principal"], pub, body["status"], float(body["changed"]),
-                                           body.get("purpose", "seal"), pq_key)
-            grants[body["kid"]] = body.get("may_seal")
+            key, may_seal = verify_trust_entry(self._anchor, wire)
+            keys[key.kid], grants[key.kid] = key, may_seal
         with self._lock:
             self._keys, self._grants = keys, grants
 

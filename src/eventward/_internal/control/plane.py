@@ -23,9 +23,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from eventward._internal.audit.base import DENIED, OK
+from eventward._internal.audit.log import AUDIT_RESOURCE
 from eventward._internal.certstore import record_if_managed
 from eventward._internal.client.trust import REVOKED, check_principal
-from eventward._internal.control.anchor import Anchor
+from eventward._internal.control.anchor import ANCHOR_FILE, Anchor
 from eventward._internal.control.identity import EnrollmentRequest
 from eventward._internal.crypto.seal import kid_of
 from eventward._internal.deployment import Deployment
@@ -33,7 +34,7 @@ from eventward._internal.fieldspec import check_class
 from eventward._internal.keys.notices import ERROR_CODE
 from eventward._internal.log.sqlite import connect
 from eventward._internal.pki import certify_csr, open_ca
-from eventward._internal.policy.base import PUBLISH, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
+from eventward._internal.policy.base import PUBLISH, READ_AUDIT, READ_SCHEMA, ROTATE_KEYS, SUBSCRIBE, check
 from eventward._internal.store.migrations import CONTROL_SCHEMA, SCHEMA
 from eventward._internal.store.sqlcompat import PgTables, open_pg_tables, write
 from eventward.errors import (
@@ -108,7 +109,7 @@ class ControlPlane:
     @classmethod
     def open(cls, dep: Deployment) -> ControlPlane:
         """The control plane of ``dep``'s home, its anchor key created on first use."""
-        return cls(dep, Anchor.load_or_create(dep.home.root / "control-anchor.key"))
+        return cls(dep, Anchor.load_or_create(dep.home.root / ANCHOR_FILE))
 
     def close(self) -> None:
         with self._lock:
@@ -218,6 +219,23 @@ class ControlPlane:
                 "mldsa": pq, "changed": key.changed, "may_seal": grants.get(info.kid),
             }))
         return out
+
+    # --- audit: what a verifier outside the home needs -----------------------------------
+    def audit_consistency(self, principal: str, from_size: int) -> dict[str, Any]:
+        """The audit log's latest signed checkpoint (a note, c2sp.org/tlog-checkpoint) and an RFC 9162
+        consistency proof from ``from_size``, the tree the caller verified last (0: first use), for
+        ``audit verify`` in client mode, which checks both against the audit key it pinned. Needs
+        ReadAudit; recorded before it is answered. No proof when ``from_size`` is 0, equal to the
+        tree, or past it: the caller's verifier then sees the rollback itself."""
+        self._allow(principal, READ_AUDIT, AUDIT_RESOURCE, {}, "control.audit_consistency")
+        if not isinstance(from_size, int) or isinstance(from_size, bool) or from_size < 0:
+            raise InputError("from_size must be a tree size (an integer >= 0)")
+        log = self.dep.audit
+        log.record("control.audit_consistency", principal=principal,
+                   resource=f"{AUDIT_RESOURCE[0]}::{AUDIT_RESOURCE[1]}", outcome=OK, from_size=from_size)
+        cp = log.checkpoint()
+        proof = log.consistency(from_size, cp.size) if 0 < from_size < cp.size else None
+        return {"checkpoint": cp.text, "proof": None if proof is None else proof.to_dict()}
 
     def _may_seal_on(self, principal: str, topic: str) -> bool:
         """Whether one of ``principal``'s active keys was enrolled to seal some type on ``topic``

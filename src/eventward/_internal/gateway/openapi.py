@@ -21,7 +21,6 @@ VERSION = "0.1.0"
 MAX_BATCH = 500  # the default limits.max_batch_events; the served document states the configured one
 MAX_CONSUME = 1000
 MAX_WAIT_S = 30
-MAX_PARTITION = MAX_PARTITIONS - 1
 MAX_ATTR = 4096
 NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"  # topics (= stream names), groups, event types
 TOKEN_ID = "^[A-Za-z0-9._:-]{1,128}$"  # noqa: S105 (proposal and certificate ids, not a secret)
@@ -152,13 +151,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "DeliveredEvent": _DELIVERED,
     "PublishRequest": {},  # set below by schemas()
     "PublishResponse": {},
-    "Delivery": _obj({"offset": _int(), "partition": _int(0, MAX_PARTITION), "event": ref("DeliveredEvent")},
-                     ("offset", "event")),
+    "Delivery": _obj({"offset": _int(), "event": ref("DeliveredEvent")}, ("offset", "event")),
     "ConsumeResponse": _obj({"events": _arr(ref("Delivery"), MAX_CONSUME), "lag": _int()}, ("events", "lag")),
-    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int(), "partition": _int(0, MAX_PARTITION)},
-                       ("group", "offset")),
-    "AckResponse": _obj({"group": _s(200, NAME), "committed": _int(), "partition": _int(0, MAX_PARTITION)},
-                        ("group", "committed")),
+    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int()}, ("group", "offset")),
+    "AckResponse": _obj({"group": _s(200, NAME), "committed": _int()}, ("group", "committed")),
     "SchemaFormat": {"type": "string", "enum": ["json", "avro"]},
     "SchemaDocument": {
         "type": "object",
@@ -381,6 +377,13 @@ SCHEMAS.update({
     "Statement": _STATEMENT,
     "ControlTopic": _obj({"topic": _s(200, NAME), "partitions": _int(1, MAX_PARTITIONS)}, ("topic", "partitions")),
     "ControlTrust": _obj({"entries": _arr(ref("Statement"), 100_000)}, ("entries",)),
+    "ControlAuditConsistency": _obj({
+        "checkpoint": _s(8192, description="The latest checkpoint: a signed note (c2sp.org/tlog-checkpoint) to "
+                         "verify against the audit key pinned out of band."),
+        "proof": {"oneOf": [{"type": "null"}, _obj({
+            "old_size": _int(), "new_size": _int(), "hashes": _arr(_s(44, BASE64), 128)},
+            ("old_size", "new_size", "hashes"))]},
+    }, ("checkpoint", "proof")),
     "ControlDecideRequest": _obj({
         "action": {"type": "string", "enum": list(ACTIONS)}, "resource": ref("Resource"),
         "context": {"type": "object", "maxProperties": 16},
@@ -673,6 +676,17 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "control_trust", "GET", "/v1/control/trust", "Signed trust entries for seal verification",
         "ControlTrust", tag="control",
+    ),
+    Operation(
+        "control_audit_consistency", "GET", "/v1/control/audit/consistency",
+        "The latest signed audit checkpoint and a consistency proof (audit verify in client mode)",
+        "ControlAuditConsistency", tag="control",
+        params=(Param("from_size", "query", _int(0, default=0),
+                      description="The tree size the caller verified last (0: none); no proof for 0 or a size "
+                      "at or past the tree's."),),
+        description="Needs ReadAudit; recorded. The client verifies the checkpoint's signature against the audit "
+        "key it pinned and the proof against the checkpoint it kept: a smaller tree is a rollback, a failing proof "
+        "a fork.",
     ),
     Operation(
         "control_notices", "GET", "/v1/control/notices", "Signed notices: erasures, revocations, policy",
