@@ -8,6 +8,7 @@ unexpected exception is logged by type and code location only (its message may h
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
@@ -31,6 +32,7 @@ from eventward._internal.gateway.config import LimitsConfig
 from eventward._internal.gateway.limits import RateLimiter, TokenBucket, read_body
 from eventward._internal.gateway.metrics import CONTENT_TYPE as METRICS_TYPE
 from eventward._internal.gateway.metrics import GatewayMetrics
+from eventward._internal.gateway.quota import SharedBuckets
 from eventward.errors import (
     AuthenticationError,
     EnvelopeError,
@@ -162,6 +164,8 @@ class _Gateway:
         self.trust_peer_cert = trust_peer_cert
         self.dev = dev
         self.quota = RateLimiter(limits.rate_events_per_s, limits.burst_events, limits.max_principals)
+        # Replicas on one PostgreSQL database also charge a bucket they share (gateway/quota.py).
+        self.shared_quota: SharedBuckets | None = getattr(backend, "shared_quota", None)
         self.preauth = RateLimiter(
             limits.preauth_rate_per_ip_per_s, limits.preauth_burst_per_ip, limits.max_preauth_ips
         )
@@ -178,6 +182,21 @@ class _Gateway:
             return None
         ssl_object = request.transport.get_extra_info("ssl_object")
         return None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+
+    async def _take(self, principal: str, n: int) -> None:
+        """The principal's quota: this replica's bucket first (no round trip for a flood), then
+        the one every replica shares, if any (QuotaExceeded with Retry-After from either)."""
+        self.quota.take(principal, n)
+        if self.shared_quota is None:
+            return
+        wait = await asyncio.get_running_loop().run_in_executor(
+            None, self.shared_quota.take, principal, n, self.quota.rate, self.quota.burst)
+        if wait > 0:
+            raise QuotaExceeded(
+                f"principal is over its quota of {self.quota.rate:g} events/s (burst {self.quota.burst:g}), "
+                "counted across every gateway replica",
+                retry_after=max(1, math.ceil(wait)),
+            )
 
     def _preauth(self, request: web.Request) -> None:
         """Per client IP, before any token is parsed or verified: a flood of garbage tokens from
@@ -202,7 +221,7 @@ class _Gateway:
             self._preauth(request)
             principal = self.auth.authenticate(request.headers.get("Authorization"), self._peer_der(request))
             request[PRINCIPAL] = principal
-            self.quota.take(principal.name, 1)
+            await self._take(principal.name, 1)
             resp = await handler(request)
         except EventwardError as e:
             resp = self._refused(request, e, route, instance)
@@ -331,7 +350,7 @@ class _Gateway:
             if check_sizes and len(orjson.dumps(ev)) > per_event:
                 raise OversizeError(f"events[{i}] is larger than {per_event} bytes", index=i, limit=per_event)
         if len(events) > 1:
-            self.quota.take(p.name, len(events) - 1)  # the request itself paid for one
+            await self._take(p.name, len(events) - 1)  # the request itself paid for one
         topic = params["topic"]
         result = await self.backend.publish(p.name, topic, events)
         self.metrics.events_in.inc(topic, amount=len(result.ids))
@@ -356,9 +375,12 @@ class _Gateway:
             size += len(orjson.dumps(d.event))
             if events and size > self.limits.max_consume_bytes:
                 break  # the rest stays unacknowledged and is delivered next time
-            events.append({"offset": d.offset, "event": d.event})
+            events.append({"offset": d.offset, "partition": d.partition, "event": d.event})
         if len(events) > 1:
             self.quota.debit(p.name, len(events) - 1)
+            if self.shared_quota is not None:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.shared_quota.debit, p.name, len(events) - 1, self.quota.rate, self.quota.burst)
         self.metrics.events_out.inc(topic, amount=len(events))
         lag = result.lag + (len(result.deliveries) - len(events))
         self.metrics.lag.set(topic, group, value=lag)
@@ -367,8 +389,10 @@ class _Gateway:
     async def op_ack(
         self, p: Principal, params: dict[str, Any], body: dict[str, Any], _: web.Request
     ) -> dict[str, Any]:
-        committed = await self.backend.ack(p.name, params["topic"], body["group"], _integral(body["offset"]))
-        return {"group": body["group"], "committed": committed}
+        partition = _integral(body.get("partition", 0))
+        committed = await self.backend.ack(p.name, params["topic"], body["group"], _integral(body["offset"]), partition)
+        named = {"partition": partition} if "partition" in body else {}
+        return {"group": body["group"], "committed": committed, **named}
 
     async def op_list_schemas(self, p: Principal, *_: Any) -> dict[str, Any]:
         items = await self.backend.list_schemas(p.name)

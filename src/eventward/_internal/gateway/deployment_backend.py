@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -30,14 +31,17 @@ from eventward._internal.audit.certificate import KIND as CERTIFICATE_KIND
 from eventward._internal.audit.certificate import Certificate
 from eventward._internal.audit.log import AUDIT_RESOURCE, AuditLog
 from eventward._internal.client.consumer import Consumer
-from eventward._internal.client.replay import ReplayGuard
+from eventward._internal.client.replay import ReplayGuard, group_dir
 from eventward._internal.control.plane import ControlPlane
 from eventward._internal.deployment import Deployment
 from eventward._internal.gateway import backend as api
-from eventward._internal.gateway.groups import ConsumerGroups, Fetched
+from eventward._internal.gateway.groups import ConsumerGroups, Fetched, SharedGuard, legacy_state, partition_of
+from eventward._internal.gateway.groupstore import GROUP_LOCK, PG_TABLES, GroupStore
 from eventward._internal.gateway.publishing import Publisher, outgoing
+from eventward._internal.gateway.quota import SharedBuckets
 from eventward._internal.home import Home
 from eventward._internal.log.names import check_stream_name
+from eventward._internal.log.partitions import partition_stream
 from eventward._internal.policy.base import (
     MANAGE_POLICY,
     PROPOSE_SCHEMA,
@@ -84,9 +88,13 @@ class DeploymentBackend:
             max_workers=workers or min(16, 4 * (os.cpu_count() or 1)), thread_name_prefix="eventward-gw"
         )
         self._publisher = Publisher(deployment.producer)
+        store = open_group_store(deployment)
         self._groups = ConsumerGroups(
-            deployment.transport, self._open_guard, self._make_consumer, max_groups=max_groups
+            deployment.transport, store, self._new_guard, self._make_consumer,
+            legacy=self._legacy_state, max_groups=max_groups,
         )
+        # On PostgreSQL, quotas are charged in the shared database too (replicas share them).
+        self.shared_quota = SharedBuckets(store.database) if store.database is not None else None
         self._waiters: dict[str, asyncio.Event] = {}  # long polls waiting for a topic
         self._published: dict[str, int] = {}  # publishes per topic through this gateway
         self._control: ControlPlane | None = None
@@ -181,7 +189,8 @@ class DeploymentBackend:
             seen = self._published.get(topic, 0)
             fetched = await self._run(self._fetch, principal, topic, group, max_events)
         return api.ConsumeResult(
-            [api.Delivery(d.offset, d.to_json()) for d in fetched.deliveries], lag=fetched.lag
+            [api.Delivery(d.offset, d.to_json(), partition_of(topic, d.stream)) for d in fetched.deliveries],
+            lag=fetched.lag,
         )
 
     def _fetch(self, principal: str, topic: str, group: str, max_events: int) -> Fetched:
@@ -189,24 +198,36 @@ class DeploymentBackend:
         self._allow(principal, SUBSCRIBE, ("Topic", topic))
         return self._groups.fetch(principal, topic, group, max_events)
 
-    async def ack(self, principal: str, topic: str, group: str, offset: int) -> int:
-        return await self._run(self._ack, principal, topic, group, offset)
+    async def ack(self, principal: str, topic: str, group: str, offset: int, partition: int = 0) -> int:
+        return await self._run(self._ack, principal, topic, group, offset, partition)
 
-    def _ack(self, principal: str, topic: str, group: str, offset: int) -> int:
+    def _ack(self, principal: str, topic: str, group: str, offset: int, partition: int) -> int:
         check_stream_name(topic)
         self._allow(principal, SUBSCRIBE, ("Topic", topic))
-        return self._groups.ack(principal, topic, group, offset)
+        count = self.deployment.policy.partitions(topic)
+        if type(partition) is not int or not 0 <= partition < count:
+            raise InputError(f"partition must be 0..{count - 1} for topic {topic!r}", path="partition")
+        return self._groups.ack(principal, topic, group, offset, partition_stream(topic, partition))
 
-    def _open_guard(self, group: str) -> ReplayGuard:
-        """The group's persisted replay guard, with the windows Deployment.consumer uses."""
+    def _guard_windows(self) -> dict[str, Any]:
+        """The replay windows Deployment.consumer uses."""
         cfg = self.deployment.config.consumer
-        return ReplayGuard.open(
-            self.deployment.home,
-            group,
-            freshness=cfg.freshness_s,
-            window_ids=cfg.dedup_window,
-            window_seconds=max(48 * 3600, 2 * cfg.freshness_s),
-        )
+        return {"freshness": cfg.freshness_s, "window_ids": cfg.dedup_window,
+                "window_seconds": max(48 * 3600, 2 * cfg.freshness_s)}
+
+    def _new_guard(self) -> SharedGuard:
+        return SharedGuard(**self._guard_windows())
+
+    def _legacy_state(self, gid: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]] | None:
+        """A group's replay state from its home file (gateways before the group store), if any."""
+        home = self.deployment.home
+        if not (group_dir(home) / hashlib.sha256(gid.encode()).hexdigest()[:32]).with_suffix(".db").exists():
+            return None
+        guard = ReplayGuard.open(home, gid, **self._guard_windows())
+        try:
+            return legacy_state(guard)
+        finally:
+            guard.close()
 
     def _make_consumer(self, principal: str, topic: str, group: str, guard: ReplayGuard) -> Consumer:
         try:
@@ -456,6 +477,16 @@ class DeploymentBackend:
                     explanation=d,
                 )
         return policy.explain(about, action, resource, context)
+
+
+def open_group_store(dep: Deployment) -> GroupStore:
+    """Where gateway groups live: the shared database with ``store.backend: postgres`` (every
+    replica serves every group), else ``consumers/gateway.db`` in the home."""
+    if dep.config.store.backend == "postgres":
+        from eventward._internal.store.sqlcompat import open_pg_tables
+
+        return GroupStore.open_pg(open_pg_tables(dep.home, PG_TABLES, GROUP_LOCK))
+    return GroupStore.open_sqlite(group_dir(dep.home.ensure()) / "gateway.db")
 
 
 def gateway_backend(home: Home) -> DeploymentBackend:

@@ -21,6 +21,7 @@ VERSION = "0.1.0"
 MAX_BATCH = 500  # the default limits.max_batch_events; the served document states the configured one
 MAX_CONSUME = 1000
 MAX_WAIT_S = 30
+MAX_PARTITION = MAX_PARTITIONS - 1
 MAX_ATTR = 4096
 NAME = "^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"  # topics (= stream names), groups, event types
 TOKEN_ID = "^[A-Za-z0-9._:-]{1,128}$"  # noqa: S105 (proposal and certificate ids, not a secret)
@@ -151,10 +152,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "DeliveredEvent": _DELIVERED,
     "PublishRequest": {},  # set below by schemas()
     "PublishResponse": {},
-    "Delivery": _obj({"offset": _int(), "event": ref("DeliveredEvent")}, ("offset", "event")),
+    "Delivery": _obj({"offset": _int(), "partition": _int(0, MAX_PARTITION), "event": ref("DeliveredEvent")},
+                     ("offset", "event")),
     "ConsumeResponse": _obj({"events": _arr(ref("Delivery"), MAX_CONSUME), "lag": _int()}, ("events", "lag")),
-    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int()}, ("group", "offset")),
-    "AckResponse": _obj({"group": _s(200, NAME), "committed": _int()}, ("group", "committed")),
+    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int(), "partition": _int(0, MAX_PARTITION)},
+                       ("group", "offset")),
+    "AckResponse": _obj({"group": _s(200, NAME), "committed": _int(), "partition": _int(0, MAX_PARTITION)},
+                        ("group", "committed")),
     "SchemaFormat": {"type": "string", "enum": ["json", "avro"]},
     "SchemaDocument": {
         "type": "object",
