@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from eventward._internal.cli import app
 from eventward._internal.policy import diff
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "eventward" / "examples" / "policy.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "src" / "eventward" / "_internal" / "examples" / "policy.yaml"
 
 
 @pytest.fixture
