@@ -48,6 +48,8 @@ class CompiledSchema:
     _check: Callable[[Any], ValidationError | None] = field(repr=False)
     # Optional hot path: returns for valid data, raises a ValueError for invalid data.
     _fast: Callable[[Any], Any] | None = field(default=None, repr=False)
+    # Optional hotter path (json_tight.py): True only for data it checked completely, else undecided.
+    _tight: Callable[[Any], bool] | None = field(default=None, repr=False)
 
     def validate(self, data: Any) -> None:
         """Raise ValidationError (path and rule, never the value) unless ``data`` is valid."""
@@ -61,6 +63,9 @@ class CompiledSchema:
             except TypeError:  # orjson.JSONEncodeError: problem() says "json"
                 small = False
             if small:
+                tight = self._tight
+                if tight is not None and tight(data):
+                    return
                 try:
                     fast(data)
                 except ValueError:  # JsonSchemaValueException
@@ -176,13 +181,16 @@ def compile_without_strict_defaults(document: Mapping[str, Any]) -> CompiledSche
     check = compile_json(norm)
     fp = "conformance:" + fingerprint("json", parsed)
     spec = json_spec(norm.tree)
-    return CompiledSchema("json", fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast)
+    return CompiledSchema(
+        "json", fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast, check.tight
+    )
 
 
 def _replace_raw(hit: CompiledSchema, raw: bytes, parsed: dict[str, Any]) -> CompiledSchema:
     """Same schema, different formatting: share the compiled parts, keep the caller's bytes."""
     return CompiledSchema(
-        hit.fmt, hit.fingerprint, raw, parsed, hit.tree, hit.spec, hit.max_event_bytes, hit._check, hit._fast
+        hit.fmt, hit.fingerprint, raw, parsed, hit.tree, hit.spec, hit.max_event_bytes, hit._check, hit._fast,
+        hit._tight,
     )
 
 
@@ -191,7 +199,9 @@ def _compile(fmt: str, fp: str, raw: bytes, parsed: dict[str, Any]) -> CompiledS
         norm = json_schema.normalize(parsed)
         spec = json_spec(norm.tree)
         check = compile_json(norm)
-        return CompiledSchema(fmt, fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast)
+        return CompiledSchema(
+            fmt, fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast, check.tight
+        )
     anorm = avro_schema.normalize(parsed)
     spec = avro_spec(anorm.tree)
     return CompiledSchema(

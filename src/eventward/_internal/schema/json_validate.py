@@ -24,6 +24,7 @@ from fastjsonschema import JsonSchemaValueException
 
 from eventward._internal.schema.formats import FORMATS
 from eventward._internal.schema.json_schema import DRAFT_07, NormalizedJson
+from eventward._internal.schema.json_tight import Tight, compile_tight
 from eventward.errors import ConfigError, SchemaError, ValidationError
 
 _NAME_PART = re.compile(r"\[(\d+)\]|\.([^.\[]+)")
@@ -38,15 +39,20 @@ def compile_json(norm: NormalizedJson) -> JsonCheck:
     Two validators from one definition: a lean one (no exception details, about a quarter
     faster) for the hot path, and a detailed one run only on failure to name path and rule.
     """
-    return JsonCheck(_compile(norm, detailed=False), _compile(norm, detailed=True), norm.names)
+    check = JsonCheck(_compile(norm, detailed=False), _compile(norm, detailed=True), norm.names)
+    check.tight = compile_tight(norm.tree, norm.patterns)
+    return check
 
 
 class JsonCheck:
     """The compiled validators of one schema. Calling it returns None or the ValidationError;
     ``fast`` is the lean generated function itself, for callers that want no wrapper at all:
-    it returns for valid data and raises a ValueError (JsonSchemaValueException) otherwise."""
+    it returns for valid data and raises a ValueError (JsonSchemaValueException) otherwise.
+    ``tight`` (json_tight.py, None outside its subset) answers True only for data it checked
+    completely; False means undecided, and ``fast`` decides. Calling the check never uses it:
+    ``problem()`` stays the reference the hot path is tested against."""
 
-    __slots__ = ("_detailed", "_names", "fast")
+    __slots__ = ("_detailed", "_names", "fast", "tight")
 
     def __init__(
         self, fast: Callable[[Any], Any], detailed: Callable[[Any], Any], names: frozenset[str]
@@ -54,6 +60,7 @@ class JsonCheck:
         self.fast = fast
         self._detailed = detailed
         self._names = names
+        self.tight: Tight | None = None
 
     def __repr__(self) -> str:
         return "JsonCheck()"

@@ -1,0 +1,237 @@
+"""A tighter validator for the common shape of event data, generated from the normalized tree.
+
+fastjsonschema's generated code is general: per property a key-set removal, two ``isinstance``
+calls, a ``Decimal`` check on numbers, and sets built per object; on a 30-field event that is
+most of the validation time. This module generates, for the keyword subset it fully
+understands, a function answering ``True`` only for data it has checked completely: exact
+types (``type(x) is str``, never subclasses; integers as ``int`` only, arrays as ``list``
+only), the same length, bound, enum, pattern and format checks with the same matchers
+(the RE2 or proven-linear twins of regex.py/anchored.py, the formats of formats.py), and
+closed objects as one key-set comparison.
+
+It only ever says "valid": ``False`` means "not decided here", and the caller then runs the
+fastjsonschema validator and the worded slow path exactly as before. So the verdict on any
+input is unchanged as long as every value accepted here is accepted by fastjsonschema, which
+holds keyword by keyword (each check below is the same or stricter) and is tested
+differentially (tests/schema/test_schema_tight.py, and the JSON Schema test suite in
+tests/conformance runs through it). Anything outside the subset (``multipleOf``,
+``uniqueItems``, ``patternProperties``, an ``additionalProperties`` schema, non-string enums,
+deep nesting) gives no tight validator at all: fastjsonschema alone, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from eventward._internal.schema.formats import FORMATS
+from eventward._internal.schema.regex import Matcher
+
+Tight = Callable[[Any], bool]
+
+_MAX_INDENT = 60  # Python's tokenizer allows 100 levels; deeper schemas get no tight validator
+_MAX_LINES = 20_000
+_MAX_LOOPS = 15  # statically nested for-loops in one function (CPython allows 20)
+_SUPPORTED = frozenset(
+    {
+        "type", "enum", "properties", "required", "additionalProperties", "pattern", "format",
+        "items", "minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "x-eventward",
+    }
+)
+_TYPE_TEST = {
+    "string": "type({v}) is str",
+    "integer": "type({v}) is int",
+    "number": "(type({v}) is int or type({v}) is float)",
+    "boolean": "type({v}) is bool",
+    "null": "{v} is None",
+    "object": "type({v}) is dict",
+    "array": "type({v}) is list",
+}
+
+
+class _Unsupported(Exception):
+    """The tree uses something this generator does not handle: no tight validator."""
+
+
+def compile_tight(tree: Mapping[str, Any], patterns: Mapping[str, Matcher]) -> Tight | None:
+    """A function returning True only for data valid under ``tree``, or None when the tree is
+    outside the supported subset (or too deep to generate flat code for)."""
+    gen = _Gen(patterns)
+    try:
+        gen.node(tree, "data", 1, 0)
+        if len(gen.lines) > _MAX_LINES:
+            raise _Unsupported
+        src = "def tight(data):\n" + "\n".join(gen.lines) + "\n    return True\n"
+        namespace: dict[str, Any] = dict(gen.consts)
+        exec(compile(src, "<eventward tight validator>", "exec"), namespace)  # noqa: S102 - generated from the normalized tree, names and values as constants only
+    except (_Unsupported, SyntaxError, RecursionError, MemoryError):
+        return None
+    fn: Tight = namespace["tight"]
+    return fn
+
+
+class _Gen:
+    def __init__(self, patterns: Mapping[str, Matcher]) -> None:
+        self.patterns = patterns
+        self.lines: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.n = 0
+
+    def const(self, value: Any) -> str:
+        """A constant of the generated code: bound by name, never written into its source."""
+        name = f"_c{len(self.consts)}"
+        self.consts[name] = value
+        return name
+
+    def var(self) -> str:
+        self.n += 1
+        return f"v{self.n}"
+
+    def emit(self, indent: int, line: str) -> None:
+        if indent > _MAX_INDENT:
+            raise _Unsupported
+        self.lines.append("    " * indent + line)
+
+    def node(self, s: Mapping[str, Any], v: str, ind: int, loops: int) -> None:
+        """Code that returns False unless the value in variable ``v`` is valid under ``s``."""
+        if not isinstance(s, Mapping) or any(k not in _SUPPORTED for k in s):
+            raise _Unsupported
+        t = s.get("type")
+        if isinstance(t, str):
+            types = [t]
+        elif isinstance(t, list) and t:
+            types = list(t)
+        elif t is None and "enum" in s:
+            types = []  # the enum decides alone
+        else:
+            raise _Unsupported
+        if any(x not in _TYPE_TEST for x in types):
+            raise _Unsupported
+        if "enum" in s:
+            values = s["enum"]
+            if not isinstance(values, list) or not values or not all(type(x) is str for x in values):
+                raise _Unsupported  # 1 vs True vs 1.0: left to fastjsonschema
+            if types and "string" not in types:
+                self.emit(ind, "return False")  # string values only, no string admitted: undecided
+                return
+            allowed = self.const(frozenset(values))
+            self.emit(ind, f"if type({v}) is not str or {v} not in {allowed}:")
+            self.emit(ind + 1, "return False")
+            self.string(s, v, ind)
+            return
+        if len(types) == 1:
+            self.emit(ind, f"if not {_TYPE_TEST[types[0]].format(v=v)}:")
+            self.emit(ind + 1, "return False")
+            self.typed(types[0], s, v, ind, loops)
+            return
+        for i, x in enumerate(types):
+            self.emit(ind, f"{'if' if i == 0 else 'elif'} {_TYPE_TEST[x].format(v=v)}:")
+            before = len(self.lines)
+            self.typed(x, s, v, ind + 1, loops)
+            if len(self.lines) == before:
+                self.emit(ind + 1, "pass")
+        self.emit(ind, "else:")
+        self.emit(ind + 1, "return False")
+
+    def typed(self, t: str, s: Mapping[str, Any], v: str, ind: int, loops: int) -> None:
+        if t == "string":
+            self.string(s, v, ind)
+        elif t in ("integer", "number"):
+            self.number(s, v, ind)
+        elif t == "object":
+            self.object(s, v, ind, loops)
+        elif t == "array":
+            self.array(s, v, ind, loops)
+
+    def string(self, s: Mapping[str, Any], v: str, ind: int) -> None:
+        lo, hi = s.get("minLength"), s.get("maxLength")
+        if lo is not None or hi is not None:
+            n = self.var()
+            self.emit(ind, f"{n} = len({v})")
+            if lo is not None:
+                self.emit(ind, f"if {n} < {self.const(_count(lo))}:")
+                self.emit(ind + 1, "return False")
+            if hi is not None:
+                self.emit(ind, f"if {n} > {self.const(_count(hi))}:")
+                self.emit(ind + 1, "return False")
+        if "pattern" in s:
+            matcher = self.patterns.get(s["pattern"])
+            if matcher is None:
+                raise _Unsupported  # never a pattern without its linear-time twin
+            self.emit(ind, f"if not {self.const(matcher.search)}({v}):")
+            self.emit(ind + 1, "return False")
+        if "format" in s:
+            check = FORMATS.get(s["format"])
+            if check is None:
+                raise _Unsupported
+            self.emit(ind, f"if not {self.const(check)}({v}):")
+            self.emit(ind + 1, "return False")
+
+    def number(self, s: Mapping[str, Any], v: str, ind: int) -> None:
+        for key, op in (("minimum", "<"), ("maximum", ">"), ("exclusiveMinimum", "<="), ("exclusiveMaximum", ">=")):
+            if key in s:
+                bound = s[key]
+                if type(bound) not in (int, float):
+                    raise _Unsupported
+                self.emit(ind, f"if {v} {op} {self.const(bound)}:")
+                self.emit(ind + 1, "return False")
+
+    def object(self, s: Mapping[str, Any], v: str, ind: int, loops: int) -> None:
+        props = s.get("properties", {})
+        required = s.get("required", [])
+        add = s.get("additionalProperties", True)
+        if not isinstance(props, Mapping) or not isinstance(required, list) or type(add) is not bool:
+            raise _Unsupported  # an additionalProperties schema: left to fastjsonschema
+        if not all(type(k) is str for k in props) or not all(type(r) is str for r in required):
+            raise _Unsupported
+        keys = self.var()
+        self.emit(ind, f"{keys} = {v}.keys()")
+        if not add and set(required) == set(props):
+            self.emit(ind, f"if {keys} != {self.const(frozenset(props))}:")
+            self.emit(ind + 1, "return False")
+            required_set = set(props)
+        else:
+            if required:
+                self.emit(ind, f"if not {keys} >= {self.const(frozenset(required))}:")
+                self.emit(ind + 1, "return False")
+            if not add:
+                self.emit(ind, f"if not {keys} <= {self.const(frozenset(props))}:")
+                self.emit(ind + 1, "return False")
+            required_set = set(required)
+        for key, op in (("minProperties", "<"), ("maxProperties", ">")):
+            if key in s:
+                self.emit(ind, f"if len({v}) {op} {self.const(_count(s[key]))}:")
+                self.emit(ind + 1, "return False")
+        for name, sub in props.items():
+            child = self.var()
+            if name in required_set:
+                self.emit(ind, f"{child} = {v}[{self.const(name)}]")
+                self.node(sub, child, ind, loops)
+            else:
+                self.emit(ind, f"if {self.const(name)} in {keys}:")
+                self.emit(ind + 1, f"{child} = {v}[{self.const(name)}]")
+                self.node(sub, child, ind + 1, loops)
+
+    def array(self, s: Mapping[str, Any], v: str, ind: int, loops: int) -> None:
+        for key, op in (("minItems", "<"), ("maxItems", ">")):
+            if key in s:
+                self.emit(ind, f"if len({v}) {op} {self.const(_count(s[key]))}:")
+                self.emit(ind + 1, "return False")
+        items = s.get("items")
+        if items is None:
+            return
+        if loops + 1 > _MAX_LOOPS:
+            raise _Unsupported
+        item = self.var()
+        self.emit(ind, f"for {item} in {v}:")
+        before = len(self.lines)
+        self.node(items, item, ind + 1, loops + 1)
+        if len(self.lines) == before:
+            self.emit(ind + 1, "pass")
+
+
+def _count(value: Any) -> int:
+    if type(value) is not int:
+        raise _Unsupported
+    return value
