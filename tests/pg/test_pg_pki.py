@@ -200,3 +200,31 @@ def test_race_two_replicas_approve_one_enrollment_book_one_certificate(world, pg
         rows = c.execute("SELECT status FROM eventward_control.issued_certs WHERE principal = %s",
                          (demo.PRODUCER,)).fetchall()
     assert rows == [(certstore.VALID,)]
+
+
+def test_attack_revocation_on_one_replica_is_enforced_by_the_other(tmp_path, pg_dsn, monkeypatch):
+    """A stolen service key revoked through one replica's home: the other replica (its own copy of
+    the home's material, as on another host) used to keep accepting it, its crl.pem never changed.
+    Now its CRL sync writes the stored CRL and its TLS reload refuses the key within the bound."""
+    from eventward._internal.gateway.config import GatewayConfig
+    from gateway.conftest import start_gateway
+    from gateway.test_gateway_pki import BOUND_S, _ctx, _whoami
+    from support_wait import wait_until
+
+    a = _pg_home(tmp_path / "a", pg_dsn, monkeypatch)
+    certstore.init(a.certs)[0].close()
+    certstore.issue(a.certs, "gateway", server=True, sans=["127.0.0.1", "localhost"])
+    for who in ("orders", "reader"):
+        certstore.issue(a.certs, who)
+    b = Home(tmp_path / "b")
+    shutil.copytree(a.root, b.root)
+    cfg = GatewayConfig.from_mapping({"host": "127.0.0.1", "port": 0, "tls": {"reload_s": 0.2}})
+    run = start_gateway(cfg, b.root)
+    try:
+        assert _whoami(run.port, _ctx(b.certs, "orders")) == 200
+        certstore.revoke(a.certs, "orders", "key-compromise")
+        wait_until(lambda: _whoami(run.port, _ctx(b.certs, "orders")) == "handshake", timeout=BOUND_S,
+                   what="revoked on replica a, refused by replica b")
+        assert _whoami(run.port, _ctx(b.certs, "reader")) == 200
+    finally:
+        run.gw.stop()
