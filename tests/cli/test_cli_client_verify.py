@@ -232,3 +232,32 @@ def test_attack_forked_tree_is_refused(
 def _api_consistency(plane: ControlPlane, from_size: int) -> tuple[str, Any]:
     doc = _api(plane).call("GET", "/v1/control/audit/consistency", params={"from_size": from_size})
     return doc["checkpoint"], doc["proof"]
+
+
+# --- pinning ---------------------------------------------------------------------------------------
+
+
+def test_attack_profile_pins_are_checked_and_never_echoed(tmp_path: Path) -> None:
+    """A pin that is not a key (a paste of something else, maybe a secret) is refused by field name
+    at ``profile add``, not at first use; a service's grant.json gives the anchor it carries."""
+    from eventward._internal.home import write_secret
+
+    ca, cert, key = tmp_path / "ca.crt", tmp_path / "ops.crt", tmp_path / "ops.key"
+    ca.write_text("ca")
+    cert.write_text("cert")
+    write_secret(key, b"key")
+    profile_dir = tmp_path / "profiles"
+    base = ["profile", "add", "ops", "--url", "https://127.0.0.1:8443", "--ca", str(ca), "--cert", str(cert),
+            "--key", str(key)]
+    for extra, field in ((["--anchor", "hunter2-not-a-key"], "anchor"),
+                         (["--audit-key", "hunter2+00+AAAA"], "audit_key")):
+        r = cli(profile_dir, *base, *extra)
+        assert r.returncode == 9, r.stderr
+        assert f"{field} is not" in _error(r, "config") and "hunter2" not in r.stderr
+    anchor = Anchor(Ed25519PrivateKey.generate()).public_text
+    grant = tmp_path / "grant.json"
+    grant.write_bytes(orjson.dumps({"principal": "billing-svc", "anchor": anchor}))
+    vkey = AuditSigner(Ed25519PrivateKey.generate()).verifier.vkey()
+    assert cli(profile_dir, *base, "--anchor", str(grant), "--audit-key", vkey).returncode == 0
+    listed = orjson.loads(cli(profile_dir, "profile", "list", "--json").stdout)["profiles"]
+    assert (listed[0]["anchor"], listed[0]["audit_key"]) == (anchor, vkey)
