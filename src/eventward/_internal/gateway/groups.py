@@ -185,6 +185,8 @@ def legacy_state(guard: ReplayGuard) -> tuple[list[tuple[Any, ...]], list[tuple[
     """What a group's replay guard file (before the group store) holds, as store rows."""
     seen = [(p, i, s, o, st, at) for (p, i), (s, o, st, at) in guard._ids.items()]
     return seen, [(p, i, s, q) for (p, i, s), q in guard._seqs.items()]
+
+
 @dataclass
 class Fetched:
     deliveries: list[Delivered]
