@@ -338,7 +338,7 @@ class FieldEncryptor:
                             elif uncleared == "redact":
                                 dst[k] = REDACTED
                         else:
-                            dst[k] = h.open(alg, tokens.decode_payload(value, start, alg), head + tail)
+                            dst[k] = h.open_token(value, start, alg, head + tail)
                     except TokenError as e:
                         raise TokenError(
                             f"sensitive field {path}: {e.message}", **{**e.details, "path": path}
@@ -403,17 +403,17 @@ class FieldEncryptor:
     ) -> Any:
         """The DEK, or _DENIED / _DESTROYED (remembered for the rest of a reading_batch). Other
         KeyServiceErrors propagate: fail closed."""
-        memo = getattr(self._batch, "keys", None)
+        batch = self._batch
+        memo = getattr(batch, "keys", None)
         mkey = (kid, cls, principal, *where)
         if memo is not None:
             now = time.monotonic()
-            state = self._revocation_state()
-            if now >= self._batch.until or state != self._batch.state:
+            if now >= batch.until or (getattr(self._keys, "revocations", 0), self._generation) != batch.state:
                 # Slow handlers: outcomes never outlive _BATCH_KEYS_TTL; and a forget (or a
                 # clear_cache) mid-batch drops them at once, so no erased key is served from it.
                 memo.clear()
-                self._batch.until = now + _BATCH_KEYS_TTL
-                self._batch.state = state
+                batch.until = now + _BATCH_KEYS_TTL
+                batch.state = self._revocation_state()
             hit = memo.get(mkey)
             if hit is not None:
                 return hit
