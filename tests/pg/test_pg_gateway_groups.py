@@ -225,3 +225,25 @@ def test_db_import_moves_the_gateway_groups(tmp_path: Path, pg_server: PgServer)
         assert moved.ack(gid, t, t, 4, initial=None, mirror=lambda s, o: None, group="g") == 4
     finally:
         moved.close()
+
+
+def test_attack_racing_replicas_cannot_overdraw_a_shared_bucket(pg_server: PgServer) -> None:  # noqa: F811
+    """Twenty takes racing from two replicas' pools on a bucket of 10 (no refill to speak of):
+    exactly ten succeed, and a refused take reports how long until tokens exist."""
+    from eventward._internal.gateway.quota import SharedBuckets
+    from eventward._internal.store.pg import Database
+
+    dsn = pg_server.create_database()
+    Database(dsn).migrate("dep-quota")
+    dbs = [Database.open(dsn, deployment_id="dep-quota", pool_max=10) for _ in range(2)]
+    try:
+        buckets = [SharedBuckets(db) for db in dbs]
+        waits = race(*[(lambda b=buckets[i % 2]: b.take("svc", 1, 0.001, 10)) for i in range(20)])
+        assert sum(w == 0 for w in waits) == 10, waits
+        assert all(w > 0 for w in waits if w != 0)
+        assert buckets[1].take("other-svc", 10, 0.001, 10) == 0  # per principal
+        buckets[0].debit("other-svc", 5, 0.001, 10)  # delivered past the balance: it goes negative
+        assert buckets[1].take("other-svc", 1, 0.001, 10) > 1000
+    finally:
+        for db in dbs:
+            db.close()
