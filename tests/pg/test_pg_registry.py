@@ -28,6 +28,7 @@ from schema.test_schema_registry import (  # noqa: F401
     test_one_open_proposal_per_subject,
     test_reads,
     test_reject_withdraw_and_final_states,
+    test_same_proposal_again_gets_the_same_answer,
     test_unauthorized_approver_refused,
     test_unauthorized_proposer_refused_and_nothing_stored,
 )

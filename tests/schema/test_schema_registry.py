@@ -88,6 +88,18 @@ def test_one_open_proposal_per_subject(registry):
         registry.propose("carol", TYPE, mutate(order_schema(), "customer.name", maxLength=10))
 
 
+def test_same_proposal_again_gets_the_same_answer(registry):
+    """A retried propose (the first committed though its caller saw an error, e.g. a COMMIT that
+    timed out on PostgreSQL): the same proposer and document get the pending version back, not a
+    ConflictError or a second version; anyone else's proposal is still refused."""
+    first = registry.propose("alice", TYPE, order_schema())
+    again = registry.propose("alice", TYPE, order_schema())
+    assert (again.version, again.fingerprint, again.proposer) == (first.version, first.fingerprint, "alice")
+    assert [v.version for v in registry.versions(TYPE)] == [first.version]
+    with pytest.raises(ConflictError, match="awaiting approval"):
+        registry.propose("carol", TYPE, order_schema())
+
+
 def test_identical_document_refused(registry):
     activate(registry, order_schema())
     reformatted = orjson.dumps(order_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)

@@ -146,6 +146,14 @@ class Registry:
         with self._store.write() as db:
             rows = Store.versions(db, type_)
             pending = next((r for r in rows if r.state == State.PROPOSED), None)
+            if pending is not None and pending.proposer == principal and pending.fingerprint == compiled.fingerprint:
+                # The same proposal again (a retry after an error that left the first committed, e.g.
+                # a timed-out COMMIT on PostgreSQL): the same answer, not a second version or an error.
+                earlier = [r for r in rows if r.version != pending.version]
+                report = self._report(earlier, Store.mode(db, type_), type_, compiled)
+                meta = _report_meta(report, pending.version)
+                self._record("schema.propose", principal, type_, OK, repeated=True, **meta)
+                return Proposal(type_, pending.version, pending.fingerprint, principal, report)
             if pending is not None:
                 raise ConflictError(
                     f"{type_} v{pending.version} is awaiting approval; approve or reject it first"
