@@ -1,9 +1,10 @@
 """Control-plane state on PostgreSQL: one database every ``eventward serve`` replica shares.
 
 SQLite files in the home stay the embedded default (``store.backend: sqlite``). With
-``store: {backend: postgres, dsn_env: NAME}`` (or ``dsn_file``) the stores built so far
-(the key store and erasure ledger) live in one PostgreSQL database, in the ``eventward``
-schema, behind a connection pool (``store.pg.Database``). The schema is versioned
+``store: {backend: postgres, dsn_env: NAME}`` (or ``dsn_file``) the control-plane state (key
+store and erasure ledger, audit log, schema registry, trust registry, seal grants, policy
+versions, the reconciler's positions, the PKI's book and CRL) lives in one PostgreSQL database,
+behind a connection pool (``store.pg.Database``). The schema is versioned
 (``store.migrations``); ``eventward db migrate`` creates or upgrades it and records the
 deployment id, so a replica never starts on a database at another version or of another
 deployment.
