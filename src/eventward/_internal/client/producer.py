@@ -298,24 +298,25 @@ class Producer:
             enc, subject_hash = encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=type_)
             prepared.append((event_id, enc, subject_hash))
         src = source or self.source
-        build, max_bytes, version = self._envelopes.build, schema.max_event_bytes, schema.version
-        lanes = [self._lanes[self._partition_of(event_id, sh)] for event_id, _, sh in prepared]
+        lanes = [self._partition_of(event_id, sh) for event_id, _, sh in prepared]
         with self._lock:  # one acquisition; sequence numbers stay dense with concurrent sends
             now = self._clock()
             seqs = {ln.partition: ln.next_seq for ln in self._lanes}
+            items: list[tuple[str, int, str | None, Any]] = []
+            for p, (event_id, enc, subject_hash) in zip(lanes, prepared, strict=True):
+                seq = seqs[p]
+                items.append((event_id, seq, subject_hash, enc))
+                seqs[p] = seq + 1
+            try:  # the call's shared envelope members are encoded once (EnvelopeBuilder.encode_many)
+                encoded = self._envelopes.encode_many(type_, src, schema.version, now, items, schema.max_event_bytes)
+            except orjson.JSONEncodeError:
+                raise InputError(f"event data of type {type_} is not JSON-serializable") from None
             per_lane: dict[int, list[tuple[str, bytes, str]]] = {}
             raws: list[tuple[str, bytes, str]] = []
-            for lane, (event_id, enc, subject_hash) in zip(lanes, prepared, strict=True):
-                seq = seqs[lane.partition]
-                env = build(type_, src, enc, id_=event_id, seq=seq, schema_version=version,
-                            subject_hash=subject_hash, subject=None, now=now)
-                try:
-                    raw = (event_id, envelope.encode(env, max_bytes=max_bytes), type_)
-                except orjson.JSONEncodeError:
-                    raise InputError(f"event data of type {type_} is not JSON-serializable") from None
+            for p, (event_id, _, _), data in zip(lanes, prepared, encoded, strict=True):
+                raw = (event_id, data, type_)
                 raws.append(raw)
-                per_lane.setdefault(lane.partition, []).append(raw)
-                seqs[lane.partition] = seq + 1
+                per_lane.setdefault(p, []).append(raw)
             if not raws:
                 return []
             full = False
