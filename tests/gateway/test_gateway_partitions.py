@@ -32,18 +32,20 @@ def _ack(world: World, group: str, offset: int, partition: int) -> Any:
 
 
 def test_groups_read_every_partition_in_subject_order_and_ack_each(world: World) -> None:
-    subjects = [f"cust-{k}" for k in range(6)]
+    subjects = [f"cust-{k}" for k in range(24)]  # routed by their pseudonyms (keyed per home): some in each
     published: dict[str, list[str]] = defaultdict(list)
-    for i in range(8):  # 48 events, 8 per subject, in 8 requests
+    for i in range(3):  # 72 events, 3 per subject, in 3 requests
         batch = [cloudevent(order(i, customer=c)) for c in subjects]
         assert world.publish(ORDERS, TOPIC, batch).status == 200
         for c, e in zip(subjects, batch, strict=True):
             published[c].append(e["id"])
     subject_of = {i: c for c, ids in published.items() for i in ids}
 
+    used = {p for p in range(3) if world.end(TOPIC if p == 0 else f"{TOPIC}.p{p}") > 0}
+    assert len(used) >= 2
     first = world.consume(SHIPPING, TOPIC, "parts", max_events=9)
     assert first.status == 200 and len(first.json["events"]) == 9
-    assert {e["partition"] for e in first.json["events"]} == {0, 1, 2}  # one fetch spans partitions
+    assert {e["partition"] for e in first.json["events"]} == used  # one fetch spans the partitions
     again = world.consume(SHIPPING, TOPIC, "parts", max_events=9)
     assert again.json["events"] == first.json["events"]  # nothing acked: the same batch
 

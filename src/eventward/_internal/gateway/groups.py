@@ -337,7 +337,8 @@ class ConsumerGroups:
                 room = min(share, max_events - len(out))
                 if room <= 0:
                     break
-                records = self._transport.read(stream, pos[stream], _READ_CHUNK)
+                # a turn takes ``room`` deliveries: read about that many (refused records cost a turn more)
+                records = self._transport.read(stream, pos[stream], min(_READ_CHUNK, room + 32))
                 if not records:
                     continue
                 got = len(out)
