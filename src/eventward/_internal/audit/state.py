@@ -30,7 +30,7 @@ from eventward._internal.audit.verify import (
     verify_log,
 )
 from eventward._internal.home import write_secret
-from eventward.errors import AuditIntegrityError, ConfigError, EventwardError
+from eventward.errors import AuditFork, AuditIntegrityError, AuditRollback, ConfigError, EventwardError
 
 STATE_ENV = "EVENTWARD_AUDIT_STATE"
 
@@ -170,7 +170,7 @@ def _extends(
         if cp.size > report.size:
             who = f"cosigned by witness {by}" if by else "this verifier kept"
             tail = "; the witness never cosigned this rollback" if by else ""
-            return AuditIntegrityError(
+            return AuditRollback(
                 f"rollback: the log has {report.size} records but the checkpoint of size {cp.size} {who} "
                 f"says more existed (truncated, or restored from a backup){tail}",
                 index=report.size,
@@ -178,7 +178,7 @@ def _extends(
         try:
             verify_consistency_proof(log.consistency(cp.size, report.size), cp, report.root)
         except AuditIntegrityError:
-            return AuditIntegrityError(
+            return AuditFork(
                 f"fork: the log does not extend the checkpoint of size {cp.size}"
                 + (f" cosigned by witness {by}" if by else ""),
                 index=0,
