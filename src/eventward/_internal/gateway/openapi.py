@@ -152,11 +152,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "DeliveredEvent": _DELIVERED,
     "PublishRequest": {},  # set below by schemas()
     "PublishResponse": {},
-    "Delivery": _obj({"offset": _int(), "partition": _int(0, MAX_PARTITION), "event": ref("DeliveredEvent")},
-                     ("offset", "event")),
+    "Delivery": _obj({"offset": _int(), "event": ref("DeliveredEvent"), "partition": _int(
+        0, MAX_PARTITION, description="The topic partition the event was read from (0 for an unpartitioned "
+        "topic); offsets count per partition.")}, ("offset", "event")),
     "ConsumeResponse": _obj({"events": _arr(ref("Delivery"), MAX_CONSUME), "lag": _int()}, ("events", "lag")),
-    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int(), "partition": _int(0, MAX_PARTITION)},
-                       ("group", "offset")),
+    "AckRequest": _obj({"group": _s(200, NAME), "offset": _int(), "partition": _int(
+        0, MAX_PARTITION, description="The partition whose offset is committed (default 0); a partitioned "
+        "topic is acked partition by partition.")}, ("group", "offset")),
     "AckResponse": _obj({"group": _s(200, NAME), "committed": _int(), "partition": _int(0, MAX_PARTITION)},
                         ("group", "committed")),
     "SchemaFormat": {"type": "string", "enum": ["json", "avro"]},
