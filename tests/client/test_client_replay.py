@@ -178,6 +178,48 @@ def test_v1_state_migrates_without_losing_anything(tmp_path):
     db = sqlite3.connect(base.with_suffix(".db"))
     assert {r[1] for r in db.execute("PRAGMA table_info(seen)")} >= {"producer", "id"}
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert db.execute("SELECT count(*) FROM seen WHERE producer = ''").fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM seen WHERE producer = ''").fetchone()[0] == 1  # v1's row moved over
+    logged = [e for (blob,) in db.execute("SELECT entries FROM seen_log") for e in orjson.loads(blob)]
+    assert [(e[0], e[7]) for e in logged] == [("crashed", "")]  # the journal's, checkpointed under LEGACY
     db.close()
     assert base.with_suffix(".journal").read_bytes() == b""
+
+
+def test_attack_replay_after_restart_is_refused_from_checkpoints_of_one_row_per_batch(tmp_path):
+    """A checkpoint is one SQLite row per read batch (not one per event); after a restart the
+    ids it holds still refuse a replay elsewhere, a redrive status written later wins, and a
+    prune keeps what the window needs."""
+    import sqlite3
+
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW, window_ids=500)
+    for b in range(4):
+        for i in range(b * 300, (b + 1) * 300):
+            assert g.is_next(P, "i", "s", f"id{i}", i, NOW)
+            g.settle_next(P, "s", i, f"id{i}", "i", i)
+        g.checkpoint()
+    g.settle(producer=P, stream="s", offset=1199, event_id="id1199", instance="i", seq=1199, status="dlq",
+             mode="redrive")
+    g.checkpoint()
+    path = g._db.execute("PRAGMA database_list").fetchone()[2]
+    g.close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM seen_log").fetchone()[0] == 5  # pruned at the first only
+    assert db.execute("SELECT count(*) FROM seen").fetchone()[0] == 0
+    db.close()
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW, window_ids=500)
+    assert g.status("id1199", P) == "dlq" and g.status("id1000", P) == OK
+    assert not g.is_next(P, "i", "s", "id1100", 1200, NOW)  # a replayed id, with a fresh sequence number
+    with pytest.raises(ReplayError) as e:
+        admit(g, "id1100", 5000, 1200)
+    assert e.value.reason == "duplicate"
+    assert admit(g, "id1100", 1100, 1100).verdict == REDELIVERY  # the same stored record
+    with pytest.raises(ReplayError) as e:
+        admit(g, "new", 5000, 900)
+    assert e.value.reason == "out_of_order"  # the sequence floor survived too
+    from eventward._internal.log.sqlite import write_txn
+
+    with write_txn(g._db, "prune") as txn:
+        g._prune(txn)
+    counts = [r[0] for r in g._db.execute("SELECT count FROM seen_log ORDER BY n")]
+    assert sum(counts) >= 500 and sum(counts) - counts[0] < 500  # the window kept, nothing older
+    g.close()
