@@ -8,6 +8,7 @@ holder at a time until it is released or expires.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,7 +116,11 @@ def test_the_fetch_lease_has_one_holder_until_released_or_expired(open_store) ->
     assert not b.try_lease(GID, TOPIC, "b-1", 30)
     assert a.try_lease(GID, TOPIC, "a-1", 30)  # its holder may renew it
     a.release(GID, TOPIC, "a-1")
-    assert b.try_lease(GID, TOPIC, "b-1", 0.05)
+    assert b.try_lease(GID, TOPIC, "b-1", 0.05)  # b dies holding it: it expires by itself
+    deadline = time.monotonic() + 5
+    while not a.try_lease(GID, TOPIC, "a-2", 30):
+        assert time.monotonic() < deadline, "an expired lease was never given up"
+    assert not b.try_lease(GID, TOPIC, "b-2", 30)
     assert a.try_lease(GID, "other-topic", "a-3", 30)  # leases are per (group, topic)
     wins = race(*[(lambda s=s, h=h: s.try_lease(GID, "t2", h, 30)) for s, h in ((a, "x"), (b, "y"), (a, "z"))])
     assert sorted(wins) == [False, False, True]
