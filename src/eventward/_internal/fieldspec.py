@@ -7,6 +7,7 @@ field names. Paths are dotted names with ``[]`` for "every item of this array":
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ _CLASS = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 
 
 def parse_path(path: str) -> tuple[tuple[str, bool], ...]:
-    """Split ``items[].name`` into ``(("items", True), ("name", False))``."""
+    """Split ``items[].name`` into ``(("items", True), ("name", False))``. Memoised (bounded; the
+    result is immutable): ``subject_of`` parses its spec's subject path on every call."""
+    if not isinstance(path, str):
+        raise FieldSpecError("field path must be 1..256 characters")
+    return _parse_path(str(path))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_path(path: str) -> tuple[tuple[str, bool], ...]:
     if not path or len(path) > 256:
         raise FieldSpecError("field path must be 1..256 characters")
     out = []

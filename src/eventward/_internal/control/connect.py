@@ -38,7 +38,7 @@ from eventward._internal.crypto.fields import FieldEncryptor
 from eventward._internal.fieldspec import FieldSpec
 from eventward._internal.home import Home
 from eventward._internal.log.base import Record, Transport
-from eventward.errors import EventwardError
+from eventward.errors import EventwardError, KeyNotFound
 
 
 class _PreparingCipher:
@@ -98,8 +98,16 @@ class _PreparingCipher:
 
     def encrypt(self, event_id: str, data: dict[str, Any], spec: FieldSpec, *, principal: str,
                 topic: str | None = None, event_type: str | None = None) -> tuple[dict[str, Any], str | None]:
-        if spec.classes and topic is not None and event_type is not None:
-            self._keys.prepare(topic, event_type, [(spec.subject_of(data), c, 1) for c in sorted(spec.classes)])
+        """Encrypt with the keys ``prepare_many`` fetched for the call; an event whose subject was
+        not prepared (``send``, or caches dropped by an erasure notice meanwhile) fetches its keys
+        and is encrypted again from the start: nothing of the first attempt is kept or spent
+        (the subject's pseudonym is the first thing asked, before any key)."""
+        try:
+            return self._fields.encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=event_type)
+        except KeyNotFound:
+            if not spec.classes or topic is None or event_type is None:
+                raise
+        self._keys.prepare(topic, event_type, [(spec.subject_of(data), c, 1) for c in sorted(spec.classes)])
         return self._fields.encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=event_type)
 
     def decrypt(self, *args: Any, **kw: Any) -> tuple[dict[str, Any], Any]:
