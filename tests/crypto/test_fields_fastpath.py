@@ -241,6 +241,23 @@ def test_cached_key_contexts_equal_the_canonical_ones_and_stay_bounded():
             cipher.bound(kid, bad, GCM, "pii", None)  # type: ignore[arg-type]
 
 
+def test_opening_for_decryption_equals_bound_and_still_refuses_a_bad_key():
+    cipher = TokenCipher(max_keys=8)
+    dek = bytes(range(32))
+    h, ctx = cipher.opening("kid-1", dek, GCM, "pii", "ab" * 32)
+    assert ctx == key_context(GCM, "kid-1", "pii", "ab" * 32) and cipher.opening("kid-1", dek, GCM, "pii",
+                                                                                 "ab" * 32)[0] is h
+    sealed = TokenCipher().handle("kid-1", dek).seal("v", ctx + b"x", bytes(12))
+    assert h.open(GCM, tokens.split(sealed)[2], ctx + b"x") == "v" and repr(h) == "KeyHandle(kid='kid-1')"
+    assert cipher.opening("kid-1", dek, SIV, "pii", None)[1] == key_context(SIV, "kid-1", "pii", None)
+    for i in range(100):
+        cipher.opening("kid-1", dek, GCM, "pii", f"{i:064x}")
+    assert len(cipher._bound) <= 8
+    for bad in (b"short", bytearray(dek), None):
+        with pytest.raises(KeyServiceError):
+            cipher.opening("kid-2", bad, GCM, "pii", None)  # type: ignore[arg-type]
+
+
 def test_clear_cache_drops_the_cached_contexts_too():
     enc = FieldEncryptor(MemoryKeys())
     enc.encrypt("evt-1", order(), SPEC, principal="p")

@@ -393,7 +393,7 @@ class FieldEncryptor:
             if dek is _DENIED or dek is _DESTROYED:
                 entry = (dek, b"", dek)
             else:
-                h, ctx = self._cipher.bound(kid, dek, alg, rp.cls, shash)
+                h, ctx = self._cipher.opening(kid, dek, alg, rp.cls, shash)
                 entry = (h, ctx + (tokens.NO_EVENT if alg == SIV else ev), dek)
             heads[kid, rp.cls, alg] = entry
         return token[:start], start, entry[0], entry[1]  # type: ignore[index]

@@ -68,6 +68,7 @@ _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
 _dumps = orjson.dumps
 _loads = orjson.loads
+_new_handle = object.__new__
 
 
 class Token(NamedTuple):
@@ -320,6 +321,32 @@ class TokenCipher:
                 if len(self._bound) >= self._max:
                     self._bound.popitem(last=False)
                 self._bound[slot] = hit
+        return hit
+
+    def opening(
+        self, kid: str, dek: bytes, alg: str, cls: str, subject_hash: str | None
+    ) -> tuple[KeyHandle, bytes]:
+        """``bound`` for decryption, where ``kid`` is the key id of a token whose header matched
+        (so of the key-id alphabet already): a miss makes the handle without checking the id
+        again and caches only the pair (one insert, not two; a consumer of many subjects misses
+        once per event). The DEK is checked as always."""
+        if type(dek) is not bytes or len(dek) != DEK_BYTES or type(kid) is not str:
+            return self.bound(kid, dek, alg, cls, subject_hash)  # raises the KeyServiceError naming it
+        slot = (kid, dek, alg, cls, subject_hash)
+        hit = self._bound.get(slot)
+        if hit is not None:
+            return hit
+        h = self._handles.get((kid, dek))
+        if h is None:
+            h = _new_handle(KeyHandle)
+            h.kid, h._dek, h._gcm, h._siv = kid, dek, AESGCM(dek), None
+            h._prefix_g, h._prefix_s, h._contexts = f"{_PREFIX}{GCM}.{kid}.", f"{_PREFIX}{SIV}.{kid}.", {}
+        k, c, sh = kid.encode(), cls.encode(), (subject_hash or "").encode()
+        hit = (h, b"".join((_lp(VERSION), _lp(alg), _U32(len(k)), k, _U32(len(c)), c, _U32(len(sh)), sh)))
+        with self._lock:
+            if len(self._bound) >= self._max:
+                self._bound.popitem(last=False)
+            self._bound[slot] = hit
         return hit
 
     def handle(self, kid: str, dek: bytes) -> KeyHandle:
