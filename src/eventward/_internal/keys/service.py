@@ -259,6 +259,10 @@ class KeyService:
         )  # (subject hash, class) -> kid of the current version
         self._hashes: OrderedDict[str, str] = OrderedDict()  # subject id -> pseudonym, oldest first, bounded
         self._hashes_lock = threading.Lock()
+        # (subject hash, class) -> (kid, DEK, until): the current version's key in one lookup
+        # instead of two LRU lookups (_current, then cache); set with them in _remember, dropped
+        # with them (_drop_caches, close) and whenever a key is found destroyed. Bounded.
+        self._hot: dict[tuple[str, str], tuple[str, bytes, float]] = {}
         self._class_deks: dict[str, _ClassDek] = {}
         self._class_lock = threading.Lock()
         self._flush_every = max(1, min(1024, self.config.class_dek_max_uses // 16))
@@ -388,6 +392,7 @@ class KeyService:
                     self._add_uses(kid, n)
             self._flush_uses()
         finally:
+            self._hot.clear()
             self.cache.clear()
             self._current.clear()
             self._hashes.clear()
@@ -494,6 +499,9 @@ class KeyService:
             return self._class_key(cls, principal, nonces)
         self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
         h = self.subject_hash(subject)
+        hot = self._hot.get((h, cls))
+        if hot is not None and hot[2] > self._clock() and self._spend(hot[0], None, nonces):
+            return hot[0], hot[1]
         kid = self._current.get((h, cls))
         if kid is not None:
             hit = self.cache.get(kid)
@@ -825,6 +833,7 @@ class KeyService:
         erased = rec is None and tomb is None and subject_hash is not None and self.store.erased(subject_hash)
         if (tomb is not None and tomb[0] == cls) or erased:
             self.cache.put(kid, (cls, None))
+            self._hot.clear()  # it may be a current key here: never served from the hot entries again
             self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
                                reason="destroyed", kid=kid)
             raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
@@ -846,6 +855,11 @@ class KeyService:
     def _remember(self, rec: DekRecord, dek: bytes) -> None:
         self.cache.put(rec.kid, (rec.cls, dek))
         self._current.put((rec.subject_hash, rec.cls), rec.kid)
+        cfg = self.config
+        if cfg.cache_max > 0 and cfg.cache_ttl > 0:
+            if len(self._hot) >= cfg.cache_max:
+                self._hot.clear()
+            self._hot[rec.subject_hash, rec.cls] = (rec.kid, dek, self._clock() + cfg.cache_ttl)
 
     def _create(self, h: str, cls: str, version: int, principal: str) -> tuple[DekRecord, bytes]:
         """New DEK version; converges on the winner if another process created it first."""
@@ -1191,6 +1205,7 @@ class KeyService:
 
     def _drop_caches(self) -> None:
         self.revocations += 1  # read-batch memos built on the old state are dropped (FieldEncryptor)
+        self._hot.clear()
         self.cache.clear()
         self._current.clear()
         with self._hashes_lock:
