@@ -219,11 +219,11 @@ class Consumer:
     def _run_batch(self, stream: str, handler: Handler, stats: RunStats, max_events: int | None) -> bool:
         """One read batch of one partition stream, processed and committed; False if it was empty.
 
-        Batch-native: the batch's seals are verified once each (one SHA-256 per event), its
-        envelopes parsed once and its keys resolved at once; then each event runs one tight
-        path (checks, replay guard, decrypt, handler, journal). An event that is anything but
-        ordinary (a refusal, a redelivery, a gap, a type not asked for) goes through ``process``,
-        which judges it exactly as a record on its own, so both paths decide alike."""
+        Batch-native: the batch's seals are verified once each (one SHA-256 per event) and its
+        keys resolved at once; then each event runs one tight path (checks, replay guard,
+        decrypt, handler, journal). An event that is anything but ordinary (a refusal, a
+        redelivery, a gap, a type not asked for) goes through ``process``, which judges it
+        exactly as a record on its own, so both paths decide alike."""
         pos = self._start_position(stream)
         records = self._transport.read(stream, pos, self._read_batch)
         if not records:
@@ -236,7 +236,13 @@ class Consumer:
                     break
                 if rec.offset != pos:
                     self._report_offset_gap(stream, pos, rec.offset, stats)
-                s, env = seals[i], envs[i]
+                s = seals[i]
+                env = envs[i] if envs is not None else None
+                if env is None and type(s) is Seal:
+                    try:  # parsed again here rather than kept for the whole batch (see _reading_batch)
+                        env = parse_sealed(rec.data)
+                    except (EnvelopeError, InputError):
+                        env = None
                 if type(s) is not Seal or env is None or not live(rec, s, env, handler, stats):
                     self.process(rec, handler, stats)
                 pos = rec.offset + 1
@@ -290,26 +296,46 @@ class Consumer:
         return True
 
     @contextmanager
-    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[list[dict[str, Any] | None]]:
+    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[list[dict[str, Any] | None] | None]:
         """One read batch: the encryptor resolves each key id (and the Decrypt decision) once in
         it when it can (FieldEncryptor.reading_batch), as the seal is verified once per batch.
         A remote key source (client mode) first fetches the batch's keys in one request; if it
         cannot, the error stops the consumer before the batch, with nothing committed. A local
-        one (FieldEncryptor.resolve_batch) gets every key id of the batch at once: one Decrypt
+        one (FieldEncryptor.resolve_wanted) gets every key id of the batch at once: one Decrypt
         decision per class, one store query, one unwrap per key, one audit record; an outage
         there is left to the event that needs the key, which stops the consumer right there.
-        Yields the records' envelopes, parsed once (None where a record does not parse)."""
-        envs = self._parse_batch(records)
-        keys = self._batch_keys(envs)
-        prefetch = getattr(self._encryptor, "prefetch_keys", None)
-        if prefetch is not None and keys:
-            prefetch(self.topic, keys)
-        elif records and (prefetch := getattr(self._encryptor, "prefetch", None)) is not None:
-            prefetch(self.topic, records)
-        scope = getattr(self._encryptor, "reading_batch", None)
+
+        An encryptor that collects key ids (``want_keys``) is given them as each record is
+        parsed, and the parsed event is dropped at once (yields None; events are parsed again as
+        they are processed): 500 parsed events held for a whole batch outlive the garbage
+        collector's young generations and made every full collection walk them. Otherwise yields
+        the records' envelopes, parsed once (None where a record does not parse)."""
+        enc = self._encryptor
+        want = getattr(enc, "want_keys", None)
+        envs: list[dict[str, Any] | None] | None = None
+        wanted: dict[str | None, dict[tuple[str, str, str | None], None]] = {}
+        keys: list[tuple[str, Any, str | None, Any]] = []
+        if want is not None:
+            for rec in records:
+                try:
+                    item = self._key_event(parse_sealed(rec.data))
+                except (EnvelopeError, InputError):
+                    continue
+                if item is not None:
+                    want(wanted, *item)
+            prefetch = getattr(enc, "prefetch_wanted", None)
+            if prefetch is not None and wanted:
+                prefetch(self.topic, wanted)
+        else:
+            envs = self._parse_batch(records)
+            keys = [k for k in map(self._key_event, envs) if k is not None]
+            if records and (prefetch := getattr(enc, "prefetch", None)) is not None:
+                prefetch(self.topic, records)
+        scope = getattr(enc, "reading_batch", None)
         with scope() if scope is not None else nullcontext():
-            resolve = getattr(self._encryptor, "resolve_batch", None)
-            if resolve is not None and keys:
+            if wanted and (resolve := getattr(enc, "resolve_wanted", None)) is not None:
+                resolve(wanted, principal=self.principal, topic=self.topic)
+            elif keys and (resolve := getattr(enc, "resolve_batch", None)) is not None:
                 resolve(keys, principal=self.principal, topic=self.topic)
             yield envs
 
@@ -324,27 +350,23 @@ class Consumer:
                 envs.append(None)
         return envs
 
-    def _batch_keys(self, envs: Sequence[dict[str, Any] | None]) -> list[tuple[str, Any, str | None, Any]]:
-        """(event type, field spec, subject hash, data) of each event of the batch whose keys are
-        worth resolving ahead; a malformed or unsealed event is skipped and refused later."""
-        out: list[tuple[str, Any, str | None, Any]] = []
+    def _key_event(self, env: dict[str, Any] | None) -> tuple[str, Any, str | None, Any] | None:
+        """(event type, field spec, subject hash, data) of an event whose keys are worth resolving
+        ahead, or None; a malformed or unsealed event is skipped here and refused later."""
+        if env is None:
+            return None
+        type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
+        shash = env.get(envelope.EXT_SUBJECT)
         types = self.types
-        for env in envs:
-            if env is None:
-                continue
-            type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
-            shash = env.get(envelope.EXT_SUBJECT)
-            if (types is not None and type_ not in types) or type(version) is not int or (
-                type(data) is not dict or not (shash is None or type(shash) is str)
-            ):
-                continue
-            try:
-                spec = self._schema(type_, version).spec
-            except EventwardError:
-                continue
-            if spec.rules:  # the spec tags fields (spec.classes, without building the set)
-                out.append((type_, spec, shash, data))
-        return out
+        if (types is not None and type_ not in types) or type(version) is not int or (
+            type(data) is not dict or not (shash is None or type(shash) is str)
+        ):
+            return None
+        try:
+            spec = self._schema(type_, version).spec
+        except EventwardError:
+            return None
+        return (type_, spec, shash, data) if spec.rules else None  # spec.rules: it tags fields
 
     def _schema(self, type_: str, version: int) -> SchemaVersionLike:
         key = (type_, version)

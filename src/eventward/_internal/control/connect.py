@@ -78,23 +78,17 @@ class _PreparingCipher:
         for event_type, kids in wanted.items():
             self._keys.prefetch(topic, event_type, [(kid, cls, shash) for kid, (cls, shash) in kids.items()])
 
-    def prefetch_keys(self, topic: str, events: Sequence[tuple[str, FieldSpec, str | None, Any]]) -> None:
-        """``prefetch`` from what the consumer already parsed: (event type, spec, subject hash,
-        data) of each event of the batch, so no record is parsed twice. Key ids come from the
-        tokens where each spec puts sensitive values; malformed events are left to be refused."""
-        wanted: dict[str, dict[str, tuple[str, str | None]]] = {}
-        key_ids = self._fields.key_ids
-        for event_type, spec, shash, data in events:
-            try:
-                kids = key_ids(spec, data)
-            except EventwardError:
-                continue
-            if kids:
-                group = wanted.setdefault(event_type, {})
-                for kid, cls in kids:
-                    group[kid] = (cls, shash)
-        for event_type, kids in wanted.items():
-            self._keys.prefetch(topic, event_type, [(kid, cls, shash) for kid, (cls, shash) in kids.items()])
+    def want_keys(self, wanted: dict[str | None, dict[tuple[str, str, str | None], None]], event_type: str | None,
+                  spec: FieldSpec, shash: str | None, data: Any) -> None:
+        """FieldEncryptor.want_keys: the consumer collects a batch's key ids as it parses it."""
+        self._fields.want_keys(wanted, event_type, spec, shash, data)
+
+    def prefetch_wanted(self, topic: str, wanted: dict[str | None, dict[tuple[str, str, str | None], None]]) -> None:
+        """``prefetch`` from the key ids the consumer collected while parsing the batch (so no
+        record is parsed twice for it): one request per event type (per REQUEST_KEYS keys)."""
+        for event_type, items in wanted.items():
+            if event_type is not None and items:
+                self._keys.prefetch(topic, event_type, list(dict.fromkeys(items)))
 
     def encrypt(self, event_id: str, data: dict[str, Any], spec: FieldSpec, *, principal: str,
                 topic: str | None = None, event_type: str | None = None) -> tuple[dict[str, Any], str | None]:

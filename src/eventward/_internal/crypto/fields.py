@@ -167,20 +167,43 @@ class FieldEncryptor:
         exactly as per-event lookups would; anything else (a forged id, an unavailable KMS or
         store) is left to the per-event lookup, which refuses or fails closed at that event.
         Returns how many outcomes were remembered; 0 outside a reading_batch."""
+        if getattr(self._batch, "keys", None) is None or not self._contextual or not hasattr(
+            self._keys, "decryption_keys"
+        ):
+            return 0
+        wanted: dict[str | None, dict[tuple[str, str, str | None], None]] = {}
+        for event_type, spec, shash, data in events:
+            self.want_keys(wanted, event_type, spec, shash, data)
+        return self.resolve_wanted(wanted, principal=principal, topic=topic)
+
+    def want_keys(self, wanted: dict[str | None, dict[tuple[str, str, str | None], None]], event_type: str | None,
+                  spec: FieldSpec, shash: str | None, data: Any) -> None:
+        """Add the (key id, class, subject hash) of the tokens in one event's ``data`` to
+        ``wanted`` (per event type), for ``resolve_wanted``: a consumer collects them as it parses
+        each record, so no parsed event has to stay alive for the whole batch."""
+        try:
+            kids = self.key_ids(spec, data)
+        except EventwardError:  # refused per event, with its own error, when it is decrypted
+            return
+        if kids:
+            group = wanted.get(event_type)
+            if group is None:
+                group = wanted[event_type] = {}
+            for kid, cls in kids:
+                group[kid, cls, shash] = None
+
+    def resolve_wanted(
+        self,
+        wanted: dict[str | None, dict[tuple[str, str, str | None], None]],
+        *,
+        principal: str,
+        topic: str | None = None,
+    ) -> int:
+        """``resolve_batch`` of key ids already collected (``want_keys``)."""
         memo = getattr(self._batch, "keys", None)
         resolve = getattr(self._keys, "decryption_keys", None)
         if memo is None or resolve is None or not self._contextual:
             return 0
-        wanted: dict[str | None, dict[tuple[str, str, str | None], None]] = {}
-        for event_type, spec, shash, data in events:
-            try:
-                kids = self.key_ids(spec, data)
-            except EventwardError:  # refused per event, with its own error, when it is decrypted
-                continue
-            if kids:
-                group = wanted.setdefault(event_type, {})
-                for kid, cls in kids:
-                    group[kid, cls, shash] = None
         state = self._revocation_state()
         if state != self._batch.state:  # dropped since the batch began: start the memo afresh
             memo.clear()
