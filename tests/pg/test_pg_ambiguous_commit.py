@@ -151,3 +151,25 @@ def test_attack_forget_timed_out_at_commit_retry_finishes_the_landed_erasure(wor
     assert done.receipt.subject_hash == h and done.receipt.destroyed == 1 and not done.receipt.nothing_to_erase
     assert _rows(dsn, "SELECT destroyed FROM eventward.erasures WHERE subject_hash = %s", (h,)) == [(1,)]
     assert _rows(dsn, "SELECT count(*) FROM eventward.deks WHERE kid = %s", (kid,)) == [(0,)]
+
+
+def test_attack_forget_timed_out_at_commit_is_certified_though_retried_elsewhere(world):
+    """The client-mode CLI fails over to the next replica on a 503: that replica finds the subject
+    already gone ("nothing to erase"), so the erasure that landed had no ledger entry, audit record
+    or erasure certificate anywhere. The replica that ran it now settles it by itself."""
+    dep, server, dsn = world
+    dep.keys.encryption_key("dave", "pii", principal="admin")
+    h = dep.keys.known_subject("dave")
+    with frozen_at_commit(PgKeyStore, "_bump", server), pytest.raises((KeyStoreUnavailable, AuditUnavailable)):
+        dep.forget("dave", principal="admin", reason="gdpr-art17")
+    _answering(dsn)
+    with Deployment.open(dep.home) as other:  # the retry, through another replica
+        elsewhere = _retry(lambda: other.forget("dave", principal="admin", reason="gdpr-art17"),
+                           (KeyStoreUnavailable, AuditUnavailable))
+    assert elsewhere.receipt.nothing_to_erase
+    settled = _retry(dep.settle_in_doubt, (KeyStoreUnavailable, AuditUnavailable))
+    assert [(f.receipt.subject_hash, f.receipt.destroyed) for f in settled] == [(h, 1)]
+    record = dep.audit.get(settled[0].certificate.index)
+    assert (record.action, record.resource) == ("erasure.certificate", f"Subject::{h}")
+    assert dep.settle_in_doubt() == []  # settled once
+    assert _rows(dsn, "SELECT destroyed FROM eventward.erasures WHERE subject_hash = %s", (h,)) == [(1,)]

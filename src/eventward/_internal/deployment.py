@@ -390,6 +390,18 @@ class Deployment:
         monitor.metrics.forget_seconds.observe(time.perf_counter() - started)  # acknowledged: certificate issued
         return Forgotten(receipt, cert)
 
+    def settle_in_doubt(self) -> list[Forgotten]:
+        """Erasures of this process whose COMMIT failed but landed (PostgreSQL: a timeout during
+        COMMIT): finished and certified here, as ``forget`` would have, since a retry through
+        another replica finds the subject already gone. ``serve`` runs it every few seconds."""
+        out = []
+        for receipt, principal, reason in self.keys.settle_erasures():
+            forget_claims(self.home, receipt.subject_hash)
+            cert = issue_erasure_certificate(self.audit, receipt, principal=principal, reason_code=reason)
+            self.notices.issue(receipt.subject_hash, cert.index)
+            out.append(Forgotten(receipt, cert))
+        return out
+
 
 def _new_kms(home: Home, config: Config) -> KMS | None:
     """At init an external KMS gets its KEKs created; the local keyring is made by KeyService."""

@@ -448,8 +448,21 @@ def create_server(
         handshake_timeout_s=cfg.tls.handshake_timeout_s,
         key_refresh=key_refresh,
         tls_reload=tls_reload,
-        periodic=_pki_tasks(cfg, home, audit, metrics),
+        periodic=[*_pki_tasks(cfg, home, audit, metrics), *_settle_tasks(backend)],
     )
+
+
+def _settle_tasks(backend: GatewayBackend) -> list[tuple[Callable[[], None], float]]:
+    """A deployment's in-doubt erasures (a COMMIT that timed out but landed) finished and certified
+    by the replica that ran them, every 5 s (nothing to do costs one dictionary check)."""
+    settle = getattr(getattr(backend, "deployment", None), "settle_in_doubt", None)
+    if settle is None:
+        return []
+
+    def settle_in_doubt() -> None:
+        settle()
+
+    return [(settle_in_doubt, 5.0)]
 
 
 def _pki_tasks(

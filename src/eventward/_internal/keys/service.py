@@ -540,14 +540,56 @@ class KeyService:
                                version=rec.version, settled=True)
 
     def _landed_erasure(self, subject: str) -> Erasure | None:
-        """The erasure of ``subject`` whose COMMIT failed in this process, if it landed after all.
-        Read under the store's write lock, which the in-doubt transaction held: it has ended."""
+        """The erasure of ``subject`` whose COMMIT failed in this process, if it landed after all."""
         with self._doubt_lock:
             doubt = self._erased_in_doubt.pop(self._lookup(subject), None) if self._erased_in_doubt else None
-        if doubt is None:
-            return None
+        return None if doubt is None else self._landed(doubt)  # type: ignore[arg-type]
+
+    def _landed(self, doubt: tuple[str, float, str, str]) -> Erasure | None:
+        """Read under the store's write lock, which the in-doubt transaction held: it has ended, so
+        its erasure row is there now or never will be."""
         with self.store.transaction():
-            return next((e for e in self.store.erasures() if (e.subject_hash, e.time) == doubt), None)
+            return next((e for e in self.store.erasures() if (e.subject_hash, e.time) == doubt[:2]), None)
+
+    def settle_erasures(self) -> list[tuple[ErasureReceipt, str, str]]:
+        """Finish the erasures whose COMMIT failed in this process but landed (ledger, purge, audit),
+        whether or not their caller retries here: a retry through another replica finds the subject
+        already gone. Returns (receipt, principal, reason) of each; ``serve`` runs this periodically
+        (``Deployment.settle_in_doubt`` then issues the erasure certificates)."""
+        with self._doubt_lock:
+            pending = list(self._erased_in_doubt.items())
+        done = []
+        for lookup, doubt in pending:
+            with self._doubt_lock:
+                if self._erased_in_doubt.pop(lookup, None) is None:
+                    continue  # a retry of that forget took it meanwhile
+            try:
+                landed = self._landed(doubt)  # type: ignore[arg-type]
+            except KeyServiceError:
+                self._in_doubt(self._erased_in_doubt, lookup, doubt)  # the database is still away: later
+                raise
+            if landed is not None:
+                h, _, principal, reason = doubt  # type: ignore[misc]
+                done.append((self._finish_erasure(h, landed, principal, reason), principal, reason))
+        return done
+
+    def _finish_erasure(self, h: str, erasure: Erasure, principal: str, reason: str) -> ErasureReceipt:
+        """What follows a committed erasure: caches dropped, file ledger, purge, the audit record."""
+        self._epoch = self.store.epoch()
+        self._drop_caches()
+        self.ledger.append(erasure)
+        purged = self.store.purge()
+        kek_epochs = {c: self.kms.epoch(c) for c in erasure.classes}
+        receipt = ErasureReceipt(h, erasure.time, erasure.classes, erasure.destroyed, kek_epochs, purged)
+        self._audit.record(
+            "key.forget", principal=principal, resource=f"subject:{h}", outcome=OK, reason=reason,
+            classes=meta_list(erasure.classes), class_count=len(erasure.classes), destroyed=erasure.destroyed,
+            purged=purged, kek_epochs=meta_list([f"{c}.v{v}" for c, v in sorted(kek_epochs.items())]),
+        )
+        log.info("forgot subject %s: %d key(s) destroyed in %s", h, erasure.destroyed, list(erasure.classes))
+        if self.on_change is not None:
+            self.on_change("forget")
+        return receipt
 
     # --- nonce budget -----------------------------------------------------------------------
     def _spend(self, kid: str, rec: DekRecord | None, n: int) -> bool:
@@ -969,26 +1011,13 @@ class KeyService:
         try:
             erasure = landed if landed is not None else self.store.erase_subject(h, at)
         except (LegalHoldError, KeyServiceError) as e:
-            if isinstance(e, KeyStoreUnavailable):
-                self._in_doubt(self._erased_in_doubt, self._lookup(subject), (h, at))
+            if isinstance(e, KeyStoreUnavailable):  # the erasure may land after all: settled later
+                self._in_doubt(self._erased_in_doubt, self._lookup(subject), (h, at, principal, reason))
             outcome = DENIED if isinstance(e, LegalHoldError) else ERROR
             self._audit.record("key.forget", principal=principal, resource=resource, outcome=outcome,
                                reason=e.code)
             raise
-        self._epoch = self.store.epoch()
-        self._drop_caches()
-        self.ledger.append(erasure)
-        purged = self.store.purge()
-        kek_epochs = {c: self.kms.epoch(c) for c in erasure.classes}
-        receipt = ErasureReceipt(h, erasure.time, erasure.classes, erasure.destroyed, kek_epochs, purged)
-        self._audit.record(
-            "key.forget", principal=principal, resource=resource, outcome=OK, reason=reason,
-            classes=meta_list(erasure.classes), class_count=len(erasure.classes), destroyed=erasure.destroyed,
-            purged=purged, kek_epochs=meta_list([f"{c}.v{v}" for c, v in sorted(kek_epochs.items())]),
-        )
-        log.info("forgot subject %s: %d key(s) destroyed in %s", h, erasure.destroyed, list(erasure.classes))
-        if self.on_change is not None:
-            self.on_change("forget")
+        receipt = self._finish_erasure(h, erasure, principal, reason)
         if close_epoch and erasure.classes:
             closed: list[str] = []
             for c in erasure.classes:
