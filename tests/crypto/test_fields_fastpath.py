@@ -245,14 +245,17 @@ def test_opening_for_decryption_equals_bound_and_still_refuses_a_bad_key():
     cipher = TokenCipher(max_keys=8)
     dek = bytes(range(32))
     h, ctx = cipher.opening("kid-1", dek, GCM, "pii", "ab" * 32)
-    assert ctx == key_context(GCM, "kid-1", "pii", "ab" * 32) and cipher.opening("kid-1", dek, GCM, "pii",
-                                                                                 "ab" * 32)[0] is h
+    assert ctx == key_context(GCM, "kid-1", "pii", "ab" * 32) and not cipher._bound  # a key met once is not kept
+    h = cipher.opening("kid-1", dek, GCM, "pii", "ab" * 32)[0]  # met again: kept from now on
+    assert cipher.opening("kid-1", dek, GCM, "pii", "ab" * 32)[0] is h
+    assert all(dek not in slot for slot in cipher._once)  # what it remembers of keys met once: no key bytes
     sealed = TokenCipher().handle("kid-1", dek).seal("v", ctx + b"x", bytes(12))
     assert h.open(GCM, tokens.split(sealed)[2], ctx + b"x") == "v" and repr(h) == "KeyHandle(kid='kid-1')"
     assert cipher.opening("kid-1", dek, SIV, "pii", None)[1] == key_context(SIV, "kid-1", "pii", None)
-    for i in range(100):
-        cipher.opening("kid-1", dek, GCM, "pii", f"{i:064x}")
-    assert len(cipher._bound) <= 8
+    for _ in range(2):
+        for i in range(100):
+            cipher.opening("kid-1", dek, GCM, "pii", f"{i:064x}")
+    assert len(cipher._bound) <= 8 and len(cipher._once) <= 8
     for bad in (b"short", bytearray(dek), None):
         with pytest.raises(KeyServiceError):
             cipher.opening("kid-2", bad, GCM, "pii", None)  # type: ignore[arg-type]

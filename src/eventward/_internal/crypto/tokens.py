@@ -296,6 +296,12 @@ class TokenCipher:
         # many subjects (one key per event) kept the cache full.
         self._handles: OrderedDict[tuple[str, bytes], KeyHandle] = OrderedDict()
         self._bound: OrderedDict[tuple[str, bytes, str, str, str | None], tuple[KeyHandle, bytes]] = OrderedDict()
+        # Decryption (``opening``) keeps a handle from a key's second use on: a consumer of many
+        # subjects meets most keys once, and thousands of cached cipher objects it never uses
+        # again cost it more (memory, garbage-collector walks) than making each once. What keys
+        # were met once is remembered (bounded; key id, algorithm, class and subject hash: no
+        # key material) to recognise the second use.
+        self._once: OrderedDict[tuple[str, str, str, str | None], None] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -305,6 +311,7 @@ class TokenCipher:
         with self._lock:
             self._handles.clear()
             self._bound.clear()
+            self._once.clear()
 
     def bound(
         self, kid: str, dek: bytes, alg: str, cls: str, subject_hash: str | None
@@ -344,9 +351,16 @@ class TokenCipher:
         k, c, sh = kid.encode(), cls.encode(), (subject_hash or "").encode()
         hit = (h, b"".join((_lp(VERSION), _lp(alg), _U32(len(k)), k, _U32(len(c)), c, _U32(len(sh)), sh)))
         with self._lock:
-            if len(self._bound) >= self._max:
-                self._bound.popitem(last=False)
-            self._bound[slot] = hit
+            once, seen = self._once, (kid, alg, cls, subject_hash)
+            if seen in once:  # met before: worth keeping
+                del once[seen]
+                if len(self._bound) >= self._max:
+                    self._bound.popitem(last=False)
+                self._bound[slot] = hit
+            else:  # a key met once (a consumer of many subjects: most keys) is not kept: see __init__
+                once[seen] = None
+                if len(once) > self._max:
+                    once.popitem(last=False)
         return hit
 
     def handle(self, kid: str, dek: bytes) -> KeyHandle:
