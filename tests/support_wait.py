@@ -7,8 +7,12 @@ returns as soon as the condition holds and fails with a clear message when it ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -41,3 +45,33 @@ async def async_wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout} s: {what or predicate!r}")
         await asyncio.sleep(interval)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    """True when every thread of ``pid`` is stopped (T, t) or gone (Z, X): none can run user code."""
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread exited meanwhile
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def frozen(*pids: int, timeout: float = 10.0) -> Iterator[None]:
+    """SIGSTOP ``pids`` (a server hung, as its clients see it) and wait until every thread of each
+    has stopped; SIGCONT them on exit. kill() returns before the stop takes effect: the kernel stops
+    the other threads only once the thread the signal went to runs, so on a loaded machine a
+    multi-threaded server (Go: OpenBao) still answers requests for milliseconds after kill()."""
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            wait_until(lambda pid=pid: _all_threads_stopped(pid), timeout, 0.001, f"process {pid} stopped")
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)

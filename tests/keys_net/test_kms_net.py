@@ -7,8 +7,6 @@ fail-closed when the server cannot answer. Backend-specific attacks follow.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,7 @@ from eventward.errors import (
     KeyNotFound,
     KMSUnavailable,
 )
+from support_wait import frozen
 
 from .conftest import TOKEN_ENV
 
@@ -169,15 +168,11 @@ def test_open_refuses_an_uninitialised_prefix(backend):
 
 def test_attack_kms_unreachable_fails_closed_then_recovers(backend, kms):
     kid, wrapped = kms.wrap("pii", DEK, b"ctx")
-    pid = backend.server.proc.pid
-    os.kill(pid, signal.SIGSTOP)  # the server stops answering: connections hang, then time out
-    try:
+    with frozen(backend.server.proc.pid):  # the server stops answering: connections hang, then time out
         with pytest.raises(KMSUnavailable):
             kms.unwrap(kid, wrapped, b"ctx")
         with pytest.raises(KMSUnavailable):
             kms.wrap("pii", DEK, b"ctx2")
-    finally:
-        os.kill(pid, signal.SIGCONT)
     assert kms.unwrap(kid, wrapped, b"ctx") == DEK  # the same object works again: nothing was lost
 
 

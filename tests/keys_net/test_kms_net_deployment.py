@@ -10,6 +10,7 @@ from eventward._internal import demo
 from eventward._internal.deployment import Deployment
 from eventward._internal.home import Home
 from eventward.errors import KeyDestroyed, KMSUnavailable
+from support_wait import frozen
 
 from .conftest import TOKEN_ENV
 
@@ -54,10 +55,10 @@ def test_deployment_on_transit_reads_forgets_and_rotates_in_the_kms(tmp_path, ba
 
 
 def test_attack_transit_down_mid_consume_stops_before_the_event(tmp_path, bao, prefix, monkeypatch):
-    """KMS unreachable: the consumer neither dead-letters nor commits past what it cannot read yet."""
-    import os
-    import signal
-
+    """KMS unreachable: the consumer neither dead-letters nor commits past what it cannot read yet.
+    The server is frozen (every thread stopped) before the consumer runs: right after kill() a
+    loaded machine still lets it answer a request or two, and an event whose DEK it unwrapped
+    then is rightly delivered (seen as a flake: one event delivered under load)."""
     home = _transit_home(tmp_path, bao, prefix, monkeypatch)
     dep = Deployment.init(home, admin=demo.ADMIN)
     try:
@@ -67,13 +68,11 @@ def test_attack_transit_down_mid_consume_stops_before_the_event(tmp_path, bao, p
         dep.keys.cache.clear()
         consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g", from_beginning=True)
         seen = []
-        os.kill(bao.proc.pid, signal.SIGSTOP)
         try:
-            with pytest.raises((KMSUnavailable, KeyDestroyed)) as e:
+            with frozen(bao.proc.pid), pytest.raises((KMSUnavailable, KeyDestroyed)) as e:
                 consumer.run(seen.append, idle_timeout=0.5, max_events=6)
             assert isinstance(e.value, KMSUnavailable)
         finally:
-            os.kill(bao.proc.pid, signal.SIGCONT)
             consumer.close()
         assert seen == [] and dep.transport.end_offset(f"{demo.TOPIC}.dlq") == 0
         consumer = dep.consumer(demo.SHIPPING, demo.TOPIC, group="g", from_beginning=True)
