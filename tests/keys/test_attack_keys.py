@@ -131,7 +131,9 @@ def test_kms_unavailable_midconsume_stops_and_resumes(demo_dep, monkeypatch):
     try:
         assert consumer.run(seen.append, max_events=2, idle_timeout=0.3).delivered == 2
         committed = dep.transport.committed("ship", demo.TOPIC)
-        monkeypatch.setattr(dep.keys.kms, "unwrap", outage)  # the KMS goes away mid-consume
+        # the KMS goes away mid-consume: one key at a time and a read batch's keys at once
+        monkeypatch.setattr(dep.keys.kms, "unwrap", outage)
+        monkeypatch.setattr(dep.keys.kms, "unwrap_many", outage)
         dep.keys._drop_caches()
         with pytest.raises(KMSUnavailable):
             consumer.run(seen.append, idle_timeout=0.3)
