@@ -126,11 +126,18 @@ class ControlPlane:
         out: list[Released] = []
         classes: Counter[str] = Counter()
         try:
-            for subject, cls, nonces in wanted:
+            for _, cls, _ in wanted:
                 check_class(cls)
-                kid, dek = self.dep.keys.encryption_key(
-                    subject, cls, principal=principal, topic=topic, event_type=event_type, nonces=max(1, nonces))
-                shash = None if subject is None else self.dep.keys.subject_hash(subject)
+            items = [(subject, cls, max(1, nonces)) for subject, cls, nonces in wanted]
+            batch = getattr(self.dep.keys, "encryption_keys", None)
+            if batch is not None:  # KeyService: one store query and one creating transaction per request
+                got = batch(items, principal=principal, topic=topic, event_type=event_type)
+            else:
+                got = [(*self.dep.keys.encryption_key(subject, cls, principal=principal, topic=topic,
+                                                      event_type=event_type, nonces=n),
+                        None if subject is None else self.dep.keys.subject_hash(subject))
+                       for subject, cls, n in items]
+            for (_, cls, _), (kid, dek, shash) in zip(items, got, strict=True):
                 out.append(Released(kid, dek, shash))
                 classes[cls] += 1
         except AccessDenied as e:

@@ -167,6 +167,38 @@ class PgKeyStore:
         )
         return _dek(row) if row else None
 
+    def current_deks(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DekRecord]:
+        """The highest version of each (subject hash, class) wanted, in one query
+        (``subject_hash = ANY(...)``); pairs with no key are absent."""
+        wanted = set(pairs)
+        if not wanted:
+            return {}
+        subjects = sorted({h for h, _ in wanted})
+        classes = sorted({c for _, c in wanted})
+        sql = (f"SELECT DISTINCT ON (subject_hash, class) {_DEK_COLUMNS} FROM {_S}.deks "
+               "WHERE subject_hash = ANY(%s) AND class = ANY(%s) ORDER BY subject_hash, class, version DESC")
+        out: dict[tuple[str, str], DekRecord] = {}
+        for row in self._all("read current keys", sql, (subjects, classes)):
+            if (row[1], row[2]) in wanted:
+                out[row[1], row[2]] = _dek(row)
+        return out
+
+    def insert_deks(self, recs: Iterable[DekRecord]) -> set[str]:
+        """Insert many new DEK rows with one multi-row ``INSERT ... ON CONFLICT DO NOTHING
+        RETURNING kid`` per 500 (one transaction); returns the kids inserted. A row whose
+        (subject, class, version) exists is skipped: its creator lost the race."""
+        todo = list(recs)
+        done: set[str] = set()
+        with self.transaction(), self._conn("insert keys") as c:
+            for i in range(0, len(todo), 500):
+                chunk = todo[i : i + 500]
+                values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                sql = (f"INSERT INTO {_S}.deks ({_DEK_COLUMNS}) VALUES {values} "
+                       "ON CONFLICT DO NOTHING RETURNING kid")
+                params = [v for r in chunk for v in _params(r)]
+                done.update(str(r[0]) for r in c.execute(sql, params).fetchall())
+        return done
+
     def tombstone(self, kid: str) -> tuple[str, float] | None:
         row = self._one("read tombstone", f"SELECT class, destroyed_at FROM {_S}.tombstones WHERE kid = %s", (kid,))
         return (row[0], row[1]) if row else None
@@ -310,6 +342,50 @@ class PgKeyStore:
                           (lookup, pseudonym, at, kind))
                 return pseudonym
             return str(row[0])
+
+    def pseudonyms(self, lookups: Iterable[str]) -> dict[str, str]:
+        """``pseudonym`` for many lookups in one query (lookup -> pseudonym; unknown ones absent)."""
+        todo = sorted(set(lookups))
+        if not todo:
+            return {}
+        rows = self._all("read pseudonyms", f"SELECT lookup, pseudonym FROM {_S}.pseudonyms WHERE lookup = ANY(%s)",
+                         (todo,))
+        return {str(a): str(b) for a, b in rows}
+
+    def add_pseudonyms(self, rows: Iterable[tuple[str, str, int]], at: float) -> dict[str, str]:
+        """``add_pseudonym`` for many (lookup, pseudonym, kind) in one transaction under the write
+        lock; returns the pseudonym recorded for each lookup (another replica's where it was first)."""
+        todo = list(rows)
+        for _, p, _ in todo:
+            _check_subject_hash(p)
+        with self.transaction(), self._conn("record pseudonyms") as c:  # the write lock: one per lookup
+            found = self.pseudonyms(lk for lk, _, _ in todo)
+            todo = list({lk: (lk, p, k) for lk, p, k in todo if lk not in found}.values())
+            for i in range(0, len(todo), 500):
+                chunk = todo[i : i + 500]
+                values = ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+                c.execute(f"INSERT INTO {_S}.pseudonyms (lookup, pseudonym, created, kind) VALUES {values} "
+                          "ON CONFLICT DO NOTHING", [v for lk, p, k in chunk for v in (lk, p, at, k)])
+            found.update((lk, p) for lk, p, _ in todo)
+            return found
+
+    def live_pseudonyms(self, pseudonyms: Iterable[str]) -> set[str]:
+        """Those of ``pseudonyms`` a subject still maps to (``pseudonym_live`` for many)."""
+        todo = sorted(set(pseudonyms))
+        if not todo:
+            return set()
+        rows = self._all("read pseudonyms", f"SELECT pseudonym FROM {_S}.pseudonyms WHERE pseudonym = ANY(%s)",
+                         (todo,))
+        return {str(r[0]) for r in rows}
+
+    def legacy_subjects(self, subject_hashes: Iterable[str]) -> set[str]:
+        """Those of ``subject_hashes`` that key DEKs or holds (``legacy_subject`` for many)."""
+        todo = sorted(set(subject_hashes))
+        if not todo:
+            return set()
+        sql = (f"SELECT subject_hash FROM {_S}.deks WHERE subject_hash = ANY(%s) "
+               f"UNION SELECT subject_hash FROM {_S}.holds WHERE subject_hash = ANY(%s)")
+        return {str(r[0]) for r in self._all("read subjects", sql, (todo, todo))}
 
     def pseudonym_live(self, pseudonym: str) -> bool:
         row = self._one("read pseudonym", f"SELECT 1 FROM {_S}.pseudonyms WHERE pseudonym = %s", (pseudonym,))

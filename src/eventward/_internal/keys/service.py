@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -271,7 +271,9 @@ class KeyService:
         # (principal, class, topic, type) -> [decision valid until (monotonic), releases not yet audited]
         self._releases: dict[tuple[str, str, str | None, str | None], list[float]] = {}
         self._enc_total = 0
-        self._enc_lock = threading.Lock()
+        # One lock with _uses_lock: an event whose key and Encrypt decision are both memoised is
+        # counted (release and nonces) under one acquisition (_fast_release), not two.
+        self._enc_lock = self._uses_lock
         self._enc_next = time.monotonic() + self.config.audit_every_s
         # Writes whose COMMIT failed (timeout, lost connection) may still have landed: the DEKs
         # (kid -> principal) and erasures (subject lookup -> (pseudonym, time)) a retry settles.
@@ -474,12 +476,44 @@ class KeyService:
                 return None
             else:
                 p = self.store.add_pseudonym(h, secrets.token_hex(SUBJECT_HASH_CHARS // 2), self._clock())
+        self._memo(subject, p)
+        return p
+
+    def _memo(self, subject: str, p: str) -> None:
         if self.config.cache_max > 0:
             with self._hashes_lock:
                 if len(self._hashes) >= self.config.cache_max:
                     self._hashes.popitem(last=False)  # the oldest id, in O(1)
                 self._hashes[subject] = p
-        return p
+
+    def subject_hashes(self, subjects: Iterable[str]) -> dict[str, str]:
+        """``subject_hash`` for many subjects (a batch): those not memoised are resolved with one
+        store query for their pseudonyms, and the new ones recorded in one transaction."""
+        out: dict[str, str] = {}
+        todo: dict[str, str] = {}  # lookup -> subject
+        seen: set[str] = set()
+        for subject in subjects:
+            p = self._hashes.get(subject) if type(subject) is str else None
+            if p is not None:
+                out[subject] = p
+            elif subject not in seen:
+                todo[self._lookup(subject)] = subject
+                seen.add(subject)
+        if not todo:
+            return out
+        found = self.store.pseudonyms(todo)
+        missing = [lk for lk in todo if lk not in found]
+        if missing:
+            legacy = self.store.legacy_subjects(missing)  # keys made before pseudonyms: named by the hash
+            found.update(self.store.add_pseudonyms(
+                [(lk, lk, PSEUDONYM_LEGACY) if lk in legacy else (lk, secrets.token_hex(SUBJECT_HASH_CHARS // 2), 2)
+                 for lk in missing],
+                self._clock(),
+            ))
+        for lk, subject in todo.items():
+            out[subject] = found[lk]
+            self._memo(subject, found[lk])
+        return out
 
     def encryption_key(
         self,
@@ -494,11 +528,164 @@ class KeyService:
         """The current DEK of (subject, class), or the class DEK, if ``principal`` may Encrypt
         ``cls`` (topic and event type in the Cedar context). ``nonces`` is how many values the
         caller will encrypt with it: counted against the DEK's nonce budget."""
+        if type(subject) is str:  # the hot path: decision, pseudonym and key all memoised
+            self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
+            h = self._hashes.get(subject)
+            hot = None if h is None else self._hot.get((h, cls))
+            if hot is not None and hot[2] > self._clock() and self._fast_release(
+                (principal, cls, topic, event_type), hot[0], nonces
+            ):
+                return hot[0], hot[1]
         self._release(principal, cls, topic, event_type)
         if subject is None:
             return self._class_key(cls, principal, nonces)
         self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
-        h = self.subject_hash(subject)
+        return self._subject_key(self.subject_hash(subject), cls, principal, nonces)
+
+    def _fast_release(self, key: tuple[str, str, str | None, str | None], kid: str, n: int) -> bool:
+        """Count one release and ``n`` nonces under one lock when the Encrypt decision and the
+        key's use count are both memoised and no flush is due; False (nothing counted) sends the
+        caller to the full path (_release, then _spend)."""
+        cfg = self.config
+        now = time.monotonic()
+        with self._uses_lock:  # is _enc_lock
+            slot = self._releases.get(key)
+            u = self._uses.get(kid)
+            if slot is None or slot[0] <= now or u is None or u.base + u.pending + n > cfg.dek_max_nonces or (
+                u.pending + n >= cfg.uses_flush
+            ):
+                return False
+            slot[1] += 1
+            self._enc_total += 1
+            u.pending += n
+            due = self._enc_total >= cfg.audit_every or now >= self._enc_next
+        if due:
+            self.flush_audit()
+        return True
+
+    def encryption_keys(
+        self,
+        wanted: Sequence[tuple[str | None, str, int]],
+        *,
+        principal: str,
+        topic: str | None = None,
+        event_type: str | None = None,
+    ) -> list[tuple[str, bytes, str | None]]:
+        """``encryption_key`` for a whole batch of (subject or None, class, nonces): (kid, DEK,
+        subject hash) each, in order. Encrypt is decided for every item before any key is made.
+        Subjects and keys not memoised are resolved with one store query each (pseudonyms, then
+        current keys, ``IN (...)``), unwrapped in one KMS call where the KMS allows, and the
+        missing keys made in one transaction (one fsync) with one ``key.create`` record per class
+        (count, first and last kid). Two creators of one key converge on one winner as with
+        ``encryption_key`` (UNIQUE subject, class, version; the loser re-reads)."""
+        for _, cls, _ in wanted:
+            self._release(principal, cls, topic, event_type)
+        self._poll()
+        hashes = self.subject_hashes(s for s, _, _ in wanted if s is not None)
+        out: list[tuple[str, bytes, str | None] | None] = [None] * len(wanted)
+        pending: dict[tuple[str, str], list[int]] = {}
+        now = self._clock()
+        for i, (subject, cls, n) in enumerate(wanted):
+            if subject is None:
+                out[i] = (*self._class_key(cls, principal, n), None)
+                continue
+            h = hashes[subject]
+            hot = self._hot.get((h, cls))
+            if hot is not None and hot[2] > now and self._spend(hot[0], None, n):
+                out[i] = (hot[0], hot[1], h)
+            else:
+                pending.setdefault((h, cls), []).append(i)
+        if pending:
+            self._resolve_batch(wanted, pending, out, principal)
+        return out  # type: ignore[return-value]
+
+    def _resolve_batch(
+        self,
+        wanted: Sequence[tuple[str | None, str, int]],
+        pending: dict[tuple[str, str], list[int]],
+        out: list[tuple[str, bytes, str | None] | None],
+        principal: str,
+    ) -> None:
+        """encryption_keys' misses: one store read, one unwrap call, one creating transaction."""
+        rows = self.store.current_deks(pending)
+        use: list[tuple[tuple[str, str], DekRecord]] = []
+        create: dict[tuple[str, str], int] = {}
+        for pair, idx in pending.items():
+            rec = rows.get(pair)
+            need = sum(wanted[i][2] for i in idx)
+            if rec is None:
+                create[pair] = 1
+            elif rec.fmt < AAD_CURRENT or not self._uses_authentic(rec) or (
+                rec.uses + need > self.config.dek_max_nonces
+            ):
+                create[pair] = rec.version + 1  # retired for new data
+            else:
+                use.append((pair, rec))
+        keys: dict[tuple[str, str], tuple[DekRecord, bytes]] = {}
+        if use:
+            many = getattr(self.kms, "unwrap_many", None)  # LocalKMS: one call for the batch
+            if many is not None:
+                deks: list[bytes | EventwardError] = many([(r.kek_id, r.wrapped, _row_aad(r)) for _, r in use])
+            else:
+                deks = [self._unwrap(r) for _, r in use]
+            for (pair, rec), dek in zip(use, deks, strict=True):
+                if type(dek) is not bytes:
+                    raise dek  # type: ignore[misc]
+                keys[pair] = (rec, dek)
+        if create:
+            keys.update(self._create_many(create, principal))
+        for pair, idx in pending.items():
+            rec, dek = keys[pair]
+            if self._created_in_doubt:
+                self._settle_create(rec)
+            self._remember(rec, dek)
+            for i in idx:
+                n = wanted[i][2]
+                if self._spend(rec.kid, rec, n):
+                    out[i] = (rec.kid, dek, pair[0])
+                else:  # this process used up the budget meanwhile: the one-key path starts a new version
+                    out[i] = (*self._subject_key(pair[0], pair[1], principal, n), pair[0])
+
+    def _create_many(
+        self, create: dict[tuple[str, str], int], principal: str
+    ) -> dict[tuple[str, str], tuple[DekRecord, bytes]]:
+        """``_create`` for many (subject hash, class) -> version in one store transaction."""
+        made: dict[tuple[str, str], tuple[DekRecord, bytes]] = {}
+        try:
+            with self.store.transaction():
+                # Wrapped under the store's write lock, as in _create (no DEK under a just-destroyed KEK).
+                if len(self.store.live_pseudonyms({h for h, _ in create})) < len({h for h, _ in create}):
+                    self._drop_caches()  # forgotten meanwhile: a new key under the old pseudonym would relink
+                    raise KeyDestroyed("a subject was forgotten meanwhile; retry to start a new pseudonym")
+                at = self._clock()
+                for (h, cls), version in create.items():
+                    dek = os.urandom(DEK_BYTES)
+                    made[h, cls] = (self.wrap_record(new_kid(), h, cls, version, dek, at), dek)
+                inserted = self.store.insert_deks(rec for rec, _ in made.values())
+        except KeyStoreUnavailable:
+            for rec, _ in made.values():  # the COMMIT may land after all: settled on a retry
+                self._in_doubt(self._created_in_doubt, rec.kid, principal)
+            raise
+        losers = [pair for pair, (rec, _) in made.items() if rec.kid not in inserted]
+        if losers:  # another process made these first: converge on its keys
+            winners = self.store.current_deks(losers)
+            for pair in losers:
+                w = winners.get(pair)
+                if w is None:  # erased in between: nothing to converge on
+                    raise KeyDestroyed(f"the keys of subject {pair[0]} in {pair[1]} were destroyed meanwhile")
+                made[pair] = (w, self._unwrap(w))
+        kids: dict[str, list[str]] = {}
+        for (_, cls), (rec, _) in made.items():
+            if rec.kid in inserted:
+                kids.setdefault(cls, []).append(rec.kid)
+        for cls, ks in sorted(kids.items()):
+            self._audit.record("key.create", principal=principal, resource=f"class:{cls}", count=len(ks),
+                               kid_first=min(ks), kid_last=max(ks))
+        log.debug("created %d key(s) in one transaction", sum(map(len, kids.values())))
+        return made
+
+    def _subject_key(self, h: str, cls: str, principal: str, nonces: int) -> tuple[str, bytes]:
+        """The current DEK of (subject hash, class), made or renewed as needed; nonces counted."""
         hot = self._hot.get((h, cls))
         if hot is not None and hot[2] > self._clock() and self._spend(hot[0], None, nonces):
             return hot[0], hot[1]

@@ -244,6 +244,33 @@ class SQLiteKeyStore:
         )
         return _dek(row) if row else None
 
+    def current_deks(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], DekRecord]:
+        """The highest version of each (subject hash, class) wanted, read with one ``SELECT ...
+        WHERE subject_hash IN (...)`` per ``_IN_CHUNK`` subjects (a producer's batch); pairs
+        with no key are absent."""
+        wanted = set(pairs)
+        subjects = sorted({h for h, _ in wanted})
+        out: dict[tuple[str, str], DekRecord] = {}
+        with self._lock, self._errors("read current keys"):
+            for i in range(0, len(subjects), _IN_CHUNK):
+                chunk = subjects[i : i + _IN_CHUNK]
+                sql = f"{_SELECT_DEK} WHERE subject_hash IN ({','.join('?' * len(chunk))})"
+                for row in self._db.execute(sql, chunk).fetchall():
+                    key = (row[1], row[2])
+                    if key in wanted and (key not in out or out[key].version < row[3]):
+                        out[key] = _dek(row)
+        return out
+
+    def insert_deks(self, recs: Iterable[DekRecord]) -> set[str]:
+        """Insert many new DEK rows in one transaction (one fsync); returns the kids inserted. A
+        row whose (subject, class, version) exists is ignored: its creator lost the race."""
+        done: set[str] = set()
+        with self.transaction(), self._errors("insert keys"):
+            for r in recs:
+                if self._db.execute(_INSERT_DEK, _params(r)).rowcount == 1:
+                    done.add(r.kid)
+        return done
+
     def tombstone(self, kid: str) -> tuple[str, float] | None:
         row = self._one("read tombstone", "SELECT class, destroyed_at FROM tombstones WHERE kid = ?", (kid,))
         return (row[0], row[1]) if row else None
@@ -396,6 +423,46 @@ class SQLiteKeyStore:
             )
             row = self._db.execute("SELECT pseudonym FROM pseudonyms WHERE lookup = ?", (lookup,)).fetchone()
             return str(row[0])
+
+    def _in(self, op: str, sql: str, values: Iterable[str]) -> list[tuple]:
+        """Rows of ``sql`` (one ``IN ({})`` placeholder) over ``values``, ``_IN_CHUNK`` at a time."""
+        todo = sorted(set(values))
+        rows: list[tuple] = []
+        with self._lock, self._errors(op):
+            for i in range(0, len(todo), _IN_CHUNK):
+                chunk = todo[i : i + _IN_CHUNK]
+                rows.extend(self._db.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
+        return rows
+
+    def pseudonyms(self, lookups: Iterable[str]) -> dict[str, str]:
+        """``pseudonym`` for many lookups at once (lookup -> pseudonym; unknown ones absent)."""
+        rows = self._in("read pseudonyms", "SELECT lookup, pseudonym FROM pseudonyms WHERE lookup IN ({})", lookups)
+        return {str(a): str(b) for a, b in rows}
+
+    def add_pseudonyms(self, rows: Iterable[tuple[str, str, int]], at: float) -> dict[str, str]:
+        """``add_pseudonym`` for many (lookup, pseudonym, kind) in one transaction; returns the
+        pseudonym recorded for each lookup (another process's where it was first)."""
+        rows = list(rows)
+        for _, p, _ in rows:
+            _check_subject_hash(p)
+        with self.transaction(), self._errors("record pseudonyms"):
+            self._db.executemany(
+                "INSERT OR IGNORE INTO pseudonyms (lookup, pseudonym, created, kind) VALUES (?, ?, ?, ?)",
+                ((lookup, p, at, kind) for lookup, p, kind in rows),
+            )
+            return self.pseudonyms(lookup for lookup, _, _ in rows)
+
+    def live_pseudonyms(self, pseudonyms: Iterable[str]) -> set[str]:
+        """Those of ``pseudonyms`` a subject still maps to (``pseudonym_live`` for many)."""
+        rows = self._in("read pseudonyms", "SELECT pseudonym FROM pseudonyms WHERE pseudonym IN ({})", pseudonyms)
+        return {str(r[0]) for r in rows}
+
+    def legacy_subjects(self, subject_hashes: Iterable[str]) -> set[str]:
+        """Those of ``subject_hashes`` that key DEKs or holds (``legacy_subject`` for many)."""
+        todo = list(subject_hashes)
+        found = self._in("read subjects", "SELECT DISTINCT subject_hash FROM deks WHERE subject_hash IN ({})", todo)
+        found += self._in("read subjects", "SELECT subject_hash FROM holds WHERE subject_hash IN ({})", todo)
+        return {str(r[0]) for r in found}
 
     def pseudonym_live(self, pseudonym: str) -> bool:
         """Whether a subject still maps to ``pseudonym`` (False once it was forgotten)."""
