@@ -17,8 +17,9 @@ deployment, so key caches start cold as in a restarted service. Three curves:
 
 Keys for all subjects are bulk-loaded first (bench/subjects.py), so points measure using keys,
 not creating them. The three curves cross at the reference workload (batch 500, 1,000 subjects,
-~600 B: the same events), measured once and shared. Baseline at every point, in the same run: the same events as plain JSON
-through the same SQLite layout with the same batch size (bench_e2e.plain_json_sqlite).
+~600 B: the same events), measured once and shared. Baseline at every point, in the same run:
+the same events as plain JSON through the same SQLite layout with the same batch size
+(bench_e2e.plain_json_sqlite).
 """
 
 from __future__ import annotations
