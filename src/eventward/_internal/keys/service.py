@@ -272,7 +272,7 @@ class KeyService:
         self._releases: dict[tuple[str, str, str | None, str | None], list[float]] = {}
         self._enc_total = 0
         # One lock with _uses_lock: an event whose key and Encrypt decision are both memoised is
-        # counted (release and nonces) under one acquisition (_fast_release), not two.
+        # counted (release and nonces) under one acquisition (encryption_key's hot path), not two.
         self._enc_lock = self._uses_lock
         self._enc_next = time.monotonic() + self.config.audit_every_s
         # Writes whose COMMIT failed (timeout, lost connection) may still have landed: the DEKs
@@ -529,39 +529,38 @@ class KeyService:
         ``cls`` (topic and event type in the Cedar context). ``nonces`` is how many values the
         caller will encrypt with it: counted against the DEK's nonce budget."""
         if type(subject) is str:  # the hot path: decision, pseudonym and key all memoised
-            self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
+            now = time.monotonic()
+            if now >= self._next_poll:  # _poll, its test inlined: before the pseudonym (a forget
+                self._poll()  # elsewhere drops the memoised one)
+                now = time.monotonic()
             h = self._hashes.get(subject)
             hot = None if h is None else self._hot.get((h, cls))
-            if hot is not None and hot[2] > self._clock() and self._fast_release(
-                (principal, cls, topic, event_type), hot[0], nonces
-            ):
-                return hot[0], hot[1]
+            if hot is not None and hot[2] > self._clock():
+                # One lock for the release and the nonces when the Encrypt decision and the key's
+                # use count are both memoised and no flush is due; else nothing is counted here and
+                # the full path (_release, then _spend) runs.
+                cfg = self.config
+                with self._uses_lock:  # is _enc_lock
+                    slot = self._releases.get((principal, cls, topic, event_type))
+                    u = self._uses.get(hot[0])
+                    if slot is not None and slot[0] > now and u is not None and (
+                        u.base + u.pending + nonces <= cfg.dek_max_nonces and u.pending + nonces < cfg.uses_flush
+                    ):
+                        slot[1] += 1
+                        self._enc_total += 1
+                        u.pending += nonces
+                        due = self._enc_total >= cfg.audit_every or now >= self._enc_next
+                    else:
+                        due = None
+                if due is not None:
+                    if due:
+                        self.flush_audit()
+                    return hot[0], hot[1]
         self._release(principal, cls, topic, event_type)
         if subject is None:
             return self._class_key(cls, principal, nonces)
         self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
         return self._subject_key(self.subject_hash(subject), cls, principal, nonces)
-
-    def _fast_release(self, key: tuple[str, str, str | None, str | None], kid: str, n: int) -> bool:
-        """Count one release and ``n`` nonces under one lock when the Encrypt decision and the
-        key's use count are both memoised and no flush is due; False (nothing counted) sends the
-        caller to the full path (_release, then _spend)."""
-        cfg = self.config
-        now = time.monotonic()
-        with self._uses_lock:  # is _enc_lock
-            slot = self._releases.get(key)
-            u = self._uses.get(kid)
-            if slot is None or slot[0] <= now or u is None or u.base + u.pending + n > cfg.dek_max_nonces or (
-                u.pending + n >= cfg.uses_flush
-            ):
-                return False
-            slot[1] += 1
-            self._enc_total += 1
-            u.pending += n
-            due = self._enc_total >= cfg.audit_every or now >= self._enc_next
-        if due:
-            self.flush_audit()
-        return True
 
     def encryption_keys(
         self,
