@@ -8,6 +8,8 @@ plain SQLite DELETE of the same rows (no secure_delete, no WAL truncation, no le
 what secure erasure costs.
 decryption_key / encryption_key: the LRU cache against the same service with caching off
 (a store read and a KEK unwrap per call).
+encryption_keys: get-or-create of a control-API request's new subjects (500) in one batch against
+the one-key path the control plane used before (one committed transaction per key).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_scenario, rate, scenario
+from bench.common import interleaved, print_scenario, rate, scenario
 from bench.subjects import load, populate_home
 from eventward._internal.home import Home
 from eventward._internal.keys.service import KeyService, KeyServiceConfig
@@ -207,6 +209,31 @@ def _ack_scenario(root: Path, groups: int, samples: int, notice_interval: float)
     )
 
 
+def _create_batch_scenario(root: Path, per_request: int, rounds: int) -> dict[str, Any]:
+    """New subjects per second: ``encryption_keys`` (one transaction per request) vs the one-key
+    path (one transaction per key), fresh subjects every run, interleaved."""
+    authz = _authz()
+    svc = KeyService.init(Home(root / "create-batch"), authorizer=authz)
+    runs = iter(range(10**9))
+    try:
+        def batch() -> int:
+            tag = next(runs)
+            svc.encryption_keys([(f"b{tag}-{i}", "pii", 1) for i in range(per_request)], principal="producer")
+            return per_request
+
+        def one_by_one() -> int:
+            tag = next(runs)
+            for i in range(per_request):
+                svc.encryption_key(f"o{tag}-{i}", "pii", principal="producer")
+            return per_request
+
+        rates = interleaved({"batch": batch, "one_by_one": one_by_one}, rounds)
+    finally:
+        svc.close()
+    return scenario("key_create_batch", rates.pop("batch"), {"one transaction per key": rates.pop("one_by_one")},
+                    unit="subjects/s", per_request=per_request)
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     sizes, samples = ([1_000], 30) if quick else ([10_000, 100_000, 1_000_000], 300)
     with tempfile.TemporaryDirectory(prefix="ew-bench-keys-") as tmp:
@@ -214,6 +241,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         results = [_forget_scenario(root, n, samples) for n in sizes]
         results += _cache_scenarios(root, 200 if quick else 5_000, 2_000 if quick else 100_000)
         results.append(_ack_scenario(root, 10, 9 if quick else 60, 0.05))
+        results.append(_create_batch_scenario(root, 500, 3 if quick else 5))
     return results
 
 
