@@ -24,7 +24,7 @@ SETUPS: dict[str, list[tuple[str, str]]] = {
     "anchors": [("anchor:", DEPLOYED)],
     "keys": [
         ("forget -> all", f"{_OWN_POLICY} (forget + consumer-group acknowledgements)"),
-        ("keys ", "ablation: KeyService alone (keys.db + local KMS, allow-list, no audit)"),
+        ("key", "ablation: KeyService alone (keys.db + local KMS, allow-list, no audit)"),
     ],
     "keys_hsm": [("", "ablation: KMS and KeyService alone, SoftHSM2 vs the local KMS (allow-list, no audit)")],
     "schema": [("", "ablation: registry validator alone (allow-list registry, in-memory keys)")],
