@@ -44,7 +44,7 @@ test: lint unit
 CSFLE_VENV := .venv-csfle
 $(CSFLE_VENV)/.installed:
 	-$(PYTHON) -m venv $(CSFLE_VENV) && $(CSFLE_VENV)/bin/pip install -q \
-		'confluent-kafka[schemaregistry,rules]==2.16.1' jsonschema==4.26.0 && touch $@
+		'confluent-kafka[schemaregistry,rules]==2.16.1' jsonschema==4.26.0 fastavro==1.13.1 && touch $@
 
 bench: $(BIN)/.installed $(CSFLE_VENV)/.installed
 	$(BIN)/pytest -m slow
