@@ -285,13 +285,13 @@ class Producer:
         validate, encrypt, new_id = schema.validate, self._encryptor.encrypt, self._envelopes.new_id
         spec, principal, topic = schema.spec, self.principal, self.topic
         events = list(events)
-        prepare = getattr(self._encryptor, "prepare_many", None)
-        if prepare is not None:  # a remote key source (client mode) fetches the call's keys in one request
-            prepare(topic, type_, spec, events)
         for data in events:
             validate(data)
         if self._guard is not None:  # untagged PII/secrets, as in send(), all events' values pre-checked together
             self._guard.check_many(topic, type_, schema, events, principal)
+        prepare = getattr(self._encryptor, "prepare_many", None)
+        if prepare is not None:  # the call's keys in one request (client mode) or one key-service call (home)
+            prepare(topic, type_, spec, events, principal=principal)
         prepared: list[tuple[str, dict[str, Any], str | None]] = []
         for data in events:
             event_id = new_id()

@@ -51,7 +51,9 @@ class _PreparingCipher:
         self._fields = FieldEncryptor(keys)
         self.schemas: dict[str, RemoteSchemas] = {}  # per topic, registered by Client
 
-    def prepare_many(self, topic: str, event_type: str, spec: FieldSpec, events: Sequence[Any]) -> None:
+    def prepare_many(self, topic: str, event_type: str, spec: FieldSpec, events: Sequence[Any], *,
+                     principal: str | None = None) -> None:
+        """The call's keys in one request (the principal is this service's, the control plane's to decide)."""
         if spec.classes:
             classes = sorted(spec.classes)
             subjects = dict.fromkeys(spec.subject_of(e) for e in events if isinstance(e, dict))

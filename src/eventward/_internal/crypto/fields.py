@@ -123,6 +123,34 @@ class FieldEncryptor:
     def __repr__(self) -> str:
         return f"FieldEncryptor({type(self._keys).__name__}, {len(self._plans)} specs prepared)"
 
+    def prepare_many(
+        self, topic: str, event_type: str, spec: FieldSpec, events: Iterable[Any], *, principal: str | None = None
+    ) -> None:
+        """Before a producer's ``send_many`` encrypts: the call's (subject, class) keys resolved in
+        one key-source call (KeyService.encryption_keys: Encrypt decided for every class before any
+        key is made, one pseudonym query, one current-key query, one unwrap, one creating
+        transaction). No nonce is charged here (``nonces=0``): each event still asks the key source
+        for its key (``encrypt``), which then finds it memoised and counts that event's nonces; a
+        forget meanwhile drops the memo there, so a forgotten key is never used. A key source
+        without a batch call (or a spec with no subject) is left to the per-event path."""
+        many = getattr(self._keys, "encryption_keys", None)
+        if many is None or principal is None or not spec.classes or spec.subject_path is None:
+            return
+        subjects: dict[str, None] = {}
+        for e in events:
+            try:
+                s = spec.subject_of(e)
+            except FieldSpecError:
+                continue  # refused by validation or by encrypt, with its own error
+            if s is not None:
+                subjects[s] = None
+        pairs = [(s, c) for s in subjects for c in sorted(spec.classes)]
+        cold = getattr(self._keys, "unmemoised", None)
+        if cold is not None:  # keys already memoised are left to the per-event hot path
+            pairs = cold(pairs)
+        if pairs:
+            many([(s, c, 0) for s, c in pairs], principal=principal, topic=topic, event_type=event_type)
+
     def clear_cache(self) -> None:
         """Drop cached cipher objects and read-batch memos (call when keys are revoked)."""
         self._generation += 1

@@ -562,6 +562,20 @@ class KeyService:
         self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
         return self._subject_key(self.subject_hash(subject), cls, principal, nonces)
 
+    def unmemoised(self, wanted: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (subject, class) pairs whose current key ``encryption_key`` would not find memoised:
+        what a batch caller (FieldEncryptor.prepare_many) still resolves with ``encryption_keys``;
+        the rest cost it nothing (no release counted for a key the event will ask for anyway).
+        A memo a forget elsewhere made stale is still caught by ``encryption_key``'s own poll."""
+        hashes, hot, now = self._hashes, self._hot, self._clock()
+        out: list[tuple[str, str]] = []
+        for subject, cls in wanted:
+            h = hashes.get(subject)
+            entry = None if h is None else hot.get((h, cls))
+            if entry is None or entry[2] <= now:
+                out.append((subject, cls))
+        return out
+
     def encryption_keys(
         self,
         wanted: Sequence[tuple[str | None, str, int]],
