@@ -4,6 +4,8 @@ every certificate and CRL is verified against ca.crt; a KMS that cannot answer w
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import boto3
@@ -45,8 +47,18 @@ def _home(tmp_path: Path, yaml_text: str) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    """Every file's bytes; a SQLite database by its content (a WAL checkpoint moves pages between
+    the -wal file and the main file without changing what the database says)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.suffix == ".db":
+            with closing(sqlite3.connect(f"file:{p}?mode=ro", uri=True)) as db:
+                out[str(p.relative_to(root))] = "\n".join(db.iterdump()).encode()
+        else:
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
 
 
 def _issue_revoke_verify(certs: Path) -> None:
