@@ -44,6 +44,7 @@ def patient(svc: KeyService) -> None:
     Also a large page cache: random index inserts otherwise read most pages back from the OS."""
     svc.store._db.execute(f"PRAGMA busy_timeout = {BULK_BUSY_TIMEOUT_MS}")  # type: ignore[attr-defined]
     svc.store._db.execute(f"PRAGMA cache_size = -{BULK_CACHE_KB}")  # type: ignore[attr-defined]
+    svc.store._db.execute("PRAGMA synchronous = OFF")  # type: ignore[attr-defined]  # setup: no fsync waits
 
 
 @dataclass(frozen=True)
