@@ -1,6 +1,6 @@
 """The benchmark harness: result checking, the README table, plots, and bench.run end to end.
 
-CI runs ``make bench-quick`` for the numbers; these tests pin the harness itself: a malformed
+``make bench-quick`` gives the numbers; these tests pin the harness itself: a malformed
 scenario fails its area, a failed or partial run never rewrites the README, ``--out`` may
 point anywhere, and the quick run of the new areas produces well-formed JSON.
 """
@@ -164,7 +164,7 @@ def test_run_area_refuses_an_empty_result(monkeypatch: pytest.MonkeyPatch) -> No
         run.run_area("empty", quick=True)
 
 
-@pytest.mark.slow  # `make bench` runs it; CI's `make bench-quick` runs these areas for real anyway
+@pytest.mark.slow  # `make bench` runs it (every area at its quick size)
 def test_quick_run_of_the_new_areas_writes_well_formed_json(tmp_path: Path) -> None:
     """The real thing in a subprocess, as CI runs it: memory (a consumer process of its own) and
     the scaling curves, with the output outside the repository."""
