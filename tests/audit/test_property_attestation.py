@@ -4,7 +4,6 @@ never another exception; a mutated witness request never moves the witness's sta
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from eventward._internal.audit.log import AuditLog
 from eventward._internal.audit.timestamp import verify_timestamp
+from eventward._internal.audit.tree import ConsistencyProof
 from eventward._internal.audit.witness import Witness, parse_request, request_document
 from eventward._internal.backup import _load_manifest
 from eventward._internal.home import Home
@@ -49,8 +49,11 @@ def world(tmp_path_factory):
 @SETTINGS
 @given(data=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 def test_parse_request_random_input_fails_typed(data):
-    with contextlib.suppress(EventwardError):  # anything else (a TypeError, a KeyError) fails the test
-        parse_request(data)
+    try:  # anything but a typed refusal (a TypeError, a KeyError) fails the test
+        checkpoint, proof = parse_request(data)
+    except EventwardError:
+        return
+    assert isinstance(checkpoint, str) and (proof is None or isinstance(proof, ConsistencyProof))
 
 
 def _mutate(doc: dict, path: list, value: object) -> dict:
