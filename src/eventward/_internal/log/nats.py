@@ -21,7 +21,10 @@ events, so this module maps them:
   replicas (a quorum) stored the batch.
 * Reads fetch batches with direct gets (raw bytes, no JSON/base64, any replica, pipelined).
   A lagging replica may not have a sequence yet, so only the stream leader
-  (``STREAM.MSG.GET``) may end a read: a read never misses an acknowledged batch.
+  (``STREAM.MSG.GET``) may end a read: a read never misses an acknowledged batch. A full
+  page starts a bounded read-ahead of the next page, which the next read at that offset takes
+  (on the calling thread when it is finished); it is a cache of stored, immutable batches and
+  moves no group position (see ``_read``).
 * Consumer groups keep the exact event offset in the KV bucket ``EW_OFFSETS``: a JetStream
   consumer's ack floor counts messages, and a group may stop in the middle of a batch.
 * Every JetStream call is retried with bounded, jittered exponential backoff (log/retry.py);
@@ -46,6 +49,7 @@ import os
 import re
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +89,8 @@ _H_OFFSET, _H_COUNT = "Ew-Offset", "Ew-Count"
 _HEADROOM = 1024  # headers and protocol framing next to the payload
 _PIPELINE = 32  # message gets in flight per read
 _INDEX_MAX = 100_000  # remembered (offset, sequence) pairs per stream for seeks
+_AHEAD_MAX = 8  # pages read ahead per transport (one per reader position)
+_AHEAD_TTL_S = 30.0  # a page read ahead and not asked for within this is dropped (the reader moved)
 _WRONG_LAST_SEQ = 10071
 _STREAM_NOT_FOUND = 10059
 _NO_MESSAGE = 10037
@@ -351,6 +357,9 @@ class NatsTransport:
         self._locks: dict[str, asyncio.Lock] = {}
         self._denials: dict[str, set[asyncio.Future[str]]] = {}
         self._tails_subs: dict[tuple[str, str], Any] = {}  # (stream, durable) -> pull subscription
+        # (stream, offset) -> (the page read ahead from there, when it started): started and dropped
+        # on the loop thread, claimed when finished by the reading thread (single dict operations)
+        self._ahead: dict[tuple[str, int], tuple[asyncio.Task[list[_Stored] | None], float]] = {}
         self._connect_failure: asyncio.Future[EventwardError] | None = None
         self._closed = False
         options = self._options(ca, cert, key, user, password, token, creds, inbox_prefix, name)
@@ -472,6 +481,9 @@ class NatsTransport:
                 return req.result()
             req.cancel()
             raise AccessDenied(f"the NATS server refused this principal access to {subject}")
+        except asyncio.CancelledError:  # a read-ahead dropped, or close: nothing left pending
+            req.cancel()
+            raise
         finally:
             waiters = self._denials.get(subject)
             if waiters is not None:
@@ -676,16 +688,61 @@ class NatsTransport:
         check_stream_name(stream)
         if max_records <= 0:
             return []
-        return self._run(self._read(stream, max(0, offset), max_records), f"read from {stream}")
+        offset = max(0, offset)
+        ready = None if self._closed else self._claim_ready(stream, offset, max_records)
+        if ready is not None:
+            return ready
+        return self._run(self._read(stream, offset, max_records), f"read from {stream}")
+
+    def _claim_ready(self, stream: str, offset: int, max_records: int) -> list[Record] | None:
+        """A finished read-ahead holding a full page at ``offset``, taken on the calling thread:
+        no hand-off to the event loop thread and back (on a busy machine waking each thread
+        costs more than the page's round trip). Anything else goes through ``_read``."""
+        key = (stream, offset)
+        entry = self._ahead.get(key)
+        if entry is None or not entry[0].done() or entry[0].cancelled():
+            return None
+        batches = entry[0].result()
+        if not batches or batches[-1].end - offset < max_records or self._ahead.pop(key, None) is not entry:
+            return None  # short (the end then), failed, or claimed by another thread meanwhile
+        out = _records(stream, offset, batches, max_records)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to read ahead for
+            self._loop.loop.call_soon_threadsafe(self._start_ahead, stream, out[-1].offset + 1, max_records)
+        return out
 
     async def _read(self, stream: str, offset: int, max_records: int) -> list[Record]:
+        """Records from the read-ahead the previous read started when it is for ``offset``, else
+        fetched now; a full page starts the read-ahead of the next one.
+
+        Read-ahead overlaps the next page's round trips with the caller's work on this one. It
+        is only ever a cache of what a read at that offset would return: stored batches are
+        immutable (deny-delete, deny-purge, dense offsets checked on decode), a short read-ahead
+        (the end of the stream at the time) is completed live, and a failed one is read again
+        live, so its error is the caller's. Nothing moves a group's position but ``commit``, so a
+        reader that stops (close, crash) with a read-ahead in flight resumes at its commit."""
+        batches = await self._take_ahead(stream, offset)
+        if batches:
+            have = batches[-1].end - offset
+            if have < max_records:  # the read-ahead reached the end then: continue from there live
+                batches += await self._batches(stream, batches[-1].end, max_records - have)
+        else:
+            batches = await self._batches(stream, offset, max_records)
+        out = _records(stream, offset, batches, max_records)
+        if len(out) == max_records:  # behind the end: the next page is wanted soon
+            self._start_ahead(stream, out[-1].offset + 1, max_records)
+        return out
+
+    async def _batches(self, stream: str, offset: int, max_records: int) -> list[_Stored]:
+        """The stored batch holding ``offset`` and the ones after it, until they hold
+        ``max_records`` events from ``offset`` on or the stream ends; [] at or past the end."""
         start = await self._find(stream, offset)
         if start is None:
             return []
-        out = start.batch.records(stream, start.first, offset - start.first, max_records)
+        out = [start]
+        have = start.end - offset
         seq, expected, per_batch = start.seq + 1, start.end, len(start.batch.events)
-        while len(out) < max_records:
-            n = min(_PIPELINE, max(1, math.ceil((max_records - len(out)) / per_batch)))
+        while have < max_records:
+            n = min(_PIPELINE, max(1, math.ceil((max_records - have) / per_batch)))
             got = await asyncio.gather(*(self._get(stream, s) for s in range(seq, seq + n)))
             for stored in got:
                 # A replica may lag; only the stream leader may say a sequence does not exist.
@@ -697,11 +754,56 @@ class NatsTransport:
                         f"stream {stream}: the batch at sequence {seq} does not continue the offsets "
                         f"(foreign or corrupted message)"
                     )
-                out.extend(stored.batch.records(stream, stored.first, 0, max_records - len(out)))
+                out.append(stored)
+                have += len(stored.batch.events)
                 seq, expected = seq + 1, stored.end
-                if len(out) >= max_records:
+                if have >= max_records:
                     break
         return out
+
+    def _start_ahead(self, stream: str, offset: int, max_records: int) -> None:
+        """Fetch the page at ``offset`` in the background. Bounded: at most ``_AHEAD_MAX`` pages
+        per transport (one per reader position, so several groups reading one stream through one
+        transport do not evict each other); a page not claimed within ``_AHEAD_TTL_S`` (its reader
+        sought elsewhere or stopped) is dropped here, the oldest first when the bound is reached."""
+        key = (stream, offset)
+        if key in self._ahead or self._closed:
+            return
+        now = time.monotonic()
+        for old, (_, started) in list(self._ahead.items()):
+            if now - started > _AHEAD_TTL_S:
+                self._drop_ahead(old)
+        while len(self._ahead) >= _AHEAD_MAX:  # the oldest first (dicts keep insertion order)
+            self._drop_ahead(next(iter(self._ahead)))
+        self._ahead[key] = (asyncio.get_running_loop().create_task(self._read_ahead(stream, offset, max_records)), now)
+
+    def _drop_ahead(self, key: tuple[str, int]) -> None:
+        entry = self._ahead.pop(key, None)
+        if entry is not None:
+            entry[0].cancel()
+
+    async def _drop_all_ahead(self) -> None:
+        tasks = [task for task, _ in list(self._ahead.values())]
+        self._ahead.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _take_ahead(self, stream: str, offset: int) -> list[_Stored] | None:
+        """The read-ahead's batches for ``offset`` (None: there is none, or it failed). A popped
+        task is nobody else's to cancel, so awaiting it yields its result."""
+        entry = self._ahead.pop((stream, offset), None)
+        if entry is None or entry[0].cancelled():
+            return None
+        return await entry[0]
+
+    async def _read_ahead(self, stream: str, offset: int, max_records: int) -> list[_Stored] | None:
+        try:
+            return await self._batches(stream, offset, max_records)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # read again live when claimed, which reports the error
+            return None
 
     async def _find(self, stream: str, offset: int) -> _Stored | None:
         """The stored batch holding ``offset`` (None: at or past the end).
@@ -1055,11 +1157,15 @@ class NatsTransport:
             return
         self._closed = True
         try:
-            self._loop.run(_quiet_close(self._nc), self.timeout_s + 5, "close the NATS connection")
+            self._loop.run(self._close(), self.timeout_s + 5, "close the NATS connection")
         except TransportUnavailable:
             pass
         finally:
             self._loop.stop()
+
+    async def _close(self) -> None:
+        await self._drop_all_ahead()  # nothing read ahead outlives the connection
+        await _quiet_close(self._nc)
 
     def __enter__(self) -> NatsTransport:
         return self
@@ -1084,6 +1190,16 @@ _TRANSIENT = (
     nats.js.errors.ServiceUnavailableError,
     ConnectionError,
 )
+
+
+def _records(stream: str, offset: int, batches: Sequence[_Stored], max_records: int) -> list[Record]:
+    """At most ``max_records`` records from ``offset`` on, out of contiguous stored batches."""
+    out: list[Record] = []
+    for stored in batches:
+        out.extend(stored.batch.records(stream, stored.first, max(0, offset - stored.first), max_records - len(out)))
+        if len(out) >= max_records:
+            break
+    return out
 
 
 def _classify(e: BaseException, what: str) -> BaseException:
