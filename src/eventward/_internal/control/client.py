@@ -182,9 +182,19 @@ class RemoteKeys:
                  max_uses: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._api = api
         self.max_uses = max_uses
+        self._ttl = ttl if max_entries > 0 else 0.0
+        self._clock = clock
+        # entries [kid, dek, subject hash, uses left, valid until]; (dek, subject hash, valid until)
         self._enc: LruTtlCache[tuple[str | None, str, str, str], list[Any]] = LruTtlCache(max_entries, ttl, clock)
-        self._dec: LruTtlCache[str, tuple[bytes, str | None]] = LruTtlCache(max_entries, ttl, clock)
+        self._dec: LruTtlCache[str, tuple[bytes, str | None, float]] = LruTtlCache(max_entries, ttl, clock)
         self._hashes: LruTtlCache[str, str] = LruTtlCache(max_entries, ttl, clock)
+        # The keys of the last prepared call and of the last prefetched read batch, as plain dicts
+        # looked up once per event without the LRU's lock and reordering. The same entries (so
+        # the same use bounds), each still checked against its own expiry; replaced by the next
+        # call or batch (bounded by one call's keys) and dropped by an erasure notice or clear.
+        self._hot_enc: dict[tuple[str | None, str, str, str], list[Any]] = {}
+        self._hot_hashes: dict[str, tuple[str, float]] = {}
+        self._hot_dec: dict[str, tuple[bytes, str | None, float]] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -193,26 +203,51 @@ class RemoteKeys:
     def prepare(self, topic: str, event_type: str, items: Sequence[tuple[str | None, str, int]]) -> None:
         """Fetch every (subject, class) a batch will encrypt that is not cached: one request per
         ``REQUEST_KEYS`` of them."""
-        missing = [(s, c, n) for s, c, n in dict.fromkeys(items) if self._usable(s, c, topic, event_type, n) is None]
+        hot: dict[tuple[str | None, str, str, str], list[Any]] = {}
+        missing = []
+        for s, c, n in dict.fromkeys(items):
+            entry = self._usable(s, c, topic, event_type, n)
+            if entry is None:
+                missing.append((s, c, n))
+            else:
+                hot[s, c, topic, event_type] = entry
         for start in range(0, len(missing), REQUEST_KEYS):
             chunk = missing[start:start + REQUEST_KEYS]
             got = self._api.encryption_keys(topic, event_type, chunk)
+            until = self._clock() + self._ttl  # no later than the cache's own expiry (set after)
             for (subject, cls, _), (kid, dek, shash) in zip(chunk, got, strict=True):
-                self._enc.put((subject, cls, topic, event_type), [kid, dek, shash, self.max_uses])
+                entry = [kid, dek, shash, self.max_uses, until]
+                self._enc.put((subject, cls, topic, event_type), entry)
+                hot[subject, cls, topic, event_type] = entry
                 if subject is not None and shash is not None:
                     self._hashes.put(subject, shash)
+        hashes: dict[str, tuple[str, float]] = {}
+        for (subject, _, _, _), entry in hot.items():
+            if subject is not None and entry[2] is not None:
+                hashes[subject] = (entry[2], entry[4])
+        self._hot_enc, self._hot_hashes = hot, hashes
 
     def prefetch(self, topic: str, event_type: str, items: Sequence[tuple[str, str, str | None]]) -> None:
         """Fetch the DEKs of a read batch that are not cached (one request per ``REQUEST_KEYS``);
         refusals and erasures are left for ``decryption_key`` to ask about and report."""
-        missing = [(kid, c, h) for kid, c, h in items if self._dec.get(kid) is None]
+        hot: dict[str, tuple[bytes, str | None, float]] = {}
+        missing = []
+        for kid, c, h in items:
+            hit = self._dec.get(kid)
+            if hit is None:
+                missing.append((kid, c, h))
+            else:
+                hot[kid] = hit
         for start in range(0, len(missing), REQUEST_KEYS):
             chunk = missing[start:start + REQUEST_KEYS]
             got = self._api.decryption_keys(topic, event_type, chunk)
+            until = self._clock() + self._ttl
             for kid, _, shash in chunk:
                 dek = got.get(kid)
                 if isinstance(dek, bytes):
-                    self._dec.put(kid, (dek, shash))
+                    self._dec.put(kid, (dek, shash, until))
+                    hot[kid] = (dek, shash, until)
+        self._hot_dec = hot
 
     def _usable(self, subject: str | None, cls: str, topic: str, event_type: str, nonces: int) -> list[Any] | None:
         entry = self._enc.get((subject, cls, topic, event_type))
@@ -221,6 +256,9 @@ class RemoteKeys:
         return entry
 
     def subject_hash(self, subject: str) -> str:
+        hot = self._hot_hashes.get(subject)
+        if hot is not None and self._clock() < hot[1]:
+            return hot[0]
         shash = self._hashes.get(subject)
         if shash is None:
             raise KeyNotFound("no key prepared for this data subject (client-mode producers prepare each batch)")
@@ -230,6 +268,12 @@ class RemoteKeys:
                        event_type: str | None = None, nonces: int = 1) -> tuple[str, bytes]:
         if principal != self._api.principal:
             raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        hot = self._hot_enc.get((subject, cls, topic, event_type))  # type: ignore[arg-type]
+        if hot is not None:
+            with self._lock:
+                if hot[3] >= nonces and self._clock() < hot[4]:
+                    hot[3] -= nonces
+                    return hot[0], hot[1]
         if topic is None or event_type is None:
             raise InputError("client-mode encryption needs the topic and event type")
         with self._lock:
@@ -245,6 +289,9 @@ class RemoteKeys:
                        event_type: str | None = None, subject_hash: str | None = None) -> bytes:
         if principal != self._api.principal:
             raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        hot = self._hot_dec.get(kid)
+        if hot is not None and self._clock() < hot[2]:
+            return hot[0]
         hit = self._dec.get(kid)
         if hit is not None:
             return hit[0]
@@ -253,7 +300,7 @@ class RemoteKeys:
         answer = self._api.decryption_keys(topic, event_type, [(kid, cls, subject_hash)])
         got = answer.get(kid)
         if isinstance(got, bytes):
-            self._dec.put(kid, (got, subject_hash))
+            self._dec.put(kid, (got, subject_hash, self._clock() + self._ttl))
             return got
         if got == "forbidden":
             raise AccessDenied(f"{principal} may not Decrypt class {cls} on {topic}")
@@ -268,14 +315,19 @@ class RemoteKeys:
         if not hashes:
             return
         with self._lock:
+            self._drop_hot()
             self._dec.clear()
             self._enc.clear()
             self._hashes.clear()
 
     def clear(self) -> None:
         with self._lock:
+            self._drop_hot()
             self._dec.clear()
             self._enc.clear()
+
+    def _drop_hot(self) -> None:
+        self._hot_enc, self._hot_hashes, self._hot_dec = {}, {}, {}
 
 
 
