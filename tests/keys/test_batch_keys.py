@@ -48,9 +48,9 @@ class _Count:
 
 def test_read_batch_resolves_its_keys_with_one_query_one_unwrap_each_and_one_audit_record(dep, monkeypatch):
     store, kms = dep.keys.store, dep.keys.kms
-    get_deks, get_dek, unwrap = _Count(store.get_deks), _Count(store.get_dek), _Count(kms.unwrap)
+    get_deks, get_dek, unwrap = _Count(store.wrapped_deks), _Count(store.get_dek), _Count(kms.unwrap)
     unwrap_many = _Count(kms.unwrap_many)
-    monkeypatch.setattr(store, "get_deks", get_deks)
+    monkeypatch.setattr(store, "wrapped_deks", get_deks)  # the read batch's one query
     monkeypatch.setattr(store, "get_dek", get_dek)
     monkeypatch.setattr(kms, "unwrap", unwrap)
     monkeypatch.setattr(kms, "unwrap_many", unwrap_many)

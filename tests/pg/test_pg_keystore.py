@@ -240,14 +240,14 @@ def test_batched_unwrap_on_postgres_reads_the_batch_in_one_query(pg_home):
         svc.forget("bob", principal="admin", reason="gdpr-art17")
         svc.cache.clear()
         queries = []
-        real = svc.store.get_deks
+        real = svc.store.wrapped_deks
 
         def counted(kids):
             kids = list(kids)
             queries.append(kids)
             return real(kids)
 
-        svc.store.get_deks = counted
+        svc.store.wrapped_deks = counted
         got = svc.decryption_keys([(ann, "pii", None), (bob, "pii", None), ("x" * 22, "pii", None)],
                                   principal="admin")
         assert got[(ann, "pii")] == ann_dek

@@ -175,6 +175,7 @@ path_context = _lp
 
 
 NO_EVENT = event_context("")  # what SIV tokens bind in place of the event id
+_CONTEXT_HEADS = {a: _lp(VERSION) + _lp(a) for a in ALGORITHMS}  # key_context's first two parts
 
 
 def associated_data(
@@ -301,7 +302,7 @@ class TokenCipher:
         # again cost it more (memory, garbage-collector walks) than making each once. What keys
         # were met once is remembered (bounded; key id, algorithm, class and subject hash: no
         # key material) to recognise the second use.
-        self._once: OrderedDict[tuple[str, str, str, str | None], None] = OrderedDict()
+        self._once: dict[tuple[str, str, str, str | None], None] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -336,7 +337,12 @@ class TokenCipher:
         """``bound`` for decryption, where ``kid`` is the key id of a token whose header matched
         (so of the key-id alphabet already): a miss makes the handle without checking the id
         again and caches only the pair (one insert, not two; a consumer of many subjects misses
-        once per event). The DEK is checked as always."""
+        once per event). The DEK is checked as always.
+
+        A key met for the first time (a consumer of many subjects: nearly every key) costs its
+        AESGCM and the context bytes only: the handle's token prefixes (used by ``seal``) are
+        made when it is kept, at its second use, and what was met once is a bounded plain dict
+        (emptied when full), not an ordered one evicting an entry per insert."""
         if type(dek) is not bytes or len(dek) != DEK_BYTES or type(kid) is not str:
             return self.bound(kid, dek, alg, cls, subject_hash)  # raises the KeyServiceError naming it
         slot = (kid, dek, alg, cls, subject_hash)
@@ -346,21 +352,22 @@ class TokenCipher:
         h = self._handles.get((kid, dek))
         if h is None:
             h = _new_handle(KeyHandle)
-            h.kid, h._dek, h._gcm, h._siv = kid, dek, AESGCM(dek), None
-            h._prefix_g, h._prefix_s, h._contexts = f"{_PREFIX}{GCM}.{kid}.", f"{_PREFIX}{SIV}.{kid}.", {}
+            h.kid, h._dek, h._gcm, h._siv, h._contexts = kid, dek, AESGCM(dek), None, {}
         k, c, sh = kid.encode(), cls.encode(), (subject_hash or "").encode()
-        hit = (h, b"".join((_lp(VERSION), _lp(alg), _U32(len(k)), k, _U32(len(c)), c, _U32(len(sh)), sh)))
+        hit = (h, b"".join((_CONTEXT_HEADS[alg], _U32(len(k)), k, _U32(len(c)), c, _U32(len(sh)), sh)))
+        seen = (kid, alg, cls, subject_hash)
         with self._lock:
-            once, seen = self._once, (kid, alg, cls, subject_hash)
-            if seen in once:  # met before: worth keeping
-                del once[seen]
+            once = self._once
+            if once.pop(seen, 0) is None:  # met before: worth keeping, with everything seal needs
+                if not hasattr(h, "_prefix_g"):
+                    h._prefix_g, h._prefix_s = f"{_PREFIX}{GCM}.{kid}.", f"{_PREFIX}{SIV}.{kid}."
                 if len(self._bound) >= self._max:
                     self._bound.popitem(last=False)
                 self._bound[slot] = hit
             else:  # a key met once (a consumer of many subjects: most keys) is not kept: see __init__
+                if len(once) >= self._max:
+                    once.clear()
                 once[seen] = None
-                if len(once) > self._max:
-                    once.popitem(last=False)
         return hit
 
     def handle(self, kid: str, dek: bytes) -> KeyHandle:

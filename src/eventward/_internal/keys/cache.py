@@ -44,6 +44,25 @@ class LruTtlCache(Generic[K, V]):
             self.hits += 1
             return item[0]
 
+    def get_many(self, keys: Iterable[K]) -> list[V | None]:
+        """``get`` of each key under one lock and one clock reading (a read batch's keys)."""
+        out: list[V | None] = []
+        with self._lock:
+            data, now, hits = self._data, self._clock(), 0
+            for key in keys:
+                item = data.get(key)
+                if item is None or item[1] <= now:
+                    if item is not None:
+                        del data[key]
+                    out.append(None)
+                    continue
+                data.move_to_end(key)
+                hits += 1
+                out.append(item[0])
+            self.hits += hits
+            self.misses += len(out) - hits
+        return out
+
     def put(self, key: K, value: V) -> None:
         if self.max_entries <= 0 or self.ttl <= 0:
             return

@@ -52,3 +52,19 @@ def dek_aad(
 def uses_tag_input(kid: str, uses: int) -> bytes:
     """What the MAC over a DEK's use counter covers (kid and count, length-prefixed)."""
     return b"eventward-dek-uses-v1" + _lp(kid.encode()) + struct.pack(">Q", uses)
+
+
+# What a decryption reads of a DEK row (KeyStore.wrapped_deks), in this order: a plain tuple
+# per row, no DekRecord (a consumer of many subjects reads one row per event).
+WRAPPED_COLUMNS = ("kid", "class", "subject_hash", "version", "kek_id", "wrapped", "created", "fmt")
+WrappedRow = tuple[str, str, str, int, str, bytes, float, int]
+
+
+def row_aad(row: WrappedRow) -> bytes:
+    """``dek_aad`` of a WrappedRow, in the row's format (the same bytes). Raises AttributeError,
+    TypeError or struct.error for a row whose columns have the wrong types (a tampered store):
+    the caller refuses that key."""
+    k, c, h = row[0].encode(), row[1].encode(), row[2].encode()
+    if row[7] == AAD_V1:
+        return b"\x00".join((_AAD_V1, k, c, h))
+    return b"".join((_AAD_V2, _U32(len(k)), k, _U32(len(c)), c, _U32(len(h)), h, _TAIL(8, row[3], 8, row[6])))

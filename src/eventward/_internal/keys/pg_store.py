@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 import orjson
 import psycopg
 
+from eventward._internal.keys.dek import WRAPPED_COLUMNS, WrappedRow
 from eventward._internal.keys.store_base import ClassCounts, DekRecord, Erasure
 from eventward._internal.store.dsn import scrub
 from eventward._internal.store.migrations import SCHEMA
@@ -38,6 +39,7 @@ WRITE_LOCK = 0x65776B73  # pg_advisory_xact_lock key of the key store's write lo
 _S = SCHEMA
 _DEK_COLUMNS = "kid, subject_hash, class, version, kek_id, wrapped, created, uses, fmt, uses_tag"
 _SELECT_DEK = f"SELECT {_DEK_COLUMNS} FROM {_S}.deks"
+_SELECT_WRAPPED = f"SELECT {', '.join(WRAPPED_COLUMNS)} FROM {_S}.deks"
 _INSERT_DEK = (f"INSERT INTO {_S}.deks ({_DEK_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                "ON CONFLICT DO NOTHING")
 
@@ -158,6 +160,15 @@ class PgKeyStore:
             return {}
         rows = self._all("read keys", f"{_SELECT_DEK} WHERE kid = ANY(%s)", (todo,))
         return {r[0]: _dek(r) for r in rows}
+
+    def wrapped_deks(self, kids: Iterable[str]) -> dict[str, WrappedRow]:
+        """``get_deks`` for decryption: of each kid's row only what its unwrap needs
+        (dek.WRAPPED_COLUMNS), as plain tuples, in one query."""
+        todo = list(dict.fromkeys(kids))
+        if not todo:
+            return {}
+        rows = self._all("read keys", f"{_SELECT_WRAPPED} WHERE kid = ANY(%s)", (todo,))
+        return {r[0]: (r[0], r[1], r[2], r[3], r[4], bytes(r[5]), float(r[6]), r[7]) for r in rows}
 
     def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:
         row = self._one(

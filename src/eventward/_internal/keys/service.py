@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,17 @@ from types import TracebackType
 from eventward._internal.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit, meta_list
 from eventward._internal.home import Home
 from eventward._internal.keys.cache import LruTtlCache
-from eventward._internal.keys.dek import AAD_CURRENT, AAD_V1, DEK_BYTES, dek_aad, is_kid, new_kid, uses_tag_input
+from eventward._internal.keys.dek import (
+    AAD_CURRENT,
+    AAD_V1,
+    DEK_BYTES,
+    WrappedRow,
+    dek_aad,
+    is_kid,
+    new_kid,
+    row_aad,
+    uses_tag_input,
+)
 from eventward._internal.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT, parse_kek_id
 from eventward._internal.keys.kms.local import LocalKMS
 from eventward._internal.keys.ledger import ErasureLedger
@@ -961,36 +972,36 @@ class KeyService:
         todo: list[tuple[str, str, str | None]] = []
         decisions: dict[str, AccessDenied | None] = {}
         refused: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> kids
-        for kid, cls, shash in dict.fromkeys(wanted):
-            if cls not in decisions:
+        for item in dict.fromkeys(wanted):
+            kid, cls, _ = item
+            denial = decisions.get(cls, _UNDECIDED)
+            if denial is _UNDECIDED:
                 try:
                     _check_class(cls)  # once per class, not per key
                 except InputError as e:
                     out[kid, cls] = e
                     continue
-            if not is_kid(kid):
-                out[kid, cls] = KeyNotFound("malformed key id")
-                continue
-            if cls not in decisions:
                 try:
                     check(self._authz, principal, DECRYPT, ("Class", cls), _context(topic, event_type))
-                    decisions[cls] = None
+                    denial = None
                 except AccessDenied as e:
-                    decisions[cls] = e
-            denial = decisions[cls]
-            if denial is not None:
+                    denial = e
+                decisions[cls] = denial
+            if not is_kid(kid):
+                out[kid, cls] = KeyNotFound("malformed key id")
+            elif denial is not None:
                 out[kid, cls] = denial
                 refused.setdefault((cls, "not_authorized"), []).append(kid)
             else:
-                todo.append((kid, cls, shash))
+                todo.append(item)
         self._poll()
         released: dict[str, list[str]] = {}
         unwrapped: dict[str, int] = {}
         misses = []
-        for kid, cls, shash in todo:
-            hit = self.cache.get(kid)
+        for item, hit in zip(todo, self.cache.get_many([kid for kid, _, _ in todo]), strict=True):
+            kid, cls, _ = item
             if hit is None:
-                misses.append((kid, cls, shash))
+                misses.append(item)
             elif hit[0] != cls:
                 out[kid, cls] = KeyNotFound(f"no key {kid} in class {cls}")
             elif hit[1] is None:
@@ -998,7 +1009,7 @@ class KeyService:
             else:
                 out[kid, cls] = hit[1]
                 released.setdefault(cls, []).append(kid)
-        rows = self.store.get_deks(kid for kid, _, _ in misses) if misses else {}
+        rows = self._wrapped_rows([kid for kid, _, _ in misses]) if misses else {}
         batch = getattr(self.kms, "unwrap_batch", None)  # LocalKMS: the keyring checked once, not per key
         try:
             with batch() if batch is not None and misses else contextlib.nullcontext():
@@ -1008,36 +1019,50 @@ class KeyService:
                               {"topic": topic or "", "event_type": event_type or ""})
         return out
 
+    def _wrapped_rows(self, kids: list[str]) -> dict[str, WrappedRow]:
+        """The store's rows of ``kids`` as dek.WrappedRow tuples: ``wrapped_deks`` (one query, no
+        DekRecord per row), or ``get_deks`` of a store without it."""
+        fetch = getattr(self.store, "wrapped_deks", None)
+        if fetch is not None:
+            return fetch(kids)  # type: ignore[no-any-return]
+        return {k: (r.kid, r.cls, r.subject_hash, r.version, r.kek_id, r.wrapped, r.created, r.fmt)
+                for k, r in self.store.get_deks(kids).items()}
+
     def _unwrap_rows(
         self,
         misses: list[tuple[str, str, str | None]],
-        rows: dict[str, DekRecord],
+        rows: dict[str, WrappedRow],
         principal: str,
         out: dict[tuple[str, str], bytes | EventwardError],
         released: dict[str, list[str]],
         unwrapped: dict[str, int],
         refused: dict[tuple[str, str], list[str]],
     ) -> None:
-        """decryption_keys' store misses: each row unwrapped once, its outcome in ``out``; what was
-        unwrapped is cached even when an outage stops the loop half way."""
+        """decryption_keys' store misses: each row unwrapped once (one ``unwrap_many`` call when
+        the KMS has it), its outcome in ``out``; what was unwrapped is cached even when an
+        outage stops the loop half way. A row whose columns do not even have their types (a
+        tampered store) is refused as KeyIntegrityError, like a wrapped key that fails to open."""
         fresh: list[tuple[str, tuple[str, bytes | None]]] = []
         try:
-            found: list[tuple[str, str, DekRecord]] = []
+            found: list[tuple[str, str, WrappedRow]] = []
             for kid, cls, shash in misses:
-                rec = rows.get(kid)
-                if rec is None or rec.cls != cls:
-                    try:
-                        self._absent(kid, cls, shash, rec, principal)  # raises; its refusal is audited there
+                row = rows.get(kid)
+                if row is None or row[1] != cls:
+                    try:  # raises; its refusal is audited there
+                        self._absent(kid, cls, shash, None if row is None else _FOUND, principal)
                     except (KeyDestroyed, KeyNotFound) as e:
                         out[kid, cls] = e
                     continue
-                found.append((kid, cls, rec))
-            many = getattr(self.kms, "unwrap_many", None)  # LocalKMS: one call for the batch
+                found.append((kid, cls, row))
+            items = _unwrap_items(found)
+            many = getattr(self.kms, "unwrap_many", None)  # LocalKMS, PKCS#11: one call for the batch
+            good = [it for it in items if type(it) is tuple]
             if many is not None:
-                deks: Iterable[bytes | EventwardError] = many([(r.kek_id, r.wrapped, _row_aad(r)) for _, _, r in found])
+                deks: Iterable[bytes | EventwardError] = iter(many(good)) if good else iter(())
             else:
-                deks = (self._unwrap_or_refusal(r) for _, _, r in found)
-            for (kid, cls, _), dek in zip(found, deks, strict=True):
+                deks = (self._kms_unwrap_or_refusal(*it) for it in good)
+            for (kid, cls, _), item in zip(found, items, strict=True):
+                dek = next(deks) if type(item) is tuple else item
                 if type(dek) is not bytes:
                     out[kid, cls] = dek  # type: ignore[assignment]
                     refused.setdefault((cls, dek.code), []).append(kid)  # type: ignore[union-attr]
@@ -1049,10 +1074,10 @@ class KeyService:
         finally:
             self.cache.put_many(fresh)
 
-    def _unwrap_or_refusal(self, rec: DekRecord) -> bytes | EventwardError:
-        """The DEK of ``rec``, or the refusal its unwrap raised; an outage propagates."""
+    def _kms_unwrap_or_refusal(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes | EventwardError:
+        """``kms.unwrap``, or the refusal it raised; an outage propagates."""
         try:
-            return self._unwrap(rec)
+            return self.kms.unwrap(kek_id, wrapped, aad)
         except (KeyDestroyed, KeyNotFound, KeyIntegrityError) as e:
             return e
 
@@ -1066,7 +1091,7 @@ class KeyService:
                                count=len(kids), unwrapped=unwrapped.get(cls, 0), kid_first=min(kids),
                                kid_last=max(kids), **where)
 
-    def _absent(self, kid: str, cls: str, subject_hash: str | None, rec: DekRecord | None, principal: str) -> None:
+    def _absent(self, kid: str, cls: str, subject_hash: str | None, rec: object | None, principal: str) -> None:
         """Judge a kid the store has no row of (in ``cls``): KeyDestroyed when a tombstone or the
         erasure ledger says so, KeyStoreUnavailable when the store is not the one opened,
         KeyNotFound (forged) otherwise. Always raises; audits the refusal."""
@@ -1439,6 +1464,31 @@ class KeyService:
         self._current.clear()
         with self._hashes_lock:
             self._hashes.clear()  # raw subject ids are not kept past a forget
+
+
+_UNDECIDED = object()  # decryption_keys: no Decrypt decision for the class yet
+_FOUND = object()  # _absent's "the store has a row of this kid" (in another class)
+_ROW_ERRORS = (AttributeError, TypeError, ValueError, UnicodeError, struct.error)
+
+
+def _unwrap_items(found: list[tuple[str, str, WrappedRow]]) -> list[tuple[str, bytes, bytes] | EventwardError]:
+    """(kek id, wrapped, AAD) for each found row's unwrap, in one comprehension; a row whose
+    columns have the wrong types (written by hand into the store) is its KeyIntegrityError."""
+    try:
+        items = [(r[4], r[5], row_aad(r)) for _, _, r in found]
+        if all(type(k) is str and type(w) is bytes for k, w, _ in items):
+            return items  # type: ignore[return-value]
+    except _ROW_ERRORS:
+        pass
+    out: list[tuple[str, bytes, bytes] | EventwardError] = []
+    for kid, _, r in found:
+        try:
+            if type(r[4]) is not str or type(r[5]) is not bytes:
+                raise TypeError
+            out.append((r[4], r[5], row_aad(r)))
+        except _ROW_ERRORS:
+            out.append(KeyIntegrityError(f"the key store's row of key {kid} is malformed"))
+    return out
 
 
 def _row_aad(rec: DekRecord) -> bytes:

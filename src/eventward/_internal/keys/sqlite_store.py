@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 
 from eventward._internal.home import private_file
+from eventward._internal.keys.dek import WRAPPED_COLUMNS, WrappedRow
 from eventward._internal.keys.store_base import ClassCounts, DekRecord, Erasure
 from eventward.errors import InputError, KeyStoreUnavailable, LegalHoldError
 
@@ -80,6 +81,7 @@ _MIGRATE_1_TO_2 = (
     "ALTER TABLE deks ADD COLUMN uses_tag BLOB NOT NULL DEFAULT x''",
 )
 _SELECT_DEK = f"SELECT {_DEK_COLUMNS} FROM deks"
+_SELECT_WRAPPED = f"SELECT {', '.join(WRAPPED_COLUMNS)} FROM deks"
 _IN_CHUNK = 500  # kids per IN (...) query: far below SQLite's bound on host parameters
 
 
@@ -234,6 +236,19 @@ class SQLiteKeyStore:
                 sql = f"{_SELECT_DEK} WHERE kid IN ({','.join('?' * len(chunk))})"
                 for row in self._db.execute(sql, chunk).fetchall():
                     out[row[0]] = _dek(row)
+        return out
+
+    def wrapped_deks(self, kids: Iterable[str]) -> dict[str, WrappedRow]:
+        """``get_deks`` for decryption: of each kid's row only what its unwrap needs
+        (dek.WRAPPED_COLUMNS), as the tuple SQLite returns: no DekRecord, no use counter. A
+        consumer of many subjects reads one row per event."""
+        todo = sorted(set(kids))  # primary-key order
+        out: dict[str, WrappedRow] = {}
+        with self._lock, self._errors("read keys"):
+            for i in range(0, len(todo), _IN_CHUNK):
+                chunk = todo[i : i + _IN_CHUNK]
+                sql = f"{_SELECT_WRAPPED} WHERE kid IN ({','.join('?' * len(chunk))})"
+                out.update({row[0]: row for row in self._db.execute(sql, chunk).fetchall()})
         return out
 
     def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:

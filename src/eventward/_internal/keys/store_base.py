@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from eventward._internal.keys.dek import WrappedRow
+
 CLASS_SUBJECT = ""  # subject_hash of a class DEK (data with no data subject); never erasable
 
 
@@ -67,6 +69,11 @@ class KeyStore(Protocol):
 
     def get_deks(self, kids: Iterable[str]) -> dict[str, DekRecord]:
         """The rows of many kids at once (kid -> row; missing kids absent): one query per chunk."""
+        ...
+
+    def wrapped_deks(self, kids: Iterable[str]) -> dict[str, WrappedRow]:
+        """``get_deks`` for decryption: kid -> the columns dek.WRAPPED_COLUMNS names, as a plain
+        tuple (a consumer reads one row per event of a new subject); missing kids absent."""
         ...
 
     def current_dek(self, subject_hash: str, cls: str) -> DekRecord | None:

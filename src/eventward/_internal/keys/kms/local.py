@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -375,14 +376,18 @@ class LocalKMS:
         would raise (KeyDestroyed, KeyNotFound, KeyIntegrityError); one KMS call to time and
         count, not one per key. The crypto is unchanged: one AES-GCM open per wrapped key."""
         out: list[bytes | EventwardError] = []
+        heads: dict[str, tuple[Any, bytes]] = {}  # kek id -> (its AESGCM's decrypt, _wrap_aad's head)
         with self.unwrap_batch():
             ring = self._pinned.ring
             for kek_id, wrapped, aad in items:
-                cipher = ring.ciphers.get(kek_id)
-                if cipher is not None and len(wrapped) >= 1 + _NONCE + 16 and wrapped[:1] == _WRAP_FORMAT:
+                head = heads.get(kek_id)
+                if head is None:
+                    cipher = ring.ciphers.get(kek_id)
+                    if cipher is not None:
+                        head = heads[kek_id] = (cipher.decrypt, _WRAP_AAD + kek_id.encode() + b"\x00")
+                if head is not None and len(wrapped) >= 1 + _NONCE + 16 and wrapped[:1] == _WRAP_FORMAT:
                     try:
-                        out.append(cipher.decrypt(wrapped[1 : 1 + _NONCE], wrapped[1 + _NONCE :],
-                                                  _WRAP_AAD + kek_id.encode() + b"\x00" + aad))
+                        out.append(head[0](wrapped[1 : 1 + _NONCE], wrapped[1 + _NONCE :], head[1] + aad))
                         continue
                     except InvalidTag:
                         pass
