@@ -23,6 +23,21 @@ _MAX_ID = 4096
 _ID_POOL = 256
 
 
+def _uuid4s(n: int) -> list[str]:
+    """``n`` random version 4 UUIDs (RFC 4122 text form) from one urandom call: the version and
+    variant bits set in place, one hex conversion for all, 122 random bits each."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
+    h = raw.hex()
+    return [f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(0, 32 * n, 32)]
+
+
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # the high nibble of byte 6 is the version
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))  # the two high bits of byte 8: 10
+
+
 class EnvelopeBuilder:
     def __init__(self, principal: str) -> None:
         self._principal = principal
@@ -34,12 +49,21 @@ class EnvelopeBuilder:
     def new_id(self) -> str:
         """A random (version 4) UUID, drawn from one urandom call per 256 ids."""
         if not self._ids:
-            raw = os.urandom(16 * _ID_POOL)
-            for i in range(0, len(raw), 16):
-                h = raw[i : i + 16].hex()
-                variant = "89ab"[int(h[16], 16) & 3]
-                self._ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}")
+            self._ids = _uuid4s(_ID_POOL)
         return self._ids.pop()
+
+    def new_ids(self, n: int) -> list[str]:
+        """``n`` ids as ``new_id`` makes them (a producer's ``send_many``): from the pool, and
+        the rest from one urandom call."""
+        pool = self._ids
+        if n <= 0:
+            return []
+        if n <= len(pool):
+            out = pool[len(pool) - n :]
+            del pool[len(pool) - n :]
+            return out
+        self._ids = []
+        return pool + _uuid4s(n - len(pool))
 
     def build(
         self,

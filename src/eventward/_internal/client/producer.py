@@ -282,49 +282,63 @@ class Producer:
             self.flush()
         self._authorize(type_)
         schema = self._schemas.active(type_)
-        validate, encrypt, new_id = schema.validate, self._encryptor.encrypt, self._envelopes.new_id
         spec, principal, topic = schema.spec, self.principal, self.topic
         events = list(events)
-        for data in events:
-            validate(data)
+        validate_many = getattr(schema, "validate_many", None)  # the call's loop in the schema, lookups hoisted
+        if validate_many is not None:
+            validate_many(events)
+        else:
+            for data in events:
+                schema.validate(data)
         if self._guard is not None:  # untagged PII/secrets, as in send(), all events' values pre-checked together
             self._guard.check_many(topic, type_, schema, events, principal)
         prepare = getattr(self._encryptor, "prepare_many", None)
         if prepare is not None:  # the call's keys in one request (client mode) or one key-service call (home)
             prepare(topic, type_, spec, events, principal=principal)
-        prepared: list[tuple[str, dict[str, Any], str | None]] = []
-        for data in events:
-            event_id = new_id()
-            enc, subject_hash = encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=type_)
-            prepared.append((event_id, enc, subject_hash))
+        ids = self._envelopes.new_ids(len(events))
+        encrypt_many = getattr(self._encryptor, "encrypt_many", None)
+        if encrypt_many is not None:  # FieldEncryptor: encrypt's work per event, the call's work once
+            encrypted = encrypt_many(ids, events, spec, principal=principal, topic=topic, event_type=type_)
+        else:
+            encrypt = self._encryptor.encrypt
+            encrypted = [
+                encrypt(event_id, data, spec, principal=principal, topic=topic, event_type=type_)
+                for event_id, data in zip(ids, events, strict=True)
+            ]
+        if not encrypted:
+            return []
         src = source or self.source
-        lanes = [self._partition_of(event_id, sh) for event_id, _, sh in prepared]
+        one = self.partitions == 1
+        lanes = [0] * len(ids) if one else [self._partition_of(i, e[1]) for i, e in zip(ids, encrypted, strict=True)]
         with self._lock:  # one acquisition; sequence numbers stay dense with concurrent sends
             now = self._clock()
-            seqs = {ln.partition: ln.next_seq for ln in self._lanes}
-            items: list[tuple[str, int, str | None, Any]] = []
-            for p, (event_id, enc, subject_hash) in zip(lanes, prepared, strict=True):
-                seq = seqs[p]
-                items.append((event_id, seq, subject_hash, enc))
-                seqs[p] = seq + 1
+            if one:
+                seq = self._lanes[0].next_seq
+                items = [(i, seq + n, e[1], e[0]) for n, (i, e) in enumerate(zip(ids, encrypted, strict=True))]
+                seqs = {0: seq + len(items)}
+            else:
+                seqs = {ln.partition: ln.next_seq for ln in self._lanes}
+                items = []
+                for p, event_id, (enc, subject_hash) in zip(lanes, ids, encrypted, strict=True):
+                    seq = seqs[p]
+                    items.append((event_id, seq, subject_hash, enc))
+                    seqs[p] = seq + 1
             try:  # the call's shared envelope members are encoded once (EnvelopeBuilder.encode_many)
                 encoded = self._envelopes.encode_many(type_, src, schema.version, now, items, schema.max_event_bytes)
             except orjson.JSONEncodeError:
                 raise InputError(f"event data of type {type_} is not JSON-serializable") from None
-            per_lane: dict[int, list[tuple[str, bytes, str]]] = {}
-            raws: list[tuple[str, bytes, str]] = []
-            for p, (event_id, _, _), data in zip(lanes, prepared, encoded, strict=True):
-                raw = (event_id, data, type_)
-                raws.append(raw)
-                per_lane.setdefault(p, []).append(raw)
-            if not raws:
-                return []
+            if one:
+                per_lane = {0: list(zip(ids, encoded, [type_] * len(ids), strict=True))}
+            else:
+                per_lane = {}
+                for p, event_id, data in zip(lanes, ids, encoded, strict=True):
+                    per_lane.setdefault(p, []).append((event_id, data, type_))
             full = False
-            for p, items in per_lane.items():  # nothing is buffered before every event encoded
+            for p, raws in per_lane.items():  # nothing is buffered before every event encoded
                 lane = self._lanes[p]
                 if not lane.buffer:
                     lane.since = now
-                lane.buffer.extend(items)
+                lane.buffer.extend(raws)
                 lane.next_seq = seqs[p]
                 full = full or len(lane.buffer) >= self._max_batch or now - lane.since >= self._max_delay
         if full:
@@ -333,7 +347,7 @@ class Producer:
             except TransportError as e:
                 self.last_error = e
                 log.warning("flush failed (%s); the sealed batch is kept and retried", e.code)
-        return [r[0] for r in raws]
+        return ids
 
     def flush(self) -> list[str]:
         """Seal and append what is buffered; returns the ids the transport acknowledged.

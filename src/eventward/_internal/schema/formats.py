@@ -84,8 +84,12 @@ def _date_time(v: str) -> bool:
     m = _DATE_TIME_RX.match(v)
     if m is None:
         return False
-    g = m.groups()
-    return _date_exists(*g[:3]) and _time_ok(*g[3:])
+    y, mo, d, h, mi, s, sign, oh, om = m.groups()
+    # Days 01..28 exist in every month of every year but 0000 (datetime's MINYEAR is 1): the
+    # calendar is only consulted for the rest. Likewise the leap-second rule only for second 60.
+    if (d > "28" or y == "0000") and not _date_exists(y, mo, d):
+        return False
+    return s != "60" or _time_ok(h, mi, s, sign, oh, om)
 
 
 _SPECIAL_USE = frozenset(d.lower() for d in SPECIAL_USE_DOMAIN_NAMES)
@@ -104,11 +108,14 @@ def _plain_email(v: str) -> bool:
     """The common case, decided fast; everything it accepts email-validator accepts too (a
     differential property test checks this). Anything else goes to email-validator."""
     at = v.rfind("@")
-    if not 1 <= at <= 64 or len(v) - at - 1 > 253 or "--" in v[at:] or not _PLAIN_EMAIL.match(v):
+    if not 1 <= at <= 64 or len(v) - at - 1 > 253 or v.find("--", at) >= 0 or not _PLAIN_EMAIL.match(v):
         return False
+    # The pattern puts a "." in the domain, so the last "." of v starts its top-level label.
+    if v[v.rfind(".") + 1 :].lower() in _SPECIAL_USE:
+        return False
+    if not _SPECIAL_USE_MULTI:  # email-validator's list has none today
+        return True
     domain = v[at + 1 :].lower()
-    if domain[domain.rfind(".") + 1 :] in _SPECIAL_USE:
-        return False
     return not any(domain == d or domain.endswith("." + d) for d in _SPECIAL_USE_MULTI)
 
 

@@ -145,16 +145,7 @@ class _Gen:
             self.array(s, v, ind, loops)
 
     def string(self, s: Mapping[str, Any], v: str, ind: int) -> None:
-        lo, hi = s.get("minLength"), s.get("maxLength")
-        if lo is not None or hi is not None:
-            n = self.var()
-            self.emit(ind, f"{n} = len({v})")
-            if lo is not None:
-                self.emit(ind, f"if {n} < {self.const(_count(lo))}:")
-                self.emit(ind + 1, "return False")
-            if hi is not None:
-                self.emit(ind, f"if {n} > {self.const(_count(hi))}:")
-                self.emit(ind + 1, "return False")
+        self.bounds(f"len({v})", s.get("minLength"), s.get("maxLength"), ind)
         if "pattern" in s:
             matcher = self.patterns.get(s["pattern"])
             if matcher is None:
@@ -168,7 +159,24 @@ class _Gen:
             self.emit(ind, f"if not {self.const(check)}({v}):")
             self.emit(ind + 1, "return False")
 
+    def bounds(self, x: str, lo: Any, hi: Any, ind: int) -> None:
+        """Code returning False unless ``lo <= x <= hi`` (either bound may be None): counts,
+        written as decimal literals (exact ints only), in one chained comparison when both are set."""
+        if lo is not None and hi is not None:
+            self.emit(ind, f"if not {_count(lo)} <= {x} <= {_count(hi)}:")
+        elif lo is not None:
+            self.emit(ind, f"if {x} < {_count(lo)}:")
+        elif hi is not None:
+            self.emit(ind, f"if {x} > {_count(hi)}:")
+        else:
+            return
+        self.emit(ind + 1, "return False")
+
     def number(self, s: Mapping[str, Any], v: str, ind: int) -> None:
+        lo, hi = s.get("minimum"), s.get("maximum")
+        if type(lo) is int and type(hi) is int:  # the common case: one chained comparison of literals
+            self.bounds(v, lo, hi, ind)
+            s = {k: x for k, x in s.items() if k not in ("minimum", "maximum")}
         for key, op in (("minimum", "<"), ("maximum", ">"), ("exclusiveMinimum", "<="), ("exclusiveMaximum", ">=")):
             if key in s:
                 bound = s[key]
@@ -199,10 +207,7 @@ class _Gen:
                 self.emit(ind, f"if not {keys} <= {self.const(frozenset(props))}:")
                 self.emit(ind + 1, "return False")
             required_set = set(required)
-        for key, op in (("minProperties", "<"), ("maxProperties", ">")):
-            if key in s:
-                self.emit(ind, f"if len({v}) {op} {self.const(_count(s[key]))}:")
-                self.emit(ind + 1, "return False")
+        self.bounds(f"len({v})", s.get("minProperties"), s.get("maxProperties"), ind)
         for name, sub in props.items():
             child = self.var()
             if name in required_set:
@@ -214,10 +219,7 @@ class _Gen:
                 self.node(sub, child, ind + 1, loops)
 
     def array(self, s: Mapping[str, Any], v: str, ind: int, loops: int) -> None:
-        for key, op in (("minItems", "<"), ("maxItems", ">")):
-            if key in s:
-                self.emit(ind, f"if len({v}) {op} {self.const(_count(s[key]))}:")
-                self.emit(ind + 1, "return False")
+        self.bounds(f"len({v})", s.get("minItems"), s.get("maxItems"), ind)
         items = s.get("items")
         if items is None:
             return

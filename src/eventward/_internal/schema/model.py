@@ -6,6 +6,7 @@ records and HTTP responses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -192,6 +193,11 @@ class SchemaVersion:
         """Validate plaintext event data (producer side, before encryption): ValidationError
         naming the path and rule, never the value."""
         self.compiled.validate(data)
+
+    def validate_many(self, events: Iterable[Any]) -> None:
+        """``validate`` of each event in order (a producer's ``send_many``): the first invalid
+        one raises its ValidationError."""
+        self.compiled.validate_many(events)
 
 
 @dataclass(frozen=True)
