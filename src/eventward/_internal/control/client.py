@@ -510,11 +510,22 @@ class ClientAuthorizer:
 
 class RemoteNotices:
     """The consumer's erasure-notice board in client mode (the Consumer calls ``due`` and
-    ``acknowledge`` as it does the home's): answered by the control plane for this identity."""
+    ``acknowledge`` as it does the home's): answered by the control plane for this identity.
 
-    def __init__(self, api: ControlAPI) -> None:
+    The Consumer asks ``due`` every half second, an HTTPS round trip on its path. With a running
+    ``follower`` an empty answer is kept while no erasure notice (and no failed poll, which could
+    hide one) arrived since it was asked, for at most ``recheck_s``: anything erased later is
+    announced by a notice, so it is asked about at the next ``due`` after the notice is applied.
+    The first answer, a non-empty one and one after an acknowledgement are always asked for."""
+
+    def __init__(self, api: ControlAPI, follower: NoticeFollower | None = None, *, recheck_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._api = api
         self._registered: set[str] = set()
+        self._follower = follower
+        self._recheck = recheck_s
+        self._clock = clock
+        self._quiet: dict[str, tuple[int, float]] = {}  # group -> (follower changes, when) of an empty answer
 
     def register(self, group: str) -> None:
         """Register ``group`` now if the control plane answers, else at the first ``due``."""
@@ -528,11 +539,22 @@ class RemoteNotices:
         if group not in self._registered:
             self._api.register_group(group)
             self._registered.add(group)
-        return self._api.erasures_due(group)
+        follower, quiet, now = self._follower, self._quiet.get(group), self._clock()
+        if follower is not None and quiet is not None and now - quiet[1] < self._recheck \
+                and follower.unchanged_since(quiet[0]):
+            return []
+        mark = follower.changes if follower is not None else 0  # before asking: a notice meanwhile counts
+        got = self._api.erasures_due(group)
+        if got:
+            self._quiet.pop(group, None)
+        else:
+            self._quiet[group] = (mark, now)
+        return got
 
     def acknowledge(self, pseudonym: str, group: str, *, principal: str, error: str | None = None) -> bool:
         if principal != self._api.principal:
             raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
+        self._quiet.pop(group, None)
         return self._api.acknowledge(group, pseudonym, error)
 
 
@@ -555,6 +577,8 @@ class NoticeFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.applied = 0
+        self.changes = 0  # polls that brought an erasure, or failed (a failure may hide one)
+        self._healthy_until = 0.0  # monotonic; a poll's answer is current until about then
         # The application's on_forget(pseudonym) hooks, run after the subject's keys are dropped.
         # Seam: client-mode groups do not acknowledge to the home's notice board yet (no control
         # API route); ``acknowledge(pseudonym, error_code_or_None)`` is called when set.
@@ -575,6 +599,8 @@ class NoticeFollower:
     def poll(self, wait: float) -> None:
         body = statements.verify(self._anchor, self._api.notices(self._after, wait), "notice").body
         erased = [str(h) for h in body.get("erased", ())]
+        if erased:
+            self.changes += 1
         self._keys.forget_subjects(erased)
         for h in erased:
             self._run_hooks(h)
@@ -585,6 +611,13 @@ class NoticeFollower:
         self._policy = body.get("policy")
         self._after = max(self._after, float(body.get("until", self._after)))
         self.applied += 1
+        self._healthy_until = time.monotonic() + self._wait + 5.0
+
+    def unchanged_since(self, changes: int) -> bool:
+        """Following, current, and no erasure (nor failed poll) since ``changes`` was read."""
+        thread = self._thread
+        return (thread is not None and thread.is_alive() and not self._stop.is_set()
+                and self.changes == changes and time.monotonic() < self._healthy_until)
 
     def _run_hooks(self, pseudonym: str) -> None:
         """The hooks for one erased subject; a failure is logged and acknowledged by its code only."""
@@ -608,6 +641,8 @@ class NoticeFollower:
                 self.poll(self._wait)
                 backoff = 0.1
             except (EventwardError, SealError) as e:
+                self.changes += 1
+                self._healthy_until = 0.0
                 log.warning("control-plane notices unavailable (%s); retrying", e.code)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -169,7 +169,7 @@ class Client:
         self._closers.append(guard)
         dlq = DeadLetters(topic, transport=self.transport, verifier=self.verifier, authorizer=self.authorizer,
                           audit=ObservedAudit(), signer=self.identity.signer("dead_letter"))
-        notices = RemoteNotices(self.api)
+        notices = RemoteNotices(self.api, self.notices)  # empty answers kept while no notice says otherwise
         notices.register(name)  # it must acknowledge every later forget
         return Consumer(
             topic, principal=self.principal, transport=self.transport, verifier=self.verifier,
