@@ -11,7 +11,8 @@ import pytest
 
 from eventward._internal.client.envelopes import EnvelopeBuilder
 from eventward._internal.crypto.fields import FieldEncryptor
-from eventward.errors import KMSUnavailable, ValidationError
+from eventward._internal.log.embedded import EmbeddedLog
+from eventward.errors import InputError, KMSUnavailable, ValidationError
 
 from .client_world import SENTINEL_EMAIL, TOPIC, TYPE, Version, customer
 
@@ -83,3 +84,22 @@ def test_the_batch_calls_and_the_per_event_path_store_the_same_events(world):
     got = world.consumer().poll(20)
     assert [e.id for e in got] == ids
     assert [e.data for e in got] == [customer(i) for i in range(8)]
+
+
+def test_embedded_append_stores_exact_bytes_of_any_buffer_and_refuses_others(tmp_path):
+    log = EmbeddedLog(tmp_path / "log.db")
+    try:
+        log.create_stream("s")
+        with pytest.raises(InputError):
+            log.append("s", "b0", [b"ok", "not bytes"], b"seal")  # type: ignore[list-item]
+        assert log.end_offset("s") == 0 and log.read("s", 0, 10) == []
+        assert log.append("s", "b1", [b"a", bytearray(b"bb"), memoryview(b"ccc")], b"seal") == 0
+        assert log.append("s", "b2", (b"d",), b"seal2") == 3
+        assert log.append("s", "b1", [b"a", b"bb", b"ccc"], b"seal") == 0  # a retry stores nothing
+        got = log.read("s", 0, 10)
+        assert [(r.offset, r.data, r.batch, r.index) for r in got] == [
+            (0, b"a", "b1", 0), (1, b"bb", "b1", 1), (2, b"ccc", "b1", 2), (3, b"d", "b2", 0)
+        ]
+        assert all(type(r.data) is bytes for r in got) and log.end_offset("s") == 4
+    finally:
+        log.close()

@@ -428,7 +428,7 @@ class Producer:
         self._allowed[type_] = now + self._ttl
 
     def _seal(self, lane: _Lane, buf: list[tuple[str, bytes, str]], first_seq: int) -> _Batch:
-        events = tuple(b[1] for b in buf)
+        ids, events, kinds = zip(*buf, strict=True)  # the buffer's columns (buf is never empty here)
         lane_id = self.instance if lane.partition == 0 else f"{self.instance}-p{lane.partition}"
         batch_id = f"{lane_id}-{first_seq}"
         blob = sealing.seal(
@@ -440,10 +440,13 @@ class Producer:
             events=events,
             time=self._clock(),
         )
-        types: dict[str, int] = {}
-        for b in buf:
-            types[b[2]] = types.get(b[2], 0) + 1
-        return _Batch(batch_id, first_seq, tuple(b[0] for b in buf), events, blob, types)
+        if kinds.count(kinds[0]) == len(kinds):  # one event type (send_many's batches): no loop
+            types = {kinds[0]: len(kinds)}
+        else:
+            types = {}
+            for t in kinds:
+                types[t] = types.get(t, 0) + 1
+        return _Batch(batch_id, first_seq, ids, events, blob, types)
 
     def _append(self, lane: _Lane, b: _Batch) -> list[str]:
         if not lane.ready:

@@ -62,6 +62,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _TAIL = struct.Struct(">QQI32sq")  # first_seq, last_seq, count, root, time_us
 _MAX_STR = 1024
+_LEAF = b"\x00"  # RFC 6962 leaf prefix, as merkle.leaf_hash writes it
 
 
 def digest(event: bytes) -> bytes:
@@ -198,13 +199,12 @@ def seal(
         raise InputError(f"a sealed batch holds 1..{MAX_EVENTS} events, got {count}")
     if first_seq < 0 or first_seq + count - 1 >= 2**63:
         raise InputError("sequence numbers must be in 0..2^63-1")
-    digests = [digest(e) for e in events]
+    sha256 = hashlib.sha256
+    digests = [sha256(e).digest() for e in events]  # digest(), inlined: once per event
+    root = root_from_leaf_hashes([sha256(_LEAF + d).digest() for d in digests])  # merkle_root, leaf_hash inlined
     time_us = round((_time.time() if time is None else time) * 1_000_000)
     suite = signer.suite
-    body = _body(
-        signer.principal, instance, stream, batch, first_seq, count, merkle_root(digests), time_us, signer.kid,
-        suite,
-    )
+    body = _body(signer.principal, instance, stream, batch, first_seq, count, root, time_us, signer.kid, suite)
     if suite == ED25519:
         return b"".join((_U32.pack(len(body)), body, signer.sign(_CONTEXT + body), *digests))
     sigs = (signer.sign(_CONTEXT_V2 + body), signer.sign_pq(body))
