@@ -1,6 +1,6 @@
 """Consumer memory with a million data subjects: bounded, not proportional to the subjects.
 
-    python -m bench.bench_memory [--quick]
+    python -m bench.bench_memory [--quick | --subjects N]
 
 consumer_memory_1m_subjects: 1,000,000 distinct data subjects (quick: 20,000), one OrderPlaced
 event each, so every event's PII is under a DEK of its own and the consumer's key cache never
@@ -22,6 +22,7 @@ SQLite, for both events/s and RSS.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -59,8 +60,10 @@ def _audit_actions(home: Path, action: str) -> int:
         log.close()
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
-    n = 20_000 if quick else 1_000_000
+def run(quick: bool = False, subjects: int | None = None) -> list[dict[str, Any]]:
+    """``subjects``: another size than the full (1,000,000) or quick (20,000) one, e.g. 50,000
+    for a profile; the scenario keeps its name, its ``subjects`` field says the size."""
+    n = subjects if subjects is not None else 20_000 if quick else 1_000_000
     marks = [m for m in MARKS if m < n] + [n]
     root = Path(tempfile.mkdtemp(prefix="ew-bench-memory-"))
     try:
@@ -72,6 +75,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         ew = _measure("consume", home.root, n, marks)
         t2 = time.perf_counter()
         plain = _measure("read", home.root, n, marks)
+        load = os.getloadavg()
         phases_s = {  # where the scenario's wall time goes (the setup is not measured)
             "setup: bulk keys + sealed events": round(t1 - t0, 1),
             "eventward consumer process": round(t2 - t1, 1),
@@ -96,6 +100,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             peak_rss_mb=ew["peak_rss_mb"],
             maxrss_mb=ew["maxrss_mb"],
             cpu_ratio=round(cpu_ratio, 3),
+            load_avg=[round(x, 2) for x in load],
             consumer_cpu_us_per_event=round(1e6 * ew["cpu_s"] / n, 1),
             plain_cpu_us_per_event=round(1e6 * plain["cpu_s"] / n, 1),
             key_unwrap_audit_records=unwrap_records,
@@ -124,7 +129,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    for res in run(quick="--quick" in sys.argv[1:]):
+    args = sys.argv[1:]
+    subjects = int(args[args.index("--subjects") + 1]) if "--subjects" in args else None
+    for res in run(quick="--quick" in args, subjects=subjects):
         print_scenario(res)
         print(f"    {res['summary']}")
         print(f"    rss_mb {res['rss_mb']}")
