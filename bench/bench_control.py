@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from bench import deployed
-from bench.bench_nats import _free_port, _Raw, _raw_once
+from bench.bench_nats import _free_port, _Raw, _raw_once, _sizes, paired
 from bench.common import print_scenario, scenario, summarize
 from bench.workload import EVENT_TYPE, SOURCE, order_placed
 from eventward._internal import envelope
@@ -182,8 +182,10 @@ def _forget_propagation(dep: Deployment, consumer: Client, n: int) -> dict[str, 
                     forgets=n, target="p99 < 1000 ms")
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, full_events: int | None = None, full_repeats: int | None = None) -> list[dict]:
+    """``full_events``/``full_repeats`` size the e2e scenario (``--events N --repeats R``)."""
     n, repeats, lat_n, forgets = (500, 1, 20, 5) if quick else (20_000, 3, 200, 50)
+    n, repeats = full_events or n, full_repeats or repeats
     root = Path(tempfile.mkdtemp(prefix="bench-control-"))
     nodes = natsserver.start_all(root / "nats", size=1, port=_free_port())
     nats_url = nodes[0].url(tls=False)
@@ -203,26 +205,29 @@ def run(quick: bool = False) -> list[dict]:
         clients += [producer, consumer]
         events = [order_placed(i, CUSTOMERS) for i in range(n)]
         plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
-        client_runs = [_e2e_once(producer, consumer, events, topics[k]) for k in range(repeats)]
-        home_runs = []  # a home of its own: enrolling took over orders-svc's signing key in the first
+        client_runs, home_runs, raw_runs = [], [], []
+        # home mode gets a home of its own: enrolling took over orders-svc's signing key in the first
         nats_cfg = {"transport": "nats", "nats": {"servers": [nats_url]}}
         home_mode = deployed.init_home(root / "home-mode", config=nats_cfg)
-        for k in range(repeats):
+        for k in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
+            client_runs.append(_e2e_once(producer, consumer, events, topics[k]))
             with Deployment.open(home_mode) as d:
                 t = f"orders-h{k}"
                 _, ps = deployed.timed(lambda d=d, t=t: deployed.produce(d, events, topic=t))
                 _, cs = deployed.timed(lambda d=d, t=t: deployed.consume(d, n, topic=t, group=t))
             home_runs.append((ps, cs))
-        raw_runs = [_raw_once(raw, plain, f"RAW_CONTROL_{k}") for k in range(repeats)]
-        e2e = summarize([n / (p + c) for p, c in client_runs])
+            raw_runs.append(_raw_once(raw, plain, f"RAW_CONTROL_{k}"))
+        client_e2e, home_e2e, raw_e2e = ([n / (p + c) for p, c in runs] for runs in (client_runs, home_runs, raw_runs))
+        e2e = summarize(client_e2e)
         results = [scenario(
             "client-mode e2e over NATS: Producer + Consumer, everything on",
             e2e,
-            {"raw publish_async + pull consumer (plain)": summarize([n / (p + c) for p, c in raw_runs]),
-             "home mode over NATS (same Producer/Consumer, whole home)": summarize(
-                 [n / (p + c) for p, c in home_runs])},
+            {"raw publish_async + pull consumer (plain)": summarize(raw_e2e),
+             "home mode over NATS (same Producer/Consumer, whole home)": summarize(home_e2e)},
             events=n, wiring="control API over mTLS (in-process server), NATS direct, eventward init + example policy",
-            target_ratio=0.8,
+            target_ratio=0.8, repeats=repeats,
+            paired_ratios={"raw": paired(client_e2e, raw_e2e), "home mode": paired(client_e2e, home_e2e)},
+            order="client mode, home mode and raw interleaved per repeat",
         )]
         results += _latencies(plane, producer, consumer, "orders-lat", lat_n)
         results.append(_cache_hit_ratio(20_000 if quick else 2_000_000))
@@ -241,5 +246,7 @@ def run(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for res in run(quick="--quick" in sys.argv[1:]):
+    for res in run(quick="--quick" in sys.argv[1:], **_sizes(sys.argv[1:])):
         print_scenario(res)
+        if "paired_ratios" in res:
+            print(f"    paired ratios (per repeat): {res['paired_ratios']}")

@@ -134,8 +134,10 @@ def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[di
         populate(d.keys, (customer(c)["id"] for c in range(CUSTOMERS)), ("pii",))
     events = [order_placed(i, CUSTOMERS) for i in range(n)]
     plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
-    ew = [_eventward_once(home, events, f"orders-{k}") for k in range(repeats)]
-    plain_runs = [_raw_once(raw, plain, f"RAW_FULL_{k}") for k in range(repeats)]
+    ew, plain_runs = [], []
+    for k in range(repeats):  # interleaved, so a busy moment of the machine hits both alike
+        ew.append(_eventward_once(home, events, f"orders-{k}"))
+        plain_runs.append(_raw_once(raw, plain, f"RAW_FULL_{k}"))
     ew_produce, ew_e2e = [n / p for p, _ in ew], [n / (p + c) for p, c in ew]
     raw_publish, raw_e2e = [n / p for p, _ in plain_runs], [n / (p + c) for p, c in plain_runs]
     setup = {
@@ -144,24 +146,36 @@ def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[di
         "raw_message_bytes": round(statistics.mean(map(len, plain))),
         "wiring": "eventward._internal.deployment (Cedar policy, audit log, KeyService + local KMS) on NatsTransport",
         "target_ratio": 1.0,
+        "repeats": repeats,
+        "order": "eventward and raw interleaved per repeat",
     }
     return [
         scenario(
             "nats produce: Producer, everything on",
             summarize(ew_produce),
             {"raw publish_async, msg per event (same events, plain)": summarize(raw_publish)},
+            paired_ratios=paired(ew_produce, raw_publish),
             **setup,
         ),
         scenario(
             "nats e2e: Producer + Consumer, everything on",
             summarize(ew_e2e),
             {"raw publish_async + pull consumer (plain)": summarize(raw_e2e)},
+            paired_ratios=paired(ew_e2e, raw_e2e),
             **setup,
         ),
     ]
 
 
-def run(quick: bool = False) -> list[dict]:
+def paired(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+    """Each repeat's ratio (eventward and the baseline ran back to back) and their median: on a
+    shared machine whose load swings within a run, steadier than the ratio of the medians."""
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True) if b]
+    return {"median": round(statistics.median(ratios), 3) if ratios else None, "each": [round(r, 3) for r in ratios]}
+
+
+def run(quick: bool = False, full_events: int | None = None, full_repeats: int | None = None) -> list[dict]:
+    """``full_events``/``full_repeats`` size the full-path scenarios (``--events N --repeats R``)."""
     batches, repeats = (2, 1) if quick else (40, 3)
     events = [os.urandom(EVENT_BYTES) for _ in range(BATCH * batches)]
     root = Path(tempfile.mkdtemp(prefix="bench-nats-"))
@@ -198,7 +212,7 @@ def run(quick: bool = False) -> list[dict]:
         ew_read = rate(read, repeats)
         raw_pull = rate(lambda: raw.run(raw.pull_all("RAW_EVENTS", per_event, total)), repeats)
         setup = {"event_bytes": EVENT_BYTES, "batch": BATCH, "seal_bytes": len(SEAL), "events": len(events)}
-        full = _full_path(url, raw, root, 1_000 if quick else 20_000, repeats)
+        full = _full_path(url, raw, root, full_events or (1_000 if quick else 20_000), full_repeats or repeats)
         return [
             scenario(
                 "nats append: sealed batch per message",
@@ -218,6 +232,17 @@ def run(quick: bool = False) -> list[dict]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _sizes(argv: list[str]) -> dict[str, int]:
+    """``--events N`` / ``--repeats R`` from the command line (the full-path scenarios' sizes)."""
+    out = {}
+    for flag, name in (("--events", "full_events"), ("--repeats", "full_repeats")):
+        if flag in argv:
+            out[name] = int(argv[argv.index(flag) + 1])
+    return out
+
+
 if __name__ == "__main__":
-    for res in run(quick="--quick" in sys.argv[1:]):
+    for res in run(quick="--quick" in sys.argv[1:], **_sizes(sys.argv[1:])):
         print_scenario(res)
+        if "paired_ratios" in res:
+            print(f"    paired ratios (per repeat): {res['paired_ratios']}")
