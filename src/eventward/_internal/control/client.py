@@ -205,22 +205,23 @@ class RemoteKeys:
         ``REQUEST_KEYS`` of them."""
         hot: dict[tuple[str | None, str, str, str], list[Any]] = {}
         missing = []
-        for s, c, n in dict.fromkeys(items):
-            entry = self._usable(s, c, topic, event_type, n)
-            if entry is None:
+        wanted = list(dict.fromkeys(items))
+        keys = [(s, c, topic, event_type) for s, c, _ in wanted]
+        for (s, c, n), key, entry in zip(wanted, keys, self._enc.get_many(keys), strict=True):
+            if entry is None or entry[3] < n:
                 missing.append((s, c, n))
             else:
-                hot[s, c, topic, event_type] = entry
+                hot[key] = entry
         for start in range(0, len(missing), REQUEST_KEYS):
             chunk = missing[start:start + REQUEST_KEYS]
             got = self._api.encryption_keys(topic, event_type, chunk)
             until = self._clock() + self._ttl  # no later than the cache's own expiry (set after)
-            for (subject, cls, _), (kid, dek, shash) in zip(chunk, got, strict=True):
-                entry = [kid, dek, shash, self.max_uses, until]
-                self._enc.put((subject, cls, topic, event_type), entry)
-                hot[subject, cls, topic, event_type] = entry
-                if subject is not None and shash is not None:
-                    self._hashes.put(subject, shash)
+            fresh = [((subject, cls, topic, event_type), [kid, dek, shash, self.max_uses, until])
+                     for (subject, cls, _), (kid, dek, shash) in zip(chunk, got, strict=True)]
+            self._enc.put_many(fresh)
+            self._hashes.put_many((key[0], entry[2]) for key, entry in fresh
+                                  if key[0] is not None and entry[2] is not None)
+            hot.update(fresh)
         hashes: dict[str, tuple[str, float]] = {}
         for (subject, _, _, _), entry in hot.items():
             if subject is not None and entry[2] is not None:
@@ -232,21 +233,20 @@ class RemoteKeys:
         refusals and erasures are left for ``decryption_key`` to ask about and report."""
         hot: dict[str, tuple[bytes, str | None, float]] = {}
         missing = []
-        for kid, c, h in items:
-            hit = self._dec.get(kid)
+        items = list(items)
+        for item, hit in zip(items, self._dec.get_many([kid for kid, _, _ in items]), strict=True):
             if hit is None:
-                missing.append((kid, c, h))
+                missing.append(item)
             else:
-                hot[kid] = hit
+                hot[item[0]] = hit
         for start in range(0, len(missing), REQUEST_KEYS):
             chunk = missing[start:start + REQUEST_KEYS]
             got = self._api.decryption_keys(topic, event_type, chunk)
             until = self._clock() + self._ttl
-            for kid, _, shash in chunk:
-                dek = got.get(kid)
-                if isinstance(dek, bytes):
-                    self._dec.put(kid, (dek, shash, until))
-                    hot[kid] = (dek, shash, until)
+            fresh = [(kid, (dek, shash, until)) for kid, _, shash in chunk
+                     if isinstance(dek := got.get(kid), bytes)]
+            self._dec.put_many(fresh)
+            hot.update(fresh)
         self._hot_dec = hot
 
     def _usable(self, subject: str | None, cls: str, topic: str, event_type: str, nonces: int) -> list[Any] | None:
