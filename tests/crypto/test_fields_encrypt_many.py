@@ -13,6 +13,7 @@ import pytest
 
 from eventward._internal.crypto import fields, tokens
 from eventward._internal.crypto.fields import FieldEncryptor
+from eventward._internal.fieldspec import FieldSpec
 from eventward._internal.keys.memory import MemoryKeys
 from eventward.errors import FieldSpecError, InputError
 
@@ -144,3 +145,45 @@ def test_tokens_use_the_canonical_encoding(enc: FieldEncryptor) -> None:
     payload = token.split(".")[3]
     assert "=" not in payload and "+" not in payload and "/" not in payload
     assert tokens.split(token)[2] == base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+
+
+class _ContextKeys:
+    """A key source that is told topic, type and nonce count (as KeyService is), recording them."""
+
+    takes_context = True
+
+    def __init__(self) -> None:
+        self.inner = MemoryKeys()
+        self.calls: list[tuple[object, ...]] = []
+
+    def subject_hash(self, subject: str) -> str:
+        return self.inner.subject_hash(subject)
+
+    def encryption_key(self, subject, cls, *, principal, topic=None, event_type=None, nonces=1):
+        self.calls.append((subject, cls, principal, topic, event_type, nonces))
+        return self.inner.encryption_key(subject, cls, principal=principal)
+
+    def decryption_key(self, kid, cls, *, principal, topic=None, event_type=None, subject_hash=None):
+        return self.inner.decryption_key(kid, cls, principal=principal)
+
+
+def test_a_contextual_key_source_is_told_what_encrypt_tells_it() -> None:
+    """The inlined key lookup (GCM slots without a deterministic twin) passes topic, type and the
+    event's value count exactly as _encryption_head does; the twin slots still share one call."""
+    a, b = _ContextKeys(), _ContextKeys()
+    events, ids = _events(9), [f"k{i}" for i in range(9)]
+    many = FieldEncryptor(a).encrypt_many(ids, events, SPEC, principal="p", topic="t", event_type="T")
+    enc_b = FieldEncryptor(b)
+    for i, e in zip(ids, events, strict=True):
+        enc_b.encrypt(i, e, SPEC, principal="p", topic="t", event_type="T")
+    assert a.calls == b.calls and {c[3:5] for c in a.calls} == {("t", "T")}
+    assert [h for _, h in many] == [a.subject_hash(e["customer"]["id"]) for e in events]
+    simple = FieldEncryptor(a)  # a spec with one GCM class and no twin: the inlined branch alone
+    spec = FieldSpec.from_dict({"subject": "customer.id", "fields": {"customer.name": "pii", "customer.phone": "pii"}})
+    a.calls.clear()
+    out = simple.encrypt_many(ids, events, spec, principal="p", topic="t", event_type="T")
+    assert [c[0] for c in a.calls] == [e["customer"]["id"] for e in events]
+    assert [c[5] for c in a.calls] == [1 if "phone" not in e["customer"] else 2 for e in events]
+    for i, (data, shash) in zip(ids, out, strict=True):
+        opened, _ = simple.decrypt(i, data, spec, shash, principal="p")
+        assert opened == events[ids.index(i)]

@@ -381,6 +381,7 @@ class FieldEncryptor:
         cached = self._plans.get(id(spec))
         plan = cached[1] if cached is not None and cached[0] is spec else self._plan(spec)
         head_of, subject_hash, event_context = self._encryption_head, self._keys.subject_hash, tokens.event_context
+        contextual, encryption_key, bound = self._contextual, self._keys.encryption_key, self._cipher.bound
         has_subject, nslots = plan.subject is not None, len(plan.slots)
         per_event = NONCE_BYTES * max(1, sum(len(names) for _, names, _ in plan.groups))
         dumps, b2a, to_url, gcm_alg = orjson.dumps, _b2a, _TO_URL, GCM
@@ -404,10 +405,17 @@ class FieldEncryptor:
                     for slot, rp, leaves in batches:
                         entry = heads[slot]
                         if entry is None:
-                            entry = heads[slot] = head_of(subject, rp, principal, shash, ev, heads, where)
+                            if rp.twin < 0 and contextual and rp.alg == gcm_alg:  # _encryption_head, inlined
+                                kid, dek = encryption_key(subject, rp.cls, principal=principal, topic=topic,
+                                                          event_type=event_type, nonces=count)
+                                h, ctx = bound(kid, dek, gcm_alg, rp.cls, shash)
+                                entry = heads[slot] = (h.seal, ctx + ev, (kid, dek), h)
+                            else:
+                                entry = heads[slot] = head_of(subject, rp, principal, shash, ev, heads, where)
                         head = entry[1]
                         if rp.alg == gcm_alg:
-                            aead, prefix = entry[3], entry[4]
+                            h = entry[3]  # KeyHandle.seal's GCM branch, inlined below
+                            aead, prefix = h._gcm.encrypt, h._prefix_g
                             for k, path, tail in leaves:
                                 nonce = pool[pos : pos + NONCE_BYTES]
                                 pos += NONCE_BYTES
@@ -510,12 +518,11 @@ class FieldEncryptor:
         ev: bytes,
         heads: list[Any],
         where: tuple[str | None, str | None, int],
-    ) -> tuple[Any, bytes, tuple[str, bytes], Any, str]:
-        """(handle.seal, associated-data head, (kid, dek), the handle's AESGCM encrypt, its GCM
-        token prefix) for a slot new in this event: one key-source call per class, shared by
-        both algorithms. The event's value count is the nonce count charged to the key (an upper
-        bound for the class: never an undercount). The last two serve ``encrypt_many``'s inlined
-        GCM seal."""
+    ) -> tuple[Any, bytes, tuple[str, bytes], tokens.KeyHandle]:
+        """(handle.seal, associated-data head, (kid, dek), handle) for a slot new in this event:
+        one key-source call per class, shared by both algorithms. The event's value count is the
+        nonce count charged to the key (an upper bound for the class: never an undercount). The
+        handle serves ``encrypt_many``'s inlined GCM seal."""
         twin = heads[rp.twin] if rp.twin >= 0 else None
         if twin is not None:
             kid, dek = twin[2]
@@ -526,7 +533,7 @@ class FieldEncryptor:
         else:
             kid, dek = self._keys.encryption_key(subject, rp.cls, principal=principal)
         h, ctx = self._cipher.bound(kid, dek, rp.alg, rp.cls, shash)
-        return h.seal, ctx + (tokens.NO_EVENT if rp.alg == SIV else ev), (kid, dek), h._gcm.encrypt, h._prefix_g
+        return h.seal, ctx + (tokens.NO_EVENT if rp.alg == SIV else ev), (kid, dek), h
 
     def _decryption_entry(
         self,
