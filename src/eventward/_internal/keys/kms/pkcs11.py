@@ -28,7 +28,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +44,7 @@ from eventward._internal.keys.kms.base import MAC_LEDGER, MAC_SUBJECT, config_fr
 from eventward.errors import (
     ConfigError,
     ConflictError,
+    EventwardError,
     KeyDestroyed,
     KeyIntegrityError,
     KeyNotFound,
@@ -615,6 +616,51 @@ class Pkcs11KMS:
                 ) from None
 
         return self._run(f"unwrap under {kek_id}", decrypt, float("inf"))
+
+    def unwrap_many(self, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes | EventwardError]:
+        """``unwrap`` of each (kek id, wrapped, aad) of a read batch in one locked token call (one
+        index check, one rescan at most for the whole batch): each outcome is the DEK or the
+        refusal ``unwrap`` would raise (KeyDestroyed, KeyNotFound, KeyIntegrityError). Every
+        wrapped key is still opened and checked by the token on its own; a token error is an
+        outage for the whole call (KMSUnavailable), as for one unwrap."""
+        out: list[bytes | EventwardError] = []
+        todo: list[tuple[int, str, str, int, bytes, bytes, bytes, bytes]] = []
+        for i, (kid, wrapped, aad) in enumerate(items):
+            try:
+                cls, version = parse_kek_id(kid)
+                if len(wrapped) < 1 + _OID + _IV + _TAG or wrapped[:1] != _FORMAT:
+                    raise KeyIntegrityError(f"wrapped key under {kid} is malformed")
+            except (KeyNotFound, KeyIntegrityError) as e:
+                out.append(e)
+                continue
+            out.append(b"")  # replaced below
+            todo.append((i, kid, cls, version, wrapped[1 : 1 + _OID], wrapped[1 + _OID : 1 + _OID + _IV],
+                         wrapped[1 + _OID + _IV :], aad))
+
+        def decrypt(idx: _Index, final: bool) -> list[bytes | EventwardError]:
+            got: list[bytes | EventwardError] = []
+            for _, kid, cls, version, oid, iv, sealed, aad in todo:
+                obj = idx.find(cls, version, oid)
+                if obj is None:
+                    if not final:
+                        raise _Stale  # the whole batch once more, on a fresh scan
+                    got.append(idx.missing(kid))  # type: ignore[arg-type]
+                    continue
+                try:
+                    got.append(bytes(obj.key.decrypt(
+                        sealed, mechanism=Mechanism.AES_GCM,
+                        mechanism_param=GCMParams(iv, _bind(kid, oid, aad), 128),
+                    )))
+                except _BAD_CIPHERTEXT:
+                    got.append(KeyIntegrityError(
+                        f"wrapped key under {kid} failed authentication (tampered, or moved to another context)"
+                    ))
+            return got
+
+        if todo:
+            for item, dek in zip(todo, self._run(f"unwrap {len(todo)} keys", decrypt, float("inf")), strict=True):
+                out[item[0]] = dek
+        return out
 
     def mac(self, name: str, data: bytes) -> bytes:
         memo = None
