@@ -66,6 +66,18 @@ def test_an_empty_answer_is_kept_only_while_nothing_could_have_changed() -> None
     assert board.due("g") == [] and board.due("g") == [] and api.asked == 8
 
 
+def test_a_group_whose_hooks_failed_is_always_asked() -> None:
+    """Its failures come due again ``retry_s`` later with no notice to announce them."""
+    api, follower = _API(), _Follower()
+    board = RemoteNotices(api, follower)  # type: ignore[arg-type]
+    assert board.due("g") == [] and board.due("g") == [] and api.asked == 1
+    board.acknowledge("p1", "g", principal="shipping-svc", error="index_offline")
+    for _ in range(3):
+        assert board.due("g") == []
+    assert api.asked == 4
+    assert board.due("h") == [] and board.due("h") == [] and api.asked == 5  # other groups unaffected
+
+
 def test_without_a_follower_every_check_asks() -> None:
     api = _API()
     board = RemoteNotices(api)  # type: ignore[arg-type]

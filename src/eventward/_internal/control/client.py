@@ -516,9 +516,12 @@ class RemoteNotices:
     ``follower`` an empty answer is kept while no erasure notice (and no failed poll, which could
     hide one) arrived since it was asked, for at most ``recheck_s``: anything erased later is
     announced by a notice, so it is asked about at the next ``due`` after the notice is applied.
-    The first answer, a non-empty one and one after an acknowledgement are always asked for."""
+    The first answer, a non-empty one and one after an acknowledgement are always asked for, and
+    a group whose hooks failed here is always asked (its failures come due again without a
+    notice, ``retry_s`` later); one failed in an earlier process is retried at most
+    ``recheck_s`` after it came due."""
 
-    def __init__(self, api: ControlAPI, follower: NoticeFollower | None = None, *, recheck_s: float = 30.0,
+    def __init__(self, api: ControlAPI, follower: NoticeFollower | None = None, *, recheck_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._api = api
         self._registered: set[str] = set()
@@ -526,6 +529,7 @@ class RemoteNotices:
         self._recheck = recheck_s
         self._clock = clock
         self._quiet: dict[str, tuple[int, float]] = {}  # group -> (follower changes, when) of an empty answer
+        self._failed: set[str] = set()  # groups that acknowledged a failure here
 
     def register(self, group: str) -> None:
         """Register ``group`` now if the control plane answers, else at the first ``due``."""
@@ -545,7 +549,7 @@ class RemoteNotices:
             return []
         mark = follower.changes if follower is not None else 0  # before asking: a notice meanwhile counts
         got = self._api.erasures_due(group)
-        if got:
+        if got or group in self._failed:
             self._quiet.pop(group, None)
         else:
             self._quiet[group] = (mark, now)
@@ -555,6 +559,8 @@ class RemoteNotices:
         if principal != self._api.principal:
             raise AccessDenied(f"this client is {self._api.principal}, not {principal}")
         self._quiet.pop(group, None)
+        if error is not None:
+            self._failed.add(group)
         return self._api.acknowledge(group, pseudonym, error)
 
 
