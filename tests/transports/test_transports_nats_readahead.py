@@ -19,7 +19,9 @@ from client.client_world import PRODUCER, READER, TYPE, World, customer
 from eventward._internal.client.types import Delivered
 from eventward._internal.log import framing, natsserver
 from eventward._internal.log.nats import NatsTransport, subject_for
+from eventward._internal.log.retry import Backoff
 from eventward._internal.policy.base import PUBLISH, SUBSCRIBE
+from eventward.errors import EventwardError
 
 from .conftest import nats_client
 from .nats_world import raw_publish
@@ -134,6 +136,26 @@ def test_read_ahead_is_bounded_and_dropped_on_close(nats_node: natsserver.Node) 
         reader.read(streams[-1], 5, 5)
 
 
+def test_attack_a_page_read_ahead_is_not_served_once_the_connection_is_gone(nats_node: natsserver.Node) -> None:
+    """Revoking a principal's certificate makes the server close its connection: a page fetched
+    ahead before that must not be handed out after it (the read goes live, and fails typed)."""
+    writer = nats_client(nats_node)
+    reader = nats_client(nats_node, backoff=Backoff(base_s=0.01, cap_s=0.05, budget_s=0.3))
+    try:
+        stream = _stream()
+        writer.create_stream(stream)
+        _append(writer, stream, 3)
+        assert len(reader.read(stream, 0, 5)) == 5
+        _wait_ahead_done(reader, stream, 5)
+        reader._loop.run(reader._nc.close(), 10, "drop the connection")  # as the server does on revocation
+        with pytest.raises(EventwardError):
+            reader.read(stream, 5, 5)
+        assert (stream, 5) not in reader._ahead
+    finally:
+        writer.close()
+        reader.close()
+
+
 class _Crash(BaseException):
     """Escapes the consumer's handler error handling, as a process dying would."""
 
@@ -161,7 +183,10 @@ def test_a_consumer_stopped_mid_read_ahead_resumes_at_its_commit_and_skips_nothi
         with pytest.raises(_Crash):
             consumer.run(crash_in_page_two, idle_timeout=0)
         assert (5, True) in spy_claims  # page two came from the read-ahead
-        assert (topic, 10) in first._ahead  # page three was being read ahead when it stopped
+        deadline = time.monotonic() + 10  # page three is read ahead (started from the loop thread)
+        while (topic, 10) not in first._ahead and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert (topic, 10) in first._ahead
         consumer.close()  # its group's lock goes, as with a process that died
         first.close()
         second = nats_client(nats_node)

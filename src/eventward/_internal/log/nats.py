@@ -700,8 +700,8 @@ class NatsTransport:
         costs more than the page's round trip). Anything else goes through ``_read``."""
         key = (stream, offset)
         entry = self._ahead.get(key)
-        if entry is None or not entry[0].done() or entry[0].cancelled():
-            return None
+        if entry is None or not entry[0].done() or entry[0].cancelled() or not self._nc.is_connected:
+            return None  # disconnected (a revoked certificate closes the connection): read live, which says why
         batches = entry[0].result()
         if not batches or batches[-1].end - offset < max_records or self._ahead.pop(key, None) is not entry:
             return None  # short (the end then), failed, or claimed by another thread meanwhile
@@ -795,7 +795,8 @@ class NatsTransport:
         entry = self._ahead.pop((stream, offset), None)
         if entry is None or entry[0].cancelled():
             return None
-        return await entry[0]
+        batches = await entry[0]
+        return batches if self._nc.is_connected else None  # nothing fetched before a disconnect is served after it
 
     async def _read_ahead(self, stream: str, offset: int, max_records: int) -> list[_Stored] | None:
         try:
