@@ -1,11 +1,13 @@
 """Suite-wide: keep every test's per-user state (``audit verify``'s remembered checkpoints under
 ``$XDG_CONFIG_HOME/eventward``) in a temporary directory, never in the real home directory; and
-compile the gateway's request validators once per worker instead of once per gateway started."""
+compile the gateway's request validators once per worker instead of once per gateway started;
+and hand the longest test modules to the xdist workers first."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,6 +38,59 @@ def _memoized_compile(compile_: Callable[..., Callable[[Any], Any]]) -> Callable
 
 
 gateway_app._compile = _memoized_compile(gateway_app._compile)  # AttributeError if it is renamed: fix here
+
+
+# Modules that run longest (one worker each; measured with --durations and junit per-module sums on
+# 2 cores), longest first. xdist's --dist loadscope orders modules by their number of tests, so these
+# (most hold one or two long end-to-end tests) came last and one worker ran them alone at the end
+# while the other idled; and since a worker asks for more as soon as it has <= 2 tests pending, it
+# took several of them at once. Started first, they overlap with the many short modules instead.
+# A renamed module only loses its priority (the order is a schedule, never a filter).
+LONGEST_FIRST = (
+    "tests/integration/test_client_mode_processes.py",
+    "tests/integration/test_readme.py",
+    "tests/integration/test_cli_workflow.py",
+    "tests/cli/test_cli_client_mode.py",
+    "tests/tooling/test_cli_conventions.py",
+    "tests/schema/test_schema_tight.py",
+    "tests/keys_net/test_kms_net.py",
+    "tests/pg/test_pg_policy.py",
+    "tests/guard/test_guard_fastpath.py",
+    "tests/integration/test_demo.py",
+    "tests/pg/test_pg_gateway_groups.py",
+    "tests/transports/test_transports_nats_admin.py",
+    "tests/pg/test_pg_serve_outage.py",
+    "tests/client/test_client_first_use_key.py",
+    "tests/pg/test_pg_pki.py",
+    "tests/pg/test_pg_replicas.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own implementation (firstresult)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadscope with LONGEST_FIRST at the head of the queue (other modules keep xdist's order)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirst(LoadScopeScheduling):
+        _ordered = False
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self._ordered:  # the queue is complete when the first unit is handed out
+                self._ordered = True
+                rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
+                first = sorted((s for s in self.workqueue if _module(s) in rank), key=lambda s: rank[_module(s)])
+                for scope in reversed(first):
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
+
+def _module(scope: str) -> str:
+    """The module path of an xdist scope (``path/test_x.py`` or ``path/test_x.py::Class``)."""
+    return Path(scope.split("::", 1)[0]).as_posix()
 
 
 @pytest.fixture(autouse=True, scope="session")
