@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+
 from eventward._internal.crypto.tokens import GCM, SIV, TokenCipher, key_context
 from eventward._internal.keys.cache import LruTtlCache
 from eventward._internal.keys.dek import AAD_V1, AAD_V2, WRAPPED_COLUMNS, dek_aad, row_aad
@@ -159,3 +161,46 @@ def test_opening_keeps_a_key_from_its_second_use_and_it_then_seals_like_bound():
     for i in range(10):  # bounded: the memory of keys met once is emptied when full
         c.opening(f"k{i}" + "x" * 20, dek, GCM, "pii", None)
         assert len(c._once) <= 4 and len(c._bound) <= 4
+
+
+def test_key_store_outage_in_the_batch_query_stops_the_consumer_before_the_event(tmp_path, monkeypatch):
+    """The batch's one query fails (store unreachable): the consumer stops at the first event
+    whose key it has not got, commits nothing, and resumes there once the store is back."""
+    from eventward._internal import demo
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.home import Home
+    from eventward.errors import KeyStoreUnavailable
+
+    d = Deployment.init(Home(tmp_path / "home"), admin=demo.ADMIN)
+    try:
+        result = demo.DemoResult()
+        demo.setup(d, lambda *_: None)
+        demo.schemas(d, result, lambda *_: None)
+        orders = []
+        for i in range(6):
+            data = demo.order(i)
+            data["customer"] = {**data["customer"], "id": f"cust-{3000 + i}"}
+            orders.append(data)
+        with d.producer(demo.PRODUCER, demo.TOPIC) as p:
+            p.send_many(demo.EVENT_TYPE, orders, source="/shop")
+        d.keys._drop_caches()
+
+        def outage(*a: object, **kw: object) -> object:
+            raise KeyStoreUnavailable("key store unreachable (test outage)")
+
+        consumer = d.consumer(demo.SHIPPING, demo.TOPIC, group="g", from_beginning=True)
+        seen: list = []
+        try:
+            monkeypatch.setattr(d.keys.store, "wrapped_deks", outage)
+            monkeypatch.setattr(d.keys.store, "get_dek", outage)
+            with pytest.raises(KeyStoreUnavailable):
+                consumer.run(seen.append, idle_timeout=0.2)
+            assert seen == [] and d.transport.committed("g", demo.TOPIC) is None
+            monkeypatch.undo()
+            stats = consumer.run(seen.append, idle_timeout=0.2)
+        finally:
+            consumer.close()
+        assert stats.delivered == 6 and [e.offset for e in seen] == list(range(6))
+        assert [e.data["customer"]["name"] for e in seen] == [o["customer"]["name"] for o in orders]
+    finally:
+        d.close()
