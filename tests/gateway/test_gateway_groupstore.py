@@ -21,7 +21,7 @@ from eventward._internal.gateway.groupstore import GROUP_LOCK, PG_TABLES, GroupS
 from eventward._internal.store.pg import Database
 from eventward._internal.store.sqlcompat import PgTables
 from eventward.errors import ConflictError
-from pg.conftest import pg_dsn, pg_server, race  # noqa: F401
+from pg.conftest import pg_migrated_dsn, pg_server, race  # noqa: F401
 
 GID, TOPIC = "shipping-svc/g", "orders"
 
@@ -39,7 +39,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
             opened.append(GroupStore.open_sqlite(tmp_path / "consumers" / "gateway.db"))
             return opened[-1]
     else:
-        dsn = request.getfixturevalue("pg_dsn")
+        dsn = request.getfixturevalue("pg_migrated_dsn")  # the contract, not migrating
         Database(dsn).migrate("dep-test")
 
         def make() -> GroupStore:

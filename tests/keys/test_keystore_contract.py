@@ -14,7 +14,7 @@ from eventward._internal.keys.sqlite_store import SQLiteKeyStore
 from eventward._internal.keys.store_base import CLASS_SUBJECT, DekRecord, Erasure, KeyStore
 from eventward._internal.store.pg import Database
 from eventward.errors import InputError, LegalHoldError
-from pg.conftest import pg_dsn, pg_server, race  # noqa: F401 - one PostgreSQL server for the session
+from pg.conftest import pg_migrated_dsn, pg_server, race  # noqa: F401 - one PostgreSQL server for the session
 
 H1, H2 = "a" * 32, "b" * 32
 DEPLOYMENT = "contract-tests"
@@ -38,7 +38,7 @@ def opener(request, tmp_path) -> Iterator[Callable[[], KeyStore]]:
             opened.append(s)
             return s
     else:
-        dsn = request.getfixturevalue("pg_dsn")
+        dsn = request.getfixturevalue("pg_migrated_dsn")  # the contract, not migrating
         Database(dsn).migrate(DEPLOYMENT)
 
         def _open() -> KeyStore:

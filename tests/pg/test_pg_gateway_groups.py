@@ -233,7 +233,7 @@ def test_attack_racing_replicas_cannot_overdraw_a_shared_bucket(pg_server: PgSer
     from eventward._internal.gateway.quota import SharedBuckets
     from eventward._internal.store.pg import Database
 
-    dsn = pg_server.create_database()
+    dsn = pg_server.create_database(migrated=True)
     Database(dsn).migrate("dep-quota")
     dbs = [Database.open(dsn, deployment_id="dep-quota", pool_max=10) for _ in range(2)]
     try:

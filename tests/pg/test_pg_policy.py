@@ -30,6 +30,13 @@ from policy.test_policy_store import (  # noqa: F401
 
 
 @pytest.fixture
+def pg_dsn(pg_migrated_dsn: str) -> str:
+    """Databases here start migrated (pg.conftest.pg_migrated_dsn): these tests are about the policy store,
+    not about migrating (~0.3 s of DDL per test saved)."""
+    return pg_migrated_dsn
+
+
+@pytest.fixture
 def home(tmp_path, pg_dsn, monkeypatch) -> Home:
     monkeypatch.setenv("EW_TEST_DSN", pg_dsn)
     h = Home(tmp_path / "home").ensure()
