@@ -154,7 +154,7 @@ def test_opening_keeps_a_key_from_its_second_use_and_it_then_seals_like_bound():
     h2, ctx2 = c.opening(kid, dek, GCM, "pii", "ab" * 16)
     assert ctx2 == ctx1 and len(c._bound) == 1
     h3, ctx3 = c.bound(kid, dek, GCM, "pii", "ab" * 16)  # an encrypt after it gets the kept handle
-    assert h3 is h2 and ctx3 == ctx1
+    assert h3 is h2 and ctx3 == ctx1 and h3.context(GCM, "pii", "ab" * 16) == ctx1
     token = h3.seal("v", ctx1 + b"tail", b"\x00" * 12)
     assert token.startswith(f"ew1.g.{kid}.") and h1.open_token(token, len(f"ew1.g.{kid}."), GCM, ctx1 + b"tail") == "v"
     assert c.opening(kid, dek, SIV, "pii", None)[1] == key_context(SIV, kid, "pii", None)

@@ -340,19 +340,20 @@ class TokenCipher:
         once per event). The DEK is checked as always.
 
         A key met for the first time (a consumer of many subjects: nearly every key) costs its
-        AESGCM and the context bytes only: the handle's token prefixes (used by ``seal``) are
-        made when it is kept, at its second use, and what was met once is a bounded plain dict
-        (emptied when full), not an ordered one evicting an entry per insert."""
+        AESGCM and the context bytes only: the handle's token prefixes and context memo (used by
+        ``seal`` and ``context``) are made when it is kept, at its second use, and what was met
+        once is a bounded plain dict (emptied when full), not an ordered one evicting an entry
+        per insert."""
         if type(dek) is not bytes or len(dek) != DEK_BYTES or type(kid) is not str:
             return self.bound(kid, dek, alg, cls, subject_hash)  # raises the KeyServiceError naming it
         slot = (kid, dek, alg, cls, subject_hash)
         hit = self._bound.get(slot)
         if hit is not None:
             return hit
-        h = self._handles.get((kid, dek))
+        h = self._handles.get((kid, dek)) if self._handles else None  # a consumer's is empty
         if h is None:
             h = _new_handle(KeyHandle)
-            h.kid, h._dek, h._gcm, h._siv, h._contexts = kid, dek, AESGCM(dek), None, {}
+            h.kid, h._dek, h._gcm, h._siv = kid, dek, AESGCM(dek), None
         k, c, sh = kid.encode(), cls.encode(), (subject_hash or "").encode()
         hit = (h, b"".join((_CONTEXT_HEADS[alg], _U32(len(k)), k, _U32(len(c)), c, _U32(len(sh)), sh)))
         seen = (kid, alg, cls, subject_hash)
@@ -361,6 +362,7 @@ class TokenCipher:
             if once.pop(seen, 0) is None:  # met before: worth keeping, with everything seal needs
                 if not hasattr(h, "_prefix_g"):
                     h._prefix_g, h._prefix_s = f"{_PREFIX}{GCM}.{kid}.", f"{_PREFIX}{SIV}.{kid}."
+                    h._contexts = {}
                 if len(self._bound) >= self._max:
                     self._bound.popitem(last=False)
                 self._bound[slot] = hit
