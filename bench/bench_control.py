@@ -34,7 +34,7 @@ import orjson
 
 from bench import deployed
 from bench.bench_nats import _free_port, _Raw, _raw_once, _sizes, paired
-from bench.common import print_scenario, scenario, summarize
+from bench.common import frozen_inputs, print_scenario, scenario, summarize
 from bench.workload import EVENT_TYPE, SOURCE, order_placed
 from eventward._internal import envelope
 from eventward._internal.control.client import RemoteKeys
@@ -209,14 +209,15 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
         # home mode gets a home of its own: enrolling took over orders-svc's signing key in the first
         nats_cfg = {"transport": "nats", "nats": {"servers": [nats_url]}}
         home_mode = deployed.init_home(root / "home-mode", config=nats_cfg)
-        for k in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
-            client_runs.append(_e2e_once(producer, consumer, events, topics[k]))
-            with Deployment.open(home_mode) as d:
-                t = f"orders-h{k}"
-                _, ps = deployed.timed(lambda d=d, t=t: deployed.produce(d, events, topic=t))
-                _, cs = deployed.timed(lambda d=d, t=t: deployed.consume(d, n, topic=t, group=t))
-            home_runs.append((ps, cs))
-            raw_runs.append(_raw_once(raw, plain, f"RAW_CONTROL_{k}"))
+        with frozen_inputs():  # the same inputs for all three, out of the collector's sight (bench.common)
+            for k in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
+                client_runs.append(_e2e_once(producer, consumer, events, topics[k]))
+                with Deployment.open(home_mode) as d:
+                    t = f"orders-h{k}"
+                    _, ps = deployed.timed(lambda d=d, t=t: deployed.produce(d, events, topic=t))
+                    _, cs = deployed.timed(lambda d=d, t=t: deployed.consume(d, n, topic=t, group=t))
+                home_runs.append((ps, cs))
+                raw_runs.append(_raw_once(raw, plain, f"RAW_CONTROL_{k}"))
         client_e2e, home_e2e, raw_e2e = ([n / (p + c) for p, c in runs] for runs in (client_runs, home_runs, raw_runs))
         e2e = summarize(client_e2e)
         results = [scenario(

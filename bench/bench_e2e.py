@@ -10,8 +10,8 @@ committed. The rate is events / (produce time + consume time) in one process. Ba
 the same run, one of each per round: the same events as plain JSON through the same SQLite
 layout (the price of security), and a hand-written loop doing the same work without the
 framework (same_work_loop: what the framework costs over doing it by hand). The events
-given to all of them are frozen out of the garbage collector's sight (gc.freeze, as
-common.interleaved does): a service holds no such list, and every contender would otherwise
+given to all of them are frozen out of the garbage collector's sight (common.frozen_inputs,
+as for the anchors): a service holds no such list, and every contender would otherwise
 pay for walking it.
 
 e2e_embedded ablation: the same flow and events on the SDK's own lighter wiring (in-memory
@@ -34,7 +34,6 @@ Ed25519 signature per event.
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import sqlite3
@@ -50,7 +49,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import deployed, proc
-from bench.common import print_scenario, rate, scenario, summarize
+from bench.common import frozen_inputs, print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, SOURCE, customer, order_placed
 from eventward._internal import envelope
@@ -436,12 +435,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     piped: list[dict[str, float]] = []
     plain_fn, loop_fn = plain_json_sqlite(events), same_work_loop(events)
     steps = breakdown(events[:2_000])
-    # The inputs (n events, ~4 tracked objects each) are moved out of the garbage collector's
-    # sight, as common.interleaved does for the anchors: a service holds no such data, and
-    # otherwise every full collection of every contender walks them.
-    gc.collect()
-    gc.freeze()
-    try:
+    with frozen_inputs():
         # One of each per round, all on the same n events: load on the machine hits all alike, and
         # the deployed one-process runs are the baseline of both the headline and the pipelined one.
         for _ in range(repeats):
@@ -450,8 +444,6 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             loop_rates.append(rate(loop_fn, 1)["median"])
             runs.append(_e2e(events))
             piped.append(pipelined(n))
-    finally:
-        gc.unfreeze()
     plain, loop = summarize(plain_rates), summarize(loop_rates)
     out = [
         scenario(

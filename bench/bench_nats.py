@@ -37,7 +37,7 @@ import orjson
 from nats.js import api
 
 from bench import deployed
-from bench.common import print_scenario, rate, scenario, summarize
+from bench.common import frozen_inputs, print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, SOURCE, customer, order_placed
 from eventward._internal import envelope
@@ -135,9 +135,10 @@ def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[di
     events = [order_placed(i, CUSTOMERS) for i in range(n)]
     plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
     ew, plain_runs = [], []
-    for k in range(repeats):  # interleaved, so a busy moment of the machine hits both alike
-        ew.append(_eventward_once(home, events, f"orders-{k}"))
-        plain_runs.append(_raw_once(raw, plain, f"RAW_FULL_{k}"))
+    with frozen_inputs():  # the same inputs for both, out of the collector's sight (bench.common)
+        for k in range(repeats):  # interleaved, so a busy moment of the machine hits both alike
+            ew.append(_eventward_once(home, events, f"orders-{k}"))
+            plain_runs.append(_raw_once(raw, plain, f"RAW_FULL_{k}"))
     ew_produce, ew_e2e = [n / p for p, _ in ew], [n / (p + c) for p, c in ew]
     raw_publish, raw_e2e = [n / p for p, _ in plain_runs], [n / (p + c) for p, c in plain_runs]
     setup = {
