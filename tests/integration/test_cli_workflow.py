@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import orjson
+import pytest
 
 from eventward._internal import demo
 
@@ -19,6 +20,8 @@ EXAMPLES = resources.files("eventward._internal.examples")
 FORGOTTEN = demo.FORGOTTEN  # cust-1002
 
 
+# ~40 CLI processes, each importing the package: ~60 s on a quiet machine, twice that on a busy one.
+@pytest.mark.timeout(300)
 def test_the_whole_workflow_through_the_cli(tmp_path):
     exe = shutil.which("eventward", path=str(Path(sys.executable).parent))
     assert exe is not None
