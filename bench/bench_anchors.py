@@ -95,11 +95,19 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                         blobs.append((eid, orjson.dumps(out), shash))
                     return n
 
-                def decrypt() -> int:  # in read batches of 500, as the Consumer runs it
+                def decrypt() -> int:
+                    """In read batches of 500, as the Consumer runs it: parse the batch, collect its
+                    key ids (want_keys), resolve them at once (resolve_wanted: a key source without
+                    a batch call, as MemoryKeys, is asked per event instead), decrypt each event."""
                     for start in range(0, n, 500):
+                        batch = [(eid, orjson.loads(raw), shash) for eid, raw, shash in blobs[start : start + 500]]
                         with enc.reading_batch():
-                            for eid, raw, shash in blobs[start : start + 500]:
-                                enc.decrypt(eid, orjson.loads(raw), spec, shash, principal=deployed.CONSUMER, **ctx)
+                            wanted: dict[Any, Any] = {}
+                            for _, data, shash in batch:
+                                enc.want_keys(wanted, ctx.get("event_type"), spec, shash, data)
+                            enc.resolve_wanted(wanted, principal=deployed.CONSUMER, topic=ctx.get("topic"))
+                            for eid, data, shash in batch:
+                                enc.decrypt(eid, data, spec, shash, principal=deployed.CONSUMER, **ctx)
                     return n
 
                 return encrypt, decrypt
