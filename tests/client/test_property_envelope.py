@@ -107,16 +107,23 @@ def test_property_envelope_byte_splices(chunk: bytes, at: int) -> None:
     """Bytes spliced into (or overwriting part of) a valid encoding."""
     raw = envelope.encode(VALID)
     at = min(at, len(raw))
-    typed_only(raw[:at] + chunk + raw[at:])
-    typed_only(raw[:at] + chunk + raw[at + len(chunk):])
+    for spliced in (raw[:at] + chunk + raw[at:], raw[:at] + chunk + raw[at + len(chunk):]):
+        env = typed_only(spliced)
+        if env is not None:  # accepted only as exactly the object those bytes are, and it round-trips
+            assert env == orjson.loads(spliced)
+            assert envelope.decode(envelope.encode(env)) == env
 
 
 def test_property_envelope_edge_times_are_typed() -> None:
     """Timestamps at the ends of the calendar, with extreme offsets: parsed or refused, typed."""
-    for t in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00Z",
-              "2024-02-30T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T00:00:60Z",
-              "2024-01-01T00:00:00+99:99", "2024-01-01T00:00:00.1234567890123Z"):
-        typed_only(orjson.dumps({**VALID, "time": t}))
+    valid = ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59")
+    invalid = ("0000-01-01T00:00:00Z", "2024-02-30T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T00:00:60Z",
+               "2024-01-01T00:00:00+99:99", "2024-01-01T00:00:00.1234567890123Z")
+    for t in valid:
+        env = typed_only(orjson.dumps({**VALID, "time": t}))
+        assert env is not None and env["time"] == t
+    for t in invalid:  # year 0, a day or hour past the calendar, a leap second, an offset past 23:59, 13 digits
+        assert typed_only(orjson.dumps({**VALID, "time": t})) is None, t
 
 
 # --- the CLI's produce input (one JSON event per line) --------------------------------------------
