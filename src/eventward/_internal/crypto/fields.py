@@ -216,41 +216,29 @@ class FieldEncryptor:
                   spec: FieldSpec, shash: str | None, data: Any) -> None:
         """Add the (key id, class, subject hash) of the tokens in one event's ``data`` to
         ``wanted`` (per event type), for ``resolve_wanted``: a consumer collects them as it parses
-        each record, so no parsed event has to stay alive for the whole batch. The common case
-        (a prepared spec without array paths, dict data) is ``key_ids`` inlined: no list, no
-        generator, no second loop per event."""
+        each record. The common case (a prepared spec without array paths, dict data) reads the
+        key ids in place, as ``key_ids`` does, without building its list."""
         cached = self._plans.get(id(spec))
         if cached is None or cached[0] is not spec or cached[1].nested or type(data) is not dict:
             try:
                 kids = self.key_ids(spec, data)
             except EventwardError:  # refused per event, with its own error, when it is decrypted
                 return
-            if kids:
-                group = wanted.get(event_type)
-                if group is None:
-                    group = wanted[event_type] = {}
-                for kid, cls in kids:
-                    group[kid, cls, shash] = None
-            return
-        group = None
-        for parent, _, batches in cached[1].groups:
-            src: Any = data
-            for name in parent:
-                src = src.get(name)
-                if type(src) is not dict:
-                    break
-            else:
-                for _, rp, leaves in batches:
-                    for leaf in leaves:
-                        value = src.get(leaf[0])
-                        if type(value) is str and value.startswith(_TOKEN_PREFIX):
-                            end = value.find(".", 6)
-                            if end > 6:
-                                if group is None:
-                                    group = wanted.get(event_type)
-                                    if group is None:
-                                        group = wanted[event_type] = {}
-                                group[value[6:end], rp.cls, shash] = None
+        else:
+            kids = [
+                (value[6:end], rp.cls)
+                for src, batches in _plain_groups(cached[1], data)
+                for _, rp, leaves in batches
+                for leaf in leaves
+                if type(value := src.get(leaf[0])) is str and value.startswith(_TOKEN_PREFIX)
+                and (end := value.find(".", 6)) > 6
+            ]
+        if kids:
+            group = wanted.get(event_type)
+            if group is None:
+                group = wanted[event_type] = {}
+            for kid, cls in kids:
+                group[kid, cls, shash] = None
 
     def resolve_wanted(
         self,
