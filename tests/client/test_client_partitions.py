@@ -84,6 +84,29 @@ def test_routing_is_stable_and_by_subject(world: World) -> None:
         assert streams == {partition_stream(TOPIC, partition_for(shash, 4))}
 
 
+def test_remembered_routes_stay_bounded_and_route_as_the_hash(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer remembers subjects' partitions (issue 16); past its bound it forgets them and
+    hashes again, so every event still lands in partition_for(its pseudonym), by send and send_many."""
+    from eventward._internal.client import producer as producer_mod
+
+    monkeypatch.setattr(producer_mod, "_ROUTES", 3)
+    with world.producer(partitions=4, max_batch=7) as p:
+        for i in range(40):
+            p.send(TYPE, customer(i % 8))
+            assert len(p._routes) <= 3
+        p.send_many(TYPE, [customer(i % 8) for i in range(40)])
+        assert 0 < len(p._routes) <= 3
+    where: dict[str, set[str]] = {}
+    for stream in partition_streams(TOPIC, 4):
+        for rec in world.log.read(stream, 0, 1000):
+            where.setdefault(sealing_subject(rec.data), set()).add(stream)
+    assert len(where) == 8 and sum(len(world.log.read(s, 0, 1000)) for s in partition_streams(TOPIC, 4)) == 80
+    for shash, streams in where.items():
+        assert streams == {partition_stream(TOPIC, partition_for(shash, 4))}
+
+
 def sealing_subject(raw: bytes) -> str:
     import orjson
 

@@ -75,6 +75,7 @@ _CORE_ATTRIBUTES = frozenset(
 
 
 _TYPES_TEXT = 256  # an audit meta string's limit (audit.records.MAX_TEXT)
+_ROUTES = 4096  # data subjects whose partition a producer remembers (then it forgets them all)
 
 
 def types_meta(counts: Mapping[str, int]) -> str:
@@ -182,6 +183,7 @@ class Producer:
         self._lock = threading.Lock()  # buffers and sequence numbers
         self._flush_lock = threading.Lock()  # one flush at a time, in sequence order
         self._lanes = [_Lane(p, partition_stream(self.topic, p)) for p in range(partitions)]
+        self._routes: dict[str, int] = {}  # subject pseudonym -> partition (see _partition_of)
         self._envelopes = EnvelopeBuilder(principal)
         self.last_error: EventwardError | None = None
         self._stop = threading.Event()
@@ -404,10 +406,21 @@ class Producer:
 
     # --- internals -----------------------------------------------------------------------
     def _partition_of(self, event_id: str, subject_hash: str | None) -> int:
-        """The subject's pseudonym keeps one subject's events in one partition, in order."""
+        """The subject's pseudonym keeps one subject's events in one partition, in order.
+
+        A subject's partition is remembered (up to ``_ROUTES`` subjects, then all are forgotten at
+        once): a subject sends many events, and its SHA-256 was a microsecond of each (issue 16).
+        Event ids are unique, so an event without a subject is hashed every time."""
         if self.partitions == 1:
             return 0
-        return partition_for(subject_hash if subject_hash is not None else event_id, self.partitions)
+        if subject_hash is None:
+            return partition_for(event_id, self.partitions)
+        p = self._routes.get(subject_hash)
+        if p is None:
+            if len(self._routes) >= _ROUTES:
+                self._routes.clear()
+            p = self._routes[subject_hash] = partition_for(subject_hash, self.partitions)
+        return p
 
     def _authorize(self, type_: str) -> None:
         now = time.monotonic()
