@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import typer
@@ -24,19 +25,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from eventward._internal.audit.certificate import find_certificate, verify_certificate
-from eventward._internal.audit.log import AuditLog
-from eventward._internal.audit.note import parse_vkey
-from eventward._internal.audit.signing import AuditVerifier, load_signer
-from eventward._internal.audit.state import default_state_path, verify_with_state
-from eventward._internal.audit.timestamp import request_timestamp, verify_timestamp
-from eventward._internal.audit.verify import VerifyReport, verify_log
-from eventward._internal.audit.witness import fetch as fetch_witness
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, deployment
-from eventward._internal.deployment import Deployment
-from eventward._internal.home import Home
 from eventward.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.audit.signing import AuditVerifier
+    from eventward._internal.audit.verify import VerifyReport
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.home import Home
 
 audit_app = typer.Typer(
     help="Tamper-evident audit log: records, proofs, signed checkpoints, erasure certificates.",
@@ -58,6 +56,8 @@ def register(app: typer.Typer) -> None:
 @contextmanager
 def _reading(principal: str) -> Iterator[tuple[Deployment, AuditLog]]:
     """The deployment and a handle on its audit log whose every read checks ReadAudit for ``principal``."""
+    from eventward._internal.audit.log import AuditLog
+
     with deployment(principal) as dep:
         log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
         try:
@@ -75,6 +75,8 @@ def _read_file(path: Path, what: str) -> str:
 
 
 def _verifier(key: str | None, home: Home | None) -> AuditVerifier | None:
+    from eventward._internal.audit.signing import AuditVerifier, load_signer
+
     if key is not None:
         path = Path(key)
         return AuditVerifier.of(_read_file(path, "key").strip() if path.is_file() else key)
@@ -181,6 +183,8 @@ def timestamp_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Sign a checkpoint and have a TSA timestamp it (RFC 3161); the verified token is kept with it."""
+    from eventward._internal.audit.timestamp import request_timestamp, verify_timestamp
+
     cert = _read_bytes(tsa_cert, "TSA certificate")
     ca = _read_bytes(ca_cert, "CA certificate") if ca_cert is not None else None
     with _reading(principal) as (_, log):
@@ -209,6 +213,8 @@ def verify_timestamp_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Check offline that a TSA timestamped exactly this checkpoint text (no home, no grant)."""
+    from eventward._internal.audit.timestamp import verify_timestamp
+
     ca = _read_bytes(ca_cert, "CA certificate") if ca_cert is not None else None
     ts = verify_timestamp(_read_bytes(token, "token"), _read_bytes(checkpoint, "checkpoint"),
                           _read_bytes(tsa_cert, "TSA certificate"), ca_cert=ca)
@@ -259,6 +265,8 @@ def reconcile_cmd(
 @audit_app.command("public-key")
 def public_key() -> None:
     """Print the audit verifier key, for anyone who checks checkpoints and certificates (no grant needed)."""
+    from eventward._internal.audit.log import AuditLog
+
     with AuditLog.open(common.home().require()) as log:
         _emit(log.verifier.vkey() + "\n", None)
 
@@ -345,6 +353,10 @@ def _verify_state(
 ) -> tuple[VerifyReport, dict[str, object]]:
     """verify_with_state, with the state path defaulted per log and the witness keys read (and
     fetched from served witnesses, whose last cosigned checkpoint is fetched too)."""
+    from eventward._internal.audit.note import parse_vkey
+    from eventward._internal.audit.state import default_state_path, verify_with_state
+    from eventward._internal.audit.witness import fetch as fetch_witness
+
     keys = [parse_vkey(_read_file(Path(w), "witness key").strip() if Path(w).is_file() else w) for w in witness or []]
     texts = [_read_file(p, "witnessed checkpoint") for p in witnessed or []]
     for url in urls:
@@ -370,6 +382,8 @@ def _verify_state(
 
 
 def _verify(source: AuditLog | Path, checkpoint: str | None, verifier: AuditVerifier | None) -> VerifyReport:
+    from eventward._internal.audit.verify import verify_log
+
     if checkpoint is not None and verifier is None:
         raise ConfigError("--checkpoint needs the audit verifier key (--key)")
     with Progress(
@@ -398,6 +412,8 @@ def certificate(
     as_json: bool = _ALWAYS_JSON,
 ) -> None:
     """Print the newest erasure certificate of a subject (looked up by its keyed hash)."""
+    from eventward._internal.audit.certificate import find_certificate, verify_certificate
+
     raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" and not is_hash else subject
     with _reading(principal) as (dep, log):
         # a raw id is hashed with the deployment's key at once and never printed or stored
@@ -421,6 +437,8 @@ def verify_certificate_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Check a certificate's signature, inclusion proof and checkpoint (and consistency with the log)."""
+    from eventward._internal.audit.certificate import verify_certificate
+
     text = _read_file(file, "certificate")
     later = _read_file(checkpoint, "checkpoint") if checkpoint is not None else None
     home = None if offline else common.home()

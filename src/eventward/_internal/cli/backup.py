@@ -13,12 +13,8 @@ from pathlib import Path
 
 import typer
 
-from eventward._internal.audit.state import default_state_path
-from eventward._internal.backup import backup, deployment_id, restore
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, authorize, deployment
-from eventward._internal.home import Home
-from eventward._internal.policy.base import READ_AUDIT
 from eventward.errors import NotFoundError
 
 _JSON = common.json_option()
@@ -38,6 +34,9 @@ def backup_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Back up the home: consistent SQLite copies, the other files, a manifest the KMS authenticates."""
+    from eventward._internal.backup import backup
+    from eventward._internal.policy.base import READ_AUDIT
+
     with deployment(principal) as dep:
         authorize(dep, principal, READ_AUDIT, ("Audit", "log"))
         r = backup(dep, dest, principal=principal)
@@ -59,6 +58,10 @@ def restore_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Restore a backup into the home, refusing anything that would resurrect erased data."""
+    from eventward._internal.audit.state import default_state_path
+    from eventward._internal.backup import deployment_id, restore
+    from eventward._internal.home import Home
+
     home = common.home()
     if state is None:
         try:

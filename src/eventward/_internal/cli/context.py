@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from eventward._internal.cli import common
-from eventward._internal.client.trust import check_principal
-from eventward._internal.deployment import Deployment
-from eventward._internal.policy.base import Resource, check
 from eventward.errors import NotFoundError
+
+if TYPE_CHECKING:  # imported where used: building the CLI (--help) must not load the deployment
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.policy.base import Resource
 
 ADMIN = "admin"
 PRINCIPAL_ENV = "EVENTWARD_PRINCIPAL"
@@ -49,6 +50,9 @@ def as_required() -> Any:
 def deployment(principal: str) -> Iterator[Deployment]:
     """The selected home opened as one Deployment for ``principal`` (whose broker credentials a
     transport may need); the keyring passphrase comes from EVENTWARD_PASSPHRASE."""
+    from eventward._internal.client.trust import check_principal
+    from eventward._internal.deployment import Deployment
+
     check_principal(principal)  # the name may fill broker credential paths: a safe alphabet only
     dep = Deployment.open(common.home(), principal=principal)
     try:
@@ -59,6 +63,8 @@ def deployment(principal: str) -> Iterator[Deployment]:
 
 def authorize(dep: Deployment, principal: str, action: str, resource: Resource) -> None:
     """Check one action against the policy; a denial is an AccessDenied (and audited by the engine)."""
+    from eventward._internal.policy.base import check
+
     check(dep.policy, principal, action, resource)
 
 

@@ -9,15 +9,16 @@ not a policy-checked one: whoever can read the DSN can change the schema anyway.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from eventward._internal.backup import deployment_id
 from eventward._internal.cli import common
-from eventward._internal.config import Config
-from eventward._internal.home import Home
-from eventward._internal.store import Database, resolve_dsn
 from eventward.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eventward._internal.home import Home
+    from eventward._internal.store import Database
 
 _JSON = common.json_option()
 
@@ -36,6 +37,10 @@ def register(app: typer.Typer) -> None:
 
 
 def _database(home: Home) -> tuple[Database, str]:
+    from eventward._internal.backup import deployment_id
+    from eventward._internal.config import Config
+    from eventward._internal.store import Database, resolve_dsn
+
     cfg = Config.load(home.require().config)
     if cfg.store.backend != "postgres":
         raise ConfigError(
@@ -96,6 +101,7 @@ def import_cmd(
 ) -> None:
     """Move an embedded home's key store and audit log into this home's PostgreSQL database (migrated,
     same deployment, still empty), in one transaction; 'audit verify' passes afterwards."""
+    from eventward._internal.home import Home
     from eventward._internal.store.importer import import_home
 
     home = common.home()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
@@ -11,9 +11,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from eventward._internal import demo as scenario
 from eventward._internal.cli import common
 from eventward.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eventward._internal import demo as scenario
 
 
 def _section(title: str, text: str = "") -> None:
@@ -39,6 +41,8 @@ def _customer_table(title: str, views: dict[str, scenario.View]) -> Table:
 
 
 def _render(name: str, data: Any) -> None:
+    from eventward._internal import demo as scenario
+
     r: scenario.DemoResult = data if isinstance(data, scenario.DemoResult) else scenario.DemoResult()
     if name == "policy":
         _section("1. Deny-by-default policy", f"Applied the demo policy as version {data} (Cedar, compiled from YAML).")
@@ -117,6 +121,8 @@ def demo(
     fresh: bool = typer.Option(False, "--fresh", help="Wipe the home first (only for a demo home!)."),
 ) -> None:
     """Encrypt, seal, authorize, attack, forget and audit OrderPlaced events, end to end."""
+    from eventward._internal import demo as scenario
+
     home = common.home()
     if home.root.exists() and any(home.root.iterdir()):
         if not fresh:

@@ -19,13 +19,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from eventward._internal.audit.log import AUDIT_RESOURCE, AuditLog
-from eventward._internal.audit.note import parse_vkey
-from eventward._internal.audit.report import erasure_report, render_html
-from eventward._internal.audit.witness import fetch
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, authorize, deployment
-from eventward._internal.policy.base import READ_AUDIT
 from eventward.errors import InputError, NotFoundError
 
 erasure_app = typer.Typer(help="Erasure evidence for regulators: verified certificates, epochs, holds.",
@@ -76,6 +71,11 @@ def report(
     principal: str = as_admin(),
 ) -> None:
     """The regulator's report for one subject; never any of the subject's personal data."""
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.audit.note import parse_vkey
+    from eventward._internal.audit.report import erasure_report, render_html
+    from eventward._internal.audit.witness import fetch
+
     if fmt not in ("json", "html"):
         raise InputError("--format must be json or html")
     raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" and not is_hash else subject
@@ -127,6 +127,9 @@ def status(
     """Each consumer group's answer to the erasure notice: acknowledged when, pending since when, or
     failed with the hook's error code; and whether the completion record was written. Exit 1
     while a group has not acknowledged."""
+    from eventward._internal.audit.log import AUDIT_RESOURCE
+    from eventward._internal.policy.base import READ_AUDIT
+
     raw = sys.stdin.readline().rstrip("\r\n") if subject == "-" and not is_hash else subject
     with deployment(principal) as dep:
         authorize(dep, principal, READ_AUDIT, AUDIT_RESOURCE)  # before anything about the subject

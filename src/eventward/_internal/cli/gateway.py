@@ -6,20 +6,19 @@ one exception, restricted to loopback addresses and logged loudly at startup and
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.logging import RichHandler
 
-from eventward._internal import pki
 from eventward._internal.cli import common
-from eventward._internal.home import Home
 from eventward.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eventward._internal.home import Home
 
 DEFAULT_BACKEND = "eventward._internal.gateway.deployment_backend:gateway_backend"
 
@@ -31,6 +30,7 @@ def cert_cmd(
     principal: str = typer.Argument(..., help="Principal the client certificate authenticates."),
 ) -> None:
     """Issue (once) a client certificate whose CN is PRINCIPAL, from the deployment CA."""
+    from eventward._internal import pki
     from eventward._internal.gateway.config import GatewayConfig
 
     home = common.home().require()
@@ -61,6 +61,8 @@ def load_backend(spec: str, home: Home) -> Any:
 
 
 def _logging() -> None:
+    from rich.logging import RichHandler
+
     handler = RichHandler(console=common.err_console, show_path=False, rich_tracebacks=False)
     gw = logging.getLogger("eventward.gateway")
     gw.setLevel(logging.INFO)
@@ -97,6 +99,8 @@ def register(app: typer.Typer) -> None:
         With a deployment backend it also runs the anomaly rules over the audit log in the
         background (alerts are audit records and metrics; see ``eventward alerts``), and /metrics
         shows the process-wide eventward metrics next to the gateway's (docs/monitoring.md)."""
+        import asyncio
+
         from eventward._internal.gateway.config import SERVER_CERT, GatewayConfig
         from eventward._internal.gateway.deployment_backend import DeploymentBackend
         from eventward._internal.gateway.server import create_server

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
@@ -22,14 +22,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from eventward._internal import envelope
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_required, authorize, deployment
 from eventward._internal.fieldspec import FieldSpec
-from eventward._internal.guard.scan import ScanReport, findings
-from eventward._internal.log.partitions import partition_streams
-from eventward._internal.policy.base import READ_SCHEMA, SUBSCRIBE
 from eventward.errors import EnvelopeError, InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from eventward._internal.guard.scan import ScanReport
 
 _AS = as_required()
 _JSON = common.json_option()
@@ -57,6 +56,8 @@ def _lines(file: Path) -> list[bytes]:
 
 def _event(line: bytes, default_type: str | None) -> tuple[str | None, int | None, Any]:
     """(type, schema version or None, data) of one line: an envelope or bare event data."""
+    from eventward._internal import envelope
+
     if len(line) > _MAX_LINE:
         raise InputError(f"a line is longer than {_MAX_LINE} bytes")
     try:
@@ -90,6 +91,8 @@ class _Specs:
 
 
 def _scan_file(dep: Any, file: Path, type_: str | None, report: ScanReport) -> None:
+    from eventward._internal.guard.scan import findings
+
     specs = _Specs(dep)
     lines = _lines(file)
     with _progress(len(lines), "scanning") as progress:
@@ -107,6 +110,8 @@ def _scan_file(dep: Any, file: Path, type_: str | None, report: ScanReport) -> N
 
 def _scan_topic(dep: Any, topic: str, limit: int | None, report: ScanReport) -> None:
     """Every partition of the topic (``--limit``: the last N events of each)."""
+    from eventward._internal.log.partitions import partition_streams
+
     specs = _Specs(dep)
     if not dep.transport.has_stream(topic):
         raise NotFoundError(f"no topic {topic}")
@@ -118,6 +123,9 @@ def _scan_topic(dep: Any, topic: str, limit: int | None, report: ScanReport) -> 
 
 
 def _scan_stream(dep: Any, specs: _Specs, topic: str, limit: int | None, report: ScanReport) -> None:
+    from eventward._internal import envelope
+    from eventward._internal.guard.scan import findings
+
     end = dep.transport.end_offset(topic)
     start = max(0, end - limit) if limit else 0
     with _progress(end - start, "scanning") as progress:
@@ -151,6 +159,9 @@ def scan_cmd(
     """Which untagged field paths carry PII or secrets: kinds, counts, schema versions (never values).
 
     Exit 1 if anything was found."""
+    from eventward._internal.guard.scan import ScanReport
+    from eventward._internal.policy.base import SUBSCRIBE
+
     if (topic is None) == (file is None):
         raise InputError("give a TOPIC or --file, not both")
     report = ScanReport()
@@ -183,7 +194,9 @@ def suggest_tags_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Propose the sensitivity tags TYPE's schema is missing, from a sample (usual approval applies)."""
+    from eventward._internal.guard.scan import findings
     from eventward._internal.guard.suggest import suggest
+    from eventward._internal.policy.base import READ_SCHEMA
 
     with deployment(principal) as dep:
         authorize(dep, principal, READ_SCHEMA, ("Schema", type_))

@@ -13,20 +13,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 from rich.table import Table
 
 from eventward._internal.cli import common
-from eventward._internal.harden import eventward_yaml, kafka, nats
-from eventward._internal.harden.findings import SEVERITIES, Finding, sort_findings, to_json, to_sarif
 from eventward.errors import ConfigError, InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from eventward._internal.harden.findings import Finding, Rule
 
 harden_app = typer.Typer(help="Check brokers and eventward's configuration against a hardening checklist.",
                          no_args_is_help=True)
-ALL_RULES = [*kafka.RULES, *nats.RULES, *eventward_yaml.RULES]
+
+
+def all_rules() -> list[Rule]:
+    """Every checker's rules (SARIF lists them); the checkers load with the command, not with the CLI."""
+    from eventward._internal.harden import eventward_yaml, kafka, nats
+
+    return [*kafka.RULES, *nats.RULES, *eventward_yaml.RULES]
 
 
 def _version() -> str:
@@ -49,6 +56,9 @@ def _home_targets() -> tuple[list[Path], list[Path]]:
 def run_checks(
     kafka_files: list[Path], nats_files: list[Path], nats_urls: list[str], configs: list[Path]
 ) -> tuple[list[Finding], list[str]]:
+    from eventward._internal.harden import eventward_yaml, kafka, nats
+    from eventward._internal.harden.findings import sort_findings
+
     findings: list[Finding] = []
     sources: list[str] = []
     for p in kafka_files:
@@ -88,6 +98,8 @@ def check_cmd(
     as_json: bool = common.json_option(),
 ) -> None:
     """Findings (id, severity, checklist item, file:line, offending text, fix); exit 1 if any."""
+    from eventward._internal.harden.findings import SEVERITIES, to_json, to_sarif
+
     if fail_on not in SEVERITIES:
         raise InputError(f"--fail-on must be one of {', '.join(SEVERITIES)}")
     if as_json and sarif is not None and str(sarif) == "-":
@@ -102,7 +114,7 @@ def check_cmd(
             )
     findings, sources = run_checks(kafka_files, nats_files, nats_urls, configs)
     if sarif is not None:
-        doc = orjson.dumps(to_sarif(findings, ALL_RULES, _version()), option=orjson.OPT_INDENT_2).decode() + "\n"
+        doc = orjson.dumps(to_sarif(findings, all_rules(), _version()), option=orjson.OPT_INDENT_2).decode() + "\n"
         if str(sarif) == "-":
             sys.stdout.write(doc)
             sys.stdout.flush()

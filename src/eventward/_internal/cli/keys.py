@@ -16,22 +16,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventward._internal.audit.log import AUDIT_RESOURCE
 from eventward._internal.cli import common
 from eventward._internal.cli.context import ADMIN, as_admin, authorize, deployment
-from eventward._internal.cli.policy import read_cedar_dir, read_policy_file, write_working_copy
-from eventward._internal.deployment import Deployment, is_reason_code
-from eventward._internal.home import Home
-from eventward._internal.keys.service import erasures_log_path
-from eventward._internal.policy.base import MANAGE_POLICY, READ_AUDIT
-from eventward._internal.policy.store import POLICY_RESOURCE, PolicyStore, build
 from eventward.errors import ConfigError, ConflictError, InputError
+
+if TYPE_CHECKING:
+    from eventward._internal.home import Home
 
 keys_app = typer.Typer(help="Key-encryption keys: rotation and status.", no_args_is_help=True)
 
@@ -49,6 +46,8 @@ def _subject(arg: str) -> str:
 
 
 def _initialized(home: Home) -> bool:
+    from eventward._internal.policy.store import PolicyStore
+
     if home.keyring.exists() or home.keys_db.exists():
         return True
     if not home.policy_dir.is_dir():
@@ -80,6 +79,12 @@ def init(
     as_json: bool = _JSON,
 ) -> None:
     """Create a deployment home: keyring, key store, audit log and key, first policy. Prints no secrets."""
+    from eventward._internal.cli.policy import read_cedar_dir, read_policy_file, write_working_copy
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.keys.service import erasures_log_path
+    from eventward._internal.policy.base import MANAGE_POLICY
+    from eventward._internal.policy.store import POLICY_RESOURCE, build
+
     home = common.home()
     if home.root.is_dir() and _initialized(home):
         raise ConflictError(
@@ -165,6 +170,8 @@ def forget(
 ) -> None:
     """Crypto-shred a data subject (every key, every class, its pseudonym) and log a signed erasure
     certificate; consumer groups are notified and acknowledge (eventward erasure status)."""
+    from eventward._internal.deployment import is_reason_code
+
     with deployment(principal) as dep:
         code = reason if is_reason_code(reason) else "erasure-request"  # free text is never recorded
         done = dep.forget(_subject(subject), principal=principal, reason=code, close_epoch=now)
@@ -214,6 +221,8 @@ def hold(
     principal: str = _AS,
 ) -> None:
     """Place a legal hold: the subject cannot be forgotten until released."""
+    from eventward._internal.deployment import is_reason_code
+
     if not is_reason_code(reason):
         raise InputError("--reason must be a short code (lowercase letters, digits, '_.-'), not free text")
     with deployment(principal) as dep:
@@ -299,6 +308,9 @@ def rotate(
 @keys_app.command("status", epilog=common.examples("eventward keys status", "eventward keys status --json"))
 def status(principal: str = _AS, as_json: bool = _JSON) -> None:
     """Classes, KEK versions, key counts, holds and erasures (needs read_audit: it is audit metadata)."""
+    from eventward._internal.audit.log import AUDIT_RESOURCE
+    from eventward._internal.policy.base import READ_AUDIT
+
     with deployment(principal) as dep:
         authorize(dep, principal, READ_AUDIT, AUDIT_RESOURCE)
         st = dep.keys.status()

@@ -23,22 +23,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import orjson
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventward._internal import envelope
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, as_required, deployment, require_signing_key
-from eventward._internal.client.consumer import Consumer
-from eventward._internal.client.trust import DEAD_LETTER, SEAL
-from eventward._internal.client.types import Delivered, RunStats
-from eventward._internal.crypto.seal import ED25519, HYBRID, SUITES
-from eventward._internal.deployment import Deployment
 from eventward.errors import EventwardError, InputError, NotFoundError
+
+if TYPE_CHECKING:
+    from eventward._internal.client.consumer import Consumer
+    from eventward._internal.client.types import Delivered, RunStats
+    from eventward._internal.deployment import Deployment
+
+# The key purposes (client.trust) and seal suites (crypto.seal) the options offer, spelt here so
+# that building the CLI loads neither; tests/cli/test_cli_lazy_imports.py holds them equal.
+SEAL, DEAD_LETTER = "seal", "dead_letter"
+ED25519, HYBRID = "ed25519", "ed25519+ml-dsa-65"
+SUITES = (ED25519, HYBRID)
 
 MAX_LINE = 2 * 1024 * 1024
 CHUNK = 500  # input lines per all-or-nothing chunk
@@ -128,6 +133,8 @@ def _event_of(line: bytes, n: int) -> dict[str, Any]:
     """``{"type", "data", [id, source, subject]}`` or a full CloudEvent, whose other attributes
     (time, dataschema, datacontenttype, extensions) are kept as sent, never dropped: the producer
     refuses by name what it cannot keep (``ew*``, malformed ones). Errors name the line."""
+    from eventward._internal import envelope
+
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -346,6 +353,8 @@ def dlq_show(
     as_json: bool = typer.Option(False, "--json", help="Accepted for uniformity: the output is always JSON."),
 ) -> None:
     """One entry as JSON: its metadata and the original event's attributes (data stays encrypted)."""
+    from eventward._internal import envelope
+
     with deployment(principal) as dep:
         e = dep.dead_letters(principal, topic).get(dlq_offset, principal=principal)
     doc: dict[str, Any] = dict(e.summary())

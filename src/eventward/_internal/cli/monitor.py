@@ -10,21 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from eventward._internal.audit.log import AUDIT_RESOURCE, AuditLog
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, authorize, deployment
-from eventward._internal.deployment import Deployment
-from eventward._internal.monitor.alerts import as_json, new_alerts, record_alert, recorded_alerts
-from eventward._internal.monitor.lag import group_lags
-from eventward._internal.monitor.ocsf import OCSF_VERSION, Sink, to_ocsf
-from eventward._internal.monitor.rules import ALERT_ACTION, Alert, RuleEngine, load_rules
-from eventward._internal.policy.base import READ_AUDIT
 from eventward.errors import InputError
+
+if TYPE_CHECKING:
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.deployment import Deployment
+    from eventward._internal.monitor.rules import Alert
 
 _AS = as_admin()
 _JSON = common.json_option()
@@ -45,6 +44,8 @@ def register(app: typer.Typer) -> None:
 @contextmanager
 def _reading(principal: str) -> Iterator[tuple[Deployment, AuditLog]]:
     """The deployment and its audit log read under ReadAudit for ``principal`` (a denial is audited)."""
+    from eventward._internal.audit.log import AuditLog
+
     with deployment(principal) as dep:
         log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
         try:
@@ -55,6 +56,8 @@ def _reading(principal: str) -> Iterator[tuple[Deployment, AuditLog]]:
 
 
 def _table(rows: list[tuple[int | None, Alert]]) -> None:
+    from eventward._internal.monitor.alerts import as_json
+
     table = Table()
     for name in ("#", "time", "rule", "severity", "resource", "reason", "details"):
         table.add_column(name, overflow="fold")
@@ -73,6 +76,9 @@ def monitor(
     as_json_: bool = _JSON,
 ) -> None:
     """Run the anomaly rules over the audit log; list the alerts (exit 1 when there are any)."""
+    from eventward._internal.monitor.alerts import as_json, new_alerts, record_alert, recorded_alerts
+    from eventward._internal.monitor.rules import RuleEngine, load_rules
+
     engine = RuleEngine(load_rules(rules))
     with _reading(principal) as (dep, log):
         found: list[Alert] = []
@@ -100,6 +106,8 @@ def alerts(
     as_json_: bool = _JSON,
 ) -> None:
     """List recorded alerts (raised by serve's live monitor or by monitor --record)."""
+    from eventward._internal.monitor.alerts import as_json, recorded_alerts
+
     with _reading(principal) as (_, log):
         rows = recorded_alerts(log)[-max(n, 0):] if n else []
     if as_json_:
@@ -115,6 +123,10 @@ def lag(
     as_json_: bool = _JSON,
 ) -> None:
     """Consumer lag per group and stream (embedded log and NATS)."""
+    from eventward._internal.audit.log import AUDIT_RESOURCE
+    from eventward._internal.monitor.lag import group_lags
+    from eventward._internal.policy.base import READ_AUDIT
+
     with deployment(principal) as dep:
         authorize(dep, principal, READ_AUDIT, AUDIT_RESOURCE)
         lags = group_lags(dep.transport)
@@ -153,6 +165,8 @@ def siem(
     lines, or RFC 5424 syslog messages to a file, stdout or a collector (docs/monitoring.md)."""
     import orjson
 
+    from eventward._internal.monitor.ocsf import OCSF_VERSION, Sink, to_ocsf
+    from eventward._internal.monitor.rules import ALERT_ACTION
     from eventward._internal.monitor.syslog import Collector, Formatter
 
     if fmt not in ("ocsf", "syslog"):

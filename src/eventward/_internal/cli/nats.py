@@ -16,18 +16,18 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventward._internal import pki
 from eventward._internal.cli import common
-from eventward._internal.home import Home
-from eventward._internal.log import natsserver
-from eventward._internal.log.natsserver import Node, TlsFiles
 from eventward.errors import ConfigError, NotFoundError
+
+if TYPE_CHECKING:
+    from eventward._internal.home import Home
+    from eventward._internal.log.natsserver import Node, TlsFiles
 
 OPERATOR = "eventward-operator"
 SERVER_CERT = "nats-server"
@@ -47,6 +47,9 @@ def run_root(home: Home) -> Path:
 
 def server_tls(home: Home) -> TlsFiles:
     """The CA and server certificate, issued on first use."""
+    from eventward._internal import pki
+    from eventward._internal.log.natsserver import TlsFiles
+
     cert, key = pki.ensure_server_cert(home.certs, SERVER_CERT)
     return TlsFiles(pki.ca_paths(home.certs)[0], cert, key)
 
@@ -54,6 +57,7 @@ def server_tls(home: Home) -> TlsFiles:
 def nats_pins(home: Home) -> list[str] | None:
     """Once ``eventward pki init`` manages the CA, nats-server accepts only the client keys of
     valid, unrevoked certificates (``pinned_certs``); the operator's is issued first."""
+    from eventward._internal import pki
     from eventward._internal.certstore import CertRegistry
 
     if not CertRegistry.managed(home.certs):
@@ -133,6 +137,7 @@ def _progress() -> Progress:
 def _create_streams(
     home: Home, nodes: list[Node], topics: list[str], replicas: int, progress: Progress
 ) -> None:
+    from eventward._internal import pki
     from eventward._internal.log.nats import NatsTransport
 
     if not topics:
@@ -161,6 +166,8 @@ def up_cmd(
     ),
 ) -> None:
     """Start nats-server(s) on 127.0.0.1 with JetStream, mTLS and policy-compiled permissions."""
+    from eventward._internal.log import natsserver
+
     home = common.home().ensure()
     tls = server_tls(home)
     topics: list[str] = []
@@ -198,6 +205,8 @@ def up_cmd(
 
 
 def _nodes_json(nodes: list[Node]) -> dict[str, Any]:
+    from eventward._internal.log import natsserver
+
     return {"servers": [
         {"name": n.name, "url": n.url(tls=True), "route_port": n.cluster_port, "pid": natsserver.running(n),
          "store": str(n.store)}
@@ -206,6 +215,8 @@ def _nodes_json(nodes: list[Node]) -> dict[str, Any]:
 
 
 def _print_nodes(nodes: list[Node]) -> None:
+    from eventward._internal.log import natsserver
+
     table = Table("server", "client url", "route port", "pid", "store")
     for n in nodes:
         pid = natsserver.running(n)
@@ -217,6 +228,8 @@ def _print_nodes(nodes: list[Node]) -> None:
 @nats_app.command("down")
 def down_cmd() -> None:
     """Stop the nats-servers 'up' started (and nothing else)."""
+    from eventward._internal.log import natsserver
+
     stopped = natsserver.stop_all(run_root(common.home()))
     if not stopped:
         common.console.print("no nats-server of this deployment is running")
@@ -227,6 +240,8 @@ def down_cmd() -> None:
 @nats_app.command("status")
 def status_cmd(as_json: bool = _JSON) -> None:
     """Servers of this deployment and whether they run (pid null: stopped)."""
+    from eventward._internal.log import natsserver
+
     nodes = natsserver.discover(run_root(common.home()))
     if as_json:
         common.emit_json(_nodes_json(nodes))
@@ -240,6 +255,8 @@ def status_cmd(as_json: bool = _JSON) -> None:
 @nats_app.command("cert")
 def cert_cmd(principal: str = typer.Argument(..., help="Principal the certificate authenticates.")) -> None:
     """Issue (once) a client certificate whose CN is PRINCIPAL, from the deployment CA."""
+    from eventward._internal import pki
+
     cert, key = pki.ensure_client_cert(common.home().ensure().certs, principal)
     common.console.print(f"certificate {cert}\nkey         {key} (0600)", highlight=False)
 

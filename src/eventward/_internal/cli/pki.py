@@ -9,16 +9,24 @@ Transit or AWS KMS key that never leaves it). Revocation publishes the CRL that 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from eventward._internal import certstore
 from eventward._internal.cli import common
 from eventward.errors import InputError
 
+if TYPE_CHECKING:
+    from eventward._internal import certstore
+
 pki_app = typer.Typer(help="The deployment CA: issue, renew, revoke, CRL, list (docs/gateway.md).")
 _JSON = common.json_option()
-_DAYS = typer.Option(certstore.DEFAULT_DAYS, "--days", min=1, max=825, help="Lifetime in days.")
+# certstore's defaults and revocation reasons, spelt here so that building the CLI does not load
+# certstore (cryptography, the store); tests/cli/test_cli_lazy_imports.py holds them equal.
+DEFAULT_DAYS, CRL_DAYS = 30, 7
+REASONS = ("unspecified", "key-compromise", "ca-compromise", "affiliation-changed", "superseded",
+           "cessation-of-operation", "privilege-withdrawn")
+_DAYS = typer.Option(DEFAULT_DAYS, "--days", min=1, max=825, help="Lifetime in days.")
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +42,7 @@ def _print(rec: certstore.CertRecord, verb: str) -> None:
 
 
 def _nats_reload() -> list[str]:
+    from eventward._internal import certstore
     from eventward._internal.cli.nats import run_root
 
     home = common.home()
@@ -44,7 +53,7 @@ def _nats_reload() -> list[str]:
 def init_cmd(cn: str = typer.Option("eventward CA", "--cn", help="The CA's common name.")) -> None:
     """Create the CA (or adopt the home's), the issued-certificate table and an empty CRL. With
     pki.ca_key in a token or KMS the key is generated there (or the named key used) and never leaves it."""
-    from eventward._internal import casigner
+    from eventward._internal import casigner, certstore
 
     home = common.home().ensure()
     where = casigner.describe(casigner.config_for(home.certs))
@@ -64,6 +73,8 @@ def issue_cmd(
     days: int = _DAYS,
 ) -> None:
     """Issue a short-lived certificate and 0600 key for PRINCIPAL."""
+    from eventward._internal import certstore
+
     home = common.home().require()
     rec = certstore.issue(home.certs, principal, server=server, sans=san, days=days)
     _nats_reload()
@@ -77,6 +88,8 @@ def sign_csr_cmd(
     days: int = _DAYS,
 ) -> None:
     """Certify a service's own key (the key never leaves it); the principal must be enrolled."""
+    from eventward._internal import certstore
+
     home = common.home().require()
     try:
         raw = csr.read_bytes()
@@ -93,6 +106,8 @@ def sign_csr_cmd(
 @pki_app.command("adopt", epilog=common.examples("eventward pki adopt services/orders-svc/tls.crt"))
 def adopt_cmd(cert: Path = typer.Argument(..., help="A PEM certificate this CA signed before 'pki init'.")) -> None:
     """Book an existing certificate (so NATS pins it and it can be listed and revoked)."""
+    from eventward._internal import certstore
+
     home = common.home().require()
     rec = certstore.adopt(home.certs, cert)
     _nats_reload()
@@ -102,6 +117,8 @@ def adopt_cmd(cert: Path = typer.Argument(..., help="A PEM certificate this CA s
 @pki_app.command("renew", epilog=common.examples("eventward pki renew orders-svc"))
 def renew_cmd(principal: str = typer.Argument(...), days: int = _DAYS) -> None:
     """A new key and certificate over the old files; the old one stays valid until it expires."""
+    from eventward._internal import certstore
+
     home = common.home().require()
     rec = certstore.renew(home.certs, principal, days=days)
     _nats_reload()
@@ -111,10 +128,12 @@ def renew_cmd(principal: str = typer.Argument(...), days: int = _DAYS) -> None:
 @pki_app.command("revoke", epilog=common.examples("eventward pki revoke orders-svc --reason key-compromise"))
 def revoke_cmd(
     target: str = typer.Argument(..., help="A serial (hex) or a principal (all its valid certificates)."),
-    reason: str = typer.Option(..., "--reason", help=f"One of: {', '.join(certstore.REASONS)}."),
+    reason: str = typer.Option(..., "--reason", help=f"One of: {', '.join(REASONS)}."),
 ) -> None:
     """Revoke, publish the CRL, and reload the NATS servers' pins (takes effect at once there,
     within gateway.tls.reload_s in serve)."""
+    from eventward._internal import certstore
+
     home = common.home().require()
     done = certstore.revoke(home.certs, target, reason)
     nodes = _nats_reload()
@@ -127,9 +146,9 @@ def revoke_cmd(
 
 
 @pki_app.command("crl")
-def crl_cmd(days: int = typer.Option(certstore.CRL_DAYS, "--days", min=1, max=90, help="next_update in days.")) -> None:
+def crl_cmd(days: int = typer.Option(CRL_DAYS, "--days", min=1, max=90, help="next_update in days.")) -> None:
     """Publish (re-sign) the CRL now."""
-    from eventward._internal import pki
+    from eventward._internal import certstore, pki
 
     home = common.home().require()
     if not certstore.CertRegistry.managed(home.certs):
@@ -152,6 +171,8 @@ def list_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Issued certificates with status and days to expiry (soonest first)."""
+    from eventward._internal import certstore
+
     home = common.home().require()
     if not certstore.CertRegistry.managed(home.certs):
         raise InputError("the PKI is not initialised: run 'eventward pki init' first")
@@ -178,6 +199,8 @@ def _table(rows: list[certstore.CertRecord]) -> None:
 @pki_app.command("inspect")
 def inspect_cmd(cert: Path = typer.Argument(..., help="A PEM certificate file."), as_json: bool = _JSON) -> None:
     """A certificate's principal, serial, expiry and status in this CA's book."""
+    from eventward._internal import certstore
+
     home = common.home()
     c = certstore.load_cert_file(cert)
     serial = format(c.serial_number, "x")

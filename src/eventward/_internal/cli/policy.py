@@ -14,20 +14,18 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from eventward._internal.audit import AuditLog
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin
-from eventward._internal.deployment import BOOTSTRAP_POLICY
-from eventward._internal.home import Home
-from eventward._internal.policy.engine import PolicyEngine
-from eventward._internal.policy.spec import KINDS, parse_action
-from eventward._internal.policy.store import PolicyStore, PolicyVersion, build
 from eventward.errors import InputError, PolicyError
+
+if TYPE_CHECKING:
+    from eventward._internal.home import Home
+    from eventward._internal.policy.store import PolicyVersion
 
 POLICY_FILE = "policy.yaml"
 TARGETS = ("nats", "kafka")
@@ -53,6 +51,8 @@ def _version_json(v: PolicyVersion, active: bool | None = None) -> dict[str, Any
 
 def default_policy(admin: str) -> str:
     """The same bootstrap ``eventward init`` applies: deny everything except administration by one admin."""
+    from eventward._internal.deployment import BOOTSTRAP_POLICY
+
     return (
         "# eventward policy: deny by default. Edit, then 'eventward policy apply policy.yaml'.\n"
         + BOOTSTRAP_POLICY.format(admin=admin)
@@ -77,6 +77,8 @@ def read_cedar_dir(directory: Path | None) -> dict[str, str]:
 
 def parse_resource(text: str) -> tuple[str, str]:
     """``Topic::orders`` -> ("Topic", "orders"); the kind is case-insensitive."""
+    from eventward._internal.policy.spec import KINDS
+
     kind, sep, rid = text.partition("::")
     by_lower = {k.lower(): k for k in KINDS}
     if not sep or not rid or kind.lower() not in by_lower:
@@ -102,6 +104,9 @@ def init_cmd(
     cedar: Path = typer.Option(None, "--cedar", help="Directory of *.cedar files [default: next to FILE]."),
 ) -> None:
     """Apply the first policy (no prior policy needed); copy it into <home>/policy/ for editing."""
+    from eventward._internal.audit import AuditLog
+    from eventward._internal.policy.store import PolicyStore
+
     home = common.home().ensure()
     text = read_policy_file(file) if file else default_policy(admin)
     files = read_cedar_dir(cedar if cedar is not None else file.parent if file else None)
@@ -128,6 +133,9 @@ def apply_cmd(
     principal: str = _AS,
 ) -> None:
     """Validate, authorize (ManagePolicy), store and activate a new policy version."""
+    from eventward._internal.audit import AuditLog
+    from eventward._internal.policy.store import PolicyStore
+
     home = common.home().require()
     files = read_cedar_dir(cedar if cedar is not None else file.parent)
     with AuditLog.open(home) as audit:
@@ -144,6 +152,9 @@ def rollback_cmd(
     version: int = typer.Argument(..., help="Version to restore."), principal: str = _AS
 ) -> None:
     """Re-apply an earlier version as a new version (needs ManagePolicy)."""
+    from eventward._internal.audit import AuditLog
+    from eventward._internal.policy.store import PolicyStore
+
     home = common.home().require()
     with AuditLog.open(home) as audit:
         store = PolicyStore.open(home, audit=audit)
@@ -161,6 +172,8 @@ def show_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Print a policy version: its YAML, hand-written Cedar files, or the compiled Cedar."""
+    from eventward._internal.policy.store import PolicyStore, build
+
     store = PolicyStore.open(common.home().require())
     try:
         v = store.get(version)
@@ -187,6 +200,8 @@ def show_cmd(
 @policy_app.command("versions")
 def versions_cmd(as_json: bool = _JSON) -> None:
     """List every stored version; the active one is marked."""
+    from eventward._internal.policy.store import PolicyStore
+
     store = PolicyStore.open(common.home().require())
     try:
         rows = store.versions()
@@ -218,6 +233,9 @@ def explain_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Decide one request against the active policy and say which policies decided and what is missing."""
+    from eventward._internal.policy.engine import PolicyEngine
+    from eventward._internal.policy.spec import parse_action
+
     ctx: dict[str, object] = {}
     if context:
         try:
@@ -256,6 +274,8 @@ def explain_cmd(
 
 def _compile(v: PolicyVersion, target: str) -> str:
     """One version compiled for one broker, by the compilers ``policy compile`` uses."""
+    from eventward._internal.policy.store import build
+
     spec, compiled = build(v.yaml, v.cedar)
     if target == "nats":
         from eventward._internal.policy.compile_nats import compile_nats  # loads the NATS transport's names
@@ -267,6 +287,8 @@ def _compile(v: PolicyVersion, target: str) -> str:
 
 
 def _stored(*versions: int | None) -> list[PolicyVersion]:
+    from eventward._internal.policy.store import PolicyStore
+
     store = PolicyStore.open(common.home().require())
     try:
         return [store.get(v) for v in versions]

@@ -36,7 +36,6 @@ import typer
 from rich.table import Table
 
 from eventward._internal.cli import common
-from eventward._internal.home import read_secret, write_secret
 from eventward.errors import ConfigError, EventwardError, InputError, NotFoundError
 
 PROFILE_DIR_ENV = "EVENTWARD_PROFILE_DIR"
@@ -173,6 +172,8 @@ class Profiles:
 
 def load(path: Path | None = None) -> Profiles:
     """The profiles file, or no profiles if there is none; a readable-by-others file is refused."""
+    from eventward._internal.home import read_secret
+
     path = path or profiles_path()
     if not path.exists() and not path.is_symlink():
         return Profiles()
@@ -219,6 +220,8 @@ def _toml(value: object) -> str:
 
 def save(profiles: Profiles, path: Path | None = None) -> Path:
     """Write the whole file atomically, 0600, in a 0700 directory."""
+    from eventward._internal.home import write_secret
+
     path = path or profiles_path()
     lines = ["# eventward operator profiles: paths only, never secrets (eventward profile --help)"]
     if profiles.current is not None:
@@ -294,6 +297,8 @@ def add_cmd(
 ) -> None:
     """Add a profile (paths are stored absolute; the files are checked, never copied; the two
     public keys are pinned as text)."""
+    from eventward._internal.home import read_secret
+
     check_name(name)
     urls = parse_urls([u for item in url for u in item.split(",")])
     profile = Profile(name, urls, _abs(ca) or "", _abs(cert), _abs(key), _abs(token_file),
@@ -350,6 +355,8 @@ def use_cmd(
 def show_cmd(name: str = typer.Argument(None, metavar="NAME", help="Default: the profile in use."),
              as_json: bool = _JSON) -> None:
     """One profile and whether its files are usable (the key and token files must be 0600)."""
+    from eventward._internal.home import read_secret
+
     profiles = load()
     p = profiles.get(name)
     problems: list[str] = []

@@ -33,13 +33,14 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
-from eventward._internal.audit.tree import ConsistencyProof
 from eventward._internal.cli import common, profiles
-from eventward._internal.client.trust import TrustedKey
-from eventward._internal.control.client import Grants, verify_trust_entry
-from eventward._internal.control.http import HttpControlAPI
-from eventward._internal.home import read_secret
 from eventward.errors import AuditIntegrityError, ConfigError, InputError, NotInClientMode, SealError
+
+if TYPE_CHECKING:
+    from eventward._internal.audit.tree import ConsistencyProof
+    from eventward._internal.client.trust import TrustedKey
+    from eventward._internal.control.client import Grants
+    from eventward._internal.control.http import HttpControlAPI
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -155,6 +156,8 @@ class OperatorClient:
         """The trust registry, each entry verified against ``anchor`` (pinned in the profile) as a
         client-mode consumer verifies them for seals: TLS alone, or a compromised replica or proxy,
         cannot vouch for a key. Returns the verified entries and the positions of refused ones."""
+        from eventward._internal.control.client import verify_trust_entry
+
         entries = self.api.call("GET", "/v1/control/trust").get("entries")
         if not isinstance(entries, list):
             raise SealError("the control plane's trust registry is not a list of signed entries",
@@ -172,6 +175,8 @@ class OperatorClient:
         """The latest signed checkpoint and a consistency proof from ``from_size`` (unverified:
         audit.verify.check_extends and verify_checkpoint judge them); AuditIntegrityError when the
         answer is not a checkpoint and a proof."""
+        from eventward._internal.audit.tree import ConsistencyProof
+
         doc = self.api.call("GET", "/v1/control/audit/consistency", params={"from_size": from_size})
         if not isinstance(doc, dict) or not isinstance(doc.get("checkpoint"), str) or "proof" not in doc:
             raise AuditIntegrityError("the control plane's answer is not a checkpoint and a consistency proof")
@@ -201,6 +206,9 @@ class Remote:
     def client(self) -> OperatorClient:
         """The connection, made at the first command that needs it; the key or token file must be
         private to its owner (0600, no symlink) or nothing is sent."""
+        from eventward._internal.control.http import HttpControlAPI
+        from eventward._internal.home import read_secret
+
         if self._client is None:
             p = self.profile
             for f in [Path(p.ca), *(Path(x) for x in (p.cert,) if x)]:

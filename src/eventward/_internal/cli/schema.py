@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import typer
@@ -24,14 +24,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Column, Table
 
-from eventward._internal import envelope
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_required, authorize, deployment
-from eventward._internal.policy.base import READ_SCHEMA
-from eventward._internal.schema import CheckReport, Finding, SchemaVersion
-from eventward._internal.schema.document import MAX_DOCUMENT_BYTES
-from eventward._internal.schema.json_schema import HARD_MAX_EVENT_BYTES
 from eventward.errors import EnvelopeError, InputError, ValidationError
+
+if TYPE_CHECKING:
+    from eventward._internal.schema import CheckReport, Finding, SchemaVersion
 
 schema_app = typer.Typer(
     help="Governed event schemas: propose, approve, check (changes need a second principal).",
@@ -41,11 +39,21 @@ schema_app = typer.Typer(
 _AS = as_required()
 _JSON = common.json_option()
 _FORMAT = typer.Option("json", "--format", "-f", help="Schema format: json (JSON Schema) or avro.")
-_MAX_LINE = HARD_MAX_EVENT_BYTES + 64 * 1024  # an envelope around the largest allowed data
+
+
+def _max_line() -> int:
+    """An envelope around the largest allowed data (the schema modules load with the command)."""
+    from eventward._internal.schema.json_schema import HARD_MAX_EVENT_BYTES
+
+    return HARD_MAX_EVENT_BYTES + 64 * 1024
+
+
 _PROGRESS_BYTES = 1024 * 1024  # show a progress bar for files larger than this
 
 
 def _read(file: Path) -> bytes:
+    from eventward._internal.schema.document import MAX_DOCUMENT_BYTES
+
     try:
         size = file.stat().st_size
         if size > MAX_DOCUMENT_BYTES:
@@ -208,6 +216,8 @@ def reject_cmd(
 @schema_app.command("list", epilog=common.examples("eventward schema list --as alice --json"))
 def list_cmd(principal: str = _AS, as_json: bool = _JSON) -> None:
     """Every subject the principal may read, with its mode, active and pending version."""
+    from eventward._internal.policy.base import READ_SCHEMA
+
     with deployment(principal) as dep:
         # explain(), not decide(): a listing filters, it does not attempt (nothing to audit as denied)
         subjects = [
@@ -245,6 +255,8 @@ def show_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """One version: state, approvals, field spec, findings and the document."""
+    from eventward._internal.policy.base import READ_SCHEMA
+
     with deployment(principal) as dep:
         authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
         v = dep.registry.get(type_, version)
@@ -266,6 +278,8 @@ def check_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Dry run: compatibility and security report of a document against the subject (exit 1: incompatible)."""
+    from eventward._internal.policy.base import READ_SCHEMA
+
     document = _read(file)
     with deployment(principal) as dep:
         authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
@@ -297,6 +311,8 @@ def validate_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Validate each line against TYPE's active schema; exit 1 if any line is invalid."""
+    from eventward._internal.policy.base import READ_SCHEMA
+
     with deployment(principal) as dep:
         authorize(dep, principal, READ_SCHEMA, ("Schema", type_))
         version = dep.registry.active(type_)
@@ -343,14 +359,15 @@ def validate_cmd(
 
 
 def _lines(fh: BinaryIO) -> Iterator[bytes]:
-    """Lines, each cut at _MAX_LINE bytes (the rest of an oversize line is skipped, not parsed)."""
+    """Lines, each cut at _max_line() bytes (the rest of an oversize line is skipped, not parsed)."""
+    limit = _max_line()
     while True:
-        line = fh.readline(_MAX_LINE + 1)
+        line = fh.readline(limit + 1)
         if not line:
             return
-        if len(line) > _MAX_LINE and not line.endswith(b"\n"):
+        if len(line) > limit and not line.endswith(b"\n"):
             while True:  # drain the rest of the oversize line
-                more = fh.readline(_MAX_LINE)
+                more = fh.readline(limit)
                 if not more or more.endswith(b"\n"):
                     break
         yield line
@@ -358,8 +375,11 @@ def _lines(fh: BinaryIO) -> Iterator[bytes]:
 
 def _check_line(version: SchemaVersion, type_: str, line: bytes) -> str | None:
     """None if valid, else a one-line reason (path and rule, never a value)."""
-    if len(line) > _MAX_LINE:
-        return f"oversize line (limit {_MAX_LINE} bytes)"
+    from eventward._internal import envelope
+
+    limit = _max_line()
+    if len(line) > limit:
+        return f"oversize line (limit {limit} bytes)"
     try:
         doc = orjson.loads(line)
     except orjson.JSONDecodeError as e:

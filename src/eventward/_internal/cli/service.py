@@ -13,8 +13,6 @@ import typer
 
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, deployment
-from eventward._internal.control.identity import ServiceIdentity
-from eventward._internal.control.plane import ControlPlane
 from eventward.errors import InputError, NotFoundError
 
 service_app = typer.Typer(help="Enroll services for client mode: each keeps only its own keys.", no_args_is_help=True)
@@ -40,6 +38,8 @@ def _may_seal(pairs: list[str]) -> dict[str, list[str]]:
 def enroll(directory: Path = _DIR, name: str = typer.Option(..., "--name", help="The service's principal.",
                                                              metavar="PRINCIPAL"), json: bool = _JSON) -> None:
     """Make the service's keys (seal, dead-letter, TLS; all 0600) and its enrollment request."""
+    from eventward._internal.control.identity import ServiceIdentity
+
     ident = ServiceIdentity.create(directory, name)
     if json:
         common.emit_json({"principal": name, "request": str(ident.request_path)})
@@ -65,6 +65,8 @@ def approve(
     principal: str = as_admin(),
 ) -> None:
     """Trust the service's keys, certify its TLS key and write the grant it installs."""
+    from eventward._internal.control.plane import ControlPlane
+
     try:
         raw = request.read_bytes()
     except OSError:
@@ -88,6 +90,8 @@ def approve(
 def install(grant: Path = typer.Argument(..., help="The grant from the administrator.", metavar="GRANT"),
             directory: Path = _DIR) -> None:
     """Install an approved grant (checked: signed by the anchor it names, for this service's keys)."""
+    from eventward._internal.control.identity import ServiceIdentity
+
     try:
         raw = grant.read_bytes()
     except OSError:
@@ -99,6 +103,8 @@ def install(grant: Path = typer.Argument(..., help="The grant from the administr
 @service_app.command(epilog=common.examples("eventward service status --dir /etc/orders-svc --json"))
 def status(directory: Path = _DIR, json: bool = _JSON) -> None:
     """Who this directory is, where it connects, and what it may seal (never a key)."""
+    from eventward._internal.control.identity import ServiceIdentity
+
     ident = ServiceIdentity(directory)
     g = ident.grant()
     doc = {"principal": g["principal"], "kids": g["kids"], "may_seal": g["may_seal"],

@@ -15,12 +15,6 @@ from pathlib import Path
 
 import typer
 
-from eventward._internal.audit.checkpoint import verify_checkpoint
-from eventward._internal.audit.log import AuditLog
-from eventward._internal.audit.note import parse_vkey
-from eventward._internal.audit.witness import Witness, fetch, parse_request, request_document
-from eventward._internal.audit.witness import serve as serve_http
-from eventward._internal.audit.witness import submit as submit_http
 from eventward._internal.cli import common
 from eventward._internal.cli.context import as_admin, deployment
 from eventward.errors import AuditIntegrityError, ConfigError, InputError, NotFoundError
@@ -69,6 +63,8 @@ def init(
     as_json: bool = _JSON,
 ) -> None:
     """Create the witness key and state; print the cosigner key verifiers pass to --witness."""
+    from eventward._internal.audit.witness import Witness
+
     w = Witness.init(state, name, _text(log_key, "log key"))
     if as_json:
         common.emit_json({"name": w.name, "vkey": w.vkey(), "log": w.log_key.name, "state": str(state)})
@@ -90,6 +86,8 @@ def cosign(
     """Verify the checkpoint and its consistency proof from the last cosigned one, then cosign it.
 
     A rollback, a fork or a missing or wrong proof is refused (exit 8) and nothing is kept."""
+    from eventward._internal.audit.witness import Witness, parse_request
+
     w = Witness.open(state)
     checkpoint, proof = parse_request(_text(request, "request"))
     result = w.cosign(checkpoint, proof)
@@ -104,6 +102,8 @@ def cosign(
 @witness_app.command()
 def status(state: Path = _STATE, as_json: bool = _JSON) -> None:
     """The witness's key and the last checkpoint it cosigned (re-verified)."""
+    from eventward._internal.audit.witness import Witness
+
     w = Witness.open(state)
     last = w.last()
     doc = {
@@ -131,6 +131,10 @@ def request(
     principal: str = as_admin(),
 ) -> None:
     """(Log side) Sign a checkpoint and prove it consistent with the witness's last one."""
+    from eventward._internal.audit.checkpoint import verify_checkpoint
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.audit.witness import request_document
+
     with deployment(principal) as dep:
         log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
         try:
@@ -153,6 +157,9 @@ def serve(
     port_file: Path = typer.Option(None, "--port-file", help="Write the bound port here once listening."),
 ) -> None:
     """Serve the witness over HTTP: GET /vkey, GET /checkpoint, POST /cosign (a 'witness request')."""
+    from eventward._internal.audit.witness import Witness
+    from eventward._internal.audit.witness import serve as serve_http
+
     w = Witness.open(state)
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -180,6 +187,12 @@ def submit(
     principal: str = as_admin(),
 ) -> None:
     """(Log side) Sign a checkpoint, prove it from the witness's last one, get it cosigned and check it."""
+    from eventward._internal.audit.checkpoint import verify_checkpoint
+    from eventward._internal.audit.log import AuditLog
+    from eventward._internal.audit.note import parse_vkey
+    from eventward._internal.audit.witness import fetch, request_document
+    from eventward._internal.audit.witness import submit as submit_http
+
     key = parse_vkey((_text(witness_key, "witness key") if witness_key else (fetch(url, "/vkey") or "")).strip())
     with deployment(principal) as dep:
         log = AuditLog.open(dep.home, authorizer=dep.policy, principal=principal)
