@@ -172,9 +172,19 @@ class _Gateway:
         self.audit_gate = TokenBucket(50.0, 200.0, time.monotonic())  # auth-failure records: no audit flood
         self.waiting = 0
         # validated against, and serving, the document with this server's configured batch limit
-        schemas = openapi.schemas(limits.max_batch_events)
-        self.validators = {op.op_id: _validators(op, schemas) for op in openapi.OPERATIONS}
+        self.schemas = openapi.schemas(limits.max_batch_events)
+        # compiled per operation at its first request (validators_of): all of them at startup took ~2 s
+        self.validators: dict[str, _Validators] = {}
         self.openapi_bytes = orjson.dumps(openapi.document(max_batch=limits.max_batch_events))
+
+    def validators_of(self, op: openapi.Operation) -> _Validators:
+        """The operation's validators, compiled from the same schemas at its first request (after
+        authentication, so an anonymous client cannot make the gateway compile) and kept. Compiling
+        is synchronous, so requests on the event loop never see an operation half compiled."""
+        v = self.validators.get(op.op_id)
+        if v is None:
+            v = self.validators[op.op_id] = _validators(op, self.schemas)
+        return v
 
     # --- perimeter ----------------------------------------------------------------------------
     def _peer_der(self, request: web.Request) -> bytes | None:
@@ -301,7 +311,7 @@ class _Gateway:
         return events
 
     async def _parse(self, request: web.Request, op: openapi.Operation) -> tuple[dict[str, Any], Any]:
-        v = self.validators[op.op_id]
+        v = self.validators_of(op)
         params = dict(request.match_info)
         _check(v.path, params, "path")
         query = _coerce_query(op, request.query)
