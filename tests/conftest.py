@@ -42,8 +42,9 @@ _shared_bytecode_cache()
 
 
 def _memoized_compile(compile_: Callable[..., Callable[[Any], Any]]) -> Callable[..., Callable[[Any], Any]]:
-    """Every gateway app compiles ~66 fastjsonschema validators (~2 s of CPU); the suite starts
-    a hundred gateways in-process. Compiled validators are pure functions of their schema, so one
+    """Every gateway app compiles the fastjsonschema validators of each operation it serves at
+    its first request (~66 in all, ~2 s of CPU); the suite starts a hundred gateways in-process.
+    Compiled validators are pure functions of their schema, so one
     compile per distinct (schema, components) serves every gateway of a worker: the same code
     validates, each distinct schema (e.g. another max_batch_events) is still compiled and used."""
     cache: dict[bytes, Callable[[Any], Any]] = {}
