@@ -139,3 +139,15 @@ def test_invalid_input_is_refused_as_the_eager_validators_refuse_it(
     assert status == want_status and status in (400, 413, 422), (status, doc)
     assert doc == want
     assert op_id in gateway_of(served.app).validators
+
+
+def test_every_operation_compiles_and_is_kept(served: _Served) -> None:
+    """What startup used to prove for every gateway: each operation's schemas compile (a broken
+    one would now surface at its first request). Each is compiled once and then kept."""
+    gw = gateway_of(served.app)
+    for op in openapi.OPERATIONS:
+        v = gw.validators_of(op)
+        assert v.query is not None and (v.body is not None) == bool(op.body)
+        assert (v.path is not None) == any(p.where == "path" for p in op.params)
+        assert gw.validators_of(op) is v
+    assert set(gw.validators) == {op.op_id for op in openapi.OPERATIONS}
