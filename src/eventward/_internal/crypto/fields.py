@@ -22,6 +22,7 @@ its slot skips the header parse and the key lookup; its payload is checked in fu
 
 from __future__ import annotations
 
+import binascii
 import os
 import threading
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+from cryptography.exceptions import InvalidTag
 
 from eventward._internal.crypto import tokens
 from eventward._internal.crypto.tokens import GCM, NONCE_BYTES, SIV, TokenCipher
@@ -59,6 +61,7 @@ _NONCE_BLOCK = 64 * 1024  # bytes of nonces one os.urandom call of encrypt_many 
 _TO_URL = tokens._TO_URL  # KeyHandle.seal's base64url step, inlined by encrypt_many
 _b2a = tokens._b2a
 _TOKEN_PREFIX = tokens.VERSION + "."  # "ew1."; the algorithm letter and a dot follow, then the kid
+_A_PAD = ("", "", "AA", "A")  # decrypt_many: a payload padded to whole quads (the extra bytes are dropped)
 
 # One sensitive value: (key or index in its container, concrete path, path part of the
 # associated data). Plain paths have theirs precomputed in the plan.
@@ -497,6 +500,175 @@ class FieldEncryptor:
                         ) from None
         return out, _report(plan, located, count, erased, redacted)
 
+    def decrypt_many(
+        self,
+        items: Sequence[tuple[str, Any, str | None]],
+        spec: FieldSpec,
+        *,
+        principal: str,
+        uncleared: Literal["redact", "token"] = "redact",
+        topic: str | None = None,
+        event_type: str | None = None,
+    ) -> tuple[list[Any], Any]:
+        """``decrypt`` of each (event id, data, subject hash) within the current ``reading_batch``,
+        from its memo only: ``(outcomes, stamp)``, one outcome per item, in order:
+        ``(clear, report)``, the error ``decrypt`` would raise (InputError, TokenError), or None
+        where this call cannot decide without the key source (a key not in the memo, a bad key)
+        and the caller must call ``decrypt``. It never calls the key source, so it adds no
+        Decrypt decision, audit record or query, and may run ahead of events that are then not
+        decrypted. The outcomes hold while ``batch_current(stamp)``: the memo they were read from
+        is still the one ``decrypt`` would read (no forget, no clear_cache, within the TTL).
+
+        Why: a consumer opens every sensitive field of every event. Here the batch's token
+        payloads are base64-decoded in one call (on a joined buffer, with the same canonical
+        checks) and each key's header, memo entry and cipher are found once per event; any token
+        the joined decode cannot vouch for is opened on its own, as ``decrypt`` does, so the
+        same tokens are accepted and each event fails with the same first error."""
+        if uncleared != "redact" and uncleared != "token":
+            raise InputError("uncleared must be 'redact' or 'token'")
+        cached = self._plans.get(id(spec))
+        plan = cached[1] if cached is not None and cached[0] is spec else self._plan(spec)
+        results: list[Any] = [None] * len(items)
+        batch = self._batch
+        memo = getattr(batch, "keys", None)
+        state = self._revocation_state()
+        if memo is None or time.monotonic() >= batch.until or state != batch.state:
+            return results, None  # the per-event path clears the memo and asks the key source
+        stamp = (memo, batch.until, state)
+        nslots, has_subject, opening = len(plan.slots), plan.subject is not None, self._cipher.opening
+        last, apad, min_blob, gcm_alg = tokens._LAST, _A_PAD, tokens._MIN_BLOB, GCM
+        pieces: list[str] = []  # payloads padded with 'A' to whole quads, decoded in one call
+        pos = 0  # offset of the next piece's bytes in the decoded buffer
+        pending: list[tuple[int, Any, list[tuple[Any, ...]], Any]] = []  # (index, out, opens, error)
+        for i, (event_id, data, shash) in enumerate(items):
+            try:
+                if type(event_id) is not str or not event_id:
+                    _check_event_id(event_id)
+                if has_subject == (shash is None) or not (shash is None or type(shash) is str):
+                    raise InputError(
+                        "a subject hash (a string) is required exactly when the field spec names a data "
+                        f"subject (spec subject: {spec.subject_path!r})"
+                    )
+                out, located, count = _locate(spec, plan, data)
+            except EventwardError as e:
+                results[i] = e
+                continue
+            except Exception:  # noqa: S112 - not decided here: decrypt raises it at this event
+                continue
+            ev = tokens.event_context(event_id)
+            heads: dict[tuple[str, str, str], Any] = {}
+            recent: list[Any] = [None] * nslots
+            opens: list[tuple[Any, ...]] = []
+            error: Any = None  # the event's first bad header, or _UNDECIDED: what follows its last token
+            try:
+                for src, dst, batches in located:
+                    for slot, rp, leaves in batches:
+                        alg = rp.alg
+                        header, start, h, head = recent[slot] or _NO_HEADER
+                        for k, path, tail in leaves:
+                            value = src[k]
+                            if header is None or type(value) is not str or not value.startswith(header):
+                                try:
+                                    got_alg, kid, start = tokens.parse_header(value)
+                                    if got_alg != alg:
+                                        raise TokenError("token algorithm does not match the field's rule")
+                                except TokenError as e:
+                                    error = _in_field(e, path)
+                                    raise _Stop from None
+                                entry = heads.get((kid, rp.cls, alg))
+                                if entry is None:
+                                    dek = memo.get((kid, rp.cls, principal, topic, event_type, shash))
+                                    if dek is None:  # only the key source can tell: decrypt asks it
+                                        error = _UNDECIDED
+                                        raise _Stop
+                                    if dek is _DENIED or dek is _DESTROYED:
+                                        entry = (dek, b"")
+                                    else:
+                                        try:
+                                            hh, ctx = opening(kid, dek, alg, rp.cls, shash)
+                                        except KeyServiceError:  # a bad key: decrypt raises it here
+                                            error = _UNDECIDED
+                                            raise _Stop from None
+                                        entry = (hh, ctx + (tokens.NO_EVENT if alg == SIV else ev))
+                                    heads[kid, rp.cls, alg] = entry
+                                header, h, head = value[:start], entry[0], entry[1]
+                                recent[slot] = (header, start, h, head)
+                            n = len(value) - start
+                            rem = n & 3
+                            if rem != 1 and value[-1] in last[rem]:  # joined: its bytes at pos
+                                pieces.append(value[start:] + apad[rem] if rem else value[start:])
+                                opens.append((dst, k, path, value, start, alg, h, head + tail, pos, (n * 3) >> 2,
+                                              rp.cls))
+                                pos += ((n + 3) >> 2) * 3
+                            else:  # refused on its own, as decrypt refuses it
+                                opens.append((dst, k, path, value, start, alg, h, head + tail, -1, 0, rp.cls))
+            except _Stop:
+                pass
+            except Exception:  # noqa: S112 - not decided here: decrypt raises it at this event
+                continue
+            pending.append((i, out, opens, error if error is not None else (plan, located, count)))
+        buf = b""
+        if pieces:
+            try:
+                buf = tokens._a2b("".join(pieces).encode("ascii").translate(tokens._FROM_URL), strict_mode=True)
+            except (UnicodeEncodeError, binascii.Error):
+                buf = None  # some payload is not base64url: each is decoded on its own
+        loads, invalid = orjson.loads, orjson.JSONDecodeError
+        for i, out, opens, rest in pending:
+            erased: list[str] = []
+            redacted: list[str] = []
+            for dst, k, path, value, start, alg, h, ad, at, size, cls in opens:
+                try:
+                    if h is _DENIED or h is _DESTROYED:
+                        tokens.decode_payload(value, start, alg)  # refused all the same if malformed
+                        (redacted if h is _DENIED else erased).append(cls)
+                        if h is _DESTROYED:
+                            dst[k] = ERASED
+                        elif uncleared == "redact":
+                            dst[k] = REDACTED
+                    elif at < 0 or buf is None:
+                        dst[k] = h.open_token(value, start, alg, ad)
+                    elif size < min_blob[alg]:
+                        raise TokenError("token payload is too short")
+                    else:
+                        try:
+                            if alg == gcm_alg:
+                                pt = h._gcm.decrypt(buf[at : at + NONCE_BYTES], buf[at + NONCE_BYTES : at + size], ad)
+                            else:
+                                pt = h._siv_cipher().decrypt(buf[at : at + size], [ad])
+                        except InvalidTag:
+                            raise TokenError("token does not verify: tampered, or moved from another context") from None
+                        try:
+                            dst[k] = loads(pt)
+                        except invalid:
+                            raise TokenError("token plaintext is not JSON") from None
+                except TokenError as e:
+                    results[i] = _in_field(e, path)
+                    break
+                except Exception:  # not decided here: decrypt raises it at this event
+                    break
+            else:
+                if rest is _UNDECIDED:
+                    pass  # its tokens so far open: whether the rest do is decrypt's to say
+                elif type(rest) is TokenError:
+                    results[i] = rest
+                else:
+                    results[i] = (out, _report(rest[0], rest[1], rest[2], erased, redacted))
+        return results, stamp
+
+    def batch_current(self, stamp: Any) -> bool:
+        """Whether ``decrypt_many`` outcomes read under ``stamp`` are still what ``decrypt`` would
+        give now: this thread's memo is the same one, within its TTL, with no forget or
+        clear_cache since."""
+        batch = self._batch
+        return (
+            stamp is not None
+            and getattr(batch, "keys", None) is stamp[0]
+            and batch.until == stamp[1]
+            and time.monotonic() < stamp[1]
+            and self._revocation_state() == stamp[2]
+        )
+
     def _encryption_head(
         self,
         subject: str | None,
@@ -694,6 +866,17 @@ def _subject(spec: FieldSpec, plan: _Plan, data: Any) -> str | None:
     if type(cur) is int:
         return str(cur)
     return spec.subject_of(data)
+
+
+class _Stop(Exception):
+    """decrypt_many: an event's tokens are collected up to its first bad header."""
+
+
+_UNDECIDED = object()  # decrypt_many: an event needs the key source from some token on
+
+def _in_field(e: TokenError, path: str) -> TokenError:
+    """``e`` named by the field it concerns, as ``decrypt`` raises it."""
+    return TokenError(f"sensitive field {path}: {e.message}", **{**e.details, "path": path})
 
 
 class _Mismatch(Exception):
