@@ -1,7 +1,9 @@
 """Client mode: services holding only their own keys, asking a control plane over mTLS.
 
-Scenarios (one nats-server started here; the control plane is ``eventward serve``'s application
-over a home made by ``eventward init`` + the example policy, in a thread of this process):
+Scenarios (one nats-server started here; the control plane is ``eventward serve`` as deployed: its
+own process, over a home made by ``eventward init`` + the example policy, with the home's default
+configuration, so its key releases, audit writes, direct-path reconciler and monitor run beside the
+services, never inside their interpreter):
 
 * client-mode e2e over NATS: a client-mode Producer and Consumer (keys, schemas, decisions and
   trust from the control API over HTTPS; seals with the service's own key; NATS direct) against
@@ -18,13 +20,13 @@ over a home made by ``eventward init`` + the example policy, in a thread of this
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,10 +45,7 @@ from eventward._internal.control.http import HttpControlAPI
 from eventward._internal.control.identity import ServiceIdentity
 from eventward._internal.control.plane import ControlPlane
 from eventward._internal.deployment import Deployment
-from eventward._internal.gateway.config import SERVER_CERT, GatewayConfig
-from eventward._internal.gateway.deployment_backend import DeploymentBackend
-from eventward._internal.gateway.server import create_server
-from eventward._internal.gateway.tls import ensure_home_material
+from eventward._internal.home import Home
 from eventward._internal.log import natsserver
 from eventward._internal.log.nats import NatsTransport
 
@@ -54,25 +53,34 @@ CUSTOMERS = 1000
 
 
 class _Served:
-    """The gateway + control API over a home, on its own event-loop thread, bound to 127.0.0.1."""
+    """``eventward serve`` over a home, as its own process (a service never runs the control plane
+    in its interpreter), bound to 127.0.0.1 on ``port``; stopped by its PID."""
 
-    def __init__(self, dep: Deployment) -> None:
-        ensure_home_material(dep.home, "127.0.0.1", SERVER_CERT)
-        self.backend = DeploymentBackend(dep)
-        cfg = GatewayConfig.from_mapping({"host": "127.0.0.1", "port": 0,
-                                          "limits": {"rate_events_per_s": 1e9, "burst_events": 10**9}})
-        self.server = create_server(cfg, dep.home, self.backend, audit=self.backend.audit)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
-        self.url = f"https://127.0.0.1:{self.server.port}"
+    def __init__(self, home: Home, port: int) -> None:
+        log = home.root.parent / "serve.log"  # its stderr (gateway log lines), read if it fails to start
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "eventward._internal.cli", "--home", str(home.root), "serve", "--port",
+                 str(port)],
+                stdout=subprocess.PIPE, stderr=err, text=True,
+            )
+        self.url = f"https://127.0.0.1:{port}"
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if "listening on" not in line:
+            self.close()
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"eventward serve did not start (exit {self.proc.returncode}): {tail}")
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.backend.close()
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _enroll(plane: ControlPlane, root: Path, principal: str, may_seal: dict[str, list[str]], url: str
@@ -190,16 +198,18 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
     nodes = natsserver.start_all(root / "nats", size=1, port=_free_port())
     nats_url = nodes[0].url(tls=False)
     raw = _Raw(nats_url)
-    served = None
+    served = dep = plane = None
     clients: list[Client] = []
     try:
         home = deployed.init_home(root / "home", config={"transport": "nats", "nats": {"servers": [nats_url]}})
         dep = Deployment.open(home)
-        served = _Served(dep)
-        plane = ControlPlane.open(dep)
-        topics = [f"orders-c{k}" for k in range(repeats)] + ["orders-lat"]
-        producer_id = _enroll(plane, root / "svc", deployed.PRODUCER, {t: [EVENT_TYPE] for t in topics}, served.url)
-        consumer_id = _enroll(plane, root / "svc", deployed.CONSUMER, {}, served.url)
+        plane = ControlPlane.open(dep)  # the operator's side: enrollment (service approve), forget
+        port = _free_port()
+        url = f"https://127.0.0.1:{port}"
+        topics = [f"orders-c{k}" for k in range(repeats)] + ["orders-lat", "orders-warm"]
+        producer_id = _enroll(plane, root / "svc", deployed.PRODUCER, {t: [EVENT_TYPE] for t in topics}, url)
+        consumer_id = _enroll(plane, root / "svc", deployed.CONSUMER, {}, url)
+        served = _Served(home, port)
         producer = _client(producer_id, nats_url, follow_notices=False)
         consumer = _client(consumer_id, nats_url)
         clients += [producer, consumer]
@@ -210,6 +220,15 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
         nats_cfg = {"transport": "nats", "nats": {"servers": [nats_url]}}
         home_mode = deployed.init_home(root / "home-mode", config=nats_cfg)
         with frozen_inputs():  # the same inputs for all three, out of the collector's sight (bench.common)
+            # One untimed run of each first: a deployed control plane has served before (the first
+            # request of each operation compiles its validators), and a service's first calls fetch
+            # schemas, topic layouts and trust; steady state is what the repeats compare.
+            warm = min(n, 2000)
+            _e2e_once(producer, consumer, events[:warm], "orders-warm")
+            with Deployment.open(home_mode) as d:
+                deployed.produce(d, events[:warm], topic="orders-hwarm")
+                deployed.consume(d, warm, topic="orders-hwarm", group="orders-hwarm")
+            _raw_once(raw, plain[:warm], "RAW_CONTROL_WARM")
             for k in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
                 client_runs.append(_e2e_once(producer, consumer, events, topics[k]))
                 with Deployment.open(home_mode) as d:
@@ -225,15 +244,15 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
             e2e,
             {"raw publish_async + pull consumer (plain)": summarize(raw_e2e),
              "home mode over NATS (same Producer/Consumer, whole home)": summarize(home_e2e)},
-            events=n, wiring="control API over mTLS (in-process server), NATS direct, eventward init + example policy",
+            events=n, wiring="control API over mTLS ('eventward serve', its own process), NATS direct, "
+                   "eventward init + example policy",
             target_ratio=0.8, repeats=repeats,
             paired_ratios={"raw": paired(client_e2e, raw_e2e), "home mode": paired(client_e2e, home_e2e)},
-            order="client mode, home mode and raw interleaved per repeat",
+            order="client mode, home mode and raw interleaved per repeat, after one untimed run of each",
         )]
         results += _latencies(plane, producer, consumer, "orders-lat", lat_n)
         results.append(_cache_hit_ratio(20_000 if quick else 2_000_000))
         results.append(_forget_propagation(dep, consumer, forgets))
-        plane.close()
         return results
     finally:
         for c in clients:
@@ -241,6 +260,10 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
             c.transport.close()
         if served is not None:
             served.close()
+        if plane is not None:
+            plane.close()
+        if dep is not None:
+            dep.close()
         raw.close()
         natsserver.stop_all(root / "nats")
         shutil.rmtree(root, ignore_errors=True)
