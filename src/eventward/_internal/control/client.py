@@ -196,6 +196,10 @@ class RemoteKeys:
         self._hot_hashes: dict[str, tuple[str, float]] = {}
         self._hot_dec: dict[str, tuple[bytes, str | None, float]] = {}
         self._lock = threading.Lock()
+        # Moved whenever cached keys are dropped (an erasure notice, a policy change, clear): a
+        # FieldEncryptor's read-batch memo built from them is dropped at its next lookup, as the
+        # key service's counter does in home mode, so no erased key is served from a memo.
+        self.revocations = 0
 
     def __repr__(self) -> str:
         return f"RemoteKeys({self._api.principal!r}, {len(self._dec)} decryption keys cached)"
@@ -248,6 +252,24 @@ class RemoteKeys:
             self._dec.put_many(fresh)
             hot.update(fresh)
         self._hot_dec = hot
+
+    def decryption_keys(self, wanted: Sequence[tuple[str, str, str | None]], *, principal: str,
+                        topic: str | None = None, event_type: str | None = None) -> dict[tuple[str, str], bytes]:
+        """(kid, class) -> DEK for each wanted key already fetched (``prefetch``): the read batch's
+        keys for a FieldEncryptor's memo (``resolve_wanted``), looked up as ``decryption_key``
+        looks them up and asking nothing. A key not cached (refused, erased, expired) is left
+        out, for ``decryption_key`` to ask about and report, as is everything for another
+        principal (``decryption_key`` refuses it)."""
+        if principal != self._api.principal:
+            return {}
+        hot, now, out = self._hot_dec, self._clock(), {}
+        for kid, cls, _ in wanted:
+            entry = hot.get(kid)
+            if entry is None or now >= entry[2]:
+                entry = self._dec.get(kid)
+            if entry is not None:
+                out[kid, cls] = entry[0]
+        return out
 
     def _usable(self, subject: str | None, cls: str, topic: str, event_type: str, nonces: int) -> list[Any] | None:
         entry = self._enc.get((subject, cls, topic, event_type))
@@ -319,12 +341,14 @@ class RemoteKeys:
             self._dec.clear()
             self._enc.clear()
             self._hashes.clear()
+            self.revocations += 1
 
     def clear(self) -> None:
         with self._lock:
             self._drop_hot()
             self._dec.clear()
             self._enc.clear()
+            self.revocations += 1
 
     def _drop_hot(self) -> None:
         self._hot_enc, self._hot_hashes, self._hot_dec = {}, {}, {}
