@@ -98,7 +98,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 def decrypt() -> int:
                     """In read batches of 500, as the Consumer runs it: parse the batch, collect its
                     key ids (want_keys), resolve them at once (resolve_wanted: a key source without
-                    a batch call, as MemoryKeys, is asked per event instead), decrypt each event."""
+                    a batch call, as MemoryKeys, is asked per event instead), decrypt the batch from
+                    the resolved keys (decrypt_many), then take each event's outcome while its keys
+                    are current, decrypting on its own any event decrypt_many left undecided."""
                     for start in range(0, n, 500):
                         batch = [(eid, orjson.loads(raw), shash) for eid, raw, shash in blobs[start : start + 500]]
                         with enc.reading_batch():
@@ -106,8 +108,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                             for _, data, shash in batch:
                                 enc.want_keys(wanted, ctx.get("event_type"), spec, shash, data)
                             enc.resolve_wanted(wanted, principal=deployed.CONSUMER, topic=ctx.get("topic"))
-                            for eid, data, shash in batch:
-                                enc.decrypt(eid, data, spec, shash, principal=deployed.CONSUMER, **ctx)
+                            ahead, stamp = enc.decrypt_many(batch, spec, principal=deployed.CONSUMER, **ctx)
+                            for (eid, data, shash), got in zip(batch, ahead, strict=True):
+                                if got is None or not enc.batch_current(stamp):
+                                    enc.decrypt(eid, data, spec, shash, principal=deployed.CONSUMER, **ctx)
                     return n
 
                 return encrypt, decrypt

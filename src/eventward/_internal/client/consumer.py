@@ -170,6 +170,9 @@ class Consumer:
         self._next_notice = 0.0
         self._forget_hooks: list[Hook] = []
         self._tally: list[Delivery] | None = None  # this read batch's deliveries, for monitoring
+        # This read batch's decrypt outcomes worked out ahead (_predecrypt): id(envelope) ->
+        # (outcome, stamp), each taken at most once, by the event it belongs to.
+        self._pre: dict[int, tuple[Any, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
@@ -230,17 +233,21 @@ class Consumer:
             return False
         with self.delivery_batch(), self._reading_batch(records) as envs:
             seals = self._verifier.verify_records(records)
+            self._predecrypt(seals, envs)
             live = self._live
-            for i, rec in enumerate(records):
-                if max_events is not None and stats.delivered >= max_events:
-                    break
-                if rec.offset != pos:
-                    self._report_offset_gap(stream, pos, rec.offset, stats)
-                s = seals[i]
-                env = envs[i]  # None: it does not parse, and process() refuses it
-                if type(s) is not Seal or env is None or not live(rec, s, env, handler, stats):
-                    self.process(rec, handler, stats)
-                pos = rec.offset + 1
+            try:
+                for i, rec in enumerate(records):
+                    if max_events is not None and stats.delivered >= max_events:
+                        break
+                    if rec.offset != pos:
+                        self._report_offset_gap(stream, pos, rec.offset, stats)
+                    s = seals[i]
+                    env = envs[i]  # None: it does not parse, and process() refuses it
+                    if type(s) is not Seal or env is None or not live(rec, s, env, handler, stats):
+                        self.process(rec, handler, stats)
+                    pos = rec.offset + 1
+            finally:
+                self._pre = None
         self._commit(stream, pos)
         return True
 
@@ -330,6 +337,43 @@ class Consumer:
             elif keys and (resolve := getattr(enc, "resolve_batch", None)) is not None:
                 resolve(keys, principal=self.principal, topic=self.topic)
             yield envs
+
+    def _predecrypt(self, seals: Sequence[Any], envs: Sequence[dict[str, Any] | None]) -> None:
+        """Decrypt the batch's sealed events ahead, in one ``decrypt_many`` per event type and
+        schema version, from the read batch's key memo only (no key-source call, so nothing is
+        asked or audited for an event that is then not decrypted). Each event still goes through
+        every check in order; where it reaches ``_decrypt`` it takes its outcome from here when
+        the memo it came from is still current, and otherwise decrypts as before. Only events
+        whose seal verified are decrypted: unverified data never reaches a cipher."""
+        self._pre = None
+        many = getattr(self._encryptor, "decrypt_many", None)
+        if many is None:
+            return
+        groups: dict[tuple[str, int], tuple[Any, list[dict[str, Any]], list[tuple[Any, Any, Any]]]] = {}
+        versions, types = self._versions, self.types
+        for s, env in zip(seals, envs, strict=True):
+            if env is None or type(s) is not Seal:
+                continue
+            type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
+            if type(version) is not int or type(data) is not dict or (types is not None and type_ not in types):
+                continue
+            group = groups.get((type_, version))
+            if group is None:
+                schema = versions.get((type_, version))  # resolved by _key_event; never fetched here
+                if schema is None or not schema.spec.rules:
+                    continue
+                group = groups[type_, version] = (schema.spec, [], [])
+            group[1].append(env)
+            group[2].append((env["id"], data, env.get(envelope.EXT_SUBJECT)))
+        pre: dict[int, tuple[Any, Any]] = {}
+        for (type_, _), (spec, group_envs, items) in groups.items():
+            outcomes, stamp = many(items, spec, principal=self.principal, uncleared=self._uncleared,
+                                   topic=self.topic, event_type=type_)
+            if stamp is not None:
+                for env, outcome in zip(group_envs, outcomes, strict=True):
+                    if outcome is not None:
+                        pre[id(env)] = (outcome, stamp)
+        self._pre = pre or None
 
     def _parse_batch(self, records: Sequence[Record]) -> list[dict[str, Any] | None]:
         """Each record's envelope, or None where it does not parse (refused when processed).
@@ -585,6 +629,15 @@ class Consumer:
         data = env.get("data")
         if type(data) is not dict and not isinstance(data, dict):
             raise EnvelopeError("event data must be a JSON object")
+        pre = self._pre
+        if pre is not None and (ahead := pre.pop(id(env), None)) is not None and (
+            self._encryptor.batch_current(ahead[1])  # type: ignore[attr-defined]
+        ):
+            if type(ahead[0]) is not tuple:
+                raise ahead[0]  # the refusal decrypt would raise (TokenError, InputError)
+            clear, report = ahead[0]
+            return delivered_from_envelope(env, clear, rec.stream, rec.offset, s.producer, s.first_seq + rec.index,
+                                           rec.batch, s.time_us / 1_000_000, report)
         # A KeyServiceError propagates: fail closed, commit nothing, the event is tried again later.
         clear, report = self._encryptor.decrypt(
             env["id"],
