@@ -66,9 +66,35 @@ def test_building_the_cli_loads_no_heavy_module(args: tuple[str, ...]) -> None:
 
 def test_probe_sees_a_heavy_import() -> None:
     """The probe itself works: an eager import of the deployment is caught."""
-    loaded = _loaded_after(prelude="import eventward._internal.deployment")
+    loaded = _loaded_after(prelude="import eventward._internal.deployment, eventward._internal.store.pg")
     assert "eventward._internal.deployment" in loaded
-    assert "psycopg" in loaded
+    assert "psycopg" in loaded and "psycopg_pool" in loaded
+
+
+_SQLITE_HOME = """
+import sys, tempfile
+from pathlib import Path
+import orjson
+from eventward._internal import demo
+from eventward._internal.deployment import Deployment
+from eventward._internal.home import Home
+
+home = Home(Path(tempfile.mkdtemp()) / "home").ensure()
+with Deployment.init(home, admin=demo.ADMIN) as dep:
+    demo.setup(dep, lambda *a: None)
+with Deployment.open(home) as dep:
+    dep.keys.subject_hash("cust-1")
+    dep.trust.ensure(demo.PRODUCER, by=demo.ADMIN)
+sys.__stdout__.write("\\n" + orjson.dumps(sorted(m for m in sys.modules if m.startswith("psycopg"))).decode() + "\\n")
+"""
+
+
+def test_a_sqlite_home_never_loads_the_postgresql_driver() -> None:
+    """A deployment on the embedded default (init, open, keys, trust) loads no psycopg: ~0.15-0.2 s
+    of every command and service start on a SQLite home went to importing it."""
+    r = subprocess.run([sys.executable, "-c", _SQLITE_HOME], capture_output=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert orjson.loads(r.stdout.splitlines()[-1]) == []
 
 
 def test_cli_constants_match_their_modules() -> None:

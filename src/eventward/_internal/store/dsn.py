@@ -11,11 +11,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import psycopg.conninfo
-
 from eventward._internal.config import StoreConfig
 from eventward._internal.home import read_secret
 from eventward.errors import ConfigError
+
+
+def _conninfo_to_dict(dsn: str) -> dict[str, object]:
+    """libpq's reading of a DSN; ValueError if it is not one. psycopg is imported here, not at
+    module level, so a SQLite home (and the CLI) never loads it."""
+    import psycopg.conninfo
+
+    try:
+        return dict(psycopg.conninfo.conninfo_to_dict(dsn))
+    except psycopg.ProgrammingError:
+        raise ValueError("not a PostgreSQL DSN") from None
 
 
 def resolve_dsn(cfg: StoreConfig, home_root: Path) -> str:
@@ -41,8 +50,8 @@ def resolve_dsn(cfg: StoreConfig, home_root: Path) -> str:
             raise ConfigError(f"store.dsn_file {path} is empty")
         where = f"store.dsn_file {path}"
     try:
-        psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
+        _conninfo_to_dict(dsn)
+    except ValueError:
         raise ConfigError(f"{where} does not hold a valid PostgreSQL DSN") from None
     return dsn
 
@@ -50,8 +59,8 @@ def resolve_dsn(cfg: StoreConfig, home_root: Path) -> str:
 def describe(dsn: str) -> str:
     """``user@host:port/dbname`` for messages: everything but the password."""
     try:
-        d = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
+        d = _conninfo_to_dict(dsn)
+    except ValueError:
         return "PostgreSQL (unparseable DSN)"
     host = str(d.get("host") or d.get("hostaddr") or "localhost")
     port = str(d.get("port") or "5432")
@@ -63,8 +72,8 @@ def scrub(text: str, dsn: str) -> str:
     """A driver message made safe to show: first line, no password, bounded length."""
     line = (text.strip().splitlines() or ["(no message)"])[0]
     try:
-        password = psycopg.conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:
+        password = _conninfo_to_dict(dsn).get("password")
+    except ValueError:
         password = None
     if password:
         line = line.replace(str(password), "***")

@@ -15,13 +15,15 @@ import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from eventward._internal.log.sqlite import write_txn
-from eventward._internal.store.pg import Database
 from eventward.errors import ConflictError
+
+if TYPE_CHECKING:  # psycopg loads only on a PostgreSQL home (PgTables): SQLite homes never pay for it
+    import psycopg
+
+    from eventward._internal.store.pg import Database
 
 _OR_REPLACE = re.compile(r"INSERT OR REPLACE INTO (\w+)\s*\(([^)]*)\)(.*)\Z", re.S)
 
@@ -87,6 +89,8 @@ class PgTables:
     @contextmanager
     def write(self, what: str) -> Iterator[_Txn]:
         """One transaction holding the store's advisory lock; rolled back on any exception."""
+        import psycopg
+
         with self.db.connection(what) as conn:
             try:
                 with conn.transaction():
@@ -112,6 +116,7 @@ def open_pg_tables(home: object, tables: Mapping[str, tuple[str, str]], lock: in
     from eventward._internal.config import Config
     from eventward._internal.home import Home
     from eventward._internal.keys.stores import home_deployment_id
+    from eventward._internal.store.pg import Database
 
     assert isinstance(home, Home)
     cfg = Config.load(home.config).store
