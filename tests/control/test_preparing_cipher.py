@@ -155,3 +155,33 @@ def test_attack_an_erasure_notice_mid_read_batch_drops_the_batch_memo():
         clear = _clear(cipher, second, shash, "e2")
     assert clear["customer"]["email"] == ERASED and clear["customer"]["id"] == "cust-1"
     assert len(api.dec) == 2  # asked, not served from the memo
+
+
+def test_attack_an_erasure_notice_makes_the_batch_decrypted_ahead_stale():
+    """The consumer decrypts a read batch ahead (decrypt_many, from the memo the prefetched keys
+    filled); an erasure notice arriving on the follower thread before an event takes its outcome
+    makes every outcome stale, so the event is decrypted on its own and the control plane's
+    ``erased`` answer is what it gets."""
+    api = _KeyAPI()
+    keys = RemoteKeys(api)  # type: ignore[arg-type]
+    cipher = _PreparingCipher(keys)
+    producer = _PreparingCipher(RemoteKeys(api))  # type: ignore[arg-type]
+    events = [event(1), event(2)]
+    producer.prepare_many("orders", "OrderPlaced", SPEC, events)
+    sealed = producer.encrypt_many(["e1", "e2"], events, SPEC, **WHERE)
+    wanted: dict[Any, Any] = {}
+    for out, shash in sealed:
+        cipher.want_keys(wanted, "OrderPlaced", SPEC, shash, out)
+    with cipher.reading_batch():
+        cipher.prefetch_wanted("orders", wanted)
+        cipher.resolve_wanted(wanted, principal="orders-svc", topic="orders")
+        outcomes, stamp = cipher.decrypt_many([(i, out, shash) for i, (out, shash) in zip(["e1", "e2"], sealed,
+                                                                                            strict=True)],
+                                              SPEC, principal="orders-svc", topic="orders", event_type="OrderPlaced")
+        assert [o[0] for o in outcomes] == events and cipher.batch_current(stamp)  # no key source asked
+        assert len(api.dec) == 1
+        api.erased.update(api.deks)
+        keys.forget_subjects([sealed[1][1]])
+        assert not cipher.batch_current(stamp)
+        clear = _clear(cipher, sealed[1][0], sealed[1][1], "e2")
+    assert clear["customer"]["email"] == ERASED and len(api.dec) == 2

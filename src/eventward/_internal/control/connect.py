@@ -53,10 +53,14 @@ class _PreparingCipher:
         # The FieldEncryptor's own per-event and per-batch calls, bound here rather than wrapped
         # (a wrapper's argument packing was ~1 us of each event): ``want_keys`` collects a read
         # batch's key ids as the consumer parses it, ``resolve_wanted`` fills the batch's memo from
-        # the keys ``prefetch_wanted`` fetched (RemoteKeys.decryption_keys asks nothing), and
-        # ``decrypt`` opens each event's fields from it.
+        # the keys ``prefetch_wanted`` fetched (RemoteKeys.decryption_keys asks nothing),
+        # ``decrypt_many`` decrypts the batch ahead from that memo and ``batch_current`` says when
+        # those outcomes went stale (an erasure notice moves RemoteKeys.revocations), and
+        # ``decrypt`` opens an event's fields on its own.
         self.want_keys = self._fields.want_keys
         self.resolve_wanted = self._fields.resolve_wanted
+        self.decrypt_many = self._fields.decrypt_many
+        self.batch_current = self._fields.batch_current
         self.decrypt = self._fields.decrypt
 
     def prepare_many(self, topic: str, event_type: str, spec: FieldSpec, events: Sequence[Any], *,
