@@ -19,6 +19,13 @@ and how long it was blocked (wall - CPU - run queue: I/O and locks). Blocked tim
 both configurations shows the two processes do not serialize on a shared lock or file;
 ``ratio_unstarved`` is the ratio with run-queue waits taken out (a projection for two free cores).
 
+A control tells what the home shares from what the machine does: TWO processes at once, each
+doing exactly the baseline's work on a home of its own (nothing shared: no file, lock or
+database). ``ratio_two_homes`` is what two processes reach on this machine at this moment (two
+busy cores run each process slower than one busy core does: shared caches, memory bandwidth,
+the host's clock), and ``partitions_vs_two_homes`` is the two-partition rate over it: 1.0 means
+the two partitions of one home cost each other nothing (below 1.0: something in the home is shared).
+
     python -m bench.bench_partitions [--quick]
 """
 
@@ -35,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import deployed, proc
-from bench.common import print_scenario, scenario, summarize
+from bench.common import frozen_inputs, print_scenario, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer, order_placed
 from eventward._internal.deployment import Deployment
@@ -95,17 +102,18 @@ def worker(home: Path, partition: int, events: int, customers: list[int]) -> dic
         print(proc.READY, flush=True)
         if sys.stdin.readline().strip() != GO:
             raise SystemExit("no go")
-        t0, c0, q0 = time.time(), proc.cpu_seconds(), runqueue_seconds()
-        deployed.produce(d, data)
-        t_produced = time.time()
         seen = 0
 
         def handler(_event: object) -> None:
             nonlocal seen
             seen += 1
 
-        stats = consumer.run(handler, max_events=events, idle_timeout=5.0)
-        t1, c1, q1 = time.time(), proc.cpu_seconds(), runqueue_seconds()
+        with frozen_inputs():  # the input events out of the collector's sight, as in every bench
+            t0, c0, q0 = time.time(), proc.cpu_seconds(), runqueue_seconds()
+            deployed.produce(d, data)
+            t_produced = time.time()
+            stats = consumer.run(handler, max_events=events, idle_timeout=5.0)
+            t1, c1, q1 = time.time(), proc.cpu_seconds(), runqueue_seconds()
         consumer.close()
     if seen != events or stats.refused:
         raise SystemExit(f"partition {partition}: delivered {seen} of {events} (refused {dict(stats.refused)})")
@@ -113,15 +121,21 @@ def worker(home: Path, partition: int, events: int, customers: list[int]) -> dic
             "produce_s": t_produced - t0, "consume_s": t1 - t_produced}
 
 
-def run_processes(partitions: int, events: int) -> dict[str, float]:
-    """``partitions`` worker processes on a fresh home, one per partition, started together."""
+def run_processes(partitions: int, events: int, *, homes: int = 1) -> dict[str, float]:
+    """``partitions`` worker processes on a fresh home, one per partition, started together; or
+    (``homes`` > 1, the control) one worker per fresh one-partition home, each the baseline's run."""
     root = Path(tempfile.mkdtemp(prefix="ew-bench-partitions-"))
     procs: list[subprocess.Popen[str]] = []
     try:
-        home, by_partition = make_home(root / "home", partitions)
-        for p in range(partitions):
+        if homes > 1:
+            made = [make_home(root / f"home{h}", 1) for h in range(homes)]
+            runs = [(home, 0, by_partition[0]) for home, by_partition in made]
+        else:
+            home, by_partition = make_home(root / "home", partitions)
+            runs = [(home, p, by_partition[p]) for p in range(partitions)]
+        for home, p, customers in runs:
             cmd = [sys.executable, "-m", "bench.bench_partitions", "worker", str(home.root), str(p), str(events),
-                   ",".join(map(str, by_partition[p]))]
+                   ",".join(map(str, customers))]
             procs.append(subprocess.Popen(cmd, cwd=proc.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                           text=True))
         for p in procs:
@@ -152,12 +166,15 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     repeats = 1 if quick else 3
     one: list[dict[str, float]] = []
     two: list[dict[str, float]] = []
+    apart: list[dict[str, float]] = []
     load_before = os.getloadavg()
-    for _ in range(repeats):  # one of each per round: load on the machine hits both alike
+    for _ in range(repeats):  # one of each per round: load on the machine hits all alike
         one.append(run_processes(1, n))
         two.append(run_processes(2, n))
+        apart.append(run_processes(1, n, homes=2))
     one_rate = summarize([r["rate"] for r in one])
     two_rate = summarize([r["rate"] for r in two])
+    apart_rate = statistics_median([r["rate"] for r in apart])
     return [
         scenario(
             "e2e_partitions: 2 processes on 2 partitions",
@@ -170,19 +187,27 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             cpus=os.cpu_count(),
             load_average={"before": [round(x, 2) for x in load_before],
                           "after": [round(x, 2) for x in os.getloadavg()]},
-            # CPU per event equal in both: no lock or file is shared on the hot path, so the wall
-            # ratio is set by how many cores the machine had free (cores_used)
+            # CPU per event: 2 partitions as 2 homes means no lock or file of the home is shared on the
+            # hot path; both above 1 process is the machine (two busy cores); cores_used: how many it had
             cpu_us_per_event={"1 process": round(statistics_median([r["cpu_s"] / n for r in one]) * 1e6, 1),
-                              "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1)},
+                              "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1),
+                              "2 processes, 2 homes": round(
+                                  statistics_median([r["cpu_s"] / (2 * n) for r in apart]) * 1e6, 1)},
             cores_used={"1 process": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in one]), 2),
-                        "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2)},
+                        "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2),
+                        "2 processes, 2 homes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in apart]), 2)},
+            # the control: two processes sharing nothing (module docstring); the machine's ceiling now
+            ratio_two_homes=round(apart_rate / one_rate["median"], 2),
+            ratio_two_homes_per_round=[round(c["rate"] / a["rate"], 2) for a, c in zip(one, apart, strict=True)],
+            partitions_vs_two_homes=round(two_rate["median"] / apart_rate, 2),
             # what the ratio would be on two free cores: each process's time less its run-queue wait
             # (a projection: it assumes the two cores do not slow each other down)
             ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
                                   / statistics_median([r["unstarved_rate"] for r in one]), 2),
             ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
             phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
-                      "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES}},
+                      "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES},
+                      "2 processes, 2 homes": {k: round(statistics_median([r[k] for r in apart]), 2) for k in PHASES}},
             ratio_per_core_used=round(statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in two])
                                       / statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in one]), 2),
             wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
