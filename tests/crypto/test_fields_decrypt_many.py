@@ -109,7 +109,7 @@ def _compare(enc: FieldEncryptor, items: list[tuple[str, Any, Any]], principal: 
                                                               uncleared=uncleared))
                 for e, d, s in items]
         many, stamp = enc.decrypt_many(items, SPEC, principal=principal, uncleared=uncleared)
-        assert enc.batch_current(stamp)
+        assert enc.batch_current(stamp) or (stamp is None and many == [None] * len(items))  # an empty memo
     assert not enc.batch_current(stamp)  # the memo is gone with its reading_batch
     return loop, [_norm(o) for o in many]
 
@@ -284,9 +284,9 @@ def test_attack_wrong_key_version_relabelled_on_a_token_does_not_verify(keys) ->
     assert many[0][0] == order()
 
 
-def test_attack_non_canonical_last_character_is_refused_in_the_joined_decode(keys) -> None:
+def test_attack_non_canonical_last_character_is_refused_in_a_batch(keys) -> None:
     """Changing only the unused low bits of the last character changes the text, not the bytes:
-    the joined decode would agree with the original, so each token's last character is checked."""
+    decrypt_many checks each token's last character, as decrypt does."""
     enc = FieldEncryptor(keys)
     items = _sealed(enc, 2)
     for path in PATHS:

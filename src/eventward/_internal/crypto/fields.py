@@ -61,7 +61,6 @@ _NONCE_BLOCK = 64 * 1024  # bytes of nonces one os.urandom call of encrypt_many 
 _TO_URL = tokens._TO_URL  # KeyHandle.seal's base64url step, inlined by encrypt_many
 _b2a = tokens._b2a
 _TOKEN_PREFIX = tokens.VERSION + "."  # "ew1."; the algorithm letter and a dot follow, then the kid
-_A_PAD = ("", "", "AA", "A")  # decrypt_many: a payload padded to whole quads (the extra bytes are dropped)
 
 # One sensitive value: (key or index in its container, concrete path, path part of the
 # associated data). Plain paths have theirs precomputed in the plan.
@@ -519,11 +518,10 @@ class FieldEncryptor:
         decrypted. The outcomes hold while ``batch_current(stamp)``: the memo they were read from
         is still the one ``decrypt`` would read (no forget, no clear_cache, within the TTL).
 
-        Why: a consumer opens every sensitive field of every event. Here the batch's token
-        payloads are base64-decoded in one call (on a joined buffer, with the same canonical
-        checks) and each key's header, memo entry and cipher are found once per event; any token
-        the joined decode cannot vouch for is opened on its own, as ``decrypt`` does, so the
-        same tokens are accepted and each event fails with the same first error."""
+        Why: a consumer opens every sensitive field of every event. Here each event's tokens are
+        opened in one loop (``KeyHandle.open_token``'s checks inlined, in the same order), with
+        no per-event call, keyword packing or per-key lookup call, so the same tokens are
+        accepted and each event fails with the same first error."""
         if uncleared != "redact" and uncleared != "token":
             raise InputError("uncleared must be 'redact' or 'token'")
         cached = self._plans.get(id(spec))
@@ -532,14 +530,12 @@ class FieldEncryptor:
         batch = self._batch
         memo = getattr(batch, "keys", None)
         state = self._revocation_state()
-        if memo is None or time.monotonic() >= batch.until or state != batch.state:
+        if not memo or time.monotonic() >= batch.until or state != batch.state:
             return results, None  # the per-event path clears the memo and asks the key source
         stamp = (memo, batch.until, state)
         nslots, has_subject, opening = len(plan.slots), plan.subject is not None, self._cipher.opening
-        last, apad, min_blob, gcm_alg = tokens._LAST, _A_PAD, tokens._MIN_BLOB, GCM
-        pieces: list[str] = []  # payloads padded with 'A' to whole quads, decoded in one call
-        pos = 0  # offset of the next piece's bytes in the decoded buffer
-        pending: list[tuple[int, Any, list[tuple[Any, ...]], Any]] = []  # (index, out, opens, error)
+        last, pad, min_blob, from_url, a2b = tokens._LAST, tokens._PAD, tokens._MIN_BLOB, tokens._FROM_URL, tokens._a2b
+        loads, not_json, gcm_alg, event_context = orjson.loads, orjson.JSONDecodeError, GCM, tokens.event_context
         for i, (event_id, data, shash) in enumerate(items):
             try:
                 if type(event_id) is not str or not event_id:
@@ -555,105 +551,75 @@ class FieldEncryptor:
                 continue
             except Exception:  # noqa: S112 - not decided here: decrypt raises it at this event
                 continue
-            ev = tokens.event_context(event_id)
+            ev = event_context(event_id)
             heads: dict[tuple[str, str, str], Any] = {}
             recent: list[Any] = [None] * nslots
-            opens: list[tuple[Any, ...]] = []
-            error: Any = None  # the event's first bad header, or _UNDECIDED: what follows its last token
+            erased: list[str] = []
+            redacted: list[str] = []
+            path = ""
             try:
                 for src, dst, batches in located:
                     for slot, rp, leaves in batches:
                         alg = rp.alg
                         header, start, h, head = recent[slot] or _NO_HEADER
-                        for k, path, tail in leaves:
+                        for k, path, tail in leaves:  # noqa: B007 - ``path`` names the field of an error
                             value = src[k]
                             if header is None or type(value) is not str or not value.startswith(header):
-                                try:
-                                    got_alg, kid, start = tokens.parse_header(value)
-                                    if got_alg != alg:
-                                        raise TokenError("token algorithm does not match the field's rule")
-                                except TokenError as e:
-                                    error = _in_field(e, path)
-                                    raise _Stop from None
+                                got_alg, kid, start = tokens.parse_header(value)
+                                if got_alg != alg:
+                                    raise TokenError("token algorithm does not match the field's rule")
                                 entry = heads.get((kid, rp.cls, alg))
                                 if entry is None:
                                     dek = memo.get((kid, rp.cls, principal, topic, event_type, shash))
                                     if dek is None:  # only the key source can tell: decrypt asks it
-                                        error = _UNDECIDED
-                                        raise _Stop
+                                        raise _Undecided
                                     if dek is _DENIED or dek is _DESTROYED:
                                         entry = (dek, b"")
                                     else:
                                         try:
                                             hh, ctx = opening(kid, dek, alg, rp.cls, shash)
                                         except KeyServiceError:  # a bad key: decrypt raises it here
-                                            error = _UNDECIDED
-                                            raise _Stop from None
+                                            raise _Undecided from None
                                         entry = (hh, ctx + (tokens.NO_EVENT if alg == SIV else ev))
                                     heads[kid, rp.cls, alg] = entry
                                 header, h, head = value[:start], entry[0], entry[1]
                                 recent[slot] = (header, start, h, head)
-                            n = len(value) - start
-                            rem = n & 3
-                            if rem != 1 and value[-1] in last[rem]:  # joined: its bytes at pos
-                                pieces.append(value[start:] + apad[rem] if rem else value[start:])
-                                opens.append((dst, k, path, value, start, alg, h, head + tail, pos, (n * 3) >> 2,
-                                              rp.cls))
-                                pos += ((n + 3) >> 2) * 3
-                            else:  # refused on its own, as decrypt refuses it
-                                opens.append((dst, k, path, value, start, alg, h, head + tail, -1, 0, rp.cls))
-            except _Stop:
-                pass
-            except Exception:  # noqa: S112 - not decided here: decrypt raises it at this event
+                            if h is _DENIED or h is _DESTROYED:
+                                tokens.decode_payload(value, start, alg)  # refused all the same if malformed
+                                (redacted if h is _DENIED else erased).append(rp.cls)
+                                if h is _DESTROYED:
+                                    dst[k] = ERASED
+                                elif uncleared == "redact":
+                                    dst[k] = REDACTED
+                                continue
+                            # KeyHandle.open_token, inlined: the same checks in the same order.
+                            rem = (len(value) - start) & 3
+                            if value[-1] not in last[rem]:
+                                raise TokenError("token payload is not canonical base64url")
+                            try:
+                                text = value[start:].encode("ascii").translate(from_url)
+                                blob = a2b(text + pad[rem], strict_mode=True)
+                            except (UnicodeEncodeError, binascii.Error):
+                                raise TokenError("token payload is not canonical base64url") from None
+                            if len(blob) < min_blob[alg]:
+                                raise TokenError("token payload is too short")
+                            try:
+                                if alg == gcm_alg:
+                                    pt = h._gcm.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], head + tail)
+                                else:
+                                    pt = h._siv_cipher().decrypt(blob, [head + tail])
+                            except InvalidTag:
+                                raise TokenError(_TAMPERED) from None
+                            try:
+                                dst[k] = loads(pt)
+                            except not_json:
+                                raise TokenError("token plaintext is not JSON") from None
+            except TokenError as e:
+                results[i] = _in_field(e, path)
                 continue
-            pending.append((i, out, opens, error if error is not None else (plan, located, count)))
-        buf = b""
-        if pieces:
-            try:
-                buf = tokens._a2b("".join(pieces).encode("ascii").translate(tokens._FROM_URL), strict_mode=True)
-            except (UnicodeEncodeError, binascii.Error):
-                buf = None  # some payload is not base64url: each is decoded on its own
-        loads, invalid = orjson.loads, orjson.JSONDecodeError
-        for i, out, opens, rest in pending:
-            erased: list[str] = []
-            redacted: list[str] = []
-            for dst, k, path, value, start, alg, h, ad, at, size, cls in opens:
-                try:
-                    if h is _DENIED or h is _DESTROYED:
-                        tokens.decode_payload(value, start, alg)  # refused all the same if malformed
-                        (redacted if h is _DENIED else erased).append(cls)
-                        if h is _DESTROYED:
-                            dst[k] = ERASED
-                        elif uncleared == "redact":
-                            dst[k] = REDACTED
-                    elif at < 0 or buf is None:
-                        dst[k] = h.open_token(value, start, alg, ad)
-                    elif size < min_blob[alg]:
-                        raise TokenError("token payload is too short")
-                    else:
-                        try:
-                            if alg == gcm_alg:
-                                pt = h._gcm.decrypt(buf[at : at + NONCE_BYTES], buf[at + NONCE_BYTES : at + size], ad)
-                            else:
-                                pt = h._siv_cipher().decrypt(buf[at : at + size], [ad])
-                        except InvalidTag:
-                            raise TokenError("token does not verify: tampered, or moved from another context") from None
-                        try:
-                            dst[k] = loads(pt)
-                        except invalid:
-                            raise TokenError("token plaintext is not JSON") from None
-                except TokenError as e:
-                    results[i] = _in_field(e, path)
-                    break
-                except Exception:  # not decided here: decrypt raises it at this event
-                    break
-            else:
-                if rest is _UNDECIDED:
-                    pass  # its tokens so far open: whether the rest do is decrypt's to say
-                elif type(rest) is TokenError:
-                    results[i] = rest
-                else:
-                    results[i] = (out, _report(rest[0], rest[1], rest[2], erased, redacted))
+            except Exception:  # noqa: S112 - _Undecided, or anything else: decrypt decides this event
+                continue
+            results[i] = (out, _report(plan, located, count, erased, redacted))
         return results, stamp
 
     def batch_current(self, stamp: Any) -> bool:
@@ -868,11 +834,11 @@ def _subject(spec: FieldSpec, plan: _Plan, data: Any) -> str | None:
     return spec.subject_of(data)
 
 
-class _Stop(Exception):
-    """decrypt_many: an event's tokens are collected up to its first bad header."""
+_TAMPERED = "token does not verify: tampered, or moved from another context"  # KeyHandle.open's words
 
 
-_UNDECIDED = object()  # decrypt_many: an event needs the key source from some token on
+class _Undecided(Exception):
+    """decrypt_many: an event needs the key source from this token on; ``decrypt`` decides it."""
 
 def _in_field(e: TokenError, path: str) -> TokenError:
     """``e`` named by the field it concerns, as ``decrypt`` raises it."""
