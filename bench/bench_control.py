@@ -192,7 +192,9 @@ def _forget_propagation(dep: Deployment, consumer: Client, n: int) -> dict[str, 
 
 def run(quick: bool = False, full_events: int | None = None, full_repeats: int | None = None) -> list[dict]:
     """``full_events``/``full_repeats`` size the e2e scenario (``--events N --repeats R``)."""
-    n, repeats, lat_n, forgets = (500, 1, 20, 5) if quick else (20_000, 3, 200, 50)
+    # Five repeats in a full run: per-repeat ratios on this shared machine swing 0.6-1.3x with its
+    # load, so the median of five paired ratios is what the 0.8x target is judged by, not of three.
+    n, repeats, lat_n, forgets = (500, 1, 20, 5) if quick else (20_000, 5, 200, 50)
     n, repeats = full_events or n, full_repeats or repeats
     root = Path(tempfile.mkdtemp(prefix="bench-control-"))
     nodes = natsserver.start_all(root / "nats", size=1, port=_free_port())
@@ -217,7 +219,10 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
         plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
         client_runs, home_runs, raw_runs = [], [], []
         # home mode gets a home of its own: enrolling took over orders-svc's signing key in the first
-        nats_cfg = {"transport": "nats", "nats": {"servers": [nats_url]}}
+        # ... and a nats-server of its own: on the control plane's, serve's direct-path reconciler
+        # would audit its batches as foreign ones (refusals, alerts) while the repeats run
+        home_nats = natsserver.start_all(root / "nats-home", size=1, port=_free_port())[0].url(tls=False)
+        nats_cfg = {"transport": "nats", "nats": {"servers": [home_nats]}}
         home_mode = deployed.init_home(root / "home-mode", config=nats_cfg)
         with frozen_inputs():  # the same inputs for all three, out of the collector's sight (bench.common)
             # One untimed run of each first: a deployed control plane has served before (the first
@@ -266,6 +271,7 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
             dep.close()
         raw.close()
         natsserver.stop_all(root / "nats")
+        natsserver.stop_all(root / "nats-home")
         shutil.rmtree(root, ignore_errors=True)
 
 
