@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from eventward._internal.crypto import fields
 from eventward._internal.crypto.fields import ERASED, REDACTED, FieldEncryptor
+from eventward._internal.fieldspec import FieldSpec
 from eventward._internal.keys.memory import MemoryKeys
 from eventward._internal.policy.base import DECRYPT, AllowList
 from eventward.errors import EventwardError, InputError, TokenError
@@ -363,3 +364,42 @@ def test_outcomes_stop_being_current_on_forget_clear_cache_and_ttl(monkeypatch) 
         assert not enc.batch_current(stamp)
         many, stale = enc.decrypt_many(items, SPEC, principal="p")  # past the TTL: decides nothing
         assert many == [None, None] and stale is None
+
+
+PLAIN = FieldSpec.from_dict({
+    "subject": "customer.id",
+    "fields": {"customer.name": "pii", "customer.email": "pii", "customer.phone": "pii", "payment.card": "payment",
+               "customer.email_lookup": {"class": "pii", "deterministic": True}},
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_want_keys_collects_exactly_what_key_ids_finds(data: st.DataObject) -> None:
+    """want_keys reads a plain plan's key ids in place (its hot path); key_ids is the reference:
+    the same (key id, class) pairs for valid, mutated, missing and mistyped values."""
+    enc = FieldEncryptor(MemoryKeys())
+    items = []
+    for i in range(data.draw(st.integers(1, 4), label="events")):
+        out, shash = enc.encrypt(f"evt-{i}", order(f"cust-{i % 2}"), PLAIN, principal="p")
+        for _ in range(data.draw(st.integers(0, 3), label="mutations")):
+            path = data.draw(st.sampled_from(["customer.name", "customer.email", "payment.card", "customer"]))
+            kind = data.draw(st.sampled_from([*MUTATIONS, "delete"]))
+            parent, _, leaf = path.rpartition(".")
+            holder = get(out, parent) if parent else out
+            if type(holder) is not dict or leaf not in holder:
+                continue
+            if kind == "delete":
+                del holder[leaf]
+                continue
+            try:  # a token mutated, or a container replaced by what a mutation makes of a token
+                holder[leaf] = MUTATIONS[kind](holder[leaf] if type(holder[leaf]) is str else "ew1.g.k.AAAA")
+            except (ValueError, IndexError):
+                continue
+        items.append((out, shash))
+    enc._plan(PLAIN)  # prepared, as a consumer's spec is: want_keys takes its in-place path
+    wanted: dict = {}
+    for out, shash in items:
+        enc.want_keys(wanted, "T", PLAIN, shash, out)
+    expected = {(kid, cls, shash) for out, shash in items for kid, cls in enc.key_ids(PLAIN, out)}
+    assert set(wanted.get("T", {})) == expected and ("T" in wanted) == bool(expected)

@@ -226,15 +226,27 @@ class FieldEncryptor:
                 kids = self.key_ids(spec, data)
             except EventwardError:  # refused per event, with its own error, when it is decrypted
                 return
-        else:
-            kids = [
-                (value[6:end], rp.cls)
-                for src, batches in _plain_groups(cached[1], data)
-                for _, rp, leaves in batches
-                for leaf in leaves
-                if type(value := src.get(leaf[0])) is str and value.startswith(_TOKEN_PREFIX)
-                and (end := value.find(".", 6)) > 6
-            ]
+        else:  # _plain_groups inlined, straight into the batch's set (no generator, no list per event)
+            group = None
+            for parent, _, batches in cached[1].groups:
+                src: Any = data
+                for name in parent:
+                    src = src.get(name)
+                    if type(src) is not dict:
+                        break
+                else:
+                    for _, rp, leaves in batches:
+                        for leaf in leaves:
+                            value = src.get(leaf[0])
+                            if type(value) is str and value.startswith(_TOKEN_PREFIX):
+                                end = value.find(".", 6)
+                                if end > 6:
+                                    if group is None:
+                                        group = wanted.get(event_type)
+                                        if group is None:
+                                            group = wanted[event_type] = {}
+                                    group[value[6:end], rp.cls, shash] = None
+            return
         if kids:
             group = wanted.get(event_type)
             if group is None:
