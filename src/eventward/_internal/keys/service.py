@@ -1,7 +1,8 @@
 """KeyService: per-subject data keys, authorized unwrap, crypto-shredding and rotation.
 
 It implements keys.base.DekSource for field encryption. Unwrap is authorized per sensitivity
-class (deny by default) and audited; DEKs are cached in a bounded LRU with a TTL, and the
+class (deny by default) and audited; DEKs are cached bounded in entries and time (DekCache:
+first in, first out, no entry past its TTL, never walked by the garbage collector), and the
 cache is dropped whenever the store's revocation epoch moves, so a ``forget`` in another
 process takes effect here within ``revocation_poll`` seconds. Only the keyed subject hash is
 ever stored, logged, audited or put in an error: the raw subject id stays with the caller.
@@ -26,7 +27,7 @@ from types import TracebackType
 
 from eventward._internal.audit.base import DENIED, ERROR, OK, AuditSink, NullAudit, meta_list
 from eventward._internal.home import Home
-from eventward._internal.keys.cache import LruTtlCache
+from eventward._internal.keys.cache import DekCache, LruTtlCache
 from eventward._internal.keys.dek import (
     AAD_CURRENT,
     AAD_V1,
@@ -262,9 +263,8 @@ class KeyService:
         self._authz = authorizer
         self._audit = audit or NullAudit()
         self._clock = clock
-        self.cache: LruTtlCache[str, tuple[str, bytes | None]] = LruTtlCache(
-            self.config.cache_max, self.config.cache_ttl, clock
-        )  # kid -> (class, DEK or None when destroyed)
+        # kid -> (class, DEK or None when destroyed)
+        self.cache = DekCache(self.config.cache_max, self.config.cache_ttl, clock)
         self._current: LruTtlCache[tuple[str, str], str] = LruTtlCache(
             self.config.cache_max, self.config.cache_ttl, clock
         )  # (subject hash, class) -> kid of the current version
