@@ -83,6 +83,30 @@ class _Served:
             self.proc.stdout.close()
 
 
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (/proc/PID/stat; 0.0 where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Cpu:
+    """CPU seconds spent by this process and the given others (serve, nats-server) while a block
+    runs: on a shared machine whose load swings, a steadier comparison than wall-clock rates."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.spent: list[float] = []
+
+    def __enter__(self) -> None:
+        self._start = time.process_time() + sum(map(_cpu_of, self.pids))
+
+    def __exit__(self, *exc: object) -> None:
+        self.spent.append(time.process_time() + sum(map(_cpu_of, self.pids)) - self._start)
+
+
 def _enroll(plane: ControlPlane, root: Path, principal: str, may_seal: dict[str, list[str]], url: str
             ) -> ServiceIdentity:
     ident = ServiceIdentity.create(root / principal, principal)
@@ -234,14 +258,18 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
                 deployed.produce(d, events[:warm], topic="orders-hwarm")
                 deployed.consume(d, warm, topic="orders-hwarm", group="orders-hwarm")
             _raw_once(raw, plain[:warm], "RAW_CONTROL_WARM")
+            nats_pid = int(nodes[0].pid_file.read_text())
+            client_cpu, raw_cpu = _Cpu([served.proc.pid, nats_pid]), _Cpu([nats_pid])
             for k in range(repeats):  # interleaved, so a busy moment of the machine hits all three alike
-                client_runs.append(_e2e_once(producer, consumer, events, topics[k]))
+                with client_cpu:
+                    client_runs.append(_e2e_once(producer, consumer, events, topics[k]))
                 with Deployment.open(home_mode) as d:
                     t = f"orders-h{k}"
                     _, ps = deployed.timed(lambda d=d, t=t: deployed.produce(d, events, topic=t))
                     _, cs = deployed.timed(lambda d=d, t=t: deployed.consume(d, n, topic=t, group=t))
                 home_runs.append((ps, cs))
-                raw_runs.append(_raw_once(raw, plain, f"RAW_CONTROL_{k}"))
+                with raw_cpu:
+                    raw_runs.append(_raw_once(raw, plain, f"RAW_CONTROL_{k}"))
         client_e2e, home_e2e, raw_e2e = ([n / (p + c) for p, c in runs] for runs in (client_runs, home_runs, raw_runs))
         e2e = summarize(client_e2e)
         results = [scenario(
@@ -254,6 +282,11 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
             target_ratio=0.8, repeats=repeats,
             paired_ratios={"raw": paired(client_e2e, raw_e2e), "home mode": paired(client_e2e, home_e2e)},
             order="client mode, home mode and raw interleaved per repeat, after one untimed run of each",
+            cpu_us_per_event={"client mode (this process + serve + nats-server)":
+                              round(statistics.median(client_cpu.spent) / n * 1e6, 1),
+                              "raw (this process + nats-server)": round(statistics.median(raw_cpu.spent) / n * 1e6, 1)},
+            cpu_ratio={"raw": paired(raw_cpu.spent, client_cpu.spent),
+                       "note": "raw CPU / client-mode CPU per repeat, all processes taking part (>1: client cheaper)"},
         )]
         results += _latencies(plane, producer, consumer, "orders-lat", lat_n)
         results.append(_cache_hit_ratio(20_000 if quick else 2_000_000))
