@@ -386,7 +386,7 @@ def test_want_keys_collects_exactly_what_key_ids_finds(data: st.DataObject) -> N
             path = data.draw(st.sampled_from(["customer.name", "customer.email", "payment.card", "customer"]))
             kind = data.draw(st.sampled_from([*MUTATIONS, "delete"]))
             parent, _, leaf = path.rpartition(".")
-            holder = get(out, parent) if parent else out
+            holder = out.get(parent) if parent else out
             if type(holder) is not dict or leaf not in holder:
                 continue
             if kind == "delete":

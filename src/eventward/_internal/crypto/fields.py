@@ -548,6 +548,7 @@ class FieldEncryptor:
         nslots, has_subject, opening = len(plan.slots), plan.subject is not None, self._cipher.opening
         last, pad, min_blob, from_url, a2b = tokens._LAST, tokens._PAD, tokens._MIN_BLOB, tokens._FROM_URL, tokens._a2b
         loads, not_json, gcm_alg, event_context = orjson.loads, orjson.JSONDecodeError, GCM, tokens.event_context
+        one_class, reports = len(plan.classes) == 1, plan.reports
         for i, (event_id, data, shash) in enumerate(items):
             try:
                 if type(event_id) is not str or not event_id:
@@ -566,8 +567,8 @@ class FieldEncryptor:
             ev = event_context(event_id)
             heads: dict[tuple[str, str, str], Any] = {}
             recent: list[Any] = [None] * nslots
-            erased: list[str] = []
-            redacted: list[str] = []
+            erased: list[str] | tuple[()] = ()  # made when a field is erased or redacted
+            redacted: list[str] | tuple[()] = ()
             path = ""
             try:
                 for src, dst, batches in located:
@@ -598,11 +599,13 @@ class FieldEncryptor:
                                 recent[slot] = (header, start, h, head)
                             if h is _DENIED or h is _DESTROYED:
                                 tokens.decode_payload(value, start, alg)  # refused all the same if malformed
-                                (redacted if h is _DENIED else erased).append(rp.cls)
                                 if h is _DESTROYED:
+                                    erased = [*erased, rp.cls]
                                     dst[k] = ERASED
-                                elif uncleared == "redact":
-                                    dst[k] = REDACTED
+                                else:
+                                    redacted = [*redacted, rp.cls]
+                                    if uncleared == "redact":
+                                        dst[k] = REDACTED
                                 continue
                             # KeyHandle.open_token, inlined: the same checks in the same order.
                             rem = (len(value) - start) & 3
@@ -631,7 +634,10 @@ class FieldEncryptor:
                 continue
             except Exception:  # noqa: S112 - _Undecided, or anything else: decrypt decides this event
                 continue
-            results[i] = (out, _report(plan, located, count, erased, redacted))
+            report = None
+            if count and not erased and not redacted and one_class:  # _report's shared report, looked up inline
+                report = reports.get((count, plan.classes))
+            results[i] = (out, report or _report(plan, located, count, erased, redacted))  # type: ignore[arg-type]
         return results, stamp
 
     def batch_current(self, stamp: Any) -> bool:
