@@ -644,13 +644,13 @@ class FieldEncryptor:
         """Whether ``decrypt_many`` outcomes read under ``stamp`` are still what ``decrypt`` would
         give now: this thread's memo is the same one, within its TTL, with no forget or
         clear_cache since."""
-        batch = self._batch
+        batch = self._batch  # the consumer asks per event: _revocation_state inlined
         return (
             stamp is not None
             and getattr(batch, "keys", None) is stamp[0]
             and batch.until == stamp[1]
             and time.monotonic() < stamp[1]
-            and self._revocation_state() == stamp[2]
+            and (getattr(self._keys, "revocations", 0), self._generation) == stamp[2]
         )
 
     def _encryption_head(
