@@ -51,7 +51,8 @@ SETUPS: dict[str, list[tuple[str, str]]] = {
     ],
     "control": [
         ("client-mode key cache", "ablation: RemoteKeys cache over a counting stand-in of the control API"),
-        ("client-mode", f"{DEPLOYED} (client mode, control plane over mTLS)"),
+        ("client-mode", f"{DEPLOYED} (client mode: the control plane is `eventward serve` in its own "
+                        "process, over mTLS, reconciler and monitor on)"),
     ],
     "monitor": [("", f"{_OWN_POLICY} (monitoring on vs off)")],
     "store": [("", "ablation: key store and audit log alone, PostgreSQL vs SQLite")],
