@@ -382,6 +382,105 @@ class FieldEncryptor:
             raise InputError("encrypt_many needs one event id per event")
         cached = self._plans.get(id(spec))
         plan = cached[1] if cached is not None and cached[0] is spec else self._plan(spec)
+        memoised = getattr(self._keys, "memoised_encryption_keys", None)
+        if memoised is not None and self._contextual and not plan.nested and all(
+            rp.twin < 0 and rp.alg == GCM for _, _, batches in plan.groups for _, rp, _ in batches
+        ):
+            done = self._encrypt_memoised(ids, events, spec, plan, memoised, principal, topic, event_type)
+            if done is not None:
+                return done
+        return self._encrypt_loop(ids, events, spec, plan, principal, topic, event_type)
+
+    def _encrypt_memoised(
+        self,
+        ids: Sequence[str],
+        events: Sequence[Any],
+        spec: FieldSpec,
+        plan: _Plan,
+        memoised: Any,
+        principal: str,
+        topic: str | None,
+        event_type: str | None,
+    ) -> list[tuple[dict[str, Any], str | None]] | None:
+        """encrypt_many for a plan of plain GCM fields when every event's keys are memoised:
+        each event checked, located and its values serialized first (any problem: None, and
+        ``_encrypt_loop`` redoes the batch from the start to raise it where and as it would),
+        then every (event, class) key taken in one ``memoised_encryption_keys`` call (the same
+        releases and nonce counts as one ``encryption_key`` call each; None when any is not
+        memoised, nothing counted), then the tokens sealed. Same tokens as the loop."""
+        subject_hash, has_subject, dumps = self._keys.subject_hash, plan.subject is not None, orjson.dumps
+        prepared: list[Any] = []
+        wanted: list[tuple[str, str, int]] = []
+        pts: list[bytes] = []
+        total = 0
+        try:
+            for event_id, data in zip(ids, events, strict=True):
+                if type(event_id) is not str or not event_id:
+                    return None
+                subject = _subject(spec, plan, data) if has_subject else None
+                if type(subject) is not str:
+                    return None  # the class-key path: the loop asks for it
+                shash = subject_hash(subject)
+                out, located, count = _locate(spec, plan, data)
+                prepared.append((event_id, out, located, count, shash))
+                if not count:
+                    continue
+                total += count
+                seen = 0
+                for src, _, batches in located:
+                    for slot, rp, leaves in batches:
+                        if not seen >> slot & 1:
+                            seen |= 1 << slot
+                            wanted.append((subject, rp.cls, count))
+                        for leaf in leaves:
+                            pts.append(dumps(src[leaf[0]]))
+        except Exception:  # the loop raises it, typed and worded, at its place
+            return None
+        keys = memoised(wanted, principal=principal, topic=topic, event_type=event_type) if wanted else []
+        if keys is None:
+            return None
+        bound, event_context, b2a, to_url, gcm_alg = self._cipher.bound, tokens.event_context, _b2a, _TO_URL, GCM
+        pool, pos, left = b"", 0, NONCE_BYTES * total
+        q = w = 0
+        results: list[tuple[dict[str, Any], str | None]] = []
+        for event_id, out, located, count, shash in prepared:
+            if count:
+                need = NONCE_BYTES * count
+                if pos + need > len(pool):  # as the loop: fresh blocks of at most _NONCE_BLOCK, never reused
+                    pool, pos = os.urandom(max(need, min(left, _NONCE_BLOCK))), 0
+                left -= need
+                ev = event_context(event_id)
+                heads: list[Any] = [None] * len(plan.slots)
+                for _, dst, batches in located:
+                    for slot, rp, leaves in batches:
+                        entry = heads[slot]
+                        if entry is None:
+                            kid, dek = keys[w]
+                            w += 1
+                            h, ctx = bound(kid, dek, gcm_alg, rp.cls, shash)
+                            entry = heads[slot] = (h._gcm.encrypt, h._prefix_g, ctx + ev)
+                        aead, prefix, head = entry
+                        for k, _, tail in leaves:
+                            nonce = pool[pos : pos + NONCE_BYTES]
+                            pos += NONCE_BYTES
+                            dst[k] = prefix + b2a(nonce + aead(nonce, pts[q], head + tail), newline=False).translate(
+                                to_url, b"="
+                            ).decode()
+                            q += 1
+            results.append((out, shash))
+        return results
+
+    def _encrypt_loop(
+        self,
+        ids: Sequence[str],
+        events: Sequence[Any],
+        spec: FieldSpec,
+        plan: _Plan,
+        principal: str,
+        topic: str | None,
+        event_type: str | None,
+    ) -> list[tuple[dict[str, Any], str | None]]:
+        """encrypt_many one event at a time, each key asked for when the event needs it."""
         head_of, subject_hash, event_context = self._encryption_head, self._keys.subject_hash, tokens.event_context
         contextual, encryption_key, bound = self._contextual, self._keys.encryption_key, self._cipher.bound
         has_subject, nslots = plan.subject is not None, len(plan.slots)
