@@ -573,60 +573,6 @@ class KeyService:
         self._poll()  # before the pseudonym: a forget elsewhere drops the memoised one
         return self._subject_key(self.subject_hash(subject), cls, principal, nonces)
 
-    def memoised_encryption_keys(
-        self,
-        wanted: Sequence[tuple[str, str, int]],
-        *,
-        principal: str,
-        topic: str | None = None,
-        event_type: str | None = None,
-    ) -> list[tuple[str, bytes]] | None:
-        """``encryption_key`` of each (subject, class, nonces) in order, all or nothing, from the
-        memo only: the (kid, DEK) of each when every item takes ``encryption_key``'s hot path
-        (Encrypt decision and current key memoised, every key's nonces within its budget and
-        below the flush), counted as that many ``encryption_key`` calls would count them (one
-        release and the item's nonces each); else None and nothing counted, so the caller's
-        per-item ``encryption_key`` calls count and decide exactly as before. Why: a producer's
-        batch asks this per event and class; one lock and loop here cost less than one call each."""
-        now = time.monotonic()
-        if now >= self._next_poll:  # as encryption_key: before the pseudonyms
-            self._poll()
-            now = time.monotonic()
-        hashes, hot, clock_now, cfg = self._hashes, self._hot, self._clock(), self.config
-        out: list[tuple[str, bytes]] = []
-        need: dict[str, int] = {}  # kid -> nonces asked in this batch
-        per_class: dict[str, int] = {}  # class -> releases in this batch
-        for subject, cls, n in wanted:
-            h = hashes.get(subject) if type(subject) is str else None
-            entry = None if h is None else hot.get((h, cls))
-            if entry is None or entry[2] <= clock_now:
-                return None
-            out.append((entry[0], entry[1]))
-            need[entry[0]] = need.get(entry[0], 0) + n
-            per_class[cls] = per_class.get(cls, 0) + 1
-        with self._uses_lock:  # is _enc_lock
-            slots = []
-            for cls, k in per_class.items():
-                slot = self._releases.get((principal, cls, topic, event_type))
-                if slot is None or slot[0] <= now:
-                    return None
-                slots.append((slot, k))
-            uses = []
-            for kid, n in need.items():  # encryption_key's test, for the batch's total per key
-                u = self._uses.get(kid)
-                if u is None or u.base + u.pending + n > cfg.dek_max_nonces or u.pending + n >= cfg.uses_flush:
-                    return None
-                uses.append((u, n))
-            for slot, k in slots:
-                slot[1] += k
-            for u, n in uses:
-                u.pending += n
-            self._enc_total += len(wanted)
-            due = self._enc_total >= cfg.audit_every or now >= self._enc_next
-        if due and wanted:
-            self.flush_audit()
-        return out
-
     def unmemoised(self, wanted: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """The (subject, class) pairs whose current key ``encryption_key`` would not find memoised:
         what a batch caller (FieldEncryptor.prepare_many) still resolves with ``encryption_keys``;
