@@ -624,7 +624,7 @@ class FieldEncryptor:
                                 else:
                                     pt = h._siv_cipher().decrypt(blob, [head + tail])
                             except InvalidTag:
-                                raise TokenError(_TAMPERED) from None
+                                raise TokenError(tokens.TAMPERED) from None
                             try:
                                 dst[k] = loads(pt)
                             except not_json:
@@ -852,7 +852,6 @@ def _subject(spec: FieldSpec, plan: _Plan, data: Any) -> str | None:
     return spec.subject_of(data)
 
 
-_TAMPERED = "token does not verify: tampered, or moved from another context"  # KeyHandle.open's words
 
 
 class _Undecided(Exception):

@@ -82,6 +82,10 @@ class Token(NamedTuple):
         return f"Token(alg={self.alg!r}, kid={self.kid!r}, {len(self.blob)} bytes)"
 
 
+# An AEAD tag that does not verify: the same words wherever a token is opened (open_token, decrypt_many).
+TAMPERED = "token does not verify: tampered, or moved from another context"
+
+
 def is_token(value: object) -> bool:
     """Cheap shape test (no decoding); :func:`parse` is the real check."""
     return isinstance(value, str) and value.startswith(_PREFIX)
@@ -258,7 +262,7 @@ class KeyHandle:
             else:
                 pt = self._siv_cipher().decrypt(blob, [ad])
         except InvalidTag:
-            raise TokenError("token does not verify: tampered, or moved from another context") from None
+            raise TokenError(TAMPERED) from None
         try:
             return _loads(pt)
         except orjson.JSONDecodeError:
@@ -272,7 +276,7 @@ class KeyHandle:
             else:
                 pt = self._siv_cipher().decrypt(blob, [ad])
         except InvalidTag:
-            raise TokenError("token does not verify: tampered, or moved from another context") from None
+            raise TokenError(TAMPERED) from None
         try:
             return _loads(pt)
         except orjson.JSONDecodeError:
