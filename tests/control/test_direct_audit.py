@@ -231,6 +231,41 @@ def test_attack_enrolled_key_seals_a_topic_it_was_not_granted(world: NatsWorld) 
     assert {p.principal for p in world.records(PUBLISHED_ACTION)} == {demo.PRODUCER}
 
 
+def _seal_raw(world: NatsWorld, ident: ServiceIdentity, events: list[bytes]) -> str:
+    bid = f"{ident.principal}-{uuid.uuid4().hex[:8]}"
+    world.nats().append(demo.TOPIC, bid, events, sealing.seal(
+        ident.signer("seal"), instance="i", stream=demo.TOPIC, batch=bid, first_seq=0, events=events))
+    return bid
+
+
+def test_attack_enrolled_producer_seals_events_that_are_not_envelopes(world: NatsWorld) -> None:
+    """The producer's own, granted key seals bytes that are no CloudEvent (or one without a type):
+    the seal verifies, but a batch whose event types cannot be read is refused, never audited as a
+    Publish of some type."""
+    ident = world.identity(demo.PRODUCER)
+    bids = [_seal_raw(world, ident, [b"not json"]), _seal_raw(world, ident, [b'{"id": "1", "data": {}}']),
+            _seal_raw(world, ident, [b'["type", "x"]'])]
+    result = world.auditor().run_once()
+    assert (result.published, result.refused) == (0, 3)
+    refused = world.records(REFUSED_ACTION)
+    assert [r.meta["batch"] for r in refused] == bids and {r.reason for r in refused} == {"malformed_event"}
+    assert not world.records(PUBLISHED_ACTION)
+
+
+def test_attack_duplicate_type_key_is_read_as_consumers_read_it(world: NatsWorld) -> None:
+    """An event naming a granted type first and an ungranted one last: JSON parsers (orjson, the
+    consumers') keep the last, so the reconciler must decide on that one, not the first it sees."""
+    ident = world.identity(demo.PRODUCER)
+    doc = (b'{"specversion": "1.0", "id": "e1", "source": "/shop", "type": "%s", "type": "evil.type.v1", '
+           b'"data": {"type": "%s"}}') % (demo.EVENT_TYPE.encode(), demo.EVENT_TYPE.encode())
+    bid = _seal_raw(world, ident, [doc])
+    result = world.auditor().run_once()
+    assert (result.published, result.refused) == (0, 1)
+    (r,) = world.records(REFUSED_ACTION)
+    assert r.reason == "unauthorized_producer" and r.meta["batch"] == bid
+    assert "evil" not in str(r.meta)  # the refusal names the batch, not the event's content
+
+
 def test_consumer_group_progress_is_recorded_when_it_moves(world: NatsWorld) -> None:
     produce(world.client(world.identity(demo.PRODUCER)), 3)
     shipping = world.client(world.identity(demo.SHIPPING))

@@ -33,14 +33,13 @@ record, as the offline reconcile does, so its producer's own record is not dupli
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -276,12 +275,10 @@ class DirectAuditor:
             return _Verdict(None, e.reason or "seal_refused", kid)
         if s.count != len(b.batch.events) or [sealing.digest(e) for e in b.batch.events] != list(s.digests):
             return _Verdict(None, "digest_mismatch", kid)
-        types: Counter[str] = Counter()
-        for raw in b.batch.events:
-            t = _event_type(raw)
-            if t is None:
-                return _Verdict(None, "malformed_event", kid)
-            types[t] += 1
+        counted: Counter[str | None] = Counter(map(_event_type, b.batch.events))
+        if None in counted:
+            return _Verdict(None, "malformed_event", kid)
+        types = cast("Counter[str]", counted)
         enrolled = grants.get(s.kid)
         topic = self.dep.policy.topic_of(b.stream)  # a partition stream is decided as its topic
         for t in types:
@@ -363,13 +360,16 @@ class DirectAuditor:
 
 
 def _event_type(raw: bytes) -> str | None:
-    """The envelope's routing ``type`` (plaintext metadata); None when the event is not an envelope."""
-    with contextlib.suppress(orjson.JSONDecodeError):
+    """The envelope's routing ``type`` (plaintext metadata); None when the event is not an envelope.
+
+    A whole parse, as the consumer's: reading the bytes for the first ``"type"`` would let an event
+    with a duplicate or nested ``type`` key be audited under a type its consumers never see."""
+    try:
         doc = orjson.loads(raw)
-        t = doc.get("type") if isinstance(doc, dict) else None
-        if isinstance(t, str) and t:
-            return t
-    return None
+    except orjson.JSONDecodeError:
+        return None
+    t = doc.get("type") if doc.__class__ is dict else None
+    return t if t.__class__ is str and t else None
 
 
 def _publish_record(b: TailedBatch, s: Seal, types: Counter[str], topic: str) -> AuditEvent:
