@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventward._internal.log import framing, retry
+from eventward._internal.log.base import Record
 from eventward._internal.log.retry import Backoff, Retry, retry_async, retry_sync
 from eventward.errors import InputError, TransportError, TransportUnavailable
 
@@ -69,6 +70,27 @@ def test_error_names_the_place_never_the_content() -> None:
 def test_malformed_batches_are_input_errors(batch_id, events, seal) -> None:
     with pytest.raises(InputError):
         framing.encode(batch_id, events, seal)
+
+
+@pytest.mark.parametrize("bad", ["str", None, 7, [b"a"]])
+def test_one_event_that_is_not_bytes_among_bytes_is_refused_by_its_index(bad: object) -> None:
+    events: list[object] = [b"a", bytearray(b"b"), memoryview(b"c"), b"d"]
+    framing.check("b", events, b"s")  # bytes-like of every kind pass
+    events.insert(2, bad)
+    with pytest.raises(InputError, match="event 2 of the batch is not bytes"):
+        framing.encode("b", events, b"s")  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(event_lists, st.integers(0, 10**12), st.integers(0, 45), st.none() | st.integers(0, 45))
+def test_records_are_the_events_from_start_with_offsets_and_indexes(
+    events: list[bytes], first: int, start: int, limit: int | None
+) -> None:
+    batch = framing.Batch("b-1", events, b"seal")
+    stop = len(events) if limit is None else min(len(events), start + limit)
+    expected = [Record("s", first + i, events[i], "b-1", i, b"seal") for i in range(start, stop)]
+    got = batch.records("s", first, start, limit)
+    assert got == expected and all(type(r) is Record for r in got)
 
 
 def test_backoff_is_jittered_exponential_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
