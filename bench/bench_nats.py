@@ -28,6 +28,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,16 @@ class _Raw:
         self.loop.close()
 
 
+def _cpu_s(pid: int) -> float:
+    """This process's CPU seconds plus those of process ``pid`` (the nats-server; /proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        other = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        other = 0.0
+    return time.process_time() + other
+
+
 def _eventward_once(home: Home, events: list[dict[str, Any]], topic: str) -> tuple[float, float]:
     """(produce seconds, consume seconds) on a fresh topic; opening the deployment is not timed."""
     with Deployment.open(home) as d:
@@ -126,19 +137,33 @@ def _raw_once(raw: _Raw, plain: list[bytes], name: str) -> tuple[float, float]:
     return publish_s, pull_s
 
 
-def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[dict[str, Any]]:
+def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int, nats_pid: int) -> list[dict[str, Any]]:
     """eventward's Producer and Consumer on the NATS transport, everything on, against raw nats-py
-    publishing (and pulling) the same events as plain CloudEvents JSON, one message each."""
+    publishing (and pulling) the same events as plain CloudEvents JSON, one message each. Besides
+    the wall-clock rates, the CPU each side spent (this process + nats-server) per repeat: on this
+    shared machine wall-clock ratios swing with the load, CPU per event much less."""
     home = deployed.init_home(root / "home", config={"transport": "nats", "nats": {"servers": [url]}})
+    topics = [f"orders-{k}" for k in range(repeats)]
     with Deployment.open(home) as d:
         populate(d.keys, (customer(c)["id"] for c in range(CUSTOMERS)), ("pii",))
+        # Each topic's stream exists before the clock starts, as raw's does (``_Raw.stream``, untimed)
+        # and as in a deployment, where ``eventward nats up`` creates one per topic of the policy.
+        for topic in (*topics, "orders-warm"):
+            d.transport.create_stream(topic)
     events = [order_placed(i, CUSTOMERS) for i in range(n)]
     plain = [orjson.dumps(envelope.make(EVENT_TYPE, SOURCE, e)) for e in events]
-    ew, plain_runs = [], []
+    ew, plain_runs, ew_cpu, raw_cpu = [], [], [], []
+    warm = min(n, 2000)  # one untimed run of each first, as bench_control does: both have served before
+    _eventward_once(home, events[:warm], "orders-warm")
+    _raw_once(raw, plain[:warm], "RAW_FULL_WARM")
     with frozen_inputs():  # the same inputs for both, out of the collector's sight (bench.common)
         for k in range(repeats):  # interleaved, so a busy moment of the machine hits both alike
-            ew.append(_eventward_once(home, events, f"orders-{k}"))
+            c0 = _cpu_s(nats_pid)
+            ew.append(_eventward_once(home, events, topics[k]))
+            c1 = _cpu_s(nats_pid)
             plain_runs.append(_raw_once(raw, plain, f"RAW_FULL_{k}"))
+            ew_cpu.append(c1 - c0)
+            raw_cpu.append(_cpu_s(nats_pid) - c1)
     ew_produce, ew_e2e = [n / p for p, _ in ew], [n / (p + c) for p, c in ew]
     raw_publish, raw_e2e = [n / p for p, _ in plain_runs], [n / (p + c) for p, c in plain_runs]
     setup = {
@@ -148,7 +173,7 @@ def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[di
         "wiring": "eventward._internal.deployment (Cedar policy, audit log, KeyService + local KMS) on NatsTransport",
         "target_ratio": 1.0,
         "repeats": repeats,
-        "order": "eventward and raw interleaved per repeat",
+        "order": "eventward and raw interleaved per repeat, after one untimed run of each; streams made untimed",
     }
     return [
         scenario(
@@ -163,6 +188,10 @@ def _full_path(url: str, raw: _Raw, root: Path, n: int, repeats: int) -> list[di
             summarize(ew_e2e),
             {"raw publish_async + pull consumer (plain)": summarize(raw_e2e)},
             paired_ratios=paired(ew_e2e, raw_e2e),
+            cpu_us_per_event={"eventward (this process + nats-server)": round(statistics.median(ew_cpu) / n * 1e6, 1),
+                              "raw (this process + nats-server)": round(statistics.median(raw_cpu) / n * 1e6, 1)},
+            cpu_ratio={"raw": paired(raw_cpu, ew_cpu),
+                       "note": "raw CPU / eventward CPU per repeat, process + nats-server (>1: eventward cheaper)"},
             **setup,
         ),
     ]
@@ -213,7 +242,9 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
         ew_read = rate(read, repeats)
         raw_pull = rate(lambda: raw.run(raw.pull_all("RAW_EVENTS", per_event, total)), repeats)
         setup = {"event_bytes": EVENT_BYTES, "batch": BATCH, "seal_bytes": len(SEAL), "events": len(events)}
-        full = _full_path(url, raw, root, full_events or (1_000 if quick else 20_000), full_repeats or repeats)
+        nats_pid = int(nodes[0].pid_file.read_text())
+        sizes = (full_events or (1_000 if quick else 20_000), full_repeats or repeats)
+        full = _full_path(url, raw, root, *sizes, nats_pid)
         return [
             scenario(
                 "nats append: sealed batch per message",
@@ -247,3 +278,5 @@ if __name__ == "__main__":
         print_scenario(res)
         if "paired_ratios" in res:
             print(f"    paired ratios (per repeat): {res['paired_ratios']}")
+        if "cpu_ratio" in res:
+            print(f"    CPU us/event: {res['cpu_us_per_event']}, CPU ratio (per repeat): {res['cpu_ratio']['raw']}")
