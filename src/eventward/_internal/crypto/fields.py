@@ -219,7 +219,11 @@ class FieldEncryptor:
         """Add the (key id, class, subject hash) of the tokens in one event's ``data`` to
         ``wanted`` (per event type), for ``resolve_wanted``: a consumer collects them as it parses
         each record. The common case (a prepared spec without array paths, dict data) reads the
-        key ids in place, as ``key_ids`` does, without building its list."""
+        key ids in place, as ``key_ids`` does, without building its list, and takes one token per
+        slot (class and algorithm) and parent object: encrypt seals an event's fields of one class
+        under one key, so the others carry the same key id. This is a prefetch only: a token under
+        another key id is not in the memo, so decrypt_many leaves its event to ``decrypt``, which
+        asks the key source for it (or refuses it) as it always does."""
         cached = self._plans.get(id(spec))
         if cached is None or cached[0] is not spec or cached[1].nested or type(data) is not dict:
             try:
@@ -238,7 +242,7 @@ class FieldEncryptor:
                     for _, rp, leaves in batches:
                         for leaf in leaves:
                             value = src.get(leaf[0])
-                            if type(value) is str and value.startswith(_TOKEN_PREFIX):
+                            if type(value) is str and value[:4] == _TOKEN_PREFIX:
                                 end = value.find(".", 6)
                                 if end > 6:
                                     if group is None:
@@ -246,6 +250,7 @@ class FieldEncryptor:
                                         if group is None:
                                             group = wanted[event_type] = {}
                                     group[value[6:end], rp.cls, shash] = None
+                                    break  # the slot's other tokens: see above
             return
         if kids:
             group = wanted.get(event_type)
