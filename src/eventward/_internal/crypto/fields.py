@@ -551,9 +551,15 @@ class FieldEncryptor:
             return results, None  # the per-event path clears the memo and asks the key source
         stamp = (memo, batch.until, state)
         nslots, has_subject, opening = len(plan.slots), plan.subject is not None, self._cipher.opening
+        bound_get = self._cipher._bound.get  # opening's cache hit, looked up inline (the usual case)
         last, pad, min_blob, from_url, a2b = tokens._LAST, tokens._PAD, tokens._MIN_BLOB, tokens._FROM_URL, tokens._a2b
-        loads, not_json, gcm_alg, event_context = orjson.loads, orjson.JSONDecodeError, GCM, tokens.event_context
-        one_class, reports = len(plan.classes) == 1, plan.reports
+        loads, not_json, gcm_alg, u32 = orjson.loads, orjson.JSONDecodeError, GCM, tokens._U32
+        head_match = tokens._HEAD.match
+        one_class, reports, no_event = len(plan.classes) == 1, plan.reports, tokens.NO_EVENT
+        # _locate inlined for a plan without array paths on dict data whose sensitive leaves are all
+        # present (the usual event); anything else is located by _locate itself.
+        plain = plan.groups if not plan.nested else None
+        last_count, last_report = -1, None  # the shared report of the previous event, if any
         for i, (event_id, data, shash) in enumerate(items):
             try:
                 if type(event_id) is not str or not event_id:
@@ -563,14 +569,37 @@ class FieldEncryptor:
                         "a subject hash (a string) is required exactly when the field spec names a data "
                         f"subject (spec subject: {spec.subject_path!r})"
                     )
-                out, located, count = _locate(spec, plan, data)
+                located: Any = None
+                if plain is not None and type(data) is dict:
+                    out = data.copy()
+                    located, count = [], 0
+                    for parent, names, batches in plain:
+                        src, dst = data, out
+                        for name in parent:
+                            child = src.get(name)
+                            if type(child) is not dict:
+                                located = None  # missing, null or mistyped: _locate decides
+                                break
+                            mine = dst[name]
+                            if mine is child:
+                                mine = dst[name] = child.copy()
+                            src, dst = child, mine
+                        else:
+                            if src.keys() >= names:
+                                located.append((src, dst, batches))
+                                count += len(names)
+                                continue
+                            located = None
+                        break
+                if located is None:
+                    out, located, count = _locate(spec, plan, data)
             except EventwardError as e:
                 results[i] = e
                 continue
             except Exception:  # noqa: S112 - not decided here: decrypt raises it at this event
                 continue
-            ev = event_context(event_id)
-            heads: dict[tuple[str, str, str], Any] = {}
+            eb = event_id.encode()  # tokens.event_context, inlined
+            ev = u32(len(eb)) + eb
             recent: list[Any] = [None] * nslots
             erased: list[str] | tuple[()] = ()  # made when a field is erased or redacted
             redacted: list[str] | tuple[()] = ()
@@ -578,37 +607,42 @@ class FieldEncryptor:
             try:
                 for src, dst, batches in located:
                     for slot, rp, leaves in batches:
-                        alg = rp.alg
+                        alg, cls = rp.alg, rp.cls
+                        gcm, least = alg == gcm_alg, min_blob[alg]
                         header, start, h, head = recent[slot] or _NO_HEADER
                         for k, path, tail in leaves:  # noqa: B007 - ``path`` names the field of an error
                             value = src[k]
                             if header is None or type(value) is not str or not value.startswith(header):
-                                got_alg, kid, start = tokens.parse_header(value)
+                                # A new key id in this slot (the first token, or a key changed): no
+                                # per-event cache, the memo and the cipher's cache answer directly.
+                                m = head_match(value) if type(value) is str else None
+                                if m is None:  # tokens.parse_header names what is wrong
+                                    tokens.parse_header(value)
+                                got_alg, kid, start = m[1], m[2], m.end()  # type: ignore[index]
                                 if got_alg != alg:
                                     raise TokenError("token algorithm does not match the field's rule")
-                                entry = heads.get((kid, rp.cls, alg))
-                                if entry is None:
-                                    dek = memo.get((kid, rp.cls, principal, topic, event_type, shash))
-                                    if dek is None:  # only the key source can tell: decrypt asks it
-                                        raise _Undecided
-                                    if dek is _DENIED or dek is _DESTROYED:
-                                        entry = (dek, b"")
-                                    else:
+                                dek = memo.get((kid, cls, principal, topic, event_type, shash))
+                                if dek is None:  # only the key source can tell: decrypt asks it
+                                    raise _Undecided
+                                if dek is _DENIED or dek is _DESTROYED:
+                                    h, head = dek, b""
+                                else:
+                                    hit = bound_get((kid, dek, alg, cls, shash))
+                                    if hit is None:
                                         try:
-                                            hh, ctx = opening(kid, dek, alg, rp.cls, shash)
+                                            hit = opening(kid, dek, alg, cls, shash)
                                         except KeyServiceError:  # a bad key: decrypt raises it here
                                             raise _Undecided from None
-                                        entry = (hh, ctx + (tokens.NO_EVENT if alg == SIV else ev))
-                                    heads[kid, rp.cls, alg] = entry
-                                header, h, head = value[:start], entry[0], entry[1]
+                                    h, head = hit[0], hit[1] + (ev if gcm else no_event)
+                                header = value[:start]
                                 recent[slot] = (header, start, h, head)
                             if h is _DENIED or h is _DESTROYED:
                                 tokens.decode_payload(value, start, alg)  # refused all the same if malformed
                                 if h is _DESTROYED:
-                                    erased = [*erased, rp.cls]
+                                    erased = [*erased, cls]
                                     dst[k] = ERASED
                                 else:
-                                    redacted = [*redacted, rp.cls]
+                                    redacted = [*redacted, cls]
                                     if uncleared == "redact":
                                         dst[k] = REDACTED
                                 continue
@@ -616,15 +650,14 @@ class FieldEncryptor:
                             rem = (len(value) - start) & 3
                             if value[-1] not in last[rem]:
                                 raise TokenError("token payload is not canonical base64url")
-                            try:
-                                text = value[start:].encode("ascii").translate(from_url)
-                                blob = a2b(text + pad[rem], strict_mode=True)
+                            try:  # UTF-8, not ASCII: strict a2b refuses any byte out of the alphabet alike
+                                blob = a2b(value[start:].encode().translate(from_url) + pad[rem], strict_mode=True)
                             except (UnicodeEncodeError, binascii.Error):
                                 raise TokenError("token payload is not canonical base64url") from None
-                            if len(blob) < min_blob[alg]:
+                            if len(blob) < least:
                                 raise TokenError("token payload is too short")
                             try:
-                                if alg == gcm_alg:
+                                if gcm:
                                     pt = h._gcm.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], head + tail)
                                 else:
                                     pt = h._siv_cipher().decrypt(blob, [head + tail])
@@ -639,10 +672,13 @@ class FieldEncryptor:
                 continue
             except Exception:  # noqa: S112 - _Undecided, or anything else: decrypt decides this event
                 continue
-            report = None
-            if count and not erased and not redacted and one_class:  # _report's shared report, looked up inline
-                report = reports.get((count, plan.classes))
-            results[i] = (out, report or _report(plan, located, count, erased, redacted))  # type: ignore[arg-type]
+            if not erased and not redacted and one_class and count:  # the shared report: _report's
+                if count != last_count or last_report is None:  # (immutable), once per count and call
+                    last_count = count
+                    last_report = reports.get((count, plan.classes)) or _report(plan, located, count, [], [])
+                results[i] = (out, last_report)
+            else:
+                results[i] = (out, _report(plan, located, count, erased, redacted))  # type: ignore[arg-type]
         return results, stamp
 
     def batch_current(self, stamp: Any) -> bool:
