@@ -11,8 +11,10 @@ back), so that it does the same work as a serializer. Baselines:
 - Confluent CSFLE JSON / Avro: confluent-kafka's client-side field-level encryption
   (ENCRYPT rule on PII-tagged fields, its DEK registry, ``local-kms``; bench/csfle_anchor.py)
   in a virtualenv of its own (``.venv-csfle``, built by ``make bench``: its rules extra pins an
-  older google-re2 than eventward's). Target: eventward >= 10x CSFLE JSON. When that
-  virtualenv is missing the scenario says so in ``csfle_skipped`` and has no CSFLE baseline.
+  older google-re2 than eventward's). Target: eventward >= 10x CSFLE JSON. It runs as a
+  co-process, one of its rounds after each of eventward's (the same warm-up and garbage
+  collector treatment on both sides), and ``ratio_per_round`` gives each round's ratio. When
+  that virtualenv is missing the scenario says so in ``csfle_skipped`` and has no CSFLE baseline.
 - fernet_per_field and aesgcm_floor (bench_fields): the hand-rolled approach and the floor.
 
     python -m bench.bench_anchors [--quick]
@@ -34,7 +36,7 @@ import orjson
 
 from bench import deployed
 from bench.bench_fields import AesGcmFloor, FernetPerField
-from bench.common import interleaved, print_scenario, scenario, summarize
+from bench.common import frozen_inputs, print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, customer, order_placed
 from eventward._internal.crypto.fields import FieldEncryptor
@@ -46,28 +48,82 @@ CSFLE_PYTHON = Path(os.environ.get("EW_CSFLE_PYTHON", ROOT / ".venv-csfle" / "bi
 CUSTOMERS = 1000
 
 
-def csfle(events: list[dict[str, Any]], rounds: int) -> tuple[dict[str, dict[str, float]], str | None]:
-    """Confluent CSFLE rates (json/avro x encrypt/decrypt), or ({}, why it could not run)."""
-    if not CSFLE_PYTHON.exists():
-        return {}, (
-            f"{CSFLE_PYTHON} missing: confluent-kafka[schemaregistry,rules]==2.16.1 needs "
-            "google-re2<1.1.20251105 (eventward pins a newer one), so it runs in its own virtualenv; "
-            "`make bench` builds it when PyPI is reachable"
+class Csfle:
+    """Confluent CSFLE in its own interpreter (bench/csfle_anchor.py --serve), one round per
+    ``round()`` call, so that its rounds interleave with eventward's in time. ``skipped`` says
+    why it cannot run (then ``round()`` returns {})."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.skipped: str | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        if not CSFLE_PYTHON.exists():
+            self.skipped = (
+                f"{CSFLE_PYTHON} missing: confluent-kafka[schemaregistry,rules]==2.16.1 needs "
+                "google-re2<1.1.20251105 (eventward pins a newer one), so it runs in its own virtualenv; "
+                "`make bench` builds it when PyPI is reachable"
+            )
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(events, f)
+        self._file = Path(f.name)
+        self._err = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close(); a file, not a pipe: it never blocks the child
+        self._proc = subprocess.Popen(
+            [str(CSFLE_PYTHON), str(ROOT / "bench" / "csfle_anchor.py"), f.name, "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
         )
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(events, f)
-    try:
-        out = subprocess.run(
-            [str(CSFLE_PYTHON), str(ROOT / "bench" / "csfle_anchor.py"), f.name, str(rounds)],
-            capture_output=True, text=True, timeout=1800, check=False,
-        )
-    finally:
-        Path(f.name).unlink(missing_ok=True)
-    if out.returncode != 0:
-        tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        return {}, f"bench/csfle_anchor.py failed: {tail}"
-    rates = json.loads(out.stdout.strip().splitlines()[-1])
-    return {k: summarize(v) for k, v in rates.items()}, None
+        self._expect("ready")
+
+    def _expect(self, what: str | None) -> str | None:
+        assert self._proc is not None and self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if not line or (what is not None and line != what):
+            self.close()
+            self.skipped = f"bench/csfle_anchor.py failed: {self._tail}"
+            return None
+        return line
+
+    def round(self) -> dict[str, float]:
+        if self._proc is None or self.skipped:
+            return {}
+        assert self._proc.stdin is not None
+        self._proc.stdin.write("round\n")
+        self._proc.stdin.flush()
+        line = self._expect(None)
+        return {} if line is None else json.loads(line)
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.communicate(timeout=60)  # closes its stdin: it ends its loop and exits
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by its handle
+            proc.communicate()
+        self._err.seek(0)
+        self._tail = (self._err.read().strip().splitlines() or ["no output"])[-1][:300]
+        self._err.close()
+        self._file.unlink(missing_ok=True)
+
+
+def measure(enc_fns: dict[str, Callable[[], int]], dec_fns: dict[str, Callable[[], int]], theirs: Csfle,
+            rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, list[float]]]:
+    """common.interleaved for encrypt and decrypt together, with one CSFLE round (in its process)
+    after eventward's in each round: the same warm-up first, the same inputs frozen out of the
+    garbage collector's sight (csfle_anchor does the same on its side). Rates per round."""
+    fns = {("encrypt", k): f for k, f in enc_fns.items()} | {("decrypt", k): f for k, f in dec_fns.items()}
+    for fn in fns.values():
+        fn()
+    enc: dict[str, list[float]] = {k: [] for k in enc_fns}
+    dec: dict[str, list[float]] = {k: [] for k in dec_fns}
+    csfle: dict[str, list[float]] = {}
+    with frozen_inputs():
+        for _ in range(rounds):
+            for (op, name), fn in fns.items():
+                (enc if op == "encrypt" else dec)[name].append(rate(fn, 1)["median"])
+            for k, v in theirs.round().items():
+                csfle.setdefault(k, []).append(v)
+    return enc, dec, csfle
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -137,31 +193,42 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
             fe, fd = plain(f_impl)
             ge, gd = plain(g_impl)
-            enc_rates = interleaved({"ew": dep_enc, "in-memory keys": mem_enc, "fernet_per_field": fe,
-                                     "aesgcm_floor": ge}, rounds)
-            dec_rates = interleaved({"ew": dep_dec, "in-memory keys": mem_dec, "fernet_per_field": fd,
-                                     "aesgcm_floor": gd}, rounds)
+            theirs = Csfle(events[: min(n, 5_000)])
+            try:
+                enc_s, dec_s, csfle_s = measure({"ew": dep_enc, "in-memory keys": mem_enc, "fernet_per_field": fe,
+                                                 "aesgcm_floor": ge},
+                                                {"ew": dep_dec, "in-memory keys": mem_dec, "fernet_per_field": fd,
+                                                 "aesgcm_floor": gd}, theirs, rounds)
+            finally:
+                theirs.close()
+            enc_rates = {k: summarize(v) for k, v in enc_s.items()}
+            dec_rates = {k: summarize(v) for k, v in dec_s.items()}
+            # eventward / CSFLE JSON per round: the two ran back to back, under the same load
+            ratios = {op: [e / c for e, c in zip(got["ew"], csfle_s.get(f"json_{op}", []), strict=False)]
+                      for op, got in (("encrypt", enc_s), ("decrypt", dec_s))}
             sealed, shash = dep.encrypt(ids[0], events[0], spec, principal=deployed.PRODUCER, **where)
             back, _ = dep.decrypt(ids[0], sealed, spec, shash, principal=deployed.CONSUMER, **where)
             if back != events[0] or sealed == events[0]:
                 raise AssertionError("anchors: the deployed round trip failed")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    theirs, skipped = csfle(events[: min(n, 5_000)], rounds)
+    theirs_rates = {k: summarize(v) for k, v in csfle_s.items()}
     extra: dict[str, Any] = {"events": n, "customers": CUSTOMERS, "pii_fields": 3,
                              "wiring": "deployed: eventward init + examples/policy.yaml, KeyService + local KMS"}
-    if skipped:
-        extra["csfle_skipped"] = skipped
+    if theirs.skipped:
+        extra["csfle_skipped"] = theirs.skipped
     out = []
     for op, rates in (("encrypt", enc_rates), ("decrypt", dec_rates)):
         ours = rates.pop("ew")
         baselines = {"in-memory keys (same FieldEncryptor, MemoryKeys)": rates.pop("in-memory keys")}
         for kind in ("json", "avro"):
-            if f"{kind}_{op}" in theirs:
-                baselines[f"Confluent CSFLE {kind.upper() if kind == 'json' else 'Avro'}"] = theirs[f"{kind}_{op}"]
+            if (got := theirs_rates.get(f"{kind}_{op}")) is not None:
+                baselines[f"Confluent CSFLE {kind.upper() if kind == 'json' else 'Avro'}"] = got
         baselines.update(rates)
+        per_round = {"ratio_per_round": {"Confluent CSFLE JSON": [round(r, 2) for r in ratios[op]]}}
         out.append(scenario(f"anchor: field {op} + JSON, deployed keys", ours, baselines,
-                            target_ratio={"in-memory keys": 0.9, "Confluent CSFLE JSON": 10}, **extra))
+                            target_ratio={"in-memory keys": 0.9, "Confluent CSFLE JSON": 10}, **extra,
+                            **(per_round if ratios[op] else {})))
     return out
 
 
