@@ -48,15 +48,102 @@ def test_dedup_order_gaps_and_time_windows(tmp_path):
 
 
 def test_window_is_bounded(tmp_path):
+    """Two generations of ``window_ids``: a full young one replaces the old one whole."""
     g = ReplayGuard.open(Home(tmp_path), "g", window_ids=3)
-    for i in range(5):
+    for i in range(7):
         settle(g, f"id{i}", i, i)
-    assert [g.status(f"id{i}", P) for i in range(5)] == [None, None, OK, OK, OK]
+    assert [g.status(f"id{i}", P) for i in range(7)] == [None, None, None, OK, OK, OK, OK]
     g.close()
     g = ReplayGuard.open(Home(tmp_path), "g", window_ids=3)
-    assert [g.status(f"id{i}", P) for i in range(5)] == [None, None, OK, OK, OK]
+    assert [g.status(f"id{i}", P) for i in range(7)] == [None, None, None, OK, OK, OK, OK]
     with pytest.raises(ReplayError):  # an evicted id is still caught by its sequence number
         admit(g, "id0", 99, 0)
+    g.close()
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 64])
+def test_window_holds_the_newest_ids_and_at_most_twice_as_many(window):
+    """Whatever is settled (new ids, ids settled again with another status), the newest
+    ``window`` distinct ids are always held, with their latest status, and never more than
+    2 * window; the held state is invisible to the garbage collector."""
+    import gc
+    import random
+
+    rnd = random.Random(window)
+    g = ReplayGuard.ephemeral(clock=lambda: NOW, window_ids=window)
+    order: list[str] = []  # distinct ids, oldest settle first
+    latest: dict[str, tuple[int, str]] = {}
+    for n in range(40 * window):
+        eid = rnd.choice(order[-window:]) if order and rnd.random() < 0.1 else f"e{n}"
+        status = rnd.choice([OK, "dlq", "skip"])
+        g.settle(producer=P, stream=f"s{n % 3}", offset=n, event_id=eid, instance="i", seq=n, status=status)
+        if eid in latest:
+            order.remove(eid)
+        order.append(eid)
+        latest[eid] = (n, status)
+        for e in order[-window:]:
+            assert g.status(e, P) == latest[e][1]
+            with pytest.raises(ReplayError):  # held where it was settled: elsewhere it is a duplicate
+                admit(g, e, latest[e][0] + 1, 10**9)
+        assert sum(1 for e in order if g.status(e, P) is not None) <= 2 * window
+    assert not gc.is_tracked(g._young) and not gc.is_tracked(g._old)
+    assert len(list(g.seen_entries())) <= 2 * window
+
+
+def test_ids_of_producers_with_colliding_names_are_kept_apart():
+    """A held id is keyed by its producer's length-prefixed name: ("ab", "c:x") and ("a", "bc:x")
+    or ids with the separator in them never share an entry."""
+    g = ReplayGuard.ephemeral(clock=lambda: NOW)
+    g.settle(producer="ab", stream="s", offset=0, event_id="c:x", instance="i", seq=0, status=OK)
+    assert g.status("c:x", "ab") == OK
+    for producer, eid in [("a", "bc:x"), ("a", "b:c:x"), ("2:ab", "c:x"), ("", "2:abc:x"), ("abc", ":x")]:
+        assert g.status(eid, producer) is None
+        assert g.is_next(producer, "i", "s", eid, 0, NOW)
+    assert [e[:2] for e in g.seen_entries()] == [("ab", "c:x")]
+
+
+def test_attack_a_replay_beyond_the_dedup_window_is_still_refused(tmp_path):
+    """An attacker copies a batch of sealed records back into the log once their ids have left
+    the dedup window (a tiny one here): each copy is refused by its producer instance's sequence
+    number (out_of_order), as before the window became generations, also after a restart."""
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW, window_ids=4)
+    for i in range(20):
+        assert g.is_next(P, "i", "s", f"id{i}", i, NOW)
+        g.settle_next(P, "s", i, f"id{i}", "i", i)
+        if i % 5 == 4:
+            g.checkpoint()
+    assert g.status("id0", P) is None  # evicted
+    for restart in (False, True):
+        if restart:
+            g.close()
+            g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW, window_ids=4)
+        for i in range(12):  # the copies, at new offsets, with their original (sealed) sequence numbers
+            assert not g.is_next(P, "i", "s", f"id{i}", i, NOW)
+            with pytest.raises(ReplayError) as e:
+                admit(g, f"id{i}", 100 + i, i)
+            assert e.value.reason in ("out_of_order", "duplicate")
+            assert e.value.reason == "out_of_order" or g.status(f"id{i}", P) == OK
+    g.close()
+
+
+def test_damaged_rows_hold_their_ids_at_no_position(tmp_path):
+    """A seen row whose columns were damaged on disk: an id of another type is dropped (no event
+    carries one), a position that is not one holds the id so that any copy is a duplicate."""
+    import sqlite3
+
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW)
+    path = g._db.execute("PRAGMA database_list").fetchone()[2]
+    g.close()
+    db = sqlite3.connect(path)
+    db.executemany("INSERT INTO seen(producer, id, stream, offset, status, at) VALUES (?, ?, ?, ?, ?, ?)",
+                   [(P, "bad-offset", "s", "x", OK, NOW), (P, b"7", "s", 1, OK, NOW), (P, "ok", "s", 2, OK, NOW)])
+    db.commit()
+    db.close()
+    g = ReplayGuard.open(Home(tmp_path), "g", clock=lambda: NOW)
+    assert g.status("ok", P) == OK and g.status("7", P) is None
+    with pytest.raises(ReplayError) as e:
+        admit(g, "bad-offset", 0, 50, stream="s")
+    assert e.value.reason == "duplicate"
     g.close()
 
 

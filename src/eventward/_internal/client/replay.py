@@ -1,8 +1,9 @@
 """The replay guard of one consumer group: duplicate ids, sequence order, freshness.
 
-State per group: the ids of recently settled events (bounded: ``window_ids`` ids and
-``window_seconds``) with the stream offset they were read at, and the highest sequence
-number settled per (producer instance, stream). Reading the *same* stored record again is a
+State per group: the ids of recently settled events (bounded: at least the last
+``window_ids`` ids are held in memory, at most twice that; ``window_seconds`` on disk) with
+the stream offset they were read at, and the highest sequence number settled per (producer
+instance, stream). Reading the *same* stored record again is a
 redelivery (at-least-once after a crash) and is skipped quietly; the same id at another
 position is a replay and is refused.
 
@@ -15,10 +16,17 @@ producer ``""`` and still applies to every producer (the old, global behaviour: 
 they age out of the window, its sequence floors for as long as they are kept), so an upgrade
 neither forgets nor redelivers anything.
 
+The ids are held where the garbage collector never walks them: two plain dicts (generations)
+of str -> int, the key naming the producer and the id, the value packing the offset with the
+(stream, status) it was settled with. A full young generation becomes the old one and the old
+one is dropped whole (first in, first out). A running consumer holds 100,000 ids: as an
+OrderedDict of tuples, every full collection walked them all (~13 ms each).
+
 Durability: each settled event is appended to a per-group journal with one ``write`` (it
 survives kill -9, which is what makes a handler effectively-once); ``checkpoint`` folds the
 journal into SQLite before the consumer commits its offset, as one row per checkpoint (its
-entries, replayed in order on open) rather than one row per event. Neither is fsynced per event:
+entries, replayed in order on open) rather than one row per event: the journal's own lines,
+joined into one JSON array. Neither is fsynced per event:
 after a power loss the last settled events may be delivered again (at-least-once). The
 journal is flock'ed, so one process at a time runs a group.
 """
@@ -31,8 +39,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,11 @@ from eventward.errors import ConfigError, ConflictError, ReplayError
 
 log = logging.getLogger("eventward.replay")
 _dumps = orjson.dumps
+_LINE = orjson.OPT_APPEND_NEWLINE
+
+# A held id's value: its offset << _SHIFT | the index of its (stream, status) pair in _pairs.
+_SHIFT = 20
+_MASK = (1 << _SHIFT) - 1
 
 LIVE = "live"  # normal consumption: every check applies
 REPLAY = "replay"  # an authorized replay: freshness and order waived, duplicates within the run refused
@@ -113,11 +125,21 @@ class ReplayGuard:
         self.freshness, self.skew = freshness, skew
         self._window_ids, self._window_seconds = window_ids, window_seconds
         self._clock = clock
-        # (producer, event id) -> (stream, offset, status, at); (producer, instance, stream) -> seq
-        self._ids: OrderedDict[tuple[str, str], tuple[str, int, str, float]] = OrderedDict()
-        self._seqs: dict[tuple[str, str, str], int] = {}
+        # Settled ids in two generations: _key(producer, id) -> offset << _SHIFT | pair index;
+        # plain dicts of str -> int (the collector does not track them), and the newest time
+        # settled in each. A full young one (window_ids) replaces the old one.
+        self._young: dict[str, int] = {}
+        self._old: dict[str, int] = {}
+        self._young_at = self._old_at = 0.0
+        self._pairs: list[tuple[str, str]] = []  # pair index -> (stream, status)
+        self._pair_ix: dict[str, dict[str, int]] = {OK: {}, DEAD: {}, SKIP: {}}  # status -> stream -> index
+        self._ok_ix = self._pair_ix[OK]
+        self._prefixes: dict[str, str] = {}  # producer -> its key prefix
+        self._seqs: dict[tuple[str, str, str], int] = {}  # (producer, instance, stream) -> seq
         self._legacy = False  # state from before the producer keying is still held
-        self._pending: list[list[Any]] = []
+        self._pending: list[bytes] = []  # journal lines since the last checkpoint
+        self._pending_at = 0.0  # the newest of their times
+        self._dirty: dict[tuple[str, str, str], int] = {}  # sequence floors raised since then
         self._fd: int | None = None
         self._db: sqlite3.Connection | None = None
         self._checkpoints = 0
@@ -151,19 +173,18 @@ class ReplayGuard:
         """Decide whether a verified event may be processed; ReplayError (reason) if not.
 
         ``producer`` is the principal of the verified seal: ids and sequences are its own."""
-        seen = self._ids.get((producer, event_id))
-        if seen is None and self._legacy:
-            seen = self._ids.get((LEGACY, event_id))
+        seen = self._seen(producer, event_id)
         if seen is not None:
-            if seen[0] != stream or seen[1] != offset:
+            at_stream, at_offset, status = seen
+            if at_stream != stream or at_offset != offset:
                 raise ReplayError(
-                    f"event id already seen at {seen[0]}@{seen[1]}; refused at {stream}@{offset}",
+                    f"event id already seen at {at_stream}@{at_offset}; refused at {stream}@{offset}",
                     reason="duplicate",
                     stream=stream,
                     offset=offset,
                 )
             if mode == REDRIVE:
-                return Admission(PROCESSED if seen[2] == OK else NEW)
+                return Admission(PROCESSED if status == OK else NEW)
             return Admission(REDELIVERY)
         if mode != LIVE:
             return Admission(NEW)
@@ -200,8 +221,8 @@ class ReplayGuard:
         """True exactly when a live ``admit`` would answer NEW with no gap: an id not seen, sealed
         within the freshness window, the next sequence number of its producer instance (or its
         first). Anything else is False, for ``admit`` to judge and word. The consumer's hot path."""
-        ids = self._ids
-        if (producer, event_id) in ids or (self._legacy and (LEGACY, event_id) in ids):
+        key = (self._prefixes.get(producer) or self._prefix(producer)) + event_id
+        if key in self._young or key in self._old or (self._legacy and self._seen(LEGACY, event_id) is not None):
             return False
         now = self._clock()
         if sealed_at < now - self.freshness or sealed_at > now + self.skew:
@@ -216,17 +237,26 @@ class ReplayGuard:
         """``settle(status=OK, mode=LIVE)`` of an event ``is_next`` admitted (its id is new, its
         seq the next): the same state and the same one journal ``write``, fewer steps."""
         now = self._clock()
-        ids = self._ids
-        ids[producer, event_id] = (stream, offset, OK, now)
-        if len(ids) > self._window_ids:
-            ids.popitem(last=False)
+        ix = self._ok_ix.get(stream)
+        if ix is None:
+            ix = self._pair(stream, OK)
+        young = self._young
+        if len(young) >= self._window_ids:
+            young = self._rotate()
+        young[(self._prefixes.get(producer) or self._prefix(producer)) + event_id] = offset << _SHIFT | ix
+        if now > self._young_at:
+            self._young_at = now
         key = (producer, instance, stream)
         if seq > self._seqs.get(key, -1):
             self._seqs[key] = seq
+            if self._fd is not None and instance:
+                self._dirty[key] = seq
         if self._fd is not None:
-            entry = [event_id, stream, offset, OK, now, instance, seq, producer]
-            os.write(self._fd, _dumps(entry) + b"\n")
-            self._pending.append(entry)
+            line = _dumps((event_id, stream, offset, OK, now, instance, seq, producer), option=_LINE)
+            os.write(self._fd, line)
+            self._pending.append(line)
+            if now > self._pending_at:
+                self._pending_at = now
 
     def settle(
         self,
@@ -247,25 +277,41 @@ class ReplayGuard:
             key = (producer, instance, stream)
             if seq > self._seqs.get(key, -1):
                 self._seqs[key] = seq
+                if self._fd is not None and instance:
+                    self._dirty[key] = seq
         if self._fd is not None:
-            entry = [event_id, stream, offset, status, now, instance if mode == LIVE else "", seq, producer]
-            os.write(self._fd, orjson.dumps(entry) + b"\n")
-            self._pending.append(entry)
+            entry = (event_id, stream, offset, status, now, instance if mode == LIVE else "", seq, producer)
+            line = _dumps(entry, option=_LINE)
+            os.write(self._fd, line)
+            self._pending.append(line)
+            if now > self._pending_at:
+                self._pending_at = now
 
     def checkpoint(self) -> None:
         """Fold journalled entries into SQLite, then empty the journal. Call before committing offsets."""
         if self._db is None or not self._pending:
             return
-        self._store(self._pending)
+        pending = self._pending
+        self._store(b"[" + b",".join(pending) + b"]", len(pending), self._pending_at, self._dirty)
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
-        self._pending.clear()
+        self._pending = []
+        self._pending_at = 0.0
+        self._dirty = {}
 
     def status(self, event_id: str, producer: str) -> str | None:
-        seen = self._ids.get((producer, event_id))
-        if seen is None and self._legacy:
-            seen = self._ids.get((LEGACY, event_id))
+        seen = self._seen(producer, event_id)
         return seen[2] if seen else None
+
+    def seen_entries(self) -> Iterator[tuple[str, str, str, int, str, float]]:
+        """The held ids as (producer, event id, stream, offset, status, at), oldest generation
+        first; ``at`` is the newest settle time of its generation (never earlier than its own)."""
+        pairs = self._pairs
+        for gen, at in ((self._old, self._old_at), (self._young, self._young_at)):
+            for key, v in gen.items():
+                n, _, rest = key.partition(":")
+                stream, status = pairs[v & _MASK]
+                yield rest[: int(n)], rest[int(n):], stream, v >> _SHIFT, status, at
 
     def close(self) -> None:
         if self._fd is not None:
@@ -278,11 +324,56 @@ class ReplayGuard:
 
     # --- internals ---------------------------------------------------------------------------
     def _remember(self, producer: str, event_id: str, stream: str, offset: int, status: str, at: float) -> None:
-        key = (producer, event_id)
-        self._ids[key] = (stream, offset, status, at)
-        self._ids.move_to_end(key)
-        while len(self._ids) > self._window_ids:
-            self._ids.popitem(last=False)
+        if type(producer) is not str or type(event_id) is not str:
+            return  # a damaged row: no event read from a log has such an id
+        if type(stream) is not str or type(offset) is not int or type(status) is not str:
+            stream, offset, status = "", -1, str(status)  # damaged: held at no position, any copy a duplicate
+        ixs = self._pair_ix.get(status)
+        ix = ixs.get(stream) if ixs is not None else None
+        if ix is None:
+            ix = self._pair(stream, status)
+        young = self._young
+        if len(young) >= self._window_ids:
+            young = self._rotate()
+        young[(self._prefixes.get(producer) or self._prefix(producer)) + event_id] = offset << _SHIFT | ix
+        if type(at) in (int, float) and at > self._young_at:
+            self._young_at = at
+
+    def _rotate(self) -> dict[str, int]:
+        """The young generation is full: it becomes the old one, the old one is dropped."""
+        self._old, self._old_at = self._young, self._young_at
+        self._young, self._young_at = {}, 0.0
+        return self._young
+
+    def _prefix(self, producer: str) -> str:
+        """The key prefix of ``producer``'s ids: its length, ':', itself (no two keys collide)."""
+        if len(self._prefixes) >= 1024:
+            self._prefixes.clear()
+        p = self._prefixes[producer] = f"{len(producer)}:{producer}"
+        return p
+
+    def _pair(self, stream: str, status: str) -> int:
+        """The index of (stream, status) in ``_pairs`` (a group's streams and three statuses)."""
+        if len(self._pairs) > _MASK:
+            raise ConfigError("a replay guard holds at most 2**20 (stream, status) pairs")
+        ix = len(self._pairs)
+        self._pairs.append((stream, status))
+        self._pair_ix.setdefault(status, {})[stream] = ix
+        return ix
+
+    def _seen(self, producer: str, event_id: str) -> tuple[str, int, str] | None:
+        """(stream, offset, status) an id was settled with, or None; state from before the
+        producer keying answers for every producer."""
+        key = (self._prefixes.get(producer) or self._prefix(producer)) + event_id
+        v = self._young.get(key)
+        if v is None:
+            v = self._old.get(key)
+        if v is None:
+            if not self._legacy or producer == LEGACY:
+                return None
+            return self._seen(LEGACY, event_id)
+        stream, status = self._pairs[v & _MASK]
+        return stream, v >> _SHIFT, status
 
     def _open(self, base: Path) -> None:
         base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -310,15 +401,18 @@ class ReplayGuard:
             "SELECT producer, id, stream, offset, status, at FROM seen WHERE at >= ? ORDER BY at DESC LIMIT ?",
             (horizon, self._window_ids),
         ).fetchall()
+        legacy = False
         for producer, event_id, stream, offset, status, at in reversed(rows):
-            self._ids[(producer, event_id)] = (stream, offset, status, at)
+            self._remember(producer, event_id, stream, offset, status, at)
+            legacy = legacy or producer == LEGACY
         for entry in self._logged(horizon):
             if entry[4] >= horizon:
                 self._remember(entry[7], entry[0], entry[1], entry[2], entry[3], entry[4])
+                legacy = legacy or entry[7] == LEGACY
         self._seqs = {
             (p, i, s): q for p, i, s, q in self._db.execute("SELECT producer, instance, stream, seq FROM seqs")
         }
-        self._legacy = any(k[0] == LEGACY for k in self._ids) or any(k[0] == LEGACY for k in self._seqs)
+        self._legacy = legacy or any(k[0] == LEGACY for k in self._seqs)
         self._recover(journal)
 
     def _recover(self, journal: Path) -> None:
@@ -341,23 +435,22 @@ class ReplayGuard:
             if instance and seq > self._seqs.get(key, -1):
                 self._seqs[key] = seq
         log.info("replay guard recovered %d journalled entries", len(entries))
-        self._store(entries)
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-
-    def _store(self, entries: list[list[Any]]) -> None:
-        assert self._db is not None
         seqs: dict[tuple[str, str, str], int] = {}
         for _, stream, _, _, _, instance, seq, producer in entries:
             key = (producer, instance, stream)
             if instance and seq > seqs.get(key, -1):
                 seqs[key] = seq
+        self._store(_dumps(entries), len(entries), max((e[4] for e in entries), default=0.0), seqs)
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+
+    def _store(self, entries: bytes, count: int, at: float, seqs: dict[tuple[str, str, str], int]) -> None:
+        """One checkpoint: ``count`` entries (a JSON array) as one ``seen_log`` row stamped with
+        the newest entry's time ``at``, and the sequence floors they raised."""
+        assert self._db is not None
         with write_txn(self._db, "replay guard checkpoint") as db:
-            if entries:
-                db.execute(
-                    "INSERT INTO seen_log(at, count, entries) VALUES (?, ?, ?)",
-                    (max(e[4] for e in entries), len(entries), _dumps(entries)),
-                )
+            if count:
+                db.execute("INSERT INTO seen_log(at, count, entries) VALUES (?, ?, ?)", (at, count, entries))
             db.executemany(
                 "INSERT INTO seqs(producer, instance, stream, seq) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(producer, instance, stream) DO UPDATE SET seq = max(seq, excluded.seq)",

@@ -183,7 +183,7 @@ class SharedGuard(ReplayGuard):
 
 def legacy_state(guard: ReplayGuard) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """What a group's replay guard file (before the group store) holds, as store rows."""
-    seen = [(p, i, s, o, st, at) for (p, i), (s, o, st, at) in guard._ids.items()]
+    seen = list(guard.seen_entries())
     return seen, [(p, i, s, q) for (p, i, s), q in guard._seqs.items()]
 
 
