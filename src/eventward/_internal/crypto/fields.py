@@ -685,13 +685,16 @@ class FieldEncryptor:
         """Whether ``decrypt_many`` outcomes read under ``stamp`` are still what ``decrypt`` would
         give now: this thread's memo is the same one, within its TTL, with no forget or
         clear_cache since."""
-        batch = self._batch  # the consumer asks per event: _revocation_state inlined
+        if stamp is None:
+            return False
+        batch = self._batch  # the consumer asks per event: _revocation_state inlined, no tuple built
+        memo, until, (revocations, generation) = stamp
         return (
-            stamp is not None
-            and getattr(batch, "keys", None) is stamp[0]
-            and batch.until == stamp[1]
-            and time.monotonic() < stamp[1]
-            and (getattr(self._keys, "revocations", 0), self._generation) == stamp[2]
+            getattr(batch, "keys", None) is memo
+            and batch.until == until
+            and time.monotonic() < until
+            and self._generation == generation
+            and getattr(self._keys, "revocations", 0) == revocations
         )
 
     def _encryption_head(
