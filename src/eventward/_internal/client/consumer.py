@@ -64,6 +64,7 @@ from eventward.errors import (
 )
 
 log = logging.getLogger("eventward.consumer")
+_tuple_new = tuple.__new__  # a Delivered made in one allocation, as types.delivered_from_envelope does
 
 Handler = Callable[[Delivered], object]
 
@@ -234,67 +235,105 @@ class Consumer:
         with self.delivery_batch(), self._reading_batch(records) as envs:
             seals = self._verifier.verify_records(records)
             self._predecrypt(seals, envs)
-            live = self._live
             try:
-                for i, rec in enumerate(records):
-                    if max_events is not None and stats.delivered >= max_events:
-                        break
-                    if rec.offset != pos:
-                        self._report_offset_gap(stream, pos, rec.offset, stats)
-                    s = seals[i]
-                    env = envs[i]  # None: it does not parse, and process() refuses it
-                    if type(s) is not Seal or env is None or not live(rec, s, env, handler, stats):
-                        self.process(rec, handler, stats)
-                    pos = rec.offset + 1
+                pos = self._deliver(stream, pos, records, seals, envs, handler, stats, max_events)
             finally:
                 self._pre = None
         self._commit(stream, pos)
         return True
 
-    def _live(self, rec: Record, s: Seal, env: dict[str, Any], handler: Handler, stats: RunStats) -> bool:
-        """The ordinary live event, start to finish: False (nothing done) as soon as it is not
-        ordinary, for ``process`` to judge. ``s`` verified for ``rec``, ``env`` its parsed bytes."""
-        producer = s.producer
-        if env.get(envelope.EXT_PRODUCER) != producer:
-            return False
-        seq = env.get(envelope.EXT_SEQ)
-        idx = rec.index
-        if type(seq) is not int or seq != s.first_seq + idx:
-            return False
-        type_ = env["type"]
-        types = self.types
-        if types is not None and type_ not in types:
-            return False
-        if not self._sealer_may_publish(rec, producer, type_):
-            return False
+    def _deliver(self, stream: str, pos: int, records: Sequence[Record], seals: Sequence[Any],
+                 envs: list[dict[str, Any] | None], handler: Handler, stats: RunStats,
+                 max_events: int | None) -> int:
+        """Each record of a read batch in order; returns the position after the last one handled.
+
+        The ordinary live event runs start to finish here: its seal's producer, sequence number
+        and time read once per seal, the sealer's Publish grant once per seal and type, the
+        replay guard's ``is_next``, the outcome decrypted ahead when it is still current, the
+        handler, ``settle_next``. Anything else (an event that does not parse or verify, a
+        producer or sequence not the seal's, a type not asked for, a sealer not allowed, not the
+        next event of its producer, no outcome ahead) goes to ``process`` or ``_decrypt``
+        before anything is done for it, and is judged there as a record on its own.
+
+        Each event's envelope is dropped from the batch once handled (and its outcome ahead
+        with it), so fewer of the batch's objects outlive a collection of the young objects."""
         guard = self._guard
-        event_id = env["id"]
-        if not self._plain_guard or not guard.is_next(producer, s.instance, rec.stream, event_id, seq,
-                                                      s.time_us / 1_000_000):
-            return False  # a duplicate, a redelivery, a gap, out of order, stale or future
-        try:
-            event = self._decrypt(rec, s, env)
-        except (TokenError, EnvelopeError, NotFoundError, InputError) as e:
-            self._refuse(rec, _Refusal(e.code, getattr(e, "reason", e.code), True, event_id, type_, s),
-                         stats, rp.LIVE, guard, "0")
-            return True
-        try:
-            handler(event)
-        except Exception as e:
-            error = self._call(handler, event, first=e)
-            if error is not None:
-                self._dlq.put(rec, code="handler_error", reason="handler_error", group=self.group, attempt="0",
-                              attempts=self._max_attempts, error=type(error).__name__, event_id=event_id,
-                              event_type=type_)
-                guard.settle(producer=producer, stream=rec.stream, offset=rec.offset, event_id=event_id,
-                             instance=s.instance, seq=seq, status=rp.DEAD)
-                stats.dead_lettered += 1
-                return True
-        guard.settle_next(producer, rec.stream, rec.offset, event_id, s.instance, seq)
-        stats.delivered += 1
-        tally = self._tally
-        if tally is not None:
-            tally.append((type_, env.get(envelope.EXT_RECEIVED), time.time()))
+        is_next = guard.is_next if self._plain_guard else None
+        settle_next = guard.settle_next
+        types, tally, process = self.types, self._tally, self.process
+        pre = self._pre
+        current = self._encryptor.batch_current if pre else None  # type: ignore[attr-defined]
+        producer = instance = ""
+        first_seq = 0
+        sealed_at = 0.0
+        seal: Seal | None = None
+        may: dict[str, bool] = {}  # this seal's sealer: may it Publish the type
+        for i, rec in enumerate(records):
+            if max_events is not None and stats.delivered >= max_events:
+                break
+            offset = rec.offset
+            if offset != pos:
+                self._report_offset_gap(stream, pos, offset, stats)
+            pos = offset + 1
+            s = seals[i]
+            env = envs[i]  # None: it does not parse, and process() refuses it
+            envs[i] = None
+            if type(s) is not Seal or env is None:
+                process(rec, handler, stats)
+                continue
+            ahead = pre.pop(id(env), None) if pre else None  # never left behind for another object's id
+            if s is not seal:
+                seal, may = s, {}
+                producer, instance, first_seq, sealed_at = s.producer, s.instance, s.first_seq, s.time_us / 1e6
+            seq = env.get(envelope.EXT_SEQ)
+            type_ = env["type"]
+            if (env.get(envelope.EXT_PRODUCER) != producer or type(seq) is not int or seq != first_seq + rec.index
+                    or (types is not None and type_ not in types)):
+                process(rec, handler, stats)
+                continue
+            ok = may.get(type_)
+            if ok is None:
+                ok = may[type_] = self._sealer_may_publish(rec, producer, type_)
+            event_id = env["id"]
+            if not ok or is_next is None or not is_next(producer, instance, rec.stream, event_id, seq, sealed_at):
+                process(rec, handler, stats)  # a duplicate, a redelivery, a gap, out of order, stale or future
+                continue
+            if ahead is not None and type(ahead[0]) is tuple and current(ahead[1]):  # type: ignore[misc]
+                clear, report = ahead[0]
+                event = _tuple_new(Delivered, (event_id, type_, env["source"], env.get("time", ""), [env, False],
+                                               clear, rec.stream, offset, producer, seq, rec.batch, sealed_at,
+                                               True, report))
+            else:
+                try:
+                    event = self._decrypt_with(rec, s, env, ahead)
+                except (TokenError, EnvelopeError, NotFoundError, InputError) as e:
+                    self._refuse(rec, _Refusal(e.code, getattr(e, "reason", e.code), True, event_id, type_, s),
+                                 stats, rp.LIVE, guard, "0")
+                    continue
+            try:
+                handler(event)
+            except Exception as e:
+                if self._handler_failed(rec, s, handler, event, e, stats):
+                    continue
+            settle_next(producer, rec.stream, offset, event_id, instance, seq)
+            stats.delivered += 1
+            if tally is not None:
+                tally.append((type_, env.get(envelope.EXT_RECEIVED), time.time()))
+        return pos
+
+    def _handler_failed(self, rec: Record, s: Seal, handler: Handler, event: Delivered, first: Exception,
+                        stats: RunStats) -> bool:
+        """The handler raised ``first`` on a live event: retried; True if it failed every attempt
+        (dead-lettered and settled so), False if a retry succeeded."""
+        error = self._call(handler, event, first=first)
+        if error is None:
+            return False
+        event_id, type_ = event.id, event.type
+        self._dlq.put(rec, code="handler_error", reason="handler_error", group=self.group, attempt="0",
+                      attempts=self._max_attempts, error=type(error).__name__, event_id=event_id, event_type=type_)
+        self._guard.settle(producer=s.producer, stream=rec.stream, offset=rec.offset, event_id=event_id,
+                           instance=s.instance, seq=event.seq, status=rp.DEAD)
+        stats.dead_lettered += 1
         return True
 
     @contextmanager
@@ -621,6 +660,12 @@ class Consumer:
         return s, env, admission
 
     def _decrypt(self, rec: Record, s: Seal, env: dict[str, Any]) -> Delivered:
+        pre = self._pre
+        return self._decrypt_with(rec, s, env, pre.pop(id(env), None) if pre is not None else None)
+
+    def _decrypt_with(self, rec: Record, s: Seal, env: dict[str, Any], ahead: tuple[Any, Any] | None) -> Delivered:
+        """``env`` decrypted: from ``ahead`` (its outcome worked out by ``_predecrypt``) while that
+        is still current, else by the encryptor now."""
         version = env.get(envelope.EXT_SCHEMA)
         if type(version) is not int:
             raise EnvelopeError("event carries no schema version (ewschema)")
@@ -629,10 +674,7 @@ class Consumer:
         data = env.get("data")
         if type(data) is not dict and not isinstance(data, dict):
             raise EnvelopeError("event data must be a JSON object")
-        pre = self._pre
-        if pre is not None and (ahead := pre.pop(id(env), None)) is not None and (
-            self._encryptor.batch_current(ahead[1])  # type: ignore[attr-defined]
-        ):
+        if ahead is not None and self._encryptor.batch_current(ahead[1]):  # type: ignore[attr-defined]
             if type(ahead[0]) is not tuple:
                 raise ahead[0]  # the refusal decrypt would raise (TokenError, InputError)
             clear, report = ahead[0]
