@@ -969,47 +969,55 @@ class KeyService:
         topic, type) instead of one per key; a refusal is one record per class and reason too.
         KeyServiceError (KMS or store unavailable) propagates: the caller fails closed."""
         out: dict[tuple[str, str], bytes | EventwardError] = {}
-        todo: list[tuple[str, str, str | None]] = []
-        decisions: dict[str, AccessDenied | None] = {}
+        items = list(dict.fromkeys(wanted))
+        decisions: dict[str, AccessDenied | InputError | None] = {}
         refused: dict[tuple[str, str], list[str]] = {}  # (class, reason) -> kids
-        for item in dict.fromkeys(wanted):
-            kid, cls, _ = item
-            denial = decisions.get(cls, _UNDECIDED)
-            if denial is _UNDECIDED:
-                try:
-                    _check_class(cls)  # once per class, not per key
-                except InputError as e:
-                    out[kid, cls] = e
-                    continue
-                try:
-                    check(self._authz, principal, DECRYPT, ("Class", cls), _context(topic, event_type))
-                    denial = None
-                except AccessDenied as e:
-                    denial = e
-                decisions[cls] = denial
-            if not is_kid(kid):
-                out[kid, cls] = KeyNotFound("malformed key id")
-            elif denial is not None:
-                out[kid, cls] = denial
-                refused.setdefault((cls, "not_authorized"), []).append(kid)
-            else:
-                todo.append(item)
+        for cls in dict.fromkeys([it[1] for it in items]):  # each class once, in order of appearance
+            try:
+                _check_class(cls)
+                check(self._authz, principal, DECRYPT, ("Class", cls), _context(topic, event_type))
+                decisions[cls] = None
+            except (InputError, AccessDenied) as e:
+                decisions[cls] = e
+        kids = [it[0] for it in items]
+        if any(decisions.values()) or not _all_kids(kids):
+            todo: list[tuple[str, str, str | None]] = []
+            for item in items:  # per key: a refused class or a malformed kid among them
+                kid, cls, _ = item
+                denial = decisions[cls]
+                if isinstance(denial, InputError):
+                    out[kid, cls] = denial
+                elif not is_kid(kid):
+                    out[kid, cls] = KeyNotFound("malformed key id")
+                elif denial is not None:
+                    out[kid, cls] = denial
+                    refused.setdefault((cls, "not_authorized"), []).append(kid)
+                else:
+                    todo.append(item)
+            kids = [it[0] for it in todo]
+        else:
+            todo = items  # the common batch: every class granted, every kid well formed
         self._poll()
         released: dict[str, list[str]] = {}
         unwrapped: dict[str, int] = {}
-        misses = []
-        for item, hit in zip(todo, self.cache.get_many([kid for kid, _, _ in todo]), strict=True):
-            kid, cls, _ = item
-            if hit is None:
-                misses.append(item)
-            elif hit[0] != cls:
-                out[kid, cls] = KeyNotFound(f"no key {kid} in class {cls}")
-            elif hit[1] is None:
-                out[kid, cls] = KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
-            else:
-                out[kid, cls] = hit[1]
-                released.setdefault(cls, []).append(kid)
-        rows = self._wrapped_rows([kid for kid, _, _ in misses]) if misses else {}
+        hits = self.cache.get_many(kids)
+        if hits.count(None) == len(hits):
+            misses = todo  # a consumer of many subjects: nothing cached
+        else:
+            misses = []
+            for item, hit in zip(todo, hits, strict=True):
+                kid, cls, _ = item
+                if hit is None:
+                    misses.append(item)
+                elif hit[0] != cls:
+                    out[kid, cls] = KeyNotFound(f"no key {kid} in class {cls}")
+                elif hit[1] is None:
+                    out[kid, cls] = KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
+                else:
+                    out[kid, cls] = hit[1]
+                    released.setdefault(cls, []).append(kid)
+            kids = [it[0] for it in misses]
+        rows = self._wrapped_rows(kids) if misses else {}
         batch = getattr(self.kms, "unwrap_batch", None)  # LocalKMS: the keyring checked once, not per key
         try:
             with batch() if batch is not None and misses else contextlib.nullcontext():
@@ -1056,9 +1064,18 @@ class KeyService:
                 found.append((kid, cls, row))
             items = _unwrap_items(found)
             many = getattr(self.kms, "unwrap_many", None)  # LocalKMS, PKCS#11: one call for the batch
+            opened: list[bytes | EventwardError] | None = None
+            if many is not None and items and all(type(it) is tuple for it in items):
+                opened = many(items)
+                if all(type(d) is bytes for d in opened):  # every key opened: bookkeeping per class
+                    self._opened(found, opened, out, fresh, released, unwrapped)  # type: ignore[arg-type]
+                    return
             good = [it for it in items if type(it) is tuple]
-            if many is not None:
-                deks: Iterable[bytes | EventwardError] = iter(many(good)) if good else iter(())
+            deks: Iterable[bytes | EventwardError]
+            if opened is not None:
+                deks = iter(opened)
+            elif many is not None:
+                deks = iter(many(good)) if good else iter(())
             else:
                 deks = (self._kms_unwrap_or_refusal(*it) for it in good)
             for (kid, cls, _), item in zip(found, items, strict=True):
@@ -1073,6 +1090,30 @@ class KeyService:
                 unwrapped[cls] = unwrapped.get(cls, 0) + 1
         finally:
             self.cache.put_many(fresh)
+
+    @staticmethod
+    def _opened(
+        found: list[tuple[str, str, WrappedRow]],
+        deks: list[bytes],
+        out: dict[tuple[str, str], bytes | EventwardError],
+        fresh: list[tuple[str, tuple[str, bytes | None]]],
+        released: dict[str, list[str]],
+        unwrapped: dict[str, int],
+    ) -> None:
+        """_unwrap_rows' outcome when every found row's DEK opened (a consumer's usual batch): the
+        same entries as its loop, filled a class at a time instead of a key at a time."""
+        kids = [f[0] for f in found]
+        classes = [f[1] for f in found]
+        out.update(zip(zip(kids, classes, strict=True), deks, strict=True))
+        fresh.extend(zip(kids, zip(classes, deks, strict=True), strict=True))
+        one = classes[0]
+        if classes.count(one) == len(classes):
+            released.setdefault(one, []).extend(kids)
+            unwrapped[one] = unwrapped.get(one, 0) + len(kids)
+            return
+        for kid, cls in zip(kids, classes, strict=True):
+            released.setdefault(cls, []).append(kid)
+            unwrapped[cls] = unwrapped.get(cls, 0) + 1
 
     def _kms_unwrap_or_refusal(self, kek_id: str, wrapped: bytes, aad: bytes) -> bytes | EventwardError:
         """``kms.unwrap``, or the refusal it raised; an outage propagates."""
@@ -1466,7 +1507,21 @@ class KeyService:
             self._hashes.clear()  # raw subject ids are not kept past a forget
 
 
-_UNDECIDED = object()  # decryption_keys: no Decrypt decision for the class yet
+_KID_LEN = 22  # dek.new_kid: 16 random bytes in base64url, as dek.KID_RE
+_KID_CHARS = re.compile(r"[A-Za-z0-9_\-]*")  # dek.KID_RE's alphabet, for a whole batch at once
+
+
+def _all_kids(kids: list[str]) -> bool:
+    """Every one of ``kids`` is a well-formed kid (True means ``is_kid`` of each is True): one
+    regex over the batch joined instead of one match per key. False (a non-string, a wrong
+    length or character anywhere) sends the batch through ``is_kid`` key by key."""
+    try:
+        joined = "".join(kids)
+    except TypeError:
+        return False
+    return set(map(len, kids)) <= {_KID_LEN} and _KID_CHARS.fullmatch(joined) is not None
+
+
 _FOUND = object()  # _absent's "the store has a row of this kid" (in another class)
 _ROW_ERRORS = (AttributeError, TypeError, ValueError, UnicodeError, struct.error)
 
