@@ -83,6 +83,11 @@ DEAD_LETTERED = "dead_lettered"
 REFUSED = "refused"
 
 
+# One (type, version) of a read batch: (field spec, indexes of its events, their decrypt_many
+# items (event id, data, subject hash)).
+_Group = tuple[Any, list[int], list[tuple[Any, Any, Any]]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Refusal:
     code: str  # error category
@@ -174,6 +179,9 @@ class Consumer:
         # This read batch's decrypt outcomes worked out ahead (_predecrypt): id(envelope) ->
         # (outcome, stamp), each taken at most once, by the event it belongs to.
         self._pre: dict[int, tuple[Any, Any]] | None = None
+        # This read batch's events by (type, version), made as its keys are collected
+        # (_want_batch): the field spec, each event's index and its decrypt_many item.
+        self._groups: dict[tuple[str, int], _Group | None] | None = None
 
     def __repr__(self) -> str:
         return f"Consumer(topic={self.topic!r}, principal={self.principal!r}, group={self.group!r})"
@@ -357,11 +365,9 @@ class Consumer:
         want = getattr(enc, "want_keys", None)
         wanted: dict[str | None, dict[tuple[str, str, str | None], None]] = {}
         keys: list[tuple[str, Any, str | None, Any]] = []
+        self._groups = None
         if want is not None:
-            for env in envs:
-                item = self._key_event(env)
-                if item is not None:
-                    want(wanted, *item)
+            self._groups = self._want_batch(envs, want, wanted)
             prefetch = getattr(enc, "prefetch_wanted", None)
             if prefetch is not None and wanted:
                 prefetch(self.topic, wanted)
@@ -377,6 +383,45 @@ class Consumer:
                 resolve(keys, principal=self.principal, topic=self.topic)
             yield envs
 
+    def _want_batch(
+        self, envs: Sequence[dict[str, Any] | None], want: Callable[..., None],
+        wanted: dict[str | None, dict[tuple[str, str, str | None], None]],
+    ) -> dict[tuple[str, int], _Group | None]:
+        """One pass over a read batch's envelopes: each event whose keys are worth resolving
+        ahead (as ``_key_event`` judges) is handed to ``want``, and every event of a type and
+        version whose schema tags fields is grouped for ``_predecrypt`` (its seal is checked
+        there). A malformed or unsealed event is only skipped here, and refused later."""
+        groups: dict[tuple[str, int], _Group | None] = {}
+        types, schema_of = self.types, self._schema
+        last_type: Any = None
+        last_version: Any = None
+        group: _Group | None = None
+        for i, env in enumerate(envs):
+            if env is None:
+                continue
+            type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
+            if type(version) is not int or type(data) is not dict or (types is not None and type_ not in types):
+                continue
+            if version != last_version or type_ != last_type:
+                last_type, last_version = type_, version
+                key = (type_, version)
+                if key in groups:
+                    group = groups[key]
+                else:
+                    try:
+                        spec = schema_of(type_, version).spec
+                    except EventwardError:
+                        spec = None
+                    group = groups[key] = (spec, [], []) if spec is not None and spec.rules else None
+            if group is None:
+                continue
+            shash = env.get(envelope.EXT_SUBJECT)
+            if shash is None or type(shash) is str:
+                want(wanted, type_, group[0], shash, data)
+            group[1].append(i)
+            group[2].append((env["id"], data, shash))
+        return groups
+
     def _predecrypt(self, seals: Sequence[Any], envs: Sequence[dict[str, Any] | None]) -> None:
         """Decrypt the batch's sealed events ahead, in one ``decrypt_many`` per event type and
         schema version, from the read batch's key memo only (no key-source call, so nothing is
@@ -386,7 +431,11 @@ class Consumer:
         whose seal verified are decrypted: unverified data never reaches a cipher."""
         self._pre = None
         many = getattr(self._encryptor, "decrypt_many", None)
+        made, self._groups = self._groups, None
         if many is None:
+            return
+        if made is not None:  # grouped as the keys were collected: only events whose seal verified
+            self._predecrypt_groups(many, made, seals, envs)
             return
         groups: dict[tuple[str, int], tuple[Any, list[dict[str, Any]], list[tuple[Any, Any, Any]]]] = {}
         versions, types = self._versions, self.types
@@ -412,6 +461,29 @@ class Consumer:
                 for env, outcome in zip(group_envs, outcomes, strict=True):
                     if outcome is not None:
                         pre[id(env)] = (outcome, stamp)
+        self._pre = pre or None
+
+    def _predecrypt_groups(self, many: Callable[..., Any], groups: dict[tuple[str, int], _Group | None],
+                           seals: Sequence[Any], envs: Sequence[dict[str, Any] | None]) -> None:
+        """``_predecrypt`` of the groups ``_want_batch`` made, less any event whose seal did not
+        verify."""
+        unverified = {i for i, s in enumerate(seals) if type(s) is not Seal}
+        pre: dict[int, tuple[Any, Any]] = {}
+        for (type_, _), group in groups.items():
+            if group is None:
+                continue
+            spec, idx, items = group
+            if unverified:
+                kept = [k for k, i in enumerate(idx) if i not in unverified]
+                if not kept:
+                    continue
+                idx, items = [idx[k] for k in kept], [items[k] for k in kept]
+            outcomes, stamp = many(items, spec, principal=self.principal, uncleared=self._uncleared,
+                                   topic=self.topic, event_type=type_)
+            if stamp is not None:
+                for i, outcome in zip(idx, outcomes, strict=True):
+                    if outcome is not None:
+                        pre[id(envs[i])] = (outcome, stamp)
         self._pre = pre or None
 
     def _parse_batch(self, records: Sequence[Record]) -> list[dict[str, Any] | None]:
