@@ -286,6 +286,20 @@ class KeyService:
         # counted (release and nonces) under one acquisition (encryption_key's hot path), not two.
         self._enc_lock = self._uses_lock
         self._enc_next = time.monotonic() + self.config.audit_every_s
+        # (subject, class, principal, topic, type) -> (kid, DEK, until (monotonic), its _Uses, its
+        # _releases slot): encryption_key's hot path in one lookup instead of four (pseudonym, _hot,
+        # _uses, _releases) and no clock call but one. Entries are made there from those four, under
+        # the lock, and hold nothing they do not: every event that drops or replaces one of them
+        # (a forget here or seen by the poll, a key found destroyed, a new current version, _uses or
+        # _releases cleared, close) clears the memo (_clear_memo, under the lock) and moves
+        # _enc_memo_gen, so an entry made from state read before such a clear is never stored. The
+        # decision's TTL and the nonce budget are still checked per call. Only with the default
+        # clock: an entry's TTL is kept in monotonic time (a test clock is read per call instead).
+        self._enc_memo: dict[
+            tuple[str, str, str, str | None, str | None], tuple[str, bytes, float, _Uses, list[float]]
+        ] = {}
+        self._enc_memo_gen = 0
+        self._enc_memo_on = clock is time.time and self.config.cache_max > 0 and self.config.cache_ttl > 0
         # Writes whose COMMIT failed (timeout, lost connection) may still have landed: the DEKs
         # (kid -> principal) and erasures (subject lookup -> (pseudonym, time)) a retry settles.
         self._doubt_lock = threading.Lock()
@@ -406,6 +420,7 @@ class KeyService:
             self._flush_uses()
         finally:
             self._hot.clear()
+            self._clear_memo()
             self.cache.clear()
             self._current.clear()
             self._hashes.clear()
@@ -544,14 +559,38 @@ class KeyService:
             if now >= self._next_poll:  # _poll, its test inlined: before the pseudonym (a forget
                 self._poll()  # elsewhere drops the memoised one)
                 now = time.monotonic()
+            cfg = self.config
+            lock = self._uses_lock  # is _enc_lock; acquire/release: half the cost of ``with``
+            memo_key = (subject, cls, principal, topic, event_type)
+            m = self._enc_memo.get(memo_key)
+            if m is not None and m[2] > now:  # all four lookups below in one (see _enc_memo)
+                u, slot = m[3], m[4]
+                lock.acquire()
+                try:
+                    if slot[0] > now and (
+                        u.base + u.pending + nonces <= cfg.dek_max_nonces and u.pending + nonces < cfg.uses_flush
+                    ):
+                        slot[1] += 1
+                        self._enc_total += 1
+                        u.pending += nonces
+                        due = self._enc_total >= cfg.audit_every or now >= self._enc_next
+                    else:
+                        due = None
+                finally:
+                    lock.release()
+                if due is not None:
+                    if due:
+                        self.flush_audit()
+                    return m[0], m[1]
+            gen = self._enc_memo_gen  # before the reads an entry is made from
             h = self._hashes.get(subject)
             hot = None if h is None else self._hot.get((h, cls))
-            if hot is not None and hot[2] > self._clock():
+            if hot is not None and hot[2] > (at := self._clock()):
                 # One lock for the release and the nonces when the Encrypt decision and the key's
                 # use count are both memoised and no flush is due; else nothing is counted here and
                 # the full path (_release, then _spend) runs.
-                cfg = self.config
-                with self._uses_lock:  # is _enc_lock
+                lock.acquire()
+                try:
                     slot = self._releases.get((principal, cls, topic, event_type))
                     u = self._uses.get(hot[0])
                     if slot is not None and slot[0] > now and u is not None and (
@@ -561,8 +600,14 @@ class KeyService:
                         self._enc_total += 1
                         u.pending += nonces
                         due = self._enc_total >= cfg.audit_every or now >= self._enc_next
+                        if self._enc_memo_on and gen == self._enc_memo_gen and self._hot.get((h, cls)) is hot:
+                            if len(self._enc_memo) >= cfg.cache_max:
+                                self._clear_memo_locked()
+                            self._enc_memo[memo_key] = (hot[0], hot[1], now + (hot[2] - at), u, slot)
                     else:
                         due = None
+                finally:
+                    lock.release()
                 if due is not None:
                     if due:
                         self.flush_audit()
@@ -833,6 +878,7 @@ class KeyService:
         """Write every pending count in one store transaction (one fsync, not one per DEK)."""
         pending = [(kid, u.pending) for kid, u in self._uses.items() if u.pending]
         self._uses.clear()
+        self._clear_memo_locked()  # its entries count into these _Uses
         if pending:
             with self.store.transaction():
                 for kid, n in pending:
@@ -899,6 +945,7 @@ class KeyService:
             counts = [(k, int(v[1])) for k, v in self._releases.items() if v[1]]
             if len(self._releases) >= 10_000:
                 self._releases.clear()
+                self._clear_memo_locked()  # its entries count into these slots
             else:
                 for v in self._releases.values():
                     v[1] = 0
@@ -1142,6 +1189,7 @@ class KeyService:
         if (tomb is not None and tomb[0] == cls) or erased:
             self.cache.put(kid, (cls, None))
             self._hot.clear()  # it may be a current key here: never served from the hot entries again
+            self._clear_memo()
             self._audit.record("key.unwrap", principal=principal, resource=resource, outcome=DENIED,
                                reason="destroyed", kid=kid)
             raise KeyDestroyed(f"key {kid} was destroyed (crypto-shredded)")
@@ -1167,7 +1215,11 @@ class KeyService:
         if cfg.cache_max > 0 and cfg.cache_ttl > 0:
             if len(self._hot) >= cfg.cache_max:
                 self._hot.clear()
-            self._hot[rec.subject_hash, rec.cls] = (rec.kid, dek, self._clock() + cfg.cache_ttl)
+            key = (rec.subject_hash, rec.cls)
+            old = self._hot.get(key)
+            self._hot[key] = (rec.kid, dek, self._clock() + cfg.cache_ttl)
+            if old is not None and old[0] != rec.kid:  # a new current version: no memo entry keeps the old
+                self._clear_memo()
 
     def _create(self, h: str, cls: str, version: int, principal: str) -> tuple[DekRecord, bytes]:
         """New DEK version; converges on the winner if another process created it first."""
@@ -1498,9 +1550,20 @@ class KeyService:
             self._epoch = epoch
             self._drop_caches()
 
+    def _clear_memo(self) -> None:
+        with self._uses_lock:
+            self._clear_memo_locked()
+
+    def _clear_memo_locked(self) -> None:
+        """Drop encryption_key's one-lookup memo (the caller holds _uses_lock): an entry being
+        made from state read before this is not stored (_enc_memo_gen moved)."""
+        self._enc_memo.clear()
+        self._enc_memo_gen += 1
+
     def _drop_caches(self) -> None:
         self.revocations += 1  # read-batch memos built on the old state are dropped (FieldEncryptor)
         self._hot.clear()
+        self._clear_memo()
         self.cache.clear()
         self._current.clear()
         with self._hashes_lock:
