@@ -1571,18 +1571,20 @@ class KeyService:
 
 
 _KID_LEN = 22  # dek.new_kid: 16 random bytes in base64url, as dek.KID_RE
-_KID_CHARS = re.compile(r"[A-Za-z0-9_\-]*")  # dek.KID_RE's alphabet, for a whole batch at once
+_KID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # dek.KID_RE's alphabet
 
 
 def _all_kids(kids: list[str]) -> bool:
-    """Every one of ``kids`` is a well-formed kid (True means ``is_kid`` of each is True): one
-    regex over the batch joined instead of one match per key. False (a non-string, a wrong
+    """Every one of ``kids`` is a well-formed kid (True means ``is_kid`` of each is True): the
+    batch joined, its lengths and alphabet checked at once (bytes.translate deleting the kid
+    alphabet leaves nothing) instead of one regex match per key. False (a non-string, a wrong
     length or character anywhere) sends the batch through ``is_kid`` key by key."""
     try:
         joined = "".join(kids)
     except TypeError:
         return False
-    return set(map(len, kids)) <= {_KID_LEN} and _KID_CHARS.fullmatch(joined) is not None
+    return (set(map(len, kids)) <= {_KID_LEN} and joined.isascii()
+            and not joined.encode().translate(None, _KID_CHARS))
 
 
 _FOUND = object()  # _absent's "the store has a row of this kid" (in another class)
