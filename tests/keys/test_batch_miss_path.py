@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from eventward._internal.keys import service as service_mod
 from eventward._internal.keys import sqlite_store
 from eventward._internal.keys.dek import is_kid
 from eventward._internal.keys.service import KeyServiceConfig
-from eventward.errors import AccessDenied, InputError, KeyDestroyed, KeyNotFound
+from eventward.errors import AccessDenied, InputError, KeyDestroyed, KeyIntegrityError, KeyNotFound
 
 KID_ALPHABET = string.ascii_letters + string.digits + "-_"
 
@@ -146,3 +147,29 @@ def test_forgotten_subject_stays_unreadable_through_the_json_read(open_svc, home
         assert db.execute("SELECT count(*) FROM deks WHERE kid = ?", (kid,)).fetchone()[0] == 0
     finally:
         db.close()
+
+
+def test_one_tampered_key_in_a_one_kek_batch_is_refused_alone(svc):
+    """unwrap_many opens a batch under one KEK in one comprehension; a tampered, truncated or
+    reformatted wrapped key in it is still that key's KeyIntegrityError and every other key of
+    the batch its DEK, as unwrap gives each on its own (an attacker cannot make one bad row cost
+    the batch, nor slip one through)."""
+    kms = svc.kms
+    deks = [bytes([i]) * 32 for i in range(4)]
+    kek = kms.wrap("pii", deks[0], b"x")[0]
+    wrapped = [kms.wrap("pii", d, b"ctx%d" % i)[1] for i, d in enumerate(deks)]
+    items = [(kek, w, b"ctx%d" % i) for i, w in enumerate(wrapped)]
+    assert kms.unwrap_many(items) == deks  # the one-KEK batch
+    flipped = bytearray(wrapped[1])
+    flipped[-1] ^= 1
+    reformatted = b"\x02" + wrapped[2][1:]
+    for bad in (bytes(flipped), wrapped[1][:20], reformatted):
+        batch = [items[0], (kek, bad, items[1][2]), *items[2:]]
+        got = kms.unwrap_many(batch)
+        assert got[0] == deks[0] and got[2:] == deks[2:]
+        assert isinstance(got[1], KeyIntegrityError)
+        with pytest.raises(KeyIntegrityError):
+            kms.unwrap(*batch[1])
+    moved = [(kek, wrapped[0], b"ctx1"), *items[1:]]  # row 0's wrapped bytes under row 1's context
+    got = kms.unwrap_many(moved)
+    assert isinstance(got[0], KeyIntegrityError) and got[1:] == deks[1:]

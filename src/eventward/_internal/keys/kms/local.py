@@ -60,6 +60,8 @@ _MAX_KEYRING = 64 * 1024 * 1024
 _WRAP_FORMAT = b"\x01"
 _NONCE = 12
 _WRAP_AAD = b"eventward-kek-v1\x00"
+_WRAP_BYTE = _WRAP_FORMAT[0]
+_MIN_WRAPPED = 1 + _NONCE + 16  # format byte, nonce, GCM tag
 
 
 @dataclass
@@ -147,6 +149,24 @@ class _Header:
 def derive_master_key(passphrase: str, salt: bytes, cost: tuple[int, int, int]) -> bytes:
     log2n, r, p = cost
     return Scrypt(salt=salt, length=MASTER_KEY_BYTES, n=2**log2n, r=r, p=p).derive(passphrase.encode())
+
+
+def _open_one_kek(ring: _Ring, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes | EventwardError] | None:
+    """unwrap_many's usual batch: every key wrapped under one live KEK, in the current format,
+    and every one opens. The DEKs in one comprehension; None (nothing decided) for anything
+    else, which unwrap_many then opens and refuses key by key."""
+    if not items:
+        return []
+    kek_id = items[0][0]
+    cipher = ring.ciphers.get(kek_id)
+    if cipher is None or not all(k == kek_id and len(w) >= _MIN_WRAPPED and w[0] == _WRAP_BYTE
+                                 for k, w, _ in items):
+        return None
+    decrypt, head = cipher.decrypt, _WRAP_AAD + kek_id.encode() + b"\x00"
+    try:
+        return [decrypt(w[1 : 1 + _NONCE], w[1 + _NONCE :], head + aad) for _, w, aad in items]
+    except InvalidTag:
+        return None
 
 
 def _wrap_aad(kid: str, aad: bytes) -> bytes:
@@ -379,6 +399,9 @@ class LocalKMS:
         heads: dict[str, tuple[Any, bytes]] = {}  # kek id -> (its AESGCM's decrypt, _wrap_aad's head)
         with self.unwrap_batch():
             ring = self._pinned.ring
+            opened = _open_one_kek(ring, items)
+            if opened is not None:
+                return opened
             for kek_id, wrapped, aad in items:
                 head = heads.get(kek_id)
                 if head is None:
