@@ -10,8 +10,8 @@ deployed (eventward._internal.deployment: Cedar policy, audit log, KeyService wi
 cache, seal verification, persisted replay guard, decryption) runs in a fresh process and
 reports its own peak RSS as it passes 1k, 10k, 100k, ... subjects: memory grows until the
 bounded caches (DEK LRU, dedup window) are full, then stays flat. Every key lookup misses the
-caches, so this is the consumer's key path at its worst: per read batch, one ``SELECT ... IN``,
-one unwrap per key and one ``key.unwrap`` audit record (counted from the audit log afterwards).
+caches, so this is the consumer's key path at its worst: per read batch, one key-store query per
+500 keys, one unwrap per key and one ``key.unwrap`` audit record (counted from the audit log afterwards).
 Rates are wall-clock; ``cpu_ratio`` compares the two processes' CPU times (getrusage), steadier
 on a machine other work shares.
 
