@@ -301,3 +301,78 @@ def test_bounds_at_their_edges_agree_with_the_reference(node):
             assert not compiled._tight(data)  # 1.0: left to the reference
             continue
         assert tight_accepts(compiled, data) == (ref is None), (node, value)
+
+
+@st.composite
+def swapped(draw: st.DrawFn, schema: dict) -> object:
+    """A value for a closed object with some declared keys swapped for as many undeclared ones:
+    the same size as a valid one (the tight validator checks closed objects by size and reads)."""
+    props = schema["properties"]
+    value = draw(st.fixed_dictionaries({k: values_for(v) for k, v in props.items()}))
+    gone = draw(st.lists(st.sampled_from(sorted(props)), unique=True, min_size=1)) if props else []
+    for i, k in enumerate(gone):
+        value[f"{k}-x{i}"] = value.pop(k)
+    return value
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_tight_never_accepts_a_closed_object_with_declared_keys_swapped_for_others(data):
+    root = data.draw(objects(3))
+    root["additionalProperties"] = False
+    if data.draw(st.booleans()):
+        root["required"] = sorted(root["properties"])  # every property required: the size check alone
+    compiled = compile_schema(root)
+    assert compiled._tight is not None
+    value = data.draw(swapped(compiled.tree))
+    if tight_accepts(compiled, value):
+        assert compiled.problem(value) is None, value
+    assert outcome(compiled, value) == reference(compiled, value)
+
+
+def _closed(props: dict, optional: tuple[str, ...] = ()) -> dict:
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "required": [k for k in props if k not in optional]}
+
+
+_S = {"type": "string", "maxLength": 40}
+_I = {"type": "integer", "minimum": 0, "maximum": 10**6}
+# The benchmark workload's shape (bench/workload.py): every object closed, some properties optional.
+CLOSED_ORDER = compile_schema(_closed({
+    "order_id": _S,
+    "customer": _closed({"id": _S, "name": _S, "phone": _S, "tier": _S,
+                         "address": _closed({"city": _S, "postcode": _S, "country": _S})},
+                        optional=("phone", "address", "tier")),
+    "items": {"type": "array", "items": _closed({"sku": _S, "quantity": _I, "note": _S}, optional=("note",))},
+    "totals": _closed({"subtotal": _I, "total": _I}),
+}))
+
+
+def closed_order() -> dict:
+    return {"order_id": "o-1",
+            "customer": {"id": "c-1", "name": "Jane", "phone": "+1", "tier": "gold",
+                         "address": {"city": "Lyon", "postcode": "69001", "country": "FR"}},
+            "items": [{"sku": "S-1", "quantity": 2, "note": "gift"}, {"sku": "S-2", "quantity": 1}],
+            "totals": {"subtotal": 3, "total": 3}}
+
+
+@pytest.mark.parametrize("where", ["data", "customer", "address", "item", "optional", "totals", "added"])
+def test_attack_a_closed_object_with_a_key_renamed_keeps_its_size_and_is_refused(where):
+    """Every object closed: one key renamed to an undeclared one leaves the object's size
+    unchanged (the tight validator checks closed objects by size and reads) and is refused."""
+    event = closed_order()
+    assert CLOSED_ORDER._tight(event) is True
+    target = {"data": event, "customer": event["customer"], "address": event["customer"]["address"],
+              "item": event["items"][1], "totals": event["totals"]}.get(where)
+    if where == "optional":  # an optional key renamed: the required ones all there
+        event["customer"]["tier_"] = event["customer"].pop("tier")
+    elif where == "added":  # every declared key there, and one more
+        event["totals"]["discount"] = 0
+    else:
+        name = next(iter(target))
+        target[name + "_"] = target.pop(name)
+    assert CLOSED_ORDER._tight(event) is False
+    with pytest.raises(ValidationError):
+        CLOSED_ORDER.validate(event)
+    with pytest.raises(ValidationError):
+        CLOSED_ORDER.validate_many([closed_order(), event])

@@ -59,10 +59,15 @@ def compile_tight(tree: Mapping[str, Any], patterns: Mapping[str, Matcher]) -> T
     outside the supported subset (or too deep to generate flat code for)."""
     gen = _Gen(patterns)
     try:
-        gen.node(tree, "data", 1, 0)
+        gen.node(tree, "data", 2, 0)
         if len(gen.lines) > _MAX_LINES:
             raise _Unsupported
-        src = "def tight(data):\n" + "\n".join(gen.lines) + "\n    return True\n"
+        # A closed object whose every property is required is checked by its size and by reading
+        # each property (Gen.object): a missing one raises KeyError, which is "undecided" here.
+        src = (
+            "def tight(data):\n    try:\n" + "\n".join(gen.lines)
+            + "\n    except KeyError:\n        return False\n    return True\n"
+        )
         namespace: dict[str, Any] = dict(gen.consts)
         exec(compile(src, "<eventward tight validator>", "exec"), namespace)  # noqa: S102 - generated from the normalized tree, names and values as constants only
     except (_Unsupported, SyntaxError, RecursionError, MemoryError):
@@ -194,12 +199,20 @@ class _Gen:
         if not all(type(k) is str for k in props) or not all(type(r) is str for r in required):
             raise _Unsupported
         keys = self.var()
-        self.emit(ind, f"{keys} = {v}.keys()")
         if not add and set(required) == set(props):
-            self.emit(ind, f"if {keys} != {self.const(frozenset(props))}:")
+            # keys == props, as its size and a read of each of them (below) that raises KeyError
+            # if one is missing (compile_tight: False): no key-set comparison per object.
+            self.emit(ind, f"if len({v}) != {len(props)}:")
             self.emit(ind + 1, "return False")
             required_set = set(props)
+        elif not add and set(required) <= set(props):
+            # keys == the required ones plus the optional ones present: each required one read
+            # (KeyError if missing), the optional ones counted as found, the total compared at the end.
+            self.emit(ind, f"{keys} = {len(set(required))}")
+            self.closed(s, props, set(required), v, keys, ind, loops)
+            return
         else:
+            self.emit(ind, f"{keys} = {v}.keys()")
             if required:
                 self.emit(ind, f"if not {keys} >= {self.const(frozenset(required))}:")
                 self.emit(ind + 1, "return False")
@@ -217,6 +230,25 @@ class _Gen:
                 self.emit(ind, f"if {self.const(name)} in {keys}:")
                 self.emit(ind + 1, f"{child} = {v}[{self.const(name)}]")
                 self.node(sub, child, ind + 1, loops)
+
+    def closed(
+        self, s: Mapping[str, Any], props: Mapping[str, Any], required: set[str], v: str, n: str, ind: int, loops: int
+    ) -> None:
+        """A closed object with optional properties: ``n`` counts the declared keys present, and
+        the object is valid only if that is all of its keys."""
+        self.bounds(f"len({v})", s.get("minProperties"), s.get("maxProperties"), ind)
+        for name, sub in props.items():
+            child = self.var()
+            if name in required:
+                self.emit(ind, f"{child} = {v}[{self.const(name)}]")
+                self.node(sub, child, ind, loops)
+            else:
+                self.emit(ind, f"if {self.const(name)} in {v}:")
+                self.emit(ind + 1, f"{n} += 1")
+                self.emit(ind + 1, f"{child} = {v}[{self.const(name)}]")
+                self.node(sub, child, ind + 1, loops)
+        self.emit(ind, f"if len({v}) != {n}:")
+        self.emit(ind + 1, "return False")
 
     def array(self, s: Mapping[str, Any], v: str, ind: int, loops: int) -> None:
         self.bounds(f"len({v})", s.get("minItems"), s.get("maxItems"), ind)
