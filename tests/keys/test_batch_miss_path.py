@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventward._internal.keys import service as service_mod
 from eventward._internal.keys import sqlite_store
-from eventward._internal.keys.dek import is_kid
+from eventward._internal.keys.dek import all_kids, is_kid
 from eventward._internal.keys.service import KeyServiceConfig
 from eventward.errors import AccessDenied, InputError, KeyDestroyed, KeyIntegrityError, KeyNotFound
 
@@ -61,7 +60,7 @@ def test_json_read_falls_back_for_kids_json_cannot_carry(svc):
 def test_a_store_without_json_each_reads_with_bound_values(home, svc, monkeypatch):
     """An SQLite built without JSON1 is detected at open and never asked for json_each."""
     (kid, _), = _keys(svc, 1)
-    assert service_mod._all_kids([kid])
+    assert all_kids([kid])
     monkeypatch.setattr(sqlite_store, "_has_json_each", lambda db: False)
     store = sqlite_store.SQLiteKeyStore(home.keys_db)
     try:
@@ -75,15 +74,15 @@ def test_a_store_without_json_each_reads_with_bound_values(home, svc, monkeypatc
 @given(st.lists(st.one_of(st.text(KID_ALPHABET, min_size=20, max_size=24), st.text(max_size=24),
                           st.sampled_from(["A" * 22 + "\n", "A" * 21 + "!", "A" * 22])), max_size=6))
 def test_batch_kid_check_never_passes_a_kid_is_kid_refuses(kids):
-    if service_mod._all_kids(kids):
+    if all_kids(kids):
         assert all(is_kid(k) for k in kids)
     if all(type(k) is str and len(k) == 22 and set(k) <= set(KID_ALPHABET) for k in kids):
-        assert service_mod._all_kids(kids)
+        assert all_kids(kids)
 
 
 def test_batch_kid_check_refuses_non_strings():
-    assert not service_mod._all_kids(["A" * 22, None])  # type: ignore[list-item]
-    assert not service_mod._all_kids([b"A" * 22])  # type: ignore[list-item]
+    assert not all_kids(["A" * 22, None])  # type: ignore[list-item]
+    assert not all_kids([b"A" * 22])  # type: ignore[list-item]
 
 
 def test_mixed_batch_outcomes_equal_the_per_key_outcomes(open_svc):

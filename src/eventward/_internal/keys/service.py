@@ -33,6 +33,7 @@ from eventward._internal.keys.dek import (
     AAD_V1,
     DEK_BYTES,
     WrappedRow,
+    all_kids,
     dek_aad,
     is_kid,
     new_kid,
@@ -1027,7 +1028,7 @@ class KeyService:
             except (InputError, AccessDenied) as e:
                 decisions[cls] = e
         kids = [it[0] for it in items]
-        if any(decisions.values()) or not _all_kids(kids):
+        if any(decisions.values()) or not all_kids(kids):
             todo: list[tuple[str, str, str | None]] = []
             for item in items:  # per key: a refused class or a malformed kid among them
                 kid, cls, _ = item
@@ -1568,23 +1569,6 @@ class KeyService:
         self._current.clear()
         with self._hashes_lock:
             self._hashes.clear()  # raw subject ids are not kept past a forget
-
-
-_KID_LEN = 22  # dek.new_kid: 16 random bytes in base64url, as dek.KID_RE
-_KID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"  # dek.KID_RE's alphabet
-
-
-def _all_kids(kids: list[str]) -> bool:
-    """Every one of ``kids`` is a well-formed kid (True means ``is_kid`` of each is True): the
-    batch joined, its lengths and alphabet checked at once (bytes.translate deleting the kid
-    alphabet leaves nothing) instead of one regex match per key. False (a non-string, a wrong
-    length or character anywhere) sends the batch through ``is_kid`` key by key."""
-    try:
-        joined = "".join(kids)
-    except TypeError:
-        return False
-    return (set(map(len, kids)) <= {_KID_LEN} and joined.isascii()
-            and not joined.encode().translate(None, _KID_CHARS))
 
 
 _FOUND = object()  # _absent's "the store has a row of this kid" (in another class)
