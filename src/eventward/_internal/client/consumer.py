@@ -64,7 +64,6 @@ from eventward.errors import (
 )
 
 log = logging.getLogger("eventward.consumer")
-_tuple_new = tuple.__new__  # a Delivered made in one allocation, as types.delivered_from_envelope does
 
 Handler = Callable[[Delivered], object]
 
@@ -308,9 +307,8 @@ class Consumer:
                 continue
             if ahead is not None and type(ahead[0]) is tuple and current(ahead[1]):  # type: ignore[misc]
                 clear, report = ahead[0]
-                event = _tuple_new(Delivered, (event_id, type_, env["source"], env.get("time", ""), [env, False],
-                                               clear, rec.stream, offset, producer, seq, rec.batch, sealed_at,
-                                               True, report))
+                event = delivered_from_envelope(env, clear, rec.stream, offset, producer, seq, rec.batch, sealed_at,
+                                                report)
             else:
                 try:
                     event = self._decrypt_with(rec, s, env, ahead)
@@ -424,49 +422,17 @@ class Consumer:
 
     def _predecrypt(self, seals: Sequence[Any], envs: Sequence[dict[str, Any] | None]) -> None:
         """Decrypt the batch's sealed events ahead, in one ``decrypt_many`` per event type and
-        schema version, from the read batch's key memo only (no key-source call, so nothing is
-        asked or audited for an event that is then not decrypted). Each event still goes through
-        every check in order; where it reaches ``_decrypt`` it takes its outcome from here when
-        the memo it came from is still current, and otherwise decrypts as before. Only events
-        whose seal verified are decrypted: unverified data never reaches a cipher."""
+        schema version (the groups ``_want_batch`` made as the keys were collected), from the read
+        batch's key memo only (no key-source call, so nothing is asked or audited for an event
+        that is then not decrypted). Each event still goes through every check in order; where it
+        reaches decryption it takes its outcome from here when the memo it came from is still
+        current, and otherwise decrypts as before. Only events whose seal verified are
+        decrypted: unverified data never reaches a cipher."""
         self._pre = None
+        groups, self._groups = self._groups, None
         many = getattr(self._encryptor, "decrypt_many", None)
-        made, self._groups = self._groups, None
-        if many is None:
+        if many is None or groups is None:  # an encryptor without want_keys: each event on its own
             return
-        if made is not None:  # grouped as the keys were collected: only events whose seal verified
-            self._predecrypt_groups(many, made, seals, envs)
-            return
-        groups: dict[tuple[str, int], tuple[Any, list[dict[str, Any]], list[tuple[Any, Any, Any]]]] = {}
-        versions, types = self._versions, self.types
-        for s, env in zip(seals, envs, strict=True):
-            if env is None or type(s) is not Seal:
-                continue
-            type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
-            if type(version) is not int or type(data) is not dict or (types is not None and type_ not in types):
-                continue
-            group = groups.get((type_, version))
-            if group is None:
-                schema = versions.get((type_, version))  # resolved by _key_event; never fetched here
-                if schema is None or not schema.spec.rules:
-                    continue
-                group = groups[type_, version] = (schema.spec, [], [])
-            group[1].append(env)
-            group[2].append((env["id"], data, env.get(envelope.EXT_SUBJECT)))
-        pre: dict[int, tuple[Any, Any]] = {}
-        for (type_, _), (spec, group_envs, items) in groups.items():
-            outcomes, stamp = many(items, spec, principal=self.principal, uncleared=self._uncleared,
-                                   topic=self.topic, event_type=type_)
-            if stamp is not None:
-                for env, outcome in zip(group_envs, outcomes, strict=True):
-                    if outcome is not None:
-                        pre[id(env)] = (outcome, stamp)
-        self._pre = pre or None
-
-    def _predecrypt_groups(self, many: Callable[..., Any], groups: dict[tuple[str, int], _Group | None],
-                           seals: Sequence[Any], envs: Sequence[dict[str, Any] | None]) -> None:
-        """``_predecrypt`` of the groups ``_want_batch`` made, less any event whose seal did not
-        verify."""
         unverified = {i for i, s in enumerate(seals) if type(s) is not Seal}
         pre: dict[int, tuple[Any, Any]] = {}
         for (type_, _), group in groups.items():
