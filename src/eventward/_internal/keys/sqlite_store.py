@@ -272,11 +272,11 @@ class SQLiteKeyStore:
         with self._lock, self._errors("read keys"):
             for i in range(0, len(todo), _IN_CHUNK):
                 chunk = todo[i : i + _IN_CHUNK]
-                try:
-                    if not self._json:
-                        raise TypeError
-                    found = self._db.execute(_SELECT_WRAPPED_JSON, (orjson.dumps(chunk).decode(),)).fetchall()
-                except TypeError:  # not all text (orjson refuses lone surrogates too), or no JSON1
+                found = None
+                if self._json:  # not all text (orjson refuses lone surrogates too): bound values below
+                    with contextlib.suppress(orjson.JSONEncodeError):
+                        found = self._db.execute(_SELECT_WRAPPED_JSON, (orjson.dumps(chunk).decode(),)).fetchall()
+                if found is None:  # no JSON1, or kids the JSON array cannot carry: bound values
                     chunk = [k for k in chunk if type(k) is not str or _utf8(k)]  # others name no row
                     sql = f"{_SELECT_WRAPPED} WHERE kid IN ({','.join('?' * len(chunk))})"
                     found = self._db.execute(sql, chunk).fetchall()
