@@ -221,13 +221,22 @@ class _Gen:
                 self.emit(ind + 1, "return False")
             required_set = set(required)
         self.bounds(f"len({v})", s.get("minProperties"), s.get("maxProperties"), ind)
+        self.properties(props, required_set, v, keys, None, ind, loops)
+
+    def properties(
+        self, props: Mapping[str, Any], required: set[str], v: str, keys: str, count: str | None, ind: int, loops: int
+    ) -> None:
+        """Each declared property's check: a required one read outright, an optional one when
+        present in ``keys`` (and counted in ``count``, if given)."""
         for name, sub in props.items():
             child = self.var()
-            if name in required_set:
+            if name in required:
                 self.emit(ind, f"{child} = {v}[{self.const(name)}]")
                 self.node(sub, child, ind, loops)
             else:
                 self.emit(ind, f"if {self.const(name)} in {keys}:")
+                if count is not None:
+                    self.emit(ind + 1, f"{count} += 1")
                 self.emit(ind + 1, f"{child} = {v}[{self.const(name)}]")
                 self.node(sub, child, ind + 1, loops)
 
@@ -237,16 +246,7 @@ class _Gen:
         """A closed object with optional properties: ``n`` counts the declared keys present, and
         the object is valid only if that is all of its keys."""
         self.bounds(f"len({v})", s.get("minProperties"), s.get("maxProperties"), ind)
-        for name, sub in props.items():
-            child = self.var()
-            if name in required:
-                self.emit(ind, f"{child} = {v}[{self.const(name)}]")
-                self.node(sub, child, ind, loops)
-            else:
-                self.emit(ind, f"if {self.const(name)} in {v}:")
-                self.emit(ind + 1, f"{n} += 1")
-                self.emit(ind + 1, f"{child} = {v}[{self.const(name)}]")
-                self.node(sub, child, ind + 1, loops)
+        self.properties(props, required, v, v, n, ind, loops)
         self.emit(ind, f"if len({v}) != {n}:")
         self.emit(ind + 1, "return False")
 
