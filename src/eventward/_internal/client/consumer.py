@@ -36,6 +36,7 @@ from eventward._internal.audit.base import DENIED, ERROR, AuditSink, NullAudit
 from eventward._internal.client import replay as rp
 from eventward._internal.client.dlq import DeadLetter, DeadLetters
 from eventward._internal.client.envelopes import parse_sealed
+from eventward._internal.client.gcpause import BatchPause
 from eventward._internal.client.replay import ReplayGuard
 from eventward._internal.client.types import (
     Delivered,
@@ -239,11 +240,11 @@ class Consumer:
         records = self._transport.read(stream, pos, self._read_batch)
         if not records:
             return False
-        with self.delivery_batch(), self._reading_batch(records) as envs:
+        with BatchPause() as pause, self.delivery_batch(), self._reading_batch(records) as envs:
             seals = self._verifier.verify_records(records)
             self._predecrypt(seals, envs)
             try:
-                pos = self._deliver(stream, pos, records, seals, envs, handler, stats, max_events)
+                pos = self._deliver(stream, pos, records, seals, envs, handler, stats, max_events, pause)
             finally:
                 self._pre = None
         self._commit(stream, pos)
@@ -251,7 +252,7 @@ class Consumer:
 
     def _deliver(self, stream: str, pos: int, records: Sequence[Record], seals: Sequence[Any],
                  envs: list[dict[str, Any] | None], handler: Handler, stats: RunStats,
-                 max_events: int | None) -> int:
+                 max_events: int | None, pause: BatchPause | None = None) -> int:
         """Each record of a read batch in order; returns the position after the last one handled.
 
         The ordinary live event runs start to finish here: its seal's producer, sequence number
@@ -263,7 +264,8 @@ class Consumer:
         before anything is done for it, and is judged there as a record on its own.
 
         Each event's envelope is dropped from the batch once handled (and its outcome ahead
-        with it), so fewer of the batch's objects outlive a collection of the young objects."""
+        with it). ``pause`` (the batch's paused collector) is checked every 32 events, so a
+        slow handler resumes the collector after ``gcpause.MAX_PAUSE_S``."""
         guard = self._guard
         is_next = guard.is_next if self._plain_guard else None
         settle_next = guard.settle_next
@@ -278,6 +280,8 @@ class Consumer:
         for i, rec in enumerate(records):
             if max_events is not None and stats.delivered >= max_events:
                 break
+            if not i & 31 and pause is not None:
+                pause.check()
             offset = rec.offset
             if offset != pos:
                 self._report_offset_gap(stream, pos, offset, stats)

@@ -26,6 +26,7 @@ import orjson
 from eventward._internal import envelope
 from eventward._internal.audit.base import DENIED, AuditSink, NullAudit
 from eventward._internal.client.envelopes import EnvelopeBuilder
+from eventward._internal.client.gcpause import BatchPause
 from eventward._internal.client.types import FieldCipher, SchemaSource
 from eventward._internal.crypto import seal as sealing
 from eventward._internal.crypto.seal import Signer
@@ -75,6 +76,7 @@ _CORE_ATTRIBUTES = frozenset(
 
 
 _TYPES_TEXT = 256  # an audit meta string's limit (audit.records.MAX_TEXT)
+_PAUSE_MAX_EVENTS = 4096  # send_many calls up to this size run with the collector paused (gcpause)
 _ROUTES = 4096  # data subjects whose partition a producer remembers (then it forgets them all)
 
 
@@ -279,13 +281,22 @@ class Producer:
         envelopes are built and encoded under one lock acquisition. What is buffered is sealed
         and appended in batches of at most ``max_batch`` once a batch is full, as with ``send``;
         if the log is down, the sealed batch waits and the rest stays buffered (bounded by the
-        caller's input) until the next flush."""
+        caller's input) until the next flush.
+
+        A call of at most ``_PAUSE_MAX_EVENTS`` events runs with the cyclic collector paused
+        (``gcpause``): its copies die by reference count instead of being promoted."""
+        events = list(events)
+        if len(events) > _PAUSE_MAX_EVENTS:
+            return self._send_many(type_, events, source)
+        with BatchPause():
+            return self._send_many(type_, events, source)
+
+    def _send_many(self, type_: str, events: list[Any], source: str | None) -> list[str]:
         if any(ln.pending is not None and len(ln.buffer) >= self._max_batch for ln in self._lanes):
             self.flush()
         self._authorize(type_)
         schema = self._schemas.active(type_)
         spec, principal, topic = schema.spec, self.principal, self.topic
-        events = list(events)
         validate_many = getattr(schema, "validate_many", None)  # the call's loop in the schema, lookups hoisted
         if validate_many is not None:
             validate_many(events)
