@@ -212,12 +212,15 @@ class EmbeddedLog:
         except sqlite3.OperationalError as e:
             raise TransportUnavailable(f"read from {stream}: {e.sqlite_errorname}") from None
         out = []
+        new, none = tuple.__new__, ("", b"")  # Record's fields in one allocation (its __new__ is Python code)
         for off, bid, idx, data in rows:
             if type(off) is not int:  # a row written behind our back, which no offset can name
                 raise TransportError(f"read from {stream}: a stored event has no integer offset (corrupted log)")
-            batch_id, seal = seals.get(bid, ("", b"")) if type(bid) is int else ("", b"")
+            batch_id, seal = seals.get(bid, none) if type(bid) is int else none
             # a non-integer index is in no seal: verification refuses the event instead of crashing
-            out.append(Record(stream, off, _blob(data), str(batch_id), idx if type(idx) is int else -1, _blob(seal)))
+            out.append(new(Record, (stream, off, data if type(data) is bytes else _blob(data),
+                                    batch_id if type(batch_id) is str else str(batch_id),
+                                    idx if type(idx) is int else -1, seal if type(seal) is bytes else _blob(seal))))
         return out
 
     # --- consumer groups -------------------------------------------------------------------
