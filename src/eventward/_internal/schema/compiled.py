@@ -25,11 +25,13 @@ from eventward._internal.fieldspec import FieldSpec
 from eventward._internal.schema import avro_schema, json_schema
 from eventward._internal.schema.avro_validate import compile_avro
 from eventward._internal.schema.document import check_format, fingerprint, load
+from eventward._internal.schema.json_tight import BatchTight
 from eventward._internal.schema.json_validate import compile_json
 from eventward._internal.schema.tags import avro_spec, json_spec
 from eventward.errors import ValidationError
 
 _CACHE_SIZE = 64
+_SETTLE_BYTES = 1 << 20  # validate_many checks its collected strings at least every MiB of events
 _dumps = orjson.dumps
 _NULL = b"null"  # how orjson writes NaN and ±Infinity: only data containing it can hold one
 _cache: OrderedDict[str, CompiledSchema] = OrderedDict()
@@ -50,6 +52,8 @@ class CompiledSchema:
     _fast: Callable[[Any], Any] | None = field(default=None, repr=False)
     # Optional hotter path (json_tight.py): True only for data it checked completely, else undecided.
     _tight: Callable[[Any], bool] | None = field(default=None, repr=False)
+    # Its form for validate_many (json_tight.BatchTight): string checks deferred and batched.
+    _batch: BatchTight | None = field(default=None, repr=False)
 
     def validate(self, data: Any) -> None:
         """Raise ValidationError (path and rule, never the value) unless ``data`` is valid."""
@@ -81,6 +85,9 @@ class CompiledSchema:
         a producer's ``send_many``, with the per-call lookups hoisted out of the loop. An event the
         tight validator does not accept outright takes ``validate`` itself (same verdict, same
         error)."""
+        if self._batch is not None and self._fast is not None:
+            self._validate_batched(events, self._batch)
+            return
         tight, limit, dumps, null = self._tight, self.max_event_bytes, _dumps, _NULL
         if tight is None or self._fast is None:
             for data in events:
@@ -94,6 +101,52 @@ class CompiledSchema:
                 continue
             if len(raw) > limit or (null in raw and _has_non_finite(data)) or not tight(data):
                 self.validate(data)
+
+    def _validate_batched(self, events: Iterable[Any], batch: BatchTight) -> None:
+        """``validate_many`` with the string checks batched (batch.py): each event is checked
+        structurally by the collector ``batch.make`` returns, which collects its pattern and format strings; the
+        collected strings are checked together before an event the collector does not accept
+        is validated on its own, every MiB of events, and at the end. When a batch check fails,
+        the events it covered are validated one by one, so the first invalid event raises its
+        own error, as in ``validate``."""
+        events = events if isinstance(events, list | tuple) else list(events)
+        checks, limit, dumps, null = batch.checks, self.max_event_bytes, _dumps, _NULL
+        buckets: list[list[str]] = [[] for _ in checks]
+        collect = batch.make(*[b.append for b in buckets])
+        start = pending = 0
+        for i, data in enumerate(events):
+            try:
+                raw = dumps(data)
+            except TypeError:  # orjson.JSONEncodeError: validate() words it
+                raw = None
+            if (
+                raw is not None
+                and len(raw) <= limit
+                and (null not in raw or not _has_non_finite(data))
+                and collect(data)
+            ):
+                pending += len(raw)
+                if pending >= _SETTLE_BYTES:
+                    self._settle(events, start, i + 1, checks, buckets)
+                    start, pending = i + 1, 0
+                continue
+            self._settle(events, start, i, checks, buckets)  # earlier events first: their errors come first
+            self.validate(data)
+            start, pending = i + 1, 0
+        self._settle(events, start, len(events), checks, buckets)
+
+    def _settle(
+        self, events: list[Any] | tuple[Any, ...], start: int, end: int, checks: tuple[Any, ...],
+        buckets: list[list[str]],
+    ) -> None:
+        """Run the batch checks on the strings collected from ``events[start:end]`` (and
+        perhaps a part of ``events[end]``'s, which can only send them to the slow path) and
+        empty the buckets; if a check fails, ``validate`` each of those events."""
+        if start < end and not all(check(b) for check, b in zip(checks, buckets, strict=True)):
+            for data in events[start:end]:
+                self.validate(data)
+        for b in buckets:
+            b.clear()
 
     def problem(self, data: Any) -> ValidationError | None:
         """The ValidationError ``validate`` would raise, or None."""
@@ -201,7 +254,8 @@ def compile_without_strict_defaults(document: Mapping[str, Any]) -> CompiledSche
     fp = "conformance:" + fingerprint("json", parsed)
     spec = json_spec(norm.tree)
     return CompiledSchema(
-        "json", fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast, check.tight
+        "json", fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast, check.tight,
+        check.batch,
     )
 
 
@@ -209,7 +263,7 @@ def _replace_raw(hit: CompiledSchema, raw: bytes, parsed: dict[str, Any]) -> Com
     """Same schema, different formatting: share the compiled parts, keep the caller's bytes."""
     return CompiledSchema(
         hit.fmt, hit.fingerprint, raw, parsed, hit.tree, hit.spec, hit.max_event_bytes, hit._check, hit._fast,
-        hit._tight,
+        hit._tight, hit._batch,
     )
 
 
@@ -219,7 +273,8 @@ def _compile(fmt: str, fp: str, raw: bytes, parsed: dict[str, Any]) -> CompiledS
         spec = json_spec(norm.tree)
         check = compile_json(norm)
         return CompiledSchema(
-            fmt, fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast, check.tight
+            fmt, fp, raw, parsed, norm.tree, spec, norm.max_event_bytes, check, check.fast, check.tight,
+            check.batch,
         )
     anorm = avro_schema.normalize(parsed)
     spec = avro_spec(anorm.tree)

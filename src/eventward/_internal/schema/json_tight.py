@@ -17,13 +17,19 @@ differentially (tests/schema/test_schema_tight.py, and the JSON Schema test suit
 tests/conformance runs through it). Anything outside the subset (``multipleOf``,
 ``uniqueItems``, ``patternProperties``, an ``additionalProperties`` schema, non-string enums,
 deep nesting) gives no tight validator at all: fastjsonschema alone, as before.
+
+``compile_batch`` generates the same code for ``validate_many`` with the pattern and format
+checks batch.py can run over many strings at once collected instead of called, one bucket per
+distinct pattern or format wherever it appears (nested objects and arrays included).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from eventward._internal.schema.batch import BatchCheck, format_batch, pattern_batch
 from eventward._internal.schema.formats import FORMATS
 from eventward._internal.schema.regex import Matcher
 
@@ -57,31 +63,81 @@ class _Unsupported(Exception):
 def compile_tight(tree: Mapping[str, Any], patterns: Mapping[str, Matcher]) -> Tight | None:
     """A function returning True only for data valid under ``tree``, or None when the tree is
     outside the supported subset (or too deep to generate flat code for)."""
-    gen = _Gen(patterns)
-    try:
-        gen.node(tree, "data", 2, 0)
-        if len(gen.lines) > _MAX_LINES:
-            raise _Unsupported
-        # A closed object whose every property is required is checked by its size and by reading
-        # each property (Gen.object): a missing one raises KeyError, which is "undecided" here.
-        src = (
-            "def tight(data):\n    try:\n" + "\n".join(gen.lines)
-            + "\n    except KeyError:\n        return False\n    return True\n"
-        )
-        namespace: dict[str, Any] = dict(gen.consts)
-        exec(compile(src, "<eventward tight validator>", "exec"), namespace)  # noqa: S102 - generated from the normalized tree, names and values as constants only
-    except (_Unsupported, SyntaxError, RecursionError, MemoryError):
+    return _Gen(patterns).generate(tree)
+
+
+@dataclass(frozen=True)
+class BatchTight:
+    """The tight validator for many events (``validate_many``), its string checks deferred.
+
+    ``make(*appends)`` returns the tight validator with each batchable pattern or format check
+    (batch.py) replaced by ``appends[i](value)`` (a closure: one per call of validate_many, so
+    threads never share buckets): True means the data is valid as far as the checks made
+    inline go, provided every string collected for bucket ``i`` passes ``checks[i]``.
+    ``checks[i](values)`` is True only if each value passes the reference check."""
+
+    make: Callable[..., Tight]
+    checks: tuple[BatchCheck, ...]
+
+
+def compile_batch(tree: Mapping[str, Any], patterns: Mapping[str, Matcher]) -> BatchTight | None:
+    """The batch form of ``compile_tight``, or None when there is no tight validator or no
+    string check to defer (the per-event tight validator is then as good)."""
+    gen = _Gen(patterns, batch=True)
+    fn = gen.generate(tree)
+    if fn is None or not gen.checks:
         return None
-    fn: Tight = namespace["tight"]
-    return fn
+    return BatchTight(fn, tuple(gen.checks))
 
 
 class _Gen:
-    def __init__(self, patterns: Mapping[str, Matcher]) -> None:
+    def __init__(self, patterns: Mapping[str, Matcher], *, batch: bool = False) -> None:
         self.patterns = patterns
         self.lines: list[str] = []
         self.consts: dict[str, Any] = {}
         self.n = 0
+        self.batch = batch
+        self.buckets: dict[tuple[str, str], str | None] = {}  # (keyword, value) -> its append's name
+        self.checks: list[BatchCheck] = []
+
+    def generate(self, tree: Mapping[str, Any]) -> Callable[..., Any] | None:
+        """The tight validator (or, in batch mode, the function making it from the appends)."""
+        try:
+            self.node(tree, "data", 2, 0)
+            if len(self.lines) > _MAX_LINES:
+                raise _Unsupported
+            # A closed object whose every property is required is checked by its size and by reading
+            # each property (Gen.object): a missing one raises KeyError, which is "undecided" here.
+            src = (
+                "def tight(data):\n    try:\n" + "\n".join(self.lines)
+                + "\n    except KeyError:\n        return False\n    return True\n"
+            )
+            if self.batch:  # the appends as the closure's free variables (faster than arguments)
+                params = ", ".join(f"_a{i}" for i in range(len(self.checks)))
+                body = "".join(f"    {line}\n" for line in src.splitlines())
+                src = f"def make({params}):\n{body}    return tight\n"
+            namespace: dict[str, Any] = dict(self.consts)
+            exec(compile(src, "<eventward tight validator>", "exec"), namespace)  # noqa: S102 - generated from the normalized tree, names and values as constants only
+        except (_Unsupported, SyntaxError, RecursionError, MemoryError):
+            return None
+        fn: Callable[..., Any] = namespace["make" if self.batch else "tight"]
+        return fn
+
+    def deferred(self, key: tuple[str, str], make: Callable[[], BatchCheck | None], v: str, ind: int) -> bool:
+        """In batch mode, code collecting ``v`` for the batch check of ``key`` (True), or
+        nothing (False: the caller checks ``v`` inline)."""
+        if not self.batch:
+            return False
+        if key not in self.buckets:
+            check = make()
+            self.buckets[key] = None if check is None else f"_a{len(self.checks)}"
+            if check is not None:
+                self.checks.append(check)
+        append = self.buckets[key]
+        if append is None:
+            return False
+        self.emit(ind, f"{append}({v})")
+        return True
 
     def const(self, value: Any) -> str:
         """A constant of the generated code: bound by name, never written into its source."""
@@ -152,17 +208,21 @@ class _Gen:
     def string(self, s: Mapping[str, Any], v: str, ind: int) -> None:
         self.bounds(f"len({v})", s.get("minLength"), s.get("maxLength"), ind)
         if "pattern" in s:
-            matcher = self.patterns.get(s["pattern"])
+            pattern = s["pattern"]
+            matcher = self.patterns.get(pattern)
             if matcher is None:
                 raise _Unsupported  # never a pattern without its linear-time twin
-            self.emit(ind, f"if not {self.const(matcher.search)}({v}):")
-            self.emit(ind + 1, "return False")
+            if not self.deferred(("pattern", pattern), lambda: pattern_batch(pattern, matcher), v, ind):
+                self.emit(ind, f"if not {self.const(matcher.search)}({v}):")
+                self.emit(ind + 1, "return False")
         if "format" in s:
-            check = FORMATS.get(s["format"])
+            name = s["format"]
+            check = FORMATS.get(name)
             if check is None:
                 raise _Unsupported
-            self.emit(ind, f"if not {self.const(check)}({v}):")
-            self.emit(ind + 1, "return False")
+            if not self.deferred(("format", name), lambda: format_batch(name), v, ind):
+                self.emit(ind, f"if not {self.const(check)}({v}):")
+                self.emit(ind + 1, "return False")
 
     def bounds(self, x: str, lo: Any, hi: Any, ind: int) -> None:
         """Code returning False unless ``lo <= x <= hi`` (either bound may be None): counts,

@@ -24,7 +24,7 @@ from fastjsonschema import JsonSchemaValueException
 
 from eventward._internal.schema.formats import FORMATS
 from eventward._internal.schema.json_schema import DRAFT_07, NormalizedJson
-from eventward._internal.schema.json_tight import Tight, compile_tight
+from eventward._internal.schema.json_tight import BatchTight, Tight, compile_batch, compile_tight
 from eventward.errors import ConfigError, SchemaError, ValidationError
 
 _NAME_PART = re.compile(r"\[(\d+)\]|\.([^.\[]+)")
@@ -41,6 +41,7 @@ def compile_json(norm: NormalizedJson) -> JsonCheck:
     """
     check = JsonCheck(_compile(norm, detailed=False), _compile(norm, detailed=True), norm.names)
     check.tight = compile_tight(norm.tree, norm.patterns)
+    check.batch = None if check.tight is None else compile_batch(norm.tree, norm.patterns)
     return check
 
 
@@ -49,10 +50,11 @@ class JsonCheck:
     ``fast`` is the lean generated function itself, for callers that want no wrapper at all:
     it returns for valid data and raises a ValueError (JsonSchemaValueException) otherwise.
     ``tight`` (json_tight.py, None outside its subset) answers True only for data it checked
-    completely; False means undecided, and ``fast`` decides. Calling the check never uses it:
-    ``problem()`` stays the reference the hot path is tested against."""
+    completely; False means undecided, and ``fast`` decides. ``batch`` is its form for many
+    events (json_tight.BatchTight). Calling the check never uses either: ``problem()`` stays
+    the reference the hot paths are tested against."""
 
-    __slots__ = ("_detailed", "_names", "fast", "tight")
+    __slots__ = ("_detailed", "_names", "batch", "fast", "tight")
 
     def __init__(
         self, fast: Callable[[Any], Any], detailed: Callable[[Any], Any], names: frozenset[str]
@@ -61,6 +63,7 @@ class JsonCheck:
         self._detailed = detailed
         self._names = names
         self.tight: Tight | None = None
+        self.batch: BatchTight | None = None
 
     def __repr__(self) -> str:
         return "JsonCheck()"
