@@ -108,9 +108,10 @@ class CompiledSchema:
         collected strings are checked together before an event the collector does not accept
         is validated on its own, every MiB of events, and at the end. When a batch check fails,
         the events it covered are validated one by one, so the first invalid event raises its
-        own error, as in ``validate``."""
+        own error, as in ``validate``. When ``batch.finite``, the collector's exact types stand
+        in for the search for NaN and ±Infinity (json_tight.BatchTight)."""
         events = events if isinstance(events, list | tuple) else list(events)
-        checks, limit, dumps, null = batch.checks, self.max_event_bytes, _dumps, _NULL
+        checks, limit, dumps, null, finite = batch.checks, self.max_event_bytes, _dumps, _NULL, batch.finite
         buckets: list[list[str]] = [[] for _ in checks]
         collect = batch.make(*[b.append for b in buckets])
         start = pending = 0
@@ -122,7 +123,7 @@ class CompiledSchema:
             if (
                 raw is not None
                 and len(raw) <= limit
-                and (null not in raw or not _has_non_finite(data))
+                and (finite or null not in raw or not _has_non_finite(data))  # finite: collect() checks
                 and collect(data)
             ):
                 pending += len(raw)

@@ -25,6 +25,7 @@ distinct pattern or format wherever it appears (nested objects and arrays includ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,9 @@ class BatchTight:
 
     make: Callable[..., Tight]
     checks: tuple[BatchCheck, ...]
+    # The collector looks at every value, with exact types, and refuses a non-finite "number":
+    # data it accepts holds no NaN or ±Infinity, so the caller need not search for them.
+    finite: bool
 
 
 def compile_batch(tree: Mapping[str, Any], patterns: Mapping[str, Matcher]) -> BatchTight | None:
@@ -87,7 +91,7 @@ def compile_batch(tree: Mapping[str, Any], patterns: Mapping[str, Matcher]) -> B
     fn = gen.generate(tree)
     if fn is None or not gen.checks:
         return None
-    return BatchTight(fn, tuple(gen.checks))
+    return BatchTight(fn, tuple(gen.checks), not gen.open)
 
 
 class _Gen:
@@ -99,6 +103,9 @@ class _Gen:
         self.batch = batch
         self.buckets: dict[tuple[str, str], str | None] = {}  # (keyword, value) -> its append's name
         self.checks: list[BatchCheck] = []
+        # Whether accepted data may hold values the code never looked at (open objects, arrays
+        # without items); if not, the batch collector proves the data holds no NaN or ±Infinity.
+        self.open = False
 
     def generate(self, tree: Mapping[str, Any]) -> Callable[..., Any] | None:
         """The tight validator (or, in batch mode, the function making it from the appends)."""
@@ -200,6 +207,10 @@ class _Gen:
             self.string(s, v, ind)
         elif t in ("integer", "number"):
             self.number(s, v, ind)
+            if t == "number" and self.batch:  # NaN and ±Infinity pass every bound comparison
+                inf = self.const(math.inf)
+                self.emit(ind, f"if not -{inf} < {v} < {inf}:")
+                self.emit(ind + 1, "return False")
         elif t == "object":
             self.object(s, v, ind, loops)
         elif t == "array":
@@ -256,6 +267,7 @@ class _Gen:
         add = s.get("additionalProperties", True)
         if not isinstance(props, Mapping) or not isinstance(required, list) or type(add) is not bool:
             raise _Unsupported  # an additionalProperties schema: left to fastjsonschema
+        self.open = self.open or add  # values under undeclared keys are not looked at
         if not all(type(k) is str for k in props) or not all(type(r) is str for r in required):
             raise _Unsupported
         keys = self.var()
@@ -314,6 +326,7 @@ class _Gen:
         self.bounds(f"len({v})", s.get("minItems"), s.get("maxItems"), ind)
         items = s.get("items")
         if items is None:
+            self.open = True  # items are not looked at
             return
         if loops + 1 > _MAX_LOOPS:
             raise _Unsupported
