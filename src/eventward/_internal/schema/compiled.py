@@ -104,12 +104,12 @@ class CompiledSchema:
 
     def _validate_batched(self, events: Iterable[Any], batch: BatchTight) -> None:
         """``validate_many`` with the string checks batched (batch.py): each event is checked
-        structurally by the collector ``batch.make`` returns, which collects its pattern and format strings; the
-        collected strings are checked together before an event the collector does not accept
-        is validated on its own, every MiB of events, and at the end. When a batch check fails,
-        the events it covered are validated one by one, so the first invalid event raises its
-        own error, as in ``validate``. When ``batch.finite``, the collector's exact types stand
-        in for the search for NaN and ±Infinity (json_tight.BatchTight)."""
+        structurally by the collector ``batch.make`` returns, which collects its pattern and
+        format strings; the collected strings are checked together before an event the
+        collector does not accept is validated on its own, every MiB of events, and at the end.
+        When a batch check fails, the events it covered are validated one by one, so the first
+        invalid event raises its own error, as in ``validate``. When ``batch.finite``, the
+        collector's exact types stand in for the search for NaN and ±Infinity."""
         events = events if isinstance(events, list | tuple) else list(events)
         checks, limit, dumps, null, finite = batch.checks, self.max_event_bytes, _dumps, _NULL, batch.finite
         buckets: list[list[str]] = [[] for _ in checks]
