@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from itertools import repeat
+from operator import add
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -149,9 +151,15 @@ class DekCache:
 
     def get_many(self, keys: Iterable[str]) -> list[tuple[str, bytes | None] | None]:
         """``get`` of each key under one lock and one clock reading (a read batch's keys)."""
+        if not isinstance(keys, (list, tuple)):
+            keys = list(keys)
         out: list[tuple[str, bytes | None] | None] = []
         with self._lock:
             self._expire(self._clock())
+            if self._young.keys().isdisjoint(keys) and self._old.keys().isdisjoint(keys):
+                # nothing cached (a consumer of many subjects): two set tests, no loop per key
+                self.misses += len(keys)
+                return [None] * len(keys)
             young, old, classes, hits = self._young.get, self._old.get, self._classes, 0
             for key in keys:
                 v = young(key) or old(key)
@@ -188,6 +196,25 @@ class DekCache:
                     self._young_until = now + self.ttl
                 self._old.pop(key, None)  # one entry per kid: the newer one
                 young[key] = slot + dek if dek is not None else slot
+
+    def put_class(self, cls: str, keys: Sequence[str], deks: Sequence[bytes]) -> None:
+        """``put_many`` of ``keys`` of one class with their DEKs (a read batch's unwraps): one
+        dict update instead of a loop when they fit in the young generation and none is in the
+        old one (so the loop would roll no generation and drop no older entry); else put_many."""
+        if self.max_entries <= 0 or self.ttl <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            young, slot = self._young, self._slots.get(cls)
+            if slot is not None and len(young) + len(keys) <= self._half and (
+                not self._old or self._old.keys().isdisjoint(keys)
+            ):
+                if not young:
+                    self._young_until = now + self.ttl
+                young.update(zip(keys, map(add, repeat(slot), deks), strict=True))
+                return
+        self.put_many(zip(keys, zip(repeat(cls), deks), strict=True))
 
     def _slot(self, cls: str) -> bytes | None:
         if len(self._classes) >= _NO_CLASS:

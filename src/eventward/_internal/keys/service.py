@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 
@@ -32,12 +33,14 @@ from eventward._internal.keys.dek import (
     AAD_CURRENT,
     AAD_V1,
     DEK_BYTES,
+    WRAPPED_COLUMNS,
     WrappedRow,
     all_kids,
     dek_aad,
     is_kid,
     new_kid,
     row_aad,
+    rows_aad,
     uses_tag_input,
 )
 from eventward._internal.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT, parse_kek_id
@@ -1100,22 +1103,26 @@ class KeyService:
         tampered store) is refused as KeyIntegrityError, like a wrapped key that fails to open."""
         fresh: list[tuple[str, tuple[str, bytes | None]]] = []
         try:
-            found: list[tuple[str, str, WrappedRow]] = []
-            for kid, cls, shash in misses:
-                row = rows.get(kid)
-                if row is None or row[1] != cls:
-                    try:  # raises; its refusal is audited there
-                        self._absent(kid, cls, shash, None if row is None else _FOUND, principal)
-                    except (KeyDestroyed, KeyNotFound) as e:
-                        out[kid, cls] = e
-                    continue
-                found.append((kid, cls, row))
-            items = _unwrap_items(found)
+            batch = _batch_items(misses, rows)
+            if batch is not None:  # every row found, of its class, the AADs packed at once
+                found, items = batch
+            else:
+                found = []
+                for kid, cls, shash in misses:
+                    row = rows.get(kid)
+                    if row is None or row[1] != cls:
+                        try:  # raises; its refusal is audited there
+                            self._absent(kid, cls, shash, None if row is None else _FOUND, principal)
+                        except (KeyDestroyed, KeyNotFound) as e:
+                            out[kid, cls] = e
+                        continue
+                    found.append((kid, cls, row))
+                items = _unwrap_items(found)
             many = getattr(self.kms, "unwrap_many", None)  # LocalKMS, PKCS#11: one call for the batch
             opened: list[bytes | EventwardError] | None = None
-            if many is not None and items and all(type(it) is tuple for it in items):
+            if many is not None and items and (batch is not None or all(type(it) is tuple for it in items)):
                 opened = many(items)
-                if all(type(d) is bytes for d in opened):  # every key opened: bookkeeping per class
+                if set(map(type, opened)) <= {bytes}:  # every key opened: bookkeeping per class
                     self._opened(found, opened, out, fresh, released, unwrapped)  # type: ignore[arg-type]
                     return
             good = [it for it in items if type(it) is tuple]
@@ -1139,8 +1146,8 @@ class KeyService:
         finally:
             self.cache.put_many(fresh)
 
-    @staticmethod
     def _opened(
+        self,
         found: list[tuple[str, str, WrappedRow]],
         deks: list[bytes],
         out: dict[tuple[str, str], bytes | EventwardError],
@@ -1149,16 +1156,18 @@ class KeyService:
         unwrapped: dict[str, int],
     ) -> None:
         """_unwrap_rows' outcome when every found row's DEK opened (a consumer's usual batch): the
-        same entries as its loop, filled a class at a time instead of a key at a time."""
-        kids = [f[0] for f in found]
-        classes = [f[1] for f in found]
+        same entries as its loop, filled a class at a time instead of a key at a time (the cache's
+        too, when the batch is of one class)."""
+        kids = list(map(_FIRST, found))
+        classes = list(map(_SECOND, found))
         out.update(zip(zip(kids, classes, strict=True), deks, strict=True))
-        fresh.extend(zip(kids, zip(classes, deks, strict=True), strict=True))
         one = classes[0]
         if classes.count(one) == len(classes):
+            self.cache.put_class(one, kids, deks)
             released.setdefault(one, []).extend(kids)
             unwrapped[one] = unwrapped.get(one, 0) + len(kids)
             return
+        fresh.extend(zip(kids, zip(classes, deks, strict=True), strict=True))
         for kid, cls in zip(kids, classes, strict=True):
             released.setdefault(cls, []).append(kid)
             unwrapped[cls] = unwrapped.get(cls, 0) + 1
@@ -1572,7 +1581,30 @@ class KeyService:
 
 
 _FOUND = object()  # _absent's "the store has a row of this kid" (in another class)
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _ROW_ERRORS = (AttributeError, TypeError, ValueError, UnicodeError, struct.error)
+
+
+def _batch_items(
+    misses: list[tuple[str, str, str | None]], rows: dict[str, WrappedRow]
+) -> tuple[list[tuple[str, str, WrappedRow]], list[tuple[str, bytes, bytes]]] | None:
+    """_unwrap_rows' ``found`` and ``_unwrap_items`` for the usual read batch, built a column at
+    a time (no Python call per key): every miss has its row, of the class asked, with a str KEK
+    id, bytes wrapped and AADs ``rows_aad`` packs at once. None for anything else (a row
+    missing, of another class or malformed): _unwrap_rows then judges each key on its own."""
+    if not misses:
+        return None
+    kids, classes, _ = zip(*misses, strict=True)
+    got = list(map(rows.get, kids))
+    if None in got or set(map(len, got)) != {len(WRAPPED_COLUMNS)}:
+        return None
+    cols = tuple(zip(*got, strict=True))
+    if cols[1] != classes or set(map(type, cols[4])) != {str} or set(map(type, cols[5])) != {bytes}:
+        return None
+    aads = rows_aad(cols)
+    if aads is None:
+        return None
+    return list(zip(kids, classes, got, strict=True)), list(zip(cols[4], cols[5], aads, strict=True))
 
 
 def _unwrap_items(found: list[tuple[str, str, WrappedRow]]) -> list[tuple[str, bytes, bytes] | EventwardError]:
