@@ -328,3 +328,24 @@ def test_token_authentication_and_creds_file_hygiene(tmp_path: Path) -> None:
             NatsTransport(url, creds=creds)
     finally:
         natsserver.stop(nodes[0])
+
+
+def test_a_refusal_cancels_only_the_requests_on_its_own_subject(writer: NatsTransport) -> None:
+    """A permissions violation is matched to its subject: requests in flight on granted subjects
+    of the same connection complete, and the refused one is AccessDenied (not a timeout)."""
+    end = writer.end_offset(TOPIC)
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            writer._append(TOPIC, "beside-a-refusal", 1, framing.encode("beside-a-refusal", [b"ok"], b"seal")),
+            writer._get_once(TOPIC, 1),  # a producer may not read: DIRECT.GET is refused
+            writer._append(TOPIC, "after-a-refusal", 1, framing.encode("after-a-refusal", [b"ok"], b"seal")),
+            return_exceptions=True,
+        )
+
+    t0 = time.monotonic()
+    first, refused, second = writer._loop.run(both(), 30, "both")
+    assert time.monotonic() - t0 < 1.5
+    assert isinstance(refused, AccessDenied) and "DIRECT.GET" in refused.message
+    assert (first, second) == (end, end + 1)
+    assert writer.end_offset(TOPIC) == end + 2
