@@ -33,14 +33,12 @@ from eventward._internal.keys.dek import (
     AAD_CURRENT,
     AAD_V1,
     DEK_BYTES,
-    WRAPPED_COLUMNS,
     WrappedRow,
     all_kids,
     dek_aad,
     is_kid,
     new_kid,
     row_aad,
-    rows_aad,
     uses_tag_input,
 )
 from eventward._internal.keys.kms.base import KMS, MAC_LEDGER, MAC_SUBJECT, parse_kek_id
@@ -1103,26 +1101,22 @@ class KeyService:
         tampered store) is refused as KeyIntegrityError, like a wrapped key that fails to open."""
         fresh: list[tuple[str, tuple[str, bytes | None]]] = []
         try:
-            batch = _batch_items(misses, rows)
-            if batch is not None:  # every row found, of its class, the AADs packed at once
-                found, items = batch
-            else:
-                found = []
-                for kid, cls, shash in misses:
-                    row = rows.get(kid)
-                    if row is None or row[1] != cls:
-                        try:  # raises; its refusal is audited there
-                            self._absent(kid, cls, shash, None if row is None else _FOUND, principal)
-                        except (KeyDestroyed, KeyNotFound) as e:
-                            out[kid, cls] = e
-                        continue
-                    found.append((kid, cls, row))
-                items = _unwrap_items(found)
+            found: list[tuple[str, str, WrappedRow]] = []
+            for kid, cls, shash in misses:
+                row = rows.get(kid)
+                if row is None or row[1] != cls:
+                    try:  # raises; its refusal is audited there
+                        self._absent(kid, cls, shash, None if row is None else _FOUND, principal)
+                    except (KeyDestroyed, KeyNotFound) as e:
+                        out[kid, cls] = e
+                    continue
+                found.append((kid, cls, row))
+            items = _unwrap_items(found)
             many = getattr(self.kms, "unwrap_many", None)  # LocalKMS, PKCS#11: one call for the batch
             opened: list[bytes | EventwardError] | None = None
-            if many is not None and items and (batch is not None or all(type(it) is tuple for it in items)):
+            if many is not None and items and all(type(it) is tuple for it in items):
                 opened = many(items)
-                if set(map(type, opened)) <= {bytes}:  # every key opened: bookkeeping per class
+                if all(type(d) is bytes for d in opened):  # every key opened: bookkeeping per class
                     self._opened(found, opened, out, fresh, released, unwrapped)  # type: ignore[arg-type]
                     return
             good = [it for it in items if type(it) is tuple]
@@ -1583,28 +1577,6 @@ class KeyService:
 _FOUND = object()  # _absent's "the store has a row of this kid" (in another class)
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _ROW_ERRORS = (AttributeError, TypeError, ValueError, UnicodeError, struct.error)
-
-
-def _batch_items(
-    misses: list[tuple[str, str, str | None]], rows: dict[str, WrappedRow]
-) -> tuple[list[tuple[str, str, WrappedRow]], list[tuple[str, bytes, bytes]]] | None:
-    """_unwrap_rows' ``found`` and ``_unwrap_items`` for the usual read batch, built a column at
-    a time (no Python call per key): every miss has its row, of the class asked, with a str KEK
-    id, bytes wrapped and AADs ``rows_aad`` packs at once. None for anything else (a row
-    missing, of another class or malformed): _unwrap_rows then judges each key on its own."""
-    if not misses:
-        return None
-    kids, classes, _ = zip(*misses, strict=True)
-    got = list(map(rows.get, kids))
-    if None in got or set(map(len, got)) != {len(WRAPPED_COLUMNS)}:
-        return None
-    cols = tuple(zip(*got, strict=True))
-    if cols[1] != classes or set(map(type, cols[4])) != {str} or set(map(type, cols[5])) != {bytes}:
-        return None
-    aads = rows_aad(cols)
-    if aads is None:
-        return None
-    return list(zip(kids, classes, got, strict=True)), list(zip(cols[4], cols[5], aads, strict=True))
 
 
 def _unwrap_items(found: list[tuple[str, str, WrappedRow]]) -> list[tuple[str, bytes, bytes] | EventwardError]:
