@@ -13,8 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import struct
-from collections.abc import Callable, Sequence
-from itertools import repeat
+from collections.abc import Callable
 
 DEK_BYTES = 32
 KID_LEN = 22  # new_kid: 16 random bytes in base64url
@@ -88,28 +87,6 @@ def row_aad(row: WrappedRow) -> bytes:
     lk, lc, lh = len(k), len(c), len(h)
     pack = _AAD_V2_PACKS.get((lk, lc, lh)) or _aad_v2_pack(lk, lc, lh)
     return pack(_AAD_V2, lk, k, lc, c, lh, h, 8, row[3], 8, row[6])
-
-
-def rows_aad(cols: Sequence[Sequence[object]]) -> list[bytes] | None:
-    """``row_aad`` of many WrappedRows given as columns (WRAPPED_COLUMNS order, e.g. ``zip(*rows)``):
-    one map over one Struct's pack when every row is in format 2 and its kids, classes and subject
-    hashes each encode to one length (a read batch: 22-byte kids, 32-byte hashes). None when
-    they do not, or a column has the wrong types: ``row_aad`` then decides each row (and refuses
-    what it refuses). The same bytes as ``row_aad`` row by row, without a Python call per row."""
-    kids, classes, hashes, versions, _, _, created, fmts = cols
-    if AAD_V1 in fmts:
-        return None
-    try:
-        k, c, h = list(map(str.encode, kids)), list(map(str.encode, classes)), list(map(str.encode, hashes))
-        lengths = set(map(len, k)), set(map(len, c)), set(map(len, h))
-        if any(len(s) != 1 for s in lengths):
-            return None
-        (lk,), (lc,), (lh,) = lengths
-        pack = _AAD_V2_PACKS.get((lk, lc, lh)) or _aad_v2_pack(lk, lc, lh)
-        return list(map(pack, repeat(_AAD_V2), repeat(lk), k, repeat(lc), c, repeat(lh), h, repeat(8), versions,
-                        repeat(8), created))
-    except (TypeError, ValueError, struct.error):  # not str, a lone surrogate, a version not a u64, ...
-        return None
 
 
 # Struct.pack of the format 2 AAD by (kid, class, subject hash) lengths: few in a deployment (a

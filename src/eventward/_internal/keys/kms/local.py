@@ -23,8 +23,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +62,6 @@ _NONCE = 12
 _WRAP_AAD = b"eventward-kek-v1\x00"
 _WRAP_BYTE = _WRAP_FORMAT[0]
 _MIN_WRAPPED = 1 + _NONCE + 16  # format byte, nonce, GCM tag
-_FIRST_BYTE = itemgetter(0)
-_NONCE_OF, _SEALED_OF = itemgetter(slice(1, 1 + _NONCE)), itemgetter(slice(1 + _NONCE, None))
 
 
 @dataclass
@@ -157,20 +153,18 @@ def derive_master_key(passphrase: str, salt: bytes, cost: tuple[int, int, int]) 
 
 def _open_one_kek(ring: _Ring, items: Sequence[tuple[str, bytes, bytes]]) -> list[bytes | EventwardError] | None:
     """unwrap_many's usual batch: every key wrapped under one live KEK, in the current format,
-    and every one opens. The DEKs in one map over the batch's columns; None (nothing decided)
-    for anything else, which unwrap_many then opens and refuses key by key."""
+    and every one opens. The DEKs in one comprehension; None (nothing decided) for anything
+    else, which unwrap_many then opens and refuses key by key."""
     if not items:
         return []
-    keks, wrapped, aads = zip(*items, strict=True)  # columns: the checks and opens map over them
-    kek_id = keks[0]
+    kek_id = items[0][0]
     cipher = ring.ciphers.get(kek_id)
-    if (cipher is None or keks.count(kek_id) != len(keks) or min(map(len, wrapped)) < _MIN_WRAPPED
-            or set(map(_FIRST_BYTE, wrapped)) != {_WRAP_BYTE}):
+    if cipher is None or not all(k == kek_id and len(w) >= _MIN_WRAPPED and w[0] == _WRAP_BYTE
+                                 for k, w, _ in items):
         return None
-    head = _WRAP_AAD + kek_id.encode() + b"\x00"
+    decrypt, head = cipher.decrypt, _WRAP_AAD + kek_id.encode() + b"\x00"
     try:
-        return list(map(cipher.decrypt, map(_NONCE_OF, wrapped), map(_SEALED_OF, wrapped),
-                        map(add, repeat(head), aads)))
+        return [decrypt(w[1 : 1 + _NONCE], w[1 + _NONCE :], head + aad) for _, w, aad in items]
     except InvalidTag:
         return None
 
