@@ -22,7 +22,7 @@ class Clock:
         return self.t
 
 
-_OPS = st.lists(st.tuples(st.sampled_from(["put_class", "put_many", "advance"]),
+_OPS = st.lists(st.tuples(st.sampled_from(["put", "put", "advance"]),
                           st.lists(st.sampled_from([f"k{i}" for i in range(12)]), max_size=5),
                           st.sampled_from(["pii", "payment"])), max_size=25)
 
