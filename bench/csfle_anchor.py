@@ -123,9 +123,10 @@ def _serdes(kind: str) -> tuple[Any, Any, Any]:
     return ser, de, SerializationContext(TOPIC, MessageField.VALUE)
 
 
-def prepare(events: list[dict[str, Any]]) -> Callable[[], dict[str, float]]:
+def prepare(events: list[dict[str, Any]]) -> tuple[Callable[[], dict[str, float]], Callable[[str, str, int], float]]:
     """Serializers set up and warmed up (DEKs created and cached, round trip checked); returns
-    one round: events/s of CSFLE encrypt (serialize) and decrypt (deserialize), JSON and Avro.
+    one round (events/s of CSFLE encrypt (serialize) and decrypt (deserialize), JSON and Avro)
+    and one operation's short round (``one_op``).
     The serializers encrypt their input in place, so each round gets fresh copies (untimed).
     The objects alive after the warm-up (inputs, serializers, caches) are moved out of the
     garbage collector's sight, as bench.common.interleaved does for eventward's contenders."""
@@ -136,6 +137,7 @@ def prepare(events: list[dict[str, Any]]) -> Callable[[], dict[str, float]]:
     LocalKmsDriver.register()
     raw = json.dumps(events)
     kinds = []
+    sealed: dict[str, list[bytes]] = {}  # each kind's warm-up output: what a short decrypt round reads
     for kind in ("json", "avro"):
         ser, de, ctx = _serdes(kind)
         blobs = [ser(e, ctx) for e in json.loads(raw)]  # warm-up: DEK created and cached
@@ -146,6 +148,7 @@ def prepare(events: list[dict[str, Any]]) -> Callable[[], dict[str, float]]:
         if back["customer"]["name"] != name or name.encode() in blobs[0]:
             raise RuntimeError(f"CSFLE {kind}: the PII field did not round-trip encrypted")
         kinds.append((kind, ser, de, ctx))
+        sealed[kind] = blobs
     gc.collect()
     gc.freeze()
 
@@ -162,12 +165,28 @@ def prepare(events: list[dict[str, Any]]) -> Callable[[], dict[str, float]]:
             out[f"{kind}_decrypt"] = len(events) / (time.perf_counter() - t0)
         return out
 
-    return one_round
+    def one_op(kind: str, op: str, count: int) -> float:
+        """events/s of one operation over the first ``count`` events: a short round, to pair with
+        a short round of eventward's run just before it (the machine's speed drifts in seconds)."""
+        _, ser, de, ctx = next(k for k in kinds if k[0] == kind)
+        if op == "encrypt":
+            fresh = json.loads(raw)[:count]
+            t0 = time.perf_counter()
+            for e in fresh:
+                ser(e, ctx)
+        else:
+            blobs = sealed[kind][:count]
+            t0 = time.perf_counter()
+            for b in blobs:
+                de(b, ctx)
+        return count / (time.perf_counter() - t0)
+
+    return one_round, one_op
 
 
 def measure(events: list[dict[str, Any]], rounds: int) -> dict[str, list[float]]:
     """events/s per round (``prepare``), ``rounds`` rounds in a row."""
-    one_round = prepare(events)
+    one_round, _ = prepare(events)
     out: dict[str, list[float]] = {}
     for _ in range(rounds):
         for k, v in one_round().items():
@@ -181,10 +200,14 @@ def main(argv: list[str]) -> int:
     if argv[2] != "--serve":
         print(json.dumps(measure(events, int(argv[2]))))
         return 0
-    one_round = prepare(events)
+    one_round, one_op = prepare(events)
     print("ready", flush=True)
-    for _ in sys.stdin:
-        print(json.dumps(one_round()), flush=True)
+    for line in sys.stdin:
+        words = line.split()  # "round", or "op KIND OP COUNT"
+        if words[:1] == ["op"] and len(words) == 4:
+            print(json.dumps({"rate": one_op(words[1], words[2], int(words[3]))}), flush=True)
+        else:
+            print(json.dumps(one_round()), flush=True)
     return 0
 
 
