@@ -252,7 +252,7 @@ class Consumer:
 
     def _deliver(self, stream: str, pos: int, records: Sequence[Record], seals: Sequence[Any],
                  envs: list[dict[str, Any] | None], handler: Handler, stats: RunStats,
-                 max_events: int | None, pause: BatchPause | None = None) -> int:
+                 max_events: int | None, pause: BatchPause) -> int:
         """Each record of a read batch in order; returns the position after the last one handled.
 
         The ordinary live event runs start to finish here: its seal's producer, sequence number
@@ -280,7 +280,7 @@ class Consumer:
         for i, rec in enumerate(records):
             if max_events is not None and stats.delivered >= max_events:
                 break
-            if not i & 31 and pause is not None:
+            if not i & 31:
                 pause.check()
             offset = rec.offset
             if offset != pos:
