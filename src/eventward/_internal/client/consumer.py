@@ -75,6 +75,13 @@ Delivery = tuple[str, Any, float]
 # registers its observer); while it is empty a consumer keeps no tally at all.
 DELIVERY_OBSERVERS: list[Callable[[str, list[Delivery]], None]] = []
 
+# Events of a read batch taken through parse, keys, decrypt and delivery together. A read batch
+# of 500 parsed envelopes (~2 MB of dicts and strings) outgrows a core's L2 cache, and every stage
+# then walks it from L3: measured on 100,000 subjects, the deployed consumer spent 37 us/event
+# with 100 events in flight and 45-49 us with 500 (parsing alone 3 vs 7 us/event). The read, the
+# seal checks and the commit stay per read batch.
+CHUNK_EVENTS = 100
+
 DELIVERED = "delivered"
 REDELIVERED = "redelivered"
 PROCESSED = "processed"
@@ -231,22 +238,34 @@ class Consumer:
     def _run_batch(self, stream: str, handler: Handler, stats: RunStats, max_events: int | None) -> bool:
         """One read batch of one partition stream, processed and committed; False if it was empty.
 
-        Batch-native: the batch's seals are verified once each (one SHA-256 per event) and its
-        keys resolved at once; then each event runs one tight path (checks, replay guard,
-        decrypt, handler, journal). An event that is anything but ordinary (a refusal, a
+        Batch-native: the batch's seals are verified once each (one SHA-256 per event); then, a
+        chunk of ``CHUNK_EVENTS`` at a time, its verified events are parsed, their keys resolved
+        at once and decrypted ahead, and each event runs one tight path (checks, replay guard,
+        decrypt, handler, journal). One commit for the read batch. An event that is anything but ordinary (a refusal, a
         redelivery, a gap, a type not asked for) goes through ``process``, which judges it
         exactly as a record on its own, so both paths decide alike."""
         pos = self._start_position(stream)
         records = self._transport.read(stream, pos, self._read_batch)
         if not records:
             return False
-        with BatchPause() as pause, self.delivery_batch(), self._reading_batch(records) as envs:
+        enc = self._encryptor
+        # A remote key source fetches a chunk's keys in one request: there one request per read
+        # batch costs less than the cache misses, so its chunk is the whole batch.
+        remote = getattr(enc, "prefetch_wanted", None) is not None or getattr(enc, "prefetch", None) is not None
+        step = len(records) if remote else CHUNK_EVENTS
+        scope = getattr(enc, "reading_batch", None)
+        with BatchPause() as pause, self.delivery_batch(), scope() if scope is not None else nullcontext():
             seals = self._verifier.verify_records(records)
-            self._predecrypt(seals, envs)
-            try:
-                pos = self._deliver(stream, pos, records, seals, envs, handler, stats, max_events, pause)
-            finally:
-                self._pre = None
+            for lo in range(0, len(records), step):
+                chunk, chunk_seals = records[lo : lo + step], seals[lo : lo + step]
+                envs = self._reading_batch(chunk, chunk_seals)
+                self._predecrypt(envs)
+                try:
+                    pos = self._deliver(stream, pos, chunk, chunk_seals, envs, handler, stats, max_events, pause)
+                finally:
+                    self._pre = None
+                if max_events is not None and stats.delivered >= max_events:
+                    break
         self._commit(stream, pos)
         return True
 
@@ -346,20 +365,20 @@ class Consumer:
         stats.dead_lettered += 1
         return True
 
-    @contextmanager
-    def _reading_batch(self, records: Sequence[Record] = ()) -> Iterator[list[dict[str, Any] | None]]:
-        """One read batch: yields its records' envelopes, each parsed once (None where a record
-        does not parse), with the encryptor ready to resolve each key id (and the Decrypt
-        decision) once for the batch (FieldEncryptor.reading_batch), as the seal is verified once
-        per batch. A remote key source (client mode) first fetches the batch's keys in one
-        request; if it cannot, the error stops the consumer before the batch, with nothing
-        committed. A local one (FieldEncryptor.resolve_wanted) gets every key id of the batch at
-        once: one Decrypt decision per class, one store query, one unwrap per key, one audit
-        record; an outage there is left to the event that needs the key, which stops the
-        consumer right there.
+    def _reading_batch(self, records: Sequence[Record], seals: Sequence[Any]) -> list[dict[str, Any] | None]:
+        """A chunk of a read batch: its records' envelopes, each parsed once (None where a record
+        does not parse), with the keys of its verified events resolved at once, inside the read
+        batch's ``FieldEncryptor.reading_batch`` scope (each key id and Decrypt decision once per
+        read batch). A remote key source (client mode) first fetches the keys in one request;
+        if it cannot, the error stops the consumer before the batch, with nothing committed. A
+        local one (FieldEncryptor.resolve_wanted) gets every key id at once: one Decrypt
+        decision per class, one store query, one unwrap per key, one audit record; an outage
+        there is left to the event that needs the key, which stops the consumer right there.
+        Only events whose seal verified are looked at: a record nobody sealed asks for no key
+        (no unwrap, no audit record) however many key ids it names.
 
-        The parsed events are kept for the batch rather than parsed again when processed: a
-        parse is ~10 us per event here, and keeping them costs the garbage collector less than
+        The parsed events are kept for the chunk rather than parsed again when processed: a
+        parse is ~3 us per event here, and keeping them costs the garbage collector less than
         that (1,000 and 40,000 subjects: 9-25% less CPU per event, measured with the test
         inputs frozen out of the collector's sight, as a service holds no such data)."""
         enc = self._encryptor
@@ -369,37 +388,36 @@ class Consumer:
         keys: list[tuple[str, Any, str | None, Any]] = []
         self._groups = None
         if want is not None:
-            self._groups = self._want_batch(envs, want, wanted)
+            self._groups = self._want_batch(envs, seals, want, wanted)
             prefetch = getattr(enc, "prefetch_wanted", None)
             if prefetch is not None and wanted:
                 prefetch(self.topic, wanted)
         else:
-            keys = [k for k in map(self._key_event, envs) if k is not None]
+            keys = [k for env, s in zip(envs, seals, strict=True)
+                    if type(s) is Seal and (k := self._key_event(env)) is not None]
             if records and (prefetch := getattr(enc, "prefetch", None)) is not None:
-                prefetch(self.topic, records)
-        scope = getattr(enc, "reading_batch", None)
-        with scope() if scope is not None else nullcontext():
-            if wanted and (resolve := getattr(enc, "resolve_wanted", None)) is not None:
-                resolve(wanted, principal=self.principal, topic=self.topic)
-            elif keys and (resolve := getattr(enc, "resolve_batch", None)) is not None:
-                resolve(keys, principal=self.principal, topic=self.topic)
-            yield envs
+                prefetch(self.topic, [r for r, s in zip(records, seals, strict=True) if type(s) is Seal])
+        if wanted and (resolve := getattr(enc, "resolve_wanted", None)) is not None:
+            resolve(wanted, principal=self.principal, topic=self.topic)
+        elif keys and (resolve := getattr(enc, "resolve_batch", None)) is not None:
+            resolve(keys, principal=self.principal, topic=self.topic)
+        return envs
 
     def _want_batch(
-        self, envs: Sequence[dict[str, Any] | None], want: Callable[..., None],
+        self, envs: Sequence[dict[str, Any] | None], seals: Sequence[Any], want: Callable[..., None],
         wanted: dict[str | None, dict[tuple[str, str, str | None], None]],
     ) -> dict[tuple[str, int], _Group | None]:
-        """One pass over a read batch's envelopes: each event whose keys are worth resolving
-        ahead (as ``_key_event`` judges) is handed to ``want``, and every event of a type and
-        version whose schema tags fields is grouped for ``_predecrypt`` (its seal is checked
-        there). A malformed or unsealed event is only skipped here, and refused later."""
+        """One pass over a chunk's envelopes: each verified event whose keys are worth resolving
+        ahead (as ``_key_event`` judges) is handed to ``want``, and grouped for ``_predecrypt``
+        by type and version when its schema tags fields. A malformed or unverified event is only
+        skipped here, and refused later."""
         groups: dict[tuple[str, int], _Group | None] = {}
         types, schema_of = self.types, self._schema
         last_type: Any = None
         last_version: Any = None
         group: _Group | None = None
         for i, env in enumerate(envs):
-            if env is None:
+            if env is None or type(seals[i]) is not Seal:
                 continue
             type_, version, data = env["type"], env.get(envelope.EXT_SCHEMA), env.get("data")
             if type(version) is not int or type(data) is not dict or (types is not None and type_ not in types):
@@ -424,8 +442,8 @@ class Consumer:
             group[2].append((env["id"], data, shash))
         return groups
 
-    def _predecrypt(self, seals: Sequence[Any], envs: Sequence[dict[str, Any] | None]) -> None:
-        """Decrypt the batch's sealed events ahead, in one ``decrypt_many`` per event type and
+    def _predecrypt(self, envs: Sequence[dict[str, Any] | None]) -> None:
+        """Decrypt a chunk's sealed events ahead, in one ``decrypt_many`` per event type and
         schema version (the groups ``_want_batch`` made as the keys were collected), from the read
         batch's key memo only (no key-source call, so nothing is asked or audited for an event
         that is then not decrypted). Each event still goes through every check in order; where it
@@ -437,17 +455,11 @@ class Consumer:
         many = getattr(self._encryptor, "decrypt_many", None)
         if many is None or groups is None:  # an encryptor without want_keys: each event on its own
             return
-        unverified = {i for i, s in enumerate(seals) if type(s) is not Seal}
         pre: dict[int, tuple[Any, Any]] = {}
         for (type_, _), group in groups.items():
             if group is None:
                 continue
-            spec, idx, items = group
-            if unverified:
-                kept = [k for k, i in enumerate(idx) if i not in unverified]
-                if not kept:
-                    continue
-                idx, items = [idx[k] for k in kept], [items[k] for k in kept]
+            spec, idx, items = group  # verified events only (_want_batch)
             outcomes, stamp = many(items, spec, principal=self.principal, uncleared=self._uncleared,
                                    topic=self.topic, event_type=type_)
             if stamp is not None:
