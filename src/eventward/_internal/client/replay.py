@@ -22,20 +22,35 @@ of str -> int, the key naming the producer and the id, the value packing the off
 one is dropped whole (first in, first out). A running consumer holds 100,000 ids: as an
 OrderedDict of tuples, every full collection walked them all (~13 ms each).
 
-Durability: each settled event is appended to a per-group journal with one ``write`` (it
-survives kill -9, which is what makes a handler effectively-once); ``checkpoint`` folds the
-journal into SQLite before the consumer commits its offset, as one row per checkpoint (its
-entries, replayed in order on open) rather than one row per event: the journal's own lines,
-joined into one JSON array. Neither is fsynced per event:
-after a power loss the last settled events may be delivered again (at-least-once). The
-journal is flock'ed, so one process at a time runs a group.
+Durability: each settled event is appended to a per-group journal, one JSON line per event;
+``checkpoint`` folds the journal into SQLite before the consumer commits its offset, as one row
+per checkpoint (its entries, replayed in order on open) rather than one row per event: the
+journal's own lines, joined into one JSON array. The journal file is mapped shared
+(``mmap``, MAP_SHARED) and a line is copied into the mapping: the copy is in the kernel's page
+cache as soon as it is made, so it survives kill -9 of the process exactly as a ``write`` did,
+which is what makes a handler effectively-once, without a system call per event
+(``settle_next`` 2.90 -> 1.45 us per event, system time 1.07 -> 0.39 us, paired in one run).
+The file grows in steps (``_STEP``, doubling), its blocks reserved with ``posix_fallocate``
+first (a full disk fails the growth, not a store into the mapping as SIGBUS); the unused tail
+is zeros, and recovery reads up to the first NUL byte: a line never holds one (orjson escapes
+control characters, checked at import), a line torn by a kill ends at one or does not parse and
+is dropped, and bytes after the first NUL are never trusted (the file is emptied after
+recovery, so none survive into the next run). A checkpoint zeroes what was written and the
+next line goes at offset 0. If the file cannot be mapped or grown, the guard says why and falls
+back to one ``write`` (O_APPEND) per event, the padding cut off first; a journal written that
+way (no padding, it ends at EOF) recovers the same. Neither path fsyncs per event: after a
+power loss or kernel crash the last settled events may be delivered again (at-least-once).
+The journal is flock'ed, so one process at a time runs a group; a cleanly closed guard leaves
+it empty.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import sqlite3
 import time
@@ -53,6 +68,11 @@ from eventward.errors import ConfigError, ConflictError, ReplayError
 log = logging.getLogger("eventward.replay")
 _dumps = orjson.dumps
 _LINE = orjson.OPT_APPEND_NEWLINE
+_STEP = 1 << 20  # the journal mapping grows by at least this much (then doubles)
+# Recovery stops at the first NUL byte (the mapping's zero tail): no journal line may hold one.
+# orjson escapes every control character in a string (RFC 8259); that is what this relies on.
+if b"\0" in _dumps(("\0", "\0", 0, "\0", 0.0, "\0", 0, "\0"), option=_LINE):
+    raise ImportError("this orjson writes NUL bytes unescaped; the replay journal relies on it not doing so")
 
 # A held id's value: its offset << _SHIFT | the index of its (stream, status) pair in _pairs.
 _SHIFT = 20
@@ -140,7 +160,12 @@ class ReplayGuard:
         self._pending: list[bytes] = []  # journal lines since the last checkpoint
         self._pending_at = 0.0  # the newest of their times
         self._dirty: dict[tuple[str, str, str], int] = {}  # sequence floors raised since then
-        self._fd: int | None = None
+        self._fd: int | None = None  # the journal, flock'ed (O_APPEND, for the fallback's writes)
+        self._journal: Path | None = None
+        self._mm: mmap.mmap | None = None  # the journal mapped shared, from its first line on
+        self._pos = 0  # bytes of lines in the mapping; every byte after them is zero
+        self._size = 0  # the mapping's size (0 unmapped: each line takes the slow path)
+        self.fallback: str | None = None  # why lines are written with os.write, if they are
         self._db: sqlite3.Connection | None = None
         self._checkpoints = 0
         if path is not None:
@@ -235,7 +260,7 @@ class ReplayGuard:
     # --- recording ---------------------------------------------------------------------------
     def settle_next(self, producer: str, stream: str, offset: int, event_id: str, instance: str, seq: int) -> None:
         """``settle(status=OK, mode=LIVE)`` of an event ``is_next`` admitted (its id is new, its
-        seq the next): the same state and the same one journal ``write``, fewer steps."""
+        seq the next): the same state and the same one journal line, fewer steps."""
         now = self._clock()
         ix = self._ok_ix.get(stream)
         if ix is None:
@@ -253,7 +278,13 @@ class ReplayGuard:
                 self._dirty[key] = seq
         if self._fd is not None:
             line = _dumps((event_id, stream, offset, OK, now, instance, seq, producer), option=_LINE)
-            os.write(self._fd, line)
+            pos = self._pos
+            end = pos + len(line)
+            if end <= self._size:
+                self._mm[pos:end] = line  # type: ignore[index]  # mapped whenever _size > 0
+                self._pos = end
+            else:
+                self._append(line)
             self._pending.append(line)
             if now > self._pending_at:
                 self._pending_at = now
@@ -282,7 +313,13 @@ class ReplayGuard:
         if self._fd is not None:
             entry = (event_id, stream, offset, status, now, instance if mode == LIVE else "", seq, producer)
             line = _dumps(entry, option=_LINE)
-            os.write(self._fd, line)
+            pos = self._pos
+            end = pos + len(line)
+            if end <= self._size:
+                self._mm[pos:end] = line  # type: ignore[index]  # mapped whenever _size > 0
+                self._pos = end
+            else:
+                self._append(line)
             self._pending.append(line)
             if now > self._pending_at:
                 self._pending_at = now
@@ -293,7 +330,12 @@ class ReplayGuard:
             return
         pending = self._pending
         self._store(b"[" + b",".join(pending) + b"]", len(pending), self._pending_at, self._dirty)
-        if self._fd is not None:
+        if self._mm is not None:
+            # Zero what was written (only that: the rest is zero) and write on from offset 0. A kill
+            # part way leaves lines already in SQLite, which recovery applies again (idempotent).
+            self._mm[: self._pos] = bytes(self._pos)
+            self._pos = 0
+        elif self._fd is not None:
             os.ftruncate(self._fd, 0)
         self._pending = []
         self._pending_at = 0.0
@@ -316,6 +358,10 @@ class ReplayGuard:
     def close(self) -> None:
         if self._fd is not None:
             self.checkpoint()
+            if self._mm is not None:
+                self._mm.close()
+                self._mm, self._size, self._pos = None, 0, 0
+            os.ftruncate(self._fd, 0)  # everything is in SQLite: no padding left behind
             os.close(self._fd)  # releases the flock
             self._fd = None
         if self._db is not None:
@@ -323,6 +369,61 @@ class ReplayGuard:
             self._db = None
 
     # --- internals ---------------------------------------------------------------------------
+    def _append(self, line: bytes) -> None:
+        """Journal a line the mapping has no room for: map or grow the file, or, failing that (or
+        once fallen back), ``os.write`` it."""
+        assert self._fd is not None
+        if self.fallback is None:
+            try:
+                self._grow(self._pos + len(line))
+            except (OSError, ValueError) as e:
+                self._fall_back(e)
+            else:
+                end = self._pos + len(line)
+                self._mm[self._pos : end] = line  # type: ignore[index]  # _grow mapped it
+                self._pos = end
+                return
+        os.write(self._fd, line)
+
+    def _grow(self, need: int) -> None:
+        """Map the journal with room for ``need`` bytes (at least ``_STEP``, doubling); its blocks
+        are reserved first, so a store into the mapping never meets a full disk (SIGBUS)."""
+        assert self._fd is not None and self._journal is not None
+        size = max(_STEP, self._size * 2)
+        while size < need:
+            size *= 2
+        if not hasattr(os, "posix_fallocate"):
+            raise OSError(errno.ENOSYS, "no posix_fallocate on this platform")
+        # A descriptor of its own: the mapping keeps a duplicate of it open, and the flock must
+        # stay with ``_fd`` alone (closing ``_fd`` releases the group).
+        fd = os.open(self._journal, os.O_RDWR)
+        try:
+            a, b = os.fstat(fd), os.fstat(self._fd)
+            if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+                raise OSError(errno.ESTALE, "the journal path no longer names the locked file")
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        if self._mm is not None:
+            self._mm.close()
+        self._mm, self._size = mm, size
+
+    def _fall_back(self, e: BaseException) -> None:
+        """Journal with one ``os.write`` per line from now on: cut the file to the lines written so
+        far (the zero padding would hide the appended lines from recovery), then append."""
+        assert self._fd is not None
+        reason = f"{type(e).__name__}: {e.strerror}" if isinstance(e, OSError) and e.strerror else type(e).__name__
+        self.fallback = reason
+        log.warning(
+            "replay journal cannot be memory-mapped (%s); writing one line per event with os.write instead", reason
+        )
+        if self._mm is not None:
+            self._mm.close()
+        self._mm, self._size = None, 0
+        os.ftruncate(self._fd, self._pos)
+        self._pos = 0
+
     def _remember(self, producer: str, event_id: str, stream: str, offset: int, status: str, at: float) -> None:
         if type(producer) is not str or type(event_id) is not str:
             return  # a damaged row: no event read from a log has such an id
@@ -384,7 +485,7 @@ class ReplayGuard:
         except BlockingIOError:
             os.close(fd)
             raise ConflictError("this consumer group is already running in another process") from None
-        self._fd = fd
+        self._fd, self._journal = fd, journal
         self._db = connect(base.with_suffix(".db"), synchronous="NORMAL")
         with write_txn(self._db, "create replay guard schema") as db:
             columns = {r[1] for r in db.execute("PRAGMA table_info(seen)")}
@@ -416,9 +517,23 @@ class ReplayGuard:
         self._recover(journal)
 
     def _recover(self, journal: Path) -> None:
-        """Apply what a crashed run settled after its last checkpoint (a torn last line is dropped)."""
+        """Apply what a crashed run settled after its last checkpoint (a torn last line is dropped).
+
+        The journal ends at its first NUL byte (the zeros after a mapped journal's lines) or at
+        EOF (written with ``write``, as before the mapping). Bytes after the first NUL are not
+        the guard's state: at most the rest of a line torn by a kill, or bytes someone else put
+        there; they are ignored, and the file is emptied so none of them outlive this open."""
         raw = journal.read_bytes()
         if not raw:
+            return
+        end = raw.find(b"\0")
+        if end >= 0:
+            if raw.count(b"\0", end) != len(raw) - end:
+                log.warning("replay journal: bytes after its end ignored (a torn line, or not the guard's)")
+            raw = raw[:end]
+        if not raw:
+            assert self._fd is not None
+            os.ftruncate(self._fd, 0)
             return
         entries = []
         for line in raw.split(b"\n"):
