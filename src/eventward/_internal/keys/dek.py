@@ -1,6 +1,8 @@
 """Data-key ids and the context a wrapped DEK is bound to.
 
-A kid is 128 random bits (base64url, 22 chars): it names a key without saying whose it is.
+A kid is 16 random bytes (base64url, 22 chars): it names a key without saying whose it is. New
+kids share their first 4 bytes with the kids created next to them in time (``KidSource``), so a
+reader's batch of keys sits in a few regions of the store's kid index, not on 500 random pages.
 The wrap's associated data binds the DEK's row: kid, class, subject hash and, from format 2
 on, its version and creation time, so a wrapped DEK copied to another row (another subject,
 another class) fails to unwrap, and a database writer cannot renumber an old DEK to make it
@@ -10,13 +12,22 @@ is only read, for DEKs wrapped before it existed, and is upgraded on the next KE
 
 from __future__ import annotations
 
+import base64
+import functools
+import os
 import re
 import secrets
 import struct
+import threading
+import time
+import weakref
 from collections.abc import Callable
 
 DEK_BYTES = 32
-KID_LEN = 22  # new_kid: 16 random bytes in base64url
+KID_LEN = 22  # new_kid: 16 bytes (4 of bucket prefix, 12 of tail, all random) in base64url
+KID_BUCKET_BYTES = 4  # the prefix shared by the kids of one bucket
+KID_BUCKET_SECONDS = 1.0  # a bucket older than this is not used again
+KID_BUCKET_SIZE = 4096  # kids per bucket at most
 KID_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 KID_RE = re.compile(r"^[A-Za-z0-9_\-]{22}$")  # KID_LEN characters of KID_ALPHABET
 AAD_V1 = 1
@@ -28,8 +39,75 @@ _U32 = struct.Struct(">I").pack
 _TAIL = struct.Struct(">IQId").pack  # length-prefixed version (u64) and creation time (f64)
 
 
+class KidSource:
+    """New kids, those created together sharing a random prefix: B-tree-local, not time-stamped.
+
+    A kid is base64url (no padding) of 16 bytes: a 4-byte bucket prefix and 12 bytes drawn fresh
+    for each kid. The prefix is 4 random bytes drawn again once the bucket is older than
+    ``max_age`` seconds (by ``clock``) or has named ``size`` kids, whichever comes first. Why: a
+    consumer reads the events of many subjects, every key a cache miss; with fully random kids
+    each of its index probes lands on a random page of the kid index (at a million keys, most
+    outside SQLite's page cache: a ``pread`` each). Keys created together are read together
+    (events written together are read together), and with a shared prefix they sit on a few
+    neighbouring pages (docs/DESIGN.md, "Key ids are bucketed").
+
+    What a prefix tells a reader of the log: only that two keys were made by one process within
+    about a second, which where their subjects' first events sit in the log already says. It is
+    not a timestamp: no kid says when it was created (a subject's tenure), nor which process
+    made it. Uniqueness: two kids of one bucket differ in 96 random bits, of two buckets in all
+    128 (a prefix may recur; a duplicate kid is then still 96-bit improbable, and the store's
+    primary key refuses one anyway). Old kids (``secrets.token_urlsafe(16)``) have the same
+    form: every check of a kid accepts both.
+
+    Thread-safe (the bucket is taken under a lock) and fork-safe: a child process starts a new
+    bucket of its own, never continuing its parent's (``os.register_at_fork``; each source
+    registers a hook for good, so a process makes one, ``new_kid``'s, and tests a few)."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        max_age: float = KID_BUCKET_SECONDS,
+        size: int = KID_BUCKET_SIZE,
+    ) -> None:
+        self._clock = clock
+        self._max_age = max_age
+        self._size = size
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_reset_source, weakref.ref(self)))
+
+    def _reset(self) -> None:
+        """No bucket (the next kid starts one) and a new lock: in a forked child the parent's lock
+        may have been held by a thread that does not exist there."""
+        self._lock = threading.Lock()
+        self._prefix = b""
+        self._started = 0.0
+        self._left = 0
+
+    def __call__(self) -> str:
+        tail = secrets.token_bytes(16 - KID_BUCKET_BYTES)
+        with self._lock:
+            now = self._clock()
+            if self._left <= 0 or not 0.0 <= now - self._started <= self._max_age:
+                self._prefix = secrets.token_bytes(KID_BUCKET_BYTES)
+                self._started, self._left = now, self._size
+            self._left -= 1
+            prefix = self._prefix
+        return base64.urlsafe_b64encode(prefix + tail)[:KID_LEN].decode()  # drops the "==" padding
+
+
+def _reset_source(ref: weakref.ReferenceType[KidSource]) -> None:
+    source = ref()
+    if source is not None:
+        source._reset()
+
+
+_KIDS = KidSource()
+
+
 def new_kid() -> str:
-    return secrets.token_urlsafe(16)
+    """A new kid for a stored DEK, from this process's ``KidSource``."""
+    return _KIDS()
 
 
 def is_kid(kid: object) -> bool:
