@@ -212,3 +212,13 @@ def test_attack_a_kid_sharing_a_prefix_does_not_resolve_another_subjects_key(svc
     svc._drop_caches()
     assert svc.decryption_key(victim, "pii", principal="admin") == victim_dek  # the exact kid still does
 
+
+
+def test_attack_kid_with_a_trailing_newline_is_not_a_kid() -> None:
+    """``$`` would match before a final newline: is_kid and all_kids must agree that it is no kid."""
+    from eventward._internal.keys.dek import all_kids, is_kid
+
+    kid = new_kid()
+    assert is_kid(kid) and all_kids([kid])
+    for bad in (kid + "\n", kid + "\r\n", "\n" + kid):
+        assert not is_kid(bad) and not all_kids([bad])
