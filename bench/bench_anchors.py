@@ -44,6 +44,7 @@ from bench.bench_fields import AesGcmFloor, FernetPerField
 from bench.common import frozen_inputs, print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, customer, order_placed
+from eventward._internal.client.consumer import CHUNK_EVENTS
 from eventward._internal.crypto.fields import FieldEncryptor
 from eventward._internal.deployment import Deployment
 from eventward._internal.keys.memory import MemoryKeys
@@ -228,23 +229,25 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                     return hi - lo
 
                 def decrypt(lo: int = 0, hi: int = n) -> int:
-                    """In read batches of 500, as the Consumer runs it: parse the batch, collect its
-                    key ids (want_keys), resolve them at once (resolve_wanted: a key source without
-                    a batch call, as MemoryKeys, is asked per event instead), decrypt the batch from
-                    the resolved keys (decrypt_many), then take each event's outcome while its keys
-                    are current, decrypting on its own any event decrypt_many left undecided."""
+                    """In read batches of 500, as the Consumer runs them: one key memo per read batch
+                    (reading_batch), then per chunk of CHUNK_EVENTS: parse, collect its key ids
+                    (want_keys), resolve them at once (resolve_wanted: a key source without a batch
+                    call, as MemoryKeys, is asked per event instead), decrypt the chunk from the
+                    resolved keys (decrypt_many), then take each event's outcome while its keys are
+                    current, decrypting on its own any event decrypt_many left undecided."""
                     for start in range(lo, hi, 500):
-                        batch = [(eid, orjson.loads(raw), shash)
-                                 for eid, raw, shash in blobs[start : min(start + 500, hi)]]
                         with enc.reading_batch():
-                            wanted: dict[Any, Any] = {}
-                            for _, data, shash in batch:
-                                enc.want_keys(wanted, ctx.get("event_type"), spec, shash, data)
-                            enc.resolve_wanted(wanted, principal=deployed.CONSUMER, topic=ctx.get("topic"))
-                            ahead, stamp = enc.decrypt_many(batch, spec, principal=deployed.CONSUMER, **ctx)
-                            for (eid, data, shash), got in zip(batch, ahead, strict=True):
-                                if got is None or not enc.batch_current(stamp):
-                                    enc.decrypt(eid, data, spec, shash, principal=deployed.CONSUMER, **ctx)
+                            for first in range(start, min(start + 500, hi), CHUNK_EVENTS):
+                                batch = [(eid, orjson.loads(raw), shash) for eid, raw, shash
+                                         in blobs[first : min(first + CHUNK_EVENTS, start + 500, hi)]]
+                                wanted: dict[Any, Any] = {}
+                                for _, data, shash in batch:
+                                    enc.want_keys(wanted, ctx.get("event_type"), spec, shash, data)
+                                enc.resolve_wanted(wanted, principal=deployed.CONSUMER, topic=ctx.get("topic"))
+                                ahead, stamp = enc.decrypt_many(batch, spec, principal=deployed.CONSUMER, **ctx)
+                                for (eid, data, shash), got in zip(batch, ahead, strict=True):
+                                    if got is None or not enc.batch_current(stamp):
+                                        enc.decrypt(eid, data, spec, shash, principal=deployed.CONSUMER, **ctx)
                     return hi - lo
 
                 return encrypt, decrypt
