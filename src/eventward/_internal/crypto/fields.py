@@ -57,10 +57,12 @@ _BATCH_KEYS_TTL = 1.0  # seconds; as long as the key service reuses a granted En
 _DENIED = object()  # decryption-key outcomes, remembered for the rest of the event
 _DESTROYED = object()
 _NO_HEADER = (None, 0, None, b"")  # a slot's (header, payload offset, handle, head) before its first token
+_NO_SLOT = (None, 0, None, b"", None)  # decrypt_many's, with the slot's AEAD decrypt
 _NONCE_BLOCK = 64 * 1024  # bytes of nonces one os.urandom call of encrypt_many draws at most
 _TO_URL = tokens._TO_URL  # KeyHandle.seal's base64url step, inlined by encrypt_many
 _b2a = tokens._b2a
 _TOKEN_PREFIX = tokens.VERSION + "."  # "ew1."; the algorithm letter and a dot follow, then the kid
+_HEAD_OF = {a: m.match for a, m in tokens._HEAD_OF.items()}
 
 # One sensitive value: (key or index in its container, concrete path, path part of the
 # associated data). Plain paths have theirs precomputed in the plan.
@@ -94,6 +96,11 @@ class _RulePlan:
     twin: int  # slot of the same class under the other algorithm (shares its key), or -1
     fixed: bool  # the associated data ends in the rule path (SIV, or a path without arrays)
     tail: bytes  # path_context(rule path)
+    gcm: bool  # alg == GCM
+    least: int  # tokens._MIN_BLOB[alg]
+    # tokens._HEAD for this algorithm only: a token it does not match is malformed or of the
+    # other algorithm, which tokens.parse_header tells apart (decrypt_many's header parse)
+    match: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,11 @@ class _Plan:
     classes: frozenset[str]
     slots: tuple[tuple[str, str], ...]  # distinct (cls, alg) pairs
     reports: dict[tuple[int, frozenset[str]], DecryptReport]
+    full: int  # values in an event with every plain path present
+    shared: bool  # a slot has leaves in more than one located group (two parents, or array paths)
+    # want_keys' view of ``groups`` (None with array paths): (parent names, ((class, leaf names
+    # of one slot), ...)) per group
+    want: tuple[tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]], ...] | None
 
 
 class FieldEncryptor:
@@ -225,23 +237,24 @@ class FieldEncryptor:
         another key id is not in the memo, so decrypt_many leaves its event to ``decrypt``, which
         asks the key source for it (or refuses it) as it always does."""
         cached = self._plans.get(id(spec))
-        if cached is None or cached[0] is not spec or cached[1].nested or type(data) is not dict:
+        want = cached[1].want if cached is not None and cached[0] is spec and type(data) is dict else None
+        if want is None:
             try:
                 kids = self.key_ids(spec, data)
             except EventwardError:  # refused per event, with its own error, when it is decrypted
                 return
         else:  # _plain_groups inlined, straight into the batch's set (no generator, no list per event)
             group = None
-            for parent, _, batches in cached[1].groups:
+            for parent, runs in want:
                 src: Any = data
                 for name in parent:
                     src = src.get(name)
                     if type(src) is not dict:
                         break
                 else:
-                    for _, rp, leaves in batches:
-                        for leaf in leaves:
-                            value = src.get(leaf[0])
+                    for cls, names in runs:
+                        for name in names:
+                            value = src.get(name)
                             if type(value) is str and value[:4] == _TOKEN_PREFIX:
                                 end = value.find(".", 6)
                                 if end > 6:
@@ -249,7 +262,7 @@ class FieldEncryptor:
                                         group = wanted.get(event_type)
                                         if group is None:
                                             group = wanted[event_type] = {}
-                                    group[value[6:end], rp.cls, shash] = None
+                                    group[value[6:end], cls, shash] = None
                                     break  # the slot's other tokens: see above
             return
         if kids:
@@ -549,17 +562,22 @@ class FieldEncryptor:
         state = self._revocation_state()
         if not memo or time.monotonic() >= batch.until or state != batch.state:
             return results, None  # the per-event path clears the memo and asks the key source
-        stamp = (memo, batch.until, state)
-        nslots, has_subject, opening = len(plan.slots), plan.subject is not None, self._cipher.opening
-        bound_get = self._cipher._bound.get  # opening's cache hit, looked up inline (the usual case)
-        last, pad, min_blob, from_url, a2b = tokens._LAST, tokens._PAD, tokens._MIN_BLOB, tokens._FROM_URL, tokens._a2b
-        loads, not_json, gcm_alg, u32 = orjson.loads, orjson.JSONDecodeError, GCM, tokens._U32
-        head_match = tokens._HEAD.match
-        one_class, reports, no_event = len(plan.classes) == 1, plan.reports, tokens.NO_EVENT
-        # _locate inlined for a plan without array paths on dict data whose sensitive leaves are all
-        # present (the usual event); anything else is located by _locate itself.
-        plain = plan.groups if not plan.nested else None
-        last_count, last_report = -1, None  # the shared report of the previous event, if any
+        stamp = (memo, batch.until, *state)  # batch_current unpacks it flat
+        has_subject, opening = plan.subject is not None, self._cipher.opening
+        bound_get, memo_get = self._cipher._bound.get, memo.get  # opening's cache hit, looked up inline
+        last, pad, from_url, a2b, u32 = tokens._LAST, tokens._PAD, tokens._FROM_URL, tokens._a2b, tokens._U32
+        loads, not_json, no_event, redact = orjson.loads, orjson.JSONDecodeError, tokens.NO_EVENT, uncleared == "redact"
+        # The usual event (a plan without array paths, dict data) is located inline; anything else
+        # by _locate. A sensitive value found absent while opening (an optional field) sends the
+        # event to _locate too, which skips it, before anything of the event is recorded.
+        groups = None if plan.nested else plan.groups
+        single = groups[0] if groups is not None and len(groups) == 1 else None
+        s_parent, s_batches = (single[0], single[2]) if single is not None else ((), ())
+        shared, full, nslots = plan.shared, plan.full, len(plan.slots)
+        # The report of an event with every value decrypted, shared (immutable): _report's own.
+        full_report = None
+        if len(plan.classes) == 1 and full and groups is not None:
+            full_report = plan.reports.get((full, plan.classes))
         for i, (event_id, data, shash) in enumerate(items):
             try:
                 if type(event_id) is not str or not event_id:
@@ -570,27 +588,38 @@ class FieldEncryptor:
                         f"subject (spec subject: {spec.subject_path!r})"
                     )
                 located: Any = None
-                if plain is not None and type(data) is dict:
+                if groups is not None and type(data) is dict:
                     out = data.copy()
-                    located, count = [], 0
-                    for parent, names, batches in plain:
+                    count = full
+                    if single is not None:
                         src, dst = data, out
-                        for name in parent:
+                        for name in s_parent:
                             child = src.get(name)
-                            if type(child) is not dict:
-                                located = None  # missing, null or mistyped: _locate decides
+                            if type(child) is not dict:  # missing, null or mistyped: _locate decides
                                 break
                             mine = dst[name]
                             if mine is child:
                                 mine = dst[name] = child.copy()
                             src, dst = child, mine
                         else:
-                            if src.keys() >= names:
+                            located = ((src, dst, s_batches),)
+                    else:
+                        located = []
+                        for parent, _, batches in groups:
+                            src, dst = data, out
+                            for name in parent:
+                                child = src.get(name)
+                                if type(child) is not dict:
+                                    break
+                                mine = dst[name]
+                                if mine is child:
+                                    mine = dst[name] = child.copy()
+                                src, dst = child, mine
+                            else:
                                 located.append((src, dst, batches))
-                                count += len(names)
                                 continue
                             located = None
-                        break
+                            break
                 if located is None:
                     out, located, count = _locate(spec, plan, data)
             except EventwardError as e:
@@ -600,85 +629,109 @@ class FieldEncryptor:
                 continue
             eb = event_id.encode()  # tokens.event_context, inlined
             ev = u32(len(eb)) + eb
-            recent: list[Any] = [None] * nslots
-            erased: list[str] | tuple[()] = ()  # made when a field is erased or redacted
-            redacted: list[str] | tuple[()] = ()
             path = ""
-            try:
-                for src, dst, batches in located:
-                    for slot, rp, leaves in batches:
-                        alg, cls = rp.alg, rp.cls
-                        gcm, least = alg == gcm_alg, min_blob[alg]
-                        header, start, h, head = recent[slot] or _NO_HEADER
-                        for k, path, tail in leaves:  # noqa: B007 - ``path`` names the field of an error
-                            value = src[k]
-                            if header is None or type(value) is not str or not value.startswith(header):
-                                # A new key id in this slot (the first token, or a key changed): no
-                                # per-event cache, the memo and the cipher's cache answer directly.
-                                m = head_match(value) if type(value) is str else None
-                                if m is None:  # tokens.parse_header names what is wrong
-                                    tokens.parse_header(value)
-                                got_alg, kid, start = m[1], m[2], m.end()  # type: ignore[index]
-                                if got_alg != alg:
-                                    raise TokenError("token algorithm does not match the field's rule")
-                                dek = memo.get((kid, cls, principal, topic, event_type, shash))
-                                if dek is None:  # only the key source can tell: decrypt asks it
-                                    raise _Undecided
-                                if dek is _DENIED or dek is _DESTROYED:
-                                    h, head = dek, b""
-                                else:
-                                    hit = bound_get((kid, dek, alg, cls, shash))
-                                    if hit is None:
-                                        try:
-                                            hit = opening(kid, dek, alg, cls, shash)
-                                        except KeyServiceError:  # a bad key: decrypt raises it here
-                                            raise _Undecided from None
-                                    h, head = hit[0], hit[1] + (ev if gcm else no_event)
-                                header = value[:start]
-                                recent[slot] = (header, start, h, head)
-                            if h is _DENIED or h is _DESTROYED:
-                                tokens.decode_payload(value, start, alg)  # refused all the same if malformed
-                                if h is _DESTROYED:
-                                    erased = [*erased, cls]
-                                    dst[k] = ERASED
-                                else:
-                                    redacted = [*redacted, cls]
-                                    if uncleared == "redact":
-                                        dst[k] = REDACTED
-                                continue
-                            # KeyHandle.open_token, inlined: the same checks in the same order.
-                            rem = (len(value) - start) & 3
-                            if value[-1] not in last[rem]:
-                                raise TokenError("token payload is not canonical base64url")
-                            try:  # UTF-8, not ASCII: strict a2b refuses any byte out of the alphabet alike
-                                blob = a2b(value[start:].encode().translate(from_url) + pad[rem], strict_mode=True)
-                            except (UnicodeEncodeError, binascii.Error):
-                                raise TokenError("token payload is not canonical base64url") from None
-                            if len(blob) < least:
-                                raise TokenError("token payload is too short")
-                            try:
-                                if gcm:
-                                    pt = h._gcm.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], head + tail)
-                                else:
-                                    pt = h._siv_cipher().decrypt(blob, [head + tail])
-                            except InvalidTag:
-                                raise TokenError(tokens.TAMPERED) from None
-                            try:
-                                dst[k] = loads(pt)
-                            except not_json:
-                                raise TokenError("token plaintext is not JSON") from None
-            except TokenError as e:
-                results[i] = _in_field(e, path)
-                continue
-            except Exception:  # noqa: S112 - _Undecided, or anything else: decrypt decides this event
-                continue
-            if not erased and not redacted and one_class and count:  # the shared report: _report's
-                if count != last_count or last_report is None:  # (immutable), once per count and call
-                    last_count = count
-                    last_report = reports.get((count, plan.classes)) or _report(plan, located, count, [], [])
-                results[i] = (out, last_report)
-            else:
-                results[i] = (out, _report(plan, located, count, erased, redacted))  # type: ignore[arg-type]
+            relocated = False
+            while True:  # twice at most: located inline, then (a value absent) by _locate
+                # Per slot, when a slot has leaves in several groups: (header "ew1.<alg>.<kid>." of
+                # the slot's last token, payload offset, handle, associated-data head, AEAD decrypt).
+                # A token starting with exactly that header has the same algorithm and key id: no
+                # header parse, no lookup; its payload is still decoded and checked in full.
+                recent: list[Any] | None = [None] * nslots if shared else None
+                erased: list[str] | tuple[()] = ()  # made when a field is erased or redacted
+                redacted: list[str] | tuple[()] = ()
+                try:
+                    for src, dst, batches in located:
+                        for slot, rp, leaves in batches:
+                            cls, gcm, least = rp.cls, rp.gcm, rp.least
+                            if recent is None:
+                                header = None
+                            else:
+                                header, start, h, head, dec = recent[slot] or _NO_SLOT
+                            for k, path, tail in leaves:  # noqa: B007 - ``path`` names the field of an error
+                                try:
+                                    value = src[k]
+                                except KeyError:
+                                    raise _Absent from None
+                                if header is None or type(value) is not str or not value.startswith(header):
+                                    # A new key id in this slot (the first token, or a key changed): the
+                                    # memo and the cipher's cache answer directly.
+                                    m = rp.match(value) if type(value) is str else None
+                                    if m is None:  # malformed (parse_header says how), or the other algorithm
+                                        tokens.parse_header(value)
+                                        raise TokenError("token algorithm does not match the field's rule")
+                                    kid, start = m[1], m.end()
+                                    dek = memo_get((kid, cls, principal, topic, event_type, shash))
+                                    if dek is None:  # only the key source can tell: decrypt asks it
+                                        raise _Undecided
+                                    if dek is _DENIED or dek is _DESTROYED:
+                                        h, head, dec = dek, b"", None
+                                    else:
+                                        hit = bound_get((kid, dek, rp.alg, cls, shash))
+                                        if hit is None:
+                                            try:
+                                                hit = opening(kid, dek, rp.alg, cls, shash)
+                                            except KeyServiceError:  # a bad key: decrypt raises it here
+                                                raise _Undecided from None
+                                        h = hit[0]
+                                        if gcm:
+                                            head, dec = hit[1] + ev, h._gcm.decrypt
+                                        else:
+                                            head, dec = hit[1] + no_event, h._siv_cipher().decrypt
+                                    header = value[:start]
+                                    if recent is not None:
+                                        recent[slot] = (header, start, h, head, dec)
+                                if dec is None:  # the key source refused the key: _DENIED or _DESTROYED
+                                    tokens.decode_payload(value, start, rp.alg)  # refused all the same if malformed
+                                    if h is _DESTROYED:
+                                        erased = [*erased, cls]
+                                        dst[k] = ERASED
+                                    else:
+                                        redacted = [*redacted, cls]
+                                        if redact:
+                                            dst[k] = REDACTED
+                                    continue
+                                # KeyHandle.open_token, inlined: the same checks in the same order.
+                                rem = (len(value) - start) & 3
+                                if value[-1] not in last[rem]:
+                                    raise TokenError("token payload is not canonical base64url")
+                                try:  # UTF-8, not ASCII: strict a2b refuses any byte out of the alphabet alike
+                                    blob = a2b(value[start:].encode().translate(from_url) + pad[rem], strict_mode=True)
+                                except (UnicodeEncodeError, binascii.Error):
+                                    raise TokenError("token payload is not canonical base64url") from None
+                                if len(blob) < least:
+                                    raise TokenError("token payload is too short")
+                                try:
+                                    if gcm:
+                                        pt = dec(blob[:NONCE_BYTES], blob[NONCE_BYTES:], head + tail)
+                                    else:
+                                        pt = dec(blob, [head + tail])
+                                except InvalidTag:
+                                    raise TokenError(tokens.TAMPERED) from None
+                                try:
+                                    dst[k] = loads(pt)
+                                except not_json:
+                                    raise TokenError("token plaintext is not JSON") from None
+                except _Absent:
+                    if relocated:  # cannot happen (_locate finds only present values): decrypt decides
+                        break
+                    relocated = True
+                    out, located, count = _locate(spec, plan, data)  # the same parents: no shape error
+                    continue
+                except TokenError as e:
+                    results[i] = _in_field(e, path)
+                    break
+                except Exception:  # _Undecided, or anything else: decrypt decides this event
+                    break
+                if erased or redacted or not count:
+                    results[i] = (out, _report(plan, located, count, erased, redacted))  # type: ignore[arg-type]
+                elif count == full and full_report is not None:  # the common outcome: _report's shared one
+                    results[i] = (out, full_report)
+                else:
+                    report = _report(plan, located, count, [], [])
+                    if count == full and report.classes is plan.classes:
+                        full_report = report
+                    results[i] = (out, report)
+                break
         return results, stamp
 
     def batch_current(self, stamp: Any) -> bool:
@@ -688,7 +741,7 @@ class FieldEncryptor:
         if stamp is None:
             return False
         batch = self._batch  # the consumer asks per event: _revocation_state inlined, no tuple built
-        memo, until, (revocations, generation) = stamp
+        memo, until, revocations, generation = stamp
         return (
             getattr(batch, "keys", None) is memo
             and batch.until == until
@@ -835,7 +888,8 @@ def _compile(spec: FieldSpec) -> _Plan:
         alg = SIV if r.deterministic else GCM
         twin = slots.get((r.cls, GCM if r.deterministic else SIV), -1)
         fixed = plain or r.deterministic
-        rp = _RulePlan(r, r.cls, alg, slots[r.cls, alg], twin, fixed, tokens.path_context(r.path))
+        rp = _RulePlan(r, r.cls, alg, slots[r.cls, alg], twin, fixed, tokens.path_context(r.path), alg == GCM,
+                       tokens._MIN_BLOB[alg], _HEAD_OF[alg])
         if plain:
             batch = groups.setdefault(n[:-1], {}).setdefault(rp.slot, (rp, []))
             batch[1].append((n[-1], r.path, rp.tail))
@@ -850,7 +904,14 @@ def _compile(spec: FieldSpec) -> _Plan:
         )
         for parent, batches in groups.items()
     )
-    return _Plan(groups_, tuple(nested), subject, spec.classes, tuple(slots), {})
+    in_groups = [slot for _, _, batches in groups_ for slot, _, _ in batches]
+    want = None if nested else tuple(
+        (parent, tuple((rp.cls, tuple(leaf[0] for leaf in leaves)) for _, rp, leaves in batches))
+        for parent, _, batches in groups_
+    )
+    return _Plan(groups_, tuple(nested), subject, spec.classes, tuple(slots), {},
+                 sum(len(names) for _, names, _ in groups_), bool(nested) or len(in_groups) != len(set(in_groups)),
+                 want)
 
 
 def _report(
@@ -900,6 +961,11 @@ def _subject(spec: FieldSpec, plan: _Plan, data: Any) -> str | None:
 
 class _Undecided(Exception):
     """decrypt_many: an event needs the key source from this token on; ``decrypt`` decides it."""
+
+
+class _Absent(Exception):
+    """decrypt_many: a sensitive value of an event located inline is absent; _locate locates it."""
+
 
 def _in_field(e: TokenError, path: str) -> TokenError:
     """``e`` named by the field it concerns, as ``decrypt`` raises it."""

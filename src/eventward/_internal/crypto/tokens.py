@@ -50,6 +50,9 @@ KID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SIV_INFO = b"eventward/field-token/aes-siv-512/v1"
 _PREFIX = VERSION + "."
 _HEAD = re.compile(r"ew1\.([gs])\.([A-Za-z0-9_-]{1,64})\.")
+# _HEAD for one algorithm: the kid is group 1. A token it does not match is malformed or of the
+# other algorithm (parse_header tells which); the field encryptor parses headers this way.
+_HEAD_OF = {a: re.compile(rf"ew1\.{a}\.([A-Za-z0-9_-]{{1,64}})\.") for a in ALGORITHMS}
 _TO_URL = bytes.maketrans(b"+/", b"-_")
 # URL-safe to standard alphabet, and the characters the format leaves out ('+', '/' and the
 # padding '=') to '!', which the strict decoder refuses: one pass checks and translates.
