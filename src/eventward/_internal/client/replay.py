@@ -277,17 +277,7 @@ class ReplayGuard:
             if self._fd is not None and instance:
                 self._dirty[key] = seq
         if self._fd is not None:
-            line = _dumps((event_id, stream, offset, OK, now, instance, seq, producer), option=_LINE)
-            pos = self._pos
-            end = pos + len(line)
-            if end <= self._size:
-                self._mm[pos:end] = line  # type: ignore[index]  # mapped whenever _size > 0
-                self._pos = end
-            else:
-                self._append(line)
-            self._pending.append(line)
-            if now > self._pending_at:
-                self._pending_at = now
+            self._write_line(_dumps((event_id, stream, offset, OK, now, instance, seq, producer), option=_LINE), now)
 
     def settle(
         self,
@@ -312,17 +302,21 @@ class ReplayGuard:
                     self._dirty[key] = seq
         if self._fd is not None:
             entry = (event_id, stream, offset, status, now, instance if mode == LIVE else "", seq, producer)
-            line = _dumps(entry, option=_LINE)
-            pos = self._pos
-            end = pos + len(line)
-            if end <= self._size:
-                self._mm[pos:end] = line  # type: ignore[index]  # mapped whenever _size > 0
-                self._pos = end
-            else:
-                self._append(line)
-            self._pending.append(line)
-            if now > self._pending_at:
-                self._pending_at = now
+            self._write_line(_dumps(entry, option=_LINE), now)
+
+    def _write_line(self, line: bytes, now: float) -> None:
+        """Append one settled entry's line to the journal (into the mapping: no system call) and
+        keep it for the next checkpoint."""
+        pos = self._pos
+        end = pos + len(line)
+        if end <= self._size:
+            self._mm[pos:end] = line  # type: ignore[index]  # mapped whenever _size > 0
+            self._pos = end
+        else:
+            self._append(line)
+        self._pending.append(line)
+        if now > self._pending_at:
+            self._pending_at = now
 
     def checkpoint(self) -> None:
         """Fold journalled entries into SQLite, then empty the journal. Call before committing offsets."""
