@@ -131,3 +131,21 @@ def test_attack_unsealed_records_naming_keys_ask_for_no_key(tmp_path: Any, small
         assert asked and not target & set(asked)
     finally:
         world.close()
+
+
+def test_a_remote_key_source_gets_one_prefetch_per_read_batch(tmp_path: Any, small_chunks: int) -> None:
+    """Client mode fetches keys over HTTPS: its chunk is the whole read batch, one request."""
+    world, _ = _world(tmp_path)
+    try:
+        with world.producer() as p:
+            ids = p.send_many(TYPE, [customer(i) for i in range(10)])
+        calls: list[int] = []
+
+        def prefetch_wanted(topic: str, wanted: Any) -> None:
+            calls.append(sum(len(items) for items in wanted.values()))
+
+        world.enc.prefetch_wanted = prefetch_wanted  # type: ignore[attr-defined]
+        got, _ = world.consume(world.consumer(READER))
+        assert [e.id for e in got] == ids and calls == [10]  # ten subjects' keys, one request
+    finally:
+        world.close()
