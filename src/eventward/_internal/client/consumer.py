@@ -258,7 +258,7 @@ class Consumer:
             seals = self._verifier.verify_records(records)
             for lo in range(0, len(records), step):
                 chunk, chunk_seals = records[lo : lo + step], seals[lo : lo + step]
-                envs = self._reading_batch(chunk, chunk_seals)
+                envs = self._prepare_chunk(chunk, chunk_seals)
                 self._predecrypt(envs)
                 try:
                     pos = self._deliver(stream, pos, chunk, chunk_seals, envs, handler, stats, max_events, pause)
@@ -365,7 +365,7 @@ class Consumer:
         stats.dead_lettered += 1
         return True
 
-    def _reading_batch(self, records: Sequence[Record], seals: Sequence[Any]) -> list[dict[str, Any] | None]:
+    def _prepare_chunk(self, records: Sequence[Record], seals: Sequence[Any]) -> list[dict[str, Any] | None]:
         """A chunk of a read batch: its records' envelopes, each parsed once (None where a record
         does not parse), with the keys of its verified events resolved at once, inside the read
         batch's ``FieldEncryptor.reading_batch`` scope (each key id and Decrypt decision once per
