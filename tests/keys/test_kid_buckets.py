@@ -111,7 +111,6 @@ def test_threads_share_buckets_without_duplicates():
     assert len({prefix(k) for k in kids}) == 2  # 8,000 kids: two full buckets, no more
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
 def test_a_forked_child_starts_its_own_bucket(monkeypatch):
     source = KidSource(clock=Clock())  # frozen: only the fork can end the parent's bucket
     monkeypatch.setattr(dek, "_KIDS", source)

@@ -73,8 +73,7 @@ class KidSource:
         self._max_age = max_age
         self._size = size
         self._reset()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=functools.partial(_reset_source, weakref.ref(self)))
+        os.register_at_fork(after_in_child=functools.partial(_reset_source, weakref.ref(self)))
 
     def _reset(self) -> None:
         """No bucket (the next kid starts one) and a new lock: in a forked child the parent's lock
