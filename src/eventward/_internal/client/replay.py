@@ -307,13 +307,12 @@ class ReplayGuard:
     def _write_line(self, line: bytes, now: float) -> None:
         """Append one settled entry's line to the journal (into the mapping: no system call) and
         keep it for the next checkpoint."""
-        pos = self._pos
-        end = pos + len(line)
-        if end <= self._size:
-            self._mm[pos:end] = line  # type: ignore[index]  # mapped whenever _size > 0
+        end = self._pos + len(line)
+        if end <= self._size or self._make_room(end):
+            self._mm[self._pos : end] = line  # type: ignore[index]  # mapped whenever _size > 0
             self._pos = end
         else:
-            self._append(line)
+            os.write(self._fd, line)  # type: ignore[arg-type]  # fallen back: O_APPEND
         self._pending.append(line)
         if now > self._pending_at:
             self._pending_at = now
@@ -363,21 +362,17 @@ class ReplayGuard:
             self._db = None
 
     # --- internals ---------------------------------------------------------------------------
-    def _append(self, line: bytes) -> None:
-        """Journal a line the mapping has no room for: map or grow the file, or, failing that (or
-        once fallen back), ``os.write`` it."""
-        assert self._fd is not None
-        if self.fallback is None:
-            try:
-                self._grow(self._pos + len(line))
-            except (OSError, ValueError) as e:
-                self._fall_back(e)
-            else:
-                end = self._pos + len(line)
-                self._mm[self._pos : end] = line  # type: ignore[index]  # _grow mapped it
-                self._pos = end
-                return
-        os.write(self._fd, line)
+    def _make_room(self, need: int) -> bool:
+        """Map or grow the journal to hold ``need`` bytes; False once lines go through
+        ``os.write`` instead (the file cannot be mapped or grown: fallen back for good)."""
+        if self.fallback is not None:
+            return False
+        try:
+            self._grow(need)
+        except (OSError, ValueError) as e:
+            self._fall_back(e)
+            return False
+        return True
 
     def _grow(self, need: int) -> None:
         """Map the journal with room for ``need`` bytes (at least ``_STEP``, doubling); its blocks
