@@ -241,9 +241,9 @@ class Consumer:
         Batch-native: the batch's seals are verified once each (one SHA-256 per event); then, a
         chunk of ``CHUNK_EVENTS`` at a time, its verified events are parsed, their keys resolved
         at once and decrypted ahead, and each event runs one tight path (checks, replay guard,
-        decrypt, handler, journal). One commit for the read batch. An event that is anything but ordinary (a refusal, a
-        redelivery, a gap, a type not asked for) goes through ``process``, which judges it
-        exactly as a record on its own, so both paths decide alike."""
+        decrypt, handler, journal). One commit for the read batch. An event that is anything but
+        ordinary (a refusal, a redelivery, a gap, a type not asked for) goes through ``process``,
+        which judges it exactly as a record on its own, so both paths decide alike."""
         pos = self._start_position(stream)
         records = self._transport.read(stream, pos, self._read_batch)
         if not records:
