@@ -28,6 +28,34 @@ def setup(s: dict[str, Any]) -> str:
     return str(s.get("setup") or setups.setup_of(s.get("area"), s["name"]))
 
 
+def _median(v: Any) -> float | None:
+    """A recorded ratio: a number, or a dict with its ``median``."""
+    if isinstance(v, dict):
+        v = v.get("median")
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _steadier(s: dict[str, Any], baseline: str, first: bool) -> str:
+    """The steadier ratios a scenario recorded against ``baseline`` besides the ratio of medians:
+    ``paired_ratios`` (short alternating rounds) and ``cpu_ratio`` (process CPU time), each keyed
+    by a prefix of the baseline's name, or one bare figure that belongs to the first baseline.
+    On a host whose speed drifts 2x within seconds the ratio of medians compares rounds run at
+    different speeds; these do not, so the table shows them beside it."""
+    found: dict[str, Any] = {}
+    for key in ("paired_ratios", "cpu_ratio"):
+        got = s.get(key)
+        if isinstance(got, dict) and "median" not in got:
+            got = next((v for k, v in got.items() if baseline.startswith(k)), None)
+        elif not first:
+            got = None
+        found[key] = got
+    paired, cpu = found["paired_ratios"], _median(found["cpu_ratio"])
+    if cpu is None and isinstance(paired, dict):  # paired rounds timed in CPU time too
+        cpu = _median({"median": paired.get("cpu_median")})
+    parts = [f"{label} {m:.2f}x" for label, m in (("paired", _median(paired)), ("CPU", cpu)) if m is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _rows(s: dict[str, Any], label: str | None) -> list[str]:
     """A scenario's table rows, one per baseline; ``label`` (ablations) ends its first row."""
     rate = _fmt(s["rate"]["median"])
@@ -39,7 +67,8 @@ def _rows(s: dict[str, Any], label: str | None) -> list[str]:
     for i, b in enumerate(s["baselines"]):
         head = f"| {name} | {rate} | {s['unit']}" if i == 0 else "| | |"
         end = tail if i == 0 else ("" if label is None else " |")
-        rows.append(f"{head} | {_cell(b['name'])} | {_fmt(b['rate']['median'])} | {b['ratio']:.2f}x |{end}")
+        ratio = f"{b['ratio']:.2f}x{_steadier(s, b['name'], i == 0)}"
+        rows.append(f"{head} | {_cell(b['name'])} | {_fmt(b['rate']['median'])} | {ratio} |{end}")
     return rows
 
 
@@ -65,7 +94,9 @@ def table(doc: dict[str, Any], plot_dir: str | None = None) -> str:
     m = doc["machine"]
     lines = [
         f"Measured {doc['started']} on {m['cpus']} CPUs, {m['processor']}, Python {m['python']} "
-        f"({m['system']}){_load(doc)}; medians of repeated runs, ratios against baselines of the same run.",
+        f"({m['system']}){_load(doc)}; medians of repeated runs, ratios against baselines of the same run; in "
+        "brackets where measured, the median ratio of short alternating rounds (paired) and of CPU time (CPU), "
+        "steadier than the ratio of medians on a host whose speed drifts.",
         "",
         f"Reproduce: `make bench` (this run took {doc['seconds'] / 60:.0f} min{_cpu(doc)}; `make bench-quick` only "
         "checks the harness); `python -m bench.bench_<area>` runs one area; `python -m bench.report` redraws this "
@@ -79,7 +110,7 @@ def table(doc: dict[str, Any], plot_dir: str | None = None) -> str:
             "Deployed configuration (`eventward init` + the example policy: Cedar, audit log, KeyService + "
             "local KMS):",
             "",
-            "| scenario | eventward | unit | baseline | baseline rate | ratio |",
+            "| scenario | eventward | unit | baseline | baseline rate | ratio (paired, CPU) |",
             "|---|---:|---|---|---:|---:|",
         ]
         for s in deployed:
@@ -91,7 +122,7 @@ def table(doc: dict[str, Any], plot_dir: str | None = None) -> str:
             "Ablations (lighter setups: a component alone, the SDK's own wiring, or a bench policy; not what "
             "a deployment runs):",
             "",
-            "| scenario | eventward | unit | baseline | baseline rate | ratio | setup |",
+            "| scenario | eventward | unit | baseline | baseline rate | ratio (paired, CPU) | setup |",
             "|---|---:|---|---|---:|---:|---|",
         ]
         for s in ablations:

@@ -73,6 +73,29 @@ def test_table_lists_every_baseline_with_its_ratio_summaries_and_plots(doc: dict
     assert "seal_verify.png" not in text  # no curve, no plot
 
 
+def test_table_shows_paired_and_cpu_ratios_beside_the_ratio_of_medians_of_their_own_baseline() -> None:
+    """Each recorded shape lands on the row of the baseline it measured, and nowhere else: a
+    ratio by baseline-name prefix (paired dict with its CPU median, CPU dict), a bare figure on
+    the first baseline only."""
+    def one(name: str, **extra: Any) -> dict[str, Any]:
+        return scenario(name, {"median": 100.0, "min": 90.0, "max": 110.0},
+                        {"in-memory keys (same)": {"median": 125.0, "min": 120.0, "max": 130.0},
+                         "raw publish": {"median": 200.0, "min": 190.0, "max": 210.0}}, setup=setups.DEPLOYED,
+                        **extra)
+    keyed = one("keyed", paired_ratios={"in-memory keys": {"median": 0.93, "each": [0.9, 0.96], "cpu_median": 0.95},
+                                        "unrelated": {"median": 9.0}},
+                cpu_ratio={"raw": {"median": 0.61, "each": [0.6]}, "note": "text"})
+    bare = one("bare", paired_ratios={"median": 0.42, "each": [0.4, 0.44]}, cpu_ratio=0.47)
+    text = report.table({"started": "now", "machine": {"cpus": 2, "processor": "x", "python": "3", "system": "y"},
+                         "seconds": 60, "scenarios": [keyed, bare]})
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert "| keyed | 100 | events/s | in-memory keys (same) | 125 | 0.80x (paired 0.93x, CPU 0.95x) |" in rows
+    assert "| | | | raw publish | 200 | 0.50x (CPU 0.61x) |" in rows
+    assert "| bare | 100 | events/s | in-memory keys (same) | 125 | 0.80x (paired 0.42x, CPU 0.47x) |" in rows
+    assert rows.count("| | | | raw publish | 200 | 0.50x |") == 1  # the bare figures belong to the first row
+    assert "9.00x" not in text
+
+
 def test_summary_prefers_the_scenarios_own_then_latency_then_curve_points(doc: dict[str, Any]) -> None:
     own, curve = doc["scenarios"]
     assert report.summary(own) == "one signature per batch"
