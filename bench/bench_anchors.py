@@ -18,6 +18,9 @@ back), so that it does the same work as a serializer. Baselines:
   co-process, one of its rounds after each of eventward's (the same warm-up and garbage
   collector treatment on both sides), and ``ratio_per_round`` gives each round's ratio. When
   that virtualenv is missing the scenario says so in ``csfle_skipped`` and has no CSFLE baseline.
+  ``paired_ratios["Confluent CSFLE JSON"]`` pairs short rounds of eventward and of the AES-GCM
+  floor with CSFLE's: its ``floor_median`` is the ceiling of the 10x target for any format of
+  one AES-GCM token per field, measured in the same pairs.
 - fernet_per_field and aesgcm_floor (bench_fields): the hand-rolled approach and the floor.
 
     python -m bench.bench_anchors [--quick]
@@ -142,29 +145,40 @@ def measure(enc_fns: dict[str, Callable[[], int]], dec_fns: dict[str, Callable[[
     return enc, dec, csfle
 
 
+Sides = tuple[Callable[..., int], Callable[..., int]]  # (encrypt, decrypt), each taking (lo, hi)
 PAIR_EW, PAIR_CSFLE = 2_000, 250  # events per short round: ~30 ms each side on this machine
 
 
-def paired_ratios(ew_encrypt: Callable[..., int], ew_decrypt: Callable[..., int], theirs: Csfle, n: int,
-                  theirs_n: int, pairs: int) -> dict[str, list[float]]:
-    """eventward / CSFLE JSON rate per pair of short rounds run back to back (~30 ms each).
+def paired_ratios(ew: Sides, floor: Sides, theirs: Csfle, n: int, theirs_n: int,
+                  pairs: int) -> dict[str, dict[str, list[float]]]:
+    """Rate over CSFLE JSON's per pair of short rounds run back to back (~30 ms each), for
+    eventward and for the bare AES-GCM floor over the same events: {"ew": {op: ratios},
+    "floor": {op: ratios}}, op being encrypt and decrypt.
 
     The host's speed drifts by 2x within seconds; a full round of each (seconds apart) pairs
     different speeds (per-round ratios of one run spanned 5.2-16). Short alternating rounds see
-    the same speed, so their ratio's median is the steadier estimate. ``ew_decrypt`` reads what
-    ``ew_encrypt`` wrote in the last full encrypt run."""
-    out: dict[str, list[float]] = {"encrypt": [], "decrypt": []}
+    the same speed, so their ratio's median is the steadier estimate. The floor (one key, no
+    associated data, no key lookup: three AES-GCM calls, base64 and JSON per event) is the most
+    any format of one AES-GCM token per field could reach against CSFLE: the ceiling of the
+    10x target, measured in the same pairs. ``ew`` and ``floor`` are (encrypt, decrypt) taking
+    (lo, hi); each decrypt reads what its last full encrypt run wrote."""
+    out: dict[str, dict[str, list[float]]] = {"ew": {"encrypt": [], "decrypt": []},
+                                              "floor": {"encrypt": [], "decrypt": []}}
     for i in range(pairs):
         lo = (i * PAIR_EW) % max(1, n - PAIR_EW + 1)
+        hi = min(n, lo + PAIR_EW)
         cs_count = min(PAIR_CSFLE, theirs_n)
-        for op, fn in (("encrypt", ew_encrypt), ("decrypt", ew_decrypt)):
-            t0 = time.perf_counter()
-            done = fn(lo, min(n, lo + PAIR_EW))
-            ours = done / (time.perf_counter() - t0)
+        for op, side in (("encrypt", 0), ("decrypt", 1)):
+            rates = {}
+            for who, fns in (("ew", ew), ("floor", floor)):
+                t0 = time.perf_counter()
+                done = fns[side](lo, hi)
+                rates[who] = done / (time.perf_counter() - t0)
             their = theirs.op("json", op, cs_count)
             if their is None:
-                return {"encrypt": [], "decrypt": []}
-            out[op].append(ours / their)
+                return {"ew": {"encrypt": [], "decrypt": []}, "floor": {"encrypt": [], "decrypt": []}}
+            for who, rate_ in rates.items():
+                out[who][op].append(rate_ / their)
     return out
 
 
@@ -258,18 +272,20 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             mem_enc, mem_dec = pair(mem, {"topic": None, "event_type": None})
             f_impl, g_impl = FernetPerField(), AesGcmFloor()
 
-            def plain(impl: FernetPerField | AesGcmFloor) -> tuple[Callable[[], int], Callable[[], int]]:
+            def plain(impl: FernetPerField | AesGcmFloor) -> tuple[Callable[..., int], Callable[..., int]]:
                 outs: list[bytes] = []
 
-                def encrypt() -> int:
-                    outs.clear()
-                    outs.extend(orjson.dumps(impl.encrypt(e)) for e in events)
-                    return n
+                def encrypt(lo: int = 0, hi: int = n) -> int:
+                    """Events lo..hi; the whole run (the default) keeps its output for decrypt."""
+                    out_to = outs if (lo, hi) == (0, n) else []
+                    out_to.clear()
+                    out_to.extend(orjson.dumps(impl.encrypt(e)) for e in events[lo:hi])
+                    return hi - lo
 
-                def decrypt() -> int:
-                    for raw in outs:
+                def decrypt(lo: int = 0, hi: int = n) -> int:
+                    for raw in outs[lo:hi]:
                         impl.decrypt(orjson.loads(raw))
-                    return n
+                    return hi - lo
 
                 return encrypt, decrypt
 
@@ -283,7 +299,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                                                  "aesgcm_floor": gd}, theirs, rounds)
                 pairs = 5 if quick else 40
                 with frozen_inputs():  # as measure() runs its rounds
-                    paired = paired_ratios(dep_enc, dep_dec, theirs, n, min(n, 5_000), pairs)
+                    paired = paired_ratios((dep_enc, dep_dec), (ge, gd), theirs, n, min(n, 5_000), pairs)
                     paired_keys = paired_key_ratios((dep_enc, dep_dec), (mem_enc, mem_dec), n, pairs)
             finally:
                 theirs.close()
@@ -321,11 +337,19 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "note": f"deployed and in-memory keys back to back over the same {PAIR_EW} events (~40 ms each), "
                     "which goes first swapped every pair: both see the same machine speed; cpu_*: the same "
                     "rounds in process CPU time, which time slices taken by other work do not count"}}
-        if paired[op]:
+        ew_pairs, floor_pairs = paired["ew"][op], paired["floor"][op]
+        if ew_pairs:
             pair_stats["Confluent CSFLE JSON"] = {
-                "median": round(statistics.median(paired[op]), 2), "each": [round(r, 2) for r in paired[op]],
-                "note": f"eventward over {PAIR_EW} events, then CSFLE JSON over {PAIR_CSFLE}, alternated "
-                        "(~30 ms each): both see the same machine speed"}
+                "median": round(statistics.median(ew_pairs), 2), "each": [round(r, 2) for r in ew_pairs],
+                "floor_median": round(statistics.median(floor_pairs), 2),
+                "floor_each": [round(r, 2) for r in floor_pairs],
+                "note": f"eventward, then aesgcm_floor, over the same {PAIR_EW} events, then CSFLE JSON over "
+                        f"{PAIR_CSFLE}, alternated (~30 ms each): all see the same machine speed. floor_*: "
+                        "aesgcm_floor over CSFLE JSON in the same pairs, the most one AES-GCM token per field "
+                        "could reach (one key, no associated data, no key lookup)"}
+            per_round["summary"] = (
+                f"paired with CSFLE JSON: eventward {statistics.median(ew_pairs):.2f}x, the bare AES-GCM floor "
+                f"{statistics.median(floor_pairs):.2f}x (one AES-GCM token per field can reach no more)")
         per_round["paired_ratios"] = pair_stats
         out.append(scenario(f"anchor: field {op} + JSON, deployed keys", ours, baselines,
                             target_ratio={"in-memory keys": 0.9, "Confluent CSFLE JSON": 10}, **extra,
@@ -338,7 +362,8 @@ def main() -> None:
         print_scenario(res)
         for name, got in res.get("paired_ratios", {}).items():
             cpu = f", CPU time {got['cpu_median']}" if "cpu_median" in got else ""
-            print(f"    paired vs {name}: median {got['median']}{cpu} over {len(got['each'])} pairs")
+            floor = f" (the AES-GCM floor: {got['floor_median']})" if "floor_median" in got else ""
+            print(f"    paired vs {name}: median {got['median']}{cpu}{floor} over {len(got['each'])} pairs")
         if "csfle_skipped" in res:
             print(f"    CSFLE skipped: {res['csfle_skipped']}")
 

@@ -105,3 +105,45 @@ def test_quick_anchors_report_the_in_memory_paired_ratio_without_csfle(monkeypat
         assert min(got["each"]) <= got["median"] <= max(got["each"])
         assert len(got["cpu_each"]) == 5 and min(got["cpu_each"]) <= got["cpu_median"] <= max(got["cpu_each"])
         assert s["target_ratio"]["in-memory keys"] == 0.9
+
+
+class FakeCsfle:
+    """Csfle.op in rounds of its own: a fixed rate per op, or None once it stopped."""
+
+    def __init__(self, rates: dict[str, float | None], calls: list[tuple[str, str, int, int]]) -> None:
+        self.rates, self.calls = rates, calls
+
+    def op(self, kind: str, op: str, count: int) -> float | None:
+        self.calls.append(("csfle", op, 0, count))
+        return self.rates[op]
+
+
+def test_paired_ratios_pair_eventward_and_the_floor_with_csfle_in_the_same_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each pair times eventward, then the floor, over the same events, then one CSFLE round: the
+    floor's ratio is the ceiling measured at the same machine speed as eventward's."""
+    clock = fake_time(monkeypatch)
+    calls: list[tuple[str, str, int, int]] = []
+    theirs = FakeCsfle({"encrypt": 1_000.0, "decrypt": 2_000.0}, calls)
+    got = bench_anchors.paired_ratios(fake_side("ew", 1e-4, 0.0, clock, calls),
+                                      fake_side("floor", 2.5e-5, 0.0, clock, calls),
+                                      theirs, n=4_000, theirs_n=5_000, pairs=2)  # type: ignore[arg-type]
+    assert got["ew"]["encrypt"] == pytest.approx([10.0, 10.0])  # 10,000/s over 1,000/s
+    assert got["floor"]["encrypt"] == pytest.approx([40.0, 40.0])
+    assert got["ew"]["decrypt"] == pytest.approx([2.5, 2.5])  # 5,000/s over 2,000/s
+    assert got["floor"]["decrypt"] == pytest.approx([10.0, 10.0])
+    assert calls[:3] == [("ew", "encrypt", 0, 2_000), ("floor", "encrypt", 0, 2_000),
+                         ("csfle", "encrypt", 0, bench_anchors.PAIR_CSFLE)]
+    assert {(who, lo, hi) for who, _, lo, hi in calls if who != "csfle"} == {
+        (w, lo, lo + 2_000) for w in ("ew", "floor") for lo in (0, 2_000)}
+
+
+def test_paired_ratios_are_empty_once_csfle_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = fake_time(monkeypatch)
+    calls: list[tuple[str, str, int, int]] = []
+    got = bench_anchors.paired_ratios(fake_side("ew", 1e-4, 0.0, clock, calls),
+                                      fake_side("floor", 1e-5, 0.0, clock, calls),
+                                      FakeCsfle({"encrypt": None, "decrypt": 1.0}, calls),  # type: ignore[arg-type]
+                                      n=4_000, theirs_n=5_000, pairs=3)
+    assert got == {"ew": {"encrypt": [], "decrypt": []}, "floor": {"encrypt": [], "decrypt": []}}
