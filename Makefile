@@ -7,8 +7,9 @@ DEMO_HOME ?= $(CURDIR)/.demo-home
 .PHONY: demo test lint unit bench bench-quick clean
 
 # Debian packages (listed in scripts/ensure-system-deps): creating .venv needs python3-venv, `make
-# test` a few more. Installed there as root, otherwise make stops here with one line naming them.
-ifneq ($(filter test unit,$(MAKECMDGOALS)),)
+# test` and `make bench` a few more (SoftHSM2 for the PKCS#11 tests and the HSM benchmark, ...).
+# Installed there as root, otherwise make stops here with one line naming them.
+ifneq ($(filter test unit bench,$(MAKECMDGOALS)),)
 SYSTEM_DEPS_ERROR := $(shell PYTHON=$(PYTHON) scripts/ensure-system-deps 3>&1 1>&2 2>&3)
 else ifeq ($(filter clean,$(MAKECMDGOALS))$(wildcard $(BIN)/.installed),)
 SYSTEM_DEPS_ERROR := $(shell PYTHON=$(PYTHON) scripts/ensure-system-deps --base 3>&1 1>&2 2>&3)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ensure-system-deps"
 BASH = shutil.which("bash") or "/bin/bash"
 CHMOD = shutil.which("chmod") or "/bin/chmod"
@@ -89,9 +91,11 @@ def test_nothing_missing_is_silent(tmp_path: Path) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
-def test_make_test_stops_at_once_with_one_line(tmp_path: Path) -> None:
-    """The Makefile wiring: `make test` as a non-root user without softhsm2-util prints make's
-    one '*** ... Stop.' line naming the package, before building anything (-n: nothing would run)."""
+@pytest.mark.parametrize("goal", ["test", "bench"])
+def test_make_test_stops_at_once_with_one_line(tmp_path: Path, goal: str) -> None:
+    """The Makefile wiring: `make test` (and `make bench`, whose HSM benchmark and slow tests need
+    SoftHSM2 too) as a non-root user without softhsm2-util prints make's one '*** ... Stop.' line
+    naming the package, before building anything (-n: nothing would run)."""
     d = _bin(tmp_path, 1000)
     for tool in ("make", "env", "sh"):
         found = shutil.which(tool)
@@ -99,7 +103,7 @@ def test_make_test_stops_at_once_with_one_line(tmp_path: Path) -> None:
         (d / tool).symlink_to(found)
     (d / "bash").symlink_to(BASH)
     r = subprocess.run(
-        ["make", "-n", "test", f"PYTHON={sys.executable}"],
+        ["make", "-n", goal, f"PYTHON={sys.executable}"],
         cwd=SCRIPT.parents[1], env={"PATH": str(d), "HOME": os.environ.get("HOME", "/tmp")},
         capture_output=True, text=True, timeout=30, check=False,
     )
