@@ -40,7 +40,7 @@ import nats
 import orjson
 from nats.js import api
 
-from bench import deployed
+from bench import deployed, proc
 from bench.common import frozen_inputs, print_scenario, rate, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, SOURCE, customer, order_placed
@@ -115,13 +115,8 @@ class _Raw:
 
 
 def _cpu_s(pid: int) -> float:
-    """This process's CPU seconds plus those of process ``pid`` (the nats-server; /proc/PID/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        other = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        other = 0.0
-    return time.process_time() + other
+    """This process's CPU seconds plus those of process ``pid`` (the nats-server)."""
+    return time.process_time() + proc.cpu_seconds_of(pid)
 
 
 def _eventward_once(d: Deployment, events: list[dict[str, Any]], topic: str) -> tuple[float, float]:

@@ -26,6 +26,12 @@ busy cores run each process slower than one busy core does: shared caches, memor
 the host's clock), and ``partitions_vs_two_homes`` is the two-partition rate over it: 1.0 means
 the two partitions of one home cost each other nothing (below 1.0: something in the home is shared).
 
+e2e_partitions over NATS: the same one-vs-two-process comparison with the homes' transport on a
+nats-server started here (one JetStream stream per partition, group offsets in its KV bucket),
+a fresh server for each run. The server is a third process on the same two cores, so its CPU
+time is recorded too (``server_cpu_s``, ``cores_used`` with it): the ratio is what a user's two
+processes get from a machine that also runs their broker.
+
     python -m bench.bench_partitions [--quick]
 """
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,12 +48,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import deployed, proc
 from bench.common import frozen_inputs, print_scenario, scenario, summarize
 from bench.subjects import populate
 from bench.workload import EVENT_TYPE, ORDER_JSON_SCHEMA, customer, order_placed
 from eventward._internal.deployment import Deployment
 from eventward._internal.home import Home
+from eventward._internal.log import natsserver
 from eventward._internal.log.partitions import partition_for, partition_stream
 
 CUSTOMERS = 1000
@@ -63,9 +73,12 @@ def policy(partitions: int) -> str:
     return text
 
 
-def make_home(root: Path, partitions: int) -> tuple[Home, dict[int, list[int]]]:
-    """A deployed home whose customers' keys exist, and which customers land in which partition."""
+def make_home(root: Path, partitions: int, config: dict[str, Any] | None = None) -> tuple[Home, dict[int, list[int]]]:
+    """A deployed home whose customers' keys exist, and which customers land in which partition;
+    ``config`` (the home's eventward.yaml) picks another transport than the embedded log."""
     home = Home(root).ensure()
+    if config:
+        home.config.write_text(yaml.safe_dump(config))
     with Deployment.init(home, policy_yaml=policy(partitions)) as d:
         proposal = d.registry.propose(deployed.AUTHOR, EVENT_TYPE, ORDER_JSON_SCHEMA)
         d.registry.approve(deployed.APPROVER, EVENT_TYPE, proposal.version)
@@ -121,17 +134,24 @@ def worker(home: Path, partition: int, events: int, customers: list[int]) -> dic
             "produce_s": t_produced - t0, "consume_s": t1 - t_produced}
 
 
-def run_processes(partitions: int, events: int, *, homes: int = 1) -> dict[str, float]:
+def run_processes(partitions: int, events: int, *, homes: int = 1, nats: bool = False) -> dict[str, float]:
     """``partitions`` worker processes on a fresh home, one per partition, started together; or
-    (``homes`` > 1, the control) one worker per fresh one-partition home, each the baseline's run."""
+    (``homes`` > 1, the control) one worker per fresh one-partition home, each the baseline's run.
+    ``nats``: the home's transport is a nats-server started for this run alone (and stopped)."""
     root = Path(tempfile.mkdtemp(prefix="ew-bench-partitions-"))
     procs: list[subprocess.Popen[str]] = []
+    server_pid = None
+    config = None
     try:
+        if nats:
+            node = natsserver.start_all(root / "nats", size=1, port=_free_port())[0]
+            server_pid = int(node.pid_file.read_text())
+            config = {"transport": "nats", "nats": {"servers": [node.url(tls=False)]}}
         if homes > 1:
-            made = [make_home(root / f"home{h}", 1) for h in range(homes)]
+            made = [make_home(root / f"home{h}", 1, config) for h in range(homes)]
             runs = [(home, 0, by_partition[0]) for home, by_partition in made]
         else:
-            home, by_partition = make_home(root / "home", partitions)
+            home, by_partition = make_home(root / "home", partitions, config)
             runs = [(home, p, by_partition[p]) for p in range(partitions)]
         for home, p, customers in runs:
             cmd = [sys.executable, "-m", "bench.bench_partitions", "worker", str(home.root), str(p), str(events),
@@ -140,14 +160,17 @@ def run_processes(partitions: int, events: int, *, homes: int = 1) -> dict[str, 
                                           text=True))
         for p in procs:
             proc.wait_ready(p, "worker")
+        server_cpu0 = proc.cpu_seconds_of(server_pid) if server_pid else 0.0
         for p in procs:
             assert p.stdin is not None
             p.stdin.write(GO + "\n")
             p.stdin.flush()
         reports = [proc.report(p, "worker") for p in procs]
+        server_cpu = proc.cpu_seconds_of(server_pid) - server_cpu0 if server_pid else 0.0
         total = sum(r["events"] for r in reports)
         wall = max(r["finished"] for r in reports) - min(r["started"] for r in reports)
         return {"rate": total / wall, "cpu_s": sum(r["cpu_s"] for r in reports), "wall_s": wall,
+                "server_cpu_s": server_cpu,
                 "runqueue_s": max(r["runqueue_s"] for r in reports),
                 "blocked_s": max(r["finished"] - r["started"] - r["cpu_s"] - r["runqueue_s"] for r in reports),
                 # the rate had no process waited for a CPU (each on a core of its own)
@@ -158,12 +181,69 @@ def run_processes(partitions: int, events: int, *, homes: int = 1) -> dict[str, 
             if p.poll() is None:
                 p.kill()
                 p.wait()
+        if nats:
+            natsserver.stop_all(root / "nats")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     n = 1_000 if quick else 20_000
     repeats = 1 if quick else 5  # per-round ratios swing 0.5-2x with this shared machine's load: a median of five
+    return [_embedded(n, repeats), _over_nats(n, repeats)]
+
+
+def _over_nats(n: int, repeats: int) -> dict[str, Any]:
+    """The one-vs-two-process comparison over a nats-server (a fresh one per run)."""
+    load_before = os.getloadavg()
+    one: list[dict[str, float]] = []
+    two: list[dict[str, float]] = []
+    for _ in range(repeats):
+        one.append(run_processes(1, n, nats=True))
+        two.append(run_processes(2, n, nats=True))
+
+    def per(runs: list[dict[str, float]], key: str, events: int) -> float:
+        return round(statistics_median([r[key] / events for r in runs]) * 1e6, 1)
+
+    def cores(runs: list[dict[str, float]], key: str) -> float:
+        return round(statistics_median([r[key] / r["wall_s"] for r in runs]), 2)
+
+    return scenario(
+        "e2e_partitions over NATS: 2 processes on 2 partitions",
+        summarize([r["rate"] for r in two]),
+        {"1 process on 1 partition": summarize([r["rate"] for r in one])},
+        events_per_process=n,
+        processes=2,
+        partitions=2,
+        target_ratio={"1 process on 1 partition": 1.7},
+        cpus=os.cpu_count(),
+        load_average={"before": [round(x, 2) for x in load_before],
+                      "after": [round(x, 2) for x in os.getloadavg()]},
+        cpu_us_per_event={"1 process": per(one, "cpu_s", n), "2 processes": per(two, "cpu_s", 2 * n),
+                          "nats-server, 1 process": per(one, "server_cpu_s", n),
+                          "nats-server, 2 processes": per(two, "server_cpu_s", 2 * n)},
+        # the workers' cores and the server's: on two cores, what the broker takes the clients lack
+        cores_used={"1 process": cores(one, "cpu_s"), "2 processes": cores(two, "cpu_s"),
+                    "nats-server, 1 process": cores(one, "server_cpu_s"),
+                    "nats-server, 2 processes": cores(two, "server_cpu_s")},
+        ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
+                              / statistics_median([r["unstarved_rate"] for r in one]), 2),
+        ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
+        phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
+                  "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES}},
+        wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
+               "KeyService + local KMS, NATS JetStream transport (one stream per partition, a fresh "
+               "nats-server per run)",
+    )
+
+
+def _embedded(n: int, repeats: int) -> dict[str, Any]:
+    """The embedded-log comparison, with the two-homes control (module docstring)."""
     one: list[dict[str, float]] = []
     two: list[dict[str, float]] = []
     apart: list[dict[str, float]] = []
@@ -175,45 +255,43 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     one_rate = summarize([r["rate"] for r in one])
     two_rate = summarize([r["rate"] for r in two])
     apart_rate = statistics_median([r["rate"] for r in apart])
-    return [
-        scenario(
-            "e2e_partitions: 2 processes on 2 partitions",
-            two_rate,
-            {"1 process on 1 partition": one_rate},
-            events_per_process=n,
-            processes=2,
-            partitions=2,
-            target_ratio={"1 process on 1 partition": 1.7},
-            cpus=os.cpu_count(),
-            load_average={"before": [round(x, 2) for x in load_before],
-                          "after": [round(x, 2) for x in os.getloadavg()]},
-            # CPU per event: 2 partitions as 2 homes means no lock or file of the home is shared on the
-            # hot path; both above 1 process is the machine (two busy cores); cores_used: how many it had
-            cpu_us_per_event={"1 process": round(statistics_median([r["cpu_s"] / n for r in one]) * 1e6, 1),
-                              "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1),
-                              "2 processes, 2 homes": round(
-                                  statistics_median([r["cpu_s"] / (2 * n) for r in apart]) * 1e6, 1)},
-            cores_used={"1 process": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in one]), 2),
-                        "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2),
-                        "2 processes, 2 homes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in apart]), 2)},
-            # the control: two processes sharing nothing (module docstring); the machine's ceiling now
-            ratio_two_homes=round(apart_rate / one_rate["median"], 2),
-            ratio_two_homes_per_round=[round(c["rate"] / a["rate"], 2) for a, c in zip(one, apart, strict=True)],
-            partitions_vs_two_homes=round(two_rate["median"] / apart_rate, 2),
-            # what the ratio would be on two free cores: each process's time less its run-queue wait
-            # (a projection: it assumes the two cores do not slow each other down)
-            ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
-                                  / statistics_median([r["unstarved_rate"] for r in one]), 2),
-            ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
-            phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
-                      "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES},
-                      "2 processes, 2 homes": {k: round(statistics_median([r[k] for r in apart]), 2) for k in PHASES}},
-            ratio_per_core_used=round(statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in two])
-                                      / statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in one]), 2),
-            wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
-                   "KeyService + local KMS, embedded log (one file per partition)",
-        )
-    ]
+    return scenario(
+        "e2e_partitions: 2 processes on 2 partitions",
+        two_rate,
+        {"1 process on 1 partition": one_rate},
+        events_per_process=n,
+        processes=2,
+        partitions=2,
+        target_ratio={"1 process on 1 partition": 1.7},
+        cpus=os.cpu_count(),
+        load_average={"before": [round(x, 2) for x in load_before],
+                      "after": [round(x, 2) for x in os.getloadavg()]},
+        # CPU per event: 2 partitions as 2 homes means no lock or file of the home is shared on the
+        # hot path; both above 1 process is the machine (two busy cores); cores_used: how many it had
+        cpu_us_per_event={"1 process": round(statistics_median([r["cpu_s"] / n for r in one]) * 1e6, 1),
+                          "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1),
+                          "2 processes, 2 homes": round(
+                              statistics_median([r["cpu_s"] / (2 * n) for r in apart]) * 1e6, 1)},
+        cores_used={"1 process": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in one]), 2),
+                    "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2),
+                    "2 processes, 2 homes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in apart]), 2)},
+        # the control: two processes sharing nothing (module docstring); the machine's ceiling now
+        ratio_two_homes=round(apart_rate / one_rate["median"], 2),
+        ratio_two_homes_per_round=[round(c["rate"] / a["rate"], 2) for a, c in zip(one, apart, strict=True)],
+        partitions_vs_two_homes=round(two_rate["median"] / apart_rate, 2),
+        # what the ratio would be on two free cores: each process's time less its run-queue wait
+        # (a projection: it assumes the two cores do not slow each other down)
+        ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
+                              / statistics_median([r["unstarved_rate"] for r in one]), 2),
+        ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
+        phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
+                  "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES},
+                  "2 processes, 2 homes": {k: round(statistics_median([r[k] for r in apart]), 2) for k in PHASES}},
+        ratio_per_core_used=round(statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in two])
+                                  / statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in one]), 2),
+        wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
+               "KeyService + local KMS, embedded log (one file per partition)",
+    )
 
 
 def statistics_median(values: list[float]) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -56,6 +57,16 @@ def cpu_seconds() -> float:
     CPU times is steadier than one of wall-clock rates."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """Another process's user + system CPU time so far (/proc/PID/stat; 0 where unreadable):
+    a server the benchmark started, whose work a client's own CPU time does not show."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def maxrss_mb() -> float:

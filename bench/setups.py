@@ -56,7 +56,10 @@ SETUPS: dict[str, list[tuple[str, str]]] = {
     ],
     "monitor": [("", f"{_OWN_POLICY} (monitoring on vs off)")],
     "store": [("", "ablation: key store and audit log alone, PostgreSQL vs SQLite")],
-    "partitions": [("", f"{DEPLOYED} (+ topic partitions)")],
+    "partitions": [
+        ("e2e_partitions over NATS", f"{DEPLOYED} (+ topic partitions, NATS transport)"),
+        ("", f"{DEPLOYED} (+ topic partitions)"),
+    ],
     "replicas": [("", f"{DEPLOYED} (store: postgres, eventward serve x1 vs x2, client mode over mTLS)")],
 }
 
