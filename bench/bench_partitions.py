@@ -206,36 +206,14 @@ def _over_nats(n: int, repeats: int) -> dict[str, Any]:
     for _ in range(repeats):
         one.append(run_processes(1, n, nats=True))
         two.append(run_processes(2, n, nats=True))
-
-    def per(runs: list[dict[str, float]], key: str, events: int) -> float:
-        return round(statistics_median([r[key] / events for r in runs]) * 1e6, 1)
-
-    def cores(runs: list[dict[str, float]], key: str) -> float:
-        return round(statistics_median([r[key] / r["wall_s"] for r in runs]), 2)
-
-    return scenario(
-        "e2e_partitions over NATS: 2 processes on 2 partitions",
-        summarize([r["rate"] for r in two]),
-        {"1 process on 1 partition": summarize([r["rate"] for r in one])},
-        events_per_process=n,
-        processes=2,
-        partitions=2,
-        target_ratio={"1 process on 1 partition": 1.7},
-        cpus=os.cpu_count(),
-        load_average={"before": [round(x, 2) for x in load_before],
-                      "after": [round(x, 2) for x in os.getloadavg()]},
-        cpu_us_per_event={"1 process": per(one, "cpu_s", n), "2 processes": per(two, "cpu_s", 2 * n),
-                          "nats-server, 1 process": per(one, "server_cpu_s", n),
-                          "nats-server, 2 processes": per(two, "server_cpu_s", 2 * n)},
-        # the workers' cores and the server's: on two cores, what the broker takes the clients lack
-        cores_used={"1 process": cores(one, "cpu_s"), "2 processes": cores(two, "cpu_s"),
-                    "nats-server, 1 process": cores(one, "server_cpu_s"),
-                    "nats-server, 2 processes": cores(two, "server_cpu_s")},
-        ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
-                              / statistics_median([r["unstarved_rate"] for r in one]), 2),
-        ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
-        phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
-                  "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES}},
+    runs = {"1 process": (one, n), "2 processes": (two, 2 * n)}
+    server = {f"nats-server, {k}": v for k, v in runs.items()}
+    return _scenario(
+        "e2e_partitions over NATS: 2 processes on 2 partitions", n, one, two, load_before,
+        # the workers' CPU and the server's: on two cores, what the broker takes the clients lack
+        cpu_us_per_event=_per_event(runs, "cpu_s") | _per_event(server, "server_cpu_s"),
+        cores_used=_cores(runs, "cpu_s") | _cores(server, "server_cpu_s"),
+        phases_s=_phases(runs),
         wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
                "KeyService + local KMS, NATS JetStream transport (one stream per partition, a fresh "
                "nats-server per run)",
@@ -252,13 +230,38 @@ def _embedded(n: int, repeats: int) -> dict[str, Any]:
         one.append(run_processes(1, n))
         two.append(run_processes(2, n))
         apart.append(run_processes(1, n, homes=2))
-    one_rate = summarize([r["rate"] for r in one])
-    two_rate = summarize([r["rate"] for r in two])
+    one_rate = statistics_median([r["rate"] for r in one])
+    two_rate = statistics_median([r["rate"] for r in two])
     apart_rate = statistics_median([r["rate"] for r in apart])
+    runs = {"1 process": (one, n), "2 processes": (two, 2 * n), "2 processes, 2 homes": (apart, 2 * n)}
+    return _scenario(
+        "e2e_partitions: 2 processes on 2 partitions", n, one, two, load_before,
+        # CPU per event: 2 partitions as 2 homes means no lock or file of the home is shared on the
+        # hot path; both above 1 process is the machine (two busy cores); cores_used: how many it had
+        cpu_us_per_event=_per_event(runs, "cpu_s"),
+        cores_used=_cores(runs, "cpu_s"),
+        # the control: two processes sharing nothing (module docstring); the machine's ceiling now
+        ratio_two_homes=round(apart_rate / one_rate, 2),
+        ratio_two_homes_per_round=[round(c["rate"] / a["rate"], 2) for a, c in zip(one, apart, strict=True)],
+        partitions_vs_two_homes=round(two_rate / apart_rate, 2),
+        phases_s=_phases(runs),
+        ratio_per_core_used=round(statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in two])
+                                  / statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in one]), 2),
+        wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
+               "KeyService + local KMS, embedded log (one file per partition)",
+    )
+
+
+Runs = dict[str, tuple[list[dict[str, float]], int]]  # label -> (its runs, events per run)
+
+
+def _scenario(name: str, n: int, one: list[dict[str, float]], two: list[dict[str, float]],
+              load_before: tuple[float, float, float], **extra: Any) -> dict[str, Any]:
+    """Two processes on two partitions against one on one: what both transports report alike."""
     return scenario(
-        "e2e_partitions: 2 processes on 2 partitions",
-        two_rate,
-        {"1 process on 1 partition": one_rate},
+        name,
+        summarize([r["rate"] for r in two]),
+        {"1 process on 1 partition": summarize([r["rate"] for r in one])},
         events_per_process=n,
         processes=2,
         partitions=2,
@@ -266,32 +269,27 @@ def _embedded(n: int, repeats: int) -> dict[str, Any]:
         cpus=os.cpu_count(),
         load_average={"before": [round(x, 2) for x in load_before],
                       "after": [round(x, 2) for x in os.getloadavg()]},
-        # CPU per event: 2 partitions as 2 homes means no lock or file of the home is shared on the
-        # hot path; both above 1 process is the machine (two busy cores); cores_used: how many it had
-        cpu_us_per_event={"1 process": round(statistics_median([r["cpu_s"] / n for r in one]) * 1e6, 1),
-                          "2 processes": round(statistics_median([r["cpu_s"] / (2 * n) for r in two]) * 1e6, 1),
-                          "2 processes, 2 homes": round(
-                              statistics_median([r["cpu_s"] / (2 * n) for r in apart]) * 1e6, 1)},
-        cores_used={"1 process": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in one]), 2),
-                    "2 processes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in two]), 2),
-                    "2 processes, 2 homes": round(statistics_median([r["cpu_s"] / r["wall_s"] for r in apart]), 2)},
-        # the control: two processes sharing nothing (module docstring); the machine's ceiling now
-        ratio_two_homes=round(apart_rate / one_rate["median"], 2),
-        ratio_two_homes_per_round=[round(c["rate"] / a["rate"], 2) for a, c in zip(one, apart, strict=True)],
-        partitions_vs_two_homes=round(two_rate["median"] / apart_rate, 2),
         # what the ratio would be on two free cores: each process's time less its run-queue wait
         # (a projection: it assumes the two cores do not slow each other down)
         ratio_unstarved=round(statistics_median([r["unstarved_rate"] for r in two])
                               / statistics_median([r["unstarved_rate"] for r in one]), 2),
         ratio_per_round=[round(b["rate"] / a["rate"], 2) for a, b in zip(one, two, strict=True)],
-        phases_s={"1 process": {k: round(statistics_median([r[k] for r in one]), 2) for k in PHASES},
-                  "2 processes": {k: round(statistics_median([r[k] for r in two]), 2) for k in PHASES},
-                  "2 processes, 2 homes": {k: round(statistics_median([r[k] for r in apart]), 2) for k in PHASES}},
-        ratio_per_core_used=round(statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in two])
-                                  / statistics_median([r["rate"] / (r["cpu_s"] / r["wall_s"]) for r in one]), 2),
-        wiring="deployed: eventward init + examples/policy.yaml (Cedar) + Topic partitions, audit log, "
-               "KeyService + local KMS, embedded log (one file per partition)",
+        **extra,
     )
+
+
+def _per_event(runs: Runs, key: str) -> dict[str, float]:
+    """Microseconds of ``key`` (CPU seconds) per event, median over each label's runs."""
+    return {k: round(statistics_median([r[key] / events for r in rs]) * 1e6, 1) for k, (rs, events) in runs.items()}
+
+
+def _cores(runs: Runs, key: str) -> dict[str, float]:
+    """Cores ``key`` (CPU seconds) kept busy over each run's wall time, median per label."""
+    return {k: round(statistics_median([r[key] / r["wall_s"] for r in rs]), 2) for k, (rs, _) in runs.items()}
+
+
+def _phases(runs: Runs) -> dict[str, dict[str, float]]:
+    return {k: {p: round(statistics_median([r[p] for r in rs]), 2) for p in PHASES} for k, (rs, _) in runs.items()}
 
 
 def statistics_median(values: list[float]) -> float:
