@@ -181,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": results,
         "failed_areas": failures,
     }
+    # A failed run into the default place writes beside the published results, not over them: the
+    # README table, results.json and the plots stay those of one complete run.
+    keep_published = bool(failures) and args.out is None
+    if keep_published:
+        out_path = default_out.with_name(f"{default_out.stem}-failed.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
     print(f"wrote {shown(out_path)} ({len(results)} scenarios in {doc['seconds']} s)")
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         from bench import report
 
-        for png in report.plots(doc, out_path.parent):
+        for png in [] if keep_published else report.plots(doc, out_path.parent):
             print(f"wrote {shown(png)}")
         if only is None and out_path == default_out and not failures:
             report.update_readme(doc, ROOT / "README.md", README_BEGIN, README_END, BENCH_DIR)

@@ -177,6 +177,23 @@ def test_a_malformed_area_fails_the_run_and_leaves_the_readme(
     assert fake_areas["readme"].read_bytes() == fake_areas["before"]
 
 
+def test_a_failed_full_run_leaves_the_published_results_and_plots_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_areas: dict[str, Any]
+) -> None:
+    """results.json and the plots are what the README table was drawn from: a failed run writes
+    beside them (results-failed.json) so that the three never disagree."""
+    monkeypatch.setattr(run, "discover", lambda only: ["good", "bad"])
+    monkeypatch.setattr(run, "BENCH_DIR", tmp_path)
+    published = tmp_path / "results.json"
+    published.write_text('{"published": true}\n')
+    assert run.main([]) == 1
+    assert published.read_text() == '{"published": true}\n'
+    doc = json.loads((tmp_path / "results-failed.json").read_text())
+    assert doc["failed_areas"] == ["bad"] and [s["name"] for s in doc["scenarios"]] == ["fake curve"]
+    assert not list(tmp_path.glob("*.png"))
+    assert fake_areas["readme"].read_bytes() == fake_areas["before"]
+
+
 def test_an_unknown_area_is_refused_by_name() -> None:
     with pytest.raises(SystemExit, match="unknown area"):
         run.discover({"fields", "nope"})
