@@ -35,23 +35,23 @@ def _median(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def _for_baseline(got: Any, baseline: str, first: bool) -> Any:
+    """A recorded ratio's entry for ``baseline``: keyed by a prefix of its name, or one bare figure
+    (a number, or a dict with its ``median``) that belongs to the first baseline."""
+    if isinstance(got, dict) and "median" not in got:
+        return next((v for k, v in got.items() if baseline.startswith(k)), None)
+    return got if first else None
+
+
 def _steadier(s: dict[str, Any], baseline: str, first: bool) -> str:
     """The steadier ratios a scenario recorded against ``baseline`` besides the ratio of medians:
-    ``paired_ratios`` (short alternating rounds) and ``cpu_ratio`` (process CPU time), each keyed
-    by a prefix of the baseline's name, or one bare figure that belongs to the first baseline.
-    On a host whose speed drifts 2x within seconds the ratio of medians compares rounds run at
-    different speeds; these do not, so the table shows them beside it."""
-    found: dict[str, Any] = {}
-    for key in ("paired_ratios", "cpu_ratio"):
-        got = s.get(key)
-        if isinstance(got, dict) and "median" not in got:
-            got = next((v for k, v in got.items() if baseline.startswith(k)), None)
-        elif not first:
-            got = None
-        found[key] = got
-    paired, cpu = found["paired_ratios"], _median(found["cpu_ratio"])
+    ``paired_ratios`` (short alternating rounds) and ``cpu_ratio`` (process CPU time). On a host
+    whose speed drifts 2x within seconds the ratio of medians compares rounds run at different
+    speeds; these do not, so the table shows them beside it."""
+    paired = _for_baseline(s.get("paired_ratios"), baseline, first)
+    cpu = _median(_for_baseline(s.get("cpu_ratio"), baseline, first))
     if cpu is None and isinstance(paired, dict):  # paired rounds timed in CPU time too
-        cpu = _median({"median": paired.get("cpu_median")})
+        cpu = _median(paired.get("cpu_median"))
     parts = [f"{label} {m:.2f}x" for label, m in (("paired", _median(paired)), ("CPU", cpu)) if m is not None]
     return f" ({', '.join(parts)})" if parts else ""
 
