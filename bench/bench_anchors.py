@@ -175,15 +175,14 @@ def paired_ratios(ew: Sides, floor: Sides, theirs: Csfle, n: int, theirs_n: int,
                 done = fns[side](lo, hi)
                 rates[who] = done / (time.perf_counter() - t0)
             their = theirs.op("json", op, cs_count)
-            if their is None:
-                return {"ew": {"encrypt": [], "decrypt": []}, "floor": {"encrypt": [], "decrypt": []}}
+            if their is None:  # CSFLE stopped: no pair at all rather than a partial series
+                return {who: {"encrypt": [], "decrypt": []} for who in out}
             for who, rate_ in rates.items():
                 out[who][op].append(rate_ / their)
     return out
 
 
-def paired_key_ratios(dep: tuple[Callable[..., int], Callable[..., int]],
-                      mem: tuple[Callable[..., int], Callable[..., int]], n: int,
+def paired_key_ratios(dep: Sides, mem: Sides, n: int,
                       pairs: int) -> dict[str, dict[str, list[float]]]:
     """Deployed / in-memory keys rate per pair of short rounds over the same events, run back to
     back: {"wall": {op: ratios}, "cpu": {op: ratios}}, op being encrypt and decrypt.
@@ -230,7 +229,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             mem = FieldEncryptor(MemoryKeys())
             where = {"topic": deployed.TOPIC, "event_type": EVENT_TYPE}
 
-            def pair(enc: FieldEncryptor, ctx: dict[str, str | None]) -> tuple[Callable[..., int], Callable[..., int]]:
+            def pair(enc: FieldEncryptor, ctx: dict[str, str | None]) -> Sides:
                 blobs: list[tuple[str, bytes, str | None]] = []
 
                 def encrypt(lo: int = 0, hi: int = n) -> int:
@@ -272,7 +271,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             mem_enc, mem_dec = pair(mem, {"topic": None, "event_type": None})
             f_impl, g_impl = FernetPerField(), AesGcmFloor()
 
-            def plain(impl: FernetPerField | AesGcmFloor) -> tuple[Callable[..., int], Callable[..., int]]:
+            def plain(impl: FernetPerField | AesGcmFloor) -> Sides:
                 outs: list[bytes] = []
 
                 def encrypt(lo: int = 0, hi: int = n) -> int:
