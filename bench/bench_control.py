@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bench import deployed
-from bench.bench_nats import _free_port, _Raw, _raw_once, _sizes, paired
+from bench import deployed, proc
+from bench.bench_nats import _Raw, _raw_once, _sizes, paired
 from bench.common import frozen_inputs, print_scenario, scenario, summarize
 from bench.workload import EVENT_TYPE, SOURCE, order_placed
 from eventward._internal import envelope
@@ -222,7 +222,7 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
     n, repeats, lat_n, forgets = (500, 1, 20, 5) if quick else (20_000, 5, 200, 50)
     n, repeats = full_events or n, full_repeats or repeats
     root = Path(tempfile.mkdtemp(prefix="bench-control-"))
-    nodes = natsserver.start_all(root / "nats", size=1, port=_free_port())
+    nodes = natsserver.start_all(root / "nats", size=1, port=proc.free_port())
     nats_url = nodes[0].url(tls=False)
     raw = _Raw(nats_url)
     served = dep = plane = None
@@ -231,7 +231,7 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
         home = deployed.init_home(root / "home", config={"transport": "nats", "nats": {"servers": [nats_url]}})
         dep = Deployment.open(home)
         plane = ControlPlane.open(dep)  # the operator's side: enrollment (service approve), forget
-        port = _free_port()
+        port = proc.free_port()
         url = f"https://127.0.0.1:{port}"
         topics = [f"orders-c{k}" for k in range(repeats)] + ["orders-lat", "orders-warm"]
         producer_id = _enroll(plane, root / "svc", deployed.PRODUCER, {t: [EVENT_TYPE] for t in topics}, url)
@@ -246,7 +246,7 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
         # home mode gets a home of its own: enrolling took over orders-svc's signing key in the first
         # ... and a nats-server of its own: on the control plane's, serve's direct-path reconciler
         # would audit its batches as foreign ones (refusals, alerts) while the repeats run
-        home_nats = natsserver.start_all(root / "nats-home", size=1, port=_free_port())[0].url(tls=False)
+        home_nats = natsserver.start_all(root / "nats-home", size=1, port=proc.free_port())[0].url(tls=False)
         nats_cfg = {"transport": "nats", "nats": {"servers": [home_nats]}}
         home_mode = deployed.init_home(root / "home-mode", config=nats_cfg)
         # the same inputs for all three, out of the collector's sight (bench.common)

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -55,11 +54,6 @@ BATCH = 500
 CUSTOMERS = 1000
 SEAL = os.urandom(16 * 1024)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Raw:
@@ -225,7 +219,7 @@ def run(quick: bool = False, full_events: int | None = None, full_repeats: int |
     batches, repeats = (2, 1) if quick else (40, 3)
     events = [os.urandom(EVENT_BYTES) for _ in range(BATCH * batches)]
     root = Path(tempfile.mkdtemp(prefix="bench-nats-"))
-    nodes = natsserver.start_all(root, size=1, port=_free_port())
+    nodes = natsserver.start_all(root, size=1, port=proc.free_port())
     url = nodes[0].url(tls=False)
     raw = _Raw(url)
     t = NatsTransport(url)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -144,7 +143,7 @@ def run_processes(partitions: int, events: int, *, homes: int = 1, nats: bool = 
     config = None
     try:
         if nats:
-            node = natsserver.start_all(root / "nats", size=1, port=_free_port())[0]
+            node = natsserver.start_all(root / "nats", size=1, port=proc.free_port())[0]
             server_pid = int(node.pid_file.read_text())
             config = {"transport": "nats", "nats": {"servers": [node.url(tls=False)]}}
         if homes > 1:
@@ -185,11 +184,6 @@ def run_processes(partitions: int, events: int, *, homes: int = 1, nats: bool = 
             natsserver.stop_all(root / "nats")
         shutil.rmtree(root, ignore_errors=True)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:

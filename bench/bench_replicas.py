@@ -38,6 +38,7 @@ from typing import Any
 from tests.pg.conftest import start_server
 
 from bench.common import print_scenario, scenario, summarize
+from bench.proc import free_port
 from eventward._internal import demo
 from eventward._internal.control.http import HttpControlAPI
 from eventward._internal.control.identity import ServiceIdentity
@@ -52,12 +53,6 @@ BATCH = 100  # kids per batched unwrap request
 OPS = ("dek", "unwrap", "schema")
 NAMES = {"dek": ("DEK get-or-create", "keys/s"), "unwrap": (f"batched unwrap ({BATCH} kids/request)", "keys/s"),
          "schema": ("schema fetch", "fetches/s")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -116,7 +111,7 @@ class _Cluster:
             demo.setup(dep, lambda *a: None)
             demo.schemas(dep, demo.DemoResult(), lambda *a: None)
             ensure_home_material(self.home, "127.0.0.1", SERVER_CERT)
-            self.ports = [_free_port(), _free_port()]
+            self.ports = [free_port(), free_port()]
             self.urls = [f"https://127.0.0.1:{p}" for p in self.ports]
             plane = ControlPlane.open(dep)
             self.ids: dict[str, str] = {}
